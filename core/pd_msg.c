@@ -1,0 +1,256 @@
+/*  pd_msg — see pd_msg.h and pd_msg.def. */
+#include "pd_msg.h"
+
+#include <assert.h>
+#include <stdio.h>
+
+enum { T_STR = 1, T_INT = 2, T_RAW = 3 };
+#define STR T_STR
+#define INT T_INT
+#define RAW T_RAW
+
+static const unsigned char s_field_type[PD_F__COUNT] = {
+#define PD_MSG(name, id, dir)
+#define PD_F(name, key, type, doc) [key] = type,
+#include "pd_msg.def"
+#undef PD_MSG
+#undef PD_F
+};
+
+#undef STR
+#undef INT
+#undef RAW
+
+const char *
+pd_msg_name(int type)
+{
+    switch (type) {
+#define PD_MSG(name, id, dir)                                                                      \
+    case id:                                                                                       \
+        return #name;
+#define PD_F(name, key, type, doc)
+#include "pd_msg.def"
+#undef PD_MSG
+#undef PD_F
+    }
+    return "?";
+}
+
+static bool
+s_known_type(int type)
+{
+    return pd_msg_name(type)[0] != '?';
+}
+
+int
+pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zone *zone)
+{
+    if (*off >= len)
+        return 1;
+    size_t start = *off;
+    msgpack_object obj;
+    msgpack_unpack_return r = msgpack_unpack(buf, len, off, zone, &obj);
+    if (r != MSGPACK_UNPACK_SUCCESS && r != MSGPACK_UNPACK_EXTRA_BYTES)
+        return -1;
+    /* [version, type, rid, {fields}] */
+    if (obj.type != MSGPACK_OBJECT_ARRAY || obj.via.array.size != 4)
+        return -1;
+    const msgpack_object *a = obj.via.array.ptr;
+    if (a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[0].via.u64 != PD_PROTO_VERSION)
+        return -1;
+    if (a[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[1].via.u64 > 255 ||
+        !s_known_type((int)a[1].via.u64))
+        return -1;
+    if (a[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[3].type != MSGPACK_OBJECT_MAP)
+        return -1;
+    /* The rid must sit at its fixed offset so that pd_msgw_forward can patch it. */
+    if (*off - start < 12 || (unsigned char)buf[start + 3] != 0xcf)
+        return -1;
+    m->type = (int)a[1].via.u64;
+    m->rid = a[2].via.u64;
+    m->present = 0;
+    m->raw = buf + start;
+    m->raw_len = *off - start;
+    const msgpack_object_map *map = &a[3].via.map;
+    for (uint32_t i = 0; i < map->size; i++) {
+        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_POSITIVE_INTEGER || k->via.u64 >= PD_F__COUNT)
+            continue; /* unknown field from a newer peer: ignore */
+        int f = (int)k->via.u64;
+        switch (s_field_type[f]) {
+        case 1:
+            if (v->type != MSGPACK_OBJECT_STR && v->type != MSGPACK_OBJECT_BIN)
+                return -1;
+            m->s[f].ptr = v->via.str.ptr;
+            m->s[f].len = v->via.str.size;
+            break;
+        case 2:
+            if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                if (v->via.u64 > INT64_MAX)
+                    return -1;
+                m->i[f] = (int64_t)v->via.u64;
+            } else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+                m->i[f] = v->via.i64;
+            } else {
+                return -1;
+            }
+            break;
+        case 3:
+            m->o[f] = v;
+            break;
+        default:
+            continue;
+        }
+        m->present |= 1ULL << f;
+    }
+    /* Absent fields read as empty. */
+    for (int f = 1; f < PD_F__COUNT; f++) {
+        if (pd_msg_has(m, f))
+            continue;
+        m->s[f] = PD_STR_NULL;
+        m->i[f] = 0;
+        m->o[f] = NULL;
+    }
+    return 0;
+}
+
+void
+pd_msgw_init(pd_msgw_t *w)
+{
+    msgpack_sbuffer_init(&w->sb);
+    msgpack_packer_init(&w->pk, &w->sb, msgpack_sbuffer_write);
+    w->nfields = 0;
+    w->count = 0;
+    w->map_pos = 0;
+}
+
+void
+pd_msgw_destroy(pd_msgw_t *w)
+{
+    msgpack_sbuffer_destroy(&w->sb);
+}
+
+void
+pd_msgw_reset(pd_msgw_t *w)
+{
+    msgpack_sbuffer_clear(&w->sb);
+    w->count = 0;
+}
+
+void
+pd_msgw_begin(pd_msgw_t *w, int type, uint64_t rid)
+{
+    unsigned char hdr[17];
+    hdr[0] = 0x94;                  /* fixarray of 4 */
+    hdr[1] = PD_PROTO_VERSION;      /* positive fixint */
+    hdr[2] = (unsigned char)type;   /* positive fixint (< 128) */
+    hdr[3] = 0xcf;                  /* uint64, always 9 bytes */
+    for (int i = 0; i < 8; i++)
+        hdr[4 + i] = (unsigned char)(rid >> (56 - 8 * i));
+    hdr[12] = 0xdf;                 /* map32; count patched in pd_msgw_end */
+    memset(hdr + 13, 0, 4);
+    w->map_pos = w->sb.size + 12;
+    w->nfields = 0;
+    msgpack_sbuffer_write(&w->sb, (const char *)hdr, sizeof hdr);
+}
+
+void
+pd_msgw_str(pd_msgw_t *w, int field, const char *p, size_t n)
+{
+    msgpack_pack_uint8(&w->pk, (uint8_t)field);
+    msgpack_pack_str_with_body(&w->pk, p, n);
+    w->nfields++;
+}
+
+void
+pd_msgw_int(pd_msgw_t *w, int field, int64_t v)
+{
+    msgpack_pack_uint8(&w->pk, (uint8_t)field);
+    msgpack_pack_int64(&w->pk, v);
+    w->nfields++;
+}
+
+void
+pd_msgw_raw(pd_msgw_t *w, int field)
+{
+    msgpack_pack_uint8(&w->pk, (uint8_t)field);
+    w->nfields++;
+}
+
+void
+pd_msgw_end(pd_msgw_t *w)
+{
+    unsigned char *p = (unsigned char *)w->sb.data + w->map_pos + 1;
+    p[0] = (unsigned char)(w->nfields >> 24);
+    p[1] = (unsigned char)(w->nfields >> 16);
+    p[2] = (unsigned char)(w->nfields >> 8);
+    p[3] = (unsigned char)w->nfields;
+    w->count++;
+}
+
+void
+pd_msgw_forward(pd_msgw_t *w, const pd_msg_t *m, uint64_t rid)
+{
+    size_t at = w->sb.size;
+    msgpack_sbuffer_write(&w->sb, m->raw, m->raw_len);
+    unsigned char *p = (unsigned char *)w->sb.data + at + 4;
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(rid >> (56 - 8 * i));
+    w->count++;
+}
+
+void
+pd_msg_test(bool verbose)
+{
+    (void)verbose;
+    pd_msgw_t w;
+    pd_msgw_init(&w);
+    pd_msgw_begin(&w, PD_MSG_UPSERT, 42);
+    pd_msgw_s(&w, PD_F_PROJECT, PD_STR("demo"));
+    pd_msgw_s(&w, PD_F_ID, PD_STR("alice"));
+    pd_msgw_int(&w, PD_F_EXPIRES, 1700000000123);
+    pd_msgw_int(&w, PD_F_VERSION, -5);
+    pd_msgw_raw(&w, PD_F_ITEMS);
+    msgpack_pack_array(&w.pk, 1);
+    msgpack_pack_str_with_body(&w.pk, "x", 1);
+    pd_msgw_end(&w);
+    pd_msgw_begin(&w, PD_MSG_HELLO, 7);
+    pd_msgw_end(&w);
+
+    msgpack_zone zone;
+    msgpack_zone_init(&zone, 2048);
+    size_t off = 0;
+    pd_msg_t m;
+    assert(pd_msg_decode(&m, w.sb.data, w.sb.size, &off, &zone) == 0);
+    assert(m.type == PD_MSG_UPSERT && m.rid == 42);
+    assert(pd_str_eqc(m.s[PD_F_PROJECT], "demo") && pd_str_eqc(m.s[PD_F_ID], "alice"));
+    assert(m.i[PD_F_EXPIRES] == 1700000000123 && m.i[PD_F_VERSION] == -5);
+    assert(!pd_msg_has(&m, PD_F_USER) && m.s[PD_F_USER].len == 0);
+    assert(m.o[PD_F_ITEMS] && m.o[PD_F_ITEMS]->via.array.size == 1);
+
+    /* forward with a new rid, then decode the copy */
+    pd_msgw_t w2;
+    pd_msgw_init(&w2);
+    pd_msgw_forward(&w2, &m, 0x0102030405060708ULL);
+    pd_msg_t m2;
+    size_t off2 = 0;
+    assert(pd_msg_decode(&m2, w2.sb.data, w2.sb.size, &off2, &zone) == 0);
+    assert(m2.rid == 0x0102030405060708ULL && pd_str_eqc(m2.s[PD_F_ID], "alice"));
+
+    assert(pd_msg_decode(&m, w.sb.data, w.sb.size, &off, &zone) == 0);
+    assert(m.type == PD_MSG_HELLO && m.rid == 7);
+    assert(pd_msg_decode(&m, w.sb.data, w.sb.size, &off, &zone) == 1);
+
+    /* garbage, truncation, wrong version, unknown type */
+    const char junk[] = "\x94\x02\x01\xcf\0\0\0\0\0\0\0\0\x80";
+    off = 0;
+    assert(pd_msg_decode(&m, junk, sizeof junk - 1, &off, &zone) == -1);
+    off = 0;
+    assert(pd_msg_decode(&m, w.sb.data, 10, &off, &zone) == -1);
+    const char unk[] = "\x94\x01\x7f\xcf\0\0\0\0\0\0\0\0\x80";
+    off = 0;
+    assert(pd_msg_decode(&m, unk, sizeof unk - 1, &off, &zone) == -1);
+    msgpack_zone_destroy(&zone);
+    pd_msgw_destroy(&w);
+    pd_msgw_destroy(&w2);
+}

@@ -1,0 +1,110 @@
+/*  pd_msg — the internal protocol: encode and decode the messages listed in pd_msg.def.
+ *
+ *  Decoding is zero-copy: string fields are views into the received frame, so keep the frame
+ *  alive while you use them. A malformed or unknown message makes pd_msg_decode return -1; the
+ *  caller counts it and drops it. Nothing a peer sends can crash the receiver.
+ *
+ *  Encoding appends to a pd_msgw_t (a msgpack sbuffer that is reused, never freed per message);
+ *  several messages appended back to back form one batch frame. */
+#ifndef PD_MSG_H
+#define PD_MSG_H
+
+#include <msgpack.h>
+
+#include "pd_util.h"
+
+#define PD_PROTO_VERSION 1
+
+typedef enum {
+#define PD_MSG(name, id, dir) PD_MSG_##name = id,
+#define PD_F(name, key, type, doc)
+#include "pd_msg.def"
+#undef PD_MSG
+#undef PD_F
+} pd_msg_type_t;
+
+typedef enum {
+#define PD_MSG(name, id, dir)
+#define PD_F(name, key, type, doc) PD_F_##name = key,
+#include "pd_msg.def"
+#undef PD_MSG
+#undef PD_F
+    PD_F__COUNT
+} pd_field_t;
+
+//  FLAGS bits.
+enum {
+    PD_FL_BYPASS = 1 << 0,      //  API key: record permissions do not apply
+    PD_FL_HAS_STATUS = 1 << 1,  //  UPDATE: these fields were sent
+    PD_FL_HAS_META = 1 << 2,
+    PD_FL_HAS_PERMS = 1 << 3,
+    PD_FL_HAS_EXPIRES = 1 << 4,
+    PD_FL_HAS_USER = 1 << 5,
+    PD_FL_TOTAL = 1 << 6,       //  LIST: count matches
+    PD_FL_FRESH = 1 << 7,       //  CLAIM reply: the claim was created by this request
+    PD_FL_CURSOR_PROBE = 1 << 8, //  LIST to the cursor's owner: reply with the cursor's item
+    PD_FL_CURSOR_BEFORE = 1 << 9, //  cursor is cursorBefore
+    PD_FL_CLAIMED = 1 << 10,    //  UPSERT: ID came from the user's claim (may be stale)
+    PD_FL_NO_EVENT = 1 << 11,   //  reserved
+    PD_FL_LAST = 1 << 12,       //  SYNC_PAGE: the last page of this node
+};
+
+//  EVENT actions.
+enum { PD_ACT_UPSERT = 1, PD_ACT_UPDATE = 2, PD_ACT_DELETE = 3 };
+
+//  A decoded message. Fields not present read as empty / 0.
+typedef struct {
+    int type;                          //  PD_MSG_*
+    uint64_t rid;                      //  request id, chosen by the sender of a request
+    uint64_t present;                  //  bit (1 << field) per field present
+    pd_str_t s[PD_F__COUNT];           //  STR fields
+    int64_t i[PD_F__COUNT];            //  INT fields
+    const msgpack_object *o[PD_F__COUNT]; //  RAW fields (live until the zone is cleared)
+    const char *raw;                   //  the message's own bytes in the frame
+    size_t raw_len;
+} pd_msg_t;
+
+static inline bool
+pd_msg_has(const pd_msg_t *m, int f)
+{
+    return (m->present >> f) & 1;
+}
+
+//  Decodes the message at buf[*off]; advances *off past it. zone holds arrays and maps of RAW
+//  fields; clear it (msgpack_zone_clear) between batches. Returns 0, 1 at the end of the
+//  buffer, or -1 if the bytes are not a valid message (the rest of the frame is then unusable).
+int pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zone *zone);
+
+//  Name of a message type for logs ("UPSERT"), or "?".
+const char *pd_msg_name(int type);
+
+//  Writer: a reusable buffer that batches messages.
+typedef struct {
+    msgpack_sbuffer sb;   //  the batch: sb.data / sb.size
+    msgpack_packer pk;    //  packer onto sb
+    size_t map_pos;       //  offset of the open message's map32 header
+    uint32_t nfields;     //  fields written into the open message
+    uint32_t count;       //  messages in the batch
+} pd_msgw_t;
+
+void pd_msgw_init(pd_msgw_t *w);
+void pd_msgw_destroy(pd_msgw_t *w);
+//  Empties the batch, keeping the allocation.
+void pd_msgw_reset(pd_msgw_t *w);
+void pd_msgw_begin(pd_msgw_t *w, int type, uint64_t rid);
+void pd_msgw_str(pd_msgw_t *w, int field, const char *p, size_t n);
+static inline void
+pd_msgw_s(pd_msgw_t *w, int field, pd_str_t s)
+{
+    pd_msgw_str(w, field, s.ptr ? s.ptr : "", s.len);
+}
+void pd_msgw_int(pd_msgw_t *w, int field, int64_t v);
+//  Starts a RAW field: the caller then packs exactly one object with w->pk.
+void pd_msgw_raw(pd_msgw_t *w, int field);
+void pd_msgw_end(pd_msgw_t *w);
+//  Appends an already encoded message (m->raw) with its rid replaced: the broker's forward.
+void pd_msgw_forward(pd_msgw_t *w, const pd_msg_t *m, uint64_t rid);
+
+void pd_msg_test(bool verbose);
+
+#endif

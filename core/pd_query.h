@@ -1,0 +1,85 @@
+/*  pd_query — Appwrite queries: parse, match a record, order and page. One evaluator shared by
+ *  list (store nodes filter, the broker merges) and realtime subscriptions (gateways filter).
+ *
+ *  Input is the SDK's JSON form: {"method":"equal","attribute":"status","values":["online"]}.
+ *  Attributes: $id, userId, status, source, expiresAt, $createdAt, $updatedAt, and our
+ *  extension metadata.<key>[.<key>...] (dotted path into the metadata object).
+ *  Filters: equal, notEqual, lessThan, lessThanEqual, greaterThan, greaterThanEqual, isNull,
+ *  isNotNull, between, startsWith, endsWith, and, or; list mode adds limit, offset,
+ *  cursorAfter, cursorBefore, orderAsc, orderDesc; realtime mode allows select("*") only and
+ *  no paging/order. Comparisons are type-strict like Appwrite's RuntimeQuery (a string never
+ *  equals a number); datetime attributes compare as instants (values are date strings). */
+#ifndef PD_QUERY_H
+#define PD_QUERY_H
+
+#include <msgpack.h>
+
+#include "pd_record.h"
+
+typedef struct pd_query pd_query_t;
+
+enum { PD_QMODE_LIST = 1, PD_QMODE_REALTIME = 2 };
+
+#define PD_QUERY_MAX 100        //  queries per request / subscription
+#define PD_QUERY_MAX_VALUES 100 //  values per query
+#define PD_QUERY_MAX_DEPTH 5    //  and/or nesting
+#define PD_QUERY_MAX_ORDER 8    //  orderAsc/orderDesc per request
+#define PD_QUERY_MAX_LIMIT 5000 //  largest page
+
+//  Parses n query strings. Returns a new query set (caller destroys), or NULL with a message in
+//  err and the error code in *code: PD_ERR_ARGUMENT_INVALID for bad JSON or a bad shape
+//  ("Invalid `queries` param: Invalid query: ..."), PD_ERR_QUERY_INVALID for an unknown
+//  attribute or a method not allowed in this mode. Zero queries is valid (matches everything).
+pd_query_t *pd_query_parse(const pd_str_t *qs, size_t n, int mode, int *code, char *err,
+                           size_t errlen);
+void pd_query_destroy(pd_query_t **self_p);
+
+//  Paging (list mode). limit defaults to 25, offset to 0. The cursor is PD_STR_NULL if absent;
+//  *before is set for cursorBefore. Views stay valid while the query lives.
+int64_t pd_query_limit(const pd_query_t *self);
+int64_t pd_query_offset(const pd_query_t *self);
+pd_str_t pd_query_cursor(const pd_query_t *self, bool *before);
+//  If the top level holds equal(attr, [one value]) on a string attribute ("userId",
+//  "status", "$id"), returns true and the value: lets a store use an index.
+bool pd_query_equal_on(const pd_query_t *self, const char *attr, pd_str_t *value);
+
+//  Per-record scratch for matching: metadata is parsed at most once, and only if a query needs
+//  it. Init before use, clear after (frees the parsed metadata).
+typedef struct {
+    const pd_record_t *rec;
+    void *meta;        //  parsed metadata (json_t *), NULL until needed
+    bool meta_tried;   //  parse attempted
+} pd_qrec_t;
+
+void pd_qrec_init(pd_qrec_t *r, const pd_record_t *rec);
+void pd_qrec_clear(pd_qrec_t *r);
+
+//  True if the record satisfies every filter (AND at the top level). select/paging/order are
+//  ignored here.
+bool pd_query_match(const pd_query_t *self, pd_qrec_t *r);
+
+/*  Sort keys: the values a page is ordered by. The implicit last keys are $createdAt then $id
+ *  (ascending), so every order is total. A key's strings are views into the record or the
+ *  message it was unpacked from. */
+typedef struct {
+    int type;    //  0 null, 1 int (ms or integer), 2 string, 3 double
+    int64_t i;
+    double d;
+    pd_str_t s;
+} pd_qval_t;
+
+typedef struct {
+    pd_qval_t v[PD_QUERY_MAX_ORDER + 2];
+    size_t n;
+} pd_qkey_t;
+
+void pd_query_key(const pd_query_t *self, pd_qrec_t *r, pd_qkey_t *out);
+//  <0, 0, >0 as a sorts before, with, after b under this query's order.
+int pd_query_key_cmp(const pd_query_t *self, const pd_qkey_t *a, const pd_qkey_t *b);
+//  Packs the key as one msgpack array; unpacks it back (views into the msgpack buffer).
+void pd_query_key_pack(const pd_qkey_t *key, msgpack_packer *pk);
+int pd_query_key_unpack(const msgpack_object *o, pd_qkey_t *out);
+
+void pd_query_test(bool verbose);
+
+#endif

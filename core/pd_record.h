@@ -1,0 +1,40 @@
+/*  pd_record — a presence record as a plain value: what a store node keeps, what a write
+ *  carries, what an event shows. Strings are views (into a message frame or into the store's
+ *  shared memory); lists of roles are packed NUL-terminated strings ("any\0user:u1\0").
+ *
+ *  The JSON pieces (status_json, perms_json, meta_json) are pre-encoded by the gateway, so the
+ *  store never parses JSON on a write: it concatenates the Presence model once per write
+ *  (pd_record_render) and serves those bytes to every reader and every subscriber. */
+#ifndef PD_RECORD_H
+#define PD_RECORD_H
+
+#include "pd_util.h"
+
+typedef struct {
+    pd_str_t project;      //  project id
+    pd_str_t id;           //  $id
+    pd_str_t user_id;      //  userId
+    pd_str_t status;       //  status, raw text (empty when null)
+    pd_str_t source;       //  "rest", "graphql" or "realtime"
+    pd_str_t status_json;  //  status as a JSON token: "\"online\"" or "null"
+    pd_str_t perms_json;   //  $permissions: sorted JSON array text
+    pd_str_t meta_json;    //  metadata: compact JSON object text, "{}" when empty
+    pd_str_t read_roles;   //  roles holding read (packed list)
+    pd_str_t update_roles; //  roles holding update
+    pd_str_t delete_roles; //  roles holding delete
+    pd_str_t conn;         //  realtime-bound: owning "gateway/connection", else empty
+    int64_t created_ms;    //  $createdAt
+    int64_t updated_ms;    //  $updatedAt
+    int64_t expires_ms;    //  expiresAt
+    uint64_t version;      //  bumped by every write; 1 on create
+    pd_str_t json;         //  the Presence model JSON (set by the store)
+} pd_record_t;
+
+//  Appends the Presence model JSON of rec to b, keys in Appwrite's order:
+//  $id, $createdAt, $updatedAt, $permissions, userId, status, source, expiresAt, metadata.
+void pd_record_render(const pd_record_t *rec, pd_buf_t *b);
+
+//  True if any role of the packed list `caller` is in the packed list `allowed`.
+bool pd_roles_intersect(pd_str_t allowed, pd_str_t caller);
+
+#endif

@@ -1,0 +1,92 @@
+/*  pd_table — the records of one store node, in a named POSIX shared-memory segment.
+ *
+ *  Used by the store role only. The segment holds everything: a header (magic, layout version,
+ *  sizes, counters), a slot array, open-addressing hash indexes (by (project,id), by
+ *  (project,userId), by (project,status)), the user claims of the one-presence-per-user rule,
+ *  an expiry min-heap, and an arena of immutable record blobs. Every link inside the segment is
+ *  an offset or a slot number, never a pointer, so any process can map it at any address.
+ *
+ *  Crash safety. A write builds a new blob completely, then publishes it with one atomic store
+ *  (slot -> blob offset, or index entry -> slot). A reader never sees a half-written record. The
+ *  secondary structures (user and status indexes, expiry heap, free lists) are derived: the
+ *  header's `dirty` word is set around every mutation of them and, if a process died mid-way,
+ *  pd_table_open rebuilds them from the slots. A killed and restarted store node therefore
+ *  re-attaches and serves every acknowledged write with no replay.
+ *
+ *  Views returned by reads point into the segment and stay valid until the next mutating call
+ *  (a replaced or deleted blob is freed lazily at the start of the next mutation, so the caller
+ *  can still encode the previous state into an event). */
+#ifndef PD_TABLE_H
+#define PD_TABLE_H
+
+#include "pd_record.h"
+
+typedef struct pd_table pd_table_t;
+
+typedef struct {
+    size_t capacity;    //  max records (slots); the hash indexes get 2x this many entries
+    size_t arena_bytes; //  bytes for record blobs
+} pd_table_size_t;
+
+//  Opens the segment `name` ("/presenced-<cluster>-store-<node>"), creating it if absent, or
+//  re-attaching if it exists with a valid header (then `size` is ignored and the stored sizes
+//  are used). *created is set to true when a new segment was made. Returns NULL (with a log
+//  line) if the segment exists but is not ours or has another layout version.
+pd_table_t *pd_table_open(const char *name, pd_table_size_t size, bool *created);
+//  Unmaps; the segment stays for the next process. Nullifies *self_p.
+void pd_table_close(pd_table_t **self_p);
+//  Removes the segment name (data is gone once every process has unmapped it).
+int pd_table_unlink(const char *name);
+
+//  Number of live records (expired ones included until deleted).
+size_t pd_table_count(pd_table_t *self);
+//  Bytes used in the arena, and the arena size.
+size_t pd_table_arena_used(pd_table_t *self);
+size_t pd_table_arena_size(pd_table_t *self);
+
+//  Looks up (project, id). Returns 0 and fills *out with views, or -1 if absent.
+int pd_table_get(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *out);
+//  Looks up the record owned by (project, userId) on this node.
+int pd_table_get_by_user(pd_table_t *self, pd_str_t project, pd_str_t user, pd_record_t *out);
+
+//  Creates or replaces the record (rec->project, rec->id) with every field of rec, which is
+//  copied. rec->json is ignored: the table renders the Presence JSON itself (pd_record_render).
+//  rec->version is ignored: the stored version is the old one + 1 (1 on create).
+//  On success returns 0, fills *stored with views of the new record and, if there was an old
+//  record and prev != NULL, *prev with views of it (valid until the next mutation).
+//  Returns PD_ERR_STORE_FULL if no slot or arena space is left (nothing is changed).
+int pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_record_t *prev);
+//  Deletes (project, id). Returns 0 and fills *prev (if not NULL) with the deleted record's
+//  views (valid until the next mutation), or -1 if absent.
+int pd_table_delete(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *prev);
+
+//  Visits records; return non-zero from fn to stop. Visiting order is unspecified.
+typedef int (*pd_table_visit_fn)(const pd_record_t *rec, void *arg);
+void pd_table_foreach(pd_table_t *self, pd_table_visit_fn fn, void *arg);
+//  Only records of (project, status): uses the status index.
+void pd_table_foreach_status(pd_table_t *self, pd_str_t project, pd_str_t status,
+                             pd_table_visit_fn fn, void *arg);
+//  Records with expires_ms <= now, earliest first, at most max of them (expiry heap).
+void pd_table_foreach_expired(pd_table_t *self, int64_t now, size_t max, pd_table_visit_fn fn,
+                              void *arg);
+//  The earliest expires_ms held, or INT64_MAX when empty.
+int64_t pd_table_next_expiry(pd_table_t *self);
+
+/*  User claims: (project, userId) -> presenceId, the record id this user owns cluster-wide.
+ *  They live on the node that owns hash(project, userId), which is usually not the node that
+ *  holds the record. */
+//  If the user has a claim, copies it to id_out (37 bytes) and sets *fresh = false; otherwise
+//  claims `want` and sets *fresh = true. Returns 0, or PD_ERR_STORE_FULL.
+int pd_table_claim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want,
+                   char id_out[37], bool *fresh);
+//  Compare-and-set: if the claim is `expect` (or absent), sets it to `want`. Copies the claim
+//  in force afterwards to id_out. Returns 0, or PD_ERR_STORE_FULL.
+int pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t expect,
+                     pd_str_t want, char id_out[37]);
+//  Removes the claim if it is `expect`. Returns 0 if removed, -1 otherwise.
+int pd_table_unclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t expect);
+size_t pd_table_claims(pd_table_t *self);
+
+void pd_table_test(bool verbose);
+
+#endif

@@ -1,0 +1,345 @@
+/*  pd_util — see pd_util.h. */
+#include "pd_util.h"
+
+#include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+int
+pd_str_cmp(pd_str_t a, pd_str_t b)
+{
+    size_t n = a.len < b.len ? a.len : b.len;
+    int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
+    if (c)
+        return c < 0 ? -1 : 1;
+    return a.len < b.len ? -1 : a.len > b.len ? 1 : 0;
+}
+
+int64_t
+pd_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t
+pd_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*  Days from civil date, after Howard Hinnant's algorithm: exact for the proleptic Gregorian
+ *  calendar, no timezone database, no locale. */
+static int64_t
+s_days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    const int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+size_t
+pd_time_format(int64_t ms, char *buf)
+{
+    int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
+    int msec = (int)(ms - secs * 1000);
+    time_t t = (time_t)secs;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    int n = snprintf(buf, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03d+00:00", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, msec);
+    return n > 0 ? (size_t)n : 0;
+}
+
+static int
+s_digits(const char *s, size_t len, size_t *i, int n, int *out)
+{
+    int v = 0;
+    for (int k = 0; k < n; k++) {
+        if (*i >= len || s[*i] < '0' || s[*i] > '9')
+            return -1;
+        v = v * 10 + (s[(*i)++] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int
+pd_time_parse(const char *s, size_t len, int64_t *ms)
+{
+    size_t i = 0;
+    int y, mo, d, h = 0, mi = 0, se = 0, frac = 0;
+    while (i < len && s[i] == ' ')
+        i++;
+    while (len > i && s[len - 1] == ' ')
+        len--;
+    if (s_digits(s, len, &i, 4, &y) || i >= len || s[i++] != '-' || s_digits(s, len, &i, 2, &mo) ||
+        i >= len || s[i++] != '-' || s_digits(s, len, &i, 2, &d))
+        return -1;
+    if (i < len && (s[i] == 'T' || s[i] == 't' || s[i] == ' ')) {
+        i++;
+        if (s_digits(s, len, &i, 2, &h) || i >= len || s[i++] != ':' ||
+            s_digits(s, len, &i, 2, &mi))
+            return -1;
+        if (i < len && s[i] == ':') {
+            i++;
+            if (s_digits(s, len, &i, 2, &se))
+                return -1;
+            if (i < len && (s[i] == '.' || s[i] == ',')) {
+                i++;
+                int nd = 0;
+                while (i < len && s[i] >= '0' && s[i] <= '9') {
+                    if (nd < 3)
+                        frac = frac * 10 + (s[i] - '0');
+                    nd++;
+                    i++;
+                }
+                if (nd == 0)
+                    return -1;
+                for (; nd < 3; nd++)
+                    frac *= 10;
+            }
+        }
+    }
+    int off_min = 0;
+    if (i < len) {
+        if ((s[i] == 'Z' || s[i] == 'z') && i + 1 == len) {
+            i++;
+        } else if (s[i] == '+' || s[i] == '-') {
+            int sign = s[i++] == '-' ? -1 : 1, oh, om = 0;
+            if (s_digits(s, len, &i, 2, &oh))
+                return -1;
+            if (i < len && s[i] == ':')
+                i++;
+            if (i < len && s_digits(s, len, &i, 2, &om))
+                return -1;
+            if (oh > 23 || om > 59)
+                return -1;
+            off_min = sign * (oh * 60 + om);
+        } else {
+            return -1;
+        }
+    }
+    if (i != len)
+        return -1;
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h > 23 || mi > 59 || se > 60)
+        return -1;
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (mo == 2 && d == 29 && !leap)
+        return -1;
+    int64_t days = s_days_from_civil(y, (unsigned)mo, (unsigned)d);
+    int64_t secs = days * 86400 + h * 3600 + mi * 60 + se - (int64_t)off_min * 60;
+    *ms = secs * 1000 + frac;
+    return 0;
+}
+
+uint64_t
+pd_hash64(const void *data, size_t len, uint64_t seed)
+{
+    const unsigned char *p = data;
+    uint64_t h = 0xcbf29ce484222325ULL ^ seed;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    /* splitmix64 finaliser: FNV alone clusters badly in the low bits. */
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    h ^= h >> 31;
+    return h;
+}
+
+uint64_t
+pd_hash2(pd_str_t a, pd_str_t b)
+{
+    uint64_t h = pd_hash64(a.ptr, a.len, 0x9e3779b97f4a7c15ULL);
+    return pd_hash64(b.ptr, b.len, h);
+}
+
+bool
+pd_uid_valid(pd_str_t s)
+{
+    if (s.len == 0 || s.len > 36)
+        return false;
+    if (s.ptr[0] == '_' || s.ptr[0] == '.' || s.ptr[0] == '-')
+        return false;
+    for (size_t i = 0; i < s.len; i++) {
+        char c = s.ptr[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+void
+pd_buf_init(pd_buf_t *b)
+{
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+void
+pd_buf_free(pd_buf_t *b)
+{
+    free(b->data);
+    pd_buf_init(b);
+}
+
+void
+pd_buf_reserve(pd_buf_t *b, size_t n)
+{
+    if (b->len + n <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n)
+        cap *= 2;
+    char *p = realloc(b->data, cap);
+    if (!p)
+        abort();
+    b->data = p;
+    b->cap = cap;
+}
+
+void
+pd_buf_add(pd_buf_t *b, const void *p, size_t n)
+{
+    pd_buf_reserve(b, n);
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+void
+pd_buf_addf(pd_buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n <= 0)
+        return;
+    pd_buf_reserve(b, (size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void
+pd_buf_add_json_str(pd_buf_t *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    pd_buf_reserve(b, len + 2);
+    b->data[b->len++] = '"';
+    size_t run = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        pd_buf_add(b, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', 0};
+        size_t n = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        default:
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            n = 6;
+        }
+        pd_buf_add(b, esc, n);
+    }
+    pd_buf_add(b, s + run, len - run);
+    pd_buf_add(b, "\"", 1);
+}
+
+pd_str_t
+pd_list_first(pd_str_t list)
+{
+    if (!list.ptr || list.len == 0)
+        return PD_STR_NULL;
+    const char *end = memchr(list.ptr, 0, list.len);
+    size_t n = end ? (size_t)(end - list.ptr) : list.len;
+    return (pd_str_t){list.ptr, n};
+}
+
+pd_str_t
+pd_list_next(pd_str_t list, pd_str_t cur)
+{
+    const char *p = cur.ptr + cur.len + 1;
+    const char *lend = list.ptr + list.len;
+    if (p >= lend)
+        return PD_STR_NULL;
+    const char *end = memchr(p, 0, (size_t)(lend - p));
+    size_t n = end ? (size_t)(end - p) : (size_t)(lend - p);
+    return (pd_str_t){p, n};
+}
+
+bool
+pd_list_has(pd_str_t list, pd_str_t s)
+{
+    for (pd_str_t it = pd_list_first(list); it.ptr; it = pd_list_next(list, it))
+        if (pd_str_eq(it, s))
+            return true;
+    return false;
+}
+
+void
+pd_util_test(bool verbose)
+{
+    (void)verbose;
+    char buf[32];
+    int64_t ms;
+    assert(pd_time_format(0, buf) == 29);
+    assert(strcmp(buf, "1970-01-01T00:00:00.000+00:00") == 0);
+    assert(pd_time_parse(PD_STR("2024-01-01T00:00:00.000+00:00").ptr, 29, &ms) == 0);
+    pd_time_format(ms, buf);
+    assert(strcmp(buf, "2024-01-01T00:00:00.000+00:00") == 0);
+    const char *ok[] = {"2026-05-25 10:00:00.000", "2026-05-25T10:00:00Z", "2026-05-25T12:00:00+02:00",
+                        "2026-05-25T10:00:00.000000Z", "2026-05-25T10:00", "2026-05-25"};
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        assert(pd_time_parse(ok[i], strlen(ok[i]), &ms) == 0);
+        if (i < 5) {
+            pd_time_format(ms, buf);
+            assert(strcmp(buf, "2026-05-25T10:00:00.000+00:00") == 0);
+        }
+    }
+    const char *bad[] = {"", "tomorrow", "2026-13-01", "2026-02-30T00:00:00Z", "2026-05-25T25:00",
+                         "2026-05-25T10:00:00Q", "2026-05-25T10:00:00.Z", "20260525"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert(pd_time_parse(bad[i], strlen(bad[i]), &ms) == -1);
+    assert(pd_uid_valid(PD_STR("abc-1.2_3")));
+    assert(!pd_uid_valid(PD_STR("_abc")));
+    assert(!pd_uid_valid(PD_STR("unique()")));
+    assert(!pd_uid_valid(PD_STR("0123456789012345678901234567890123456")));
+    pd_buf_t b;
+    pd_buf_init(&b);
+    pd_buf_add_json_str(&b, "a\"b\\\n\x01", 6);
+    assert(b.len == 16 && memcmp(b.data, "\"a\\\"b\\\\\\n\\u0001\"", 16) == 0);
+    pd_buf_free(&b);
+    pd_str_t l = {"any\0user:u1\0", 12};
+    assert(pd_list_has(l, PD_STR("user:u1")) && pd_list_has(l, PD_STR("any")));
+    assert(!pd_list_has(l, PD_STR("users")));
+    assert(pd_hash2(PD_STR("p"), PD_STR("x")) == pd_hash2(PD_STR("p"), PD_STR("x")));
+}

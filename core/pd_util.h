@@ -1,0 +1,98 @@
+/*  pd_util — small value types and helpers every role uses: string views, wall-clock time
+ *  in milliseconds, the Appwrite date format, a stable 64-bit hash, a growable byte buffer.
+ *  No allocation except in pd_buf. */
+#ifndef PD_UTIL_H
+#define PD_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+//  A borrowed, not NUL-terminated string view.
+typedef struct {
+    const char *ptr;
+    size_t len;
+} pd_str_t;
+
+#define PD_STR(lit) ((pd_str_t){(lit), sizeof(lit) - 1})
+#define PD_STR_NULL ((pd_str_t){NULL, 0})
+
+static inline pd_str_t
+pd_str(const char *s)
+{
+    return (pd_str_t){s, s ? strlen(s) : 0};
+}
+
+static inline bool
+pd_str_eq(pd_str_t a, pd_str_t b)
+{
+    return a.len == b.len && (a.len == 0 || memcmp(a.ptr, b.ptr, a.len) == 0);
+}
+
+static inline bool
+pd_str_eqc(pd_str_t a, const char *lit)
+{
+    return pd_str_eq(a, pd_str(lit));
+}
+
+//  Three-way byte comparison, shorter prefix first (matches strcmp order for NUL-free strings).
+int pd_str_cmp(pd_str_t a, pd_str_t b);
+
+//  Wall-clock time in milliseconds since the epoch, and monotonic milliseconds.
+int64_t pd_now_ms(void);
+int64_t pd_mono_ms(void);
+
+//  Appwrite date format "2024-01-01T00:00:00.000+00:00" (29 chars). buf needs 32 bytes.
+//  Returns the length written.
+size_t pd_time_format(int64_t ms, char *buf);
+
+//  Parses a date the way a client sends expiresAt: ISO 8601 / RFC 3339 with 'T' or a space,
+//  optional fraction, and 'Z', "+hh:mm", "+hhmm" or no zone (UTC). Returns 0 and sets *ms,
+//  or -1 when the text is not a date.
+int pd_time_parse(const char *s, size_t len, int64_t *ms);
+
+//  Stable 64-bit hash (FNV-1a folded with a final mix); the same on every machine and build.
+uint64_t pd_hash64(const void *data, size_t len, uint64_t seed);
+//  Hash of two strings with a separator, e.g. (project, presenceId).
+uint64_t pd_hash2(pd_str_t a, pd_str_t b);
+
+//  True if s is a valid Appwrite UID: 1..36 chars of [A-Za-z0-9_.-], not starting with _ . -
+bool pd_uid_valid(pd_str_t s);
+
+//  A growable byte buffer. pd_buf_reset keeps the allocation (no per-use malloc on hot paths).
+typedef struct {
+    char *data;
+    size_t len;
+    size_t cap;
+} pd_buf_t;
+
+void pd_buf_init(pd_buf_t *b);
+void pd_buf_free(pd_buf_t *b);
+static inline void
+pd_buf_reset(pd_buf_t *b)
+{
+    b->len = 0;
+}
+//  Makes room for n more bytes; aborts on OOM (like h2o's allocator).
+void pd_buf_reserve(pd_buf_t *b, size_t n);
+void pd_buf_add(pd_buf_t *b, const void *p, size_t n);
+static inline void
+pd_buf_adds(pd_buf_t *b, const char *s)
+{
+    pd_buf_add(b, s, strlen(s));
+}
+void pd_buf_addf(pd_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+//  Appends s as a JSON string literal (with quotes), escaping as RFC 8259 requires.
+void pd_buf_add_json_str(pd_buf_t *b, const char *s, size_t len);
+
+//  Iterates a list of NUL-terminated strings packed back to back ("any\0user:u1\0").
+//  for (pd_str_t it = pd_list_first(l); it.ptr; it = pd_list_next(l, it)) ...
+pd_str_t pd_list_first(pd_str_t list);
+pd_str_t pd_list_next(pd_str_t list, pd_str_t cur);
+//  True if the packed list contains s.
+bool pd_list_has(pd_str_t list, pd_str_t s);
+
+void pd_util_test(bool verbose);
+
+#endif

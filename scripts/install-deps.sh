@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything presenced needs on a fresh Debian bookworm machine (run as root):
+# the build toolchain and libraries, and the tools the tests and benchmarks use.
+# The npm packages for the end-to-end tests are installed by tests/e2e/setup.sh.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
+      libh2o-evloop-dev libwslay-dev libssl-dev
+      libczmq-dev libzmq3-dev libmsgpack-dev libsodium-dev libjansson-dev
+      nodejs npm wrk procps curl tmux)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# nodejs may come from another repository that ships npm inside it
+if dpkg-query -W -f='${Version}' nodejs 2>/dev/null | grep -q nodesource; then
+    missing=("${missing[@]/npm}")
+fi
+if [ "${#missing[@]}" -gt 0 ] && [ -n "$(echo "${missing[@]}" | tr -d ' ')" ]; then
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends ${missing[@]}
+fi

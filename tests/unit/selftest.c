@@ -1,0 +1,51 @@
+/*  presenced-selftest — runs the self test of one core module, or all of them.
+ *  Usage: presenced-selftest [-v] [module]   (ctest runs one module per test) */
+#include <stdio.h>
+#include <string.h>
+
+#include "pd_auth.h"
+#include "pd_msg.h"
+#include "pd_query.h"
+#include "pd_table.h"
+#include "pd_util.h"
+#include "pd_wheel.h"
+
+static const struct {
+    const char *name;
+    void (*fn)(bool verbose);
+} s_tests[] = {
+    {"util", pd_util_test},
+    {"msg", pd_msg_test},
+    {"table", pd_table_test},
+    {"query", pd_query_test},
+    {"auth", pd_auth_test},
+    {"wheel", pd_wheel_test},
+};
+
+int
+main(int argc, char **argv)
+{
+    bool verbose = false;
+    const char *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-v") == 0)
+            verbose = true;
+        else
+            only = argv[i];
+    }
+    int ran = 0;
+    for (size_t i = 0; i < sizeof s_tests / sizeof *s_tests; i++) {
+        if (only && strcmp(only, s_tests[i].name) != 0)
+            continue;
+        printf(" * %s\n", s_tests[i].name);
+        fflush(stdout);
+        s_tests[i].fn(verbose);
+        ran++;
+    }
+    if (!ran) {
+        fprintf(stderr, "no such test: %s\n", only ? only : "");
+        return 1;
+    }
+    printf("selftest: %d module(s) passed\n", ran);
+    return 0;
+}
