@@ -189,6 +189,28 @@ pd_msgw_end(pd_msgw_t *w)
 }
 
 void
+pd_msgw_copy(pd_msgw_t *w, const pd_msg_t *m, uint64_t rid, uint64_t skip)
+{
+    pd_msgw_begin(w, m->type, rid);
+    for (int f = 1; f < PD_F__COUNT; f++) {
+        if (!pd_msg_has(m, f) || ((skip >> f) & 1))
+            continue;
+        switch (s_field_type[f]) {
+        case 1:
+            pd_msgw_s(w, f, m->s[f]);
+            break;
+        case 2:
+            pd_msgw_int(w, f, m->i[f]);
+            break;
+        case 3:
+            pd_msgw_raw(w, f);
+            msgpack_pack_object(&w->pk, *m->o[f]);
+            break;
+        }
+    }
+}
+
+void
 pd_msgw_forward(pd_msgw_t *w, const pd_msg_t *m, uint64_t rid)
 {
     size_t at = w->sb.size;

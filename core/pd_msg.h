@@ -47,6 +47,7 @@ enum {
     PD_FL_CLAIMED = 1 << 10,    //  UPSERT: ID came from the user's claim (may be stale)
     PD_FL_NO_EVENT = 1 << 11,   //  reserved
     PD_FL_LAST = 1 << 12,       //  SYNC_PAGE: the last page of this node
+    PD_FL_HOLD = 1 << 13,       //  UPSERT from realtime: add CONN (a gateway) to the holders
 };
 
 //  EVENT actions.
@@ -102,6 +103,9 @@ void pd_msgw_int(pd_msgw_t *w, int field, int64_t v);
 //  Starts a RAW field: the caller then packs exactly one object with w->pk.
 void pd_msgw_raw(pd_msgw_t *w, int field);
 void pd_msgw_end(pd_msgw_t *w);
+//  Starts a copy of m with a new rid: every present field except those whose bit is set in
+//  skip (1 << field). The message stays open: add overrides, then pd_msgw_end.
+void pd_msgw_copy(pd_msgw_t *w, const pd_msg_t *m, uint64_t rid, uint64_t skip);
 //  Appends an already encoded message (m->raw) with its rid replaced: the broker's forward.
 void pd_msgw_forward(pd_msgw_t *w, const pd_msg_t *m, uint64_t rid);
 

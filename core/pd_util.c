@@ -167,6 +167,21 @@ pd_hash2(pd_str_t a, pd_str_t b)
     return pd_hash64(b.ptr, b.len, h);
 }
 
+int
+pd_shard_owner(pd_str_t project, pd_str_t key, int nnodes)
+{
+    uint64_t h = pd_hash2(project, key), best = 0;
+    int owner = 1;
+    for (int n = 1; n <= nnodes; n++) {
+        uint64_t w = pd_hash64(&n, sizeof n, h);
+        if (w > best) {
+            best = w;
+            owner = n;
+        }
+    }
+    return owner;
+}
+
 bool
 pd_uid_valid(pd_str_t s)
 {

@@ -57,6 +57,10 @@ uint64_t pd_hash64(const void *data, size_t len, uint64_t seed);
 //  Hash of two strings with a separator, e.g. (project, presenceId).
 uint64_t pd_hash2(pd_str_t a, pd_str_t b);
 
+//  Rendezvous (highest random weight) hashing: the node 1..nnodes that owns (project, key).
+//  Stable: adding a node moves only the keys the new node wins; removing none moves nothing.
+int pd_shard_owner(pd_str_t project, pd_str_t key, int nnodes);
+
 //  True if s is a valid Appwrite UID: 1..36 chars of [A-Za-z0-9_.-], not starting with _ . -
 bool pd_uid_valid(pd_str_t s);
 

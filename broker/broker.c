@@ -1,0 +1,916 @@
+/*  broker — see broker.h.
+ *
+ *  Sockets: `front` ROUTER (gateways, reaper), `back` ROUTER (store nodes, identity
+ *  "store-<n>", ROUTER_MANDATORY so a missing node fails at once), and the bus: a zproxy actor
+ *  binding XSUB (bus_in, stores publish) and XPUB (bus_out, gateways and the reaper subscribe).
+ *
+ *  Every frame is a batch of pd_msg messages. The loop drains both ROUTERs, handles each
+ *  message, and appends what it sends to one output batch per destination; the batches are
+ *  flushed once per loop turn. Under load one frame carries hundreds of requests, so the cost
+ *  of a ZeroMQ hop is paid per batch, not per request. Single-record requests are forwarded
+ *  byte for byte with only the rid rewritten (pd_msgw_forward).
+ *
+ *  An op is one request in flight: it remembers who asked (peer, rid) and, for the multi-step
+ *  requests, where it is:
+ *    UPSERT   CLAIM at owner(project,user) -> UPSERT at owner(project,claimed id)
+ *             [-> RECLAIM when the claim was stale -> UPSERT again]  [-> UNCLAIM on 409]
+ *    UPDATE   (with userId) CLAIM for the new owner -> UPDATE -> UNCLAIM for the old owner
+ *    DELETE / EXPIRE   -> UNCLAIM of the owner once deleted
+ *    LIST     [probe the cursor's owner] -> LIST at every node -> merge pages
+ *    SYNC     -> every node (or one), pages streamed back to the reaper
+ *  Store nodes are a fixed set 1..N (--stores): ownership never moves when a node is down, so
+ *  its records are answered 503 at once until it comes back. */
+#include "broker.h"
+
+#include <czmq.h>
+#include <signal.h>
+
+#include "pd_err.h"
+#include "pd_log.h"
+#include "pd_msg.h"
+#include "pd_query.h"
+
+#define MAX_NODES 64
+#define MAX_PEERS 256
+#define OP_TIMEOUT_MS 4500
+#define NODE_DEAD_MS 1000
+#define LIST_TOTAL_CAP 5000
+
+enum { OP_FREE, OP_SIMPLE, OP_UPSERT, OP_UPDATE, OP_LIST, OP_SYNC };
+enum { ST_CLAIM, ST_WRITE, ST_RECLAIM, ST_PROBE, ST_GATHER };
+
+typedef struct {
+    bool seen;          //  registered at least once
+    bool up;            //  heard from within NODE_DEAD_MS
+    int64_t last;       //  mono ms of the last HELLO
+    int64_t gen;        //  boot generation
+    int64_t records;    //  records held (from HELLO)
+    int64_t claims;     //  user claims held
+    char ident[16];     //  ZeroMQ identity "store-<n>"
+    pd_msgw_t out;      //  batch to send this turn
+} node_t;
+
+typedef struct {
+    zframe_t *ident;    //  ZeroMQ routing id
+    char role[16];      //  "gateway", "reaper", or "" before HELLO
+    int64_t last;       //  mono ms of the last message
+    pd_buf_t metrics;   //  reaper: its Prometheus text
+    pd_msgw_t out;      //  batch to send this turn
+} peer_t;
+
+typedef struct {
+    int kind;           //  OP_*
+    int state;          //  ST_*
+    uint32_t gen;       //  bumped on reuse: a late reply to an old op is ignored
+    int peer;           //  who asked
+    uint64_t rid;       //  their rid
+    int node;           //  the node a single-step reply is expected from
+    uint64_t waiting;   //  LIST/SYNC: bit per node still to answer
+    int64_t deadline;   //  mono ms
+    int retries;        //  RECLAIM rounds
+    bool fresh;         //  the claim was created by this op
+    pd_buf_t req;       //  the original request, re-decoded for later steps
+    char claimed[40];   //  the id from the claim
+    pd_buf_t items;     //  LIST: collected [json, key] items, msgpack
+    int64_t total;      //  LIST: summed totals
+    pd_buf_t cursor;    //  LIST: the cursor's item (msgpack)
+    pd_query_t *query;  //  LIST: parsed queries (order, limit, offset)
+} op_t;
+
+typedef struct {
+    pd_config_t *cfg;
+    zsock_t *front, *back;
+    zactor_t *proxy;
+    zpoller_t *poller;
+    int nstores;
+    node_t nodes[MAX_NODES + 1];
+    peer_t peers[MAX_PEERS];
+    size_t npeers;
+    op_t *ops;
+    size_t nops, cap_ops;
+    uint32_t *free_ops;
+    size_t nfree;
+    msgpack_zone zone;
+    uint64_t malformed, unroutable;
+} broker_t;
+
+static volatile sig_atomic_t s_stop;
+
+static void
+s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+/* -------------------------------------------------------------------------- ops */
+
+static uint64_t
+s_op_id(broker_t *self, op_t *op)
+{
+    return ((uint64_t)op->gen << 32) | (uint64_t)(op - self->ops);
+}
+
+static op_t *
+s_op_new(broker_t *self, int kind, int peer, uint64_t rid)
+{
+    uint32_t idx;
+    if (self->nfree) {
+        idx = self->free_ops[--self->nfree];
+    } else {
+        if (self->nops == self->cap_ops) {
+            size_t cap = self->cap_ops ? self->cap_ops * 2 : 1024;
+            op_t *ops = realloc(self->ops, cap * sizeof *ops);
+            uint32_t *fr = realloc(self->free_ops, cap * sizeof *fr);
+            if (!ops || !fr)
+                abort();
+            memset(ops + self->cap_ops, 0, (cap - self->cap_ops) * sizeof *ops);
+            self->ops = ops;
+            self->free_ops = fr;
+            self->cap_ops = cap;
+        }
+        idx = (uint32_t)self->nops++;
+    }
+    op_t *op = &self->ops[idx];
+    op->kind = kind;
+    op->state = 0;
+    op->gen++;
+    op->peer = peer;
+    op->rid = rid;
+    op->node = 0;
+    op->waiting = 0;
+    op->deadline = pd_mono_ms() + OP_TIMEOUT_MS;
+    op->retries = 0;
+    op->fresh = false;
+    op->claimed[0] = 0;
+    op->total = 0;
+    pd_buf_reset(&op->req);
+    pd_buf_reset(&op->items);
+    pd_buf_reset(&op->cursor);
+    return op;
+}
+
+static void
+s_op_free(broker_t *self, op_t *op)
+{
+    pd_query_destroy(&op->query);
+    op->kind = OP_FREE;
+    op->gen++;
+    self->free_ops[self->nfree++] = (uint32_t)(op - self->ops);
+}
+
+static op_t *
+s_op_find(broker_t *self, uint64_t id)
+{
+    uint32_t idx = (uint32_t)id, gen = (uint32_t)(id >> 32);
+    if (idx >= self->nops)
+        return NULL;
+    op_t *op = &self->ops[idx];
+    return (op->kind != OP_FREE && op->gen == gen) ? op : NULL;
+}
+
+/* -------------------------------------------------------------------------- replies */
+
+static void
+s_reply_errs(broker_t *self, int peer, uint64_t rid, int err, pd_str_t msg)
+{
+    pd_msgw_t *w = &self->peers[peer].out;
+    pd_msgw_begin(w, PD_MSG_REPLY, rid);
+    pd_msgw_int(w, PD_F_ERR, err);
+    if (msg.len)
+        pd_msgw_s(w, PD_F_MESSAGE, msg);
+    pd_msgw_end(w);
+}
+
+static void
+s_reply_err(broker_t *self, int peer, uint64_t rid, int err, const char *msg)
+{
+    s_reply_errs(self, peer, rid, err, msg ? pd_str(msg) : PD_STR_NULL);
+}
+
+static void
+s_op_fail(broker_t *self, op_t *op, int err)
+{
+    s_reply_err(self, op->peer, op->rid, err, NULL);
+    s_op_free(self, op);
+}
+
+/*  Re-decodes the request saved in op->req (zone: the broker's, cleared per frame). */
+static int
+s_op_request(broker_t *self, op_t *op, pd_msg_t *m)
+{
+    size_t off = 0;
+    return pd_msg_decode(m, op->req.data, op->req.len, &off, &self->zone);
+}
+
+static bool
+s_node_ok(broker_t *self, int n)
+{
+    return n >= 1 && n <= self->nstores && self->nodes[n].up;
+}
+
+static int
+s_owner(broker_t *self, pd_str_t project, pd_str_t key)
+{
+    return pd_shard_owner(project, key, self->nstores);
+}
+
+/* -------------------------------------------------------------------------- steps */
+
+static void
+s_send_claim(broker_t *self, op_t *op, const pd_msg_t *req, pd_str_t user)
+{
+    int u = s_owner(self, req->s[PD_F_PROJECT], user);
+    if (!s_node_ok(self, u)) {
+        s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+        return;
+    }
+    pd_msgw_t *w = &self->nodes[u].out;
+    pd_msgw_begin(w, PD_MSG_CLAIM, s_op_id(self, op));
+    pd_msgw_s(w, PD_F_PROJECT, req->s[PD_F_PROJECT]);
+    pd_msgw_s(w, PD_F_USER, user);
+    pd_msgw_s(w, PD_F_ID, req->s[PD_F_ID]);
+    pd_msgw_end(w);
+    op->state = ST_CLAIM;
+    op->node = u;
+}
+
+static void
+s_send_unclaim(broker_t *self, pd_str_t project, pd_str_t user, pd_str_t id)
+{
+    if (!user.len)
+        return;
+    int u = s_owner(self, project, user);
+    if (!s_node_ok(self, u))
+        return; /* a stale claim is repaired by the next upsert (RECLAIM) */
+    pd_msgw_t *w = &self->nodes[u].out;
+    pd_msgw_begin(w, PD_MSG_UNCLAIM, 0);
+    pd_msgw_s(w, PD_F_PROJECT, project);
+    pd_msgw_s(w, PD_F_USER, user);
+    pd_msgw_s(w, PD_F_ID, id);
+    pd_msgw_end(w);
+}
+
+/*  Sends the saved write (UPSERT/UPDATE) to the owner of the claimed id. */
+static void
+s_send_write(broker_t *self, op_t *op)
+{
+    pd_msg_t req;
+    if (s_op_request(self, op, &req) < 0) {
+        s_op_fail(self, op, PD_ERR_SERVER_ERROR);
+        return;
+    }
+    pd_str_t id = op->claimed[0] ? pd_str(op->claimed) : req.s[PD_F_ID];
+    int p = s_owner(self, req.s[PD_F_PROJECT], id);
+    if (!s_node_ok(self, p)) {
+        s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+        return;
+    }
+    pd_msgw_t *w = &self->nodes[p].out;
+    bool stale_possible = op->claimed[0] && !pd_str_eq(id, req.s[PD_F_ID]);
+    pd_msgw_copy(w, &req, s_op_id(self, op), (1ULL << PD_F_ID) | (1ULL << PD_F_FLAGS));
+    pd_msgw_s(w, PD_F_ID, id);
+    pd_msgw_int(w, PD_F_FLAGS, req.i[PD_F_FLAGS] | (stale_possible ? PD_FL_CLAIMED : 0));
+    pd_msgw_end(w);
+    op->state = ST_WRITE;
+    op->node = p;
+}
+
+/*  A request from a gateway or the reaper. */
+static void
+s_on_request(broker_t *self, int peer, const pd_msg_t *m)
+{
+    pd_str_t project = m->s[PD_F_PROJECT];
+    switch (m->type) {
+    case PD_MSG_GET:
+    case PD_MSG_DELETE:
+    case PD_MSG_EXPIRE:
+    case PD_MSG_RELEASE:
+    case PD_MSG_UPDATE: {
+        int n = s_owner(self, project, m->s[PD_F_ID]);
+        if (!s_node_ok(self, n)) {
+            s_reply_err(self, peer, m->rid, PD_ERR_UNAVAILABLE, NULL);
+            return;
+        }
+        bool reassign = m->type == PD_MSG_UPDATE && (m->i[PD_F_FLAGS] & PD_FL_HAS_USER);
+        op_t *op = s_op_new(self, reassign ? OP_UPDATE : OP_SIMPLE, peer, m->rid);
+        if (reassign) {
+            pd_buf_add(&op->req, m->raw, m->raw_len);
+            s_send_claim(self, op, m, m->s[PD_F_USER]);
+            return;
+        }
+        op->node = n;
+        op->state = ST_WRITE;
+        pd_msgw_forward(&self->nodes[n].out, m, s_op_id(self, op));
+        return;
+    }
+    case PD_MSG_UPSERT: {
+        op_t *op = s_op_new(self, OP_UPSERT, peer, m->rid);
+        pd_buf_add(&op->req, m->raw, m->raw_len);
+        s_send_claim(self, op, m, m->s[PD_F_USER]);
+        return;
+    }
+    case PD_MSG_LIST: {
+        pd_str_t qs[PD_QUERY_MAX];
+        size_t nq = 0;
+        pd_str_t l = m->s[PD_F_QUERIES];
+        for (pd_str_t q = pd_list_first(l); q.ptr && nq < PD_QUERY_MAX; q = pd_list_next(l, q))
+            qs[nq++] = q;
+        char err[256];
+        int code;
+        pd_query_t *query = pd_query_parse(qs, nq, PD_QMODE_LIST, &code, err, sizeof err);
+        if (!query) {
+            s_reply_err(self, peer, m->rid, code, err);
+            return;
+        }
+        for (int n = 1; n <= self->nstores; n++) {
+            if (!s_node_ok(self, n)) {
+                pd_query_destroy(&query);
+                s_reply_err(self, peer, m->rid, PD_ERR_UNAVAILABLE, NULL);
+                return;
+            }
+        }
+        op_t *op = s_op_new(self, OP_LIST, peer, m->rid);
+        op->query = query;
+        pd_buf_add(&op->req, m->raw, m->raw_len);
+        bool before;
+        pd_str_t cursor = pd_query_cursor(query, &before);
+        if (cursor.len) {
+            int n = s_owner(self, project, cursor);
+            pd_msgw_t *w = &self->nodes[n].out;
+            pd_msgw_copy(w, m, s_op_id(self, op), 1ULL << PD_F_FLAGS);
+            pd_msgw_int(w, PD_F_FLAGS, m->i[PD_F_FLAGS] | PD_FL_CURSOR_PROBE);
+            pd_msgw_end(w);
+            op->state = ST_PROBE;
+            op->node = n;
+            return;
+        }
+        op->state = ST_GATHER;
+        for (int n = 1; n <= self->nstores; n++) {
+            pd_msgw_forward(&self->nodes[n].out, m, s_op_id(self, op));
+            op->waiting |= 1ULL << n;
+        }
+        return;
+    }
+    case PD_MSG_SYNC: {
+        op_t *op = s_op_new(self, OP_SYNC, peer, m->rid);
+        op->deadline = pd_mono_ms() + 60000;
+        for (int n = 1; n <= self->nstores; n++) {
+            if (m->i[PD_F_NODE] && m->i[PD_F_NODE] != n)
+                continue;
+            if (!s_node_ok(self, n))
+                continue; /* the reaper resyncs a node when it comes back */
+            pd_msgw_forward(&self->nodes[n].out, m, s_op_id(self, op));
+            op->waiting |= 1ULL << n;
+        }
+        if (!op->waiting)
+            s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+        return;
+    }
+    case PD_MSG_STATUS: {
+        pd_buf_t b;
+        pd_buf_init(&b);
+        bool healthy = true;
+        int64_t now = pd_mono_ms();
+        pd_buf_adds(&b, "# TYPE presenced_store_up gauge\n");
+        for (int n = 1; n <= self->nstores; n++) {
+            pd_buf_addf(&b, "presenced_store_up{node=\"%d\"} %d\n", n, self->nodes[n].up);
+            healthy &= self->nodes[n].up;
+        }
+        pd_buf_adds(&b, "# TYPE presenced_store_records gauge\n");
+        for (int n = 1; n <= self->nstores; n++)
+            pd_buf_addf(&b, "presenced_store_records{node=\"%d\"} %lld\n", n,
+                        (long long)self->nodes[n].records);
+        pd_buf_adds(&b, "# TYPE presenced_store_claims gauge\n");
+        for (int n = 1; n <= self->nstores; n++)
+            pd_buf_addf(&b, "presenced_store_claims{node=\"%d\"} %lld\n", n,
+                        (long long)self->nodes[n].claims);
+        bool reaper = false;
+        for (size_t i = 0; i < self->npeers; i++) {
+            peer_t *p = &self->peers[i];
+            if (strcmp(p->role, "reaper") == 0 && now - p->last < NODE_DEAD_MS) {
+                reaper = true;
+                pd_buf_add(&b, p->metrics.data, p->metrics.len);
+            }
+        }
+        healthy &= reaper;
+        pd_buf_addf(&b, "# TYPE presenced_reaper_up gauge\npresenced_reaper_up %d\n", reaper);
+        pd_buf_addf(&b, "# TYPE presenced_broker_malformed_total counter\n"
+                        "presenced_broker_malformed_total %llu\n"
+                        "# TYPE presenced_broker_ops_in_flight gauge\n"
+                        "presenced_broker_ops_in_flight %zu\n",
+                    (unsigned long long)self->malformed, self->nops - self->nfree);
+        pd_msgw_t *w = &self->peers[peer].out;
+        pd_msgw_begin(w, PD_MSG_REPLY, m->rid);
+        pd_msgw_int(w, PD_F_ERR, healthy ? PD_ERR_OK : PD_ERR_UNAVAILABLE);
+        pd_msgw_str(w, PD_F_BODY, b.data, b.len);
+        pd_msgw_end(w);
+        pd_buf_free(&b);
+        return;
+    }
+    default:
+        self->malformed++;
+        return;
+    }
+}
+
+/* -------------------------------------------------------------------------- list merge */
+
+/*  Merges the pages of every node: each node sent its own first offset+limit matches in
+ *  order, so the global page is the offset..offset+limit slice of their union. Items are
+ *  [json, key]; keys are compared with the query's order (pd_query_key_cmp). */
+typedef struct {
+    const pd_query_t *q;
+    pd_qkey_t key;
+    pd_str_t json;
+} item_t;
+
+static const pd_query_t *s_sort_query;
+
+static int
+s_item_cmp(const void *a, const void *b)
+{
+    return pd_query_key_cmp(s_sort_query, &((const item_t *)a)->key, &((const item_t *)b)->key);
+}
+
+static void
+s_list_finish(broker_t *self, op_t *op)
+{
+    msgpack_zone zone;
+    msgpack_zone_init(&zone, 4096);
+    size_t cap = 64, n = 0, off = 0;
+    item_t *items = malloc(cap * sizeof *items);
+    msgpack_object obj;
+    while (off < op->items.len &&
+           msgpack_unpack(op->items.data, op->items.len, &off, &zone, &obj) >= 1) {
+        if (obj.type != MSGPACK_OBJECT_ARRAY || obj.via.array.size != 2 ||
+            obj.via.array.ptr[0].type != MSGPACK_OBJECT_STR)
+            continue;
+        if (n == cap)
+            items = realloc(items, (cap *= 2) * sizeof *items);
+        item_t *it = &items[n];
+        it->json = (pd_str_t){obj.via.array.ptr[0].via.str.ptr, obj.via.array.ptr[0].via.str.size};
+        if (pd_query_key_unpack(&obj.via.array.ptr[1], &it->key) < 0)
+            continue;
+        n++;
+    }
+    s_sort_query = op->query;
+    qsort(items, n, sizeof *items, s_item_cmp);
+    bool before = false;
+    pd_query_cursor(op->query, &before);
+    size_t offset = (size_t)pd_query_offset(op->query), limit = (size_t)pd_query_limit(op->query);
+    size_t from, to;
+    if (before) { /* cursorBefore: nodes returned the nearest items in reverse order */
+        to = n > offset ? n - offset : 0;
+        from = to > limit ? to - limit : 0;
+    } else {
+        from = offset < n ? offset : n;
+        to = from + limit < n ? from + limit : n;
+    }
+    pd_buf_t b;
+    pd_buf_init(&b);
+    int64_t total = op->total > LIST_TOTAL_CAP ? LIST_TOTAL_CAP : op->total;
+    pd_buf_addf(&b, "{\"total\":%lld,\"presences\":[", (long long)total);
+    for (size_t i = from; i < to; i++) {
+        if (i > from)
+            pd_buf_add(&b, ",", 1);
+        pd_buf_add(&b, items[i].json.ptr, items[i].json.len);
+    }
+    pd_buf_adds(&b, "]}");
+    pd_msgw_t *w = &self->peers[op->peer].out;
+    pd_msgw_begin(w, PD_MSG_REPLY, op->rid);
+    pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_str(w, PD_F_BODY, b.data, b.len);
+    pd_msgw_end(w);
+    pd_buf_free(&b);
+    free(items);
+    msgpack_zone_destroy(&zone);
+    s_op_free(self, op);
+}
+
+static void
+s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
+{
+    if (m->i[PD_F_ERR] != PD_ERR_OK) {
+        s_reply_errs(self, op->peer, op->rid, (int)m->i[PD_F_ERR], m->s[PD_F_MESSAGE]);
+        s_op_free(self, op);
+        return;
+    }
+    const msgpack_object *items = m->o[PD_F_ITEMS];
+    if (op->state == ST_PROBE) {
+        if (!items || items->type != MSGPACK_OBJECT_ARRAY || items->via.array.size != 1) {
+            s_op_fail(self, op, PD_ERR_SERVER_ERROR);
+            return;
+        }
+        /* Phase 2: ask every node for the page after (or before) the cursor's key. */
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_object(&pk, items->via.array.ptr[0]);
+        pd_msg_t req;
+        if (s_op_request(self, op, &req) < 0) {
+            msgpack_sbuffer_destroy(&sb);
+            s_op_fail(self, op, PD_ERR_SERVER_ERROR);
+            return;
+        }
+        for (int n = 1; n <= self->nstores; n++) {
+            if (!s_node_ok(self, n)) {
+                msgpack_sbuffer_destroy(&sb);
+                s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+                return;
+            }
+        }
+        for (int n = 1; n <= self->nstores; n++) {
+            pd_msgw_t *w = &self->nodes[n].out;
+            pd_msgw_copy(w, &req, s_op_id(self, op), 0);
+            pd_msgw_raw(w, PD_F_CURSOR_KEYS);
+            msgpack_sbuffer_write(&w->sb, sb.data, sb.size);
+            pd_msgw_end(w);
+            op->waiting |= 1ULL << n;
+        }
+        msgpack_sbuffer_destroy(&sb);
+        op->state = ST_GATHER;
+        return;
+    }
+    if (!((op->waiting >> node) & 1))
+        return;
+    op->waiting &= ~(1ULL << node);
+    op->total += m->i[PD_F_TOTAL];
+    if (items && items->type == MSGPACK_OBJECT_ARRAY) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        for (uint32_t i = 0; i < items->via.array.size; i++)
+            msgpack_pack_object(&pk, items->via.array.ptr[i]);
+        pd_buf_add(&op->items, sb.data, sb.size);
+        msgpack_sbuffer_destroy(&sb);
+    }
+    if (!op->waiting)
+        s_list_finish(self, op);
+}
+
+/* -------------------------------------------------------------------------- store replies */
+
+static void
+s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
+{
+    op_t *op = s_op_find(self, m->rid);
+    if (!op)
+        return; /* late reply to a timed-out op, or an UNCLAIM */
+    int err = (int)m->i[PD_F_ERR];
+    switch (op->kind) {
+    case OP_SIMPLE: {
+        pd_msgw_forward(&self->peers[op->peer].out, m, op->rid);
+        if (err == PD_ERR_OK && m->s[PD_F_USER].len &&
+            !pd_msg_has(m, PD_F_BODY) /* DELETE and EXPIRE replies carry no body */)
+            s_send_unclaim(self, m->s[PD_F_PROJECT], m->s[PD_F_USER], m->s[PD_F_ID]);
+        s_op_free(self, op);
+        return;
+    }
+    case OP_UPSERT:
+    case OP_UPDATE:
+        if (op->state == ST_CLAIM || op->state == ST_RECLAIM) {
+            if (err != PD_ERR_OK) {
+                s_op_fail(self, op, err);
+                return;
+            }
+            pd_str_t claimed = m->s[PD_F_ID];
+            if (claimed.len == 0 || claimed.len > 36) {
+                s_op_fail(self, op, PD_ERR_SERVER_ERROR);
+                return;
+            }
+            memcpy(op->claimed, claimed.ptr, claimed.len);
+            op->claimed[claimed.len] = 0;
+            op->fresh = (m->i[PD_F_FLAGS] & PD_FL_FRESH) != 0;
+            if (op->kind == OP_UPDATE) {
+                pd_msg_t req;
+                if (s_op_request(self, op, &req) < 0 || !pd_str_eq(claimed, req.s[PD_F_ID])) {
+                    /* The new owner already has another presence. */
+                    s_op_fail(self, op, PD_ERR_PRESENCE_EXISTS);
+                    return;
+                }
+                op->claimed[0] = 0; /* route by the path id */
+            }
+            s_send_write(self, op);
+            return;
+        }
+        /* ST_WRITE: the store answered the write. */
+        {
+            pd_msg_t req;
+            if (s_op_request(self, op, &req) < 0) {
+                s_op_fail(self, op, PD_ERR_SERVER_ERROR);
+                return;
+            }
+            if (op->kind == OP_UPSERT && err == PD_ERR_PRESENCE_NOT_FOUND && op->retries < 3) {
+                /* The claim named a record that no longer exists: move it to the path id. */
+                op->retries++;
+                int u = s_owner(self, req.s[PD_F_PROJECT], req.s[PD_F_USER]);
+                if (!s_node_ok(self, u)) {
+                    s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+                    return;
+                }
+                pd_msgw_t *w = &self->nodes[u].out;
+                pd_msgw_begin(w, PD_MSG_RECLAIM, s_op_id(self, op));
+                pd_msgw_s(w, PD_F_PROJECT, req.s[PD_F_PROJECT]);
+                pd_msgw_s(w, PD_F_USER, req.s[PD_F_USER]);
+                pd_msgw_s(w, PD_F_EXPECT, pd_str(op->claimed));
+                pd_msgw_s(w, PD_F_ID, req.s[PD_F_ID]);
+                pd_msgw_end(w);
+                op->state = ST_RECLAIM;
+                op->node = u;
+                return;
+            }
+            if (err != PD_ERR_OK && op->fresh) /* undo a claim this op made */
+                s_send_unclaim(self, req.s[PD_F_PROJECT], req.s[PD_F_USER],
+                               op->kind == OP_UPSERT ? pd_str(op->claimed) : req.s[PD_F_ID]);
+            if (err == PD_ERR_OK && op->kind == OP_UPDATE && m->s[PD_F_PREV_USER].len &&
+                !pd_str_eq(m->s[PD_F_PREV_USER], req.s[PD_F_USER]))
+                s_send_unclaim(self, req.s[PD_F_PROJECT], m->s[PD_F_PREV_USER], req.s[PD_F_ID]);
+            pd_msgw_forward(&self->peers[op->peer].out, m, op->rid);
+            s_op_free(self, op);
+            return;
+        }
+    case OP_LIST:
+        s_list_page(self, op, node, m);
+        return;
+    case OP_SYNC:
+        pd_msgw_forward(&self->peers[op->peer].out, m, op->rid);
+        if (m->type != PD_MSG_SYNC_PAGE || (m->i[PD_F_FLAGS] & PD_FL_LAST)) {
+            op->waiting &= ~(1ULL << node);
+            if (!op->waiting)
+                s_op_free(self, op);
+        }
+        return;
+    }
+}
+
+/* -------------------------------------------------------------------------- sockets */
+
+static int
+s_peer(broker_t *self, zframe_t **ident_p)
+{
+    zframe_t *ident = *ident_p;
+    for (size_t i = 0; i < self->npeers; i++) {
+        if (zframe_eq(self->peers[i].ident, ident)) {
+            zframe_destroy(ident_p);
+            return (int)i;
+        }
+    }
+    size_t i = self->npeers;
+    if (i == MAX_PEERS) { /* reuse the longest silent peer */
+        i = 0;
+        for (size_t k = 1; k < self->npeers; k++)
+            if (self->peers[k].last < self->peers[i].last)
+                i = k;
+        zframe_destroy(&self->peers[i].ident);
+        pd_msgw_reset(&self->peers[i].out);
+    } else {
+        self->npeers++;
+        pd_msgw_init(&self->peers[i].out);
+        pd_buf_init(&self->peers[i].metrics);
+    }
+    self->peers[i].ident = ident;
+    self->peers[i].role[0] = 0;
+    *ident_p = NULL;
+    return (int)i;
+}
+
+static void
+s_recv_front(broker_t *self)
+{
+    while (zsock_events(self->front) & ZMQ_POLLIN) {
+        zmsg_t *msg = zmsg_recv(self->front);
+        if (!msg)
+            break;
+        zframe_t *ident = zmsg_pop(msg);
+        zframe_t *body = zmsg_pop(msg);
+        if (!ident || !body) {
+            self->malformed++;
+            zframe_destroy(&ident);
+            zframe_destroy(&body);
+            zmsg_destroy(&msg);
+            continue;
+        }
+        int peer = s_peer(self, &ident);
+        peer_t *p = &self->peers[peer];
+        p->last = pd_mono_ms();
+        const char *buf = (const char *)zframe_data(body);
+        size_t len = zframe_size(body), off = 0;
+        pd_msg_t m;
+        int r;
+        while ((r = pd_msg_decode(&m, buf, len, &off, &self->zone)) == 0) {
+            if (m.type == PD_MSG_HELLO) {
+                snprintf(p->role, sizeof p->role, "%.*s", (int)m.s[PD_F_ROLE].len,
+                         m.s[PD_F_ROLE].ptr ? m.s[PD_F_ROLE].ptr : "");
+                if (pd_msg_has(&m, PD_F_BODY)) {
+                    pd_buf_reset(&p->metrics);
+                    pd_buf_add(&p->metrics, m.s[PD_F_BODY].ptr, m.s[PD_F_BODY].len);
+                }
+                continue;
+            }
+            s_on_request(self, peer, &m);
+        }
+        if (r < 0)
+            self->malformed++;
+        msgpack_zone_clear(&self->zone);
+        zframe_destroy(&body);
+        zmsg_destroy(&msg);
+    }
+}
+
+static void
+s_recv_back(broker_t *self)
+{
+    while (zsock_events(self->back) & ZMQ_POLLIN) {
+        zmsg_t *msg = zmsg_recv(self->back);
+        if (!msg)
+            break;
+        zframe_t *ident = zmsg_pop(msg);
+        zframe_t *body = zmsg_pop(msg);
+        int node = 0;
+        if (ident && zframe_size(ident) > 6 && memcmp(zframe_data(ident), "store-", 6) == 0) {
+            char tmp[16] = {0};
+            memcpy(tmp, zframe_data(ident) + 6,
+                   zframe_size(ident) - 6 < 15 ? zframe_size(ident) - 6 : 15);
+            node = atoi(tmp);
+        }
+        if (!body || node < 1 || node > self->nstores) {
+            self->malformed++;
+            goto next;
+        }
+        const char *buf = (const char *)zframe_data(body);
+        size_t len = zframe_size(body), off = 0;
+        pd_msg_t m;
+        int r;
+        while ((r = pd_msg_decode(&m, buf, len, &off, &self->zone)) == 0) {
+            if (m.type == PD_MSG_HELLO) {
+                node_t *nd = &self->nodes[node];
+                if (!nd->up || nd->gen != m.i[PD_F_GEN])
+                    pd_log_info("store node %d is up (generation %lld, %lld records)", node,
+                                (long long)m.i[PD_F_GEN], (long long)m.i[PD_F_TOTAL]);
+                nd->seen = nd->up = true;
+                nd->last = pd_mono_ms();
+                nd->gen = m.i[PD_F_GEN];
+                nd->records = m.i[PD_F_TOTAL];
+                nd->claims = m.i[PD_F_CLAIMS];
+                continue;
+            }
+            s_on_store_reply(self, node, &m);
+        }
+        if (r < 0)
+            self->malformed++;
+        msgpack_zone_clear(&self->zone);
+    next:
+        zframe_destroy(&ident);
+        zframe_destroy(&body);
+        zmsg_destroy(&msg);
+    }
+}
+
+/*  Sends every non-empty batch. A send to a vanished store fails at once (ROUTER_MANDATORY):
+ *  the node is marked down and its ops fail in s_sweep. */
+static void
+s_flush(broker_t *self)
+{
+    for (int n = 1; n <= self->nstores; n++) {
+        node_t *nd = &self->nodes[n];
+        if (!nd->out.count)
+            continue;
+        zmsg_t *msg = zmsg_new();
+        zmsg_addstr(msg, nd->ident);
+        zmsg_addmem(msg, nd->out.sb.data, nd->out.sb.size);
+        if (zmsg_send(&msg, self->back) < 0) {
+            zmsg_destroy(&msg);
+            if (nd->up)
+                pd_log_warn("store node %d is unreachable", n);
+            nd->up = false;
+            self->unroutable++;
+        }
+        pd_msgw_reset(&nd->out);
+    }
+    for (size_t i = 0; i < self->npeers; i++) {
+        peer_t *p = &self->peers[i];
+        if (!p->out.count)
+            continue;
+        zmsg_t *msg = zmsg_new();
+        zframe_t *id = zframe_dup(p->ident);
+        zmsg_append(msg, &id);
+        zmsg_addmem(msg, p->out.sb.data, p->out.sb.size);
+        if (zmsg_send(&msg, self->front) < 0)
+            zmsg_destroy(&msg);
+        pd_msgw_reset(&p->out);
+    }
+}
+
+/*  Marks silent nodes down and fails the ops that wait on a down node or ran out of time. */
+static void
+s_sweep(broker_t *self)
+{
+    int64_t now = pd_mono_ms();
+    for (int n = 1; n <= self->nstores; n++) {
+        node_t *nd = &self->nodes[n];
+        if (nd->up && now - nd->last > NODE_DEAD_MS) {
+            pd_log_warn("store node %d stopped answering; its records answer 503", n);
+            nd->up = false;
+        }
+    }
+    for (size_t i = 0; i < self->nops; i++) {
+        op_t *op = &self->ops[i];
+        if (op->kind == OP_FREE)
+            continue;
+        bool down = false;
+        if (op->kind == OP_LIST || op->kind == OP_SYNC) {
+            for (int n = 1; n <= self->nstores; n++)
+                if (((op->waiting >> n) & 1) && !self->nodes[n].up)
+                    down = true;
+            if (op->state == ST_PROBE && !self->nodes[op->node].up)
+                down = true;
+        } else if (op->node && !self->nodes[op->node].up) {
+            down = true;
+        }
+        if (down)
+            s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+        else if (now > op->deadline)
+            s_op_fail(self, op, PD_ERR_TIMEOUT);
+    }
+}
+
+static char *
+s_bind_ep(const char *ep)
+{
+    return zsys_sprintf("@%s", ep);
+}
+
+int
+broker_main(pd_config_t *cfg)
+{
+    zsys_handler_set(NULL);
+    signal(SIGTERM, s_on_signal);
+    signal(SIGINT, s_on_signal);
+    signal(SIGPIPE, SIG_IGN);
+    if (!cfg->broker_front[0] || !cfg->broker_back[0] || !cfg->bus_in[0] || !cfg->bus_out[0])
+        pd_fatalx("broker needs --broker-front, --broker-back, --bus-in and --bus-out");
+    static broker_t b;
+    broker_t *self = &b;
+    self->cfg = cfg;
+    self->nstores = cfg->stores;
+    for (int n = 1; n <= self->nstores; n++) {
+        snprintf(self->nodes[n].ident, sizeof self->nodes[n].ident, "store-%d", n);
+        pd_msgw_init(&self->nodes[n].out);
+    }
+    msgpack_zone_init(&self->zone, 8192);
+
+    char *ep = s_bind_ep(cfg->broker_front);
+    self->front = zsock_new_router(ep);
+    zstr_free(&ep);
+    ep = s_bind_ep(cfg->broker_back);
+    self->back = zsock_new_router(ep);
+    zstr_free(&ep);
+    if (!self->front || !self->back)
+        pd_fatalx("cannot bind %s / %s", cfg->broker_front, cfg->broker_back);
+    zsock_set_router_mandatory(self->back, 1);
+    zsock_set_router_handover(self->front, 1);
+    zsock_set_router_handover(self->back, 1);
+    zsock_set_rcvtimeo(self->front, 0);
+    zsock_set_rcvtimeo(self->back, 0);
+    zsock_set_sndtimeo(self->front, 0);
+    zsock_set_sndtimeo(self->back, 0);
+    zsock_set_sndhwm(self->front, 100000);
+    zsock_set_sndhwm(self->back, 100000);
+    zsock_set_rcvhwm(self->front, 100000);
+    zsock_set_rcvhwm(self->back, 100000);
+
+    self->proxy = zactor_new(zproxy, NULL);
+    zstr_sendx(self->proxy, "FRONTEND", "XSUB", cfg->bus_in, NULL);
+    zsock_wait(self->proxy);
+    zstr_sendx(self->proxy, "BACKEND", "XPUB", cfg->bus_out, NULL);
+    zsock_wait(self->proxy);
+
+    self->poller = zpoller_new(self->front, self->back, NULL);
+    pd_log_info("broker up: front %s, back %s, bus %s -> %s, %d store nodes", cfg->broker_front,
+                cfg->broker_back, cfg->bus_in, cfg->bus_out, self->nstores);
+
+    int64_t last_sweep = 0;
+    while (!s_stop) {
+        zpoller_wait(self->poller, 50);
+        if (zpoller_terminated(self->poller) && s_stop)
+            break;
+        s_recv_front(self);
+        s_recv_back(self);
+        s_flush(self);
+        int64_t now = pd_mono_ms();
+        if (now - last_sweep >= 50) {
+            s_sweep(self);
+            s_flush(self);
+            last_sweep = now;
+        }
+    }
+    pd_log_info("broker stopping");
+    zpoller_destroy(&self->poller);
+    zactor_destroy(&self->proxy);
+    zsock_destroy(&self->front);
+    zsock_destroy(&self->back);
+    return 0;
+}

@@ -1,0 +1,274 @@
+/*  supervisor — the embedded default: one broker, N store nodes, one reaper and M gateways as
+ *  child processes of this one, wired over ipc:// endpoints in the run directory.
+ *
+ *  Children are started in dependency order (broker, stores, reaper, gateways). A child that
+ *  dies is restarted with exponential backoff (100 ms doubling to 5 s; reset once it has run
+ *  for 10 s). SIGTERM/SIGINT: gateways are stopped first (they stop accepting and finish the
+ *  requests in flight), then the reaper, the stores and the broker; stragglers are killed after
+ *  5 s; store segments are unlinked unless --keep-data; exit 0. SIGHUP is passed to the gateways
+ *  (they reload the projects). Each child's command line names its role, as `ps` shows it. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "pd_log.h"
+#include "pd_table.h"
+#include "roles.h"
+
+typedef struct {
+    const char *role; //  role name
+    int node;         //  node id (stores, gateways), 0 otherwise
+    int stage;        //  stop order: gateways 0, reaper 1, stores 2, broker 3
+    pid_t pid;        //  0 when not running
+    int64_t started;  //  mono ms of the last start
+    int64_t next;     //  mono ms of the next start attempt (when pid == 0)
+    int backoff;      //  current restart delay, ms
+} child_t;
+
+static char s_self[4096];
+
+static void
+s_endpoint(char *dst, size_t n, const char *dir, const char *name)
+{
+    if (!dst[0])
+        snprintf(dst, n, "ipc://%s/%s.ipc", dir, name);
+}
+
+static pid_t
+s_spawn(pd_config_t *cfg, child_t *c)
+{
+    char node[16], port[16], stores[16], verbose[8], cap[32], arena[32], maxbody[32], tmo[16];
+    snprintf(node, sizeof node, "%d", c->node);
+    snprintf(port, sizeof port, "%d", cfg->port);
+    snprintf(stores, sizeof stores, "%d", cfg->stores);
+    snprintf(verbose, sizeof verbose, "%d", cfg->verbosity);
+    snprintf(cap, sizeof cap, "%zu", cfg->store_capacity);
+    snprintf(arena, sizeof arena, "%zu", cfg->store_arena);
+    snprintf(maxbody, sizeof maxbody, "%zu", cfg->max_body);
+    snprintf(tmo, sizeof tmo, "%d", cfg->request_timeout_ms);
+    char shm[160];
+    snprintf(shm, sizeof shm, "/presenced-%s-store-%d", cfg->cluster, c->node);
+
+    const char *argv[40];
+    int n = 0;
+    argv[n++] = "presenced";
+    argv[n++] = c->role;
+    if (c->node) {
+        argv[n++] = "--node";
+        argv[n++] = node;
+    }
+    argv[n++] = "--verbose";
+    argv[n++] = verbose;
+    argv[n++] = "--cluster";
+    argv[n++] = cfg->cluster;
+    if (strcmp(c->role, "broker") == 0) {
+        argv[n++] = "--broker-front"; argv[n++] = cfg->broker_front;
+        argv[n++] = "--broker-back"; argv[n++] = cfg->broker_back;
+        argv[n++] = "--bus-in"; argv[n++] = cfg->bus_in;
+        argv[n++] = "--bus-out"; argv[n++] = cfg->bus_out;
+        argv[n++] = "--stores"; argv[n++] = stores;
+    } else if (strcmp(c->role, "store") == 0) {
+        argv[n++] = "--broker-back"; argv[n++] = cfg->broker_back;
+        argv[n++] = "--bus-in"; argv[n++] = cfg->bus_in;
+        argv[n++] = "--shm"; argv[n++] = shm;
+        argv[n++] = "--store-capacity"; argv[n++] = cap;
+        argv[n++] = "--store-arena"; argv[n++] = arena;
+    } else if (strcmp(c->role, "reaper") == 0) {
+        argv[n++] = "--broker-front"; argv[n++] = cfg->broker_front;
+        argv[n++] = "--bus-out"; argv[n++] = cfg->bus_out;
+    } else {
+        argv[n++] = "--host"; argv[n++] = cfg->host;
+        argv[n++] = "--port"; argv[n++] = port;
+        argv[n++] = "--broker-front"; argv[n++] = cfg->broker_front;
+        argv[n++] = "--bus-out"; argv[n++] = cfg->bus_out;
+        argv[n++] = "--max-body"; argv[n++] = maxbody;
+        argv[n++] = "--request-timeout"; argv[n++] = tmo;
+    }
+    argv[n] = NULL;
+
+    pid_t pid = fork();
+    if (pid < 0) {
+        pd_log_warn("%s: fork %s: %s", __func__, c->role, strerror(errno));
+        return 0;
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        /* Projects reach the gateways through the environment, never the command line. */
+        if (strcmp(c->role, "gateway") == 0) {
+            if (cfg->quick_project[0])
+                setenv("PRESENCED_PROJECT", cfg->quick_project, 1);
+            if (cfg->quick_api_key[0])
+                setenv("PRESENCED_API_KEY", cfg->quick_api_key, 1);
+            if (cfg->quick_jwt_secret[0])
+                setenv("PRESENCED_JWT_SECRET", cfg->quick_jwt_secret, 1);
+            if (cfg->config_file[0])
+                setenv("PRESENCED_CONFIG", cfg->config_file, 1);
+        }
+        execv(s_self, (char **)argv);
+        pd_fatal("exec %s", s_self);
+    }
+    pd_log_info("started %s%s%s (pid %d)", c->role, c->node ? " " : "", c->node ? node : "",
+                (int)pid);
+    return pid;
+}
+
+static void
+s_stop_stage(child_t *cs, size_t n, int stage, int64_t grace_ms)
+{
+    for (size_t i = 0; i < n; i++)
+        if (cs[i].stage == stage && cs[i].pid > 0)
+            kill(cs[i].pid, SIGTERM);
+    int64_t until = pd_mono_ms() + grace_ms;
+    for (;;) {
+        bool left = false;
+        for (size_t i = 0; i < n; i++) {
+            if (cs[i].stage != stage || cs[i].pid <= 0)
+                continue;
+            if (waitpid(cs[i].pid, NULL, WNOHANG) == cs[i].pid)
+                cs[i].pid = 0;
+            else
+                left = true;
+        }
+        if (!left)
+            return;
+        if (pd_mono_ms() > until)
+            break;
+        usleep(10000);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (cs[i].stage == stage && cs[i].pid > 0) {
+            pd_log_warn("%s %d did not stop in time; killing it", cs[i].role, cs[i].node);
+            kill(cs[i].pid, SIGKILL);
+            waitpid(cs[i].pid, NULL, 0);
+            cs[i].pid = 0;
+        }
+    }
+}
+
+int
+supervisor_main(pd_config_t *cfg)
+{
+    ssize_t len = readlink("/proc/self/exe", s_self, sizeof s_self - 1);
+    if (len <= 0)
+        pd_fatal("readlink /proc/self/exe");
+    s_self[len] = 0;
+
+    pd_projects_t projects;
+    if (pd_config_load_projects(cfg, &projects) < 0)
+        return 2;
+    pd_projects_free(&projects);
+
+    if (mkdir(cfg->run_dir, 0700) < 0 && errno != EEXIST)
+        pd_fatal("mkdir %s", cfg->run_dir);
+    char lock[300];
+    snprintf(lock, sizeof lock, "%s/supervisor.lock", cfg->run_dir);
+    int lfd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+    if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB) < 0)
+        pd_fatalx("another presenced already runs with run dir %s", cfg->run_dir);
+    s_endpoint(cfg->broker_front, sizeof cfg->broker_front, cfg->run_dir, "broker-front");
+    s_endpoint(cfg->broker_back, sizeof cfg->broker_back, cfg->run_dir, "broker-back");
+    s_endpoint(cfg->bus_in, sizeof cfg->bus_in, cfg->run_dir, "bus-in");
+    s_endpoint(cfg->bus_out, sizeof cfg->bus_out, cfg->run_dir, "bus-out");
+
+    size_t n = 0;
+    child_t cs[2 + 64 + 64];
+    memset(cs, 0, sizeof cs);
+    cs[n++] = (child_t){.role = "broker", .stage = 3};
+    for (int i = 1; i <= cfg->stores; i++)
+        cs[n++] = (child_t){.role = "store", .node = i, .stage = 2};
+    cs[n++] = (child_t){.role = "reaper", .stage = 1};
+    for (int i = 1; i <= cfg->gateways; i++)
+        cs[n++] = (child_t){.role = "gateway", .node = i, .stage = 0};
+
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+
+    pd_log_info("starting cluster %s on %s:%d: %d store nodes, %d gateways", cfg->cluster,
+                cfg->host, cfg->port, cfg->stores, cfg->gateways);
+    for (size_t i = 0; i < n; i++) {
+        cs[i].pid = s_spawn(cfg, &cs[i]);
+        cs[i].started = pd_mono_ms();
+        cs[i].backoff = 100;
+    }
+
+    int stop_sig = 0;
+    while (!stop_sig) {
+        struct timespec ts = {0, 50 * 1000000};
+        int sig = sigtimedwait(&set, NULL, &ts);
+        if (sig == SIGTERM || sig == SIGINT) {
+            stop_sig = sig;
+            break;
+        }
+        if (sig == SIGHUP) {
+            pd_log_info("SIGHUP: telling the gateways to reload");
+            for (size_t i = 0; i < n; i++)
+                if (cs[i].stage == 0 && cs[i].pid > 0)
+                    kill(cs[i].pid, SIGHUP);
+        }
+        int status;
+        pid_t pid;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            for (size_t i = 0; i < n; i++) {
+                if (cs[i].pid != pid)
+                    continue;
+                int64_t now = pd_mono_ms();
+                if (now - cs[i].started > 10000)
+                    cs[i].backoff = 100;
+                if (WIFSIGNALED(status))
+                    pd_log_warn("lost %s %d (signal %d); restarting in %d ms", cs[i].role,
+                                cs[i].node, WTERMSIG(status), cs[i].backoff);
+                else
+                    pd_log_warn("lost %s %d (exit %d); restarting in %d ms", cs[i].role,
+                                cs[i].node, WEXITSTATUS(status), cs[i].backoff);
+                cs[i].pid = 0;
+                cs[i].next = now + cs[i].backoff;
+                cs[i].backoff = cs[i].backoff * 2 > 5000 ? 5000 : cs[i].backoff * 2;
+            }
+        }
+        int64_t now = pd_mono_ms();
+        for (size_t i = 0; i < n; i++) {
+            if (cs[i].pid == 0 && now >= cs[i].next) {
+                cs[i].pid = s_spawn(cfg, &cs[i]);
+                cs[i].started = now;
+                if (cs[i].pid == 0)
+                    cs[i].next = now + cs[i].backoff;
+            }
+        }
+    }
+
+    pd_log_info("signal %d: stopping the cluster", stop_sig);
+    for (int stage = 0; stage <= 3; stage++)
+        s_stop_stage(cs, n, stage, stage == 0 ? 8000 : 5000);
+    if (!cfg->keep_data) {
+        for (int i = 1; i <= cfg->stores; i++) {
+            char shm[160];
+            snprintf(shm, sizeof shm, "/presenced-%s-store-%d", cfg->cluster, i);
+            pd_table_unlink(shm);
+        }
+    }
+    const char *eps[] = {cfg->broker_front, cfg->broker_back, cfg->bus_in, cfg->bus_out};
+    for (size_t i = 0; i < 4; i++)
+        if (strncmp(eps[i], "ipc://", 6) == 0)
+            unlink(eps[i] + 6);
+    unlink(lock);
+    close(lfd);
+    rmdir(cfg->run_dir);
+    pd_log_info("stopped");
+    return 0;
+}

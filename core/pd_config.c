@@ -1,0 +1,280 @@
+/*  pd_config — see pd_config.h. */
+#include "pd_config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "pd_log.h"
+
+enum { T_STR, T_INT, T_SIZE, T_BOOL, T_SECRET };
+
+/*  The flag table: one row per setting. The environment variable is PRESENCED_ + the flag
+ *  name upper-cased with '-' as '_' (--api-key -> PRESENCED_API_KEY). */
+static const struct opt {
+    const char *name;
+    int type;
+    size_t off;
+    size_t size;
+    const char *help;
+} s_opts[] = {
+#define O(name, type, field, help) {name, type, offsetof(pd_config_t, field), sizeof(((pd_config_t *)0)->field), help}
+    O("port", T_INT, port, "REST and WebSocket port (8080)"),
+    O("host", T_STR, host, "listen address (0.0.0.0)"),
+    O("project", T_STR, quick_project, "project id served (quick start)"),
+    O("api-key", T_SECRET, quick_api_key, "API key with every scope for --project"),
+    O("jwt-secret", T_SECRET, quick_jwt_secret, "HS256 secret of --project"),
+    O("config", T_STR, config_file, "projects file (JSON, see README)"),
+    O("stores", T_INT, stores, "embedded: store nodes (2)"),
+    O("gateways", T_INT, gateways, "embedded: gateway processes (2)"),
+    O("run-dir", T_STR, run_dir, "embedded: directory for ipc sockets (/tmp/presenced-<port>)"),
+    O("cluster", T_STR, cluster, "name prefix of shared-memory segments (p<port>)"),
+    O("keep-data", T_BOOL, keep_data, "embedded: keep store segments on shutdown"),
+    O("node", T_INT, node, "store node / gateway id (1-based)"),
+    O("broker-front", T_STR, broker_front, "broker endpoint for gateways and the reaper"),
+    O("broker-back", T_STR, broker_back, "broker endpoint for store nodes"),
+    O("bus-in", T_STR, bus_in, "bus endpoint publishers connect to (XSUB)"),
+    O("bus-out", T_STR, bus_out, "bus endpoint subscribers connect to (XPUB)"),
+    O("shm", T_STR, shm_name, "store: shared-memory segment name"),
+    O("store-capacity", T_SIZE, store_capacity, "store: max records per node (1048576)"),
+    O("store-arena", T_SIZE, store_arena, "store: bytes for records per node (1073741824)"),
+    O("max-body", T_SIZE, max_body, "gateway: request body cap in bytes (65536)"),
+    O("request-timeout", T_INT, request_timeout_ms, "gateway: ms before 503 (5000)"),
+    O("verbose", T_INT, verbosity, "0 warn, 1 info, 2 debug (1)"),
+#undef O
+};
+
+void
+pd_config_usage(void)
+{
+    fprintf(stderr, "usage: presenced [gateway|broker|store|reaper] [--flag value ...]\n"
+                    "With no role, presenced starts the whole cluster on this machine.\n"
+                    "Every flag can also be set as PRESENCED_<FLAG> (e.g. PRESENCED_API_KEY).\n\n");
+    for (size_t i = 0; i < sizeof s_opts / sizeof *s_opts; i++)
+        fprintf(stderr, "  --%-16s %s\n", s_opts[i].name, s_opts[i].help);
+}
+
+static int
+s_set(pd_config_t *cfg, const struct opt *o, const char *val)
+{
+    char *field = (char *)cfg + o->off;
+    char *end;
+    switch (o->type) {
+    case T_STR:
+    case T_SECRET:
+        if (strlen(val) >= o->size) {
+            fprintf(stderr, "presenced: --%s is too long (max %zu)\n", o->name, o->size - 1);
+            return -1;
+        }
+        memcpy(field, val, strlen(val) + 1);
+        return 0;
+    case T_INT: {
+        errno = 0;
+        long v = strtol(val, &end, 10);
+        if (errno || *end || v < 0 || v > 1000000000) {
+            fprintf(stderr, "presenced: --%s needs a number\n", o->name);
+            return -1;
+        }
+        *(int *)field = (int)v;
+        return 0;
+    }
+    case T_SIZE: {
+        errno = 0;
+        unsigned long long v = strtoull(val, &end, 10);
+        if (errno || *end) {
+            fprintf(stderr, "presenced: --%s needs a number\n", o->name);
+            return -1;
+        }
+        *(size_t *)field = (size_t)v;
+        return 0;
+    }
+    case T_BOOL:
+        *(bool *)field = !(strcmp(val, "0") == 0 || strcmp(val, "false") == 0);
+        return 0;
+    }
+    return -1;
+}
+
+int
+pd_config_parse(pd_config_t *cfg, int argc, char **argv)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->port = 8080;
+    cfg->stores = 2;
+    cfg->gateways = 2;
+    cfg->verbosity = 1;
+    cfg->max_body = 65536;
+    cfg->request_timeout_ms = 5000;
+    cfg->store_capacity = 1048576;
+    cfg->store_arena = (size_t)1 << 30;
+    snprintf(cfg->host, sizeof cfg->host, "0.0.0.0");
+
+    int i = 1;
+    if (argc > 1 && argv[1][0] != '-') {
+        if (strlen(argv[1]) >= sizeof cfg->role) {
+            fprintf(stderr, "presenced: unknown role %s\n", argv[1]);
+            return -1;
+        }
+        snprintf(cfg->role, sizeof cfg->role, "%s", argv[1]);
+        i = 2;
+    }
+    /* environment first, then flags override */
+    for (size_t k = 0; k < sizeof s_opts / sizeof *s_opts; k++) {
+        char env[64] = "PRESENCED_";
+        size_t n = strlen(env);
+        for (const char *p = s_opts[k].name; *p && n < sizeof env - 1; p++)
+            env[n++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+        env[n] = 0;
+        const char *v = getenv(env);
+        if (v && *v && s_set(cfg, &s_opts[k], v) < 0)
+            return -1;
+    }
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-v") == 0) {
+            cfg->verbosity = 2;
+            continue;
+        }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)
+            return -1;
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "presenced: unexpected argument %s\n", a);
+            return -1;
+        }
+        a += 2;
+        const char *eq = strchr(a, '=');
+        size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
+        const struct opt *o = NULL;
+        for (size_t k = 0; k < sizeof s_opts / sizeof *s_opts; k++)
+            if (strlen(s_opts[k].name) == nlen && strncmp(s_opts[k].name, a, nlen) == 0)
+                o = &s_opts[k];
+        if (!o) {
+            fprintf(stderr, "presenced: unknown flag --%.*s\n", (int)nlen, a);
+            return -1;
+        }
+        char *val;
+        if (eq) {
+            val = (char *)eq + 1;
+        } else if (o->type == T_BOOL) {
+            val = "1";
+        } else if (i + 1 < argc) {
+            val = argv[++i];
+        } else {
+            fprintf(stderr, "presenced: --%s needs a value\n", o->name);
+            return -1;
+        }
+        if (s_set(cfg, o, val) < 0)
+            return -1;
+        if (o->type == T_SECRET) /* keep secrets out of `ps` */
+            sodium_memzero(val, strlen(val));
+    }
+    if (!cfg->cluster[0])
+        snprintf(cfg->cluster, sizeof cfg->cluster, "p%d", cfg->port);
+    if (!cfg->run_dir[0])
+        snprintf(cfg->run_dir, sizeof cfg->run_dir, "/tmp/presenced-%s", cfg->cluster);
+    if (!cfg->shm_name[0])
+        snprintf(cfg->shm_name, sizeof cfg->shm_name, "/presenced-%s-store-%d", cfg->cluster,
+                 cfg->node);
+    if (cfg->stores < 1 || cfg->stores > 64 || cfg->gateways < 1 || cfg->gateways > 64) {
+        fprintf(stderr, "presenced: --stores and --gateways must be 1..64\n");
+        return -1;
+    }
+    return 0;
+}
+
+static void
+s_project_init(pd_project_t *p, const char *id)
+{
+    memset(p, 0, sizeof *p);
+    snprintf(p->id, sizeof p->id, "%s", id);
+    p->default_ttl_ms = 15 * 60 * 1000;
+    p->max_metadata = 16384;
+}
+
+int
+pd_config_load_projects(pd_config_t *cfg, pd_projects_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (cfg->quick_project[0]) {
+        if (!pd_uid_valid(pd_str(cfg->quick_project))) {
+            pd_log_warn("%s: --project must be 1-36 chars of a-z, A-Z, 0-9, '.', '-', '_'",
+                        __func__);
+            return -1;
+        }
+        out->v = calloc(1, sizeof *out->v);
+        if (!out->v)
+            return -1;
+        out->n = 1;
+        pd_project_t *p = &out->v[0];
+        s_project_init(p, cfg->quick_project);
+        if (cfg->quick_api_key[0]) {
+            p->keys = calloc(1, sizeof *p->keys);
+            p->nkeys = 1;
+            snprintf(p->keys[0].name, sizeof p->keys[0].name, "quick-start");
+            pd_key_hash(cfg->quick_api_key, strlen(cfg->quick_api_key), p->keys[0].hash);
+            p->keys[0].scopes =
+                PD_SCOPE_PRESENCES_READ | PD_SCOPE_PRESENCES_WRITE | PD_SCOPE_USERS_WRITE;
+        }
+        if (cfg->quick_jwt_secret[0]) {
+            size_t n = strlen(cfg->quick_jwt_secret);
+            unsigned char *k = malloc(n);
+            memcpy(k, cfg->quick_jwt_secret, n);
+            p->jwt_keys = calloc(1, sizeof *p->jwt_keys);
+            p->jwt_keys[0] = (pd_jwt_key_t){PD_JWT_HS256, k, n};
+            p->njwt = 1;
+            p->mint_key = k;
+            p->mint_key_len = n;
+        }
+    }
+    if (out->n == 0) {
+        pd_log_warn("%s: no project configured: give --project (and --api-key, --jwt-secret) "
+                    "or --config",
+                    __func__);
+        return -1;
+    }
+    return 0;
+}
+
+void
+pd_projects_free(pd_projects_t *ps)
+{
+    for (size_t i = 0; i < ps->n; i++) {
+        pd_project_t *p = &ps->v[i];
+        for (size_t k = 0; k < p->njwt; k++) {
+            sodium_memzero((void *)p->jwt_keys[k].key, p->jwt_keys[k].key_len);
+            free((void *)p->jwt_keys[k].key);
+        }
+        free(p->jwt_keys);
+        free(p->keys);
+        for (size_t k = 0; k < p->norigins; k++)
+            free(p->origins[k]);
+        free(p->origins);
+    }
+    free(ps->v);
+    memset(ps, 0, sizeof *ps);
+}
+
+const pd_project_t *
+pd_projects_find(const pd_projects_t *ps, pd_str_t id)
+{
+    for (size_t i = 0; i < ps->n; i++)
+        if (pd_str_eqc(id, ps->v[i].id))
+            return &ps->v[i];
+    return NULL;
+}
+
+const pd_apikey_t *
+pd_project_find_key(const pd_project_t *p, pd_str_t secret)
+{
+    char h[65];
+    pd_key_hash(secret.ptr, secret.len, h);
+    const pd_apikey_t *found = NULL;
+    for (size_t i = 0; i < p->nkeys; i++)
+        if (pd_key_hash_eq(h, p->keys[i].hash))
+            found = &p->keys[i];
+    return found;
+}

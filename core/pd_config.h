@@ -1,0 +1,92 @@
+/*  pd_config — every setting of every role, from command-line flags and PRESENCED_* environment
+ *  variables (flags win), plus the projects presenced serves. One struct, filled once at start
+ *  by pd_config_parse; roles read it and never write it (the gateway swaps in a fresh project
+ *  set on SIGHUP). */
+#ifndef PD_CONFIG_H
+#define PD_CONFIG_H
+
+#include "pd_auth.h"
+#include "pd_util.h"
+
+enum { PD_SCOPE_PRESENCES_READ = 1, PD_SCOPE_PRESENCES_WRITE = 2, PD_SCOPE_USERS_WRITE = 4 };
+
+typedef struct {
+    char name[64];      //  label shown in logs and presencectl
+    char hash[65];      //  pd_key_hash of the secret (hex); the secret itself is never kept
+    uint32_t scopes;    //  PD_SCOPE_*
+    int64_t expire_ms;  //  0 = never
+} pd_apikey_t;
+
+typedef struct {
+    char id[37];               //  project id (X-Appwrite-Project)
+    pd_apikey_t *keys;         //  API keys
+    size_t nkeys;
+    pd_jwt_key_t *jwt_keys;    //  verification keys (key bytes owned by the project)
+    size_t njwt;
+    unsigned char *mint_key;   //  HS256 secret used by POST /v1/users/{id}/jwts (first HS256)
+    size_t mint_key_len;
+    char **origins;            //  allowed browser origins; none = any origin is echoed
+    size_t norigins;
+    int64_t default_ttl_ms;    //  expiresAt when omitted (15 min)
+    size_t max_metadata;       //  metadata JSON bytes (16384)
+    size_t max_records;        //  0 = unlimited
+    size_t max_connections;    //  0 = unlimited
+} pd_project_t;
+
+typedef struct {
+    pd_project_t *v;
+    size_t n;
+} pd_projects_t;
+
+typedef struct {
+    /* which role; "" = embedded supervisor */
+    char role[16];
+    int node;                 //  store node id / gateway id (1-based)
+    int verbosity;
+
+    /* embedded supervisor */
+    int stores;               //  store nodes (default 2)
+    int gateways;             //  gateways (default 2)
+    char run_dir[200];        //  where ipc:// sockets live (default /tmp/presenced-<port>)
+    char cluster[64];         //  prefix of shared-memory names (default p<port>)
+    bool keep_data;           //  do not unlink store segments on a clean shutdown
+
+    /* gateway */
+    char host[64];            //  listen address (default 0.0.0.0)
+    int port;                 //  REST + WebSocket port (default 8080)
+    size_t max_body;          //  request body cap (default 65536)
+    int request_timeout_ms;   //  answer 503 after this (default 5000)
+
+    /* endpoints (ZeroMQ), bind side given with '@' or as the broker's own flags */
+    char broker_front[256];   //  gateways and the reaper connect here (broker ROUTER)
+    char broker_back[256];    //  store nodes connect here (broker ROUTER)
+    char bus_in[256];         //  publishers (stores) connect here (XSUB)
+    char bus_out[256];        //  subscribers (gateways, reaper) connect here (XPUB)
+
+    /* store */
+    char shm_name[128];       //  shared-memory segment (default /presenced-<cluster>-store-<node>)
+    size_t store_capacity;    //  records per node (default 1048576)
+    size_t store_arena;       //  record bytes per node (default 1 GiB, sparse)
+
+    /* identity */
+    char config_file[256];    //  projects file (JSON); see README
+    char quick_project[37];   //  --project
+    char quick_api_key[128];  //  --api-key (hashed at once, then wiped)
+    char quick_jwt_secret[256]; //  --jwt-secret
+    pd_projects_t projects;
+} pd_config_t;
+
+//  Fills cfg from argv (after the role word, if any) and the environment. Returns 0, or -1
+//  with a message on stderr (and usage). Secrets given on the command line are hashed or
+//  copied and then overwritten in argv so that `ps` never shows them.
+int pd_config_parse(pd_config_t *cfg, int argc, char **argv);
+//  Loads cfg->projects from the config file and the quick-start flags. Returns 0 or -1 (logged).
+int pd_config_load_projects(pd_config_t *cfg, pd_projects_t *out);
+void pd_projects_free(pd_projects_t *p);
+//  Finds a project by id, or NULL.
+const pd_project_t *pd_projects_find(const pd_projects_t *p, pd_str_t id);
+//  Finds an API key by its secret (hash compare in constant time), or NULL.
+const pd_apikey_t *pd_project_find_key(const pd_project_t *p, pd_str_t secret);
+void pd_config_usage(void);
+
+#endif

@@ -1,0 +1,507 @@
+/*  gateway — the role's loop, its links to the broker and the bus, the table of requests in
+ *  flight, and the metrics. See gw.h for how the gateway's files divide the work.
+ *
+ *  h2o's evloop owns the thread. The broker DEALER and the bus SUB are ZeroMQ sockets whose
+ *  ZMQ_FD is edge-triggered: it is wrapped as an h2o socket (dup'd, DONT_READ) and drained
+ *  until ZMQ_EVENTS has no POLLIN, and drained again after every send (a send can consume the
+ *  signal of a reply already queued). Requests created while handling one loop turn are
+ *  appended to one batch and sent in one frame from the zero timeout that runs at the end of
+ *  the turn, so a busy gateway pays one ZeroMQ hop per turn, not per request. */
+#include "gateway.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <sodium.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gw.h"
+#include "pd_err.h"
+#include "pd_log.h"
+
+static volatile sig_atomic_t s_stop, s_reload;
+
+static void
+s_on_signal(int sig)
+{
+    if (sig == SIGHUP)
+        s_reload = 1;
+    else
+        s_stop = 1;
+}
+
+int64_t
+gw_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* -------------------------------------------------------------------------- metrics */
+
+static const int s_status_codes[GW_STATUS_SLOTS] = {101, 200, 201, 204, 400, 401, 403, 404,
+                                                    405, 409, 413, 429, 500, 503, 0, 0};
+static const double s_lat_bounds[GW_LAT_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                    0.005,  0.01,    0.025,  0.05,  0.1,
+                                                    0.25,   0.5,     1,      5};
+static const char *s_route_names[] = {
+#define GW_R(name, str) str,
+    GW_ROUTES(GW_R)
+#undef GW_R
+};
+
+void
+gw_metrics_count(gw_t *gw, int route, int status, int64_t start_ns)
+{
+    int slot = GW_STATUS_SLOTS - 1;
+    for (int i = 0; i < GW_STATUS_SLOTS - 2; i++)
+        if (s_status_codes[i] == status)
+            slot = i;
+    gw->requests[route][slot]++;
+    double secs = (double)(gw_now_ns() - start_ns) / 1e9;
+    int b = 0;
+    while (b < GW_LAT_BUCKETS && secs > s_lat_bounds[b])
+        b++;
+    gw->lat[route][b]++;
+    gw->lat_sum[route] += secs;
+}
+
+void
+gw_metrics_render(gw_t *gw, pd_buf_t *b)
+{
+    int node = gw->cfg->node;
+    pd_buf_adds(b, "# HELP presenced_http_requests_total Requests by route and status.\n"
+                   "# TYPE presenced_http_requests_total counter\n");
+    for (int r = 0; r < GW_ROUTE__COUNT; r++)
+        for (int s = 0; s < GW_STATUS_SLOTS; s++)
+            if (gw->requests[r][s] && s_status_codes[s])
+                pd_buf_addf(b,
+                            "presenced_http_requests_total{gateway=\"%d\",route=\"%s\","
+                            "status=\"%d\"} %llu\n",
+                            node, s_route_names[r], s_status_codes[s],
+                            (unsigned long long)gw->requests[r][s]);
+            else if (gw->requests[r][s])
+                pd_buf_addf(b,
+                            "presenced_http_requests_total{gateway=\"%d\",route=\"%s\","
+                            "status=\"other\"} %llu\n",
+                            node, s_route_names[r], (unsigned long long)gw->requests[r][s]);
+    pd_buf_adds(b, "# HELP presenced_http_request_duration_seconds Request latency.\n"
+                   "# TYPE presenced_http_request_duration_seconds histogram\n");
+    for (int r = 0; r < GW_ROUTE__COUNT; r++) {
+        uint64_t cum = 0;
+        for (int k = 0; k <= GW_LAT_BUCKETS; k++)
+            cum += gw->lat[r][k];
+        if (!cum)
+            continue;
+        cum = 0;
+        for (int k = 0; k <= GW_LAT_BUCKETS; k++) {
+            cum += gw->lat[r][k];
+            if (k < GW_LAT_BUCKETS)
+                pd_buf_addf(b,
+                            "presenced_http_request_duration_seconds_bucket{gateway=\"%d\","
+                            "route=\"%s\",le=\"%g\"} %llu\n",
+                            node, s_route_names[r], s_lat_bounds[k], (unsigned long long)cum);
+            else
+                pd_buf_addf(b,
+                            "presenced_http_request_duration_seconds_bucket{gateway=\"%d\","
+                            "route=\"%s\",le=\"+Inf\"} %llu\n",
+                            node, s_route_names[r], (unsigned long long)cum);
+        }
+        pd_buf_addf(b,
+                    "presenced_http_request_duration_seconds_sum{gateway=\"%d\",route=\"%s\"} "
+                    "%.6f\npresenced_http_request_duration_seconds_count{gateway=\"%d\","
+                    "route=\"%s\"} %llu\n",
+                    node, s_route_names[r], gw->lat_sum[r], node, s_route_names[r],
+                    (unsigned long long)cum);
+    }
+    pd_buf_addf(b,
+                "# TYPE presenced_gateway_in_flight gauge\npresenced_gateway_in_flight{gateway="
+                "\"%d\"} %zu\n# TYPE presenced_gateway_timeouts_total counter\n"
+                "presenced_gateway_timeouts_total{gateway=\"%d\"} %llu\n"
+                "# TYPE presenced_gateway_malformed_total counter\n"
+                "presenced_gateway_malformed_total{gateway=\"%d\"} %llu\n",
+                node, gw->in_flight, node, (unsigned long long)gw->timeouts, node,
+                (unsigned long long)gw->malformed);
+    gw_rt_metrics(gw, b);
+}
+
+/* -------------------------------------------------------------------------- broker link */
+
+static void s_drain(gw_t *gw);
+
+static void
+s_flush(gw_t *gw)
+{
+    if (!gw->out.count)
+        return;
+    if (zsock_send(gw->dealer, "b", gw->out.sb.data, gw->out.sb.size) < 0)
+        pd_log_warn("%s: cannot reach the broker; %u requests will time out", __func__,
+                    gw->out.count);
+    pd_msgw_reset(&gw->out);
+    s_drain(gw);
+}
+
+static void
+s_on_flush(h2o_timeout_entry_t *entry)
+{
+    gw_t *gw = H2O_STRUCT_FROM_MEMBER(gw_t, flush_entry, entry);
+    gw->flush_linked = false;
+    s_flush(gw);
+}
+
+pd_msgw_t *
+gw_send_begin(gw_t *gw, int type, uint64_t rid)
+{
+    pd_msgw_begin(&gw->out, type, rid);
+    return &gw->out;
+}
+
+void
+gw_send_end(gw_t *gw)
+{
+    pd_msgw_end(&gw->out);
+    if (gw->out.sb.size > (256 << 10)) {
+        s_flush(gw);
+        return;
+    }
+    if (!gw->flush_linked) {
+        gw->flush_linked = true;
+        h2o_timeout_link(gw->ctx.loop, &gw->ctx.zero_timeout, &gw->flush_entry);
+    }
+}
+
+static void
+s_pending_release(gw_t *gw, gw_pending_t *p)
+{
+    uint32_t idx = (uint32_t)(p->rid & 0xfffff);
+    if (idx < gw->nslots && gw->slots[idx] == p) {
+        gw->slots[idx] = NULL;
+        gw->free_slots[gw->nfree++] = idx;
+        gw->in_flight--;
+    }
+    if (h2o_timeout_is_linked(&p->timer))
+        h2o_timeout_unlink(&p->timer);
+}
+
+static void
+s_pending_dispose(void *ptr)
+{
+    gw_pending_t *p = ptr;
+    s_pending_release(p->gw, p);
+}
+
+static void
+s_pending_timeout(h2o_timeout_entry_t *entry)
+{
+    gw_pending_t *p = H2O_STRUCT_FROM_MEMBER(gw_pending_t, timer, entry);
+    gw_t *gw = p->gw;
+    gw->timeouts++;
+    h2o_req_t *req = p->req;
+    s_pending_release(gw, p);
+    p->req = NULL;
+    if (req)
+        gw_respond_err(gw, req, p->route, PD_ERR_TIMEOUT, PD_STR_NULL, p->start_ns);
+}
+
+gw_pending_t *
+gw_pending_new(gw_t *gw, h2o_req_t *req, int route, gw_reply_fn fn)
+{
+    gw_pending_t *p = h2o_mem_alloc_shared(&req->pool, sizeof *p, s_pending_dispose);
+    memset(p, 0, sizeof *p);
+    p->gw = gw;
+    p->req = req;
+    p->route = route;
+    p->on_reply = fn;
+    p->start_ns = gw_now_ns();
+    uint32_t idx;
+    if (gw->nfree) {
+        idx = gw->free_slots[--gw->nfree];
+    } else {
+        if (gw->nslots == gw->cap_slots) {
+            size_t cap = gw->cap_slots ? gw->cap_slots * 2 : 4096;
+            if (cap > (1 << 20))
+                abort(); /* a million requests in flight on one gateway */
+            gw->slots = realloc(gw->slots, cap * sizeof *gw->slots);
+            gw->free_slots = realloc(gw->free_slots, cap * sizeof *gw->free_slots);
+            if (!gw->slots || !gw->free_slots)
+                abort();
+            gw->cap_slots = cap;
+        }
+        idx = (uint32_t)gw->nslots++;
+    }
+    gw->slots[idx] = p;
+    p->rid = ((uint64_t)++gw->rid_gen << 20) | idx;
+    gw->in_flight++;
+    p->timer.cb = s_pending_timeout;
+    h2o_timeout_link(gw->ctx.loop, &gw->req_timeout, &p->timer);
+    return p;
+}
+
+static void
+s_on_reply(gw_t *gw, const pd_msg_t *m)
+{
+    uint32_t idx = (uint32_t)(m->rid & 0xfffff);
+    if (idx >= gw->nslots || !gw->slots[idx] || gw->slots[idx]->rid != m->rid)
+        return; /* timed out already */
+    gw_pending_t *p = gw->slots[idx];
+    s_pending_release(gw, p);
+    if (p->req || p->user)
+        p->on_reply(gw, p, m);
+}
+
+static void
+s_drain(gw_t *gw)
+{
+    if (gw->draining)
+        return;
+    gw->draining = true;
+    while (zsock_events(gw->dealer) & ZMQ_POLLIN) {
+        zframe_t *f = zframe_recv(gw->dealer);
+        if (!f)
+            break;
+        const char *buf = (const char *)zframe_data(f);
+        size_t len = zframe_size(f), off = 0;
+        pd_msg_t m;
+        int r;
+        while ((r = pd_msg_decode(&m, buf, len, &off, &gw->zone)) == 0)
+            if (m.type == PD_MSG_REPLY)
+                s_on_reply(gw, &m);
+        if (r < 0)
+            gw->malformed++;
+        msgpack_zone_clear(&gw->zone);
+        zframe_destroy(&f);
+    }
+    gw->draining = false;
+    if (gw->out.count && !gw->flush_linked) {
+        gw->flush_linked = true;
+        h2o_timeout_link(gw->ctx.loop, &gw->ctx.zero_timeout, &gw->flush_entry);
+    }
+}
+
+static void
+s_on_dealer(h2o_socket_t *sock, const char *err)
+{
+    (void)err;
+    s_drain(sock->data);
+}
+
+static void
+s_on_bus(h2o_socket_t *sock, const char *err)
+{
+    (void)err;
+    gw_t *gw = sock->data;
+    while (zsock_events(gw->sub) & ZMQ_POLLIN) {
+        zframe_t *f = zframe_recv(gw->sub);
+        if (!f)
+            break;
+        const char *buf = (const char *)zframe_data(f);
+        size_t len = zframe_size(f), off = 0;
+        pd_msg_t m;
+        int r;
+        while ((r = pd_msg_decode(&m, buf, len, &off, &gw->zone)) == 0)
+            if (m.type == PD_MSG_EVENT)
+                gw_rt_on_bus(gw, &m);
+        if (r < 0)
+            gw->malformed++;
+        msgpack_zone_clear(&gw->zone);
+        zframe_destroy(&f);
+    }
+}
+
+static h2o_socket_t *
+s_wrap_zmq(gw_t *gw, zsock_t *zs, h2o_socket_cb cb)
+{
+    int fd = dup(zsock_fd(zs));
+    if (fd < 0)
+        pd_fatal("dup ZMQ_FD");
+    h2o_socket_t *s = h2o_evloop_socket_create(gw->ctx.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+    s->data = gw;
+    h2o_socket_read_start(s, cb);
+    return s;
+}
+
+static void
+s_hello(gw_t *gw)
+{
+    pd_msgw_t *w = gw_send_begin(gw, PD_MSG_HELLO, 0);
+    pd_msgw_str(w, PD_F_ROLE, "gateway", 7);
+    pd_msgw_int(w, PD_F_NODE, gw->cfg->node);
+    pd_msgw_int(w, PD_F_GEN, gw->gen);
+    gw_send_end(gw);
+}
+
+static void
+s_on_tick(h2o_timeout_entry_t *entry)
+{
+    gw_t *gw = H2O_STRUCT_FROM_MEMBER(gw_t, tick_entry, entry);
+    s_hello(gw);
+    gw_rt_tick(gw);
+    h2o_timeout_link(gw->ctx.loop, &gw->tick_timeout, &gw->tick_entry);
+}
+
+/* -------------------------------------------------------------------------- listener */
+
+static void
+s_on_accept(h2o_socket_t *listener, const char *err)
+{
+    gw_t *gw = listener->data;
+    if (err)
+        return;
+    for (int i = 0; i < 64; i++) {
+        h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
+        if (!sock)
+            break;
+        h2o_accept(&gw->accept_ctx, sock);
+    }
+}
+
+static int
+s_listen(gw_t *gw)
+{
+    struct sockaddr_in6 a6;
+    struct sockaddr_in a4;
+    struct sockaddr *addr;
+    socklen_t alen;
+    int family;
+    memset(&a4, 0, sizeof a4);
+    memset(&a6, 0, sizeof a6);
+    if (inet_pton(AF_INET, gw->cfg->host, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons((uint16_t)gw->cfg->port);
+        addr = (struct sockaddr *)&a4;
+        alen = sizeof a4;
+        family = AF_INET;
+    } else if (inet_pton(AF_INET6, gw->cfg->host, &a6.sin6_addr) == 1) {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons((uint16_t)gw->cfg->port);
+        addr = (struct sockaddr *)&a6;
+        alen = sizeof a6;
+        family = AF_INET6;
+    } else {
+        pd_fatalx("--host %s is not an IP address", gw->cfg->host);
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    if (bind(fd, addr, alen) != 0 || listen(fd, 4096) != 0) {
+        pd_log_warn("cannot listen on %s:%d: %s", gw->cfg->host, gw->cfg->port,
+                    strerror(errno));
+        close(fd);
+        return -1;
+    }
+    gw->listener = h2o_evloop_socket_create(gw->ctx.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+    gw->listener->data = gw;
+    h2o_socket_read_start(gw->listener, s_on_accept);
+    return 0;
+}
+
+/* -------------------------------------------------------------------------- main */
+
+int
+gateway_main(pd_config_t *cfg)
+{
+    zsys_handler_set(NULL);
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = s_on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    if (!cfg->broker_front[0] || !cfg->bus_out[0])
+        pd_fatalx("gateway needs --broker-front and --bus-out");
+
+    static gw_t g;
+    gw_t *gw = &g;
+    gw->cfg = cfg;
+    gw->gen = pd_now_ms();
+    if (pd_config_load_projects(cfg, &gw->projects) < 0)
+        return 2;
+    sodium_memzero(cfg->quick_api_key, sizeof cfg->quick_api_key);
+    sodium_memzero(cfg->quick_jwt_secret, sizeof cfg->quick_jwt_secret);
+    pd_msgw_init(&gw->out);
+    msgpack_zone_init(&gw->zone, 8192);
+
+    h2o_config_init(&gw->config);
+    gw->config.max_request_entity_size = cfg->max_body * 4 + 4096;
+    gw->config.http1.req_timeout = 60000;
+    h2o_hostconf_t *host =
+        h2o_config_register_host(&gw->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    h2o_handler_t *handler = h2o_create_handler(path, sizeof *handler);
+    handler->on_req = gw_rest_on_req;
+    h2o_context_init(&gw->ctx, h2o_evloop_create(), &gw->config);
+    gw->accept_ctx.ctx = &gw->ctx;
+    gw->accept_ctx.hosts = gw->config.hosts;
+    gw_rest_init(gw);
+    gw_rt_init(gw);
+
+    snprintf(gw->ident, sizeof gw->ident, "gateway-%d-%d", cfg->node, (int)getpid());
+    gw->dealer = zsock_new(ZMQ_DEALER);
+    zsock_set_identity(gw->dealer, gw->ident);
+    zsock_set_rcvtimeo(gw->dealer, 0);
+    zsock_set_sndtimeo(gw->dealer, 0);
+    zsock_set_sndhwm(gw->dealer, 100000);
+    zsock_set_rcvhwm(gw->dealer, 100000);
+    if (zsock_connect(gw->dealer, "%s", cfg->broker_front) < 0)
+        pd_fatalx("cannot connect to %s", cfg->broker_front);
+    gw->sub = zsock_new(ZMQ_SUB);
+    zsock_set_subscribe(gw->sub, "");
+    zsock_set_rcvtimeo(gw->sub, 0);
+    zsock_set_rcvhwm(gw->sub, 1000000);
+    if (zsock_connect(gw->sub, "%s", cfg->bus_out) < 0)
+        pd_fatalx("cannot connect to %s", cfg->bus_out);
+    gw->dealer_io = s_wrap_zmq(gw, gw->dealer, s_on_dealer);
+    gw->sub_io = s_wrap_zmq(gw, gw->sub, s_on_bus);
+
+    gw->flush_entry.cb = s_on_flush;
+    h2o_timeout_init(gw->ctx.loop, &gw->req_timeout, (uint64_t)cfg->request_timeout_ms);
+    h2o_timeout_init(gw->ctx.loop, &gw->tick_timeout, 250);
+    gw->tick_entry.cb = s_on_tick;
+    h2o_timeout_link(gw->ctx.loop, &gw->tick_timeout, &gw->tick_entry);
+    s_hello(gw);
+
+    if (s_listen(gw) < 0)
+        return 1;
+    pd_log_info("gateway %d listening on %s:%d", cfg->node, cfg->host, cfg->port);
+
+    int64_t stop_at = 0;
+    for (;;) {
+        h2o_evloop_run(gw->ctx.loop, 100);
+        if (s_reload) {
+            s_reload = 0;
+            pd_projects_t np;
+            if (pd_config_load_projects(cfg, &np) == 0) {
+                pd_projects_t old = gw->projects;
+                gw->projects = np;
+                gw_rt_on_reload(gw);
+                pd_projects_free(&old);
+                pd_log_info("projects reloaded (%zu)", gw->projects.n);
+            } else {
+                pd_log_warn("reload failed; keeping the current projects");
+            }
+        }
+        if (s_stop && !stop_at) {
+            /* Stop accepting, finish what is in flight, then leave. */
+            pd_log_info("gateway %d draining %zu requests", cfg->node, gw->in_flight);
+            if (gw->listener) {
+                h2o_socket_read_stop(gw->listener);
+                h2o_socket_close(gw->listener);
+                gw->listener = NULL;
+            }
+            gw_rt_shutdown(gw);
+            stop_at = pd_mono_ms() + 5000;
+        }
+        if (stop_at && (gw->in_flight == 0 || pd_mono_ms() > stop_at))
+            break;
+    }
+    pd_log_info("gateway %d stopped", cfg->node);
+    zsock_destroy(&gw->dealer);
+    zsock_destroy(&gw->sub);
+    return 0;
+}

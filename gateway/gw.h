@@ -1,0 +1,129 @@
+/*  gw — what the files of the gateway share (gateway.c: loop, broker link, requests in flight,
+ *  metrics; gw_rest.c: the REST routes; gw_realtime.c: WebSockets and fan-out). Not used
+ *  outside gateway/. */
+#ifndef GW_H
+#define GW_H
+
+#include <czmq.h>
+#include <h2o.h>
+#include <jansson.h>
+
+#include "pd_auth.h"
+#include "pd_config.h"
+#include "pd_msg.h"
+
+/*  Routes, for metrics. */
+#define GW_ROUTES(X)                                                                               \
+    X(PING, "ping") X(HEALTH, "health") X(METRICS, "metrics") X(LIST, "list") X(GET, "get")        \
+    X(UPSERT, "upsert") X(UPDATE, "update") X(DELETE, "delete") X(JWT, "jwt")                      \
+    X(REALTIME, "realtime") X(OPTIONS, "options") X(OTHER, "other")
+enum {
+#define GW_R(name, str) GW_ROUTE_##name,
+    GW_ROUTES(GW_R)
+#undef GW_R
+        GW_ROUTE__COUNT
+};
+
+#define GW_STATUS_SLOTS 16
+#define GW_LAT_BUCKETS 14
+
+typedef struct gw gw_t;
+typedef struct gw_pending gw_pending_t;
+
+/*  What to do with the broker's reply to a request. */
+typedef void (*gw_reply_fn)(gw_t *gw, gw_pending_t *p, const pd_msg_t *reply);
+
+/*  A request waiting for the broker: lives in the h2o request's pool (freed with it). */
+struct gw_pending {
+    gw_t *gw;
+    h2o_req_t *req;            //  NULL once answered (or the client went away)
+    uint64_t rid;              //  key in the pending table
+    int route;                 //  GW_ROUTE_*
+    gw_reply_fn on_reply;      //  what to do with the reply
+    h2o_timeout_entry_t timer; //  request timeout
+    int64_t start_ns;          //  for the latency histogram
+    void *user;                //  route-specific (realtime: the connection)
+};
+
+/*  A caller's identity for one request or connection. */
+typedef struct {
+    const pd_project_t *project;
+    int kind;                  //  GW_ID_GUEST, GW_ID_USER, GW_ID_KEY
+    const pd_apikey_t *key;
+    char user_id[37];
+    int64_t exp;               //  token expiry (s), users only
+    pd_buf_t roles;            //  packed role list (not for keys)
+} gw_ident_t;
+
+enum { GW_ID_GUEST = 0, GW_ID_USER = 1, GW_ID_KEY = 2 };
+
+struct gw {
+    pd_config_t *cfg;
+    pd_projects_t projects;
+    h2o_globalconf_t config;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    h2o_socket_t *listener;
+    zsock_t *dealer;           //  to the broker front
+    h2o_socket_t *dealer_io;   //  ZMQ_FD of dealer in the evloop
+    zsock_t *sub;              //  the bus
+    h2o_socket_t *sub_io;
+    pd_msgw_t out;             //  requests to the broker this loop turn
+    bool flush_linked;
+    h2o_timeout_entry_t flush_entry;
+    h2o_timeout_t req_timeout;
+    h2o_timeout_t tick_timeout; //  1 s housekeeping
+    h2o_timeout_entry_t tick_entry;
+    bool draining;              //  re-entrancy guard for s_drain
+    gw_pending_t **slots;       //  pending table: rid low bits index it
+    uint32_t *free_slots;
+    size_t nslots, cap_slots, nfree;
+    uint32_t rid_gen;
+    size_t in_flight;
+    msgpack_zone zone;
+    int64_t gen;
+    char ident[48];
+    /* metrics */
+    uint64_t requests[GW_ROUTE__COUNT][GW_STATUS_SLOTS];
+    uint64_t lat[GW_ROUTE__COUNT][GW_LAT_BUCKETS + 1];
+    double lat_sum[GW_ROUTE__COUNT];
+    uint64_t malformed, timeouts;
+    void *rt;                   //  realtime state (gw_realtime.c)
+};
+
+/* gateway.c */
+//  Starts a request to the broker: returns the message writer positioned inside a new message
+//  (caller adds fields, then gw_send_end). p is allocated in req's pool.
+gw_pending_t *gw_pending_new(gw_t *gw, h2o_req_t *req, int route, gw_reply_fn fn);
+pd_msgw_t *gw_send_begin(gw_t *gw, int type, uint64_t rid);
+void gw_send_end(gw_t *gw);
+//  Records the outcome of a request in the metrics.
+void gw_metrics_count(gw_t *gw, int route, int status, int64_t start_ns);
+void gw_metrics_render(gw_t *gw, pd_buf_t *b);
+int64_t gw_now_ns(void);
+
+/* gw_rest.c */
+int gw_rest_on_req(h2o_handler_t *self, h2o_req_t *req);
+void gw_rest_init(gw_t *gw);
+//  Sends a JSON (or text) response with CORS headers. body is copied.
+void gw_respond(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype,
+                const char *body, size_t len, int64_t start_ns);
+void gw_respond_err(gw_t *gw, h2o_req_t *req, int route, int code, pd_str_t msg,
+                    int64_t start_ns);
+//  Resolves the caller: project from project_id, then key or JWT. Returns PD_ERR_OK or an
+//  error code with a message in err.
+int gw_ident_resolve(gw_t *gw, gw_ident_t *id, pd_str_t project_id, pd_str_t key,
+                     pd_str_t jwt, char *err, size_t errlen);
+void gw_ident_free(gw_ident_t *id);
+
+/* gw_realtime.c */
+void gw_rt_init(gw_t *gw);
+int gw_rt_on_req(gw_t *gw, h2o_req_t *req);
+void gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev);
+void gw_rt_tick(gw_t *gw);
+void gw_rt_metrics(gw_t *gw, pd_buf_t *b);
+void gw_rt_shutdown(gw_t *gw);
+//  Projects were reloaded (SIGHUP): re-resolve every connection's project pointer.
+void gw_rt_on_reload(gw_t *gw);
+
+#endif

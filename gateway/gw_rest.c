@@ -1,0 +1,746 @@
+/*  gw_rest — the REST API: routes, identity, validation, and responses in Appwrite's shapes.
+ *
+ *  Order of checks, as Appwrite's server does them: project, then credentials (a bad JWT is
+ *  401 user_jwt_invalid), then scope, then parameters (400 general_argument_invalid), then the
+ *  action's own rules (userId rules, permissions a client may grant). A request that fails a
+ *  check changes nothing: it never reaches the broker. The body is parsed once with jansson;
+ *  the JSON pieces a record is made of (status, metadata, permissions) are encoded here, once,
+ *  so store nodes never parse JSON on the write path. */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include <sodium.h>
+
+#include "gw.h"
+#include "pd_err.h"
+#include "pd_log.h"
+#include "pd_query.h"
+
+#define MAX_STATUS_CHARS 255
+#define MAX_TTL_MS (30LL * 24 * 3600 * 1000)
+
+static const char s_cors_allow_headers[] =
+    "Accept, Origin, Cookie, Set-Cookie, Content-Type, Content-Range, X-Appwrite-Project, "
+    "X-Appwrite-Key, X-Appwrite-Dev-Key, X-Appwrite-Locale, X-Appwrite-Mode, X-Appwrite-JWT, "
+    "X-Appwrite-Response-Format, X-Appwrite-Session, X-Appwrite-Timeout, X-Appwrite-ID, "
+    "X-Appwrite-Source, X-SDK-Version, X-SDK-Name, X-SDK-Language, X-SDK-Platform, "
+    "X-SDK-GraphQL, X-SDK-Profile, Range, Cache-Control, Expires, Pragma, X-Fallback-Cookies, "
+    "X-Requested-With, X-Forwarded-For, X-Forwarded-User-Agent";
+
+void
+gw_rest_init(gw_t *gw)
+{
+    (void)gw;
+}
+
+static pd_str_t
+s_header(h2o_req_t *req, const char *name)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, name, strlen(name), -1);
+    if (i < 0)
+        return PD_STR_NULL;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    return (pd_str_t){v.base, v.len};
+}
+
+/*  Echoes the Origin when the project allows it (a project without an origin list allows any
+ *  origin: the SDK sends credentials, so '*' would be refused by browsers). */
+static void
+s_cors(gw_t *gw, h2o_req_t *req)
+{
+    ssize_t i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("origin"), -1);
+    if (i < 0)
+        return;
+    h2o_iovec_t origin = req->headers.entries[i].value;
+    const pd_project_t *p = pd_projects_find(&gw->projects, s_header(req, "x-appwrite-project"));
+    if (p && p->norigins) {
+        bool ok = false;
+        for (size_t k = 0; k < p->norigins; k++)
+            ok |= strlen(p->origins[k]) == origin.len &&
+                  memcmp(p->origins[k], origin.base, origin.len) == 0;
+        if (!ok)
+            return;
+    }
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCESS_CONTROL_ALLOW_ORIGIN, NULL,
+                   origin.base, origin.len);
+    h2o_add_header_by_str(&req->pool, &req->res.headers,
+                          H2O_STRLIT("access-control-allow-credentials"), 0, NULL,
+                          H2O_STRLIT("true"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers,
+                          H2O_STRLIT("access-control-expose-headers"), 0, NULL,
+                          H2O_STRLIT("X-Appwrite-Session, X-Fallback-Cookies"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_VARY, NULL, H2O_STRLIT("Origin"));
+}
+
+static const char *
+s_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
+    case 503: return "Service Unavailable";
+    default: return "Internal Server Error";
+    }
+}
+
+void
+gw_respond(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype, const char *body,
+           size_t len, int64_t start_ns)
+{
+    req->res.status = status;
+    req->res.reason = s_reason(status);
+    s_cors(gw, req);
+    if (ctype)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype,
+                       strlen(ctype));
+    req->res.content_length = len;
+    gw_metrics_count(gw, route, status, start_ns);
+    h2o_send_inline(req, body, len);
+}
+
+void
+gw_respond_err(gw_t *gw, h2o_req_t *req, int route, int code, pd_str_t msg, int64_t start_ns)
+{
+    pd_buf_t b;
+    pd_buf_init(&b);
+    pd_err_render(&b, code, msg);
+    gw_respond(gw, req, route, pd_err_http(code), "application/json", b.data, b.len, start_ns);
+    pd_buf_free(&b);
+}
+
+static void
+s_errf(gw_t *gw, h2o_req_t *req, int route, int code, int64_t t0, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static void
+s_errf(gw_t *gw, h2o_req_t *req, int route, int code, int64_t t0, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    gw_respond_err(gw, req, route, code, pd_str(msg), t0);
+}
+
+/* -------------------------------------------------------------------------- identity */
+
+int
+gw_ident_resolve(gw_t *gw, gw_ident_t *id, pd_str_t project_id, pd_str_t key, pd_str_t jwt,
+                 char *err, size_t errlen)
+{
+    memset(id, 0, sizeof *id);
+    pd_buf_init(&id->roles);
+    err[0] = 0;
+    id->project = project_id.len ? pd_projects_find(&gw->projects, project_id) : NULL;
+    if (!id->project)
+        return PD_ERR_PROJECT_NOT_FOUND;
+    if (key.len) {
+        id->key = pd_project_find_key(id->project, key);
+        if (!id->key)
+            return PD_ERR_KEY_INVALID;
+        if (id->key->expire_ms && id->key->expire_ms <= pd_now_ms())
+            return PD_ERR_KEY_EXPIRED;
+        id->kind = GW_ID_KEY;
+        return PD_ERR_OK;
+    }
+    if (jwt.len) {
+        pd_jwt_claims_t c;
+        pd_jwt_claims_init(&c);
+        if (pd_jwt_verify(id->project->jwt_keys, id->project->njwt, jwt.ptr, jwt.len,
+                          pd_now_ms() / 1000, &c, err, errlen) < 0) {
+            pd_jwt_claims_free(&c);
+            return PD_ERR_JWT_INVALID;
+        }
+        id->kind = GW_ID_USER;
+        memcpy(id->user_id, c.user_id, sizeof id->user_id);
+        id->exp = c.exp;
+        pd_roles_user(&c, &id->roles);
+        pd_jwt_claims_free(&c);
+        return PD_ERR_OK;
+    }
+    id->kind = GW_ID_GUEST;
+    pd_roles_guest(&id->roles);
+    return PD_ERR_OK;
+}
+
+void
+gw_ident_free(gw_ident_t *id)
+{
+    pd_buf_free(&id->roles);
+}
+
+/*  Appwrite's missing-scope error. Guests read what any/guests may read (decisions.md §6). */
+static int
+s_check_scope(gw_ident_t *id, uint32_t scope, char *msg, size_t n)
+{
+    const char *sname = scope == PD_SCOPE_PRESENCES_READ    ? "presences.read"
+                        : scope == PD_SCOPE_PRESENCES_WRITE ? "presences.write"
+                                                            : "users.write";
+    if (id->kind == GW_ID_KEY) {
+        if (id->key->scopes & scope)
+            return 0;
+        snprintf(msg, n, "app.%s@service.localhost (role: applications) missing scopes ([\"%s\"])",
+                 id->project->id, sname);
+        return -1;
+    }
+    if (id->kind == GW_ID_USER && scope != PD_SCOPE_USERS_WRITE)
+        return 0;
+    if (id->kind == GW_ID_GUEST && scope == PD_SCOPE_PRESENCES_READ)
+        return 0;
+    snprintf(msg, n, "User (role: %s) missing scopes ([\"%s\"])",
+             id->kind == GW_ID_GUEST ? "guests" : "users", sname);
+    return -1;
+}
+
+/* -------------------------------------------------------------------------- replies */
+
+static void
+s_on_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
+{
+    h2o_req_t *req = p->req;
+    p->req = NULL;
+    int err = (int)m->i[PD_F_ERR];
+    if (err != PD_ERR_OK) {
+        gw_respond_err(gw, req, p->route, err, m->s[PD_F_MESSAGE], p->start_ns);
+        return;
+    }
+    if (p->route == GW_ROUTE_DELETE) {
+        gw_respond(gw, req, p->route, 204, NULL, "", 0, p->start_ns);
+        return;
+    }
+    pd_str_t body = m->s[PD_F_BODY];
+    gw_respond(gw, req, p->route, 200, "application/json", body.ptr, body.len, p->start_ns);
+}
+
+static void
+s_on_status_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
+{
+    h2o_req_t *req = p->req;
+    p->req = NULL;
+    bool ok = m->i[PD_F_ERR] == PD_ERR_OK;
+    if (p->route == GW_ROUTE_HEALTH) {
+        const char *b = ok ? "{\"status\":\"pass\"}" : "{\"status\":\"fail\"}";
+        gw_respond(gw, req, p->route, ok ? 200 : 503, "application/json", b, strlen(b),
+                   p->start_ns);
+        return;
+    }
+    pd_buf_t b;
+    pd_buf_init(&b);
+    gw_metrics_render(gw, &b);
+    pd_buf_add(&b, m->s[PD_F_BODY].ptr, m->s[PD_F_BODY].len);
+    gw_respond(gw, req, p->route, 200, "text/plain; version=0.0.4", b.data, b.len, p->start_ns);
+    pd_buf_free(&b);
+}
+
+/* -------------------------------------------------------------------------- body parsing */
+
+typedef struct {
+    json_t *root;
+    bool has_user, has_status, has_meta, has_expires, has_perms;
+    pd_str_t user;
+    pd_str_t status;
+    pd_buf_t status_json;
+    pd_buf_t meta_json;
+    int64_t expires;
+    pd_perms_t perms;
+    bool perms_set;       //  perms holds parsed or default permissions
+} body_t;
+
+static void
+s_body_free(body_t *b)
+{
+    json_decref(b->root);
+    pd_buf_free(&b->status_json);
+    pd_buf_free(&b->meta_json);
+    pd_perms_free(&b->perms);
+}
+
+static size_t
+s_utf8_chars(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((unsigned char)s[i] & 0xc0) != 0x80;
+    return c;
+}
+
+/*  Parses and validates the JSON body of PUT/PATCH. Returns PD_ERR_OK, or an error code with
+ *  the message in msg. */
+static int
+s_parse_body(gw_t *gw, h2o_req_t *req, const pd_project_t *proj, body_t *b, char *msg, size_t n)
+{
+    memset(b, 0, sizeof *b);
+    pd_buf_init(&b->status_json);
+    pd_buf_init(&b->meta_json);
+    pd_perms_init(&b->perms);
+    if (req->entity.len > gw->cfg->max_body) {
+        snprintf(msg, n, "Request body is larger than %zu bytes.", gw->cfg->max_body);
+        return PD_ERR_PAYLOAD_TOO_LARGE;
+    }
+    if (req->entity.len == 0) {
+        b->root = json_object();
+    } else {
+        json_error_t je;
+        b->root = json_loadb(req->entity.base, req->entity.len, JSON_REJECT_DUPLICATES, &je);
+        if (!b->root || !json_is_object(b->root)) {
+            snprintf(msg, n, "Invalid request body: it must be a JSON object.");
+            return PD_ERR_ARGUMENT_INVALID;
+        }
+    }
+    json_t *v;
+    if ((v = json_object_get(b->root, "userId")) && !json_is_null(v)) {
+        if (!json_is_string(v) ||
+            !pd_uid_valid((pd_str_t){json_string_value(v), json_string_length(v)})) {
+            snprintf(msg, n, "Invalid `userId` param: UID must contain at most 36 chars. Valid "
+                             "chars are a-z, A-Z, 0-9, and underscore. Can't start with a "
+                             "leading underscore");
+            return PD_ERR_ARGUMENT_INVALID;
+        }
+        b->has_user = true;
+        b->user = (pd_str_t){json_string_value(v), json_string_length(v)};
+    }
+    if ((v = json_object_get(b->root, "status")) && !json_is_null(v)) {
+        size_t chars = json_is_string(v) ? s_utf8_chars(json_string_value(v), json_string_length(v)) : 0;
+        if (!json_is_string(v) || chars < 1 || chars > MAX_STATUS_CHARS ||
+            memchr(json_string_value(v), 0, json_string_length(v))) {
+            snprintf(msg, n, "Invalid `status` param: Value must be a valid string and at "
+                             "least 1 chars and no longer than 255 chars");
+            return PD_ERR_ARGUMENT_INVALID;
+        }
+        b->has_status = true;
+        b->status = (pd_str_t){json_string_value(v), json_string_length(v)};
+        pd_buf_add_json_str(&b->status_json, b->status.ptr, b->status.len);
+    }
+    if ((v = json_object_get(b->root, "metadata")) && !json_is_null(v)) {
+        json_t *obj = v, *owned = NULL;
+        if (json_is_string(v)) { /* Appwrite accepts a string that decodes to an object */
+            owned = json_loadb(json_string_value(v), json_string_length(v), 0, NULL);
+            obj = owned;
+        }
+        if (obj && json_is_array(obj) && json_array_size(obj) == 0) {
+            pd_buf_adds(&b->meta_json, "{}");
+        } else if (obj && json_is_object(obj)) {
+            char *s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
+            if (s)
+                pd_buf_adds(&b->meta_json, s);
+            free(s);
+        } else {
+            json_decref(owned);
+            snprintf(msg, n, "Invalid `metadata` param: Value must be a valid object.");
+            return PD_ERR_ARGUMENT_INVALID;
+        }
+        json_decref(owned);
+        if (b->meta_json.len > proj->max_metadata) {
+            snprintf(msg, n,
+                     "Invalid `metadata` param: Value must be a JSON object of at most %zu "
+                     "bytes when encoded.",
+                     proj->max_metadata);
+            return PD_ERR_ARGUMENT_INVALID;
+        }
+        b->has_meta = true;
+    }
+    if ((v = json_object_get(b->root, "expiresAt")) && !json_is_null(v)) {
+        int64_t now = pd_now_ms(), t = 0;
+        if (!json_is_string(v) ||
+            pd_time_parse(json_string_value(v), json_string_length(v), &t) < 0 || t <= now ||
+            t > now + MAX_TTL_MS) {
+            snprintf(msg, n, "Invalid `expiresAt` param: Value must be valid date in the future "
+                             "and no more than 30 days from now.");
+            return PD_ERR_ARGUMENT_INVALID;
+        }
+        b->has_expires = true;
+        b->expires = t;
+    }
+    if ((v = json_object_get(b->root, "permissions")) && !json_is_null(v)) {
+        char perr[300];
+        if (!json_is_array(v)) {
+            snprintf(msg, n, "Invalid `permissions` param: Value must be a valid array and "
+                             "Permissions must be an array of strings.");
+            return PD_ERR_ARGUMENT_INVALID;
+        }
+        if (pd_perms_parse(v, &b->perms, perr, sizeof perr) < 0) {
+            snprintf(msg, n, "Invalid `permissions` param: %s", perr);
+            return PD_ERR_ARGUMENT_INVALID;
+        }
+        b->has_perms = true;
+        b->perms_set = true;
+    }
+    return PD_ERR_OK;
+}
+
+static void
+s_put_perms(pd_msgw_t *w, const pd_perms_t *p)
+{
+    pd_msgw_str(w, PD_F_PERMS_JSON, p->json.data ? p->json.data : "[]", p->json.data ? p->json.len : 2);
+    pd_msgw_str(w, PD_F_READ_ROLES, p->read.data ? p->read.data : "", p->read.len);
+    pd_msgw_str(w, PD_F_UPDATE_ROLES, p->update.data ? p->update.data : "", p->update.len);
+    pd_msgw_str(w, PD_F_DELETE_ROLES, p->del.data ? p->del.data : "", p->del.len);
+}
+
+static void
+s_put_caller(pd_msgw_t *w, const gw_ident_t *id, int64_t extra_flags)
+{
+    if (id->kind == GW_ID_KEY) {
+        pd_msgw_int(w, PD_F_FLAGS, PD_FL_BYPASS | extra_flags);
+    } else {
+        pd_msgw_int(w, PD_F_FLAGS, extra_flags);
+        pd_msgw_str(w, PD_F_ROLES, id->roles.data ? id->roles.data : "", id->roles.len);
+    }
+    pd_msgw_int(w, PD_F_NOW, pd_now_ms());
+}
+
+/* -------------------------------------------------------------------------- routes */
+
+static void
+s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int64_t t0)
+{
+    int route = upsert ? GW_ROUTE_UPSERT : GW_ROUTE_UPDATE;
+    char msg[512];
+    body_t b;
+    int rc = s_parse_body(gw, req, id->project, &b, msg, sizeof msg);
+    if (rc != PD_ERR_OK) {
+        gw_respond_err(gw, req, route, rc, pd_str(msg), t0);
+        goto out;
+    }
+    if (upsert && !b.has_status) {
+        gw_respond_err(gw, req, route, PD_ERR_ARGUMENT_INVALID,
+                       PD_STR("Param \"status\" is not optional."), t0);
+        goto out;
+    }
+    /* Who owns the record (appwrite-protocol.md §1.1). */
+    if (b.has_user && id->kind != GW_ID_KEY) {
+        gw_respond_err(gw, req, route, PD_ERR_UNAUTHORIZED_SCOPE,
+                       PD_STR("userId is not allowed for non-API key and non-privileged users"),
+                       t0);
+        goto out;
+    }
+    if (upsert && !b.has_user && id->kind == GW_ID_KEY) {
+        gw_respond_err(gw, req, route, PD_ERR_BAD_REQUEST,
+                       PD_STR("userId is required for API key authentication"), t0);
+        goto out;
+    }
+    pd_str_t owner = b.has_user ? b.user : pd_str(id->user_id);
+    if (b.has_perms && id->kind != GW_ID_KEY &&
+        pd_perms_check_grant(&b.perms, (pd_str_t){id->roles.data, id->roles.len}, msg,
+                             sizeof msg) < 0) {
+        gw_respond_err(gw, req, route, PD_ERR_USER_UNAUTHORIZED, pd_str(msg), t0);
+        goto out;
+    }
+    if (!b.perms_set && (upsert || b.has_user)) {
+        pd_perms_default(owner, &b.perms);
+        b.perms_set = true;
+    }
+    gw_pending_t *p = gw_pending_new(gw, req, route, s_on_reply);
+    pd_msgw_t *w = gw_send_begin(gw, upsert ? PD_MSG_UPSERT : PD_MSG_UPDATE, p->rid);
+    pd_msgw_str(w, PD_F_PROJECT, id->project->id, strlen(id->project->id));
+    pd_msgw_s(w, PD_F_ID, pid);
+    if (upsert || b.has_user)
+        pd_msgw_s(w, PD_F_USER, owner);
+    if (b.has_status) {
+        pd_msgw_s(w, PD_F_STATUS, b.status);
+        pd_msgw_str(w, PD_F_STATUS_JSON, b.status_json.data, b.status_json.len);
+    }
+    if (upsert || b.has_meta)
+        pd_msgw_str(w, PD_F_META_JSON, b.has_meta ? b.meta_json.data : "{}",
+                    b.has_meta ? b.meta_json.len : 2);
+    if (upsert || b.has_expires)
+        pd_msgw_int(w, PD_F_EXPIRES,
+                    b.has_expires ? b.expires : pd_now_ms() + id->project->default_ttl_ms);
+    if (b.perms_set)
+        s_put_perms(w, &b.perms);
+    if (upsert) {
+        pd_str_t src = s_header(req, "x-appwrite-source");
+        pd_msgw_s(w, PD_F_SOURCE, pd_str_eqc(src, "graphql") ? PD_STR("graphql") : PD_STR("rest"));
+    }
+    int64_t fl = 0;
+    if (!upsert)
+        fl = (b.has_status ? PD_FL_HAS_STATUS : 0) | (b.has_meta ? PD_FL_HAS_META : 0) |
+             (b.has_perms ? PD_FL_HAS_PERMS : 0) | (b.has_expires ? PD_FL_HAS_EXPIRES : 0) |
+             (b.has_user ? PD_FL_HAS_USER : 0);
+    s_put_caller(w, id, fl);
+    gw_send_end(gw);
+out:
+    s_body_free(&b);
+}
+
+static void
+s_simple(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, int type, int route)
+{
+    gw_pending_t *p = gw_pending_new(gw, req, route, s_on_reply);
+    pd_msgw_t *w = gw_send_begin(gw, type, p->rid);
+    pd_msgw_str(w, PD_F_PROJECT, id->project->id, strlen(id->project->id));
+    pd_msgw_s(w, PD_F_ID, pid);
+    s_put_caller(w, id, 0);
+    gw_send_end(gw);
+}
+
+static int
+s_hex(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/*  Decodes application/x-www-form-urlencoded text into out (pool memory). -1 on a bad
+ *  escape or a NUL byte. */
+static int
+s_urldecode(h2o_mem_pool_t *pool, const char *s, size_t n, pd_str_t *out)
+{
+    char *d = h2o_mem_alloc_pool(pool, n + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%') {
+            int hi = i + 1 < n ? s_hex(s[i + 1]) : -1, lo = i + 2 < n ? s_hex(s[i + 2]) : -1;
+            if (hi < 0 || lo < 0)
+                return -1;
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        if (c == 0)
+            return -1;
+        d[k++] = c;
+    }
+    d[k] = 0;
+    *out = (pd_str_t){d, k};
+    return 0;
+}
+
+static void
+s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
+{
+    pd_str_t qs[PD_QUERY_MAX];
+    size_t nq = 0;
+    bool total = true;
+    if (req->query_at != SIZE_MAX) {
+        const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+        while (p < end) {
+            const char *amp = memchr(p, '&', (size_t)(end - p));
+            if (!amp)
+                amp = end;
+            const char *eq = memchr(p, '=', (size_t)(amp - p));
+            pd_str_t key, val = PD_STR("");
+            if (s_urldecode(&req->pool, p, (size_t)((eq ? eq : amp) - p), &key) < 0 ||
+                (eq && s_urldecode(&req->pool, eq + 1, (size_t)(amp - eq - 1), &val) < 0)) {
+                gw_respond_err(gw, req, GW_ROUTE_LIST, PD_ERR_ARGUMENT_INVALID,
+                               PD_STR("Invalid query string encoding."), t0);
+                return;
+            }
+            if (key.len >= 7 && memcmp(key.ptr, "queries", 7) == 0 &&
+                (key.len == 7 || key.ptr[7] == '[')) {
+                if (nq == PD_QUERY_MAX) {
+                    s_errf(gw, req, GW_ROUTE_LIST, PD_ERR_ARGUMENT_INVALID, t0,
+                           "Invalid `queries` param: Value must be an array of no more than "
+                           "%d items",
+                           PD_QUERY_MAX);
+                    return;
+                }
+                qs[nq++] = val;
+            } else if (pd_str_eqc(key, "total")) {
+                if (pd_str_eqc(val, "false") || pd_str_eqc(val, "0"))
+                    total = false;
+                else if (!pd_str_eqc(val, "true") && !pd_str_eqc(val, "1")) {
+                    gw_respond_err(gw, req, GW_ROUTE_LIST, PD_ERR_ARGUMENT_INVALID,
+                                   PD_STR("Invalid `total` param: Value must be a valid boolean"),
+                                   t0);
+                    return;
+                }
+            }
+            p = amp + 1;
+        }
+    }
+    char err[300];
+    int code;
+    pd_query_t *q = pd_query_parse(qs, nq, PD_QMODE_LIST, &code, err, sizeof err);
+    if (!q) {
+        gw_respond_err(gw, req, GW_ROUTE_LIST, code, pd_str(err), t0);
+        return;
+    }
+    pd_query_destroy(&q);
+    gw_pending_t *p = gw_pending_new(gw, req, GW_ROUTE_LIST, s_on_reply);
+    pd_msgw_t *w = gw_send_begin(gw, PD_MSG_LIST, p->rid);
+    pd_msgw_str(w, PD_F_PROJECT, id->project->id, strlen(id->project->id));
+    pd_buf_t packed;
+    pd_buf_init(&packed);
+    for (size_t i = 0; i < nq; i++) {
+        pd_buf_add(&packed, qs[i].ptr, qs[i].len);
+        pd_buf_add(&packed, "", 1);
+    }
+    pd_msgw_str(w, PD_F_QUERIES, packed.data ? packed.data : "", packed.len);
+    pd_buf_free(&packed);
+    s_put_caller(w, id, total ? PD_FL_TOTAL : 0);
+    gw_send_end(gw);
+}
+
+static void
+s_mint_jwt(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t user, int64_t t0)
+{
+    if (!pd_uid_valid(user)) {
+        gw_respond_err(gw, req, GW_ROUTE_JWT, PD_ERR_ARGUMENT_INVALID,
+                       PD_STR("Invalid `userId` param: UID must contain at most 36 chars. Valid "
+                              "chars are a-z, A-Z, 0-9, and underscore. Can't start with a "
+                              "leading underscore"),
+                       t0);
+        return;
+    }
+    int64_t duration = 900;
+    if (req->entity.len) {
+        json_t *root = json_loadb(req->entity.base, req->entity.len, 0, NULL);
+        json_t *d = root ? json_object_get(root, "duration") : NULL;
+        if (!root || !json_is_object(root) || (d && !json_is_null(d) && !json_is_integer(d)) ||
+            (json_is_integer(d) && (json_integer_value(d) < 0 || json_integer_value(d) > 3600))) {
+            json_decref(root);
+            gw_respond_err(gw, req, GW_ROUTE_JWT, PD_ERR_ARGUMENT_INVALID,
+                           PD_STR("Invalid `duration` param: Value must be a valid range "
+                                  "between 0 and 3,600"),
+                           t0);
+            return;
+        }
+        if (json_is_integer(d))
+            duration = json_integer_value(d);
+        json_decref(root);
+    }
+    if (!id->project->mint_key) {
+        gw_respond_err(gw, req, GW_ROUTE_JWT, PD_ERR_BAD_REQUEST,
+                       PD_STR("This project has no HS256 secret to sign tokens with."), t0);
+        return;
+    }
+    char payload[160];
+    int n = snprintf(payload, sizeof payload, "{\"userId\":\"%.*s\",\"sessionId\":\"\",\"exp\":%lld}",
+                     (int)user.len, user.ptr, (long long)(pd_now_ms() / 1000 + duration));
+    pd_buf_t tok, body;
+    pd_buf_init(&tok);
+    pd_buf_init(&body);
+    pd_jwt_sign_hs256(id->project->mint_key, id->project->mint_key_len, payload, (size_t)n, &tok);
+    pd_buf_adds(&body, "{\"jwt\":");
+    pd_buf_add_json_str(&body, tok.data, tok.len);
+    pd_buf_adds(&body, "}");
+    gw_respond(gw, req, GW_ROUTE_JWT, 201, "application/json", body.data, body.len, t0);
+    sodium_memzero(tok.data, tok.len);
+    pd_buf_free(&tok);
+    pd_buf_free(&body);
+}
+
+static bool
+s_method(h2o_req_t *req, const char *m)
+{
+    return req->method.len == strlen(m) && memcmp(req->method.base, m, req->method.len) == 0;
+}
+
+int
+gw_rest_on_req(h2o_handler_t *handler, h2o_req_t *req)
+{
+    (void)handler;
+    gw_t *gw = H2O_STRUCT_FROM_MEMBER(gw_t, ctx, req->conn->ctx);
+    int64_t t0 = gw_now_ns();
+    pd_str_t path = {req->path_normalized.base, req->path_normalized.len};
+    while (path.len > 1 && path.ptr[path.len - 1] == '/')
+        path.len--;
+
+    if (s_method(req, "OPTIONS")) {
+        h2o_add_header_by_str(&req->pool, &req->res.headers,
+                              H2O_STRLIT("access-control-allow-methods"), 0, NULL,
+                              H2O_STRLIT("GET, POST, PUT, PATCH, DELETE"));
+        h2o_add_header_by_str(&req->pool, &req->res.headers,
+                              H2O_STRLIT("access-control-allow-headers"), 0, NULL,
+                              s_cors_allow_headers, sizeof s_cors_allow_headers - 1);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("access-control-max-age"),
+                              0, NULL, H2O_STRLIT("86400"));
+        gw_respond(gw, req, GW_ROUTE_OPTIONS, 204, NULL, "", 0, t0);
+        return 0;
+    }
+    if (pd_str_eqc(path, "/v1/realtime"))
+        return gw_rt_on_req(gw, req);
+    if (pd_str_eqc(path, "/v1/health") && s_method(req, "GET")) {
+        gw_pending_t *p = gw_pending_new(gw, req, GW_ROUTE_HEALTH, s_on_status_reply);
+        gw_send_begin(gw, PD_MSG_STATUS, p->rid);
+        gw_send_end(gw);
+        return 0;
+    }
+    if (pd_str_eqc(path, "/metrics") && s_method(req, "GET")) {
+        gw_pending_t *p = gw_pending_new(gw, req, GW_ROUTE_METRICS, s_on_status_reply);
+        gw_send_begin(gw, PD_MSG_STATUS, p->rid);
+        gw_send_end(gw);
+        return 0;
+    }
+
+    /* Everything below belongs to a project. */
+    int route = GW_ROUTE_OTHER;
+    pd_str_t pid = PD_STR_NULL, user = PD_STR_NULL;
+    const char *pfx = "/v1/presences";
+    const char *upfx = "/v1/users/";
+    if (pd_str_eqc(path, "/v1/ping")) {
+        route = s_method(req, "GET") ? GW_ROUTE_PING : GW_ROUTE_OTHER;
+    } else if (pd_str_eqc(path, pfx)) {
+        route = s_method(req, "GET") ? GW_ROUTE_LIST : GW_ROUTE_OTHER;
+    } else if (path.len > strlen(pfx) + 1 && memcmp(path.ptr, pfx, strlen(pfx)) == 0 &&
+               path.ptr[strlen(pfx)] == '/' &&
+               !memchr(path.ptr + strlen(pfx) + 1, '/', path.len - strlen(pfx) - 1)) {
+        pid = (pd_str_t){path.ptr + strlen(pfx) + 1, path.len - strlen(pfx) - 1};
+        route = s_method(req, "GET")      ? GW_ROUTE_GET
+                : s_method(req, "PUT")    ? GW_ROUTE_UPSERT
+                : s_method(req, "PATCH")  ? GW_ROUTE_UPDATE
+                : s_method(req, "DELETE") ? GW_ROUTE_DELETE
+                                          : GW_ROUTE_OTHER;
+    } else if (path.len > strlen(upfx) + 5 && memcmp(path.ptr, upfx, strlen(upfx)) == 0 &&
+               memcmp(path.ptr + path.len - 5, "/jwts", 5) == 0 && s_method(req, "POST")) {
+        user = (pd_str_t){path.ptr + strlen(upfx), path.len - strlen(upfx) - 5};
+        route = memchr(user.ptr, '/', user.len) ? GW_ROUTE_OTHER : GW_ROUTE_JWT;
+    }
+    if (route == GW_ROUTE_OTHER) {
+        gw_respond_err(gw, req, route, PD_ERR_ROUTE_NOT_FOUND, PD_STR_NULL, t0);
+        return 0;
+    }
+
+    gw_ident_t id;
+    char err[300];
+    int rc = gw_ident_resolve(gw, &id, s_header(req, "x-appwrite-project"),
+                              s_header(req, "x-appwrite-key"), s_header(req, "x-appwrite-jwt"),
+                              err, sizeof err);
+    if (rc != PD_ERR_OK) {
+        gw_respond_err(gw, req, route, rc, pd_str(err), t0);
+        goto out;
+    }
+    if (route == GW_ROUTE_PING) {
+        gw_respond(gw, req, route, 200, "text/plain", "Pong!", 5, t0);
+        goto out;
+    }
+    uint32_t scope = route == GW_ROUTE_JWT                            ? PD_SCOPE_USERS_WRITE
+                     : (route == GW_ROUTE_GET || route == GW_ROUTE_LIST) ? PD_SCOPE_PRESENCES_READ
+                                                                         : PD_SCOPE_PRESENCES_WRITE;
+    if (s_check_scope(&id, scope, err, sizeof err) < 0) {
+        gw_respond_err(gw, req, route, PD_ERR_UNAUTHORIZED_SCOPE, pd_str(err), t0);
+        goto out;
+    }
+    if (pid.ptr && !pd_uid_valid(pid)) {
+        gw_respond_err(gw, req, route, PD_ERR_ARGUMENT_INVALID,
+                       PD_STR("Invalid `presenceId` param: UID must contain at most 36 chars. "
+                              "Valid chars are a-z, A-Z, 0-9, and underscore. Can't start with a "
+                              "leading underscore"),
+                       t0);
+        goto out;
+    }
+    switch (route) {
+    case GW_ROUTE_LIST: s_list(gw, req, &id, t0); break;
+    case GW_ROUTE_GET: s_simple(gw, req, &id, pid, PD_MSG_GET, route); break;
+    case GW_ROUTE_DELETE: s_simple(gw, req, &id, pid, PD_MSG_DELETE, route); break;
+    case GW_ROUTE_UPSERT: s_write(gw, req, &id, pid, true, t0); break;
+    case GW_ROUTE_UPDATE: s_write(gw, req, &id, pid, false, t0); break;
+    case GW_ROUTE_JWT: s_mint_jwt(gw, req, &id, user, t0); break;
+    }
+out:
+    gw_ident_free(&id);
+    return 0;
+}

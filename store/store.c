@@ -1,0 +1,691 @@
+/*  store — see store.h.
+ *
+ *  One thread, one loop: drain the DEALER (batches from the broker), apply each request to the
+ *  table, append replies to one batch and events to another, flush both, repeat. Writes are
+ *  applied in arrival order, so the per-node event sequence (SEQ) is the order of changes.
+ *  Every EVENT carries the record after the change (before it, for a delete) and, for updates,
+ *  the previous state: gateways need both to tell a subscriber that a record left its set.
+ *
+ *  Expired records are invisible to reads from the instant expiresAt passes (checked on every
+ *  read against the request's clock); the reaper deletes them and that delete is the event. */
+#include "store.h"
+
+#include <czmq.h>
+#include <signal.h>
+
+#include "pd_err.h"
+#include "pd_log.h"
+#include "pd_msg.h"
+#include "pd_query.h"
+#include "pd_table.h"
+
+#define SYNC_PAGE_ITEMS 1000
+
+typedef struct {
+    pd_config_t *cfg;
+    pd_table_t *table;
+    zsock_t *dealer;      //  to the broker (identity "store-<node>")
+    zsock_t *pub;         //  to the bus
+    zpoller_t *poller;
+    pd_msgw_t out;        //  replies this turn
+    pd_msgw_t events;     //  events this turn
+    msgpack_zone zone;
+    int node;
+    int64_t gen;          //  boot generation (ms)
+    uint64_t seq;         //  last event sequence number
+    uint64_t malformed;
+    pd_buf_t scratch;
+} store_t;
+
+static volatile sig_atomic_t s_stop;
+
+static void
+s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static bool
+s_can(const pd_msg_t *m, pd_str_t roles)
+{
+    return (m->i[PD_F_FLAGS] & PD_FL_BYPASS) || pd_roles_intersect(roles, m->s[PD_F_ROLES]);
+}
+
+static void
+s_reply_err(store_t *self, const pd_msg_t *m, int err, const char *msg)
+{
+    pd_msgw_begin(&self->out, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(&self->out, PD_F_ERR, err);
+    if (msg)
+        pd_msgw_str(&self->out, PD_F_MESSAGE, msg, strlen(msg));
+    pd_msgw_end(&self->out);
+}
+
+static void
+s_reply_rec(store_t *self, const pd_msg_t *m, const pd_record_t *rec, const pd_record_t *prev)
+{
+    pd_msgw_t *w = &self->out;
+    pd_msgw_begin(w, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_s(w, PD_F_PROJECT, rec->project);
+    pd_msgw_s(w, PD_F_ID, rec->id);
+    pd_msgw_s(w, PD_F_USER, rec->user_id);
+    pd_msgw_int(w, PD_F_VERSION, (int64_t)rec->version);
+    pd_msgw_int(w, PD_F_EXPIRES, rec->expires_ms);
+    if (m->type != PD_MSG_DELETE && m->type != PD_MSG_EXPIRE && m->type != PD_MSG_RELEASE)
+        pd_msgw_s(w, PD_F_BODY, rec->json);
+    if (prev)
+        pd_msgw_s(w, PD_F_PREV_USER, prev->user_id);
+    pd_msgw_end(w);
+}
+
+/*  Publishes a change. rec is the record after the change (before it, for a delete); prev is
+ *  the state before an upsert/update, or NULL. */
+static void
+s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *prev)
+{
+    pd_msgw_t *w = &self->events;
+    pd_msgw_begin(w, PD_MSG_EVENT, ++self->seq);
+    pd_msgw_int(w, PD_F_ACTION, action);
+    pd_msgw_int(w, PD_F_NODE, self->node);
+    pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
+    pd_msgw_int(w, PD_F_GEN, self->gen);
+    pd_msgw_s(w, PD_F_PROJECT, rec->project);
+    pd_msgw_s(w, PD_F_ID, rec->id);
+    pd_msgw_s(w, PD_F_USER, rec->user_id);
+    pd_msgw_s(w, PD_F_STATUS, rec->status);
+    pd_msgw_s(w, PD_F_STATUS_JSON, rec->status_json);
+    pd_msgw_s(w, PD_F_SOURCE, rec->source);
+    pd_msgw_s(w, PD_F_META_JSON, rec->meta_json);
+    pd_msgw_s(w, PD_F_READ_ROLES, rec->read_roles);
+    pd_msgw_s(w, PD_F_CONN, rec->conn);
+    pd_msgw_int(w, PD_F_VERSION, (int64_t)rec->version);
+    pd_msgw_int(w, PD_F_EXPIRES, rec->expires_ms);
+    pd_msgw_int(w, PD_F_CREATED, rec->created_ms);
+    pd_msgw_int(w, PD_F_UPDATED, rec->updated_ms);
+    pd_msgw_s(w, PD_F_BODY, rec->json);
+    if (prev) {
+        pd_msgw_s(w, PD_F_PREV_BODY, prev->json);
+        pd_msgw_s(w, PD_F_PREV_READ_ROLES, prev->read_roles);
+        pd_msgw_s(w, PD_F_PREV_STATUS, prev->status);
+        pd_msgw_s(w, PD_F_PREV_META_JSON, prev->meta_json);
+        pd_msgw_int(w, PD_F_PREV_EXPIRES, prev->expires_ms);
+        pd_msgw_s(w, PD_F_PREV_USER, prev->user_id);
+    }
+    pd_msgw_end(w);
+}
+
+static int64_t
+s_now(const pd_msg_t *m)
+{
+    return m->i[PD_F_NOW] ? m->i[PD_F_NOW] : pd_now_ms();
+}
+
+/*  The record a write carries, as the gateway validated it. */
+static void
+s_rec_from_msg(const pd_msg_t *m, pd_record_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->project = m->s[PD_F_PROJECT];
+    r->id = m->s[PD_F_ID];
+    r->user_id = m->s[PD_F_USER];
+    r->status = m->s[PD_F_STATUS];
+    r->status_json = m->s[PD_F_STATUS_JSON];
+    r->source = m->s[PD_F_SOURCE];
+    r->perms_json = m->s[PD_F_PERMS_JSON];
+    r->meta_json = m->s[PD_F_META_JSON];
+    r->read_roles = m->s[PD_F_READ_ROLES];
+    r->update_roles = m->s[PD_F_UPDATE_ROLES];
+    r->delete_roles = m->s[PD_F_DELETE_ROLES];
+    r->conn = m->s[PD_F_CONN];
+    r->expires_ms = m->i[PD_F_EXPIRES];
+}
+
+static void
+s_put(store_t *self, const pd_msg_t *m, const pd_record_t *rec, int action)
+{
+    pd_record_t stored, prev;
+    memset(&prev, 0, sizeof prev);
+    int rc = pd_table_put(self->table, rec, &stored, &prev);
+    if (rc != 0) {
+        s_reply_err(self, m, rc, NULL);
+        return;
+    }
+    bool had = prev.id.len > 0;
+    s_reply_rec(self, m, &stored, had ? &prev : NULL);
+    s_event(self, action, &stored, had ? &prev : NULL);
+}
+
+static void
+s_on_upsert(store_t *self, const pd_msg_t *m)
+{
+    int64_t now = s_now(m);
+    pd_record_t old, rec;
+    bool exists = pd_table_get(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &old) == 0;
+    if (exists && old.expires_ms <= now)
+        exists = false; /* an expired record is gone, whatever the reaper is doing */
+    if (exists && !pd_str_eq(old.user_id, m->s[PD_F_USER])) {
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 "Presence with the requested ID '%.*s' already exists. Try again with a "
+                 "different ID or use ID.unique() to generate a unique ID.",
+                 (int)m->s[PD_F_ID].len, m->s[PD_F_ID].ptr);
+        s_reply_err(self, m, PD_ERR_PRESENCE_EXISTS, msg);
+        return;
+    }
+    if (!exists && (m->i[PD_F_FLAGS] & PD_FL_CLAIMED)) {
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL); /* stale claim: broker retries */
+        return;
+    }
+    if (exists && !s_can(m, old.update_roles)) {
+        s_reply_err(self, m, PD_ERR_USER_UNAUTHORIZED, NULL);
+        return;
+    }
+    s_rec_from_msg(m, &rec);
+    /* A connection-bound presence is held by every gateway whose sockets set it (CONN is the
+     * packed list of holders); a REST upsert makes it a plain record again. */
+    pd_buf_reset(&self->scratch);
+    if (m->i[PD_F_FLAGS] & PD_FL_HOLD) {
+        if (exists && old.source.len && pd_str_eqc(old.source, "realtime"))
+            pd_buf_add(&self->scratch, old.conn.ptr, old.conn.len);
+        if (!pd_list_has((pd_str_t){self->scratch.data, self->scratch.len}, m->s[PD_F_CONN])) {
+            pd_buf_add(&self->scratch, m->s[PD_F_CONN].ptr, m->s[PD_F_CONN].len);
+            pd_buf_add(&self->scratch, "", 1);
+        }
+        rec.conn = (pd_str_t){self->scratch.data, self->scratch.len};
+    } else {
+        rec.conn = PD_STR_NULL;
+    }
+    rec.created_ms = exists ? old.created_ms : now;
+    rec.updated_ms = now;
+    s_put(self, m, &rec, PD_ACT_UPSERT);
+}
+
+static void
+s_on_update(store_t *self, const pd_msg_t *m)
+{
+    int64_t now = s_now(m);
+    pd_record_t old, rec;
+    if (pd_table_get(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &old) != 0 ||
+        old.expires_ms <= now || !s_can(m, old.read_roles)) {
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    if (!s_can(m, old.update_roles)) {
+        s_reply_err(self, m, PD_ERR_USER_UNAUTHORIZED, NULL);
+        return;
+    }
+    int64_t fl = m->i[PD_F_FLAGS];
+    if (!(fl & (PD_FL_HAS_STATUS | PD_FL_HAS_META | PD_FL_HAS_PERMS | PD_FL_HAS_EXPIRES |
+                PD_FL_HAS_USER))) {
+        s_reply_rec(self, m, &old, NULL);
+        return;
+    }
+    rec = old;
+    if (fl & PD_FL_HAS_STATUS) {
+        rec.status = m->s[PD_F_STATUS];
+        rec.status_json = m->s[PD_F_STATUS_JSON];
+    }
+    if (fl & PD_FL_HAS_META)
+        rec.meta_json = m->s[PD_F_META_JSON];
+    if (fl & PD_FL_HAS_EXPIRES)
+        rec.expires_ms = m->i[PD_F_EXPIRES];
+    bool reassigned = (fl & PD_FL_HAS_USER) && !pd_str_eq(m->s[PD_F_USER], old.user_id);
+    if (fl & PD_FL_HAS_USER)
+        rec.user_id = m->s[PD_F_USER];
+    /* Explicit permissions, or the new owner's defaults (sent by the gateway) on reassign. */
+    if ((fl & PD_FL_HAS_PERMS) || (reassigned && pd_msg_has(m, PD_F_PERMS_JSON))) {
+        rec.perms_json = m->s[PD_F_PERMS_JSON];
+        rec.read_roles = m->s[PD_F_READ_ROLES];
+        rec.update_roles = m->s[PD_F_UPDATE_ROLES];
+        rec.delete_roles = m->s[PD_F_DELETE_ROLES];
+    }
+    rec.updated_ms = now;
+    s_put(self, m, &rec, PD_ACT_UPDATE);
+}
+
+static void
+s_on_delete(store_t *self, const pd_msg_t *m)
+{
+    pd_record_t old, prev;
+    if (pd_table_get(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &old) != 0 ||
+        !s_can(m, old.read_roles)) {
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    if (m->type == PD_MSG_EXPIRE) {
+        if ((uint64_t)m->i[PD_F_VERSION] != old.version || old.expires_ms > pd_now_ms()) {
+            s_reply_err(self, m, PD_ERR_CONFLICT, NULL);
+            return;
+        }
+    } else if (!s_can(m, old.delete_roles)) {
+        s_reply_err(self, m, PD_ERR_USER_UNAUTHORIZED, NULL);
+        return;
+    }
+    if (pd_table_delete(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    s_reply_rec(self, m, &prev, NULL);
+    s_event(self, PD_ACT_DELETE, &prev, NULL);
+}
+
+/*  A gateway no longer holds a connection-bound record (its last socket closed, and the grace
+ *  period passed). The record is deleted when no holder is left. */
+static void
+s_on_release(store_t *self, const pd_msg_t *m)
+{
+    pd_record_t old, prev;
+    if (pd_table_get(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &old) != 0 ||
+        !pd_list_has(old.conn, m->s[PD_F_CONN])) {
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    pd_buf_reset(&self->scratch);
+    for (pd_str_t it = pd_list_first(old.conn); it.ptr; it = pd_list_next(old.conn, it)) {
+        if (pd_str_eq(it, m->s[PD_F_CONN]))
+            continue;
+        pd_buf_add(&self->scratch, it.ptr, it.len);
+        pd_buf_add(&self->scratch, "", 1);
+    }
+    if (self->scratch.len) { /* other gateways still hold it */
+        pd_record_t rec = old;
+        rec.conn = (pd_str_t){self->scratch.data, self->scratch.len};
+        pd_record_t stored;
+        if (pd_table_put(self->table, &rec, &stored, NULL) != 0) {
+            s_reply_err(self, m, PD_ERR_STORE_FULL, NULL);
+            return;
+        }
+        s_reply_err(self, m, PD_ERR_OK, NULL);
+        return;
+    }
+    if (pd_table_delete(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    s_reply_rec(self, m, &prev, NULL);
+    s_event(self, PD_ACT_DELETE, &prev, NULL);
+}
+
+static void
+s_on_get(store_t *self, const pd_msg_t *m)
+{
+    pd_record_t rec;
+    if (pd_table_get(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &rec) != 0 ||
+        rec.expires_ms <= s_now(m) || !s_can(m, rec.read_roles)) {
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    s_reply_rec(self, m, &rec, NULL);
+}
+
+static void
+s_on_claim(store_t *self, const pd_msg_t *m)
+{
+    char id[37];
+    bool fresh = false;
+    int rc;
+    if (m->type == PD_MSG_CLAIM) {
+        rc = pd_table_claim(self->table, m->s[PD_F_PROJECT], m->s[PD_F_USER], m->s[PD_F_ID], id,
+                            &fresh);
+    } else {
+        rc = pd_table_reclaim(self->table, m->s[PD_F_PROJECT], m->s[PD_F_USER],
+                              m->s[PD_F_EXPECT], m->s[PD_F_ID], id);
+        fresh = rc == 0 && pd_str_eqc(m->s[PD_F_ID], id);
+    }
+    if (rc != 0) {
+        s_reply_err(self, m, rc, NULL);
+        return;
+    }
+    pd_msgw_begin(&self->out, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(&self->out, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_str(&self->out, PD_F_ID, id, strlen(id));
+    pd_msgw_int(&self->out, PD_F_FLAGS, fresh ? PD_FL_FRESH : 0);
+    pd_msgw_end(&self->out);
+}
+
+/* -------------------------------------------------------------------------- list */
+
+typedef struct {
+    pd_record_t rec;
+    pd_qkey_t key;
+} cand_t;
+
+typedef struct {
+    store_t *self;
+    const pd_msg_t *m;
+    pd_query_t *q;
+    int64_t now;
+    bool has_cursor, before;
+    pd_qkey_t cursor;
+    cand_t *v;
+    size_t n, cap;
+    int64_t total;
+} list_ctx_t;
+
+static const pd_query_t *s_sort_q;
+static int s_sort_dir;
+
+static int
+s_cand_cmp(const void *a, const void *b)
+{
+    return s_sort_dir *
+           pd_query_key_cmp(s_sort_q, &((const cand_t *)a)->key, &((const cand_t *)b)->key);
+}
+
+static int
+s_list_visit(const pd_record_t *rec, void *arg)
+{
+    list_ctx_t *c = arg;
+    if (!pd_str_eq(rec->project, c->m->s[PD_F_PROJECT]) || rec->expires_ms <= c->now ||
+        !s_can(c->m, rec->read_roles))
+        return 0;
+    pd_qrec_t qr;
+    pd_qrec_init(&qr, rec);
+    bool ok = pd_query_match(c->q, &qr);
+    if (ok) {
+        c->total++;
+        pd_qkey_t key;
+        pd_query_key(c->q, &qr, &key);
+        if (c->has_cursor) {
+            int cmp = pd_query_key_cmp(c->q, &key, &c->cursor);
+            ok = c->before ? cmp < 0 : cmp > 0;
+        }
+        if (ok) {
+            if (c->n == c->cap) {
+                c->cap = c->cap ? c->cap * 2 : 256;
+                c->v = realloc(c->v, c->cap * sizeof *c->v);
+                if (!c->v)
+                    abort();
+            }
+            c->v[c->n].rec = *rec;
+            c->v[c->n].key = key;
+            c->n++;
+        }
+    }
+    pd_qrec_clear(&qr);
+    return 0;
+}
+
+/*  Answers one node's part of a list: filters this node's records, orders the matches and
+ *  returns the first offset+limit (the broker merges the nodes' pages). Uses the status or user
+ *  index when the queries pin one; otherwise a scan of this node's records. */
+static void
+s_on_list(store_t *self, const pd_msg_t *m)
+{
+    pd_str_t qs[PD_QUERY_MAX];
+    size_t nq = 0;
+    pd_str_t l = m->s[PD_F_QUERIES];
+    for (pd_str_t q = pd_list_first(l); q.ptr && nq < PD_QUERY_MAX; q = pd_list_next(l, q))
+        qs[nq++] = q;
+    char err[256];
+    int code;
+    pd_query_t *q = pd_query_parse(qs, nq, PD_QMODE_LIST, &code, err, sizeof err);
+    if (!q) {
+        s_reply_err(self, m, code, err);
+        return;
+    }
+    list_ctx_t c = {.self = self, .m = m, .q = q, .now = s_now(m)};
+    pd_msgw_t *w = &self->out;
+    if (m->i[PD_F_FLAGS] & PD_FL_CURSOR_PROBE) {
+        bool before;
+        pd_str_t cur = pd_query_cursor(q, &before);
+        pd_record_t rec;
+        if (pd_table_get(self->table, m->s[PD_F_PROJECT], cur, &rec) != 0 ||
+            rec.expires_ms <= c.now || !s_can(m, rec.read_roles)) {
+            snprintf(err, sizeof err, "Presence '%.*s' for the 'cursor' value not found.",
+                     (int)cur.len, cur.ptr);
+            s_reply_err(self, m, PD_ERR_CURSOR_NOT_FOUND, err);
+            pd_query_destroy(&q);
+            return;
+        }
+        pd_qrec_t qr;
+        pd_qrec_init(&qr, &rec);
+        pd_qkey_t key;
+        pd_query_key(q, &qr, &key);
+        pd_msgw_begin(w, PD_MSG_LIST_PAGE, m->rid);
+        pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+        pd_msgw_raw(w, PD_F_ITEMS);
+        msgpack_pack_array(&w->pk, 1);
+        msgpack_pack_array(&w->pk, 2);
+        msgpack_pack_str_with_body(&w->pk, rec.json.ptr, rec.json.len);
+        pd_query_key_pack(&key, &w->pk);
+        pd_msgw_end(w);
+        pd_qrec_clear(&qr);
+        pd_query_destroy(&q);
+        return;
+    }
+    if (m->o[PD_F_CURSOR_KEYS]) {
+        const msgpack_object *ck = m->o[PD_F_CURSOR_KEYS];
+        if (ck->type != MSGPACK_OBJECT_ARRAY || ck->via.array.size != 2 ||
+            pd_query_key_unpack(&ck->via.array.ptr[1], &c.cursor) < 0) {
+            s_reply_err(self, m, PD_ERR_SERVER_ERROR, NULL);
+            pd_query_destroy(&q);
+            return;
+        }
+        c.has_cursor = true;
+        pd_query_cursor(q, &c.before);
+    }
+    pd_str_t v;
+    if (pd_query_equal_on(q, "$id", &v)) {
+        pd_record_t rec;
+        if (pd_table_get(self->table, m->s[PD_F_PROJECT], v, &rec) == 0)
+            s_list_visit(&rec, &c);
+    } else if (pd_query_equal_on(q, "userId", &v)) {
+        pd_record_t rec;
+        if (pd_table_get_by_user(self->table, m->s[PD_F_PROJECT], v, &rec) == 0)
+            s_list_visit(&rec, &c);
+    } else if (pd_query_equal_on(q, "status", &v)) {
+        pd_table_foreach_status(self->table, m->s[PD_F_PROJECT], v, s_list_visit, &c);
+    } else {
+        pd_table_foreach(self->table, s_list_visit, &c);
+    }
+    size_t k = (size_t)(pd_query_offset(q) + pd_query_limit(q));
+    s_sort_q = q;
+    s_sort_dir = c.before ? -1 : 1; /* before: nearest the cursor first */
+    qsort(c.v, c.n, sizeof *c.v, s_cand_cmp);
+    size_t n = c.n < k ? c.n : k;
+    pd_msgw_begin(w, PD_MSG_LIST_PAGE, m->rid);
+    pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_int(w, PD_F_TOTAL, (m->i[PD_F_FLAGS] & PD_FL_TOTAL) ? c.total : 0);
+    pd_msgw_raw(w, PD_F_ITEMS);
+    msgpack_pack_array(&w->pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        msgpack_pack_array(&w->pk, 2);
+        msgpack_pack_str_with_body(&w->pk, c.v[i].rec.json.ptr, c.v[i].rec.json.len);
+        pd_query_key_pack(&c.v[i].key, &w->pk);
+    }
+    pd_msgw_end(w);
+    free(c.v);
+    pd_query_destroy(&q);
+}
+
+/* -------------------------------------------------------------------------- sync */
+
+typedef struct {
+    store_t *self;
+    const pd_msg_t *m;
+    size_t n;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+} sync_ctx_t;
+
+static void
+s_sync_flush(sync_ctx_t *c, bool last)
+{
+    pd_msgw_t *w = &c->self->out;
+    pd_msgw_begin(w, PD_MSG_SYNC_PAGE, c->m->rid);
+    pd_msgw_int(w, PD_F_NODE, c->self->node);
+    pd_msgw_int(w, PD_F_GEN, c->self->gen);
+    pd_msgw_int(w, PD_F_SEQ, (int64_t)c->self->seq);
+    pd_msgw_int(w, PD_F_FLAGS, last ? PD_FL_LAST : 0);
+    pd_msgw_raw(w, PD_F_ITEMS);
+    msgpack_pack_array(&w->pk, (uint32_t)c->n);
+    msgpack_sbuffer_write(&w->sb, c->sb.data, c->sb.size);
+    pd_msgw_end(w);
+    msgpack_sbuffer_clear(&c->sb);
+    c->n = 0;
+}
+
+static int
+s_sync_visit(const pd_record_t *rec, void *arg)
+{
+    sync_ctx_t *c = arg;
+    msgpack_pack_array(&c->pk, 4);
+    msgpack_pack_str_with_body(&c->pk, rec->project.ptr, rec->project.len);
+    msgpack_pack_str_with_body(&c->pk, rec->id.ptr, rec->id.len);
+    msgpack_pack_uint64(&c->pk, rec->version);
+    msgpack_pack_int64(&c->pk, rec->expires_ms);
+    if (++c->n == SYNC_PAGE_ITEMS)
+        s_sync_flush(c, false);
+    return 0;
+}
+
+static void
+s_on_sync(store_t *self, const pd_msg_t *m)
+{
+    sync_ctx_t c = {.self = self, .m = m};
+    msgpack_sbuffer_init(&c.sb);
+    msgpack_packer_init(&c.pk, &c.sb, msgpack_sbuffer_write);
+    pd_table_foreach(self->table, s_sync_visit, &c);
+    s_sync_flush(&c, true);
+    msgpack_sbuffer_destroy(&c.sb);
+}
+
+/* -------------------------------------------------------------------------- loop */
+
+static void
+s_dispatch(store_t *self, const pd_msg_t *m)
+{
+    switch (m->type) {
+    case PD_MSG_GET: s_on_get(self, m); break;
+    case PD_MSG_UPSERT: s_on_upsert(self, m); break;
+    case PD_MSG_UPDATE: s_on_update(self, m); break;
+    case PD_MSG_DELETE:
+    case PD_MSG_EXPIRE: s_on_delete(self, m); break;
+    case PD_MSG_LIST: s_on_list(self, m); break;
+    case PD_MSG_SYNC: s_on_sync(self, m); break;
+    case PD_MSG_RELEASE: s_on_release(self, m); break;
+    case PD_MSG_CLAIM:
+    case PD_MSG_RECLAIM: s_on_claim(self, m); break;
+    case PD_MSG_UNCLAIM:
+        pd_table_unclaim(self->table, m->s[PD_F_PROJECT], m->s[PD_F_USER], m->s[PD_F_ID]);
+        break;
+    default:
+        self->malformed++;
+    }
+}
+
+static void
+s_flush(store_t *self)
+{
+    if (self->out.count) {
+        if (zsock_send(self->dealer, "b", self->out.sb.data, self->out.sb.size) < 0)
+            pd_log_warn("%s: reply batch dropped", __func__);
+        pd_msgw_reset(&self->out);
+    }
+    if (self->events.count) {
+        zsock_send(self->pub, "b", self->events.sb.data, self->events.sb.size);
+        pd_msgw_reset(&self->events);
+    }
+}
+
+static void
+s_recv_broker(store_t *self)
+{
+    while (zsock_events(self->dealer) & ZMQ_POLLIN) {
+        zframe_t *f = zframe_recv(self->dealer);
+        if (!f)
+            break;
+        const char *buf = (const char *)zframe_data(f);
+        size_t len = zframe_size(f), off = 0;
+        pd_msg_t m;
+        int r;
+        while ((r = pd_msg_decode(&m, buf, len, &off, &self->zone)) == 0)
+            s_dispatch(self, &m);
+        if (r < 0) {
+            self->malformed++;
+            pd_log_warn("%s: malformed batch from the broker dropped", __func__);
+        }
+        msgpack_zone_clear(&self->zone);
+        zframe_destroy(&f);
+        if (self->out.sb.size > (1 << 20) || self->events.sb.size > (1 << 20))
+            s_flush(self);
+    }
+}
+
+static void
+s_hello(store_t *self)
+{
+    pd_msgw_t *w = &self->out;
+    pd_msgw_begin(w, PD_MSG_HELLO, 0);
+    pd_msgw_str(w, PD_F_ROLE, "store", 5);
+    pd_msgw_int(w, PD_F_NODE, self->node);
+    pd_msgw_int(w, PD_F_GEN, self->gen);
+    pd_msgw_int(w, PD_F_TOTAL, (int64_t)pd_table_count(self->table));
+    pd_msgw_int(w, PD_F_CLAIMS, (int64_t)pd_table_claims(self->table));
+    pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
+    pd_msgw_end(w);
+}
+
+int
+store_main(pd_config_t *cfg)
+{
+    zsys_handler_set(NULL);
+    signal(SIGTERM, s_on_signal);
+    signal(SIGINT, s_on_signal);
+    if (cfg->node < 1)
+        pd_fatalx("store needs --node <n> (1-based)");
+    if (!cfg->broker_back[0] || !cfg->bus_in[0])
+        pd_fatalx("store needs --broker-back and --bus-in");
+    static store_t s;
+    store_t *self = &s;
+    self->cfg = cfg;
+    self->node = cfg->node;
+    self->gen = pd_now_ms();
+    bool created;
+    self->table = pd_table_open(cfg->shm_name,
+                                (pd_table_size_t){cfg->store_capacity, cfg->store_arena}, &created);
+    if (!self->table)
+        pd_fatalx("cannot open shared memory %s", cfg->shm_name);
+    pd_log_info("%s %s: %zu records", created ? "created" : "re-attached", cfg->shm_name,
+                pd_table_count(self->table));
+    pd_msgw_init(&self->out);
+    pd_msgw_init(&self->events);
+    msgpack_zone_init(&self->zone, 8192);
+
+    char ident[32];
+    snprintf(ident, sizeof ident, "store-%d", self->node);
+    self->dealer = zsock_new(ZMQ_DEALER);
+    zsock_set_identity(self->dealer, ident);
+    zsock_set_rcvtimeo(self->dealer, 0);
+    zsock_set_sndtimeo(self->dealer, 0);
+    zsock_set_sndhwm(self->dealer, 100000);
+    zsock_set_rcvhwm(self->dealer, 100000);
+    if (zsock_connect(self->dealer, "%s", cfg->broker_back) < 0)
+        pd_fatalx("cannot connect to %s", cfg->broker_back);
+    self->pub = zsock_new(ZMQ_PUB);
+    zsock_set_sndhwm(self->pub, 1000000);
+    if (zsock_connect(self->pub, "%s", cfg->bus_in) < 0)
+        pd_fatalx("cannot connect to %s", cfg->bus_in);
+    self->poller = zpoller_new(self->dealer, NULL);
+
+    int64_t last_hello = 0;
+    while (!s_stop) {
+        zpoller_wait(self->poller, 100);
+        s_recv_broker(self);
+        int64_t now = pd_mono_ms();
+        if (now - last_hello >= 250) {
+            s_hello(self);
+            last_hello = now;
+        }
+        s_flush(self);
+    }
+    pd_log_info("store node %d stopping", self->node);
+    zpoller_destroy(&self->poller);
+    zsock_destroy(&self->dealer);
+    zsock_destroy(&self->pub);
+    pd_table_close(&self->table);
+    return 0;
+}
