@@ -46,7 +46,7 @@ typedef struct {
     int64_t gen;        //  boot generation
     int64_t records;    //  records held (from HELLO)
     int64_t claims;     //  user claims held
-    char ident[16];     //  ZeroMQ identity "store-<n>"
+    char ident[24];     //  ZeroMQ identity "store-<n>"
     pd_msgw_t out;      //  batch to send this turn
 } node_t;
 

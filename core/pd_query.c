@@ -312,7 +312,7 @@ s_int_operand(const json_t *j, int64_t *out)
     if (!json_is_real(j))
         return 1;
     double d = json_real_value(j);
-    if (d != floor(d) || d < -9.2e18 || d > 9.2e18)
+    if (!(d >= -9.2e18 && d <= 9.2e18) || (double)(int64_t)d != d)
         return 2;
     *out = (int64_t)d;
     return 0;
@@ -492,6 +492,12 @@ s_parse_paging(parse_t *p, int method, pd_str_t attr, const json_t *values)
             return s_fail(p, PD_ERR_QUERY_INVALID,
                           "Invalid query: Attribute not found in schema: %.*s", (int)attr.len,
                           attr.ptr);
+        } else if (o->attr == A_META) {
+            //  A key's strings must be views into the record, and a metadata string lives
+            //  only in the parsed metadata, which pd_qrec_clear frees.
+            return s_fail(p, PD_ERR_QUERY_INVALID,
+                          "Invalid query: Cannot order by a metadata attribute: %.*s",
+                          (int)attr.len, attr.ptr);
         }
         o->desc = method == M_ORDER_DESC;
         self->norder++;
@@ -944,15 +950,11 @@ pd_query_key(const pd_query_t *self, pd_qrec_t *r, pd_qkey_t *out)
         pd_qval_t *q = &out->v[n++];
         val_t v;
         *q = s_qval(0);
-        if (!s_rec_val(r, self->order[i].attr, self->order[i].path, &v))
-            continue;
-        //  Booleans, arrays and objects (metadata only) sort as null.
+        s_rec_val(r, self->order[i].attr, self->order[i].path, &v); //  never metadata
         if (v.type == V_INT)
             q->type = 1, q->i = v.i;
         else if (v.type == V_STR)
             q->type = 2, q->s = v.s;
-        else if (v.type == V_REAL)
-            q->type = 3, q->d = v.d;
     }
     out->v[n] = s_qval(1);
     out->v[n++].i = r->rec->created_ms;
@@ -1464,6 +1466,8 @@ pd_query_test(bool verbose)
     s_t_err(L, "{\"method\":\"isNull\"}", Q, LP "Invalid query: Attribute not found in schema: ");
     s_t_err(L, "{\"method\":\"orderAsc\",\"attribute\":\"$permissions\"}", Q,
             LP "Invalid query: Attribute not found in schema: $permissions");
+    s_t_err(L, "{\"method\":\"orderDesc\",\"attribute\":\"metadata.score\"}", Q,
+            LP "Invalid query: Cannot order by a metadata attribute: metadata.score");
     s_t_err(L, "{\"method\":\"equal\",\"attribute\":\"status\"}", A,
             LP "Invalid query: Equal queries require at least one value.");
     s_t_err(R, "{\"method\":\"notEqual\",\"attribute\":\"status\",\"values\":[]}", A,
@@ -1578,14 +1582,12 @@ pd_query_test(bool verbose)
 
     //  Sort keys: order asc/desc, several orders, ties broken by $createdAt then $id.
     pd_record_t ra = rec, rb = rec, rc = rec, rd = rec;
-    ra.id = PD_STR("a"), ra.status = PD_STR("away"), ra.created_ms = 100;
-    ra.meta_json = PD_STR("{\"score\":2.5,\"room\":\"x\"}");
-    rb.id = PD_STR("b"), rb.status = PD_STR("online"), rb.created_ms = 100;
-    rb.meta_json = PD_STR("{\"score\":3,\"room\":\"x\"}");
-    rc.id = PD_STR("c"), rc.status = PD_STR("online"), rc.created_ms = 50;
-    rc.meta_json = PD_STR("{\"score\":\"high\"}");
+    ra.id = PD_STR("a"), ra.status = PD_STR("away"), ra.created_ms = 100, ra.updated_ms = 10;
+    rb.id = PD_STR("b"), rb.status = PD_STR("online"), rb.created_ms = 100, rb.updated_ms = 20;
+    rc.id = PD_STR("c"), rc.status = PD_STR("online"), rc.created_ms = 50, rc.updated_ms = 5;
+    rc.source = PD_STR("graphql");
     rd.id = PD_STR("d"), rd.status = PD_STR(""), rd.status_json = PD_STR("null"), rd.created_ms = 1;
-    rd.meta_json = PD_STR("{\"score\":null,\"room\":true}");
+    rd.source = PD_STR("realtime"), rd.updated_ms = 30;
     {
         int code;
         char err[256];
@@ -1615,18 +1617,17 @@ pd_query_test(bool verbose)
         assert(s_t_cmp_roundtrip(q, &kb, &ka) < 0);
         assert(s_t_cmp_roundtrip(q, &ka, &kd) < 0);
         pd_query_destroy(&q);
-        //  Two orders: metadata.room desc, then metadata.score asc (null < numbers < strings;
-        //  booleans sort as null).
+        //  Two orders: source ascending, then $updatedAt descending.
         q = s_t_parse(L,
-                      "{\"method\":\"orderDesc\",\"attribute\":\"metadata.room\"}\n"
-                      "{\"method\":\"orderAsc\",\"attribute\":\"metadata.score\"}",
+                      "{\"method\":\"orderAsc\",\"attribute\":\"source\"}\n"
+                      "{\"method\":\"orderDesc\",\"attribute\":\"$updatedAt\"}",
                       &code, err, sizeof err);
         assert(q);
         s_t_key(q, &ra, &ka), s_t_key(q, &rb, &kb), s_t_key(q, &rc, &kc), s_t_key(q, &rd, &kd);
-        assert(ka.n == 4 && ka.v[1].type == 3 && kb.v[1].type == 1 && kc.v[1].type == 2);
-        assert(s_t_cmp_roundtrip(q, &ka, &kb) < 0); //  room tie; 2.5 < 3
-        assert(s_t_cmp_roundtrip(q, &kb, &kd) < 0); //  "x" before null (desc)
-        assert(s_t_cmp_roundtrip(q, &kd, &kc) < 0); //  both null rooms; null score < "high"
+        assert(ka.n == 4 && ka.v[0].type == 2 && ka.v[1].type == 1);
+        assert(s_t_cmp_roundtrip(q, &kc, &kd) < 0); //  graphql < realtime
+        assert(s_t_cmp_roundtrip(q, &kd, &kb) < 0); //  realtime < rest
+        assert(s_t_cmp_roundtrip(q, &kb, &ka) < 0); //  both rest: updated 20 before 10
         pd_query_destroy(&q);
         //  Datetime and an empty attribute (insertion order) descending.
         q = s_t_parse(L, "{\"method\":\"orderDesc\",\"attribute\":\"\"}", &code, err, sizeof err);

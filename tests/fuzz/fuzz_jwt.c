@@ -6,12 +6,21 @@
  *    3     the rest is a payload signed HS256 with the Ed25519 public key as the HMAC secret
  *          (key confusion): it must never verify.
  *  Whatever verifies must hold a valid userId and an unexpired exp, and give a role set. */
-#include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include <sodium.h>
 
 #include "pd_auth.h"
+
+//  Always on, also in NDEBUG builds.
+#define FUZZ_CHECK(cond)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
 
 #define FUZZ_NOW 1700000000
 
@@ -61,17 +70,17 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     char err[128];
     int rc = pd_jwt_verify(s_keys, 2, tok.data, tok.len, FUZZ_NOW, &c, err, sizeof err);
     if (rc == 0) {
-        assert(mode != 3);
-        assert(pd_uid_valid(pd_str(c.user_id)));
-        assert(c.exp > FUZZ_NOW && c.nbf <= FUZZ_NOW);
-        assert(c.verified >= -1 && c.verified <= 1);
-        assert(c.teams.len == 0 || c.teams.data[c.teams.len - 1] == 0);
-        assert(c.labels.len == 0 || c.labels.data[c.labels.len - 1] == 0);
+        FUZZ_CHECK(mode != 3);
+        FUZZ_CHECK(pd_uid_valid(pd_str(c.user_id)));
+        FUZZ_CHECK(c.exp > FUZZ_NOW && c.nbf <= FUZZ_NOW);
+        FUZZ_CHECK(c.verified >= -1 && c.verified <= 1);
+        FUZZ_CHECK(c.teams.len == 0 || c.teams.data[c.teams.len - 1] == 0);
+        FUZZ_CHECK(c.labels.len == 0 || c.labels.data[c.labels.len - 1] == 0);
         pd_roles_user(&c, &roles);
-        assert(pd_list_has((pd_str_t){roles.data, roles.len}, PD_STR("users")));
+        FUZZ_CHECK(pd_list_has((pd_str_t){roles.data, roles.len}, PD_STR("users")));
     } else {
-        assert(strncmp(err, "Failed to verify JWT. ", 22) == 0);
-        assert(c.user_id[0] == 0 && c.teams.len == 0 && c.labels.len == 0);
+        FUZZ_CHECK(strncmp(err, "Failed to verify JWT. ", 22) == 0);
+        FUZZ_CHECK(c.user_id[0] == 0 && c.teams.len == 0 && c.labels.len == 0);
     }
     pd_jwt_claims_free(&c);
     pd_buf_free(&roles);

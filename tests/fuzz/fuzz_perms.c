@@ -2,10 +2,19 @@
  *  Checks on success: the JSON output parses back to sorted, unique strings, parsing it again
  *  gives the same result (aggregation is idempotent), and the grant check passes for a caller
  *  holding exactly the roles named, and always fails with the documented message otherwise. */
-#include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "pd_auth.h"
+
+//  Always on, also in NDEBUG builds.
+#define FUZZ_CHECK(cond)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
 
 static bool
 s_buf_eq(const pd_buf_t *a, const pd_buf_t *b)
@@ -37,14 +46,14 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     char err[512];
     if (pd_perms_parse(j, &p, err, sizeof err) == 0) {
         json_t *back = json_loadb(p.json.data, p.json.len, 0, NULL);
-        assert(json_is_array(back));
+        FUZZ_CHECK(json_is_array(back));
         for (size_t i = 1; i < json_array_size(back); i++) {
             json_t *a = json_array_get(back, i - 1), *b = json_array_get(back, i);
-            assert(strcmp(json_string_value(a), json_string_value(b)) < 0);
+            FUZZ_CHECK(strcmp(json_string_value(a), json_string_value(b)) < 0);
         }
-        assert(pd_perms_parse(back, &q, err, sizeof err) == 0);
-        assert(s_buf_eq(&p.json, &q.json) && s_buf_eq(&p.read, &q.read));
-        assert(s_buf_eq(&p.update, &q.update) && s_buf_eq(&p.del, &q.del));
+        FUZZ_CHECK(pd_perms_parse(back, &q, err, sizeof err) == 0);
+        FUZZ_CHECK(s_buf_eq(&p.json, &q.json) && s_buf_eq(&p.read, &q.read));
+        FUZZ_CHECK(s_buf_eq(&p.update, &q.update) && s_buf_eq(&p.del, &q.del));
         json_decref(back);
 
         pd_buf_t all;
@@ -52,14 +61,14 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         s_add_roles(&all, &p.read);
         s_add_roles(&all, &p.update);
         s_add_roles(&all, &p.del);
-        assert(pd_perms_check_grant(&p, (pd_str_t){all.data, all.len}, err, sizeof err) == 0);
+        FUZZ_CHECK(pd_perms_check_grant(&p, (pd_str_t){all.data, all.len}, err, sizeof err) == 0);
         static const char guest[] = "any\0guests\0";
         int rc = pd_perms_check_grant(&p, (pd_str_t){guest, sizeof guest - 1}, err, sizeof err);
-        assert(rc == 0 || strcmp(err, "Permissions must be one of: (any, guests)") == 0);
+        FUZZ_CHECK(rc == 0 || strcmp(err, "Permissions must be one of: (any, guests)") == 0);
         pd_buf_free(&all);
     } else {
-        assert(err[0] != 0);
-        assert(p.json.len == 0 && p.read.len == 0 && p.update.len == 0 && p.del.len == 0);
+        FUZZ_CHECK(err[0] != 0);
+        FUZZ_CHECK(p.json.len == 0 && p.read.len == 0 && p.update.len == 0 && p.del.len == 0);
     }
     pd_perms_free(&p);
     pd_perms_free(&q);

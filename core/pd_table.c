@@ -1,0 +1,2387 @@
+/*  pd_table — see pd_table.h.
+ *
+ *  Segment layout (every section starts on a page, so untouched pages stay sparse):
+ *
+ *      header      magic, layout version, sizes, section offsets, counters, `dirty`, free lists
+ *      slots       capacity x s_slot_t: the live blob offset of each record (the truth) plus
+ *                  cached hashes, expiry, heap position and status-list links (derived)
+ *      pidx        idx_size x u64: (project, id) -> slot, open addressing, linear probing
+ *      uidx        idx_size x u64: (project, userId) -> slot, same scheme
+ *      sheads      sheads x u32: status-list heads, bucket = hash(project, status) & mask
+ *      heap        capacity x u32: expiry min-heap of slots
+ *      claims      capacity x s_claim_t: user claims (truth), published by their state word
+ *      cidx        idx_size x u64: (project, userId) -> claim entry
+ *      arena       arena_bytes of blocks: [s_block_t header | NUL-terminated strings]
+ *
+ *  What is truth and what is derived. Only three things are authoritative: a slot's `blob`
+ *  word (non-zero = a record lives there, and it names its block), a claim entry's `state`
+ *  word with its value selector, and the block headers that make the arena walkable (a block's
+ *  size class never changes once carved; carving writes the header before moving arena_top).
+ *  Each write of a record or claim becomes true through exactly one atomic store to such a word,
+ *  made after the data it publishes is complete. Everything else — the three hash indexes, the
+ *  status lists, the expiry heap, the free lists and the counters — can be recomputed from
+ *  those words, and is only ever touched between setting and clearing header.dirty. */
+#include "pd_table.h"
+
+#include "pd_err.h"
+#include "pd_log.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define S_MAGIC 0x31454c4241544450ULL //  "PDTABLE1"
+#define S_LAYOUT_VERSION 1
+#define S_PAGE 4096
+#define S_ALIGN 32                  //  arena block granularity
+#define S_NCLASS 100                //  size classes: 128 B .. ~3.5 GiB, four per power of two
+#define S_NSTR 13                   //  string fields in a blob
+#define S_NONE UINT32_MAX           //  "no slot"
+#define S_MAX_CAPACITY (1u << 30)   //  index entries keep a 32-bit slot number
+#define S_ID_MAX 36                 //  claim user and value
+#define S_PROJECT_MAX 64            //  claim project
+#define S_CLAIM_LIVE 0x4c495645u    //  "LIVE"
+
+/*  The string fields of pd_record_t, in blob order. The first four are the keys: project and
+ *  id (primary), user_id (user index), status (status lists). */
+static const size_t s_field_off[S_NSTR] = {
+    offsetof(pd_record_t, project),      offsetof(pd_record_t, id),
+    offsetof(pd_record_t, user_id),      offsetof(pd_record_t, status),
+    offsetof(pd_record_t, source),       offsetof(pd_record_t, status_json),
+    offsetof(pd_record_t, perms_json),   offsetof(pd_record_t, meta_json),
+    offsetof(pd_record_t, read_roles),   offsetof(pd_record_t, update_roles),
+    offsetof(pd_record_t, delete_roles), offsetof(pd_record_t, conn),
+    offsetof(pd_record_t, json),
+};
+
+typedef struct {
+    uint64_t magic;        //  S_MAGIC, written last when the segment is made
+    uint32_t version;      //  S_LAYOUT_VERSION
+    uint32_t header_bytes; //  sizeof (s_header_t)
+    uint64_t capacity;     //  slots, heap entries and claim entries
+    uint64_t arena_bytes;  //  arena size (a multiple of the page size)
+    uint64_t idx_size;     //  entries per hash index (power of two >= 2 x capacity)
+    uint64_t sheads;       //  status-list buckets (power of two >= capacity)
+    uint64_t total_bytes;  //  segment size
+    uint64_t off_slots, off_pidx, off_uidx, off_sheads, off_heap, off_claims, off_cidx, off_arena;
+    uint32_t dirty;        //  1 while derived structures are being changed
+    uint32_t slot_free;    //  first free slot + 1 (free slots below slots_top)
+    uint32_t claim_free;   //  first free claim entry + 1
+    uint32_t pend_slot;    //  slot + 1 to free at the start of the next mutation
+    uint64_t pend_blob;    //  block to free at the start of the next mutation
+    uint64_t count;        //  live records
+    uint64_t heap_len;     //  entries in the expiry heap (== count)
+    uint64_t claims;       //  live claims
+    uint64_t slots_top;    //  slots ever used; slots above are zero and free
+    uint64_t claims_top;   //  claim entries ever used
+    uint64_t arena_top;    //  segment offset of the first never-carved arena byte
+    uint64_t arena_used;   //  bytes in blocks that are not on a free list
+    uint64_t free_blocks[S_NCLASS]; //  free-list heads per size class (segment offsets)
+} s_header_t;
+
+typedef struct {
+    uint64_t blob;       //  segment offset of the record's block, 0 = free (the truth)
+    int64_t expires_ms;  //  heap key, copied from the blob
+    uint32_t heap_pos;   //  position in the expiry heap
+    uint32_t st_prev;    //  status list: previous slot + 1, 0 = first of its bucket
+    uint32_t st_next;    //  next slot + 1, 0 = last; while free: next free slot + 1
+    uint32_t p_hash;     //  low 32 bits of hash (project, id)
+    uint32_t u_hash;     //  low 32 bits of hash (project, user_id)
+    uint32_t s_hash;     //  low 32 bits of hash (project, status)
+} s_slot_t;
+
+typedef struct {
+    uint32_t cls;            //  size class; fixed once the block is carved
+    uint32_t slot;           //  owner; the block is live iff that slot's blob is this block
+    uint64_t next;           //  free-list link (segment offset) while free
+    int64_t created_ms;      //  the record's integers
+    int64_t updated_ms;
+    int64_t expires_ms;
+    uint64_t version;
+    uint32_t len[S_NSTR];    //  string lengths, in s_field_off order; each is NUL-terminated
+    uint32_t bytes;          //  header + strings, for validation
+} s_block_t;
+
+typedef struct {
+    uint32_t state;               //  S_CLAIM_LIVE once published (written last), else 0
+    uint32_t sel;                 //  which val[] is current; reclaim switches it atomically
+    uint32_t hash;                //  low 32 bits of hash (project, user)
+    uint32_t next_free;           //  free-list link (entry + 1) while free
+    uint8_t plen, ulen;           //  key lengths
+    uint8_t vlen[2];              //  value lengths
+    char project[S_PROJECT_MAX];  //  key
+    char user[S_ID_MAX];
+    char val[2][S_ID_MAX];        //  the presence id, double-buffered
+} s_claim_t;
+
+_Static_assert(sizeof(s_header_t) <= S_PAGE, "header fits its page");
+_Static_assert(sizeof(s_block_t) % 8 == 0, "block header alignment");
+
+struct pd_table {
+    char *base;          //  the mapping
+    size_t size;         //  its length
+    int fd;              //  the segment, flock'ed while we hold it
+    s_header_t *hdr;     //  at base
+    s_slot_t *slots;     //  sections, see above
+    uint64_t *pidx;
+    uint64_t *uidx;
+    uint32_t *sheads;
+    uint32_t *heap;
+    s_claim_t *claims;
+    uint64_t *cidx;
+    uint64_t imask;      //  idx_size - 1
+    uint32_t smask;      //  sheads - 1
+    pd_buf_t json;       //  scratch: the rendered Presence JSON of a put
+    uint32_t *aux;       //  scratch: foreach_expired's frontier heap
+    size_t aux_cap;
+    bool rebuilt;        //  open rebuilt the derived structures (for the self test)
+};
+
+/*  Test hook: when non-zero, the process SIGKILLs itself at the n-th crash point, so the self
+ *  test can stop a mutation or a rebuild at every step. One predictable branch when unused. */
+static unsigned s_crash_countdown;
+#define S_CRASH()                                                                                  \
+    do {                                                                                           \
+        if (s_crash_countdown && --s_crash_countdown == 0)                                         \
+            raise(SIGKILL);                                                                        \
+    } while (0)
+
+enum { S_PKEY, S_UKEY, S_CKEY };
+
+//  ---------------------------------------------------------------------------------------------
+//  Small helpers
+
+static inline bool
+s_eq(const char *p, size_t plen, pd_str_t s)
+{
+    return plen == s.len && (s.len == 0 || memcmp(p, s.ptr, s.len) == 0);
+}
+
+static inline uint64_t
+s_pow2(uint64_t n)
+{
+    uint64_t p = 1;
+    while (p < n)
+        p <<= 1;
+    return p;
+}
+
+static inline uint64_t
+s_page_up(uint64_t n)
+{
+    return (n + S_PAGE - 1) & ~(uint64_t)(S_PAGE - 1);
+}
+
+static inline pd_str_t *
+s_field(pd_record_t *r, int i)
+{
+    return (pd_str_t *)((char *)r + s_field_off[i]);
+}
+
+static inline pd_str_t
+s_field_c(const pd_record_t *r, int i)
+{
+    return *(const pd_str_t *)((const char *)r + s_field_off[i]);
+}
+
+static inline uint64_t
+s_class_size(unsigned c)
+{
+    unsigned g = c / 4;
+    return ((uint64_t)128 << g) + (uint64_t)(c % 4) * ((uint64_t)32 << g);
+}
+
+//  Smallest class whose size is >= n: groups of four steps per power of two from 128 B.
+static inline unsigned
+s_class_of(uint64_t n)
+{
+    if (n <= 128)
+        return 0;
+    unsigned g = 63 - (unsigned)__builtin_clzll((n - 1) >> 7);
+    uint64_t base = (uint64_t)128 << g, step = (uint64_t)32 << g;
+    return 4 * g + (unsigned)((n - base + step - 1) / step);
+}
+
+static inline s_block_t *
+s_blk(pd_table_t *self, uint64_t off)
+{
+    return (s_block_t *)(self->base + off);
+}
+
+static inline const char *
+s_blk_data(const s_block_t *b)
+{
+    return (const char *)(b + 1);
+}
+
+static inline uint64_t
+s_blob_of(pd_table_t *self, uint32_t s)
+{
+    return __atomic_load_n(&self->slots[s].blob, __ATOMIC_ACQUIRE);
+}
+
+//  The four key strings of a block: project, id, user_id, status.
+static inline void
+s_blk_keys(const s_block_t *b, pd_str_t k[4])
+{
+    const char *p = s_blk_data(b);
+    for (int i = 0; i < 4; i++) {
+        k[i] = (pd_str_t){p, b->len[i]};
+        p += b->len[i] + 1;
+    }
+}
+
+static void
+s_fill(pd_table_t *self, uint64_t off, pd_record_t *out)
+{
+    const s_block_t *b = s_blk(self, off);
+    const char *p = s_blk_data(b);
+    for (int i = 0; i < S_NSTR; i++) {
+        *s_field(out, i) = (pd_str_t){p, b->len[i]};
+        p += b->len[i] + 1;
+    }
+    out->created_ms = b->created_ms;
+    out->updated_ms = b->updated_ms;
+    out->expires_ms = b->expires_ms;
+    out->version = b->version;
+}
+
+static inline uint32_t
+s_hash32(pd_str_t a, pd_str_t b)
+{
+    return (uint32_t)pd_hash2(a, b);
+}
+
+/*  Mutations bracket their changes to derived structures with the dirty word. The release
+ *  fence keeps every later store behind `dirty = 1`, and the release store of `dirty = 0`
+ *  keeps every earlier store ahead of it, so a process killed anywhere in between leaves
+ *  dirty set. Record mutations first free what the previous one left pending. */
+static void
+s_dirty(pd_table_t *self)
+{
+    __atomic_store_n(&self->hdr->dirty, 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
+static void
+s_clean(pd_table_t *self)
+{
+    __atomic_store_n(&self->hdr->dirty, 0, __ATOMIC_RELEASE);
+}
+
+//  ---------------------------------------------------------------------------------------------
+//  Hash indexes: u64 entries (hash32 << 32 | ref + 1), 0 = empty. The home bucket is
+//  hash32 & imask, so an entry knows its own home and deletion can shift back (no tombstones:
+//  records churn, and tombstones would pile up until probes walk the whole table).
+
+static bool
+s_match(pd_table_t *self, int kind, uint32_t ref, pd_str_t a, pd_str_t b)
+{
+    if (kind == S_CKEY) {
+        const s_claim_t *c = &self->claims[ref];
+        return s_eq(c->project, c->plen, a) && s_eq(c->user, c->ulen, b);
+    }
+    uint64_t off = s_blob_of(self, ref);
+    if (!off)
+        return false;
+    const s_block_t *blk = s_blk(self, off);
+    const char *p = s_blk_data(blk);
+    if (!s_eq(p, blk->len[0], a))
+        return false;
+    p += blk->len[0] + 1;
+    if (kind == S_UKEY)
+        p += blk->len[1] + 1;
+    return s_eq(p, blk->len[kind == S_PKEY ? 1 : 2], b);
+}
+
+//  Returns the ref of (a, b), or S_NONE; *pos is its entry, or the empty entry that ended the
+//  probe (where an insert goes).
+static uint32_t
+s_idx_find(pd_table_t *self, uint64_t *idx, int kind, uint32_t h, pd_str_t a, pd_str_t b,
+           uint64_t *pos)
+{
+    uint64_t i = h & self->imask;
+    for (;;) {
+        uint64_t e = idx[i];
+        if (!e)
+            break;
+        if ((uint32_t)(e >> 32) == h && s_match(self, kind, (uint32_t)e - 1, a, b))
+            break;
+        i = (i + 1) & self->imask;
+    }
+    *pos = i;
+    return idx[i] ? (uint32_t)idx[i] - 1 : S_NONE;
+}
+
+static inline void
+s_idx_set(uint64_t *idx, uint64_t pos, uint32_t h, uint32_t ref)
+{
+    __atomic_store_n(&idx[pos], (uint64_t)h << 32 | ((uint64_t)ref + 1), __ATOMIC_RELEASE);
+}
+
+/*  Deletes entry pos with backward shift (Knuth 6.4, algorithm R): every later entry of the
+ *  cluster whose home is not cyclically in (hole, entry] moves into the hole. O(cluster). */
+static void
+s_idx_del(pd_table_t *self, uint64_t *idx, uint64_t pos)
+{
+    uint64_t i = pos, j = pos, m = self->imask;
+    for (;;) {
+        j = (j + 1) & m;
+        uint64_t e = idx[j];
+        if (!e)
+            break;
+        uint64_t k = (e >> 32) & m;
+        bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+        if (!stays) {
+            __atomic_store_n(&idx[i], e, __ATOMIC_RELEASE);
+            i = j;
+        }
+    }
+    __atomic_store_n(&idx[i], 0, __ATOMIC_RELEASE);
+}
+
+//  Removes the entry (h, ref) if present, without looking at keys.
+static void
+s_idx_del_ref(pd_table_t *self, uint64_t *idx, uint32_t h, uint32_t ref)
+{
+    uint64_t want = (uint64_t)h << 32 | ((uint64_t)ref + 1);
+    for (uint64_t i = h & self->imask; idx[i]; i = (i + 1) & self->imask)
+        if (idx[i] == want) {
+            s_idx_del(self, idx, i);
+            return;
+        }
+}
+
+//  ---------------------------------------------------------------------------------------------
+//  Slots, status lists, expiry heap
+
+static inline bool
+s_slot_available(pd_table_t *self)
+{
+    return self->hdr->slot_free || self->hdr->slots_top < self->hdr->capacity;
+}
+
+static uint32_t
+s_slot_take(pd_table_t *self)
+{
+    s_header_t *h = self->hdr;
+    if (h->slot_free) {
+        uint32_t s = h->slot_free - 1;
+        h->slot_free = self->slots[s].st_next;
+        return s;
+    }
+    uint32_t s = (uint32_t)h->slots_top;
+    __atomic_store_n(&h->slots_top, h->slots_top + 1, __ATOMIC_RELEASE);
+    return s;
+}
+
+static void
+s_slot_put(pd_table_t *self, uint32_t s)
+{
+    self->slots[s].st_next = self->hdr->slot_free;
+    self->hdr->slot_free = s + 1;
+}
+
+static void
+s_st_link(pd_table_t *self, uint32_t s)
+{
+    uint32_t *head = &self->sheads[self->slots[s].s_hash & self->smask];
+    self->slots[s].st_prev = 0;
+    self->slots[s].st_next = *head;
+    if (*head)
+        self->slots[*head - 1].st_prev = s + 1;
+    *head = s + 1;
+}
+
+static void
+s_st_unlink(pd_table_t *self, uint32_t s)
+{
+    s_slot_t *sl = &self->slots[s];
+    if (sl->st_prev)
+        self->slots[sl->st_prev - 1].st_next = sl->st_next;
+    else
+        self->sheads[sl->s_hash & self->smask] = sl->st_next;
+    if (sl->st_next)
+        self->slots[sl->st_next - 1].st_prev = sl->st_prev;
+    sl->st_prev = sl->st_next = 0;
+}
+
+static inline int64_t
+s_exp(pd_table_t *self, uint32_t heap_i)
+{
+    return self->slots[self->heap[heap_i]].expires_ms;
+}
+
+static inline void
+s_heap_put(pd_table_t *self, uint64_t i, uint32_t s)
+{
+    self->heap[i] = s;
+    self->slots[s].heap_pos = (uint32_t)i;
+}
+
+static void
+s_heap_up(pd_table_t *self, uint64_t i)
+{
+    uint32_t s = self->heap[i];
+    int64_t e = self->slots[s].expires_ms;
+    while (i > 0) {
+        uint64_t p = (i - 1) / 2;
+        if (s_exp(self, (uint32_t)p) <= e)
+            break;
+        s_heap_put(self, i, self->heap[p]);
+        i = p;
+    }
+    s_heap_put(self, i, s);
+}
+
+static void
+s_heap_down(pd_table_t *self, uint64_t i)
+{
+    uint64_t n = self->hdr->heap_len;
+    uint32_t s = self->heap[i];
+    int64_t e = self->slots[s].expires_ms;
+    for (;;) {
+        uint64_t c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && s_exp(self, (uint32_t)(c + 1)) < s_exp(self, (uint32_t)c))
+            c++;
+        if (e <= s_exp(self, (uint32_t)c))
+            break;
+        s_heap_put(self, i, self->heap[c]);
+        i = c;
+    }
+    s_heap_put(self, i, s);
+}
+
+static void
+s_heap_push(pd_table_t *self, uint32_t s)
+{
+    uint64_t i = self->hdr->heap_len++;
+    s_heap_put(self, i, s);
+    s_heap_up(self, i);
+}
+
+static void
+s_heap_remove(pd_table_t *self, uint32_t s)
+{
+    uint64_t i = self->slots[s].heap_pos, last = --self->hdr->heap_len;
+    if (i == last)
+        return;
+    uint32_t moved = self->heap[last];
+    s_heap_put(self, i, moved);
+    s_heap_up(self, i);
+    s_heap_down(self, self->slots[moved].heap_pos);
+}
+
+//  ---------------------------------------------------------------------------------------------
+//  Arena
+
+static void
+s_block_free(pd_table_t *self, uint64_t off)
+{
+    s_block_t *b = s_blk(self, off);
+    b->slot = S_NONE;
+    b->next = self->hdr->free_blocks[b->cls];
+    self->hdr->free_blocks[b->cls] = off;
+    self->hdr->arena_used -= s_class_size(b->cls);
+}
+
+/*  Allocates a block of at least n bytes: from its size class's free list, else carved from
+ *  the never-used end of the arena, else from the free list of any larger class (the block
+ *  keeps its class, so the arena stays walkable). Returns 0 when nothing fits. Blocks are
+ *  neither split nor merged: power-of-two-ish classes waste up to 20% but every operation is
+ *  O(1), and the arena can always be walked block by block from its start. */
+static uint64_t
+s_alloc(pd_table_t *self, uint64_t n)
+{
+    s_header_t *h = self->hdr;
+    if (n > s_class_size(S_NCLASS - 1))
+        return 0;
+    unsigned c = s_class_of(n);
+    uint64_t off = h->free_blocks[c];
+    if (!off) {
+        uint64_t sz = s_class_size(c);
+        if (sz <= h->total_bytes - h->arena_top) {
+            off = h->arena_top;
+            s_block_t *b = s_blk(self, off);
+            b->cls = c;
+            b->slot = S_NONE;
+            b->next = 0;
+            __atomic_store_n(&h->arena_top, off + sz, __ATOMIC_RELEASE);
+            h->arena_used += sz;
+            return off;
+        }
+        while (++c < S_NCLASS && !h->free_blocks[c])
+            ;
+        if (c == S_NCLASS)
+            return 0;
+        off = h->free_blocks[c];
+    }
+    h->free_blocks[c] = s_blk(self, off)->next;
+    h->arena_used += s_class_size(c);
+    return off;
+}
+
+static uint64_t
+s_blob_bytes(const pd_record_t *r)
+{
+    uint64_t n = sizeof(s_block_t);
+    for (int i = 0; i < S_NSTR; i++) {
+        uint64_t len = s_field_c(r, i).len;
+        if (len >= UINT32_MAX)
+            return UINT64_MAX;
+        n += len + 1;
+    }
+    return n;
+}
+
+static void
+s_blob_write(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r)
+{
+    s_block_t *b = s_blk(self, off);
+    char *p = (char *)(b + 1);
+    for (int i = 0; i < S_NSTR; i++) {
+        pd_str_t s = s_field_c(r, i);
+        b->len[i] = (uint32_t)s.len;
+        if (s.len)
+            memcpy(p, s.ptr, s.len);
+        p[s.len] = 0;
+        p += s.len + 1;
+    }
+    b->created_ms = r->created_ms;
+    b->updated_ms = r->updated_ms;
+    b->expires_ms = r->expires_ms;
+    b->version = r->version;
+    b->bytes = (uint32_t)(p - (char *)b);
+    b->slot = slot;
+}
+
+//  Frees what the previous record mutation replaced or deleted; its views die here.
+static void
+s_begin(pd_table_t *self)
+{
+    s_header_t *h = self->hdr;
+    s_dirty(self);
+    if (h->pend_blob) {
+        s_block_free(self, h->pend_blob);
+        h->pend_blob = 0;
+    }
+    if (h->pend_slot) {
+        s_slot_put(self, h->pend_slot - 1);
+        h->pend_slot = 0;
+    }
+    S_CRASH();
+}
+
+//  ---------------------------------------------------------------------------------------------
+//  Layout, open, close
+
+typedef struct {
+    uint64_t capacity, arena_bytes, idx_size, sheads, total;
+    uint64_t off_slots, off_pidx, off_uidx, off_sheads, off_heap, off_claims, off_cidx, off_arena;
+} s_layout_t;
+
+static int
+s_layout(uint64_t capacity, uint64_t arena_bytes, s_layout_t *l)
+{
+    if (capacity < 1 || capacity > S_MAX_CAPACITY || arena_bytes < 1 ||
+        arena_bytes > ((uint64_t)1 << 40))
+        return -1;
+    l->capacity = capacity;
+    l->arena_bytes = s_page_up(arena_bytes);
+    l->idx_size = s_pow2(2 * capacity);
+    l->sheads = s_pow2(capacity);
+    uint64_t off = S_PAGE;
+    l->off_slots = off;
+    off += s_page_up(capacity * sizeof(s_slot_t));
+    l->off_pidx = off;
+    off += s_page_up(l->idx_size * 8);
+    l->off_uidx = off;
+    off += s_page_up(l->idx_size * 8);
+    l->off_sheads = off;
+    off += s_page_up(l->sheads * 4);
+    l->off_heap = off;
+    off += s_page_up(capacity * 4);
+    l->off_claims = off;
+    off += s_page_up(capacity * sizeof(s_claim_t));
+    l->off_cidx = off;
+    off += s_page_up(l->idx_size * 8);
+    l->off_arena = off;
+    l->total = off + l->arena_bytes;
+    return 0;
+}
+
+static bool
+s_layout_matches(const s_header_t *h, const s_layout_t *l)
+{
+    return h->arena_bytes == l->arena_bytes && h->idx_size == l->idx_size &&
+           h->sheads == l->sheads && h->total_bytes == l->total && h->off_slots == l->off_slots &&
+           h->off_pidx == l->off_pidx && h->off_uidx == l->off_uidx &&
+           h->off_sheads == l->off_sheads && h->off_heap == l->off_heap &&
+           h->off_claims == l->off_claims && h->off_cidx == l->off_cidx &&
+           h->off_arena == l->off_arena;
+}
+
+static void
+s_bind(pd_table_t *self)
+{
+    s_header_t *h = self->hdr;
+    self->slots = (s_slot_t *)(self->base + h->off_slots);
+    self->pidx = (uint64_t *)(self->base + h->off_pidx);
+    self->uidx = (uint64_t *)(self->base + h->off_uidx);
+    self->sheads = (uint32_t *)(self->base + h->off_sheads);
+    self->heap = (uint32_t *)(self->base + h->off_heap);
+    self->claims = (s_claim_t *)(self->base + h->off_claims);
+    self->cidx = (uint64_t *)(self->base + h->off_cidx);
+    self->imask = h->idx_size - 1;
+    self->smask = (uint32_t)(h->sheads - 1);
+}
+
+static void
+s_init_header(s_header_t *h, const s_layout_t *l)
+{
+    memset(h, 0, sizeof *h);
+    h->version = S_LAYOUT_VERSION;
+    h->header_bytes = sizeof(s_header_t);
+    h->capacity = l->capacity;
+    h->arena_bytes = l->arena_bytes;
+    h->idx_size = l->idx_size;
+    h->sheads = l->sheads;
+    h->total_bytes = l->total;
+    h->off_slots = l->off_slots;
+    h->off_pidx = l->off_pidx;
+    h->off_uidx = l->off_uidx;
+    h->off_sheads = l->off_sheads;
+    h->off_heap = l->off_heap;
+    h->off_claims = l->off_claims;
+    h->off_cidx = l->off_cidx;
+    h->off_arena = l->off_arena;
+    h->arena_top = l->off_arena;
+    __atomic_store_n(&h->magic, S_MAGIC, __ATOMIC_RELEASE);
+}
+
+static int s_verify(pd_table_t *self, bool full, const char **why);
+static void s_rebuild(pd_table_t *self);
+
+pd_table_t *
+pd_table_open(const char *name, pd_table_size_t size, bool *created)
+{
+    assert(name);
+    bool made = false;
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd >= 0)
+        made = true;
+    else if (errno == EEXIST)
+        fd = shm_open(name, O_RDWR, 0600);
+    if (fd < 0) {
+        pd_log_warn("%s: shm_open %s: %s", __func__, name, strerror(errno));
+        return NULL;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        pd_log_warn("%s: %s is in use by another process", __func__, name);
+        close(fd);
+        return NULL;
+    }
+    pd_table_t *self = NULL;
+    void *map = MAP_FAILED;
+    size_t map_len = 0;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        pd_log_warn("%s: fstat %s: %s", __func__, name, strerror(errno));
+        goto fail;
+    }
+    s_layout_t l;
+    if (!made && (uint64_t)st.st_size >= sizeof(s_header_t)) {
+        /* Re-attach: the header must be ours, and describe exactly this file. */
+        map_len = (size_t)st.st_size;
+        map = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+            pd_log_warn("%s: mmap %s: %s", __func__, name, strerror(errno));
+            goto fail;
+        }
+        const s_header_t *h = map;
+        if (h->magic == 0 && h->version == 0) {
+            /* Its creator died before finishing the header: start again. */
+            munmap(map, map_len);
+            map = MAP_FAILED;
+            made = true;
+        } else if (h->magic != S_MAGIC || h->version != S_LAYOUT_VERSION ||
+                   h->header_bytes != sizeof(s_header_t) ||
+                   s_layout(h->capacity, h->arena_bytes, &l) < 0 || !s_layout_matches(h, &l) ||
+                   l.total != (uint64_t)st.st_size) {
+            pd_log_warn("%s: %s is not a presenced table of layout %d, or has a bad size", __func__,
+                        name, S_LAYOUT_VERSION);
+            goto fail;
+        }
+    } else
+        made = true;
+    if (made) {
+        if (s_layout(size.capacity, size.arena_bytes, &l) < 0) {
+            pd_log_warn("%s: bad table size (capacity %zu, arena %zu)", __func__, size.capacity,
+                        size.arena_bytes);
+            goto fail;
+        }
+        if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)l.total) < 0) {
+            pd_log_warn("%s: ftruncate %s: %s", __func__, name, strerror(errno));
+            goto fail;
+        }
+        map_len = l.total;
+        map = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+            pd_log_warn("%s: mmap %s: %s", __func__, name, strerror(errno));
+            goto fail;
+        }
+        s_init_header(map, &l);
+    }
+    self = calloc(1, sizeof *self);
+    assert(self);
+    self->base = map;
+    self->size = l.total;
+    self->fd = fd;
+    self->hdr = map;
+    pd_buf_init(&self->json);
+    s_bind(self);
+    if (!made) {
+        const char *why = NULL;
+        if (self->hdr->dirty)
+            why = "a process died while changing it";
+        else
+            s_verify(self, false, &why);
+        if (why) {
+            pd_log_warn("%s: %s: rebuilding indexes (%s)", __func__, name, why);
+            s_rebuild(self);
+            self->rebuilt = true;
+        }
+    }
+    if (created)
+        *created = made;
+    return self;
+
+fail:
+    if (map != MAP_FAILED)
+        munmap(map, map_len);
+    close(fd);
+    return NULL;
+}
+
+void
+pd_table_close(pd_table_t **self_p)
+{
+    assert(self_p);
+    pd_table_t *self = *self_p;
+    if (!self)
+        return;
+    munmap(self->base, self->size);
+    close(self->fd);
+    pd_buf_free(&self->json);
+    free(self->aux);
+    free(self);
+    *self_p = NULL;
+}
+
+int
+pd_table_unlink(const char *name)
+{
+    return shm_unlink(name) == 0 ? 0 : -1;
+}
+
+size_t
+pd_table_count(pd_table_t *self)
+{
+    return (size_t)self->hdr->count;
+}
+
+size_t
+pd_table_arena_used(pd_table_t *self)
+{
+    return (size_t)self->hdr->arena_used;
+}
+
+size_t
+pd_table_arena_size(pd_table_t *self)
+{
+    return (size_t)self->hdr->arena_bytes;
+}
+
+//  ---------------------------------------------------------------------------------------------
+//  Records
+
+int
+pd_table_get(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *out)
+{
+    assert(self && out);
+    uint64_t pos;
+    uint32_t s = s_idx_find(self, self->pidx, S_PKEY, s_hash32(project, id), project, id, &pos);
+    if (s == S_NONE)
+        return -1;
+    s_fill(self, s_blob_of(self, s), out);
+    return 0;
+}
+
+int
+pd_table_get_by_user(pd_table_t *self, pd_str_t project, pd_str_t user, pd_record_t *out)
+{
+    assert(self && out);
+    uint64_t pos;
+    uint32_t s = s_idx_find(self, self->uidx, S_UKEY, s_hash32(project, user), project, user, &pos);
+    if (s == S_NONE)
+        return -1;
+    s_fill(self, s_blob_of(self, s), out);
+    return 0;
+}
+
+//  Points (project, user) at slot s: last writer wins.
+static void
+s_user_set(pd_table_t *self, uint32_t s, pd_str_t project, pd_str_t user)
+{
+    uint64_t pos;
+    uint32_t h = self->slots[s].u_hash;
+    uint32_t cur = s_idx_find(self, self->uidx, S_UKEY, h, project, user, &pos);
+    if (cur != s)
+        s_idx_set(self->uidx, pos, h, s);
+}
+
+/*  Creates or replaces a record. The new blob is built completely in a fresh block (never over
+ *  the old one), then one release store of the slot's blob word makes it the record: before
+ *  that store a crash leaves the old record, after it the new one. Then the derived structures
+ *  follow: primary and user index, status list, expiry heap. The old block (on replace) is
+ *  parked in header.pend_blob and freed by the next record mutation, so *prev stays valid
+ *  until then. Cost: one render of the JSON into a reused buffer, one copy, O(1) index work and
+ *  an O(log n) heap fix. No malloc once the scratch buffer has grown. */
+int
+pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_record_t *prev)
+{
+    assert(self && rec);
+    s_header_t *h = self->hdr;
+    s_begin(self);
+    uint32_t ph = s_hash32(rec->project, rec->id);
+    uint64_t ppos;
+    uint32_t s = s_idx_find(self, self->pidx, S_PKEY, ph, rec->project, rec->id, &ppos);
+    uint64_t old = s == S_NONE ? 0 : s_blob_of(self, s);
+    if (!old && !s_slot_available(self))
+        goto full;
+
+    pd_record_t r = *rec;
+    r.version = old ? s_blk(self, old)->version + 1 : 1;
+    r.json = PD_STR_NULL;
+    pd_buf_reset(&self->json);
+    pd_record_render(&r, &self->json);
+    r.json = (pd_str_t){self->json.data, self->json.len};
+    uint64_t off = s_alloc(self, s_blob_bytes(&r));
+    if (!off)
+        goto full;
+    S_CRASH();
+    if (!old)
+        s = s_slot_take(self);
+    s_blob_write(self, off, s, &r);
+    S_CRASH();
+    __atomic_store_n(&self->slots[s].blob, off, __ATOMIC_RELEASE);
+    S_CRASH();
+
+    s_slot_t *sl = &self->slots[s];
+    uint32_t uh = s_hash32(r.project, r.user_id), sh = s_hash32(r.project, r.status);
+    if (!old) {
+        sl->p_hash = ph;
+        sl->u_hash = uh;
+        sl->s_hash = sh;
+        sl->expires_ms = r.expires_ms;
+        s_idx_set(self->pidx, ppos, ph, s);
+        S_CRASH();
+        s_user_set(self, s, r.project, r.user_id);
+        s_st_link(self, s);
+        S_CRASH();
+        s_heap_push(self, s);
+        h->count++;
+    } else {
+        pd_str_t ok[4];
+        s_blk_keys(s_blk(self, old), ok);
+        if (!pd_str_eq(ok[2], r.user_id))
+            s_idx_del_ref(self, self->uidx, sl->u_hash, s);
+        sl->u_hash = uh;
+        s_user_set(self, s, r.project, r.user_id);
+        S_CRASH();
+        if (sl->s_hash != sh) {
+            s_st_unlink(self, s);
+            sl->s_hash = sh;
+            s_st_link(self, s);
+        }
+        if (sl->expires_ms != r.expires_ms) {
+            sl->expires_ms = r.expires_ms;
+            s_heap_up(self, sl->heap_pos);
+            s_heap_down(self, sl->heap_pos);
+        }
+        S_CRASH();
+        h->pend_blob = old;
+    }
+    s_clean(self);
+    if (stored)
+        s_fill(self, off, stored);
+    if (prev) {
+        if (old)
+            s_fill(self, old, prev);
+        else
+            memset(prev, 0, sizeof *prev);
+    }
+    return 0;
+
+full:
+    s_clean(self);
+    return PD_ERR_STORE_FULL;
+}
+
+/*  Deletes a record: one release store of 0 into its slot's blob word is the delete; the index
+ *  entries, status link and heap entry go after it. Block and slot are parked until the next
+ *  record mutation, so *prev stays valid. O(1) plus an O(log n) heap removal. */
+int
+pd_table_delete(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *prev)
+{
+    assert(self);
+    s_header_t *h = self->hdr;
+    s_begin(self);
+    uint64_t ppos;
+    uint32_t s = s_idx_find(self, self->pidx, S_PKEY, s_hash32(project, id), project, id, &ppos);
+    if (s == S_NONE) {
+        s_clean(self);
+        return -1;
+    }
+    s_slot_t *sl = &self->slots[s];
+    uint64_t old = sl->blob;
+    __atomic_store_n(&sl->blob, 0, __ATOMIC_RELEASE);
+    S_CRASH();
+    s_idx_del(self, self->pidx, ppos);
+    s_idx_del_ref(self, self->uidx, sl->u_hash, s);
+    S_CRASH();
+    s_st_unlink(self, s);
+    s_heap_remove(self, s);
+    h->count--;
+    h->pend_blob = old;
+    h->pend_slot = s + 1;
+    S_CRASH();
+    s_clean(self);
+    if (prev)
+        s_fill(self, old, prev);
+    return 0;
+}
+
+void
+pd_table_foreach(pd_table_t *self, pd_table_visit_fn fn, void *arg)
+{
+    assert(self && fn);
+    pd_record_t r;
+    for (uint64_t s = 0; s < self->hdr->slots_top; s++) {
+        uint64_t off = s_blob_of(self, (uint32_t)s);
+        if (!off)
+            continue;
+        s_fill(self, off, &r);
+        if (fn(&r, arg))
+            return;
+    }
+}
+
+void
+pd_table_foreach_status(pd_table_t *self, pd_str_t project, pd_str_t status,
+                        pd_table_visit_fn fn, void *arg)
+{
+    assert(self && fn);
+    uint32_t h = s_hash32(project, status);
+    pd_record_t r;
+    uint32_t cur = self->sheads[h & self->smask];
+    while (cur) {
+        uint32_t s = cur - 1;
+        cur = self->slots[s].st_next; //  read first: fn may delete the record it is given
+        if (self->slots[s].s_hash != h)
+            continue;
+        uint64_t off = s_blob_of(self, s);
+        pd_str_t k[4];
+        s_blk_keys(s_blk(self, off), k);
+        if (!pd_str_eq(k[0], project) || !pd_str_eq(k[3], status))
+            continue;
+        s_fill(self, off, &r);
+        if (fn(&r, arg))
+            return;
+    }
+}
+
+/*  Visits expired records earliest first without touching the heap. The expired entries form a
+ *  subtree at the top of the heap; a small frontier heap of heap positions, seeded with the
+ *  root, yields them in order: pop the earliest, visit it, push its children that are expired
+ *  too. Each pop pushes at most two, so the frontier never holds more than max + 1 entries.
+ *  Cost O(k log k) for k visited records. */
+void
+pd_table_foreach_expired(pd_table_t *self, int64_t now, size_t max, pd_table_visit_fn fn,
+                         void *arg)
+{
+    assert(self && fn);
+    uint64_t n = self->hdr->heap_len;
+    if (!n || !max || s_exp(self, 0) > now)
+        return;
+    size_t need = (max < n ? max : (size_t)n) + 2;
+    if (self->aux_cap < need) {
+        free(self->aux);
+        self->aux = malloc(need * sizeof *self->aux);
+        assert(self->aux);
+        self->aux_cap = need;
+    }
+    uint32_t *f = self->aux;
+    size_t fn_len = 1, seen = 0;
+    f[0] = 0;
+    pd_record_t r;
+    while (fn_len && seen < max) {
+        uint32_t top = f[0];
+        f[0] = f[--fn_len];
+        for (size_t i = 0;;) { //  sift down the frontier
+            size_t c = 2 * i + 1;
+            if (c >= fn_len)
+                break;
+            if (c + 1 < fn_len && s_exp(self, f[c + 1]) < s_exp(self, f[c]))
+                c++;
+            if (s_exp(self, f[i]) <= s_exp(self, f[c]))
+                break;
+            uint32_t t = f[i];
+            f[i] = f[c];
+            f[c] = t;
+            i = c;
+        }
+        s_fill(self, self->slots[self->heap[top]].blob, &r);
+        seen++;
+        if (fn(&r, arg))
+            return;
+        for (uint64_t c = 2 * (uint64_t)top + 1; c <= 2 * (uint64_t)top + 2; c++) {
+            if (c >= n || s_exp(self, (uint32_t)c) > now)
+                continue;
+            size_t i = fn_len++;
+            f[i] = (uint32_t)c;
+            while (i > 0 && s_exp(self, f[(i - 1) / 2]) > s_exp(self, f[i])) {
+                uint32_t t = f[i];
+                f[i] = f[(i - 1) / 2];
+                f[(i - 1) / 2] = t;
+                i = (i - 1) / 2;
+            }
+        }
+    }
+}
+
+int64_t
+pd_table_next_expiry(pd_table_t *self)
+{
+    assert(self);
+    return self->hdr->heap_len ? s_exp(self, 0) : INT64_MAX;
+}
+
+//  ---------------------------------------------------------------------------------------------
+//  Claims
+
+static uint32_t
+s_claim_find(pd_table_t *self, pd_str_t project, pd_str_t user, uint32_t h, uint64_t *pos)
+{
+    return s_idx_find(self, self->cidx, S_CKEY, h, project, user, pos);
+}
+
+static void
+s_claim_copy(const s_claim_t *c, char id_out[37])
+{
+    uint32_t sel = __atomic_load_n(&c->sel, __ATOMIC_ACQUIRE) & 1;
+    memcpy(id_out, c->val[sel], c->vlen[sel]);
+    id_out[c->vlen[sel]] = 0;
+}
+
+static inline bool
+s_claim_is(const s_claim_t *c, pd_str_t v)
+{
+    uint32_t sel = __atomic_load_n(&c->sel, __ATOMIC_ACQUIRE) & 1;
+    return s_eq(c->val[sel], c->vlen[sel], v);
+}
+
+/*  Adds a claim: the entry is filled while its state word is 0, then one release store of
+ *  S_CLAIM_LIVE makes it true; the index entry follows. Returns the entry or S_NONE if full. */
+static uint32_t
+s_claim_add(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want, uint32_t h,
+            uint64_t pos)
+{
+    s_header_t *hd = self->hdr;
+    uint32_t e;
+    if (hd->claim_free) {
+        e = hd->claim_free - 1;
+        hd->claim_free = self->claims[e].next_free;
+    } else if (hd->claims_top < hd->capacity) {
+        e = (uint32_t)hd->claims_top;
+        __atomic_store_n(&hd->claims_top, hd->claims_top + 1, __ATOMIC_RELEASE);
+    } else
+        return S_NONE;
+    s_claim_t *c = &self->claims[e];
+    c->hash = h;
+    c->plen = (uint8_t)project.len;
+    c->ulen = (uint8_t)user.len;
+    memcpy(c->project, project.ptr, project.len);
+    memcpy(c->user, user.ptr, user.len);
+    memcpy(c->val[0], want.ptr, want.len);
+    c->vlen[0] = (uint8_t)want.len;
+    c->sel = 0;
+    S_CRASH();
+    __atomic_store_n(&c->state, S_CLAIM_LIVE, __ATOMIC_RELEASE);
+    S_CRASH();
+    s_idx_set(self->cidx, pos, h, e);
+    hd->claims++;
+    return e;
+}
+
+static bool
+s_claim_args_ok(pd_str_t project, pd_str_t user, pd_str_t want)
+{
+    return project.len <= S_PROJECT_MAX && user.len <= S_ID_MAX && want.len >= 1 &&
+           want.len <= S_ID_MAX && (!project.len || project.ptr) && (!user.len || user.ptr) &&
+           want.ptr;
+}
+
+int
+pd_table_claim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want,
+               char id_out[37], bool *fresh)
+{
+    assert(self && id_out && fresh);
+    if (!s_claim_args_ok(project, user, want))
+        return PD_ERR_ARGUMENT_INVALID;
+    uint32_t h = s_hash32(project, user);
+    uint64_t pos;
+    uint32_t e = s_claim_find(self, project, user, h, &pos);
+    if (e != S_NONE) {
+        s_claim_copy(&self->claims[e], id_out);
+        *fresh = false;
+        return 0;
+    }
+    s_dirty(self);
+    e = s_claim_add(self, project, user, want, h, pos);
+    s_clean(self);
+    if (e == S_NONE)
+        return PD_ERR_STORE_FULL;
+    s_claim_copy(&self->claims[e], id_out);
+    *fresh = true;
+    return 0;
+}
+
+/*  Compare-and-set of a claim. The new value goes into the spare buffer, then one release store
+ *  flips the selector, so a crash leaves either the old or the new id, never a mix. */
+int
+pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t expect,
+                 pd_str_t want, char id_out[37])
+{
+    assert(self && id_out);
+    if (!s_claim_args_ok(project, user, want))
+        return PD_ERR_ARGUMENT_INVALID;
+    uint32_t h = s_hash32(project, user);
+    uint64_t pos;
+    uint32_t e = s_claim_find(self, project, user, h, &pos);
+    if (e == S_NONE) {
+        s_dirty(self);
+        e = s_claim_add(self, project, user, want, h, pos);
+        s_clean(self);
+        if (e == S_NONE)
+            return PD_ERR_STORE_FULL;
+    } else if (s_claim_is(&self->claims[e], expect) && !s_claim_is(&self->claims[e], want)) {
+        s_claim_t *c = &self->claims[e];
+        uint32_t spare = (c->sel & 1) ^ 1;
+        memcpy(c->val[spare], want.ptr, want.len);
+        c->vlen[spare] = (uint8_t)want.len;
+        S_CRASH();
+        __atomic_store_n(&c->sel, spare, __ATOMIC_RELEASE);
+        S_CRASH();
+    }
+    s_claim_copy(&self->claims[e], id_out);
+    return 0;
+}
+
+int
+pd_table_unclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t expect)
+{
+    assert(self);
+    uint32_t h = s_hash32(project, user);
+    uint64_t pos;
+    uint32_t e = s_claim_find(self, project, user, h, &pos);
+    if (e == S_NONE || !s_claim_is(&self->claims[e], expect))
+        return -1;
+    s_dirty(self);
+    __atomic_store_n(&self->claims[e].state, 0, __ATOMIC_RELEASE);
+    S_CRASH();
+    s_idx_del(self, self->cidx, pos);
+    self->claims[e].next_free = self->hdr->claim_free;
+    self->hdr->claim_free = e + 1;
+    self->hdr->claims--;
+    S_CRASH();
+    s_clean(self);
+    return 0;
+}
+
+size_t
+pd_table_claims(pd_table_t *self)
+{
+    return (size_t)self->hdr->claims;
+}
+
+//  ---------------------------------------------------------------------------------------------
+//  Consistency check and rebuild
+
+typedef struct {
+    uint64_t *start; //  one bit per S_ALIGN unit of the arena: a block starts here
+    uint64_t *seen;  //  the block is accounted for (live, pending or free)
+    uint64_t units;
+} s_bits_t;
+
+static inline bool
+s_bit(const uint64_t *b, uint64_t i)
+{
+    return (b[i / 64] >> (i % 64)) & 1;
+}
+
+static inline void
+s_bit_set(uint64_t *b, uint64_t i)
+{
+    b[i / 64] |= (uint64_t)1 << (i % 64);
+}
+
+static void
+s_bits_init(pd_table_t *self, s_bits_t *bits)
+{
+    bits->units = (self->hdr->arena_top - self->hdr->off_arena) / S_ALIGN;
+    size_t words = (size_t)(bits->units / 64 + 1);
+    bits->start = calloc(words, 8);
+    bits->seen = calloc(words, 8);
+    if (!bits->start || !bits->seen)
+        pd_fatalx("%s: out of memory", __func__);
+}
+
+static void
+s_bits_free(s_bits_t *bits)
+{
+    free(bits->start);
+    free(bits->seen);
+}
+
+//  Walks the arena's blocks up to arena_top, marking where each starts. Returns the offset of
+//  the first bad block header (== arena_top when all are good).
+static uint64_t
+s_walk(pd_table_t *self, s_bits_t *bits, uint64_t *nblocks)
+{
+    uint64_t off = self->hdr->off_arena, top = self->hdr->arena_top, n = 0;
+    while (off < top) {
+        const s_block_t *b = s_blk(self, off);
+        if (b->cls >= S_NCLASS || s_class_size(b->cls) > top - off)
+            break;
+        s_bit_set(bits->start, (off - self->hdr->off_arena) / S_ALIGN);
+        off += s_class_size(b->cls);
+        n++;
+    }
+    if (nblocks)
+        *nblocks = n;
+    return off;
+}
+
+//  True if off is a well-formed block owned by slot s.
+static bool
+s_blob_ok(pd_table_t *self, const s_bits_t *bits, uint64_t off, uint32_t s)
+{
+    s_header_t *h = self->hdr;
+    if (off < h->off_arena || off >= h->arena_top || (off - h->off_arena) % S_ALIGN ||
+        !s_bit(bits->start, (off - h->off_arena) / S_ALIGN))
+        return false;
+    const s_block_t *b = s_blk(self, off);
+    if (b->slot != s || b->bytes < sizeof(s_block_t) || b->bytes > s_class_size(b->cls))
+        return false;
+    uint64_t n = sizeof(s_block_t);
+    for (int i = 0; i < S_NSTR; i++) {
+        n += (uint64_t)b->len[i] + 1;
+        if (n > b->bytes || ((const char *)b)[n - 1] != 0)
+            return false;
+    }
+    return n == b->bytes;
+}
+
+#define S_CHECK(cond, what)                                                                        \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            *why = (what);                                                                         \
+            goto out;                                                                              \
+        }                                                                                          \
+    } while (0)
+
+/*  Checks that the derived structures agree with the truth. Cost O(slots used + claim entries
+ *  used + arena blocks); `full` adds scans of the whole hash indexes and status heads, which
+ *  reads (and so maps) every page of them: for the self test, not for open. Returns 0, or -1
+ *  with *why naming the first disagreement. */
+static int
+s_verify(pd_table_t *self, bool full, const char **why)
+{
+    s_header_t *h = self->hdr;
+    *why = NULL;
+    s_bits_t bits = {0};
+    S_CHECK(h->slots_top <= h->capacity && h->count <= h->slots_top &&
+                h->claims_top <= h->capacity && h->claims <= h->claims_top,
+            "counters out of range");
+    S_CHECK(h->arena_top >= h->off_arena && h->arena_top <= h->total_bytes &&
+                (h->arena_top - h->off_arena) % S_ALIGN == 0,
+            "arena top out of range");
+    S_CHECK(h->heap_len == h->count, "heap length");
+    S_CHECK(h->pend_slot <= h->slots_top, "pending slot out of range");
+    s_bits_init(self, &bits);
+    uint64_t nblocks;
+    S_CHECK(s_walk(self, &bits, &nblocks) == h->arena_top, "bad block header");
+
+    uint64_t live = 0, live_bytes = 0;
+    for (uint32_t s = 0; s < h->slots_top; s++) {
+        s_slot_t *sl = &self->slots[s];
+        uint64_t off = sl->blob;
+        if (!off)
+            continue;
+        live++;
+        S_CHECK(s_blob_ok(self, &bits, off, s), "slot points at a bad block");
+        uint64_t unit = (off - h->off_arena) / S_ALIGN;
+        S_CHECK(!s_bit(bits.seen, unit), "block owned twice");
+        s_bit_set(bits.seen, unit);
+        const s_block_t *b = s_blk(self, off);
+        live_bytes += s_class_size(b->cls);
+        pd_str_t k[4];
+        s_blk_keys(b, k);
+        S_CHECK(sl->p_hash == s_hash32(k[0], k[1]) && sl->u_hash == s_hash32(k[0], k[2]) &&
+                    sl->s_hash == s_hash32(k[0], k[3]) && sl->expires_ms == b->expires_ms,
+                "stale slot cache");
+        uint64_t pos;
+        S_CHECK(s_idx_find(self, self->pidx, S_PKEY, sl->p_hash, k[0], k[1], &pos) == s,
+                "primary index");
+        S_CHECK(s_idx_find(self, self->uidx, S_UKEY, sl->u_hash, k[0], k[2], &pos) != S_NONE,
+                "user index");
+        S_CHECK(sl->heap_pos < h->heap_len && self->heap[sl->heap_pos] == s, "heap position");
+        uint32_t bucket = sl->s_hash & self->smask;
+        if (sl->st_prev) {
+            uint32_t p = sl->st_prev - 1;
+            S_CHECK(p < h->slots_top && self->slots[p].blob && self->slots[p].st_next == s + 1 &&
+                        (self->slots[p].s_hash & self->smask) == bucket,
+                    "status list prev link");
+        } else
+            S_CHECK(self->sheads[bucket] == s + 1, "status list head");
+        if (sl->st_next) {
+            uint32_t n = sl->st_next - 1;
+            S_CHECK(n < h->slots_top && self->slots[n].blob && self->slots[n].st_prev == s + 1,
+                    "status list next link");
+        }
+    }
+    S_CHECK(live == h->count, "record count");
+    for (uint64_t i = 0; i < h->heap_len; i++) {
+        uint32_t s = self->heap[i];
+        S_CHECK(s < h->slots_top && self->slots[s].blob && self->slots[s].heap_pos == i,
+                "heap entry");
+        S_CHECK(i == 0 || s_exp(self, (uint32_t)((i - 1) / 2)) <= s_exp(self, (uint32_t)i),
+                "heap order");
+    }
+
+    uint64_t pend_bytes = 0;
+    if (h->pend_blob) {
+        uint64_t off = h->pend_blob;
+        S_CHECK(off >= h->off_arena && off < h->arena_top && (off - h->off_arena) % S_ALIGN == 0 &&
+                    s_bit(bits.start, (off - h->off_arena) / S_ALIGN) &&
+                    !s_bit(bits.seen, (off - h->off_arena) / S_ALIGN),
+                "pending block");
+        s_bit_set(bits.seen, (off - h->off_arena) / S_ALIGN);
+        pend_bytes = s_class_size(s_blk(self, off)->cls);
+    }
+    if (h->pend_slot)
+        S_CHECK(self->slots[h->pend_slot - 1].blob == 0, "pending slot is live");
+    uint64_t nfree = 0;
+    for (uint32_t cur = h->slot_free; cur; cur = self->slots[cur - 1].st_next) {
+        S_CHECK(cur - 1 < h->slots_top && !self->slots[cur - 1].blob && cur != h->pend_slot &&
+                    nfree < h->slots_top,
+                "slot free list");
+        nfree++;
+    }
+    S_CHECK(nfree + live + (h->pend_slot ? 1 : 0) == h->slots_top, "slots lost");
+
+    uint64_t free_bytes = 0, free_blocks = 0;
+    for (unsigned c = 0; c < S_NCLASS; c++)
+        for (uint64_t off = h->free_blocks[c]; off; off = s_blk(self, off)->next) {
+            S_CHECK(off >= h->off_arena && off < h->arena_top &&
+                        (off - h->off_arena) % S_ALIGN == 0 &&
+                        s_bit(bits.start, (off - h->off_arena) / S_ALIGN) &&
+                        !s_bit(bits.seen, (off - h->off_arena) / S_ALIGN) &&
+                        s_blk(self, off)->cls == c,
+                    "block free list");
+            s_bit_set(bits.seen, (off - h->off_arena) / S_ALIGN);
+            free_bytes += s_class_size(c);
+            free_blocks++;
+        }
+    S_CHECK(free_blocks + live + (h->pend_blob ? 1 : 0) == nblocks, "blocks lost");
+    S_CHECK(live_bytes + pend_bytes + free_bytes == h->arena_top - h->off_arena &&
+                h->arena_used == live_bytes + pend_bytes,
+            "arena bytes");
+
+    uint64_t nclaims = 0, cfree = 0;
+    for (uint32_t e = 0; e < h->claims_top; e++) {
+        const s_claim_t *c = &self->claims[e];
+        if (c->state == 0)
+            continue;
+        S_CHECK(c->state == S_CLAIM_LIVE && c->plen <= S_PROJECT_MAX && c->ulen <= S_ID_MAX &&
+                    c->sel <= 1 && c->vlen[c->sel] >= 1 && c->vlen[c->sel] <= S_ID_MAX,
+                "claim entry");
+        pd_str_t p = {c->project, c->plen}, u = {c->user, c->ulen};
+        uint64_t pos;
+        S_CHECK(c->hash == s_hash32(p, u) && s_claim_find(self, p, u, c->hash, &pos) == e,
+                "claims index");
+        nclaims++;
+    }
+    S_CHECK(nclaims == h->claims, "claim count");
+    for (uint32_t cur = h->claim_free; cur; cur = self->claims[cur - 1].next_free) {
+        S_CHECK(cur - 1 < h->claims_top && self->claims[cur - 1].state == 0 &&
+                    cfree < h->claims_top,
+                "claim free list");
+        cfree++;
+    }
+    S_CHECK(cfree + nclaims == h->claims_top, "claim entries lost");
+
+    if (full) {
+        uint64_t np = 0, nu = 0, nc = 0, nst = 0;
+        for (uint64_t i = 0; i <= self->imask; i++) {
+            uint64_t e = self->pidx[i];
+            if (e) {
+                uint32_t s = (uint32_t)e - 1;
+                S_CHECK(s < h->slots_top && self->slots[s].blob &&
+                            self->slots[s].p_hash == (uint32_t)(e >> 32),
+                        "stale primary entry");
+                np++;
+            }
+            e = self->uidx[i];
+            if (e) {
+                uint32_t s = (uint32_t)e - 1;
+                S_CHECK(s < h->slots_top && self->slots[s].blob &&
+                            self->slots[s].u_hash == (uint32_t)(e >> 32),
+                        "stale user entry");
+                pd_str_t k[4];
+                uint64_t pos;
+                s_blk_keys(s_blk(self, self->slots[s].blob), k);
+                S_CHECK(s_idx_find(self, self->uidx, S_UKEY, (uint32_t)(e >> 32), k[0], k[2],
+                                   &pos) == s,
+                        "duplicate user entry");
+                nu++;
+            }
+            e = self->cidx[i];
+            if (e) {
+                uint32_t c = (uint32_t)e - 1;
+                S_CHECK(c < h->claims_top && self->claims[c].state == S_CLAIM_LIVE &&
+                            self->claims[c].hash == (uint32_t)(e >> 32),
+                        "stale claims entry");
+                nc++;
+            }
+        }
+        S_CHECK(np == h->count && nc == h->claims && nu <= h->count, "index entry count");
+        for (uint64_t b = 0; b <= self->smask; b++)
+            for (uint32_t cur = self->sheads[b]; cur; cur = self->slots[cur - 1].st_next) {
+                S_CHECK(cur - 1 < h->slots_top && self->slots[cur - 1].blob &&
+                            (self->slots[cur - 1].s_hash & self->smask) == b && nst < h->count,
+                        "status bucket");
+                nst++;
+            }
+        S_CHECK(nst == h->count, "status list length");
+    }
+out:
+    s_bits_free(&bits);
+    return *why ? -1 : 0;
+}
+
+//  Zeroes a page-aligned section, handing its pages back to the system when it can.
+static void
+s_zero(pd_table_t *self, uint64_t off, uint64_t len)
+{
+    len = s_page_up(len);
+    if (madvise(self->base + off, len, MADV_REMOVE) < 0)
+        memset(self->base + off, 0, len);
+}
+
+/*  Rebuilds every derived structure from the truth: after a crash mid-mutation (header.dirty
+ *  set) or when s_verify finds a disagreement. Steps: walk the arena from its start by the
+ *  block headers' size classes (a bad header truncates the arena there); drop slots whose blob
+ *  word does not name a well-formed block they own (only corruption does that, so it is
+ *  logged); re-insert every live slot into the primary index (two slots with one key keep the
+ *  higher version), the user index (the latest updatedAt wins), its status bucket and the heap
+ *  (then heapified); rebuild the slot free list from the empty slots below slots_top, and the
+ *  block free lists from the blocks no live slot owns (so a replaced or deleted blob that was
+ *  still pending is reclaimed here); finally the claims index and free list from the claim
+ *  entries' state words. Nothing is moved, so it can itself be interrupted and run again.
+ *  Cost O(slots used + claim entries used + arena blocks), plus zeroing the indexes. */
+static void
+s_rebuild(pd_table_t *self)
+{
+    s_header_t *h = self->hdr;
+    s_dirty(self);
+    s_bits_t bits;
+    s_bits_init(self, &bits);
+    uint64_t end = s_walk(self, &bits, NULL);
+    if (end != h->arena_top) {
+        pd_log_warn("%s: bad block header at arena offset %llu; arena truncated", __func__,
+                    (unsigned long long)(end - h->off_arena));
+        h->arena_top = end;
+    }
+    S_CRASH();
+    s_zero(self, h->off_pidx, h->idx_size * 8);
+    s_zero(self, h->off_uidx, h->idx_size * 8);
+    s_zero(self, h->off_sheads, h->sheads * 4);
+    s_zero(self, h->off_cidx, h->idx_size * 8);
+    h->heap_len = h->count = h->claims = 0;
+    h->slot_free = h->claim_free = h->pend_slot = 0;
+    h->pend_blob = 0;
+    memset(h->free_blocks, 0, sizeof h->free_blocks);
+    S_CRASH();
+
+    for (uint32_t s = 0; s < h->slots_top; s++) {
+        s_slot_t *sl = &self->slots[s];
+        if (!sl->blob)
+            continue;
+        if (!s_blob_ok(self, &bits, sl->blob, s) ||
+            s_bit(bits.seen, (sl->blob - h->off_arena) / S_ALIGN)) {
+            pd_log_warn("%s: slot %u points at a bad block; record dropped", __func__, s);
+            __atomic_store_n(&sl->blob, 0, __ATOMIC_RELEASE);
+            continue;
+        }
+        s_bit_set(bits.seen, (sl->blob - h->off_arena) / S_ALIGN);
+        const s_block_t *b = s_blk(self, sl->blob);
+        pd_str_t k[4];
+        s_blk_keys(b, k);
+        sl->p_hash = s_hash32(k[0], k[1]);
+        sl->u_hash = s_hash32(k[0], k[2]);
+        sl->s_hash = s_hash32(k[0], k[3]);
+        sl->expires_ms = b->expires_ms;
+        uint64_t pos;
+        uint32_t other = s_idx_find(self, self->pidx, S_PKEY, sl->p_hash, k[0], k[1], &pos);
+        if (other != S_NONE) {
+            uint32_t drop = s;
+            if (b->version > s_blk(self, self->slots[other].blob)->version) {
+                drop = other;
+                s_idx_set(self->pidx, pos, sl->p_hash, s);
+            }
+            pd_log_warn("%s: slots %u and %u hold one key; slot %u dropped", __func__, s, other,
+                        drop);
+            __atomic_store_n(&self->slots[drop].blob, 0, __ATOMIC_RELEASE);
+            continue;
+        }
+        s_idx_set(self->pidx, pos, sl->p_hash, s);
+    }
+    S_CRASH();
+
+    for (uint32_t s = 0; s < h->slots_top; s++) {
+        s_slot_t *sl = &self->slots[s];
+        if (!sl->blob)
+            continue;
+        const s_block_t *b = s_blk(self, sl->blob);
+        pd_str_t k[4];
+        uint64_t pos;
+        s_blk_keys(b, k);
+        uint32_t cur = s_idx_find(self, self->uidx, S_UKEY, sl->u_hash, k[0], k[2], &pos);
+        if (cur == S_NONE || s_blk(self, self->slots[cur].blob)->updated_ms <= b->updated_ms)
+            s_idx_set(self->uidx, pos, sl->u_hash, s);
+        s_st_link(self, s);
+        s_heap_put(self, h->heap_len++, s);
+        h->count++;
+    }
+    for (uint64_t i = h->heap_len / 2; i-- > 0;)
+        s_heap_down(self, i);
+    for (uint32_t s = (uint32_t)h->slots_top; s-- > 0;)
+        if (!self->slots[s].blob)
+            s_slot_put(self, s);
+    S_CRASH();
+
+    uint64_t used = 0;
+    for (uint64_t off = h->off_arena; off < h->arena_top;) {
+        s_block_t *b = s_blk(self, off);
+        uint64_t sz = s_class_size(b->cls);
+        if (b->slot < h->slots_top && self->slots[b->slot].blob == off) {
+            used += sz;
+        } else {
+            b->slot = S_NONE;
+            b->next = h->free_blocks[b->cls];
+            h->free_blocks[b->cls] = off;
+        }
+        off += sz;
+    }
+    h->arena_used = used;
+    S_CRASH();
+
+    for (uint32_t e = 0; e < h->claims_top; e++) {
+        s_claim_t *c = &self->claims[e];
+        if (c->state == 0)
+            continue;
+        bool ok = c->state == S_CLAIM_LIVE && c->plen <= S_PROJECT_MAX && c->ulen <= S_ID_MAX &&
+                  c->sel <= 1 && c->vlen[c->sel] >= 1 && c->vlen[c->sel] <= S_ID_MAX;
+        pd_str_t p = {c->project, c->plen}, u = {c->user, c->ulen};
+        uint64_t pos;
+        if (ok) {
+            c->hash = s_hash32(p, u);
+            ok = s_claim_find(self, p, u, c->hash, &pos) == S_NONE;
+        }
+        if (!ok) {
+            pd_log_warn("%s: claim entry %u is bad or a duplicate; dropped", __func__, e);
+            __atomic_store_n(&c->state, 0, __ATOMIC_RELEASE);
+            continue;
+        }
+        s_idx_set(self->cidx, pos, c->hash, e);
+        h->claims++;
+    }
+    for (uint32_t e = (uint32_t)h->claims_top; e-- > 0;)
+        if (self->claims[e].state == 0) {
+            self->claims[e].next_free = h->claim_free;
+            h->claim_free = e + 1;
+        }
+    S_CRASH();
+    s_bits_free(&bits);
+    s_clean(self);
+}
+
+//  ---------------------------------------------------------------------------------------------
+//  Self test
+
+#define T_NAME_MAX 64
+
+typedef struct {
+    char project[40], id[40], user[40], status[300], status_json[320], perms[200], conn[64];
+    char roles[64];
+    char meta[66000];
+    pd_record_t rec;
+} s_trec_t;
+
+static void
+s_test_rec(s_trec_t *t, const char *project, const char *id, const char *user,
+           const char *status, int64_t expires, size_t pad)
+{
+    memset(&t->rec, 0, sizeof t->rec);
+    snprintf(t->project, sizeof t->project, "%s", project);
+    snprintf(t->id, sizeof t->id, "%s", id);
+    snprintf(t->user, sizeof t->user, "%s", user);
+    snprintf(t->status, sizeof t->status, "%s", status ? status : "");
+    if (status)
+        snprintf(t->status_json, sizeof t->status_json, "\"%s\"", status);
+    else
+        snprintf(t->status_json, sizeof t->status_json, "null");
+    snprintf(t->perms, sizeof t->perms, "[\"read(\\\"user:%s\\\")\"]", user);
+    if (pad % 2)
+        snprintf(t->conn, sizeof t->conn, "gw1/c%zu", pad);
+    else
+        t->conn[0] = 0;
+    int n = snprintf(t->roles, sizeof t->roles, "any%cuser:%s", 0, user);
+    assert(pad + 32 < sizeof t->meta);
+    int m = snprintf(t->meta, sizeof t->meta, "{\"k\":\"%s\",\"pad\":\"", id);
+    memset(t->meta + m, 'x', pad);
+    memcpy(t->meta + m + pad, "\"}", 3);
+    pd_record_t *r = &t->rec;
+    r->project = pd_str(t->project);
+    r->id = pd_str(t->id);
+    r->user_id = pd_str(t->user);
+    r->status = pd_str(t->status);
+    r->source = PD_STR("rest");
+    r->status_json = pd_str(t->status_json);
+    r->perms_json = pd_str(t->perms);
+    r->meta_json = pd_str(t->meta);
+    r->read_roles = (pd_str_t){t->roles, (size_t)n + 1};
+    r->update_roles = (pd_str_t){t->roles, (size_t)n + 1};
+    r->delete_roles = (pd_str_t){t->roles, 4};
+    r->conn = pd_str(t->conn);
+    r->created_ms = 1700000000000 + (int64_t)pad;
+    r->updated_ms = 1700000001000 + (int64_t)pad;
+    r->expires_ms = expires;
+    r->version = 999; //  ignored by put
+}
+
+//  Asserts that got holds every field of want, with the given version and rendered JSON.
+static void
+s_test_same(const pd_record_t *got, const pd_record_t *want, uint64_t version)
+{
+    for (int i = 0; i < S_NSTR - 1; i++)
+        assert(pd_str_eq(s_field_c(got, i), s_field_c(want, i)));
+    for (int i = 0; i < S_NSTR; i++)
+        assert(s_field_c(got, i).ptr[s_field_c(got, i).len] == 0);
+    assert(got->created_ms == want->created_ms && got->updated_ms == want->updated_ms);
+    assert(got->expires_ms == want->expires_ms && got->version == version);
+    pd_buf_t b;
+    pd_buf_init(&b);
+    pd_record_t w = *want;
+    w.version = version;
+    pd_record_render(&w, &b);
+    assert(got->json.len == b.len && memcmp(got->json.ptr, b.data, b.len) == 0);
+    pd_buf_free(&b);
+}
+
+static void
+s_test_ok(pd_table_t *t)
+{
+    const char *why;
+    if (s_verify(t, true, &why) != 0) {
+        fprintf(stderr, "pd_table: verify failed: %s\n", why);
+        assert(!"table is consistent");
+    }
+}
+
+static int
+s_test_count_fn(const pd_record_t *rec, void *arg)
+{
+    (void)rec;
+    (*(size_t *)arg)++;
+    return 0;
+}
+
+typedef struct {
+    int64_t last;
+    size_t n;
+    char ids[16][40];
+} s_test_exp_t;
+
+static int
+s_test_exp_fn(const pd_record_t *rec, void *arg)
+{
+    s_test_exp_t *e = arg;
+    assert(rec->expires_ms >= e->last);
+    e->last = rec->expires_ms;
+    if (e->n < 16)
+        snprintf(e->ids[e->n], 40, "%.*s", (int)rec->id.len, rec->id.ptr);
+    e->n++;
+    return 0;
+}
+
+//  A canonical description of the derived structures, for comparing before and after a
+//  rebuild: slot positions and free slots, which key each index answers with, status buckets,
+//  heap members, and the set of free blocks per class. Pending items count as free.
+static void
+s_test_snapshot(pd_table_t *self, pd_buf_t *out)
+{
+    s_header_t *h = self->hdr;
+    pd_buf_reset(out);
+    uint32_t *bucket_of = calloc(h->slots_top + 1, 4);
+    assert(bucket_of);
+    for (uint64_t b = 0; b <= self->smask; b++)
+        for (uint32_t cur = self->sheads[b]; cur; cur = self->slots[cur - 1].st_next)
+            bucket_of[cur - 1] = (uint32_t)b + 1;
+    pd_buf_addf(out, "count %llu claims %llu top %llu used %llu\n", (unsigned long long)h->count,
+                (unsigned long long)h->claims, (unsigned long long)h->arena_top,
+                (unsigned long long)h->arena_used - (h->pend_blob ? s_class_size(s_blk(self,
+                                                                   h->pend_blob)->cls) : 0));
+    for (uint32_t s = 0; s < h->slots_top; s++) {
+        uint64_t off = self->slots[s].blob;
+        if (!off) {
+            pd_buf_addf(out, "slot %u free\n", s);
+            continue;
+        }
+        pd_str_t k[4];
+        uint64_t pos;
+        s_blk_keys(s_blk(self, off), k);
+        uint32_t u = s_idx_find(self, self->uidx, S_UKEY, self->slots[s].u_hash, k[0], k[2], &pos);
+        pd_buf_addf(out, "slot %u blob %llu user-> %u bucket %u exp %lld heap %d\n", s,
+                    (unsigned long long)off, u, bucket_of[s],
+                    (long long)self->slots[s].expires_ms,
+                    self->heap[self->slots[s].heap_pos] == s);
+    }
+    free(bucket_of);
+    for (uint64_t off = h->off_arena; off < h->arena_top; off += s_class_size(s_blk(self, off)->cls)) {
+        bool live = false;
+        uint32_t o = s_blk(self, off)->slot;
+        if (o < h->slots_top && self->slots[o].blob == off)
+            live = true;
+        bool listed = false;
+        for (uint64_t f = h->free_blocks[s_blk(self, off)->cls]; f && !listed; f = s_blk(self, f)->next)
+            listed = f == off;
+        pd_buf_addf(out, "block %llu cls %u %s\n", (unsigned long long)off, s_blk(self, off)->cls,
+                    live ? "live" : listed || off == h->pend_blob ? "free" : "LOST");
+    }
+    for (uint32_t e = 0; e < h->claims_top; e++) {
+        s_claim_t *c = &self->claims[e];
+        if (c->state != S_CLAIM_LIVE) {
+            pd_buf_addf(out, "claim %u free\n", e);
+            continue;
+        }
+        uint64_t pos;
+        char v[37];
+        s_claim_copy(c, v);
+        pd_buf_addf(out, "claim %u %.*s/%.*s=%s found %u\n", e, c->plen, c->project, c->ulen,
+                    c->user, v,
+                    s_claim_find(self, (pd_str_t){c->project, c->plen},
+                                 (pd_str_t){c->user, c->ulen}, c->hash, &pos));
+    }
+}
+
+/*  Crash test model. Op i of a run with a given seed is fully determined by (seed, i) and the
+ *  model state, so the parent can replay what the killed child acknowledged. Record content is
+ *  a function of (key, tag), so any half-written record shows as a field mismatch. */
+#define CT_KEYS 200
+#define CT_USERS 40
+#define CT_SIZE ((pd_table_size_t){512, 8 << 20})
+
+typedef struct {
+    bool live[CT_KEYS];
+    uint64_t version[CT_KEYS];
+    uint32_t tag[CT_KEYS];
+    bool claimed[CT_USERS];
+    char claim[CT_USERS][37];
+    size_t count;
+} s_ct_model_t;
+
+static uint64_t
+s_mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static void
+s_ct_rec(s_trec_t *t, uint32_t key, uint32_t tag)
+{
+    static const char *st[] = {"online", "away", NULL, "busy", "in a meeting until 5"};
+    char id[40], user[40];
+    snprintf(id, sizeof id, "k%u", key);
+    snprintf(user, sizeof user, "u%u", (key * 7 + tag) % 50);
+    s_test_rec(t, key % 3 ? "proj-a" : "proj-b", id, user, st[tag % 5],
+               1800000000000 + (int64_t)(tag % 9973) * 1000, (tag % 9) * 150);
+    t->rec.created_ms = tag;
+    t->rec.updated_ms = (int64_t)tag * 3;
+}
+
+static int
+s_ct_apply(s_ct_model_t *m, uint64_t seed, uint32_t i, pd_table_t *t)
+{
+    uint64_t r = s_mix(seed * 1000003 + i);
+    uint32_t tag = (uint32_t)(seed % 4096) * 100000 + i;
+    unsigned kind = r % 16;
+    uint32_t key = (uint32_t)(r >> 8) % CT_KEYS, u = (uint32_t)(r >> 8) % CT_USERS;
+    pd_str_t proj = PD_STR("proj-a");
+    char user[16], want[24], out[37];
+    snprintf(user, sizeof user, "u%u", u);
+    snprintf(want, sizeof want, "w%u", tag);
+    if (kind < 10) {
+        s_trec_t tr;
+        s_ct_rec(&tr, key, tag);
+        if (t) {
+            pd_record_t st, pv;
+            if (pd_table_put(t, &tr.rec, &st, &pv) != 0)
+                return -1;
+            s_test_same(&st, &tr.rec, m->live[key] ? m->version[key] + 1 : 1);
+            if (pv.version != (m->live[key] ? m->version[key] : 0))
+                return -1;
+        }
+        m->version[key] = m->live[key] ? m->version[key] + 1 : 1;
+        m->count += !m->live[key];
+        m->live[key] = true;
+        m->tag[key] = tag;
+    } else if (kind < 13) {
+        char id[16];
+        snprintf(id, sizeof id, "k%u", key);
+        if (t) {
+            pd_record_t pv;
+            int rc = pd_table_delete(t, pd_str(key % 3 ? "proj-a" : "proj-b"), pd_str(id), &pv);
+            if (rc != (m->live[key] ? 0 : -1) || (rc == 0 && pv.version != m->version[key]))
+                return -1;
+        }
+        m->count -= m->live[key];
+        m->live[key] = false;
+    } else if (kind == 13) {
+        if (t) {
+            bool fresh;
+            if (pd_table_claim(t, proj, pd_str(user), pd_str(want), out, &fresh) != 0 ||
+                fresh == m->claimed[u] ||
+                strcmp(out, m->claimed[u] ? m->claim[u] : want) != 0)
+                return -1;
+        }
+        if (!m->claimed[u])
+            snprintf(m->claim[u], 37, "%s", want);
+        m->claimed[u] = true;
+    } else if (kind == 14) {
+        const char *expect = (r >> 40) % 3 && m->claimed[u] ? m->claim[u] : "nope";
+        bool swap = !m->claimed[u] || strcmp(expect, m->claim[u]) == 0;
+        if (t) {
+            if (pd_table_reclaim(t, proj, pd_str(user), pd_str(expect), pd_str(want), out) != 0 ||
+                strcmp(out, swap ? want : m->claim[u]) != 0)
+                return -1;
+        }
+        if (swap)
+            snprintf(m->claim[u], 37, "%s", want);
+        m->claimed[u] = true;
+    } else {
+        const char *expect = (r >> 40) % 3 && m->claimed[u] ? m->claim[u] : "nope";
+        bool gone = m->claimed[u] && strcmp(expect, m->claim[u]) == 0;
+        if (t && pd_table_unclaim(t, proj, pd_str(user), pd_str(expect)) != (gone ? 0 : -1))
+            return -1;
+        if (gone)
+            m->claimed[u] = false;
+    }
+    return 0;
+}
+
+//  True if the table holds exactly the model's records and claims, with exact content.
+static bool
+s_ct_matches(pd_table_t *t, const s_ct_model_t *m)
+{
+    if (pd_table_count(t) != m->count)
+        return false;
+    for (uint32_t k = 0; k < CT_KEYS; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "k%u", k);
+        pd_record_t got;
+        int rc = pd_table_get(t, pd_str(k % 3 ? "proj-a" : "proj-b"), pd_str(id), &got);
+        if (rc != (m->live[k] ? 0 : -1))
+            return false;
+        if (rc == 0) {
+            if (got.version != m->version[k] || (uint32_t)got.created_ms != m->tag[k])
+                return false;
+            s_trec_t tr;
+            s_ct_rec(&tr, k, m->tag[k]);
+            s_test_same(&got, &tr.rec, m->version[k]); //  content is all-or-nothing
+        }
+    }
+    for (uint32_t u = 0; u < CT_USERS; u++) {
+        char user[16];
+        snprintf(user, sizeof user, "u%u", u);
+        uint64_t pos;
+        pd_str_t p = PD_STR("proj-a"), us = pd_str(user);
+        uint32_t e = s_claim_find(t, p, us, s_hash32(p, us), &pos);
+        if ((e != S_NONE) != m->claimed[u])
+            return false;
+        if (e != S_NONE && !s_claim_is(&t->claims[e], pd_str(m->claim[u])))
+            return false;
+    }
+    return true;
+}
+
+/*  One crash round: a child opens the table and applies ops [0, nops) of `seed`, writing each
+ *  op number to a pipe once the op has returned. It dies by SIGKILL after the parent has read
+ *  kill_after acknowledgements (if kill_after > 0), or at its crash_at-th crash point (if
+ *  non-zero), or exits. The parent reopens and requires the table to equal the model after the
+ *  acknowledged ops, or after one more (the op in flight may have completed). *m advances to
+ *  whichever it is. Returns true if the child was killed. */
+static bool
+s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint32_t kill_after,
+           unsigned crash_at)
+{
+    int pfd[2];
+    assert(pipe(pfd) == 0);
+    pid_t pid = fork();
+    assert(pid >= 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        s_crash_countdown = crash_at;
+        pd_table_t *t = pd_table_open(name, CT_SIZE, NULL);
+        if (!t)
+            _exit(3);
+        s_ct_model_t *local = malloc(sizeof *local);
+        *local = *m;
+        for (uint32_t i = 0; i < nops; i++) {
+            if (s_ct_apply(local, seed, i, t) != 0)
+                _exit(4);
+            if (write(pfd[1], &i, sizeof i) != sizeof i)
+                _exit(5);
+        }
+        pd_table_close(&t);
+        _exit(0);
+    }
+    close(pfd[1]);
+    uint32_t acked = 0, v;
+    while (read(pfd[0], &v, sizeof v) == sizeof v) {
+        assert(v == acked);
+        acked = v + 1;
+        if (kill_after && acked == kill_after)
+            kill(pid, SIGKILL);
+    }
+    close(pfd[0]);
+    int status;
+    assert(waitpid(pid, &status, 0) == pid);
+    bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    if (!killed && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+        fprintf(stderr, "pd_table: crash child failed (status %#x)\n", status);
+        assert(!"crash child ran correctly");
+    }
+    s_ct_model_t *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+    *a = *m;
+    for (uint32_t i = 0; i < acked; i++)
+        s_ct_apply(a, seed, i, NULL);
+    *b = *a;
+    if (acked < nops)
+        s_ct_apply(b, seed, acked, NULL);
+    pd_table_t *t = pd_table_open(name, CT_SIZE, NULL);
+    assert(t);
+    s_test_ok(t);
+    bool in_a = s_ct_matches(t, a), in_b = !in_a && s_ct_matches(t, b);
+    assert(in_a || in_b);
+    *m = in_a ? *a : *b;
+    pd_table_close(&t);
+    free(a);
+    free(b);
+    return killed;
+}
+
+static void
+s_test_crash(const char *name, bool verbose)
+{
+    pd_table_unlink(name);
+    s_ct_model_t *m = calloc(1, sizeof *m);
+    assert(m);
+    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
+    srand((unsigned)seed);
+    //  Random SIGKILLs while a child runs thousands of ops.
+    int kills = 0;
+    for (int round = 0; round < 8; round++) {
+        uint32_t nops = 4000, at = round == 7 ? 0 : 1 + (uint32_t)rand() % (nops - 1);
+        kills += s_ct_round(name, m, seed + round, nops, at, 0);
+    }
+    //  Every crash point of a short run, in turn (the state carries over between runs).
+    unsigned points = 0;
+    for (unsigned c = 1; s_ct_round(name, m, seed + 100, 12, 0, c); c++)
+        points++;
+    //  Every crash point of a rebuild.
+    unsigned rpoints = 0;
+    for (unsigned c = 1;; c++) {
+        pd_table_t *t = pd_table_open(name, CT_SIZE, NULL);
+        t->hdr->dirty = 1;
+        pd_table_close(&t);
+        if (!s_ct_round(name, m, seed, 0, 0, c))
+            break;
+        rpoints++;
+    }
+    assert(points >= 20 && rpoints >= 5);
+    if (verbose)
+        printf("    crash: seed %llu, %d random kills, %u mutation and %u rebuild crash points\n",
+               (unsigned long long)seed, kills, points, rpoints);
+    free(m);
+    pd_table_unlink(name);
+}
+
+static int64_t
+s_test_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void
+s_test_bench(const char *name)
+{
+    enum { N = 100000 };
+    pd_table_unlink(name);
+    pd_table_t *t = pd_table_open(name, (pd_table_size_t){131072, 256 << 20}, NULL);
+    assert(t);
+    s_trec_t *tr = malloc(sizeof *tr);
+    char(*ids)[24] = malloc(N * sizeof *ids);
+    char(*users)[24] = malloc(N * sizeof *users);
+    assert(tr && ids && users);
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], 24, "presence%07d", i);
+        snprintf(users[i], 24, "user%07d", i);
+    }
+    s_test_rec(tr, "bench", ids[0], users[0], "online", 0, 40);
+    pd_record_t *r = &tr->rec, st;
+    int64_t t0 = s_test_ns();
+    for (int i = 0; i < N; i++) {
+        r->id = pd_str(ids[i]);
+        r->user_id = pd_str(users[i]);
+        r->status = i % 3 ? PD_STR("online") : PD_STR("away");
+        r->expires_ms = 1800000000000 + i % 7919;
+        assert(pd_table_put(t, r, &st, NULL) == 0);
+    }
+    int64_t t1 = s_test_ns();
+    for (int i = 0; i < N; i++) {
+        r->id = pd_str(ids[i]);
+        r->user_id = pd_str(users[i]);
+        r->status = i % 2 ? PD_STR("online") : PD_STR("away");
+        r->expires_ms = 1800000000000 + i % 6007;
+        assert(pd_table_put(t, r, &st, NULL) == 0);
+    }
+    int64_t t2 = s_test_ns();
+    uint64_t x = 0;
+    for (int i = 0; i < N; i++) {
+        assert(pd_table_get(t, PD_STR("bench"), pd_str(ids[s_mix((uint64_t)i) % N]), &st) == 0);
+        x += st.json.len;
+    }
+    int64_t t3 = s_test_ns();
+    pd_buf_t b;
+    pd_buf_init(&b);
+    for (int i = 0; i < N; i++) {
+        pd_buf_reset(&b);
+        pd_record_render(r, &b);
+    }
+    pd_buf_free(&b);
+    int64_t t4 = s_test_ns();
+    for (int i = 0; i < N; i++)
+        assert(pd_table_delete(t, PD_STR("bench"), pd_str(ids[i]), NULL) == 0);
+    int64_t t5 = s_test_ns();
+    printf("    bench (%d records, %zu B JSON): put/create %lld ns, put/update %lld ns, "
+           "get %lld ns, delete %lld ns (of a put, pd_record_render takes %lld ns)\n",
+           N, (size_t)(x / N), (long long)(t1 - t0) / N, (long long)(t2 - t1) / N,
+           (long long)(t3 - t2) / N, (long long)(t5 - t4) / N, (long long)(t4 - t3) / N);
+    free(ids);
+    free(users);
+    free(tr);
+    pd_table_close(&t);
+    pd_table_unlink(name);
+}
+
+void
+pd_table_test(bool verbose)
+{
+    char name[T_NAME_MAX];
+    snprintf(name, sizeof name, "/presenced-test-table-%d", (int)getpid());
+    pd_table_unlink(name);
+    s_trec_t *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+    assert(a && b);
+    pd_record_t st, pv;
+    bool created;
+
+    //  Size classes are ordered, tight, and round up.
+    for (uint64_t n = 1; n < 5000000; n += 1 + n / 64) {
+        unsigned c = s_class_of(n);
+        assert(s_class_size(c) >= n && (c == 0 || s_class_size(c - 1) < n));
+        assert(s_class_size(c) % S_ALIGN == 0);
+    }
+
+    //  Create, get, update, delete.
+    pd_table_t *t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    assert(t && created);
+    assert(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
+    assert(pd_table_arena_size(t) == 1 << 20);
+    s_test_rec(a, "p1", "id1", "u1", "online", 5000, 10);
+    assert(pd_table_put(t, &a->rec, &st, &pv) == 0);
+    assert(pv.version == 0 && pv.id.ptr == NULL);
+    s_test_same(&st, &a->rec, 1);
+    assert(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == 0);
+    s_test_same(&st, &a->rec, 1);
+    assert(pd_table_get(t, PD_STR("p2"), PD_STR("id1"), &st) == -1);
+    assert(pd_table_get(t, PD_STR("p1"), PD_STR("id2"), &st) == -1);
+    assert(pd_table_count(t) == 1 && pd_table_arena_used(t) > 0);
+
+    s_test_rec(b, "p1", "id1", "u1", "away", 4000, 3000); //  bigger: another size class
+    b->rec.created_ms = a->rec.created_ms;                 //  the caller keeps createdAt
+    assert(pd_table_put(t, &b->rec, &st, &pv) == 0);
+    s_test_same(&st, &b->rec, 2);
+    s_test_same(&pv, &a->rec, 1);
+    assert(st.created_ms == a->rec.created_ms);
+    assert(pd_table_count(t) == 1 && pd_table_next_expiry(t) == 4000);
+    assert(pd_table_put(t, &b->rec, &st, &pv) == 0);
+    s_test_same(&pv, &b->rec, 2);
+    s_test_same(&st, &b->rec, 3);
+    s_test_ok(t);
+    assert(pd_table_delete(t, PD_STR("p1"), PD_STR("id1"), &pv) == 0);
+    s_test_same(&pv, &b->rec, 3); //  valid until the next mutation
+    assert(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == -1);
+    assert(pd_table_delete(t, PD_STR("p1"), PD_STR("id1"), &pv) == -1);
+    assert(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
+    s_test_ok(t);
+    assert(pd_table_put(t, &a->rec, &st, &pv) == 0);
+    s_test_same(&st, &a->rec, 1); //  recreated: version starts over
+
+    //  User index: last writer wins, follows user changes, forgets deleted records.
+    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
+    assert(pd_str_eqc(st.id, "id1"));
+    assert(pd_table_get_by_user(t, PD_STR("p2"), PD_STR("u1"), &st) == -1);
+    s_test_rec(b, "p1", "id2", "u1", "online", 6000, 20);
+    assert(pd_table_put(t, &b->rec, &st, NULL) == 0);
+    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
+    assert(pd_str_eqc(st.id, "id2"));
+    s_test_rec(b, "p1", "id2", "u2", "online", 6000, 20);
+    assert(pd_table_put(t, &b->rec, &st, NULL) == 0);
+    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == 0);
+    assert(pd_str_eqc(st.id, "id2"));
+    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == -1); //  id1 lost it
+    assert(pd_table_put(t, &a->rec, &st, NULL) == 0);                        //  id1 writes again
+    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
+    assert(pd_str_eqc(st.id, "id1"));
+    assert(pd_table_delete(t, PD_STR("p1"), PD_STR("id2"), NULL) == 0);
+    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == -1);
+    s_test_ok(t);
+
+    //  Status index, across status changes and deletes; expiry order.
+    static const char *statuses[] = {"online", "away", NULL, "online"};
+    for (int i = 0; i < 40; i++) {
+        char id[16], user[16];
+        snprintf(id, sizeof id, "s%d", i);
+        snprintf(user, sizeof user, "su%d", i);
+        s_test_rec(b, i % 5 == 4 ? "p2" : "p1", id, user, statuses[i % 4], 10000 + (i * 37) % 41,
+                   (size_t)i * 13);
+        assert(pd_table_put(t, &b->rec, &st, NULL) == 0);
+    }
+    size_t n = 0;
+    pd_table_foreach_status(t, PD_STR("p1"), PD_STR("online"), s_test_count_fn, &n);
+    size_t online = n; //  i % 4 in {0, 3} and i % 5 != 4, plus id1
+    assert(online == 1 + 16);
+    n = 0;
+    pd_table_foreach_status(t, PD_STR("p2"), PD_STR("online"), s_test_count_fn, &n);
+    assert(n == 4);
+    n = 0;
+    pd_table_foreach_status(t, PD_STR("p1"), PD_STR(""), s_test_count_fn, &n);
+    assert(n == 8);
+    s_test_rec(b, "p1", "s0", "su0", "away", 10000, 0);
+    assert(pd_table_put(t, &b->rec, &st, NULL) == 0);
+    assert(pd_table_delete(t, PD_STR("p1"), PD_STR("s3"), NULL) == 0);
+    n = 0;
+    pd_table_foreach_status(t, PD_STR("p1"), PD_STR("online"), s_test_count_fn, &n);
+    assert(n == online - 2);
+    n = 0;
+    pd_table_foreach(t, s_test_count_fn, &n);
+    assert(n == pd_table_count(t) && n == 40);
+    s_test_ok(t);
+
+    assert(pd_table_next_expiry(t) == 5000); //  id1
+    s_test_exp_t ex = {INT64_MIN, 0, {{0}}};
+    pd_table_foreach_expired(t, 10005, 100, s_test_exp_fn, &ex);
+    assert(ex.n == 1 + 6 - 1); //  id1, expiries 10000..10005 (one per i), minus deleted s3
+    assert(strcmp(ex.ids[0], "id1") == 0);
+    ex = (s_test_exp_t){INT64_MIN, 0, {{0}}};
+    pd_table_foreach_expired(t, INT64_MAX, 3, s_test_exp_fn, &ex);
+    assert(ex.n == 3);
+    ex = (s_test_exp_t){INT64_MIN, 0, {{0}}};
+    pd_table_foreach_expired(t, INT64_MAX, SIZE_MAX, s_test_exp_fn, &ex);
+    assert(ex.n == pd_table_count(t));
+    ex = (s_test_exp_t){INT64_MIN, 0, {{0}}};
+    pd_table_foreach_expired(t, 4999, 100, s_test_exp_fn, &ex);
+    assert(ex.n == 0);
+    s_test_rec(a, "p1", "id1", "u1", "online", 20000, 10); //  moves to the end of the heap
+    assert(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    assert(pd_table_next_expiry(t) == 10000);
+
+    //  Claims.
+    char out[37];
+    bool fresh;
+    assert(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1"), out, &fresh) == 0);
+    assert(fresh && strcmp(out, "id1") == 0 && pd_table_claims(t) == 1);
+    assert(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id9"), out, &fresh) == 0);
+    assert(!fresh && strcmp(out, "id1") == 0 && pd_table_claims(t) == 1);
+    assert(pd_table_claim(t, PD_STR("p2"), PD_STR("u1"), PD_STR("id7"), out, &fresh) == 0);
+    assert(fresh && strcmp(out, "id7") == 0 && pd_table_claims(t) == 2);
+    assert(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("idX"), PD_STR("id2"), out) == 0);
+    assert(strcmp(out, "id1") == 0);
+    assert(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1"), PD_STR("id2"), out) == 0);
+    assert(strcmp(out, "id2") == 0);
+    assert(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id2"), PD_STR("id3"), out) == 0);
+    assert(strcmp(out, "id3") == 0);
+    assert(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u5"), PD_STR("id1"), PD_STR("id5"), out) == 0);
+    assert(strcmp(out, "id5") == 0 && pd_table_claims(t) == 3);
+    assert(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1")) == -1);
+    assert(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u9"), PD_STR("id1")) == -1);
+    assert(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id3")) == 0);
+    assert(pd_table_claims(t) == 2);
+    assert(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id4"), out, &fresh) == 0);
+    assert(fresh && strcmp(out, "id4") == 0);
+    assert(pd_table_claim(t, PD_STR("p1"), PD_STR("0123456789012345678901234567890123456"),
+                          PD_STR("x"), out, &fresh) == PD_ERR_ARGUMENT_INVALID);
+    s_test_ok(t);
+
+    //  Close and reopen: everything is there, nothing is rebuilt.
+    pd_buf_t snap1, snap2;
+    pd_buf_init(&snap1);
+    pd_buf_init(&snap2);
+    s_test_snapshot(t, &snap1);
+    size_t count = pd_table_count(t), used = pd_table_arena_used(t);
+    pd_table_close(&t);
+    assert(t == NULL);
+    t = pd_table_open(name, (pd_table_size_t){1, 1}, &created); //  sizes ignored
+    assert(t && !created && !t->rebuilt);
+    s_test_snapshot(t, &snap2);
+    assert(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
+    assert(pd_table_count(t) == count && pd_table_arena_used(t) == used);
+    assert(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == 0);
+    s_test_same(&st, &a->rec, 3);
+    assert(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("zz"), out, &fresh) == 0);
+    assert(!fresh && strcmp(out, "id4") == 0);
+    s_test_ok(t);
+
+    //  A dirty segment is rebuilt into equivalent structures; so is a damaged one. The pending
+    //  blob (from the last replace) is freed by the rebuild, which the snapshot allows for.
+    assert(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    s_test_snapshot(t, &snap1);
+    t->hdr->dirty = 1;
+    pd_table_close(&t);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    assert(t && !created && t->rebuilt && t->hdr->pend_blob == 0);
+    s_test_ok(t);
+    s_test_snapshot(t, &snap2);
+    assert(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
+    memset(t->pidx, 0, t->hdr->idx_size * 8); //  lose the primary index
+    pd_table_close(&t);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    assert(t && t->rebuilt);
+    s_test_ok(t);
+    s_test_snapshot(t, &snap2);
+    assert(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
+    pd_buf_free(&snap1);
+    pd_buf_free(&snap2);
+
+    //  Someone else's segment, or one in use, is refused.
+    pd_table_t *t2 = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    assert(t2 == NULL);
+    pd_table_close(&t);
+    pd_table_unlink(name);
+    int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
+    assert(fd >= 0 && ftruncate(fd, 65536) == 0 && write(fd, "not ours", 8) == 8);
+    close(fd);
+    pd_log_set_verbosity(-1);
+    assert(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+    pd_table_unlink(name);
+
+    //  STORE_FULL changes nothing: out of slots, out of arena, out of claim entries.
+    t = pd_table_open(name, (pd_table_size_t){4, 16384}, &created);
+    assert(t && created);
+    for (int i = 0; i < 4; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "f%d", i);
+        s_test_rec(a, "p", id, id, "online", 1, 100);
+        assert(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    }
+    used = pd_table_arena_used(t);
+    s_test_rec(a, "p", "f4", "f4", "online", 1, 100);
+    assert(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
+    assert(pd_table_count(t) == 4 && pd_table_get(t, PD_STR("p"), PD_STR("f4"), &st) == -1);
+    assert(pd_table_arena_used(t) == used);
+    s_test_rec(a, "p", "f1", "f1", "away", 2, 7000);
+    assert(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
+    assert(pd_table_get(t, PD_STR("p"), PD_STR("f1"), &st) == 0);
+    assert(st.version == 1 && pd_str_eqc(st.status, "online") && pd_table_arena_used(t) == used);
+    s_test_rec(a, "p", "f1", "f1", "away", 2, 1000); //  fits: the arena has room for this one
+    assert(pd_table_put(t, &a->rec, &st, NULL) == 0 && st.version == 2);
+    assert(pd_table_delete(t, PD_STR("p"), PD_STR("f2"), NULL) == 0);
+    s_test_rec(a, "p", "f4", "f4", "online", 1, 100);
+    assert(pd_table_put(t, &a->rec, &st, NULL) == 0); //  slot and block are reused
+    for (int i = 0; i < 4; i++) {
+        char u[16];
+        snprintf(u, sizeof u, "u%d", i);
+        assert(pd_table_claim(t, PD_STR("p"), pd_str(u), PD_STR("x"), out, &fresh) == 0);
+    }
+    assert(pd_table_claim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), out, &fresh) ==
+           PD_ERR_STORE_FULL);
+    assert(pd_table_reclaim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), PD_STR("y"), out) ==
+           PD_ERR_STORE_FULL);
+    assert(pd_table_claims(t) == 4);
+    assert(pd_table_unclaim(t, PD_STR("p"), PD_STR("u2"), PD_STR("x")) == 0);
+    assert(pd_table_claim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), out, &fresh) == 0 && fresh);
+    s_test_ok(t);
+    pd_table_close(&t);
+    pd_table_unlink(name);
+
+    //  A large table is cheap until touched.
+    t = pd_table_open(name, (pd_table_size_t){1 << 20, (size_t)1 << 30}, &created);
+    assert(t && created);
+    s_test_rec(a, "p", "big", "u", "online", 1, 65000);
+    assert(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    s_test_same(&st, &a->rec, 1);
+    pd_table_close(&t);
+    t = pd_table_open(name, (pd_table_size_t){1, 1}, &created);
+    assert(t && !created && !t->rebuilt && pd_table_count(t) == 1);
+    pd_table_close(&t);
+    pd_table_unlink(name);
+    pd_log_set_verbosity(1);
+
+    free(a);
+    free(b);
+    pd_log_set_verbosity(-1); //  rebuilds after kills log warnings; they are expected here
+    s_test_crash(name, verbose);
+    pd_log_set_verbosity(1);
+    if (verbose)
+        s_test_bench(name);
+}

@@ -1,0 +1,1020 @@
+/*  reaper — see reaper.h.
+ *
+ *  State. A hash map (project, id) -> entry holds one deadline per record, with the version and
+ *  store node it belongs to. Entries live in a slab of fixed-size chunks and are named by their
+ *  index, which also names them in the request id of an EXPIRE (index | send count << 32), so a
+ *  REPLY finds its entry without a second map and a late reply to an older send is recognised
+ *  and ignored. Each entry embeds one pd_timer_t, scheduled in a 1 ms timing wheel:
+ *
+ *    WAIT  timer at expiresAt (or at a retry after the store was unavailable); firing sends
+ *          EXPIRE {PROJECT, ID, VERSION} and moves to SENT.
+ *    SENT  EXPIRE in flight; timer at +1 s, firing sends it again (lost request or reply).
+ *    DONE  the store answered OK; we wait for its delete EVENT, which removes the entry. The
+ *          +1 s timer stays armed: if the event never comes, the retry is answered NOT_FOUND.
+ *
+ *  Any reply other than OK or "try later" ends the entry: NOT_FOUND (already gone), CONFLICT
+ *  (the record changed: if the reply carries the live VERSION and EXPIRES we follow them, else
+ *  we trust that the bus brings the new deadline). The store deletes only if the version still
+ *  matches and the record has expired, so the map is a cache of deadlines, not the truth: an
+ *  entry we hold in error costs one EXPIRE answered NOT_FOUND or CONFLICT, never an event.
+ *
+ *  Learning. Upsert and update events (re)schedule at EXPIRES, delete events remove the entry.
+ *  Sync pages and live events travel different paths and interleave, so a report replaces an
+ *  entry only if it is newer: a later store generation, or else a higher VERSION. Each store
+ *  node numbers its events from 1 per boot (GEN); a new GEN or a skipped SEQ means we may have
+ *  missed deadlines, and we ask that node for a SYNC (at most once a second per node). At start
+ *  we ask every node at once, 200 ms after connecting so that the SUB socket is subscribed
+ *  before the stores take their snapshot (an event published between the snapshot and the
+ *  subscription would otherwise be lost without a gap to show it).
+ *
+ *  Cost: about 150 bytes per deadline (the key is stored inline, 72 bytes), O(1) per event,
+ *  page item and expiry. */
+#include "reaper.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "pd_err.h"
+#include "pd_log.h"
+#include "pd_msg.h"
+#include "pd_wheel.h"
+
+enum {
+    REAPER_HELLO_MS = 250,         //  HELLO (and metrics) period; also the longest poll sleep
+    REAPER_RETRY_MS = 1000,        //  EXPIRE not answered: send again
+    REAPER_BACKOFF_MS = 250,       //  store UNAVAILABLE / TIMEOUT: send again
+    REAPER_EXPIRE_BUDGET = 5000,   //  EXPIREs sent per loop turn (one frame)
+    REAPER_FRAME_BUDGET = 32,      //  frames read per socket per loop turn
+    REAPER_WINDOW = 50000,         //  EXPIREs awaiting an answer before we hold back
+    REAPER_SYNC_DELAY_MS = 200,    //  first SYNC after start
+    REAPER_SYNC_TIMEOUT_MS = 5000, //  a sync with no page for this long is asked again
+    REAPER_SYNC_GAP_MS = 1000,     //  at most one SYNC {NODE} per node per second
+    REAPER_MAX_NODES = 1024,       //  store node ids 1..1023
+    REAPER_KEY_MAX = 36,           //  project and presence ids (Appwrite UIDs)
+    REAPER_BUS_HWM = 100000,       //  frames the SUB socket may queue before it drops
+};
+
+#define REAPER_CHUNK_BITS 12
+#define REAPER_CHUNK (1u << REAPER_CHUNK_BITS)
+#define REAPER_SYNC_RID (1ULL << 63) //  request ids of SYNCs; EXPIRE rids have this bit clear
+
+enum { E_FREE, E_WAIT, E_SENT, E_DONE };
+
+typedef struct {
+    pd_timer_t timer;              //  deadline or retry (first member: the wheel hands it back)
+    int64_t version;               //  record version the deadline belongs to
+    int64_t expires;               //  expiresAt, ms since epoch
+    int64_t gen;                   //  GEN of the store that reported it (0 = unknown)
+    uint64_t hash;                 //  pd_hash2(project, id)
+    uint32_t idx;                  //  own index in the slab
+    uint32_t hnext;                //  next in the bucket chain or free list (index + 1; 0 = end)
+    uint32_t sends;                //  EXPIREs sent, ever (kept across reuse: stale rids stay stale)
+    uint16_t node;                 //  owning store node
+    uint8_t state;                 //  E_*
+    bool observed;                 //  lateness recorded for this version
+    uint8_t plen, ilen;            //  lengths of project and id in key
+    char key[2 * REAPER_KEY_MAX];  //  project then id, not NUL-terminated
+} entry_t;
+
+typedef struct {
+    bool known;                    //  seen on the bus or in a sync page
+    bool have_seq;                 //  gen and seq hold a baseline
+    bool synced;                   //  a sync completed since the last gap or restart
+    bool want_sync;                //  a SYNC {NODE} is to be sent (rate limited)
+    int64_t gen;                   //  store boot generation
+    int64_t seq;                   //  last SEQ seen
+    uint64_t sync_rid;             //  the SYNC whose pages complete this node's sync (0 = none)
+    int64_t sync_sent;             //  mono ms that SYNC was sent
+    int64_t sync_seen;             //  mono ms of its last page
+    size_t sync_items;             //  items received in the current sync
+} node_t;
+
+//  Lateness histogram bounds, seconds.
+static const double s_late_le[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1};
+#define REAPER_LATE_N (sizeof s_late_le / sizeof *s_late_le)
+
+typedef struct {
+    pd_config_t *cfg;              //  borrowed
+    zsock_t *broker;               //  DEALER to the broker's front ROUTER
+    zsock_t *bus;                  //  SUB on the event bus
+    zpoller_t *poller;             //  both sockets
+    pd_wheel_t *wheel;             //  every entry's timer
+    msgpack_zone zone;             //  RAW fields of the frame being decoded
+    pd_msgw_t out;                 //  this turn's batch to the broker
+    pd_buf_t text;                 //  metrics text (reused)
+    int64_t boot_ms;               //  our GEN
+    int64_t now;                   //  wall ms at the top of this turn
+    int64_t mono;                  //  mono ms at the top of this turn
+    bool busy;                     //  a budget ran out: poll without sleeping
+
+    entry_t **chunks;              //  the slab
+    uint32_t nchunks, chunks_cap;
+    uint32_t free_head;            //  free list (index + 1)
+    uint32_t *buckets;             //  index + 1 of each chain's head
+    size_t nbuckets;               //  a power of two
+    size_t count;                  //  live entries
+    size_t inflight;               //  entries in E_SENT
+    int64_t last_answer;           //  mono ms of the last EXPIRE reply
+
+    node_t nodes[REAPER_MAX_NODES];
+    int max_node;                  //  highest node id seen
+    bool all_pending;              //  SYNC (all nodes) to be sent at all_next
+    int64_t all_next;
+    uint64_t all_rid;              //  the last SYNC (all nodes)
+    int64_t all_sent;
+    bool all_paged;                //  a page answered all_rid
+    uint64_t sync_seq;             //  for SYNC rids
+    int64_t next_hello;            //  mono ms
+    int64_t last_warn;             //  mono ms of the last rate-limited warning
+
+    uint64_t expired;              //  EXPIREs answered OK
+    uint64_t resyncs;              //  SYNCs sent
+    uint64_t gaps;                 //  SEQ gaps seen
+    uint64_t malformed;            //  frames, messages and items dropped
+    uint64_t retries;              //  EXPIREs sent again
+    uint64_t send_failures;        //  batches the DEALER refused
+    uint64_t late[REAPER_LATE_N + 1]; //  lateness per bucket (last: above 1 s)
+    double late_sum;               //  seconds
+} reaper_t;
+
+static volatile sig_atomic_t s_terminated;
+
+static void
+s_on_signal(int sig)
+{
+    (void)sig;
+    s_terminated = 1;
+}
+
+static void
+s_oom(void)
+{
+    pd_fatalx("reaper: out of memory");
+}
+
+/*  ------------------------------------------------------------------------------------------
+ *  Entries: slab and hash map. */
+
+static inline entry_t *
+s_entry_at(reaper_t *self, uint32_t idx)
+{
+    return &self->chunks[idx >> REAPER_CHUNK_BITS][idx & (REAPER_CHUNK - 1)];
+}
+
+static entry_t *
+s_entry_alloc(reaper_t *self)
+{
+    if (!self->free_head) {
+        if (self->nchunks == self->chunks_cap) {
+            uint32_t cap = self->chunks_cap ? self->chunks_cap * 2 : 16;
+            entry_t **p = realloc(self->chunks, cap * sizeof *p);
+            if (!p)
+                s_oom();
+            self->chunks = p;
+            self->chunks_cap = cap;
+        }
+        entry_t *c = calloc(REAPER_CHUNK, sizeof *c);
+        if (!c)
+            s_oom();
+        uint32_t base = self->nchunks << REAPER_CHUNK_BITS;
+        self->chunks[self->nchunks++] = c;
+        for (uint32_t i = REAPER_CHUNK; i-- > 0;) {
+            c[i].idx = base + i;
+            c[i].hnext = self->free_head;
+            self->free_head = base + i + 1;
+        }
+    }
+    entry_t *e = s_entry_at(self, self->free_head - 1);
+    self->free_head = e->hnext;
+    e->hnext = 0;
+    return e;
+}
+
+static void
+s_buckets_grow(reaper_t *self)
+{
+    size_t n = self->nbuckets ? self->nbuckets * 2 : 4096;
+    uint32_t *b = calloc(n, sizeof *b);
+    if (!b)
+        s_oom();
+    for (size_t i = 0; i < self->nbuckets; i++) {
+        uint32_t at = self->buckets[i];
+        while (at) {
+            entry_t *e = s_entry_at(self, at - 1);
+            uint32_t next = e->hnext;
+            size_t k = e->hash & (n - 1);
+            e->hnext = b[k];
+            b[k] = at;
+            at = next;
+        }
+    }
+    free(self->buckets);
+    self->buckets = b;
+    self->nbuckets = n;
+}
+
+static entry_t *
+s_find(reaper_t *self, pd_str_t project, pd_str_t id, uint64_t h)
+{
+    for (uint32_t at = self->buckets[h & (self->nbuckets - 1)]; at;) {
+        entry_t *e = s_entry_at(self, at - 1);
+        if (e->hash == h && e->plen == project.len && e->ilen == id.len &&
+            memcmp(e->key, project.ptr, project.len) == 0 &&
+            memcmp(e->key + e->plen, id.ptr, id.len) == 0)
+            return e;
+        at = e->hnext;
+    }
+    return NULL;
+}
+
+static entry_t *
+s_insert(reaper_t *self, pd_str_t project, pd_str_t id, uint64_t h)
+{
+    if (self->count >= self->nbuckets)
+        s_buckets_grow(self);
+    entry_t *e = s_entry_alloc(self);
+    e->hash = h;
+    e->plen = (uint8_t)project.len;
+    e->ilen = (uint8_t)id.len;
+    memcpy(e->key, project.ptr, project.len);
+    memcpy(e->key + project.len, id.ptr, id.len);
+    e->timer.next = e->timer.prev = NULL;
+    e->state = E_WAIT;
+    e->observed = false;
+    size_t k = h & (self->nbuckets - 1);
+    e->hnext = self->buckets[k];
+    self->buckets[k] = e->idx + 1;
+    self->count++;
+    return e;
+}
+
+static void
+s_remove(reaper_t *self, entry_t *e)
+{
+    pd_wheel_cancel(self->wheel, &e->timer);
+    if (e->state == E_SENT)
+        self->inflight--;
+    uint32_t *link = &self->buckets[e->hash & (self->nbuckets - 1)];
+    while (*link != e->idx + 1)
+        link = &s_entry_at(self, *link - 1)->hnext;
+    *link = e->hnext;
+    e->state = E_FREE;
+    e->hnext = self->free_head;
+    self->free_head = e->idx + 1;
+    self->count--;
+}
+
+//  (Re)schedules e for expiry at `expires` as version `version`.
+static void
+s_schedule(reaper_t *self, entry_t *e, int64_t version, int64_t expires)
+{
+    if (e->state == E_SENT)
+        self->inflight--;
+    e->state = E_WAIT;
+    e->observed = false;
+    e->version = version;
+    e->expires = expires;
+    pd_wheel_add(self->wheel, &e->timer, expires);
+}
+
+//  True if a report (node, gen, version) supersedes what e holds.
+static bool
+s_newer(const entry_t *e, int node, int64_t gen, int64_t version)
+{
+    if (e->node != node)
+        return true; //  the record moved to another node: the latest report wins
+    if (e->state == E_DONE)
+        return version != e->version; //  the store deleted ours: any other version is a new record
+    if (e->gen && gen && e->gen != gen)
+        return gen > e->gen;
+    return version > e->version;
+}
+
+//  A record (project, id) at `version` expires at `expires` (an upsert or update event, or a
+//  sync item). expires <= 0 means no deadline.
+static void
+s_learn(reaper_t *self, int node, int64_t gen, pd_str_t project, pd_str_t id, int64_t version,
+        int64_t expires)
+{
+    uint64_t h = pd_hash2(project, id);
+    entry_t *e = s_find(self, project, id, h);
+    if (e && !s_newer(e, node, gen, version))
+        return;
+    if (expires <= 0) {
+        if (e)
+            s_remove(self, e);
+        return;
+    }
+    if (!e)
+        e = s_insert(self, project, id, h);
+    e->node = (uint16_t)node;
+    e->gen = gen;
+    s_schedule(self, e, version, expires);
+}
+
+/*  ------------------------------------------------------------------------------------------
+ *  Output: one batch frame to the broker per turn. */
+
+static void
+s_warn_limited(reaper_t *self, const char *what, const char *detail)
+{
+    if (self->mono - self->last_warn < 1000 && self->last_warn)
+        return;
+    self->last_warn = self->mono;
+    pd_log_warn("%s: %s (malformed so far: %llu)", what, detail,
+                (unsigned long long)self->malformed);
+}
+
+static void
+s_send_sync(reaper_t *self, int node)
+{
+    uint64_t rid = REAPER_SYNC_RID | ++self->sync_seq;
+    pd_msgw_begin(&self->out, PD_MSG_SYNC, rid);
+    if (node)
+        pd_msgw_int(&self->out, PD_F_NODE, node);
+    pd_msgw_end(&self->out);
+    self->resyncs++;
+    if (node) {
+        node_t *n = &self->nodes[node];
+        n->sync_rid = rid;
+        n->sync_sent = self->mono;
+        n->sync_seen = 0;
+        n->sync_items = 0;
+        n->want_sync = false;
+        pd_log_info("sync requested from store node %d", node);
+    } else {
+        self->all_rid = rid;
+        self->all_sent = self->mono;
+        self->all_paged = false;
+        self->all_pending = false;
+        /* Every known node that is not in sync waits for this one. */
+        for (int i = 1; i <= self->max_node; i++) {
+            node_t *n = &self->nodes[i];
+            if (n->known && !n->synced) {
+                n->sync_rid = rid;
+                n->sync_sent = self->mono;
+                n->sync_seen = 0;
+                n->sync_items = 0;
+                n->want_sync = false;
+            }
+        }
+        pd_log_info("sync requested from every store node");
+    }
+}
+
+static void
+s_observe_lateness(reaper_t *self, int64_t ms)
+{
+    double s = ms > 0 ? (double)ms / 1000.0 : 0;
+    size_t i = 0;
+    while (i < REAPER_LATE_N && s > s_late_le[i])
+        i++;
+    self->late[i]++;
+    self->late_sum += s;
+}
+
+//  Wheel callback: a deadline or a retry is due. Appends an EXPIRE to this turn's batch.
+static void
+s_on_due(pd_timer_t *t, void *arg)
+{
+    reaper_t *self = arg;
+    entry_t *e = (entry_t *)t;
+    if (e->state == E_WAIT && !e->observed) {
+        s_observe_lateness(self, self->now - e->expires);
+        e->observed = true;
+    } else {
+        self->retries++;
+    }
+    if (e->state != E_SENT)
+        self->inflight++;
+    e->state = E_SENT;
+    e->sends++;
+    uint64_t rid = ((uint64_t)(e->sends & 0x7fffffff) << 32) | e->idx;
+    pd_msgw_begin(&self->out, PD_MSG_EXPIRE, rid);
+    pd_msgw_str(&self->out, PD_F_PROJECT, e->key, e->plen);
+    pd_msgw_str(&self->out, PD_F_ID, e->key + e->plen, e->ilen);
+    pd_msgw_int(&self->out, PD_F_VERSION, e->version);
+    pd_msgw_end(&self->out);
+    pd_wheel_add(self->wheel, &e->timer, self->now + REAPER_RETRY_MS);
+}
+
+static void
+s_metrics(reaper_t *self)
+{
+    pd_buf_t *b = &self->text;
+    pd_buf_reset(b);
+    pd_buf_adds(b, "# HELP presenced_reaper_deadlines Record deadlines held by the reaper.\n"
+                   "# TYPE presenced_reaper_deadlines gauge\n");
+    pd_buf_addf(b, "presenced_reaper_deadlines %zu\n", self->count);
+    pd_buf_adds(b, "# HELP presenced_reaper_inflight EXPIRE requests awaiting an answer.\n"
+                   "# TYPE presenced_reaper_inflight gauge\n");
+    pd_buf_addf(b, "presenced_reaper_inflight %zu\n", self->inflight);
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+        {"expired", "Records the stores deleted at the reaper's request.",
+         offsetof(reaper_t, expired)},
+        {"resyncs", "SYNC requests sent to store nodes.", offsetof(reaper_t, resyncs)},
+        {"gaps", "Gaps seen in a store node's event sequence.", offsetof(reaper_t, gaps)},
+        {"retries", "EXPIRE requests sent again.", offsetof(reaper_t, retries)},
+        {"malformed", "Frames, messages or items dropped as malformed.",
+         offsetof(reaper_t, malformed)},
+        {"send_failures", "Batches the broker socket refused.", offsetof(reaper_t, send_failures)},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof *counters; i++) {
+        uint64_t v = *(const uint64_t *)((const char *)self + counters[i].off);
+        pd_buf_addf(b, "# HELP presenced_reaper_%s_total %s\n# TYPE presenced_reaper_%s_total counter\n"
+                       "presenced_reaper_%s_total %llu\n",
+                    counters[i].name, counters[i].help, counters[i].name, counters[i].name,
+                    (unsigned long long)v);
+    }
+    pd_buf_adds(b, "# HELP presenced_reaper_lateness_seconds Delete request sent minus expiresAt.\n"
+                   "# TYPE presenced_reaper_lateness_seconds histogram\n");
+    uint64_t cum = 0;
+    for (size_t i = 0; i < REAPER_LATE_N; i++) {
+        cum += self->late[i];
+        pd_buf_addf(b, "presenced_reaper_lateness_seconds_bucket{le=\"%g\"} %llu\n", s_late_le[i],
+                    (unsigned long long)cum);
+    }
+    cum += self->late[REAPER_LATE_N];
+    pd_buf_addf(b, "presenced_reaper_lateness_seconds_bucket{le=\"+Inf\"} %llu\n"
+                   "presenced_reaper_lateness_seconds_sum %.3f\n"
+                   "presenced_reaper_lateness_seconds_count %llu\n",
+                (unsigned long long)cum, self->late_sum, (unsigned long long)cum);
+}
+
+static void
+s_send_hello(reaper_t *self)
+{
+    s_metrics(self);
+    pd_msgw_begin(&self->out, PD_MSG_HELLO, 0);
+    pd_msgw_s(&self->out, PD_F_ROLE, PD_STR("reaper"));
+    pd_msgw_int(&self->out, PD_F_GEN, self->boot_ms);
+    pd_msgw_int(&self->out, PD_F_TOTAL, (int64_t)self->count);
+    pd_msgw_str(&self->out, PD_F_BODY, self->text.data, self->text.len);
+    pd_msgw_end(&self->out);
+}
+
+/*  ------------------------------------------------------------------------------------------
+ *  Input. */
+
+static bool
+s_key_ok(pd_str_t s)
+{
+    return s.len > 0 && s.len <= REAPER_KEY_MAX;
+}
+
+//  The node table slot for a NODE field, or NULL if out of range.
+static node_t *
+s_node(reaper_t *self, int64_t id)
+{
+    if (id < 1 || id >= REAPER_MAX_NODES)
+        return NULL;
+    node_t *n = &self->nodes[id];
+    if (!n->known) {
+        n->known = true;
+        if (id > self->max_node)
+            self->max_node = (int)id;
+    }
+    return n;
+}
+
+static void
+s_want_sync(node_t *n)
+{
+    n->synced = false;
+    n->want_sync = true;
+    n->sync_rid = 0; //  pages of an older sync still teach us deadlines, but do not complete it
+}
+
+//  Sequence bookkeeping for one EVENT from node `id`.
+static void
+s_track_seq(reaper_t *self, node_t *n, int id, int64_t gen, int64_t seq)
+{
+    if (!n->have_seq) {
+        n->have_seq = true;
+        n->gen = gen;
+        n->seq = seq;
+        return;
+    }
+    if (gen != n->gen) {
+        pd_log_info("store node %d restarted (generation %lld -> %lld): resync", id,
+                    (long long)n->gen, (long long)gen);
+        n->gen = gen;
+        n->seq = seq;
+        s_want_sync(n);
+        return;
+    }
+    if (seq != n->seq + 1) {
+        self->gaps++;
+        pd_log_warn("store node %d: event %lld after %lld (gap): resync", id, (long long)seq,
+                    (long long)n->seq);
+        s_want_sync(n);
+    }
+    n->seq = seq;
+}
+
+static void
+s_on_event(reaper_t *self, const pd_msg_t *m)
+{
+    static const int need[] = {PD_F_PROJECT, PD_F_ID, PD_F_ACTION, PD_F_NODE, PD_F_SEQ, PD_F_GEN};
+    for (size_t i = 0; i < sizeof need / sizeof *need; i++) {
+        if (!pd_msg_has(m, need[i])) {
+            self->malformed++;
+            s_warn_limited(self, "bus", "EVENT without a required field");
+            return;
+        }
+    }
+    pd_str_t project = m->s[PD_F_PROJECT], id = m->s[PD_F_ID];
+    int64_t action = m->i[PD_F_ACTION];
+    node_t *n = s_node(self, m->i[PD_F_NODE]);
+    if (!n || !s_key_ok(project) || !s_key_ok(id) || action < PD_ACT_UPSERT ||
+        action > PD_ACT_DELETE) {
+        self->malformed++;
+        s_warn_limited(self, "bus", "EVENT with a bad NODE, key or ACTION");
+        return;
+    }
+    int node = (int)m->i[PD_F_NODE];
+    int64_t gen = m->i[PD_F_GEN];
+    s_track_seq(self, n, node, gen, m->i[PD_F_SEQ]);
+    if (action == PD_ACT_DELETE) {
+        uint64_t h = pd_hash2(project, id);
+        entry_t *e = s_find(self, project, id, h);
+        if (e && (!pd_msg_has(m, PD_F_VERSION) || s_newer(e, node, gen, m->i[PD_F_VERSION]) ||
+                  m->i[PD_F_VERSION] == e->version))
+            s_remove(self, e);
+        return;
+    }
+    if (!pd_msg_has(m, PD_F_VERSION)) {
+        self->malformed++;
+        s_warn_limited(self, "bus", "EVENT without VERSION");
+        return;
+    }
+    if (!pd_msg_has(m, PD_F_EXPIRES)) {
+        /* An update that did not touch expiresAt: keep the deadline, follow the version. */
+        entry_t *e = s_find(self, project, id, pd_hash2(project, id));
+        if (e && s_newer(e, node, gen, m->i[PD_F_VERSION])) {
+            e->node = (uint16_t)node;
+            e->gen = gen;
+            s_schedule(self, e, m->i[PD_F_VERSION], e->expires);
+        }
+        return;
+    }
+    s_learn(self, node, gen, project, id, m->i[PD_F_VERSION], m->i[PD_F_EXPIRES]);
+}
+
+static bool
+s_obj_str(const msgpack_object *o, pd_str_t *out)
+{
+    if (o->type != MSGPACK_OBJECT_STR && o->type != MSGPACK_OBJECT_BIN)
+        return false;
+    out->ptr = o->via.str.ptr;
+    out->len = o->via.str.size;
+    return true;
+}
+
+static bool
+s_obj_int(const msgpack_object *o, int64_t *out)
+{
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX)
+        *out = (int64_t)o->via.u64;
+    else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        *out = o->via.i64;
+    else
+        return false;
+    return true;
+}
+
+static void
+s_on_sync_page(reaper_t *self, const pd_msg_t *m)
+{
+    node_t *n = pd_msg_has(m, PD_F_NODE) ? s_node(self, m->i[PD_F_NODE]) : NULL;
+    const msgpack_object *items = m->o[PD_F_ITEMS];
+    if (!n || (items && items->type != MSGPACK_OBJECT_ARRAY)) {
+        self->malformed++;
+        s_warn_limited(self, "broker", "SYNC_PAGE without NODE or with bad ITEMS");
+        return;
+    }
+    int node = (int)m->i[PD_F_NODE];
+    /* If the store tells us where its event sequence stood, that is our baseline. */
+    if (pd_msg_has(m, PD_F_GEN) && pd_msg_has(m, PD_F_SEQ) &&
+        (!n->have_seq || n->gen != m->i[PD_F_GEN])) {
+        n->have_seq = true;
+        n->gen = m->i[PD_F_GEN];
+        n->seq = m->i[PD_F_SEQ];
+    }
+    int64_t gen = pd_msg_has(m, PD_F_GEN) ? m->i[PD_F_GEN] : n->gen;
+    if (self->all_rid && m->rid == self->all_rid) {
+        self->all_paged = true;
+        if (!n->sync_rid && !n->synced) {
+            n->sync_rid = m->rid;
+            n->sync_sent = self->all_sent;
+            n->sync_items = 0;
+        }
+    }
+    size_t bad = 0, count = items ? items->via.array.size : 0;
+    for (size_t i = 0; i < count; i++) {
+        const msgpack_object *it = &items->via.array.ptr[i];
+        pd_str_t project, id;
+        int64_t version, expires;
+        if (it->type != MSGPACK_OBJECT_ARRAY || it->via.array.size < 4 ||
+            !s_obj_str(&it->via.array.ptr[0], &project) ||
+            !s_obj_str(&it->via.array.ptr[1], &id) ||
+            !s_obj_int(&it->via.array.ptr[2], &version) ||
+            !s_obj_int(&it->via.array.ptr[3], &expires) || !s_key_ok(project) || !s_key_ok(id)) {
+            bad++;
+            continue;
+        }
+        s_learn(self, node, gen, project, id, version, expires);
+    }
+    if (bad) {
+        self->malformed += bad;
+        s_warn_limited(self, "broker", "SYNC_PAGE with malformed items");
+    }
+    if (m->rid != n->sync_rid || !n->sync_rid)
+        return; //  a page of a superseded sync: its items are still good
+    n->sync_seen = self->mono;
+    n->sync_items += count;
+    if (m->i[PD_F_FLAGS] & PD_FL_LAST) {
+        n->synced = true;
+        n->sync_rid = 0;
+        pd_log_info("store node %d synced: %zu deadlines, %zu held in all", node, n->sync_items,
+                    self->count);
+    }
+}
+
+static void
+s_on_reply(reaper_t *self, const pd_msg_t *m)
+{
+    int64_t err = m->i[PD_F_ERR];
+    if (m->rid & REAPER_SYNC_RID) {
+        if (err == PD_ERR_OK)
+            return;
+        /* The broker could not reach a store (or any store). */
+        node_t *n = pd_msg_has(m, PD_F_NODE) ? s_node(self, m->i[PD_F_NODE]) : NULL;
+        if (n) {
+            if (n->sync_rid == m->rid || m->rid == self->all_rid) {
+                s_want_sync(n);
+                n->sync_sent = self->mono; //  retry in REAPER_SYNC_GAP_MS
+            }
+        } else if (m->rid == self->all_rid && !self->all_pending) {
+            self->all_pending = true;
+            self->all_next = self->mono + REAPER_SYNC_GAP_MS;
+        }
+        pd_log_info("sync refused (%s): retrying", pd_err_type((int)err));
+        return;
+    }
+    uint32_t idx = (uint32_t)m->rid;
+    uint32_t sends = (uint32_t)(m->rid >> 32);
+    if (idx >= self->nchunks * REAPER_CHUNK)
+        return;
+    entry_t *e = s_entry_at(self, idx);
+    if (e->state != E_SENT || (e->sends & 0x7fffffff) != sends)
+        return; //  a reply to an older send, or for a record since rescheduled or removed
+    self->inflight--;
+    self->last_answer = self->mono;
+    switch (err) {
+    case PD_ERR_OK:
+        self->expired++;
+        e->state = E_DONE; //  the retry timer stays: it catches a lost delete event
+        break;
+    case PD_ERR_PRESENCE_NOT_FOUND:
+        e->state = E_DONE;
+        s_remove(self, e);
+        break;
+    case PD_ERR_CONFLICT:
+        /* The record changed under us. If the store says how it stands now, follow it. */
+        e->state = E_DONE;
+        if (pd_msg_has(m, PD_F_VERSION) && pd_msg_has(m, PD_F_EXPIRES) &&
+            m->i[PD_F_EXPIRES] > 0) {
+            int64_t at = m->i[PD_F_EXPIRES];
+            s_schedule(self, e, m->i[PD_F_VERSION], at);
+            if (at <= self->now) //  skewed clocks: the store thinks it is not due yet
+                pd_wheel_add(self->wheel, &e->timer, self->now + REAPER_BACKOFF_MS);
+        } else {
+            s_remove(self, e);
+        }
+        break;
+    case PD_ERR_UNAVAILABLE:
+    case PD_ERR_TIMEOUT:
+        e->state = E_WAIT;
+        pd_wheel_add(self->wheel, &e->timer, self->now + REAPER_BACKOFF_MS);
+        break;
+    default:
+        e->state = E_WAIT;
+        pd_wheel_add(self->wheel, &e->timer, self->now + REAPER_RETRY_MS);
+        s_warn_limited(self, "broker", pd_err_type((int)err));
+        break;
+    }
+}
+
+//  Receives the next message on sock without waiting; keeps only its last part (the payload;
+//  earlier parts are envelopes). Returns 0, or -1 if nothing is queued.
+static int
+s_recv(zsock_t *sock, zmq_msg_t *msg)
+{
+    void *h = zsock_resolve(sock);
+    zmq_msg_init(msg);
+    if (zmq_msg_recv(msg, h, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(msg);
+        return -1;
+    }
+    while (zmq_msg_more(msg)) {
+        zmq_msg_close(msg);
+        zmq_msg_init(msg);
+        if (zmq_msg_recv(msg, h, ZMQ_DONTWAIT) < 0) { //  parts arrive together; cannot happen
+            zmq_msg_close(msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+typedef void (*s_handler_fn)(reaper_t *self, const pd_msg_t *m);
+
+//  Decodes a batch frame and hands each message to fn. A bad message ends the frame.
+static void
+s_dispatch(reaper_t *self, zmq_msg_t *frame, const char *from, s_handler_fn fn)
+{
+    pd_msg_t m;
+    size_t off = 0, len = zmq_msg_size(frame);
+    const char *buf = zmq_msg_data(frame);
+    int rc;
+    while ((rc = pd_msg_decode(&m, buf, len, &off, &self->zone)) == 0)
+        fn(self, &m);
+    if (rc < 0) {
+        self->malformed++;
+        s_warn_limited(self, from, "undecodable frame");
+    }
+    msgpack_zone_clear(&self->zone);
+}
+
+static void
+s_on_bus_msg(reaper_t *self, const pd_msg_t *m)
+{
+    if (m->type == PD_MSG_EVENT) {
+        s_on_event(self, m);
+        return;
+    }
+    self->malformed++;
+    s_warn_limited(self, "bus", "unexpected message type");
+}
+
+static void
+s_on_broker_msg(reaper_t *self, const pd_msg_t *m)
+{
+    switch (m->type) {
+    case PD_MSG_REPLY:
+        s_on_reply(self, m);
+        break;
+    case PD_MSG_SYNC_PAGE:
+        s_on_sync_page(self, m);
+        break;
+    default:
+        self->malformed++;
+        s_warn_limited(self, "broker", "unexpected message type");
+        break;
+    }
+}
+
+/*  ------------------------------------------------------------------------------------------
+ *  The loop stages. */
+
+//  Reads up to REAPER_FRAME_BUDGET frames of events; more waiting keeps the loop busy.
+static void
+reaper_recv_bus(reaper_t *self)
+{
+    zmq_msg_t msg;
+    for (int i = 0; i < REAPER_FRAME_BUDGET; i++) {
+        if (s_recv(self->bus, &msg) < 0)
+            return;
+        s_dispatch(self, &msg, "bus", s_on_bus_msg);
+        zmq_msg_close(&msg);
+    }
+    self->busy = true;
+}
+
+//  Reads up to REAPER_FRAME_BUDGET frames of replies and sync pages.
+static void
+reaper_recv_broker(reaper_t *self)
+{
+    zmq_msg_t msg;
+    for (int i = 0; i < REAPER_FRAME_BUDGET; i++) {
+        if (s_recv(self->broker, &msg) < 0)
+            return;
+        s_dispatch(self, &msg, "broker", s_on_broker_msg);
+        zmq_msg_close(&msg);
+    }
+    self->busy = true;
+}
+
+/*  Send EXPIRE for the deadlines that are due. This is the reaper's one expensive step, and
+ *  like Redis' activeExpireCycle it is bounded so that a burst cannot starve the rest of the
+ *  loop: at most REAPER_EXPIRE_BUDGET (5000) timers fire per turn, all into one batch frame
+ *  (about 400 KB), which the broker splits by owning store. If more are due, the loop turns
+ *  again at once, after reading the bus and the broker, so replies and delete events keep
+ *  flowing while a million deadlines of the same second drain (200 turns; the stores, not the
+ *  reaper, set the pace). To keep the stores' queues short we also stop firing while
+ *  REAPER_WINDOW (50000) EXPIREs await an answer; if no answer at all has come for a second
+ *  (broker restarting, replies lost) the window opens again so that the retries, which are
+ *  timers in the same wheel, can go out. Firing order is deadline order, so under load the
+ *  most overdue records go first. Lateness is recorded at the first send of each version. */
+static void
+reaper_expire_due(reaper_t *self)
+{
+    size_t max = REAPER_EXPIRE_BUDGET;
+    if (self->inflight >= REAPER_WINDOW && self->mono - self->last_answer < REAPER_RETRY_MS)
+        return;
+    if (self->inflight < REAPER_WINDOW && REAPER_WINDOW - self->inflight < max)
+        max = REAPER_WINDOW - self->inflight;
+    size_t n = pd_wheel_advance(self->wheel, self->now, max, s_on_due, self);
+    if (n == max && pd_wheel_timeout(self->wheel, self->now, 1) == 0)
+        self->busy = true;
+}
+
+//  HELLO every 250 ms; SYNC requests and their retries.
+static void
+reaper_housekeep(reaper_t *self)
+{
+    if (self->all_pending && self->mono >= self->all_next)
+        s_send_sync(self, 0);
+    if (self->all_rid && !self->all_paged &&
+        self->mono - self->all_sent > REAPER_SYNC_TIMEOUT_MS) {
+        pd_log_warn("no store answered the sync: asking again");
+        s_send_sync(self, 0);
+    }
+    bool all_open = self->all_rid && self->mono - self->all_sent < REAPER_SYNC_TIMEOUT_MS;
+    for (int i = 1; i <= self->max_node; i++) {
+        node_t *n = &self->nodes[i];
+        if (!n->known)
+            continue;
+        if (n->sync_rid) {
+            int64_t last = n->sync_seen > n->sync_sent ? n->sync_seen : n->sync_sent;
+            if (self->mono - last > REAPER_SYNC_TIMEOUT_MS) {
+                pd_log_warn("store node %d: sync stalled: asking again", i);
+                s_want_sync(n);
+            }
+        } else if (!n->synced && !n->want_sync && !(all_open || self->all_pending)) {
+            s_want_sync(n); //  a node the start-up sync did not reach
+        }
+        if (n->want_sync && !self->all_pending && self->mono - n->sync_sent >= REAPER_SYNC_GAP_MS)
+            s_send_sync(self, i);
+    }
+    if (self->mono >= self->next_hello) {
+        s_send_hello(self);
+        self->next_hello = self->mono + REAPER_HELLO_MS;
+    }
+}
+
+//  Sends this turn's batch, if any. A refused batch (no broker, queue full) is dropped: its
+//  EXPIREs are retried by their timers, its SYNCs by their timeouts, HELLO by the next one.
+static void
+reaper_flush(reaper_t *self)
+{
+    if (!self->out.count)
+        return;
+    if (zmq_send(zsock_resolve(self->broker), self->out.sb.data, self->out.sb.size,
+                 ZMQ_DONTWAIT) < 0) {
+        self->send_failures++;
+        if (self->mono - self->last_warn >= 1000) {
+            self->last_warn = self->mono;
+            pd_log_warn("broker socket refused a batch of %u messages: %s", self->out.count,
+                        zmq_strerror(errno));
+        }
+    }
+    pd_msgw_reset(&self->out);
+}
+
+//  How long the loop may sleep: until the next deadline or housekeeping, whichever is first.
+static int
+reaper_timeout(reaper_t *self)
+{
+    if (self->busy)
+        return 0;
+    int64_t cap = self->next_hello - self->mono;
+    if (self->all_pending && self->all_next - self->mono < cap)
+        cap = self->all_next - self->mono;
+    if (cap < 0)
+        cap = 0;
+    if (self->inflight >= REAPER_WINDOW) {
+        int64_t open = self->last_answer + REAPER_RETRY_MS - self->mono;
+        return (int)(open < cap ? (open > 0 ? open : 0) : cap);
+    }
+    return (int)pd_wheel_timeout(self->wheel, pd_now_ms(), cap);
+}
+
+/*  ------------------------------------------------------------------------------------------
+ *  Life cycle. */
+
+static void
+reaper_destroy(reaper_t **self_p)
+{
+    reaper_t *self = *self_p;
+    if (!self)
+        return;
+    zpoller_destroy(&self->poller);
+    zsock_destroy(&self->broker);
+    zsock_destroy(&self->bus);
+    pd_wheel_destroy(&self->wheel);
+    for (uint32_t i = 0; i < self->nchunks; i++)
+        free(self->chunks[i]);
+    free(self->chunks);
+    free(self->buckets);
+    msgpack_zone_destroy(&self->zone);
+    pd_msgw_destroy(&self->out);
+    pd_buf_free(&self->text);
+    free(self);
+    *self_p = NULL;
+}
+
+static reaper_t *
+reaper_new(pd_config_t *cfg)
+{
+    reaper_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->cfg = cfg;
+    self->boot_ms = pd_now_ms();
+    self->mono = pd_mono_ms();
+    msgpack_zone_init(&self->zone, 8192);
+    pd_msgw_init(&self->out);
+    pd_buf_init(&self->text);
+    s_buckets_grow(self);
+    self->wheel = pd_wheel_new(self->boot_ms, 1);
+    self->broker = zsock_new(ZMQ_DEALER);
+    self->bus = zsock_new(ZMQ_SUB);
+    if (!self->wheel || !self->broker || !self->bus) {
+        pd_log_warn("reaper: cannot create sockets");
+        reaper_destroy(&self);
+        return NULL;
+    }
+    zsock_set_identity(self->broker, "reaper"); //  before connecting
+    zsock_set_sndtimeo(self->broker, 0);
+    zsock_set_rcvtimeo(self->broker, 0);
+    zsock_set_rcvhwm(self->bus, REAPER_BUS_HWM);
+    zsock_set_subscribe(self->bus, "");
+    if (!cfg->broker_front[0] || !cfg->bus_out[0] ||
+        zsock_attach(self->broker, cfg->broker_front, false) ||
+        zsock_attach(self->bus, cfg->bus_out, false)) {
+        pd_log_warn("reaper: cannot connect to broker '%s' or bus '%s'", cfg->broker_front,
+                    cfg->bus_out);
+        reaper_destroy(&self);
+        return NULL;
+    }
+    self->poller = zpoller_new(self->bus, self->broker, NULL);
+    if (!self->poller) {
+        reaper_destroy(&self);
+        return NULL;
+    }
+    zpoller_set_nonstop(self->poller, true);
+    self->all_pending = true;
+    self->all_next = self->mono + REAPER_SYNC_DELAY_MS;
+    self->next_hello = self->mono;
+    return self;
+}
+
+/*  The reaper's loop, top to bottom: sleep until a socket is readable, a deadline is due or
+ *  housekeeping is due; read the bus (events: learn deadlines), read the broker (replies and
+ *  sync pages); fire due deadlines into EXPIREs; HELLO and sync bookkeeping; send everything
+ *  produced in this turn as one frame. Each stage has a budget; when one runs out the next
+ *  turn does not sleep. */
+int
+reaper_main(pd_config_t *cfg)
+{
+    pd_log_init("reaper");
+    pd_log_set_verbosity(cfg->verbosity);
+    zsys_handler_set(NULL); //  before czmq creates its context: our own handler below
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal; //  no SA_RESTART: the poll returns at once
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    reaper_t *self = reaper_new(cfg);
+    if (!self)
+        return -1;
+    pd_log_info("reaper up: broker %s, bus %s", cfg->broker_front, cfg->bus_out);
+    while (!s_terminated) {
+        self->mono = pd_mono_ms();
+        zpoller_wait(self->poller, reaper_timeout(self));
+        if (s_terminated)
+            break;
+        self->busy = false;
+        self->now = pd_now_ms();
+        self->mono = pd_mono_ms();
+        reaper_recv_bus(self);
+        reaper_recv_broker(self);
+        reaper_expire_due(self);
+        reaper_housekeep(self);
+        reaper_flush(self);
+    }
+    pd_log_info("reaper stopping: %zu deadlines held, %llu expired", self->count,
+                (unsigned long long)self->expired);
+    reaper_destroy(&self);
+    return 0;
+}

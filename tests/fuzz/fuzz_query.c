@@ -1,0 +1,222 @@
+/*  fuzz_query — libFuzzer target for pd_query.
+ *
+ *  The input is split on '\n' into query strings and parsed in list mode and in realtime
+ *  mode. When a parse succeeds the set is matched against a few fixed records (twice, to check
+ *  that the lazily parsed metadata gives the same answer), and their sort keys are built,
+ *  compared, packed, unpacked and compared again: the comparison must be antisymmetric,
+ *  transitive, and the same on unpacked keys. The whole input is also tried as a msgpack key,
+ *  which pd_query_key_unpack must accept or refuse without harm. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_query.h"
+
+#define CHECK(x)                                                                                   \
+    do {                                                                                           \
+        if (!(x)) {                                                                                \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #x);                  \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+#define NREC 4
+
+static int
+s_sign(int c)
+{
+    return (c > 0) - (c < 0);
+}
+
+static void
+s_records(pd_record_t *r)
+{
+    memset(r, 0, NREC * sizeof *r);
+    for (int i = 0; i < NREC; i++) {
+        r[i].project = PD_STR("p");
+        r[i].perms_json = PD_STR("[]");
+        r[i].version = 1;
+    }
+    r[0].id = PD_STR("alice-1");
+    r[0].user_id = PD_STR("alice");
+    r[0].status = PD_STR("online");
+    r[0].status_json = PD_STR("\"online\"");
+    r[0].source = PD_STR("rest");
+    r[0].meta_json = PD_STR("{\"room\":\"lobby\",\"n\":3,\"f\":2.5,\"ok\":true,\"nil\":null,"
+                            "\"geo\":{\"tile\":\"a1\",\"z\":-7},\"tags\":[\"a\",1]}");
+    r[0].created_ms = 1704067200000;
+    r[0].updated_ms = 1704067260000;
+    r[0].expires_ms = 1704068100000;
+
+    r[1].id = PD_STR("bob");
+    r[1].user_id = PD_STR("bob");
+    r[1].status_json = PD_STR("null"); //  status null
+    r[1].source = PD_STR("realtime");
+    r[1].meta_json = PD_STR("{}");
+    r[1].created_ms = 1704067200000; //  same $createdAt as alice: ties go to $id
+    r[1].updated_ms = 1704067200000;
+    r[1].expires_ms = 1706745600000;
+
+    r[2].id = PD_STR("carol.x");
+    r[2].user_id = PD_STR("carol");
+    r[2].status = PD_STR("away");
+    r[2].status_json = PD_STR("\"away\"");
+    r[2].source = PD_STR("graphql");
+    r[2].meta_json = PD_STR("{\"room\":\"hall\",\"n\":3.0,\"f\":\"2.5\",\"ok\":false,"
+                            "\"geo\":{\"tile\":\"b\\u00e9\"},\"s\":\"a\\u0000b\"}");
+    r[2].created_ms = -5;
+    r[2].updated_ms = 0;
+    r[2].expires_ms = 1;
+
+    r[3].id = PD_STR("dan");
+    r[3].user_id = PD_STR("dan");
+    r[3].status = PD_STR("");
+    r[3].status_json = PD_STR("\"\""); //  an empty string, not null
+    r[3].source = PD_STR("rest");
+    r[3].meta_json = PD_STR("not json");
+    r[3].created_ms = 1704067200001;
+    r[3].updated_ms = 1704067200001;
+    r[3].expires_ms = 1704067200001;
+}
+
+static void
+s_unpack_key(const char *buf, size_t len, size_t *off, msgpack_zone *zone, pd_qkey_t *k)
+{
+    msgpack_object o;
+    CHECK(msgpack_unpack(buf, len, off, zone, &o) > MSGPACK_UNPACK_CONTINUE);
+    CHECK(pd_query_key_unpack(&o, k) == 0);
+}
+
+static void
+s_exercise(const pd_query_t *q, const pd_record_t *recs)
+{
+    pd_qkey_t keys[NREC], back[NREC];
+    bool before;
+    pd_str_t v;
+    (void)pd_query_limit(q);
+    (void)pd_query_offset(q);
+    (void)pd_query_cursor(q, &before);
+    static const char *attrs[] = {"$id", "userId", "status", "source", "expiresAt", "nope"};
+    for (size_t i = 0; i < sizeof attrs / sizeof *attrs; i++)
+        if (pd_query_equal_on(q, attrs[i], &v))
+            CHECK(v.len == 0 || v.ptr);
+
+    for (int i = 0; i < NREC; i++) {
+        pd_qrec_t r;
+        pd_qrec_init(&r, &recs[i]);
+        bool m1 = pd_query_match(q, &r);
+        bool m2 = pd_query_match(q, &r);
+        CHECK(m1 == m2);
+        pd_query_key(q, &r, &keys[i]);
+        pd_qrec_clear(&r);
+        //  A fresh scratch gives the same answer.
+        pd_qrec_init(&r, &recs[i]);
+        CHECK(pd_query_match(q, &r) == m1);
+        pd_qrec_clear(&r);
+        CHECK(keys[i].n >= 2 && keys[i].n <= PD_QUERY_MAX_ORDER + 2);
+    }
+
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    for (int i = 0; i < NREC; i++)
+        pd_query_key_pack(&keys[i], &pk);
+    msgpack_zone zone;
+    msgpack_zone_init(&zone, 1024);
+    size_t off = 0;
+    for (int i = 0; i < NREC; i++)
+        s_unpack_key(sb.data, sb.size, &off, &zone, &back[i]);
+    CHECK(off == sb.size);
+
+    for (int i = 0; i < NREC; i++) {
+        CHECK(pd_query_key_cmp(q, &keys[i], &keys[i]) == 0);
+        CHECK(pd_query_key_cmp(q, &keys[i], &back[i]) == 0);
+        for (int j = 0; j < NREC; j++) {
+            int c = s_sign(pd_query_key_cmp(q, &keys[i], &keys[j]));
+            CHECK(c == -s_sign(pd_query_key_cmp(q, &keys[j], &keys[i])));
+            CHECK(c == s_sign(pd_query_key_cmp(q, &back[i], &back[j])));
+            //  Distinct records never tie: $id ends every key.
+            CHECK(i == j || c != 0);
+            for (int k = 0; k < NREC; k++) {
+                if (c <= 0 && pd_query_key_cmp(q, &keys[j], &keys[k]) <= 0)
+                    CHECK(pd_query_key_cmp(q, &keys[i], &keys[k]) <= 0);
+            }
+        }
+    }
+    msgpack_zone_destroy(&zone);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+//  The raw input as a msgpack key: unpack must refuse or give a key equal to itself.
+//  msgpack-c allocates a container's elements from its claimed size before reading them, so
+//  inputs holding array16/32 or map16/32 headers are skipped: they only exercise msgpack-c.
+static void
+s_raw_key(const uint8_t *data, size_t size)
+{
+    for (size_t i = 0; i < size; i++)
+        if (data[i] >= 0xdc && data[i] <= 0xdf)
+            return;
+    msgpack_zone zone;
+    msgpack_zone_init(&zone, 1024);
+    msgpack_object o;
+    size_t off = 0;
+    pd_qkey_t k, k2;
+    if (msgpack_unpack((const char *)data, size, &off, &zone, &o) > MSGPACK_UNPACK_CONTINUE &&
+        pd_query_key_unpack(&o, &k) == 0) {
+        CHECK(pd_query_key_cmp(NULL, &k, &k) == 0);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        pd_query_key_pack(&k, &pk);
+        size_t off2 = 0;
+        s_unpack_key(sb.data, sb.size, &off2, &zone, &k2);
+        CHECK(pd_query_key_cmp(NULL, &k, &k2) == 0);
+        msgpack_sbuffer_destroy(&sb);
+    }
+    msgpack_zone_destroy(&zone);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static pd_record_t recs[NREC];
+    static bool ready;
+    if (!ready) {
+        s_records(recs);
+        ready = true;
+    }
+    s_raw_key(data, size);
+
+    //  Query strings are views into a copy, so reads past a piece are caught by ASan.
+    char *buf = malloc(size ? size : 1);
+    if (!buf)
+        return 0;
+    memcpy(buf, data, size);
+    pd_str_t qs[PD_QUERY_MAX + 2];
+    size_t n = 0, start = 0;
+    for (size_t i = 0; i <= size && n < sizeof qs / sizeof *qs; i++) {
+        if (i == size || buf[i] == '\n') {
+            if (i > start || i < size)
+                qs[n++] = (pd_str_t){buf + start, i - start};
+            start = i + 1;
+        }
+    }
+    static const int modes[] = {PD_QMODE_LIST, PD_QMODE_REALTIME};
+    for (int m = 0; m < 2; m++) {
+        char err[256];
+        int code = -1;
+        pd_query_t *q = pd_query_parse(qs, n, modes[m], &code, err, sizeof err);
+        if (q) {
+            CHECK(code == 0);
+            s_exercise(q, recs);
+            pd_query_destroy(&q);
+            CHECK(q == NULL);
+        } else {
+            CHECK(code != 0 && strlen(err) > 0 && strlen(err) < sizeof err);
+        }
+    }
+    free(buf);
+    return 0;
+}

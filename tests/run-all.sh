@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, builds with ASan+UBSan, runs the C unit tests
+# (ctest), runs every libFuzzer target briefly, then the end-to-end tests with the official
+# Appwrite SDKs against real clusters of separate processes. Exit status 0 only if all pass.
+#   FUZZ_SECONDS=20   seconds per fuzz target
+#   SKIP_INSTALL=1    skip apt/npm (when the machine is already set up)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+fuzz_seconds=${FUZZ_SECONDS:-20}
+jobs=$(nproc)
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+if [ -z "${SKIP_INSTALL:-}" ]; then
+    step "install dependencies"
+    if [ "$(id -u)" = 0 ]; then bash scripts/install-deps.sh; else sudo bash scripts/install-deps.sh; fi
+    (cd tests/e2e && npm ci --no-audit --no-fund)
+fi
+
+step "build with ASan + UBSan (gcc)"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DPRESENCED_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$jobs"
+
+step "C unit tests (ctest)"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure)
+
+step "fuzz targets (clang + libFuzzer, ${fuzz_seconds}s each)"
+CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DPRESENCED_FUZZ=ON \
+    -DPRESENCED_SANITIZE=ON >/dev/null
+cmake --build build-fuzz -j"$jobs"
+for bin in build-fuzz/tests/fuzz_*; do
+    name=$(basename "$bin"); name=${name#fuzz_}
+    corpus_seed="tests/fuzz/corpus/$name"
+    work="build-fuzz/corpus/$name"
+    mkdir -p "$work"
+    [ -d "$corpus_seed" ] && cp -n "$corpus_seed"/* "$work"/ 2>/dev/null || true
+    echo "--- fuzz_$name"
+    ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 \
+        "$bin" -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="build-fuzz/crash-$name-" "$work" 2>&1 | tail -n 3
+done
+
+step "end-to-end tests (official SDKs, real cluster)"
+PRESENCED_BIN="$root/build-asan/presenced" ASAN_OPTIONS=detect_leaks=0 bash tests/e2e/run.sh
+
+step "all tests passed"
