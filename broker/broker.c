@@ -91,8 +91,11 @@ typedef struct {
     uint32_t *free_ops;
     size_t nfree;
     msgpack_zone zone;
-    uint64_t malformed, unroutable;
+    zhash_t *claims;    //  "project\x1fuser" -> presence id: cache of the store nodes' claims
+    uint64_t malformed, unroutable, claim_hits, claim_misses;
 } broker_t;
+
+#define CLAIM_CACHE_MAX 1000000
 
 static volatile sig_atomic_t s_stop;
 
@@ -215,6 +218,49 @@ s_owner(broker_t *self, pd_str_t project, pd_str_t key)
     return pd_shard_owner(project, key, self->nstores);
 }
 
+/* -------------------------------------------------------------------------- claim cache */
+
+/*  Every change to a user's claim goes through this broker (CLAIM, RECLAIM, UNCLAIM), so it can
+ *  cache the claims it has seen and send an upsert of a known user straight to the record's
+ *  node: one store hop instead of two. The cache only ever names an id the claim node holds or
+ *  held; if that record is gone the store answers "stale" and the RECLAIM path repairs both. It
+ *  starts empty after a broker restart and is cleared when it reaches CLAIM_CACHE_MAX. */
+static void
+s_claim_key(char *key, size_t n, pd_str_t project, pd_str_t user)
+{
+    snprintf(key, n, "%.*s\x1f%.*s", (int)project.len, project.ptr ? project.ptr : "",
+             (int)user.len, user.ptr ? user.ptr : "");
+}
+
+static void
+s_claim_cache_set(broker_t *self, pd_str_t project, pd_str_t user, const char *id)
+{
+    char key[200];
+    s_claim_key(key, sizeof key, project, user);
+    if (zhash_size(self->claims) >= CLAIM_CACHE_MAX) {
+        zhash_destroy(&self->claims);
+        self->claims = zhash_new();
+        zhash_autofree(self->claims);
+    }
+    zhash_update(self->claims, key, strdup(id));
+}
+
+static void
+s_claim_cache_drop(broker_t *self, pd_str_t project, pd_str_t user)
+{
+    char key[200];
+    s_claim_key(key, sizeof key, project, user);
+    zhash_delete(self->claims, key);
+}
+
+static const char *
+s_claim_cache_get(broker_t *self, pd_str_t project, pd_str_t user)
+{
+    char key[200];
+    s_claim_key(key, sizeof key, project, user);
+    return zhash_lookup(self->claims, key);
+}
+
 /* -------------------------------------------------------------------------- steps */
 
 static void
@@ -240,6 +286,7 @@ s_send_unclaim(broker_t *self, pd_str_t project, pd_str_t user, pd_str_t id)
 {
     if (!user.len)
         return;
+    s_claim_cache_drop(self, project, user);
     int u = s_owner(self, project, user);
     if (!s_node_ok(self, u))
         return; /* a stale claim is repaired by the next upsert (RECLAIM) */
@@ -307,6 +354,14 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
     case PD_MSG_UPSERT: {
         op_t *op = s_op_new(self, OP_UPSERT, peer, m->rid);
         pd_buf_add(&op->req, m->raw, m->raw_len);
+        const char *known = s_claim_cache_get(self, project, m->s[PD_F_USER]);
+        if (known) {
+            self->claim_hits++;
+            snprintf(op->claimed, sizeof op->claimed, "%s", known);
+            s_send_write(self, op);
+            return;
+        }
+        self->claim_misses++;
         s_send_claim(self, op, m, m->s[PD_F_USER]);
         return;
     }
@@ -398,8 +453,12 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         pd_buf_addf(&b, "# TYPE presenced_broker_malformed_total counter\n"
                         "presenced_broker_malformed_total %llu\n"
                         "# TYPE presenced_broker_ops_in_flight gauge\n"
-                        "presenced_broker_ops_in_flight %zu\n",
-                    (unsigned long long)self->malformed, self->nops - self->nfree);
+                        "presenced_broker_ops_in_flight %zu\n"
+                        "# TYPE presenced_broker_claim_cache_total counter\n"
+                        "presenced_broker_claim_cache_total{result=\"hit\"} %llu\n"
+                        "presenced_broker_claim_cache_total{result=\"miss\"} %llu\n",
+                    (unsigned long long)self->malformed, self->nops - self->nfree,
+                    (unsigned long long)self->claim_hits, (unsigned long long)self->claim_misses);
         pd_msgw_t *w = &self->peers[peer].out;
         pd_msgw_begin(w, PD_MSG_REPLY, m->rid);
         pd_msgw_int(w, PD_F_ERR, healthy ? PD_ERR_OK : PD_ERR_UNAVAILABLE);
@@ -584,6 +643,11 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
             memcpy(op->claimed, claimed.ptr, claimed.len);
             op->claimed[claimed.len] = 0;
             op->fresh = (m->i[PD_F_FLAGS] & PD_FL_FRESH) != 0;
+            {
+                pd_msg_t req;
+                if (s_op_request(self, op, &req) == 0)
+                    s_claim_cache_set(self, req.s[PD_F_PROJECT], req.s[PD_F_USER], op->claimed);
+            }
             if (op->kind == OP_UPDATE) {
                 pd_msg_t req;
                 if (s_op_request(self, op, &req) < 0 || !pd_str_eq(claimed, req.s[PD_F_ID])) {
@@ -622,6 +686,8 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
                 op->node = u;
                 return;
             }
+            if (err != PD_ERR_OK && op->kind == OP_UPSERT)
+                s_claim_cache_drop(self, req.s[PD_F_PROJECT], req.s[PD_F_USER]);
             if (err != PD_ERR_OK && op->fresh) /* undo a claim this op made */
                 s_send_unclaim(self, req.s[PD_F_PROJECT], req.s[PD_F_USER],
                                op->kind == OP_UPSERT ? pd_str(op->claimed) : req.s[PD_F_ID]);
@@ -861,6 +927,8 @@ broker_main(pd_config_t *cfg)
         pd_msgw_init(&self->nodes[n].out);
     }
     msgpack_zone_init(&self->zone, 8192);
+    self->claims = zhash_new();
+    zhash_autofree(self->claims);
 
     char *ep = s_bind_ep(cfg->broker_front);
     self->front = zsock_new_router(ep);

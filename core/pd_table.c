@@ -1960,7 +1960,7 @@ s_ct_matches(pd_table_t *t, const s_ct_model_t *m)
  *  whichever it is. Returns true if the child was killed. */
 static bool
 s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint32_t kill_after,
-           unsigned crash_at)
+           unsigned crash_at, uint32_t *acked_out)
 {
     int pfd[2];
     assert(pipe(pfd) == 0);
@@ -2015,6 +2015,8 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
     pd_table_close(&t);
     free(a);
     free(b);
+    if (acked_out)
+        *acked_out += acked;
     return killed;
 }
 
@@ -2028,13 +2030,14 @@ s_test_crash(const char *name, bool verbose)
     srand((unsigned)seed);
     //  Random SIGKILLs while a child runs thousands of ops.
     int kills = 0;
+    uint32_t acked = 0;
     for (int round = 0; round < 8; round++) {
         uint32_t nops = 4000, at = round == 7 ? 0 : 1 + (uint32_t)rand() % (nops - 1);
-        kills += s_ct_round(name, m, seed + round, nops, at, 0);
+        kills += s_ct_round(name, m, seed + round, nops, at, 0, &acked);
     }
     //  Every crash point of a short run, in turn (the state carries over between runs).
     unsigned points = 0;
-    for (unsigned c = 1; s_ct_round(name, m, seed + 100, 12, 0, c); c++)
+    for (unsigned c = 1; s_ct_round(name, m, seed + 100, 12, 0, c, NULL); c++)
         points++;
     //  Every crash point of a rebuild.
     unsigned rpoints = 0;
@@ -2042,14 +2045,19 @@ s_test_crash(const char *name, bool verbose)
         pd_table_t *t = pd_table_open(name, CT_SIZE, NULL);
         t->hdr->dirty = 1;
         pd_table_close(&t);
-        if (!s_ct_round(name, m, seed, 0, 0, c))
+        if (!s_ct_round(name, m, seed, 0, 0, c, NULL))
             break;
         rpoints++;
     }
     assert(points >= 20 && rpoints >= 5);
+    size_t nclaims = 0;
+    for (int u = 0; u < CT_USERS; u++)
+        nclaims += m->claimed[u];
     if (verbose)
-        printf("    crash: seed %llu, %d random kills, %u mutation and %u rebuild crash points\n",
-               (unsigned long long)seed, kills, points, rpoints);
+        printf("    crash: seed %llu, %d random kills after %u acknowledged ops, %u mutation and "
+               "%u rebuild crash points, %zu records and %zu claims at the end\n",
+               (unsigned long long)seed, kills, acked, points, rpoints, m->count,
+               nclaims);
     free(m);
     pd_table_unlink(name);
 }

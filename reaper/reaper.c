@@ -67,7 +67,7 @@ typedef struct {
     pd_timer_t timer;              //  deadline or retry (first member: the wheel hands it back)
     int64_t version;               //  record version the deadline belongs to
     int64_t expires;               //  expiresAt, ms since epoch
-    int64_t gen;                   //  GEN of the store that reported it (0 = unknown)
+    uint32_t epoch;                //  the node's generation epoch when it was reported
     uint64_t hash;                 //  pd_hash2(project, id)
     uint32_t idx;                  //  own index in the slab
     uint32_t hnext;                //  next in the bucket chain or free list (index + 1; 0 = end)
@@ -81,10 +81,12 @@ typedef struct {
 
 typedef struct {
     bool known;                    //  seen on the bus or in a sync page
-    bool have_seq;                 //  gen and seq hold a baseline
+    bool have_gen;                 //  gen is known
+    bool have_seq;                 //  seq holds a baseline
     bool synced;                   //  a sync completed since the last gap or restart
     bool want_sync;                //  a SYNC {NODE} is to be sent (rate limited)
     int64_t gen;                   //  store boot generation
+    uint32_t epoch;                //  1, + 1 per restart seen: orders reports across restarts
     int64_t seq;                   //  last SEQ seen
     uint64_t sync_rid;             //  the SYNC whose pages complete this node's sync (0 = none)
     int64_t sync_sent;             //  mono ms that SYNC was sent
@@ -280,28 +282,29 @@ s_schedule(reaper_t *self, entry_t *e, int64_t version, int64_t expires)
     pd_wheel_add(self->wheel, &e->timer, expires);
 }
 
-//  True if a report (node, gen, version) supersedes what e holds.
+//  True if a report (node, epoch, version) supersedes what e holds. Versions count writes
+//  within one store generation; a later generation wins whatever its versions.
 static bool
-s_newer(const entry_t *e, int node, int64_t gen, int64_t version)
+s_newer(const entry_t *e, int node, uint32_t epoch, int64_t version)
 {
     if (e->node != node)
         return true; //  the record moved to another node: the latest report wins
     if (e->state == E_DONE)
         return version != e->version; //  the store deleted ours: any other version is a new record
-    if (e->gen && gen && e->gen != gen)
-        return gen > e->gen;
+    if (e->epoch != epoch)
+        return epoch > e->epoch;
     return version > e->version;
 }
 
 //  A record (project, id) at `version` expires at `expires` (an upsert or update event, or a
 //  sync item). expires <= 0 means no deadline.
 static void
-s_learn(reaper_t *self, int node, int64_t gen, pd_str_t project, pd_str_t id, int64_t version,
-        int64_t expires)
+s_learn(reaper_t *self, int node, uint32_t epoch, pd_str_t project, pd_str_t id,
+        int64_t version, int64_t expires)
 {
     uint64_t h = pd_hash2(project, id);
     entry_t *e = s_find(self, project, id, h);
-    if (e && !s_newer(e, node, gen, version))
+    if (e && !s_newer(e, node, epoch, version))
         return;
     if (expires <= 0) {
         if (e)
@@ -311,7 +314,7 @@ s_learn(reaper_t *self, int node, int64_t gen, pd_str_t project, pd_str_t id, in
     if (!e)
         e = s_insert(self, project, id, h);
     e->node = (uint16_t)node;
-    e->gen = gen;
+    e->epoch = epoch;
     s_schedule(self, e, version, expires);
 }
 
@@ -477,6 +480,7 @@ s_node(reaper_t *self, int64_t id)
     node_t *n = &self->nodes[id];
     if (!n->known) {
         n->known = true;
+        n->epoch = 1;
         if (id > self->max_node)
             self->max_node = (int)id;
     }
@@ -491,23 +495,39 @@ s_want_sync(node_t *n)
     n->sync_rid = 0; //  pages of an older sync still teach us deadlines, but do not complete it
 }
 
-//  Sequence bookkeeping for one EVENT from node `id`.
-static void
+//  A store node reported generation gen: a new one means it restarted (its SEQ starts again at
+//  1, and its versions may too). Returns false for a report from an older generation.
+static bool
+s_track_gen(node_t *n, int id, int64_t gen)
+{
+    if (!n->have_gen) {
+        n->have_gen = true;
+        n->gen = gen;
+        return true;
+    }
+    if (gen == n->gen)
+        return true;
+    if (gen < n->gen)
+        return false;
+    pd_log_info("store node %d restarted (generation %lld -> %lld): resync", id,
+                (long long)n->gen, (long long)gen);
+    n->gen = gen;
+    n->epoch++;
+    n->have_seq = false;
+    s_want_sync(n);
+    return true;
+}
+
+//  Sequence bookkeeping for one EVENT from node `id`. Returns false if the event is stale.
+static bool
 s_track_seq(reaper_t *self, node_t *n, int id, int64_t gen, int64_t seq)
 {
+    if (!s_track_gen(n, id, gen))
+        return false;
     if (!n->have_seq) {
         n->have_seq = true;
-        n->gen = gen;
         n->seq = seq;
-        return;
-    }
-    if (gen != n->gen) {
-        pd_log_info("store node %d restarted (generation %lld -> %lld): resync", id,
-                    (long long)n->gen, (long long)gen);
-        n->gen = gen;
-        n->seq = seq;
-        s_want_sync(n);
-        return;
+        return true;
     }
     if (seq != n->seq + 1) {
         self->gaps++;
@@ -516,6 +536,7 @@ s_track_seq(reaper_t *self, node_t *n, int id, int64_t gen, int64_t seq)
         s_want_sync(n);
     }
     n->seq = seq;
+    return true;
 }
 
 static void
@@ -539,14 +560,17 @@ s_on_event(reaper_t *self, const pd_msg_t *m)
         return;
     }
     int node = (int)m->i[PD_F_NODE];
-    int64_t gen = m->i[PD_F_GEN];
-    s_track_seq(self, n, node, gen, m->i[PD_F_SEQ]);
+    if (!s_track_seq(self, n, node, m->i[PD_F_GEN], m->i[PD_F_SEQ]))
+        return; //  from a generation the node has left behind
+    uint32_t epoch = n->epoch;
     if (action == PD_ACT_DELETE) {
-        uint64_t h = pd_hash2(project, id);
-        entry_t *e = s_find(self, project, id, h);
-        if (e && (!pd_msg_has(m, PD_F_VERSION) || s_newer(e, node, gen, m->i[PD_F_VERSION]) ||
-                  m->i[PD_F_VERSION] == e->version))
+        entry_t *e = s_find(self, project, id, pd_hash2(project, id));
+        if (e && (!pd_msg_has(m, PD_F_VERSION) || s_newer(e, node, epoch, m->i[PD_F_VERSION]) ||
+                  m->i[PD_F_VERSION] == e->version)) {
+            if (e->state == E_SENT)
+                self->expired++; //  deleted at our request; the reply, when it comes, is stale
             s_remove(self, e);
+        }
         return;
     }
     if (!pd_msg_has(m, PD_F_VERSION)) {
@@ -557,14 +581,14 @@ s_on_event(reaper_t *self, const pd_msg_t *m)
     if (!pd_msg_has(m, PD_F_EXPIRES)) {
         /* An update that did not touch expiresAt: keep the deadline, follow the version. */
         entry_t *e = s_find(self, project, id, pd_hash2(project, id));
-        if (e && s_newer(e, node, gen, m->i[PD_F_VERSION])) {
+        if (e && s_newer(e, node, epoch, m->i[PD_F_VERSION])) {
             e->node = (uint16_t)node;
-            e->gen = gen;
+            e->epoch = epoch;
             s_schedule(self, e, m->i[PD_F_VERSION], e->expires);
         }
         return;
     }
-    s_learn(self, node, gen, project, id, m->i[PD_F_VERSION], m->i[PD_F_EXPIRES]);
+    s_learn(self, node, epoch, project, id, m->i[PD_F_VERSION], m->i[PD_F_EXPIRES]);
 }
 
 static bool
@@ -600,14 +624,21 @@ s_on_sync_page(reaper_t *self, const pd_msg_t *m)
         return;
     }
     int node = (int)m->i[PD_F_NODE];
-    /* If the store tells us where its event sequence stood, that is our baseline. */
-    if (pd_msg_has(m, PD_F_GEN) && pd_msg_has(m, PD_F_SEQ) &&
-        (!n->have_seq || n->gen != m->i[PD_F_GEN])) {
-        n->have_seq = true;
-        n->gen = m->i[PD_F_GEN];
-        n->seq = m->i[PD_F_SEQ];
+    /* Pages may say which generation they come from, and where the node's event sequence
+     * stood when the snapshot began (our baseline if we have none). */
+    if (pd_msg_has(m, PD_F_GEN)) {
+        uint64_t awaited = n->sync_rid;
+        if (!s_track_gen(n, node, m->i[PD_F_GEN]))
+            return; //  a page from before the node restarted
+        if (awaited && m->rid == awaited && !n->sync_rid) {
+            n->sync_rid = awaited; //  the restart is news to us, not to this sync: it stands
+            n->want_sync = false;
+        }
+        if (pd_msg_has(m, PD_F_SEQ) && !n->have_seq) {
+            n->have_seq = true;
+            n->seq = m->i[PD_F_SEQ];
+        }
     }
-    int64_t gen = pd_msg_has(m, PD_F_GEN) ? m->i[PD_F_GEN] : n->gen;
     if (self->all_rid && m->rid == self->all_rid) {
         self->all_paged = true;
         if (!n->sync_rid && !n->synced) {
@@ -629,7 +660,7 @@ s_on_sync_page(reaper_t *self, const pd_msg_t *m)
             bad++;
             continue;
         }
-        s_learn(self, node, gen, project, id, version, expires);
+        s_learn(self, node, n->epoch, project, id, version, expires);
     }
     if (bad) {
         self->malformed += bad;

@@ -168,16 +168,18 @@ it('writes after the restart, then store node 2 killed', async () => {
     await verifyAll('after restart of store 2');
 });
 
-it('store node 1 killed three times in a row under load (restart backoff)', async () => {
+it('store node 1 killed three times in a row under load (restart backoff)', async (t) => {
     await writeSome(8, 'c');
-    const { seen200 } = await killAndHammer(1, 3);
+    const { seen200, seen503 } = await killAndHammer(1, 3);
+    t.diagnostic(`answers while racing the restarts: ${seen503} x 503, ${seen200} x 200`);
     assert.ok(seen200 > 0);
     await verifyAll('after three kills of store 1');
 });
 
-it('store node 2 killed with the supervisor running', async () => {
+it('store node 2 killed with the supervisor running', async (t) => {
     await writeSome(8, 'd');
-    await killAndHammer(2, 1);
+    const { seen200, seen503 } = await killAndHammer(2, 1);
+    t.diagnostic(`answers while racing the restart: ${seen503} x 503, ${seen200} x 200`);
     await verifyAll('after kill of store 2');
 });
 
