@@ -11,6 +11,8 @@
 
 #include "pd_log.h"
 
+#include <jansson.h>
+
 enum { T_STR, T_INT, T_SIZE, T_BOOL, T_SECRET };
 
 /*  The flag table: one row per setting. The environment variable is PRESENCED_ + the flag
@@ -195,21 +197,182 @@ s_project_init(pd_project_t *p, const char *id)
     p->max_metadata = 16384;
 }
 
+/*  Reads one project object of the config file (format in README "Identity"). Secrets are
+ *  read from the environment variable a "*_env" key names (Kubernetes secrets), or inline. */
+static int
+s_load_project(json_t *o, pd_project_t *p, char *err, size_t n)
+{
+    const char *id = json_string_value(json_object_get(o, "id"));
+    if (!id || !pd_uid_valid(pd_str(id))) {
+        snprintf(err, n, "a project needs an \"id\" (1-36 chars of a-z A-Z 0-9 . - _)");
+        return -1;
+    }
+    s_project_init(p, id);
+    json_t *v;
+    if ((v = json_object_get(o, "default_ttl")) && json_is_integer(v)) {
+        if (json_integer_value(v) < 1 || json_integer_value(v) > 30 * 86400) {
+            snprintf(err, n, "project %s: default_ttl must be 1..2592000 seconds", id);
+            return -1;
+        }
+        p->default_ttl_ms = json_integer_value(v) * 1000;
+    }
+    json_t *lim = json_object_get(o, "limits");
+    if (lim) {
+        if ((v = json_object_get(lim, "metadata_bytes")) && json_is_integer(v))
+            p->max_metadata = (size_t)json_integer_value(v);
+        if ((v = json_object_get(lim, "records")) && json_is_integer(v))
+            p->max_records = (size_t)json_integer_value(v);
+        if ((v = json_object_get(lim, "connections")) && json_is_integer(v))
+            p->max_connections = (size_t)json_integer_value(v);
+    }
+    json_t *origins = json_object_get(o, "origins");
+    if (json_is_array(origins) && json_array_size(origins)) {
+        p->origins = calloc(json_array_size(origins), sizeof *p->origins);
+        size_t i;
+        json_array_foreach(origins, i, v) {
+            if (json_is_string(v))
+                p->origins[p->norigins++] = strdup(json_string_value(v));
+        }
+    }
+    json_t *keys = json_object_get(o, "keys");
+    if (json_is_array(keys) && json_array_size(keys)) {
+        p->keys = calloc(json_array_size(keys), sizeof *p->keys);
+        size_t i;
+        json_array_foreach(keys, i, v) {
+            pd_apikey_t *k = &p->keys[p->nkeys];
+            const char *name = json_string_value(json_object_get(v, "name"));
+            const char *hash = json_string_value(json_object_get(v, "hash"));
+            const char *secret_env = json_string_value(json_object_get(v, "secret_env"));
+            snprintf(k->name, sizeof k->name, "%s", name ? name : "key");
+            if (hash && strlen(hash) == 64) {
+                memcpy(k->hash, hash, 65);
+            } else if (secret_env && getenv(secret_env) && *getenv(secret_env)) {
+                pd_key_hash(getenv(secret_env), strlen(getenv(secret_env)), k->hash);
+            } else {
+                snprintf(err, n, "project %s: key %s needs \"hash\" (64 hex) or \"secret_env\"",
+                         id, k->name);
+                return -1;
+            }
+            json_t *sc = json_object_get(v, "scopes"), *e;
+            size_t j;
+            if (!json_is_array(sc)) {
+                k->scopes = PD_SCOPE_PRESENCES_READ | PD_SCOPE_PRESENCES_WRITE;
+            } else {
+                json_array_foreach(sc, j, e) {
+                    const char *s = json_string_value(e);
+                    if (s && strcmp(s, "presences.read") == 0)
+                        k->scopes |= PD_SCOPE_PRESENCES_READ;
+                    else if (s && strcmp(s, "presences.write") == 0)
+                        k->scopes |= PD_SCOPE_PRESENCES_WRITE;
+                    else if (s && strcmp(s, "users.write") == 0)
+                        k->scopes |= PD_SCOPE_USERS_WRITE;
+                    else {
+                        snprintf(err, n, "project %s: key %s: unknown scope %s", id, k->name,
+                                 s ? s : "(not a string)");
+                        return -1;
+                    }
+                }
+            }
+            const char *exp = json_string_value(json_object_get(v, "expire"));
+            if (exp && pd_time_parse(exp, strlen(exp), &k->expire_ms) < 0) {
+                snprintf(err, n, "project %s: key %s: \"expire\" is not a date", id, k->name);
+                return -1;
+            }
+            p->nkeys++;
+        }
+    }
+    json_t *jwts = json_object_get(o, "jwt");
+    if (json_is_array(jwts) && json_array_size(jwts)) {
+        p->jwt_keys = calloc(json_array_size(jwts), sizeof *p->jwt_keys);
+        size_t i;
+        json_array_foreach(jwts, i, v) {
+            const char *alg = json_string_value(json_object_get(v, "alg"));
+            const char *secret = json_string_value(json_object_get(v, "secret"));
+            const char *secret_env = json_string_value(json_object_get(v, "secret_env"));
+            const char *pub = json_string_value(json_object_get(v, "public_key"));
+            if (secret_env)
+                secret = getenv(secret_env);
+            pd_jwt_key_t *k = &p->jwt_keys[p->njwt];
+            if (alg && strcmp(alg, "HS256") == 0 && secret && *secret) {
+                size_t len = strlen(secret);
+                unsigned char *b = malloc(len);
+                memcpy(b, secret, len);
+                *k = (pd_jwt_key_t){PD_JWT_HS256, b, len};
+                if (!p->mint_key) {
+                    p->mint_key = b;
+                    p->mint_key_len = len;
+                }
+            } else if (alg && strcmp(alg, "EdDSA") == 0 && pub) {
+                unsigned char *b = malloc(32);
+                size_t blen = 0;
+                if (sodium_base642bin(b, 32, pub, strlen(pub), NULL, &blen, NULL,
+                                      sodium_base64_VARIANT_ORIGINAL) != 0 ||
+                    blen != 32) {
+                    if (strlen(pub) != 64 || sodium_hex2bin(b, 32, pub, 64, NULL, &blen, NULL) != 0 ||
+                        blen != 32) {
+                        free(b);
+                        snprintf(err, n, "project %s: EdDSA public_key must be 32 bytes in "
+                                         "base64 or hex", id);
+                        return -1;
+                    }
+                }
+                *k = (pd_jwt_key_t){PD_JWT_EDDSA, b, 32};
+            } else {
+                snprintf(err, n, "project %s: jwt key %zu needs alg HS256 with secret or "
+                                 "secret_env (set and non-empty), or alg EdDSA with public_key",
+                         id, i);
+                return -1;
+            }
+            p->njwt++;
+        }
+    }
+    return 0;
+}
+
 int
 pd_config_load_projects(pd_config_t *cfg, pd_projects_t *out)
 {
     memset(out, 0, sizeof *out);
-    if (cfg->quick_project[0]) {
+    size_t cap = 1;
+    json_t *root = NULL;
+    if (cfg->config_file[0]) {
+        json_error_t je;
+        root = json_load_file(cfg->config_file, JSON_REJECT_DUPLICATES, &je);
+        if (!root || !json_is_array(json_object_get(root, "projects"))) {
+            pd_log_warn("%s: %s:%d: %s", __func__, cfg->config_file, je.line,
+                        root ? "needs a \"projects\" array" : je.text);
+            json_decref(root);
+            return -1;
+        }
+        cap += json_array_size(json_object_get(root, "projects"));
+    }
+    out->v = calloc(cap, sizeof *out->v);
+    if (!out->v)
+        return -1;
+    if (root) {
+        size_t i;
+        json_t *o;
+        json_array_foreach(json_object_get(root, "projects"), i, o) {
+            char err[256];
+            if (s_load_project(o, &out->v[out->n], err, sizeof err) < 0) {
+                out->n++;
+                pd_log_warn("%s: %s: %s", __func__, cfg->config_file, err);
+                json_decref(root);
+                pd_projects_free(out);
+                return -1;
+            }
+            out->n++;
+        }
+        json_decref(root);
+    }
+    if (cfg->quick_project[0] && !pd_projects_find(out, pd_str(cfg->quick_project))) {
         if (!pd_uid_valid(pd_str(cfg->quick_project))) {
             pd_log_warn("%s: --project must be 1-36 chars of a-z, A-Z, 0-9, '.', '-', '_'",
                         __func__);
+            pd_projects_free(out);
             return -1;
         }
-        out->v = calloc(1, sizeof *out->v);
-        if (!out->v)
-            return -1;
-        out->n = 1;
-        pd_project_t *p = &out->v[0];
+        pd_project_t *p = &out->v[out->n++];
         s_project_init(p, cfg->quick_project);
         if (cfg->quick_api_key[0]) {
             p->keys = calloc(1, sizeof *p->keys);
@@ -234,6 +397,7 @@ pd_config_load_projects(pd_config_t *cfg, pd_projects_t *out)
         pd_log_warn("%s: no project configured: give --project (and --api-key, --jwt-secret) "
                     "or --config",
                     __func__);
+        pd_projects_free(out);
         return -1;
     }
     return 0;

@@ -43,14 +43,14 @@
 #define S_MAGIC 0x31454c4241544450ULL //  "PDTABLE1"
 #define S_LAYOUT_VERSION 1
 #define S_PAGE 4096
-#define S_ALIGN 32                  //  arena block granularity
-#define S_NCLASS 100                //  size classes: 128 B .. ~3.5 GiB, four per power of two
-#define S_NSTR 13                   //  string fields in a blob
-#define S_NONE UINT32_MAX           //  "no slot"
-#define S_MAX_CAPACITY (1u << 30)   //  index entries keep a 32-bit slot number
-#define S_ID_MAX 36                 //  claim user and value
-#define S_PROJECT_MAX 64            //  claim project
-#define S_CLAIM_LIVE 0x4c495645u    //  "LIVE"
+#define S_ALIGN 32                //  arena block granularity
+#define S_NCLASS 100              //  size classes: 128 B .. ~3.5 GiB, four per power of two
+#define S_NSTR 13                 //  string fields in a blob
+#define S_NONE UINT32_MAX         //  "no slot"
+#define S_MAX_CAPACITY (1u << 30) //  index entries keep a 32-bit slot number
+#define S_ID_MAX 36               //  claim user and value
+#define S_PROJECT_MAX 64          //  claim project
+#define S_CLAIM_LIVE 0x4c495645u  //  "LIVE"
 
 /*  The string fields of pd_record_t, in blob order. The first four are the keys: project and
  *  id (primary), user_id (user index), status (status lists). */
@@ -74,77 +74,77 @@ typedef struct {
     uint64_t sheads;       //  status-list buckets (power of two >= capacity)
     uint64_t total_bytes;  //  segment size
     uint64_t off_slots, off_pidx, off_uidx, off_sheads, off_heap, off_claims, off_cidx, off_arena;
-    uint32_t dirty;        //  1 while derived structures are being changed
-    uint32_t slot_free;    //  first free slot + 1 (free slots below slots_top)
-    uint32_t claim_free;   //  first free claim entry + 1
-    uint32_t pend_slot;    //  slot + 1 to free at the start of the next mutation
-    uint64_t pend_blob;    //  block to free at the start of the next mutation
-    uint64_t count;        //  live records
-    uint64_t heap_len;     //  entries in the expiry heap (== count)
-    uint64_t claims;       //  live claims
-    uint64_t slots_top;    //  slots ever used; slots above are zero and free
-    uint64_t claims_top;   //  claim entries ever used
-    uint64_t arena_top;    //  segment offset of the first never-carved arena byte
-    uint64_t arena_used;   //  bytes in blocks that are not on a free list
+    uint32_t dirty;                 //  1 while derived structures are being changed
+    uint32_t slot_free;             //  first free slot + 1 (free slots below slots_top)
+    uint32_t claim_free;            //  first free claim entry + 1
+    uint32_t pend_slot;             //  slot + 1 to free at the start of the next mutation
+    uint64_t pend_blob;             //  block to free at the start of the next mutation
+    uint64_t count;                 //  live records
+    uint64_t heap_len;              //  entries in the expiry heap (== count)
+    uint64_t claims;                //  live claims
+    uint64_t slots_top;             //  slots ever used; slots above are zero and free
+    uint64_t claims_top;            //  claim entries ever used
+    uint64_t arena_top;             //  segment offset of the first never-carved arena byte
+    uint64_t arena_used;            //  bytes in blocks that are not on a free list
     uint64_t free_blocks[S_NCLASS]; //  free-list heads per size class (segment offsets)
 } s_header_t;
 
 typedef struct {
-    uint64_t blob;       //  segment offset of the record's block, 0 = free (the truth)
-    int64_t expires_ms;  //  heap key, copied from the blob
-    uint32_t heap_pos;   //  position in the expiry heap
-    uint32_t st_prev;    //  status list: previous slot + 1, 0 = first of its bucket
-    uint32_t st_next;    //  next slot + 1, 0 = last; while free: next free slot + 1
-    uint32_t p_hash;     //  low 32 bits of hash (project, id)
-    uint32_t u_hash;     //  low 32 bits of hash (project, user_id)
-    uint32_t s_hash;     //  low 32 bits of hash (project, status)
+    uint64_t blob;      //  segment offset of the record's block, 0 = free (the truth)
+    int64_t expires_ms; //  heap key, copied from the blob
+    uint32_t heap_pos;  //  position in the expiry heap
+    uint32_t st_prev;   //  status list: previous slot + 1, 0 = first of its bucket
+    uint32_t st_next;   //  next slot + 1, 0 = last; while free: next free slot + 1
+    uint32_t p_hash;    //  low 32 bits of hash (project, id)
+    uint32_t u_hash;    //  low 32 bits of hash (project, user_id)
+    uint32_t s_hash;    //  low 32 bits of hash (project, status)
 } s_slot_t;
 
 typedef struct {
-    uint32_t cls;            //  size class; fixed once the block is carved
-    uint32_t slot;           //  owner; the block is live iff that slot's blob is this block
-    uint64_t next;           //  free-list link (segment offset) while free
-    int64_t created_ms;      //  the record's integers
+    uint32_t cls;       //  size class; fixed once the block is carved
+    uint32_t slot;      //  owner; the block is live iff that slot's blob is this block
+    uint64_t next;      //  free-list link (segment offset) while free
+    int64_t created_ms; //  the record's integers
     int64_t updated_ms;
     int64_t expires_ms;
     uint64_t version;
-    uint32_t len[S_NSTR];    //  string lengths, in s_field_off order; each is NUL-terminated
-    uint32_t bytes;          //  header + strings, for validation
+    uint32_t len[S_NSTR]; //  string lengths, in s_field_off order; each is NUL-terminated
+    uint32_t bytes;       //  header + strings, for validation
 } s_block_t;
 
 typedef struct {
-    uint32_t state;               //  S_CLAIM_LIVE once published (written last), else 0
-    uint32_t sel;                 //  which val[] is current; reclaim switches it atomically
-    uint32_t hash;                //  low 32 bits of hash (project, user)
-    uint32_t next_free;           //  free-list link (entry + 1) while free
-    uint8_t plen, ulen;           //  key lengths
-    uint8_t vlen[2];              //  value lengths
-    char project[S_PROJECT_MAX];  //  key
+    uint32_t state;              //  S_CLAIM_LIVE once published (written last), else 0
+    uint32_t sel;                //  which val[] is current; reclaim switches it atomically
+    uint32_t hash;               //  low 32 bits of hash (project, user)
+    uint32_t next_free;          //  free-list link (entry + 1) while free
+    uint8_t plen, ulen;          //  key lengths
+    uint8_t vlen[2];             //  value lengths
+    char project[S_PROJECT_MAX]; //  key
     char user[S_ID_MAX];
-    char val[2][S_ID_MAX];        //  the presence id, double-buffered
+    char val[2][S_ID_MAX]; //  the presence id, double-buffered
 } s_claim_t;
 
 _Static_assert(sizeof(s_header_t) <= S_PAGE, "header fits its page");
 _Static_assert(sizeof(s_block_t) % 8 == 0, "block header alignment");
 
 struct pd_table {
-    char *base;          //  the mapping
-    size_t size;         //  its length
-    int fd;              //  the segment, flock'ed while we hold it
-    s_header_t *hdr;     //  at base
-    s_slot_t *slots;     //  sections, see above
+    char *base;      //  the mapping
+    size_t size;     //  its length
+    int fd;          //  the segment, flock'ed while we hold it
+    s_header_t *hdr; //  at base
+    s_slot_t *slots; //  sections, see above
     uint64_t *pidx;
     uint64_t *uidx;
     uint32_t *sheads;
     uint32_t *heap;
     s_claim_t *claims;
     uint64_t *cidx;
-    uint64_t imask;      //  idx_size - 1
-    uint32_t smask;      //  sheads - 1
-    pd_buf_t json;       //  scratch: the rendered Presence JSON of a put
-    uint32_t *aux;       //  scratch: foreach_expired's frontier heap
+    uint64_t imask; //  idx_size - 1
+    uint32_t smask; //  sheads - 1
+    pd_buf_t json;  //  scratch: the rendered Presence JSON of a put
+    uint32_t *aux;  //  scratch: foreach_expired's frontier heap
     size_t aux_cap;
-    bool rebuilt;        //  open rebuilt the derived structures (for the self test)
+    bool rebuilt; //  open rebuilt the derived structures (for the self test)
 };
 
 /*  Test hook: when non-zero, the process SIGKILLs itself at the n-th crash point, so the self
@@ -289,7 +289,8 @@ s_match(pd_table_t *self, int kind, uint32_t ref, pd_str_t a, pd_str_t b)
 {
     if (kind == S_CKEY) {
         const s_claim_t *c = &self->claims[ref];
-        return s_eq(c->project, c->plen, a) && s_eq(c->user, c->ulen, b);
+        return c->state == S_CLAIM_LIVE && s_eq(c->project, c->plen, a) &&
+               s_eq(c->user, c->ulen, b);
     }
     uint64_t off = s_blob_of(self, ref);
     if (!off)
@@ -852,6 +853,21 @@ s_user_set(pd_table_t *self, uint32_t s, pd_str_t project, pd_str_t user)
         s_idx_set(self->uidx, pos, h, s);
 }
 
+#ifndef NDEBUG
+//  True if a string of r lies in the block at off (a view that dies at the next mutation).
+static bool
+s_rec_in_block(pd_table_t *self, const pd_record_t *r, uint64_t off)
+{
+    const char *lo = self->base + off, *hi = lo + s_class_size(s_blk(self, off)->cls);
+    for (int i = 0; i < S_NSTR - 1; i++) {
+        pd_str_t f = s_field_c(r, i);
+        if (f.len && f.ptr >= lo && f.ptr < hi)
+            return true;
+    }
+    return false;
+}
+#endif
+
 /*  Creates or replaces a record. The new blob is built completely in a fresh block (never over
  *  the old one), then one release store of the slot's blob word makes it the record: before
  *  that store a crash leaves the old record, after it the new one. Then the derived structures
@@ -864,6 +880,7 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
 {
     assert(self && rec);
     s_header_t *h = self->hdr;
+    assert(!h->pend_blob || !s_rec_in_block(self, rec, h->pend_blob)); //  a stale prev view
     s_begin(self);
     uint32_t ph = s_hash32(rec->project, rec->id);
     uint64_t ppos;
@@ -990,8 +1007,8 @@ pd_table_foreach(pd_table_t *self, pd_table_visit_fn fn, void *arg)
 }
 
 void
-pd_table_foreach_status(pd_table_t *self, pd_str_t project, pd_str_t status,
-                        pd_table_visit_fn fn, void *arg)
+pd_table_foreach_status(pd_table_t *self, pd_str_t project, pd_str_t status, pd_table_visit_fn fn,
+                        void *arg)
 {
     assert(self && fn);
     uint32_t h = s_hash32(project, status);
@@ -1019,8 +1036,7 @@ pd_table_foreach_status(pd_table_t *self, pd_str_t project, pd_str_t status,
  *  too. Each pop pushes at most two, so the frontier never holds more than max + 1 entries.
  *  Cost O(k log k) for k visited records. */
 void
-pd_table_foreach_expired(pd_table_t *self, int64_t now, size_t max, pd_table_visit_fn fn,
-                         void *arg)
+pd_table_foreach_expired(pd_table_t *self, int64_t now, size_t max, pd_table_visit_fn fn, void *arg)
 {
     assert(self && fn);
     uint64_t n = self->hdr->heap_len;
@@ -1145,8 +1161,8 @@ s_claim_args_ok(pd_str_t project, pd_str_t user, pd_str_t want)
 }
 
 int
-pd_table_claim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want,
-               char id_out[37], bool *fresh)
+pd_table_claim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want, char id_out[37],
+               bool *fresh)
 {
     assert(self && id_out && fresh);
     if (!s_claim_args_ok(project, user, want))
@@ -1172,8 +1188,8 @@ pd_table_claim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want,
 /*  Compare-and-set of a claim. The new value goes into the spare buffer, then one release store
  *  flips the selector, so a crash leaves either the old or the new id, never a mix. */
 int
-pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t expect,
-                 pd_str_t want, char id_out[37])
+pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t expect, pd_str_t want,
+                 char id_out[37])
 {
     assert(self && id_out);
     if (!s_claim_args_ok(project, user, want))
@@ -1406,12 +1422,11 @@ s_verify(pd_table_t *self, bool full, const char **why)
     uint64_t free_bytes = 0, free_blocks = 0;
     for (unsigned c = 0; c < S_NCLASS; c++)
         for (uint64_t off = h->free_blocks[c]; off; off = s_blk(self, off)->next) {
-            S_CHECK(off >= h->off_arena && off < h->arena_top &&
-                        (off - h->off_arena) % S_ALIGN == 0 &&
-                        s_bit(bits.start, (off - h->off_arena) / S_ALIGN) &&
-                        !s_bit(bits.seen, (off - h->off_arena) / S_ALIGN) &&
-                        s_blk(self, off)->cls == c,
-                    "block free list");
+            S_CHECK(
+                off >= h->off_arena && off < h->arena_top && (off - h->off_arena) % S_ALIGN == 0 &&
+                    s_bit(bits.start, (off - h->off_arena) / S_ALIGN) &&
+                    !s_bit(bits.seen, (off - h->off_arena) / S_ALIGN) && s_blk(self, off)->cls == c,
+                "block free list");
             s_bit_set(bits.seen, (off - h->off_arena) / S_ALIGN);
             free_bytes += s_class_size(c);
             free_blocks++;
@@ -1643,6 +1658,16 @@ s_rebuild(pd_table_t *self)
 //  ---------------------------------------------------------------------------------------------
 //  Self test
 
+//  Test checks stay on in release builds (RelWithDebInfo sets NDEBUG, and most checks below
+//  make the very call they check).
+#define S_TEST(cond)                                                                               \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, __func__, #cond); \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
 #define T_NAME_MAX 64
 
 typedef struct {
@@ -1653,8 +1678,8 @@ typedef struct {
 } s_trec_t;
 
 static void
-s_test_rec(s_trec_t *t, const char *project, const char *id, const char *user,
-           const char *status, int64_t expires, size_t pad)
+s_test_rec(s_trec_t *t, const char *project, const char *id, const char *user, const char *status,
+           int64_t expires, size_t pad)
 {
     memset(&t->rec, 0, sizeof t->rec);
     snprintf(t->project, sizeof t->project, "%s", project);
@@ -1671,7 +1696,7 @@ s_test_rec(s_trec_t *t, const char *project, const char *id, const char *user,
     else
         t->conn[0] = 0;
     int n = snprintf(t->roles, sizeof t->roles, "any%cuser:%s", 0, user);
-    assert(pad + 32 < sizeof t->meta);
+    S_TEST(pad + 32 < sizeof t->meta);
     int m = snprintf(t->meta, sizeof t->meta, "{\"k\":\"%s\",\"pad\":\"", id);
     memset(t->meta + m, 'x', pad);
     memcpy(t->meta + m + pad, "\"}", 3);
@@ -1699,17 +1724,17 @@ static void
 s_test_same(const pd_record_t *got, const pd_record_t *want, uint64_t version)
 {
     for (int i = 0; i < S_NSTR - 1; i++)
-        assert(pd_str_eq(s_field_c(got, i), s_field_c(want, i)));
+        S_TEST(pd_str_eq(s_field_c(got, i), s_field_c(want, i)));
     for (int i = 0; i < S_NSTR; i++)
-        assert(s_field_c(got, i).ptr[s_field_c(got, i).len] == 0);
-    assert(got->created_ms == want->created_ms && got->updated_ms == want->updated_ms);
-    assert(got->expires_ms == want->expires_ms && got->version == version);
+        S_TEST(s_field_c(got, i).ptr[s_field_c(got, i).len] == 0);
+    S_TEST(got->created_ms == want->created_ms && got->updated_ms == want->updated_ms);
+    S_TEST(got->expires_ms == want->expires_ms && got->version == version);
     pd_buf_t b;
     pd_buf_init(&b);
     pd_record_t w = *want;
     w.version = version;
     pd_record_render(&w, &b);
-    assert(got->json.len == b.len && memcmp(got->json.ptr, b.data, b.len) == 0);
+    S_TEST(got->json.len == b.len && memcmp(got->json.ptr, b.data, b.len) == 0);
     pd_buf_free(&b);
 }
 
@@ -1719,7 +1744,7 @@ s_test_ok(pd_table_t *t)
     const char *why;
     if (s_verify(t, true, &why) != 0) {
         fprintf(stderr, "pd_table: verify failed: %s\n", why);
-        assert(!"table is consistent");
+        S_TEST(!"table is consistent");
     }
 }
 
@@ -1741,7 +1766,7 @@ static int
 s_test_exp_fn(const pd_record_t *rec, void *arg)
 {
     s_test_exp_t *e = arg;
-    assert(rec->expires_ms >= e->last);
+    S_TEST(rec->expires_ms >= e->last);
     e->last = rec->expires_ms;
     if (e->n < 16)
         snprintf(e->ids[e->n], 40, "%.*s", (int)rec->id.len, rec->id.ptr);
@@ -1758,14 +1783,14 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
     s_header_t *h = self->hdr;
     pd_buf_reset(out);
     uint32_t *bucket_of = calloc(h->slots_top + 1, 4);
-    assert(bucket_of);
+    S_TEST(bucket_of);
     for (uint64_t b = 0; b <= self->smask; b++)
         for (uint32_t cur = self->sheads[b]; cur; cur = self->slots[cur - 1].st_next)
             bucket_of[cur - 1] = (uint32_t)b + 1;
     pd_buf_addf(out, "count %llu claims %llu top %llu used %llu\n", (unsigned long long)h->count,
                 (unsigned long long)h->claims, (unsigned long long)h->arena_top,
-                (unsigned long long)h->arena_used - (h->pend_blob ? s_class_size(s_blk(self,
-                                                                   h->pend_blob)->cls) : 0));
+                (unsigned long long)h->arena_used -
+                    (h->pend_blob ? s_class_size(s_blk(self, h->pend_blob)->cls) : 0));
     for (uint32_t s = 0; s < h->slots_top; s++) {
         uint64_t off = self->slots[s].blob;
         if (!off) {
@@ -1777,21 +1802,24 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
         s_blk_keys(s_blk(self, off), k);
         uint32_t u = s_idx_find(self, self->uidx, S_UKEY, self->slots[s].u_hash, k[0], k[2], &pos);
         pd_buf_addf(out, "slot %u blob %llu user-> %u bucket %u exp %lld heap %d\n", s,
-                    (unsigned long long)off, u, bucket_of[s],
-                    (long long)self->slots[s].expires_ms,
+                    (unsigned long long)off, u, bucket_of[s], (long long)self->slots[s].expires_ms,
                     self->heap[self->slots[s].heap_pos] == s);
     }
     free(bucket_of);
-    for (uint64_t off = h->off_arena; off < h->arena_top; off += s_class_size(s_blk(self, off)->cls)) {
+    for (uint64_t off = h->off_arena; off < h->arena_top;
+         off += s_class_size(s_blk(self, off)->cls)) {
         bool live = false;
         uint32_t o = s_blk(self, off)->slot;
         if (o < h->slots_top && self->slots[o].blob == off)
             live = true;
         bool listed = false;
-        for (uint64_t f = h->free_blocks[s_blk(self, off)->cls]; f && !listed; f = s_blk(self, f)->next)
+        for (uint64_t f = h->free_blocks[s_blk(self, off)->cls]; f && !listed;
+             f = s_blk(self, f)->next)
             listed = f == off;
         pd_buf_addf(out, "block %llu cls %u %s\n", (unsigned long long)off, s_blk(self, off)->cls,
-                    live ? "live" : listed || off == h->pend_blob ? "free" : "LOST");
+                    live                            ? "live"
+                    : listed || off == h->pend_blob ? "free"
+                                                    : "LOST");
     }
     for (uint32_t e = 0; e < h->claims_top; e++) {
         s_claim_t *c = &self->claims[e];
@@ -1888,8 +1916,7 @@ s_ct_apply(s_ct_model_t *m, uint64_t seed, uint32_t i, pd_table_t *t)
         if (t) {
             bool fresh;
             if (pd_table_claim(t, proj, pd_str(user), pd_str(want), out, &fresh) != 0 ||
-                fresh == m->claimed[u] ||
-                strcmp(out, m->claimed[u] ? m->claim[u] : want) != 0)
+                fresh == m->claimed[u] || strcmp(out, m->claimed[u] ? m->claim[u] : want) != 0)
                 return -1;
         }
         if (!m->claimed[u])
@@ -1963,9 +1990,9 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
            unsigned crash_at, uint32_t *acked_out)
 {
     int pfd[2];
-    assert(pipe(pfd) == 0);
+    S_TEST(pipe(pfd) == 0);
     pid_t pid = fork();
-    assert(pid >= 0);
+    S_TEST(pid >= 0);
     if (pid == 0) {
         close(pfd[0]);
         s_crash_countdown = crash_at;
@@ -1986,18 +2013,18 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
     close(pfd[1]);
     uint32_t acked = 0, v;
     while (read(pfd[0], &v, sizeof v) == sizeof v) {
-        assert(v == acked);
+        S_TEST(v == acked);
         acked = v + 1;
         if (kill_after && acked == kill_after)
             kill(pid, SIGKILL);
     }
     close(pfd[0]);
     int status;
-    assert(waitpid(pid, &status, 0) == pid);
+    S_TEST(waitpid(pid, &status, 0) == pid);
     bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
     if (!killed && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
         fprintf(stderr, "pd_table: crash child failed (status %#x)\n", status);
-        assert(!"crash child ran correctly");
+        S_TEST(!"crash child ran correctly");
     }
     s_ct_model_t *a = malloc(sizeof *a), *b = malloc(sizeof *b);
     *a = *m;
@@ -2007,10 +2034,10 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
     if (acked < nops)
         s_ct_apply(b, seed, acked, NULL);
     pd_table_t *t = pd_table_open(name, CT_SIZE, NULL);
-    assert(t);
+    S_TEST(t);
     s_test_ok(t);
     bool in_a = s_ct_matches(t, a), in_b = !in_a && s_ct_matches(t, b);
-    assert(in_a || in_b);
+    S_TEST(in_a || in_b);
     *m = in_a ? *a : *b;
     pd_table_close(&t);
     free(a);
@@ -2025,7 +2052,7 @@ s_test_crash(const char *name, bool verbose)
 {
     pd_table_unlink(name);
     s_ct_model_t *m = calloc(1, sizeof *m);
-    assert(m);
+    S_TEST(m);
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
     srand((unsigned)seed);
     //  Random SIGKILLs while a child runs thousands of ops.
@@ -2049,15 +2076,14 @@ s_test_crash(const char *name, bool verbose)
             break;
         rpoints++;
     }
-    assert(points >= 20 && rpoints >= 5);
+    S_TEST(points >= 20 && rpoints >= 5);
     size_t nclaims = 0;
     for (int u = 0; u < CT_USERS; u++)
         nclaims += m->claimed[u];
     if (verbose)
         printf("    crash: seed %llu, %d random kills after %u acknowledged ops, %u mutation and "
                "%u rebuild crash points, %zu records and %zu claims at the end\n",
-               (unsigned long long)seed, kills, acked, points, rpoints, m->count,
-               nclaims);
+               (unsigned long long)seed, kills, acked, points, rpoints, m->count, nclaims);
     free(m);
     pd_table_unlink(name);
 }
@@ -2076,11 +2102,11 @@ s_test_bench(const char *name)
     enum { N = 100000 };
     pd_table_unlink(name);
     pd_table_t *t = pd_table_open(name, (pd_table_size_t){131072, 256 << 20}, NULL);
-    assert(t);
+    S_TEST(t);
     s_trec_t *tr = malloc(sizeof *tr);
     char(*ids)[24] = malloc(N * sizeof *ids);
     char(*users)[24] = malloc(N * sizeof *users);
-    assert(tr && ids && users);
+    S_TEST(tr && ids && users);
     for (int i = 0; i < N; i++) {
         snprintf(ids[i], 24, "presence%07d", i);
         snprintf(users[i], 24, "user%07d", i);
@@ -2093,7 +2119,7 @@ s_test_bench(const char *name)
         r->user_id = pd_str(users[i]);
         r->status = i % 3 ? PD_STR("online") : PD_STR("away");
         r->expires_ms = 1800000000000 + i % 7919;
-        assert(pd_table_put(t, r, &st, NULL) == 0);
+        S_TEST(pd_table_put(t, r, &st, NULL) == 0);
     }
     int64_t t1 = s_test_ns();
     for (int i = 0; i < N; i++) {
@@ -2101,12 +2127,12 @@ s_test_bench(const char *name)
         r->user_id = pd_str(users[i]);
         r->status = i % 2 ? PD_STR("online") : PD_STR("away");
         r->expires_ms = 1800000000000 + i % 6007;
-        assert(pd_table_put(t, r, &st, NULL) == 0);
+        S_TEST(pd_table_put(t, r, &st, NULL) == 0);
     }
     int64_t t2 = s_test_ns();
     uint64_t x = 0;
     for (int i = 0; i < N; i++) {
-        assert(pd_table_get(t, PD_STR("bench"), pd_str(ids[s_mix((uint64_t)i) % N]), &st) == 0);
+        S_TEST(pd_table_get(t, PD_STR("bench"), pd_str(ids[s_mix((uint64_t)i) % N]), &st) == 0);
         x += st.json.len;
     }
     int64_t t3 = s_test_ns();
@@ -2119,7 +2145,7 @@ s_test_bench(const char *name)
     pd_buf_free(&b);
     int64_t t4 = s_test_ns();
     for (int i = 0; i < N; i++)
-        assert(pd_table_delete(t, PD_STR("bench"), pd_str(ids[i]), NULL) == 0);
+        S_TEST(pd_table_delete(t, PD_STR("bench"), pd_str(ids[i]), NULL) == 0);
     int64_t t5 = s_test_ns();
     printf("    bench (%d records, %zu B JSON): put/create %lld ns, put/update %lld ns, "
            "get %lld ns, delete %lld ns (of a put, pd_record_render takes %lld ns)\n",
@@ -2139,70 +2165,70 @@ pd_table_test(bool verbose)
     snprintf(name, sizeof name, "/presenced-test-table-%d", (int)getpid());
     pd_table_unlink(name);
     s_trec_t *a = malloc(sizeof *a), *b = malloc(sizeof *b);
-    assert(a && b);
+    S_TEST(a && b);
     pd_record_t st, pv;
     bool created;
 
     //  Size classes are ordered, tight, and round up.
     for (uint64_t n = 1; n < 5000000; n += 1 + n / 64) {
         unsigned c = s_class_of(n);
-        assert(s_class_size(c) >= n && (c == 0 || s_class_size(c - 1) < n));
-        assert(s_class_size(c) % S_ALIGN == 0);
+        S_TEST(s_class_size(c) >= n && (c == 0 || s_class_size(c - 1) < n));
+        S_TEST(s_class_size(c) % S_ALIGN == 0);
     }
 
     //  Create, get, update, delete.
     pd_table_t *t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
-    assert(t && created);
-    assert(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
-    assert(pd_table_arena_size(t) == 1 << 20);
+    S_TEST(t && created);
+    S_TEST(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
+    S_TEST(pd_table_arena_size(t) == 1 << 20);
     s_test_rec(a, "p1", "id1", "u1", "online", 5000, 10);
-    assert(pd_table_put(t, &a->rec, &st, &pv) == 0);
-    assert(pv.version == 0 && pv.id.ptr == NULL);
+    S_TEST(pd_table_put(t, &a->rec, &st, &pv) == 0);
+    S_TEST(pv.version == 0 && pv.id.ptr == NULL);
     s_test_same(&st, &a->rec, 1);
-    assert(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == 0);
+    S_TEST(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == 0);
     s_test_same(&st, &a->rec, 1);
-    assert(pd_table_get(t, PD_STR("p2"), PD_STR("id1"), &st) == -1);
-    assert(pd_table_get(t, PD_STR("p1"), PD_STR("id2"), &st) == -1);
-    assert(pd_table_count(t) == 1 && pd_table_arena_used(t) > 0);
+    S_TEST(pd_table_get(t, PD_STR("p2"), PD_STR("id1"), &st) == -1);
+    S_TEST(pd_table_get(t, PD_STR("p1"), PD_STR("id2"), &st) == -1);
+    S_TEST(pd_table_count(t) == 1 && pd_table_arena_used(t) > 0);
 
     s_test_rec(b, "p1", "id1", "u1", "away", 4000, 3000); //  bigger: another size class
-    b->rec.created_ms = a->rec.created_ms;                 //  the caller keeps createdAt
-    assert(pd_table_put(t, &b->rec, &st, &pv) == 0);
+    b->rec.created_ms = a->rec.created_ms;                //  the caller keeps createdAt
+    S_TEST(pd_table_put(t, &b->rec, &st, &pv) == 0);
     s_test_same(&st, &b->rec, 2);
     s_test_same(&pv, &a->rec, 1);
-    assert(st.created_ms == a->rec.created_ms);
-    assert(pd_table_count(t) == 1 && pd_table_next_expiry(t) == 4000);
-    assert(pd_table_put(t, &b->rec, &st, &pv) == 0);
+    S_TEST(st.created_ms == a->rec.created_ms);
+    S_TEST(pd_table_count(t) == 1 && pd_table_next_expiry(t) == 4000);
+    S_TEST(pd_table_put(t, &b->rec, &st, &pv) == 0);
     s_test_same(&pv, &b->rec, 2);
     s_test_same(&st, &b->rec, 3);
     s_test_ok(t);
-    assert(pd_table_delete(t, PD_STR("p1"), PD_STR("id1"), &pv) == 0);
+    S_TEST(pd_table_delete(t, PD_STR("p1"), PD_STR("id1"), &pv) == 0);
     s_test_same(&pv, &b->rec, 3); //  valid until the next mutation
-    assert(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == -1);
-    assert(pd_table_delete(t, PD_STR("p1"), PD_STR("id1"), &pv) == -1);
-    assert(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
+    S_TEST(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == -1);
+    S_TEST(pd_table_delete(t, PD_STR("p1"), PD_STR("id1"), &pv) == -1);
+    S_TEST(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
     s_test_ok(t);
-    assert(pd_table_put(t, &a->rec, &st, &pv) == 0);
+    S_TEST(pd_table_put(t, &a->rec, &st, &pv) == 0);
     s_test_same(&st, &a->rec, 1); //  recreated: version starts over
 
     //  User index: last writer wins, follows user changes, forgets deleted records.
-    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
-    assert(pd_str_eqc(st.id, "id1"));
-    assert(pd_table_get_by_user(t, PD_STR("p2"), PD_STR("u1"), &st) == -1);
+    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
+    S_TEST(pd_str_eqc(st.id, "id1"));
+    S_TEST(pd_table_get_by_user(t, PD_STR("p2"), PD_STR("u1"), &st) == -1);
     s_test_rec(b, "p1", "id2", "u1", "online", 6000, 20);
-    assert(pd_table_put(t, &b->rec, &st, NULL) == 0);
-    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
-    assert(pd_str_eqc(st.id, "id2"));
+    S_TEST(pd_table_put(t, &b->rec, &st, NULL) == 0);
+    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
+    S_TEST(pd_str_eqc(st.id, "id2"));
     s_test_rec(b, "p1", "id2", "u2", "online", 6000, 20);
-    assert(pd_table_put(t, &b->rec, &st, NULL) == 0);
-    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == 0);
-    assert(pd_str_eqc(st.id, "id2"));
-    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == -1); //  id1 lost it
-    assert(pd_table_put(t, &a->rec, &st, NULL) == 0);                        //  id1 writes again
-    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
-    assert(pd_str_eqc(st.id, "id1"));
-    assert(pd_table_delete(t, PD_STR("p1"), PD_STR("id2"), NULL) == 0);
-    assert(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == -1);
+    S_TEST(pd_table_put(t, &b->rec, &st, NULL) == 0);
+    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == 0);
+    S_TEST(pd_str_eqc(st.id, "id2"));
+    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == -1); //  id1 lost it
+    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0);                       //  id1 writes again
+    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
+    S_TEST(pd_str_eqc(st.id, "id1"));
+    S_TEST(pd_table_delete(t, PD_STR("p1"), PD_STR("id2"), NULL) == 0);
+    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == -1);
     s_test_ok(t);
 
     //  Status index, across status changes and deletes; expiry order.
@@ -2213,71 +2239,71 @@ pd_table_test(bool verbose)
         snprintf(user, sizeof user, "su%d", i);
         s_test_rec(b, i % 5 == 4 ? "p2" : "p1", id, user, statuses[i % 4], 10000 + (i * 37) % 41,
                    (size_t)i * 13);
-        assert(pd_table_put(t, &b->rec, &st, NULL) == 0);
+        S_TEST(pd_table_put(t, &b->rec, &st, NULL) == 0);
     }
     size_t n = 0;
     pd_table_foreach_status(t, PD_STR("p1"), PD_STR("online"), s_test_count_fn, &n);
     size_t online = n; //  i % 4 in {0, 3} and i % 5 != 4, plus id1
-    assert(online == 1 + 16);
+    S_TEST(online == 1 + 16);
     n = 0;
     pd_table_foreach_status(t, PD_STR("p2"), PD_STR("online"), s_test_count_fn, &n);
-    assert(n == 4);
+    S_TEST(n == 4);
     n = 0;
     pd_table_foreach_status(t, PD_STR("p1"), PD_STR(""), s_test_count_fn, &n);
-    assert(n == 8);
+    S_TEST(n == 8);
     s_test_rec(b, "p1", "s0", "su0", "away", 10000, 0);
-    assert(pd_table_put(t, &b->rec, &st, NULL) == 0);
-    assert(pd_table_delete(t, PD_STR("p1"), PD_STR("s3"), NULL) == 0);
+    S_TEST(pd_table_put(t, &b->rec, &st, NULL) == 0);
+    S_TEST(pd_table_delete(t, PD_STR("p1"), PD_STR("s3"), NULL) == 0);
     n = 0;
     pd_table_foreach_status(t, PD_STR("p1"), PD_STR("online"), s_test_count_fn, &n);
-    assert(n == online - 2);
+    S_TEST(n == online - 2);
     n = 0;
     pd_table_foreach(t, s_test_count_fn, &n);
-    assert(n == pd_table_count(t) && n == 40);
+    S_TEST(n == pd_table_count(t) && n == 40);
     s_test_ok(t);
 
-    assert(pd_table_next_expiry(t) == 5000); //  id1
+    S_TEST(pd_table_next_expiry(t) == 5000); //  id1
     s_test_exp_t ex = {INT64_MIN, 0, {{0}}};
     pd_table_foreach_expired(t, 10005, 100, s_test_exp_fn, &ex);
-    assert(ex.n == 1 + 6 - 1); //  id1, expiries 10000..10005 (one per i), minus deleted s3
-    assert(strcmp(ex.ids[0], "id1") == 0);
+    S_TEST(ex.n == 1 + 6 - 1); //  id1, expiries 10000..10005 (one per i), minus deleted s3
+    S_TEST(strcmp(ex.ids[0], "id1") == 0);
     ex = (s_test_exp_t){INT64_MIN, 0, {{0}}};
     pd_table_foreach_expired(t, INT64_MAX, 3, s_test_exp_fn, &ex);
-    assert(ex.n == 3);
+    S_TEST(ex.n == 3);
     ex = (s_test_exp_t){INT64_MIN, 0, {{0}}};
     pd_table_foreach_expired(t, INT64_MAX, SIZE_MAX, s_test_exp_fn, &ex);
-    assert(ex.n == pd_table_count(t));
+    S_TEST(ex.n == pd_table_count(t));
     ex = (s_test_exp_t){INT64_MIN, 0, {{0}}};
     pd_table_foreach_expired(t, 4999, 100, s_test_exp_fn, &ex);
-    assert(ex.n == 0);
+    S_TEST(ex.n == 0);
     s_test_rec(a, "p1", "id1", "u1", "online", 20000, 10); //  moves to the end of the heap
-    assert(pd_table_put(t, &a->rec, &st, NULL) == 0);
-    assert(pd_table_next_expiry(t) == 10000);
+    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    S_TEST(pd_table_next_expiry(t) == 10000);
 
     //  Claims.
     char out[37];
     bool fresh;
-    assert(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1"), out, &fresh) == 0);
-    assert(fresh && strcmp(out, "id1") == 0 && pd_table_claims(t) == 1);
-    assert(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id9"), out, &fresh) == 0);
-    assert(!fresh && strcmp(out, "id1") == 0 && pd_table_claims(t) == 1);
-    assert(pd_table_claim(t, PD_STR("p2"), PD_STR("u1"), PD_STR("id7"), out, &fresh) == 0);
-    assert(fresh && strcmp(out, "id7") == 0 && pd_table_claims(t) == 2);
-    assert(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("idX"), PD_STR("id2"), out) == 0);
-    assert(strcmp(out, "id1") == 0);
-    assert(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1"), PD_STR("id2"), out) == 0);
-    assert(strcmp(out, "id2") == 0);
-    assert(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id2"), PD_STR("id3"), out) == 0);
-    assert(strcmp(out, "id3") == 0);
-    assert(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u5"), PD_STR("id1"), PD_STR("id5"), out) == 0);
-    assert(strcmp(out, "id5") == 0 && pd_table_claims(t) == 3);
-    assert(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1")) == -1);
-    assert(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u9"), PD_STR("id1")) == -1);
-    assert(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id3")) == 0);
-    assert(pd_table_claims(t) == 2);
-    assert(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id4"), out, &fresh) == 0);
-    assert(fresh && strcmp(out, "id4") == 0);
-    assert(pd_table_claim(t, PD_STR("p1"), PD_STR("0123456789012345678901234567890123456"),
+    S_TEST(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1"), out, &fresh) == 0);
+    S_TEST(fresh && strcmp(out, "id1") == 0 && pd_table_claims(t) == 1);
+    S_TEST(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id9"), out, &fresh) == 0);
+    S_TEST(!fresh && strcmp(out, "id1") == 0 && pd_table_claims(t) == 1);
+    S_TEST(pd_table_claim(t, PD_STR("p2"), PD_STR("u1"), PD_STR("id7"), out, &fresh) == 0);
+    S_TEST(fresh && strcmp(out, "id7") == 0 && pd_table_claims(t) == 2);
+    S_TEST(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("idX"), PD_STR("id2"), out) == 0);
+    S_TEST(strcmp(out, "id1") == 0);
+    S_TEST(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1"), PD_STR("id2"), out) == 0);
+    S_TEST(strcmp(out, "id2") == 0);
+    S_TEST(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id2"), PD_STR("id3"), out) == 0);
+    S_TEST(strcmp(out, "id3") == 0);
+    S_TEST(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u5"), PD_STR("id1"), PD_STR("id5"), out) == 0);
+    S_TEST(strcmp(out, "id5") == 0 && pd_table_claims(t) == 3);
+    S_TEST(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1")) == -1);
+    S_TEST(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u9"), PD_STR("id1")) == -1);
+    S_TEST(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id3")) == 0);
+    S_TEST(pd_table_claims(t) == 2);
+    S_TEST(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id4"), out, &fresh) == 0);
+    S_TEST(fresh && strcmp(out, "id4") == 0);
+    S_TEST(pd_table_claim(t, PD_STR("p1"), PD_STR("0123456789012345678901234567890123456"),
                           PD_STR("x"), out, &fresh) == PD_ERR_ARGUMENT_INVALID);
     s_test_ok(t);
 
@@ -2288,99 +2314,99 @@ pd_table_test(bool verbose)
     s_test_snapshot(t, &snap1);
     size_t count = pd_table_count(t), used = pd_table_arena_used(t);
     pd_table_close(&t);
-    assert(t == NULL);
+    S_TEST(t == NULL);
     t = pd_table_open(name, (pd_table_size_t){1, 1}, &created); //  sizes ignored
-    assert(t && !created && !t->rebuilt);
+    S_TEST(t && !created && !t->rebuilt);
     s_test_snapshot(t, &snap2);
-    assert(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
-    assert(pd_table_count(t) == count && pd_table_arena_used(t) == used);
-    assert(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == 0);
+    S_TEST(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
+    S_TEST(pd_table_count(t) == count && pd_table_arena_used(t) == used);
+    S_TEST(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == 0);
     s_test_same(&st, &a->rec, 3);
-    assert(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("zz"), out, &fresh) == 0);
-    assert(!fresh && strcmp(out, "id4") == 0);
+    S_TEST(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("zz"), out, &fresh) == 0);
+    S_TEST(!fresh && strcmp(out, "id4") == 0);
     s_test_ok(t);
 
     //  A dirty segment is rebuilt into equivalent structures; so is a damaged one. The pending
     //  blob (from the last replace) is freed by the rebuild, which the snapshot allows for.
-    assert(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0);
     s_test_snapshot(t, &snap1);
     t->hdr->dirty = 1;
     pd_table_close(&t);
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
-    assert(t && !created && t->rebuilt && t->hdr->pend_blob == 0);
+    S_TEST(t && !created && t->rebuilt && t->hdr->pend_blob == 0);
     s_test_ok(t);
     s_test_snapshot(t, &snap2);
-    assert(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
+    S_TEST(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
     memset(t->pidx, 0, t->hdr->idx_size * 8); //  lose the primary index
     pd_table_close(&t);
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
-    assert(t && t->rebuilt);
+    S_TEST(t && t->rebuilt);
     s_test_ok(t);
     s_test_snapshot(t, &snap2);
-    assert(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
+    S_TEST(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
     pd_buf_free(&snap1);
     pd_buf_free(&snap2);
 
     //  Someone else's segment, or one in use, is refused.
     pd_table_t *t2 = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
-    assert(t2 == NULL);
+    S_TEST(t2 == NULL);
     pd_table_close(&t);
     pd_table_unlink(name);
     int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
-    assert(fd >= 0 && ftruncate(fd, 65536) == 0 && write(fd, "not ours", 8) == 8);
+    S_TEST(fd >= 0 && ftruncate(fd, 65536) == 0 && write(fd, "not ours", 8) == 8);
     close(fd);
     pd_log_set_verbosity(-1);
-    assert(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+    S_TEST(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
     pd_table_unlink(name);
 
     //  STORE_FULL changes nothing: out of slots, out of arena, out of claim entries.
     t = pd_table_open(name, (pd_table_size_t){4, 16384}, &created);
-    assert(t && created);
+    S_TEST(t && created);
     for (int i = 0; i < 4; i++) {
         char id[16];
         snprintf(id, sizeof id, "f%d", i);
         s_test_rec(a, "p", id, id, "online", 1, 100);
-        assert(pd_table_put(t, &a->rec, &st, NULL) == 0);
+        S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0);
     }
     used = pd_table_arena_used(t);
     s_test_rec(a, "p", "f4", "f4", "online", 1, 100);
-    assert(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
-    assert(pd_table_count(t) == 4 && pd_table_get(t, PD_STR("p"), PD_STR("f4"), &st) == -1);
-    assert(pd_table_arena_used(t) == used);
+    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
+    S_TEST(pd_table_count(t) == 4 && pd_table_get(t, PD_STR("p"), PD_STR("f4"), &st) == -1);
+    S_TEST(pd_table_arena_used(t) == used);
     s_test_rec(a, "p", "f1", "f1", "away", 2, 7000);
-    assert(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
-    assert(pd_table_get(t, PD_STR("p"), PD_STR("f1"), &st) == 0);
-    assert(st.version == 1 && pd_str_eqc(st.status, "online") && pd_table_arena_used(t) == used);
+    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
+    S_TEST(pd_table_get(t, PD_STR("p"), PD_STR("f1"), &st) == 0);
+    S_TEST(st.version == 1 && pd_str_eqc(st.status, "online") && pd_table_arena_used(t) == used);
     s_test_rec(a, "p", "f1", "f1", "away", 2, 1000); //  fits: the arena has room for this one
-    assert(pd_table_put(t, &a->rec, &st, NULL) == 0 && st.version == 2);
-    assert(pd_table_delete(t, PD_STR("p"), PD_STR("f2"), NULL) == 0);
+    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0 && st.version == 2);
+    S_TEST(pd_table_delete(t, PD_STR("p"), PD_STR("f2"), NULL) == 0);
     s_test_rec(a, "p", "f4", "f4", "online", 1, 100);
-    assert(pd_table_put(t, &a->rec, &st, NULL) == 0); //  slot and block are reused
+    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0); //  slot and block are reused
     for (int i = 0; i < 4; i++) {
         char u[16];
         snprintf(u, sizeof u, "u%d", i);
-        assert(pd_table_claim(t, PD_STR("p"), pd_str(u), PD_STR("x"), out, &fresh) == 0);
+        S_TEST(pd_table_claim(t, PD_STR("p"), pd_str(u), PD_STR("x"), out, &fresh) == 0);
     }
-    assert(pd_table_claim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), out, &fresh) ==
+    S_TEST(pd_table_claim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), out, &fresh) ==
            PD_ERR_STORE_FULL);
-    assert(pd_table_reclaim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), PD_STR("y"), out) ==
+    S_TEST(pd_table_reclaim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), PD_STR("y"), out) ==
            PD_ERR_STORE_FULL);
-    assert(pd_table_claims(t) == 4);
-    assert(pd_table_unclaim(t, PD_STR("p"), PD_STR("u2"), PD_STR("x")) == 0);
-    assert(pd_table_claim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), out, &fresh) == 0 && fresh);
+    S_TEST(pd_table_claims(t) == 4);
+    S_TEST(pd_table_unclaim(t, PD_STR("p"), PD_STR("u2"), PD_STR("x")) == 0);
+    S_TEST(pd_table_claim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), out, &fresh) == 0 && fresh);
     s_test_ok(t);
     pd_table_close(&t);
     pd_table_unlink(name);
 
     //  A large table is cheap until touched.
     t = pd_table_open(name, (pd_table_size_t){1 << 20, (size_t)1 << 30}, &created);
-    assert(t && created);
+    S_TEST(t && created);
     s_test_rec(a, "p", "big", "u", "online", 1, 65000);
-    assert(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0);
     s_test_same(&st, &a->rec, 1);
     pd_table_close(&t);
     t = pd_table_open(name, (pd_table_size_t){1, 1}, &created);
-    assert(t && !created && !t->rebuilt && pd_table_count(t) == 1);
+    S_TEST(t && !created && !t->rebuilt && pd_table_count(t) == 1);
     pd_table_close(&t);
     pd_table_unlink(name);
     pd_log_set_verbosity(1);

@@ -422,8 +422,7 @@ gateway_main(pd_config_t *cfg)
     gw->gen = pd_now_ms();
     if (pd_config_load_projects(cfg, &gw->projects) < 0)
         return 2;
-    sodium_memzero(cfg->quick_api_key, sizeof cfg->quick_api_key);
-    sodium_memzero(cfg->quick_jwt_secret, sizeof cfg->quick_jwt_secret);
+    /* cfg keeps the quick-start secrets: a SIGHUP reload rebuilds that project from them. */
     pd_msgw_init(&gw->out);
     msgpack_zone_init(&gw->zone, 8192);
 
