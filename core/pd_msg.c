@@ -42,12 +42,95 @@ s_known_type(int type)
     return pd_msg_name(type)[0] != '?';
 }
 
+/*  msgpack-c allocates an array's or map's elements for the count the header claims before it
+ *  reads them, so five bytes claiming 2^32 elements make it ask for 96 GiB. This walk checks one
+ *  object without allocating: every container must fit in the bytes left (each element takes at
+ *  least one byte) and every length must lie inside the buffer. Only then is msgpack_unpack
+ *  called, so what it allocates is bounded by a small multiple of the frame size. */
+static bool
+s_sane(const unsigned char *p, size_t len)
+{
+    size_t need = 1, i = 0;
+    while (need) {
+        if (i >= len)
+            return false;
+        unsigned b = p[i++];
+        need--;
+        size_t skip = 0, n = 0, per = 0, lenbytes = 0;
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+            continue;
+        } else if (b >= 0x80 && b <= 0x8f) {
+            n = b & 0x0f, per = 2;
+        } else if (b >= 0x90 && b <= 0x9f) {
+            n = b & 0x0f, per = 1;
+        } else if (b >= 0xa0 && b <= 0xbf) {
+            skip = b & 0x1f;
+        } else {
+            switch (b) {
+            case 0xc4: case 0xd9: lenbytes = 1; break;
+            case 0xc5: case 0xda: lenbytes = 2; break;
+            case 0xc6: case 0xdb: lenbytes = 4; break;
+            case 0xc7: lenbytes = 1; skip = 1; break;
+            case 0xc8: lenbytes = 2; skip = 1; break;
+            case 0xc9: lenbytes = 4; skip = 1; break;
+            case 0xca: skip = 4; break;
+            case 0xcb: skip = 8; break;
+            case 0xcc: case 0xd0: skip = 1; break;
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xce: case 0xd2: skip = 4; break;
+            case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: skip = 2; break;
+            case 0xd5: skip = 3; break;
+            case 0xd6: skip = 5; break;
+            case 0xd7: skip = 9; break;
+            case 0xd8: skip = 17; break;
+            case 0xdc: case 0xdd: case 0xde: case 0xdf: {
+                size_t nb = (b == 0xdc || b == 0xde) ? 2 : 4;
+                if (len - i < nb)
+                    return false;
+                for (size_t k = 0; k < nb; k++)
+                    n = (n << 8) | p[i + k];
+                i += nb;
+                per = (b >= 0xde) ? 2 : 1;
+                break;
+            }
+            default:
+                return false; /* 0xc1: never used */
+            }
+        }
+        if (lenbytes) {
+            if (len - i < lenbytes)
+                return false;
+            size_t l = 0;
+            for (size_t k = 0; k < lenbytes; k++)
+                l = (l << 8) | p[i + k];
+            i += lenbytes;
+            skip += l;
+        }
+        if (skip) {
+            if (len - i < skip)
+                return false;
+            i += skip;
+        }
+        if (per) {
+            if (n > (len - i) / per + 1 || n * per > len)
+                return false;
+            need += n * per;
+            if (need > len - i + 1)
+                return false;
+        }
+    }
+    return true;
+}
+
 int
 pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zone *zone)
 {
     if (*off >= len)
         return 1;
     size_t start = *off;
+    if (!s_sane((const unsigned char *)buf + start, len - start))
+        return -1;
     msgpack_object obj;
     msgpack_unpack_return r = msgpack_unpack(buf, len, off, zone, &obj);
     if (r != MSGPACK_UNPACK_SUCCESS && r != MSGPACK_UNPACK_EXTRA_BYTES)
@@ -77,6 +160,9 @@ pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zon
         if (k->type != MSGPACK_OBJECT_POSITIVE_INTEGER || k->via.u64 >= PD_F__COUNT)
             continue; /* unknown field from a newer peer: ignore */
         int f = (int)k->via.u64;
+        m->s[f] = PD_STR_NULL;
+        m->i[f] = 0;
+        m->o[f] = NULL;
         switch (s_field_type[f]) {
         case 1:
             if (v->type != MSGPACK_OBJECT_STR && v->type != MSGPACK_OBJECT_BIN)
@@ -272,6 +358,13 @@ pd_msg_test(bool verbose)
     const char unk[] = "\x94\x01\x7f\xcf\0\0\0\0\0\0\0\0\x80";
     off = 0;
     assert(pd_msg_decode(&m, unk, sizeof unk - 1, &off, &zone) == -1);
+    /* a header claiming 2^32 elements must be refused without allocating */
+    const char huge[] = "\xdd\xff\xff\xff\xff\x01";
+    off = 0;
+    assert(pd_msg_decode(&m, huge, sizeof huge - 1, &off, &zone) == -1);
+    const char hugemap[] = "\x94\x01\x01\xcf\0\0\0\0\0\0\0\0\xdf\x7f\xff\xff\xff";
+    off = 0;
+    assert(pd_msg_decode(&m, hugemap, sizeof hugemap - 1, &off, &zone) == -1);
     msgpack_zone_destroy(&zone);
     pd_msgw_destroy(&w);
     pd_msgw_destroy(&w2);

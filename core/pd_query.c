@@ -109,7 +109,7 @@ static const struct {
 
 //  As RuntimeQuery::ALLOWED_QUERIES lists them.
 #define S_RT_ALLOWED                                                                               \
-    "equal, notEqual, lessThan, lessThanEqual, greaterThan, greaterThanEqual, isNull, "           \
+    "equal, notEqual, lessThan, lessThanEqual, greaterThan, greaterThanEqual, isNull, "            \
     "isNotNull, and, or, select"
 
 enum { A_ID = 1, A_USER, A_STATUS, A_SOURCE, A_EXPIRES, A_CREATED, A_UPDATED, A_META };
@@ -127,13 +127,13 @@ typedef struct {
 
 typedef struct node node_t;
 struct node {
-    int method;     //  M_*
-    int attr;       //  A_*
-    pd_str_t path;  //  A_META: the dotted path after "metadata."
-    val_t *vals;    //  operands
-    size_t nv;      //  number of operands
-    node_t *kids;   //  and/or: sub-queries
-    size_t nkids;   //  number of sub-queries
+    int method;    //  M_*
+    int attr;      //  A_*
+    pd_str_t path; //  A_META: the dotted path after "metadata."
+    val_t *vals;   //  operands
+    size_t nv;     //  number of operands
+    node_t *kids;  //  and/or: sub-queries
+    size_t nkids;  //  number of sub-queries
 };
 
 typedef struct {
@@ -176,8 +176,7 @@ s_alloc(size_t n, size_t size)
     return p;
 }
 
-static int
-s_fail(parse_t *p, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int s_fail(parse_t *p, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 static int
 s_fail(parse_t *p, int code, const char *fmt, ...)
@@ -241,8 +240,12 @@ s_attr(pd_str_t a, int *attr, pd_str_t *path)
     static const struct {
         const char *name;
         int attr;
-    } names[] = {{"$id", A_ID},           {"userId", A_USER},         {"status", A_STATUS},
-                 {"source", A_SOURCE},    {"expiresAt", A_EXPIRES},   {"$createdAt", A_CREATED},
+    } names[] = {{"$id", A_ID},
+                 {"userId", A_USER},
+                 {"status", A_STATUS},
+                 {"source", A_SOURCE},
+                 {"expiresAt", A_EXPIRES},
+                 {"$createdAt", A_CREATED},
                  {"$updatedAt", A_UPDATED}};
     *path = PD_STR_NULL;
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
@@ -737,6 +740,22 @@ s_status_null(const pd_record_t *rec)
            (rec->status_json.len == 0 || pd_str_eqc(rec->status_json, "null"));
 }
 
+static bool
+s_str_val(val_t *v, pd_str_t s)
+{
+    v->type = V_STR;
+    v->s = s;
+    return true;
+}
+
+static bool
+s_int_val(val_t *v, int64_t i)
+{
+    v->type = V_INT;
+    v->i = i;
+    return true;
+}
+
 //  The record's value of attr; false if absent (only a metadata path can be).
 static bool
 s_rec_val(pd_qrec_t *r, int attr, pd_str_t path, val_t *v)
@@ -745,27 +764,19 @@ s_rec_val(pd_qrec_t *r, int attr, pd_str_t path, val_t *v)
     memset(v, 0, sizeof *v);
     switch (attr) {
     case A_ID:
-        v->type = V_STR, v->s = rec->id;
-        return true;
+        return s_str_val(v, rec->id);
     case A_USER:
-        v->type = V_STR, v->s = rec->user_id;
-        return true;
+        return s_str_val(v, rec->user_id);
     case A_STATUS:
-        if (!s_status_null(rec))
-            v->type = V_STR, v->s = rec->status;
-        return true;
+        return s_status_null(rec) || s_str_val(v, rec->status);
     case A_SOURCE:
-        v->type = V_STR, v->s = rec->source;
-        return true;
+        return s_str_val(v, rec->source);
     case A_EXPIRES:
-        v->type = V_INT, v->i = rec->expires_ms;
-        return true;
+        return s_int_val(v, rec->expires_ms);
     case A_CREATED:
-        v->type = V_INT, v->i = rec->created_ms;
-        return true;
+        return s_int_val(v, rec->created_ms);
     case A_UPDATED:
-        v->type = V_INT, v->i = rec->updated_ms;
-        return true;
+        return s_int_val(v, rec->updated_ms);
     case A_META: {
         const json_t *j = s_meta_get(r, path);
         if (!j)
@@ -951,10 +962,13 @@ pd_query_key(const pd_query_t *self, pd_qrec_t *r, pd_qkey_t *out)
         val_t v;
         *q = s_qval(0);
         s_rec_val(r, self->order[i].attr, self->order[i].path, &v); //  never metadata
-        if (v.type == V_INT)
-            q->type = 1, q->i = v.i;
-        else if (v.type == V_STR)
-            q->type = 2, q->s = v.s;
+        if (v.type == V_INT) {
+            q->type = 1;
+            q->i = v.i;
+        } else if (v.type == V_STR) {
+            q->type = 2;
+            q->s = v.s;
+        }
     }
     out->v[n] = s_qval(1);
     out->v[n++].i = r->rec->created_ms;
@@ -1038,17 +1052,21 @@ pd_query_key_unpack(const msgpack_object *o, pd_qkey_t *out)
         case MSGPACK_OBJECT_POSITIVE_INTEGER:
             if (e->via.u64 > INT64_MAX)
                 return -1;
-            v->type = 1, v->i = (int64_t)e->via.u64;
+            v->type = 1;
+            v->i = (int64_t)e->via.u64;
             break;
         case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-            v->type = 1, v->i = e->via.i64;
+            v->type = 1;
+            v->i = e->via.i64;
             break;
         case MSGPACK_OBJECT_FLOAT32:
         case MSGPACK_OBJECT_FLOAT64:
-            v->type = 3, v->d = e->via.f64;
+            v->type = 3;
+            v->d = e->via.f64;
             break;
         case MSGPACK_OBJECT_STR:
-            v->type = 2, v->s = (pd_str_t){e->via.str.ptr, e->via.str.size};
+            v->type = 2;
+            v->s = (pd_str_t){e->via.str.ptr, e->via.str.size};
             break;
         default:
             return -1;
@@ -1202,8 +1220,10 @@ pd_query_test(bool verbose)
     };
 
     //  equal / notEqual on strings, many values, strict typing.
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"away\"]}"));
+    assert(
+        s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]}"));
+    assert(
+        !s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"away\"]}"));
     assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"userId\",\"values\":[\"x\","
                           "\"user1\"]}"));
     assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"$id\",\"values\":[\"pres1\"]}"));
@@ -1218,15 +1238,20 @@ pd_query_test(bool verbose)
     assert(!s_t_match(&rec, PD_QMODE_REALTIME,
                       "{\"method\":\"equal\",\"attribute\":\"userId\",\"values\":[1]}"));
     //  Strict types on metadata: "1" is not 1, 3 equals 3.0, true is not 1.
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.s1\",\"values\":[\"1\"]}"));
+    assert(
+        s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.s1\",\"values\":[\"1\"]}"));
     assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.s1\",\"values\":[1]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.n\",\"values\":[\"3\"]}"));
+    assert(
+        !s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.n\",\"values\":[\"3\"]}"));
     assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.n\",\"values\":[3.0]}"));
     assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.f\",\"values\":[2.5]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.ok\",\"values\":[true]}"));
+    assert(
+        s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.ok\",\"values\":[true]}"));
     assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.ok\",\"values\":[1]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.no\",\"values\":[false]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.nil\",\"values\":[null]}"));
+    assert(
+        s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.no\",\"values\":[false]}"));
+    assert(
+        s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.nil\",\"values\":[null]}"));
     assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.nil\",\"values\":[0]}"));
     assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.tags\",\"values\":"
                           "[[\"a\",\"b\"]]}"));
@@ -1257,7 +1282,8 @@ pd_query_test(bool verbose)
     assert(s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"metadata.geo\"}"));
     //  Comparisons: numbers, strings, mixed int/double; across types never.
     assert(s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[4]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[3]}"));
+    assert(
+        !s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[3]}"));
     assert(s_t_both(&rec, "{\"method\":\"lessThanEqual\",\"attribute\":\"metadata.n\",\"values\":"
                           "[3]}"));
     assert(!s_t_both(&rec, "{\"method\":\"lessThanEqual\",\"attribute\":\"metadata.n\","
@@ -1298,36 +1324,50 @@ pd_query_test(bool verbose)
     assert(s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"expiresAt\"}"));
     //  between (inclusive), startsWith, endsWith: list mode only.
     int L = PD_QMODE_LIST;
-    assert(s_t_match(&rec, L, "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
-                              "[3,4]}"));
-    assert(s_t_match(&rec, L, "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
-                              "[1.5,3]}"));
-    assert(!s_t_match(&rec, L, "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
-                               "[4,9]}"));
-    assert(!s_t_match(&rec, L, "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
-                               "[\"1\",\"9\"]}"));
-    assert(s_t_match(&rec, L, "{\"method\":\"between\",\"attribute\":\"$createdAt\",\"values\":"
-                              "[\"2023-12-31\",\"2024-01-01T00:00:00Z\"]}"));
-    assert(s_t_match(&rec, L, "{\"method\":\"between\",\"attribute\":\"status\",\"values\":"
-                              "[\"a\",\"p\"]}"));
-    assert(s_t_match(&rec, L, "{\"method\":\"startsWith\",\"attribute\":\"status\",\"values\":"
-                              "[\"onl\"]}"));
-    assert(s_t_match(&rec, L, "{\"method\":\"startsWith\",\"attribute\":\"status\",\"values\":"
-                              "[\"\"]}"));
-    assert(!s_t_match(&rec, L, "{\"method\":\"startsWith\",\"attribute\":\"status\",\"values\":"
-                               "[\"line\"]}"));
-    assert(s_t_match(&rec, L, "{\"method\":\"endsWith\",\"attribute\":\"status\",\"values\":"
-                              "[\"line\"]}"));
-    assert(!s_t_match(&rec, L, "{\"method\":\"endsWith\",\"attribute\":\"status\",\"values\":"
-                               "[\"online!\"]}"));
-    assert(s_t_match(&rec, L, "{\"method\":\"startsWith\",\"attribute\":\"metadata.geo.tile\","
-                              "\"values\":[\"a\"]}"));
-    assert(!s_t_match(&rec, L, "{\"method\":\"endsWith\",\"attribute\":\"metadata.n\",\"values\":"
-                               "[\"3\"]}"));
+    assert(s_t_match(&rec, L,
+                     "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
+                     "[3,4]}"));
+    assert(s_t_match(&rec, L,
+                     "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
+                     "[1.5,3]}"));
+    assert(!s_t_match(&rec, L,
+                      "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
+                      "[4,9]}"));
+    assert(!s_t_match(&rec, L,
+                      "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
+                      "[\"1\",\"9\"]}"));
+    assert(s_t_match(&rec, L,
+                     "{\"method\":\"between\",\"attribute\":\"$createdAt\",\"values\":"
+                     "[\"2023-12-31\",\"2024-01-01T00:00:00Z\"]}"));
+    assert(s_t_match(&rec, L,
+                     "{\"method\":\"between\",\"attribute\":\"status\",\"values\":"
+                     "[\"a\",\"p\"]}"));
+    assert(s_t_match(&rec, L,
+                     "{\"method\":\"startsWith\",\"attribute\":\"status\",\"values\":"
+                     "[\"onl\"]}"));
+    assert(s_t_match(&rec, L,
+                     "{\"method\":\"startsWith\",\"attribute\":\"status\",\"values\":"
+                     "[\"\"]}"));
+    assert(!s_t_match(&rec, L,
+                      "{\"method\":\"startsWith\",\"attribute\":\"status\",\"values\":"
+                      "[\"line\"]}"));
+    assert(s_t_match(&rec, L,
+                     "{\"method\":\"endsWith\",\"attribute\":\"status\",\"values\":"
+                     "[\"line\"]}"));
+    assert(!s_t_match(&rec, L,
+                      "{\"method\":\"endsWith\",\"attribute\":\"status\",\"values\":"
+                      "[\"online!\"]}"));
+    assert(s_t_match(&rec, L,
+                     "{\"method\":\"startsWith\",\"attribute\":\"metadata.geo.tile\","
+                     "\"values\":[\"a\"]}"));
+    assert(!s_t_match(&rec, L,
+                      "{\"method\":\"endsWith\",\"attribute\":\"metadata.n\",\"values\":"
+                      "[\"3\"]}"));
     //  Several queries are ANDed; and/or nest.
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]}\n"
-                          "{\"method\":\"equal\",\"attribute\":\"metadata.room\",\"values\":"
-                          "[\"lobby\"]}"));
+    assert(s_t_both(&rec,
+                    "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]}\n"
+                    "{\"method\":\"equal\",\"attribute\":\"metadata.room\",\"values\":"
+                    "[\"lobby\"]}"));
     assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":"
                            "[\"online\"]}\n{\"method\":\"equal\",\"attribute\":\"metadata.room\","
                            "\"values\":[\"hall\"]}"));
@@ -1345,9 +1385,10 @@ pd_query_test(bool verbose)
                           "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[0]},"
                           "{\"method\":\"equal\",\"attribute\":\"metadata.ok\",\"values\":[true]}"
                           "]}]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"and\",\"values\":["
-                           "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]},"
-                           "{\"method\":\"isNotNull\",\"attribute\":\"metadata.gone\"}]}"));
+    assert(!s_t_both(&rec,
+                     "{\"method\":\"and\",\"values\":["
+                     "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]},"
+                     "{\"method\":\"isNotNull\",\"attribute\":\"metadata.gone\"}]}"));
     //  Zero queries match; realtime select("*") matches everything, whatever else is there.
     assert(s_t_match(&rec, L, ""));
     {
@@ -1408,6 +1449,9 @@ pd_query_test(bool verbose)
         assert(q && pd_query_limit(q) == 25 && pd_query_offset(q) == 0);
         assert(pd_query_cursor(q, &before).ptr == NULL && !before);
         pd_query_destroy(&q);
+        q = s_t_parse(L, "{\"method\":\"limit\",\"values\":[5000.0]}", &code, err, sizeof err);
+        assert(q && pd_query_limit(q) == 5000);
+        pd_query_destroy(&q);
         q = s_t_parse(L, "{\"method\":\"cursorAfter\",\"values\":[\"x.y-z\"]}", &code, err,
                       sizeof err);
         assert(q && pd_str_eqc(pd_query_cursor(q, &before), "x.y-z") && !before);
@@ -1424,7 +1468,8 @@ pd_query_test(bool verbose)
     s_t_err(L, "{}", A, LP "Invalid query: Invalid query method: ");
     s_t_err(L, "{\"method\":5}", A,
             LP "Invalid query: Invalid query method. Must be a string, got integer");
-    s_t_err(L, "{\"method\":\"frobnicate\"}", A, LP "Invalid query: Invalid query method: frobnicate");
+    s_t_err(L, "{\"method\":\"frobnicate\"}", A,
+            LP "Invalid query: Invalid query method: frobnicate");
     s_t_err(R, "{\"method\":\"frobnicate\"}", A, "Invalid query: Invalid query method: frobnicate");
     s_t_err(L, "{\"method\":\"equal\",\"attribute\":1,\"values\":[1]}", A,
             LP "Invalid query: Invalid query attribute. Must be a string, got integer");
@@ -1526,6 +1571,8 @@ pd_query_test(bool verbose)
             LP "Invalid query: Invalid limit: Value must be a valid range between 1 and 5,000");
     s_t_err(L, "{\"method\":\"limit\",\"values\":[5001]}", A,
             LP "Invalid query: Invalid limit: Value must be a valid range between 1 and 5,000");
+    s_t_err(L, "{\"method\":\"limit\",\"values\":[2.5]}", A,
+            LP "Invalid query: Invalid limit: Value must be a valid range between 1 and 5,000");
     s_t_err(L, "{\"method\":\"limit\",\"values\":[\"ten\"]}", A,
             LP "Invalid query: Invalid limit: Value must be a valid number");
     s_t_err(L, "{\"method\":\"limit\"}", A,
@@ -1563,8 +1610,7 @@ pd_query_test(bool verbose)
         s_t_err(L, b.data, A, LP "Invalid queries");
         pd_buf_reset(&b);
         for (int i = 0; i < PD_QUERY_MAX_ORDER + 1; i++)
-            pd_buf_addf(&b, "%s{\"method\":\"orderAsc\",\"attribute\":\"status\"}",
-                        i ? "\n" : "");
+            pd_buf_addf(&b, "%s{\"method\":\"orderAsc\",\"attribute\":\"status\"}", i ? "\n" : "");
         pd_buf_add(&b, "", 1);
         s_t_err(L, b.data, A, LP "Invalid query: At most 8 order queries are allowed");
         pd_buf_free(&b);

@@ -15,10 +15,9 @@
 #include "gw.h"
 #include "pd_err.h"
 #include "pd_log.h"
+#include "pd_body.h"
 #include "pd_query.h"
 
-#define MAX_STATUS_CHARS 255
-#define MAX_TTL_MS (30LL * 24 * 3600 * 1000)
 
 static const char s_cors_allow_headers[] =
     "Accept, Origin, Cookie, Set-Cookie, Content-Type, Content-Range, X-Appwrite-Project, "
@@ -242,142 +241,6 @@ s_on_status_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
     pd_buf_free(&b);
 }
 
-/* -------------------------------------------------------------------------- body parsing */
-
-typedef struct {
-    json_t *root;
-    bool has_user, has_status, has_meta, has_expires, has_perms;
-    pd_str_t user;
-    pd_str_t status;
-    pd_buf_t status_json;
-    pd_buf_t meta_json;
-    int64_t expires;
-    pd_perms_t perms;
-    bool perms_set;       //  perms holds parsed or default permissions
-} body_t;
-
-static void
-s_body_free(body_t *b)
-{
-    json_decref(b->root);
-    pd_buf_free(&b->status_json);
-    pd_buf_free(&b->meta_json);
-    pd_perms_free(&b->perms);
-}
-
-static size_t
-s_utf8_chars(const char *s, size_t n)
-{
-    size_t c = 0;
-    for (size_t i = 0; i < n; i++)
-        c += ((unsigned char)s[i] & 0xc0) != 0x80;
-    return c;
-}
-
-/*  Parses and validates the JSON body of PUT/PATCH. Returns PD_ERR_OK, or an error code with
- *  the message in msg. */
-static int
-s_parse_body(gw_t *gw, h2o_req_t *req, const pd_project_t *proj, body_t *b, char *msg, size_t n)
-{
-    memset(b, 0, sizeof *b);
-    pd_buf_init(&b->status_json);
-    pd_buf_init(&b->meta_json);
-    pd_perms_init(&b->perms);
-    if (req->entity.len > gw->cfg->max_body) {
-        snprintf(msg, n, "Request body is larger than %zu bytes.", gw->cfg->max_body);
-        return PD_ERR_PAYLOAD_TOO_LARGE;
-    }
-    if (req->entity.len == 0) {
-        b->root = json_object();
-    } else {
-        json_error_t je;
-        b->root = json_loadb(req->entity.base, req->entity.len, JSON_REJECT_DUPLICATES, &je);
-        if (!b->root || !json_is_object(b->root)) {
-            snprintf(msg, n, "Invalid request body: it must be a JSON object.");
-            return PD_ERR_ARGUMENT_INVALID;
-        }
-    }
-    json_t *v;
-    if ((v = json_object_get(b->root, "userId")) && !json_is_null(v)) {
-        if (!json_is_string(v) ||
-            !pd_uid_valid((pd_str_t){json_string_value(v), json_string_length(v)})) {
-            snprintf(msg, n, "Invalid `userId` param: UID must contain at most 36 chars. Valid "
-                             "chars are a-z, A-Z, 0-9, and underscore. Can't start with a "
-                             "leading underscore");
-            return PD_ERR_ARGUMENT_INVALID;
-        }
-        b->has_user = true;
-        b->user = (pd_str_t){json_string_value(v), json_string_length(v)};
-    }
-    if ((v = json_object_get(b->root, "status")) && !json_is_null(v)) {
-        size_t chars = json_is_string(v) ? s_utf8_chars(json_string_value(v), json_string_length(v)) : 0;
-        if (!json_is_string(v) || chars < 1 || chars > MAX_STATUS_CHARS ||
-            memchr(json_string_value(v), 0, json_string_length(v))) {
-            snprintf(msg, n, "Invalid `status` param: Value must be a valid string and at "
-                             "least 1 chars and no longer than 255 chars");
-            return PD_ERR_ARGUMENT_INVALID;
-        }
-        b->has_status = true;
-        b->status = (pd_str_t){json_string_value(v), json_string_length(v)};
-        pd_buf_add_json_str(&b->status_json, b->status.ptr, b->status.len);
-    }
-    if ((v = json_object_get(b->root, "metadata")) && !json_is_null(v)) {
-        json_t *obj = v, *owned = NULL;
-        if (json_is_string(v)) { /* Appwrite accepts a string that decodes to an object */
-            owned = json_loadb(json_string_value(v), json_string_length(v), 0, NULL);
-            obj = owned;
-        }
-        if (obj && json_is_array(obj) && json_array_size(obj) == 0) {
-            pd_buf_adds(&b->meta_json, "{}");
-        } else if (obj && json_is_object(obj)) {
-            char *s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
-            if (s)
-                pd_buf_adds(&b->meta_json, s);
-            free(s);
-        } else {
-            json_decref(owned);
-            snprintf(msg, n, "Invalid `metadata` param: Value must be a valid object.");
-            return PD_ERR_ARGUMENT_INVALID;
-        }
-        json_decref(owned);
-        if (b->meta_json.len > proj->max_metadata) {
-            snprintf(msg, n,
-                     "Invalid `metadata` param: Value must be a JSON object of at most %zu "
-                     "bytes when encoded.",
-                     proj->max_metadata);
-            return PD_ERR_ARGUMENT_INVALID;
-        }
-        b->has_meta = true;
-    }
-    if ((v = json_object_get(b->root, "expiresAt")) && !json_is_null(v)) {
-        int64_t now = pd_now_ms(), t = 0;
-        if (!json_is_string(v) ||
-            pd_time_parse(json_string_value(v), json_string_length(v), &t) < 0 || t <= now ||
-            t > now + MAX_TTL_MS) {
-            snprintf(msg, n, "Invalid `expiresAt` param: Value must be valid date in the future "
-                             "and no more than 30 days from now.");
-            return PD_ERR_ARGUMENT_INVALID;
-        }
-        b->has_expires = true;
-        b->expires = t;
-    }
-    if ((v = json_object_get(b->root, "permissions")) && !json_is_null(v)) {
-        char perr[300];
-        if (!json_is_array(v)) {
-            snprintf(msg, n, "Invalid `permissions` param: Value must be a valid array and "
-                             "Permissions must be an array of strings.");
-            return PD_ERR_ARGUMENT_INVALID;
-        }
-        if (pd_perms_parse(v, &b->perms, perr, sizeof perr) < 0) {
-            snprintf(msg, n, "Invalid `permissions` param: %s", perr);
-            return PD_ERR_ARGUMENT_INVALID;
-        }
-        b->has_perms = true;
-        b->perms_set = true;
-    }
-    return PD_ERR_OK;
-}
-
 static void
 s_put_perms(pd_msgw_t *w, const pd_perms_t *p)
 {
@@ -406,8 +269,16 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
 {
     int route = upsert ? GW_ROUTE_UPSERT : GW_ROUTE_UPDATE;
     char msg[512];
-    body_t b;
-    int rc = s_parse_body(gw, req, id->project, &b, msg, sizeof msg);
+    pd_body_t b;
+    int rc;
+    if (req->entity.len > gw->cfg->max_body) {
+        snprintf(msg, sizeof msg, "Request body is larger than %zu bytes.", gw->cfg->max_body);
+        rc = PD_ERR_PAYLOAD_TOO_LARGE;
+        memset(&b, 0, sizeof b);
+    } else {
+        rc = pd_body_parse(&b, req->entity.base, req->entity.len, id->project->max_metadata,
+                           pd_now_ms(), msg, sizeof msg);
+    }
     if (rc != PD_ERR_OK) {
         gw_respond_err(gw, req, route, rc, pd_str(msg), t0);
         goto out;
@@ -436,9 +307,10 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
         gw_respond_err(gw, req, route, PD_ERR_USER_UNAUTHORIZED, pd_str(msg), t0);
         goto out;
     }
-    if (!b.perms_set && (upsert || b.has_user)) {
+    bool perms_set = b.has_perms;
+    if (!perms_set && (upsert || b.has_user)) {
         pd_perms_default(owner, &b.perms);
-        b.perms_set = true;
+        perms_set = true;
     }
     gw_pending_t *p = gw_pending_new(gw, req, route, s_on_reply);
     pd_msgw_t *w = gw_send_begin(gw, upsert ? PD_MSG_UPSERT : PD_MSG_UPDATE, p->rid);
@@ -456,7 +328,7 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
     if (upsert || b.has_expires)
         pd_msgw_int(w, PD_F_EXPIRES,
                     b.has_expires ? b.expires : pd_now_ms() + id->project->default_ttl_ms);
-    if (b.perms_set)
+    if (perms_set)
         s_put_perms(w, &b.perms);
     if (upsert) {
         pd_str_t src = s_header(req, "x-appwrite-source");
@@ -470,7 +342,7 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
     s_put_caller(w, id, fl);
     gw_send_end(gw);
 out:
-    s_body_free(&b);
+    pd_body_free(&b);
 }
 
 static void

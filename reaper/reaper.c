@@ -44,11 +44,11 @@
 
 enum {
     REAPER_HELLO_MS = 250,         //  HELLO (and metrics) period; also the longest poll sleep
-    REAPER_RETRY_MS = 1000,        //  EXPIRE not answered: send again
-    REAPER_BACKOFF_MS = 250,       //  store UNAVAILABLE / TIMEOUT: send again
+    REAPER_RETRY_MS = 1000,        //  EXPIRE not answered: send again (doubling, up to 8x)
+    REAPER_BACKOFF_MS = 250,       //  store UNAVAILABLE / TIMEOUT: again (doubling, up to 8x)
     REAPER_EXPIRE_BUDGET = 5000,   //  EXPIREs sent per loop turn (one frame)
     REAPER_FRAME_BUDGET = 32,      //  frames read per socket per loop turn
-    REAPER_WINDOW = 50000,         //  EXPIREs awaiting an answer before we hold back
+    REAPER_WINDOW = 20000,         //  EXPIREs awaiting an answer before we hold back
     REAPER_SYNC_DELAY_MS = 200,    //  first SYNC after start
     REAPER_SYNC_TIMEOUT_MS = 5000, //  a sync with no page for this long is asked again
     REAPER_SYNC_GAP_MS = 1000,     //  at most one SYNC {NODE} per node per second
@@ -74,7 +74,8 @@ typedef struct {
     uint32_t sends;                //  EXPIREs sent, ever (kept across reuse: stale rids stay stale)
     uint16_t node;                 //  owning store node
     uint8_t state;                 //  E_*
-    bool observed;                 //  lateness recorded for this version
+    uint8_t attempts;              //  EXPIREs sent for this version (saturates)
+    uint8_t silent;                //  of which unanswered in a row (saturates)
     uint8_t plen, ilen;            //  lengths of project and id in key
     char key[2 * REAPER_KEY_MAX];  //  project then id, not NUL-terminated
 } entry_t;
@@ -119,7 +120,7 @@ typedef struct {
     size_t nbuckets;               //  a power of two
     size_t count;                  //  live entries
     size_t inflight;               //  entries in E_SENT
-    int64_t last_answer;           //  mono ms of the last EXPIRE reply
+    int64_t last_progress;         //  mono ms of the last reply, or when the window had room
 
     node_t nodes[REAPER_MAX_NODES];
     int max_node;                  //  highest node id seen
@@ -245,7 +246,7 @@ s_insert(reaper_t *self, pd_str_t project, pd_str_t id, uint64_t h)
     memcpy(e->key + project.len, id.ptr, id.len);
     e->timer.next = e->timer.prev = NULL;
     e->state = E_WAIT;
-    e->observed = false;
+    e->attempts = e->silent = 0;
     size_t k = h & (self->nbuckets - 1);
     e->hnext = self->buckets[k];
     self->buckets[k] = e->idx + 1;
@@ -276,7 +277,7 @@ s_schedule(reaper_t *self, entry_t *e, int64_t version, int64_t expires)
     if (e->state == E_SENT)
         self->inflight--;
     e->state = E_WAIT;
-    e->observed = false;
+    e->attempts = e->silent = 0;
     e->version = version;
     e->expires = expires;
     pd_wheel_add(self->wheel, &e->timer, expires);
@@ -379,18 +380,29 @@ s_observe_lateness(reaper_t *self, int64_t ms)
     self->late_sum += s;
 }
 
+//  base after the first try, doubled per further try up to 8x, so that a store that is down
+//  or slow is not answered with a storm of retries.
+static int64_t
+s_backoff(unsigned tries, int64_t base)
+{
+    unsigned k = tries > 1 ? tries - 1u : 0u;
+    return base << (k < 3 ? k : 3);
+}
+
 //  Wheel callback: a deadline or a retry is due. Appends an EXPIRE to this turn's batch.
 static void
 s_on_due(pd_timer_t *t, void *arg)
 {
     reaper_t *self = arg;
     entry_t *e = (entry_t *)t;
-    if (e->state == E_WAIT && !e->observed) {
+    if (e->attempts == 0)
         s_observe_lateness(self, self->now - e->expires);
-        e->observed = true;
-    } else {
+    else
         self->retries++;
-    }
+    if (e->attempts < UINT8_MAX)
+        e->attempts++;
+    if (e->silent < UINT8_MAX)
+        e->silent++;
     if (e->state != E_SENT)
         self->inflight++;
     e->state = E_SENT;
@@ -401,7 +413,7 @@ s_on_due(pd_timer_t *t, void *arg)
     pd_msgw_str(&self->out, PD_F_ID, e->key + e->plen, e->ilen);
     pd_msgw_int(&self->out, PD_F_VERSION, e->version);
     pd_msgw_end(&self->out);
-    pd_wheel_add(self->wheel, &e->timer, self->now + REAPER_RETRY_MS);
+    pd_wheel_add(self->wheel, &e->timer, self->now + s_backoff(e->silent, REAPER_RETRY_MS));
 }
 
 static void
@@ -707,7 +719,8 @@ s_on_reply(reaper_t *self, const pd_msg_t *m)
     if (e->state != E_SENT || (e->sends & 0x7fffffff) != sends)
         return; //  a reply to an older send, or for a record since rescheduled or removed
     self->inflight--;
-    self->last_answer = self->mono;
+    self->last_progress = self->mono;
+    e->silent = 0;
     switch (err) {
     case PD_ERR_OK:
         self->expired++;
@@ -733,11 +746,11 @@ s_on_reply(reaper_t *self, const pd_msg_t *m)
     case PD_ERR_UNAVAILABLE:
     case PD_ERR_TIMEOUT:
         e->state = E_WAIT;
-        pd_wheel_add(self->wheel, &e->timer, self->now + REAPER_BACKOFF_MS);
+        pd_wheel_add(self->wheel, &e->timer, self->now + s_backoff(e->attempts, REAPER_BACKOFF_MS));
         break;
     default:
         e->state = E_WAIT;
-        pd_wheel_add(self->wheel, &e->timer, self->now + REAPER_RETRY_MS);
+        pd_wheel_add(self->wheel, &e->timer, self->now + s_backoff(e->attempts, REAPER_RETRY_MS));
         s_warn_limited(self, "broker", pd_err_type((int)err));
         break;
     }
@@ -849,19 +862,27 @@ reaper_recv_broker(reaper_t *self)
  *  (about 400 KB), which the broker splits by owning store. If more are due, the loop turns
  *  again at once, after reading the bus and the broker, so replies and delete events keep
  *  flowing while a million deadlines of the same second drain (200 turns; the stores, not the
- *  reaper, set the pace). To keep the stores' queues short we also stop firing while
- *  REAPER_WINDOW (50000) EXPIREs await an answer; if no answer at all has come for a second
- *  (broker restarting, replies lost) the window opens again so that the retries, which are
- *  timers in the same wheel, can go out. Firing order is deadline order, so under load the
- *  most overdue records go first. Lateness is recorded at the first send of each version. */
+ *  reaper, set the pace). To keep the stores' queues short, and to keep a slow store from being
+ *  buried in retries of requests it simply has not reached yet, we stop firing while
+ *  REAPER_WINDOW (20000) EXPIREs await an answer: at 20 ms round trips that still allows 1M
+ *  per second. If no answer at all comes for a second (broker restarting, replies lost), one
+ *  budget's worth fires per second, so that the retries, which are timers in the same wheel,
+ *  probe for the way back; each entry's own retries back off from 1 s to 8 s. Firing order is
+ *  deadline order, so under load the most overdue records go first. Lateness is recorded at
+ *  the first send of each version. */
 static void
 reaper_expire_due(reaper_t *self)
 {
     size_t max = REAPER_EXPIRE_BUDGET;
-    if (self->inflight >= REAPER_WINDOW && self->mono - self->last_answer < REAPER_RETRY_MS)
-        return;
-    if (self->inflight < REAPER_WINDOW && REAPER_WINDOW - self->inflight < max)
-        max = REAPER_WINDOW - self->inflight;
+    if (self->inflight < REAPER_WINDOW) {
+        self->last_progress = self->mono;
+        if (REAPER_WINDOW - self->inflight < max)
+            max = REAPER_WINDOW - self->inflight;
+    } else if (self->mono - self->last_progress < REAPER_RETRY_MS) {
+        return; //  full: wait for answers
+    } else {
+        self->last_progress = self->mono; //  stalled: one probe batch, then wait again
+    }
     size_t n = pd_wheel_advance(self->wheel, self->now, max, s_on_due, self);
     if (n == max && pd_wheel_timeout(self->wheel, self->now, 1) == 0)
         self->busy = true;
@@ -932,7 +953,7 @@ reaper_timeout(reaper_t *self)
     if (cap < 0)
         cap = 0;
     if (self->inflight >= REAPER_WINDOW) {
-        int64_t open = self->last_answer + REAPER_RETRY_MS - self->mono;
+        int64_t open = self->last_progress + REAPER_RETRY_MS - self->mono;
         return (int)(open < cap ? (open > 0 ? open : 0) : cap);
     }
     return (int)pd_wheel_timeout(self->wheel, pd_now_ms(), cap);

@@ -5,7 +5,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
-      libh2o-evloop-dev libwslay-dev libssl-dev
+      libh2o-evloop-dev libwslay-dev libssl-dev libcurl4-openssl-dev
       libczmq-dev libzmq3-dev libmsgpack-dev libsodium-dev libjansson-dev
       nodejs npm wrk procps curl tmux)
 missing=()

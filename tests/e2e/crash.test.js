@@ -67,6 +67,26 @@ async function verifyAll(what) {
     for (const p of l.presences) assert.deepEqual(p, snapshot.get(p.$id), `${what}: listed ${p.$id}`);
 }
 
+const checkUsers = new Set(); // users written to while a node was down
+const pendingAbsent = []; // [userId, presenceId] whose upsert answered 503
+
+// After the restart: each of those users has exactly one record, the acknowledged one, and
+// an upsert that answered 503 left nothing behind.
+async function checkOnePerUser() {
+    const Q = loadNodeSdk().Query;
+    for (const u of checkUsers) {
+        const l = plain(await keyP().list({ queries: [Q.equal('userId', [u])] }));
+        assert.equal(l.total, 1, `records of ${u} after the restart: ${JSON.stringify(l).slice(0, 600)}`);
+        assert.deepEqual(l.presences[0], snapshot.get(l.presences[0].$id), `record of ${u}`);
+    }
+    checkUsers.clear();
+    for (const [u, p] of pendingAbsent.splice(0)) {
+        const l = plain(await keyP().list({ queries: [Q.equal('userId', [u])] }));
+        assert.equal(l.total, 0, `an upsert that answered 503 was written anyway: ${JSON.stringify(l).slice(0, 400)}`);
+        assertError(await get(p), 404, 'presence_not_found');
+    }
+}
+
 // With the supervisor paused (SIGSTOP), a SIGKILLed store node stays down: the window in
 // which a user would see the outage is held open, then the supervisor is let go.
 async function killHeldDown(nodes) {
@@ -112,6 +132,33 @@ async function killHeldDown(nodes) {
 
         const m = await c.metrics();
         for (const n of nodes) assert.equal(m.get('presenced_store_up', { node: n }), 0, `presenced_store_up{node="${n}"} while down`);
+
+        // One presence per user must hold while a shard is down: upserts by users who have a
+        // record, under fresh presenceIds (some owned by the live node), either fail fast or
+        // update that same record; and a new user's upsert is all-or-nothing.
+        if (nodes.length === 1) {
+            for (const id of [...down.slice(0, 3), ...up.slice(0, 3)]) {
+                const rec = snapshot.get(id);
+                for (let k = 0; k < 3; k++) {
+                    const r = await api(H.cluster, 'PUT', `/v1/presences/${uid('fresh')}`, { key: true, body: { userId: rec.userId, status: 'while down' } });
+                    assert.ok(r.ms < FAST_MS, `upsert took ${Math.round(r.ms)} ms: ${show(r)}`);
+                    if (r.status === 503) { assertError(r, 503); continue; }
+                    assert.equal(r.status, 200, show(r));
+                    assert.equal(r.json.$id, rec.$id, `a second record for ${rec.userId}: ${show(r)}`);
+                    snapshot.set(rec.$id, r.json);
+                }
+                checkUsers.add(rec.userId);
+            }
+            for (let k = 0; k < 6; k++) {
+                const u = uid('newdown'), p = uid('p');
+                const r = await api(H.cluster, 'PUT', `/v1/presences/${p}`, { key: true, body: { userId: u, status: 'new while down' } });
+                assert.ok(r.ms < FAST_MS, `upsert took ${Math.round(r.ms)} ms: ${show(r)}`);
+                if (r.status === 503) { assertError(r, 503); pendingAbsent.push([u, p]); continue; }
+                assert.equal(r.status, 200, show(r));
+                snapshot.set(p, r.json);
+                checkUsers.add(u);
+            }
+        }
     } finally {
         process.kill(c.pid, 'SIGCONT');
     }
@@ -119,6 +166,7 @@ async function killHeldDown(nodes) {
     await c.waitHealthy(20000);
     const m = await c.metrics();
     for (const n of nodes) assert.equal(m.get('presenced_store_up', { node: n }), 1);
+    await checkOnePerUser();
     return owned;
 }
 
@@ -151,7 +199,8 @@ async function killAndHammer(node, times = 1) {
 
 it('writes land on both store nodes', async () => {
     await writeSome(24, 'a');
-    const m = await H.cluster.metrics();
+    const m = await H.cluster.waitMetrics((x) => x.sum('presenced_store_records') === snapshot.size);
+    assert.equal(m.sum('presenced_store_records'), snapshot.size, 'records per store node add up');
     assert.ok(m.get('presenced_store_records', { node: 1 }) > 0 && m.get('presenced_store_records', { node: 2 }) > 0,
         m.find('presenced_store_records').map((s) => JSON.stringify(s)).join(' '));
     await verifyAll('before any kill');
@@ -199,7 +248,7 @@ it('deletes acknowledged before a kill stay deleted', async () => {
     await killHeldDown([2]);
     for (const id of gone) assertError(await get(id), 404, 'presence_not_found');
     await verifyAll('after deletes and kills');
-    const m = await H.cluster.metrics();
+    const m = await H.cluster.waitMetrics((x) => x.sum('presenced_store_records') === snapshot.size);
     assert.equal(m.sum('presenced_store_records'), snapshot.size, 'records per store node add up');
 });
 

@@ -407,14 +407,9 @@ describe('list', () => {
 
     it('records are spread over both store nodes (/metrics)', async () => {
         const all = plain(await keyList([Q.limit(1)]));
-        let m, n1, n2;
-        for (let i = 0; i < 40; i++) {
-            m = await H.cluster.metrics();
-            n1 = m.get('presenced_store_records', { node: 1 });
-            n2 = m.get('presenced_store_records', { node: 2 });
-            if (n1 + n2 === all.total) break;
-            await sleep(50);
-        }
+        const m = await H.cluster.waitMetrics((x) => x.sum('presenced_store_records') === all.total);
+        const n1 = m.get('presenced_store_records', { node: 1 });
+        const n2 = m.get('presenced_store_records', { node: 2 });
         assert.notEqual(n1, undefined, 'presenced_store_records{node="1"} missing');
         assert.notEqual(n2, undefined, 'presenced_store_records{node="2"} missing');
         assert.ok(n1 > 0 && n2 > 0, `records per node: ${n1} / ${n2}`);

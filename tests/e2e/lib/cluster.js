@@ -218,6 +218,18 @@ class Cluster {
         return parseMetrics(text);
     }
 
+    // Polls /metrics until pred(metrics) is true (gauges such as the store record counts are
+    // refreshed periodically, not on every write). Returns the last metrics either way.
+    async waitMetrics(pred, timeoutMs = 5000) {
+        const deadline = Date.now() + timeoutMs;
+        let m;
+        for (;;) {
+            m = await this.metrics();
+            if (pred(m) || Date.now() > deadline) return m;
+            await sleep(100);
+        }
+    }
+
     _killGroupSync() {
         if (!this.pid) return;
         try { process.kill(-this.pid, 'SIGCONT'); } catch {}
@@ -225,6 +237,11 @@ class Cluster {
         // children that left the group (should not happen) are found by cluster name
         try { for (const p of this.procs()) { try { process.kill(p.pid, 'SIGKILL'); } catch {} } } catch {}
         this._removeShm();
+        if (!this.stopped && this.runDir) { // interrupted: keep the log, drop the run-dir
+            this.stopped = true;
+            this.keepLog();
+            try { fs.rmSync(this.runDir, { recursive: true, force: true }); } catch {}
+        }
     }
 
     _removeShm() {
