@@ -484,7 +484,8 @@ s_on_list(store_t *self, const pd_msg_t *m)
     size_t k = (size_t)(pd_query_offset(q) + pd_query_limit(q));
     s_sort_q = q;
     s_sort_dir = c.before ? -1 : 1; /* before: nearest the cursor first */
-    qsort(c.v, c.n, sizeof *c.v, s_cand_cmp);
+    if (c.n)
+        qsort(c.v, c.n, sizeof *c.v, s_cand_cmp);
     size_t n = c.n < k ? c.n : k;
     pd_msgw_begin(w, PD_MSG_LIST_PAGE, m->rid);
     pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
