@@ -5,7 +5,8 @@
  *      presencectl key delete --config FILE --project P --name N
  *      presencectl keygen     --out FILE
  *      presencectl jwt        (--project-secret S | --secret-env VAR | --eddsa-secret-key FILE)
- *                             --user U [--teams t1,t2/owner] [--labels vip] [--verified|--unverified]
+ *                             --user U [--teams t1,t2/owner] [--labels vip]
+ * [--verified|--unverified]
  *                             [--ttl 3600]
  *      presencectl list       --endpoint URL --project P (--key K | --jwt T) [--query Q]...
  *      presencectl watch      --endpoint URL --project P [--jwt T] [--channel C]... [--query Q]...
@@ -36,16 +37,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <stdarg.h>
-#include <strings.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -191,7 +192,8 @@ s_cfg_project(cfg_file_t *cf, const char *id)
 {
     size_t i;
     json_t *p;
-    json_array_foreach(json_object_get(cf->root, "projects"), i, p) {
+    json_array_foreach(json_object_get(cf->root, "projects"), i, p)
+    {
         const char *pid = json_string_value(json_object_get(p, "id"));
         if (pid && strcmp(pid, id) == 0)
             return p;
@@ -291,12 +293,24 @@ cmd_key(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': config = optarg; break;
-        case 'p': project = optarg; break;
-        case 'n': name = optarg; break;
-        case 's': scopes = optarg; break;
-        case 'e': expire = optarg; break;
-        default: s_usage(); return 2;
+        case 'c':
+            config = optarg;
+            break;
+        case 'p':
+            project = optarg;
+            break;
+        case 'n':
+            name = optarg;
+            break;
+        case 's':
+            scopes = optarg;
+            break;
+        case 'e':
+            expire = optarg;
+            break;
+        default:
+            s_usage();
+            return 2;
         }
     }
     if (!config || !*config)
@@ -310,19 +324,23 @@ cmd_key(int argc, char **argv)
         printf("%-20s %-20s %-44s %-29s %s\n", "PROJECT", "NAME", "SCOPES", "EXPIRE", "SECRET");
         size_t i;
         json_t *p;
-        json_array_foreach(json_object_get(cf.root, "projects"), i, p) {
+        json_array_foreach(json_object_get(cf.root, "projects"), i, p)
+        {
             const char *pid = json_string_value(json_object_get(p, "id"));
             if (!pid || (project && strcmp(pid, project) != 0))
                 continue;
             size_t j;
             json_t *k;
-            json_array_foreach(json_object_get(p, "keys"), j, k) {
+            json_array_foreach(json_object_get(p, "keys"), j, k)
+            {
                 pd_buf_t sc;
                 pd_buf_init(&sc);
                 json_t *arr = json_object_get(k, "scopes"), *e;
                 size_t m;
-                json_array_foreach(arr, m, e) {
-                    pd_buf_addf(&sc, "%s%s", m ? "," : "", json_string_value(e) ? json_string_value(e) : "?");
+                json_array_foreach(arr, m, e)
+                {
+                    pd_buf_addf(&sc, "%s%s", m ? "," : "",
+                                json_string_value(e) ? json_string_value(e) : "?");
                 }
                 if (!json_is_array(arr))
                     pd_buf_adds(&sc, "presences.read,presences.write");
@@ -357,7 +375,8 @@ cmd_key(int argc, char **argv)
         s_die("%s: project %s: \"keys\" is not an array", config, project);
     size_t i, found = SIZE_MAX;
     json_t *k;
-    json_array_foreach(keys, i, k) {
+    json_array_foreach(keys, i, k)
+    {
         const char *kn = json_string_value(json_object_get(k, "name"));
         if (kn && strcmp(kn, name) == 0)
             found = i;
@@ -369,10 +388,12 @@ cmd_key(int argc, char **argv)
         json_array_remove(keys, found);
         s_cfg_write(&cf);
         s_cfg_close(&cf);
-        fprintf(stderr,
-                "Deleted key \"%s\" of project %s from %s.\n"
-                "Reload the server so that it stops accepting it: kill -HUP <pid of presenced>\n",
-                name, project, config);
+        fprintf(
+            stderr,
+            "Deleted key \"%s\" of project %s from %s.\n"
+            "Reload the server so that it stops accepting it:\n"
+            "  kill -HUP \"$(pgrep -o -x presenced)\"   (the supervisor: the oldest presenced)\n",
+            name, project, config);
         return 0;
     }
 
@@ -389,7 +410,8 @@ cmd_key(int argc, char **argv)
     json_t *sc = s_split_list(scopes), *e;
     if (json_array_size(sc) == 0)
         s_die("--scopes needs at least one of presences.read, presences.write, users.write");
-    json_array_foreach(sc, i, e) {
+    json_array_foreach(sc, i, e)
+    {
         if (!s_scope_bit(json_string_value(e), json_string_length(e)))
             s_die("unknown scope \"%s\" (known: presences.read, presences.write, users.write)",
                   json_string_value(e));
@@ -422,8 +444,8 @@ cmd_key(int argc, char **argv)
     fprintf(stderr,
             "Added key \"%s\" to project %s in %s (only its hash is stored).\n"
             "The secret above is shown once: keep it now. Send it as the X-Appwrite-Key header\n"
-            "(node-appwrite: client.setKey). Reload the server to use it: kill -HUP <pid of "
-            "presenced>\n",
+            "(node-appwrite: client.setKey). Reload the server to use it:\n"
+            "  kill -HUP \"$(pgrep -o -x presenced)\"   (the supervisor: the oldest presenced)\n",
             name, project, config);
     return 0;
 }
@@ -498,8 +520,7 @@ s_read_eddsa_key(const char *path, unsigned char sk[64])
 static int
 cmd_keygen(int argc, char **argv)
 {
-    static const struct option opts[] = {{"out", required_argument, NULL, 'o'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"out", required_argument, NULL, 'o'}, {NULL, 0, NULL, 0}};
     const char *out = NULL;
     int c;
     optind = 1;
@@ -565,13 +586,29 @@ cmd_jwt(int argc, char **argv)
             secret = s_take_secret(optarg);
             sources++;
             break;
-        case 'E': secret_env = optarg; sources++; break;
-        case 'k': keyfile = optarg; sources++; break;
-        case 'u': user = optarg; break;
-        case 't': teams = optarg; break;
-        case 'l': labels = optarg; break;
-        case 'v': verified = 1; break;
-        case 'V': verified = 0; break;
+        case 'E':
+            secret_env = optarg;
+            sources++;
+            break;
+        case 'k':
+            keyfile = optarg;
+            sources++;
+            break;
+        case 'u':
+            user = optarg;
+            break;
+        case 't':
+            teams = optarg;
+            break;
+        case 'l':
+            labels = optarg;
+            break;
+        case 'v':
+            verified = 1;
+            break;
+        case 'V':
+            verified = 0;
+            break;
         case 'T': {
             char *end;
             errno = 0;
@@ -580,7 +617,9 @@ cmd_jwt(int argc, char **argv)
                 s_die("--ttl needs a number of seconds (1..315360000)");
             break;
         }
-        default: s_usage(); return 2;
+        default:
+            s_usage();
+            return 2;
         }
     }
     if (sources != 1)
@@ -644,10 +683,10 @@ cmd_jwt(int argc, char **argv)
 /* -------------------------------------------------------------------------- HTTP client */
 
 typedef struct {
-    const char *endpoint;  //  ends with /v1 (added when missing)
+    const char *endpoint; //  ends with /v1 (added when missing)
     const char *project;
-    char *key;             //  X-Appwrite-Key (secret)
-    char *jwt;             //  X-Appwrite-JWT (secret)
+    char *key; //  X-Appwrite-Key (secret)
+    char *jwt; //  X-Appwrite-JWT (secret)
     const char *queries[MAX_QUERIES];
     size_t nqueries;
     const char *channels[MAX_QUERIES];
@@ -669,8 +708,12 @@ s_client_opts(int argc, char **argv, client_opts_t *o, bool watch)
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case 'e': o->endpoint = optarg; break;
-        case 'p': o->project = optarg; break;
+        case 'e':
+            o->endpoint = optarg;
+            break;
+        case 'p':
+            o->project = optarg;
+            break;
         case 'k':
             s_free_secret(o->key);
             o->key = s_take_secret(optarg);
@@ -689,7 +732,9 @@ s_client_opts(int argc, char **argv, client_opts_t *o, bool watch)
                 s_die("--channel is for watch (at most %d)", MAX_QUERIES);
             o->channels[o->nchannels++] = optarg;
             break;
-        default: s_usage(); return -1;
+        default:
+            s_usage();
+            return -1;
         }
     }
     if (!o->endpoint || !o->project) {
@@ -788,6 +833,10 @@ cmd_list(int argc, char **argv)
         else
             s_print_safe(stderr, body.data ? body.data : "", body.len > 300 ? 300 : body.len);
         fputc('\n', stderr);
+        json_decref(root);
+        pd_buf_free(&url);
+        pd_buf_free(&body);
+        pd_buf_free(&hv);
         return 1;
     }
     json_t *arr = json_object_get(root, "presences");
@@ -802,7 +851,8 @@ cmd_list(int argc, char **argv)
         w[k] = strlen(heads[k]);
     size_t i;
     json_t *p;
-    json_array_foreach(arr, i, p) {
+    json_array_foreach(arr, i, p)
+    {
         for (int k = 0; k < 4; k++) {
             const char *v = json_string_value(json_object_get(p, fields[k]));
             if (v && s_width(v) > w[k])
@@ -812,7 +862,8 @@ cmd_list(int argc, char **argv)
     for (int k = 0; k < 4; k++)
         s_cell(heads[k], w[k], k == 3);
     fputc('\n', stdout);
-    json_array_foreach(arr, i, p) {
+    json_array_foreach(arr, i, p)
+    {
         for (int k = 0; k < 4; k++) {
             const char *v = json_string_value(json_object_get(p, fields[k]));
             s_cell(v ? v : "", w[k], k == 3);
@@ -834,12 +885,12 @@ cmd_list(int argc, char **argv)
 typedef struct {
     CURL *h;
     curl_socket_t fd;
-    pd_buf_t pre;          //  bytes read past the handshake, fed to wslay first
+    pd_buf_t pre; //  bytes read past the handshake, fed to wslay first
     size_t pre_off;
-    bool eof;              //  the peer closed the TCP connection
-    bool closed;           //  a close frame arrived
+    bool eof;    //  the peer closed the TCP connection
+    bool closed; //  a close frame arrived
     int close_code;
-    bool fatal;            //  an error that ends the watch
+    bool fatal; //  an error that ends the watch
     client_opts_t *o;
 } ws_t;
 
@@ -980,7 +1031,8 @@ s_on_text(wslay_event_context_ptr ctx, ws_t *ws, const char *text, size_t len)
         fprintf(stderr, "connected to project %s as %s; watching ", ws->o->project,
                 json_is_object(user) && *uid ? uid : "a guest");
         for (size_t i = 0; i < (ws->o->nchannels ? ws->o->nchannels : 1); i++)
-            fprintf(stderr, "%s%s", i ? ", " : "", ws->o->nchannels ? ws->o->channels[i] : "presences");
+            fprintf(stderr, "%s%s", i ? ", " : "",
+                    ws->o->nchannels ? ws->o->channels[i] : "presences");
         fprintf(stderr, " (Ctrl-C to stop)\n");
         s_subscribe(ctx, ws->o);
     } else if (strcmp(type, "event") == 0) {
@@ -1001,7 +1053,10 @@ s_on_text(wslay_event_context_ptr ctx, ws_t *ws, const char *text, size_t len)
         fprintf(stderr, "%s: server error %" JSON_INTEGER_FORMAT ": ", s_prog, code);
         s_print_safe(stderr, msg, strlen(msg));
         fputc('\n', stderr);
-        if (code == 1008 || code == 401 || code == 1003)
+        //  1008 closes the connection (the server sends the close); 1003 means the subscription
+        //  was refused, so there is nothing to watch; 401 after `connected` means the token
+        //  expired and the connection goes on as a guest, which watch reports and survives.
+        if (code == 1003)
             ws->fatal = true;
     } else if (strcmp(type, "response") == 0) {
         const char *to = s_jstr(data, "to");
@@ -1097,7 +1152,8 @@ s_handshake(ws_t *ws, const char *host_hdr, const char *target)
     char want[sodium_base64_ENCODED_LEN(SHA_DIGEST_LENGTH, sodium_base64_VARIANT_ORIGINAL)];
     sodium_bin2base64(want, sizeof want, sha, sizeof sha, sodium_base64_VARIANT_ORIGINAL);
     bool accepted = false;
-    for (char *line = strstr(in->data, "\r\n"); line && line < end; line = strstr(line + 2, "\r\n")) {
+    for (char *line = strstr(in->data, "\r\n"); line && line < end;
+         line = strstr(line + 2, "\r\n")) {
         const char *name = line + 2;
         if (strncasecmp(name, "sec-websocket-accept:", 21) == 0) {
             const char *v = name + 21;
@@ -1125,7 +1181,7 @@ cmd_watch(int argc, char **argv)
     //  Parse the endpoint with libcurl's URL API; ws(s):// is accepted as http(s)://.
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
-    if (curl_url_set(u, CURLUPART_URL, url.data, 0) != CURLUE_OK ||
+    if (curl_url_set(u, CURLUPART_URL, url.data, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
@@ -1174,8 +1230,7 @@ cmd_watch(int argc, char **argv)
     ws.h = h;
     ws.o = &o;
     pd_buf_init(&ws.pre);
-    if (curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, &ws.fd) != CURLE_OK ||
-        ws.fd == CURL_SOCKET_BAD)
+    if (curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, &ws.fd) != CURLE_OK || ws.fd == CURL_SOCKET_BAD)
         s_die("connect %s: no socket", o.endpoint);
 
     s_handshake(&ws, hosthdr.data, target.data);
@@ -1183,8 +1238,8 @@ cmd_watch(int argc, char **argv)
     s_free_secret(o.jwt);
     o.jwt = NULL;
 
-    struct wslay_event_callbacks cbs = {s_ws_recv, s_ws_send, s_ws_genmask, NULL, NULL,
-                                        NULL,      s_ws_on_msg};
+    struct wslay_event_callbacks cbs = {s_ws_recv, s_ws_send, s_ws_genmask, NULL,
+                                        NULL,      NULL,      s_ws_on_msg};
     wslay_event_context_ptr ctx;
     if (wslay_event_context_client_init(&ctx, &cbs, &ws) != 0)
         s_die("wslay_event_context_client_init failed");

@@ -12,8 +12,7 @@
 
 #include <jansson.h>
 
-static int
-s_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+static int s_fail(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 static int
@@ -47,11 +46,16 @@ const char *
 pd_rtmsg_name(int type)
 {
     switch (type) {
-    case PD_RTMSG_PING: return "ping";
-    case PD_RTMSG_AUTH: return "authentication";
-    case PD_RTMSG_SUBSCRIBE: return "subscribe";
-    case PD_RTMSG_UNSUBSCRIBE: return "unsubscribe";
-    case PD_RTMSG_PRESENCE: return "presence";
+    case PD_RTMSG_PING:
+        return "ping";
+    case PD_RTMSG_AUTH:
+        return "authentication";
+    case PD_RTMSG_SUBSCRIBE:
+        return "subscribe";
+    case PD_RTMSG_UNSUBSCRIBE:
+        return "unsubscribe";
+    case PD_RTMSG_PRESENCE:
+        return "presence";
     }
     return "?";
 }
@@ -102,8 +106,8 @@ s_parse_subscribe(pd_rtmsg_t *m, json_t *data, char *err, size_t errlen)
         if (q && !json_is_array(q))
             return s_fail(err, errlen, PD_RTMSG_EFORMAT, "items: queries is not a valid array.");
         json_t *id = json_object_get(row, "subscriptionId");
-        if (id && !(json_is_string(id) && (pd_str_eqc(s_jstr(id), "unique()") ||
-                                           pd_uid_valid(s_jstr(id)))))
+        if (id && !(json_is_string(id) &&
+                    (pd_str_eqc(s_jstr(id), "unique()") || pd_uid_valid(s_jstr(id)))))
             return s_fail(err, errlen, PD_RTMSG_EFORMAT,
                           "items: subscriptionId is not a valid id.");
         if (json_array_size(ch) > PD_RTMSG_MAX_CHANNELS)
@@ -157,8 +161,8 @@ s_parse_subscribe(pd_rtmsg_t *m, json_t *data, char *err, size_t errlen)
         if (r->nqueries) {
             int code;
             char qerr[300];
-            r->query =
-                pd_query_parse(r->queries, r->nqueries, PD_QMODE_REALTIME, &code, qerr, sizeof qerr);
+            r->query = pd_query_parse(r->queries, r->nqueries, PD_QMODE_REALTIME, &code, qerr,
+                                      sizeof qerr);
             if (!r->query)
                 return s_fail(err, errlen, PD_RTMSG_EFORMAT, "%s", qerr);
         }
@@ -209,8 +213,7 @@ s_parse_auth(pd_rtmsg_t *m, json_t *data, char *err, size_t errlen)
     }
     if (!t)
         return s_fail(err, errlen, PD_RTMSG_EFORMAT, "Payload is not valid. Session is required");
-    if (!json_is_string(t) || json_string_length(t) == 0 ||
-        json_string_length(t) > PD_JWT_MAX_LEN)
+    if (!json_is_string(t) || json_string_length(t) == 0 || json_string_length(t) > PD_JWT_MAX_LEN)
         return s_fail(err, errlen, PD_RTMSG_EFORMAT,
                       "%s: Value must be a valid string and at least 1 chars and no longer than "
                       "%d chars",
@@ -308,8 +311,7 @@ pd_rtmsg_parse(pd_rtmsg_t *m, const char *buf, size_t len, size_t max_metadata, 
         err[0] = 0;
     if (len > PD_RTMSG_MAX_BYTES)
         return s_fail(err, errlen, PD_RTMSG_ETOOBIG,
-                      "Message is too big: a message may be at most %d bytes.",
-                      PD_RTMSG_MAX_BYTES);
+                      "Message is too big: a message may be at most %d bytes.", PD_RTMSG_MAX_BYTES);
     json_t *root = json_loadb(buf, len, 0, NULL);
     m->root = root;
     if (!json_is_object(root))

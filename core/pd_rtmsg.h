@@ -23,7 +23,7 @@
 #define PD_RTMSG_MAX_CHANNELS 100    //  channels of one subscription
 #define PD_RTMSG_MAX_CHANNEL_LEN 256 //  bytes of one channel name
 #define PD_RTMSG_MAX_QUERIES PD_QUERY_MAX
-#define PD_RTMSG_MAX_STATUS 255      //  characters of a status (the REST limit)
+#define PD_RTMSG_MAX_STATUS 255 //  characters of a status (the REST limit)
 
 //  Error codes (the `code` of the error message).
 enum { PD_RTMSG_EFORMAT = 1003, PD_RTMSG_ETOOBIG = 1009 };
@@ -38,18 +38,18 @@ enum {
 
 //  One subscribe row. Views point into the message's parsed JSON.
 typedef struct {
-    pd_str_t id;          //  subscriptionId; PD_STR_NULL when absent or "unique()"
-    pd_str_t *channels;   //  as sent (not deduplicated)
+    pd_str_t id;        //  subscriptionId; PD_STR_NULL when absent or "unique()"
+    pd_str_t *channels; //  as sent (not deduplicated)
     size_t nchannels;
-    pd_str_t *queries;    //  query texts as sent
+    pd_str_t *queries; //  query texts as sent
     size_t nqueries;
-    pd_query_t *query;    //  parsed queries, NULL when there are none; owned by the message
-                          //  (a caller that keeps it sets the field to NULL)
+    pd_query_t *query; //  parsed queries, NULL when there are none; owned by the message
+                       //  (a caller that keeps it sets the field to NULL)
 } pd_rtmsg_row_t;
 
 typedef struct {
-    int type;             //  PD_RTMSG_*
-    void *root;           //  the parsed JSON (json_t *); every view below points into it
+    int type;   //  PD_RTMSG_*
+    void *root; //  the parsed JSON (json_t *); every view below points into it
     /* subscribe */
     pd_rtmsg_row_t *rows;
     size_t nrows;
@@ -57,15 +57,15 @@ typedef struct {
     pd_str_t *ids;
     size_t nids;
     /* authentication */
-    pd_str_t token;       //  data.jwt, or data.session (presenced has no sessions: a JWT)
+    pd_str_t token; //  data.jwt, or data.session (presenced has no sessions: a JWT)
     /* presence */
     pd_str_t status;      //  raw text
     pd_buf_t status_json; //  status as a JSON string token
     pd_str_t presence_id; //  PD_STR_NULL when absent or "unique()"
     bool has_meta;
-    pd_buf_t meta_json;   //  compact JSON object text (when has_meta)
+    pd_buf_t meta_json; //  compact JSON object text (when has_meta)
     bool has_perms;
-    pd_perms_t perms;     //  parsed permissions (when has_perms)
+    pd_perms_t perms; //  parsed permissions (when has_perms)
 } pd_rtmsg_t;
 
 //  Parses one message. max_metadata caps the encoded metadata of a presence (the project's

@@ -85,6 +85,8 @@ class Cluster {
         this.jwtSecret = opts.jwtSecret ?? 'jwt_' + crypto.randomBytes(24).toString('hex');
         this.label = opts.label ?? 'cluster';
         this.extraArgs = opts.args ?? [];
+        this.configJson = opts.config;
+        this.env = opts.env ? { ...process.env, ...opts.env } : process.env;
         this.name = 'e2e' + process.pid.toString(36) + crypto.randomBytes(3).toString('hex');
         this.failed = false;
         this.exited = null; // {code, signal} once the supervisor is gone
@@ -97,6 +99,11 @@ class Cluster {
         if (!fs.existsSync(BIN)) throw new Error(`presenced binary not found at ${BIN} (build it, or set PRESENCED_BIN)`);
         this.port = await freePort();
         this.runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pd-e2e-'));
+        if (this.configJson) { // a projects file (--config), written into the run-dir
+            const cfg = path.join(this.runDir, 'projects.json');
+            fs.writeFileSync(cfg, JSON.stringify(this.configJson, null, 2));
+            this.extraArgs = [...this.extraArgs, '--config', cfg];
+        }
         this.logPath = path.join(this.runDir, 'server.log');
         const fd = fs.openSync(this.logPath, 'a');
         this.args = [
@@ -106,7 +113,7 @@ class Cluster {
             '--run-dir', this.runDir, '--cluster', this.name,
             ...this.extraArgs,
         ];
-        this.proc = spawn(BIN, this.args, { detached: true, stdio: ['ignore', fd, fd] });
+        this.proc = spawn(BIN, this.args, { detached: true, stdio: ['ignore', fd, fd], env: this.env });
         fs.closeSync(fd);
         this.pid = this.proc.pid;
         live.add(this);

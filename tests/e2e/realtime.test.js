@@ -1,0 +1,773 @@
+'use strict';
+// Realtime over WebSocket against a real cluster (2 gateways, broker, 2 store nodes, reaper):
+// the official web SDK's Realtime class (appwrite 27.0.0, and the newest release) for the user
+// stories, raw `ws` sockets and hand-made frames for bad input and for the bulk.
+const test = require('node:test');
+const { describe, it } = test;
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const net = require('node:net');
+const crypto = require('node:crypto');
+const { spawn } = require('node:child_process');
+
+const R = require('./lib/rtclient');
+R.installRecordingWebSocket(); // before the SDK is loaded: it takes globalThis.WebSocket
+const { useCluster, sleep, freePort, parseMetrics, BIN } = require('./lib/cluster');
+const { webClient, nodeClient, mintJwt } = require('./lib/sdk');
+const { uid, assertPresence, DATE_RE } = require('./lib/check');
+
+// Every SDK Realtime of the file, disconnected at the end, before
+// the cluster stops (hooks run in the order they are registered) (their heartbeats keep Node alive).
+const realtimes = [];
+async function disconnectAll() {
+    for (const r of realtimes.splice(0)) { try { await r.disconnect(); } catch {} }
+}
+test.afterEach(disconnectAll);
+test.after(disconnectAll);
+const H = useCluster(test, { label: 'realtime' });
+const C = () => H.cluster;
+
+
+function sdkRealtime(userId, { sdk = 'appwrite', jwt } = {}) {
+    const { W, client } = webClient(C(), { sdk, userId, jwt });
+    const rt = new W.Realtime(client);
+    realtimes.push(rt);
+    return { W, client, rt, userId };
+}
+
+const jwtFor = (userId, claims = {}) => mintJwt(C().jwtSecret, { userId, ...claims });
+const keyPresences = () => nodeClient(C(), {}).presences;
+
+// An event exactly as §6.4 says: events in order, the four channels, the date format.
+function assertEvent(e, action, id, payload) {
+    assert.deepEqual(e.events, [`presences.${id}.${action}`, `presences.*.${action}`, `presences.${id}`, 'presences.*'], 'events');
+    assert.deepEqual(e.channels, ['presences', `presences.${id}`, `presences.${action}`, `presences.${id}.${action}`], 'channels');
+    assert.match(e.timestamp, DATE_RE, 'timestamp');
+    assert.ok(Array.isArray(e.subscriptions) && e.subscriptions.length > 0, 'subscriptions');
+    if (payload) assert.deepEqual(e.payload, payload, 'payload');
+    else assertPresence(e.payload);
+}
+
+const isEv = (action, id) => (e) => e.events && e.events[0] === `presences.${id}.${action}`;
+const evOf = (id) => (e) => e.payload && e.payload.$id === id;
+
+async function gatewayPair(rt) {
+    const mine = await R.gatewayOf(C(), rt.socket._socket.localPort);
+    const other = C().pids('gateway').find((p) => p !== mine);
+    assert.ok(other, 'a second gateway');
+    return { mine, other };
+}
+
+// Sums a metric over the gateways (each gateway renders its own).
+async function gatewayMetric(name) {
+    let total = 0;
+    for (const pid of C().pids('gateway')) {
+        const r = await R.restVia(C(), pid, 'GET', '/metrics');
+        total += parseMetrics(r.text).sum(name);
+    }
+    return total;
+}
+
+// --- the SDK user stories ----------------------------------------------------------------------
+
+describe('web SDK Realtime: events across gateways', () => {
+    it('Channel.presences() sees upsert, update and delete made through the other gateway, exactly as Appwrite shapes them', async () => {
+        const u = uid('u');
+        const { W, rt } = sdkRealtime(u);
+        const col = R.collector();
+        await R.sdkSubscribe(rt, W.Channel.presences(), col.cb);
+        const { other } = await gatewayPair(rt);
+        const jwt = jwtFor(u);
+        const id = uid('p');
+
+        const up = await R.restVia(C(), other, 'PUT', `/v1/presences/${id}`, { jwt, body: { status: 'online', metadata: { room: 'a', n: 1 } } });
+        assert.equal(up.status, 200, up.text);
+        assertEvent(await col.waitFor(isEv('upsert', id)), 'upsert', id, up.json);
+
+        const upd = await R.restVia(C(), other, 'PATCH', `/v1/presences/${id}`, { jwt, body: { status: 'away' } });
+        assert.equal(upd.status, 200, upd.text);
+        assertEvent(await col.waitFor(isEv('update', id)), 'update', id, upd.json);
+
+        const del = await R.restVia(C(), other, 'DELETE', `/v1/presences/${id}`, { jwt });
+        assert.equal(del.status, 204, del.text);
+        const d = await col.waitFor(isEv('delete', id));
+        assertEvent(d, 'delete', id, upd.json); // the record as it was before the delete
+        assert.equal(col.count(evOf(id)), 3, 'exactly three events');
+        const [e0] = col.got;
+        assert.deepEqual(Object.keys(e0), ['events', 'channels', 'timestamp', 'payload', 'subscriptions']);
+    });
+
+    it('the same with the newest web SDK release', async () => {
+        const u = uid('u');
+        const { W, rt } = sdkRealtime(u, { sdk: 'appwrite-latest' });
+        const col = R.collector();
+        await R.sdkSubscribe(rt, W.Channel.presences(), col.cb);
+        const { other } = await gatewayPair(rt);
+        const id = uid('p');
+        const up = await R.restVia(C(), other, 'PUT', `/v1/presences/${id}`, { jwt: jwtFor(u), body: { status: 'online' } });
+        assertEvent(await col.waitFor(isEv('upsert', id)), 'upsert', id, up.json);
+    });
+
+    it('Channel.presence(id) sees only that record', async () => {
+        const u = uid('u');
+        const { W, rt } = sdkRealtime(u);
+        const mineId = uid('p');
+        const col = R.collector();
+        const all = R.collector();
+        await R.sdkSubscribe(rt, W.Channel.presence(mineId), col.cb);
+        await R.sdkSubscribe(rt, W.Channel.presences(), all.cb);
+        const other = uid('u');
+        const otherId = uid('p');
+        await webClient(C(), { userId: other }).presences.upsert({ presenceId: otherId, status: 'x', permissions: ['read("any")'] });
+        await webClient(C(), { userId: u }).presences.upsert({ presenceId: mineId, status: 'online' });
+        const e = await col.waitFor(isEv('upsert', mineId));
+        assert.deepEqual(e.channels, ['presences', `presences.${mineId}`, 'presences.upsert', `presences.${mineId}.upsert`]);
+        await all.waitFor(evOf(otherId), 5000, 'the other record on presences (so the negative means something)');
+        await sleep(200);
+        assert.equal(col.count(evOf(otherId)), 0, 'no event of another record');
+        // two matching subscriptions of one connection: one frame, both ids
+        assert.equal(e.subscriptions.length, 2, `subscriptions ${JSON.stringify(e.subscriptions)}`);
+    });
+
+    it('presences.<ID>.delete sees only deletes; presences.upsert only upserts', async () => {
+        const u = uid('u');
+        const { W, rt } = sdkRealtime(u);
+        const id = uid('p');
+        const dels = R.collector();
+        const ups = R.collector();
+        await R.sdkSubscribe(rt, W.Channel.presence(id).delete(), dels.cb);
+        await R.sdkSubscribe(rt, 'presences.upsert', ups.cb);
+        const p = webClient(C(), { userId: u }).presences;
+        await p.upsert({ presenceId: id, status: 'online' });
+        await p.update({ presenceId: id, status: 'away' });
+        await p.delete({ presenceId: id });
+        const d = await dels.waitFor(isEv('delete', id));
+        assertEvent(d, 'delete', id);
+        await ups.waitFor(isEv('upsert', id));
+        await sleep(200);
+        assert.deepEqual(dels.got.map((e) => e.events[0]), [`presences.${id}.delete`]);
+        assert.deepEqual(ups.got.filter(evOf(id)).map((e) => e.events[0]), [`presences.${id}.upsert`]);
+    });
+
+    it('unsubscribe stops delivery (the connection and its other subscriptions stay)', async () => {
+        const u = uid('u');
+        const { W, rt } = sdkRealtime(u);
+        const id = uid('p');
+        const a = R.collector();
+        const b = R.collector();
+        const subA = await R.sdkSubscribe(rt, W.Channel.presence(id), a.cb);
+        await R.sdkSubscribe(rt, W.Channel.presences(), b.cb);
+        const p = webClient(C(), { userId: u }).presences;
+        await p.upsert({ presenceId: id, status: 'one' });
+        await a.waitFor(isEv('upsert', id));
+        const n0 = rt.socket.__msgs.length;
+        await subA.unsubscribe();
+        const resp = await R.sdkFrame(rt, (m) => m.type === 'response' && m.data.to === 'unsubscribe', 5000, n0);
+        assert.deepEqual(resp.data.subscriptions.map((s) => s.removed), [true]);
+        await p.update({ presenceId: id, status: 'two' });
+        await b.waitFor(isEv('update', id));
+        await sleep(200);
+        assert.equal(a.count(isEv('update', id)), 0, 'the unsubscribed callback got nothing');
+    });
+
+    it('a query subscription sees only matching events, and the change that makes a record leave the set', async () => {
+        const u = uid('u');
+        const { W, rt } = sdkRealtime(u);
+        const id = uid('p');
+        const q = R.collector();
+        const all = R.collector();
+        await R.sdkSubscribe(rt, W.Channel.presences(), q.cb, [W.Query.equal('status', ['online'])]);
+        await R.sdkSubscribe(rt, W.Channel.presences(), all.cb);
+        const p = webClient(C(), { userId: u }).presences;
+        await p.upsert({ presenceId: id, status: 'away' });     // not in the set
+        await p.update({ presenceId: id, status: 'online' });   // enters
+        await p.update({ presenceId: id, status: 'busy' });     // leaves: still delivered
+        await p.update({ presenceId: id, status: 'idle' });     // outside: nothing
+        await all.waitFor((e) => evOf(id)(e) && e.payload.status === 'idle');
+        await sleep(200);
+        assert.deepEqual(q.got.filter(evOf(id)).map((e) => [e.events[0], e.payload.status]),
+            [[`presences.${id}.update`, 'online'], [`presences.${id}.update`, 'busy']]);
+        assert.equal(all.count(evOf(id)), 4);
+    });
+
+    it('a metadata query (metadata.room) works', async () => {
+        const u = uid('u');
+        const { W, rt } = sdkRealtime(u);
+        const lobby = R.collector();
+        const all = R.collector();
+        await R.sdkSubscribe(rt, W.Channel.presences(), lobby.cb, [W.Query.equal('metadata.room', ['lobby']), W.Query.isNotNull('status')]);
+        await R.sdkSubscribe(rt, W.Channel.presences(), all.cb);
+        const a = uid('p');
+        const b = uid('p');
+        const u2 = uid('u');
+        await webClient(C(), { userId: u }).presences.upsert({ presenceId: a, status: 'x', metadata: { room: 'lobby', seat: 3 } });
+        await webClient(C(), { userId: u2 }).presences.upsert({ presenceId: b, status: 'x', metadata: { room: 'kitchen' }, permissions: ['read("any")'] });
+        await lobby.waitFor(evOf(a));
+        await all.waitFor(evOf(b));
+        await sleep(200);
+        assert.equal(lobby.count(evOf(b)), 0, 'kitchen is not the lobby');
+    });
+
+    it('a subscriber without read permission receives nothing for a record, while a permitted one does', async () => {
+        const ua = uid('a');
+        const ub = uid('b');
+        const A = sdkRealtime(ua);
+        const B = sdkRealtime(ub);
+        const ca = R.collector();
+        const cb = R.collector();
+        await R.sdkSubscribe(A.rt, A.W.Channel.presences(), ca.cb);
+        await R.sdkSubscribe(B.rt, B.W.Channel.presences(), cb.cb);
+        const secret = uid('p');
+        const shared = uid('p');
+        await webClient(C(), { userId: ua }).presences.upsert({ presenceId: secret, status: 'hidden' }); // owner-only
+        await keyPresences().upsert({ presenceId: shared, userId: uid('k'), status: 'shared', permissions: ['read("users")'] });
+        await ca.waitFor(evOf(secret));
+        await ca.waitFor(evOf(shared));
+        await cb.waitFor(evOf(shared), 5000, 'the shared record (so the negative means something)');
+        await sleep(300);
+        assert.equal(cb.count(evOf(secret)), 0, 'B must not see A\'s owner-only record');
+        // a record with no read role produces no event at all
+        const none = uid('p');
+        await keyPresences().upsert({ presenceId: none, userId: uid('k'), status: 'nobody', permissions: [] });
+        await keyPresences().upsert({ presenceId: uid('p'), userId: uid('k'), status: 'marker', permissions: ['read("any")'] });
+        await ca.waitFor((e) => e.payload.status === 'marker');
+        assert.equal(ca.count(evOf(none)), 0);
+    });
+
+    it('permission changes: who loses read access gets a delete, who gains it gets an upsert', async () => {
+        const ua = uid('a');
+        const ub = uid('b');
+        const A = sdkRealtime(ua);
+        const B = sdkRealtime(ub);
+        const ca = R.collector();
+        const cb = R.collector();
+        await R.sdkSubscribe(A.rt, A.W.Channel.presences(), ca.cb);
+        await R.sdkSubscribe(B.rt, B.W.Channel.presences(), cb.cb);
+        const id = uid('p');
+        const kp = keyPresences();
+        const first = await kp.upsert({ presenceId: id, userId: ua, status: 'one', permissions: [`read("user:${ua}")`] });
+        await ca.waitFor(isEv('upsert', id));
+        const second = await kp.update({ presenceId: id, userId: ua, status: 'two', permissions: [`read("user:${ub}")`] });
+        const lost = await ca.waitFor(isEv('delete', id));
+        assertEvent(lost, 'delete', id, JSON.parse(JSON.stringify(first)));
+        const gained = await cb.waitFor(isEv('upsert', id));
+        assertEvent(gained, 'upsert', id, JSON.parse(JSON.stringify(second)));
+        await kp.update({ presenceId: id, userId: ua, status: 'three', permissions: ['read("users")'] });
+        await ca.waitFor((e) => isEv('upsert', id)(e) && e.payload.status === 'three');
+        await cb.waitFor((e) => isEv('update', id)(e) && e.payload.status === 'three');
+        await sleep(200);
+        assert.equal(ca.count(isEv('update', id)), 0, 'A never saw an update of a record it could not read');
+        assert.equal(cb.count(evOf(id)), 2);
+    });
+});
+
+// --- connection-bound presence ---------------------------------------------------------------
+
+describe('connection-bound presence (upsertPresence)', () => {
+    async function watcher() {
+        const w = await R.rawConnect(C(), {});
+        await R.rawSubscribe(w, [{ subscriptionId: 'w', channels: ['presences'] }]);
+        return w;
+    }
+
+    it('creates a source "realtime" record that is deleted, with a delete event, after disconnect()', async () => {
+        const w = await watcher();
+        const u = uid('u');
+        const { W, rt } = sdkRealtime(u);
+        const id = uid('p');
+        await rt.upsertPresence({ presenceId: id, status: 'online', metadata: { tab: 1 }, permissions: [W.Permission.read(W.Role.any())] });
+        const resp = await R.sdkFrame(rt, (m) => m.type === 'response' && m.data.to === 'presence', 5000);
+        assertPresence(resp.data.presence, { $id: id, userId: u, status: 'online', source: 'realtime', metadata: { tab: 1 } });
+        const up = await w.next((m) => m.type === 'event' && m.data.events[0] === `presences.${id}.upsert`);
+        assert.equal(up.data.payload.source, 'realtime');
+        const got = await keyPresences().get({ presenceId: id });
+        assert.equal(got.source, 'realtime');
+        const t0 = Date.now();
+        await rt.disconnect();
+        const del = await w.next((m) => m.type === 'event' && m.data.events[0] === `presences.${id}.delete`, 15000, 'the delete event');
+        const ms = Date.now() - t0;
+        assert.ok(ms >= 4000, `deleted after ${ms} ms: the grace period is 5 s`);
+        assert.equal(del.data.payload.$id, id);
+        await assert.rejects(keyPresences().get({ presenceId: id }), (e) => e.code === 404);
+        w.close();
+    });
+
+    it('two sockets of one user keep the presence until the second one closes', async () => {
+        const w = await watcher();
+        const u = uid('u');
+        const id = uid('p');
+        const A = sdkRealtime(u);
+        const B = sdkRealtime(u);
+        // the second socket's upsert updates the record: the user needs update permission
+        const perm = [A.W.Permission.read(A.W.Role.any()), A.W.Permission.write(A.W.Role.user(u))];
+        await A.rt.upsertPresence({ presenceId: id, status: 'tab A', permissions: perm });
+        await R.sdkFrame(A.rt, (m) => m.type === 'response' && m.data.to === 'presence', 5000);
+        await B.rt.upsertPresence({ presenceId: id, status: 'tab B', permissions: perm });
+        await R.sdkFrame(B.rt, (m) => m.type === 'response' && m.data.to === 'presence', 5000);
+        await A.rt.disconnect();
+        await sleep(7000); // longer than the grace period
+        assert.equal(w.events((m) => m.data.events[0] === `presences.${id}.delete`).length, 0, 'no delete while tab B is open');
+        const still = await keyPresences().get({ presenceId: id });
+        assert.equal(still.status, 'tab B');
+        await B.rt.disconnect();
+        await w.next((m) => m.type === 'event' && m.data.events[0] === `presences.${id}.delete`, 15000, 'the delete after the last tab');
+        w.close();
+    });
+
+    it('a presence message needs a user, a status, and grants only the caller\'s roles', async () => {
+        const g = await R.rawConnect(C(), {});
+        let r = await g.request({ type: 'presence', data: { status: 'x', presenceId: uid('p') } });
+        assert.deepEqual(r.data, { code: 401, message: 'User must be authorized' });
+        const c = await R.rawConnect(C(), { jwt: jwtFor(uid('u')) });
+        r = await c.request({ type: 'presence', data: { presenceId: uid('p') } });
+        assert.deepEqual(r.data, { code: 1003, message: 'Payload is not valid. Status is required' });
+        r = await c.request({ type: 'presence', data: { status: 'x', permissions: 'read("any")' } });
+        assert.deepEqual(r.data, { code: 1003, message: 'permissions: Permissions must be an array of strings.' });
+        r = await c.request({ type: 'presence', data: { status: 'x', permissions: ['read("user:someoneelse")'] } });
+        assert.equal(r.data.code, 401);
+        assert.match(r.data.message, /^Permissions must be one of: \(/);
+        r = await c.request({ type: 'presence', data: { status: 'x'.repeat(256) } });
+        assert.equal(r.data.code, 1003);
+        g.close();
+        c.close();
+    });
+
+    it('a gateway killed with SIGKILL: its connection-bound presences are deleted, with events, within the lease', { timeout: 90000 }, async () => {
+        const [g1, g2] = C().pids('gateway');
+        const victim = g1;
+        const survivor = g2;
+        const ua = uid('k');
+        const us = uid('s');
+        const idA = uid('p');
+        const idS = uid('p');
+        const holderA = await R.rawConnectTo(C(), victim, { jwt: jwtFor(ua) });
+        const holderS = await R.rawConnectTo(C(), survivor, { jwt: jwtFor(us) });
+        const tS = Date.now();
+        for (const [h, id] of [[holderA, idA], [holderS, idS]]) {
+            const r = await h.request({ type: 'presence', data: { status: 'here', presenceId: id, permissions: ['read("any")'] } });
+            assert.equal(r.type, 'response', JSON.stringify(r));
+        }
+        const w = await R.rawConnectTo(C(), survivor, {});
+        await R.rawSubscribe(w, [{ subscriptionId: 'w', channels: ['presences'] }]);
+        const t0 = Date.now();
+        process.kill(victim, 'SIGKILL');
+        await holderA.closed;
+        const del = await w.next((m) => m.type === 'event' && m.data.events[0] === `presences.${idA}.delete`, 45000, 'the delete of the dead gateway\'s presence');
+        const ms = Date.now() - t0;
+        assert.ok(ms <= 40000, `deleted ${ms} ms after the kill (lease 30 s)`);
+        assert.equal(del.data.payload.source, 'realtime');
+        assert.equal(w.events((m) => m.data.events[0] === `presences.${idS}.delete`).length, 0, 'the live gateway\'s presence stays');
+        // ... past its first lease: the live gateway renews it, and renewals are not broadcast
+        while (Date.now() - tS < 40000) await sleep(250);
+        const s = await keyPresences().get({ presenceId: idS });
+        assert.equal(s.status, 'here');
+        assert.ok(Date.parse(s.expiresAt) - tS > 35000, `the lease moved on (expiresAt ${s.expiresAt})`);
+        assert.equal(w.events((m) => m.data.payload.$id === idS).length, 0, 'no event for lease renewals');
+        holderS.close();
+        w.close();
+        await R.until(() => { const p = C().pids('gateway'); return p.length === 2 && !p.includes(victim); }, 20000, 'the gateway restarted');
+        await C().waitHealthy(20000);
+    });
+});
+
+// --- identity on the socket ------------------------------------------------------------------
+
+describe('identity on the socket', () => {
+    it('connected carries an Account-like user when a JWT is given, null for a guest', async () => {
+        const u = uid('u');
+        const c = await R.rawConnect(C(), { jwt: jwtFor(u, { labels: ['vip'] }) });
+        assert.equal(c.hello.type, 'connected');
+        const user = c.hello.data.user;
+        assert.equal(user.$id, u);
+        assert.equal(user.status, true);
+        assert.deepEqual(user.labels, ['vip']);
+        assert.equal(typeof user.name, 'string');
+        assert.deepEqual(c.hello.data.channels, []);
+        const g = await R.rawConnect(C(), {});
+        assert.deepEqual(g.hello, { type: 'connected', data: { channels: [], subscriptions: [], user: null } });
+        c.close();
+        g.close();
+    });
+
+    it('errors during open are sent, then the socket is closed', async () => {
+        for (const [opts, code, close, msg] of [
+            [{ project: 'no-such-project' }, 1008, 1008, /^Missing or unknown project ID$/],
+            [{ project: null }, 1008, 1008, /^Missing or unknown project ID$/],
+            [{ jwt: 'not.a.jwt' }, 401, 1008, /JWT/],
+            [{ jwt: jwtFor(uid('u'), { exp: Math.floor(Date.now() / 1000) - 10 }) }, 401, 1008, /expired/],
+        ]) {
+            const c = await R.RawClient.open(R.rtUrl(C(), opts));
+            const e = await c.next(() => true);
+            assert.equal(e.type, 'error', JSON.stringify(e));
+            assert.equal(e.data.code, code);
+            assert.match(e.data.message, msg);
+            const cl = await c.closed;
+            assert.equal(cl.code, close);
+        }
+        const r = await fetch(`${C().endpoint}/realtime?project=${C().project}`);
+        assert.equal(r.status, 400, 'a plain GET is told to use a WebSocket');
+        assert.equal((await r.json()).type, 'general_bad_request');
+    });
+
+    it('authentication with a JWT re-binds the subscriptions; a bad token is refused', async () => {
+        const u = uid('u');
+        const c = await R.rawConnect(C(), {});
+        await R.rawSubscribe(c, [{ subscriptionId: 's', channels: ['presences'] }]);
+        let r = await c.request({ type: 'authentication', data: { session: 'garbage' } });
+        assert.deepEqual(r.data, { code: 1003, message: 'Session is not valid.' });
+        r = await c.request({ type: 'authentication', data: { jwt: jwtFor(u) } });
+        assert.equal(r.data.to, 'authentication');
+        assert.equal(r.data.success, true);
+        assert.equal(r.data.user.$id, u);
+        const id = uid('p');
+        await webClient(C(), { userId: u }).presences.upsert({ presenceId: id, status: 'owner-only' });
+        await c.next((m) => m.type === 'event' && m.data.payload.$id === id);
+        c.close();
+    });
+
+    it('a token that expires while connected drops the connection to a guest, and it is told', { timeout: 30000 }, async () => {
+        const u = uid('u');
+        const c = await R.rawConnect(C(), { jwt: jwtFor(u, { exp: Math.floor(Date.now() / 1000) + 3 }) });
+        assert.equal(c.hello.data.user.$id, u);
+        await R.rawSubscribe(c, [{ subscriptionId: 's', channels: ['presences'] }]);
+        const mine = uid('p');
+        const kp = keyPresences();
+        await kp.upsert({ presenceId: mine, userId: u, status: 'before' });
+        await c.next((m) => m.type === 'event' && m.data.payload.$id === mine, 5000, 'the owner-only record while authenticated');
+        const err = await c.next((m) => m.type === 'error', 8000, 'the expiry notice');
+        assert.equal(err.data.code, 401);
+        assert.match(err.data.message, /expired/);
+        await kp.update({ presenceId: mine, userId: u, status: 'after' });
+        const pub = uid('p');
+        await kp.upsert({ presenceId: pub, userId: uid('k'), status: 'public', permissions: ['read("guests")'] });
+        await c.next((m) => m.type === 'event' && m.data.payload.$id === pub, 5000, 'a guest-readable record');
+        assert.equal(c.events((m) => m.data.payload.$id === mine && m.data.payload.status === 'after').length, 0, 'no owner-only event as a guest');
+        c.close();
+    });
+});
+
+// --- bad input -------------------------------------------------------------------------------
+
+// A WebSocket spoken by hand, for frames the `ws` library will not send.
+async function handSocket(port, project) {
+    const s = net.connect({ host: '127.0.0.1', port });
+    await new Promise((res, rej) => { s.once('connect', res); s.once('error', rej); });
+    const key = crypto.randomBytes(16).toString('base64');
+    s.write(`GET /v1/realtime?project=${project} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    let buf = Buffer.alloc(0);
+    const frames = [];
+    let head;
+    let ended = false;
+    s.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        if (!head) {
+            const i = buf.indexOf('\r\n\r\n');
+            if (i < 0) return;
+            head = buf.subarray(0, i).toString();
+            buf = buf.subarray(i + 4);
+        }
+        while (buf.length >= 2) {
+            let len = buf[1] & 0x7f;
+            let hl = 2;
+            if (len === 126) { if (buf.length < 4) break; len = buf.readUInt16BE(2); hl = 4; }
+            else if (len === 127) { if (buf.length < 10) break; len = Number(buf.readBigUInt64BE(2)); hl = 10; }
+            if (buf.length < hl + len) break;
+            frames.push({ op: buf[0] & 0x0f, fin: !!(buf[0] & 0x80), payload: buf.subarray(hl, hl + len) });
+            buf = buf.subarray(hl + len);
+        }
+    });
+    s.on('end', () => { ended = true; });
+    s.on('close', () => { ended = true; });
+    s.on('error', () => {});
+    await R.until(() => frames.length > 0, 5000, 'the connected frame');
+    assert.match(head, /^HTTP\/1\.1 101 /);
+    const frame = (op, payload, { mask = true, fin = true } = {}) => {
+        const p = Buffer.from(payload);
+        const hdr = [((fin ? 0x80 : 0) | op)];
+        if (p.length < 126) hdr.push((mask ? 0x80 : 0) | p.length);
+        else if (p.length < 65536) hdr.push((mask ? 0x80 : 0) | 126, p.length >> 8, p.length & 0xff);
+        else { hdr.push((mask ? 0x80 : 0) | 127); const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(p.length)); hdr.push(...b); }
+        if (!mask) return Buffer.concat([Buffer.from(hdr), p]);
+        const m = crypto.randomBytes(4);
+        const body = Buffer.from(p.map((x, i) => x ^ m[i & 3]));
+        return Buffer.concat([Buffer.from(hdr), m, body]);
+    };
+    return { s, frames, frame, get ended() { return ended; } };
+}
+
+describe('bad input, as a new user would send it', () => {
+    let guards; // one healthy subscriber per gateway, checked after each case
+    let pids0;
+    test.before(async () => {
+        pids0 = C().pids('gateway').sort();
+        guards = [];
+        for (const pid of pids0) {
+            const g = await R.rawConnectTo(C(), pid, {});
+            await R.rawSubscribe(g, [{ subscriptionId: 'guard', channels: ['presences'] }]);
+            guards.push(g);
+        }
+    });
+    test.after(() => { for (const g of guards || []) g.close(); });
+
+    // Every gateway still delivers events to its other clients.
+    async function stillServing() {
+        const id = uid('alive');
+        await keyPresences().upsert({ presenceId: id, userId: uid('k'), status: 'alive', permissions: ['read("any")'] });
+        for (const g of guards) await g.next((m) => m.type === 'event' && m.data.payload.$id === id, 5000, 'the guard\'s event');
+        assert.deepEqual(C().pids('gateway').sort(), pids0, 'no gateway restarted');
+    }
+
+    async function expectError(c, msg, code, message) {
+        const r = await c.request(msg);
+        assert.equal(r.type, 'error', JSON.stringify(r));
+        assert.equal(r.data.code, code, JSON.stringify(r));
+        if (message instanceof RegExp) assert.match(r.data.message, message);
+        else assert.equal(r.data.message, message);
+        const pong = await c.request({ type: 'ping' });
+        assert.equal(pong.type, 'pong', 'the connection stays open after an error');
+    }
+
+    it('garbage text, unknown type, wrong shapes: a clear 1003 error and the connection stays', async () => {
+        const c = await R.rawConnect(C(), {});
+        await expectError(c, 'hello there', 1003, 'Message format is not valid.');
+        await expectError(c, '[1,2,3]', 1003, 'Message format is not valid.');
+        await expectError(c, '{"type":"subscribe","data":[', 1003, 'Message format is not valid.');
+        await expectError(c, { type: 'frobnicate', data: {} }, 1003, 'Message type is not valid.');
+        await expectError(c, { data: {} }, 1003, 'Message type is not valid.');
+        await expectError(c, { type: 'subscribe' }, 1003, 'Payload is not valid. Items is required');
+        await expectError(c, { type: 'subscribe', data: { channels: ['presences'] } }, 1003, 'items: Payload is not valid.');
+        await expectError(c, { type: 'subscribe', data: ['presences'] }, 1003, 'items: Each subscribe payload must be an object.');
+        await expectError(c, { type: 'subscribe', data: [{ queries: [] }] }, 1003, 'items: channels is not present in payload.');
+        await expectError(c, { type: 'subscribe', data: [{ channels: 'presences' }] }, 1003, 'items: channels is not a valid array.');
+        await expectError(c, { type: 'subscribe', data: [{ channels: [42] }] }, 1003, /^items: Each channel must be a non-empty string/);
+        await expectError(c, { type: 'subscribe', data: [{ channels: ['presences'], queries: 'equal' }] }, 1003, 'items: queries is not a valid array.');
+        await expectError(c, { type: 'subscribe', data: [{ subscriptionId: '_bad id!', channels: ['presences'] }] }, 1003, 'items: subscriptionId is not a valid id.');
+        await expectError(c, { type: 'unsubscribe', data: [{}] }, 1003, 'items: Each unsubscribe payload must include a non-empty subscriptionId.');
+        c.close();
+        await stillServing();
+    });
+
+    it('10,000 channels in one subscribe, too many subscriptions: refused with the limit in the message', async () => {
+        const c = await R.rawConnect(C(), {});
+        const channels = Array.from({ length: 10000 }, (_, i) => i.toString(36));
+        const msg = JSON.stringify({ type: 'subscribe', data: [{ channels }] });
+        assert.ok(msg.length < 64000, `${msg.length} bytes`);
+        await expectError(c, msg, 1003, 'items: A subscription may have at most 100 channels; this one has 10000.');
+        const rows = Array.from({ length: 101 }, (_, i) => ({ subscriptionId: `s${i}`, channels: ['presences'] }));
+        await expectError(c, { type: 'subscribe', data: rows }, 1003, 'items: A subscribe message may hold at most 100 subscriptions.');
+        await R.rawSubscribe(c, rows.slice(0, 100));
+        await expectError(c, { type: 'subscribe', data: [{ subscriptionId: 'one-more', channels: ['presences'] }] }, 1003,
+            /^Too many subscriptions: a connection may hold at most 100/);
+        // re-sending an id replaces it: still allowed at the limit
+        const r = await c.request({ type: 'subscribe', data: [{ subscriptionId: 's1', channels: ['presences.x'] }] });
+        assert.equal(r.type, 'response');
+        c.close();
+        await stillServing();
+    });
+
+    it('an invalid query: the Appwrite message, nothing subscribed', async () => {
+        const c = await R.rawConnect(C(), {});
+        await expectError(c, { type: 'subscribe', data: [{ channels: ['presences'], queries: ['{"method":"limit","values":[1]}'] }] }, 1003,
+            /^Invalid query: Query method 'limit' is not supported in Realtime queries\. Allowed query methods are: /);
+        await expectError(c, { type: 'subscribe', data: [{ channels: ['presences'], queries: ['{not json'] }] }, 1003, /^Invalid query: /);
+        await expectError(c, { type: 'subscribe', data: [{ channels: ['presences'], queries: ['{"method":"equal","attribute":"nope","values":[1]}'] }] }, 1003,
+            'Invalid query: Attribute not found in schema: nope');
+        c.close();
+        await stillServing();
+    });
+
+    it('a frame over 64 KB: error 1009, then close 1009', async () => {
+        const c = await R.rawConnect(C(), {});
+        c.send(JSON.stringify({ type: 'ping', pad: 'x'.repeat(70000) }));
+        const e = await c.next((m) => m.type === 'error');
+        assert.equal(e.data.code, 1009);
+        assert.match(e.data.message, /at most 64000 bytes/);
+        assert.equal((await c.closed).code, 1009);
+        // 64,000 bytes exactly is still fine
+        const d = await R.rawConnect(C(), {});
+        const base = JSON.stringify({ type: 'ping', pad: '' });
+        const r = await d.request(JSON.stringify({ type: 'ping', pad: 'y'.repeat(64000 - base.length) }));
+        assert.equal(r.type, 'pong');
+        d.close();
+        await stillServing();
+    });
+
+    it('binary frames: error 1003, the connection stays', async () => {
+        const c = await R.rawConnect(C(), {});
+        c.send(Buffer.from([0xde, 0xad, 0xbe, 0xef]));
+        const e = await c.next((m) => m.type === 'error');
+        assert.deepEqual(e.data, { code: 1003, message: 'Binary messages are not supported: send each message as JSON text.' });
+        assert.equal((await c.request({ type: 'ping' })).type, 'pong');
+        c.close();
+        await stillServing();
+    });
+
+    it('fragmented messages and control frames are understood; unmasked frames close with 1002', async () => {
+        const h = await handSocket(C().port, C().project);
+        const msg = JSON.stringify({ type: 'ping' });
+        h.s.write(Buffer.concat([h.frame(1, msg.slice(0, 5), { fin: false }), h.frame(9, 'hi'), h.frame(0, msg.slice(5))]));
+        await R.until(() => h.frames.some((f) => f.op === 10) && h.frames.some((f) => f.op === 1 && f.payload.toString() === '{"type":"pong"}'), 5000, 'pong frame and pong message');
+        h.s.write(h.frame(1, msg, { mask: false }));
+        await R.until(() => h.frames.some((f) => f.op === 8), 5000, 'the close frame');
+        assert.equal(h.frames.find((f) => f.op === 8).payload.readUInt16BE(0), 1002);
+        await R.until(() => h.ended, 5000, 'the end of the connection');
+        await stillServing();
+    });
+
+    it('abrupt TCP resets mid-frame', async () => {
+        for (let i = 0; i < 20; i++) {
+            const h = await handSocket(C().port, C().project);
+            const f = h.frame(1, JSON.stringify({ type: 'subscribe', data: [{ channels: ['presences'] }], pad: 'z'.repeat(3000) }));
+            h.s.write(f.subarray(0, 1 + (i * 97) % (f.length - 1)));
+            await sleep(5);
+            h.s.resetAndDestroy();
+        }
+        await stillServing();
+    });
+
+    it('a client that never reads is disconnected when its queue overflows; everyone else is served', { timeout: 120000 }, async () => {
+        const slow = await R.rawConnect(C(), {});
+        await R.rawSubscribe(slow, [{ subscriptionId: 'slow', channels: ['presences'] }]);
+        const before = await gatewayMetric('presenced_realtime_slow_consumers_total');
+        slow.ws._socket.pause(); // reads nothing from now on
+        const id = uid('big');
+        const owner = uid('k');
+        const kp = keyPresences();
+        const blob = 'b'.repeat(15000);
+        let n = 0;
+        const deadline = Date.now() + 90000;
+        while (Date.now() < deadline && (await gatewayMetric('presenced_realtime_slow_consumers_total')) === before) {
+            for (let round = 0; round < 10; round++)
+                await Promise.all(Array.from({ length: 10 }, () => kp.upsert({ presenceId: id, userId: owner, status: `n${n++}`, metadata: { blob }, permissions: ['read("any")'] })));
+        }
+        assert.ok((await gatewayMetric('presenced_realtime_slow_consumers_total')) > before, `the slow consumer was dropped (after ${n} events)`);
+        slow.ws._socket.resume();
+        await slow.closed;
+        await stillServing();
+    });
+});
+
+// --- metrics -----------------------------------------------------------------------------------
+
+describe('metrics', () => {
+    it('every gateway exports its realtime gauges and the bus gap counter', async () => {
+        for (const pid of C().pids('gateway')) {
+            const r = await R.restVia(C(), pid, 'GET', '/metrics');
+            const m = parseMetrics(r.text);
+            assert.equal(m.find('presenced_bus_gaps_total').length, 1, 'presenced_bus_gaps_total');
+            assert.equal(m.sum('presenced_bus_gaps_total'), 0, 'no gap on a healthy bus');
+            assert.equal(m.find('presenced_realtime_connections').length, 1);
+            assert.ok(m.sum('presenced_realtime_bus_events_total') > 0);
+        }
+    });
+});
+
+// --- scale -------------------------------------------------------------------------------------
+
+function rssKb(pid) {
+    const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : NaN;
+}
+
+function isAsan(pid) {
+    try { return /libasan/.test(fs.readFileSync(`/proc/${pid}/maps`, 'utf8')); } catch { return false; }
+}
+
+// A third gateway process of the same cluster, on its own port (so that every connection to
+// it lands on it: the cluster's two gateways share one port). Returns {port, child, stop}.
+async function extraGateway(node, env = {}) {
+    const gwArgs = C().procs().find((p) => p.role === 'gateway').args.split(/\s+/);
+    const arg = (f) => gwArgs[gwArgs.indexOf(f) + 1];
+    const port = await freePort();
+    const fd = fs.openSync(`${C().runDir}/gateway-${node}.log`, 'a');
+    const child = spawn(BIN, ['gateway', '--node', String(node), '--cluster', C().name, '--host', '127.0.0.1', '--port', String(port),
+        '--broker-front', arg('--broker-front'), '--bus-out', arg('--bus-out')], {
+        stdio: ['ignore', fd, fd],
+        env: { ...process.env, PRESENCED_PROJECT: C().project, PRESENCED_API_KEY: C().apiKey, PRESENCED_JWT_SECRET: C().jwtSecret, ...env },
+    });
+    fs.closeSync(fd);
+    const stop = () => { try { child.kill('SIGKILL'); } catch {} };
+    try {
+        await R.until(async () => {
+            try { return (await fetch(`http://127.0.0.1:${port}/v1/health`)).status === 200; } catch { return false; }
+        }, 20000, `the extra gateway ${node}`);
+    } catch (e) { stop(); throw e; }
+    return { port, child, stop };
+}
+
+describe('idle timeout', () => {
+    it('a connection that sends nothing is closed after the idle timeout; one that pings stays', { timeout: 30000 }, async () => {
+        const g = await extraGateway(8, { PRESENCED_WS_IDLE_TIMEOUT: '2' });
+        try {
+            const idle = await R.rawConnect(C(), { port: g.port });
+            const busy = await R.rawConnect(C(), { port: g.port });
+            await R.rawSubscribe(idle, [{ subscriptionId: 'i', channels: ['presences'] }]);
+            const timer = setInterval(() => busy.send({ type: 'ping' }), 500);
+            const t0 = Date.now();
+            const cl = await idle.closed;
+            clearInterval(timer);
+            assert.deepEqual(cl, { code: 1000, reason: 'Idle timeout' });
+            assert.ok(Date.now() - t0 >= 1000, 'not before the timeout');
+            assert.ok(!busy.closeInfo, 'the pinging connection is still open');
+            assert.equal((await busy.request({ type: 'ping' })).type, 'pong');
+            busy.close();
+        } finally {
+            g.stop();
+        }
+    });
+});
+
+describe('scale', () => {
+    it('10,000 idle subscribed connections on one gateway all receive an event', { timeout: 300000 }, async (t) => {
+        const g = await extraGateway(9, { PRESENCED_WS_IDLE_TIMEOUT: '600' });
+        const { port, child } = g;
+        const clients = [];
+        try {
+            const N = 10000;
+            const url = R.rtUrl(C(), { port });
+            let events = 0;
+            const openOne = (i) => new Promise((resolve, reject) => {
+                const ws = new R.WS(url, { localAddress: `127.0.0.${2 + (i % 8)}` });
+                let subscribed = false;
+                ws.on('message', (d) => {
+                    const s = d.toString();
+                    if (!subscribed && s.startsWith('{"type":"connected"')) {
+                        ws.send('{"type":"subscribe","data":[{"subscriptionId":"bulk","channels":["presences"]}]}');
+                    } else if (!subscribed && s.startsWith('{"type":"response"')) {
+                        subscribed = true;
+                        resolve(ws);
+                    } else if (s.startsWith('{"type":"event"') && s.includes('"subscriptions":["bulk"]')) {
+                        events++;
+                    }
+                });
+                ws.on('error', reject);
+            });
+            // warm up the allocator, then measure the cost of N more connections
+            for (let i = 0; i < 100; i++) clients.push(await openOne(i));
+            await sleep(500);
+            const rss0 = rssKb(child.pid);
+            const t0 = Date.now();
+            for (let i = 100; i < N; i += 500) {
+                const batch = [];
+                for (let k = i; k < Math.min(N, i + 500); k++) batch.push(openOne(k));
+                clients.push(...(await Promise.all(batch)));
+            }
+            await sleep(1000);
+            const rss1 = rssKb(child.pid);
+            const per = ((rss1 - rss0) * 1024) / (N - 100);
+            const asan = isAsan(child.pid);
+            t.diagnostic(`${N} connections subscribed in ${Date.now() - t0} ms; gateway RSS ${rss0} -> ${rss1} kB: ${per.toFixed(0)} bytes per idle subscribed connection${asan ? ' (ASan build: inflated)' : ''}`);
+            if (!asan) assert.ok(per <= 8192, `${per.toFixed(0)} bytes per connection (target 8 KB)`);
+
+            const id = uid('fan');
+            const t1 = Date.now();
+            await keyPresences().upsert({ presenceId: id, userId: uid('k'), status: 'to everyone', permissions: ['read("any")'] });
+            await R.until(() => events >= N, 60000, `the event on all ${N} connections (have ${events})`);
+            t.diagnostic(`one event reached ${N} connections in ${Date.now() - t1} ms`);
+            assert.equal(events, N);
+        } finally {
+            for (const ws of clients) { try { ws.terminate(); } catch {} }
+            g.stop();
+        }
+    });
+});
