@@ -413,13 +413,20 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         for (int n = 1; n <= self->nstores; n++) {
             if (m->i[PD_F_NODE] && m->i[PD_F_NODE] != n)
                 continue;
-            if (!s_node_ok(self, n))
-                continue; /* the reaper resyncs a node when it comes back */
+            if (!s_node_ok(self, n)) {
+                /* tell the reaper, which resyncs this node when it is back */
+                pd_msgw_t *w = &self->peers[peer].out;
+                pd_msgw_begin(w, PD_MSG_REPLY, m->rid);
+                pd_msgw_int(w, PD_F_ERR, PD_ERR_UNAVAILABLE);
+                pd_msgw_int(w, PD_F_NODE, n);
+                pd_msgw_end(w);
+                continue;
+            }
             pd_msgw_forward(&self->nodes[n].out, m, s_op_id(self, op));
             op->waiting |= 1ULL << n;
         }
         if (!op->waiting)
-            s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+            s_op_free(self, op);
         return;
     }
     case PD_MSG_STATUS: {
@@ -950,6 +957,10 @@ broker_main(pd_config_t *cfg)
     zsock_set_rcvhwm(self->front, 100000);
     zsock_set_rcvhwm(self->back, 100000);
 
+    /* The bus proxy's sockets take czmq's default HWM: raise it so a burst of a million
+     * deletes is queued, not dropped (a drop shows up as a gap and a resync). */
+    zsys_set_sndhwm(1000000);
+    zsys_set_rcvhwm(1000000);
     self->proxy = zactor_new(zproxy, NULL);
     zstr_sendx(self->proxy, "FRONTEND", "XSUB", cfg->bus_in, NULL);
     zsock_wait(self->proxy);
@@ -980,5 +991,22 @@ broker_main(pd_config_t *cfg)
     zactor_destroy(&self->proxy);
     zsock_destroy(&self->front);
     zsock_destroy(&self->back);
+    zhash_destroy(&self->claims);
+    for (int n = 1; n <= self->nstores; n++)
+        pd_msgw_destroy(&self->nodes[n].out);
+    for (size_t i = 0; i < self->npeers; i++) {
+        zframe_destroy(&self->peers[i].ident);
+        pd_msgw_destroy(&self->peers[i].out);
+        pd_buf_free(&self->peers[i].metrics);
+    }
+    for (size_t i = 0; i < self->nops; i++) {
+        pd_query_destroy(&self->ops[i].query);
+        pd_buf_free(&self->ops[i].req);
+        pd_buf_free(&self->ops[i].items);
+        pd_buf_free(&self->ops[i].cursor);
+    }
+    free(self->ops);
+    free(self->free_ops);
+    msgpack_zone_destroy(&self->zone);
     return 0;
 }

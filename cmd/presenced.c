@@ -3,6 +3,7 @@
  *    presenced                    the whole cluster on this machine (supervisor + children)
  *    presenced gateway|broker|store|reaper [flags]   one role, as a Kubernetes pod runs it
  */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -47,6 +48,8 @@ main(int argc, char **argv)
         else
             snprintf(name, sizeof name, "%s", cfg.role);
         pd_log_init(name);
+        if (strcmp(cfg.role, "gateway") != 0)
+            signal(SIGHUP, SIG_IGN); /* only gateways reload; `pkill -HUP presenced` is safe */
         return s_roles[i].main(&cfg);
     }
     fprintf(stderr, "presenced: unknown role '%s' (gateway, broker, store, reaper)\n", cfg.role);

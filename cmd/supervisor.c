@@ -46,6 +46,9 @@ static pid_t
 s_spawn(pd_config_t *cfg, child_t *c)
 {
     char node[16], port[16], stores[16], verbose[8], cap[32], arena[32], maxbody[32], tmo[16];
+    char wsq[32], wsidle[16];
+    snprintf(wsq, sizeof wsq, "%zu", cfg->ws_max_queue);
+    snprintf(wsidle, sizeof wsidle, "%d", cfg->ws_idle_timeout);
     snprintf(node, sizeof node, "%d", c->node);
     snprintf(port, sizeof port, "%d", cfg->port);
     snprintf(stores, sizeof stores, "%d", cfg->stores);
@@ -91,6 +94,12 @@ s_spawn(pd_config_t *cfg, child_t *c)
         argv[n++] = "--bus-out"; argv[n++] = cfg->bus_out;
         argv[n++] = "--max-body"; argv[n++] = maxbody;
         argv[n++] = "--request-timeout"; argv[n++] = tmo;
+        if (cfg->ws_max_queue) {
+            argv[n++] = "--ws-max-queue"; argv[n++] = wsq;
+        }
+        if (cfg->ws_idle_timeout) {
+            argv[n++] = "--ws-idle-timeout"; argv[n++] = wsidle;
+        }
     }
     argv[n] = NULL;
 

@@ -46,6 +46,8 @@ static const struct opt {
     O("store-arena", T_SIZE, store_arena, "store: bytes for records per node (1073741824)"),
     O("max-body", T_SIZE, max_body, "gateway: request body cap in bytes (65536)"),
     O("request-timeout", T_INT, request_timeout_ms, "gateway: ms before 503 (5000)"),
+    O("ws-max-queue", T_SIZE, ws_max_queue, "gateway: bytes queued per WebSocket (1048576)"),
+    O("ws-idle-timeout", T_INT, ws_idle_timeout, "gateway: idle WebSocket timeout, s (90)"),
     O("verbose", T_INT, verbosity, "0 warn, 1 info, 2 debug (1)"),
 #undef O
 };

@@ -56,6 +56,8 @@ typedef struct {
     int port;                 //  REST + WebSocket port (default 8080)
     size_t max_body;          //  request body cap (default 65536)
     int request_timeout_ms;   //  answer 503 after this (default 5000)
+    size_t ws_max_queue;      //  bytes queued to one WebSocket before it is dropped (1 MiB)
+    int ws_idle_timeout;      //  seconds without a frame before a WebSocket is closed (90)
 
     /* endpoints (ZeroMQ), bind side given with '@' or as the broker's own flags */
     char broker_front[256];   //  gateways and the reaper connect here (broker ROUTER)

@@ -47,7 +47,8 @@ enum {
     PD_FL_CLAIMED = 1 << 10,    //  UPSERT: ID came from the user's claim (may be stale)
     PD_FL_NO_EVENT = 1 << 11,   //  reserved
     PD_FL_LAST = 1 << 12,       //  SYNC_PAGE: the last page of this node
-    PD_FL_HOLD = 1 << 13,       //  UPSERT from realtime: add CONN (a gateway) to the holders
+    PD_FL_HOLD = 1 << 13,       //  UPSERT from realtime: add CONN (a gateway) to the holders;
+                                //  UPDATE (lease renewal): apply only if CONN still holds it
 };
 
 //  EVENT actions.

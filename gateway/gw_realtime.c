@@ -2086,7 +2086,8 @@ s_holds_tick(gw_t *gw, int64_t now)
                 pd_msgw_str(w, PD_F_PROJECT, h->proj->id, strlen(h->proj->id));
                 pd_msgw_str(w, PD_F_ID, h->id, strlen(h->id));
                 pd_msgw_int(w, PD_F_EXPIRES, wall + RT_LEASE_MS);
-                pd_msgw_int(w, PD_F_FLAGS, PD_FL_BYPASS | PD_FL_HAS_EXPIRES);
+                pd_msgw_int(w, PD_F_FLAGS, PD_FL_BYPASS | PD_FL_HAS_EXPIRES | PD_FL_HOLD);
+                pd_msgw_str(w, PD_F_CONN, gw->ident, strlen(gw->ident));
                 pd_msgw_int(w, PD_F_NOW, wall);
                 gw_send_end(gw);
                 h->renew_at = now + RT_RENEW_MS;
@@ -2133,12 +2134,11 @@ gw_rt_init(gw_t *gw)
         pd_buf_init(&s_rt.pre[k]);
     s_rt.max_queue = RT_QUEUE_DEFAULT;
     s_rt.idle_ms = RT_IDLE_DEFAULT_S * 1000LL;
-    const char *v = getenv("PRESENCED_WS_MAX_QUEUE");
-    if (v && atoll(v) >= 4096)
-        s_rt.max_queue = (size_t)atoll(v);
-    v = getenv("PRESENCED_WS_IDLE_TIMEOUT");
-    if (v && atoll(v) > 0)
-        s_rt.idle_ms = atoll(v) * 1000LL;
+    /* --ws-max-queue / --ws-idle-timeout (or PRESENCED_WS_MAX_QUEUE / _IDLE_TIMEOUT) */
+    if (gw->cfg->ws_max_queue >= 4096)
+        s_rt.max_queue = gw->cfg->ws_max_queue;
+    if (gw->cfg->ws_idle_timeout > 0)
+        s_rt.idle_ms = gw->cfg->ws_idle_timeout * 1000LL;
 }
 
 void

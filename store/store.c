@@ -217,6 +217,12 @@ s_on_update(store_t *self, const pd_msg_t *m)
         return;
     }
     int64_t fl = m->i[PD_F_FLAGS];
+    if ((fl & PD_FL_HOLD) && !pd_list_has(old.conn, m->s[PD_F_CONN])) {
+        /* a lease renewal from a gateway that no longer holds this record (a REST upsert
+         * replaced it): leave the record alone */
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
     if (!(fl & (PD_FL_HAS_STATUS | PD_FL_HAS_META | PD_FL_HAS_PERMS | PD_FL_HAS_EXPIRES |
                 PD_FL_HAS_USER))) {
         s_reply_rec(self, m, &old, NULL);
@@ -256,7 +262,12 @@ s_on_delete(store_t *self, const pd_msg_t *m)
     }
     if (m->type == PD_MSG_EXPIRE) {
         if ((uint64_t)m->i[PD_F_VERSION] != old.version || old.expires_ms > pd_now_ms()) {
-            s_reply_err(self, m, PD_ERR_CONFLICT, NULL);
+            /* refreshed, or not due on this node's clock: tell the reaper what is current */
+            pd_msgw_begin(&self->out, PD_MSG_REPLY, m->rid);
+            pd_msgw_int(&self->out, PD_F_ERR, PD_ERR_CONFLICT);
+            pd_msgw_int(&self->out, PD_F_VERSION, (int64_t)old.version);
+            pd_msgw_int(&self->out, PD_F_EXPIRES, old.expires_ms);
+            pd_msgw_end(&self->out);
             return;
         }
     } else if (!s_can(m, old.delete_roles)) {
