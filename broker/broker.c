@@ -91,6 +91,7 @@ typedef struct {
     uint32_t *free_ops;
     size_t nfree;
     msgpack_zone zone;
+    int cur;            //  sender of the frame being handled (peer index or node id)
     zhash_t *claims;    //  "project\x1fuser" -> presence id: cache of the store nodes' claims
     uint64_t malformed, unroutable, claim_hits, claim_misses;
 } broker_t;
@@ -228,8 +229,14 @@ s_owner(broker_t *self, pd_str_t project, pd_str_t key)
 static void
 s_claim_key(char *key, size_t n, pd_str_t project, pd_str_t user)
 {
-    snprintf(key, n, "%.*s\x1f%.*s", (int)project.len, project.ptr ? project.ptr : "",
-             (int)user.len, user.ptr ? user.ptr : "");
+    size_t pl = project.len < n / 2 ? project.len : n / 2 - 1;
+    size_t ul = user.len < n / 2 - 1 ? user.len : n / 2 - 2;
+    if (pl)
+        memcpy(key, project.ptr, pl);
+    key[pl] = '\x1f';
+    if (ul)
+        memcpy(key + pl + 1, user.ptr, ul);
+    key[pl + 1 + ul] = 0;
 }
 
 static void
@@ -358,6 +365,14 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         if (known) {
             self->claim_hits++;
             snprintf(op->claimed, sizeof op->claimed, "%s", known);
+            int p = s_owner(self, project, m->s[PD_F_ID]);
+            if (pd_str_eqc(m->s[PD_F_ID], known) && s_node_ok(self, p)) {
+                /* the steady state: the user's record is the one named; forward the bytes */
+                op->state = ST_WRITE;
+                op->node = p;
+                pd_msgw_forward(&self->nodes[p].out, m, s_op_id(self, op));
+                return;
+            }
             s_send_write(self, op);
             return;
         }
@@ -366,14 +381,10 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         return;
     }
     case PD_MSG_LIST: {
-        pd_str_t qs[PD_QUERY_MAX];
-        size_t nq = 0;
-        pd_str_t l = m->s[PD_F_QUERIES];
-        for (pd_str_t q = pd_list_first(l); q.ptr && nq < PD_QUERY_MAX; q = pd_list_next(l, q))
-            qs[nq++] = q;
         char err[256];
         int code;
-        pd_query_t *query = pd_query_parse(qs, nq, PD_QMODE_LIST, &code, err, sizeof err);
+        pd_query_t *query =
+            pd_query_parse_packed(m->s[PD_F_QUERIES], PD_QMODE_LIST, &code, err, sizeof err);
         if (!query) {
             s_reply_err(self, peer, m->rid, code, err);
             return;
@@ -750,6 +761,45 @@ s_peer(broker_t *self, zframe_t **ident_p)
     return (int)i;
 }
 
+/*  One message from a gateway or the reaper (self->cur is the sender). */
+static void
+s_on_front(const pd_msg_t *m, void *arg)
+{
+    broker_t *self = arg;
+    peer_t *p = &self->peers[self->cur];
+    if (m->type != PD_MSG_HELLO) {
+        s_on_request(self, self->cur, m);
+        return;
+    }
+    snprintf(p->role, sizeof p->role, "%.*s", (int)m->s[PD_F_ROLE].len,
+             m->s[PD_F_ROLE].ptr ? m->s[PD_F_ROLE].ptr : "");
+    if (pd_msg_has(m, PD_F_BODY)) {
+        pd_buf_reset(&p->metrics);
+        pd_buf_add(&p->metrics, m->s[PD_F_BODY].ptr, m->s[PD_F_BODY].len);
+    }
+}
+
+/*  One message from a store node (self->cur is the node). */
+static void
+s_on_back(const pd_msg_t *m, void *arg)
+{
+    broker_t *self = arg;
+    int node = self->cur;
+    if (m->type != PD_MSG_HELLO) {
+        s_on_store_reply(self, node, m);
+        return;
+    }
+    node_t *nd = &self->nodes[node];
+    if (!nd->up || nd->gen != m->i[PD_F_GEN])
+        pd_log_info("store node %d is up (generation %lld, %lld records)", node,
+                    (long long)m->i[PD_F_GEN], (long long)m->i[PD_F_TOTAL]);
+    nd->seen = nd->up = true;
+    nd->last = pd_mono_ms();
+    nd->gen = m->i[PD_F_GEN];
+    nd->records = m->i[PD_F_TOTAL];
+    nd->claims = m->i[PD_F_CLAIMS];
+}
+
 static void
 s_recv_front(broker_t *self)
 {
@@ -766,28 +816,10 @@ s_recv_front(broker_t *self)
             zmsg_destroy(&msg);
             continue;
         }
-        int peer = s_peer(self, &ident);
-        peer_t *p = &self->peers[peer];
-        p->last = pd_mono_ms();
-        const char *buf = (const char *)zframe_data(body);
-        size_t len = zframe_size(body), off = 0;
-        pd_msg_t m;
-        int r;
-        while ((r = pd_msg_decode(&m, buf, len, &off, &self->zone)) == 0) {
-            if (m.type == PD_MSG_HELLO) {
-                snprintf(p->role, sizeof p->role, "%.*s", (int)m.s[PD_F_ROLE].len,
-                         m.s[PD_F_ROLE].ptr ? m.s[PD_F_ROLE].ptr : "");
-                if (pd_msg_has(&m, PD_F_BODY)) {
-                    pd_buf_reset(&p->metrics);
-                    pd_buf_add(&p->metrics, m.s[PD_F_BODY].ptr, m.s[PD_F_BODY].len);
-                }
-                continue;
-            }
-            s_on_request(self, peer, &m);
-        }
-        if (r < 0)
+        self->cur = s_peer(self, &ident);
+        self->peers[self->cur].last = pd_mono_ms();
+        if (pd_msg_each(zframe_data(body), zframe_size(body), &self->zone, s_on_front, self) < 0)
             self->malformed++;
-        msgpack_zone_clear(&self->zone);
         zframe_destroy(&body);
         zmsg_destroy(&msg);
     }
@@ -813,28 +845,9 @@ s_recv_back(broker_t *self)
             self->malformed++;
             goto next;
         }
-        const char *buf = (const char *)zframe_data(body);
-        size_t len = zframe_size(body), off = 0;
-        pd_msg_t m;
-        int r;
-        while ((r = pd_msg_decode(&m, buf, len, &off, &self->zone)) == 0) {
-            if (m.type == PD_MSG_HELLO) {
-                node_t *nd = &self->nodes[node];
-                if (!nd->up || nd->gen != m.i[PD_F_GEN])
-                    pd_log_info("store node %d is up (generation %lld, %lld records)", node,
-                                (long long)m.i[PD_F_GEN], (long long)m.i[PD_F_TOTAL]);
-                nd->seen = nd->up = true;
-                nd->last = pd_mono_ms();
-                nd->gen = m.i[PD_F_GEN];
-                nd->records = m.i[PD_F_TOTAL];
-                nd->claims = m.i[PD_F_CLAIMS];
-                continue;
-            }
-            s_on_store_reply(self, node, &m);
-        }
-        if (r < 0)
+        self->cur = node;
+        if (pd_msg_each(zframe_data(body), zframe_size(body), &self->zone, s_on_back, self) < 0)
             self->malformed++;
-        msgpack_zone_clear(&self->zone);
     next:
         zframe_destroy(&ident);
         zframe_destroy(&body);

@@ -200,6 +200,20 @@ pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zon
     return 0;
 }
 
+int
+pd_msg_each(const void *buf, size_t len, msgpack_zone *zone, pd_msg_fn fn, void *arg)
+{
+    size_t off = 0;
+    pd_msg_t m;
+    int r, n = 0;
+    while ((r = pd_msg_decode(&m, buf, len, &off, zone)) == 0) {
+        fn(&m, arg);
+        n++;
+    }
+    msgpack_zone_clear(zone);
+    return r < 0 ? -1 : n;
+}
+
 void
 pd_msgw_init(pd_msgw_t *w)
 {

@@ -77,6 +77,12 @@ pd_msg_has(const pd_msg_t *m, int f)
 //  buffer, or -1 if the bytes are not a valid message (the rest of the frame is then unusable).
 int pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zone *zone);
 
+//  Calls fn on every message of a batch frame, in order, then clears zone. Returns the number
+//  of messages, or -1 if the frame is malformed (the messages before the bad one were handled;
+//  the caller counts the frame and drops the rest).
+typedef void (*pd_msg_fn)(const pd_msg_t *m, void *arg);
+int pd_msg_each(const void *buf, size_t len, msgpack_zone *zone, pd_msg_fn fn, void *arg);
+
 //  Name of a message type for logs ("UPSERT"), or "?".
 const char *pd_msg_name(int type);
 

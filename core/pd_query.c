@@ -631,6 +631,23 @@ out_fail:
     return NULL;
 }
 
+pd_query_t *
+pd_query_parse_packed(pd_str_t packed, int mode, int *code, char *err, size_t errlen)
+{
+    pd_str_t qs[PD_QUERY_MAX];
+    size_t nq = 0;
+    for (pd_str_t q = pd_list_first(packed); q.ptr; q = pd_list_next(packed, q)) {
+        if (nq == PD_QUERY_MAX) {
+            *code = PD_ERR_ARGUMENT_INVALID;
+            snprintf(err, errlen, "Invalid `queries` param: Value must be an array of no more "
+                                  "than %d items", PD_QUERY_MAX);
+            return NULL;
+        }
+        qs[nq++] = q;
+    }
+    return pd_query_parse(qs, nq, mode, code, err, errlen);
+}
+
 void
 pd_query_destroy(pd_query_t **self_p)
 {

@@ -32,6 +32,9 @@ enum { PD_QMODE_LIST = 1, PD_QMODE_REALTIME = 2 };
 //  attribute or a method not allowed in this mode. Zero queries is valid (matches everything).
 pd_query_t *pd_query_parse(const pd_str_t *qs, size_t n, int mode, int *code, char *err,
                            size_t errlen);
+//  The same, from the packed list of query strings the internal protocol carries (QUERIES).
+pd_query_t *pd_query_parse_packed(pd_str_t packed, int mode, int *code, char *err,
+                                  size_t errlen);
 void pd_query_destroy(pd_query_t **self_p);
 
 //  Paging (list mode). limit defaults to 25, offset to 0. The cursor is PD_STR_NULL if absent;

@@ -243,8 +243,11 @@ gw_pending_new(gw_t *gw, h2o_req_t *req, int route, gw_reply_fn fn)
 }
 
 static void
-s_on_reply(gw_t *gw, const pd_msg_t *m)
+s_on_reply(const pd_msg_t *m, void *arg)
 {
+    gw_t *gw = arg;
+    if (m->type != PD_MSG_REPLY)
+        return;
     uint32_t idx = (uint32_t)(m->rid & 0xfffff);
     if (idx >= gw->nslots || !gw->slots[idx] || gw->slots[idx]->rid != m->rid)
         return; /* timed out already */
@@ -264,16 +267,8 @@ s_drain(gw_t *gw)
         zframe_t *f = zframe_recv(gw->dealer);
         if (!f)
             break;
-        const char *buf = (const char *)zframe_data(f);
-        size_t len = zframe_size(f), off = 0;
-        pd_msg_t m;
-        int r;
-        while ((r = pd_msg_decode(&m, buf, len, &off, &gw->zone)) == 0)
-            if (m.type == PD_MSG_REPLY)
-                s_on_reply(gw, &m);
-        if (r < 0)
+        if (pd_msg_each(zframe_data(f), zframe_size(f), &gw->zone, s_on_reply, gw) < 0)
             gw->malformed++;
-        msgpack_zone_clear(&gw->zone);
         zframe_destroy(&f);
     }
     gw->draining = false;
@@ -291,6 +286,13 @@ s_on_dealer(h2o_socket_t *sock, const char *err)
 }
 
 static void
+s_on_event(const pd_msg_t *m, void *arg)
+{
+    if (m->type == PD_MSG_EVENT)
+        gw_rt_on_bus(arg, m);
+}
+
+static void
 s_on_bus(h2o_socket_t *sock, const char *err)
 {
     (void)err;
@@ -299,16 +301,8 @@ s_on_bus(h2o_socket_t *sock, const char *err)
         zframe_t *f = zframe_recv(gw->sub);
         if (!f)
             break;
-        const char *buf = (const char *)zframe_data(f);
-        size_t len = zframe_size(f), off = 0;
-        pd_msg_t m;
-        int r;
-        while ((r = pd_msg_decode(&m, buf, len, &off, &gw->zone)) == 0)
-            if (m.type == PD_MSG_EVENT)
-                gw_rt_on_bus(gw, &m);
-        if (r < 0)
+        if (pd_msg_each(zframe_data(f), zframe_size(f), &gw->zone, s_on_event, gw) < 0)
             gw->malformed++;
-        msgpack_zone_clear(&gw->zone);
         zframe_destroy(&f);
     }
 }

@@ -425,14 +425,9 @@ s_list_visit(const pd_record_t *rec, void *arg)
 static void
 s_on_list(store_t *self, const pd_msg_t *m)
 {
-    pd_str_t qs[PD_QUERY_MAX];
-    size_t nq = 0;
-    pd_str_t l = m->s[PD_F_QUERIES];
-    for (pd_str_t q = pd_list_first(l); q.ptr && nq < PD_QUERY_MAX; q = pd_list_next(l, q))
-        qs[nq++] = q;
     char err[256];
     int code;
-    pd_query_t *q = pd_query_parse(qs, nq, PD_QMODE_LIST, &code, err, sizeof err);
+    pd_query_t *q = pd_query_parse_packed(m->s[PD_F_QUERIES], PD_QMODE_LIST, &code, err, sizeof err);
     if (!q) {
         s_reply_err(self, m, code, err);
         return;
@@ -568,8 +563,9 @@ s_on_sync(store_t *self, const pd_msg_t *m)
 /* -------------------------------------------------------------------------- loop */
 
 static void
-s_dispatch(store_t *self, const pd_msg_t *m)
+s_dispatch(const pd_msg_t *m, void *arg)
 {
+    store_t *self = arg;
     switch (m->type) {
     case PD_MSG_GET: s_on_get(self, m); break;
     case PD_MSG_UPSERT: s_on_upsert(self, m); break;
@@ -610,17 +606,10 @@ s_recv_broker(store_t *self)
         zframe_t *f = zframe_recv(self->dealer);
         if (!f)
             break;
-        const char *buf = (const char *)zframe_data(f);
-        size_t len = zframe_size(f), off = 0;
-        pd_msg_t m;
-        int r;
-        while ((r = pd_msg_decode(&m, buf, len, &off, &self->zone)) == 0)
-            s_dispatch(self, &m);
-        if (r < 0) {
+        if (pd_msg_each(zframe_data(f), zframe_size(f), &self->zone, s_dispatch, self) < 0) {
             self->malformed++;
             pd_log_warn("%s: malformed batch from the broker dropped", __func__);
         }
-        msgpack_zone_clear(&self->zone);
         zframe_destroy(&f);
         if (self->out.sb.size > (1 << 20) || self->events.sb.size > (1 << 20))
             s_flush(self);
