@@ -679,6 +679,11 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
             return;
         }
         /* ST_WRITE: the store answered the write. */
+        if (err == PD_ERR_OK && op->kind == OP_UPSERT) { /* the common case: pass it on */
+            pd_msgw_forward(&self->peers[op->peer].out, m, op->rid);
+            s_op_free(self, op);
+            return;
+        }
         {
             pd_msg_t req;
             if (s_op_request(self, op, &req) < 0) {

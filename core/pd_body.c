@@ -13,6 +13,8 @@
 void
 pd_body_free(pd_body_t *b)
 {
+    if (!b)
+        return;
     json_decref(b->root);
     pd_buf_free(&b->status_json);
     pd_buf_free(&b->meta_json);
@@ -28,14 +30,32 @@ s_utf8_chars(const char *s, size_t n)
     return c;
 }
 
-int
-pd_body_parse(pd_body_t *b, const char *buf, size_t len, size_t max_meta, int64_t now, char *msg,
-              size_t n)
+void
+pd_body_init(pd_body_t *b)
 {
     memset(b, 0, sizeof *b);
     pd_buf_init(&b->status_json);
     pd_buf_init(&b->meta_json);
     pd_perms_init(&b->perms);
+}
+
+void
+pd_body_clear(pd_body_t *b)
+{
+    json_decref(b->root);
+    b->root = NULL;
+    b->has_user = b->has_status = b->has_meta = b->has_expires = b->has_perms = false;
+    b->user = b->status = PD_STR_NULL;
+    b->expires = 0;
+    pd_buf_reset(&b->status_json);
+    pd_buf_reset(&b->meta_json);
+}
+
+int
+pd_body_parse(pd_body_t *b, const char *buf, size_t len, size_t max_meta, int64_t now, char *msg,
+              size_t n)
+{
+    pd_body_clear(b);
     if (len == 0) {
         b->root = json_object();
     } else {

@@ -20,9 +20,14 @@ typedef struct {
     pd_perms_t perms;      //  parsed permissions (when has_perms)
 } pd_body_t;
 
-//  Parses buf. Returns PD_ERR_OK, or an error code (pd_err.h) with Appwrite's message in msg.
-//  max_meta caps the encoded metadata; expiresAt must lie in (now, now + 30 days].
-//  Always call pd_body_free afterwards.
+//  Prepares b for pd_body_parse. A body is reused from request to request: parse and clear keep
+//  its buffers, so a busy gateway does not allocate them per request.
+void pd_body_init(pd_body_t *b);
+//  Releases the parsed JSON and empties the buffers (keeping their memory).
+void pd_body_clear(pd_body_t *b);
+//  Parses buf into an initialised b (clearing what it held). Returns PD_ERR_OK, or an error code
+//  (pd_err.h) with Appwrite's message in msg. max_meta caps the encoded metadata; expiresAt must
+//  lie in (now, now + 30 days]. Call pd_body_clear when done, pd_body_free at the end.
 int pd_body_parse(pd_body_t *b, const char *buf, size_t len, size_t max_meta, int64_t now,
                   char *msg, size_t n);
 void pd_body_free(pd_body_t *b);

@@ -152,6 +152,9 @@ pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zon
     m->type = (int)a[1].via.u64;
     m->rid = a[2].via.u64;
     m->present = 0;
+    memset(m->s, 0, sizeof m->s); /* absent fields read as empty */
+    memset(m->i, 0, sizeof m->i);
+    memset(m->o, 0, sizeof m->o);
     m->raw = buf + start;
     m->raw_len = *off - start;
     const msgpack_object_map *map = &a[3].via.map;
@@ -160,9 +163,6 @@ pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zon
         if (k->type != MSGPACK_OBJECT_POSITIVE_INTEGER || k->via.u64 >= PD_F__COUNT)
             continue; /* unknown field from a newer peer: ignore */
         int f = (int)k->via.u64;
-        m->s[f] = PD_STR_NULL;
-        m->i[f] = 0;
-        m->o[f] = NULL;
         switch (s_field_type[f]) {
         case 1:
             if (v->type != MSGPACK_OBJECT_STR && v->type != MSGPACK_OBJECT_BIN)
@@ -188,14 +188,6 @@ pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zon
             continue;
         }
         m->present |= 1ULL << f;
-    }
-    /* Absent fields read as empty. */
-    for (int f = 1; f < PD_F__COUNT; f++) {
-        if (pd_msg_has(m, f))
-            continue;
-        m->s[f] = PD_STR_NULL;
-        m->i[f] = 0;
-        m->o[f] = NULL;
     }
     return 0;
 }

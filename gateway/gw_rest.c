@@ -269,80 +269,85 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
 {
     int route = upsert ? GW_ROUTE_UPSERT : GW_ROUTE_UPDATE;
     char msg[512];
-    pd_body_t b;
+    static pd_body_t body; /* one per gateway process: its buffers are reused */
+    static bool body_ready;
+    if (!body_ready) {
+        pd_body_init(&body);
+        body_ready = true;
+    }
+    pd_body_t *bp = &body;
     int rc;
     if (req->entity.len > gw->cfg->max_body) {
         snprintf(msg, sizeof msg, "Request body is larger than %zu bytes.", gw->cfg->max_body);
         rc = PD_ERR_PAYLOAD_TOO_LARGE;
-        memset(&b, 0, sizeof b);
     } else {
-        rc = pd_body_parse(&b, req->entity.base, req->entity.len, id->project->max_metadata,
+        rc = pd_body_parse(bp, req->entity.base, req->entity.len, id->project->max_metadata,
                            pd_now_ms(), msg, sizeof msg);
     }
     if (rc != PD_ERR_OK) {
         gw_respond_err(gw, req, route, rc, pd_str(msg), t0);
         goto out;
     }
-    if (upsert && !b.has_status) {
+    if (upsert && !bp->has_status) {
         gw_respond_err(gw, req, route, PD_ERR_ARGUMENT_INVALID,
                        PD_STR("Param \"status\" is not optional."), t0);
         goto out;
     }
     /* Who owns the record (appwrite-protocol.md §1.1). */
-    if (b.has_user && id->kind != GW_ID_KEY) {
+    if (bp->has_user && id->kind != GW_ID_KEY) {
         gw_respond_err(gw, req, route, PD_ERR_UNAUTHORIZED_SCOPE,
                        PD_STR("userId is not allowed for non-API key and non-privileged users"),
                        t0);
         goto out;
     }
-    if (upsert && !b.has_user && id->kind == GW_ID_KEY) {
+    if (upsert && !bp->has_user && id->kind == GW_ID_KEY) {
         gw_respond_err(gw, req, route, PD_ERR_BAD_REQUEST,
                        PD_STR("userId is required for API key authentication"), t0);
         goto out;
     }
-    pd_str_t owner = b.has_user ? b.user : pd_str(id->user_id);
-    if (b.has_perms && id->kind != GW_ID_KEY &&
-        pd_perms_check_grant(&b.perms, (pd_str_t){id->roles.data, id->roles.len}, msg,
+    pd_str_t owner = bp->has_user ? bp->user : pd_str(id->user_id);
+    if (bp->has_perms && id->kind != GW_ID_KEY &&
+        pd_perms_check_grant(&bp->perms, (pd_str_t){id->roles.data, id->roles.len}, msg,
                              sizeof msg) < 0) {
         gw_respond_err(gw, req, route, PD_ERR_USER_UNAUTHORIZED, pd_str(msg), t0);
         goto out;
     }
-    bool perms_set = b.has_perms;
-    if (!perms_set && (upsert || b.has_user)) {
-        pd_perms_default(owner, &b.perms);
+    bool perms_set = bp->has_perms;
+    if (!perms_set && (upsert || bp->has_user)) {
+        pd_perms_default(owner, &bp->perms);
         perms_set = true;
     }
     gw_pending_t *p = gw_pending_new(gw, req, route, s_on_reply);
     pd_msgw_t *w = gw_send_begin(gw, upsert ? PD_MSG_UPSERT : PD_MSG_UPDATE, p->rid);
     pd_msgw_str(w, PD_F_PROJECT, id->project->id, strlen(id->project->id));
     pd_msgw_s(w, PD_F_ID, pid);
-    if (upsert || b.has_user)
+    if (upsert || bp->has_user)
         pd_msgw_s(w, PD_F_USER, owner);
-    if (b.has_status) {
-        pd_msgw_s(w, PD_F_STATUS, b.status);
-        pd_msgw_str(w, PD_F_STATUS_JSON, b.status_json.data, b.status_json.len);
+    if (bp->has_status) {
+        pd_msgw_s(w, PD_F_STATUS, bp->status);
+        pd_msgw_str(w, PD_F_STATUS_JSON, bp->status_json.data, bp->status_json.len);
     }
-    if (upsert || b.has_meta)
-        pd_msgw_str(w, PD_F_META_JSON, b.has_meta ? b.meta_json.data : "{}",
-                    b.has_meta ? b.meta_json.len : 2);
-    if (upsert || b.has_expires)
+    if (upsert || bp->has_meta)
+        pd_msgw_str(w, PD_F_META_JSON, bp->has_meta ? bp->meta_json.data : "{}",
+                    bp->has_meta ? bp->meta_json.len : 2);
+    if (upsert || bp->has_expires)
         pd_msgw_int(w, PD_F_EXPIRES,
-                    b.has_expires ? b.expires : pd_now_ms() + id->project->default_ttl_ms);
+                    bp->has_expires ? bp->expires : pd_now_ms() + id->project->default_ttl_ms);
     if (perms_set)
-        s_put_perms(w, &b.perms);
+        s_put_perms(w, &bp->perms);
     if (upsert) {
         pd_str_t src = s_header(req, "x-appwrite-source");
         pd_msgw_s(w, PD_F_SOURCE, pd_str_eqc(src, "graphql") ? PD_STR("graphql") : PD_STR("rest"));
     }
     int64_t fl = 0;
     if (!upsert)
-        fl = (b.has_status ? PD_FL_HAS_STATUS : 0) | (b.has_meta ? PD_FL_HAS_META : 0) |
-             (b.has_perms ? PD_FL_HAS_PERMS : 0) | (b.has_expires ? PD_FL_HAS_EXPIRES : 0) |
-             (b.has_user ? PD_FL_HAS_USER : 0);
+        fl = (bp->has_status ? PD_FL_HAS_STATUS : 0) | (bp->has_meta ? PD_FL_HAS_META : 0) |
+             (bp->has_perms ? PD_FL_HAS_PERMS : 0) | (bp->has_expires ? PD_FL_HAS_EXPIRES : 0) |
+             (bp->has_user ? PD_FL_HAS_USER : 0);
     s_put_caller(w, id, fl);
     gw_send_end(gw);
 out:
-    pd_body_free(&b);
+    pd_body_clear(bp);
 }
 
 static void

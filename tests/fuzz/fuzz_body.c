@@ -11,6 +11,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     pd_body_t b;
+    pd_body_init(&b);
     char msg[512];
     int rc = pd_body_parse(&b, (const char *)data, size, 4096, 1700000000000, msg, sizeof msg);
     if (rc == PD_ERR_OK) {
