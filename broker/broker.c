@@ -46,6 +46,7 @@ typedef struct {
     int64_t gen;        //  boot generation
     int64_t records;    //  records held (from HELLO)
     int64_t claims;     //  user claims held
+    pd_buf_t counts;    //  records per project (packed project, count), from HELLO
     char ident[24];     //  ZeroMQ identity "store-<n>"
     pd_msgw_t out;      //  batch to send this turn
 } node_t;
@@ -266,6 +267,26 @@ s_claim_cache_get(broker_t *self, pd_str_t project, pd_str_t user)
     char key[200];
     s_claim_key(key, sizeof key, project, user);
     return zhash_lookup(self->claims, key);
+}
+
+/*  Records of a project across the cluster, as of the nodes' last HELLO (at most 250 ms old):
+ *  a project's record limit can be overshot by the creates of that window. */
+static int64_t
+s_project_records(broker_t *self, pd_str_t project)
+{
+    int64_t sum = 0;
+    for (int n = 1; n <= self->nstores; n++) {
+        pd_str_t l = {self->nodes[n].counts.data, self->nodes[n].counts.len};
+        for (pd_str_t p = pd_list_first(l); p.ptr; p = pd_list_next(l, p)) {
+            pd_str_t c = pd_list_next(l, p);
+            if (!c.ptr)
+                break;
+            if (pd_str_eq(p, project))
+                sum += strtoll(c.ptr, NULL, 10);
+            p = c;
+        }
+    }
+    return sum;
 }
 
 /* -------------------------------------------------------------------------- steps */
@@ -661,6 +682,22 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
             memcpy(op->claimed, claimed.ptr, claimed.len);
             op->claimed[claimed.len] = 0;
             op->fresh = (m->i[PD_F_FLAGS] & PD_FL_FRESH) != 0;
+            if (op->fresh && op->kind == OP_UPSERT) {
+                /* a new claim means a new record: check the project's record limit */
+                pd_msg_t req;
+                if (s_op_request(self, op, &req) == 0 && req.i[PD_F_MAX_RECORDS] > 0 &&
+                    s_project_records(self, req.s[PD_F_PROJECT]) >= req.i[PD_F_MAX_RECORDS]) {
+                    char msg[160];
+                    snprintf(msg, sizeof msg,
+                             "This project has reached its limit of %lld presence records.",
+                             (long long)req.i[PD_F_MAX_RECORDS]);
+                    s_send_unclaim(self, req.s[PD_F_PROJECT], req.s[PD_F_USER],
+                                   pd_str(op->claimed));
+                    s_reply_err(self, op->peer, op->rid, PD_ERR_LIMIT_EXCEEDED, msg);
+                    s_op_free(self, op);
+                    return;
+                }
+            }
             {
                 pd_msg_t req;
                 if (s_op_request(self, op, &req) == 0)
@@ -803,6 +840,8 @@ s_on_back(const pd_msg_t *m, void *arg)
     nd->gen = m->i[PD_F_GEN];
     nd->records = m->i[PD_F_TOTAL];
     nd->claims = m->i[PD_F_CLAIMS];
+    pd_buf_reset(&nd->counts);
+    pd_buf_add(&nd->counts, m->s[PD_F_COUNTS].ptr, m->s[PD_F_COUNTS].len);
 }
 
 static void
@@ -1010,8 +1049,10 @@ broker_main(pd_config_t *cfg)
     zsock_destroy(&self->front);
     zsock_destroy(&self->back);
     zhash_destroy(&self->claims);
-    for (int n = 1; n <= self->nstores; n++)
+    for (int n = 1; n <= self->nstores; n++) {
         pd_msgw_destroy(&self->nodes[n].out);
+        pd_buf_free(&self->nodes[n].counts);
+    }
     for (size_t i = 0; i < self->npeers; i++) {
         zframe_destroy(&self->peers[i].ident);
         pd_msgw_destroy(&self->peers[i].out);

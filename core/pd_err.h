@@ -41,7 +41,7 @@
       "Remote document is newer than local.")                                                      \
     X(PAYLOAD_TOO_LARGE, 413, "general_payload_too_large",                                         \
       "The request body is larger than the server accepts.")                                       \
-    X(LIMIT_EXCEEDED, 429, "general_rate_limit_exceeded", "A limit of this project was reached.")  \
+    X(LIMIT_EXCEEDED, 403, "presence_limit_exceeded", "A limit of this project was reached.")     \
     X(SERVER_ERROR, 500, "general_server_error", "Server Error")                                   \
     X(STORE_FULL, 503, "general_service_unavailable",                                              \
       "The store node that owns this record is full.")                                             \

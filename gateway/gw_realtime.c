@@ -1279,6 +1279,8 @@ s_on_presence(rt_conn_t *c, pd_rtmsg_t *m)
     pd_msgw_str(w, PD_F_PROJECT, c->proj->id, strlen(c->proj->id));
     pd_msgw_s(w, PD_F_ID, id);
     pd_msgw_str(w, PD_F_USER, c->user, strlen(c->user));
+    if (c->proj->p && c->proj->p->max_records)
+        pd_msgw_int(w, PD_F_MAX_RECORDS, (int64_t)c->proj->p->max_records);
     pd_msgw_s(w, PD_F_STATUS, m->status);
     pd_msgw_str(w, PD_F_STATUS_JSON, m->status_json.data, m->status_json.len);
     pd_msgw_str(w, PD_F_META_JSON, m->has_meta ? m->meta_json.data : "{}",

@@ -335,6 +335,8 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
                     bp->has_expires ? bp->expires : pd_now_ms() + id->project->default_ttl_ms);
     if (perms_set)
         s_put_perms(w, &bp->perms);
+    if (upsert && id->project->max_records)
+        pd_msgw_int(w, PD_F_MAX_RECORDS, (int64_t)id->project->max_records);
     if (upsert) {
         pd_str_t src = s_header(req, "x-appwrite-source");
         pd_msgw_s(w, PD_F_SOURCE, pd_str_eqc(src, "graphql") ? PD_STR("graphql") : PD_STR("rest"));

@@ -35,6 +35,7 @@ typedef struct {
     uint64_t seq;         //  last event sequence number
     uint64_t malformed;
     pd_buf_t scratch;
+    zhash_t *counts;      //  project -> records held (int64_t *), for per-project limits
 } store_t;
 
 static volatile sig_atomic_t s_stop;
@@ -116,6 +117,29 @@ s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *pr
     pd_msgw_end(w);
 }
 
+/*  Records per project on this node: reported in HELLO so that the broker can enforce a
+ *  project's record limit across the cluster. */
+static void
+s_count(store_t *self, pd_str_t project, int64_t delta)
+{
+    char key[64];
+    snprintf(key, sizeof key, "%.*s", (int)project.len, project.ptr ? project.ptr : "");
+    int64_t *n = zhash_lookup(self->counts, key);
+    if (!n) {
+        n = calloc(1, sizeof *n);
+        zhash_insert(self->counts, key, n);
+        zhash_freefn(self->counts, key, free);
+    }
+    *n += delta;
+}
+
+static int
+s_count_visit(const pd_record_t *rec, void *arg)
+{
+    s_count(arg, rec->project, 1);
+    return 0;
+}
+
 static int64_t
 s_now(const pd_msg_t *m)
 {
@@ -153,6 +177,8 @@ s_put(store_t *self, const pd_msg_t *m, const pd_record_t *rec, int action)
         return;
     }
     bool had = prev.id.len > 0;
+    if (!had)
+        s_count(self, stored.project, 1);
     s_reply_rec(self, m, &stored, had ? &prev : NULL);
     s_event(self, action, &stored, had ? &prev : NULL);
 }
@@ -278,6 +304,7 @@ s_on_delete(store_t *self, const pd_msg_t *m)
         s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
         return;
     }
+    s_count(self, prev.project, -1);
     s_reply_rec(self, m, &prev, NULL);
     s_event(self, PD_ACT_DELETE, &prev, NULL);
 }
@@ -315,6 +342,7 @@ s_on_release(store_t *self, const pd_msg_t *m)
         s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
         return;
     }
+    s_count(self, prev.project, -1);
     s_reply_rec(self, m, &prev, NULL);
     s_event(self, PD_ACT_DELETE, &prev, NULL);
 }
@@ -627,6 +655,14 @@ s_hello(store_t *self)
     pd_msgw_int(w, PD_F_TOTAL, (int64_t)pd_table_count(self->table));
     pd_msgw_int(w, PD_F_CLAIMS, (int64_t)pd_table_claims(self->table));
     pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
+    pd_buf_reset(&self->scratch);
+    for (int64_t *n = zhash_first(self->counts); n; n = zhash_next(self->counts)) {
+        if (*n <= 0)
+            continue;
+        pd_buf_adds(&self->scratch, zhash_cursor(self->counts));
+        pd_buf_addf(&self->scratch, "%c%lld%c", 0, (long long)*n, 0);
+    }
+    pd_msgw_str(w, PD_F_COUNTS, self->scratch.data ? self->scratch.data : "", self->scratch.len);
     pd_msgw_end(w);
 }
 
@@ -652,6 +688,8 @@ store_main(pd_config_t *cfg)
         pd_fatalx("cannot open shared memory %s", cfg->shm_name);
     pd_log_info("%s %s: %zu records", created ? "created" : "re-attached", cfg->shm_name,
                 pd_table_count(self->table));
+    self->counts = zhash_new();
+    pd_table_foreach(self->table, s_count_visit, self);
     pd_msgw_init(&self->out);
     pd_msgw_init(&self->events);
     msgpack_zone_init(&self->zone, 8192);
