@@ -816,11 +816,36 @@ s_dispatch(reaper_t *self, zmq_msg_t *frame, const char *from, s_handler_fn fn)
     msgpack_zone_clear(&self->zone);
 }
 
+/*  A store node's bus heartbeat (every 250 ms): its generation and last sequence number. A new
+ *  generation means it restarted (resync it now, not at its next event), and a sequence ahead
+ *  of the last event we saw means we missed events at the tail (resync too). */
+static void
+s_on_store_hello(reaper_t *self, const pd_msg_t *m)
+{
+    node_t *n = s_node(self, m->i[PD_F_NODE]);
+    if (!n || !pd_msg_has(m, PD_F_GEN) || !pd_msg_has(m, PD_F_SEQ))
+        return;
+    int id = (int)m->i[PD_F_NODE];
+    if (!s_track_gen(n, id, m->i[PD_F_GEN]))
+        return;
+    if (n->have_seq && m->i[PD_F_SEQ] > n->seq) {
+        self->gaps++;
+        pd_log_warn("store node %d: at event %lld, we saw %lld (gap): resync", id,
+                    (long long)m->i[PD_F_SEQ], (long long)n->seq);
+        n->seq = m->i[PD_F_SEQ];
+        s_want_sync(n);
+    }
+}
+
 static void
 s_on_bus_msg(reaper_t *self, const pd_msg_t *m)
 {
     if (m->type == PD_MSG_EVENT) {
         s_on_event(self, m);
+        return;
+    }
+    if (m->type == PD_MSG_HELLO) {
+        s_on_store_hello(self, m);
         return;
     }
     self->malformed++;

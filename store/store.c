@@ -717,6 +717,14 @@ store_main(pd_config_t *cfg)
         int64_t now = pd_mono_ms();
         if (now - last_hello >= 250) {
             s_hello(self);
+            /* the same heartbeat on the bus: subscribers learn this node's generation and last
+             * sequence number even when it has nothing to publish */
+            pd_msgw_begin(&self->events, PD_MSG_HELLO, 0);
+            pd_msgw_str(&self->events, PD_F_ROLE, "store", 5);
+            pd_msgw_int(&self->events, PD_F_NODE, self->node);
+            pd_msgw_int(&self->events, PD_F_GEN, self->gen);
+            pd_msgw_int(&self->events, PD_F_SEQ, (int64_t)self->seq);
+            pd_msgw_end(&self->events);
             last_hello = now;
         }
         s_flush(self);
