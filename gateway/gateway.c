@@ -431,7 +431,6 @@ gateway_main(pd_config_t *cfg)
     h2o_context_init(&gw->ctx, h2o_evloop_create(), &gw->config);
     gw->accept_ctx.ctx = &gw->ctx;
     gw->accept_ctx.hosts = gw->config.hosts;
-    gw_rest_init(gw);
     gw_rt_init(gw);
 
     snprintf(gw->ident, sizeof gw->ident, "gateway-%d-%d", cfg->node, (int)getpid());

@@ -104,7 +104,8 @@ int64_t gw_now_ns(void);
 
 /* gw_rest.c */
 int gw_rest_on_req(h2o_handler_t *self, h2o_req_t *req);
-void gw_rest_init(gw_t *gw);
+//  The value of request header `name` (lower case), or PD_STR_NULL.
+pd_str_t gw_header(h2o_req_t *req, const char *name);
 //  Sends a JSON (or text) response with CORS headers. body is copied.
 void gw_respond(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype,
                 const char *body, size_t len, int64_t start_ns);

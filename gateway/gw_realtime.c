@@ -337,16 +337,6 @@ s_query_param(h2o_req_t *req, const char *name)
     return PD_STR_NULL;
 }
 
-static pd_str_t
-s_header(h2o_req_t *req, const char *name)
-{
-    ssize_t i = h2o_find_header_by_str(&req->headers, name, strlen(name), -1);
-    if (i < 0)
-        return PD_STR_NULL;
-    h2o_iovec_t v = req->headers.entries[i].value;
-    return (pd_str_t){v.base, v.len};
-}
-
 /* -------------------------------------------------------------------------- hash map */
 
 static void
@@ -538,7 +528,7 @@ s_sub_remove(rt_conn_t *c, rt_sub_t **pp)
 /* -------------------------------------------------------------------------- output */
 
 static size_t
-s_ws_header(unsigned char *h, int op, size_t n)
+s_wheader(unsigned char *h, int op, size_t n)
 {
     h[0] = (unsigned char)(0x80 | op);
     if (n < 126) {
@@ -593,7 +583,7 @@ s_out_frame(rt_conn_t *c, int op, size_t n)
         c->out = s_xrealloc(c->out, cap);
         c->out_cap = (uint32_t)cap;
     }
-    size_t hl = s_ws_header((unsigned char *)c->out + c->out_len, op, n);
+    size_t hl = s_wheader((unsigned char *)c->out + c->out_len, op, n);
     char *p = c->out + c->out_len + hl;
     c->out_len += (uint32_t)(hl + n);
     s_conn_schedule(c);
@@ -1560,7 +1550,7 @@ static void
 s_frame_into(pd_buf_t *out, int op, const char *p, size_t n)
 {
     unsigned char h[10];
-    size_t hl = s_ws_header(h, op, n);
+    size_t hl = s_wheader(h, op, n);
     pd_buf_add(out, h, hl);
     pd_buf_add(out, p, n);
 }
@@ -1608,8 +1598,8 @@ gw_rt_on_req(gw_t *gw, h2o_req_t *req)
     }
     pd_str_t project = s_query_param(req, "project");
     if (!project.len)
-        project = s_header(req, "x-appwrite-project");
-    pd_str_t jwt = s_header(req, "x-appwrite-jwt");
+        project = gw_header(req, "x-appwrite-project");
+    pd_str_t jwt = gw_header(req, "x-appwrite-jwt");
     if (!jwt.len)
         jwt = s_query_param(req, "jwt");
 
@@ -1628,9 +1618,9 @@ gw_rt_on_req(gw_t *gw, h2o_req_t *req)
     } else if (rc != PD_ERR_OK) {
         code = 401;
         snprintf(msg, sizeof msg, "%s", err[0] ? err : pd_err_msg(rc));
-    } else if (!s_origin_ok(id.project, s_header(req, "origin"))) {
+    } else if (!s_origin_ok(id.project, gw_header(req, "origin"))) {
         code = 1008;
-        pd_str_t o = s_header(req, "origin");
+        pd_str_t o = gw_header(req, "origin");
         char shown[201];
         size_t k = 0;
         for (; k < o.len && k < 200; k++) /* printable ASCII only, into a JSON text frame */

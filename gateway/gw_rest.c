@@ -27,14 +27,8 @@ static const char s_cors_allow_headers[] =
     "X-SDK-GraphQL, X-SDK-Profile, Range, Cache-Control, Expires, Pragma, X-Fallback-Cookies, "
     "X-Requested-With, X-Forwarded-For, X-Forwarded-User-Agent";
 
-void
-gw_rest_init(gw_t *gw)
-{
-    (void)gw;
-}
-
-static pd_str_t
-s_header(h2o_req_t *req, const char *name)
+pd_str_t
+gw_header(h2o_req_t *req, const char *name)
 {
     ssize_t i = h2o_find_header_by_str(&req->headers, name, strlen(name), -1);
     if (i < 0)
@@ -52,7 +46,7 @@ s_cors(gw_t *gw, h2o_req_t *req)
     if (i < 0)
         return;
     h2o_iovec_t origin = req->headers.entries[i].value;
-    const pd_project_t *p = pd_projects_find(&gw->projects, s_header(req, "x-appwrite-project"));
+    const pd_project_t *p = pd_projects_find(&gw->projects, gw_header(req, "x-appwrite-project"));
     if (p && p->norigins) {
         bool ok = false;
         for (size_t k = 0; k < p->norigins; k++)
@@ -338,7 +332,7 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
     if (upsert && id->project->max_records)
         pd_msgw_int(w, PD_F_MAX_RECORDS, (int64_t)id->project->max_records);
     if (upsert) {
-        pd_str_t src = s_header(req, "x-appwrite-source");
+        pd_str_t src = gw_header(req, "x-appwrite-source");
         pd_msgw_s(w, PD_F_SOURCE, pd_str_eqc(src, "graphql") ? PD_STR("graphql") : PD_STR("rest"));
     }
     int64_t fl = 0;
@@ -585,8 +579,8 @@ gw_rest_on_req(h2o_handler_t *handler, h2o_req_t *req)
 
     gw_ident_t id;
     char err[300];
-    int rc = gw_ident_resolve(gw, &id, s_header(req, "x-appwrite-project"),
-                              s_header(req, "x-appwrite-key"), s_header(req, "x-appwrite-jwt"),
+    int rc = gw_ident_resolve(gw, &id, gw_header(req, "x-appwrite-project"),
+                              gw_header(req, "x-appwrite-key"), gw_header(req, "x-appwrite-jwt"),
                               err, sizeof err);
     if (rc != PD_ERR_OK) {
         gw_respond_err(gw, req, route, rc, pd_str(err), t0);

@@ -277,10 +277,25 @@ s_on_update(store_t *self, const pd_msg_t *m)
     s_put(self, m, &rec, PD_ACT_UPDATE);
 }
 
+/*  Deletes the record m names, answers, and publishes the delete event (DELETE, EXPIRE, and
+ *  RELEASE of the last holder). */
+static void
+s_remove(store_t *self, const pd_msg_t *m)
+{
+    pd_record_t prev;
+    if (pd_table_delete(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    s_count(self, prev.project, -1);
+    s_reply_rec(self, m, &prev, NULL);
+    s_event(self, PD_ACT_DELETE, &prev, NULL);
+}
+
 static void
 s_on_delete(store_t *self, const pd_msg_t *m)
 {
-    pd_record_t old, prev;
+    pd_record_t old;
     if (pd_table_get(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &old) != 0 ||
         !s_can(m, old.read_roles)) {
         s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
@@ -300,13 +315,7 @@ s_on_delete(store_t *self, const pd_msg_t *m)
         s_reply_err(self, m, PD_ERR_USER_UNAUTHORIZED, NULL);
         return;
     }
-    if (pd_table_delete(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
-        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
-        return;
-    }
-    s_count(self, prev.project, -1);
-    s_reply_rec(self, m, &prev, NULL);
-    s_event(self, PD_ACT_DELETE, &prev, NULL);
+    s_remove(self, m);
 }
 
 /*  A gateway no longer holds a connection-bound record (its last socket closed, and the grace
@@ -314,7 +323,7 @@ s_on_delete(store_t *self, const pd_msg_t *m)
 static void
 s_on_release(store_t *self, const pd_msg_t *m)
 {
-    pd_record_t old, prev;
+    pd_record_t old;
     if (pd_table_get(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &old) != 0 ||
         !pd_list_has(old.conn, m->s[PD_F_CONN])) {
         s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
@@ -338,13 +347,7 @@ s_on_release(store_t *self, const pd_msg_t *m)
         s_reply_err(self, m, PD_ERR_OK, NULL);
         return;
     }
-    if (pd_table_delete(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
-        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
-        return;
-    }
-    s_count(self, prev.project, -1);
-    s_reply_rec(self, m, &prev, NULL);
-    s_event(self, PD_ACT_DELETE, &prev, NULL);
+    s_remove(self, m);
 }
 
 static void
