@@ -254,8 +254,10 @@ describe('presencectl list', () => {
 const shq = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`;
 
 // Runs a command in a pseudo-terminal (util-linux script(1)); Ctrl-C is a real ^C on the tty.
+// script(1) runs the command through $SHELL -c (dash when SHELL is unset, as under CI); `exec`
+// makes the command the pty's only process, so its exit status and title are its own.
 function inPty(args) {
-    const p = spawn('script', ['-qfec', args.map(shq).join(' '), '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const p = spawn('script', ['-qfec', 'exec ' + args.map(shq).join(' '), '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
     const st = { p, out: '', exited: null };
     p.stdout.on('data', (d) => { st.out += d.toString(); });
     p.stderr.on('data', (d) => { st.out += d.toString(); });
@@ -281,10 +283,14 @@ describe('presencectl watch', () => {
             await w.waitFor(new RegExp(`connected to project ${P} as ${u}; watching presences`), 10000, 'the connected line');
             // the token is not in watch's own process title
             const pids = spawnSync('pgrep', ['-P', String(w.p.pid)], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean);
+            let seen = 0;
             for (const pid of pids) {
                 const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-                if (cmd.includes('watch')) assert.ok(!cmd.includes(tok), 'the JWT is blanked in the process title');
+                if (!cmd.includes('watch')) continue;
+                seen++;
+                assert.ok(!cmd.includes(tok), `the JWT is blanked in the process title: ${JSON.stringify(cmd)}`);
             }
+            assert.ok(seen > 0, 'found the watch process');
             const id = uid('wp'), owner = uid('wo');
             const perms = ['read("team:watchers")'];
             const line = (action, status) => new RegExp(`\\d{4}-\\d\\d-\\d\\dT[\\d:.]+\\+00:00\\s+${action}\\s+${id}\\s+${owner}\\s+${status}\\r?\\n`);
