@@ -33,6 +33,14 @@ pd_mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t
+pd_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 /*  Days from civil date, after Howard Hinnant's algorithm: exact for the proleptic Gregorian
  *  calendar, no timezone database, no locale. */
 static int64_t
@@ -46,17 +54,54 @@ s_days_from_civil(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
+static inline void
+s_put2(char *p, unsigned v)
+{
+    p[0] = (char)('0' + v / 10);
+    p[1] = (char)('0' + v % 10);
+}
+
+/*  Every record carries three dates and is rendered on each write, so this is on the hot path:
+ *  civil date from days (Hinnant, the inverse of the above) and digits by hand, no gmtime_r,
+ *  no printf. Years outside 0..9999 take the slow path. */
 size_t
 pd_time_format(int64_t ms, char *buf)
 {
     int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
-    int msec = (int)(ms - secs * 1000);
-    time_t t = (time_t)secs;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    int n = snprintf(buf, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03d+00:00", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, msec);
-    return n > 0 ? (size_t)n : 0;
+    unsigned msec = (unsigned)(ms - secs * 1000);
+    int64_t days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
+    unsigned sod = (unsigned)(secs - days * 86400);
+    int64_t z = days + 719468;
+    const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    const unsigned doe = (unsigned)(z - era * 146097);
+    const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    const unsigned mp = (5 * doy + 2) / 153;
+    const unsigned d = doy - (153 * mp + 2) / 5 + 1;
+    const unsigned m = mp < 10 ? mp + 3 : mp - 9;
+    int64_t y = (int64_t)yoe + era * 400 + (m <= 2);
+    if (y < 0 || y > 9999) {
+        int n = snprintf(buf, 32, "%04lld-%02u-%02uT%02u:%02u:%02u.%03u+00:00", (long long)y, m, d,
+                         sod / 3600, sod / 60 % 60, sod % 60, msec);
+        return n > 0 ? (size_t)n : 0;
+    }
+    s_put2(buf, (unsigned)(y / 100));
+    s_put2(buf + 2, (unsigned)(y % 100));
+    buf[4] = '-';
+    s_put2(buf + 5, m);
+    buf[7] = '-';
+    s_put2(buf + 8, d);
+    buf[10] = 'T';
+    s_put2(buf + 11, sod / 3600);
+    buf[13] = ':';
+    s_put2(buf + 14, sod / 60 % 60);
+    buf[16] = ':';
+    s_put2(buf + 17, sod % 60);
+    buf[19] = '.';
+    buf[20] = (char)('0' + msec / 100);
+    s_put2(buf + 21, msec % 100);
+    memcpy(buf + 23, "+00:00", 7); //  with its NUL
+    return 29;
 }
 
 static int
@@ -334,6 +379,19 @@ pd_util_test(bool verbose)
     assert(pd_time_parse(PD_STR("2024-01-01T00:00:00.000+00:00").ptr, 29, &ms) == 0);
     pd_time_format(ms, buf);
     assert(strcmp(buf, "2024-01-01T00:00:00.000+00:00") == 0);
+    /* the hand-rolled formatter against gmtime_r, across leap years, centuries, before 1970 */
+    for (int64_t t = -62135596800000LL; t < 253402300799000LL; t += 86399999LL * 37 + 123) {
+        char want[64];
+        int64_t secs = t >= 0 ? t / 1000 : (t - 999) / 1000;
+        time_t tt = (time_t)secs;
+        struct tm tm;
+        gmtime_r(&tt, &tm);
+        snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.%03d+00:00", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(t - secs * 1000));
+        assert(pd_time_format(t, buf) == 29);
+        assert(strcmp(buf, want) == 0);
+        assert(pd_time_parse(buf, 29, &ms) == 0 && ms == t);
+    }
     const char *ok[] = {"2026-05-25 10:00:00.000", "2026-05-25T10:00:00Z", "2026-05-25T12:00:00+02:00",
                         "2026-05-25T10:00:00.000000Z", "2026-05-25T10:00", "2026-05-25"};
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {

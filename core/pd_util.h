@@ -42,6 +42,7 @@ int pd_str_cmp(pd_str_t a, pd_str_t b);
 //  Wall-clock time in milliseconds since the epoch, and monotonic milliseconds.
 int64_t pd_now_ms(void);
 int64_t pd_mono_ms(void);
+int64_t pd_mono_us(void);
 
 //  Appwrite date format "2024-01-01T00:00:00.000+00:00" (29 chars). buf needs 32 bytes.
 //  Returns the length written.

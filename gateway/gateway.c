@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <sodium.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include "gw.h"
 #include "pd_err.h"
 #include "pd_log.h"
+#include "pd_zmq.h"
 
 static volatile sig_atomic_t s_stop, s_reload;
 
@@ -139,7 +141,7 @@ s_flush(gw_t *gw)
 {
     if (!gw->out.count)
         return;
-    if (zsock_send(gw->dealer, "b", gw->out.sb.data, gw->out.sb.size) < 0)
+    if (pd_zmq_send(zsock_resolve(gw->dealer), NULL, 0, gw->out.sb.data, gw->out.sb.size) < 0)
         pd_log_warn("%s: cannot reach the broker; %u requests will time out", __func__,
                     gw->out.count);
     pd_msgw_reset(&gw->out);
@@ -258,19 +260,21 @@ s_on_reply(const pd_msg_t *m, void *arg)
 }
 
 static void
+s_on_reply_frame(pd_zmsg_t *zm, void *arg)
+{
+    gw_t *gw = arg;
+    if (pd_msg_each(pd_zmsg_data(zm, 0), pd_zmsg_size(zm, 0), &gw->zone, s_on_reply, gw) < 0)
+        gw->malformed++;
+}
+
+/*  Reads every reply (until EAGAIN, which re-arms the dealer's ZMQ_FD in the evloop). */
+static void
 s_drain(gw_t *gw)
 {
     if (gw->draining)
         return;
     gw->draining = true;
-    while (zsock_events(gw->dealer) & ZMQ_POLLIN) {
-        zframe_t *f = zframe_recv(gw->dealer);
-        if (!f)
-            break;
-        if (pd_msg_each(zframe_data(f), zframe_size(f), &gw->zone, s_on_reply, gw) < 0)
-            gw->malformed++;
-        zframe_destroy(&f);
-    }
+    pd_zmq_drain(zsock_resolve(gw->dealer), INT_MAX, s_on_reply_frame, gw, &gw->malformed);
     gw->draining = false;
     if (gw->out.count && !gw->flush_linked) {
         gw->flush_linked = true;
@@ -293,18 +297,21 @@ s_on_event(const pd_msg_t *m, void *arg)
 }
 
 static void
+s_on_bus_frame(pd_zmsg_t *zm, void *arg)
+{
+    gw_t *gw = arg;
+    if (gw_rt_quiet(gw))
+        return;
+    if (pd_msg_each(pd_zmsg_data(zm, 0), pd_zmsg_size(zm, 0), &gw->zone, s_on_event, gw) < 0)
+        gw->malformed++;
+}
+
+static void
 s_on_bus(h2o_socket_t *sock, const char *err)
 {
     (void)err;
     gw_t *gw = sock->data;
-    while (zsock_events(gw->sub) & ZMQ_POLLIN) {
-        zframe_t *f = zframe_recv(gw->sub);
-        if (!f)
-            break;
-        if (pd_msg_each(zframe_data(f), zframe_size(f), &gw->zone, s_on_event, gw) < 0)
-            gw->malformed++;
-        zframe_destroy(&f);
-    }
+    pd_zmq_drain(zsock_resolve(gw->sub), INT_MAX, s_on_bus_frame, gw, &gw->malformed);
 }
 
 static h2o_socket_t *

@@ -87,7 +87,8 @@ struct gw {
     uint64_t requests[GW_ROUTE__COUNT][GW_STATUS_SLOTS];
     uint64_t lat[GW_ROUTE__COUNT][GW_LAT_BUCKETS + 1];
     double lat_sum[GW_ROUTE__COUNT];
-    uint64_t malformed, timeouts;
+    unsigned long malformed;
+    uint64_t timeouts;
     void *rt;                   //  realtime state (gw_realtime.c)
 };
 
@@ -121,6 +122,7 @@ void gw_ident_free(gw_ident_t *id);
 void gw_rt_init(gw_t *gw);
 int gw_rt_on_req(gw_t *gw, h2o_req_t *req);
 void gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev);
+bool gw_rt_quiet(gw_t *gw); //  no connection, no hold: bus frames may be skipped
 void gw_rt_tick(gw_t *gw);
 void gw_rt_metrics(gw_t *gw, pd_buf_t *b);
 void gw_rt_shutdown(gw_t *gw);

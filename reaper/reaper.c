@@ -43,6 +43,7 @@
 #include "pd_log.h"
 #include "pd_msg.h"
 #include "pd_wheel.h"
+#include "pd_zmq.h"
 
 enum {
     REAPER_HELLO_MS = 250,         //  HELLO (and metrics) period; also the longest poll sleep
@@ -107,7 +108,7 @@ typedef struct {
     pd_config_t *cfg;              //  borrowed
     zsock_t *broker;               //  DEALER to the broker's front ROUTER
     zsock_t *bus;                  //  SUB on the event bus
-    zpoller_t *poller;             //  both sockets
+    pd_zpoll_t poll;               //  both sockets' ZMQ_FDs
     pd_wheel_t *wheel;             //  every entry's timer
     msgpack_zone zone;             //  RAW fields of the frame being decoded
     pd_msgw_t out;                 //  this turn's batch to the broker
@@ -973,6 +974,7 @@ reaper_flush(reaper_t *self)
 {
     if (!self->out.count)
         return;
+    self->busy = true; //  a send may consume the socket's wake-up: read it once more first
     if (zmq_send(zsock_resolve(self->broker), self->out.sb.data, self->out.sb.size,
                  ZMQ_DONTWAIT) < 0) {
         self->send_failures++;
@@ -1012,7 +1014,7 @@ reaper_destroy(reaper_t **self_p)
     reaper_t *self = *self_p;
     if (!self)
         return;
-    zpoller_destroy(&self->poller);
+    pd_zpoll_close(&self->poll);
     zsock_destroy(&self->broker);
     zsock_destroy(&self->bus);
     pd_wheel_destroy(&self->wheel);
@@ -1034,6 +1036,7 @@ reaper_new(pd_config_t *cfg)
     if (!self)
         return NULL;
     self->cfg = cfg;
+    self->poll.epfd = -1;
     self->boot_ms = pd_now_ms();
     self->mono = pd_mono_ms();
     msgpack_zone_init(&self->zone, 8192);
@@ -1061,12 +1064,11 @@ reaper_new(pd_config_t *cfg)
         reaper_destroy(&self);
         return NULL;
     }
-    self->poller = zpoller_new(self->bus, self->broker, NULL);
-    if (!self->poller) {
+    if (pd_zpoll_init(&self->poll) < 0 || pd_zpoll_add(&self->poll, zsock_resolve(self->bus)) ||
+        pd_zpoll_add(&self->poll, zsock_resolve(self->broker))) {
         reaper_destroy(&self);
         return NULL;
     }
-    zpoller_set_nonstop(self->poller, true);
     self->all_pending = true;
     self->all_next = self->mono + REAPER_SYNC_DELAY_MS;
     self->next_hello = self->mono;
@@ -1097,7 +1099,7 @@ reaper_main(pd_config_t *cfg)
     pd_log_info("reaper up: broker %s, bus %s", cfg->broker_front, cfg->bus_out);
     while (!s_terminated) {
         self->mono = pd_mono_ms();
-        zpoller_wait(self->poller, reaper_timeout(self));
+        pd_zpoll_wait(&self->poll, (int64_t)reaper_timeout(self) * 1000);
         if (s_terminated)
             break;
         self->busy = false;

@@ -15,6 +15,7 @@
 
 #include "pd_err.h"
 #include "pd_log.h"
+#include "pd_zmq.h"
 #include "pd_msg.h"
 #include "pd_query.h"
 #include "pd_table.h"
@@ -26,7 +27,7 @@ typedef struct {
     pd_table_t *table;
     zsock_t *dealer;      //  to the broker (identity "store-<node>")
     zsock_t *pub;         //  to the bus
-    zpoller_t *poller;
+    pd_zpoll_t poll;
     pd_msgw_t out;        //  replies this turn
     pd_msgw_t events;     //  events this turn
     msgpack_zone zone;
@@ -616,35 +617,36 @@ s_dispatch(const pd_msg_t *m, void *arg)
     }
 }
 
-static void
+//  Sends this turn's replies and events. Returns whether anything was sent.
+static bool
 s_flush(store_t *self)
 {
+    bool sent = false;
     if (self->out.count) {
-        if (zsock_send(self->dealer, "b", self->out.sb.data, self->out.sb.size) < 0)
+        if (pd_zmq_send(zsock_resolve(self->dealer), NULL, 0, self->out.sb.data,
+                        self->out.sb.size) < 0)
             pd_log_warn("%s: reply batch dropped", __func__);
         pd_msgw_reset(&self->out);
+        sent = true;
     }
     if (self->events.count) {
-        zsock_send(self->pub, "b", self->events.sb.data, self->events.sb.size);
+        pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->events.sb.data,
+                    self->events.sb.size);
         pd_msgw_reset(&self->events);
     }
+    return sent;
 }
 
 static void
-s_recv_broker(store_t *self)
+s_on_batch(pd_zmsg_t *zm, void *arg)
 {
-    while (zsock_events(self->dealer) & ZMQ_POLLIN) {
-        zframe_t *f = zframe_recv(self->dealer);
-        if (!f)
-            break;
-        if (pd_msg_each(zframe_data(f), zframe_size(f), &self->zone, s_dispatch, self) < 0) {
-            self->malformed++;
-            pd_log_warn("%s: malformed batch from the broker dropped", __func__);
-        }
-        zframe_destroy(&f);
-        if (self->out.sb.size > (1 << 20) || self->events.sb.size > (1 << 20))
-            s_flush(self);
+    store_t *self = arg;
+    if (pd_msg_each(pd_zmsg_data(zm, 0), pd_zmsg_size(zm, 0), &self->zone, s_dispatch, self) < 0) {
+        self->malformed++;
+        pd_log_warn("%s: malformed batch from the broker dropped", __func__);
     }
+    if (self->out.sb.size > (1 << 20) || self->events.sb.size > (1 << 20))
+        s_flush(self);
 }
 
 static void
@@ -711,12 +713,18 @@ store_main(pd_config_t *cfg)
     zsock_set_sndhwm(self->pub, 1000000);
     if (zsock_connect(self->pub, "%s", cfg->bus_in) < 0)
         pd_fatalx("cannot connect to %s", cfg->bus_in);
-    self->poller = zpoller_new(self->dealer, NULL);
+    if (pd_zpoll_init(&self->poll) < 0 || pd_zpoll_add(&self->poll, zsock_resolve(self->dealer)))
+        pd_fatal("epoll");
 
+    /* Each turn: take the broker's batches (up to a budget), apply them, send the replies and
+     * events as one frame each. Sleep only after a turn that received and sent nothing (a send
+     * may consume the dealer's wake-up signal: pd_zmq.h). */
     int64_t last_hello = 0;
+    bool idle = true;
     while (!s_stop) {
-        zpoller_wait(self->poller, 100);
-        s_recv_broker(self);
+        if (idle)
+            pd_zpoll_wait(&self->poll, 100 * 1000);
+        int got = pd_zmq_drain(zsock_resolve(self->dealer), 1000, s_on_batch, self, NULL);
         int64_t now = pd_mono_ms();
         if (now - last_hello >= 250) {
             s_hello(self);
@@ -730,10 +738,10 @@ store_main(pd_config_t *cfg)
             pd_msgw_end(&self->events);
             last_hello = now;
         }
-        s_flush(self);
+        idle = !s_flush(self) && !got;
     }
     pd_log_info("store node %d stopping", self->node);
-    zpoller_destroy(&self->poller);
+    pd_zpoll_close(&self->poll);
     zsock_destroy(&self->dealer);
     zsock_destroy(&self->pub);
     pd_table_close(&self->table);

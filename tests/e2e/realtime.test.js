@@ -657,7 +657,7 @@ describe('metrics', () => {
             assert.equal(m.find('presenced_bus_gaps_total').length, 1, 'presenced_bus_gaps_total');
             assert.equal(m.sum('presenced_bus_gaps_total'), 0, 'no gap on a healthy bus');
             assert.equal(m.find('presenced_realtime_connections').length, 1);
-            assert.ok(m.sum('presenced_realtime_bus_events_total') > 0);
+            assert.ok(m.sum('presenced_realtime_bus_frames_total') > 0, 'the gateway reads the bus');
         }
     });
 });

@@ -9,6 +9,7 @@
 #include "pd_table.h"
 #include "pd_util.h"
 #include "pd_wheel.h"
+#include "pd_zmq.h"
 
 static const struct {
     const char *name;
@@ -20,6 +21,7 @@ static const struct {
     {"query", pd_query_test},
     {"auth", pd_auth_test},
     {"wheel", pd_wheel_test},
+    {"zmq", pd_zmq_test},
 };
 
 int

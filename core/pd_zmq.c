@@ -1,0 +1,191 @@
+/*  pd_zmq — see pd_zmq.h. */
+#include "pd_zmq.h"
+
+#include <errno.h>
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+int
+pd_zmq_drain(void *sock, int max, pd_zmq_fn *fn, void *arg, unsigned long *oversized)
+{
+    pd_zmsg_t m;
+    int got = 0;
+    while (got < max) {
+        zmq_msg_init(&m.part[0]);
+        if (zmq_msg_recv(&m.part[0], sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m.part[0]);
+            break; //  EAGAIN: empty, and the fd is armed again
+        }
+        m.n = 1;
+        bool big = false;
+        while (zmq_msg_more(&m.part[m.n - 1])) {
+            zmq_msg_t *p = &m.part[m.n < PD_ZMQ_MAXPARTS ? m.n : PD_ZMQ_MAXPARTS - 1];
+            if (m.n >= PD_ZMQ_MAXPARTS) {
+                big = true;
+                zmq_msg_close(p); //  keep receiving into the last slot to find the end
+            } else {
+                m.n++;
+            }
+            zmq_msg_init(p);
+            if (zmq_msg_recv(p, sock, ZMQ_DONTWAIT) < 0) { //  parts arrive together
+                zmq_msg_close(p);
+                m.n--;
+                break;
+            }
+        }
+        got++;
+        if (big) {
+            if (oversized)
+                (*oversized)++;
+        } else {
+            fn(&m, arg);
+        }
+        for (int i = 0; i < m.n; i++)
+            zmq_msg_close(&m.part[i]);
+    }
+    return got;
+}
+
+int
+pd_zmq_send(void *sock, const void *ident, size_t ilen, const void *data, size_t len)
+{
+    if (ident && zmq_send(sock, ident, ilen, ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0)
+        return -1;
+    return zmq_send(sock, data, len, ZMQ_DONTWAIT) < 0 ? -1 : 0;
+}
+
+int
+pd_zpoll_init(pd_zpoll_t *p)
+{
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    return p->epfd < 0 ? -1 : 0;
+}
+
+int
+pd_zpoll_add(pd_zpoll_t *p, void *sock)
+{
+    int fd;
+    size_t sz = sizeof fd;
+    if (zmq_getsockopt(sock, ZMQ_FD, &fd, &sz) < 0)
+        return -1;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = sock};
+    return epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+int
+pd_zpoll_wait(pd_zpoll_t *p, int64_t timeout_us)
+{
+    struct epoll_event ev[8];
+    struct timespec ts = {(time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000};
+    int n = epoll_pwait2(p->epfd, ev, 8, timeout_us < 0 ? NULL : &ts, NULL);
+    if (n < 0 && errno == EINTR)
+        return -1;
+    return n < 0 ? 0 : n;
+}
+
+void
+pd_zpoll_close(pd_zpoll_t *p)
+{
+    if (p->epfd >= 0)
+        close(p->epfd);
+    p->epfd = -1;
+}
+
+/* -------------------------------------------------------------------------- self test */
+
+#include <assert.h>
+#include <string.h>
+
+typedef struct {
+    int calls;
+    char body[32];
+    int nparts;
+} s_seen_t;
+
+static void
+s_test_fn(pd_zmsg_t *m, void *arg)
+{
+    s_seen_t *seen = arg;
+    seen->calls++;
+    seen->nparts = m->n;
+    size_t n = pd_zmsg_size(m, m->n - 1);
+    assert(n < sizeof seen->body);
+    memcpy(seen->body, pd_zmsg_data(m, m->n - 1), n);
+    seen->body[n] = 0;
+}
+
+void
+pd_zmq_test(bool verbose)
+{
+    (void)verbose;
+    void *ctx = zmq_ctx_new();
+    void *router = zmq_socket(ctx, ZMQ_ROUTER);
+    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
+    assert(zmq_bind(router, "inproc://pd-zmq-test") == 0);
+    assert(zmq_connect(dealer, "inproc://pd-zmq-test") == 0);
+    pd_zpoll_t poll;
+    assert(pd_zpoll_init(&poll) == 0 && pd_zpoll_add(&poll, router) == 0);
+    s_seen_t seen = {0};
+    unsigned long big = 0;
+
+    //  nothing there: empty at once, and the poll times out
+    assert(pd_zmq_drain(router, 10, s_test_fn, &seen, &big) == 0);
+    assert(pd_zpoll_wait(&poll, 1000) == 0);
+
+    //  three messages, a budget of two: two now, one next turn, then empty
+    assert(pd_zmq_send(dealer, NULL, 0, "a", 1) == 0);
+    assert(pd_zmq_send(dealer, NULL, 0, "b", 1) == 0);
+    assert(pd_zmq_send(dealer, NULL, 0, "c", 1) == 0);
+    assert(pd_zpoll_wait(&poll, 2000000) > 0);
+    assert(pd_zmq_drain(router, 2, s_test_fn, &seen, &big) == 2);
+    assert(seen.calls == 2 && seen.nparts == 2 && strcmp(seen.body, "b") == 0);
+    assert(pd_zmq_drain(router, 2, s_test_fn, &seen, &big) == 1);
+    assert(strcmp(seen.body, "c") == 0);
+    assert(pd_zmq_drain(router, 2, s_test_fn, &seen, &big) == 0);
+
+    //  drained to EAGAIN, the fd is armed: a new message wakes the poll
+    assert(pd_zpoll_wait(&poll, 0) == 0);
+    assert(pd_zmq_send(dealer, NULL, 0, "d", 1) == 0);
+    assert(pd_zpoll_wait(&poll, 2000000) > 0);
+
+    //  a message of more parts than PD_ZMQ_MAXPARTS is counted and skipped, whole
+    for (int i = 0; i < 6; i++)
+        assert(zmq_send(dealer, "x", 1, i < 5 ? ZMQ_SNDMORE : 0) == 1);
+    assert(pd_zmq_send(dealer, NULL, 0, "e", 1) == 0);
+    int got = 0;
+    for (int i = 0; i < 100 && got < 3; i++) {
+        got += pd_zmq_drain(router, 10, s_test_fn, &seen, &big);
+        if (got < 3)
+            pd_zpoll_wait(&poll, 10000);
+    }
+    assert(got == 3 && big == 1 && seen.calls == 5 && strcmp(seen.body, "e") == 0);
+
+    //  a reply to the dealer through the router, by identity, moves the parts
+    zmq_msg_t id;
+    zmq_msg_init(&id);
+    assert(pd_zmq_send(dealer, NULL, 0, "f", 1) == 0);
+    assert(pd_zpoll_wait(&poll, 2000000) > 0);
+    assert(zmq_msg_recv(&id, router, 0) >= 0);
+    char body[8];
+    assert(zmq_recv(router, body, sizeof body, 0) == 1);
+    assert(pd_zmq_send(router, zmq_msg_data(&id), zmq_msg_size(&id), "g", 1) == 0);
+    zmq_msg_close(&id);
+    s_seen_t back = {0};
+    for (int i = 0; i < 100 && !back.calls; i++)
+        if (!pd_zmq_drain(dealer, 10, s_test_fn, &back, NULL))
+            usleep(1000);
+    assert(back.calls == 1 && back.nparts == 1 && strcmp(back.body, "g") == 0);
+    //  an unknown identity fails at once with ROUTER_MANDATORY
+    int one = 1;
+    zmq_setsockopt(router, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    assert(pd_zmq_send(router, "nobody", 6, "h", 1) == -1);
+
+    pd_zpoll_close(&poll);
+    zmq_close(dealer);
+    zmq_close(router);
+    zmq_ctx_term(ctx);
+}
