@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "pd_log.h"
+#include "pd_outbox.h"
 #include "pd_table.h"
 #include "roles.h"
 
@@ -269,6 +270,8 @@ supervisor_main(pd_config_t *cfg)
             char shm[160];
             snprintf(shm, sizeof shm, "/presenced-%s-store-%d", cfg->cluster, i);
             pd_table_unlink(shm);
+            snprintf(shm, sizeof shm, "/presenced-%s-store-%d-outbox", cfg->cluster, i);
+            pd_outbox_unlink(shm);
         }
     }
     const char *eps[] = {cfg->broker_front, cfg->broker_back, cfg->bus_in, cfg->bus_out};

@@ -145,7 +145,16 @@ struct pd_table {
     uint32_t *aux;  //  scratch: foreach_expired's frontier heap
     size_t aux_cap;
     bool rebuilt; //  open rebuilt the derived structures (for the self test)
+    pd_table_hook_fn hook; //  see pd_table_set_hook
+    void *hook_arg;
 };
+
+void
+pd_table_set_hook(pd_table_t *self, pd_table_hook_fn fn, void *arg)
+{
+    self->hook = fn;
+    self->hook_arg = arg;
+}
 
 /*  Test hook: when non-zero, the process SIGKILLs itself at the n-th crash point, so the self
  *  test can stop a mutation or a rebuild at every step. One predictable branch when unused. */
@@ -903,6 +912,12 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     uint64_t off = s_alloc(self, s_blob_bytes(&r));
     if (!off)
         goto full;
+    if (self->hook) {
+        pd_record_t p;
+        if (old)
+            s_fill(self, old, &p);
+        self->hook(&r, old ? &p : NULL, self->hook_arg);
+    }
     S_CRASH();
     if (!old)
         s = s_slot_take(self);

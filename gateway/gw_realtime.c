@@ -240,6 +240,7 @@ typedef struct {
     /* store node sequences */
     rt_seq_t seqs[65];
     uint64_t bus_frames; //  bus frames received
+    uint64_t replayed;   //  events dropped as already seen
     /* metrics */
     uint64_t events, suppressed, frames, messages, errors, slow, idle, renewals, releases, gaps,
         missed, opened, rejected;
@@ -1897,13 +1898,24 @@ s_is_renewal(const pd_msg_t *ev)
 /*  Per store node, events come in SEQ order (one PUB socket, ZeroMQ keeps the order); a skip
  *  means the bus dropped events (a subscriber's high-water mark). GEN changes when a store
  *  node restarts (its SEQ starts again). */
-static void
+/*  Tracks each store node's sequence numbers. Returns false for an event already seen: a
+ *  restarted store node publishes its last second of events again (pd_outbox.h), and those
+ *  that reached us before it died are dropped here. */
+static bool
 s_check_seq(const pd_msg_t *ev)
 {
     int64_t node = ev->i[PD_F_NODE], seq = ev->i[PD_F_SEQ], gen = ev->i[PD_F_GEN];
     if (node < 0 || node > 64 || !pd_msg_has(ev, PD_F_SEQ))
-        return;
+        return true;
     rt_seq_t *st = &s_rt.seqs[node];
+    if (st->seen && st->gen == gen && seq <= st->seq) {
+        s_rt.replayed++;
+        return false;
+    }
+    if (st->seen && st->gen != gen && gen < st->gen) {
+        s_rt.replayed++; //  an older generation, after the newer one was seen
+        return false;
+    }
     if (st->seen && st->gen == gen && seq != st->seq + 1) {
         if (seq > st->seq + 1) {
             s_rt.gaps++;
@@ -1923,6 +1935,7 @@ s_check_seq(const pd_msg_t *ev)
     st->seen = true;
     st->gen = gen;
     st->seq = seq;
+    return true;
 }
 
 /*  Called for each bus frame. With no WebSocket open and no presence held, nobody here needs
@@ -1946,7 +1959,8 @@ gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev)
 {
     (void)gw;
     s_rt.events++;
-    s_check_seq(ev);
+    if (!s_check_seq(ev))
+        return;
     s_hold_on_event(ev);
     rt_proj_t *proj = s_proj_find(ev->s[PD_F_PROJECT]);
     if (!proj || proj->nconns == 0 || !ev->s[PD_F_ID].len)
@@ -2212,6 +2226,9 @@ gw_rt_metrics(gw_t *gw, pd_buf_t *b)
     C("presenced_realtime_errors_total", "Error messages sent to clients.", s_rt.errors);
     C("presenced_realtime_bus_frames_total", "Event batches received from the bus.",
       s_rt.bus_frames);
+    C("presenced_realtime_bus_replayed_total",
+      "Events a restarted store node published again that this gateway already had.",
+      s_rt.replayed);
     C("presenced_realtime_bus_events_total",
       "Events decoded from the bus (none while the gateway has no connection).", s_rt.events);
     C("presenced_realtime_renewal_events_total", "Lease renewals not sent to subscribers.",

@@ -546,6 +546,8 @@ s_track_seq(reaper_t *self, node_t *n, int id, int64_t gen, int64_t seq)
         n->first_seq = seq;
         return true;
     }
+    if (seq <= n->seq)
+        return false; //  published again by a restarted node (pd_outbox.h): already seen
     if (seq != n->seq + 1) {
         self->gaps++;
         pd_log_warn("store node %d: event %lld after %lld (gap): resync", id, (long long)seq,

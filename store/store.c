@@ -17,16 +17,24 @@
 #include "pd_log.h"
 #include "pd_zmq.h"
 #include "pd_msg.h"
+#include "pd_outbox.h"
 #include "pd_query.h"
 #include "pd_table.h"
 
 #define SYNC_PAGE_ITEMS 1000
+#define OUTBOX_BYTES (32u << 20) //  recent events kept in shared memory
+#define REPLAY_MS 1000           //  after a restart, events this recent are published again
+#define HOLD_MAX (64u << 20)     //  events held while the broker has not subscribed yet
 
 typedef struct {
     pd_config_t *cfg;
     pd_table_t *table;
     zsock_t *dealer;      //  to the broker (identity "store-<node>")
-    zsock_t *pub;         //  to the bus
+    zsock_t *pub;         //  to the bus (XPUB: it sees the broker subscribe)
+    bool bus_ready;       //  the broker has subscribed: events can go out
+    pd_outbox_t *outbox;  //  recent events, in shared memory (pd_outbox.h)
+    pd_buf_t replay;      //  events to publish again once the bus is ready, after a restart
+    int put_action;       //  the event action of the pd_table_put in progress
     pd_zpoll_t poll;
     pd_msgw_t out;        //  replies this turn
     pd_msgw_t events;     //  events this turn
@@ -84,10 +92,11 @@ s_reply_rec(store_t *self, const pd_msg_t *m, const pd_record_t *rec, const pd_r
 
 /*  Publishes a change. rec is the record after the change (before it, for a delete); prev is
  *  the state before an upsert/update, or NULL. */
-static void
+static size_t
 s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *prev)
 {
     pd_msgw_t *w = &self->events;
+    size_t start = w->sb.size;
     pd_msgw_begin(w, PD_MSG_EVENT, ++self->seq);
     pd_msgw_int(w, PD_F_ACTION, action);
     pd_msgw_int(w, PD_F_NODE, self->node);
@@ -116,6 +125,18 @@ s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *pr
         pd_msgw_s(w, PD_F_PREV_USER, prev->user_id);
     }
     pd_msgw_end(w);
+    /* pending in the outbox before the change is visible; committed right after it */
+    if (pd_outbox_put(self->outbox, w->sb.data + start, w->sb.size - start, pd_now_ms()) < 0)
+        pd_log_debug("%s: event of %zu bytes not kept in the outbox", __func__, w->sb.size - start);
+    return start;
+}
+
+//  pd_table_put's hook: the event of the write, made before the write is visible.
+static void
+s_on_put(const pd_record_t *rec, const pd_record_t *prev, void *arg)
+{
+    store_t *self = arg;
+    s_event(self, self->put_action, rec, prev);
 }
 
 /*  Records per project on this node: reported in HELLO so that the broker can enforce a
@@ -172,16 +193,17 @@ s_put(store_t *self, const pd_msg_t *m, const pd_record_t *rec, int action)
 {
     pd_record_t stored, prev;
     memset(&prev, 0, sizeof prev);
+    self->put_action = action; //  the event is made by s_on_put, inside pd_table_put
     int rc = pd_table_put(self->table, rec, &stored, &prev);
     if (rc != 0) {
         s_reply_err(self, m, rc, NULL);
         return;
     }
+    pd_outbox_commit(self->outbox);
     bool had = prev.id.len > 0;
     if (!had)
         s_count(self, stored.project, 1);
     s_reply_rec(self, m, &stored, had ? &prev : NULL);
-    s_event(self, action, &stored, had ? &prev : NULL);
 }
 
 static void
@@ -284,13 +306,22 @@ static void
 s_remove(store_t *self, const pd_msg_t *m)
 {
     pd_record_t prev;
-    if (pd_table_delete(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
+    if (pd_table_get(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
         s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
         return;
     }
+    size_t ev = s_event(self, PD_ACT_DELETE, &prev, NULL); //  pending in the outbox first
+    if (pd_table_delete(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
+        pd_outbox_drop(self->outbox); //  cannot happen: the record was just read
+        self->events.sb.size = ev;
+        self->events.count--;
+        self->seq--;
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    pd_outbox_commit(self->outbox);
     s_count(self, prev.project, -1);
     s_reply_rec(self, m, &prev, NULL);
-    s_event(self, PD_ACT_DELETE, &prev, NULL);
 }
 
 static void
@@ -629,12 +660,79 @@ s_flush(store_t *self)
         pd_msgw_reset(&self->out);
         sent = true;
     }
-    if (self->events.count) {
+    if (self->events.count && self->bus_ready) {
         pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->events.sb.data,
                     self->events.sb.size);
         pd_msgw_reset(&self->events);
+    } else if (self->events.sb.size > HOLD_MAX) {
+        pd_log_warn("%s: the bus is not connected; %u events dropped", __func__,
+                    self->events.count);
+        pd_msgw_reset(&self->events);
     }
     return sent;
+}
+
+/*  The broker's XSUB subscribes when it connects (and again when it restarts): from then on
+ *  events reach the bus. A restarted node first publishes again what its predecessor may not
+ *  have (subscribers drop what they already have by node, generation and sequence number). */
+static void
+s_on_subscribe(pd_zmsg_t *zm, void *arg)
+{
+    store_t *self = arg;
+    if (self->bus_ready || pd_zmsg_size(zm, 0) < 1 || *(const uint8_t *)pd_zmsg_data(zm, 0) != 1)
+        return;
+    self->bus_ready = true;
+    if (self->replay.len) {
+        pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->replay.data, self->replay.len);
+        pd_log_info("published again the events of the last %d ms before the restart",
+                    REPLAY_MS);
+        pd_buf_free(&self->replay);
+    }
+}
+
+static void
+s_replay_add(const void *data, size_t len, void *arg)
+{
+    store_t *self = arg;
+    pd_buf_add(&self->replay, data, len);
+}
+
+/*  After a restart: settle the event a dead predecessor left pending (kept if its change is in
+ *  the table, dropped if not), then queue the events of its last REPLAY_MS to be published
+ *  again. A new table starts with an empty outbox. */
+static void
+s_outbox_open(store_t *self, bool created)
+{
+    char name[sizeof self->cfg->shm_name + 8];
+    snprintf(name, sizeof name, "%s-outbox", self->cfg->shm_name);
+    if (created)
+        pd_outbox_unlink(name);
+    self->outbox = pd_outbox_open(name, OUTBOX_BYTES);
+    if (!self->outbox)
+        pd_fatalx("cannot open shared memory %s", name);
+    const void *data;
+    size_t len, off = 0;
+    if (pd_outbox_pending(self->outbox, &data, &len)) {
+        pd_msg_t m;
+        bool keep = false;
+        if (pd_msg_decode(&m, data, len, &off, &self->zone) == 0 && m.type == PD_MSG_EVENT) {
+            pd_record_t cur;
+            bool there = pd_table_get(self->table, m.s[PD_F_PROJECT], m.s[PD_F_ID], &cur) == 0 &&
+                         cur.version == (uint64_t)m.i[PD_F_VERSION] &&
+                         cur.created_ms == m.i[PD_F_CREATED];
+            keep = m.i[PD_F_ACTION] == PD_ACT_DELETE ? !there : there;
+        }
+        msgpack_zone_clear(&self->zone);
+        pd_log_info("the previous process died during a change: its event is %s",
+                    keep ? "published" : "dropped (the change did not happen)");
+        if (keep)
+            pd_outbox_commit(self->outbox);
+        else
+            pd_outbox_drop(self->outbox);
+    }
+    int64_t last = pd_outbox_last_time(self->outbox);
+    if (last != INT64_MIN)
+        pd_outbox_each(self->outbox, last - REPLAY_MS, s_replay_add, self);
 }
 
 static void
@@ -693,11 +791,13 @@ store_main(pd_config_t *cfg)
         pd_fatalx("cannot open shared memory %s", cfg->shm_name);
     pd_log_info("%s %s: %zu records", created ? "created" : "re-attached", cfg->shm_name,
                 pd_table_count(self->table));
+    msgpack_zone_init(&self->zone, 8192);
+    s_outbox_open(self, created);
+    pd_table_set_hook(self->table, s_on_put, self);
     self->counts = zhash_new();
     pd_table_foreach(self->table, s_count_visit, self);
     pd_msgw_init(&self->out);
     pd_msgw_init(&self->events);
-    msgpack_zone_init(&self->zone, 8192);
 
     char ident[32];
     snprintf(ident, sizeof ident, "store-%d", self->node);
@@ -709,11 +809,13 @@ store_main(pd_config_t *cfg)
     zsock_set_rcvhwm(self->dealer, 100000);
     if (zsock_connect(self->dealer, "%s", cfg->broker_back) < 0)
         pd_fatalx("cannot connect to %s", cfg->broker_back);
-    self->pub = zsock_new(ZMQ_PUB);
+    self->pub = zsock_new(ZMQ_XPUB);
     zsock_set_sndhwm(self->pub, 1000000);
+    zsock_set_rcvtimeo(self->pub, 0);
     if (zsock_connect(self->pub, "%s", cfg->bus_in) < 0)
         pd_fatalx("cannot connect to %s", cfg->bus_in);
-    if (pd_zpoll_init(&self->poll) < 0 || pd_zpoll_add(&self->poll, zsock_resolve(self->dealer)))
+    if (pd_zpoll_init(&self->poll) < 0 || pd_zpoll_add(&self->poll, zsock_resolve(self->dealer)) ||
+        pd_zpoll_add(&self->poll, zsock_resolve(self->pub)))
         pd_fatal("epoll");
 
     /* Each turn: take the broker's batches (up to a budget), apply them, send the replies and
@@ -724,18 +826,21 @@ store_main(pd_config_t *cfg)
     while (!s_stop) {
         if (idle)
             pd_zpoll_wait(&self->poll, 100 * 1000);
-        int got = pd_zmq_drain(zsock_resolve(self->dealer), 1000, s_on_batch, self, NULL);
+        int got = pd_zmq_drain(zsock_resolve(self->pub), 100, s_on_subscribe, self, NULL);
+        got += pd_zmq_drain(zsock_resolve(self->dealer), 1000, s_on_batch, self, NULL);
         int64_t now = pd_mono_ms();
         if (now - last_hello >= 250) {
             s_hello(self);
             /* the same heartbeat on the bus: subscribers learn this node's generation and last
              * sequence number even when it has nothing to publish */
-            pd_msgw_begin(&self->events, PD_MSG_HELLO, 0);
-            pd_msgw_str(&self->events, PD_F_ROLE, "store", 5);
-            pd_msgw_int(&self->events, PD_F_NODE, self->node);
-            pd_msgw_int(&self->events, PD_F_GEN, self->gen);
-            pd_msgw_int(&self->events, PD_F_SEQ, (int64_t)self->seq);
-            pd_msgw_end(&self->events);
+            if (self->bus_ready) {
+                pd_msgw_begin(&self->events, PD_MSG_HELLO, 0);
+                pd_msgw_str(&self->events, PD_F_ROLE, "store", 5);
+                pd_msgw_int(&self->events, PD_F_NODE, self->node);
+                pd_msgw_int(&self->events, PD_F_GEN, self->gen);
+                pd_msgw_int(&self->events, PD_F_SEQ, (int64_t)self->seq);
+                pd_msgw_end(&self->events);
+            }
             last_hello = now;
         }
         idle = !s_flush(self) && !got;
@@ -744,6 +849,8 @@ store_main(pd_config_t *cfg)
     pd_zpoll_close(&self->poll);
     zsock_destroy(&self->dealer);
     zsock_destroy(&self->pub);
+    pd_outbox_close(&self->outbox);
+    pd_buf_free(&self->replay);
     pd_table_close(&self->table);
     return 0;
 }

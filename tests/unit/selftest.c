@@ -5,6 +5,7 @@
 
 #include "pd_auth.h"
 #include "pd_msg.h"
+#include "pd_outbox.h"
 #include "pd_query.h"
 #include "pd_table.h"
 #include "pd_util.h"
@@ -22,6 +23,7 @@ static const struct {
     {"auth", pd_auth_test},
     {"wheel", pd_wheel_test},
     {"zmq", pd_zmq_test},
+    {"outbox", pd_outbox_test},
 };
 
 int
