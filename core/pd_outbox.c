@@ -234,6 +234,21 @@ pd_outbox_pending(pd_outbox_t *self, const void **data, size_t *len)
     return true;
 }
 
+int
+pd_outbox_settle(pd_outbox_t *self, pd_outbox_check_fn happened, void *arg)
+{
+    const void *data;
+    size_t len;
+    if (!pd_outbox_pending(self, &data, &len))
+        return -1;
+    bool keep = happened(data, len, arg);
+    if (keep)
+        pd_outbox_commit(self);
+    else
+        pd_outbox_drop(self);
+    return keep;
+}
+
 void
 pd_outbox_each(pd_outbox_t *self, int64_t since, pd_outbox_fn fn, void *arg)
 {

@@ -40,6 +40,12 @@ void pd_outbox_drop(pd_outbox_t *self);
 //  The entry a dead process left pending, if any (a view, valid until the next change).
 bool pd_outbox_pending(pd_outbox_t *self, const void **data, size_t *len);
 
+//  Settles the entry a dead process left pending: happened(data, len, arg) says whether the
+//  change it describes is in the table (then it is kept) or not (dropped). Returns 1 kept,
+//  0 dropped, -1 when nothing was pending.
+typedef bool (*pd_outbox_check_fn)(const void *data, size_t len, void *arg);
+int pd_outbox_settle(pd_outbox_t *self, pd_outbox_check_fn happened, void *arg);
+
 //  Visits the committed entries with time_ms >= since, oldest first.
 typedef void (*pd_outbox_fn)(const void *data, size_t len, void *arg);
 void pd_outbox_each(pd_outbox_t *self, int64_t since, pd_outbox_fn fn, void *arg);

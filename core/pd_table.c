@@ -25,6 +25,7 @@
 
 #include "pd_err.h"
 #include "pd_log.h"
+#include "pd_outbox.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -1863,6 +1864,8 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
 #define CT_KEYS 200
 #define CT_USERS 40
 #define CT_SIZE ((pd_table_size_t){512, 8 << 20})
+#define CT_OUTBOX "/presenced-selftest-ct-outbox"
+#define CT_OUTBOX_BYTES (8u << 20) //  holds every entry of the test: entries are only counted
 
 typedef struct {
     bool live[CT_KEYS];
@@ -1871,7 +1874,51 @@ typedef struct {
     bool claimed[CT_USERS];
     char claim[CT_USERS][37];
     size_t count;
+    size_t changes; //  puts and deletes that took effect: each has one outbox entry
 } s_ct_model_t;
+
+/*  The store's event protocol against the same crashes (pd_outbox.h): the child writes an
+ *  entry for each put (in the table's hook, before the change is visible) and each delete
+ *  (before pd_table_delete), pending until the call returns. After every crash the parent
+ *  settles the pending entry against the table and requires exactly one entry per change. */
+typedef struct {
+    char kind; //  'P' put, 'D' delete
+    uint32_t key;
+    uint64_t version;
+} s_ct_entry_t;
+
+static pd_outbox_t *s_ct_outbox; //  the child's
+
+static void
+s_ct_put_hook(const pd_record_t *rec, const pd_record_t *prev, void *arg)
+{
+    (void)prev;
+    (void)arg;
+    s_ct_entry_t e = {'P', (uint32_t)strtoul(rec->id.ptr + 1, NULL, 10), rec->version};
+    S_TEST(pd_outbox_put(s_ct_outbox, &e, sizeof e, 0) == 0);
+}
+
+static bool
+s_ct_happened(const void *data, size_t len, void *arg)
+{
+    s_ct_entry_t e;
+    S_TEST(len == sizeof e);
+    memcpy(&e, data, sizeof e);
+    char id[16];
+    snprintf(id, sizeof id, "k%u", e.key);
+    pd_record_t cur;
+    bool there = pd_table_get(arg, pd_str(e.key % 3 ? "proj-a" : "proj-b"), pd_str(id), &cur) == 0 &&
+                 cur.version == e.version;
+    return e.kind == 'D' ? !there : there;
+}
+
+static void
+s_ct_count(const void *data, size_t len, void *arg)
+{
+    (void)data;
+    (void)len;
+    (*(size_t *)arg)++;
+}
 
 static uint64_t
 s_mix(uint64_t x)
@@ -1913,11 +1960,14 @@ s_ct_apply(s_ct_model_t *m, uint64_t seed, uint32_t i, pd_table_t *t)
             pd_record_t st, pv;
             if (pd_table_put(t, &tr.rec, &st, &pv) != 0)
                 return -1;
+            if (s_ct_outbox)
+                pd_outbox_commit(s_ct_outbox);
             s_test_same(&st, &tr.rec, m->live[key] ? m->version[key] + 1 : 1);
             if (pv.version != (m->live[key] ? m->version[key] : 0))
                 return -1;
         }
         m->version[key] = m->live[key] ? m->version[key] + 1 : 1;
+        m->changes++;
         m->count += !m->live[key];
         m->live[key] = true;
         m->tag[key] = tag;
@@ -1926,10 +1976,17 @@ s_ct_apply(s_ct_model_t *m, uint64_t seed, uint32_t i, pd_table_t *t)
         snprintf(id, sizeof id, "k%u", key);
         if (t) {
             pd_record_t pv;
+            if (s_ct_outbox && m->live[key]) {
+                s_ct_entry_t e = {'D', key, m->version[key]};
+                S_TEST(pd_outbox_put(s_ct_outbox, &e, sizeof e, 0) == 0);
+            }
             int rc = pd_table_delete(t, pd_str(key % 3 ? "proj-a" : "proj-b"), pd_str(id), &pv);
             if (rc != (m->live[key] ? 0 : -1) || (rc == 0 && pv.version != m->version[key]))
                 return -1;
+            if (s_ct_outbox && rc == 0)
+                pd_outbox_commit(s_ct_outbox);
         }
+        m->changes += m->live[key];
         m->count -= m->live[key];
         m->live[key] = false;
     } else if (kind == 13) {
@@ -2019,6 +2076,10 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
         pd_table_t *t = pd_table_open(name, CT_SIZE, NULL);
         if (!t)
             _exit(3);
+        s_ct_outbox = pd_outbox_open(CT_OUTBOX, CT_OUTBOX_BYTES);
+        if (!s_ct_outbox)
+            _exit(3);
+        pd_table_set_hook(t, s_ct_put_hook, NULL);
         s_ct_model_t *local = malloc(sizeof *local);
         *local = *m;
         for (uint32_t i = 0; i < nops; i++) {
@@ -2059,6 +2120,15 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
     bool in_a = s_ct_matches(t, a), in_b = !in_a && s_ct_matches(t, b);
     S_TEST(in_a || in_b);
     *m = in_a ? *a : *b;
+    pd_outbox_t *ob = pd_outbox_open(CT_OUTBOX, CT_OUTBOX_BYTES);
+    S_TEST(ob);
+    pd_outbox_settle(ob, s_ct_happened, t);
+    size_t entries = 0;
+    pd_outbox_each(ob, INT64_MIN, s_ct_count, &entries);
+    if (entries != m->changes)
+        fprintf(stderr, "pd_table: %zu outbox entries for %zu changes\n", entries, m->changes);
+    S_TEST(entries == m->changes);
+    pd_outbox_close(&ob);
     pd_table_close(&t);
     free(a);
     free(b);
@@ -2071,6 +2141,7 @@ static void
 s_test_crash(const char *name, bool verbose)
 {
     pd_table_unlink(name);
+    pd_outbox_unlink(CT_OUTBOX);
     s_ct_model_t *m = calloc(1, sizeof *m);
     S_TEST(m);
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
@@ -2106,6 +2177,7 @@ s_test_crash(const char *name, bool verbose)
                (unsigned long long)seed, kills, acked, points, rpoints, m->count, nclaims);
     free(m);
     pd_table_unlink(name);
+    pd_outbox_unlink(CT_OUTBOX);
 }
 
 static int64_t

@@ -697,6 +697,26 @@ s_replay_add(const void *data, size_t len, void *arg)
     pd_buf_add(&self->replay, data, len);
 }
 
+//  Whether the change an outbox event describes is in the table: a write if the record has
+//  that version and creation time, a delete if that record is gone.
+static bool
+s_event_happened(const void *data, size_t len, void *arg)
+{
+    store_t *self = arg;
+    pd_msg_t m;
+    size_t off = 0;
+    bool happened = false;
+    if (pd_msg_decode(&m, data, len, &off, &self->zone) == 0 && m.type == PD_MSG_EVENT) {
+        pd_record_t cur;
+        bool there = pd_table_get(self->table, m.s[PD_F_PROJECT], m.s[PD_F_ID], &cur) == 0 &&
+                     cur.version == (uint64_t)m.i[PD_F_VERSION] &&
+                     cur.created_ms == m.i[PD_F_CREATED];
+        happened = m.i[PD_F_ACTION] == PD_ACT_DELETE ? !there : there;
+    }
+    msgpack_zone_clear(&self->zone);
+    return happened;
+}
+
 /*  After a restart: settle the event a dead predecessor left pending (kept if its change is in
  *  the table, dropped if not), then queue the events of its last REPLAY_MS to be published
  *  again. A new table starts with an empty outbox. */
@@ -710,26 +730,10 @@ s_outbox_open(store_t *self, bool created)
     self->outbox = pd_outbox_open(name, OUTBOX_BYTES);
     if (!self->outbox)
         pd_fatalx("cannot open shared memory %s", name);
-    const void *data;
-    size_t len, off = 0;
-    if (pd_outbox_pending(self->outbox, &data, &len)) {
-        pd_msg_t m;
-        bool keep = false;
-        if (pd_msg_decode(&m, data, len, &off, &self->zone) == 0 && m.type == PD_MSG_EVENT) {
-            pd_record_t cur;
-            bool there = pd_table_get(self->table, m.s[PD_F_PROJECT], m.s[PD_F_ID], &cur) == 0 &&
-                         cur.version == (uint64_t)m.i[PD_F_VERSION] &&
-                         cur.created_ms == m.i[PD_F_CREATED];
-            keep = m.i[PD_F_ACTION] == PD_ACT_DELETE ? !there : there;
-        }
-        msgpack_zone_clear(&self->zone);
+    int settled = pd_outbox_settle(self->outbox, s_event_happened, self);
+    if (settled >= 0)
         pd_log_info("the previous process died during a change: its event is %s",
-                    keep ? "published" : "dropped (the change did not happen)");
-        if (keep)
-            pd_outbox_commit(self->outbox);
-        else
-            pd_outbox_drop(self->outbox);
-    }
+                    settled ? "published" : "dropped (the change did not happen)");
     int64_t last = pd_outbox_last_time(self->outbox);
     if (last != INT64_MIN)
         pd_outbox_each(self->outbox, last - REPLAY_MS, s_replay_add, self);
