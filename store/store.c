@@ -7,7 +7,12 @@
  *  the previous state: gateways need both to tell a subscriber that a record left its set.
  *
  *  Expired records are invisible to reads from the instant expiresAt passes (checked on every
- *  read against the request's clock); the reaper deletes them and that delete is the event. */
+ *  read against the request's clock); the reaper deletes them and that delete is the event.
+ *
+ *  Events outlive a crash of this process: each is written to the outbox in shared memory
+ *  (pd_outbox.h) before its change is visible in the table, and a restarted node settles the
+ *  one that may be pending and publishes its last second of events again once the broker has
+ *  subscribed to its XPUB. */
 #include "store.h"
 
 #include <czmq.h>
@@ -34,7 +39,7 @@ typedef struct {
     bool bus_ready;       //  the broker has subscribed: events can go out
     pd_outbox_t *outbox;  //  recent events, in shared memory (pd_outbox.h)
     pd_buf_t replay;      //  events to publish again once the bus is ready, after a restart
-    int put_action;       //  the event action of the pd_table_put in progress
+    int put_action;       //  the event of the pd_table_put in progress (0: none)
     pd_zpoll_t poll;
     pd_msgw_t out;        //  replies this turn
     pd_msgw_t events;     //  events this turn
@@ -136,7 +141,8 @@ static void
 s_on_put(const pd_record_t *rec, const pd_record_t *prev, void *arg)
 {
     store_t *self = arg;
-    s_event(self, self->put_action, rec, prev);
+    if (self->put_action)
+        s_event(self, self->put_action, rec, prev);
 }
 
 /*  Records per project on this node: reported in HELLO so that the broker can enforce a
@@ -195,6 +201,7 @@ s_put(store_t *self, const pd_msg_t *m, const pd_record_t *rec, int action)
     memset(&prev, 0, sizeof prev);
     self->put_action = action; //  the event is made by s_on_put, inside pd_table_put
     int rc = pd_table_put(self->table, rec, &stored, &prev);
+    self->put_action = 0;
     if (rc != 0) {
         s_reply_err(self, m, rc, NULL);
         return;
@@ -371,7 +378,7 @@ s_on_release(store_t *self, const pd_msg_t *m)
     if (self->scratch.len) { /* other gateways still hold it */
         pd_record_t rec = old;
         rec.conn = (pd_str_t){self->scratch.data, self->scratch.len};
-        pd_record_t stored;
+        pd_record_t stored; //  no event: subscribers do not see who holds a presence
         if (pd_table_put(self->table, &rec, &stored, NULL) != 0) {
             s_reply_err(self, m, PD_ERR_STORE_FULL, NULL);
             return;

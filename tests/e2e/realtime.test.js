@@ -314,6 +314,30 @@ describe('connection-bound presence (upsertPresence)', () => {
         w.close();
     });
 
+    it('a presence held through two gateways: the first gateway letting go is silent; the delete comes with the last', async () => {
+        const [g1, g2] = C().pids('gateway');
+        const u = uid('u');
+        const id = uid('p');
+        const w = await R.rawConnectTo(C(), g2, {});
+        await R.rawSubscribe(w, [{ subscriptionId: 'w', channels: [`presences.${id}`] }]);
+        const perm = ['read("any")', `write("user:${u}")`];
+        const a = await R.rawConnectTo(C(), g1, { jwt: jwtFor(u) });
+        const b = await R.rawConnectTo(C(), g2, { jwt: jwtFor(u) });
+        for (const [c, status] of [[a, 'tab A'], [b, 'tab B']]) {
+            const r = await c.request({ type: 'presence', data: { status, presenceId: id, permissions: perm } });
+            assert.equal(r.type, 'response', JSON.stringify(r));
+        }
+        await w.next((m) => m.type === 'event' && m.data.payload.status === 'tab B', 5000, 'the second tab\'s write');
+        const before = w.events((m) => m.data.payload.$id === id).length;
+        a.close();
+        await sleep(7000); // longer than the grace period: gateway 1 has released its hold
+        assert.deepEqual(w.events((m) => m.data.payload.$id === id).slice(before).map((m) => m.data.events[0]), [], 'no event while gateway 2 still holds it');
+        assert.equal((await keyPresences().get({ presenceId: id })).status, 'tab B');
+        b.close();
+        await w.next((m) => m.type === 'event' && m.data.events[0] === `presences.${id}.delete`, 15000, 'the delete after the last holder');
+        w.close();
+    });
+
     it('a presence message needs a user, a status, and grants only the caller\'s roles', async () => {
         const g = await R.rawConnect(C(), {});
         let r = await g.request({ type: 'presence', data: { status: 'x', presenceId: uid('p') } });
