@@ -27,7 +27,8 @@ typedef struct {
     uint64_t head;    //  where the next entry goes
     uint64_t tail;    //  the oldest entry
     uint64_t pending; //  offset + 1 of the pending entry, 0 when none
-    uint64_t spare[3];
+    uint64_t mark;    //  entries before this have been published (pd_outbox_mark)
+    uint64_t spare[2];
 } s_hdr_t;
 
 typedef struct {
@@ -206,6 +207,12 @@ pd_outbox_put(pd_outbox_t *self, const void *data, size_t len, int64_t time_ms)
 }
 
 void
+pd_outbox_mark(pd_outbox_t *self)
+{
+    __atomic_store_n(&self->hdr->mark, self->hdr->head, __ATOMIC_RELEASE);
+}
+
+void
 pd_outbox_commit(pd_outbox_t *self)
 {
     __atomic_store_n(&self->hdr->pending, 0, __ATOMIC_RELEASE);
@@ -258,7 +265,7 @@ pd_outbox_each(pd_outbox_t *self, int64_t since, pd_outbox_fn fn, void *arg)
         if (l >= h->head)
             break;
         s_ent_t *e = s_ent(self, l);
-        if (l + 1 != h->pending && e->time_ms >= since)
+        if (l + 1 != h->pending && l >= h->mark && e->time_ms >= since)
             fn(e + 1, e->len, arg);
         l += s_span(e->len);
     }
@@ -282,7 +289,7 @@ pd_outbox_last_time(pd_outbox_t *self)
         if (l >= h->head)
             break;
         s_ent_t *e = s_ent(self, l);
-        if (l + 1 != h->pending)
+        if (l + 1 != h->pending && l >= h->mark)
             last = e->time_ms;
         l += s_span(e->len);
     }
@@ -377,6 +384,22 @@ pd_outbox_test(bool verbose)
     memset(&seen, 0, sizeof seen);
     pd_outbox_each(ob, 0, s_collect, &seen);
     assert(seen.last == 1001);
+
+    //  after a clean stop's mark, nothing is published again; later entries are
+    pd_outbox_mark(ob);
+    assert(pd_outbox_last_time(ob) == INT64_MIN);
+    memset(&seen, 0, sizeof seen);
+    pd_outbox_each(ob, 0, s_collect, &seen);
+    assert(seen.n == 0);
+    v = 1002;
+    memcpy(buf, &v, sizeof v);
+    assert(pd_outbox_put(ob, buf, 32, 2003) == 0);
+    pd_outbox_commit(ob);
+    pd_outbox_close(&ob);
+    ob = pd_outbox_open(name, 4096);
+    memset(&seen, 0, sizeof seen);
+    pd_outbox_each(ob, 0, s_collect, &seen);
+    assert(seen.n == 1 && seen.last == 1002 && pd_outbox_last_time(ob) == 2003);
 
     //  garbage in the header: reset, not a crash
     ob->hdr->tail = ob->hdr->head + 8;

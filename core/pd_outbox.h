@@ -46,10 +46,14 @@ bool pd_outbox_pending(pd_outbox_t *self, const void **data, size_t *len);
 typedef bool (*pd_outbox_check_fn)(const void *data, size_t len, void *arg);
 int pd_outbox_settle(pd_outbox_t *self, pd_outbox_check_fn happened, void *arg);
 
-//  Visits the committed entries with time_ms >= since, oldest first.
+//  Everything written so far has left the process (a clean stop): a restart publishes none of
+//  it again.
+void pd_outbox_mark(pd_outbox_t *self);
+
+//  Visits the committed entries after the mark with time_ms >= since, oldest first.
 typedef void (*pd_outbox_fn)(const void *data, size_t len, void *arg);
 void pd_outbox_each(pd_outbox_t *self, int64_t since, pd_outbox_fn fn, void *arg);
-//  Time of the newest committed entry, or INT64_MIN if empty.
+//  Time of the newest committed entry after the mark, or INT64_MIN if there is none.
 int64_t pd_outbox_last_time(pd_outbox_t *self);
 
 void pd_outbox_test(bool verbose);

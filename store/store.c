@@ -859,7 +859,12 @@ store_main(pd_config_t *cfg)
     pd_log_info("store node %d stopping", self->node);
     pd_zpoll_close(&self->poll);
     zsock_destroy(&self->dealer);
+    /* A clean stop: let the last events leave (up to a second), then mark the outbox so that
+     * the next start does not publish them again. */
+    zsock_set_linger(self->pub, 1000);
     zsock_destroy(&self->pub);
+    if (self->bus_ready && !self->events.count)
+        pd_outbox_mark(self->outbox);
     pd_outbox_close(&self->outbox);
     pd_buf_free(&self->replay);
     pd_table_close(&self->table);
