@@ -104,6 +104,7 @@ typedef struct {
     zhash_t *claims;    //  "project\x1fuser" -> presence id: cache of the store nodes' claims
     uint64_t malformed, unroutable, claim_hits, claim_misses;
     unsigned long oversized, bus_dropped;
+    uint64_t bus_in, bus_out;   //  event frames from stores, coalesced frames to subscribers
 } broker_t;
 
 #define CLAIM_CACHE_MAX 1000000
@@ -504,9 +505,16 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
                         "presenced_broker_ops_in_flight %zu\n"
                         "# TYPE presenced_broker_claim_cache_total counter\n"
                         "presenced_broker_claim_cache_total{result=\"hit\"} %llu\n"
-                        "presenced_broker_claim_cache_total{result=\"miss\"} %llu\n",
-                    (unsigned long long)self->malformed, self->nops - self->nfree,
-                    (unsigned long long)self->claim_hits, (unsigned long long)self->claim_misses);
+                        "presenced_broker_claim_cache_total{result=\"miss\"} %llu\n"
+                        "# TYPE presenced_bus_frames_total counter\n"
+                        "presenced_bus_frames_total{dir=\"in\"} %llu\n"
+                        "presenced_bus_frames_total{dir=\"out\"} %llu\n"
+                        "# TYPE presenced_bus_dropped_total counter\n"
+                        "presenced_bus_dropped_total %lu\n",
+                    (unsigned long long)(self->malformed + self->oversized),
+                    self->nops - self->nfree, (unsigned long long)self->claim_hits,
+                    (unsigned long long)self->claim_misses, (unsigned long long)self->bus_in,
+                    (unsigned long long)self->bus_out, self->bus_dropped);
         pd_msgw_t *w = &self->peers[peer].out;
         pd_msgw_begin(w, PD_MSG_REPLY, m->rid);
         pd_msgw_int(w, PD_F_ERR, healthy ? PD_ERR_OK : PD_ERR_UNAVAILABLE);
@@ -896,6 +904,7 @@ static void
 s_on_bus_frame(pd_zmsg_t *zm, void *arg)
 {
     broker_t *self = arg;
+    self->bus_in++;
     for (int i = 0; i < zm->n; i++)
         pd_buf_add(&self->bus, pd_zmsg_data(zm, i), pd_zmsg_size(zm, i));
 }
@@ -913,6 +922,8 @@ s_bus_flush(broker_t *self, bool force)
         return due - now;
     if (zmq_send(zsock_resolve(self->xpub), self->bus.data, self->bus.len, ZMQ_DONTWAIT) < 0)
         self->bus_dropped++;
+    else
+        self->bus_out++;
     self->sent = true;
     self->bus_last = now;
     pd_buf_reset(&self->bus);

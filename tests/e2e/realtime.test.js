@@ -682,6 +682,10 @@ describe('metrics', () => {
             assert.equal(m.sum('presenced_bus_gaps_total'), 0, 'no gap on a healthy bus');
             assert.equal(m.find('presenced_realtime_connections').length, 1);
             assert.ok(m.sum('presenced_realtime_bus_frames_total') > 0, 'the gateway reads the bus');
+            // the broker's bus: events came in, went out coalesced (never more frames out than in), none dropped
+            const busIn = m.get('presenced_bus_frames_total', { dir: 'in' }), busOut = m.get('presenced_bus_frames_total', { dir: 'out' });
+            assert.ok(busIn > 0 && busOut > 0 && busOut <= busIn, `bus frames in ${busIn}, out ${busOut}`);
+            assert.equal(m.sum('presenced_bus_dropped_total'), 0, 'no bus frame dropped');
         }
     });
 });
