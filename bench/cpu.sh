@@ -7,30 +7,9 @@
 # (Debian: linux-perf). Compare two builds by running it for each, alternately, several times.
 set -euo pipefail
 bin=${1:-build/presenced}; kind=${2:-upsert}; conns=${3:-64}
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cluster=cpu$$
-work=$(mktemp -d)
-"$bin" --host 127.0.0.1 --port "$port" --project bench --api-key K --jwt-secret S \
-       --cluster "$cluster" --verbose 0 > "$work/cluster.log" 2>&1 &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -rf "$work"' EXIT
-for i in $(seq 50); do curl -sf "http://127.0.0.1:$port/v1/health" >/dev/null && break; sleep 0.2; done
-cat > "$work/up.lua" <<'LUA'
-local reqs, n, i = {}, 5000, 0
-for k = 0, n - 1 do
-  local u = "u" .. k
-  reqs[k] = wrk.format("PUT", "/v1/presences/" .. u,
-    {["X-Appwrite-Project"]="bench", ["X-Appwrite-Key"]="K", ["Content-Type"]="application/json"},
-    '{"userId":"' .. u .. '","status":"online","metadata":{"room":"lobby","x":1}}')
-end
-request = function() i = (i + 1) % n; return reqs[i] end
-LUA
-H=(-H 'X-Appwrite-Project: bench' -H 'X-Appwrite-Key: K')
-curl -sf -X PUT "http://127.0.0.1:$port/v1/presences/bench1" "${H[@]}" -H 'Content-Type: application/json' \
-     -d '{"userId":"b1","status":"online"}' > /dev/null
-wrk -t1 -c"$conns" -d2s -s "$work/up.lua" "http://127.0.0.1:$port/" > /dev/null   # warm the claims
+source "$(dirname "$0")/cluster.sh"
 case $kind in
-    upsert) args=(-s "$work/up.lua" "http://127.0.0.1:$port/") ;;
+    upsert) args=(-s "$lua" "http://127.0.0.1:$port/") ;;
     get) args=("${H[@]}" "http://127.0.0.1:$port/v1/presences/bench1") ;;
     ping) args=("${H[@]}" "http://127.0.0.1:$port/v1/ping") ;;
     *) echo "kind: ping, get or upsert" >&2; exit 2 ;;

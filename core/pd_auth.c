@@ -750,16 +750,6 @@ pd_perms_check_grant(const pd_perms_t *p, pd_str_t caller_roles, char *err, size
     return 0;
 }
 
-//  Self-test checks stay on in release builds (CMake's RelWithDebInfo sets NDEBUG, which
-//  would turn assert into nothing and skip every call made inside one).
-#define S_CHECK(cond)                                                                              \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, __func__, #cond); \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-
 //  Test helpers: build a token from raw header and payload text and an arbitrary signature.
 static void
 s_test_tok(pd_buf_t *b, const char *header, const char *payload, const void *sig, size_t slen)
@@ -802,12 +792,12 @@ s_test_verify(const pd_jwt_key_t *keys, size_t n, const pd_buf_t *tok, int64_t n
         if (rc != -1 || strcmp(err, full) != 0) {
             fprintf(stderr, "want \"%s\", got rc=%d \"%s\" for %.*s\n", full, rc, err,
                     (int)tok->len, tok->data);
-            S_CHECK(false);
+            PD_CHECK(false);
         }
-        S_CHECK(c->user_id[0] == 0 && c->teams.len == 0);
+        PD_CHECK(c->user_id[0] == 0 && c->teams.len == 0);
     } else if (rc != 0) {
         fprintf(stderr, "unexpected error \"%s\"\n", err);
-        S_CHECK(false);
+        PD_CHECK(false);
     }
     return rc;
 }
@@ -817,7 +807,7 @@ static int
 s_test_perms(const char *text, pd_perms_t *p, char *err, size_t errlen)
 {
     json_t *j = json_loads(text, 0, NULL);
-    S_CHECK(j);
+    PD_CHECK(j);
     err[0] = 0;
     int rc = pd_perms_parse(j, p, err, errlen);
     json_decref(j);
@@ -834,9 +824,9 @@ s_test_perm_bad(const char *perm, const char *want)
     int rc = pd_perms_parse(arr, &p, err, sizeof err);
     if (rc != -1 || strcmp(err, want) != 0) {
         fprintf(stderr, "perm %s: want \"%s\", got rc=%d \"%s\"\n", perm, want, rc, err);
-        S_CHECK(false);
+        PD_CHECK(false);
     }
-    S_CHECK(p.json.len == 0 && p.read.len == 0);
+    PD_CHECK(p.json.len == 0 && p.read.len == 0);
     json_decref(arr);
     pd_perms_free(&p);
 }
@@ -875,18 +865,18 @@ pd_auth_test(bool verbose)
              ",\"teams\":[\"t1/owner\",\"t2\",\"t1\"],\"labels\":[\"vip\"],\"verified\":true}",
              now + 60, now);
     pd_jwt_sign_hs256(secret, slen, payload, strlen(payload), &tok);
-    S_CHECK(memcmp(tok.data, "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.", 37) == 0);
+    PD_CHECK(memcmp(tok.data, "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.", 37) == 0);
     s_test_verify(&hs, 1, &tok, now, &c, NULL);
-    S_CHECK(strcmp(c.user_id, "u1") == 0 && c.exp == now + 60 && c.nbf == now);
-    S_CHECK(c.verified == 1);
-    S_CHECK(S_LIST_EQ(&c.teams, "t1/owner\0t2\0t1\0") && S_LIST_EQ(&c.labels, "vip\0"));
+    PD_CHECK(strcmp(c.user_id, "u1") == 0 && c.exp == now + 60 && c.nbf == now);
+    PD_CHECK(c.verified == 1);
+    PD_CHECK(S_LIST_EQ(&c.teams, "t1/owner\0t2\0t1\0") && S_LIST_EQ(&c.labels, "vip\0"));
     pd_roles_user(&c, &roles);
-    S_CHECK(S_LIST_EQ(&roles, "any\0users\0user:u1\0users/verified\0user:u1/verified\0"
+    PD_CHECK(S_LIST_EQ(&roles, "any\0users\0user:u1\0users/verified\0user:u1/verified\0"
                               "team:t1\0team:t1/owner\0team:t2\0label:vip\0"));
     s_test_verify(both, 2, &tok, now, &c, NULL);
     pd_buf_reset(&roles);
     pd_roles_guest(&roles);
-    S_CHECK(S_LIST_EQ(&roles, "any\0guests\0"));
+    PD_CHECK(S_LIST_EQ(&roles, "any\0guests\0"));
 
     //  sub instead of userId; verified false; no nbf.
     pd_buf_reset(&tok);
@@ -894,10 +884,10 @@ pd_auth_test(bool verbose)
              now + 1);
     pd_jwt_sign_hs256(secret, slen, payload, strlen(payload), &tok);
     s_test_verify(&hs, 1, &tok, now, &c, NULL);
-    S_CHECK(strcmp(c.user_id, "u2") == 0 && c.verified == 0 && c.nbf == 0);
+    PD_CHECK(strcmp(c.user_id, "u2") == 0 && c.verified == 0 && c.nbf == 0);
     pd_buf_reset(&roles);
     pd_roles_user(&c, &roles);
-    S_CHECK(S_LIST_EQ(&roles, "any\0users\0user:u2\0users/unverified\0user:u2/unverified\0"));
+    PD_CHECK(S_LIST_EQ(&roles, "any\0users\0user:u2\0users/unverified\0user:u2/unverified\0"));
 
     //  jwt.io's example: the signature checks out with its secret, but it has no exp.
     static const char jwtio[] =
@@ -915,7 +905,7 @@ pd_auth_test(bool verbose)
     pd_jwt_sign_eddsa(sk, payload, strlen(payload), &tok);
     s_test_verify(&ed, 1, &tok, now, &c, NULL);
     s_test_verify(both, 2, &tok, now, &c, NULL);
-    S_CHECK(strcmp(c.user_id, "u3") == 0 && c.verified == -1);
+    PD_CHECK(strcmp(c.user_id, "u3") == 0 && c.verified == -1);
     s_test_verify(&hs, 1, &tok, now, &c, "Unsupported algorithm.");
     unsigned char pk2[32], sk2[64];
     crypto_sign_keypair(pk2, sk2);
@@ -1066,12 +1056,12 @@ pd_auth_test(bool verbose)
             snprintf(payload + n, sizeof payload - (size_t)n, "]}");
             pd_buf_reset(&tok);
             pd_jwt_sign_hs256(secret, slen, payload, strlen(payload), &tok);
-            S_CHECK(tok.len <= PD_JWT_MAX_LEN);
+            PD_CHECK(tok.len <= PD_JWT_MAX_LEN);
             if (k == 0 || k == 2) {
                 s_test_verify(&hs, 1, &tok, now, &c, NULL);
                 pd_buf_reset(&roles);
                 pd_roles_user(&c, &roles);
-                S_CHECK(pd_list_has((pd_str_t){roles.data, roles.len},
+                PD_CHECK(pd_list_has((pd_str_t){roles.data, roles.len},
                                     k == 0 ? PD_STR("team:t099/o") : PD_STR("team:t")));
             } else {
                 s_test_verify(&hs, 1, &tok, now, &c, "Invalid teams claim.");
@@ -1098,7 +1088,7 @@ pd_auth_test(bool verbose)
                 saw_big = true;
             }
         }
-        S_CHECK(saw_ok && saw_big);
+        PD_CHECK(saw_ok && saw_big);
     }
     const char *shapes[] = {
         "",
@@ -1120,8 +1110,8 @@ pd_auth_test(bool verbose)
         pd_buf_adds(&tok, shapes[i]);
         memset(&c.user_id, 'x', 5);
         char e[128];
-        S_CHECK(pd_jwt_verify(both, 2, tok.data, tok.len, now, &c, e, sizeof e) == -1);
-        S_CHECK(strncmp(e, "Failed to verify JWT. ", 22) == 0 && c.user_id[0] == 0);
+        PD_CHECK(pd_jwt_verify(both, 2, tok.data, tok.len, now, &c, e, sizeof e) == -1);
+        PD_CHECK(strncmp(e, "Failed to verify JWT. ", 22) == 0 && c.user_id[0] == 0);
     }
     s_test_hmac(&tok, "not json", payload, secret, slen);
     s_test_verify(&hs, 1, &tok, now, &c, "Invalid token.");
@@ -1141,7 +1131,7 @@ pd_auth_test(bool verbose)
         s_b64_add(&tok, mac, sizeof mac);
     }
     s_test_verify(&hs, 1, &tok, now, &c, "Invalid token.");
-    S_CHECK(pd_jwt_verify(both, 2, NULL, 0, now, &c, NULL, 0) == -1); /* err optional */
+    PD_CHECK(pd_jwt_verify(both, 2, NULL, 0, now, &c, NULL, 0) == -1); /* err optional */
 
     //  Cost of one verify (HS256 and EdDSA), for the record.
     if (verbose) {
@@ -1157,7 +1147,7 @@ pd_auth_test(bool verbose)
             const int iters = a == 0 ? 20000 : 2000;
             int64_t t0 = pd_mono_ms();
             for (int i = 0; i < iters; i++)
-                S_CHECK(pd_jwt_verify(both, 2, tok.data, tok.len, now, &c, err, sizeof err) == 0);
+                PD_CHECK(pd_jwt_verify(both, 2, tok.data, tok.len, now, &c, err, sizeof err) == 0);
             int64_t t1 = pd_mono_ms();
             printf("   pd_jwt_verify %s: %.2f us\n", a == 0 ? "HS256" : "EdDSA",
                    (double)(t1 - t0) * 1000.0 / iters);
@@ -1190,11 +1180,11 @@ pd_auth_test(bool verbose)
         int rc = pd_perms_parse(arr, &p, err, sizeof err);
         if (rc != 0)
             fprintf(stderr, "%s: %s\n", perm, err);
-        S_CHECK(rc == 0);
+        PD_CHECK(rc == 0);
         snprintf(want, sizeof want, "[\"read(\\\"%s\\\")\"]", valid[i]);
-        S_CHECK(p.json.len == strlen(want) && memcmp(p.json.data, want, p.json.len) == 0);
-        S_CHECK(p.read.len == strlen(valid[i]) + 1 && strcmp(p.read.data, valid[i]) == 0);
-        S_CHECK(p.update.len == 0 && p.del.len == 0);
+        PD_CHECK(p.json.len == strlen(want) && memcmp(p.json.data, want, p.json.len) == 0);
+        PD_CHECK(p.read.len == strlen(valid[i]) + 1 && strcmp(p.read.data, valid[i]) == 0);
+        PD_CHECK(p.update.len == 0 && p.del.len == 0);
         json_decref(arr);
     }
 
@@ -1270,12 +1260,12 @@ pd_auth_test(bool verbose)
     };
     for (size_t i = 0; i < sizeof invalid / sizeof *invalid; i++)
         s_test_perm_bad(invalid[i].perm, invalid[i].err);
-    S_CHECK(s_test_perms("[\"read(\\\"any\\\")\", 1]", &p, err, sizeof err) == -1);
-    S_CHECK(strcmp(err, "Every permission must be of type string.") == 0);
-    S_CHECK(s_test_perms("[null]", &p, err, sizeof err) == -1);
-    S_CHECK(s_test_perms("{}", &p, err, sizeof err) == -1);
-    S_CHECK(strcmp(err, "Permissions must be an array of strings.") == 0);
-    S_CHECK(pd_perms_parse(NULL, &p, err, sizeof err) == -1);
+    PD_CHECK(s_test_perms("[\"read(\\\"any\\\")\", 1]", &p, err, sizeof err) == -1);
+    PD_CHECK(strcmp(err, "Every permission must be of type string.") == 0);
+    PD_CHECK(s_test_perms("[null]", &p, err, sizeof err) == -1);
+    PD_CHECK(s_test_perms("{}", &p, err, sizeof err) == -1);
+    PD_CHECK(strcmp(err, "Permissions must be an array of strings.") == 0);
+    PD_CHECK(pd_perms_parse(NULL, &p, err, sizeof err) == -1);
     {
         //  A long bad permission is quoted, cut at 200 bytes.
         char big[1024] = "read(\"";
@@ -1283,22 +1273,22 @@ pd_auth_test(bool verbose)
         strcpy(big + 906, "\")");
         s_test_perms("[]", &p, err, sizeof err);
         json_t *arr = json_pack("[s]", big);
-        S_CHECK(pd_perms_parse(arr, &p, err, sizeof err) == -1);
-        S_CHECK(strlen(err) < 300);
+        PD_CHECK(pd_perms_parse(arr, &p, err, sizeof err) == -1);
+        PD_CHECK(strlen(err) < 300);
         json_decref(arr);
         char small[16];
         arr = json_pack("[s]", "create(\"any\")");
-        S_CHECK(pd_perms_parse(arr, &p, small, sizeof small) == -1); /* truncated, terminated */
-        S_CHECK(strlen(small) == sizeof small - 1);
+        PD_CHECK(pd_perms_parse(arr, &p, small, sizeof small) == -1); /* truncated, terminated */
+        PD_CHECK(strlen(small) == sizeof small - 1);
         json_decref(arr);
     }
 
     //  Aggregation: write -> update + delete, dedupe, bytewise sort.
-    S_CHECK(s_test_perms("[\"write(\\\"user:b\\\")\", \"read(\\\"any\\\")\", "
+    PD_CHECK(s_test_perms("[\"write(\\\"user:b\\\")\", \"read(\\\"any\\\")\", "
                          "\"update(\\\"user:b\\\")\", \"read(\\\"any\\\")\", "
                          "\"delete(\\\"team:t/owner\\\")\", \"read(\\\"Users\\\")\"]",
                          &p, err, sizeof err) == -1);
-    S_CHECK(s_test_perms("[\"write(\\\"user:b\\\")\", \"read(\\\"any\\\")\", "
+    PD_CHECK(s_test_perms("[\"write(\\\"user:b\\\")\", \"read(\\\"any\\\")\", "
                          "\"update(\\\"user:b\\\")\", \"read(\\\"any\\\")\", "
                          "\"delete(\\\"team:t/owner\\\")\", \"read(\\\"users\\\")\", "
                          "\"read(\\\"team:T\\\")\", \"update(\\\"user:a\\\")\"]",
@@ -1307,15 +1297,15 @@ pd_auth_test(bool verbose)
                               "\"read(\\\"any\\\")\",\"read(\\\"team:T\\\")\","
                               "\"read(\\\"users\\\")\",\"update(\\\"user:a\\\")\","
                               "\"update(\\\"user:b\\\")\"]";
-    S_CHECK(p.json.len == sizeof agg - 1 && memcmp(p.json.data, agg, p.json.len) == 0);
-    S_CHECK(S_LIST_EQ(&p.read, "any\0team:T\0users\0"));
-    S_CHECK(S_LIST_EQ(&p.update, "user:a\0user:b\0"));
-    S_CHECK(S_LIST_EQ(&p.del, "team:t/owner\0user:b\0"));
+    PD_CHECK(p.json.len == sizeof agg - 1 && memcmp(p.json.data, agg, p.json.len) == 0);
+    PD_CHECK(S_LIST_EQ(&p.read, "any\0team:T\0users\0"));
+    PD_CHECK(S_LIST_EQ(&p.update, "user:a\0user:b\0"));
+    PD_CHECK(S_LIST_EQ(&p.del, "team:t/owner\0user:b\0"));
     json_t *back = json_loadb(p.json.data, p.json.len, 0, NULL);
-    S_CHECK(json_array_size(back) == 7);
+    PD_CHECK(json_array_size(back) == 7);
     json_decref(back);
-    S_CHECK(s_test_perms("[]", &p, err, sizeof err) == 0);
-    S_CHECK(S_LIST_EQ(&p.json, "[]") && p.read.len == 0 && p.update.len == 0 && p.del.len == 0);
+    PD_CHECK(s_test_perms("[]", &p, err, sizeof err) == 0);
+    PD_CHECK(S_LIST_EQ(&p.json, "[]") && p.read.len == 0 && p.update.len == 0 && p.del.len == 0);
 
     //  At most 100 entries (before aggregation: 100 writes give 200 strings).
     for (int k = 0; k < 2; k++) {
@@ -1327,16 +1317,16 @@ pd_auth_test(bool verbose)
         }
         int rc = pd_perms_parse(arr, &p, err, sizeof err);
         if (k == 0) {
-            S_CHECK(rc == 0);
+            PD_CHECK(rc == 0);
             json_t *j = json_loadb(p.json.data, p.json.len, 0, NULL);
-            S_CHECK(json_array_size(j) == 200);
-            S_CHECK(strcmp(json_string_value(json_array_get(j, 0)), "delete(\"user:u000\")") == 0);
-            S_CHECK(strcmp(json_string_value(json_array_get(j, 199)), "update(\"user:u099\")") ==
+            PD_CHECK(json_array_size(j) == 200);
+            PD_CHECK(strcmp(json_string_value(json_array_get(j, 0)), "delete(\"user:u000\")") == 0);
+            PD_CHECK(strcmp(json_string_value(json_array_get(j, 199)), "update(\"user:u099\")") ==
                     0);
             json_decref(j);
         } else {
-            S_CHECK(rc == -1 && strcmp(err, "You can only provide up to 100 permissions.") == 0);
-            S_CHECK(p.json.len == 0);
+            PD_CHECK(rc == -1 && strcmp(err, "You can only provide up to 100 permissions.") == 0);
+            PD_CHECK(p.json.len == 0);
         }
         json_decref(arr);
     }
@@ -1345,37 +1335,37 @@ pd_auth_test(bool verbose)
     pd_perms_default(PD_STR("U"), &p);
     static const char def[] = "[\"delete(\\\"user:U\\\")\",\"read(\\\"user:U\\\")\","
                               "\"update(\\\"user:U\\\")\",\"write(\\\"user:U\\\")\"]";
-    S_CHECK(p.json.len == sizeof def - 1 && memcmp(p.json.data, def, p.json.len) == 0);
-    S_CHECK(S_LIST_EQ(&p.read, "user:U\0") && S_LIST_EQ(&p.update, "user:U\0") &&
+    PD_CHECK(p.json.len == sizeof def - 1 && memcmp(p.json.data, def, p.json.len) == 0);
+    PD_CHECK(S_LIST_EQ(&p.read, "user:U\0") && S_LIST_EQ(&p.update, "user:U\0") &&
             S_LIST_EQ(&p.del, "user:U\0"));
 
     //  Grants: a caller may only name roles it holds.
     static const char u_roles[] = "any\0users\0user:U\0users/verified\0user:U/verified\0team:T\0";
     pd_str_t ur = {u_roles, sizeof u_roles - 1};
-    S_CHECK(pd_perms_check_grant(&p, ur, err, sizeof err) == 0);
-    S_CHECK(s_test_perms("[\"read(\\\"any\\\")\", \"read(\\\"users\\\")\", "
+    PD_CHECK(pd_perms_check_grant(&p, ur, err, sizeof err) == 0);
+    PD_CHECK(s_test_perms("[\"read(\\\"any\\\")\", \"read(\\\"users\\\")\", "
                          "\"write(\\\"team:T\\\")\", \"update(\\\"user:U/verified\\\")\"]",
                          &p, err, sizeof err) == 0);
-    S_CHECK(pd_perms_check_grant(&p, ur, err, sizeof err) == 0);
-    S_CHECK(s_test_perms("[]", &p, err, sizeof err) == 0);
-    S_CHECK(pd_perms_check_grant(&p, ur, err, sizeof err) == 0);
+    PD_CHECK(pd_perms_check_grant(&p, ur, err, sizeof err) == 0);
+    PD_CHECK(s_test_perms("[]", &p, err, sizeof err) == 0);
+    PD_CHECK(pd_perms_check_grant(&p, ur, err, sizeof err) == 0);
     const char *refused[] = {"[\"read(\\\"user:other\\\")\"]", "[\"write(\\\"team:T/owner\\\")\"]",
                              "[\"read(\\\"any\\\")\", \"delete(\\\"guests\\\")\"]",
                              "[\"update(\\\"users/unverified\\\")\"]"};
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
-        S_CHECK(s_test_perms(refused[i], &p, err, sizeof err) == 0);
-        S_CHECK(pd_perms_check_grant(&p, ur, err, sizeof err) == -1);
-        S_CHECK(strcmp(err, "Permissions must be one of: (any, users, user:U, users/verified, "
+        PD_CHECK(s_test_perms(refused[i], &p, err, sizeof err) == 0);
+        PD_CHECK(pd_perms_check_grant(&p, ur, err, sizeof err) == -1);
+        PD_CHECK(strcmp(err, "Permissions must be one of: (any, users, user:U, users/verified, "
                             "user:U/verified, team:T)") == 0);
     }
     pd_buf_reset(&roles);
     pd_roles_guest(&roles);
-    S_CHECK(s_test_perms("[\"read(\\\"any\\\")\", \"read(\\\"guests\\\")\"]", &p, err,
+    PD_CHECK(s_test_perms("[\"read(\\\"any\\\")\", \"read(\\\"guests\\\")\"]", &p, err,
                          sizeof err) == 0);
-    S_CHECK(pd_perms_check_grant(&p, (pd_str_t){roles.data, roles.len}, err, sizeof err) == 0);
-    S_CHECK(s_test_perms("[\"read(\\\"users\\\")\"]", &p, err, sizeof err) == 0);
-    S_CHECK(pd_perms_check_grant(&p, (pd_str_t){roles.data, roles.len}, err, sizeof err) == -1);
-    S_CHECK(strcmp(err, "Permissions must be one of: (any, guests)") == 0);
+    PD_CHECK(pd_perms_check_grant(&p, (pd_str_t){roles.data, roles.len}, err, sizeof err) == 0);
+    PD_CHECK(s_test_perms("[\"read(\\\"users\\\")\"]", &p, err, sizeof err) == 0);
+    PD_CHECK(pd_perms_check_grant(&p, (pd_str_t){roles.data, roles.len}, err, sizeof err) == -1);
+    PD_CHECK(strcmp(err, "Permissions must be one of: (any, guests)") == 0);
     pd_perms_free(&p);
 
     //  API keys: deterministic keyed hash, constant-time compare, fresh secrets.
@@ -1383,19 +1373,19 @@ pd_auth_test(bool verbose)
     pd_key_hash("pd_secret", 9, h1);
     pd_key_hash("pd_secret", 9, h2);
     pd_key_hash("pd_secreT", 9, h3);
-    S_CHECK(strlen(h1) == 64 && strcmp(h1, h2) == 0 && strcmp(h1, h3) != 0);
-    S_CHECK(pd_key_hash_eq(h1, h2) && !pd_key_hash_eq(h1, h3));
-    S_CHECK(!pd_key_hash_eq(h1, "abc") && !pd_key_hash_eq(NULL, h1));
+    PD_CHECK(strlen(h1) == 64 && strcmp(h1, h2) == 0 && strcmp(h1, h3) != 0);
+    PD_CHECK(pd_key_hash_eq(h1, h2) && !pd_key_hash_eq(h1, h3));
+    PD_CHECK(!pd_key_hash_eq(h1, "abc") && !pd_key_hash_eq(NULL, h1));
     unsigned char raw[32];
     crypto_generichash(raw, 32, (const unsigned char *)"pd_secret", 9, NULL, 0);
     char unkeyed[65];
     sodium_bin2hex(unkeyed, sizeof unkeyed, raw, 32);
-    S_CHECK(strcmp(unkeyed, h1) != 0); /* the domain key is in use */
+    PD_CHECK(strcmp(unkeyed, h1) != 0); /* the domain key is in use */
     pd_key_generate(key);
     pd_key_generate(key2);
-    S_CHECK(strlen(key) == 51 && memcmp(key, "pd_", 3) == 0 && strcmp(key, key2) != 0);
+    PD_CHECK(strlen(key) == 51 && memcmp(key, "pd_", 3) == 0 && strcmp(key, key2) != 0);
     for (int i = 3; i < 51; i++)
-        S_CHECK((key[i] >= '0' && key[i] <= '9') || (key[i] >= 'a' && key[i] <= 'f'));
+        PD_CHECK((key[i] >= '0' && key[i] <= '9') || (key[i] >= 'a' && key[i] <= 'f'));
 
     pd_jwt_claims_free(&c);
     pd_buf_free(&t2);

@@ -335,12 +335,12 @@ pd_msg_test(bool verbose)
     msgpack_zone_init(&zone, 2048);
     size_t off = 0;
     pd_msg_t m;
-    assert(pd_msg_decode(&m, w.sb.data, w.sb.size, &off, &zone) == 0);
-    assert(m.type == PD_MSG_UPSERT && m.rid == 42);
-    assert(pd_str_eqc(m.s[PD_F_PROJECT], "demo") && pd_str_eqc(m.s[PD_F_ID], "alice"));
-    assert(m.i[PD_F_EXPIRES] == 1700000000123 && m.i[PD_F_VERSION] == -5);
-    assert(!pd_msg_has(&m, PD_F_USER) && m.s[PD_F_USER].len == 0);
-    assert(m.o[PD_F_ITEMS] && m.o[PD_F_ITEMS]->via.array.size == 1);
+    PD_CHECK(pd_msg_decode(&m, w.sb.data, w.sb.size, &off, &zone) == 0);
+    PD_CHECK(m.type == PD_MSG_UPSERT && m.rid == 42);
+    PD_CHECK(pd_str_eqc(m.s[PD_F_PROJECT], "demo") && pd_str_eqc(m.s[PD_F_ID], "alice"));
+    PD_CHECK(m.i[PD_F_EXPIRES] == 1700000000123 && m.i[PD_F_VERSION] == -5);
+    PD_CHECK(!pd_msg_has(&m, PD_F_USER) && m.s[PD_F_USER].len == 0);
+    PD_CHECK(m.o[PD_F_ITEMS] && m.o[PD_F_ITEMS]->via.array.size == 1);
 
     /* forward with a new rid, then decode the copy */
     pd_msgw_t w2;
@@ -348,29 +348,29 @@ pd_msg_test(bool verbose)
     pd_msgw_forward(&w2, &m, 0x0102030405060708ULL);
     pd_msg_t m2;
     size_t off2 = 0;
-    assert(pd_msg_decode(&m2, w2.sb.data, w2.sb.size, &off2, &zone) == 0);
-    assert(m2.rid == 0x0102030405060708ULL && pd_str_eqc(m2.s[PD_F_ID], "alice"));
+    PD_CHECK(pd_msg_decode(&m2, w2.sb.data, w2.sb.size, &off2, &zone) == 0);
+    PD_CHECK(m2.rid == 0x0102030405060708ULL && pd_str_eqc(m2.s[PD_F_ID], "alice"));
 
-    assert(pd_msg_decode(&m, w.sb.data, w.sb.size, &off, &zone) == 0);
-    assert(m.type == PD_MSG_HELLO && m.rid == 7);
-    assert(pd_msg_decode(&m, w.sb.data, w.sb.size, &off, &zone) == 1);
+    PD_CHECK(pd_msg_decode(&m, w.sb.data, w.sb.size, &off, &zone) == 0);
+    PD_CHECK(m.type == PD_MSG_HELLO && m.rid == 7);
+    PD_CHECK(pd_msg_decode(&m, w.sb.data, w.sb.size, &off, &zone) == 1);
 
     /* garbage, truncation, wrong version, unknown type */
     const char junk[] = "\x94\x02\x01\xcf\0\0\0\0\0\0\0\0\x80";
     off = 0;
-    assert(pd_msg_decode(&m, junk, sizeof junk - 1, &off, &zone) == -1);
+    PD_CHECK(pd_msg_decode(&m, junk, sizeof junk - 1, &off, &zone) == -1);
     off = 0;
-    assert(pd_msg_decode(&m, w.sb.data, 10, &off, &zone) == -1);
+    PD_CHECK(pd_msg_decode(&m, w.sb.data, 10, &off, &zone) == -1);
     const char unk[] = "\x94\x01\x7f\xcf\0\0\0\0\0\0\0\0\x80";
     off = 0;
-    assert(pd_msg_decode(&m, unk, sizeof unk - 1, &off, &zone) == -1);
+    PD_CHECK(pd_msg_decode(&m, unk, sizeof unk - 1, &off, &zone) == -1);
     /* a header claiming 2^32 elements must be refused without allocating */
     const char huge[] = "\xdd\xff\xff\xff\xff\x01";
     off = 0;
-    assert(pd_msg_decode(&m, huge, sizeof huge - 1, &off, &zone) == -1);
+    PD_CHECK(pd_msg_decode(&m, huge, sizeof huge - 1, &off, &zone) == -1);
     const char hugemap[] = "\x94\x01\x01\xcf\0\0\0\0\0\0\0\0\xdf\x7f\xff\xff\xff";
     off = 0;
-    assert(pd_msg_decode(&m, hugemap, sizeof hugemap - 1, &off, &zone) == -1);
+    PD_CHECK(pd_msg_decode(&m, hugemap, sizeof hugemap - 1, &off, &zone) == -1);
     msgpack_zone_destroy(&zone);
     pd_msgw_destroy(&w);
     pd_msgw_destroy(&w2);

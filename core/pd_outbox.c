@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "pd_log.h"
+#include "pd_util.h"
 
 #define S_MAGIC 0x3158424f44505044ULL //  "DPPDOBX1"
 #define S_ENT 0x45544e45u
@@ -308,12 +309,12 @@ s_collect(const void *data, size_t len, void *arg)
 {
     s_seen_t *s = arg;
     int v;
-    assert(len >= sizeof v);
+    PD_CHECK(len >= sizeof v);
     memcpy(&v, data, sizeof v);
     if (!s->n)
         s->first = v;
     else
-        assert(v == s->last + 1); //  oldest first, nothing skipped in between
+        PD_CHECK(v == s->last + 1); //  oldest first, nothing skipped in between
     s->last = v;
     s->n++;
 }
@@ -325,90 +326,90 @@ pd_outbox_test(bool verbose)
     const char *name = "/presenced-selftest-outbox";
     pd_outbox_unlink(name);
     pd_outbox_t *ob = pd_outbox_open(name, 4096);
-    assert(ob);
+    PD_CHECK(ob);
     const void *pd;
     size_t pl;
-    assert(!pd_outbox_pending(ob, &pd, &pl));
-    assert(pd_outbox_last_time(ob) == INT64_MIN);
+    PD_CHECK(!pd_outbox_pending(ob, &pd, &pl));
+    PD_CHECK(pd_outbox_last_time(ob) == INT64_MIN);
 
     //  entries of varying sizes, far more than fit: the ring keeps the newest, in order
     uint8_t buf[700];
     memset(buf, 0xab, sizeof buf);
     for (int i = 0; i < 1000; i++) {
         memcpy(buf, &i, sizeof i);
-        assert(pd_outbox_put(ob, buf, sizeof i + (size_t)(i * 37) % 600, 1000 + i) == 0);
-        assert(pd_outbox_pending(ob, &pd, &pl) && memcmp(pd, &i, sizeof i) == 0);
+        PD_CHECK(pd_outbox_put(ob, buf, sizeof i + (size_t)(i * 37) % 600, 1000 + i) == 0);
+        PD_CHECK(pd_outbox_pending(ob, &pd, &pl) && memcmp(pd, &i, sizeof i) == 0);
         pd_outbox_commit(ob);
         s_seen_t seen = {0};
         pd_outbox_each(ob, 0, s_collect, &seen);
-        assert(seen.n > 0 && seen.last == i);
+        PD_CHECK(seen.n > 0 && seen.last == i);
     }
-    assert(pd_outbox_put(ob, buf, 2000, 0) == -1); //  more than a quarter of the ring
-    assert(pd_outbox_last_time(ob) == 1999);
+    PD_CHECK(pd_outbox_put(ob, buf, 2000, 0) == -1); //  more than a quarter of the ring
+    PD_CHECK(pd_outbox_last_time(ob) == 1999);
     s_seen_t seen = {0};
     pd_outbox_each(ob, 1990, s_collect, &seen);
-    assert(seen.n == 10 && seen.first == 990 && seen.last == 999);
+    PD_CHECK(seen.n == 10 && seen.first == 990 && seen.last == 999);
 
     //  a pending entry survives a "crash" (close without commit) and can be dropped...
     int v = 1000;
     memcpy(buf, &v, sizeof v);
-    assert(pd_outbox_put(ob, buf, 100, 2000) == 0);
+    PD_CHECK(pd_outbox_put(ob, buf, 100, 2000) == 0);
     pd_outbox_close(&ob);
     ob = pd_outbox_open(name, 4096);
-    assert(ob && pd_outbox_pending(ob, &pd, &pl) && pl == 100 && memcmp(pd, &v, sizeof v) == 0);
+    PD_CHECK(ob && pd_outbox_pending(ob, &pd, &pl) && pl == 100 && memcmp(pd, &v, sizeof v) == 0);
     memset(&seen, 0, sizeof seen);
     pd_outbox_each(ob, 0, s_collect, &seen);
-    assert(seen.last == 999); //  not visited while pending
+    PD_CHECK(seen.last == 999); //  not visited while pending
     pd_outbox_drop(ob);
-    assert(!pd_outbox_pending(ob, &pd, &pl) && pd_outbox_last_time(ob) == 1999);
+    PD_CHECK(!pd_outbox_pending(ob, &pd, &pl) && pd_outbox_last_time(ob) == 1999);
     //  ... or kept
-    assert(pd_outbox_put(ob, buf, 100, 2001) == 0);
+    PD_CHECK(pd_outbox_put(ob, buf, 100, 2001) == 0);
     pd_outbox_close(&ob);
     ob = pd_outbox_open(name, 4096);
-    assert(ob && pd_outbox_pending(ob, &pd, &pl));
+    PD_CHECK(ob && pd_outbox_pending(ob, &pd, &pl));
     pd_outbox_commit(ob);
     memset(&seen, 0, sizeof seen);
     pd_outbox_each(ob, 0, s_collect, &seen);
-    assert(seen.last == 1000 && pd_outbox_last_time(ob) == 2001);
+    PD_CHECK(seen.last == 1000 && pd_outbox_last_time(ob) == 2001);
 
     //  a process that died after marking pending but before moving head
     v = 1001;
     memcpy(buf, &v, sizeof v);
     uint64_t head = ob->hdr->head;
-    assert(pd_outbox_put(ob, buf, 64, 2002) == 0);
+    PD_CHECK(pd_outbox_put(ob, buf, 64, 2002) == 0);
     ob->hdr->head = head;
     pd_outbox_close(&ob);
     ob = pd_outbox_open(name, 4096);
-    assert(ob && pd_outbox_pending(ob, &pd, &pl) && pl == 64 && memcmp(pd, &v, sizeof v) == 0);
+    PD_CHECK(ob && pd_outbox_pending(ob, &pd, &pl) && pl == 64 && memcmp(pd, &v, sizeof v) == 0);
     pd_outbox_commit(ob);
     memset(&seen, 0, sizeof seen);
     pd_outbox_each(ob, 0, s_collect, &seen);
-    assert(seen.last == 1001);
+    PD_CHECK(seen.last == 1001);
 
     //  after a clean stop's mark, nothing is published again; later entries are
     pd_outbox_mark(ob);
-    assert(pd_outbox_last_time(ob) == INT64_MIN);
+    PD_CHECK(pd_outbox_last_time(ob) == INT64_MIN);
     memset(&seen, 0, sizeof seen);
     pd_outbox_each(ob, 0, s_collect, &seen);
-    assert(seen.n == 0);
+    PD_CHECK(seen.n == 0);
     v = 1002;
     memcpy(buf, &v, sizeof v);
-    assert(pd_outbox_put(ob, buf, 32, 2003) == 0);
+    PD_CHECK(pd_outbox_put(ob, buf, 32, 2003) == 0);
     pd_outbox_commit(ob);
     pd_outbox_close(&ob);
     ob = pd_outbox_open(name, 4096);
     memset(&seen, 0, sizeof seen);
     pd_outbox_each(ob, 0, s_collect, &seen);
-    assert(seen.n == 1 && seen.last == 1002 && pd_outbox_last_time(ob) == 2003);
+    PD_CHECK(seen.n == 1 && seen.last == 1002 && pd_outbox_last_time(ob) == 2003);
 
     //  garbage in the header: reset, not a crash
     ob->hdr->tail = ob->hdr->head + 8;
     pd_outbox_close(&ob);
     ob = pd_outbox_open(name, 4096);
-    assert(ob && pd_outbox_last_time(ob) == INT64_MIN);
+    PD_CHECK(ob && pd_outbox_last_time(ob) == INT64_MIN);
     int n = 0;
     pd_outbox_each(ob, 0, s_last, &n);
-    assert(n == 0);
+    PD_CHECK(n == 0);
     pd_outbox_close(&ob);
     pd_outbox_unlink(name);
 }

@@ -1119,15 +1119,15 @@ s_t_match(const pd_record_t *rec, int mode, const char *text)
     pd_query_t *q = s_t_parse(mode, text, &code, err, sizeof err);
     if (!q) {
         fprintf(stderr, "unexpected parse error %d for %s: %s\n", code, text, err);
-        assert(false);
+        PD_CHECK(false);
     }
-    assert(code == PD_ERR_OK);
+    PD_CHECK(code == PD_ERR_OK);
     pd_qrec_t r;
     pd_qrec_init(&r, rec);
     bool ok = pd_query_match(q, &r);
     pd_qrec_clear(&r);
     pd_query_destroy(&q);
-    assert(q == NULL);
+    PD_CHECK(q == NULL);
     return ok;
 }
 
@@ -1137,7 +1137,7 @@ s_t_both(const pd_record_t *rec, const char *text)
 {
     bool a = s_t_match(rec, PD_QMODE_LIST, text);
     bool b = s_t_match(rec, PD_QMODE_REALTIME, text);
-    assert(a == b);
+    PD_CHECK(a == b);
     return a;
 }
 
@@ -1150,7 +1150,7 @@ s_t_err(int mode, const char *text, int want_code, const char *want)
     if (q || code != want_code || strcmp(err, want) != 0) {
         fprintf(stderr, "query %s\n  got  %d %s\n  want %d %s\n", text, code, q ? "(parsed)" : err,
                 want_code, want);
-        assert(false);
+        PD_CHECK(false);
     }
 }
 
@@ -1194,18 +1194,18 @@ s_t_cmp_roundtrip(const pd_query_t *q, const pd_qkey_t *a, const pd_qkey_t *b)
     msgpack_unpacked_init(&ua);
     msgpack_unpacked_init(&ub);
     size_t off = 0;
-    assert(msgpack_unpack_next(&ua, sb.data, sb.size, &off) == MSGPACK_UNPACK_SUCCESS);
-    assert(msgpack_unpack_next(&ub, sb.data, sb.size, &off) == MSGPACK_UNPACK_SUCCESS);
+    PD_CHECK(msgpack_unpack_next(&ua, sb.data, sb.size, &off) == MSGPACK_UNPACK_SUCCESS);
+    PD_CHECK(msgpack_unpack_next(&ub, sb.data, sb.size, &off) == MSGPACK_UNPACK_SUCCESS);
     pd_qkey_t ka, kb;
-    assert(pd_query_key_unpack(&ua.data, &ka) == 0);
-    assert(pd_query_key_unpack(&ub.data, &kb) == 0);
+    PD_CHECK(pd_query_key_unpack(&ua.data, &ka) == 0);
+    PD_CHECK(pd_query_key_unpack(&ub.data, &kb) == 0);
     int c = pd_query_key_cmp(q, a, b);
     int cu = pd_query_key_cmp(q, &ka, &kb);
-    assert((c > 0) - (c < 0) == (cu > 0) - (cu < 0));
+    PD_CHECK((c > 0) - (c < 0) == (cu > 0) - (cu < 0));
     int r = pd_query_key_cmp(q, b, a);
-    assert((c > 0) - (c < 0) == -((r > 0) - (r < 0)));
-    assert(pd_query_key_cmp(q, a, a) == 0);
-    assert(pd_query_key_cmp(q, &ka, a) == 0);
+    PD_CHECK((c > 0) - (c < 0) == -((r > 0) - (r < 0)));
+    PD_CHECK(pd_query_key_cmp(q, a, a) == 0);
+    PD_CHECK(pd_query_key_cmp(q, &ka, a) == 0);
     msgpack_unpacked_destroy(&ua);
     msgpack_unpacked_destroy(&ub);
     msgpack_sbuffer_destroy(&sb);
@@ -1237,190 +1237,190 @@ pd_query_test(bool verbose)
     };
 
     //  equal / notEqual on strings, many values, strict typing.
-    assert(
+    PD_CHECK(
         s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]}"));
-    assert(
+    PD_CHECK(
         !s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"away\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"userId\",\"values\":[\"x\","
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"userId\",\"values\":[\"x\","
                           "\"user1\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"$id\",\"values\":[\"pres1\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"source\",\"values\":[\"rest\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"notEqual\",\"attribute\":\"status\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"$id\",\"values\":[\"pres1\"]}"));
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"source\",\"values\":[\"rest\"]}"));
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"notEqual\",\"attribute\":\"status\",\"values\":"
                            "[\"online\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"notEqual\",\"attribute\":\"status\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"notEqual\",\"attribute\":\"status\",\"values\":"
                           "[\"away\",\"busy\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"notEqual\",\"attribute\":\"status\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"notEqual\",\"attribute\":\"status\",\"values\":"
                            "[\"away\",\"online\"]}"));
     //  Realtime accepts a number on a string attribute, and it never equals the string.
-    assert(!s_t_match(&rec, PD_QMODE_REALTIME,
+    PD_CHECK(!s_t_match(&rec, PD_QMODE_REALTIME,
                       "{\"method\":\"equal\",\"attribute\":\"userId\",\"values\":[1]}"));
     //  Strict types on metadata: "1" is not 1, 3 equals 3.0, true is not 1.
-    assert(
+    PD_CHECK(
         s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.s1\",\"values\":[\"1\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.s1\",\"values\":[1]}"));
-    assert(
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.s1\",\"values\":[1]}"));
+    PD_CHECK(
         !s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.n\",\"values\":[\"3\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.n\",\"values\":[3.0]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.f\",\"values\":[2.5]}"));
-    assert(
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.n\",\"values\":[3.0]}"));
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.f\",\"values\":[2.5]}"));
+    PD_CHECK(
         s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.ok\",\"values\":[true]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.ok\",\"values\":[1]}"));
-    assert(
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.ok\",\"values\":[1]}"));
+    PD_CHECK(
         s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.no\",\"values\":[false]}"));
-    assert(
+    PD_CHECK(
         s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.nil\",\"values\":[null]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.nil\",\"values\":[0]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.tags\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.nil\",\"values\":[0]}"));
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.tags\",\"values\":"
                           "[[\"a\",\"b\"]]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.tags\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.tags\",\"values\":"
                            "[[\"b\",\"a\"]]}"));
-    assert(s_t_both(&rec, "{\"method\":\"notEqual\",\"attribute\":\"metadata.n\",\"values\":[4]}"));
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"notEqual\",\"attribute\":\"metadata.n\",\"values\":[4]}"));
     //  Nested paths; absent keys never match, even notEqual; isNull holds for absent or null.
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.room\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.room\",\"values\":"
                           "[\"lobby\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.geo.tile\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.geo.tile\",\"values\":"
                           "[\"a1\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.geo.deep.k\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.geo.deep.k\",\"values\":"
                           "[\"v\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.geo.tile.x\","
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.geo.tile.x\","
                            "\"values\":[\"a1\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.gone\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"metadata.gone\",\"values\":"
                            "[\"x\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"notEqual\",\"attribute\":\"metadata.gone\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"notEqual\",\"attribute\":\"metadata.gone\",\"values\":"
                            "[\"x\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.gone\","
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.gone\","
                            "\"values\":[1]}"));
-    assert(s_t_both(&rec, "{\"method\":\"isNull\",\"attribute\":\"metadata.gone\"}"));
-    assert(s_t_both(&rec, "{\"method\":\"isNull\",\"attribute\":\"metadata.nil\"}"));
-    assert(!s_t_both(&rec, "{\"method\":\"isNull\",\"attribute\":\"metadata.room\"}"));
-    assert(s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"metadata.room\"}"));
-    assert(!s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"metadata.nil\"}"));
-    assert(!s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"metadata.gone\"}"));
-    assert(s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"metadata.geo\"}"));
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"isNull\",\"attribute\":\"metadata.gone\"}"));
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"isNull\",\"attribute\":\"metadata.nil\"}"));
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"isNull\",\"attribute\":\"metadata.room\"}"));
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"metadata.room\"}"));
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"metadata.nil\"}"));
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"metadata.gone\"}"));
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"metadata.geo\"}"));
     //  Comparisons: numbers, strings, mixed int/double; across types never.
-    assert(s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[4]}"));
-    assert(
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[4]}"));
+    PD_CHECK(
         !s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[3]}"));
-    assert(s_t_both(&rec, "{\"method\":\"lessThanEqual\",\"attribute\":\"metadata.n\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"lessThanEqual\",\"attribute\":\"metadata.n\",\"values\":"
                           "[3]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"lessThanEqual\",\"attribute\":\"metadata.n\","
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"lessThanEqual\",\"attribute\":\"metadata.n\","
                            "\"values\":[2.99]}"));
-    assert(s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.f\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.f\",\"values\":"
                           "[2]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.f\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.f\",\"values\":"
                            "[3]}"));
-    assert(s_t_both(&rec, "{\"method\":\"greaterThanEqual\",\"attribute\":\"metadata.f\","
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"greaterThanEqual\",\"attribute\":\"metadata.f\","
                           "\"values\":[2.5]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"greaterThanEqual\",\"attribute\":\"metadata.f\","
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"greaterThanEqual\",\"attribute\":\"metadata.f\","
                            "\"values\":[2.51]}"));
-    assert(s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.big\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.big\",\"values\":"
                           "[9223372036854775807]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"metadata.s1\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"metadata.s1\",\"values\":"
                            "[5]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.nil\","
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.nil\","
                            "\"values\":[-1]}"));
-    assert(s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"status\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"status\",\"values\":"
                           "[\"busy\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"status\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"status\",\"values\":"
                            "[\"busy\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.ok\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"metadata.ok\",\"values\":"
                           "[false]}"));
     //  Datetimes compare as instants, whatever the zone or precision of the operand.
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"$createdAt\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"$createdAt\",\"values\":"
                           "[\"2024-01-01T00:00:00.000+00:00\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"$createdAt\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"$createdAt\",\"values\":"
                           "[\"2024-01-01T01:00:00+01:00\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"$updatedAt\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"$updatedAt\",\"values\":"
                           "[\"2024-01-01T00:00:59.999Z\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"$updatedAt\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"greaterThan\",\"attribute\":\"$updatedAt\",\"values\":"
                            "[\"2024-01-01T00:01:00Z\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"lessThanEqual\",\"attribute\":\"expiresAt\",\"values\":"
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"lessThanEqual\",\"attribute\":\"expiresAt\",\"values\":"
                           "[\"2024-01-01 00:15:00\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"expiresAt\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"lessThan\",\"attribute\":\"expiresAt\",\"values\":"
                            "[\"2024-01-01T00:15:00Z\"]}"));
-    assert(s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"expiresAt\"}"));
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"isNotNull\",\"attribute\":\"expiresAt\"}"));
     //  between (inclusive), startsWith, endsWith: list mode only.
     int L = PD_QMODE_LIST;
-    assert(s_t_match(&rec, L,
+    PD_CHECK(s_t_match(&rec, L,
                      "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
                      "[3,4]}"));
-    assert(s_t_match(&rec, L,
+    PD_CHECK(s_t_match(&rec, L,
                      "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
                      "[1.5,3]}"));
-    assert(!s_t_match(&rec, L,
+    PD_CHECK(!s_t_match(&rec, L,
                       "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
                       "[4,9]}"));
-    assert(!s_t_match(&rec, L,
+    PD_CHECK(!s_t_match(&rec, L,
                       "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":"
                       "[\"1\",\"9\"]}"));
-    assert(s_t_match(&rec, L,
+    PD_CHECK(s_t_match(&rec, L,
                      "{\"method\":\"between\",\"attribute\":\"$createdAt\",\"values\":"
                      "[\"2023-12-31\",\"2024-01-01T00:00:00Z\"]}"));
-    assert(s_t_match(&rec, L,
+    PD_CHECK(s_t_match(&rec, L,
                      "{\"method\":\"between\",\"attribute\":\"status\",\"values\":"
                      "[\"a\",\"p\"]}"));
-    assert(s_t_match(&rec, L,
+    PD_CHECK(s_t_match(&rec, L,
                      "{\"method\":\"startsWith\",\"attribute\":\"status\",\"values\":"
                      "[\"onl\"]}"));
-    assert(s_t_match(&rec, L,
+    PD_CHECK(s_t_match(&rec, L,
                      "{\"method\":\"startsWith\",\"attribute\":\"status\",\"values\":"
                      "[\"\"]}"));
-    assert(!s_t_match(&rec, L,
+    PD_CHECK(!s_t_match(&rec, L,
                       "{\"method\":\"startsWith\",\"attribute\":\"status\",\"values\":"
                       "[\"line\"]}"));
-    assert(s_t_match(&rec, L,
+    PD_CHECK(s_t_match(&rec, L,
                      "{\"method\":\"endsWith\",\"attribute\":\"status\",\"values\":"
                      "[\"line\"]}"));
-    assert(!s_t_match(&rec, L,
+    PD_CHECK(!s_t_match(&rec, L,
                       "{\"method\":\"endsWith\",\"attribute\":\"status\",\"values\":"
                       "[\"online!\"]}"));
-    assert(s_t_match(&rec, L,
+    PD_CHECK(s_t_match(&rec, L,
                      "{\"method\":\"startsWith\",\"attribute\":\"metadata.geo.tile\","
                      "\"values\":[\"a\"]}"));
-    assert(!s_t_match(&rec, L,
+    PD_CHECK(!s_t_match(&rec, L,
                       "{\"method\":\"endsWith\",\"attribute\":\"metadata.n\",\"values\":"
                       "[\"3\"]}"));
     //  Several queries are ANDed; and/or nest.
-    assert(s_t_both(&rec,
+    PD_CHECK(s_t_both(&rec,
                     "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]}\n"
                     "{\"method\":\"equal\",\"attribute\":\"metadata.room\",\"values\":"
                     "[\"lobby\"]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":"
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":"
                            "[\"online\"]}\n{\"method\":\"equal\",\"attribute\":\"metadata.room\","
                            "\"values\":[\"hall\"]}"));
     const char *or_q = "{\"method\":\"or\",\"values\":["
                        "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"away\"]},"
                        "{\"method\":\"equal\",\"attribute\":\"metadata.room\",\"values\":"
                        "[\"lobby\"]}]}";
-    assert(s_t_both(&rec, or_q));
-    assert(!s_t_both(&rec, "{\"method\":\"or\",\"values\":["
+    PD_CHECK(s_t_both(&rec, or_q));
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"or\",\"values\":["
                            "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"away\"]},"
                            "{\"method\":\"isNull\",\"attribute\":\"metadata.room\"}]}"));
-    assert(s_t_both(&rec, "{\"method\":\"and\",\"values\":["
+    PD_CHECK(s_t_both(&rec, "{\"method\":\"and\",\"values\":["
                           "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]},"
                           "{\"method\":\"or\",\"values\":["
                           "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[0]},"
                           "{\"method\":\"equal\",\"attribute\":\"metadata.ok\",\"values\":[true]}"
                           "]}]}"));
-    assert(!s_t_both(&rec,
+    PD_CHECK(!s_t_both(&rec,
                      "{\"method\":\"and\",\"values\":["
                      "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]},"
                      "{\"method\":\"isNotNull\",\"attribute\":\"metadata.gone\"}]}"));
     //  Zero queries match; realtime select("*") matches everything, whatever else is there.
-    assert(s_t_match(&rec, L, ""));
+    PD_CHECK(s_t_match(&rec, L, ""));
     {
         int code;
         pd_query_t *q = pd_query_parse(NULL, 0, PD_QMODE_REALTIME, &code, NULL, 0);
-        assert(q && code == PD_ERR_OK);
+        PD_CHECK(q && code == PD_ERR_OK);
         pd_qrec_t r;
         pd_qrec_init(&r, &rec);
-        assert(pd_query_match(q, &r));
-        assert(!r.meta_tried); //  nothing touched metadata
+        PD_CHECK(pd_query_match(q, &r));
+        PD_CHECK(!r.meta_tried); //  nothing touched metadata
         pd_qrec_clear(&r);
         pd_query_destroy(&q);
         pd_query_destroy(&q); //  idempotent
     }
-    assert(s_t_match(&rec, PD_QMODE_REALTIME,
+    PD_CHECK(s_t_match(&rec, PD_QMODE_REALTIME,
                      "{\"method\":\"select\",\"values\":[\"*\"]}\n"
                      "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"away\"]}"));
     //  A null status: isNull, and never equal to a string.
@@ -1428,18 +1428,18 @@ pd_query_test(bool verbose)
     nul.status = PD_STR("");
     nul.status_json = PD_STR("null");
     nul.meta_json = PD_STR("{}");
-    assert(s_t_both(&nul, "{\"method\":\"isNull\",\"attribute\":\"status\"}"));
-    assert(!s_t_both(&nul, "{\"method\":\"isNotNull\",\"attribute\":\"status\"}"));
-    assert(!s_t_both(&nul, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"\"]}"));
-    assert(s_t_match(&nul, PD_QMODE_REALTIME,
+    PD_CHECK(s_t_both(&nul, "{\"method\":\"isNull\",\"attribute\":\"status\"}"));
+    PD_CHECK(!s_t_both(&nul, "{\"method\":\"isNotNull\",\"attribute\":\"status\"}"));
+    PD_CHECK(!s_t_both(&nul, "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"\"]}"));
+    PD_CHECK(s_t_match(&nul, PD_QMODE_REALTIME,
                      "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[null]}"));
-    assert(!s_t_both(&rec, "{\"method\":\"isNull\",\"attribute\":\"status\"}"));
-    assert(s_t_both(&nul, "{\"method\":\"isNull\",\"attribute\":\"metadata.room\"}"));
+    PD_CHECK(!s_t_both(&rec, "{\"method\":\"isNull\",\"attribute\":\"status\"}"));
+    PD_CHECK(s_t_both(&nul, "{\"method\":\"isNull\",\"attribute\":\"metadata.room\"}"));
     nul.status_json = PD_STR("\"\""); //  an empty string is not null
-    assert(!s_t_both(&nul, "{\"method\":\"isNull\",\"attribute\":\"status\"}"));
+    PD_CHECK(!s_t_both(&nul, "{\"method\":\"isNull\",\"attribute\":\"status\"}"));
     //  Bad metadata JSON reads as {}.
     nul.meta_json = PD_STR("{oops");
-    assert(s_t_both(&nul, "{\"method\":\"isNull\",\"attribute\":\"metadata.room\"}"));
+    PD_CHECK(s_t_both(&nul, "{\"method\":\"isNull\",\"attribute\":\"metadata.room\"}"));
 
     //  Paging accessors and the index hint.
     {
@@ -1452,26 +1452,26 @@ pd_query_test(bool verbose)
             "{\"method\":\"equal\",\"attribute\":\"userId\",\"values\":[\"user1\"]}\n"
             "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"a\",\"b\"]}",
             &code, err, sizeof err);
-        assert(q);
+        PD_CHECK(q);
         bool before = false;
-        assert(pd_query_limit(q) == 10 && pd_query_offset(q) == 5);
-        assert(pd_str_eqc(pd_query_cursor(q, &before), "abc") && before);
+        PD_CHECK(pd_query_limit(q) == 10 && pd_query_offset(q) == 5);
+        PD_CHECK(pd_str_eqc(pd_query_cursor(q, &before), "abc") && before);
         pd_str_t v;
-        assert(pd_query_equal_on(q, "userId", &v) && pd_str_eqc(v, "user1"));
-        assert(!pd_query_equal_on(q, "status", &v)); //  two values
-        assert(!pd_query_equal_on(q, "$id", &v));
-        assert(!pd_query_equal_on(q, "expiresAt", &v));
+        PD_CHECK(pd_query_equal_on(q, "userId", &v) && pd_str_eqc(v, "user1"));
+        PD_CHECK(!pd_query_equal_on(q, "status", &v)); //  two values
+        PD_CHECK(!pd_query_equal_on(q, "$id", &v));
+        PD_CHECK(!pd_query_equal_on(q, "expiresAt", &v));
         pd_query_destroy(&q);
         q = s_t_parse(L, "", &code, err, sizeof err);
-        assert(q && pd_query_limit(q) == 25 && pd_query_offset(q) == 0);
-        assert(pd_query_cursor(q, &before).ptr == NULL && !before);
+        PD_CHECK(q && pd_query_limit(q) == 25 && pd_query_offset(q) == 0);
+        PD_CHECK(pd_query_cursor(q, &before).ptr == NULL && !before);
         pd_query_destroy(&q);
         q = s_t_parse(L, "{\"method\":\"limit\",\"values\":[5000.0]}", &code, err, sizeof err);
-        assert(q && pd_query_limit(q) == 5000);
+        PD_CHECK(q && pd_query_limit(q) == 5000);
         pd_query_destroy(&q);
         q = s_t_parse(L, "{\"method\":\"cursorAfter\",\"values\":[\"x.y-z\"]}", &code, err,
                       sizeof err);
-        assert(q && pd_str_eqc(pd_query_cursor(q, &before), "x.y-z") && !before);
+        PD_CHECK(q && pd_str_eqc(pd_query_cursor(q, &before), "x.y-z") && !before);
         pd_query_destroy(&q);
     }
 
@@ -1573,7 +1573,7 @@ pd_query_test(bool verbose)
         pd_buf_init(&b);
         s_t_err(L, s_t_nest(&b, 6), A,
                 LP "Invalid query: Or queries can be nested at most 5 levels deep");
-        assert(s_t_both(&rec, s_t_nest(&b, 5)));
+        PD_CHECK(s_t_both(&rec, s_t_nest(&b, 5)));
         pd_buf_free(&b);
     }
     {
@@ -1581,8 +1581,8 @@ pd_query_test(bool verbose)
         pd_str_t empty = PD_STR("");
         char err[256];
         int code;
-        assert(!pd_query_parse(&empty, 1, L, &code, err, sizeof err));
-        assert(code == A && strcmp(err, LP "Invalid query: Invalid query: Syntax error") == 0);
+        PD_CHECK(!pd_query_parse(&empty, 1, L, &code, err, sizeof err));
+        PD_CHECK(code == A && strcmp(err, LP "Invalid query: Invalid query: Syntax error") == 0);
     }
     s_t_err(L, "{\"method\":\"limit\",\"values\":[0]}", A,
             LP "Invalid query: Invalid limit: Value must be a valid range between 1 and 5,000");
@@ -1638,9 +1638,9 @@ pd_query_test(bool verbose)
         int code;
         const char *bad = "{oops";
         pd_str_t q1 = pd_str(bad);
-        assert(!pd_query_parse(&q1, 1, L, &code, small, sizeof small));
-        assert(code == A && strlen(small) == 7);
-        assert(!pd_query_parse(&q1, 1, R, NULL, NULL, 0));
+        PD_CHECK(!pd_query_parse(&q1, 1, L, &code, small, sizeof small));
+        PD_CHECK(code == A && strlen(small) == 7);
+        PD_CHECK(!pd_query_parse(&q1, 1, R, NULL, NULL, 0));
     }
 
     //  Sort keys: order asc/desc, several orders, ties broken by $createdAt then $id.
@@ -1658,85 +1658,85 @@ pd_query_test(bool verbose)
         //  No order: ($createdAt, $id) ascending.
         pd_query_t *q = s_t_parse(L, "", &code, err, sizeof err);
         s_t_key(q, &ra, &ka), s_t_key(q, &rb, &kb), s_t_key(q, &rc, &kc), s_t_key(q, &rd, &kd);
-        assert(ka.n == 2 && ka.v[0].type == 1 && ka.v[1].type == 2);
-        assert(s_t_cmp_roundtrip(q, &kd, &kc) < 0);
-        assert(s_t_cmp_roundtrip(q, &kc, &ka) < 0);
-        assert(s_t_cmp_roundtrip(q, &ka, &kb) < 0); //  same $createdAt: by $id
+        PD_CHECK(ka.n == 2 && ka.v[0].type == 1 && ka.v[1].type == 2);
+        PD_CHECK(s_t_cmp_roundtrip(q, &kd, &kc) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(q, &kc, &ka) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(q, &ka, &kb) < 0); //  same $createdAt: by $id
         pd_query_destroy(&q);
         //  status ascending: null first, then by value, ties by $createdAt.
         q = s_t_parse(L, "{\"method\":\"orderAsc\",\"attribute\":\"status\"}", &code, err,
                       sizeof err);
         s_t_key(q, &ra, &ka), s_t_key(q, &rb, &kb), s_t_key(q, &rc, &kc), s_t_key(q, &rd, &kd);
-        assert(ka.n == 3 && kd.v[0].type == 0);
-        assert(s_t_cmp_roundtrip(q, &kd, &ka) < 0);
-        assert(s_t_cmp_roundtrip(q, &ka, &kc) < 0);
-        assert(s_t_cmp_roundtrip(q, &kc, &kb) < 0);
+        PD_CHECK(ka.n == 3 && kd.v[0].type == 0);
+        PD_CHECK(s_t_cmp_roundtrip(q, &kd, &ka) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(q, &ka, &kc) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(q, &kc, &kb) < 0);
         pd_query_destroy(&q);
         //  status descending: null last; the implicit tail stays ascending.
         q = s_t_parse(L, "{\"method\":\"orderDesc\",\"attribute\":\"status\"}", &code, err,
                       sizeof err);
         s_t_key(q, &ra, &ka), s_t_key(q, &rb, &kb), s_t_key(q, &rc, &kc), s_t_key(q, &rd, &kd);
-        assert(s_t_cmp_roundtrip(q, &kc, &kb) < 0);
-        assert(s_t_cmp_roundtrip(q, &kb, &ka) < 0);
-        assert(s_t_cmp_roundtrip(q, &ka, &kd) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(q, &kc, &kb) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(q, &kb, &ka) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(q, &ka, &kd) < 0);
         pd_query_destroy(&q);
         //  Two orders: source ascending, then $updatedAt descending.
         q = s_t_parse(L,
                       "{\"method\":\"orderAsc\",\"attribute\":\"source\"}\n"
                       "{\"method\":\"orderDesc\",\"attribute\":\"$updatedAt\"}",
                       &code, err, sizeof err);
-        assert(q);
+        PD_CHECK(q);
         s_t_key(q, &ra, &ka), s_t_key(q, &rb, &kb), s_t_key(q, &rc, &kc), s_t_key(q, &rd, &kd);
-        assert(ka.n == 4 && ka.v[0].type == 2 && ka.v[1].type == 1);
-        assert(s_t_cmp_roundtrip(q, &kc, &kd) < 0); //  graphql < realtime
-        assert(s_t_cmp_roundtrip(q, &kd, &kb) < 0); //  realtime < rest
-        assert(s_t_cmp_roundtrip(q, &kb, &ka) < 0); //  both rest: updated 20 before 10
+        PD_CHECK(ka.n == 4 && ka.v[0].type == 2 && ka.v[1].type == 1);
+        PD_CHECK(s_t_cmp_roundtrip(q, &kc, &kd) < 0); //  graphql < realtime
+        PD_CHECK(s_t_cmp_roundtrip(q, &kd, &kb) < 0); //  realtime < rest
+        PD_CHECK(s_t_cmp_roundtrip(q, &kb, &ka) < 0); //  both rest: updated 20 before 10
         pd_query_destroy(&q);
         //  Datetime and an empty attribute (insertion order) descending.
         q = s_t_parse(L, "{\"method\":\"orderDesc\",\"attribute\":\"\"}", &code, err, sizeof err);
         s_t_key(q, &ra, &ka), s_t_key(q, &rb, &kb), s_t_key(q, &rc, &kc);
-        assert(s_t_cmp_roundtrip(q, &ka, &kc) < 0);
-        assert(s_t_cmp_roundtrip(q, &ka, &kb) < 0); //  tie: $id ascending
+        PD_CHECK(s_t_cmp_roundtrip(q, &ka, &kc) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(q, &ka, &kb) < 0); //  tie: $id ascending
         pd_query_destroy(&q);
         //  Mixed int/double, large magnitudes, NaN and negative zero stay a total order.
         pd_qkey_t x = {.n = 1}, y = {.n = 1};
         x.v[0] = (pd_qval_t){1, INT64_MAX, 0, PD_STR_NULL};
         y.v[0] = (pd_qval_t){3, 0, 9223372036854775808.0, PD_STR_NULL};
-        assert(s_t_cmp_roundtrip(NULL, &x, &y) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(NULL, &x, &y) < 0);
         x.v[0] = (pd_qval_t){1, 3, 0, PD_STR_NULL};
         y.v[0] = (pd_qval_t){3, 0, 3.0, PD_STR_NULL};
-        assert(s_t_cmp_roundtrip(NULL, &x, &y) == 0);
+        PD_CHECK(s_t_cmp_roundtrip(NULL, &x, &y) == 0);
         y.v[0].d = 3.0000001;
-        assert(s_t_cmp_roundtrip(NULL, &x, &y) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(NULL, &x, &y) < 0);
         y.v[0].d = -2.5;
         x.v[0].i = -2;
-        assert(s_t_cmp_roundtrip(NULL, &x, &y) > 0);
+        PD_CHECK(s_t_cmp_roundtrip(NULL, &x, &y) > 0);
         y.v[0].d = NAN;
-        assert(s_t_cmp_roundtrip(NULL, &x, &y) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(NULL, &x, &y) < 0);
         x.v[0] = (pd_qval_t){3, 0, NAN, PD_STR_NULL};
-        assert(s_t_cmp_roundtrip(NULL, &x, &y) == 0);
+        PD_CHECK(s_t_cmp_roundtrip(NULL, &x, &y) == 0);
         x.v[0].d = -0.0, y.v[0].d = 0.0;
-        assert(s_t_cmp_roundtrip(NULL, &x, &y) == 0);
+        PD_CHECK(s_t_cmp_roundtrip(NULL, &x, &y) == 0);
         x.v[0] = (pd_qval_t){2, 0, 0, PD_STR("")};
         y.v[0] = (pd_qval_t){2, 0, 0, PD_STR_NULL};
-        assert(s_t_cmp_roundtrip(NULL, &x, &y) == 0);
+        PD_CHECK(s_t_cmp_roundtrip(NULL, &x, &y) == 0);
         y.v[0] = (pd_qval_t){2, 0, 0, {"a\0b", 3}};
         x.v[0] = (pd_qval_t){2, 0, 0, {"a\0", 2}};
-        assert(s_t_cmp_roundtrip(NULL, &x, &y) < 0);
+        PD_CHECK(s_t_cmp_roundtrip(NULL, &x, &y) < 0);
         //  Unpack rejects what a key cannot hold.
         msgpack_zone zone;
         msgpack_zone_init(&zone, 256);
         msgpack_object o;
         size_t off = 0;
-        assert(msgpack_unpack("\x91\xc3", 2, &off, &zone, &o) == MSGPACK_UNPACK_SUCCESS);
-        assert(pd_query_key_unpack(&o, &x) == -1); //  [true]
+        PD_CHECK(msgpack_unpack("\x91\xc3", 2, &off, &zone, &o) == MSGPACK_UNPACK_SUCCESS);
+        PD_CHECK(pd_query_key_unpack(&o, &x) == -1); //  [true]
         off = 0;
-        assert(msgpack_unpack("\x91\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 10, &off, &zone, &o) ==
+        PD_CHECK(msgpack_unpack("\x91\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 10, &off, &zone, &o) ==
                MSGPACK_UNPACK_SUCCESS);
-        assert(pd_query_key_unpack(&o, &x) == -1); //  [UINT64_MAX]
+        PD_CHECK(pd_query_key_unpack(&o, &x) == -1); //  [UINT64_MAX]
         off = 0;
-        assert(msgpack_unpack("\xa1x", 2, &off, &zone, &o) == MSGPACK_UNPACK_SUCCESS);
-        assert(pd_query_key_unpack(&o, &x) == -1); //  not an array
+        PD_CHECK(msgpack_unpack("\xa1x", 2, &off, &zone, &o) == MSGPACK_UNPACK_SUCCESS);
+        PD_CHECK(pd_query_key_unpack(&o, &x) == -1); //  not an array
         msgpack_zone_destroy(&zone);
     }
     if (verbose)

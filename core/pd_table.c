@@ -995,6 +995,11 @@ pd_table_delete(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *pr
     }
     s_slot_t *sl = &self->slots[s];
     uint64_t old = sl->blob;
+    if (self->hook) {
+        pd_record_t p;
+        s_fill(self, old, &p);
+        self->hook(NULL, &p, self->hook_arg);
+    }
     __atomic_store_n(&sl->blob, 0, __ATOMIC_RELEASE);
     S_CRASH();
     s_idx_del(self, self->pidx, ppos);
@@ -1679,16 +1684,6 @@ s_rebuild(pd_table_t *self)
 //  ---------------------------------------------------------------------------------------------
 //  Self test
 
-//  Test checks stay on in release builds (RelWithDebInfo sets NDEBUG, and most checks below
-//  make the very call they check).
-#define S_TEST(cond)                                                                               \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, __func__, #cond); \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-
 #define T_NAME_MAX 64
 
 typedef struct {
@@ -1717,7 +1712,7 @@ s_test_rec(s_trec_t *t, const char *project, const char *id, const char *user, c
     else
         t->conn[0] = 0;
     int n = snprintf(t->roles, sizeof t->roles, "any%cuser:%s", 0, user);
-    S_TEST(pad + 32 < sizeof t->meta);
+    PD_CHECK(pad + 32 < sizeof t->meta);
     int m = snprintf(t->meta, sizeof t->meta, "{\"k\":\"%s\",\"pad\":\"", id);
     memset(t->meta + m, 'x', pad);
     memcpy(t->meta + m + pad, "\"}", 3);
@@ -1745,17 +1740,17 @@ static void
 s_test_same(const pd_record_t *got, const pd_record_t *want, uint64_t version)
 {
     for (int i = 0; i < S_NSTR - 1; i++)
-        S_TEST(pd_str_eq(s_field_c(got, i), s_field_c(want, i)));
+        PD_CHECK(pd_str_eq(s_field_c(got, i), s_field_c(want, i)));
     for (int i = 0; i < S_NSTR; i++)
-        S_TEST(s_field_c(got, i).ptr[s_field_c(got, i).len] == 0);
-    S_TEST(got->created_ms == want->created_ms && got->updated_ms == want->updated_ms);
-    S_TEST(got->expires_ms == want->expires_ms && got->version == version);
+        PD_CHECK(s_field_c(got, i).ptr[s_field_c(got, i).len] == 0);
+    PD_CHECK(got->created_ms == want->created_ms && got->updated_ms == want->updated_ms);
+    PD_CHECK(got->expires_ms == want->expires_ms && got->version == version);
     pd_buf_t b;
     pd_buf_init(&b);
     pd_record_t w = *want;
     w.version = version;
     pd_record_render(&w, &b);
-    S_TEST(got->json.len == b.len && memcmp(got->json.ptr, b.data, b.len) == 0);
+    PD_CHECK(got->json.len == b.len && memcmp(got->json.ptr, b.data, b.len) == 0);
     pd_buf_free(&b);
 }
 
@@ -1765,7 +1760,7 @@ s_test_ok(pd_table_t *t)
     const char *why;
     if (s_verify(t, true, &why) != 0) {
         fprintf(stderr, "pd_table: verify failed: %s\n", why);
-        S_TEST(!"table is consistent");
+        PD_CHECK(!"table is consistent");
     }
 }
 
@@ -1787,7 +1782,7 @@ static int
 s_test_exp_fn(const pd_record_t *rec, void *arg)
 {
     s_test_exp_t *e = arg;
-    S_TEST(rec->expires_ms >= e->last);
+    PD_CHECK(rec->expires_ms >= e->last);
     e->last = rec->expires_ms;
     if (e->n < 16)
         snprintf(e->ids[e->n], 40, "%.*s", (int)rec->id.len, rec->id.ptr);
@@ -1804,7 +1799,7 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
     s_header_t *h = self->hdr;
     pd_buf_reset(out);
     uint32_t *bucket_of = calloc(h->slots_top + 1, 4);
-    S_TEST(bucket_of);
+    PD_CHECK(bucket_of);
     for (uint64_t b = 0; b <= self->smask; b++)
         for (uint32_t cur = self->sheads[b]; cur; cur = self->slots[cur - 1].st_next)
             bucket_of[cur - 1] = (uint32_t)b + 1;
@@ -1878,8 +1873,8 @@ typedef struct {
 } s_ct_model_t;
 
 /*  The store's event protocol against the same crashes (pd_outbox.h): the child writes an
- *  entry for each put (in the table's hook, before the change is visible) and each delete
- *  (before pd_table_delete), pending until the call returns. After every crash the parent
+ *  entry for each put and delete in the table's hook (before the change is visible), pending
+ *  until the call returns. After every crash the parent
  *  settles the pending entry against the table and requires exactly one entry per change. */
 typedef struct {
     char kind; //  'P' put, 'D' delete
@@ -1890,19 +1885,19 @@ typedef struct {
 static pd_outbox_t *s_ct_outbox; //  the child's
 
 static void
-s_ct_put_hook(const pd_record_t *rec, const pd_record_t *prev, void *arg)
+s_ct_hook(const pd_record_t *rec, const pd_record_t *prev, void *arg)
 {
-    (void)prev;
     (void)arg;
-    s_ct_entry_t e = {'P', (uint32_t)strtoul(rec->id.ptr + 1, NULL, 10), rec->version};
-    S_TEST(pd_outbox_put(s_ct_outbox, &e, sizeof e, 0) == 0);
+    const pd_record_t *r = rec ? rec : prev;
+    s_ct_entry_t e = {rec ? 'P' : 'D', (uint32_t)strtoul(r->id.ptr + 1, NULL, 10), r->version};
+    PD_CHECK(pd_outbox_put(s_ct_outbox, &e, sizeof e, 0) == 0);
 }
 
 static bool
 s_ct_happened(const void *data, size_t len, void *arg)
 {
     s_ct_entry_t e;
-    S_TEST(len == sizeof e);
+    PD_CHECK(len == sizeof e);
     memcpy(&e, data, sizeof e);
     char id[16];
     snprintf(id, sizeof id, "k%u", e.key);
@@ -1976,10 +1971,6 @@ s_ct_apply(s_ct_model_t *m, uint64_t seed, uint32_t i, pd_table_t *t)
         snprintf(id, sizeof id, "k%u", key);
         if (t) {
             pd_record_t pv;
-            if (s_ct_outbox && m->live[key]) {
-                s_ct_entry_t e = {'D', key, m->version[key]};
-                S_TEST(pd_outbox_put(s_ct_outbox, &e, sizeof e, 0) == 0);
-            }
             int rc = pd_table_delete(t, pd_str(key % 3 ? "proj-a" : "proj-b"), pd_str(id), &pv);
             if (rc != (m->live[key] ? 0 : -1) || (rc == 0 && pv.version != m->version[key]))
                 return -1;
@@ -2067,9 +2058,9 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
            unsigned crash_at, uint32_t *acked_out)
 {
     int pfd[2];
-    S_TEST(pipe(pfd) == 0);
+    PD_CHECK(pipe(pfd) == 0);
     pid_t pid = fork();
-    S_TEST(pid >= 0);
+    PD_CHECK(pid >= 0);
     if (pid == 0) {
         close(pfd[0]);
         s_crash_countdown = crash_at;
@@ -2079,7 +2070,7 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
         s_ct_outbox = pd_outbox_open(CT_OUTBOX, CT_OUTBOX_BYTES);
         if (!s_ct_outbox)
             _exit(3);
-        pd_table_set_hook(t, s_ct_put_hook, NULL);
+        pd_table_set_hook(t, s_ct_hook, NULL);
         s_ct_model_t *local = malloc(sizeof *local);
         *local = *m;
         for (uint32_t i = 0; i < nops; i++) {
@@ -2094,18 +2085,18 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
     close(pfd[1]);
     uint32_t acked = 0, v;
     while (read(pfd[0], &v, sizeof v) == sizeof v) {
-        S_TEST(v == acked);
+        PD_CHECK(v == acked);
         acked = v + 1;
         if (kill_after && acked == kill_after)
             kill(pid, SIGKILL);
     }
     close(pfd[0]);
     int status;
-    S_TEST(waitpid(pid, &status, 0) == pid);
+    PD_CHECK(waitpid(pid, &status, 0) == pid);
     bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
     if (!killed && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
         fprintf(stderr, "pd_table: crash child failed (status %#x)\n", status);
-        S_TEST(!"crash child ran correctly");
+        PD_CHECK(!"crash child ran correctly");
     }
     s_ct_model_t *a = malloc(sizeof *a), *b = malloc(sizeof *b);
     *a = *m;
@@ -2115,19 +2106,19 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
     if (acked < nops)
         s_ct_apply(b, seed, acked, NULL);
     pd_table_t *t = pd_table_open(name, CT_SIZE, NULL);
-    S_TEST(t);
+    PD_CHECK(t);
     s_test_ok(t);
     bool in_a = s_ct_matches(t, a), in_b = !in_a && s_ct_matches(t, b);
-    S_TEST(in_a || in_b);
+    PD_CHECK(in_a || in_b);
     *m = in_a ? *a : *b;
     pd_outbox_t *ob = pd_outbox_open(CT_OUTBOX, CT_OUTBOX_BYTES);
-    S_TEST(ob);
+    PD_CHECK(ob);
     pd_outbox_settle(ob, s_ct_happened, t);
     size_t entries = 0;
     pd_outbox_each(ob, INT64_MIN, s_ct_count, &entries);
     if (entries != m->changes)
         fprintf(stderr, "pd_table: %zu outbox entries for %zu changes\n", entries, m->changes);
-    S_TEST(entries == m->changes);
+    PD_CHECK(entries == m->changes);
     pd_outbox_close(&ob);
     pd_table_close(&t);
     free(a);
@@ -2143,7 +2134,7 @@ s_test_crash(const char *name, bool verbose)
     pd_table_unlink(name);
     pd_outbox_unlink(CT_OUTBOX);
     s_ct_model_t *m = calloc(1, sizeof *m);
-    S_TEST(m);
+    PD_CHECK(m);
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
     srand((unsigned)seed);
     //  Random SIGKILLs while a child runs thousands of ops.
@@ -2167,7 +2158,7 @@ s_test_crash(const char *name, bool verbose)
             break;
         rpoints++;
     }
-    S_TEST(points >= 20 && rpoints >= 5);
+    PD_CHECK(points >= 20 && rpoints >= 5);
     size_t nclaims = 0;
     for (int u = 0; u < CT_USERS; u++)
         nclaims += m->claimed[u];
@@ -2194,11 +2185,11 @@ s_test_bench(const char *name)
     enum { N = 100000 };
     pd_table_unlink(name);
     pd_table_t *t = pd_table_open(name, (pd_table_size_t){131072, 256 << 20}, NULL);
-    S_TEST(t);
+    PD_CHECK(t);
     s_trec_t *tr = malloc(sizeof *tr);
     char(*ids)[24] = malloc(N * sizeof *ids);
     char(*users)[24] = malloc(N * sizeof *users);
-    S_TEST(tr && ids && users);
+    PD_CHECK(tr && ids && users);
     for (int i = 0; i < N; i++) {
         snprintf(ids[i], 24, "presence%07d", i);
         snprintf(users[i], 24, "user%07d", i);
@@ -2211,7 +2202,7 @@ s_test_bench(const char *name)
         r->user_id = pd_str(users[i]);
         r->status = i % 3 ? PD_STR("online") : PD_STR("away");
         r->expires_ms = 1800000000000 + i % 7919;
-        S_TEST(pd_table_put(t, r, &st, NULL) == 0);
+        PD_CHECK(pd_table_put(t, r, &st, NULL) == 0);
     }
     int64_t t1 = s_test_ns();
     for (int i = 0; i < N; i++) {
@@ -2219,12 +2210,12 @@ s_test_bench(const char *name)
         r->user_id = pd_str(users[i]);
         r->status = i % 2 ? PD_STR("online") : PD_STR("away");
         r->expires_ms = 1800000000000 + i % 6007;
-        S_TEST(pd_table_put(t, r, &st, NULL) == 0);
+        PD_CHECK(pd_table_put(t, r, &st, NULL) == 0);
     }
     int64_t t2 = s_test_ns();
     uint64_t x = 0;
     for (int i = 0; i < N; i++) {
-        S_TEST(pd_table_get(t, PD_STR("bench"), pd_str(ids[s_mix((uint64_t)i) % N]), &st) == 0);
+        PD_CHECK(pd_table_get(t, PD_STR("bench"), pd_str(ids[s_mix((uint64_t)i) % N]), &st) == 0);
         x += st.json.len;
     }
     int64_t t3 = s_test_ns();
@@ -2237,7 +2228,7 @@ s_test_bench(const char *name)
     pd_buf_free(&b);
     int64_t t4 = s_test_ns();
     for (int i = 0; i < N; i++)
-        S_TEST(pd_table_delete(t, PD_STR("bench"), pd_str(ids[i]), NULL) == 0);
+        PD_CHECK(pd_table_delete(t, PD_STR("bench"), pd_str(ids[i]), NULL) == 0);
     int64_t t5 = s_test_ns();
     printf("    bench (%d records, %zu B JSON): put/create %lld ns, put/update %lld ns, "
            "get %lld ns, delete %lld ns (of a put, pd_record_render takes %lld ns)\n",
@@ -2257,70 +2248,70 @@ pd_table_test(bool verbose)
     snprintf(name, sizeof name, "/presenced-test-table-%d", (int)getpid());
     pd_table_unlink(name);
     s_trec_t *a = malloc(sizeof *a), *b = malloc(sizeof *b);
-    S_TEST(a && b);
+    PD_CHECK(a && b);
     pd_record_t st, pv;
     bool created;
 
     //  Size classes are ordered, tight, and round up.
     for (uint64_t n = 1; n < 5000000; n += 1 + n / 64) {
         unsigned c = s_class_of(n);
-        S_TEST(s_class_size(c) >= n && (c == 0 || s_class_size(c - 1) < n));
-        S_TEST(s_class_size(c) % S_ALIGN == 0);
+        PD_CHECK(s_class_size(c) >= n && (c == 0 || s_class_size(c - 1) < n));
+        PD_CHECK(s_class_size(c) % S_ALIGN == 0);
     }
 
     //  Create, get, update, delete.
     pd_table_t *t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
-    S_TEST(t && created);
-    S_TEST(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
-    S_TEST(pd_table_arena_size(t) == 1 << 20);
+    PD_CHECK(t && created);
+    PD_CHECK(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
+    PD_CHECK(pd_table_arena_size(t) == 1 << 20);
     s_test_rec(a, "p1", "id1", "u1", "online", 5000, 10);
-    S_TEST(pd_table_put(t, &a->rec, &st, &pv) == 0);
-    S_TEST(pv.version == 0 && pv.id.ptr == NULL);
+    PD_CHECK(pd_table_put(t, &a->rec, &st, &pv) == 0);
+    PD_CHECK(pv.version == 0 && pv.id.ptr == NULL);
     s_test_same(&st, &a->rec, 1);
-    S_TEST(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == 0);
+    PD_CHECK(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == 0);
     s_test_same(&st, &a->rec, 1);
-    S_TEST(pd_table_get(t, PD_STR("p2"), PD_STR("id1"), &st) == -1);
-    S_TEST(pd_table_get(t, PD_STR("p1"), PD_STR("id2"), &st) == -1);
-    S_TEST(pd_table_count(t) == 1 && pd_table_arena_used(t) > 0);
+    PD_CHECK(pd_table_get(t, PD_STR("p2"), PD_STR("id1"), &st) == -1);
+    PD_CHECK(pd_table_get(t, PD_STR("p1"), PD_STR("id2"), &st) == -1);
+    PD_CHECK(pd_table_count(t) == 1 && pd_table_arena_used(t) > 0);
 
     s_test_rec(b, "p1", "id1", "u1", "away", 4000, 3000); //  bigger: another size class
     b->rec.created_ms = a->rec.created_ms;                //  the caller keeps createdAt
-    S_TEST(pd_table_put(t, &b->rec, &st, &pv) == 0);
+    PD_CHECK(pd_table_put(t, &b->rec, &st, &pv) == 0);
     s_test_same(&st, &b->rec, 2);
     s_test_same(&pv, &a->rec, 1);
-    S_TEST(st.created_ms == a->rec.created_ms);
-    S_TEST(pd_table_count(t) == 1 && pd_table_next_expiry(t) == 4000);
-    S_TEST(pd_table_put(t, &b->rec, &st, &pv) == 0);
+    PD_CHECK(st.created_ms == a->rec.created_ms);
+    PD_CHECK(pd_table_count(t) == 1 && pd_table_next_expiry(t) == 4000);
+    PD_CHECK(pd_table_put(t, &b->rec, &st, &pv) == 0);
     s_test_same(&pv, &b->rec, 2);
     s_test_same(&st, &b->rec, 3);
     s_test_ok(t);
-    S_TEST(pd_table_delete(t, PD_STR("p1"), PD_STR("id1"), &pv) == 0);
+    PD_CHECK(pd_table_delete(t, PD_STR("p1"), PD_STR("id1"), &pv) == 0);
     s_test_same(&pv, &b->rec, 3); //  valid until the next mutation
-    S_TEST(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == -1);
-    S_TEST(pd_table_delete(t, PD_STR("p1"), PD_STR("id1"), &pv) == -1);
-    S_TEST(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
+    PD_CHECK(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == -1);
+    PD_CHECK(pd_table_delete(t, PD_STR("p1"), PD_STR("id1"), &pv) == -1);
+    PD_CHECK(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
     s_test_ok(t);
-    S_TEST(pd_table_put(t, &a->rec, &st, &pv) == 0);
+    PD_CHECK(pd_table_put(t, &a->rec, &st, &pv) == 0);
     s_test_same(&st, &a->rec, 1); //  recreated: version starts over
 
     //  User index: last writer wins, follows user changes, forgets deleted records.
-    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
-    S_TEST(pd_str_eqc(st.id, "id1"));
-    S_TEST(pd_table_get_by_user(t, PD_STR("p2"), PD_STR("u1"), &st) == -1);
+    PD_CHECK(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
+    PD_CHECK(pd_str_eqc(st.id, "id1"));
+    PD_CHECK(pd_table_get_by_user(t, PD_STR("p2"), PD_STR("u1"), &st) == -1);
     s_test_rec(b, "p1", "id2", "u1", "online", 6000, 20);
-    S_TEST(pd_table_put(t, &b->rec, &st, NULL) == 0);
-    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
-    S_TEST(pd_str_eqc(st.id, "id2"));
+    PD_CHECK(pd_table_put(t, &b->rec, &st, NULL) == 0);
+    PD_CHECK(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
+    PD_CHECK(pd_str_eqc(st.id, "id2"));
     s_test_rec(b, "p1", "id2", "u2", "online", 6000, 20);
-    S_TEST(pd_table_put(t, &b->rec, &st, NULL) == 0);
-    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == 0);
-    S_TEST(pd_str_eqc(st.id, "id2"));
-    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == -1); //  id1 lost it
-    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0);                       //  id1 writes again
-    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
-    S_TEST(pd_str_eqc(st.id, "id1"));
-    S_TEST(pd_table_delete(t, PD_STR("p1"), PD_STR("id2"), NULL) == 0);
-    S_TEST(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == -1);
+    PD_CHECK(pd_table_put(t, &b->rec, &st, NULL) == 0);
+    PD_CHECK(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == 0);
+    PD_CHECK(pd_str_eqc(st.id, "id2"));
+    PD_CHECK(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == -1); //  id1 lost it
+    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);                       //  id1 writes again
+    PD_CHECK(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u1"), &st) == 0);
+    PD_CHECK(pd_str_eqc(st.id, "id1"));
+    PD_CHECK(pd_table_delete(t, PD_STR("p1"), PD_STR("id2"), NULL) == 0);
+    PD_CHECK(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == -1);
     s_test_ok(t);
 
     //  Status index, across status changes and deletes; expiry order.
@@ -2331,71 +2322,71 @@ pd_table_test(bool verbose)
         snprintf(user, sizeof user, "su%d", i);
         s_test_rec(b, i % 5 == 4 ? "p2" : "p1", id, user, statuses[i % 4], 10000 + (i * 37) % 41,
                    (size_t)i * 13);
-        S_TEST(pd_table_put(t, &b->rec, &st, NULL) == 0);
+        PD_CHECK(pd_table_put(t, &b->rec, &st, NULL) == 0);
     }
     size_t n = 0;
     pd_table_foreach_status(t, PD_STR("p1"), PD_STR("online"), s_test_count_fn, &n);
     size_t online = n; //  i % 4 in {0, 3} and i % 5 != 4, plus id1
-    S_TEST(online == 1 + 16);
+    PD_CHECK(online == 1 + 16);
     n = 0;
     pd_table_foreach_status(t, PD_STR("p2"), PD_STR("online"), s_test_count_fn, &n);
-    S_TEST(n == 4);
+    PD_CHECK(n == 4);
     n = 0;
     pd_table_foreach_status(t, PD_STR("p1"), PD_STR(""), s_test_count_fn, &n);
-    S_TEST(n == 8);
+    PD_CHECK(n == 8);
     s_test_rec(b, "p1", "s0", "su0", "away", 10000, 0);
-    S_TEST(pd_table_put(t, &b->rec, &st, NULL) == 0);
-    S_TEST(pd_table_delete(t, PD_STR("p1"), PD_STR("s3"), NULL) == 0);
+    PD_CHECK(pd_table_put(t, &b->rec, &st, NULL) == 0);
+    PD_CHECK(pd_table_delete(t, PD_STR("p1"), PD_STR("s3"), NULL) == 0);
     n = 0;
     pd_table_foreach_status(t, PD_STR("p1"), PD_STR("online"), s_test_count_fn, &n);
-    S_TEST(n == online - 2);
+    PD_CHECK(n == online - 2);
     n = 0;
     pd_table_foreach(t, s_test_count_fn, &n);
-    S_TEST(n == pd_table_count(t) && n == 40);
+    PD_CHECK(n == pd_table_count(t) && n == 40);
     s_test_ok(t);
 
-    S_TEST(pd_table_next_expiry(t) == 5000); //  id1
+    PD_CHECK(pd_table_next_expiry(t) == 5000); //  id1
     s_test_exp_t ex = {INT64_MIN, 0, {{0}}};
     pd_table_foreach_expired(t, 10005, 100, s_test_exp_fn, &ex);
-    S_TEST(ex.n == 1 + 6 - 1); //  id1, expiries 10000..10005 (one per i), minus deleted s3
-    S_TEST(strcmp(ex.ids[0], "id1") == 0);
+    PD_CHECK(ex.n == 1 + 6 - 1); //  id1, expiries 10000..10005 (one per i), minus deleted s3
+    PD_CHECK(strcmp(ex.ids[0], "id1") == 0);
     ex = (s_test_exp_t){INT64_MIN, 0, {{0}}};
     pd_table_foreach_expired(t, INT64_MAX, 3, s_test_exp_fn, &ex);
-    S_TEST(ex.n == 3);
+    PD_CHECK(ex.n == 3);
     ex = (s_test_exp_t){INT64_MIN, 0, {{0}}};
     pd_table_foreach_expired(t, INT64_MAX, SIZE_MAX, s_test_exp_fn, &ex);
-    S_TEST(ex.n == pd_table_count(t));
+    PD_CHECK(ex.n == pd_table_count(t));
     ex = (s_test_exp_t){INT64_MIN, 0, {{0}}};
     pd_table_foreach_expired(t, 4999, 100, s_test_exp_fn, &ex);
-    S_TEST(ex.n == 0);
+    PD_CHECK(ex.n == 0);
     s_test_rec(a, "p1", "id1", "u1", "online", 20000, 10); //  moves to the end of the heap
-    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0);
-    S_TEST(pd_table_next_expiry(t) == 10000);
+    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    PD_CHECK(pd_table_next_expiry(t) == 10000);
 
     //  Claims.
     char out[37];
     bool fresh;
-    S_TEST(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1"), out, &fresh) == 0);
-    S_TEST(fresh && strcmp(out, "id1") == 0 && pd_table_claims(t) == 1);
-    S_TEST(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id9"), out, &fresh) == 0);
-    S_TEST(!fresh && strcmp(out, "id1") == 0 && pd_table_claims(t) == 1);
-    S_TEST(pd_table_claim(t, PD_STR("p2"), PD_STR("u1"), PD_STR("id7"), out, &fresh) == 0);
-    S_TEST(fresh && strcmp(out, "id7") == 0 && pd_table_claims(t) == 2);
-    S_TEST(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("idX"), PD_STR("id2"), out) == 0);
-    S_TEST(strcmp(out, "id1") == 0);
-    S_TEST(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1"), PD_STR("id2"), out) == 0);
-    S_TEST(strcmp(out, "id2") == 0);
-    S_TEST(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id2"), PD_STR("id3"), out) == 0);
-    S_TEST(strcmp(out, "id3") == 0);
-    S_TEST(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u5"), PD_STR("id1"), PD_STR("id5"), out) == 0);
-    S_TEST(strcmp(out, "id5") == 0 && pd_table_claims(t) == 3);
-    S_TEST(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1")) == -1);
-    S_TEST(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u9"), PD_STR("id1")) == -1);
-    S_TEST(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id3")) == 0);
-    S_TEST(pd_table_claims(t) == 2);
-    S_TEST(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id4"), out, &fresh) == 0);
-    S_TEST(fresh && strcmp(out, "id4") == 0);
-    S_TEST(pd_table_claim(t, PD_STR("p1"), PD_STR("0123456789012345678901234567890123456"),
+    PD_CHECK(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1"), out, &fresh) == 0);
+    PD_CHECK(fresh && strcmp(out, "id1") == 0 && pd_table_claims(t) == 1);
+    PD_CHECK(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id9"), out, &fresh) == 0);
+    PD_CHECK(!fresh && strcmp(out, "id1") == 0 && pd_table_claims(t) == 1);
+    PD_CHECK(pd_table_claim(t, PD_STR("p2"), PD_STR("u1"), PD_STR("id7"), out, &fresh) == 0);
+    PD_CHECK(fresh && strcmp(out, "id7") == 0 && pd_table_claims(t) == 2);
+    PD_CHECK(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("idX"), PD_STR("id2"), out) == 0);
+    PD_CHECK(strcmp(out, "id1") == 0);
+    PD_CHECK(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1"), PD_STR("id2"), out) == 0);
+    PD_CHECK(strcmp(out, "id2") == 0);
+    PD_CHECK(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id2"), PD_STR("id3"), out) == 0);
+    PD_CHECK(strcmp(out, "id3") == 0);
+    PD_CHECK(pd_table_reclaim(t, PD_STR("p1"), PD_STR("u5"), PD_STR("id1"), PD_STR("id5"), out) == 0);
+    PD_CHECK(strcmp(out, "id5") == 0 && pd_table_claims(t) == 3);
+    PD_CHECK(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id1")) == -1);
+    PD_CHECK(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u9"), PD_STR("id1")) == -1);
+    PD_CHECK(pd_table_unclaim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id3")) == 0);
+    PD_CHECK(pd_table_claims(t) == 2);
+    PD_CHECK(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("id4"), out, &fresh) == 0);
+    PD_CHECK(fresh && strcmp(out, "id4") == 0);
+    PD_CHECK(pd_table_claim(t, PD_STR("p1"), PD_STR("0123456789012345678901234567890123456"),
                           PD_STR("x"), out, &fresh) == PD_ERR_ARGUMENT_INVALID);
     s_test_ok(t);
 
@@ -2406,100 +2397,100 @@ pd_table_test(bool verbose)
     s_test_snapshot(t, &snap1);
     size_t count = pd_table_count(t), used = pd_table_arena_used(t);
     pd_table_close(&t);
-    S_TEST(t == NULL);
+    PD_CHECK(t == NULL);
     t = pd_table_open(name, (pd_table_size_t){1, 1}, &created); //  sizes ignored
-    S_TEST(t && !created && !t->rebuilt);
+    PD_CHECK(t && !created && !t->rebuilt);
     s_test_snapshot(t, &snap2);
-    S_TEST(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
-    S_TEST(pd_table_count(t) == count && pd_table_arena_used(t) == used);
-    S_TEST(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == 0);
+    PD_CHECK(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
+    PD_CHECK(pd_table_count(t) == count && pd_table_arena_used(t) == used);
+    PD_CHECK(pd_table_get(t, PD_STR("p1"), PD_STR("id1"), &st) == 0);
     s_test_same(&st, &a->rec, 3);
-    S_TEST(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("zz"), out, &fresh) == 0);
-    S_TEST(!fresh && strcmp(out, "id4") == 0);
+    PD_CHECK(pd_table_claim(t, PD_STR("p1"), PD_STR("u1"), PD_STR("zz"), out, &fresh) == 0);
+    PD_CHECK(!fresh && strcmp(out, "id4") == 0);
     s_test_ok(t);
 
     //  A dirty segment is rebuilt into equivalent structures; so is a damaged one. The pending
     //  blob (from the last replace) is freed by the rebuild, which the snapshot allows for.
     //  From here on, rebuilds and refusals log warnings on purpose.
     pd_log_set_verbosity(-1);
-    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
     s_test_snapshot(t, &snap1);
     t->hdr->dirty = 1;
     pd_table_close(&t);
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
-    S_TEST(t && !created && t->rebuilt && t->hdr->pend_blob == 0);
+    PD_CHECK(t && !created && t->rebuilt && t->hdr->pend_blob == 0);
     s_test_ok(t);
     s_test_snapshot(t, &snap2);
-    S_TEST(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
+    PD_CHECK(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
     memset(t->pidx, 0, t->hdr->idx_size * 8); //  lose the primary index
     pd_table_close(&t);
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
-    S_TEST(t && t->rebuilt);
+    PD_CHECK(t && t->rebuilt);
     s_test_ok(t);
     s_test_snapshot(t, &snap2);
-    S_TEST(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
+    PD_CHECK(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
     pd_buf_free(&snap1);
     pd_buf_free(&snap2);
 
     //  Someone else's segment, or one in use, is refused.
     pd_table_t *t2 = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
-    S_TEST(t2 == NULL);
+    PD_CHECK(t2 == NULL);
     pd_table_close(&t);
     pd_table_unlink(name);
     int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
-    S_TEST(fd >= 0 && ftruncate(fd, 65536) == 0 && write(fd, "not ours", 8) == 8);
+    PD_CHECK(fd >= 0 && ftruncate(fd, 65536) == 0 && write(fd, "not ours", 8) == 8);
     close(fd);
-    S_TEST(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+    PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
     pd_table_unlink(name);
 
     //  STORE_FULL changes nothing: out of slots, out of arena, out of claim entries.
     t = pd_table_open(name, (pd_table_size_t){4, 16384}, &created);
-    S_TEST(t && created);
+    PD_CHECK(t && created);
     for (int i = 0; i < 4; i++) {
         char id[16];
         snprintf(id, sizeof id, "f%d", i);
         s_test_rec(a, "p", id, id, "online", 1, 100);
-        S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0);
+        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
     }
     used = pd_table_arena_used(t);
     s_test_rec(a, "p", "f4", "f4", "online", 1, 100);
-    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
-    S_TEST(pd_table_count(t) == 4 && pd_table_get(t, PD_STR("p"), PD_STR("f4"), &st) == -1);
-    S_TEST(pd_table_arena_used(t) == used);
+    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
+    PD_CHECK(pd_table_count(t) == 4 && pd_table_get(t, PD_STR("p"), PD_STR("f4"), &st) == -1);
+    PD_CHECK(pd_table_arena_used(t) == used);
     s_test_rec(a, "p", "f1", "f1", "away", 2, 7000);
-    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
-    S_TEST(pd_table_get(t, PD_STR("p"), PD_STR("f1"), &st) == 0);
-    S_TEST(st.version == 1 && pd_str_eqc(st.status, "online") && pd_table_arena_used(t) == used);
+    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
+    PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("f1"), &st) == 0);
+    PD_CHECK(st.version == 1 && pd_str_eqc(st.status, "online") && pd_table_arena_used(t) == used);
     s_test_rec(a, "p", "f1", "f1", "away", 2, 1000); //  fits: the arena has room for this one
-    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0 && st.version == 2);
-    S_TEST(pd_table_delete(t, PD_STR("p"), PD_STR("f2"), NULL) == 0);
+    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0 && st.version == 2);
+    PD_CHECK(pd_table_delete(t, PD_STR("p"), PD_STR("f2"), NULL) == 0);
     s_test_rec(a, "p", "f4", "f4", "online", 1, 100);
-    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0); //  slot and block are reused
+    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0); //  slot and block are reused
     for (int i = 0; i < 4; i++) {
         char u[16];
         snprintf(u, sizeof u, "u%d", i);
-        S_TEST(pd_table_claim(t, PD_STR("p"), pd_str(u), PD_STR("x"), out, &fresh) == 0);
+        PD_CHECK(pd_table_claim(t, PD_STR("p"), pd_str(u), PD_STR("x"), out, &fresh) == 0);
     }
-    S_TEST(pd_table_claim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), out, &fresh) ==
+    PD_CHECK(pd_table_claim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), out, &fresh) ==
            PD_ERR_STORE_FULL);
-    S_TEST(pd_table_reclaim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), PD_STR("y"), out) ==
+    PD_CHECK(pd_table_reclaim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), PD_STR("y"), out) ==
            PD_ERR_STORE_FULL);
-    S_TEST(pd_table_claims(t) == 4);
-    S_TEST(pd_table_unclaim(t, PD_STR("p"), PD_STR("u2"), PD_STR("x")) == 0);
-    S_TEST(pd_table_claim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), out, &fresh) == 0 && fresh);
+    PD_CHECK(pd_table_claims(t) == 4);
+    PD_CHECK(pd_table_unclaim(t, PD_STR("p"), PD_STR("u2"), PD_STR("x")) == 0);
+    PD_CHECK(pd_table_claim(t, PD_STR("p"), PD_STR("u4"), PD_STR("x"), out, &fresh) == 0 && fresh);
     s_test_ok(t);
     pd_table_close(&t);
     pd_table_unlink(name);
 
     //  A large table is cheap until touched.
     t = pd_table_open(name, (pd_table_size_t){1 << 20, (size_t)1 << 30}, &created);
-    S_TEST(t && created);
+    PD_CHECK(t && created);
     s_test_rec(a, "p", "big", "u", "online", 1, 65000);
-    S_TEST(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
     s_test_same(&st, &a->rec, 1);
     pd_table_close(&t);
     t = pd_table_open(name, (pd_table_size_t){1, 1}, &created);
-    S_TEST(t && !created && !t->rebuilt && pd_table_count(t) == 1);
+    PD_CHECK(t && !created && !t->rebuilt && pd_table_count(t) == 1);
     pd_table_close(&t);
     pd_table_unlink(name);
 

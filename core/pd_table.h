@@ -56,9 +56,10 @@ int pd_table_get_by_user(pd_table_t *self, pd_str_t project, pd_str_t user, pd_r
 //  record and prev != NULL, *prev with views of it (valid until the next mutation).
 //  Returns PD_ERR_STORE_FULL if no slot or arena space is left (nothing is changed).
 int pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_record_t *prev);
-//  Called by pd_table_put with the record exactly as it will be stored (version, JSON) and the
-//  one it replaces (NULL on create), after every check that can fail and before any part of
-//  the change is visible: the store writes the event to its outbox there (pd_outbox.h).
+//  Called before any part of a change is visible, after every check that can fail: by
+//  pd_table_put with the record exactly as it will be stored (version, JSON) and the one it
+//  replaces (NULL on create); by pd_table_delete with rec NULL and the record it deletes. The
+//  store writes the change's event to its outbox there (pd_outbox.h).
 typedef void (*pd_table_hook_fn)(const pd_record_t *rec, const pd_record_t *prev, void *arg);
 void pd_table_set_hook(pd_table_t *self, pd_table_hook_fn fn, void *arg);
 //  Deletes (project, id). Returns 0 and fills *prev (if not NULL) with the deleted record's

@@ -374,11 +374,11 @@ pd_util_test(bool verbose)
     (void)verbose;
     char buf[32];
     int64_t ms;
-    assert(pd_time_format(0, buf) == 29);
-    assert(strcmp(buf, "1970-01-01T00:00:00.000+00:00") == 0);
-    assert(pd_time_parse(PD_STR("2024-01-01T00:00:00.000+00:00").ptr, 29, &ms) == 0);
+    PD_CHECK(pd_time_format(0, buf) == 29);
+    PD_CHECK(strcmp(buf, "1970-01-01T00:00:00.000+00:00") == 0);
+    PD_CHECK(pd_time_parse(PD_STR("2024-01-01T00:00:00.000+00:00").ptr, 29, &ms) == 0);
     pd_time_format(ms, buf);
-    assert(strcmp(buf, "2024-01-01T00:00:00.000+00:00") == 0);
+    PD_CHECK(strcmp(buf, "2024-01-01T00:00:00.000+00:00") == 0);
     /* the hand-rolled formatter against gmtime_r, across leap years, centuries, before 1970 */
     for (int64_t t = -62135596800000LL; t < 253402300799000LL; t += 86399999LL * 37 + 123) {
         char want[64];
@@ -388,34 +388,34 @@ pd_util_test(bool verbose)
         gmtime_r(&tt, &tm);
         snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.%03d+00:00", tm.tm_year + 1900,
                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(t - secs * 1000));
-        assert(pd_time_format(t, buf) == 29);
-        assert(strcmp(buf, want) == 0);
-        assert(pd_time_parse(buf, 29, &ms) == 0 && ms == t);
+        PD_CHECK(pd_time_format(t, buf) == 29);
+        PD_CHECK(strcmp(buf, want) == 0);
+        PD_CHECK(pd_time_parse(buf, 29, &ms) == 0 && ms == t);
     }
     const char *ok[] = {"2026-05-25 10:00:00.000", "2026-05-25T10:00:00Z", "2026-05-25T12:00:00+02:00",
                         "2026-05-25T10:00:00.000000Z", "2026-05-25T10:00", "2026-05-25"};
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
-        assert(pd_time_parse(ok[i], strlen(ok[i]), &ms) == 0);
+        PD_CHECK(pd_time_parse(ok[i], strlen(ok[i]), &ms) == 0);
         if (i < 5) {
             pd_time_format(ms, buf);
-            assert(strcmp(buf, "2026-05-25T10:00:00.000+00:00") == 0);
+            PD_CHECK(strcmp(buf, "2026-05-25T10:00:00.000+00:00") == 0);
         }
     }
     const char *bad[] = {"", "tomorrow", "2026-13-01", "2026-02-30T00:00:00Z", "2026-05-25T25:00",
                          "2026-05-25T10:00:00Q", "2026-05-25T10:00:00.Z", "20260525"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
-        assert(pd_time_parse(bad[i], strlen(bad[i]), &ms) == -1);
-    assert(pd_uid_valid(PD_STR("abc-1.2_3")));
-    assert(!pd_uid_valid(PD_STR("_abc")));
-    assert(!pd_uid_valid(PD_STR("unique()")));
-    assert(!pd_uid_valid(PD_STR("0123456789012345678901234567890123456")));
+        PD_CHECK(pd_time_parse(bad[i], strlen(bad[i]), &ms) == -1);
+    PD_CHECK(pd_uid_valid(PD_STR("abc-1.2_3")));
+    PD_CHECK(!pd_uid_valid(PD_STR("_abc")));
+    PD_CHECK(!pd_uid_valid(PD_STR("unique()")));
+    PD_CHECK(!pd_uid_valid(PD_STR("0123456789012345678901234567890123456")));
     pd_buf_t b;
     pd_buf_init(&b);
     pd_buf_add_json_str(&b, "a\"b\\\n\x01", 6);
-    assert(b.len == 16 && memcmp(b.data, "\"a\\\"b\\\\\\n\\u0001\"", 16) == 0);
+    PD_CHECK(b.len == 16 && memcmp(b.data, "\"a\\\"b\\\\\\n\\u0001\"", 16) == 0);
     pd_buf_free(&b);
     pd_str_t l = {"any\0user:u1\0", 12};
-    assert(pd_list_has(l, PD_STR("user:u1")) && pd_list_has(l, PD_STR("any")));
-    assert(!pd_list_has(l, PD_STR("users")));
-    assert(pd_hash2(PD_STR("p"), PD_STR("x")) == pd_hash2(PD_STR("p"), PD_STR("x")));
+    PD_CHECK(pd_list_has(l, PD_STR("user:u1")) && pd_list_has(l, PD_STR("any")));
+    PD_CHECK(!pd_list_has(l, PD_STR("users")));
+    PD_CHECK(pd_hash2(PD_STR("p"), PD_STR("x")) == pd_hash2(PD_STR("p"), PD_STR("x")));
 }

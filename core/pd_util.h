@@ -5,6 +5,8 @@
 #define PD_UTIL_H
 
 #include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -99,5 +101,15 @@ pd_str_t pd_list_next(pd_str_t list, pd_str_t cur);
 bool pd_list_has(pd_str_t list, pd_str_t s);
 
 void pd_util_test(bool verbose);
+
+//  A self-test check: on in every build type. assert() vanishes under NDEBUG (RelWithDebInfo,
+//  the default build), and self tests often make the very call they check.
+#define PD_CHECK(cond)                                                                             \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, __func__, #cond); \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
 
 #endif

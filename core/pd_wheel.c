@@ -349,27 +349,27 @@ s_check(const pd_wheel_t *self)
         for (unsigned i = 0; i < W_SLOTS; i++) {
             const pd_timer_t *h = &self->slot[l][i];
             bool bit = (self->map[l][i >> 6] >> (i & 63)) & 1;
-            assert(bit == !s_list_empty(h));
+            PD_CHECK(bit == !s_list_empty(h));
             for (const pd_timer_t *t = h->next; t != h; t = t->next) {
                 uint64_t tick;
-                assert(t->next->prev == t);
-                assert(s_tick_of(self, t->deadline, &tick));
-                assert(s_level_of(tick, self->cur) == l && s_digit(tick, l) == i);
+                PD_CHECK(t->next->prev == t);
+                PD_CHECK(s_tick_of(self, t->deadline, &tick));
+                PD_CHECK(s_level_of(tick, self->cur) == l && s_digit(tick, l) == i);
                 n++;
             }
         }
     }
     for (const pd_timer_t *t = self->overflow.next; t != &self->overflow; t = t->next) {
         uint64_t tick;
-        assert(s_tick_of(self, t->deadline, &tick) && s_level_of(tick, self->cur) == W_LEVELS);
+        PD_CHECK(s_tick_of(self, t->deadline, &tick) && s_level_of(tick, self->cur) == W_LEVELS);
         n++;
     }
     for (const pd_timer_t *t = self->due.next; t != &self->due; t = t->next) {
         uint64_t tick;
-        assert(!s_tick_of(self, t->deadline, &tick));
+        PD_CHECK(!s_tick_of(self, t->deadline, &tick));
         n++;
     }
-    assert(n == self->count);
+    PD_CHECK(n == self->count);
 }
 
 typedef struct {
@@ -392,9 +392,9 @@ s_on_fire(pd_timer_t *t, void *arg)
 {
     s_fire_ctx_t *ctx = arg;
     s_item_t *it = (s_item_t *)t;
-    assert(!pd_timer_linked(t));
-    assert(it->active);
-    assert(t->deadline <= ctx->now);
+    PD_CHECK(!pd_timer_linked(t));
+    PD_CHECK(it->active);
+    PD_CHECK(t->deadline <= ctx->now);
     if (t->deadline < ctx->last_deadline)
         ctx->ordered = false;
     ctx->last_deadline = t->deadline;
@@ -409,7 +409,7 @@ s_advance(pd_wheel_t *w, int64_t now, size_t max, bool *ordered)
 {
     s_fire_ctx_t ctx = {now, 0, INT64_MIN, true};
     size_t n = pd_wheel_advance(w, now, max, s_on_fire, &ctx);
-    assert(n == ctx.n);
+    PD_CHECK(n == ctx.n);
     if (ordered)
         *ordered = ctx.ordered;
     return n;
@@ -461,26 +461,26 @@ pd_wheel_test(bool verbose)
                                        49 * DAY, 50 * DAY, 60 * DAY, 400 * DAY};
         enum { N = sizeof offs / sizeof *offs };
         pd_wheel_t *w = pd_wheel_new(T0, 1);
-        assert(w && pd_wheel_count(w) == 0);
+        PD_CHECK(w && pd_wheel_count(w) == 0);
         s_item_t it[N];
         memset(it, 0, sizeof it);
         for (int i = 0; i < N; i++)
             s_add(w, &it[i], T0 + offs[i]);
-        assert(pd_wheel_count(w) == N);
+        PD_CHECK(pd_wheel_count(w) == N);
         s_check(w);
         for (int i = 0; i < N; i++) {
             /* Just before: nothing of ours fires; at the deadline: exactly this one. */
-            assert(s_advance(w, T0 + offs[i] - 1, SIZE_MAX, NULL) == 0);
+            PD_CHECK(s_advance(w, T0 + offs[i] - 1, SIZE_MAX, NULL) == 0);
             s_check(w);
-            assert(pd_wheel_timeout(w, T0 + offs[i] - 1, INT64_MAX) == 1);
-            assert(s_advance(w, T0 + offs[i], SIZE_MAX, NULL) == 1);
-            assert(it[i].fired == 1 && it[i].fired_at == T0 + offs[i]);
+            PD_CHECK(pd_wheel_timeout(w, T0 + offs[i] - 1, INT64_MAX) == 1);
+            PD_CHECK(s_advance(w, T0 + offs[i], SIZE_MAX, NULL) == 1);
+            PD_CHECK(it[i].fired == 1 && it[i].fired_at == T0 + offs[i]);
             s_check(w);
         }
-        assert(pd_wheel_count(w) == 0);
-        assert(pd_wheel_timeout(w, T0 + 400 * DAY, 250) == 250);
+        PD_CHECK(pd_wheel_count(w) == 0);
+        PD_CHECK(pd_wheel_timeout(w, T0 + 400 * DAY, 250) == 250);
         pd_wheel_destroy(&w);
-        assert(w == NULL);
+        PD_CHECK(w == NULL);
         pd_wheel_destroy(&w);
     }
 
@@ -497,23 +497,23 @@ pd_wheel_test(bool verbose)
         pd_wheel_cancel(w, &a.timer);   //  unlinked: no-op
         pd_wheel_cancel(w, &c.timer);
         pd_wheel_cancel(w, &d.timer);
-        assert(!pd_timer_linked(&a.timer) && pd_wheel_count(w) == 2);
+        PD_CHECK(!pd_timer_linked(&a.timer) && pd_wheel_count(w) == 2);
         s_check(w);
         /* Reschedule earlier and later, linked or not. */
         pd_wheel_add(w, &b.timer, T0 + 50);
         pd_wheel_add(w, &e.timer, T0 + 5000);
-        assert(pd_wheel_count(w) == 2);
+        PD_CHECK(pd_wheel_count(w) == 2);
         s_check(w);
-        assert(s_advance(w, T0 + 49, SIZE_MAX, NULL) == 0);
-        assert(s_advance(w, T0 + 60, SIZE_MAX, NULL) == 1 && b.fired == 1);
+        PD_CHECK(s_advance(w, T0 + 49, SIZE_MAX, NULL) == 0);
+        PD_CHECK(s_advance(w, T0 + 60, SIZE_MAX, NULL) == 1 && b.fired == 1);
         /* A cascaded timer (e moved from level 1 to level 0) can still be cancelled. */
-        assert(s_advance(w, T0 + 4900, SIZE_MAX, NULL) == 0);
+        PD_CHECK(s_advance(w, T0 + 4900, SIZE_MAX, NULL) == 0);
         s_check(w);
         pd_wheel_cancel(w, &e.timer);
         s_check(w);
-        assert(pd_wheel_count(w) == 0 && pd_wheel_timeout(w, T0 + 4900, 77) == 77);
-        assert(s_advance(w, T0 + 100 * DAY, SIZE_MAX, NULL) == 0);
-        assert(a.fired + c.fired + d.fired + e.fired == 0);
+        PD_CHECK(pd_wheel_count(w) == 0 && pd_wheel_timeout(w, T0 + 4900, 77) == 77);
+        PD_CHECK(s_advance(w, T0 + 100 * DAY, SIZE_MAX, NULL) == 0);
+        PD_CHECK(a.fired + c.fired + d.fired + e.fired == 0);
         pd_wheel_destroy(&w);
     }
 
@@ -527,20 +527,20 @@ pd_wheel_test(bool verbose)
         s_add(w, &p[2], T0);
         s_add(w, &p[3], INT64_MAX);
         s_check(w);
-        assert(pd_wheel_timeout(w, T0, 1000) == 0);
-        assert(s_advance(w, T0, SIZE_MAX, NULL) == 3);
-        assert(p[0].fired && p[1].fired && p[2].fired && !p[3].fired);
-        assert(s_advance(w, T0 + 1000 * DAY, SIZE_MAX, NULL) == 0);
+        PD_CHECK(pd_wheel_timeout(w, T0, 1000) == 0);
+        PD_CHECK(s_advance(w, T0, SIZE_MAX, NULL) == 3);
+        PD_CHECK(p[0].fired && p[1].fired && p[2].fired && !p[3].fired);
+        PD_CHECK(s_advance(w, T0 + 1000 * DAY, SIZE_MAX, NULL) == 0);
         s_check(w);
         /* A deadline before cur (the wheel already advanced) is due at once. */
         s_add(w, &p[0], T0 + 10);
-        assert(s_advance(w, T0 + 1000 * DAY, SIZE_MAX, NULL) == 1);
+        PD_CHECK(s_advance(w, T0 + 1000 * DAY, SIZE_MAX, NULL) == 1);
         pd_wheel_cancel(w, &p[3].timer);
-        assert(pd_wheel_count(w) == 0);
+        PD_CHECK(pd_wheel_count(w) == 0);
         /* now before the origin: nothing moves. */
         s_add(w, &p[1], T0 + 1000 * DAY + 5);
-        assert(s_advance(w, T0 - DAY, SIZE_MAX, NULL) == 0);
-        assert(s_advance(w, T0 + 1000 * DAY + 5, SIZE_MAX, NULL) == 1);
+        PD_CHECK(s_advance(w, T0 - DAY, SIZE_MAX, NULL) == 0);
+        PD_CHECK(s_advance(w, T0 + 1000 * DAY + 5, SIZE_MAX, NULL) == 1);
         pd_wheel_destroy(&w);
     }
 
@@ -549,10 +549,10 @@ pd_wheel_test(bool verbose)
         pd_wheel_t *w = pd_wheel_new(T0, 10);
         s_item_t x = {0};
         s_add(w, &x, T0 + 15);
-        assert(s_advance(w, T0 + 15, SIZE_MAX, NULL) == 0);
-        assert(s_advance(w, T0 + 19, SIZE_MAX, NULL) == 0);
-        assert(pd_wheel_timeout(w, T0 + 19, 1000) == 1);
-        assert(s_advance(w, T0 + 20, SIZE_MAX, NULL) == 1);
+        PD_CHECK(s_advance(w, T0 + 15, SIZE_MAX, NULL) == 0);
+        PD_CHECK(s_advance(w, T0 + 19, SIZE_MAX, NULL) == 0);
+        PD_CHECK(pd_wheel_timeout(w, T0 + 19, 1000) == 1);
+        PD_CHECK(s_advance(w, T0 + 20, SIZE_MAX, NULL) == 1);
         pd_wheel_destroy(&w);
     }
 
@@ -560,28 +560,28 @@ pd_wheel_test(bool verbose)
     {
         enum { N = 100000 };
         s_item_t *it = calloc(N, sizeof *it);
-        assert(it);
+        PD_CHECK(it);
         pd_wheel_t *w = pd_wheel_new(T0, 1);
         double t0 = s_secs();
         for (int i = 0; i < N; i++)
             s_add(w, &it[i], T0 + 1000);
         double t1 = s_secs();
         s_check(w);
-        assert(pd_wheel_timeout(w, T0, 5000) > 0 && pd_wheel_timeout(w, T0, 5000) <= 1000);
-        assert(s_advance(w, T0 + 999, 1000, NULL) == 0);
+        PD_CHECK(pd_wheel_timeout(w, T0, 5000) > 0 && pd_wheel_timeout(w, T0, 5000) <= 1000);
+        PD_CHECK(s_advance(w, T0 + 999, 1000, NULL) == 0);
         size_t total = 0, calls = 0;
         while (pd_wheel_count(w) > 0) {
             size_t n = s_advance(w, T0 + 1000, 1000, NULL);
-            assert(n == 1000);
+            PD_CHECK(n == 1000);
             total += n;
             calls++;
             if (pd_wheel_count(w))
-                assert(pd_wheel_timeout(w, T0 + 1000, 5000) == 0);
+                PD_CHECK(pd_wheel_timeout(w, T0 + 1000, 5000) == 0);
         }
         double t2 = s_secs();
-        assert(total == N && calls == N / 1000);
+        PD_CHECK(total == N && calls == N / 1000);
         for (int i = 0; i < N; i++)
-            assert(it[i].fired == 1);
+            PD_CHECK(it[i].fired == 1);
         if (verbose)
             printf("   wheel: %d adds at one tick %.1f ms, fired in %zu calls %.1f ms\n", N,
                    (t1 - t0) * 1e3, calls, (t2 - t1) * 1e3);
@@ -597,14 +597,14 @@ pd_wheel_test(bool verbose)
         for (int i = 0; i < 10; i++)
             s_add(w, &it[i], T0 + 100 + 37 * (9 - i));
         bool ordered;
-        assert(s_advance(w, T0 + 10000, 3, &ordered) == 3 && ordered);
-        assert(it[9].fired && it[8].fired && it[7].fired && !it[6].fired);
-        assert(pd_wheel_timeout(w, T0 + 10000, 1000) == 0);
-        assert(s_advance(w, T0 + 10000, 3, NULL) == 3);
-        assert(s_advance(w, T0 + 10000, 0, NULL) == 0);
-        assert(s_advance(w, T0 + 10000, 3, NULL) == 3);
-        assert(s_advance(w, T0 + 10000, 3, NULL) == 1);
-        assert(s_advance(w, T0 + 10000, 3, NULL) == 0);
+        PD_CHECK(s_advance(w, T0 + 10000, 3, &ordered) == 3 && ordered);
+        PD_CHECK(it[9].fired && it[8].fired && it[7].fired && !it[6].fired);
+        PD_CHECK(pd_wheel_timeout(w, T0 + 10000, 1000) == 0);
+        PD_CHECK(s_advance(w, T0 + 10000, 3, NULL) == 3);
+        PD_CHECK(s_advance(w, T0 + 10000, 0, NULL) == 0);
+        PD_CHECK(s_advance(w, T0 + 10000, 3, NULL) == 3);
+        PD_CHECK(s_advance(w, T0 + 10000, 3, NULL) == 1);
+        PD_CHECK(s_advance(w, T0 + 10000, 3, NULL) == 0);
         pd_wheel_destroy(&w);
     }
 
@@ -620,21 +620,21 @@ pd_wheel_test(bool verbose)
             int wakeups = 0;
             while (!x.fired) {
                 int64_t to = pd_wheel_timeout(w, now, INT64_MAX);
-                assert(now + to <= T0 + offs[k]);
+                PD_CHECK(now + to <= T0 + offs[k]);
                 now += to;
                 s_advance(w, now, SIZE_MAX, NULL);
                 wakeups++;
-                assert(wakeups < 12);
+                PD_CHECK(wakeups < 12);
             }
-            assert(x.fired_at == T0 + offs[k]);
+            PD_CHECK(x.fired_at == T0 + offs[k]);
             pd_wheel_destroy(&w);
         }
         /* The cap applies. */
         pd_wheel_t *w = pd_wheel_new(T0, 1);
         s_item_t x = {0};
         s_add(w, &x, T0 + 10);
-        assert(pd_wheel_timeout(w, T0, 250) == 10 && pd_wheel_timeout(w, T0, 5) == 5);
-        assert(pd_wheel_timeout(w, T0 + 10, 250) == 0 && pd_wheel_timeout(w, T0 + 11, 250) == 0);
+        PD_CHECK(pd_wheel_timeout(w, T0, 250) == 10 && pd_wheel_timeout(w, T0, 5) == 5);
+        PD_CHECK(pd_wheel_timeout(w, T0 + 10, 250) == 0 && pd_wheel_timeout(w, T0 + 11, 250) == 0);
         pd_wheel_destroy(&w);
     }
 
@@ -644,7 +644,7 @@ pd_wheel_test(bool verbose)
         enum { N = 4000, OPS = 60000 };
         s_item_t *it = calloc(N, sizeof *it);
         int64_t *ref = calloc(N, sizeof *ref);
-        assert(it && ref);
+        PD_CHECK(it && ref);
         for (int i = 0; i < N; i++)
             it[i].id = i;
         pd_wheel_t *w = pd_wheel_new(T0, 1);
@@ -688,21 +688,21 @@ pd_wheel_test(bool verbose)
                         ref[n++] = it[i].timer.deadline;
                 }
                 qsort(ref, n, sizeof *ref, s_cmp_i64);
-                assert(pd_wheel_count(w) == nactive);
+                PD_CHECK(pd_wheel_count(w) == nactive);
                 int64_t to = pd_wheel_timeout(w, now, INT64_MAX);
                 if (nactive)
-                    assert(earliest <= now ? to == 0 : now + to <= earliest);
+                    PD_CHECK(earliest <= now ? to == 0 : now + to <= earliest);
                 else
-                    assert(to == INT64_MAX);
+                    PD_CHECK(to == INT64_MAX);
                 now += step;
                 size_t max = s_rand() % 4 == 0 ? (size_t)(s_rand() % (n + 2)) : SIZE_MAX;
                 size_t fired = s_advance(w, now, max, NULL);
-                assert(fired == (n < max ? n : max));
+                PD_CHECK(fired == (n < max ? n : max));
                 if (fired < n)
                     fired += s_advance(w, now, SIZE_MAX, NULL);
-                assert(fired == n);
+                PD_CHECK(fired == n);
                 for (int i = 0; i < N; i++)
-                    assert(!it[i].active || it[i].timer.deadline > now);
+                    PD_CHECK(!it[i].active || it[i].timer.deadline > now);
             }
             if (op % 5000 == 0)
                 s_check(w);
@@ -720,12 +720,12 @@ pd_wheel_test(bool verbose)
     {
         enum { N = 20000 };
         s_item_t *it = calloc(N, sizeof *it);
-        assert(it);
+        PD_CHECK(it);
         pd_wheel_t *w = pd_wheel_new(T0, 1);
         for (int i = 0; i < N; i++)
             s_add(w, &it[i], T0 + 1 + (int64_t)(s_rand() % (10 * DAY)));
         bool ordered;
-        assert(s_advance(w, T0 + 10 * DAY, SIZE_MAX, &ordered) == N && ordered);
+        PD_CHECK(s_advance(w, T0 + 10 * DAY, SIZE_MAX, &ordered) == N && ordered);
         pd_wheel_destroy(&w);
         free(it);
     }

@@ -6,6 +6,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pd_util.h"
+
 int
 pd_zmq_drain(void *sock, int max, pd_zmq_fn *fn, void *arg, unsigned long *oversized)
 {
@@ -94,7 +96,6 @@ pd_zpoll_close(pd_zpoll_t *p)
 
 /* -------------------------------------------------------------------------- self test */
 
-#include <assert.h>
 #include <string.h>
 
 typedef struct {
@@ -110,7 +111,7 @@ s_test_fn(pd_zmsg_t *m, void *arg)
     seen->calls++;
     seen->nparts = m->n;
     size_t n = pd_zmsg_size(m, m->n - 1);
-    assert(n < sizeof seen->body);
+    PD_CHECK(n < sizeof seen->body);
     memcpy(seen->body, pd_zmsg_data(m, m->n - 1), n);
     seen->body[n] = 0;
 }
@@ -125,64 +126,64 @@ pd_zmq_test(bool verbose)
     int zero = 0;
     zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
-    assert(zmq_bind(router, "inproc://pd-zmq-test") == 0);
-    assert(zmq_connect(dealer, "inproc://pd-zmq-test") == 0);
+    PD_CHECK(zmq_bind(router, "inproc://pd-zmq-test") == 0);
+    PD_CHECK(zmq_connect(dealer, "inproc://pd-zmq-test") == 0);
     pd_zpoll_t poll;
-    assert(pd_zpoll_init(&poll) == 0 && pd_zpoll_add(&poll, router) == 0);
+    PD_CHECK(pd_zpoll_init(&poll) == 0 && pd_zpoll_add(&poll, router) == 0);
     s_seen_t seen = {0};
     unsigned long big = 0;
 
     //  nothing there: empty at once, and the poll times out
-    assert(pd_zmq_drain(router, 10, s_test_fn, &seen, &big) == 0);
-    assert(pd_zpoll_wait(&poll, 1000) == 0);
+    PD_CHECK(pd_zmq_drain(router, 10, s_test_fn, &seen, &big) == 0);
+    PD_CHECK(pd_zpoll_wait(&poll, 1000) == 0);
 
     //  three messages, a budget of two: two now, one next turn, then empty
-    assert(pd_zmq_send(dealer, NULL, 0, "a", 1) == 0);
-    assert(pd_zmq_send(dealer, NULL, 0, "b", 1) == 0);
-    assert(pd_zmq_send(dealer, NULL, 0, "c", 1) == 0);
-    assert(pd_zpoll_wait(&poll, 2000000) > 0);
-    assert(pd_zmq_drain(router, 2, s_test_fn, &seen, &big) == 2);
-    assert(seen.calls == 2 && seen.nparts == 2 && strcmp(seen.body, "b") == 0);
-    assert(pd_zmq_drain(router, 2, s_test_fn, &seen, &big) == 1);
-    assert(strcmp(seen.body, "c") == 0);
-    assert(pd_zmq_drain(router, 2, s_test_fn, &seen, &big) == 0);
+    PD_CHECK(pd_zmq_send(dealer, NULL, 0, "a", 1) == 0);
+    PD_CHECK(pd_zmq_send(dealer, NULL, 0, "b", 1) == 0);
+    PD_CHECK(pd_zmq_send(dealer, NULL, 0, "c", 1) == 0);
+    PD_CHECK(pd_zpoll_wait(&poll, 2000000) > 0);
+    PD_CHECK(pd_zmq_drain(router, 2, s_test_fn, &seen, &big) == 2);
+    PD_CHECK(seen.calls == 2 && seen.nparts == 2 && strcmp(seen.body, "b") == 0);
+    PD_CHECK(pd_zmq_drain(router, 2, s_test_fn, &seen, &big) == 1);
+    PD_CHECK(strcmp(seen.body, "c") == 0);
+    PD_CHECK(pd_zmq_drain(router, 2, s_test_fn, &seen, &big) == 0);
 
     //  drained to EAGAIN, the fd is armed: a new message wakes the poll
-    assert(pd_zpoll_wait(&poll, 0) == 0);
-    assert(pd_zmq_send(dealer, NULL, 0, "d", 1) == 0);
-    assert(pd_zpoll_wait(&poll, 2000000) > 0);
+    PD_CHECK(pd_zpoll_wait(&poll, 0) == 0);
+    PD_CHECK(pd_zmq_send(dealer, NULL, 0, "d", 1) == 0);
+    PD_CHECK(pd_zpoll_wait(&poll, 2000000) > 0);
 
     //  a message of more parts than PD_ZMQ_MAXPARTS is counted and skipped, whole
     for (int i = 0; i < 6; i++)
-        assert(zmq_send(dealer, "x", 1, i < 5 ? ZMQ_SNDMORE : 0) == 1);
-    assert(pd_zmq_send(dealer, NULL, 0, "e", 1) == 0);
+        PD_CHECK(zmq_send(dealer, "x", 1, i < 5 ? ZMQ_SNDMORE : 0) == 1);
+    PD_CHECK(pd_zmq_send(dealer, NULL, 0, "e", 1) == 0);
     int got = 0;
     for (int i = 0; i < 100 && got < 3; i++) {
         got += pd_zmq_drain(router, 10, s_test_fn, &seen, &big);
         if (got < 3)
             pd_zpoll_wait(&poll, 10000);
     }
-    assert(got == 3 && big == 1 && seen.calls == 5 && strcmp(seen.body, "e") == 0);
+    PD_CHECK(got == 3 && big == 1 && seen.calls == 5 && strcmp(seen.body, "e") == 0);
 
     //  a reply to the dealer through the router, by identity, moves the parts
     zmq_msg_t id;
     zmq_msg_init(&id);
-    assert(pd_zmq_send(dealer, NULL, 0, "f", 1) == 0);
-    assert(pd_zpoll_wait(&poll, 2000000) > 0);
-    assert(zmq_msg_recv(&id, router, 0) >= 0);
+    PD_CHECK(pd_zmq_send(dealer, NULL, 0, "f", 1) == 0);
+    PD_CHECK(pd_zpoll_wait(&poll, 2000000) > 0);
+    PD_CHECK(zmq_msg_recv(&id, router, 0) >= 0);
     char body[8];
-    assert(zmq_recv(router, body, sizeof body, 0) == 1);
-    assert(pd_zmq_send(router, zmq_msg_data(&id), zmq_msg_size(&id), "g", 1) == 0);
+    PD_CHECK(zmq_recv(router, body, sizeof body, 0) == 1);
+    PD_CHECK(pd_zmq_send(router, zmq_msg_data(&id), zmq_msg_size(&id), "g", 1) == 0);
     zmq_msg_close(&id);
     s_seen_t back = {0};
     for (int i = 0; i < 100 && !back.calls; i++)
         if (!pd_zmq_drain(dealer, 10, s_test_fn, &back, NULL))
             usleep(1000);
-    assert(back.calls == 1 && back.nparts == 1 && strcmp(back.body, "g") == 0);
+    PD_CHECK(back.calls == 1 && back.nparts == 1 && strcmp(back.body, "g") == 0);
     //  an unknown identity fails at once with ROUTER_MANDATORY
     int one = 1;
     zmq_setsockopt(router, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
-    assert(pd_zmq_send(router, "nobody", 6, "h", 1) == -1);
+    PD_CHECK(pd_zmq_send(router, "nobody", 6, "h", 1) == -1);
 
     pd_zpoll_close(&poll);
     zmq_close(dealer);

@@ -240,6 +240,7 @@ typedef struct {
     /* store node sequences */
     rt_seq_t seqs[65];
     uint64_t bus_frames; //  bus frames received
+    bool skipping;       //  quiet: bus frames are dropped unread (gw_rt_quiet)
     uint64_t replayed;   //  events dropped as already seen
     /* metrics */
     uint64_t events, suppressed, frames, messages, errors, slow, idle, renewals, releases, gaps,
@@ -1947,10 +1948,15 @@ gw_rt_quiet(gw_t *gw)
 {
     (void)gw;
     s_rt.bus_frames++;
-    if (s_rt.nconns || s_rt.holds.n)
+    if (s_rt.nconns || s_rt.holds.n) {
+        s_rt.skipping = false;
         return false;
-    for (size_t i = 0; i < sizeof s_rt.seqs / sizeof *s_rt.seqs; i++)
-        s_rt.seqs[i].seen = false;
+    }
+    if (!s_rt.skipping) {
+        s_rt.skipping = true;
+        for (size_t i = 0; i < sizeof s_rt.seqs / sizeof *s_rt.seqs; i++)
+            s_rt.seqs[i].seen = false;
+    }
     return true;
 }
 

@@ -97,7 +97,7 @@ s_reply_rec(store_t *self, const pd_msg_t *m, const pd_record_t *rec, const pd_r
 
 /*  Publishes a change. rec is the record after the change (before it, for a delete); prev is
  *  the state before an upsert/update, or NULL. */
-static size_t
+static void
 s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *prev)
 {
     pd_msgw_t *w = &self->events;
@@ -133,15 +133,17 @@ s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *pr
     /* pending in the outbox before the change is visible; committed right after it */
     if (pd_outbox_put(self->outbox, w->sb.data + start, w->sb.size - start, pd_now_ms()) < 0)
         pd_log_debug("%s: event of %zu bytes not kept in the outbox", __func__, w->sb.size - start);
-    return start;
 }
 
-//  pd_table_put's hook: the event of the write, made before the write is visible.
+//  The table's hook: the event of a change, made before the change is visible. A delete
+//  (rec NULL) always has one; a write has the action s_put set, or none.
 static void
-s_on_put(const pd_record_t *rec, const pd_record_t *prev, void *arg)
+s_on_change(const pd_record_t *rec, const pd_record_t *prev, void *arg)
 {
     store_t *self = arg;
-    if (self->put_action)
+    if (!rec)
+        s_event(self, PD_ACT_DELETE, prev, NULL);
+    else if (self->put_action)
         s_event(self, self->put_action, rec, prev);
 }
 
@@ -199,7 +201,7 @@ s_put(store_t *self, const pd_msg_t *m, const pd_record_t *rec, int action)
 {
     pd_record_t stored, prev;
     memset(&prev, 0, sizeof prev);
-    self->put_action = action; //  the event is made by s_on_put, inside pd_table_put
+    self->put_action = action; //  the event is made by s_on_change, inside pd_table_put
     int rc = pd_table_put(self->table, rec, &stored, &prev);
     self->put_action = 0;
     if (rc != 0) {
@@ -312,17 +314,8 @@ s_on_update(store_t *self, const pd_msg_t *m)
 static void
 s_remove(store_t *self, const pd_msg_t *m)
 {
-    pd_record_t prev;
-    if (pd_table_get(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
-        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
-        return;
-    }
-    size_t ev = s_event(self, PD_ACT_DELETE, &prev, NULL); //  pending in the outbox first
+    pd_record_t prev; //  the event is made by s_on_change, inside pd_table_delete
     if (pd_table_delete(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
-        pd_outbox_drop(self->outbox); //  cannot happen: the record was just read
-        self->events.sb.size = ev;
-        self->events.count--;
-        self->seq--;
         s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
         return;
     }
@@ -804,7 +797,7 @@ store_main(pd_config_t *cfg)
                 pd_table_count(self->table));
     msgpack_zone_init(&self->zone, 8192);
     s_outbox_open(self, created);
-    pd_table_set_hook(self->table, s_on_put, self);
+    pd_table_set_hook(self->table, s_on_change, self);
     self->counts = zhash_new();
     pd_table_foreach(self->table, s_count_visit, self);
     pd_msgw_init(&self->out);
