@@ -52,6 +52,7 @@ typedef struct {
     int64_t claims;     //  user claims held
     pd_buf_t counts;    //  records per project (packed project, count), from HELLO
     char ident[24];     //  ZeroMQ identity "store-<n>"
+    char endpoint[256]; //  its front for gateways' direct requests ("" = none), from HELLO
     pd_msgw_t out;      //  batch to send this turn
 } node_t;
 
@@ -260,7 +261,7 @@ s_claim_cache_set(broker_t *self, pd_str_t project, pd_str_t user, const char *i
         self->claims = zhash_new();
         zhash_autofree(self->claims);
     }
-    zhash_update(self->claims, key, strdup(id));
+    zhash_update(self->claims, key, (void *)id); /* autofree: zhash keeps a copy */
 }
 
 static void
@@ -827,6 +828,21 @@ s_on_front(const pd_msg_t *m, void *arg)
     }
     snprintf(p->role, sizeof p->role, "%.*s", (int)m->s[PD_F_ROLE].len,
              m->s[PD_F_ROLE].ptr ? m->s[PD_F_ROLE].ptr : "");
+    if (strcmp(p->role, "gateway") == 0) {
+        /* The route table: where each node's front is, and whether it is up. Gateways send
+         * the requests that need no claim or list straight there (gateway.c); the broker stays
+         * the authority on membership, so a node it marks down is down for them too. */
+        for (int n = 1; n <= self->nstores; n++) {
+            node_t *nd = &self->nodes[n];
+            pd_msgw_begin(&p->out, PD_MSG_ROUTE, 0);
+            pd_msgw_int(&p->out, PD_F_NODE, n);
+            pd_msgw_int(&p->out, PD_F_TOTAL, self->nstores);
+            pd_msgw_int(&p->out, PD_F_FLAGS, nd->up ? 1 : 0);
+            pd_msgw_int(&p->out, PD_F_GEN, nd->gen);
+            pd_msgw_str(&p->out, PD_F_ENDPOINT, nd->endpoint, strlen(nd->endpoint));
+            pd_msgw_end(&p->out);
+        }
+    }
     if (pd_msg_has(m, PD_F_BODY)) {
         pd_buf_reset(&p->metrics);
         pd_buf_add(&p->metrics, m->s[PD_F_BODY].ptr, m->s[PD_F_BODY].len);
@@ -852,6 +868,11 @@ s_on_back(const pd_msg_t *m, void *arg)
     nd->gen = m->i[PD_F_GEN];
     nd->records = m->i[PD_F_TOTAL];
     nd->claims = m->i[PD_F_CLAIMS];
+    pd_str_t ep = m->s[PD_F_ENDPOINT];
+    if (ep.len < sizeof nd->endpoint) {
+        memcpy(nd->endpoint, ep.ptr ? ep.ptr : "", ep.len);
+        nd->endpoint[ep.len] = 0;
+    }
     pd_buf_reset(&nd->counts);
     pd_buf_add(&nd->counts, m->s[PD_F_COUNTS].ptr, m->s[PD_F_COUNTS].len);
 }

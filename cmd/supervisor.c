@@ -58,8 +58,9 @@ s_spawn(pd_config_t *cfg, child_t *c)
     snprintf(arena, sizeof arena, "%zu", cfg->store_arena);
     snprintf(maxbody, sizeof maxbody, "%zu", cfg->max_body);
     snprintf(tmo, sizeof tmo, "%d", cfg->request_timeout_ms);
-    char shm[160];
+    char shm[160], front[300];
     snprintf(shm, sizeof shm, "/presenced-%s-store-%d", cfg->cluster, c->node);
+    snprintf(front, sizeof front, "ipc://%s/store-%d.ipc", cfg->run_dir, c->node);
 
     const char *argv[40];
     int n = 0;
@@ -83,6 +84,7 @@ s_spawn(pd_config_t *cfg, child_t *c)
         argv[n++] = "--broker-back"; argv[n++] = cfg->broker_back;
         argv[n++] = "--bus-in"; argv[n++] = cfg->bus_in;
         argv[n++] = "--shm"; argv[n++] = shm;
+        argv[n++] = "--store-front"; argv[n++] = front;
         argv[n++] = "--store-capacity"; argv[n++] = cap;
         argv[n++] = "--store-arena"; argv[n++] = arena;
     } else if (strcmp(c->role, "reaper") == 0) {
@@ -278,6 +280,11 @@ supervisor_main(pd_config_t *cfg)
     for (size_t i = 0; i < 4; i++)
         if (strncmp(eps[i], "ipc://", 6) == 0)
             unlink(eps[i] + 6);
+    for (int i = 1; i <= cfg->stores; i++) {
+        char front[300];
+        snprintf(front, sizeof front, "%s/store-%d.ipc", cfg->run_dir, i);
+        unlink(front);
+    }
     unlink(lock);
     close(lfd);
     rmdir(cfg->run_dir);

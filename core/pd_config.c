@@ -42,6 +42,8 @@ static const struct opt {
     O("bus-in", T_STR, bus_in, "bus endpoint publishers connect to (XSUB)"),
     O("bus-out", T_STR, bus_out, "bus endpoint subscribers connect to (XPUB)"),
     O("shm", T_STR, shm_name, "store: shared-memory segment name"),
+    O("store-front", T_STR, store_front, "store: endpoint it binds for gateways' direct requests"),
+    O("store-advertise", T_STR, store_advertise, "store: endpoint gateways connect to (--store-front)"),
     O("store-capacity", T_SIZE, store_capacity, "store: max records per node (1048576)"),
     O("store-arena", T_SIZE, store_arena, "store: bytes for records per node (1073741824)"),
     O("max-body", T_SIZE, max_body, "gateway: request body cap in bytes (65536)"),

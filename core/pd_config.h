@@ -67,6 +67,8 @@ typedef struct {
 
     /* store */
     char shm_name[128];       //  shared-memory segment (default /presenced-<cluster>-store-<node>)
+    char store_front[256];    //  ROUTER it binds for gateways' direct requests (none: broker only)
+    char store_advertise[256]; //  what gateways connect to (default: store_front)
     size_t store_capacity;    //  records per node (default 1048576)
     size_t store_arena;       //  record bytes per node (default 1 GiB, sparse)
 

@@ -126,9 +126,15 @@ gw_metrics_render(gw_t *gw, pd_buf_t *b)
                 "\"%d\"} %zu\n# TYPE presenced_gateway_timeouts_total counter\n"
                 "presenced_gateway_timeouts_total{gateway=\"%d\"} %llu\n"
                 "# TYPE presenced_gateway_malformed_total counter\n"
-                "presenced_gateway_malformed_total{gateway=\"%d\"} %llu\n",
+                "presenced_gateway_malformed_total{gateway=\"%d\"} %llu\n"
+                "# HELP presenced_gateway_direct_total Requests sent straight to the owning "
+                "store node, and those sent again via the broker (stale claim, node away).\n"
+                "# TYPE presenced_gateway_direct_total counter\n"
+                "presenced_gateway_direct_total{gateway=\"%d\",result=\"sent\"} %llu\n"
+                "presenced_gateway_direct_total{gateway=\"%d\",result=\"rerouted\"} %llu\n",
                 node, gw->in_flight, node, (unsigned long long)gw->timeouts, node,
-                (unsigned long long)gw->malformed);
+                (unsigned long long)gw->malformed, node, (unsigned long long)gw->direct, node,
+                (unsigned long long)gw->rerouted);
     gw_rt_metrics(gw, b);
 }
 
@@ -136,16 +142,43 @@ gw_metrics_render(gw_t *gw, pd_buf_t *b)
 
 static void s_drain(gw_t *gw);
 
+static void s_reroute_batch(gw_t *gw, pd_msgw_t *w);
+
+static void
+s_link_flush(gw_t *gw)
+{
+    if (!gw->flush_linked) {
+        gw->flush_linked = true;
+        h2o_timeout_link(gw->ctx.loop, &gw->ctx.zero_timeout, &gw->flush_entry);
+    }
+}
+
+/*  Sends this turn's batches: one frame per store node with direct requests (a node that
+ *  cannot take it has them sent via the broker instead), then one to the broker. */
 static void
 s_flush(gw_t *gw)
 {
-    if (!gw->out.count)
-        return;
-    if (pd_zmq_send(zsock_resolve(gw->dealer), NULL, 0, gw->out.sb.data, gw->out.sb.size) < 0)
-        pd_log_warn("%s: cannot reach the broker; %u requests will time out", __func__,
-                    gw->out.count);
-    pd_msgw_reset(&gw->out);
-    s_drain(gw);
+    bool sent = false;
+    for (int n = 1; n <= GW_MAX_STORES; n++) {
+        gw_store_t *st = &gw->stores[n];
+        if (!st->out.count)
+            continue;
+        /* ZMQ_IMMEDIATE: no connection to the node, no queueing; the broker answers instead */
+        if (!st->sock || pd_zmq_send(zsock_resolve(st->sock), NULL, 0, st->out.sb.data,
+                                     st->out.sb.size) < 0)
+            s_reroute_batch(gw, &st->out);
+        pd_msgw_reset(&st->out);
+        sent = true;
+    }
+    if (gw->out.count) {
+        if (pd_zmq_send(zsock_resolve(gw->dealer), NULL, 0, gw->out.sb.data, gw->out.sb.size) < 0)
+            pd_log_warn("%s: cannot reach the broker; %u requests will time out", __func__,
+                        gw->out.count);
+        pd_msgw_reset(&gw->out);
+        sent = true;
+    }
+    if (sent)
+        s_drain(gw);
 }
 
 static void
@@ -156,24 +189,279 @@ s_on_flush(h2o_timeout_entry_t *entry)
     s_flush(gw);
 }
 
+static gw_pending_t *
+s_pending_of(gw_t *gw, uint64_t rid)
+{
+    uint32_t idx = (uint32_t)(rid & 0xfffff);
+    if (!rid || idx >= gw->nslots || !gw->slots[idx] || gw->slots[idx]->rid != rid)
+        return NULL;
+    return gw->slots[idx];
+}
+
 pd_msgw_t *
 gw_send_begin(gw_t *gw, int type, uint64_t rid)
 {
+    gw_pending_t *p = s_pending_of(gw, rid);
+    if (p)
+        p->type = type;
+    gw->cur = &gw->out;
+    gw->cur_direct = NULL;
     pd_msgw_begin(&gw->out, type, rid);
     return &gw->out;
+}
+
+pd_msgw_t *
+gw_send_direct(gw_t *gw, gw_pending_t *p, int node, int type, pd_str_t path_id)
+{
+    gw_store_t *st = &gw->stores[node];
+    char *id = h2o_mem_alloc_pool(&p->req->pool, path_id.len + 1);
+    memcpy(id, path_id.ptr, path_id.len);
+    id[path_id.len] = 0;
+    p->path_id = (pd_str_t){id, path_id.len};
+    p->type = type;
+    p->node = node;
+    gw->direct++;
+    gw->cur = &st->out;
+    gw->cur_direct = p;
+    gw->cur_start = st->out.sb.size;
+    pd_msgw_begin(&st->out, type, p->rid);
+    return &st->out;
 }
 
 void
 gw_send_end(gw_t *gw)
 {
-    pd_msgw_end(&gw->out);
-    if (gw->out.sb.size > (256 << 10)) {
+    pd_msgw_t *w = gw->cur ? gw->cur : &gw->out;
+    pd_msgw_end(w);
+    gw_pending_t *p = gw->cur_direct;
+    if (p) { /* keep the bytes: a refusal or an unreachable node sends them via the broker */
+        size_t n = w->sb.size - gw->cur_start;
+        char *copy = h2o_mem_alloc_pool(&p->req->pool, n);
+        memcpy(copy, w->sb.data + gw->cur_start, n);
+        p->saved = (pd_str_t){copy, n};
+        gw->cur_direct = NULL;
+    }
+    gw->cur = &gw->out;
+    if (w->sb.size > (256 << 10)) {
         s_flush(gw);
         return;
     }
-    if (!gw->flush_linked) {
-        gw->flush_linked = true;
-        h2o_timeout_link(gw->ctx.loop, &gw->ctx.zero_timeout, &gw->flush_entry);
+    s_link_flush(gw);
+}
+
+/* -------------------------------------------------------------------------- direct requests */
+
+/*  Through the broker a request costs four ZeroMQ hops; most need only two. The broker owns
+ *  claims, lists and membership, so it answers every gateway HELLO with a ROUTE per store node
+ *  (up or down, generation, the node's front endpoint), and a gateway sends the requests that
+ *  involve no claim straight to the node that owns the id (pd_shard_owner, the broker's own
+ *  hash): GET, UPDATE that keeps the owner, and UPSERT by a user whose record it has seen in
+ *  a reply. That last one is a guess from a cache, so a direct UPSERT carries PD_FL_CLAIMED:
+ *  the node updates the record only if it exists and belongs to that user, and refuses
+ *  otherwise; a refusal (or a node the gateway cannot reach) sends the request as the caller
+ *  wrote it through the broker, which resolves the claim. A node the broker marks down, or
+ *  that restarted, fails its direct requests in flight with 503 at once, as the broker does
+ *  with its own. */
+
+#define CLAIM_CACHE_MAX 1000000
+
+static void s_pending_release(gw_t *gw, gw_pending_t *p);
+
+static bool
+s_claim_key(char key[80], pd_str_t project, pd_str_t user)
+{
+    if (!user.len || project.len > 36 || user.len > 36)
+        return false;
+    memcpy(key, project.ptr, project.len);
+    key[project.len] = 0x1f;
+    memcpy(key + project.len + 1, user.ptr, user.len);
+    key[project.len + 1 + user.len] = 0;
+    return true;
+}
+
+const char *
+gw_claim_get(gw_t *gw, pd_str_t project, pd_str_t user)
+{
+    char key[80];
+    return s_claim_key(key, project, user) ? zhash_lookup(gw->claims, key) : NULL;
+}
+
+static void
+s_claim_set(gw_t *gw, pd_str_t project, pd_str_t user, pd_str_t id)
+{
+    char key[80], val[40];
+    if (!s_claim_key(key, project, user) || !id.len || id.len > 36)
+        return;
+    const char *cur = zhash_lookup(gw->claims, key);
+    if (cur && pd_str_eqc(id, cur))
+        return; /* the steady state: nothing to write */
+    if (!cur && zhash_size(gw->claims) >= CLAIM_CACHE_MAX) {
+        zhash_destroy(&gw->claims);
+        gw->claims = zhash_new();
+        zhash_autofree(gw->claims);
+    }
+    memcpy(val, id.ptr, id.len);
+    val[id.len] = 0;
+    zhash_update(gw->claims, key, val); /* autofree: copied */
+}
+
+static void
+s_claim_drop(gw_t *gw, pd_str_t project, pd_str_t user)
+{
+    char key[80];
+    if (s_claim_key(key, project, user))
+        zhash_delete(gw->claims, key);
+}
+
+//  What a successful reply says about who owns what.
+static void
+s_claim_learn(gw_t *gw, const gw_pending_t *p, const pd_msg_t *m)
+{
+    pd_str_t project = m->s[PD_F_PROJECT], user = m->s[PD_F_USER];
+    switch (p->type) {
+    case PD_MSG_UPSERT:
+        s_claim_set(gw, project, user, m->s[PD_F_ID]);
+        break;
+    case PD_MSG_UPDATE:
+        if (m->s[PD_F_PREV_USER].len && !pd_str_eq(m->s[PD_F_PREV_USER], user)) {
+            s_claim_drop(gw, project, m->s[PD_F_PREV_USER]);
+            s_claim_set(gw, project, user, m->s[PD_F_ID]);
+        }
+        break;
+    case PD_MSG_DELETE:
+    case PD_MSG_RELEASE:
+        s_claim_drop(gw, project, user);
+        break;
+    }
+}
+
+int
+gw_direct_node(gw_t *gw, pd_str_t project, pd_str_t id)
+{
+    if (!gw->nstores)
+        return 0;
+    int n = pd_shard_owner(project, id, gw->nstores);
+    return gw->stores[n].sock && gw->stores[n].up ? n : 0;
+}
+
+/*  Sends a direct request again through the broker, as the caller wrote it. */
+static void
+s_reroute(gw_t *gw, gw_pending_t *p)
+{
+    pd_msg_t m;
+    size_t off = 0;
+    gw->rerouted++;
+    p->node = 0;
+    if (pd_msg_decode(&m, p->saved.ptr, p->saved.len, &off, &gw->rzone) != 0) {
+        h2o_req_t *req = p->req;
+        s_pending_release(gw, p);
+        p->req = NULL;
+        if (req)
+            gw_respond_err(gw, req, p->route, PD_ERR_SERVER_ERROR, PD_STR_NULL, p->start_ns);
+        return;
+    }
+    if (m.type == PD_MSG_UPSERT)
+        s_claim_drop(gw, m.s[PD_F_PROJECT], m.s[PD_F_USER]);
+    pd_msgw_copy(&gw->out, &m, p->rid, (1ULL << PD_F_ID) | (1ULL << PD_F_FLAGS));
+    pd_msgw_s(&gw->out, PD_F_ID, p->path_id);
+    pd_msgw_int(&gw->out, PD_F_FLAGS, m.i[PD_F_FLAGS] & ~(int64_t)PD_FL_CLAIMED);
+    pd_msgw_end(&gw->out);
+    msgpack_zone_clear(&gw->rzone);
+    s_link_flush(gw);
+}
+
+static void
+s_reroute_msg(const pd_msg_t *m, void *arg)
+{
+    gw_t *gw = arg;
+    gw_pending_t *p = s_pending_of(gw, m->rid);
+    if (p && p->node)
+        s_reroute(gw, p);
+}
+
+//  A node's batch that could not be sent: every request in it goes via the broker.
+static void
+s_reroute_batch(gw_t *gw, pd_msgw_t *w)
+{
+    msgpack_zone z;
+    msgpack_zone_init(&z, 1024);
+    pd_msg_each(w->sb.data, w->sb.size, &z, s_reroute_msg, gw);
+    msgpack_zone_destroy(&z);
+}
+
+//  Answers 503 to every direct request in flight on node n (it went down or restarted).
+static void
+s_fail_node(gw_t *gw, int n)
+{
+    for (size_t i = 0; i < gw->nslots; i++) {
+        gw_pending_t *p = gw->slots[i];
+        if (!p || p->node != n)
+            continue;
+        h2o_req_t *req = p->req;
+        s_pending_release(gw, p);
+        p->req = NULL;
+        if (req)
+            gw_respond_err(gw, req, p->route, PD_ERR_UNAVAILABLE, PD_STR_NULL, p->start_ns);
+    }
+}
+
+static void s_on_dealer(h2o_socket_t *sock, const char *err);
+static h2o_socket_t *s_wrap_zmq(gw_t *gw, zsock_t *zs, h2o_socket_cb cb);
+
+static void
+s_store_close(gw_store_t *st)
+{
+    if (st->io) {
+        h2o_socket_read_stop(st->io);
+        h2o_socket_close(st->io);
+        st->io = NULL;
+    }
+    zsock_destroy(&st->sock);
+}
+
+static void
+s_store_open(gw_t *gw, gw_store_t *st)
+{
+    st->sock = zsock_new(ZMQ_DEALER);
+    zsock_set_identity(st->sock, gw->ident);
+    zsock_set_immediate(st->sock, 1);
+    zsock_set_rcvtimeo(st->sock, 0);
+    zsock_set_sndtimeo(st->sock, 0);
+    zsock_set_sndhwm(st->sock, 100000);
+    zsock_set_rcvhwm(st->sock, 100000);
+    if (zsock_connect(st->sock, "%s", st->endpoint) < 0) {
+        pd_log_warn("cannot connect to store front %s; its requests go via the broker",
+                    st->endpoint);
+        zsock_destroy(&st->sock);
+        return;
+    }
+    st->io = s_wrap_zmq(gw, st->sock, s_on_dealer);
+}
+
+static void
+s_on_route(gw_t *gw, const pd_msg_t *m)
+{
+    int n = (int)m->i[PD_F_NODE], total = (int)m->i[PD_F_TOTAL];
+    pd_str_t ep = m->s[PD_F_ENDPOINT];
+    if (n < 1 || total < n || total > GW_MAX_STORES || ep.len >= sizeof gw->stores[n].endpoint) {
+        gw->malformed++;
+        return;
+    }
+    gw->nstores = total;
+    gw_store_t *st = &gw->stores[n];
+    bool up = (m->i[PD_F_FLAGS] & 1) != 0;
+    int64_t gen = m->i[PD_F_GEN];
+    if ((st->up && !up) || (st->gen && gen != st->gen))
+        s_fail_node(gw, n);
+    st->up = up;
+    st->gen = gen;
+    if (!pd_str_eqc(ep, st->endpoint)) {
+        s_fail_node(gw, n);
+        s_store_close(st);
+        memcpy(st->endpoint, ep.ptr ? ep.ptr : "", ep.len);
+        st->endpoint[ep.len] = 0;
+        if (ep.len)
+            s_store_open(gw, st);
     }
 }
 
@@ -248,13 +536,23 @@ static void
 s_on_reply(const pd_msg_t *m, void *arg)
 {
     gw_t *gw = arg;
+    if (m->type == PD_MSG_ROUTE) {
+        s_on_route(gw, m);
+        return;
+    }
     if (m->type != PD_MSG_REPLY)
         return;
-    uint32_t idx = (uint32_t)(m->rid & 0xfffff);
-    if (idx >= gw->nslots || !gw->slots[idx] || gw->slots[idx]->rid != m->rid)
+    gw_pending_t *p = s_pending_of(gw, m->rid);
+    if (!p)
         return; /* timed out already */
-    gw_pending_t *p = gw->slots[idx];
+    bool ok = m->i[PD_F_ERR] == PD_ERR_OK;
+    if (!ok && p->node && p->type == PD_MSG_UPSERT) {
+        s_reroute(gw, p); /* the claim was stale: the broker resolves it */
+        return;
+    }
     s_pending_release(gw, p);
+    if (ok)
+        s_claim_learn(gw, p, m);
     if (p->req || p->user)
         p->on_reply(gw, p, m);
 }
@@ -275,11 +573,13 @@ s_drain(gw_t *gw)
         return;
     gw->draining = true;
     pd_zmq_drain(zsock_resolve(gw->dealer), INT_MAX, s_on_reply_frame, gw, &gw->malformed);
+    for (int n = 1; n <= gw->nstores; n++)
+        if (gw->stores[n].sock)
+            pd_zmq_drain(zsock_resolve(gw->stores[n].sock), INT_MAX, s_on_reply_frame, gw,
+                         &gw->malformed);
     gw->draining = false;
-    if (gw->out.count && !gw->flush_linked) {
-        gw->flush_linked = true;
-        h2o_timeout_link(gw->ctx.loop, &gw->ctx.zero_timeout, &gw->flush_entry);
-    }
+    if (gw->out.count)
+        s_link_flush(gw);
 }
 
 static void
@@ -425,7 +725,13 @@ gateway_main(pd_config_t *cfg)
         return 2;
     /* cfg keeps the quick-start secrets: a SIGHUP reload rebuilds that project from them. */
     pd_msgw_init(&gw->out);
+    gw->cur = &gw->out;
+    for (int n = 1; n <= GW_MAX_STORES; n++)
+        pd_msgw_init(&gw->stores[n].out);
+    gw->claims = zhash_new();
+    zhash_autofree(gw->claims);
     msgpack_zone_init(&gw->zone, 8192);
+    msgpack_zone_init(&gw->rzone, 1024);
 
     h2o_config_init(&gw->config);
     gw->config.max_request_entity_size = cfg->max_body * 4 + 4096;
@@ -502,5 +808,8 @@ gateway_main(pd_config_t *cfg)
     pd_log_info("gateway %d stopped", cfg->node);
     zsock_destroy(&gw->dealer);
     zsock_destroy(&gw->sub);
+    for (int n = 1; n <= GW_MAX_STORES; n++)
+        zsock_destroy(&gw->stores[n].sock);
+    zhash_destroy(&gw->claims);
     return 0;
 }

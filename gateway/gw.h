@@ -33,12 +33,17 @@ typedef struct gw_pending gw_pending_t;
 /*  What to do with the broker's reply to a request. */
 typedef void (*gw_reply_fn)(gw_t *gw, gw_pending_t *p, const pd_msg_t *reply);
 
-/*  A request waiting for the broker: lives in the h2o request's pool (freed with it). */
+/*  A request waiting for the broker or a store node: lives in the h2o request's pool (freed
+ *  with it). */
 struct gw_pending {
     gw_t *gw;
     h2o_req_t *req;            //  NULL once answered (or the client went away)
     uint64_t rid;              //  key in the pending table
     int route;                 //  GW_ROUTE_*
+    int type;                  //  PD_MSG_* sent
+    int node;                  //  store node it went to directly (0: the broker)
+    pd_str_t saved;            //  direct: the message as sent (pool), to send again via the broker
+    pd_str_t path_id;          //  direct: the presence id the caller named (pool)
     gw_reply_fn on_reply;      //  what to do with the reply
     h2o_timeout_entry_t timer; //  request timeout
     int64_t start_ns;          //  for the latency histogram
@@ -57,6 +62,18 @@ typedef struct {
 
 enum { GW_ID_GUEST = 0, GW_ID_USER = 1, GW_ID_KEY = 2 };
 
+#define GW_MAX_STORES 64
+
+/*  A store node's front, as the broker's ROUTE messages describe it. */
+typedef struct {
+    zsock_t *sock;             //  DEALER to the front (NULL: no route)
+    h2o_socket_t *io;          //  its ZMQ_FD in the evloop
+    char endpoint[256];
+    int64_t gen;               //  the node's boot generation
+    bool up;                   //  the broker hears from it
+    pd_msgw_t out;             //  requests to it this loop turn
+} gw_store_t;
+
 struct gw {
     pd_config_t *cfg;
     pd_projects_t projects;
@@ -69,6 +86,13 @@ struct gw {
     zsock_t *sub;              //  the bus
     h2o_socket_t *sub_io;
     pd_msgw_t out;             //  requests to the broker this loop turn
+    gw_store_t stores[GW_MAX_STORES + 1]; //  1-based, as the broker routes them
+    int nstores;
+    pd_msgw_t *cur;            //  the batch the open message goes into
+    gw_pending_t *cur_direct;  //  the direct request being written (NULL: none)
+    size_t cur_start;          //  its offset in cur
+    zhash_t *claims;           //  "project\x1fuser" -> presence id, learned from replies
+    uint64_t direct, rerouted;  //  requests sent straight to a node; sent again via the broker
     bool flush_linked;
     h2o_timeout_entry_t flush_entry;
     h2o_timeout_t req_timeout;
@@ -81,6 +105,7 @@ struct gw {
     uint32_t rid_gen;
     size_t in_flight;
     msgpack_zone zone;
+    msgpack_zone rzone;        //  for requests sent again (inside the handling of a batch)
     int64_t gen;
     char ident[48];
     /* metrics */
@@ -97,7 +122,17 @@ struct gw {
 //  (caller adds fields, then gw_send_end). p is allocated in req's pool.
 gw_pending_t *gw_pending_new(gw_t *gw, h2o_req_t *req, int route, gw_reply_fn fn);
 pd_msgw_t *gw_send_begin(gw_t *gw, int type, uint64_t rid);
+//  The same, straight to store node `node` (gw_direct_node): the request must need no claim or
+//  list, and a direct UPSERT must carry PD_FL_CLAIMED. path_id is the id the caller named: if
+//  the node cannot be reached, or a direct UPSERT is refused (the claim was stale), the request
+//  goes to the broker with that id.
+pd_msgw_t *gw_send_direct(gw_t *gw, gw_pending_t *p, int node, int type, pd_str_t path_id);
 void gw_send_end(gw_t *gw);
+//  The store node to send a request on (project, id) to directly, or 0 (the broker) when the
+//  node's front is unknown or the broker says it is down.
+int gw_direct_node(gw_t *gw, pd_str_t project, pd_str_t id);
+//  The presence id of user's record as last seen in a reply (may be stale), or NULL.
+const char *gw_claim_get(gw_t *gw, pd_str_t project, pd_str_t user);
 //  Records the outcome of a request in the metrics.
 void gw_metrics_count(gw_t *gw, int route, int status, int64_t start_ns);
 void gw_metrics_render(gw_t *gw, pd_buf_t *b);

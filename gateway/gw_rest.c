@@ -312,9 +312,23 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
         perms_set = true;
     }
     gw_pending_t *p = gw_pending_new(gw, req, route, s_on_reply);
-    pd_msgw_t *w = gw_send_begin(gw, upsert ? PD_MSG_UPSERT : PD_MSG_UPDATE, p->rid);
-    pd_msgw_str(w, PD_F_PROJECT, id->project->id, strlen(id->project->id));
-    pd_msgw_s(w, PD_F_ID, pid);
+    /* Straight to the owning node when no claim is involved (gateway.c, direct requests):
+     * an update that keeps the owner, or an upsert of the record the user is known to own. */
+    pd_str_t project = pd_str(id->project->id), target = pid;
+    int node = 0;
+    if (upsert) {
+        const char *known = gw_claim_get(gw, project, owner);
+        if (known) {
+            target = pd_str(known);
+            node = gw_direct_node(gw, project, target);
+        }
+    } else if (!bp->has_user) {
+        node = gw_direct_node(gw, project, pid);
+    }
+    int type = upsert ? PD_MSG_UPSERT : PD_MSG_UPDATE;
+    pd_msgw_t *w = node ? gw_send_direct(gw, p, node, type, pid) : gw_send_begin(gw, type, p->rid);
+    pd_msgw_s(w, PD_F_PROJECT, project);
+    pd_msgw_s(w, PD_F_ID, node ? target : pid);
     if (upsert || bp->has_user)
         pd_msgw_s(w, PD_F_USER, owner);
     if (bp->has_status) {
@@ -340,6 +354,8 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
         fl = (bp->has_status ? PD_FL_HAS_STATUS : 0) | (bp->has_meta ? PD_FL_HAS_META : 0) |
              (bp->has_perms ? PD_FL_HAS_PERMS : 0) | (bp->has_expires ? PD_FL_HAS_EXPIRES : 0) |
              (bp->has_user ? PD_FL_HAS_USER : 0);
+    else if (node)
+        fl = PD_FL_CLAIMED; /* the node may only update the user's existing record */
     s_put_caller(w, id, fl);
     gw_send_end(gw);
 out:
@@ -350,8 +366,10 @@ static void
 s_simple(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, int type, int route)
 {
     gw_pending_t *p = gw_pending_new(gw, req, route, s_on_reply);
-    pd_msgw_t *w = gw_send_begin(gw, type, p->rid);
-    pd_msgw_str(w, PD_F_PROJECT, id->project->id, strlen(id->project->id));
+    pd_str_t project = pd_str(id->project->id);
+    int node = type == PD_MSG_GET ? gw_direct_node(gw, project, pid) : 0;
+    pd_msgw_t *w = node ? gw_send_direct(gw, p, node, type, pid) : gw_send_begin(gw, type, p->rid);
+    pd_msgw_s(w, PD_F_PROJECT, project);
     pd_msgw_s(w, PD_F_ID, pid);
     s_put_caller(w, id, 0);
     gw_send_end(gw);

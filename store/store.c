@@ -1,8 +1,14 @@
 /*  store — see store.h.
  *
- *  One thread, one loop: drain the DEALER (batches from the broker), apply each request to the
- *  table, append replies to one batch and events to another, flush both, repeat. Writes are
- *  applied in arrival order, so the per-node event sequence (SEQ) is the order of changes.
+ *  One thread, one loop: drain the DEALER (batches from the broker) and the front ROUTER
+ *  (batches straight from gateways), apply each request to the table, append replies to one
+ *  batch per sender and events to another, flush, repeat. Writes are applied in arrival order,
+ *  so the per-node event sequence (SEQ) is the order of changes.
+ *
+ *  The front serves the requests that need no other node (gateway.c, "direct requests"): GET,
+ *  UPDATE that keeps the owner, and UPSERT of a user's existing record, marked CLAIMED so that
+ *  a stale guess is answered PRESENCE_NOT_FOUND instead of creating a record no claim covers.
+ *  Everything else goes through the broker, which owns claims, lists and membership.
  *  Every EVENT carries the record after the change (before it, for a delete) and, for updates,
  *  the previous state: gateways need both to tell a subscriber that a record left its set.
  *
@@ -35,6 +41,9 @@ typedef struct {
     pd_config_t *cfg;
     pd_table_t *table;
     zsock_t *dealer;      //  to the broker (identity "store-<node>")
+    zsock_t *front;       //  ROUTER for gateways' direct requests (NULL: not configured)
+    pd_msgw_t *reply;     //  where replies of the batch being handled go: out or front_out
+    pd_msgw_t front_out;  //  replies to the gateway whose batch is being handled
     zsock_t *pub;         //  to the bus (XPUB: it sees the broker subscribe)
     bool bus_ready;       //  the broker has subscribed: events can go out
     pd_outbox_t *outbox;  //  recent events, in shared memory (pd_outbox.h)
@@ -70,17 +79,17 @@ s_can(const pd_msg_t *m, pd_str_t roles)
 static void
 s_reply_err(store_t *self, const pd_msg_t *m, int err, const char *msg)
 {
-    pd_msgw_begin(&self->out, PD_MSG_REPLY, m->rid);
-    pd_msgw_int(&self->out, PD_F_ERR, err);
+    pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(self->reply, PD_F_ERR, err);
     if (msg)
-        pd_msgw_str(&self->out, PD_F_MESSAGE, msg, strlen(msg));
-    pd_msgw_end(&self->out);
+        pd_msgw_str(self->reply, PD_F_MESSAGE, msg, strlen(msg));
+    pd_msgw_end(self->reply);
 }
 
 static void
 s_reply_rec(store_t *self, const pd_msg_t *m, const pd_record_t *rec, const pd_record_t *prev)
 {
-    pd_msgw_t *w = &self->out;
+    pd_msgw_t *w = self->reply;
     pd_msgw_begin(w, PD_MSG_REPLY, m->rid);
     pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
     pd_msgw_s(w, PD_F_PROJECT, rec->project);
@@ -336,11 +345,11 @@ s_on_delete(store_t *self, const pd_msg_t *m)
     if (m->type == PD_MSG_EXPIRE) {
         if ((uint64_t)m->i[PD_F_VERSION] != old.version || old.expires_ms > pd_now_ms()) {
             /* refreshed, or not due on this node's clock: tell the reaper what is current */
-            pd_msgw_begin(&self->out, PD_MSG_REPLY, m->rid);
-            pd_msgw_int(&self->out, PD_F_ERR, PD_ERR_CONFLICT);
-            pd_msgw_int(&self->out, PD_F_VERSION, (int64_t)old.version);
-            pd_msgw_int(&self->out, PD_F_EXPIRES, old.expires_ms);
-            pd_msgw_end(&self->out);
+            pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
+            pd_msgw_int(self->reply, PD_F_ERR, PD_ERR_CONFLICT);
+            pd_msgw_int(self->reply, PD_F_VERSION, (int64_t)old.version);
+            pd_msgw_int(self->reply, PD_F_EXPIRES, old.expires_ms);
+            pd_msgw_end(self->reply);
             return;
         }
     } else if (!s_can(m, old.delete_roles)) {
@@ -412,11 +421,11 @@ s_on_claim(store_t *self, const pd_msg_t *m)
         s_reply_err(self, m, rc, NULL);
         return;
     }
-    pd_msgw_begin(&self->out, PD_MSG_REPLY, m->rid);
-    pd_msgw_int(&self->out, PD_F_ERR, PD_ERR_OK);
-    pd_msgw_str(&self->out, PD_F_ID, id, strlen(id));
-    pd_msgw_int(&self->out, PD_F_FLAGS, fresh ? PD_FL_FRESH : 0);
-    pd_msgw_end(&self->out);
+    pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(self->reply, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_str(self->reply, PD_F_ID, id, strlen(id));
+    pd_msgw_int(self->reply, PD_F_FLAGS, fresh ? PD_FL_FRESH : 0);
+    pd_msgw_end(self->reply);
 }
 
 /* -------------------------------------------------------------------------- list */
@@ -496,7 +505,7 @@ s_on_list(store_t *self, const pd_msg_t *m)
         return;
     }
     list_ctx_t c = {.self = self, .m = m, .q = q, .now = s_now(m)};
-    pd_msgw_t *w = &self->out;
+    pd_msgw_t *w = self->reply;
     if (m->i[PD_F_FLAGS] & PD_FL_CURSOR_PROBE) {
         bool before;
         pd_str_t cur = pd_query_cursor(q, &before);
@@ -751,6 +760,41 @@ s_on_batch(pd_zmsg_t *zm, void *arg)
         s_flush(self);
 }
 
+/*  [gateway id][batch] on the front: answered at once, in one frame to that gateway. */
+static void
+s_on_front_msg(const pd_msg_t *m, void *arg)
+{
+    store_t *self = arg;
+    int64_t fl = m->i[PD_F_FLAGS];
+    bool ok = m->type == PD_MSG_GET ||
+              (m->type == PD_MSG_UPSERT && (fl & PD_FL_CLAIMED) && !(fl & PD_FL_HOLD)) ||
+              (m->type == PD_MSG_UPDATE && !(fl & PD_FL_HAS_USER));
+    if (!ok) { /* needs the broker (claims): a gateway never sends it here */
+        self->malformed++;
+        s_reply_err(self, m, PD_ERR_SERVER_ERROR, "not a direct request");
+        return;
+    }
+    s_dispatch(m, self);
+}
+
+static void
+s_on_front_frame(pd_zmsg_t *zm, void *arg)
+{
+    store_t *self = arg;
+    if (zm->n != 2 || pd_zmsg_size(zm, 0) == 0) {
+        self->malformed++;
+        return;
+    }
+    self->reply = &self->front_out;
+    if (pd_msg_each(pd_zmsg_data(zm, 1), pd_zmsg_size(zm, 1), &self->zone, s_on_front_msg, self) < 0)
+        self->malformed++;
+    self->reply = &self->out;
+    if (self->front_out.count)
+        pd_zmq_send(zsock_resolve(self->front), pd_zmsg_data(zm, 0), pd_zmsg_size(zm, 0),
+                    self->front_out.sb.data, self->front_out.sb.size);
+    pd_msgw_reset(&self->front_out);
+}
+
 static void
 s_hello(store_t *self)
 {
@@ -762,6 +806,11 @@ s_hello(store_t *self)
     pd_msgw_int(w, PD_F_TOTAL, (int64_t)pd_table_count(self->table));
     pd_msgw_int(w, PD_F_CLAIMS, (int64_t)pd_table_claims(self->table));
     pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
+    if (self->front) {
+        const char *ep = self->cfg->store_advertise[0] ? self->cfg->store_advertise
+                                                       : self->cfg->store_front;
+        pd_msgw_str(w, PD_F_ENDPOINT, ep, strlen(ep));
+    }
     pd_buf_reset(&self->scratch);
     for (int64_t *n = zhash_first(self->counts); n; n = zhash_next(self->counts)) {
         if (*n <= 0)
@@ -801,7 +850,9 @@ store_main(pd_config_t *cfg)
     self->counts = zhash_new();
     pd_table_foreach(self->table, s_count_visit, self);
     pd_msgw_init(&self->out);
+    pd_msgw_init(&self->front_out);
     pd_msgw_init(&self->events);
+    self->reply = &self->out;
 
     char ident[32];
     snprintf(ident, sizeof ident, "store-%d", self->node);
@@ -818,8 +869,22 @@ store_main(pd_config_t *cfg)
     zsock_set_rcvtimeo(self->pub, 0);
     if (zsock_connect(self->pub, "%s", cfg->bus_in) < 0)
         pd_fatalx("cannot connect to %s", cfg->bus_in);
+    if (cfg->store_front[0]) {
+        const char *ep = cfg->store_advertise[0] ? cfg->store_advertise : cfg->store_front;
+        if (strstr(ep, "://*") || strstr(ep, "://0.0.0.0"))
+            pd_fatalx("--store-front %s binds every address: give --store-advertise, the "
+                      "endpoint gateways reach this node at", cfg->store_front);
+        self->front = zsock_new(ZMQ_ROUTER);
+        zsock_set_rcvtimeo(self->front, 0);
+        zsock_set_sndtimeo(self->front, 0);
+        zsock_set_sndhwm(self->front, 100000);
+        zsock_set_rcvhwm(self->front, 100000);
+        if (zsock_bind(self->front, "%s", cfg->store_front) < 0)
+            pd_fatalx("cannot bind %s", cfg->store_front);
+    }
     if (pd_zpoll_init(&self->poll) < 0 || pd_zpoll_add(&self->poll, zsock_resolve(self->dealer)) ||
-        pd_zpoll_add(&self->poll, zsock_resolve(self->pub)))
+        pd_zpoll_add(&self->poll, zsock_resolve(self->pub)) ||
+        (self->front && pd_zpoll_add(&self->poll, zsock_resolve(self->front))))
         pd_fatal("epoll");
 
     /* Each turn: take the broker's batches (up to a budget), apply them, send the replies and
@@ -832,6 +897,8 @@ store_main(pd_config_t *cfg)
             pd_zpoll_wait(&self->poll, 100 * 1000);
         int got = pd_zmq_drain(zsock_resolve(self->pub), 100, s_on_subscribe, self, NULL);
         got += pd_zmq_drain(zsock_resolve(self->dealer), 1000, s_on_batch, self, NULL);
+        if (self->front)
+            got += pd_zmq_drain(zsock_resolve(self->front), 1000, s_on_front_frame, self, NULL);
         int64_t now = pd_mono_ms();
         if (now - last_hello >= 250) {
             s_hello(self);
@@ -852,6 +919,7 @@ store_main(pd_config_t *cfg)
     pd_log_info("store node %d stopping", self->node);
     pd_zpoll_close(&self->poll);
     zsock_destroy(&self->dealer);
+    zsock_destroy(&self->front);
     /* A clean stop: let the last events leave (up to a second), then mark the outbox so that
      * the next start does not publish them again. */
     zsock_set_linger(self->pub, 1000);

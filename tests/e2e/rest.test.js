@@ -308,6 +308,86 @@ describe('one presence per user', () => {
 
 // --- list: queries, paging, order, cursor, total; sharding ---------------------------------
 
+// --- direct requests: a gateway sends what needs no claim straight to the owning node ----------
+
+describe('direct requests (gateway to the owning store node)', () => {
+    // Each step runs on a socket pinned to one gateway process, so the gateway's own cache of
+    // who owns what is what the test exercises, and its /metrics tells which path was taken.
+    let A, B; // [pid, sockets] of each gateway
+    test.before(async () => {
+        const socks = [...(await pinnedSockets(H.cluster, 24)).entries()];
+        [A, B] = socks;
+    });
+    test.after(() => { for (const g of [A, B]) for (const s of g?.[1] ?? []) s.destroy(); });
+    const over = (g, method, path, body) => {
+        const sock = g[1].shift();
+        if (!sock) throw new Error('out of pinned sockets: raise the count in test.before');
+        return requestOver(H.cluster, sock, method, path, { key: true, body });
+    };
+    const direct = async (g) => parseMetrics((await over(g, 'GET', '/metrics')).text);
+
+    it('get, update, and a known user\'s upsert go straight to the node; the answers are the same', async () => {
+        const user = uid('d'), p = uid('p');
+        const m0 = await direct(A);
+        const first = await over(A, 'PUT', `/v1/presences/${p}`, { userId: user, status: 'one' });
+        assert.equal(first.status, 200, show(first));
+        const second = await over(A, 'PUT', `/v1/presences/${p}`, { userId: user, status: 'two', metadata: { k: 1 } });
+        assert.equal(second.status, 200, show(second));
+        assert.equal(second.json.$id, p);
+        assert.equal(second.json.$createdAt, first.json.$createdAt);
+        assert.equal(second.json.status, 'two');
+        assert.deepEqual(second.json.metadata, { k: 1 });
+        const other = await over(A, 'PUT', `/v1/presences/${uid('p')}`, { userId: user, status: 'three' });
+        assert.equal(other.status, 200, show(other));
+        assert.equal(other.json.$id, p, 'an upsert under another presenceId updates the user\'s record');
+        const got = await over(A, 'GET', `/v1/presences/${p}`);
+        assert.equal(got.status, 200, show(got));
+        assert.equal(got.json.status, 'three');
+        const patched = await over(A, 'PATCH', `/v1/presences/${p}`, { status: 'four' });
+        assert.equal(patched.status, 200, show(patched));
+        assert.equal(patched.json.status, 'four');
+        assert.deepEqual(patched.json.metadata, {}, 'the upsert without metadata cleared it');
+        const m1 = await direct(A);
+        const sent = m1.sum('presenced_gateway_direct_total', { result: 'sent' }) - m0.sum('presenced_gateway_direct_total', { result: 'sent' });
+        const rerouted = m1.sum('presenced_gateway_direct_total', { result: 'rerouted' }) - m0.sum('presenced_gateway_direct_total', { result: 'rerouted' });
+        assert.ok(sent >= 4, `expected the 2 later upserts, the get and the patch to go direct, got ${sent}`);
+        assert.equal(rerouted, 0);
+        await over(A, 'DELETE', `/v1/presences/${p}`);
+    });
+
+    it('a stale guess (the record was deleted through the other gateway) is resolved through the broker', async () => {
+        const user = uid('d'), p = uid('p'), q = uid('q');
+        for (const status of ['a', 'b']) assert.equal((await over(A, 'PUT', `/v1/presences/${p}`, { userId: user, status })).status, 200);
+        assert.equal((await over(B, 'DELETE', `/v1/presences/${p}`)).status, 204);
+        const m0 = await direct(A);
+        const r = await over(A, 'PUT', `/v1/presences/${q}`, { userId: user, status: 'new' });
+        assert.equal(r.status, 200, show(r));
+        assert.equal(r.json.$id, q, 'a new record under the presenceId named, not the deleted one');
+        const m1 = await direct(A);
+        assert.equal(m1.sum('presenced_gateway_direct_total', { result: 'rerouted' }) - m0.sum('presenced_gateway_direct_total', { result: 'rerouted' }), 1);
+        const l = plain(await keyList([loadNodeSdk().Query.equal('userId', [user])], true));
+        assert.deepEqual(l.presences.map((x) => x.$id), [q]);
+        assertError(await over(A, 'GET', `/v1/presences/${p}`), 404, 'presence_not_found');
+        await keyP().delete({ presenceId: q });
+    });
+
+    it('a record given to another user through the other gateway is not touched by its old owner\'s upsert', async () => {
+        const u = uid('d'), v = uid('v'), p = uid('p'), q = uid('q');
+        for (const status of ['a', 'b']) assert.equal((await over(A, 'PUT', `/v1/presences/${p}`, { userId: u, status })).status, 200);
+        const moved = await over(B, 'PATCH', `/v1/presences/${p}`, { userId: v, status: 'now v' });
+        assert.equal(moved.status, 200, show(moved));
+        const r = await over(A, 'PUT', `/v1/presences/${q}`, { userId: u, status: 'u again' });
+        assert.equal(r.status, 200, show(r));
+        assert.equal(r.json.$id, q);
+        assert.equal(r.json.userId, u);
+        const kept = plain(await keyGet(p));
+        assert.equal(kept.userId, v);
+        assert.equal(kept.status, 'now v');
+        await keyP().delete({ presenceId: p });
+        await keyP().delete({ presenceId: q });
+    });
+});
+
 describe('list', () => {
     const N = 30;
     const group = uid('grp-');
