@@ -71,7 +71,10 @@ pd_zpoll_add(pd_zpoll_t *p, void *sock)
     size_t sz = sizeof fd;
     if (zmq_getsockopt(sock, ZMQ_FD, &fd, &sz) < 0)
         return -1;
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = sock};
+    /* Edge-triggered: the fd says "the mailbox got a command", and only a call into the socket
+     * reads it. A loop may leave a socket unread on purpose (the broker gathering the bus for
+     * a millisecond) without epoll waking it again and again. */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = sock};
     return epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 

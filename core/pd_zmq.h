@@ -12,7 +12,8 @@
  *    sent on after its last EAGAIN must be drained again before the loop sleeps on its fd.
  *  - Messages arrive in zmq_msg_t parts (no czmq frame allocations); parts can be forwarded
  *    with zmq_msg_send without a copy. Sends go from our reusable batch buffers with one copy.
- *  - pd_zpoll_t sleeps on several sockets' ZMQ_FDs with one epoll set, in place of zmq_poll. */
+ *  - pd_zpoll_t sleeps on several sockets' ZMQ_FDs with one epoll set (edge-triggered), in
+ *    place of zmq_poll. A socket left unread wakes the loop once, not on every turn. */
 #ifndef PD_ZMQ_H
 #define PD_ZMQ_H
 

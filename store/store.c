@@ -36,6 +36,7 @@
 #define OUTBOX_BYTES (32u << 20) //  recent events kept in shared memory
 #define REPLAY_MS 1000           //  after a restart, events this recent are published again
 #define HOLD_MAX (64u << 20)     //  events held while the broker has not subscribed yet
+#define PUB_WINDOW_US 1000       //  at most one event frame per this, while events flow
 
 typedef struct {
     pd_config_t *cfg;
@@ -56,6 +57,7 @@ typedef struct {
     int node;
     int64_t gen;          //  boot generation (ms)
     uint64_t seq;         //  last event sequence number
+    int64_t pub_last;     //  mono us of the last event frame sent
     uint64_t malformed;
     pd_buf_t scratch;
     zhash_t *counts;      //  project -> records held (int64_t *), for per-project limits
@@ -657,9 +659,12 @@ s_dispatch(const pd_msg_t *m, void *arg)
     }
 }
 
-//  Sends this turn's replies and events. Returns whether anything was sent.
+//  Sends this turn's replies, and the events if the bus window has passed (or force): while
+//  events flow they leave at most once per PUB_WINDOW_US, in one frame, so the broker and its
+//  I/O thread wake once per window rather than once per loop turn of this node; after a quiet
+//  window an event leaves at once. Returns whether anything was sent.
 static bool
-s_flush(store_t *self)
+s_flush(store_t *self, bool force)
 {
     bool sent = false;
     if (self->out.count) {
@@ -669,10 +674,14 @@ s_flush(store_t *self)
         pd_msgw_reset(&self->out);
         sent = true;
     }
-    if (self->events.count && self->bus_ready) {
+    int64_t now = pd_mono_us();
+    if (self->events.count && self->bus_ready &&
+        (force || now >= self->pub_last + PUB_WINDOW_US || self->events.sb.size > (1 << 20))) {
         pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->events.sb.data,
                     self->events.sb.size);
         pd_msgw_reset(&self->events);
+        self->pub_last = now;
+        sent = true;
     } else if (self->events.sb.size > HOLD_MAX) {
         pd_log_warn("%s: the bus is not connected; %u events dropped", __func__,
                     self->events.count);
@@ -757,7 +766,7 @@ s_on_batch(pd_zmsg_t *zm, void *arg)
         pd_log_warn("%s: malformed batch from the broker dropped", __func__);
     }
     if (self->out.sb.size > (1 << 20) || self->events.sb.size > (1 << 20))
-        s_flush(self);
+        s_flush(self, false);
 }
 
 /*  [gateway id][batch] on the front: answered at once, in one frame to that gateway. */
@@ -893,8 +902,12 @@ store_main(pd_config_t *cfg)
     int64_t last_hello = 0;
     bool idle = true;
     while (!s_stop) {
-        if (idle)
-            pd_zpoll_wait(&self->poll, 100 * 1000);
+        if (idle) {
+            int64_t wait = 100 * 1000;
+            if (self->events.count && self->bus_ready) /* held events leave when the window ends */
+                wait = self->pub_last + PUB_WINDOW_US - pd_mono_us();
+            pd_zpoll_wait(&self->poll, wait > 0 ? wait : 0);
+        }
         int got = pd_zmq_drain(zsock_resolve(self->pub), 100, s_on_subscribe, self, NULL);
         got += pd_zmq_drain(zsock_resolve(self->dealer), 1000, s_on_batch, self, NULL);
         if (self->front)
@@ -914,8 +927,9 @@ store_main(pd_config_t *cfg)
             }
             last_hello = now;
         }
-        idle = !s_flush(self) && !got;
+        idle = !s_flush(self, false) && !got;
     }
+    s_flush(self, true);
     pd_log_info("store node %d stopping", self->node);
     pd_zpoll_close(&self->poll);
     zsock_destroy(&self->dealer);
