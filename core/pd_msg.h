@@ -54,12 +54,15 @@ enum {
 //  EVENT actions.
 enum { PD_ACT_UPSERT = 1, PD_ACT_UPDATE = 2, PD_ACT_DELETE = 3 };
 
-//  A decoded message. Fields not present read as empty / 0.
+//  A decoded message. A field lives in the array of its type in pd_msg.def: m->s[f] for a STR
+//  field, m->i[f] for an INT field, m->o[f] for a RAW field; there a field not present reads as
+//  empty / 0 / NULL. A field's entries in the other two arrays are not written (the decoder
+//  clears only the entries of each field's own type), so never read them.
 typedef struct {
     int type;                          //  PD_MSG_*
     uint64_t rid;                      //  request id, chosen by the sender of a request
     uint64_t present;                  //  bit (1 << field) per field present
-    pd_str_t s[PD_F__COUNT];           //  STR fields
+    pd_str_t s[PD_F__COUNT];           //  STR fields (views into the frame)
     int64_t i[PD_F__COUNT];            //  INT fields
     const msgpack_object *o[PD_F__COUNT]; //  RAW fields (live until the zone is cleared)
     const char *raw;                   //  the message's own bytes in the frame
@@ -72,9 +75,10 @@ pd_msg_has(const pd_msg_t *m, int f)
     return (m->present >> f) & 1;
 }
 
-//  Decodes the message at buf[*off]; advances *off past it. zone holds arrays and maps of RAW
-//  fields; clear it (msgpack_zone_clear) between batches. Returns 0, 1 at the end of the
-//  buffer, or -1 if the bytes are not a valid message (the rest of the frame is then unusable).
+//  Decodes the message at buf[*off]; advances *off past it. zone holds the objects of RAW
+//  fields (nothing else is allocated); clear it (msgpack_zone_clear) between batches. Returns 0,
+//  1 at the end of the buffer, or -1 if the bytes are not a valid message (the rest of the frame
+//  is then unusable; *off is left where the bad message starts).
 int pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zone *zone);
 
 //  Calls fn on every message of a batch frame, in order, then clears zone. Returns the number

@@ -146,6 +146,7 @@ struct pd_table {
     uint32_t *aux;  //  scratch: foreach_expired's frontier heap
     size_t aux_cap;
     bool rebuilt; //  open rebuilt the derived structures (for the self test)
+    uint32_t last; //  slot of the last record looked up (a hint, see s_hint), or S_NONE
     pd_table_hook_fn hook; //  see pd_table_set_hook
     void *hook_arg;
 };
@@ -251,11 +252,16 @@ s_blk_keys(const s_block_t *b, pd_str_t k[4])
     }
 }
 
+/*  The per-field loops over a blob are unrolled (S_UNROLL): every read and every write of a
+ *  record runs them, and unrolled, the field offsets become constants. */
+#define S_UNROLL _Pragma("GCC unroll 16")
+
 static void
 s_fill(pd_table_t *self, uint64_t off, pd_record_t *out)
 {
     const s_block_t *b = s_blk(self, off);
     const char *p = s_blk_data(b);
+    S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
         *s_field(out, i) = (pd_str_t){p, b->len[i]};
         p += b->len[i] + 1;
@@ -548,6 +554,7 @@ static uint64_t
 s_blob_bytes(const pd_record_t *r)
 {
     uint64_t n = sizeof(s_block_t);
+    S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
         uint64_t len = s_field_c(r, i).len;
         if (len >= UINT32_MAX)
@@ -562,6 +569,7 @@ s_blob_write(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r
 {
     s_block_t *b = s_blk(self, off);
     char *p = (char *)(b + 1);
+    S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
         pd_str_t s = s_field_c(r, i);
         b->len[i] = (uint32_t)s.len;
@@ -767,6 +775,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
     self->fd = fd;
     self->hdr = map;
     pd_buf_init(&self->json);
+    self->last = S_NONE;
     s_bind(self);
     if (!made) {
         const char *why = NULL;
@@ -841,8 +850,23 @@ pd_table_get(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *out)
     uint32_t s = s_idx_find(self, self->pidx, S_PKEY, s_hash32(project, id), project, id, &pos);
     if (s == S_NONE)
         return -1;
+    self->last = s;
     s_fill(self, s_blob_of(self, s), out);
     return 0;
+}
+
+/*  The slot of (project, id) if it is the last one looked up, else S_NONE. The store reads a
+ *  record before it writes it (to check the owner and the permissions), so a put usually finds
+ *  its record here with one key comparison in lines the read left in cache, instead of a hash
+ *  and a probe of the primary index. Only a hint, checked against the truth: a slot is the
+ *  record of (project, id) iff its live blob has that key, as no key has two live slots. */
+static uint32_t
+s_hint(pd_table_t *self, pd_str_t project, pd_str_t id)
+{
+    uint32_t s = self->last;
+    if (s >= self->hdr->slots_top || !s_match(self, S_PKEY, s, project, id))
+        return S_NONE;
+    return s;
 }
 
 int
@@ -857,15 +881,25 @@ pd_table_get_by_user(pd_table_t *self, pd_str_t project, pd_str_t user, pd_recor
     return 0;
 }
 
-//  Points (project, user) at slot s: last writer wins.
+/*  Points (project, user) at slot s, which holds that key already: last writer wins. Usually
+ *  the user's entry names s already (one presence per user), and the probe stops there on the
+ *  entry's value alone, without reading a slot or a blob: an entry naming s with s's hash can
+ *  only be this key's, as a key has one entry. Otherwise it stops at the key's entry for
+ *  another slot, or at the empty entry where the key goes, and points that at s. */
 static void
 s_user_set(pd_table_t *self, uint32_t s, pd_str_t project, pd_str_t user)
 {
-    uint64_t pos;
     uint32_t h = self->slots[s].u_hash;
-    uint32_t cur = s_idx_find(self, self->uidx, S_UKEY, h, project, user, &pos);
-    if (cur != s)
-        s_idx_set(self->uidx, pos, h, s);
+    uint64_t want = (uint64_t)h << 32 | ((uint64_t)s + 1), i = h & self->imask;
+    for (;; i = (i + 1) & self->imask) {
+        uint64_t e = self->uidx[i];
+        if (e == want)
+            return;
+        if (!e ||
+            ((uint32_t)(e >> 32) == h && s_match(self, S_UKEY, (uint32_t)e - 1, project, user)))
+            break;
+    }
+    s_idx_set(self->uidx, i, h, s);
 }
 
 #ifndef NDEBUG
@@ -889,7 +923,13 @@ s_rec_in_block(pd_table_t *self, const pd_record_t *r, uint64_t off)
  *  follow: primary and user index, status list, expiry heap. The old block (on replace) is
  *  parked in header.pend_blob and freed by the next record mutation, so *prev stays valid
  *  until then. Cost: one render of the JSON into a reused buffer, one copy, O(1) index work and
- *  an O(log n) heap fix. No malloc once the scratch buffer has grown. */
+ *  an O(log n) heap fix. No malloc once the scratch buffer has grown.
+ *
+ *  A replace does only the work its change needs: the record is usually the one the store just
+ *  read (s_hint: no hash, no primary probe); the user and status hashes are the slot's cached
+ *  ones when those strings did not change (compared in the old blob, which the version read
+ *  brought into cache); the user index is probed only to confirm that its entry names this
+ *  slot; the status list is left alone unless the status changed. */
 int
 pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_record_t *prev)
 {
@@ -897,9 +937,14 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     s_header_t *h = self->hdr;
     assert(!h->pend_blob || !s_rec_in_block(self, rec, h->pend_blob)); //  a stale prev view
     s_begin(self);
-    uint32_t ph = s_hash32(rec->project, rec->id);
-    uint64_t ppos;
-    uint32_t s = s_idx_find(self, self->pidx, S_PKEY, ph, rec->project, rec->id, &ppos);
+    uint64_t ppos = 0;
+    uint32_t ph, s = s_hint(self, rec->project, rec->id);
+    if (s != S_NONE) {
+        ph = self->slots[s].p_hash;
+    } else {
+        ph = s_hash32(rec->project, rec->id);
+        s = s_idx_find(self, self->pidx, S_PKEY, ph, rec->project, rec->id, &ppos);
+    }
     uint64_t old = s == S_NONE ? 0 : s_blob_of(self, s);
     if (!old && !s_slot_available(self))
         goto full;
@@ -913,12 +958,11 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     uint64_t off = s_alloc(self, s_blob_bytes(&r));
     if (!off)
         goto full;
-    if (self->hook) {
-        pd_record_t p;
-        if (old)
-            s_fill(self, old, &p);
+    pd_record_t p; //  views of the old record, for the hook and *prev
+    if (old && (self->hook || prev))
+        s_fill(self, old, &p);
+    if (self->hook)
         self->hook(&r, old ? &p : NULL, self->hook_arg);
-    }
     S_CRASH();
     if (!old)
         s = s_slot_take(self);
@@ -928,11 +972,10 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     S_CRASH();
 
     s_slot_t *sl = &self->slots[s];
-    uint32_t uh = s_hash32(r.project, r.user_id), sh = s_hash32(r.project, r.status);
     if (!old) {
         sl->p_hash = ph;
-        sl->u_hash = uh;
-        sl->s_hash = sh;
+        sl->u_hash = s_hash32(r.project, r.user_id);
+        sl->s_hash = s_hash32(r.project, r.status);
         sl->expires_ms = r.expires_ms;
         s_idx_set(self->pidx, ppos, ph, s);
         S_CRASH();
@@ -944,15 +987,19 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     } else {
         pd_str_t ok[4];
         s_blk_keys(s_blk(self, old), ok);
-        if (!pd_str_eq(ok[2], r.user_id))
+        if (!pd_str_eq(ok[2], r.user_id)) {
             s_idx_del_ref(self, self->uidx, sl->u_hash, s);
-        sl->u_hash = uh;
+            sl->u_hash = s_hash32(r.project, r.user_id);
+        }
         s_user_set(self, s, r.project, r.user_id);
         S_CRASH();
-        if (sl->s_hash != sh) {
-            s_st_unlink(self, s);
-            sl->s_hash = sh;
-            s_st_link(self, s);
+        if (!pd_str_eq(ok[3], r.status)) {
+            uint32_t sh = s_hash32(r.project, r.status);
+            if (sl->s_hash != sh) {
+                s_st_unlink(self, s);
+                sl->s_hash = sh;
+                s_st_link(self, s);
+            }
         }
         if (sl->expires_ms != r.expires_ms) {
             sl->expires_ms = r.expires_ms;
@@ -963,11 +1010,12 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
         h->pend_blob = old;
     }
     s_clean(self);
+    self->last = s;
     if (stored)
         s_fill(self, off, stored);
     if (prev) {
         if (old)
-            s_fill(self, old, prev);
+            *prev = p;
         else
             memset(prev, 0, sizeof *prev);
     }
@@ -1953,6 +2001,8 @@ s_ct_apply(s_ct_model_t *m, uint64_t seed, uint32_t i, pd_table_t *t)
         s_ct_rec(&tr, key, tag);
         if (t) {
             pd_record_t st, pv;
+            if ((r >> 48) % 2) //  as the store does before most writes: put finds it by s_hint
+                pd_table_get(t, tr.rec.project, tr.rec.id, &pv);
             if (pd_table_put(t, &tr.rec, &st, &pv) != 0)
                 return -1;
             if (s_ct_outbox)

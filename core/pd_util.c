@@ -54,11 +54,15 @@ s_days_from_civil(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
+//  Two digits of v (< 100), from a table: eight per date, three dates per rendered record.
 static inline void
 s_put2(char *p, unsigned v)
 {
-    p[0] = (char)('0' + v / 10);
-    p[1] = (char)('0' + v % 10);
+    static const char digits[] = "00010203040506070809101112131415161718192021222324252627282930"
+                                 "31323334353637383940414243444546474849505152535455565758596061"
+                                 "62636465666768697071727374757677787980818283848586878889909192"
+                                 "93949596979899";
+    memcpy(p, digits + 2 * v, 2);
 }
 
 /*  Every record carries three dates and is rendered on each write, so this is on the hot path:
@@ -83,7 +87,9 @@ pd_time_format(int64_t ms, char *buf)
     if (y < 0 || y > 9999) {
         int n = snprintf(buf, 32, "%04lld-%02u-%02uT%02u:%02u:%02u.%03u+00:00", (long long)y, m, d,
                          sod / 3600, sod / 60 % 60, sod % 60, msec);
-        return n > 0 ? (size_t)n : 0;
+        /* snprintf returns what it would have written: a year of seven or more characters
+         * (no real date) is cut to fit, and the length returned is what is in buf. */
+        return n <= 0 ? 0 : n < 32 ? (size_t)n : 31;
     }
     s_put2(buf, (unsigned)(y / 100));
     s_put2(buf + 2, (unsigned)(y % 100));

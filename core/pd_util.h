@@ -47,7 +47,7 @@ int64_t pd_mono_ms(void);
 int64_t pd_mono_us(void);
 
 //  Appwrite date format "2024-01-01T00:00:00.000+00:00" (29 chars). buf needs 32 bytes.
-//  Returns the length written.
+//  Returns the length written (at most 31, not counting the NUL written after it).
 size_t pd_time_format(int64_t ms, char *buf);
 
 //  Parses a date the way a client sends expiresAt: ISO 8601 / RFC 3339 with 'T' or a space,

@@ -131,8 +131,9 @@ s_tick_of(const pd_wheel_t *self, int64_t deadline, uint64_t *tick)
     int64_t base = self->origin + (int64_t)self->cur * self->tick_ms;
     if (deadline <= base)
         return false;
-    uint64_t delta = (uint64_t)deadline - (uint64_t)base;
-    uint64_t ticks = delta / (uint64_t)self->tick_ms + (delta % (uint64_t)self->tick_ms != 0);
+    uint64_t delta = (uint64_t)deadline - (uint64_t)base, ticks = delta;
+    if (self->tick_ms != 1) //  the reaper's tick: no division on its every add and cancel
+        ticks = delta / (uint64_t)self->tick_ms + (delta % (uint64_t)self->tick_ms != 0);
     *tick = self->cur + (ticks < W_FAR_TICKS ? ticks : W_FAR_TICKS);
     return true;
 }
@@ -258,11 +259,35 @@ pd_wheel_destroy(pd_wheel_t **self_p)
     *self_p = NULL;
 }
 
+//  True if deadlines a and b both belong in the same slot of a level (not on `due` or the
+//  overflow list), given cur.
+static bool
+s_same_slot(const pd_wheel_t *self, int64_t a, int64_t b)
+{
+    uint64_t ta, tb;
+    if (!s_tick_of(self, a, &ta) || !s_tick_of(self, b, &tb))
+        return false;
+    int level = s_level_of(ta, self->cur);
+    return level < W_LEVELS && s_level_of(tb, self->cur) == level &&
+           s_digit(ta, level) == s_digit(tb, level);
+}
+
+/*  A linked timer moved within the slot it sits in only gets its new deadline: it is where
+ *  s_place would put it, and neither its neighbours nor the slot's tail are touched. That is
+ *  the reaper's common case, an upsert pushing a deadline minutes ahead by a little more (a
+ *  level-2 slot spans 65 s at 1 ms ticks), and it saves the three cache misses of an unlink
+ *  and a push among a million timers. Order within a slot is not kept anyway: a slot above
+ *  level 0 is re-placed timer by timer when it cascades, and a level-0 slot is one tick. */
 void
 pd_wheel_add(pd_wheel_t *self, pd_timer_t *t, int64_t deadline)
 {
-    if (pd_timer_linked(t))
+    if (pd_timer_linked(t)) {
+        if (s_same_slot(self, t->deadline, deadline)) {
+            t->deadline = deadline;
+            return;
+        }
         pd_wheel_cancel(self, t);
+    }
     t->deadline = deadline;
     s_place(self, t);
     self->count++;
@@ -514,6 +539,33 @@ pd_wheel_test(bool verbose)
         PD_CHECK(pd_wheel_count(w) == 0 && pd_wheel_timeout(w, T0 + 4900, 77) == 77);
         PD_CHECK(s_advance(w, T0 + 100 * DAY, SIZE_MAX, NULL) == 0);
         PD_CHECK(a.fired + c.fired + d.fired + e.fired == 0);
+        pd_wheel_destroy(&w);
+    }
+
+    /* Rescheduling within a slot (pd_wheel_add's fast path): the timer stays among its
+     * neighbours, the wheel stays exact, and each fires at its latest deadline. */
+    {
+        pd_wheel_t *w = pd_wheel_new(T0, 1);
+        s_item_t x[3];
+        memset(x, 0, sizeof x);
+        for (int i = 0; i < 3; i++)
+            s_add(w, &x[i], T0 + 900000 + i); //  one level-2 slot: ticks 851968..917503
+        pd_timer_t *prev = x[1].timer.prev, *next = x[1].timer.next;
+        s_add(w, &x[1], T0 + 910000);
+        PD_CHECK(x[1].timer.prev == prev && x[1].timer.next == next && pd_wheel_count(w) == 3);
+        s_check(w);
+        s_add(w, &x[0], T0 + 920000); //  the next slot: moved
+        s_add(w, &x[2], T0 + 5);      //  level 0
+        s_add(w, &x[2], T0 + 5);      //  the same tick again
+        PD_CHECK(pd_wheel_count(w) == 3);
+        s_check(w);
+        PD_CHECK(s_advance(w, T0 + 5, SIZE_MAX, NULL) == 1 && x[2].fired_at == T0 + 5);
+        PD_CHECK(s_advance(w, T0 + 909999, SIZE_MAX, NULL) == 0);
+        s_check(w);
+        PD_CHECK(s_advance(w, T0 + 910000, SIZE_MAX, NULL) == 1 && x[1].fired_at == T0 + 910000);
+        PD_CHECK(s_advance(w, T0 + 919999, SIZE_MAX, NULL) == 0);
+        PD_CHECK(s_advance(w, T0 + 920000, SIZE_MAX, NULL) == 1 && x[0].fired_at == T0 + 920000);
+        PD_CHECK(pd_wheel_count(w) == 0);
         pd_wheel_destroy(&w);
     }
 

@@ -561,13 +561,12 @@ s_track_seq(reaper_t *self, node_t *n, int id, int64_t gen, int64_t seq)
 static void
 s_on_event(reaper_t *self, const pd_msg_t *m)
 {
-    static const int need[] = {PD_F_PROJECT, PD_F_ID, PD_F_ACTION, PD_F_NODE, PD_F_SEQ, PD_F_GEN};
-    for (size_t i = 0; i < sizeof need / sizeof *need; i++) {
-        if (!pd_msg_has(m, need[i])) {
-            self->malformed++;
-            s_warn_limited(self, "bus", "EVENT without a required field");
-            return;
-        }
+    const uint64_t need = 1ULL << PD_F_PROJECT | 1ULL << PD_F_ID | 1ULL << PD_F_ACTION |
+                          1ULL << PD_F_NODE | 1ULL << PD_F_SEQ | 1ULL << PD_F_GEN;
+    if ((m->present & need) != need) {
+        self->malformed++;
+        s_warn_limited(self, "bus", "EVENT without a required field");
+        return;
     }
     pd_str_t project = m->s[PD_F_PROJECT], id = m->s[PD_F_ID];
     int64_t action = m->i[PD_F_ACTION];
