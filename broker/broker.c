@@ -849,6 +849,8 @@ s_on_front(const pd_msg_t *m, void *arg)
     }
 }
 
+static void s_sweep(broker_t *self);
+
 /*  One message from a store node (self->cur is the node). */
 static void
 s_on_back(const pd_msg_t *m, void *arg)
@@ -863,6 +865,12 @@ s_on_back(const pd_msg_t *m, void *arg)
     if (!nd->up || nd->gen != m->i[PD_F_GEN])
         pd_log_info("store node %d is up (generation %lld, %lld records)", node,
                     (long long)m->i[PD_F_GEN], (long long)m->i[PD_F_TOTAL]);
+    if (nd->up && nd->gen && nd->gen != m->i[PD_F_GEN]) {
+        /* It restarted faster than it could be missed: what the old process had in hand is
+         * lost, so fail those ops now (503) rather than when they time out. */
+        nd->up = false;
+        s_sweep(self);
+    }
     nd->seen = nd->up = true;
     nd->last = pd_mono_ms();
     nd->gen = m->i[PD_F_GEN];
