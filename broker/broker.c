@@ -954,6 +954,7 @@ s_bus_flush(broker_t *self, bool force)
     else
         self->bus_out++;
     self->sent = true;
+    pd_zpoll_sent(&self->poll, zsock_resolve(self->xpub));
     self->bus_last = now;
     pd_buf_reset(&self->bus);
     return -1;
@@ -986,6 +987,7 @@ s_flush(broker_t *self)
             self->unroutable++;
         }
         pd_msgw_reset(&nd->out);
+        pd_zpoll_sent(&self->poll, zsock_resolve(self->back));
     }
     for (size_t i = 0; i < self->npeers; i++) {
         peer_t *p = &self->peers[i];
@@ -995,6 +997,7 @@ s_flush(broker_t *self)
         pd_zmq_send(zsock_resolve(self->front), p->ident, p->ilen, p->out.sb.data,
                     p->out.sb.size);
         pd_msgw_reset(&p->out);
+        pd_zpoll_sent(&self->poll, zsock_resolve(self->front));
     }
 }
 
@@ -1088,24 +1091,25 @@ broker_main(pd_config_t *cfg)
     pd_log_info("broker up: front %s, back %s, bus %s -> %s, %d store nodes", cfg->broker_front,
                 cfg->broker_back, cfg->bus_in, cfg->bus_out, self->nstores);
 
-    /* Each turn: drain every socket (up to a budget), handle what came, send this turn's
-     * batches; sweep timeouts every 50 ms. Sleep only after a turn that received and sent
-     * nothing: a send may consume a socket's wake-up signal, so the turn after one drains
-     * again before the loop sleeps (pd_zmq.h). */
+    /* Each turn: drain every socket that may hold something (up to a budget), handle what
+     * came, send this turn's batches; sweep timeouts every 50 ms. Sleep only after a turn that
+     * received and sent nothing: a send may consume a socket's wake-up signal, so the turn
+     * after one reads that socket again before the loop sleeps (pd_zmq.h). */
     int64_t last_sweep = 0;
     while (!s_stop) {
         self->sent = false;
-        int got = pd_zmq_drain(zsock_resolve(self->front), TURN_BUDGET, s_on_front_frame, self,
-                               &self->oversized);
-        got += pd_zmq_drain(zsock_resolve(self->back), TURN_BUDGET, s_on_back_frame, self,
-                            &self->oversized);
+        int got = pd_zpoll_drain(&self->poll, zsock_resolve(self->front), TURN_BUDGET,
+                                 s_on_front_frame, self, &self->oversized);
+        got += pd_zpoll_drain(&self->poll, zsock_resolve(self->back), TURN_BUDGET,
+                              s_on_back_frame, self, &self->oversized);
         /* While a bus window is open, the store nodes' frames wait in the socket: they are
          * read once, when it closes, so a busy bus wakes this loop once a millisecond, not once
          * per store batch. */
         if (!self->bus.len || pd_mono_us() >= self->bus_last + BUS_WINDOW_US)
-            got += pd_zmq_drain(zsock_resolve(self->xsub), TURN_BUDGET, s_on_bus_frame, self,
-                                NULL);
-        got += pd_zmq_drain(zsock_resolve(self->xpub), TURN_BUDGET, s_on_sub_frame, self, NULL);
+            got += pd_zpoll_drain(&self->poll, zsock_resolve(self->xsub), TURN_BUDGET,
+                                  s_on_bus_frame, self, NULL);
+        got += pd_zpoll_drain(&self->poll, zsock_resolve(self->xpub), TURN_BUDGET,
+                              s_on_sub_frame, self, NULL);
         s_flush(self);
         int64_t bus_wait = s_bus_flush(self, false);
         int64_t now = pd_mono_ms();

@@ -72,6 +72,8 @@ typedef struct {
     int64_t gen;               //  the node's boot generation
     bool up;                   //  the broker hears from it
     pd_msgw_t out;             //  requests to it this loop turn
+    bool unread;               //  sent on, or its fd fired, since it last came up empty
+    struct gw *gw;
 } gw_store_t;
 
 struct gw {
@@ -98,6 +100,7 @@ struct gw {
     h2o_timeout_t req_timeout;
     h2o_timeout_t tick_timeout; //  1 s housekeeping
     h2o_timeout_entry_t tick_entry;
+    bool dealer_unread;         //  the dealer was sent on, or fired, since it came up empty
     bool draining;              //  re-entrancy guard for s_drain
     gw_pending_t **slots;       //  pending table: rid low bits index it
     uint32_t *free_slots;
@@ -143,6 +146,9 @@ int gw_rest_on_req(h2o_handler_t *self, h2o_req_t *req);
 //  The value of request header `name` (lower case), or PD_STR_NULL.
 pd_str_t gw_header(h2o_req_t *req, const char *name);
 //  Sends a JSON (or text) response with CORS headers. body is copied.
+//  Called before any response: a connection left polled while its request waited
+//  (gateway.c, "waiting connections") goes back to the state h2o expects.
+void gw_conn_answer(h2o_req_t *req);
 void gw_respond(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype,
                 const char *body, size_t len, int64_t start_ns);
 void gw_respond_err(gw_t *gw, h2o_req_t *req, int route, int code, pd_str_t msg,

@@ -97,6 +97,7 @@ gw_respond(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype, c
                        strlen(ctype));
     req->res.content_length = len;
     gw_metrics_count(gw, route, status, start_ns);
+    gw_conn_answer(req);
     h2o_send_inline(req, body, len);
 }
 

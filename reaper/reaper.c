@@ -777,28 +777,6 @@ s_on_reply(reaper_t *self, const pd_msg_t *m)
     }
 }
 
-//  Receives the next message on sock without waiting; keeps only its last part (the payload;
-//  earlier parts are envelopes). Returns 0, or -1 if nothing is queued.
-static int
-s_recv(zsock_t *sock, zmq_msg_t *msg)
-{
-    void *h = zsock_resolve(sock);
-    zmq_msg_init(msg);
-    if (zmq_msg_recv(msg, h, ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(msg);
-        return -1;
-    }
-    while (zmq_msg_more(msg)) {
-        zmq_msg_close(msg);
-        zmq_msg_init(msg);
-        if (zmq_msg_recv(msg, h, ZMQ_DONTWAIT) < 0) { //  parts arrive together; cannot happen
-            zmq_msg_close(msg);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 typedef void (*s_handler_fn)(reaper_t *self, const pd_msg_t *m);
 
 //  Decodes a batch frame and hands each message to fn. A bad message ends the frame.
@@ -874,32 +852,34 @@ s_on_broker_msg(reaper_t *self, const pd_msg_t *m)
 /*  ------------------------------------------------------------------------------------------
  *  The loop stages. */
 
+static void
+s_on_bus_frame(pd_zmsg_t *zm, void *arg)
+{
+    s_dispatch(arg, &zm->part[zm->n - 1], "bus", s_on_bus_msg);
+}
+
+static void
+s_on_broker_frame(pd_zmsg_t *zm, void *arg)
+{
+    s_dispatch(arg, &zm->part[zm->n - 1], "broker", s_on_broker_msg);
+}
+
 //  Reads up to REAPER_FRAME_BUDGET frames of events; more waiting keeps the loop busy.
 static void
 reaper_recv_bus(reaper_t *self)
 {
-    zmq_msg_t msg;
-    for (int i = 0; i < REAPER_FRAME_BUDGET; i++) {
-        if (s_recv(self->bus, &msg) < 0)
-            return;
-        s_dispatch(self, &msg, "bus", s_on_bus_msg);
-        zmq_msg_close(&msg);
-    }
-    self->busy = true;
+    if (pd_zpoll_drain(&self->poll, zsock_resolve(self->bus), REAPER_FRAME_BUDGET,
+                       s_on_bus_frame, self, &self->malformed) == REAPER_FRAME_BUDGET)
+        self->busy = true;
 }
 
 //  Reads up to REAPER_FRAME_BUDGET frames of replies and sync pages.
 static void
 reaper_recv_broker(reaper_t *self)
 {
-    zmq_msg_t msg;
-    for (int i = 0; i < REAPER_FRAME_BUDGET; i++) {
-        if (s_recv(self->broker, &msg) < 0)
-            return;
-        s_dispatch(self, &msg, "broker", s_on_broker_msg);
-        zmq_msg_close(&msg);
-    }
-    self->busy = true;
+    if (pd_zpoll_drain(&self->poll, zsock_resolve(self->broker), REAPER_FRAME_BUDGET,
+                       s_on_broker_frame, self, &self->malformed) == REAPER_FRAME_BUDGET)
+        self->busy = true;
 }
 
 /*  Send EXPIRE for the deadlines that are due. This is the reaper's one expensive step, and
@@ -975,7 +955,9 @@ reaper_flush(reaper_t *self)
 {
     if (!self->out.count)
         return;
-    self->busy = true; //  a send may consume the socket's wake-up: read it once more first
+    /* a send may consume the socket's wake-up: read it once more before sleeping */
+    pd_zpoll_sent(&self->poll, zsock_resolve(self->broker));
+    self->busy = true;
     if (zmq_send(zsock_resolve(self->broker), self->out.sb.data, self->out.sb.size,
                  ZMQ_DONTWAIT) < 0) {
         self->send_failures++;

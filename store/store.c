@@ -672,6 +672,7 @@ s_flush(store_t *self, bool force)
                         self->out.sb.size) < 0)
             pd_log_warn("%s: reply batch dropped", __func__);
         pd_msgw_reset(&self->out);
+        pd_zpoll_sent(&self->poll, zsock_resolve(self->dealer));
         sent = true;
     }
     int64_t now = pd_mono_us();
@@ -680,6 +681,7 @@ s_flush(store_t *self, bool force)
         pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->events.sb.data,
                     self->events.sb.size);
         pd_msgw_reset(&self->events);
+        pd_zpoll_sent(&self->poll, zsock_resolve(self->pub));
         self->pub_last = now;
         sent = true;
     } else if (self->events.sb.size > HOLD_MAX) {
@@ -702,6 +704,7 @@ s_on_subscribe(pd_zmsg_t *zm, void *arg)
     self->bus_ready = true;
     if (self->replay.len) {
         pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->replay.data, self->replay.len);
+        pd_zpoll_sent(&self->poll, zsock_resolve(self->pub));
         pd_log_info("published again the events of the last %d ms before the restart",
                     REPLAY_MS);
         pd_buf_free(&self->replay);
@@ -908,10 +911,13 @@ store_main(pd_config_t *cfg)
                 wait = self->pub_last + PUB_WINDOW_US - pd_mono_us();
             pd_zpoll_wait(&self->poll, wait > 0 ? wait : 0);
         }
-        int got = pd_zmq_drain(zsock_resolve(self->pub), 100, s_on_subscribe, self, NULL);
-        got += pd_zmq_drain(zsock_resolve(self->dealer), 1000, s_on_batch, self, NULL);
-        if (self->front)
-            got += pd_zmq_drain(zsock_resolve(self->front), 1000, s_on_front_frame, self, NULL);
+        int got = pd_zpoll_drain(&self->poll, zsock_resolve(self->pub), 100, s_on_subscribe, self,
+                                 NULL);
+        got += pd_zpoll_drain(&self->poll, zsock_resolve(self->dealer), 1000, s_on_batch, self,
+                              NULL);
+        if (self->front) /* replies go out inside the drain, before its last receive */
+            got += pd_zpoll_drain(&self->poll, zsock_resolve(self->front), 1000,
+                                  s_on_front_frame, self, NULL);
         int64_t now = pd_mono_ms();
         if (now - last_hello >= 250) {
             s_hello(self);

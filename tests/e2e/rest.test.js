@@ -636,3 +636,104 @@ describe('service routes', () => {
         }
     });
 });
+
+// --- HTTP/1.1 connections while a request waits for a store node ------------------------------
+
+// Reads `count` HTTP/1.1 responses (each with Content-Length) from a raw socket, in order.
+function readResponses(sock, count, timeoutMs = 10000) {
+    return new Promise((resolve, reject) => {
+        let buf = Buffer.alloc(0);
+        const out = [];
+        const done = (err) => {
+            clearTimeout(timer);
+            sock.off('data', onData);
+            sock.off('close', onClose);
+            err ? reject(err) : resolve(out);
+        };
+        const onClose = () => done(new Error(`socket closed after ${out.length} of ${count} responses`));
+        const onData = (chunk) => {
+            buf = Buffer.concat([buf, chunk]);
+            for (;;) {
+                const end = buf.indexOf('\r\n\r\n');
+                if (end < 0) return;
+                const head = buf.subarray(0, end).toString('latin1');
+                const len = Number(/\r\ncontent-length:\s*(\d+)/i.exec(head)?.[1] ?? 0);
+                if (buf.length < end + 4 + len) return;
+                const text = buf.subarray(end + 4, end + 4 + len).toString('utf8');
+                let json;
+                try { json = JSON.parse(text); } catch {}
+                out.push({ status: Number(head.split(' ')[1]), text, json });
+                buf = buf.subarray(end + 4 + len);
+                if (out.length === count) return done();
+            }
+        };
+        const timer = setTimeout(() => done(new Error(`timeout after ${out.length} of ${count} responses`)), timeoutMs);
+        sock.on('data', onData);
+        sock.on('close', onClose);
+    });
+}
+
+function rawRequest(method, path, body) {
+    const data = body === undefined ? '' : JSON.stringify(body);
+    return `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Appwrite-Project: ${H.cluster.project}\r\n` +
+        `X-Appwrite-Key: ${H.cluster.apiKey}\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${Buffer.byteLength(data)}\r\n\r\n${data}`;
+}
+
+describe('HTTP/1.1 connections while a request waits for a store node', () => {
+    it('pipelined requests are answered in order, and the connection stays usable', async () => {
+        const net = require('node:net');
+        const sock = net.connect({ host: '127.0.0.1', port: H.cluster.port });
+        await new Promise((r, j) => { sock.once('connect', r); sock.once('error', j); });
+        try {
+            const p = uid('pipe'), user = uid('pu');
+            // one write: an upsert that waits for its node, then requests that arrive behind it
+            sock.write(rawRequest('PUT', `/v1/presences/${p}`, { userId: user, status: 'first' }) +
+                rawRequest('GET', `/v1/presences/${p}`) +
+                rawRequest('PATCH', `/v1/presences/${p}`, { userId: user, status: 'second' }) +
+                rawRequest('GET', '/v1/ping') +
+                rawRequest('GET', `/v1/presences/${p}`));
+            const [put, get1, patch, ping, get2] = await readResponses(sock, 5);
+            assert.equal(put.status, 200, put.text);
+            assert.equal(put.json.$id, p);
+            assert.equal(get1.status, 200, get1.text);
+            assert.equal(get1.json.status, 'first', 'the GET behind the upsert sees it');
+            assert.equal(patch.status, 200, patch.text);
+            assert.equal(ping.status, 200, ping.text);
+            assert.equal(ping.text, 'Pong!');
+            assert.equal(get2.status, 200, get2.text);
+            assert.equal(get2.json.status, 'second');
+            // the same connection, later, one request at a time
+            for (const status of ['third', 'fourth']) {
+                sock.write(rawRequest('PUT', `/v1/presences/${p}`, { userId: user, status }));
+                const [r] = await readResponses(sock, 1);
+                assert.equal(r.status, 200, r.text);
+                assert.equal(r.json.status, status);
+            }
+        } finally {
+            sock.destroy();
+        }
+    });
+
+    it('a client that closes while its request waits leaves the gateway serving', async () => {
+        const net = require('node:net');
+        const pids = H.cluster.pids('gateway').join(',');
+        const ids = [];
+        for (let i = 0; i < 40; i++) {
+            const sock = net.connect({ host: '127.0.0.1', port: H.cluster.port });
+            await new Promise((r, j) => { sock.once('connect', r); sock.once('error', j); });
+            const p = uid('gone');
+            ids.push(p);
+            sock.write(rawRequest('PUT', `/v1/presences/${p}`, { userId: uid('gu'), status: 'bye' }));
+            if (i % 2) sock.end(); else sock.destroy(); // half-close and reset
+        }
+        await sleep(200);
+        for (const p of ids) { // every write either happened whole or not at all
+            const r = await api(H.cluster, 'GET', `/v1/presences/${p}`, { key: true });
+            assert.ok(r.status === 200 || r.status === 404, show(r));
+            if (r.status === 200) assert.equal(r.json.status, 'bye');
+        }
+        assert.equal(H.cluster.pids('gateway').join(','), pids, 'no gateway restarted');
+        assert.equal((await api(H.cluster, 'GET', '/v1/ping', { key: true })).text, 'Pong!');
+    });
+});
