@@ -960,13 +960,28 @@ s_bus_flush(broker_t *self, bool force)
     return -1;
 }
 
-/*  Subscription changes from gateways and the reaper. Every subscriber takes every event and
- *  xsub subscribes to everything once at start, so they only need reading. */
+/*  Subscriptions from gateways and the reaper (every subscriber takes every event; xsub
+ *  subscribes to everything once at start). XPUB_VERBOSE passes every subscription up, not
+ *  only the first to a topic, and each is answered at once with a broker HELLO on the bus: the
+ *  first frame a new subscriber gets, which tells it that its subscription is in place and
+ *  every event from then on reaches it (a gateway holds its WebSocket clients' messages until
+ *  then: gateway.c, "the bus"). */
 static void
 s_on_sub_frame(pd_zmsg_t *zm, void *arg)
 {
-    (void)zm;
-    (void)arg;
+    broker_t *self = arg;
+    if (pd_zmsg_size(zm, 0) < 1 || *(const uint8_t *)pd_zmsg_data(zm, 0) != 1)
+        return;
+    pd_msgw_t w;
+    pd_msgw_init(&w);
+    pd_msgw_begin(&w, PD_MSG_HELLO, 0);
+    pd_msgw_str(&w, PD_F_ROLE, "broker", 6);
+    pd_msgw_end(&w);
+    if (zmq_send(zsock_resolve(self->xpub), w.sb.data, w.sb.size, ZMQ_DONTWAIT) < 0)
+        self->bus_dropped++;
+    pd_msgw_destroy(&w);
+    self->sent = true;
+    pd_zpoll_sent(&self->poll, zsock_resolve(self->xpub));
 }
 
 /*  Sends every non-empty batch. A send to a vanished store fails at once (ROUTER_MANDATORY):
@@ -1081,6 +1096,7 @@ broker_main(pd_config_t *cfg)
      * then send every event, and subscribers' own subscriptions need no forwarding. */
     self->xsub = s_bind(ZMQ_XSUB, cfg->bus_in, 1000000);
     self->xpub = s_bind(ZMQ_XPUB, cfg->bus_out, 1000000);
+    zsock_set_xpub_verbose(self->xpub, 1);
     zmq_send(zsock_resolve(self->xsub), "\x01", 1, 0);
 
     if (pd_zpoll_init(&self->poll) < 0 || pd_zpoll_add(&self->poll, zsock_resolve(self->front)) ||

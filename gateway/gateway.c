@@ -132,10 +132,17 @@ gw_metrics_render(gw_t *gw, pd_buf_t *b)
                 "store node, and those sent again via the broker (stale claim, node away).\n"
                 "# TYPE presenced_gateway_direct_total counter\n"
                 "presenced_gateway_direct_total{gateway=\"%d\",result=\"sent\"} %llu\n"
-                "presenced_gateway_direct_total{gateway=\"%d\",result=\"rerouted\"} %llu\n",
+                "presenced_gateway_direct_total{gateway=\"%d\",result=\"rerouted\"} %llu\n"
+                "# HELP presenced_gateway_bus_subscribed Whether this gateway takes the bus's "
+                "events (only while it has WebSocket clients).\n"
+                "# TYPE presenced_gateway_bus_subscribed gauge\n"
+                "presenced_gateway_bus_subscribed{gateway=\"%d\"} %d\n"
+                "# TYPE presenced_gateway_bus_joins_total counter\n"
+                "presenced_gateway_bus_joins_total{gateway=\"%d\"} %llu\n",
                 node, gw->in_flight, node, (unsigned long long)gw->timeouts, node,
                 (unsigned long long)gw->malformed, node, (unsigned long long)gw->direct, node,
-                (unsigned long long)gw->rerouted);
+                (unsigned long long)gw->rerouted, node, gw->bus_state == GW_BUS_LIVE, node,
+                (unsigned long long)gw->bus_joins);
     gw_rt_metrics(gw, b);
 }
 
@@ -679,10 +686,14 @@ s_on_event(const pd_msg_t *m, void *arg)
         gw_rt_on_bus(arg, m);
 }
 
+static void s_bus_live(gw_t *gw);
+
 static void
 s_on_bus_frame(pd_zmsg_t *zm, void *arg)
 {
     gw_t *gw = arg;
+    if (gw->bus_state == GW_BUS_JOINING)
+        s_bus_live(gw);
     if (gw_rt_quiet(gw))
         return;
     if (pd_msg_each(pd_zmsg_data(zm, 0), pd_zmsg_size(zm, 0), &gw->zone, s_on_event, gw) < 0)
@@ -694,7 +705,8 @@ s_on_bus(h2o_socket_t *sock, const char *err)
 {
     (void)err;
     gw_t *gw = sock->data;
-    pd_zmq_drain(zsock_resolve(gw->sub), INT_MAX, s_on_bus_frame, gw, &gw->malformed);
+    if (gw->sub)
+        pd_zmq_drain(zsock_resolve(gw->sub), INT_MAX, s_on_bus_frame, gw, &gw->malformed);
 }
 
 static h2o_socket_t *
@@ -707,6 +719,86 @@ s_wrap_zmq(gw_t *gw, zsock_t *zs, h2o_socket_cb cb)
     s->data = gw;
     h2o_socket_read_start(s, cb);
     return s;
+}
+
+/* -------------------------------------------------------------------------- the bus */
+
+/*  Only WebSocket clients need the bus. A gateway without any (a REST-only gateway, or one
+ *  whose last client left GW_BUS_LEAVE_MS ago) has no SUB socket, so the broker does not send
+ *  it every event of the cluster: on the upsert benchmark that is an event frame less to copy
+ *  and wake for per gateway, at the broker, in the gateway's I/O thread and in its loop.
+ *
+ *  The first WebSocket connection opens a new SUB socket (gw_bus_join). Until the bus is
+ *  live, the realtime side holds the connections' messages unread (a subscribe is not
+ *  acknowledged before its events can arrive). The bus is live at the first frame on the new
+ *  socket: the broker publishes one at once when it sees a subscription, and every store node
+ *  publishes a heartbeat every 250 ms. A new socket rather than unsubscribing and subscribing
+ *  again, because a frame on a new socket cannot be left over from an old subscription. */
+#define GW_BUS_LEAVE_MS 5000
+#define GW_BUS_JOIN_WAIT_MS 2000 //  a bus that stays silent this long is taken as live
+
+void
+gw_bus_join(gw_t *gw)
+{
+    gw->bus_quiet_ms = 0;
+    if (gw->bus_state != GW_BUS_OFF)
+        return;
+    gw->sub = zsock_new(ZMQ_SUB);
+    zsock_set_subscribe(gw->sub, "");
+    zsock_set_rcvtimeo(gw->sub, 0);
+    zsock_set_rcvhwm(gw->sub, 1000000);
+    if (zsock_connect(gw->sub, "%s", gw->cfg->bus_out) < 0)
+        pd_fatalx("cannot connect to %s", gw->cfg->bus_out);
+    gw->sub_io = s_wrap_zmq(gw, gw->sub, s_on_bus);
+    gw->bus_state = GW_BUS_JOINING;
+    gw->bus_join_ms = pd_mono_ms();
+    gw->bus_joins++;
+    pd_log_debug("joining the bus");
+}
+
+bool
+gw_bus_live(const gw_t *gw)
+{
+    return gw->bus_state == GW_BUS_LIVE;
+}
+
+static void
+s_bus_live(gw_t *gw)
+{
+    gw->bus_state = GW_BUS_LIVE;
+    pd_log_debug("the bus is live, %lld ms after joining", (long long)(pd_mono_ms() - gw->bus_join_ms));
+    gw_rt_bus_live(gw);
+}
+
+static void
+s_bus_leave(gw_t *gw)
+{
+    h2o_socket_read_stop(gw->sub_io);
+    h2o_socket_close(gw->sub_io);
+    gw->sub_io = NULL;
+    zsock_destroy(&gw->sub);
+    gw->bus_state = GW_BUS_OFF;
+    gw->bus_quiet_ms = 0;
+    pd_log_debug("left the bus: no WebSocket client for %d ms", GW_BUS_LEAVE_MS);
+}
+
+static void
+s_bus_tick(gw_t *gw)
+{
+    if (gw->bus_state == GW_BUS_OFF)
+        return;
+    int64_t now = pd_mono_ms();
+    if (gw->bus_state == GW_BUS_JOINING && now - gw->bus_join_ms >= GW_BUS_JOIN_WAIT_MS) {
+        pd_log_warn("no frame on the bus %d ms after joining it: going on without one",
+                    GW_BUS_JOIN_WAIT_MS);
+        s_bus_live(gw);
+    }
+    if (!gw_rt_idle(gw))
+        gw->bus_quiet_ms = 0;
+    else if (!gw->bus_quiet_ms)
+        gw->bus_quiet_ms = now;
+    else if (now - gw->bus_quiet_ms >= GW_BUS_LEAVE_MS)
+        s_bus_leave(gw);
 }
 
 static void
@@ -725,6 +817,7 @@ s_on_tick(h2o_timeout_entry_t *entry)
     gw_t *gw = H2O_STRUCT_FROM_MEMBER(gw_t, tick_entry, entry);
     s_hello(gw);
     gw_rt_tick(gw);
+    s_bus_tick(gw);
     h2o_timeout_link(gw->ctx.loop, &gw->tick_timeout, &gw->tick_entry);
 }
 
@@ -838,14 +931,8 @@ gateway_main(pd_config_t *cfg)
     zsock_set_rcvhwm(gw->dealer, 100000);
     if (zsock_connect(gw->dealer, "%s", cfg->broker_front) < 0)
         pd_fatalx("cannot connect to %s", cfg->broker_front);
-    gw->sub = zsock_new(ZMQ_SUB);
-    zsock_set_subscribe(gw->sub, "");
-    zsock_set_rcvtimeo(gw->sub, 0);
-    zsock_set_rcvhwm(gw->sub, 1000000);
-    if (zsock_connect(gw->sub, "%s", cfg->bus_out) < 0)
-        pd_fatalx("cannot connect to %s", cfg->bus_out);
     gw->dealer_io = s_wrap_zmq(gw, gw->dealer, s_on_dealer);
-    gw->sub_io = s_wrap_zmq(gw, gw->sub, s_on_bus);
+    /* the bus: joined with the first WebSocket client (gw_bus_join) */
 
     gw->flush_entry.cb = s_on_flush;
     h2o_timeout_init(gw->ctx.loop, &gw->req_timeout, (uint64_t)cfg->request_timeout_ms);

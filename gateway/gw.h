@@ -64,6 +64,8 @@ enum { GW_ID_GUEST = 0, GW_ID_USER = 1, GW_ID_KEY = 2 };
 
 #define GW_MAX_STORES 64
 
+enum { GW_BUS_OFF, GW_BUS_JOINING, GW_BUS_LIVE };
+
 /*  A store node's front, as the broker's ROUTE messages describe it. */
 typedef struct {
     zsock_t *sock;             //  DEALER to the front (NULL: no route)
@@ -85,8 +87,12 @@ struct gw {
     h2o_socket_t *listener;
     zsock_t *dealer;           //  to the broker front
     h2o_socket_t *dealer_io;   //  ZMQ_FD of dealer in the evloop
-    zsock_t *sub;              //  the bus
+    zsock_t *sub;              //  the bus (NULL while no WebSocket client needs it)
     h2o_socket_t *sub_io;
+    int bus_state;             //  GW_BUS_*
+    int64_t bus_join_ms;       //  when the SUB socket was opened
+    int64_t bus_quiet_ms;      //  since when no client needs the bus (0: one does)
+    uint64_t bus_joins;
     pd_msgw_t out;             //  requests to the broker this loop turn
     gw_store_t stores[GW_MAX_STORES + 1]; //  1-based, as the broker routes them
     int nstores;
@@ -131,6 +137,10 @@ pd_msgw_t *gw_send_begin(gw_t *gw, int type, uint64_t rid);
 //  goes to the broker with that id.
 pd_msgw_t *gw_send_direct(gw_t *gw, gw_pending_t *p, int node, int type, pd_str_t path_id);
 void gw_send_end(gw_t *gw);
+//  Subscribes to the bus if this gateway is not (a WebSocket client needs it); gw_bus_live
+//  says when its events flow.
+void gw_bus_join(gw_t *gw);
+bool gw_bus_live(const gw_t *gw);
 //  The store node to send a request on (project, id) to directly, or 0 (the broker) when the
 //  node's front is unknown or the broker says it is down.
 int gw_direct_node(gw_t *gw, pd_str_t project, pd_str_t id);
@@ -164,6 +174,8 @@ void gw_rt_init(gw_t *gw);
 int gw_rt_on_req(gw_t *gw, h2o_req_t *req);
 void gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev);
 bool gw_rt_quiet(gw_t *gw); //  no connection, no hold: bus frames may be skipped
+bool gw_rt_idle(const gw_t *gw); //  the same, without counting a frame
+void gw_rt_bus_live(gw_t *gw); //  the bus is live: handle the messages held meanwhile
 void gw_rt_tick(gw_t *gw);
 void gw_rt_metrics(gw_t *gw, pd_buf_t *b);
 void gw_rt_shutdown(gw_t *gw);

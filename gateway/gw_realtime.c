@@ -179,6 +179,7 @@ struct rt_conn {
     uint16_t nsubs, nchan;
     uint8_t nholds, state, kind, frag_op;
     bool in_flush, shut, peer_closed, counted;
+    bool bus_wait;       //  messages held unread until the bus is live (gw_bus_join)
     char user[37]; //  "" for guests
 };
 
@@ -1494,6 +1495,14 @@ s_on_read(h2o_socket_t *sock, const char *err)
         return;
     }
     c->last_rx_ms = s_mono();
+    if (c->state == RT_OPEN && !gw_bus_live(s_rt.gw)) {
+        /* no message is handled before the events it may subscribe to can arrive */
+        if (!c->bus_wait) {
+            c->bus_wait = true;
+            h2o_socket_read_stop(sock);
+        }
+        return;
+    }
     if (c->state == RT_OPEN)
         s_ws_consume(c);
     else if (c->sock)
@@ -1542,6 +1551,7 @@ s_on_upgraded(void *data, h2o_socket_t *sock, size_t reqsize)
     s_rt.nconns++;
     c->proj->nconns++;
     s_rt.opened++;
+    gw_bus_join(s_rt.gw);
     if (sock->input->size)
         s_on_read(sock, NULL);
     else
@@ -1958,6 +1968,33 @@ gw_rt_quiet(gw_t *gw)
             s_rt.seqs[i].seen = false;
     }
     return true;
+}
+
+bool
+gw_rt_idle(const gw_t *gw)
+{
+    (void)gw;
+    return !s_rt.nconns && !s_rt.holds.n;
+}
+
+/*  A new SUB socket has its first frame: the sequence trackers start again, and the messages
+ *  held since the connections opened are handled now. */
+void
+gw_rt_bus_live(gw_t *gw)
+{
+    (void)gw;
+    for (size_t i = 0; i < sizeof s_rt.seqs / sizeof *s_rt.seqs; i++)
+        s_rt.seqs[i].seen = false;
+    for (rt_conn_t *c = s_rt.conns, *next; c; c = next) {
+        next = c->next;
+        if (!c->bus_wait)
+            continue;
+        c->bus_wait = false;
+        if (c->sock && c->state != RT_DEAD) {
+            h2o_socket_read_start(c->sock, s_on_read);
+            s_on_read(c->sock, NULL);
+        }
+    }
 }
 
 void

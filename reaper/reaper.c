@@ -824,8 +824,10 @@ s_on_bus_msg(reaper_t *self, const pd_msg_t *m)
         s_on_event(self, m);
         return;
     }
-    if (m->type == PD_MSG_HELLO) {
-        s_on_store_hello(self, m);
+    if (m->type == PD_MSG_HELLO) { /* a store node's heartbeat, or the broker's answer to a
+                                       * subscription (nothing to do) */
+        if (pd_str_eqc(m->s[PD_F_ROLE], "store"))
+            s_on_store_hello(self, m);
         return;
     }
     self->malformed++;

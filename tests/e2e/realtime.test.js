@@ -723,6 +723,43 @@ async function extraGateway(node, env = {}) {
     return { port, child, stop };
 }
 
+describe('the bus follows the WebSocket clients', () => {
+    it('a gateway without WebSocket clients takes no events; the first subscriber gets every event after its subscribe is acknowledged, again after the gateway left the bus', { timeout: 60000 }, async () => {
+        const g = await extraGateway(7);
+        try {
+            const metrics = async () => parseMetrics(await (await fetch(`http://127.0.0.1:${g.port}/metrics`)).text());
+            const key = { 'X-Appwrite-Project': C().project, 'X-Appwrite-Key': C().apiKey, 'content-type': 'application/json' };
+            // REST alone: served, and the gateway is not on the bus
+            const id0 = uid('busrest');
+            const r0 = await fetch(`http://127.0.0.1:${g.port}/v1/presences/${id0}`, { method: 'PUT', headers: key, body: JSON.stringify({ userId: uid('bu'), status: 'rest' }) });
+            assert.equal(r0.status, 200, await r0.text());
+            let m = await metrics();
+            assert.equal(m.get('presenced_gateway_bus_subscribed'), 0, 'a REST-only gateway is not on the bus');
+            assert.equal(m.get('presenced_gateway_bus_joins_total'), 0);
+            for (const round of [1, 2]) {
+                const c = await R.rawConnect(C(), { port: g.port });
+                assert.equal(c.hello.type, 'connected');
+                await R.rawSubscribe(c, [{ subscriptionId: `s${round}`, channels: ['presences'], queries: [] }]);
+                // at once after the acknowledgement, a write through the other gateways
+                const id = uid(`bus${round}`);
+                const up = await keyPresences().upsert({ presenceId: id, userId: uid('bu'), status: `round${round}`, permissions: ['read("any")'] });
+                const ev = await c.next((e) => e.type === 'event' && e.data.payload.$id === id, 5000, `the event of round ${round}`);
+                assert.equal(ev.data.payload.status, `round${round}`);
+                assert.equal(ev.data.payload.$updatedAt, up.$updatedAt);
+                m = await metrics();
+                assert.equal(m.get('presenced_gateway_bus_subscribed'), 1, 'on the bus with a client');
+                assert.equal(m.get('presenced_gateway_bus_joins_total'), round);
+                c.close();
+                await c.closed;
+                // 5 s after the last client, the gateway leaves the bus
+                await R.until(async () => (await metrics()).get('presenced_gateway_bus_subscribed') === 0, 15000, 'the gateway leaving the bus');
+            }
+        } finally {
+            g.stop();
+        }
+    });
+});
+
 describe('idle timeout', () => {
     it('a connection that sends nothing is closed after the idle timeout; one that pings stays', { timeout: 30000 }, async () => {
         const g = await extraGateway(8, { PRESENCED_WS_IDLE_TIMEOUT: '2' });
