@@ -926,16 +926,30 @@ s_on_back_frame(pd_zmsg_t *zm, void *arg)
 /*  The bus proxy, in the loop (no thread). Every subscriber (each gateway, the reaper) pays a
  *  ZeroMQ hop and a wake-up per frame it receives, so the broker coalesces: event batches from
  *  all store nodes are concatenated (a batch is a sequence of messages, so two batches side by
- *  side are one batch) and forwarded at most once per BUS_WINDOW_US while events flow. After a
- *  quiet millisecond an event goes out at once, so light traffic sees no added delay. The
- *  broker does not look inside: subscribers check what they receive. */
+ *  side are one batch) and forwarded at most once per BUS_WINDOW_US while events flow, one frame
+ *  per run of one topic (pd_msg.h: XPUB sends DEADLINE frames to the reaper and gateways,
+ *  EVENT frames to gateways only). After a quiet millisecond an event goes out at once, so
+ *  light traffic sees no added delay. The broker looks at nothing but the topic byte:
+ *  subscribers check what they receive. */
+static int64_t s_bus_flush(broker_t *self, bool force);
+
 static void
 s_on_bus_frame(pd_zmsg_t *zm, void *arg)
 {
     broker_t *self = arg;
     self->bus_in++;
-    for (int i = 0; i < zm->n; i++)
-        pd_buf_add(&self->bus, pd_zmsg_data(zm, i), pd_zmsg_size(zm, i));
+    const char *d = pd_zmsg_data(zm, 0);
+    size_t n = pd_zmsg_size(zm, 0);
+    if (zm->n != 1 || n < 2)
+        return;
+    /* frames of one topic are joined (the topic byte once); another topic starts a frame of
+     * its own, so every subscriber gets the events in the order the node made them */
+    if (self->bus.len && self->bus.data[0] != d[0])
+        s_bus_flush(self, true);
+    if (self->bus.len)
+        pd_buf_add(&self->bus, d + 1, n - 1);
+    else
+        pd_buf_add(&self->bus, d, n);
 }
 
 //  Forwards the coalesced events if the window has passed (or force). Returns microseconds
@@ -960,28 +974,21 @@ s_bus_flush(broker_t *self, bool force)
     return -1;
 }
 
-/*  Subscriptions from gateways and the reaper (every subscriber takes every event; xsub
- *  subscribes to everything once at start). XPUB_VERBOSE passes every subscription up, not
- *  only the first to a topic, and each is answered at once with a broker HELLO on the bus: the
- *  first frame a new subscriber gets, which tells it that its subscription is in place and
- *  every event from then on reaches it (a gateway holds its WebSocket clients' messages until
- *  then: gateway.c, "the bus"). */
+/*  Subscriptions and unsubscriptions from gateways and the reaper, passed on to the store
+ *  nodes (through xsub, which counts them per topic), so that a node sends a topic only while
+ *  someone subscribes to it: with no WebSocket client anywhere, the EVENT topic (pd_msg.h)
+ *  stays in the store nodes. */
 static void
 s_on_sub_frame(pd_zmsg_t *zm, void *arg)
 {
     broker_t *self = arg;
-    if (pd_zmsg_size(zm, 0) < 1 || *(const uint8_t *)pd_zmsg_data(zm, 0) != 1)
+    size_t n = pd_zmsg_size(zm, 0);
+    const uint8_t *d = pd_zmsg_data(zm, 0);
+    if (zm->n != 1 || n < 1 || d[0] > 1)
         return;
-    pd_msgw_t w;
-    pd_msgw_init(&w);
-    pd_msgw_begin(&w, PD_MSG_HELLO, 0);
-    pd_msgw_str(&w, PD_F_ROLE, "broker", 6);
-    pd_msgw_end(&w);
-    if (zmq_send(zsock_resolve(self->xpub), w.sb.data, w.sb.size, ZMQ_DONTWAIT) < 0)
-        self->bus_dropped++;
-    pd_msgw_destroy(&w);
+    zmq_send(zsock_resolve(self->xsub), d, n, ZMQ_DONTWAIT);
     self->sent = true;
-    pd_zpoll_sent(&self->poll, zsock_resolve(self->xpub));
+    pd_zpoll_sent(&self->poll, zsock_resolve(self->xsub));
 }
 
 /*  Sends every non-empty batch. A send to a vanished store fails at once (ROUTER_MANDATORY):
@@ -1092,12 +1099,15 @@ broker_main(pd_config_t *cfg)
     zsock_set_router_handover(self->front, 1);
     zsock_set_router_handover(self->back, 1);
     /* The bus. HWM of a million so that a burst of a million deletes is queued, not dropped
-     * (a drop shows up as a gap and a resync). xsub subscribes to everything once: publishers
-     * then send every event, and subscribers' own subscriptions need no forwarding. */
+     * (a drop shows up as a gap and a resync). Subscriptions travel up: xpub passes every
+     * subscribe and unsubscribe (VERBOSER), and s_on_sub_frame hands each to xsub, which sends
+     * them on to the store nodes, whose PUB sockets then send only the topics someone wants.
+     * xsub also subscribes to a topic nobody publishes, so that a store node knows when the
+     * broker is there (it holds its events until then). */
     self->xsub = s_bind(ZMQ_XSUB, cfg->bus_in, 1000000);
     self->xpub = s_bind(ZMQ_XPUB, cfg->bus_out, 1000000);
-    zsock_set_xpub_verbose(self->xpub, 1);
-    zmq_send(zsock_resolve(self->xsub), "\x01", 1, 0);
+    zsock_set_xpub_verboser(self->xpub, 1);
+    zmq_send(zsock_resolve(self->xsub), "\x01" PD_BUS_BROKER_TOPIC, 2, 0);
 
     if (pd_zpoll_init(&self->poll) < 0 || pd_zpoll_add(&self->poll, zsock_resolve(self->front)) ||
         pd_zpoll_add(&self->poll, zsock_resolve(self->back)) ||

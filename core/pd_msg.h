@@ -54,6 +54,17 @@ enum {
 //  EVENT actions.
 enum { PD_ACT_UPSERT = 1, PD_ACT_UPDATE = 2, PD_ACT_DELETE = 3 };
 
+/*  The bus's two topics: every bus frame starts with one of these bytes, then its messages.
+ *  DEADLINE carries what the reaper needs: creates, deletes, changes that bring a deadline
+ *  closer, and the store nodes' heartbeats, numbered by DSEQ per node. EVENT carries the rest
+ *  (changes that keep or push back a deadline: renewals, most updates), which only WebSocket
+ *  subscribers need; the reaper, subscribed to DEADLINE alone, learns such a change when the
+ *  old deadline comes (the store answers its EXPIRE with the current version and deadline).
+ *  Every event carries SEQ, which numbers both topics together. */
+#define PD_BUS_DEADLINE 'D'
+#define PD_BUS_EVENT 'E'
+#define PD_BUS_BROKER_TOPIC "B" //  subscribed by the broker alone: never published
+
 //  A decoded message. A field lives in the array of its type in pd_msg.def: m->s[f] for a STR
 //  field, m->i[f] for an INT field, m->o[f] for a RAW field; there a field not present reads as
 //  empty / 0 / NULL. A field's entries in the other two arrays are not written (the decoder

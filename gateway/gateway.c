@@ -447,6 +447,8 @@ s_store_open(gw_t *gw, gw_store_t *st)
     st->unread = true;
 }
 
+static void s_bus_check(gw_t *gw);
+
 static void
 s_on_route(gw_t *gw, const pd_msg_t *m)
 {
@@ -472,6 +474,7 @@ s_on_route(gw_t *gw, const pd_msg_t *m)
         if (ep.len)
             s_store_open(gw, st);
     }
+    s_bus_check(gw); /* a node marked down no longer holds a joining bus back */
 }
 
 static void
@@ -686,17 +689,35 @@ s_on_event(const pd_msg_t *m, void *arg)
         gw_rt_on_bus(arg, m);
 }
 
-static void s_bus_live(gw_t *gw);
+//  While joining: which store nodes have sent on the EVENT topic since the SUB socket opened.
+static void
+s_on_join_msg(const pd_msg_t *m, void *arg)
+{
+    gw_t *gw = arg;
+    int64_t node = m->i[PD_F_NODE];
+    if ((m->type == PD_MSG_HELLO || m->type == PD_MSG_EVENT) && node >= 1 && node <= 64)
+        gw->bus_seen |= 1ULL << (node - 1);
+}
 
 static void
 s_on_bus_frame(pd_zmsg_t *zm, void *arg)
 {
     gw_t *gw = arg;
-    if (gw->bus_state == GW_BUS_JOINING)
-        s_bus_live(gw);
+    const char *d = pd_zmsg_data(zm, 0); /* a topic byte (pd_msg.h), then the messages */
+    size_t n = pd_zmsg_size(zm, 0);
+    if (n < 1) {
+        gw->malformed++;
+        return;
+    }
+    if (gw->bus_state == GW_BUS_JOINING) {
+        if (d[0] == PD_BUS_EVENT && pd_msg_each(d + 1, n - 1, &gw->zone, s_on_join_msg, gw) >= 0)
+            s_bus_check(gw);
+        if (gw->bus_state != GW_BUS_LIVE)
+            return; /* no subscriber is served before the bus is live */
+    }
     if (gw_rt_quiet(gw))
         return;
-    if (pd_msg_each(pd_zmsg_data(zm, 0), pd_zmsg_size(zm, 0), &gw->zone, s_on_event, gw) < 0)
+    if (pd_msg_each(d + 1, n - 1, &gw->zone, s_on_event, gw) < 0)
         gw->malformed++;
 }
 
@@ -725,15 +746,18 @@ s_wrap_zmq(gw_t *gw, zsock_t *zs, h2o_socket_cb cb)
 
 /*  Only WebSocket clients need the bus. A gateway without any (a REST-only gateway, or one
  *  whose last client left GW_BUS_LEAVE_MS ago) has no SUB socket, so the broker does not send
- *  it every event of the cluster: on the upsert benchmark that is an event frame less to copy
- *  and wake for per gateway, at the broker, in the gateway's I/O thread and in its loop.
+ *  it every event of the cluster, and when no gateway subscribes, the store nodes keep the
+ *  EVENT topic to themselves (the reaper takes only DEADLINE: pd_msg.h), so a renewal costs
+ *  no bus traffic at all.
  *
  *  The first WebSocket connection opens a new SUB socket (gw_bus_join). Until the bus is
  *  live, the realtime side holds the connections' messages unread (a subscribe is not
- *  acknowledged before its events can arrive). The bus is live at the first frame on the new
- *  socket: the broker publishes one at once when it sees a subscription, and every store node
- *  publishes a heartbeat every 250 ms. A new socket rather than unsubscribing and subscribing
- *  again, because a frame on a new socket cannot be left over from an old subscription. */
+ *  acknowledged before its events can arrive). The subscription travels to the broker and on
+ *  to every store node, which answers it with a HELLO on the EVENT topic: a node's HELLO on the
+ *  new socket proves that the node sends it every event from then on, and the bus is live when
+ *  every node the broker reports up has answered (or after GW_BUS_JOIN_WAIT_MS, if one never
+ *  does). A new socket rather than unsubscribing and subscribing again, because a frame on a
+ *  new socket cannot be left over from an old subscription. */
 #define GW_BUS_LEAVE_MS 5000
 #define GW_BUS_JOIN_WAIT_MS 2000 //  a bus that stays silent this long is taken as live
 
@@ -751,6 +775,7 @@ gw_bus_join(gw_t *gw)
         pd_fatalx("cannot connect to %s", gw->cfg->bus_out);
     gw->sub_io = s_wrap_zmq(gw, gw->sub, s_on_bus);
     gw->bus_state = GW_BUS_JOINING;
+    gw->bus_seen = 0;
     gw->bus_join_ms = pd_mono_ms();
     gw->bus_joins++;
     pd_log_debug("joining the bus");
@@ -768,6 +793,18 @@ s_bus_live(gw_t *gw)
     gw->bus_state = GW_BUS_LIVE;
     pd_log_debug("the bus is live, %lld ms after joining", (long long)(pd_mono_ms() - gw->bus_join_ms));
     gw_rt_bus_live(gw);
+}
+
+//  Live once every store node the broker reports up has sent on the EVENT topic.
+static void
+s_bus_check(gw_t *gw)
+{
+    if (gw->bus_state != GW_BUS_JOINING || !gw->nstores)
+        return;
+    for (int n = 1; n <= gw->nstores; n++)
+        if (gw->stores[n].up && !(gw->bus_seen & 1ULL << (n - 1)))
+            return;
+    s_bus_live(gw);
 }
 
 static void
@@ -788,8 +825,9 @@ s_bus_tick(gw_t *gw)
     if (gw->bus_state == GW_BUS_OFF)
         return;
     int64_t now = pd_mono_ms();
+    s_bus_check(gw);
     if (gw->bus_state == GW_BUS_JOINING && now - gw->bus_join_ms >= GW_BUS_JOIN_WAIT_MS) {
-        pd_log_warn("no frame on the bus %d ms after joining it: going on without one",
+        pd_log_warn("not every store node answered on the bus %d ms after joining it: going on",
                     GW_BUS_JOIN_WAIT_MS);
         s_bus_live(gw);
     }

@@ -91,6 +91,7 @@ struct gw {
     h2o_socket_t *sub_io;
     int bus_state;             //  GW_BUS_*
     int64_t bus_join_ms;       //  when the SUB socket was opened
+    uint64_t bus_seen;         //  store nodes heard on the EVENT topic since (bit n-1)
     int64_t bus_quiet_ms;      //  since when no client needs the bus (0: one does)
     uint64_t bus_joins;
     pd_msgw_t out;             //  requests to the broker this loop turn

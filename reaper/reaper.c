@@ -20,10 +20,16 @@
  *  a cache of deadlines, not the truth: an entry held in error costs an EXPIRE answered
  *  NOT_FOUND or CONFLICT, never a second event.
  *
- *  Learning. Upsert and update events (re)schedule at EXPIRES, delete events remove the entry.
+ *  Learning. The reaper subscribes to the bus's DEADLINE topic only (pd_msg.h): creates,
+ *  deletes, and changes that bring a deadline closer. A renewal (a change that keeps or pushes
+ *  back a deadline) is learned lazily: at the old deadline the EXPIRE is answered CONFLICT
+ *  with the current VERSION and EXPIRES, and the entry follows them. So the reaper does not
+ *  decode (nor does the broker send it) the events of the commonest write, a presence renewed.
+ *  Upsert and update events (re)schedule at EXPIRES, delete events remove the entry.
  *  Sync pages and live events travel different paths and interleave, so a report replaces an
  *  entry only if it is newer: a later store generation, or else a higher VERSION. Each store
- *  node numbers its events from 1 per boot (GEN); a new GEN or a skipped SEQ means we may have
+ *  node numbers its DEADLINE events from 1 per boot (GEN, DSEQ); a new GEN or a skipped DSEQ
+ *  means we may have
  *  missed deadlines, and we ask that node for a SYNC (at most once a second per node). At start
  *  we ask every node at once, 200 ms after connecting so that the SUB socket is subscribed
  *  before the stores take their snapshot (an event published between the snapshot and the
@@ -562,7 +568,7 @@ static void
 s_on_event(reaper_t *self, const pd_msg_t *m)
 {
     const uint64_t need = 1ULL << PD_F_PROJECT | 1ULL << PD_F_ID | 1ULL << PD_F_ACTION |
-                          1ULL << PD_F_NODE | 1ULL << PD_F_SEQ | 1ULL << PD_F_GEN;
+                          1ULL << PD_F_NODE | 1ULL << PD_F_GEN;
     if ((m->present & need) != need) {
         self->malformed++;
         s_warn_limited(self, "bus", "EVENT without a required field");
@@ -578,7 +584,10 @@ s_on_event(reaper_t *self, const pd_msg_t *m)
         return;
     }
     int node = (int)m->i[PD_F_NODE];
-    if (!s_track_seq(self, n, node, m->i[PD_F_GEN], m->i[PD_F_SEQ]))
+    /* An event without DSEQ is of the EVENT topic, published again after a restart (a
+     * restarted node publishes its last second on the DEADLINE topic): nothing to count. */
+    if (pd_msg_has(m, PD_F_DSEQ) ? !s_track_seq(self, n, node, m->i[PD_F_GEN], m->i[PD_F_DSEQ])
+                                 : !s_track_gen(n, node, m->i[PD_F_GEN]))
         return; //  from a generation the node has left behind
     uint32_t epoch = n->epoch;
     if (action == PD_ACT_DELETE) {
@@ -652,16 +661,16 @@ s_on_sync_page(reaper_t *self, const pd_msg_t *m)
             n->sync_rid = awaited; //  the restart is news to us, not to this sync: it stands
             n->want_sync = false;
         }
-        if (pd_msg_has(m, PD_F_SEQ) && !n->have_seq) {
+        if (pd_msg_has(m, PD_F_DSEQ) && !n->have_seq) {
             n->have_seq = true;
-            n->seq = m->i[PD_F_SEQ];
+            n->seq = m->i[PD_F_DSEQ];
         }
         /* Events published after the snapshot but before our subscription took hold. */
-        if (pd_msg_has(m, PD_F_SEQ) && m->rid == n->sync_rid && n->sync_rid && n->first_seq &&
-            m->i[PD_F_SEQ] + 1 < n->first_seq) {
+        if (pd_msg_has(m, PD_F_DSEQ) && m->rid == n->sync_rid && n->sync_rid && n->first_seq &&
+            m->i[PD_F_DSEQ] + 1 < n->first_seq) {
             self->gaps++;
             pd_log_warn("store node %d: events %lld..%lld missed before the sync: resync", node,
-                        (long long)m->i[PD_F_SEQ] + 1, (long long)n->first_seq - 1);
+                        (long long)m->i[PD_F_DSEQ] + 1, (long long)n->first_seq - 1);
             s_want_sync(n);
         }
     }
@@ -781,11 +790,10 @@ typedef void (*s_handler_fn)(reaper_t *self, const pd_msg_t *m);
 
 //  Decodes a batch frame and hands each message to fn. A bad message ends the frame.
 static void
-s_dispatch(reaper_t *self, zmq_msg_t *frame, const char *from, s_handler_fn fn)
+s_dispatch(reaper_t *self, const char *buf, size_t len, const char *from, s_handler_fn fn)
 {
     pd_msg_t m;
-    size_t off = 0, len = zmq_msg_size(frame);
-    const char *buf = zmq_msg_data(frame);
+    size_t off = 0;
     int rc;
     while ((rc = pd_msg_decode(&m, buf, len, &off, &self->zone)) == 0)
         fn(self, &m);
@@ -803,16 +811,16 @@ static void
 s_on_store_hello(reaper_t *self, const pd_msg_t *m)
 {
     node_t *n = s_node(self, m->i[PD_F_NODE]);
-    if (!n || !pd_msg_has(m, PD_F_GEN) || !pd_msg_has(m, PD_F_SEQ))
+    if (!n || !pd_msg_has(m, PD_F_GEN) || !pd_msg_has(m, PD_F_DSEQ))
         return;
     int id = (int)m->i[PD_F_NODE];
     if (!s_track_gen(n, id, m->i[PD_F_GEN]))
         return;
-    if (n->have_seq && m->i[PD_F_SEQ] > n->seq) {
+    if (n->have_seq && m->i[PD_F_DSEQ] > n->seq) {
         self->gaps++;
         pd_log_warn("store node %d: at event %lld, we saw %lld (gap): resync", id,
-                    (long long)m->i[PD_F_SEQ], (long long)n->seq);
-        n->seq = m->i[PD_F_SEQ];
+                    (long long)m->i[PD_F_DSEQ], (long long)n->seq);
+        n->seq = m->i[PD_F_DSEQ];
         s_want_sync(n);
     }
 }
@@ -857,13 +865,17 @@ s_on_broker_msg(reaper_t *self, const pd_msg_t *m)
 static void
 s_on_bus_frame(pd_zmsg_t *zm, void *arg)
 {
-    s_dispatch(arg, &zm->part[zm->n - 1], "bus", s_on_bus_msg);
+    zmq_msg_t *f = &zm->part[zm->n - 1]; /* a topic byte (pd_msg.h), then the messages */
+    if (zmq_msg_size(f) >= 1)
+        s_dispatch(arg, (const char *)zmq_msg_data(f) + 1, zmq_msg_size(f) - 1, "bus",
+                   s_on_bus_msg);
 }
 
 static void
 s_on_broker_frame(pd_zmsg_t *zm, void *arg)
 {
-    s_dispatch(arg, &zm->part[zm->n - 1], "broker", s_on_broker_msg);
+    zmq_msg_t *f = &zm->part[zm->n - 1];
+    s_dispatch(arg, zmq_msg_data(f), zmq_msg_size(f), "broker", s_on_broker_msg);
 }
 
 //  Reads up to REAPER_FRAME_BUDGET frames of events; more waiting keeps the loop busy.
@@ -1040,7 +1052,8 @@ reaper_new(pd_config_t *cfg)
     zsock_set_sndtimeo(self->broker, 0);
     zsock_set_rcvtimeo(self->broker, 0);
     zsock_set_rcvhwm(self->bus, REAPER_BUS_HWM);
-    zsock_set_subscribe(self->bus, "");
+    char deadline[2] = {PD_BUS_DEADLINE, 0};
+    zsock_set_subscribe(self->bus, deadline);
     if (!cfg->broker_front[0] || !cfg->bus_out[0] ||
         zsock_attach(self->broker, cfg->broker_front, false) ||
         zsock_attach(self->bus, cfg->bus_out, false)) {

@@ -52,11 +52,14 @@ typedef struct {
     int put_action;       //  the event of the pd_table_put in progress (0: none)
     pd_zpoll_t poll;
     pd_msgw_t out;        //  replies this turn
-    pd_msgw_t events;     //  events this turn
+    pd_msgw_t events;     //  events this turn: runs of one bus topic, each a frame
+    size_t *runs;         //  where each run starts in events (its topic byte)
+    size_t nruns, cap_runs;
     msgpack_zone zone;
     int node;
     int64_t gen;          //  boot generation (ms)
     uint64_t seq;         //  last event sequence number
+    uint64_t dseq;        //  last sequence number of the deadline topic
     int64_t pub_last;     //  mono us of the last event frame sent
     uint64_t malformed;
     pd_buf_t scratch;
@@ -108,15 +111,52 @@ s_reply_rec(store_t *self, const pd_msg_t *m, const pd_record_t *rec, const pd_r
 
 /*  Publishes a change. rec is the record after the change (before it, for a delete); prev is
  *  the state before an upsert/update, or NULL. */
+/*  Starts a message of bus topic `topic` in the events of this turn: a new run (a frame of its
+ *  own) when the topic changes, so that events keep their order on every subscriber. */
+static void
+s_topic(store_t *self, char topic)
+{
+    pd_msgw_t *w = &self->events;
+    if (self->nruns && w->sb.data[self->runs[self->nruns - 1]] == topic)
+        return;
+    if (self->nruns == self->cap_runs) {
+        self->cap_runs = self->cap_runs ? self->cap_runs * 2 : 16;
+        self->runs = realloc(self->runs, self->cap_runs * sizeof *self->runs);
+        if (!self->runs)
+            pd_fatal("realloc");
+    }
+    self->runs[self->nruns++] = w->sb.size;
+    msgpack_sbuffer_write(&w->sb, &topic, 1);
+}
+
+static void
+s_events_reset(store_t *self)
+{
+    pd_msgw_reset(&self->events);
+    self->nruns = 0;
+}
+
+/*  The reaper needs an event only if it creates, removes or brings closer a deadline: a
+ *  change that keeps or pushes back one goes on the EVENT topic alone (pd_msg.h). */
+static bool
+s_for_reaper(int action, const pd_record_t *rec, const pd_record_t *prev)
+{
+    return action == PD_ACT_DELETE || !prev || rec->expires_ms < prev->expires_ms;
+}
+
 static void
 s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *prev)
 {
     pd_msgw_t *w = &self->events;
+    bool deadline = s_for_reaper(action, rec, prev);
+    s_topic(self, deadline ? PD_BUS_DEADLINE : PD_BUS_EVENT);
     size_t start = w->sb.size;
     pd_msgw_begin(w, PD_MSG_EVENT, ++self->seq);
     pd_msgw_int(w, PD_F_ACTION, action);
     pd_msgw_int(w, PD_F_NODE, self->node);
     pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
+    if (deadline)
+        pd_msgw_int(w, PD_F_DSEQ, (int64_t)++self->dseq);
     pd_msgw_int(w, PD_F_GEN, self->gen);
     pd_msgw_s(w, PD_F_PROJECT, rec->project);
     pd_msgw_s(w, PD_F_ID, rec->id);
@@ -600,6 +640,7 @@ s_sync_flush(sync_ctx_t *c, bool last)
     pd_msgw_int(w, PD_F_NODE, c->self->node);
     pd_msgw_int(w, PD_F_GEN, c->self->gen);
     pd_msgw_int(w, PD_F_SEQ, (int64_t)c->self->seq);
+    pd_msgw_int(w, PD_F_DSEQ, (int64_t)c->self->dseq);
     pd_msgw_int(w, PD_F_FLAGS, last ? PD_FL_LAST : 0);
     pd_msgw_raw(w, PD_F_ITEMS);
     msgpack_pack_array(&w->pk, (uint32_t)c->n);
@@ -678,28 +719,52 @@ s_flush(store_t *self, bool force)
     int64_t now = pd_mono_us();
     if (self->events.count && self->bus_ready &&
         (force || now >= self->pub_last + PUB_WINDOW_US || self->events.sb.size > (1 << 20))) {
-        pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->events.sb.data,
-                    self->events.sb.size);
-        pd_msgw_reset(&self->events);
+        for (size_t i = 0; i < self->nruns; i++) {
+            size_t end = i + 1 < self->nruns ? self->runs[i + 1] : self->events.sb.size;
+            pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->events.sb.data + self->runs[i],
+                        end - self->runs[i]);
+        }
+        s_events_reset(self);
         pd_zpoll_sent(&self->poll, zsock_resolve(self->pub));
         self->pub_last = now;
         sent = true;
     } else if (self->events.sb.size > HOLD_MAX) {
         pd_log_warn("%s: the bus is not connected; %u events dropped", __func__,
                     self->events.count);
-        pd_msgw_reset(&self->events);
+        s_events_reset(self);
     }
     return sent;
 }
 
 /*  The broker's XSUB subscribes when it connects (and again when it restarts): from then on
  *  events reach the bus. A restarted node first publishes again what its predecessor may not
- *  have (subscribers drop what they already have by node, generation and sequence number). */
+ *  have (subscribers drop what they already have by node, generation and sequence number).
+ *  The XPUB is verbose: it shows every subscription the broker passes on. One that takes the
+ *  EVENT topic (a gateway joining the bus) is answered at once with a HELLO on that topic: the
+ *  gateway is live on the bus when it has one from every store node (gateway.c, "the bus"). */
 static void
 s_on_subscribe(pd_zmsg_t *zm, void *arg)
 {
     store_t *self = arg;
-    if (self->bus_ready || pd_zmsg_size(zm, 0) < 1 || *(const uint8_t *)pd_zmsg_data(zm, 0) != 1)
+    size_t n = pd_zmsg_size(zm, 0);
+    const char *d = pd_zmsg_data(zm, 0);
+    if (n < 1 || d[0] != 1)
+        return;
+    if (n == 1 || d[1] == PD_BUS_EVENT) {
+        pd_msgw_t w;
+        pd_msgw_init(&w);
+        char topic = PD_BUS_EVENT;
+        msgpack_sbuffer_write(&w.sb, &topic, 1);
+        pd_msgw_begin(&w, PD_MSG_HELLO, 0);
+        pd_msgw_str(&w, PD_F_ROLE, "store", 5);
+        pd_msgw_int(&w, PD_F_NODE, self->node);
+        pd_msgw_int(&w, PD_F_GEN, self->gen);
+        pd_msgw_end(&w);
+        pd_zmq_send(zsock_resolve(self->pub), NULL, 0, w.sb.data, w.sb.size);
+        pd_zpoll_sent(&self->poll, zsock_resolve(self->pub));
+        pd_msgw_destroy(&w);
+    }
+    if (self->bus_ready)
         return;
     self->bus_ready = true;
     if (self->replay.len) {
@@ -715,6 +780,10 @@ static void
 s_replay_add(const void *data, size_t len, void *arg)
 {
     store_t *self = arg;
+    if (!self->replay.len) { /* both topics: the reaper sorts out what it has seen */
+        char topic = PD_BUS_DEADLINE;
+        pd_buf_add(&self->replay, &topic, 1);
+    }
     pd_buf_add(&self->replay, data, len);
 }
 
@@ -877,6 +946,7 @@ store_main(pd_config_t *cfg)
     if (zsock_connect(self->dealer, "%s", cfg->broker_back) < 0)
         pd_fatalx("cannot connect to %s", cfg->broker_back);
     self->pub = zsock_new(ZMQ_XPUB);
+    zsock_set_xpub_verbose(self->pub, 1);
     zsock_set_sndhwm(self->pub, 1000000);
     zsock_set_rcvtimeo(self->pub, 0);
     if (zsock_connect(self->pub, "%s", cfg->bus_in) < 0)
@@ -924,11 +994,13 @@ store_main(pd_config_t *cfg)
             /* the same heartbeat on the bus: subscribers learn this node's generation and last
              * sequence number even when it has nothing to publish */
             if (self->bus_ready) {
+                s_topic(self, PD_BUS_DEADLINE);
                 pd_msgw_begin(&self->events, PD_MSG_HELLO, 0);
                 pd_msgw_str(&self->events, PD_F_ROLE, "store", 5);
                 pd_msgw_int(&self->events, PD_F_NODE, self->node);
                 pd_msgw_int(&self->events, PD_F_GEN, self->gen);
                 pd_msgw_int(&self->events, PD_F_SEQ, (int64_t)self->seq);
+                pd_msgw_int(&self->events, PD_F_DSEQ, (int64_t)self->dseq);
                 pd_msgw_end(&self->events);
             }
             last_hello = now;
@@ -948,6 +1020,7 @@ store_main(pd_config_t *cfg)
         pd_outbox_mark(self->outbox);
     pd_outbox_close(&self->outbox);
     pd_buf_free(&self->replay);
+    free(self->runs);
     pd_table_close(&self->table);
     return 0;
 }
