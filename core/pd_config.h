@@ -10,11 +10,16 @@
 
 enum { PD_SCOPE_PRESENCES_READ = 1, PD_SCOPE_PRESENCES_WRITE = 2, PD_SCOPE_USERS_WRITE = 4 };
 
+#define PD_KEY_TAG_BYTES 16   //  crypto_shorthash_siphashx24_BYTES
+#define PD_KEY_TAG_KEYBYTES 16 //  crypto_shorthash_siphashx24_KEYBYTES
+
 typedef struct {
     char name[64];      //  label shown in logs and presencectl
     char hash[65];      //  pd_key_hash of the secret (hex); the secret itself is never kept
     uint32_t scopes;    //  PD_SCOPE_*
     int64_t expire_ms;  //  0 = never
+    bool tagged;        //  tag below is set (pd_project_find_key's cache)
+    unsigned char tag[PD_KEY_TAG_BYTES]; //  SipHash-128 of the secret that last matched hash
 } pd_apikey_t;
 
 typedef struct {
@@ -31,6 +36,7 @@ typedef struct {
     size_t max_metadata;       //  metadata JSON bytes (16384)
     size_t max_records;        //  0 = unlimited
     size_t max_connections;    //  0 = unlimited
+    unsigned char tag_key[PD_KEY_TAG_KEYBYTES]; //  random SipHash key of the key cache
 } pd_project_t;
 
 typedef struct {
@@ -89,8 +95,11 @@ int pd_config_load_projects(pd_config_t *cfg, pd_projects_t *out);
 void pd_projects_free(pd_projects_t *p);
 //  Finds a project by id, or NULL.
 const pd_project_t *pd_projects_find(const pd_projects_t *p, pd_str_t id);
-//  Finds an API key by its secret (hash compare in constant time), or NULL.
+//  Finds an API key by its secret (hash compare in constant time), or NULL. Remembers a match
+//  in the key's tag (see pd_config.c), so it writes to p->keys: one thread per project set.
 const pd_apikey_t *pd_project_find_key(const pd_project_t *p, pd_str_t secret);
 void pd_config_usage(void);
+//  Self test; aborts on failure.
+void pd_config_test(bool verbose);
 
 #endif

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "pd_auth.h"
+#include "pd_config.h"
 #include "pd_msg.h"
 #include "pd_outbox.h"
 #include "pd_query.h"
@@ -24,6 +25,7 @@ static const struct {
     {"wheel", pd_wheel_test},
     {"zmq", pd_zmq_test},
     {"outbox", pd_outbox_test},
+    {"config", pd_config_test},
 };
 
 int
