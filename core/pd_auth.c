@@ -705,16 +705,39 @@ pd_perms_parse(const json_t *arr, pd_perms_t *out, char *err, size_t errlen)
     return 0;
 }
 
+/*  Every upsert without permissions gets these, so the common case is written straight out:
+ *  the four strings sort the same for every user, a UID needs no JSON escaping, and all three
+ *  role lists are just user:U. Anything else takes the general path (same bytes, slower). */
 void
 pd_perms_default(pd_str_t user, pd_perms_t *out)
 {
     static const char *const types[] = {"delete", "read", "update", "write"};
-    s_perm_text_t v[4];
     assert(user.len <= PD_KEY_MAX);
     s_perms_reset(out);
-    for (int i = 0; i < 4; i++)
-        snprintf(v[i].s, PD_PERM_TEXT_MAX, "%s(\"user:%.*s\")", types[i], (int)user.len, user.ptr);
-    s_perms_build(v, 4, out);
+    if (!pd_uid_valid(user)) {
+        s_perm_text_t v[4];
+        for (int i = 0; i < 4; i++)
+            snprintf(v[i].s, PD_PERM_TEXT_MAX, "%s(\"user:%.*s\")", types[i], (int)user.len,
+                     user.ptr);
+        s_perms_build(v, 4, out);
+        return;
+    }
+    static const char *const heads[] = {"[\"delete(\\\"user:", ",\"read(\\\"user:",
+                                        ",\"update(\\\"user:", ",\"write(\\\"user:"};
+    static const char tail[] = "\\\")\"";
+    pd_buf_reserve(&out->json, 4 * (sizeof tail + 16 + user.len) + 1);
+    for (int i = 0; i < 4; i++) {
+        pd_buf_add(&out->json, heads[i], strlen(heads[i]));
+        pd_buf_add(&out->json, user.ptr, user.len);
+        pd_buf_add(&out->json, tail, sizeof tail - 1);
+    }
+    pd_buf_add(&out->json, "]", 1);
+    pd_buf_t *lists[] = {&out->read, &out->update, &out->del};
+    for (int i = 0; i < 3; i++) {
+        pd_buf_add(lists[i], "user:", 5);
+        pd_buf_add(lists[i], user.ptr, user.len);
+        pd_buf_add(lists[i], "", 1);
+    }
 }
 
 //  Appwrite checks each permission's role against Authorization::getRoles() and lists the
@@ -1332,6 +1355,26 @@ pd_auth_test(bool verbose)
     }
 
     //  Owner default: literal, not aggregated.
+    {
+        //  The direct path writes what the general one (snprintf, sort, build) would.
+        const char *users[] = {"U", "alice", "a.b-c_9", "x123456789012345678901234567890abcde"};
+        for (size_t i = 0; i < sizeof users / sizeof *users; i++) {
+            pd_perms_t q;
+            pd_perms_init(&q);
+            pd_str_t u = pd_str(users[i]);
+            pd_perms_default(u, &p);
+            s_perm_text_t v[4];
+            static const char *const t[] = {"delete", "read", "update", "write"};
+            for (int k = 0; k < 4; k++)
+                snprintf(v[k].s, PD_PERM_TEXT_MAX, "%s(\"user:%.*s\")", t[k], (int)u.len, u.ptr);
+            s_perms_build(v, 4, &q);
+            const pd_buf_t *a[] = {&p.json, &p.read, &p.update, &p.del};
+            const pd_buf_t *b[] = {&q.json, &q.read, &q.update, &q.del};
+            for (int k = 0; k < 4; k++)
+                PD_CHECK(a[k]->len == b[k]->len && memcmp(a[k]->data, b[k]->data, a[k]->len) == 0);
+            pd_perms_free(&q);
+        }
+    }
     pd_perms_default(PD_STR("U"), &p);
     static const char def[] = "[\"delete(\\\"user:U\\\")\",\"read(\\\"user:U\\\")\","
                               "\"update(\\\"user:U\\\")\",\"write(\\\"user:U\\\")\"]";
