@@ -5,10 +5,16 @@ static const struct {
     int http;
     const char *type;
     const char *msg;
+    const char *tail; //  what follows the message in the error body, written at compile time
+    size_t tail_len;
 } s_errs[] = {
-#define PD_ERR_ROW(name, http, type, msg) {http, type, msg},
+#define PD_ERR_TAIL(http, type) \
+    ",\"code\":" #http ",\"type\":\"" type "\",\"version\":\"" PD_APPWRITE_VERSION "\"}"
+#define PD_ERR_ROW(name, http, type, msg) \
+    {http, type, msg, PD_ERR_TAIL(http, type), sizeof PD_ERR_TAIL(http, type) - 1},
     PD_ERR_MAP(PD_ERR_ROW)
 #undef PD_ERR_ROW
+#undef PD_ERR_TAIL
 };
 
 static int
@@ -43,6 +49,5 @@ pd_err_render(pd_buf_t *b, int code, pd_str_t msg)
         msg = pd_str(s_errs[i].msg);
     pd_buf_adds(b, "{\"message\":");
     pd_buf_add_json_str(b, msg.ptr, msg.len);
-    pd_buf_addf(b, ",\"code\":%d,\"type\":\"%s\",\"version\":\"" PD_APPWRITE_VERSION "\"}",
-                s_errs[i].http, s_errs[i].type);
+    pd_buf_add(b, s_errs[i].tail, s_errs[i].tail_len);
 }
