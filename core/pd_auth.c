@@ -725,18 +725,26 @@ pd_perms_default(pd_str_t user, pd_perms_t *out)
     static const char *const heads[] = {"[\"delete(\\\"user:", ",\"read(\\\"user:",
                                         ",\"update(\\\"user:", ",\"write(\\\"user:"};
     static const char tail[] = "\\\")\"";
+    static const size_t head_len[] = {16, 14, 16, 15}; /* strlen of heads[i] */
     pd_buf_reserve(&out->json, 4 * (sizeof tail + 16 + user.len) + 1);
+    char *d = out->json.data + out->json.len;
     for (int i = 0; i < 4; i++) {
-        pd_buf_add(&out->json, heads[i], strlen(heads[i]));
-        pd_buf_add(&out->json, user.ptr, user.len);
-        pd_buf_add(&out->json, tail, sizeof tail - 1);
+        memcpy(d, heads[i], head_len[i]);
+        memcpy(d + head_len[i], user.ptr, user.len);
+        d += head_len[i] + user.len;
+        memcpy(d, tail, sizeof tail - 1);
+        d += sizeof tail - 1;
     }
-    pd_buf_add(&out->json, "]", 1);
+    *d++ = ']';
+    out->json.len = (size_t)(d - out->json.data);
     pd_buf_t *lists[] = {&out->read, &out->update, &out->del};
     for (int i = 0; i < 3; i++) {
-        pd_buf_add(lists[i], "user:", 5);
-        pd_buf_add(lists[i], user.ptr, user.len);
-        pd_buf_add(lists[i], "", 1);
+        pd_buf_reserve(lists[i], user.len + 6);
+        d = lists[i]->data + lists[i]->len;
+        memcpy(d, "user:", 5);
+        memcpy(d + 5, user.ptr, user.len);
+        d[5 + user.len] = 0;
+        lists[i]->len += user.len + 6;
     }
 }
 
