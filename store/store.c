@@ -47,6 +47,7 @@ typedef struct {
     pd_msgw_t front_out;  //  replies to the gateway whose batch is being handled
     zsock_t *pub;         //  to the bus (XPUB: it sees the broker subscribe)
     bool bus_ready;       //  the broker has subscribed: events can go out
+    bool events_wanted;   //  someone (a gateway) subscribes to the EVENT topic
     pd_outbox_t *outbox;  //  recent events, in shared memory (pd_outbox.h)
     pd_buf_t replay;      //  events to publish again once the bus is ready, after a restart
     int put_action;       //  the event of the pd_table_put in progress (0: none)
@@ -149,6 +150,9 @@ s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *pr
 {
     pd_msgw_t *w = &self->events;
     bool deadline = s_for_reaper(action, rec, prev);
+    if (!deadline && !self->events_wanted)
+        return; /* nobody would get it: not made, not kept (a gateway joining is answered with a
+                 * HELLO, and serves no subscriber before that) */
     s_topic(self, deadline ? PD_BUS_DEADLINE : PD_BUS_EVENT);
     size_t start = w->sb.size;
     pd_msgw_begin(w, PD_MSG_EVENT, ++self->seq);
@@ -748,9 +752,16 @@ s_on_subscribe(pd_zmsg_t *zm, void *arg)
     store_t *self = arg;
     size_t n = pd_zmsg_size(zm, 0);
     const char *d = pd_zmsg_data(zm, 0);
-    if (n < 1 || d[0] != 1)
+    if (n < 1 || d[0] > 1)
         return;
-    if (n == 1 || d[1] == PD_BUS_EVENT) {
+    bool events = n == 1 || d[1] == PD_BUS_EVENT;
+    /* The broker's XSUB counts subscriptions per topic: it passes an unsubscription on only
+     * when the last subscriber of the topic has left, so the last word on it is the state. */
+    if (events)
+        self->events_wanted = d[0] == 1;
+    if (d[0] != 1)
+        return;
+    if (events) {
         pd_msgw_t w;
         pd_msgw_init(&w);
         char topic = PD_BUS_EVENT;
