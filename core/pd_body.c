@@ -51,6 +51,13 @@ pd_body_clear(pd_body_t *b)
     pd_buf_reset(&b->meta_json);
 }
 
+static int
+s_dump_to_buf(const char *buf, size_t size, void *data)
+{
+    pd_buf_add(data, buf, size);
+    return 0;
+}
+
 int
 pd_body_parse(pd_body_t *b, const char *buf, size_t len, size_t max_meta, int64_t now, char *msg,
               size_t n)
@@ -99,10 +106,9 @@ pd_body_parse(pd_body_t *b, const char *buf, size_t len, size_t max_meta, int64_
         if (obj && json_is_array(obj) && json_array_size(obj) == 0) {
             pd_buf_adds(&b->meta_json, "{}");
         } else if (obj && json_is_object(obj)) {
-            char *s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
-            if (s)
-                pd_buf_adds(&b->meta_json, s);
-            free(s);
+            /* straight into the reused buffer: json_dumps would malloc, grow and copy */
+            json_dump_callback(obj, s_dump_to_buf, &b->meta_json,
+                               JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
         } else {
             json_decref(owned);
             snprintf(msg, n, "Invalid `metadata` param: Value must be a valid object.");
