@@ -635,14 +635,14 @@ s_drain(gw_t *gw)
     if (gw->draining)
         return;
     gw->draining = true;
-    bool again = true;
-    while (again) {
-        again = false;
+    bool read;
+    do {
+        read = false;
         if (gw->dealer_unread) {
             gw->dealer_unread = false;
             pd_zmq_drain(zsock_resolve(gw->dealer), INT_MAX, s_on_reply_frame, gw,
                          &gw->malformed);
-            again = true;
+            read = true;
         }
         for (int n = 1; n <= gw->nstores; n++) {
             gw_store_t *st = &gw->stores[n];
@@ -650,15 +650,10 @@ s_drain(gw_t *gw)
                 st->unread = false;
                 pd_zmq_drain(zsock_resolve(st->sock), INT_MAX, s_on_reply_frame, gw,
                              &gw->malformed);
-                again = true;
+                read = true;
             }
         }
-        if (again) { /* only another round if that reading sent something */
-            again = gw->dealer_unread;
-            for (int n = 1; n <= gw->nstores && !again; n++)
-                again = gw->stores[n].unread && gw->stores[n].sock;
-        }
-    }
+    } while (read); /* a reply handled may have sent (a request sent again via the broker) */
     gw->draining = false;
     if (gw->out.count)
         s_link_flush(gw);

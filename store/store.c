@@ -145,6 +145,21 @@ s_for_reaper(int action, const pd_record_t *rec, const pd_record_t *prev)
     return action == PD_ACT_DELETE || !prev || rec->expires_ms < prev->expires_ms;
 }
 
+//  This node's heartbeat on the bus, in topic `topic`: its generation and last sequence numbers.
+static void
+s_bus_hello(store_t *self, char topic)
+{
+    pd_msgw_t *w = &self->events;
+    s_topic(self, topic);
+    pd_msgw_begin(w, PD_MSG_HELLO, 0);
+    pd_msgw_str(w, PD_F_ROLE, "store", 5);
+    pd_msgw_int(w, PD_F_NODE, self->node);
+    pd_msgw_int(w, PD_F_GEN, self->gen);
+    pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
+    pd_msgw_int(w, PD_F_DSEQ, (int64_t)self->dseq);
+    pd_msgw_end(w);
+}
+
 static void
 s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *prev)
 {
@@ -761,29 +776,19 @@ s_on_subscribe(pd_zmsg_t *zm, void *arg)
         self->events_wanted = d[0] == 1;
     if (d[0] != 1)
         return;
-    if (events) {
-        pd_msgw_t w;
-        pd_msgw_init(&w);
-        char topic = PD_BUS_EVENT;
-        msgpack_sbuffer_write(&w.sb, &topic, 1);
-        pd_msgw_begin(&w, PD_MSG_HELLO, 0);
-        pd_msgw_str(&w, PD_F_ROLE, "store", 5);
-        pd_msgw_int(&w, PD_F_NODE, self->node);
-        pd_msgw_int(&w, PD_F_GEN, self->gen);
-        pd_msgw_end(&w);
-        pd_zmq_send(zsock_resolve(self->pub), NULL, 0, w.sb.data, w.sb.size);
-        pd_zpoll_sent(&self->poll, zsock_resolve(self->pub));
-        pd_msgw_destroy(&w);
+    if (!self->bus_ready) {
+        self->bus_ready = true;
+        if (self->replay.len) {
+            pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->replay.data, self->replay.len);
+            pd_zpoll_sent(&self->poll, zsock_resolve(self->pub));
+            pd_log_info("published again the events of the last %d ms before the restart",
+                        REPLAY_MS);
+            pd_buf_free(&self->replay);
+        }
     }
-    if (self->bus_ready)
-        return;
-    self->bus_ready = true;
-    if (self->replay.len) {
-        pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->replay.data, self->replay.len);
-        pd_zpoll_sent(&self->poll, zsock_resolve(self->pub));
-        pd_log_info("published again the events of the last %d ms before the restart",
-                    REPLAY_MS);
-        pd_buf_free(&self->replay);
+    if (events) { /* after what this turn holds, at once */
+        s_bus_hello(self, PD_BUS_EVENT);
+        s_flush(self, true);
     }
 }
 
@@ -1004,16 +1009,8 @@ store_main(pd_config_t *cfg)
             s_hello(self);
             /* the same heartbeat on the bus: subscribers learn this node's generation and last
              * sequence number even when it has nothing to publish */
-            if (self->bus_ready) {
-                s_topic(self, PD_BUS_DEADLINE);
-                pd_msgw_begin(&self->events, PD_MSG_HELLO, 0);
-                pd_msgw_str(&self->events, PD_F_ROLE, "store", 5);
-                pd_msgw_int(&self->events, PD_F_NODE, self->node);
-                pd_msgw_int(&self->events, PD_F_GEN, self->gen);
-                pd_msgw_int(&self->events, PD_F_SEQ, (int64_t)self->seq);
-                pd_msgw_int(&self->events, PD_F_DSEQ, (int64_t)self->dseq);
-                pd_msgw_end(&self->events);
-            }
+            if (self->bus_ready)
+                s_bus_hello(self, PD_BUS_DEADLINE);
             last_hello = now;
         }
         idle = !s_flush(self, false) && !got;
