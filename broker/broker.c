@@ -1,8 +1,12 @@
 /*  broker — see broker.h.
  *
- *  Sockets: `front` ROUTER (gateways, reaper), `back` ROUTER (store nodes, identity
- *  "store-<n>", ROUTER_MANDATORY so a missing node fails at once), and the bus: XSUB (bus_in, stores
- *  publish) forwarded to XPUB (bus_out, gateways and the reaper subscribe) in the same loop.
+ *  Sockets: `front` ROUTER (gateways, reaper), `back` ROUTER (store nodes, ROUTER_MANDATORY so
+ *  a missing node fails at once), and the bus: XSUB (bus_in, stores publish) forwarded to XPUB
+ *  (bus_out, gateways and the reaper subscribe) in the same loop. All four are CURVE servers
+ *  (pd_keys.h): the ZAP handler admits gateways and the reaper on front and bus_out, store nodes
+ *  on back and bus_in, and names each connection by its key. A peer's role and a store node's
+ *  number come from that name (the ZAP User-Id on every message), never from what the peer
+ *  says or a routing id it picks: only the holder of store-<n>'s secret is node <n>.
  *
  *  Every frame is a batch of pd_msg messages. The loop drains both ROUTERs, handles each
  *  message, and appends what it sends to one output batch per destination; the batches are
@@ -26,6 +30,7 @@
 #include <signal.h>
 
 #include "pd_err.h"
+#include "pd_keys.h"
 #include "pd_log.h"
 #include "pd_msg.h"
 #include "pd_query.h"
@@ -51,7 +56,8 @@ typedef struct {
     int64_t records;    //  records held (from HELLO)
     int64_t claims;     //  user claims held
     pd_buf_t counts;    //  records per project (packed project, count), from HELLO
-    char ident[24];     //  ZeroMQ identity "store-<n>"
+    uint8_t rid[256];   //  routing id of its connection (the last one its key spoke on)
+    size_t rlen;        //  0 = never connected
     char endpoint[256]; //  its front for gateways' direct requests ("" = none), from HELLO
     pd_msgw_t out;      //  batch to send this turn
 } node_t;
@@ -89,6 +95,8 @@ typedef struct {
     zsock_t *front, *back;
     zsock_t *xsub, *xpub;   //  the bus: stores publish into xsub, xpub fans out
     pd_zpoll_t poll;
+    pd_keys_t *keys;        //  the cluster's key set
+    pd_zap_t *zap;          //  admits peers per socket (pd_keys.h)
     bool sent;              //  a socket was sent on since it was last drained
     pd_buf_t bus;           //  event batches received, not yet forwarded
     int64_t bus_last;       //  mono us of the last forward
@@ -511,11 +519,14 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
                         "presenced_bus_frames_total{dir=\"in\"} %llu\n"
                         "presenced_bus_frames_total{dir=\"out\"} %llu\n"
                         "# TYPE presenced_bus_dropped_total counter\n"
-                        "presenced_bus_dropped_total %lu\n",
+                        "presenced_bus_dropped_total %lu\n"
+                        "# TYPE presenced_broker_refused_peers_total counter\n"
+                        "presenced_broker_refused_peers_total %lu\n",
                     (unsigned long long)(self->malformed + self->oversized),
                     self->nops - self->nfree, (unsigned long long)self->claim_hits,
                     (unsigned long long)self->claim_misses, (unsigned long long)self->bus_in,
-                    (unsigned long long)self->bus_out, self->bus_dropped);
+                    (unsigned long long)self->bus_out, self->bus_dropped,
+                    pd_zap_denied(self->zap));
         pd_msgw_t *w = &self->peers[peer].out;
         pd_msgw_begin(w, PD_MSG_REPLY, m->rid);
         pd_msgw_int(w, PD_F_ERR, healthy ? PD_ERR_OK : PD_ERR_UNAVAILABLE);
@@ -792,8 +803,10 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
 
 /* -------------------------------------------------------------------------- sockets */
 
+/*  The peer slot of a connection; a new one takes its role from the name of the key it
+ *  authenticated with (uid: "reaper" or "gateway-<n>", the only ones ZAP admits on front). */
 static int
-s_peer(broker_t *self, const void *ident, size_t ilen)
+s_peer(broker_t *self, const void *ident, size_t ilen, const char *uid)
 {
     for (size_t i = 0; i < self->npeers; i++)
         if (self->peers[i].ilen == ilen && memcmp(self->peers[i].ident, ident, ilen) == 0)
@@ -812,7 +825,8 @@ s_peer(broker_t *self, const void *ident, size_t ilen)
     }
     memcpy(self->peers[i].ident, ident, ilen);
     self->peers[i].ilen = ilen;
-    self->peers[i].role[0] = 0;
+    snprintf(self->peers[i].role, sizeof self->peers[i].role, "%s",
+             strcmp(uid, "reaper") == 0 ? "reaper" : "gateway");
     return (int)i;
 }
 
@@ -826,8 +840,6 @@ s_on_front(const pd_msg_t *m, void *arg)
         s_on_request(self, self->cur, m);
         return;
     }
-    snprintf(p->role, sizeof p->role, "%.*s", (int)m->s[PD_F_ROLE].len,
-             m->s[PD_F_ROLE].ptr ? m->s[PD_F_ROLE].ptr : "");
     if (strcmp(p->role, "gateway") == 0) {
         /* The route table: where each node's front is, and whether it is up. Gateways send
          * the requests that need no claim or list straight there (gateway.c); the broker stays
@@ -891,32 +903,34 @@ s_on_front_frame(pd_zmsg_t *zm, void *arg)
 {
     broker_t *self = arg;
     size_t ilen = pd_zmsg_size(zm, 0);
-    if (zm->n != 2 || ilen == 0 || ilen > 255) {
+    const char *uid = zm->n == 2 ? pd_keys_peer(&zm->part[1]) : NULL;
+    if (zm->n != 2 || ilen == 0 || ilen > 255 || !uid) {
         self->malformed++;
         return;
     }
-    self->cur = s_peer(self, pd_zmsg_data(zm, 0), ilen);
+    self->cur = s_peer(self, pd_zmsg_data(zm, 0), ilen, uid);
     self->peers[self->cur].last = pd_mono_ms();
     if (pd_msg_each(pd_zmsg_data(zm, 1), pd_zmsg_size(zm, 1), &self->zone, s_on_front, self) < 0)
         self->malformed++;
 }
 
-/*  ["store-<n>"][batch] from a store node. */
+/*  [routing id][batch] from a store node: which node is the name of its key ("store-<n>").
+ *  The node is reached through the connection it last spoke on, so a store node that
+ *  restarts is found again by its first message, and nobody else can stand in for it. */
 static void
 s_on_back_frame(pd_zmsg_t *zm, void *arg)
 {
     broker_t *self = arg;
-    int node = 0;
+    int node = zm->n == 2 ? pd_keys_node(pd_keys_peer(&zm->part[1]), "store", self->nstores) : 0;
     size_t ilen = pd_zmsg_size(zm, 0);
-    const char *id = pd_zmsg_data(zm, 0);
-    if (zm->n == 2 && ilen > 6 && ilen < 16 && memcmp(id, "store-", 6) == 0) {
-        char tmp[16] = {0};
-        memcpy(tmp, id + 6, ilen - 6);
-        node = atoi(tmp);
-    }
-    if (node < 1 || node > self->nstores) {
+    if (node < 1 || ilen == 0 || ilen > sizeof self->nodes[node].rid) {
         self->malformed++;
         return;
+    }
+    node_t *nd = &self->nodes[node];
+    if (nd->rlen != ilen || memcmp(nd->rid, pd_zmsg_data(zm, 0), ilen) != 0) {
+        memcpy(nd->rid, pd_zmsg_data(zm, 0), ilen);
+        nd->rlen = ilen;
     }
     self->cur = node;
     if (pd_msg_each(pd_zmsg_data(zm, 1), pd_zmsg_size(zm, 1), &self->zone, s_on_back, self) < 0)
@@ -1001,8 +1015,8 @@ s_flush(broker_t *self)
         if (!nd->out.count)
             continue;
         self->sent = true;
-        if (pd_zmq_send(zsock_resolve(self->back), nd->ident, strlen(nd->ident), nd->out.sb.data,
-                        nd->out.sb.size) < 0) {
+        if (!nd->rlen || pd_zmq_send(zsock_resolve(self->back), nd->rid, nd->rlen,
+                                     nd->out.sb.data, nd->out.sb.size) < 0) {
             if (nd->up)
                 pd_log_warn("store node %d is unreachable", n);
             nd->up = false;
@@ -1056,12 +1070,13 @@ s_sweep(broker_t *self)
     }
 }
 
-//  A socket of the broker's: never blocks, queues up to hwm messages each way, bound to ep.
+//  A socket of the broker's: never blocks, queues up to hwm messages each way, CURVE server for
+//  the peers ZAP admits on domain, bound to ep.
 static zsock_t *
-s_bind(int type, const char *ep, int hwm)
+s_bind(broker_t *self, int type, const char *ep, int hwm, const char *domain)
 {
     zsock_t *sock = zsock_new(type);
-    if (!sock)
+    if (!sock || pd_zap_server(self->zap, zsock_resolve(sock), domain) < 0)
         pd_fatalx("cannot create a socket for %s", ep);
     zsock_set_sndhwm(sock, hwm);
     zsock_set_rcvhwm(sock, hwm);
@@ -1085,27 +1100,28 @@ broker_main(pd_config_t *cfg)
     broker_t *self = &b;
     self->cfg = cfg;
     self->nstores = cfg->stores;
-    for (int n = 1; n <= self->nstores; n++) {
-        snprintf(self->nodes[n].ident, sizeof self->nodes[n].ident, "store-%d", n);
+    for (int n = 1; n <= self->nstores; n++)
         pd_msgw_init(&self->nodes[n].out);
-    }
+    char err[512];
+    if (!(self->keys = pd_keys_load(cfg->keys_dir, "broker", err, sizeof err)))
+        pd_fatalx("%s", err);
+    if (!(self->zap = pd_zap_new(self->keys)))
+        pd_fatalx("cannot start the ZAP handler");
     msgpack_zone_init(&self->zone, 8192);
     self->claims = zhash_new();
     zhash_autofree(self->claims);
 
-    self->front = s_bind(ZMQ_ROUTER, cfg->broker_front, 100000);
-    self->back = s_bind(ZMQ_ROUTER, cfg->broker_back, 100000);
+    self->front = s_bind(self, ZMQ_ROUTER, cfg->broker_front, 100000, "broker-front");
+    self->back = s_bind(self, ZMQ_ROUTER, cfg->broker_back, 100000, "broker-back");
     zsock_set_router_mandatory(self->back, 1);
-    zsock_set_router_handover(self->front, 1);
-    zsock_set_router_handover(self->back, 1);
     /* The bus. HWM of a million so that a burst of a million deletes is queued, not dropped
      * (a drop shows up as a gap and a resync). Subscriptions travel up: xpub passes every
      * subscribe and unsubscribe (VERBOSER), and s_on_sub_frame hands each to xsub, which sends
      * them on to the store nodes, whose PUB sockets then send only the topics someone wants.
      * xsub also subscribes to a topic nobody publishes, so that a store node knows when the
      * broker is there (it holds its events until then). */
-    self->xsub = s_bind(ZMQ_XSUB, cfg->bus_in, 1000000);
-    self->xpub = s_bind(ZMQ_XPUB, cfg->bus_out, 1000000);
+    self->xsub = s_bind(self, ZMQ_XSUB, cfg->bus_in, 1000000, "bus-in");
+    self->xpub = s_bind(self, ZMQ_XPUB, cfg->bus_out, 1000000, "bus-out");
     zsock_set_xpub_verboser(self->xpub, 1);
     zmq_send(zsock_resolve(self->xsub), "\x01" PD_BUS_BROKER_TOPIC, 2, 0);
 
@@ -1159,6 +1175,8 @@ broker_main(pd_config_t *cfg)
     zsock_destroy(&self->xpub);
     zsock_destroy(&self->front);
     zsock_destroy(&self->back);
+    pd_zap_destroy(&self->zap);
+    pd_keys_destroy(&self->keys);
     zhash_destroy(&self->claims);
     for (int n = 1; n <= self->nstores; n++) {
         pd_msgw_destroy(&self->nodes[n].out);

@@ -4,6 +4,8 @@
  *      presencectl key list   --config FILE [--project P]
  *      presencectl key delete --config FILE --project P --name N
  *      presencectl keygen     --out FILE
+ *      presencectl cluster-keys --out DIR [--stores N] [--gateways M]
+ *                             [--rotate NAME | --retire NAME]
  *      presencectl jwt        (--project-secret S | --secret-env VAR | --eddsa-secret-key FILE)
  *                             --user U [--teams t1,t2/owner] [--labels vip]
  * [--verified|--unverified]
@@ -16,6 +18,10 @@
  *  kept as it was (jansson keeps key order); the new file replaces the old one atomically
  *  (temp file in the same directory, fsync, rename) under a lock on the directory, so the
  *  server never reads half a file and two presencectl runs do not lose each other's edits.
+ *  `cluster-keys` writes the CURVE key set of a cluster's internal traffic (pd_keys.h): one
+ *  pair per role instance, secrets mode 0600; existing pairs are kept, so running it again
+ *  with a larger --gateways adds keys. --rotate NAME makes a new pair for NAME and keeps the
+ *  old public key trusted beside it; --retire NAME drops the old one (README, "Security").
  *  `jwt` signs a development token exactly as an app's backend would and checks it with the
  *  server's own verifier (pd_jwt_verify) before printing it, so a token it prints is one the
  *  server accepts. `list` and `watch` talk to the REST and realtime API like any other client.
@@ -60,6 +66,7 @@
 
 #include "pd_auth.h"
 #include "pd_config.h"
+#include "pd_keys.h"
 #include "pd_util.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -92,6 +99,8 @@ s_usage(void)
             "  presencectl key list   --config FILE [--project P]\n"
             "  presencectl key delete --config FILE --project P --name N\n"
             "  presencectl keygen     --out FILE\n"
+            "  presencectl cluster-keys --out DIR [--stores N] [--gateways M] "
+            "[--rotate NAME | --retire NAME]\n"
             "  presencectl jwt        (--project-secret S | --secret-env VAR | "
             "--eddsa-secret-key FILE)\n"
             "                         --user U [--teams t1,t2/owner] [--labels vip] "
@@ -515,6 +524,63 @@ s_read_eddsa_key(const char *path, unsigned char sk[64])
             s_die("%s: the 64-byte key's public half does not match its seed", path);
     }
     sodium_memzero(bin, sizeof bin);
+}
+
+static int
+cmd_cluster_keys(int argc, char **argv)
+{
+    static const struct option opts[] = {{"out", required_argument, NULL, 'o'},
+                                         {"stores", required_argument, NULL, 's'},
+                                         {"gateways", required_argument, NULL, 'g'},
+                                         {"rotate", required_argument, NULL, 'r'},
+                                         {"retire", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
+    const char *out = NULL, *rotate = NULL, *retire = NULL;
+    int stores = 2, gateways = 2, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'o')
+            out = optarg;
+        else if (c == 's')
+            stores = atoi(optarg);
+        else if (c == 'g')
+            gateways = atoi(optarg);
+        else if (c == 'r')
+            rotate = optarg;
+        else if (c == 't')
+            retire = optarg;
+        else {
+            s_usage();
+            return 2;
+        }
+    }
+    if (!out)
+        s_die("cluster-keys needs --out DIR (created with mode 0700 if missing)");
+    if (stores < 1 || stores > 64 || gateways < 1 || gateways > 4096)
+        s_die("--stores must be 1..64 and --gateways 1..4096");
+    char err[512];
+    if (rotate || retire) {
+        const char *name = rotate ? rotate : retire;
+        if ((rotate ? pd_keys_rotate : pd_keys_retire)(out, name, err, sizeof err) < 0)
+            s_die("%s", err);
+        if (rotate)
+            fprintf(stderr, "New key pair for %s in %s; its old public key stays trusted (the "
+                            "second line of %s.pub) until --retire %s.\n", name, out, name, name);
+        else
+            fprintf(stderr, "%s: only its current public key is trusted now (%s/%s.pub).\n",
+                    name, out, name);
+        return 0;
+    }
+    int made = pd_keys_generate(out, stores, gateways, err, sizeof err);
+    if (made < 0)
+        s_die("%s", err);
+    fprintf(stderr,
+            "%d key pair(s) written to %s (broker, reaper, store-1..%d, gateway-1..%d; "
+            "existing pairs kept).\n"
+            "Give every role --keys %s (or PRESENCED_KEYS); each loads its own <name>.key "
+            "and every *.pub.\n",
+            made, out, stores, gateways, out);
+    return 0;
 }
 
 static int
@@ -1322,6 +1388,8 @@ main(int argc, char **argv)
         rc = cmd_key(argc - 1, argv + 1);
     else if (strcmp(cmd, "keygen") == 0)
         rc = cmd_keygen(argc - 1, argv + 1);
+    else if (strcmp(cmd, "cluster-keys") == 0)
+        rc = cmd_cluster_keys(argc - 1, argv + 1);
     else if (strcmp(cmd, "jwt") == 0)
         rc = cmd_jwt(argc - 1, argv + 1);
     else if (strcmp(cmd, "list") == 0)

@@ -7,7 +7,9 @@
  *  requests in flight), then the reaper, the stores and the broker; stragglers are killed after
  *  5 s; store segments are unlinked unless --keep-data; exit 0. SIGHUP is passed to the gateways
  *  (they reload the projects). Each child's command line names its role, as `ps` shows it. */
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "pd_keys.h"
 #include "pd_log.h"
 #include "pd_outbox.h"
 #include "pd_table.h"
@@ -41,6 +44,23 @@ s_endpoint(char *dst, size_t n, const char *dir, const char *name)
 {
     if (!dst[0])
         snprintf(dst, n, "ipc://%s/%s.ipc", dir, name);
+}
+
+//  Removes a key set the supervisor made (its files, then the directory).
+static void
+s_keys_wipe(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    char path[PATH_MAX];
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.' &&
+            snprintf(path, sizeof path, "%s/%s", dir, de->d_name) < (int)sizeof path)
+            unlink(path);
+    closedir(d);
+    rmdir(dir);
 }
 
 static pid_t
@@ -74,6 +94,8 @@ s_spawn(pd_config_t *cfg, child_t *c)
     argv[n++] = verbose;
     argv[n++] = "--cluster";
     argv[n++] = cfg->cluster;
+    argv[n++] = "--keys";
+    argv[n++] = cfg->keys_dir;
     if (strcmp(c->role, "broker") == 0) {
         argv[n++] = "--broker-front"; argv[n++] = cfg->broker_front;
         argv[n++] = "--broker-back"; argv[n++] = cfg->broker_back;
@@ -192,6 +214,18 @@ supervisor_main(pd_config_t *cfg)
     s_endpoint(cfg->broker_back, sizeof cfg->broker_back, cfg->run_dir, "broker-back");
     s_endpoint(cfg->bus_in, sizeof cfg->bus_in, cfg->run_dir, "bus-in");
     s_endpoint(cfg->bus_out, sizeof cfg->bus_out, cfg->run_dir, "bus-out");
+    /* Every internal socket is CURVE (pd_keys.h). Without --keys, a fresh key set is made in
+     * the run directory at every start and removed at the end. */
+    char keys[sizeof cfg->keys_dir];
+    keys[0] = 0;
+    if (!cfg->keys_dir[0]) {
+        char err[512];
+        snprintf(keys, sizeof keys, "%s/keys", cfg->run_dir);
+        s_keys_wipe(keys);
+        if (pd_keys_generate(keys, cfg->stores, cfg->gateways, err, sizeof err) < 0)
+            pd_fatalx("cannot make the cluster's keys: %s", err);
+        snprintf(cfg->keys_dir, sizeof cfg->keys_dir, "%s", keys);
+    }
 
     size_t n = 0;
     child_t cs[2 + 64 + 64];
@@ -285,6 +319,8 @@ supervisor_main(pd_config_t *cfg)
         snprintf(front, sizeof front, "%s/store-%d.ipc", cfg->run_dir, i);
         unlink(front);
     }
+    if (keys[0])
+        s_keys_wipe(keys);
     unlink(lock);
     close(lfd);
     rmdir(cfg->run_dir);

@@ -428,8 +428,16 @@ s_store_close(gw_store_t *st)
 static void
 s_store_open(gw_t *gw, gw_store_t *st)
 {
+    /* CURVE, pinned to store-<n>'s key: an endpoint in the route table reaches a real store
+     * node or nothing. */
+    char server[32];
+    snprintf(server, sizeof server, "store-%d", (int)(st - gw->stores));
     st->sock = zsock_new(ZMQ_DEALER);
-    zsock_set_identity(st->sock, gw->ident);
+    if (pd_keys_client(gw->keys, zsock_resolve(st->sock), server) < 0) {
+        pd_log_warn("no public key for %s; its requests go via the broker", server);
+        zsock_destroy(&st->sock);
+        return;
+    }
     zsock_set_immediate(st->sock, 1);
     zsock_set_rcvtimeo(st->sock, 0);
     zsock_set_sndtimeo(st->sock, 0);
@@ -763,6 +771,7 @@ gw_bus_join(gw_t *gw)
     if (gw->bus_state != GW_BUS_OFF)
         return;
     gw->sub = zsock_new(ZMQ_SUB);
+    pd_keys_client(gw->keys, zsock_resolve(gw->sub), "broker"); /* events from the broker only */
     zsock_set_subscribe(gw->sub, "");
     zsock_set_rcvtimeo(gw->sub, 0);
     zsock_set_rcvhwm(gw->sub, 1000000);
@@ -956,8 +965,13 @@ gateway_main(pd_config_t *cfg)
     gw_rt_init(gw);
 
     snprintf(gw->ident, sizeof gw->ident, "gateway-%d-%d", cfg->node, (int)getpid());
+    char kname[32], kerr[512];
+    snprintf(kname, sizeof kname, "gateway-%d", cfg->node);
+    if (!(gw->keys = pd_keys_load(cfg->keys_dir, kname, kerr, sizeof kerr)))
+        pd_fatalx("%s", kerr);
     gw->dealer = zsock_new(ZMQ_DEALER);
-    zsock_set_identity(gw->dealer, gw->ident);
+    if (pd_keys_client(gw->keys, zsock_resolve(gw->dealer), "broker") < 0)
+        pd_fatalx("no public key for the broker in %s", cfg->keys_dir);
     zsock_set_rcvtimeo(gw->dealer, 0);
     zsock_set_sndtimeo(gw->dealer, 0);
     zsock_set_sndhwm(gw->dealer, 100000);
@@ -1010,6 +1024,7 @@ gateway_main(pd_config_t *cfg)
     }
     pd_log_info("gateway %d stopped", cfg->node);
     zsock_destroy(&gw->dealer);
+    pd_keys_destroy(&gw->keys);
     zsock_destroy(&gw->sub);
     for (int n = 1; n <= GW_MAX_STORES; n++)
         zsock_destroy(&gw->stores[n].sock);

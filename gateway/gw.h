@@ -10,6 +10,7 @@
 
 #include "pd_auth.h"
 #include "pd_config.h"
+#include "pd_keys.h"
 #include "pd_msg.h"
 
 /*  Routes, for metrics. */
@@ -86,6 +87,7 @@ struct gw {
     h2o_accept_ctx_t accept_ctx;
     h2o_socket_t *listener;
     zsock_t *dealer;           //  to the broker front
+    pd_keys_t *keys;           //  the cluster's key set: every ZeroMQ socket is a CURVE client
     h2o_socket_t *dealer_io;   //  ZMQ_FD of dealer in the evloop
     zsock_t *sub;              //  the bus (NULL while no WebSocket client needs it)
     h2o_socket_t *sub_io;

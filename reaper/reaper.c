@@ -46,6 +46,7 @@
 #include <stdlib.h>
 
 #include "pd_err.h"
+#include "pd_keys.h"
 #include "pd_log.h"
 #include "pd_msg.h"
 #include "pd_wheel.h"
@@ -114,6 +115,7 @@ typedef struct {
     pd_config_t *cfg;              //  borrowed
     zsock_t *broker;               //  DEALER to the broker's front ROUTER
     zsock_t *bus;                  //  SUB on the event bus
+    pd_keys_t *keys;               //  the cluster's key set: both sockets are CURVE clients
     pd_zpoll_t poll;               //  both sockets' ZMQ_FDs
     pd_wheel_t *wheel;             //  every entry's timer
     msgpack_zone zone;             //  RAW fields of the frame being decoded
@@ -1014,6 +1016,7 @@ reaper_destroy(reaper_t **self_p)
     pd_zpoll_close(&self->poll);
     zsock_destroy(&self->broker);
     zsock_destroy(&self->bus);
+    pd_keys_destroy(&self->keys);
     pd_wheel_destroy(&self->wheel);
     for (uint32_t i = 0; i < self->nchunks; i++)
         free(self->chunks[i]);
@@ -1048,7 +1051,14 @@ reaper_new(pd_config_t *cfg)
         reaper_destroy(&self);
         return NULL;
     }
-    zsock_set_identity(self->broker, "reaper"); //  before connecting
+    char err[512];
+    if (!(self->keys = pd_keys_load(cfg->keys_dir, "reaper", err, sizeof err)) ||
+        pd_keys_client(self->keys, zsock_resolve(self->broker), "broker") < 0 ||
+        pd_keys_client(self->keys, zsock_resolve(self->bus), "broker") < 0) {
+        pd_log_warn("reaper: %s", self->keys ? "no public key for the broker" : err);
+        reaper_destroy(&self);
+        return NULL;
+    }
     zsock_set_sndtimeo(self->broker, 0);
     zsock_set_rcvtimeo(self->broker, 0);
     zsock_set_rcvhwm(self->bus, REAPER_BUS_HWM);

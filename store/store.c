@@ -25,6 +25,7 @@
 #include <signal.h>
 
 #include "pd_err.h"
+#include "pd_keys.h"
 #include "pd_log.h"
 #include "pd_zmq.h"
 #include "pd_msg.h"
@@ -41,7 +42,9 @@
 typedef struct {
     pd_config_t *cfg;
     pd_table_t *table;
-    zsock_t *dealer;      //  to the broker (identity "store-<node>")
+    zsock_t *dealer;      //  to the broker (which knows it by its key, store-<node>)
+    pd_keys_t *keys;      //  the cluster's key set
+    pd_zap_t *zap;        //  admits gateways on the front (when there is one)
     zsock_t *front;       //  ROUTER for gateways' direct requests (NULL: not configured)
     pd_msgw_t *reply;     //  where replies of the batch being handled go: out or front_out
     pd_msgw_t front_out;  //  replies to the gateway whose batch is being handled
@@ -951,10 +954,15 @@ store_main(pd_config_t *cfg)
     pd_msgw_init(&self->events);
     self->reply = &self->out;
 
-    char ident[32];
-    snprintf(ident, sizeof ident, "store-%d", self->node);
+    /* Every socket is CURVE (pd_keys.h): the broker knows this node by its key store-<n>, and
+     * the front admits gateways only. */
+    char kname[32], err[512];
+    snprintf(kname, sizeof kname, "store-%d", self->node);
+    if (!(self->keys = pd_keys_load(cfg->keys_dir, kname, err, sizeof err)))
+        pd_fatalx("%s", err);
     self->dealer = zsock_new(ZMQ_DEALER);
-    zsock_set_identity(self->dealer, ident);
+    if (pd_keys_client(self->keys, zsock_resolve(self->dealer), "broker") < 0)
+        pd_fatalx("no public key for the broker in %s", cfg->keys_dir);
     zsock_set_rcvtimeo(self->dealer, 0);
     zsock_set_sndtimeo(self->dealer, 0);
     zsock_set_sndhwm(self->dealer, 100000);
@@ -962,6 +970,7 @@ store_main(pd_config_t *cfg)
     if (zsock_connect(self->dealer, "%s", cfg->broker_back) < 0)
         pd_fatalx("cannot connect to %s", cfg->broker_back);
     self->pub = zsock_new(ZMQ_XPUB);
+    pd_keys_client(self->keys, zsock_resolve(self->pub), "broker");
     zsock_set_xpub_verbose(self->pub, 1);
     zsock_set_sndhwm(self->pub, 1000000);
     zsock_set_rcvtimeo(self->pub, 0);
@@ -972,7 +981,11 @@ store_main(pd_config_t *cfg)
         if (strstr(ep, "://*") || strstr(ep, "://0.0.0.0"))
             pd_fatalx("--store-front %s binds every address: give --store-advertise, the "
                       "endpoint gateways reach this node at", cfg->store_front);
+        if (!(self->zap = pd_zap_new(self->keys)))
+            pd_fatalx("cannot start the ZAP handler");
         self->front = zsock_new(ZMQ_ROUTER);
+        if (pd_zap_server(self->zap, zsock_resolve(self->front), "store-front") < 0)
+            pd_fatal("CURVE on %s", cfg->store_front);
         zsock_set_rcvtimeo(self->front, 0);
         zsock_set_sndtimeo(self->front, 0);
         zsock_set_sndhwm(self->front, 100000);
@@ -1024,6 +1037,8 @@ store_main(pd_config_t *cfg)
      * the next start does not publish them again. */
     zsock_set_linger(self->pub, 1000);
     zsock_destroy(&self->pub);
+    pd_zap_destroy(&self->zap);
+    pd_keys_destroy(&self->keys);
     if (self->bus_ready && !self->events.count)
         pd_outbox_mark(self->outbox);
     pd_outbox_close(&self->outbox);

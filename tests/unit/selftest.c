@@ -5,6 +5,7 @@
 
 #include "pd_auth.h"
 #include "pd_config.h"
+#include "pd_keys.h"
 #include "pd_msg.h"
 #include "pd_outbox.h"
 #include "pd_query.h"
@@ -26,6 +27,7 @@ static const struct {
     {"zmq", pd_zmq_test},
     {"outbox", pd_outbox_test},
     {"config", pd_config_test},
+    {"keys", pd_keys_test},
 };
 
 int
