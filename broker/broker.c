@@ -29,6 +29,7 @@
 #include <czmq.h>
 #include <signal.h>
 
+#include "pd_claims.h"
 #include "pd_err.h"
 #include "pd_keys.h"
 #include "pd_log.h"
@@ -110,13 +111,11 @@ typedef struct {
     size_t nfree;
     msgpack_zone zone;
     int cur;            //  sender of the frame being handled (peer index or node id)
-    zhash_t *claims;    //  "project\x1fuser" -> presence id: cache of the store nodes' claims
+    pd_claims_t *claims; // (project, user) -> presence id: cache of the store nodes' claims
     uint64_t malformed, unroutable, claim_hits, claim_misses;
     unsigned long oversized, bus_dropped;
     uint64_t bus_in, bus_out;   //  event frames from stores, coalesced frames to subscribers
 } broker_t;
-
-#define CLAIM_CACHE_MAX 1000000
 
 static volatile sig_atomic_t s_stop;
 
@@ -242,51 +241,10 @@ s_owner(broker_t *self, pd_str_t project, pd_str_t key)
 /* -------------------------------------------------------------------------- claim cache */
 
 /*  Every change to a user's claim goes through this broker (CLAIM, RECLAIM, UNCLAIM), so it can
- *  cache the claims it has seen and send an upsert of a known user straight to the record's
- *  node: one store hop instead of two. The cache only ever names an id the claim node holds or
- *  held; if that record is gone the store answers "stale" and the RECLAIM path repairs both. It
- *  starts empty after a broker restart and is cleared when it reaches CLAIM_CACHE_MAX. */
-static void
-s_claim_key(char *key, size_t n, pd_str_t project, pd_str_t user)
-{
-    size_t pl = project.len < n / 2 ? project.len : n / 2 - 1;
-    size_t ul = user.len < n / 2 - 1 ? user.len : n / 2 - 2;
-    if (pl)
-        memcpy(key, project.ptr, pl);
-    key[pl] = '\x1f';
-    if (ul)
-        memcpy(key + pl + 1, user.ptr, ul);
-    key[pl + 1 + ul] = 0;
-}
-
-static void
-s_claim_cache_set(broker_t *self, pd_str_t project, pd_str_t user, const char *id)
-{
-    char key[200];
-    s_claim_key(key, sizeof key, project, user);
-    if (zhash_size(self->claims) >= CLAIM_CACHE_MAX) {
-        zhash_destroy(&self->claims);
-        self->claims = zhash_new();
-        zhash_autofree(self->claims);
-    }
-    zhash_update(self->claims, key, (void *)id); /* autofree: zhash keeps a copy */
-}
-
-static void
-s_claim_cache_drop(broker_t *self, pd_str_t project, pd_str_t user)
-{
-    char key[200];
-    s_claim_key(key, sizeof key, project, user);
-    zhash_delete(self->claims, key);
-}
-
-static const char *
-s_claim_cache_get(broker_t *self, pd_str_t project, pd_str_t user)
-{
-    char key[200];
-    s_claim_key(key, sizeof key, project, user);
-    return zhash_lookup(self->claims, key);
-}
+ *  cache the claims it has seen (pd_claims: bounded, least recently used out) and send an upsert
+ *  of a known user straight to the record's node: one store hop instead of two. The cache only
+ *  ever names an id the claim node holds or held; if that record is gone the store answers
+ *  "stale" and the RECLAIM path repairs both. It starts empty after a broker restart. */
 
 /*  Records of a project across the cluster, as of the nodes' last HELLO (at most 250 ms old):
  *  a project's record limit can be overshot by the creates of that window. */
@@ -333,7 +291,7 @@ s_send_unclaim(broker_t *self, pd_str_t project, pd_str_t user, pd_str_t id)
 {
     if (!user.len)
         return;
-    s_claim_cache_drop(self, project, user);
+    pd_claims_drop(self->claims, project, user);
     int u = s_owner(self, project, user);
     if (!s_node_ok(self, u))
         return; /* a stale claim is repaired by the next upsert (RECLAIM) */
@@ -401,7 +359,7 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
     case PD_MSG_UPSERT: {
         op_t *op = s_op_new(self, OP_UPSERT, peer, m->rid);
         pd_buf_add(&op->req, m->raw, m->raw_len);
-        const char *known = s_claim_cache_get(self, project, m->s[PD_F_USER]);
+        const char *known = pd_claims_get(self->claims, project, m->s[PD_F_USER]);
         if (known) {
             self->claim_hits++;
             snprintf(op->claimed, sizeof op->claimed, "%s", known);
@@ -515,6 +473,10 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
                         "# TYPE presenced_broker_claim_cache_total counter\n"
                         "presenced_broker_claim_cache_total{result=\"hit\"} %llu\n"
                         "presenced_broker_claim_cache_total{result=\"miss\"} %llu\n"
+                        "# TYPE presenced_broker_claim_cache_entries gauge\n"
+                        "presenced_broker_claim_cache_entries %zu\n"
+                        "# TYPE presenced_broker_claim_cache_evicted_total counter\n"
+                        "presenced_broker_claim_cache_evicted_total %lu\n"
                         "# TYPE presenced_bus_frames_total counter\n"
                         "presenced_bus_frames_total{dir=\"in\"} %llu\n"
                         "presenced_bus_frames_total{dir=\"out\"} %llu\n"
@@ -524,7 +486,8 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
                         "presenced_broker_refused_peers_total %lu\n",
                     (unsigned long long)(self->malformed + self->oversized),
                     self->nops - self->nfree, (unsigned long long)self->claim_hits,
-                    (unsigned long long)self->claim_misses, (unsigned long long)self->bus_in,
+                    (unsigned long long)self->claim_misses, pd_claims_count(self->claims),
+                    pd_claims_evicted(self->claims), (unsigned long long)self->bus_in,
                     (unsigned long long)self->bus_out, self->bus_dropped,
                     pd_zap_denied(self->zap));
         pd_msgw_t *w = &self->peers[peer].out;
@@ -730,7 +693,8 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
             {
                 pd_msg_t req;
                 if (s_op_request(self, op, &req) == 0)
-                    s_claim_cache_set(self, req.s[PD_F_PROJECT], req.s[PD_F_USER], op->claimed);
+                    pd_claims_set(self->claims, req.s[PD_F_PROJECT], req.s[PD_F_USER],
+                                  pd_str(op->claimed));
             }
             if (op->kind == OP_UPDATE) {
                 pd_msg_t req;
@@ -776,7 +740,7 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
                 return;
             }
             if (err != PD_ERR_OK && op->kind == OP_UPSERT)
-                s_claim_cache_drop(self, req.s[PD_F_PROJECT], req.s[PD_F_USER]);
+                pd_claims_drop(self->claims, req.s[PD_F_PROJECT], req.s[PD_F_USER]);
             if (err != PD_ERR_OK && op->fresh) /* undo a claim this op made */
                 s_send_unclaim(self, req.s[PD_F_PROJECT], req.s[PD_F_USER],
                                op->kind == OP_UPSERT ? pd_str(op->claimed) : req.s[PD_F_ID]);
@@ -1108,8 +1072,7 @@ broker_main(pd_config_t *cfg)
     if (!(self->zap = pd_zap_new(self->keys)))
         pd_fatalx("cannot start the ZAP handler");
     msgpack_zone_init(&self->zone, 8192);
-    self->claims = zhash_new();
-    zhash_autofree(self->claims);
+    self->claims = pd_claims_new(cfg->claim_cache ? cfg->claim_cache : PD_CLAIMS_DEFAULT_MAX);
 
     self->front = s_bind(self, ZMQ_ROUTER, cfg->broker_front, 100000, "broker-front");
     self->back = s_bind(self, ZMQ_ROUTER, cfg->broker_back, 100000, "broker-back");
@@ -1177,7 +1140,7 @@ broker_main(pd_config_t *cfg)
     zsock_destroy(&self->back);
     pd_zap_destroy(&self->zap);
     pd_keys_destroy(&self->keys);
-    zhash_destroy(&self->claims);
+    pd_claims_destroy(&self->claims);
     for (int n = 1; n <= self->nstores; n++) {
         pd_msgw_destroy(&self->nodes[n].out);
         pd_buf_free(&self->nodes[n].counts);

@@ -96,6 +96,12 @@ s_spawn(pd_config_t *cfg, child_t *c)
     argv[n++] = cfg->cluster;
     argv[n++] = "--keys";
     argv[n++] = cfg->keys_dir;
+    char claims[32];
+    snprintf(claims, sizeof claims, "%zu", cfg->claim_cache);
+    if (cfg->claim_cache && (strcmp(c->role, "broker") == 0 || strcmp(c->role, "gateway") == 0)) {
+        argv[n++] = "--claim-cache";
+        argv[n++] = claims;
+    }
     if (strcmp(c->role, "broker") == 0) {
         argv[n++] = "--broker-front"; argv[n++] = cfg->broker_front;
         argv[n++] = "--broker-back"; argv[n++] = cfg->broker_back;

@@ -70,6 +70,7 @@ typedef struct {
     char broker_back[256];    //  store nodes connect here (broker ROUTER)
     char bus_in[256];         //  publishers (stores) connect here (XSUB)
     char bus_out[256];        //  subscribers (gateways, reaper) connect here (XPUB)
+    size_t claim_cache;       //  broker, gateway: claim cache entries (pd_claims.h; 0 = 1000000)
     char keys_dir[256];       //  the cluster's CURVE key set (pd_keys.h); the supervisor makes one
 
     /* store */

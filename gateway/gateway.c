@@ -269,54 +269,12 @@ gw_send_end(gw_t *gw)
  *  that restarted, fails its direct requests in flight with 503 at once, as the broker does
  *  with its own. */
 
-#define CLAIM_CACHE_MAX 1000000
-
 static void s_pending_release(gw_t *gw, gw_pending_t *p);
-
-static bool
-s_claim_key(char key[80], pd_str_t project, pd_str_t user)
-{
-    if (!user.len || project.len > 36 || user.len > 36)
-        return false;
-    memcpy(key, project.ptr, project.len);
-    key[project.len] = 0x1f;
-    memcpy(key + project.len + 1, user.ptr, user.len);
-    key[project.len + 1 + user.len] = 0;
-    return true;
-}
 
 const char *
 gw_claim_get(gw_t *gw, pd_str_t project, pd_str_t user)
 {
-    char key[80];
-    return s_claim_key(key, project, user) ? zhash_lookup(gw->claims, key) : NULL;
-}
-
-static void
-s_claim_set(gw_t *gw, pd_str_t project, pd_str_t user, pd_str_t id)
-{
-    char key[80], val[40];
-    if (!s_claim_key(key, project, user) || !id.len || id.len > 36)
-        return;
-    const char *cur = zhash_lookup(gw->claims, key);
-    if (cur && pd_str_eqc(id, cur))
-        return; /* the steady state: nothing to write */
-    if (!cur && zhash_size(gw->claims) >= CLAIM_CACHE_MAX) {
-        zhash_destroy(&gw->claims);
-        gw->claims = zhash_new();
-        zhash_autofree(gw->claims);
-    }
-    memcpy(val, id.ptr, id.len);
-    val[id.len] = 0;
-    zhash_update(gw->claims, key, val); /* autofree: copied */
-}
-
-static void
-s_claim_drop(gw_t *gw, pd_str_t project, pd_str_t user)
-{
-    char key[80];
-    if (s_claim_key(key, project, user))
-        zhash_delete(gw->claims, key);
+    return pd_claims_get(gw->claims, project, user);
 }
 
 //  What a successful reply says about who owns what.
@@ -326,17 +284,17 @@ s_claim_learn(gw_t *gw, const gw_pending_t *p, const pd_msg_t *m)
     pd_str_t project = m->s[PD_F_PROJECT], user = m->s[PD_F_USER];
     switch (p->type) {
     case PD_MSG_UPSERT:
-        s_claim_set(gw, project, user, m->s[PD_F_ID]);
+        pd_claims_set(gw->claims, project, user, m->s[PD_F_ID]);
         break;
     case PD_MSG_UPDATE:
         if (m->s[PD_F_PREV_USER].len && !pd_str_eq(m->s[PD_F_PREV_USER], user)) {
-            s_claim_drop(gw, project, m->s[PD_F_PREV_USER]);
-            s_claim_set(gw, project, user, m->s[PD_F_ID]);
+            pd_claims_drop(gw->claims, project, m->s[PD_F_PREV_USER]);
+            pd_claims_set(gw->claims, project, user, m->s[PD_F_ID]);
         }
         break;
     case PD_MSG_DELETE:
     case PD_MSG_RELEASE:
-        s_claim_drop(gw, project, user);
+        pd_claims_drop(gw->claims, project, user);
         break;
     }
 }
@@ -367,7 +325,7 @@ s_reroute(gw_t *gw, gw_pending_t *p)
         return;
     }
     if (m.type == PD_MSG_UPSERT)
-        s_claim_drop(gw, m.s[PD_F_PROJECT], m.s[PD_F_USER]);
+        pd_claims_drop(gw->claims, m.s[PD_F_PROJECT], m.s[PD_F_USER]);
     pd_msgw_copy(&gw->out, &m, p->rid, (1ULL << PD_F_ID) | (1ULL << PD_F_FLAGS));
     pd_msgw_s(&gw->out, PD_F_ID, p->path_id);
     pd_msgw_int(&gw->out, PD_F_FLAGS, m.i[PD_F_FLAGS] & ~(int64_t)PD_FL_CLAIMED);
@@ -946,8 +904,7 @@ gateway_main(pd_config_t *cfg)
     gw->cur = &gw->out;
     for (int n = 1; n <= GW_MAX_STORES; n++)
         pd_msgw_init(&gw->stores[n].out);
-    gw->claims = zhash_new();
-    zhash_autofree(gw->claims);
+    gw->claims = pd_claims_new(cfg->claim_cache ? cfg->claim_cache : PD_CLAIMS_DEFAULT_MAX);
     msgpack_zone_init(&gw->zone, 8192);
     msgpack_zone_init(&gw->rzone, 1024);
 
@@ -1028,6 +985,6 @@ gateway_main(pd_config_t *cfg)
     zsock_destroy(&gw->sub);
     for (int n = 1; n <= GW_MAX_STORES; n++)
         zsock_destroy(&gw->stores[n].sock);
-    zhash_destroy(&gw->claims);
+    pd_claims_destroy(&gw->claims);
     return 0;
 }

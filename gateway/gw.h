@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "pd_auth.h"
+#include "pd_claims.h"
 #include "pd_config.h"
 #include "pd_keys.h"
 #include "pd_msg.h"
@@ -102,7 +103,7 @@ struct gw {
     pd_msgw_t *cur;            //  the batch the open message goes into
     gw_pending_t *cur_direct;  //  the direct request being written (NULL: none)
     size_t cur_start;          //  its offset in cur
-    zhash_t *claims;           //  "project\x1fuser" -> presence id, learned from replies
+    pd_claims_t *claims;       //  (project, user) -> presence id, learned from replies
     uint64_t direct, rerouted;  //  requests sent straight to a node; sent again via the broker
     bool flush_linked;
     h2o_timeout_entry_t flush_entry;

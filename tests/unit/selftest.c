@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "pd_auth.h"
+#include "pd_claims.h"
 #include "pd_config.h"
 #include "pd_keys.h"
 #include "pd_msg.h"
@@ -28,6 +29,7 @@ static const struct {
     {"outbox", pd_outbox_test},
     {"config", pd_config_test},
     {"keys", pd_keys_test},
+    {"claims", pd_claims_test},
 };
 
 int
