@@ -146,6 +146,25 @@ s_next_key(char **p, uint8_t key[32])
     }
 }
 
+int
+pd_keys_parse(const char *text, size_t len, unsigned char keys[][32], int max)
+{
+    char buf[4096];
+    if (len >= sizeof buf || memchr(text, 0, len))
+        return -1;
+    memcpy(buf, text, len);
+    buf[len] = 0;
+    char *p = buf;
+    uint8_t key[32];
+    int n = 0, got;
+    while ((got = s_next_key(&p, key)) == 1) {
+        if (n == max)
+            return -1;
+        memcpy(keys[n++], key, 32);
+    }
+    return got < 0 ? -1 : n;
+}
+
 //  Creates path with mode and writes text; O_EXCL unless replace (then a temp file renamed).
 static int
 s_write(const char *path, const char *text, mode_t mode, bool replace, char *err, size_t errlen)
@@ -268,12 +287,11 @@ pd_keys_retire(const char *dir, const char *name, char *err, size_t errlen)
         return s_err(err, errlen, "bad key name '%s'", name);
     if (s_read(pubp, false, text, sizeof text, err, errlen) < 0)
         return -1;
-    char *p = text;
-    uint8_t key[32];
-    if (s_next_key(&p, key) != 1)
+    unsigned char keys[MAX_LINES][32];
+    if (pd_keys_parse(text, strlen(text), keys, MAX_LINES) < 1)
         return s_err(err, errlen, "%s: no valid public key", pubp);
     char first[PD_KEY_Z85 + 2];
-    zmq_z85_encode(first, key, 32);
+    zmq_z85_encode(first, keys[0], 32);
     strcat(first, "\n");
     return s_write(pubp, first, 0644, true, err, errlen);
 }
@@ -315,10 +333,9 @@ pd_keys_load(const char *dir, const char *self_name, char *err, size_t errlen)
             rc = -1;
             break;
         }
-        char *p = text;
-        uint8_t key[32];
-        int got, lines = 0;
-        while ((got = s_next_key(&p, key)) == 1 && lines++ < MAX_LINES) {
+        unsigned char keys[MAX_LINES][32];
+        int got = pd_keys_parse(text, strlen(text), keys, MAX_LINES);
+        for (int k = 0; k < got; k++) {
             if (self->n == cap) {
                 cap = cap ? cap * 2 : 16;
                 self->ent = realloc(self->ent, cap * sizeof *self->ent);
@@ -328,9 +345,9 @@ pd_keys_load(const char *dir, const char *self_name, char *err, size_t errlen)
             keyent_t *e = &self->ent[self->n++];
             memcpy(e->name, de->d_name, len - 4);
             e->name[len - 4] = 0;
-            memcpy(e->pub, key, 32);
+            memcpy(e->pub, keys[k], 32);
         }
-        if (got < 0 || lines > MAX_LINES)
+        if (got < 0)
             rc = s_err(err, errlen, "%s: each line must be one Z85 public key (40 characters), "
                                     "at most %d", path, MAX_LINES);
     }

@@ -63,6 +63,11 @@ void pd_keys_destroy(pd_keys_t **self_p);
 //  pinning its public key. Returns 0, or -1 when server has no key in the set.
 int pd_keys_client(const pd_keys_t *self, void *sock, const char *server);
 
+/*  Parses the text of a .pub file: one Z85 key (40 characters) per line, blank lines and lines
+ *  starting with '#' skipped, at most max keys and 4 KiB. Returns how many keys it put in keys,
+ *  or -1 when a line is not a key or there are too many. */
+int pd_keys_parse(const char *text, size_t len, unsigned char keys[][32], int max);
+
 //  The key name the ZAP handler gave the connection a received message part came over
 //  ("store-1"), or NULL.
 const char *pd_keys_peer(zmq_msg_t *part);
