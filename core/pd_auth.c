@@ -480,21 +480,6 @@ s_echo_len(pd_str_t s)
     return (int)n;
 }
 
-static int s_fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int
-s_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 static bool
 s_has_prefix(pd_str_t s, const char *pre)
 {
@@ -515,7 +500,7 @@ static int
 s_role_check(pd_str_t r, char *err, size_t errlen)
 {
     if (pd_str_eqc(r, "*"))
-        return s_fail(err, errlen, "Wildcard role \"*\" has been replaced. Use \"any\" instead.");
+        return pd_errf(err, errlen, -1, "Wildcard role \"*\" has been replaced. Use \"any\" instead.");
     const char *colon = memchr(r.ptr, ':', r.len);
     const char *slash = memchr(r.ptr, '/', r.len);
     pd_str_t name = r, id = PD_STR_NULL, dim = PD_STR_NULL;
@@ -536,9 +521,9 @@ s_role_check(pd_str_t r, char *err, size_t errlen)
         dim = (pd_str_t){slash + 1, r.len - name.len - 1};
     }
     if (has_dim && memchr(dim.ptr, '/', dim.len))
-        return s_fail(err, errlen, "Only one dimension can be provided");
+        return pd_errf(err, errlen, -1, "Only one dimension can be provided");
     if (has_dim && dim.len == 0)
-        return s_fail(err, errlen, "Dimension must not be empty");
+        return pd_errf(err, errlen, -1, "Dimension must not be empty");
 
     static const char *const names[] = {"any",  "guests", "users", "user",
                                         "team", "member", "label"};
@@ -551,33 +536,33 @@ s_role_check(pd_str_t r, char *err, size_t errlen)
             k = i;
     int nl = s_echo_len(name);
     if (k < 0)
-        return s_fail(err, errlen,
+        return pd_errf(err, errlen, -1,
                       "Role \"%.*s\" is not allowed. Must be one of: any, guests, users, user, "
                       "team, member, label.",
                       nl, name.ptr);
     if (!id_rule[k] && has_id)
-        return s_fail(err, errlen, "Role \"%s\" can not have an ID value.", names[k]);
+        return pd_errf(err, errlen, -1, "Role \"%s\" can not have an ID value.", names[k]);
     if (id_rule[k] && id.len == 0)
-        return s_fail(err, errlen, "Role \"%s\" must have an ID value.", names[k]);
+        return pd_errf(err, errlen, -1, "Role \"%s\" must have an ID value.", names[k]);
     if (id_rule[k] && k == 6 && !s_label_valid(id))
-        return s_fail(err, errlen, "Role \"label\" identifier value is invalid: %s", s_label_rules);
+        return pd_errf(err, errlen, -1, "Role \"label\" identifier value is invalid: %s", s_label_rules);
     if (id_rule[k] && k != 6 && !s_key_valid(id, PD_KEY_MAX)) {
         char rules[200];
         snprintf(rules, sizeof rules, s_key_rules, PD_KEY_MAX);
-        return s_fail(err, errlen, "Role \"%s\" identifier value is invalid: %s", names[k], rules);
+        return pd_errf(err, errlen, -1, "Role \"%s\" identifier value is invalid: %s", names[k], rules);
     }
     if (!dim_rule[k] && has_dim)
-        return s_fail(err, errlen, "Role \"%s\" can not have a dimension value.", names[k]);
+        return pd_errf(err, errlen, -1, "Role \"%s\" can not have a dimension value.", names[k]);
     if (dim_rule[k] == 1 && has_dim && !pd_str_eqc(dim, "verified") &&
         !pd_str_eqc(dim, "unverified"))
-        return s_fail(err, errlen,
+        return pd_errf(err, errlen, -1,
                       "Role \"%s\" dimension value is invalid. Must be one of: verified, "
                       "unverified.",
                       names[k]);
     if (dim_rule[k] == 2 && has_dim && !s_key_valid(dim, PD_DIMENSION_MAX)) {
         char rules[200];
         snprintf(rules, sizeof rules, s_key_rules, PD_DIMENSION_MAX);
-        return s_fail(err, errlen, "Role \"%s\" dimension value is invalid: %s", names[k], rules);
+        return pd_errf(err, errlen, -1, "Role \"%s\" dimension value is invalid: %s", names[k], rules);
     }
     return 0;
 }
@@ -592,17 +577,17 @@ s_perm_check(pd_str_t p, int *type, pd_str_t *role, char *err, size_t errlen)
     static const char *const types[] = {"read", "update", "delete", "write"};
     int pl = s_echo_len(p);
     if (pd_str_eqc(p, "*"))
-        return s_fail(err, errlen,
+        return pd_errf(err, errlen, -1,
                       "Wildcard permission \"*\" has been replaced. Use \"any\" instead.");
     if (s_contains(p, "role:"))
-        return s_fail(err, errlen,
+        return pd_errf(err, errlen, -1,
                       "Permissions using the \"role:\" prefix have been replaced. Use \"users\", "
                       "\"guests\", or \"any\" instead.");
     bool allowed = false;
     for (int i = 0; i < 4; i++)
         allowed = allowed || s_has_prefix(p, types[i]);
     if (!allowed)
-        return s_fail(err, errlen,
+        return pd_errf(err, errlen, -1,
                       "Permission \"%.*s\" is not allowed. Must be one of: read, update, delete, "
                       "write.",
                       pl, p.ptr);
@@ -610,13 +595,13 @@ s_perm_check(pd_str_t p, int *type, pd_str_t *role, char *err, size_t errlen)
     size_t tl = open ? (size_t)(open - p.ptr) : 0;
     if (!open || memmem(open + 2, p.len - tl - 2, "(\"", 2) || p.len < tl + 4 ||
         memcmp(p.ptr + p.len - 2, "\")", 2) != 0)
-        return s_fail(err, errlen, "Invalid permission string format: \"%.*s\".", pl, p.ptr);
+        return pd_errf(err, errlen, -1, "Invalid permission string format: \"%.*s\".", pl, p.ptr);
     *type = -1;
     for (int i = 0; i < 4; i++)
         if (pd_str_eqc((pd_str_t){p.ptr, tl}, types[i]))
             *type = i;
     if (*type < 0)
-        return s_fail(err, errlen, "Invalid permission type: \"%.*s\".",
+        return pd_errf(err, errlen, -1, "Invalid permission type: \"%.*s\".",
                       s_echo_len((pd_str_t){p.ptr, tl}), p.ptr);
     *role = (pd_str_t){open + 2, p.len - tl - 4};
     return s_role_check(*role, err, errlen);
@@ -671,9 +656,9 @@ pd_perms_parse(const json_t *arr, pd_perms_t *out, char *err, size_t errlen)
 {
     s_perms_reset(out);
     if (!json_is_array(arr))
-        return s_fail(err, errlen, "Permissions must be an array of strings.");
+        return pd_errf(err, errlen, -1, "Permissions must be an array of strings.");
     if (json_array_size(arr) > PD_PERMS_MAX)
-        return s_fail(err, errlen, "You can only provide up to %d permissions.", PD_PERMS_MAX);
+        return pd_errf(err, errlen, -1, "You can only provide up to %d permissions.", PD_PERMS_MAX);
     static const char *const types[] = {"read", "update", "delete"};
     s_perm_text_t v[2 * PD_PERMS_MAX];
     size_t n = 0, i;
@@ -681,7 +666,7 @@ pd_perms_parse(const json_t *arr, pd_perms_t *out, char *err, size_t errlen)
     json_array_foreach(arr, i, e)
     {
         if (!json_is_string(e))
-            return s_fail(err, errlen, "Every permission must be of type string.");
+            return pd_errf(err, errlen, -1, "Every permission must be of type string.");
         pd_str_t p = {json_string_value(e), json_string_length(e)};
         int type = S_READ;
         pd_str_t role = PD_STR_NULL;

@@ -48,16 +48,6 @@ struct pd_zap_s {
     unsigned long unlogged; // actor: refusals since then
 };
 
-static int
-s_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 //  Key names: lower-case letters, digits and '-', 1..31 characters.
 static bool
 s_name_ok(const char *s, size_t len)
@@ -100,22 +90,21 @@ s_read(const char *path, bool secret, char *buf, size_t cap, char *err, size_t e
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return s_err(err, errlen, "%s: %s", path, strerror(errno));
+        return pd_errf(err, errlen, -1, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return s_err(err, errlen, "%s: not a regular file", path);
+        return pd_errf(err, errlen, -1, "%s: not a regular file", path);
     }
     if (secret && (st.st_mode & (S_IWGRP | S_IRWXO))) {
         close(fd);
-        return s_err(err, errlen,
-                     "%s: mode %03o lets others read or change a secret key (chmod 600 it)", path,
+        return pd_errf(err, errlen, -1, "%s: mode %03o lets others read or change a secret key (chmod 600 it)", path,
                      (unsigned)(st.st_mode & 0777));
     }
     ssize_t got = read(fd, buf, cap - 1);
     close(fd);
     if (got < 0)
-        return s_err(err, errlen, "%s: %s", path, strerror(errno));
+        return pd_errf(err, errlen, -1, "%s: %s", path, strerror(errno));
     buf[got] = 0;
     return (int)got;
 }
@@ -171,11 +160,11 @@ s_write(const char *path, const char *text, mode_t mode, bool replace, char *err
 {
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid()) >= (int)sizeof tmp)
-        return s_err(err, errlen, "%s: path too long", path);
+        return pd_errf(err, errlen, -1, "%s: path too long", path);
     const char *target = replace ? tmp : path;
     int fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
     if (fd < 0)
-        return s_err(err, errlen, "%s: %s", target, strerror(errno));
+        return pd_errf(err, errlen, -1, "%s: %s", target, strerror(errno));
     size_t len = strlen(text);
     bool ok = fchmod(fd, mode) == 0 && write(fd, text, len) == (ssize_t)len && fsync(fd) == 0;
     close(fd);
@@ -184,7 +173,7 @@ s_write(const char *path, const char *text, mode_t mode, bool replace, char *err
     if (!ok) {
         int e = errno;
         unlink(target);
-        return s_err(err, errlen, "%s: %s", path, strerror(e));
+        return pd_errf(err, errlen, -1, "%s: %s", path, strerror(e));
     }
     return 0;
 }
@@ -212,14 +201,14 @@ static int
 s_dir(const char *dir, char *err, size_t errlen)
 {
     if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-        return s_err(err, errlen, "%s: %s", dir, strerror(errno));
+        return pd_errf(err, errlen, -1, "%s: %s", dir, strerror(errno));
     struct stat st;
     if (lstat(dir, &st) < 0)
-        return s_err(err, errlen, "%s: %s", dir, strerror(errno));
+        return pd_errf(err, errlen, -1, "%s: %s", dir, strerror(errno));
     if (!S_ISDIR(st.st_mode))
-        return s_err(err, errlen, "%s: not a directory", dir);
+        return pd_errf(err, errlen, -1, "%s: not a directory", dir);
     if (st.st_uid != geteuid() || (st.st_mode & 0077))
-        return s_err(err, errlen, "%s: must be ours with mode 0700 to hold secret keys", dir);
+        return pd_errf(err, errlen, -1, "%s: must be ours with mode 0700 to hold secret keys", dir);
     return 0;
 }
 
@@ -227,7 +216,7 @@ int
 pd_keys_generate(const char *dir, int stores, int gateways, char *err, size_t errlen)
 {
     if (stores < 0 || gateways < 0 || stores > 4096 || gateways > 4096)
-        return s_err(err, errlen, "store and gateway counts must be 0..4096");
+        return pd_errf(err, errlen, -1, "store and gateway counts must be 0..4096");
     if (s_dir(dir, err, errlen) < 0)
         return -1;
     int made = 0;
@@ -244,13 +233,13 @@ pd_keys_generate(const char *dir, int stores, int gateways, char *err, size_t er
         char pubp[PATH_MAX], secp[PATH_MAX];
         if (s_path(pubp, sizeof pubp, dir, name, "pub") < 0 ||
             s_path(secp, sizeof secp, dir, name, "key") < 0)
-            return s_err(err, errlen, "%s: path too long", dir);
+            return pd_errf(err, errlen, -1, "%s: path too long", dir);
         struct stat st;
         bool has_pub = lstat(pubp, &st) == 0, has_sec = lstat(secp, &st) == 0;
         if (has_pub && has_sec)
             continue;
         if (has_pub != has_sec)
-            return s_err(err, errlen, "%s: one of %s.pub and %s.key is missing", dir, name, name);
+            return pd_errf(err, errlen, -1, "%s: one of %s.pub and %s.key is missing", dir, name, name);
         char pub[PD_KEY_Z85 + 2], sec[PD_KEY_Z85 + 2];
         s_pair(pub, sec);
         int rc = s_write(secp, sec, 0600, false, err, errlen);
@@ -268,7 +257,7 @@ pd_keys_rotate(const char *dir, const char *name, char *err, size_t errlen)
     char pubp[PATH_MAX], secp[PATH_MAX], old[4096];
     if (!s_name_ok(name, strlen(name)) || s_path(pubp, sizeof pubp, dir, name, "pub") < 0 ||
         s_path(secp, sizeof secp, dir, name, "key") < 0)
-        return s_err(err, errlen, "bad key name '%s'", name);
+        return pd_errf(err, errlen, -1, "bad key name '%s'", name);
     if (s_read(pubp, false, old, sizeof old, err, errlen) < 0)
         return -1;
     char pub[PD_KEY_Z85 + 2], sec[PD_KEY_Z85 + 2], text[sizeof old + sizeof pub];
@@ -284,12 +273,12 @@ pd_keys_retire(const char *dir, const char *name, char *err, size_t errlen)
 {
     char pubp[PATH_MAX], text[4096];
     if (!s_name_ok(name, strlen(name)) || s_path(pubp, sizeof pubp, dir, name, "pub") < 0)
-        return s_err(err, errlen, "bad key name '%s'", name);
+        return pd_errf(err, errlen, -1, "bad key name '%s'", name);
     if (s_read(pubp, false, text, sizeof text, err, errlen) < 0)
         return -1;
     unsigned char keys[MAX_LINES][32];
     if (pd_keys_parse(text, strlen(text), keys, MAX_LINES) < 1)
-        return s_err(err, errlen, "%s: no valid public key", pubp);
+        return pd_errf(err, errlen, -1, "%s: no valid public key", pubp);
     char first[PD_KEY_Z85 + 2];
     zmq_z85_encode(first, keys[0], 32);
     strcat(first, "\n");
@@ -302,17 +291,17 @@ pd_keys_t *
 pd_keys_load(const char *dir, const char *self_name, char *err, size_t errlen)
 {
     if (!dir || !dir[0]) {
-        s_err(err, errlen, "no key set: give --keys DIR (presencectl cluster-keys --out DIR "
+        pd_errf(err, errlen, -1, "no key set: give --keys DIR (presencectl cluster-keys --out DIR "
                            "writes one)");
         return NULL;
     }
     if (!s_name_ok(self_name, strlen(self_name))) {
-        s_err(err, errlen, "bad key name '%s'", self_name);
+        pd_errf(err, errlen, -1, "bad key name '%s'", self_name);
         return NULL;
     }
     DIR *d = opendir(dir);
     if (!d) {
-        s_err(err, errlen, "%s: %s", dir, strerror(errno));
+        pd_errf(err, errlen, -1, "%s: %s", dir, strerror(errno));
         return NULL;
     }
     pd_keys_t *self = calloc(1, sizeof *self);
@@ -348,7 +337,7 @@ pd_keys_load(const char *dir, const char *self_name, char *err, size_t errlen)
             memcpy(e->pub, keys[k], 32);
         }
         if (got < 0)
-            rc = s_err(err, errlen, "%s: each line must be one Z85 public key (40 characters), "
+            rc = pd_errf(err, errlen, -1, "%s: each line must be one Z85 public key (40 characters), "
                                     "at most %d", path, MAX_LINES);
     }
     closedir(d);
@@ -359,7 +348,7 @@ pd_keys_load(const char *dir, const char *self_name, char *err, size_t errlen)
     if (rc == 0) {
         char *p = text;
         if (s_next_key(&p, sk) != 1)
-            rc = s_err(err, errlen, "%s: not a Z85 secret key", path);
+            rc = pd_errf(err, errlen, -1, "%s: not a Z85 secret key", path);
         sodium_memzero(text, sizeof text);
     }
     if (rc == 0) {
@@ -368,7 +357,7 @@ pd_keys_load(const char *dir, const char *self_name, char *err, size_t errlen)
         for (size_t i = 0; i < self->n; i++)
             listed |= strcmp(self->ent[i].name, self_name) == 0 && memcmp(self->ent[i].pub, pk, 32) == 0;
         if (!listed)
-            rc = s_err(err, errlen, "%s: its public key is not in %s/%s.pub", path, dir, self_name);
+            rc = pd_errf(err, errlen, -1, "%s: its public key is not in %s/%s.pub", path, dir, self_name);
     }
     if (rc == 0) {
         zmq_z85_encode(self->secret, sk, 32);

@@ -12,21 +12,6 @@
 
 #include <jansson.h>
 
-static int s_fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int
-s_fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 static pd_str_t
 s_jstr(const json_t *j)
 {
@@ -83,35 +68,35 @@ static int
 s_parse_subscribe(pd_rtmsg_t *m, json_t *data, char *err, size_t errlen)
 {
     if (!data)
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT, "Payload is not valid. Items is required");
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "Payload is not valid. Items is required");
     if (!json_is_array(data))
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT, "items: Payload is not valid.");
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "items: Payload is not valid.");
     size_t n = json_array_size(data);
     if (n > PD_RTMSG_MAX_ROWS)
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                       "items: A subscribe message may hold at most %d subscriptions.",
                       PD_RTMSG_MAX_ROWS);
     for (size_t i = 0; i < n; i++) {
         json_t *row = json_array_get(data, i);
         if (!json_is_object(row))
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                           "items: Each subscribe payload must be an object.");
         json_t *ch = json_object_get(row, "channels");
         if (!ch)
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                           "items: channels is not present in payload.");
         if (!json_is_array(ch))
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT, "items: channels is not a valid array.");
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "items: channels is not a valid array.");
         json_t *q = json_object_get(row, "queries");
         if (q && !json_is_array(q))
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT, "items: queries is not a valid array.");
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "items: queries is not a valid array.");
         json_t *id = json_object_get(row, "subscriptionId");
         if (id && !(json_is_string(id) &&
                     (pd_str_eqc(s_jstr(id), "unique()") || pd_uid_valid(s_jstr(id)))))
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                           "items: subscriptionId is not a valid id.");
         if (json_array_size(ch) > PD_RTMSG_MAX_CHANNELS)
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                           "items: A subscription may have at most %d channels; this one has "
                           "%zu.",
                           PD_RTMSG_MAX_CHANNELS, json_array_size(ch));
@@ -119,19 +104,19 @@ s_parse_subscribe(pd_rtmsg_t *m, json_t *data, char *err, size_t errlen)
             json_t *c = json_array_get(ch, k);
             if (!json_is_string(c) || json_string_length(c) == 0 ||
                 json_string_length(c) > PD_RTMSG_MAX_CHANNEL_LEN)
-                return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+                return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                               "items: Each channel must be a non-empty string of at most %d "
                               "bytes.",
                               PD_RTMSG_MAX_CHANNEL_LEN);
         }
         if (q && json_array_size(q) > PD_RTMSG_MAX_QUERIES)
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                           "items: A subscription may have at most %d queries; this one has "
                           "%zu.",
                           PD_RTMSG_MAX_QUERIES, json_array_size(q));
         for (size_t k = 0; q && k < json_array_size(q); k++)
             if (!json_is_string(json_array_get(q, k)))
-                return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+                return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                               "items: Each query must be a string (the JSON text of a Query).");
     }
     m->rows = calloc(n ? n : 1, sizeof *m->rows);
@@ -164,7 +149,7 @@ s_parse_subscribe(pd_rtmsg_t *m, json_t *data, char *err, size_t errlen)
             r->query = pd_query_parse(r->queries, r->nqueries, PD_QMODE_REALTIME, &code, qerr,
                                       sizeof qerr);
             if (!r->query)
-                return s_fail(err, errlen, PD_RTMSG_EFORMAT, "%s", qerr);
+                return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "%s", qerr);
         }
     }
     return 0;
@@ -174,20 +159,20 @@ static int
 s_parse_unsubscribe(pd_rtmsg_t *m, json_t *data, char *err, size_t errlen)
 {
     if (!data)
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT, "Payload is not valid. Items is required");
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "Payload is not valid. Items is required");
     if (!json_is_array(data))
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT, "items: Payload is not valid.");
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "items: Payload is not valid.");
     size_t n = json_array_size(data);
     for (size_t i = 0; i < n; i++) {
         json_t *row = json_array_get(data, i);
         json_t *id = json_is_object(row) ? json_object_get(row, "subscriptionId") : NULL;
         if (!json_is_string(id) || json_string_length(id) == 0)
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                           "items: Each unsubscribe payload must include a non-empty "
                           "subscriptionId.");
     }
     if (n > PD_RTMSG_MAX_ROWS)
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                       "items: An unsubscribe message may hold at most %d subscriptions.",
                       PD_RTMSG_MAX_ROWS);
     m->ids = calloc(n ? n : 1, sizeof *m->ids);
@@ -212,9 +197,9 @@ s_parse_auth(pd_rtmsg_t *m, json_t *data, char *err, size_t errlen)
         key = "session";
     }
     if (!t)
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT, "Payload is not valid. Session is required");
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "Payload is not valid. Session is required");
     if (!json_is_string(t) || json_string_length(t) == 0 || json_string_length(t) > PD_JWT_MAX_LEN)
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                       "%s: Value must be a valid string and at least 1 chars and no longer than "
                       "%d chars",
                       key, PD_JWT_MAX_LEN);
@@ -228,10 +213,10 @@ s_parse_presence(pd_rtmsg_t *m, json_t *data, size_t max_metadata, char *err, si
     json_t *obj = json_is_object(data) ? data : NULL;
     json_t *v = obj ? json_object_get(obj, "status") : NULL;
     if (!v)
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT, "Payload is not valid. Status is required");
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "Payload is not valid. Status is required");
     if (!json_is_string(v) || json_string_length(v) == 0 ||
         s_utf8_chars(s_jstr(v)) > PD_RTMSG_MAX_STATUS)
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                       "status: Value must be a valid string and at least 1 chars and no longer "
                       "than %d chars",
                       PD_RTMSG_MAX_STATUS);
@@ -241,12 +226,12 @@ s_parse_presence(pd_rtmsg_t *m, json_t *data, size_t max_metadata, char *err, si
     v = json_object_get(obj, "presenceId");
     if (v && !json_is_null(v)) {
         if (!json_is_string(v) || json_string_length(v) > 36)
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                           "presenceId: Value must be a valid string and no longer than 36 chars");
         pd_str_t id = s_jstr(v);
         if (!pd_str_eqc(id, "unique()")) {
             if (!pd_uid_valid(id))
-                return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+                return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                               "presenceId: UID must contain at most 36 chars. Valid chars are "
                               "a-z, A-Z, 0-9, and underscore. Can't start with a leading "
                               "underscore");
@@ -271,11 +256,11 @@ s_parse_presence(pd_rtmsg_t *m, json_t *data, size_t max_metadata, char *err, si
             free(s);
         } else {
             json_decref(owned);
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT, "metadata: Value must be a valid object.");
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "metadata: Value must be a valid object.");
         }
         json_decref(owned);
         if (m->meta_json.len > max_metadata)
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                           "metadata: Value must be a JSON object of at most %zu bytes when "
                           "encoded.",
                           max_metadata);
@@ -286,14 +271,14 @@ s_parse_presence(pd_rtmsg_t *m, json_t *data, size_t max_metadata, char *err, si
     if (v && !json_is_null(v)) {
         char perr[300];
         if (!json_is_array(v))
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                           "permissions: Permissions must be an array of strings.");
         for (size_t i = 0; i < json_array_size(v); i++)
             if (!json_is_string(json_array_get(v, i)))
-                return s_fail(err, errlen, PD_RTMSG_EFORMAT,
+                return pd_errf(err, errlen, PD_RTMSG_EFORMAT,
                               "permissions: Permissions must be an array of strings.");
         if (pd_perms_parse(v, &m->perms, perr, sizeof perr) < 0)
-            return s_fail(err, errlen, PD_RTMSG_EFORMAT, "permissions: %s", perr);
+            return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "permissions: %s", perr);
         m->has_perms = true;
     }
     return 0;
@@ -310,12 +295,12 @@ pd_rtmsg_parse(pd_rtmsg_t *m, const char *buf, size_t len, size_t max_metadata, 
     if (err && errlen)
         err[0] = 0;
     if (len > PD_RTMSG_MAX_BYTES)
-        return s_fail(err, errlen, PD_RTMSG_ETOOBIG,
+        return pd_errf(err, errlen, PD_RTMSG_ETOOBIG,
                       "Message is too big: a message may be at most %d bytes.", PD_RTMSG_MAX_BYTES);
     json_t *root = json_loadb(buf, len, 0, NULL);
     m->root = root;
     if (!json_is_object(root))
-        return s_fail(err, errlen, PD_RTMSG_EFORMAT, "Message format is not valid.");
+        return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "Message format is not valid.");
     json_t *t = json_object_get(root, "type");
     pd_str_t type = json_is_string(t) ? s_jstr(t) : PD_STR("");
     json_t *data = json_object_get(root, "data");
@@ -341,5 +326,5 @@ pd_rtmsg_parse(pd_rtmsg_t *m, const char *buf, size_t len, size_t max_metadata, 
         m->type = PD_RTMSG_PRESENCE;
         return s_parse_presence(m, data, max_metadata, err, errlen);
     }
-    return s_fail(err, errlen, PD_RTMSG_EFORMAT, "Message type is not valid.");
+    return pd_errf(err, errlen, PD_RTMSG_EFORMAT, "Message type is not valid.");
 }

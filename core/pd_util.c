@@ -287,6 +287,18 @@ pd_buf_add(pd_buf_t *b, const void *p, size_t n)
     b->len += n;
 }
 
+int
+pd_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
 void
 pd_buf_addf(pd_buf_t *b, const char *fmt, ...)
 {

@@ -90,6 +90,11 @@ pd_buf_adds(pd_buf_t *b, const char *s)
     pd_buf_add(b, s, strlen(s));
 }
 void pd_buf_addf(pd_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+//  Formats a message into err (when err is not NULL) and returns code: the one way a function
+//  reports "what went wrong" to a caller that logs or answers it.
+int pd_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 //  Appends s as a JSON string literal (with quotes), escaping as RFC 8259 requires.
 void pd_buf_add_json_str(pd_buf_t *b, const char *s, size_t len);
 
