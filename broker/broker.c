@@ -33,6 +33,7 @@
 #include "pd_err.h"
 #include "pd_keys.h"
 #include "pd_log.h"
+#include "pd_probe.h"
 #include "pd_msg.h"
 #include "pd_query.h"
 #include "pd_zmq.h"
@@ -1102,6 +1103,7 @@ broker_main(pd_config_t *cfg)
      * after one reads that socket again before the loop sleeps (pd_zmq.h). */
     int64_t last_sweep = 0;
     while (!s_stop) {
+        pd_probe_beat(cfg); /* liveness: `presenced probe --role broker` */
         self->sent = false;
         int got = pd_zpoll_drain(&self->poll, zsock_resolve(self->front), TURN_BUDGET,
                                  s_on_front_frame, self, &self->oversized);

@@ -2,6 +2,7 @@
  *
  *    presenced                    the whole cluster on this machine (supervisor + children)
  *    presenced gateway|broker|store|reaper [flags]   one role, as a Kubernetes pod runs it
+ *    presenced probe --role ROLE [--node N] [flags]  is that role's process alive (probe.c)
  */
 #include <signal.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <sodium.h>
 
 #include "pd_log.h"
+#include "probe.h"
 #include "roles.h"
 
 static const struct {
@@ -30,6 +32,8 @@ main(int argc, char **argv)
         fprintf(stderr, "presenced: libsodium failed to initialise\n");
         return 1;
     }
+    if (argc > 1 && strcmp(argv[1], "probe") == 0)
+        return probe_main(argc, argv);
     if (pd_config_parse(&cfg, argc, argv) < 0) {
         pd_config_usage();
         return 2;

@@ -94,6 +94,8 @@ s_spawn(pd_config_t *cfg, child_t *c)
     argv[n++] = verbose;
     argv[n++] = "--cluster";
     argv[n++] = cfg->cluster;
+    argv[n++] = "--run-dir"; /* where a role's heartbeat file goes (pd_probe.h) */
+    argv[n++] = cfg->run_dir;
     argv[n++] = "--keys";
     argv[n++] = cfg->keys_dir;
     char claims[32];

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -36,7 +37,7 @@ static const struct opt {
     O("run-dir", T_STR, run_dir, "embedded: directory for ipc sockets (/tmp/presenced-<port>)"),
     O("cluster", T_STR, cluster, "name prefix of shared-memory segments (p<port>)"),
     O("keep-data", T_BOOL, keep_data, "embedded: keep store segments on shutdown"),
-    O("node", T_INT, node, "store node / gateway id (1-based)"),
+    O("node", T_INT, node, "store node / gateway id (1-based; auto: host name ordinal + 1)"),
     O("broker-front", T_STR, broker_front, "broker endpoint for gateways and the reaper"),
     O("broker-back", T_STR, broker_back, "broker endpoint for store nodes"),
     O("bus-in", T_STR, bus_in, "bus endpoint publishers connect to (XSUB)"),
@@ -66,6 +67,25 @@ pd_config_usage(void)
         fprintf(stderr, "  --%-16s %s\n", s_opts[i].name, s_opts[i].help);
 }
 
+/*  `--node auto`: a StatefulSet pod's host name ends in its ordinal ("presenced-store-0"), so
+ *  the node id is that ordinal + 1 (node ids are 1-based). */
+static int
+s_node_auto(int *node)
+{
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    const char *dash = strrchr(host, '-');
+    char *end;
+    long v = dash && dash[1] ? strtol(dash + 1, &end, 10) : -1;
+    if (v < 0 || v > 1000 || !dash || !dash[1] || *end || !isdigit((unsigned char)dash[1])) {
+        fprintf(stderr, "presenced: --node auto needs a host name ending in -<ordinal> (a "
+                        "StatefulSet pod), not '%s'\n", host);
+        return -1;
+    }
+    *node = (int)v + 1;
+    return 0;
+}
+
 static int
 s_set(pd_config_t *cfg, const struct opt *o, const char *val)
 {
@@ -81,6 +101,8 @@ s_set(pd_config_t *cfg, const struct opt *o, const char *val)
         memcpy(field, val, strlen(val) + 1);
         return 0;
     case T_INT: {
+        if (o->off == offsetof(pd_config_t, node) && strcmp(val, "auto") == 0)
+            return s_node_auto((int *)field);
         errno = 0;
         long v = strtol(val, &end, 10);
         if (errno || *end || v < 0 || v > 1000000000) {
@@ -194,6 +216,22 @@ pd_config_parse(pd_config_t *cfg, int argc, char **argv)
     return 0;
 }
 
+/*  A secret that is a template's placeholder ("change-me", "CHANGE_ME_TOO", "replace-me",
+ *  "<placeholder>"): refused, so a manifest or file copied without its secrets filled in does
+ *  not serve with a value the whole world knows. */
+static bool
+s_placeholder(const char *secret)
+{
+    char norm[16];
+    size_t n = 0;
+    for (const char *c = secret; *c && n < sizeof norm - 1; c++)
+        if (isalnum((unsigned char)*c))
+            norm[n++] = (char)tolower((unsigned char)*c);
+    norm[n] = 0;
+    return strncmp(norm, "changeme", 8) == 0 || strncmp(norm, "replaceme", 9) == 0 ||
+           strncmp(norm, "placeholder", 11) == 0;
+}
+
 static void
 s_project_init(pd_project_t *p, const char *id)
 {
@@ -253,6 +291,11 @@ s_load_project(json_t *o, pd_project_t *p, char *err, size_t n)
             const char *hash = json_string_value(json_object_get(v, "hash"));
             const char *secret_env = json_string_value(json_object_get(v, "secret_env"));
             snprintf(k->name, sizeof k->name, "%s", name ? name : "key");
+            if (secret_env && getenv(secret_env) && s_placeholder(getenv(secret_env))) {
+                snprintf(err, n, "project %s: key %s: %s holds a placeholder, not a secret", id,
+                         k->name, secret_env);
+                return -1;
+            }
             if (hash && strlen(hash) == 64) {
                 memcpy(k->hash, hash, 65);
             } else if (secret_env && getenv(secret_env) && *getenv(secret_env)) {
@@ -302,6 +345,10 @@ s_load_project(json_t *o, pd_project_t *p, char *err, size_t n)
             if (secret_env)
                 secret = getenv(secret_env);
             pd_jwt_key_t *k = &p->jwt_keys[p->njwt];
+            if (secret && s_placeholder(secret)) {
+                snprintf(err, n, "project %s: jwt key %zu: the secret is a placeholder", id, i);
+                return -1;
+            }
             if (alg && strcmp(alg, "HS256") == 0 && secret && *secret) {
                 size_t len = strlen(secret);
                 unsigned char *b = malloc(len);
@@ -373,6 +420,14 @@ pd_config_load_projects(pd_config_t *cfg, pd_projects_t *out)
             out->n++;
         }
         json_decref(root);
+    }
+    if (s_placeholder(cfg->quick_api_key) || s_placeholder(cfg->quick_jwt_secret)) {
+        pd_log_warn("%s: --%s (or PRESENCED_%s) is a placeholder, not a secret: make one "
+                    "(presencectl key create, or 32 random bytes for a JWT secret)",
+                    __func__, s_placeholder(cfg->quick_api_key) ? "api-key" : "jwt-secret",
+                    s_placeholder(cfg->quick_api_key) ? "API_KEY" : "JWT_SECRET");
+        pd_projects_free(out);
+        return -1;
     }
     if (cfg->quick_project[0] && !pd_projects_find(out, pd_str(cfg->quick_project))) {
         if (!pd_uid_valid(pd_str(cfg->quick_project))) {
@@ -516,5 +571,14 @@ pd_config_test(bool verbose)
     pd_projects_free(&ps);
     pd_projects_free(&ps2);
     PD_CHECK(ps.n == 0 && ps.v == NULL);
+    //  A template's placeholder is not a secret.
+    const char *placeholders[] = {"change-me", "CHANGE_ME_TOO", "replace-me", "<placeholder>"};
+    for (size_t i = 0; i < sizeof placeholders / sizeof *placeholders; i++) {
+        snprintf(cfg->quick_jwt_secret, sizeof cfg->quick_jwt_secret, "%s", placeholders[i]);
+        PD_CHECK(pd_config_load_projects(cfg, &ps) < 0);
+    }
+    snprintf(cfg->quick_jwt_secret, sizeof cfg->quick_jwt_secret, "changed-it");
+    PD_CHECK(pd_config_load_projects(cfg, &ps) == 0);
+    pd_projects_free(&ps);
     free(cfg);
 }

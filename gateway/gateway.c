@@ -24,6 +24,7 @@
 #include "gw.h"
 #include "pd_err.h"
 #include "pd_log.h"
+#include "pd_probe.h"
 #include "pd_zmq.h"
 
 static volatile sig_atomic_t s_stop, s_reload;
@@ -425,6 +426,7 @@ s_on_route(gw_t *gw, const pd_msg_t *m)
         return;
     }
     gw->nstores = total;
+    gw->route_ms = pd_mono_ms();
     gw_store_t *st = &gw->stores[n];
     bool up = (m->i[PD_F_FLAGS] & 1) != 0;
     int64_t gen = m->i[PD_F_GEN];
@@ -816,6 +818,7 @@ s_on_tick(h2o_timeout_entry_t *entry)
 {
     gw_t *gw = H2O_STRUCT_FROM_MEMBER(gw_t, tick_entry, entry);
     s_hello(gw);
+    pd_probe_beat(gw->cfg); /* liveness: `presenced probe --role gateway` */
     gw_rt_tick(gw);
     s_bus_tick(gw);
     h2o_timeout_link(gw->ctx.loop, &gw->tick_timeout, &gw->tick_entry);

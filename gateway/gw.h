@@ -100,6 +100,7 @@ struct gw {
     pd_msgw_t out;             //  requests to the broker this loop turn
     gw_store_t stores[GW_MAX_STORES + 1]; //  1-based, as the broker routes them
     int nstores;
+    int64_t route_ms;          //  mono ms of the broker's last ROUTE (GET /v1/health/ready)
     pd_msgw_t *cur;            //  the batch the open message goes into
     gw_pending_t *cur_direct;  //  the direct request being written (NULL: none)
     size_t cur_start;          //  its offset in cur

@@ -18,6 +18,7 @@
 #include "pd_body.h"
 #include "pd_query.h"
 
+#define GW_READY_MS 2000 //  broker silent this long: not ready (it answers every 250 ms)
 
 static const char s_cors_allow_headers[] =
     "Accept, Origin, Cookie, Set-Cookie, Content-Type, Content-Range, X-Appwrite-Project, "
@@ -559,6 +560,15 @@ gw_rest_on_req(h2o_handler_t *handler, h2o_req_t *req)
         gw_pending_t *p = gw_pending_new(gw, req, GW_ROUTE_HEALTH, s_on_status_reply);
         gw_send_begin(gw, PD_MSG_STATUS, p->rid);
         gw_send_end(gw);
+        return 0;
+    }
+    if (pd_str_eqc(path, "/v1/health/ready") && s_method(req, "GET")) {
+        /* Readiness: this gateway can serve, that is the broker answered its heartbeat (every
+         * 250 ms) lately. /v1/health is the whole cluster's view. */
+        bool ready = gw->route_ms && pd_mono_ms() - gw->route_ms < GW_READY_MS;
+        const char *b = ready ? "{\"status\":\"pass\"}" : "{\"status\":\"fail\"}";
+        gw_respond(gw, req, GW_ROUTE_HEALTH, ready ? 200 : 503, "application/json", b,
+                   strlen(b), t0);
         return 0;
     }
     if (pd_str_eqc(path, "/metrics") && s_method(req, "GET")) {

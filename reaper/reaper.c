@@ -48,6 +48,7 @@
 #include "pd_err.h"
 #include "pd_keys.h"
 #include "pd_log.h"
+#include "pd_probe.h"
 #include "pd_msg.h"
 #include "pd_wheel.h"
 #include "pd_zmq.h"
@@ -1106,6 +1107,7 @@ reaper_main(pd_config_t *cfg)
         return -1;
     pd_log_info("reaper up: broker %s, bus %s", cfg->broker_front, cfg->bus_out);
     while (!s_terminated) {
+        pd_probe_beat(cfg); /* liveness: `presenced probe --role reaper` */
         self->mono = pd_mono_ms();
         pd_zpoll_wait(&self->poll, (int64_t)reaper_timeout(self) * 1000);
         if (s_terminated)

@@ -27,6 +27,7 @@
 #include "pd_err.h"
 #include "pd_keys.h"
 #include "pd_log.h"
+#include "pd_probe.h"
 #include "pd_zmq.h"
 #include "pd_msg.h"
 #include "pd_outbox.h"
@@ -1004,6 +1005,7 @@ store_main(pd_config_t *cfg)
     int64_t last_hello = 0;
     bool idle = true;
     while (!s_stop) {
+        pd_probe_beat(cfg); /* liveness: `presenced probe --role store` */
         if (idle) {
             int64_t wait = 100 * 1000;
             if (self->events.count && self->bus_ready) /* held events leave when the window ends */
