@@ -1,6 +1,8 @@
 /*  pd_util — see pd_util.h. */
 #include "pd_util.h"
 
+#include <sodium.h>
+
 #include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -216,6 +218,30 @@ pd_hash2(pd_str_t a, pd_str_t b)
 {
     uint64_t h = pd_hash64(a.ptr, a.len, 0x9e3779b97f4a7c15ULL);
     return pd_hash64(b.ptr, b.len, h);
+}
+
+uint64_t
+pd_hash2_keyed(const unsigned char key[PD_HASH_KEYBYTES], pd_str_t a, pd_str_t b)
+{
+    unsigned char buf[256], out[crypto_shorthash_BYTES];
+    uint64_t h;
+    if (a.len + 1 + b.len <= sizeof buf) {
+        if (a.len)
+            memcpy(buf, a.ptr, a.len);
+        buf[a.len] = 0x1f;
+        if (b.len)
+            memcpy(buf + a.len + 1, b.ptr, b.len);
+        crypto_shorthash(out, buf, a.len + 1 + b.len, key);
+    } else { /* long keys (rare): BLAKE2b, keyed and incremental */
+        crypto_generichash_state st;
+        crypto_generichash_init(&st, key, PD_HASH_KEYBYTES, sizeof out);
+        crypto_generichash_update(&st, (const unsigned char *)a.ptr, a.len);
+        crypto_generichash_update(&st, (const unsigned char *)"\x1f", 1);
+        crypto_generichash_update(&st, (const unsigned char *)b.ptr, b.len);
+        crypto_generichash_final(&st, out, sizeof out);
+    }
+    memcpy(&h, out, sizeof h);
+    return h;
 }
 
 int
@@ -436,4 +462,18 @@ pd_util_test(bool verbose)
     PD_CHECK(pd_list_has(l, PD_STR("user:u1")) && pd_list_has(l, PD_STR("any")));
     PD_CHECK(!pd_list_has(l, PD_STR("users")));
     PD_CHECK(pd_hash2(PD_STR("p"), PD_STR("x")) == pd_hash2(PD_STR("p"), PD_STR("x")));
+    {
+        unsigned char k1[PD_HASH_KEYBYTES] = {1}, k2[PD_HASH_KEYBYTES] = {2};
+        char big[300];
+        memset(big, 'x', sizeof big);
+        pd_str_t longs = {big, sizeof big};
+        PD_CHECK(pd_hash2_keyed(k1, PD_STR("p"), PD_STR("x")) ==
+                 pd_hash2_keyed(k1, PD_STR("p"), PD_STR("x")));
+        PD_CHECK(pd_hash2_keyed(k1, PD_STR("p"), PD_STR("x")) !=
+                 pd_hash2_keyed(k2, PD_STR("p"), PD_STR("x")));
+        PD_CHECK(pd_hash2_keyed(k1, PD_STR("ab"), PD_STR("c")) !=
+                 pd_hash2_keyed(k1, PD_STR("a"), PD_STR("bc")));
+        PD_CHECK(pd_hash2_keyed(k1, longs, PD_STR("x")) == pd_hash2_keyed(k1, longs, PD_STR("x")));
+        PD_CHECK(pd_hash2_keyed(k1, longs, PD_STR("x")) != pd_hash2_keyed(k2, longs, PD_STR("x")));
+    }
 }

@@ -60,6 +60,12 @@ uint64_t pd_hash64(const void *data, size_t len, uint64_t seed);
 //  Hash of two strings with a separator, e.g. (project, presenceId).
 uint64_t pd_hash2(pd_str_t a, pd_str_t b);
 
+/*  Keyed hash of two strings (SipHash-2-4 under key, libsodium's crypto_shorthash) for tables
+ *  whose keys clients choose: without the key nobody can craft keys that collide. A table draws
+ *  its key once (randombytes_buf; kept beside the table where the table outlives a process). */
+#define PD_HASH_KEYBYTES 16
+uint64_t pd_hash2_keyed(const unsigned char key[PD_HASH_KEYBYTES], pd_str_t a, pd_str_t b);
+
 //  Rendezvous (highest random weight) hashing: the node 1..nnodes that owns (project, key).
 //  Stable: adding a node moves only the keys the new node wins; removing none moves nothing.
 int pd_shard_owner(pd_str_t project, pd_str_t key, int nnodes);

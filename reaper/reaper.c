@@ -45,6 +45,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <sodium.h>
+
 #include "pd_err.h"
 #include "pd_keys.h"
 #include "pd_log.h"
@@ -79,7 +81,7 @@ typedef struct {
     pd_timer_t timer;              //  deadline or retry (first member: the wheel hands it back)
     int64_t version;               //  record version the deadline belongs to
     int64_t expires;               //  expiresAt, ms since epoch
-    uint64_t hash;                 //  pd_hash2(project, id)
+    uint64_t hash;                 //  pd_hash2_keyed(project, id) under reaper_t's hash_key
     uint32_t epoch;                //  the node's generation epoch when it was reported
     uint32_t idx;                  //  own index in the slab
     uint32_t hnext;                //  next in the bucket chain or free list (index + 1; 0 = end)
@@ -117,6 +119,7 @@ typedef struct {
     zsock_t *broker;               //  DEALER to the broker's front ROUTER
     zsock_t *bus;                  //  SUB on the event bus
     pd_keys_t *keys;               //  the cluster's key set: both sockets are CURVE clients
+    unsigned char hash_key[PD_HASH_KEYBYTES]; //  random: record ids are chosen by clients
     pd_zpoll_t poll;               //  both sockets' ZMQ_FDs
     pd_wheel_t *wheel;             //  every entry's timer
     msgpack_zone zone;             //  RAW fields of the frame being decoded
@@ -317,7 +320,7 @@ static void
 s_learn(reaper_t *self, int node, uint32_t epoch, pd_str_t project, pd_str_t id,
         int64_t version, int64_t expires)
 {
-    uint64_t h = pd_hash2(project, id);
+    uint64_t h = pd_hash2_keyed(self->hash_key, project, id);
     entry_t *e = s_find(self, project, id, h);
     if (e && !s_newer(e, node, epoch, version))
         return;
@@ -594,7 +597,7 @@ s_on_event(reaper_t *self, const pd_msg_t *m)
         return; //  from a generation the node has left behind
     uint32_t epoch = n->epoch;
     if (action == PD_ACT_DELETE) {
-        entry_t *e = s_find(self, project, id, pd_hash2(project, id));
+        entry_t *e = s_find(self, project, id, pd_hash2_keyed(self->hash_key, project, id));
         if (e && (!pd_msg_has(m, PD_F_VERSION) || s_newer(e, node, epoch, m->i[PD_F_VERSION]) ||
                   m->i[PD_F_VERSION] == e->version)) {
             if (e->state == E_SENT)
@@ -610,7 +613,7 @@ s_on_event(reaper_t *self, const pd_msg_t *m)
     }
     if (!pd_msg_has(m, PD_F_EXPIRES)) {
         /* An update that did not touch expiresAt: keep the deadline, follow the version. */
-        entry_t *e = s_find(self, project, id, pd_hash2(project, id));
+        entry_t *e = s_find(self, project, id, pd_hash2_keyed(self->hash_key, project, id));
         if (e && s_newer(e, node, epoch, m->i[PD_F_VERSION])) {
             e->node = (uint16_t)node;
             e->epoch = epoch;
@@ -1039,6 +1042,7 @@ reaper_new(pd_config_t *cfg)
     self->cfg = cfg;
     self->poll.epfd = -1;
     self->boot_ms = pd_now_ms();
+    randombytes_buf(self->hash_key, sizeof self->hash_key);
     self->mono = pd_mono_ms();
     msgpack_zone_init(&self->zone, 8192);
     pd_msgw_init(&self->out);
