@@ -76,6 +76,17 @@ function removeStale() {
     for (const prefix of dead) {
         for (const n of names.filter((x) => x.startsWith(prefix))) killNamespace(n);
         for (const l of links(prefix)) ipQuiet(['link', 'del', l]);
+        removeFiles(prefix);
+    }
+}
+
+// The shared-memory segments and run directory of topology prefix.
+function removeFiles(prefix) {
+    const cluster = prefix.replace(/-/g, '');
+    for (const [dir, start] of [['/dev/shm', `presenced-${cluster}-`], [os.tmpdir(), `pd-netns-${prefix}-`]]) {
+        try {
+            for (const f of fs.readdirSync(dir)) if (f.startsWith(start)) fs.rmSync(path.join(dir, f), { recursive: true, force: true });
+        } catch {}
     }
 }
 
@@ -169,7 +180,7 @@ class NetnsCluster {
     async start() {
         removeStale();
         live.add(this);
-        this.runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pd-netns-'));
+        this.runDir = fs.mkdtempSync(path.join(os.tmpdir(), `pd-netns-${this.prefix}-`));
         this.keys = path.join(this.runDir, 'keys');
         execFileSync(CTL, ['cluster-keys', '--out', this.keys, '--stores', '2', '--gateways', '2'], { stdio: 'pipe' });
         this.subnet = freeSubnet();
@@ -359,13 +370,8 @@ class NetnsCluster {
         for (const pid of this.everyPid) { try { process.kill(pid, 'SIGKILL'); } catch {} }
         for (const name of this.nodes) killNamespace(this.ns(name));
         for (const l of links(this.prefix)) ipQuiet(['link', 'del', l]);
-        try {
-            for (const f of fs.readdirSync('/dev/shm')) {
-                if (f.startsWith(`presenced-${this.cluster}-`)) fs.rmSync(path.join('/dev/shm', f), { force: true });
-            }
-        } catch {}
         if (this.failed || process.env.PRESENCED_E2E_KEEP_LOGS) this.keepLogs();
-        if (this.runDir) { try { fs.rmSync(this.runDir, { recursive: true, force: true }); } catch {} }
+        removeFiles(this.prefix);
         live.delete(this);
     }
 
