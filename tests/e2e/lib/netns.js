@@ -182,10 +182,10 @@ class NetnsCluster {
         live.add(this);
         this.runDir = fs.mkdtempSync(path.join(os.tmpdir(), `pd-netns-${this.prefix}-`));
         this.keys = path.join(this.runDir, 'keys');
-        execFileSync(CTL, ['cluster-keys', '--out', this.keys, '--stores', '2', '--gateways', '2'], { stdio: 'pipe' });
-        this.subnet = freeSubnet();
-        this._topology();
         try {
+            execFileSync(CTL, ['cluster-keys', '--out', this.keys, '--stores', '2', '--gateways', '2'], { stdio: 'pipe' });
+            this.subnet = freeSubnet();
+            this._topology();
             this.startRole('broker');
             for (const n of [1, 2]) this.startRole(`store-${n}`);
             this.startRole('reaper');
@@ -193,7 +193,7 @@ class NetnsCluster {
             await this.waitHealthy(30000);
         } catch (e) {
             this.failed = true;
-            process.stderr.write(`\n--- the netns cluster did not come up:\n${this.logTail()}\n---\n`);
+            process.stderr.write(`\n--- the netns cluster did not come up: ${String(e.stderr || e.message).trim()}\n${this.logTail()}\n---\n`);
             await this.stop();
             throw e;
         }
