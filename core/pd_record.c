@@ -57,3 +57,86 @@ pd_roles_intersect(pd_str_t allowed, pd_str_t caller)
     }
     return false;
 }
+
+void
+pd_record_write(pd_msgw_t *w, const pd_record_t *rec, unsigned parts)
+{
+    if (parts & PD_REC_KEY) {
+        pd_msgw_s(w, PD_F_PROJECT, rec->project);
+        pd_msgw_s(w, PD_F_ID, rec->id);
+        pd_msgw_s(w, PD_F_USER, rec->user_id);
+    }
+    if (parts & PD_REC_CONTENT) {
+        pd_msgw_s(w, PD_F_STATUS, rec->status);
+        pd_msgw_s(w, PD_F_STATUS_JSON, rec->status_json);
+        pd_msgw_s(w, PD_F_SOURCE, rec->source);
+        pd_msgw_s(w, PD_F_META_JSON, rec->meta_json);
+        pd_msgw_s(w, PD_F_READ_ROLES, rec->read_roles);
+        pd_msgw_s(w, PD_F_CONN, rec->conn);
+    }
+    if (parts & PD_REC_PERMS) {
+        pd_msgw_s(w, PD_F_PERMS_JSON, rec->perms_json);
+        pd_msgw_s(w, PD_F_UPDATE_ROLES, rec->update_roles);
+        pd_msgw_s(w, PD_F_DELETE_ROLES, rec->delete_roles);
+    }
+    if (parts & PD_REC_EXPIRES)
+        pd_msgw_int(w, PD_F_EXPIRES, rec->expires_ms);
+    if (parts & PD_REC_STAMPS) {
+        pd_msgw_int(w, PD_F_VERSION, (int64_t)rec->version);
+        pd_msgw_int(w, PD_F_CREATED, rec->created_ms);
+        pd_msgw_int(w, PD_F_UPDATED, rec->updated_ms);
+    }
+    if (parts & PD_REC_BODY)
+        pd_msgw_s(w, PD_F_BODY, rec->json);
+}
+
+void
+pd_record_write_prev(pd_msgw_t *w, const pd_record_t *prev)
+{
+    pd_msgw_s(w, PD_F_PREV_BODY, prev->json);
+    pd_msgw_s(w, PD_F_PREV_READ_ROLES, prev->read_roles);
+    pd_msgw_s(w, PD_F_PREV_STATUS, prev->status);
+    pd_msgw_s(w, PD_F_PREV_META_JSON, prev->meta_json);
+    pd_msgw_int(w, PD_F_PREV_EXPIRES, prev->expires_ms);
+    pd_msgw_s(w, PD_F_PREV_USER, prev->user_id);
+}
+
+void
+pd_record_read(const pd_msg_t *m, pd_record_t *rec)
+{
+    memset(rec, 0, sizeof *rec);
+    rec->project = m->s[PD_F_PROJECT];
+    rec->id = m->s[PD_F_ID];
+    rec->user_id = m->s[PD_F_USER];
+    rec->status = m->s[PD_F_STATUS];
+    rec->status_json = m->s[PD_F_STATUS_JSON];
+    rec->source = m->s[PD_F_SOURCE];
+    rec->meta_json = m->s[PD_F_META_JSON];
+    rec->read_roles = m->s[PD_F_READ_ROLES];
+    rec->conn = m->s[PD_F_CONN];
+    rec->perms_json = m->s[PD_F_PERMS_JSON];
+    rec->update_roles = m->s[PD_F_UPDATE_ROLES];
+    rec->delete_roles = m->s[PD_F_DELETE_ROLES];
+    rec->expires_ms = m->i[PD_F_EXPIRES];
+    rec->version = (uint64_t)m->i[PD_F_VERSION];
+    rec->created_ms = m->i[PD_F_CREATED];
+    rec->updated_ms = m->i[PD_F_UPDATED];
+    rec->json = m->s[PD_F_BODY];
+}
+
+bool
+pd_record_read_prev(const pd_msg_t *m, const pd_record_t *rec, pd_record_t *prev)
+{
+    if (!pd_msg_has(m, PD_F_PREV_BODY))
+        return false;
+    *prev = *rec;
+    prev->user_id = m->s[PD_F_PREV_USER];
+    prev->status = m->s[PD_F_PREV_STATUS];
+    prev->status_json = PD_STR_NULL;
+    prev->meta_json = m->s[PD_F_PREV_META_JSON];
+    prev->read_roles = m->s[PD_F_PREV_READ_ROLES];
+    prev->expires_ms = m->i[PD_F_PREV_EXPIRES];
+    prev->updated_ms = 0;
+    prev->json = m->s[PD_F_PREV_BODY];
+    return true;
+}

@@ -8,6 +8,7 @@
 #ifndef PD_RECORD_H
 #define PD_RECORD_H
 
+#include "pd_msg.h"
 #include "pd_util.h"
 
 typedef struct {
@@ -33,6 +34,33 @@ typedef struct {
 //  Appends the Presence model JSON of rec to b, keys in Appwrite's order:
 //  $id, $createdAt, $updatedAt, $permissions, userId, status, source, expiresAt, metadata.
 void pd_record_render(const pd_record_t *rec, pd_buf_t *b);
+
+/*  The record in an internal message (pd_msg.def): the one place that says which field holds
+ *  what, for every message that carries a record: a write (gateway -> store: PD_REC_WRITE), an
+ *  event (store -> bus -> gateways and the reaper: PD_REC_EVENT, and the state before the
+ *  change with pd_record_write_prev). Reading takes every field present; strings stay views
+ *  into the message. */
+enum {
+    PD_REC_KEY = 1 << 0,     //  project, id, userId
+    PD_REC_CONTENT = 1 << 1, //  status (raw and JSON), source, metadata, read roles, conn
+    PD_REC_PERMS = 1 << 2,   //  $permissions JSON, update and delete roles
+    PD_REC_EXPIRES = 1 << 3, //  expiresAt
+    PD_REC_STAMPS = 1 << 4,  //  version, $createdAt, $updatedAt
+    PD_REC_BODY = 1 << 5,    //  the Presence model JSON
+};
+#define PD_REC_WRITE (PD_REC_KEY | PD_REC_CONTENT | PD_REC_PERMS | PD_REC_EXPIRES)
+#define PD_REC_EVENT (PD_REC_KEY | PD_REC_CONTENT | PD_REC_EXPIRES | PD_REC_STAMPS | PD_REC_BODY)
+
+//  Adds the parts (PD_REC_*) of rec to the open message w.
+void pd_record_write(pd_msgw_t *w, const pd_record_t *rec, unsigned parts);
+//  The state before a change, in an event: body, read roles, status, metadata, expiresAt, owner.
+void pd_record_write_prev(pd_msgw_t *w, const pd_record_t *prev);
+//  The record a message carries (absent fields empty or 0).
+void pd_record_read(const pd_msg_t *m, pd_record_t *rec);
+/*  The state before the change of an event whose record after it is rec (what prev left out is
+ *  rec's; updated_ms is 0: read it from the body if needed). Returns false when the event has
+ *  no previous state (a create, or a delete). */
+bool pd_record_read_prev(const pd_msg_t *m, const pd_record_t *rec, pd_record_t *prev);
 
 //  True if any role of the packed list `caller` is in the packed list `allowed`.
 bool pd_roles_intersect(pd_str_t allowed, pd_str_t caller);

@@ -32,6 +32,7 @@
 #include "pd_msg.h"
 #include "pd_outbox.h"
 #include "pd_query.h"
+#include "pd_record.h"
 #include "pd_table.h"
 
 #define SYNC_PAGE_ITEMS 1000
@@ -181,28 +182,9 @@ s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *pr
     if (deadline)
         pd_msgw_int(w, PD_F_DSEQ, (int64_t)++self->dseq);
     pd_msgw_int(w, PD_F_GEN, self->gen);
-    pd_msgw_s(w, PD_F_PROJECT, rec->project);
-    pd_msgw_s(w, PD_F_ID, rec->id);
-    pd_msgw_s(w, PD_F_USER, rec->user_id);
-    pd_msgw_s(w, PD_F_STATUS, rec->status);
-    pd_msgw_s(w, PD_F_STATUS_JSON, rec->status_json);
-    pd_msgw_s(w, PD_F_SOURCE, rec->source);
-    pd_msgw_s(w, PD_F_META_JSON, rec->meta_json);
-    pd_msgw_s(w, PD_F_READ_ROLES, rec->read_roles);
-    pd_msgw_s(w, PD_F_CONN, rec->conn);
-    pd_msgw_int(w, PD_F_VERSION, (int64_t)rec->version);
-    pd_msgw_int(w, PD_F_EXPIRES, rec->expires_ms);
-    pd_msgw_int(w, PD_F_CREATED, rec->created_ms);
-    pd_msgw_int(w, PD_F_UPDATED, rec->updated_ms);
-    pd_msgw_s(w, PD_F_BODY, rec->json);
-    if (prev) {
-        pd_msgw_s(w, PD_F_PREV_BODY, prev->json);
-        pd_msgw_s(w, PD_F_PREV_READ_ROLES, prev->read_roles);
-        pd_msgw_s(w, PD_F_PREV_STATUS, prev->status);
-        pd_msgw_s(w, PD_F_PREV_META_JSON, prev->meta_json);
-        pd_msgw_int(w, PD_F_PREV_EXPIRES, prev->expires_ms);
-        pd_msgw_s(w, PD_F_PREV_USER, prev->user_id);
-    }
+    pd_record_write(w, rec, PD_REC_EVENT);
+    if (prev)
+        pd_record_write_prev(w, prev);
     pd_msgw_end(w);
     /* pending in the outbox before the change is visible; committed right after it */
     if (pd_outbox_put(self->outbox, w->sb.data + start, w->sb.size - start, pd_now_ms()) < 0)
@@ -250,26 +232,6 @@ s_now(const pd_msg_t *m)
     return m->i[PD_F_NOW] ? m->i[PD_F_NOW] : pd_now_ms();
 }
 
-/*  The record a write carries, as the gateway validated it. */
-static void
-s_rec_from_msg(const pd_msg_t *m, pd_record_t *r)
-{
-    memset(r, 0, sizeof *r);
-    r->project = m->s[PD_F_PROJECT];
-    r->id = m->s[PD_F_ID];
-    r->user_id = m->s[PD_F_USER];
-    r->status = m->s[PD_F_STATUS];
-    r->status_json = m->s[PD_F_STATUS_JSON];
-    r->source = m->s[PD_F_SOURCE];
-    r->perms_json = m->s[PD_F_PERMS_JSON];
-    r->meta_json = m->s[PD_F_META_JSON];
-    r->read_roles = m->s[PD_F_READ_ROLES];
-    r->update_roles = m->s[PD_F_UPDATE_ROLES];
-    r->delete_roles = m->s[PD_F_DELETE_ROLES];
-    r->conn = m->s[PD_F_CONN];
-    r->expires_ms = m->i[PD_F_EXPIRES];
-}
-
 static void
 s_put(store_t *self, const pd_msg_t *m, const pd_record_t *rec, int action)
 {
@@ -314,7 +276,7 @@ s_on_upsert(store_t *self, const pd_msg_t *m)
         s_reply_err(self, m, PD_ERR_USER_UNAUTHORIZED, NULL);
         return;
     }
-    s_rec_from_msg(m, &rec);
+    pd_record_read(m, &rec);
     /* A connection-bound presence is held by every gateway whose sockets set it (CONN is the
      * packed list of holders); a REST upsert makes it a plain record again. */
     pd_buf_reset(&self->scratch);

@@ -7,6 +7,7 @@ const { describe, it } = test;
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const net = require('node:net');
+const path = require('node:path');
 const crypto = require('node:crypto');
 const { spawn } = require('node:child_process');
 
@@ -708,8 +709,15 @@ async function extraGateway(node, env = {}) {
     const arg = (f) => gwArgs[gwArgs.indexOf(f) + 1];
     const port = await freePort();
     const fd = fs.openSync(`${C().runDir}/gateway-${node}.log`, 'a');
+    // Internal traffic is CURVE: the extra gateway runs on gateway-2's key pair (the cluster's
+    // key set has pairs for its own gateways only), under its own node id.
+    const keys = fs.mkdtempSync(`${C().runDir}/keys-${node}-`);
+    for (const f of fs.readdirSync(arg('--keys'))) {
+        const to = f.replace(/^gateway-2\./, `gateway-${node}.`);
+        if (/\.pub$/.test(f) || to !== f) fs.copyFileSync(path.join(arg('--keys'), f), path.join(keys, to), fs.constants.COPYFILE_EXCL);
+    }
     const child = spawn(BIN, ['gateway', '--node', String(node), '--cluster', C().name, '--host', '127.0.0.1', '--port', String(port),
-        '--broker-front', arg('--broker-front'), '--bus-out', arg('--bus-out')], {
+        '--broker-front', arg('--broker-front'), '--bus-out', arg('--bus-out'), '--keys', keys], {
         stdio: ['ignore', fd, fd],
         env: { ...process.env, PRESENCED_PROJECT: C().project, PRESENCED_API_KEY: C().apiKey, PRESENCED_JWT_SECRET: C().jwtSecret, ...env },
     });
