@@ -355,6 +355,7 @@ nsTest('an attacker host without keys gets nothing from any internal port and ca
         }
         results = await runs;
         control = await controls;
+        for (const p of impostors) assert.equal(p.exited, null, `${p.name} gave up early: ${N.log(p.name).slice(-1500)}`);
     } finally {
         writing = false;
         await writer;
