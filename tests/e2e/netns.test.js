@@ -87,8 +87,8 @@ function sdkRealtime(n, userId) {
 
 // Waits until the TCP connection from host `from` to store `to` (a request sent as the link
 // went down) has just retransmitted, when its next retransmission is due within 4 s: the link
-// then comes back at the start of a backoff gap, so a gateway that keeps that connection waits
-// the whole gap (the STALE_LINK todo fails every time), one that has reconnected does not.
+// then comes back at the start of a backoff gap, so a gateway that keeps that connection
+// usually waits seconds for it (the STALE_LINK todo fails), one that has reconnected does not.
 async function retransmitted(t, from, to) {
     const r = await N.exec(from, 'ss', ['-tnoH', 'state', 'established', 'dst', `${N.addr(to)}:${PORTS.store}`]);
     // "timer:(on,636ms,2)"; iproute2 prints seconds as "6.096ms" (or "6.096sec"), minutes as "1min…"
@@ -110,7 +110,7 @@ function eventsById(col) {
     return m;
 }
 
-nsTest('the topology: each role in its own namespace, reachable only through the bridge', {}, async () => {
+nsTest('the topology: each role in its own network namespace, reached through the bridge', {}, async () => {
     const ps = new Map([...N.procs].map(([name, p]) => [name, p.pid]));
     assert.deepEqual([...ps.keys()].sort(), ['broker', 'gateway-1', 'gateway-2', 'reaper', 'store-1', 'store-2']);
     const self = fs.readlinkSync('/proc/self/ns/net');
@@ -121,10 +121,8 @@ nsTest('the topology: each role in its own namespace, reachable only through the
         seen.add(ns);
         assert.match(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8'), new RegExp(`^${BIN.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\0${name.split('-')[0]}\0`));
     }
-    // the gateways answer on their own addresses, not on the host's loopback
+    // the gateways answer on their own addresses (the host reaches them through the bridge)
     for (const n of [1, 2]) assert.equal(await N.health(n), 200);
-    const lo = await fetch(`http://127.0.0.1:${PORTS.http}/v1/health`, { signal: AbortSignal.timeout(1000) }).then((r) => r.status, () => 0);
-    assert.notEqual(lo, 200, 'something of this cluster listens on the host loopback');
 });
 
 nsTest('a store host cut off the network: its records answer 503 at once, the rest keeps working, and it rejoins intact', { timeout: 90000 }, async (t) => {
@@ -234,7 +232,7 @@ nsTest('the broker host killed and restarted: writes resume, no record lost, no 
     };
     for (let i = 0; i < 10; i++) await write('before', i);
     await R.until(() => [...snap.keys()].every((id) => col.got.some((e) => e.payload.$id === id)), 10000, 'the events of the first writes');
-    // killed right after: the stores' last second of events is still in their outboxes
+    // killed right after those writes: their events have only just passed through it
     await N.kill('broker', 'SIGKILL');
     // while it is away a create fails (the broker owns claims): the outage is real
     const tDown = Date.now();
@@ -258,7 +256,7 @@ nsTest('the broker host killed and restarted: writes resume, no record lost, no 
     for (let i = 0; i < 10; i++) await write('after', i);
     await R.until(() => [...snap.keys()].every((id) => col.got.some((e) => e.payload.$id === id)), 15000,
         `an event for every acknowledged write; missing ${[...snap.keys()].filter((id) => !col.got.some((e) => e.payload.$id === id))}`);
-    await sleep(2000); // a replay of the stores' outboxes would arrive in this window
+    await sleep(2000); // a late or repeated event would arrive in this window
     for (const [id, evs] of eventsById(col)) {
         if (snap.has(id)) assert.deepEqual(evs, [`presences.${id}.upsert`], `events of ${id}`);
         else assert.ok(evs.length <= 1, `events of ${id} (a write that answered 503): ${evs}`);
