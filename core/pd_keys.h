@@ -27,7 +27,11 @@
  *  The handler answers with the key's name as ZAP User-Id, which libzmq attaches to every
  *  message of that connection: pd_keys_peer() reads it. The broker identifies store node <n>
  *  by the User-Id "store-<n>" of what it receives, never by a name the peer chose, so only the
- *  holder of store-<n>'s secret can be node <n> or announce its endpoint. */
+ *  holder of store-<n>'s secret can be node <n> or announce its endpoint.
+ *
+ *  pd_keys_client and pd_zap_server also give the socket the options of an internal link
+ *  (ZMTP heartbeats, connect timeout, reconnect backoff: pd_keys.c, s_link), so every link
+ *  between roles is set up in one place. */
 #ifndef PD_KEYS_H
 #define PD_KEYS_H
 

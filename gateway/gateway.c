@@ -432,9 +432,13 @@ s_on_route(gw_t *gw, const pd_msg_t *m)
     int64_t gen = m->i[PD_F_GEN];
     if ((st->up && !up) || (st->gen && gen != st->gen))
         s_fail_node(gw, n);
+    /* A node the broker lost and found again may be behind a connection that outlived a
+     * network partition: TCP retransmits what was in flight when the link went down with a
+     * backoff of seconds, and every request sent after it waits behind that. Start afresh. */
+    bool back = !st->up && up && st->gen;
     st->up = up;
     st->gen = gen;
-    if (!pd_str_eqc(ep, st->endpoint)) {
+    if (!pd_str_eqc(ep, st->endpoint) || (back && st->sock)) {
         s_fail_node(gw, n);
         s_store_close(st);
         memcpy(st->endpoint, ep.ptr ? ep.ptr : "", ep.len);
