@@ -135,6 +135,11 @@ function freeSubnet() {
     throw new Error('no free /24 in 10.213.0.0/16');
 }
 
+// Whether bridged frames go through iptables' FORWARD chain (br_netfilter loaded and on).
+function bridgeFiltered() {
+    try { return fs.readFileSync('/proc/sys/net/bridge/bridge-nf-call-iptables', 'utf8').trim() === '1'; } catch { return false; }
+}
+
 // Every live topology of this process, torn down on any exit.
 const live = new Set();
 function teardownAllSync() {
@@ -193,6 +198,10 @@ class NetnsCluster {
             await this.waitHealthy(30000);
         } catch (e) {
             this.failed = true;
+            if (bridgeFiltered()) {
+                e.message += ' (bridged traffic passes through iptables here, net.bridge.bridge-nf-call-iptables=1:' +
+                    ' a FORWARD policy of DROP, as Docker sets, cuts the namespaces off from each other)';
+            }
             process.stderr.write(`\n--- the netns cluster did not come up: ${String(e.stderr || e.message).trim()}\n${this.logTail()}\n---\n`);
             await this.stop();
             throw e;
