@@ -62,6 +62,7 @@ pd_config_usage(void)
 {
     fprintf(stderr, "usage: presenced [gateway|broker|store|reaper] [--flag value ...]\n"
                     "With no role, presenced starts the whole cluster on this machine.\n"
+                    "presenced probe --role ROLE [--node N|auto] [--run-dir DIR]: is it alive?\n"
                     "Every flag can also be set as PRESENCED_<FLAG> (e.g. PRESENCED_API_KEY).\n\n");
     for (size_t i = 0; i < sizeof s_opts / sizeof *s_opts; i++)
         fprintf(stderr, "  --%-16s %s\n", s_opts[i].name, s_opts[i].help);

@@ -2219,7 +2219,7 @@ gw_rt_shutdown(gw_t *gw)
     while (c) {
         rt_conn_t *next = c->next;
         if (c->state == RT_OPEN) {
-            s_conn_close(c, 1001, "Server is shutting down");
+            s_conn_close(c, 1012, "Service restart"); /* IANA 1012: reconnect (elsewhere) */
             s_conn_write(c);
         }
         c = next;

@@ -20,3 +20,9 @@ if [ "${#missing[@]}" -gt 0 ] && [ -n "$(echo "${missing[@]}" | tr -d ' ')" ]; t
     apt-get update -q
     apt-get install -y -q --no-install-recommends ${missing[@]}
 fi
+# kubectl renders deploy/k8s for tests/e2e/k8s.test.js (kubectl kustomize); Debian's
+# kubernetes-client, unless a kubectl is already installed (another package's would clash).
+if ! command -v kubectl >/dev/null 2>&1; then
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends kubernetes-client
+fi
