@@ -23,11 +23,14 @@ if (WHY) process.stderr.write(`# netns.test.js: skipped: ${WHY}\n`);
 let N = null;
 const FAST_MS = 2000;         // "503 at once": well under the gateways' 5 s request timeout
 const realtimes = [];         // every SDK Realtime, disconnected after each test
-// Known: a gateway that sent a direct request to a store node as its link went down keeps
-// that TCP connection, which retransmits with exponential backoff; after the link is back its
-// direct requests to the node wait for the next retransmission (5 s timeouts for as long as
-// the outage lasted, up to TCP's 120 s RTO cap) while /v1/health says 200.
-const STALE_LINK = 'gateway store links survive a partition in TCP backoff (no ZMTP heartbeat / connect timeout on the store DEALERs)';
+// Known: an internal link that carried a message as the network went away keeps its TCP
+// connection, which retransmits with exponential backoff; after the network is back, what
+// goes over that link waits for the next retransmission (seconds, growing with the outage, up
+// to TCP's 120 s RTO cap): a gateway's direct requests to a store node time out while
+// /v1/health says 200, writes wait after the broker's host comes back. ZMTP heartbeats and a
+// connect timeout on the client sockets (tried: 500 ms / 1500 ms / 1000 ms) bring both under
+// half a second.
+const STALE_LINK = 'internal links stay in TCP backoff after a partition (no ZMTP heartbeats or connect timeout on the client sockets)';
 
 test.before(async () => {
     if (!WHY) N = await new NetnsCluster({ label: 'netns' }).start();
@@ -263,6 +266,42 @@ nsTest('the broker host killed and restarted: writes resume, no record lost, no 
     }
     for (const n of [1, 2]) await assertAllServed(snap, n, `after the broker restart (gateway-${n})`);
     await N.waitHealthy(10000);
+});
+
+nsTest('the broker host cut off the network and back: writes resume, nothing lost', { timeout: 90000 }, async (t) => {
+    const snap = new Map();
+    const write = async (tag) => {
+        const p = plain(await keyP(1).upsert({ presenceId: uid('c'), userId: uid('cu'), status: tag, permissions: PUBLIC }));
+        snap.set(p.$id, p);
+    };
+    for (let i = 0; i < 5; i++) await write(`before ${i}`);
+    N.link('broker', false);
+    const cut = Date.now();
+    try {
+        // a write as the link goes: it cannot reach the broker (its claim is the broker's)
+        const down = await keyP(1).upsert({ presenceId: uid('c'), userId: uid('cu'), status: 'cut', permissions: PUBLIC }).then(() => null, (e) => e);
+        assert.equal(down && down.code, 503, `a create while the broker is cut off: ${down && down.message}`);
+        while (Date.now() - cut < 8000) await sleep(100);
+    } finally {
+        N.link('broker', true);
+    }
+    const healed = Date.now();
+    let resumed;
+    for (let i = 0; resumed === undefined; i++) {
+        try {
+            await write(`after ${i}`);
+            resumed = Date.now() - healed;
+        } catch (e) {
+            if (e.code !== 503 || Date.now() - healed > 30000) throw new Error(`writes did not resume within 30 s of the broker's link coming back: ${e.code} ${e.message}`);
+            await sleep(100);
+        }
+    }
+    t.diagnostic(`writes resumed ${resumed} ms after the broker's link came back`);
+    await t.test('writes resume within 2 s of the link coming back', { todo: STALE_LINK }, () => {
+        assert.ok(resumed < 2000, `writes resumed ${resumed} ms after the link came back`);
+    });
+    await N.waitHealthy(30000);
+    for (const n of [1, 2]) await assertAllServed(snap, n, `after the broker's link came back (gateway-${n})`);
 });
 
 nsTest('an attacker host without keys gets nothing from any internal port and cannot register as a role', { timeout: 90000 }, async (t) => {
