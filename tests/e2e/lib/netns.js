@@ -165,7 +165,7 @@ class NetnsCluster {
         this.cluster = this.prefix.replace(/-/g, '');
         this.nodes = Object.keys(HOSTS); // namespaces: one per role, and the attacker
         this.procs = new Map();          // role name -> {pid, proc, exited, exitPromise}
-        this.everyPid = new Set();       // every pid started, for the final kill
+        this.children = new Set();       // every process started, for the final kill
         this.logs = new Set();           // labels of the logs in the run directory
         this.failed = false;
     }
@@ -274,7 +274,7 @@ class NetnsCluster {
         const p = { name: label, pid: proc.pid, proc, exited: null };
         p.exitPromise = new Promise((resolve) => proc.on('exit', (code, signal) => { p.exited = { code, signal }; resolve(p.exited); }));
         proc.on('error', (e) => { p.exited = { error: e.message }; });
-        this.everyPid.add(p.pid);
+        this.children.add(proc);
         this.logs.add(label);
         return p;
     }
@@ -306,7 +306,7 @@ class NetnsCluster {
     exec(name, file, args, timeoutMs = 30000) {
         return new Promise((resolve, reject) => {
             const proc = spawn('ip', ['netns', 'exec', this.ns(name), file, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-            this.everyPid.add(proc.pid);
+            this.children.add(proc);
             let stdout = '', stderr = '';
             proc.stdout.on('data', (d) => { stdout += d; });
             proc.stderr.on('data', (d) => { stderr += d; });
@@ -376,7 +376,8 @@ class NetnsCluster {
     _teardownSync() {
         if (this.stopped) return;
         this.stopped = true;
-        for (const pid of this.everyPid) { try { process.kill(pid, 'SIGKILL'); } catch {} }
+        // only those still running: the pid of one that exited may belong to someone else now
+        for (const c of this.children) if (c.exitCode === null && c.signalCode === null) { try { c.kill('SIGKILL'); } catch {} }
         for (const name of this.nodes) killNamespace(this.ns(name));
         for (const l of links(this.prefix)) ipQuiet(['link', 'del', l]);
         if (this.failed || process.env.PRESENCED_E2E_KEEP_LOGS) this.keepLogs();
