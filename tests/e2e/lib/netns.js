@@ -302,6 +302,10 @@ class NetnsCluster {
     // Cuts role name's host off the bridge (its cable pulled), or plugs it back.
     link(name, up) { ip(['link', 'set', this.veth(name), up ? 'up' : 'down']); }
 
+    // Takes away (or gives back) host from's route to host to, every link staying up: a
+    // partition between two hosts that the rest of the network does not see.
+    route(from, to, up) { ip(['-n', this.ns(from), 'route', up ? 'del' : 'add', 'prohibit', `${this.addr(to)}/32`]); }
+
     // Runs a command in a namespace to its end: {status, stdout, stderr}.
     exec(name, file, args, timeoutMs = 30000) {
         return new Promise((resolve, reject) => {
