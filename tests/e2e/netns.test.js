@@ -121,6 +121,19 @@ function assertOnce(col, snap) {
     }
 }
 
+// Runs `presenced probe` for role name in its namespace until it exits with want (0: alive).
+async function probeUntil(name, want, timeoutMs) {
+    const [role, node] = name.split('-');
+    const args = ['probe', '--role', role, ...(node ? ['--node', node] : []), '--run-dir', N.hostDir(name)];
+    const t0 = Date.now();
+    for (;;) {
+        const r = await N.exec(name, BIN, args);
+        if ((r.status === 0) === (want === 0)) return r;
+        if (Date.now() - t0 > timeoutMs) assert.fail(`presenced probe of ${name} still exits ${r.status} after ${timeoutMs} ms: ${r.stdout}${r.stderr}`);
+        await sleep(250);
+    }
+}
+
 // Per record id, the events (first event name) a collector got.
 function eventsById(col) {
     const m = new Map();
@@ -145,6 +158,8 @@ nsTest('the topology: each role in its own network namespace, reached through th
     }
     // the gateways answer on their own addresses (the host reaches them through the bridge)
     for (const n of [1, 2]) assert.equal(await N.health(n), 200);
+    // and each host's liveness probe (`presenced probe`, as Kubernetes runs it) says alive
+    for (const name of ps.keys()) await probeUntil(name, 0, 10000);
 });
 
 nsTest('a store host cut off the network: its records answer 503 at once, the rest keeps working, and it is back at once, intact', { timeout: 90000 }, async (t) => {
@@ -389,7 +404,7 @@ nsTest('an attacker host without keys gets nothing from any internal port and ca
     const evil = path.join(N.runDir, 'evil-keys');
     require('node:child_process').execFileSync(CTL, ['cluster-keys', '--out', evil, '--stores', '2', '--gateways', '2'], { stdio: 'pipe' });
     fs.copyFileSync(path.join(pubs, 'broker.pub'), path.join(evil, 'broker.pub'));
-    const common = ['--verbose', '1', '--keys', evil, '--cluster', `${N.cluster}evil`];
+    const common = ['--verbose', '1', '--keys', evil, '--cluster', `${N.cluster}evil`, '--run-dir', N.hostDir('attacker')];
     const impostors = [
         N.spawn('attacker', 'evil-store', BIN, ['store', '--node', '1', ...common, '--broker-back', B(PORTS.back), '--bus-in', B(PORTS.busIn),
             '--shm', `/presenced-${N.cluster}-evil-store-1`, '--store-front', `tcp://*:${PORTS.store}`,
@@ -473,6 +488,7 @@ nsTest('a gateway host killed: its connection-bound presences end within the lea
     const t0 = Date.now();
     await N.kill('gateway-1', 'SIGKILL');
     await A.rt.disconnect(); // its browser is gone with the host: no reconnect elsewhere
+    await probeUntil('gateway-1', 1, 8000); // its liveness probe fails: Kubernetes would restart it
     const del = await col.waitFor((e) => e.events[0] === `presences.${idA}.delete`, 45000, `the delete of ${idA}`);
     const ms = Date.now() - t0;
     t.diagnostic(`the dead gateway's presence was deleted ${ms} ms after the kill`);
@@ -488,6 +504,7 @@ nsTest('a gateway host killed: its connection-bound presences end within the lea
     // the host comes back
     N.startRole('gateway-1');
     await N.waitHealthy(20000);
+    await probeUntil('gateway-1', 0, 10000);
 });
 
 nsTest('cleanup removes every namespace, link and process of a topology', { timeout: 60000 }, async () => {

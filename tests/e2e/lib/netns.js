@@ -226,12 +226,19 @@ class NetnsCluster {
         }
     }
 
+    // A host's own run directory (its role's heartbeat file for `presenced probe`), private.
+    hostDir(name) {
+        const dir = path.join(this.runDir, 'hosts', name);
+        fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+        return dir;
+    }
+
     // The command line of a role: what cmd/supervisor.c passes, with tcp:// endpoints.
     _args(name) {
         const [role, node] = name.split('-');
         const a = [role];
         if (node) a.push('--node', node);
-        a.push('--verbose', '1', '--cluster', this.cluster, '--keys', this.keys);
+        a.push('--verbose', '1', '--cluster', this.cluster, '--keys', this.keys, '--run-dir', this.hostDir(name));
         const front = this.tcp('broker', PORTS.front), busOut = this.tcp('broker', PORTS.busOut);
         if (role === 'broker') {
             a.push('--broker-front', front, '--broker-back', this.tcp('broker', PORTS.back),
