@@ -67,7 +67,11 @@ static pid_t
 s_spawn(pd_config_t *cfg, child_t *c)
 {
     char node[16], port[16], stores[16], verbose[8], cap[32], arena[32], maxbody[32], tmo[16];
-    char wsq[32], wsidle[16];
+    char wsq[32], wsidle[16], hdr[32], hdrtmo[16], maxconn[32], perip[32];
+    snprintf(hdr, sizeof hdr, "%zu", cfg->max_header_bytes);
+    snprintf(hdrtmo, sizeof hdrtmo, "%d", cfg->header_timeout_ms);
+    snprintf(maxconn, sizeof maxconn, "%zu", cfg->max_connections);
+    snprintf(perip, sizeof perip, "%zu", cfg->max_connections_per_ip);
     snprintf(wsq, sizeof wsq, "%zu", cfg->ws_max_queue);
     snprintf(wsidle, sizeof wsidle, "%d", cfg->ws_idle_timeout);
     snprintf(node, sizeof node, "%d", c->node);
@@ -82,7 +86,7 @@ s_spawn(pd_config_t *cfg, child_t *c)
     snprintf(shm, sizeof shm, "/presenced-%s-store-%d", cfg->cluster, c->node);
     snprintf(front, sizeof front, "ipc://%s/store-%d.ipc", cfg->run_dir, c->node);
 
-    const char *argv[40];
+    const char *argv[64];
     int n = 0;
     argv[n++] = "presenced";
     argv[n++] = c->role;
@@ -132,6 +136,14 @@ s_spawn(pd_config_t *cfg, child_t *c)
         }
         if (cfg->ws_idle_timeout) {
             argv[n++] = "--ws-idle-timeout"; argv[n++] = wsidle;
+        }
+        argv[n++] = "--max-header-bytes"; argv[n++] = hdr;
+        argv[n++] = "--header-timeout"; argv[n++] = hdrtmo;
+        if (cfg->max_connections) {
+            argv[n++] = "--max-connections"; argv[n++] = maxconn;
+        }
+        if (cfg->max_connections_per_ip) {
+            argv[n++] = "--max-connections-per-ip"; argv[n++] = perip;
         }
     }
     argv[n] = NULL;

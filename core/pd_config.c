@@ -53,6 +53,11 @@ static const struct opt {
     O("request-timeout", T_INT, request_timeout_ms, "gateway: ms before 503 (5000)"),
     O("ws-max-queue", T_SIZE, ws_max_queue, "gateway: bytes queued per WebSocket (1048576)"),
     O("ws-idle-timeout", T_INT, ws_idle_timeout, "gateway: idle WebSocket timeout, s (90)"),
+    O("max-connections", T_SIZE, max_connections, "gateway: connections (descriptor limit - 256)"),
+    O("max-connections-per-ip", T_SIZE, max_connections_per_ip,
+      "gateway: connections per client address (0: no limit)"),
+    O("max-header-bytes", T_SIZE, max_header_bytes, "gateway: request header bytes (16384)"),
+    O("header-timeout", T_INT, header_timeout_ms, "gateway: ms to send request headers (10000)"),
     O("verbose", T_INT, verbosity, "0 warn, 1 info, 2 debug (1)"),
 #undef O
 };
@@ -140,6 +145,8 @@ pd_config_parse(pd_config_t *cfg, int argc, char **argv)
     cfg->verbosity = 1;
     cfg->max_body = 65536;
     cfg->request_timeout_ms = 5000;
+    cfg->max_header_bytes = 16384;
+    cfg->header_timeout_ms = 10000;
     cfg->store_capacity = 1048576;
     cfg->store_arena = (size_t)1 << 30;
     snprintf(cfg->host, sizeof cfg->host, "0.0.0.0");

@@ -460,10 +460,11 @@ s_parse_paging(parse_t *p, int method, pd_str_t attr, const json_t *values)
         if (r == 1)
             return s_fail(p, PD_ERR_ARGUMENT_INVALID,
                           "Invalid query: Invalid offset: Value must be a valid number");
-        if (r == 2 || x < 0)
+        if (r == 2 || x < 0 || x > PD_QUERY_MAX_OFFSET)
             return s_fail(p, PD_ERR_ARGUMENT_INVALID,
                           "Invalid query: Invalid offset: Value must be a valid range between 0 "
-                          "and 9,223,372,036,854,775,807");
+                          "and %d,%03d",
+                          PD_QUERY_MAX_OFFSET / 1000, PD_QUERY_MAX_OFFSET % 1000);
         self->offset = x;
         self->has_offset = true;
         return 0;
@@ -1595,8 +1596,9 @@ pd_query_test(bool verbose)
     s_t_err(L, "{\"method\":\"limit\"}", A,
             LP "Invalid query: Invalid limit: Value must be a valid number");
     s_t_err(L, "{\"method\":\"offset\",\"values\":[-1]}", A,
-            LP "Invalid query: Invalid offset: Value must be a valid range between 0 and "
-               "9,223,372,036,854,775,807");
+            LP "Invalid query: Invalid offset: Value must be a valid range between 0 and 5,000");
+    s_t_err(L, "{\"method\":\"offset\",\"values\":[5001]}", A,
+            LP "Invalid query: Invalid offset: Value must be a valid range between 0 and 5,000");
     s_t_err(L, "{\"method\":\"limit\",\"values\":[1]}\n{\"method\":\"limit\",\"values\":[2]}", A,
             LP "Invalid query: Only one limit query is allowed");
     s_t_err(L, "{\"method\":\"offset\",\"values\":[1]}\n{\"method\":\"offset\",\"values\":[2]}", A,

@@ -25,6 +25,10 @@ enum { PD_QMODE_LIST = 1, PD_QMODE_REALTIME = 2 };
 #define PD_QUERY_MAX_DEPTH 5    //  and/or nesting
 #define PD_QUERY_MAX_ORDER 8    //  orderAsc/orderDesc per request
 #define PD_QUERY_MAX_LIMIT 5000 //  largest page
+/*  Largest offset. Appwrite takes any; here every store node must produce offset + limit rows
+ *  for the broker to merge, so a deep offset is work a guest could ask for in a loop. Beyond it,
+ *  page with cursorAfter (which costs the same at any depth). */
+#define PD_QUERY_MAX_OFFSET 5000
 
 //  Parses n query strings. Returns a new query set (caller destroys), or NULL with a message in
 //  err and the error code in *code: PD_ERR_ARGUMENT_INVALID for bad JSON or a bad shape

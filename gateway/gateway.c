@@ -13,10 +13,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <string.h>
 #include <sodium.h>
 #include <time.h>
 #include <unistd.h>
@@ -144,6 +146,30 @@ gw_metrics_render(gw_t *gw, pd_buf_t *b)
                 (unsigned long long)gw->malformed, node, (unsigned long long)gw->direct, node,
                 (unsigned long long)gw->rerouted, node, gw->bus_state == GW_BUS_LIVE, node,
                 (unsigned long long)gw->bus_joins);
+    pd_buf_addf(b,
+                "# TYPE presenced_gateway_bus_join_failures_total counter\n"
+                "presenced_gateway_bus_join_failures_total{gateway=\"%d\"} %llu\n"
+                "# TYPE presenced_gateway_connections gauge\n"
+                "presenced_gateway_connections{gateway=\"%d\"} %zu\n"
+                "# TYPE presenced_gateway_connections_max gauge\n"
+                "presenced_gateway_connections_max{gateway=\"%d\"} %zu\n"
+                "# HELP presenced_gateway_connections_refused_total Connections closed by the "
+                "limits: the cap, the per-address cap, request headers over the cap.\n"
+                "# TYPE presenced_gateway_connections_refused_total counter\n"
+                "presenced_gateway_connections_refused_total{gateway=\"%d\",reason=\"cap\"} %llu\n"
+                "presenced_gateway_connections_refused_total{gateway=\"%d\",reason=\"per_ip\"} "
+                "%llu\n"
+                "presenced_gateway_connections_refused_total{gateway=\"%d\",reason=\"headers\"} "
+                "%llu\n"
+                "# HELP presenced_gateway_accept_pauses_total Times the listener was left unread "
+                "(at the connection cap, or out of descriptors).\n"
+                "# TYPE presenced_gateway_accept_pauses_total counter\n"
+                "presenced_gateway_accept_pauses_total{gateway=\"%d\"} %llu\n",
+                node, (unsigned long long)gw->bus_join_failures, node, gw->nconns, node,
+                gw->max_conns, node, (unsigned long long)gw->conn_refused[GW_REFUSE_CAP], node,
+                (unsigned long long)gw->conn_refused[GW_REFUSE_PER_IP], node,
+                (unsigned long long)gw->conn_refused[GW_REFUSE_HEADERS], node,
+                (unsigned long long)gw->accept_pauses);
     gw_rt_metrics(gw, b);
 }
 
@@ -409,7 +435,10 @@ s_store_open(gw_t *gw, gw_store_t *st)
         return;
     }
     st->gw = gw;
-    st->io = s_wrap_zmq(gw, st->sock, s_on_store);
+    if (!(st->io = s_wrap_zmq(gw, st->sock, s_on_store))) {
+        zsock_destroy(&st->sock); /* its requests go via the broker */
+        return;
+    }
     st->io->data = st;
     st->unread = true;
 }
@@ -697,12 +726,15 @@ s_on_bus(h2o_socket_t *sock, const char *err)
         pd_zmq_drain(zsock_resolve(gw->sub), INT_MAX, s_on_bus_frame, gw, &gw->malformed);
 }
 
+//  NULL when the process is out of descriptors (the caller gives up the socket and retries).
 static h2o_socket_t *
 s_wrap_zmq(gw_t *gw, zsock_t *zs, h2o_socket_cb cb)
 {
     int fd = dup(zsock_fd(zs));
-    if (fd < 0)
-        pd_fatal("dup ZMQ_FD");
+    if (fd < 0) {
+        pd_log_warn("dup ZMQ_FD: %s", strerror(errno));
+        return NULL;
+    }
     h2o_socket_t *s = h2o_evloop_socket_create(gw->ctx.loop, fd, H2O_SOCKET_FLAG_DONT_READ);
     s->data = gw;
     h2o_socket_read_start(s, cb);
@@ -727,6 +759,7 @@ s_wrap_zmq(gw_t *gw, zsock_t *zs, h2o_socket_cb cb)
  *  new socket cannot be left over from an old subscription. */
 #define GW_BUS_LEAVE_MS 5000
 #define GW_BUS_JOIN_WAIT_MS 2000 //  a bus that stays silent this long is taken as live
+#define GW_BUS_RETRY_MS 500      //  after a failed join
 
 void
 gw_bus_join(gw_t *gw)
@@ -734,14 +767,25 @@ gw_bus_join(gw_t *gw)
     gw->bus_quiet_ms = 0;
     if (gw->bus_state != GW_BUS_OFF)
         return;
+    /* Out of descriptors (or anything else): the clients keep waiting and the tick tries again
+     * (s_bus_tick); a gateway never dies for it. */
+    int64_t now = pd_mono_ms();
+    if (now < gw->bus_retry_ms)
+        return;
     gw->sub = zsock_new(ZMQ_SUB);
-    pd_keys_client(gw->keys, zsock_resolve(gw->sub), "broker"); /* events from the broker only */
-    zsock_set_subscribe(gw->sub, "");
+    if (!gw->sub || pd_keys_client(gw->keys, zsock_resolve(gw->sub), "broker") < 0 ||
+        zsock_connect(gw->sub, "%s", gw->cfg->bus_out) < 0 ||
+        !(gw->sub_io = s_wrap_zmq(gw, gw->sub, s_on_bus))) {
+        pd_log_warn("cannot join the bus at %s (%s): trying again in %d ms", gw->cfg->bus_out,
+                    strerror(errno), GW_BUS_RETRY_MS);
+        zsock_destroy(&gw->sub);
+        gw->bus_retry_ms = now + GW_BUS_RETRY_MS;
+        gw->bus_join_failures++;
+        return;
+    }
+    zsock_set_subscribe(gw->sub, ""); /* events from the broker only: CURVE pins its key */
     zsock_set_rcvtimeo(gw->sub, 0);
     zsock_set_rcvhwm(gw->sub, 1000000);
-    if (zsock_connect(gw->sub, "%s", gw->cfg->bus_out) < 0)
-        pd_fatalx("cannot connect to %s", gw->cfg->bus_out);
-    gw->sub_io = s_wrap_zmq(gw, gw->sub, s_on_bus);
     gw->bus_state = GW_BUS_JOINING;
     gw->bus_seen = 0;
     gw->bus_join_ms = pd_mono_ms();
@@ -790,8 +834,11 @@ s_bus_leave(gw_t *gw)
 static void
 s_bus_tick(gw_t *gw)
 {
-    if (gw->bus_state == GW_BUS_OFF)
+    if (gw->bus_state == GW_BUS_OFF) {
+        if (!gw_rt_idle(gw)) /* a join that failed: clients still wait for it */
+            gw_bus_join(gw);
         return;
+    }
     int64_t now = pd_mono_ms();
     s_bus_check(gw);
     if (gw->bus_state == GW_BUS_JOINING && now - gw->bus_join_ms >= GW_BUS_JOIN_WAIT_MS) {
@@ -817,6 +864,8 @@ s_hello(gw_t *gw)
     gw_send_end(gw);
 }
 
+static void s_conns_tick(gw_t *gw);
+
 static void
 s_on_tick(h2o_timeout_entry_t *entry)
 {
@@ -825,10 +874,179 @@ s_on_tick(h2o_timeout_entry_t *entry)
     pd_probe_beat(gw->cfg); /* liveness: `presenced probe --role gateway` */
     gw_rt_tick(gw);
     s_bus_tick(gw);
+    s_conns_tick(gw);
     h2o_timeout_link(gw->ctx.loop, &gw->tick_timeout, &gw->tick_entry);
 }
 
-/* -------------------------------------------------------------------------- listener */
+/* -------------------------------------------------------------------------- connections */
+
+/*  Limits that hold when a client, or many, try to exhaust the gateway (README, "Limits"):
+ *
+ *  - Descriptors. At most max_conns connections (--max-connections; by default the process's
+ *    RLIMIT_NOFILE less GW_FD_RESERVE, kept for ZeroMQ sockets, the bus and the log). At the
+ *    cap, or when accept() finds no descriptor (EMFILE, ENFILE), the listener is left unread
+ *    until a connection closes or a tick (250 ms) passes: the kernel queues new clients in the
+ *    backlog meanwhile, and the loop does not spin on a listener that stays readable.
+ *  - Per address. At most --max-connections-per-ip connections from one client address
+ *    (0, the default: no limit, as behind a proxy every client has the proxy's address); more
+ *    are answered 429 and closed as soon as they are accepted.
+ *  - Request headers. h2o 2.2 buffers a request's headers up to H2O_MAX_REQLEN (about 400 KiB)
+ *    before it refuses them. Every tick (250 ms), a connection that is reading a request (its
+ *    read callback is h2o's HTTP/1 request reader) with more than --max-header-bytes buffered
+ *    and no end of headers within them is answered 431 and closed, so half-sent headers cost at
+ *    most that cap once the tick has seen them. h2o's own request timeout (--header-timeout)
+ *    closes a connection that does not complete its headers in time (slow clients).
+ *
+ *  Each accepted socket gets a gw_conn_t (its address slot, and the list the tick walks),
+ *  freed by the socket's on_close, however the connection ends (HTTP, WebSocket, error). */
+#define GW_FD_RESERVE 256
+
+static void s_on_accept(h2o_socket_t *listener, const char *err);
+
+static void
+s_accept_pause(gw_t *gw, bool retry)
+{
+    if (!gw->accept_paused && gw->listener) {
+        h2o_socket_read_stop(gw->listener);
+        gw->accept_paused = true;
+        gw->accept_pauses++;
+    }
+    if (retry && !h2o_timeout_is_linked(&gw->accept_entry))
+        h2o_timeout_link(gw->ctx.loop, &gw->tick_timeout, &gw->accept_entry);
+}
+
+static void
+s_accept_resume(gw_t *gw)
+{
+    if (gw->accept_paused && gw->listener && gw->nconns < gw->max_conns) {
+        gw->accept_paused = false;
+        h2o_socket_read_start(gw->listener, s_on_accept);
+    }
+}
+
+static void
+s_on_accept_retry(h2o_timeout_entry_t *entry)
+{
+    gw_t *gw = H2O_STRUCT_FROM_MEMBER(gw_t, accept_entry, entry);
+    s_accept_resume(gw);
+}
+
+//  The address's 16 bytes (IPv4 as v4-mapped), or false.
+static bool
+s_peer_addr(h2o_socket_t *sock, uint8_t addr[16])
+{
+    struct sockaddr_storage ss;
+    socklen_t len = h2o_socket_getpeername(sock, (struct sockaddr *)&ss);
+    memset(addr, 0, 16);
+    if (len && ss.ss_family == AF_INET) {
+        addr[10] = addr[11] = 0xff;
+        memcpy(addr + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        return true;
+    }
+    if (len && ss.ss_family == AF_INET6) {
+        memcpy(addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        return true;
+    }
+    return false;
+}
+
+static void
+s_iptab_grow(gw_iptab_t *t)
+{
+    uint32_t n = t->v ? (t->mask + 1) * 2 : 256;
+    struct gw_ipent *old = t->v;
+    uint32_t oldn = t->v ? t->mask + 1 : 0;
+    t->v = calloc(n, sizeof *t->v);
+    if (!t->v)
+        pd_fatal("calloc");
+    t->mask = n - 1;
+    t->used = 0;
+    for (uint32_t i = 0; i < oldn; i++) {
+        if (!old[i].count)
+            continue;
+        pd_str_t a = {(const char *)old[i].addr, 16};
+        uint32_t k = (uint32_t)pd_hash2_keyed(t->key, a, PD_STR_NULL) & t->mask;
+        while (t->v[k].count)
+            k = (k + 1) & t->mask;
+        t->v[k] = old[i];
+        t->used++;
+    }
+    free(old);
+}
+
+//  The slot of addr (+1), made if absent; 0 when the table cannot take it.
+static uint32_t
+s_iptab_slot(gw_iptab_t *t, const uint8_t addr[16])
+{
+    if (!t->v || (t->used + 1) * 4 > (t->mask + 1) * 3)
+        s_iptab_grow(t);
+    pd_str_t a = {(const char *)addr, 16};
+    uint32_t k = (uint32_t)pd_hash2_keyed(t->key, a, PD_STR_NULL) & t->mask, tomb = UINT32_MAX;
+    for (;; k = (k + 1) & t->mask) {
+        struct gw_ipent *e = &t->v[k];
+        if (e->count && memcmp(e->addr, addr, 16) == 0)
+            return k + 1;
+        if (!e->count && e->tomb && tomb == UINT32_MAX)
+            tomb = k;
+        if (!e->count && !e->tomb)
+            break;
+    }
+    if (tomb != UINT32_MAX)
+        k = tomb;
+    else
+        t->used++;
+    memcpy(t->v[k].addr, addr, 16);
+    t->v[k].tomb = false;
+    return k + 1;
+}
+
+static void
+s_conn_on_close(void *data)
+{
+    gw_conn_t *c = data;
+    gw_t *gw = c->gw;
+    if (c->ip_slot) {
+        struct gw_ipent *e = &gw->iptab.v[c->ip_slot - 1];
+        if (--e->count == 0)
+            e->tomb = true;
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        gw->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    gw->nconns--;
+    free(c);
+    s_accept_resume(gw);
+}
+
+//  Answers a connection that broke a limit (431, 429) in Appwrite's error shape and closes it.
+//  The request was never parsed, so nothing of h2o's is writing: the bytes go straight to the
+//  socket, and shutting it down makes h2o's next read see the end and close the connection its
+//  own way.
+static void
+s_conn_refuse(h2o_socket_t *sock, int status)
+{
+    static const char h431[] = "HTTP/1.1 431 Request Header Fields Too Large\r\n",
+                      m431[] = "Request header fields are too large.",
+                      t431[] = "general_argument_invalid",
+                      h429[] = "HTTP/1.1 429 Too Many Requests\r\n",
+                      m429[] = "Too many connections from this address.",
+                      t429[] = "general_rate_limit_exceeded";
+    char body[256], resp[512];
+    int blen = snprintf(body, sizeof body,
+                        "{\"message\":\"%s\",\"code\":%d,\"type\":\"%s\",\"version\":\"1.9.6\"}",
+                        status == 431 ? m431 : m429, status, status == 431 ? t431 : t429);
+    int n = snprintf(resp, sizeof resp,
+                     "%sContent-Type: application/json\r\nContent-Length: %d\r\n"
+                     "Connection: close\r\n\r\n%s",
+                     status == 431 ? h431 : h429, blen, body);
+    int fd = h2o_socket_get_fd(sock);
+    if (write(fd, resp, (size_t)n) < 0) { /* best effort: the connection ends either way */
+    }
+    shutdown(fd, SHUT_RDWR);
+}
 
 static void
 s_on_accept(h2o_socket_t *listener, const char *err)
@@ -837,11 +1055,85 @@ s_on_accept(h2o_socket_t *listener, const char *err)
     if (err)
         return;
     for (int i = 0; i < 64; i++) {
+        if (gw->nconns >= gw->max_conns) {
+            gw->conn_refused[GW_REFUSE_CAP]++;
+            s_accept_pause(gw, false); /* resumed when a connection closes */
+            return;
+        }
         h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
-        if (!sock)
-            break;
+        if (!sock) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                s_accept_pause(gw, true);
+            return;
+        }
+        gw_conn_t *c = calloc(1, sizeof *c);
+        if (!c) {
+            h2o_socket_close(sock);
+            continue;
+        }
+        c->sock = sock;
+        c->gw = gw;
+        uint8_t addr[16];
+        if (gw->cfg->max_connections_per_ip && s_peer_addr(sock, addr) &&
+            (c->ip_slot = s_iptab_slot(&gw->iptab, addr))) {
+            struct gw_ipent *e = &gw->iptab.v[c->ip_slot - 1];
+            if (e->count >= gw->cfg->max_connections_per_ip) {
+                if (!e->count)
+                    e->tomb = true;
+                gw->conn_refused[GW_REFUSE_PER_IP]++;
+                free(c);
+                s_conn_refuse(sock, 429);
+                h2o_socket_close(sock);
+                continue;
+            }
+            e->count++;
+        }
+        c->next = gw->conns;
+        if (gw->conns)
+            gw->conns->prev = c;
+        gw->conns = c;
+        gw->nconns++;
+        sock->on_close.cb = s_conn_on_close;
+        sock->on_close.data = c;
         h2o_accept(&gw->accept_ctx, sock);
+        if (!gw->h2o_reqread)
+            gw->h2o_reqread = (void *)sock->_cb.read; /* h2o's HTTP/1 request reader */
     }
+}
+
+/*  The header cap, once a tick (see above). O(connections): a pointer and a size per
+ *  connection, every 250 ms. */
+static void
+s_conns_tick(gw_t *gw)
+{
+    size_t cap = gw->cfg->max_header_bytes;
+    for (gw_conn_t *c = gw->conns; c; c = c->next) {
+        h2o_socket_t *sock = c->sock;
+        if ((void *)sock->_cb.read != gw->h2o_reqread || !sock->input || sock->input->size <= cap)
+            continue;
+        if (memmem(sock->input->bytes, cap, "\r\n\r\n", 4))
+            continue; /* headers complete within the cap: a body or pipelined requests */
+        gw->conn_refused[GW_REFUSE_HEADERS]++;
+        s_conn_refuse(sock, 431);
+    }
+}
+
+//  The connection cap: --max-connections, or what the descriptor limit leaves.
+static size_t
+s_max_conns(const pd_config_t *cfg)
+{
+    struct rlimit rl;
+    size_t fit = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        fit = rl.rlim_cur > GW_FD_RESERVE + 16 ? rl.rlim_cur - GW_FD_RESERVE : 16;
+    else if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        fit = 1 << 20;
+    if (cfg->max_connections && cfg->max_connections < fit)
+        return cfg->max_connections;
+    if (cfg->max_connections > fit)
+        pd_log_warn("--max-connections %zu is more than the descriptor limit allows: %zu",
+                    cfg->max_connections, fit);
+    return fit;
 }
 
 static int
@@ -917,7 +1209,9 @@ gateway_main(pd_config_t *cfg)
 
     h2o_config_init(&gw->config);
     gw->config.max_request_entity_size = cfg->max_body * 4 + 4096;
-    gw->config.http1.req_timeout = 60000;
+    /* h2o's request timeout: a connection must complete a request's headers (and, kept alive,
+     * start the next one) within it */
+    gw->config.http1.req_timeout = (uint64_t)cfg->header_timeout_ms;
     h2o_hostconf_t *host =
         h2o_config_register_host(&gw->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
@@ -952,6 +1246,9 @@ gateway_main(pd_config_t *cfg)
     h2o_timeout_link(gw->ctx.loop, &gw->tick_timeout, &gw->tick_entry);
     s_hello(gw);
 
+    gw->max_conns = s_max_conns(cfg);
+    gw->accept_entry.cb = s_on_accept_retry;
+    randombytes_buf(gw->iptab.key, sizeof gw->iptab.key);
     if (s_listen(gw) < 0)
         return 1;
     pd_log_info("gateway %d listening on %s:%d", cfg->node, cfg->host, cfg->port);

@@ -66,6 +66,28 @@ enum { GW_ID_GUEST = 0, GW_ID_USER = 1, GW_ID_KEY = 2 };
 
 #define GW_MAX_STORES 64
 
+/*  An accepted connection, as the limits see it (gateway.c, "connections"). */
+typedef struct gw_conn {
+    h2o_socket_t *sock;
+    struct gw *gw;
+    struct gw_conn *prev, *next;
+    uint32_t ip_slot;          //  its address's entry in the per-address table (+1; 0: none)
+} gw_conn_t;
+
+/*  Open connections per client address: open addressing, SipHash under a random key. */
+typedef struct {
+    struct gw_ipent {
+        uint8_t addr[16];
+        uint32_t count;        //  0: free (or a tombstone when tomb)
+        bool tomb;
+    } *v;
+    uint32_t mask;             //  slots - 1 (a power of two)
+    uint32_t used;             //  live + tombstones
+    unsigned char key[PD_HASH_KEYBYTES];
+} gw_iptab_t;
+
+enum { GW_REFUSE_CAP, GW_REFUSE_PER_IP, GW_REFUSE_HEADERS };
+
 enum { GW_BUS_OFF, GW_BUS_JOINING, GW_BUS_LIVE };
 
 /*  A store node's front, as the broker's ROUTE messages describe it. */
@@ -97,6 +119,18 @@ struct gw {
     uint64_t bus_seen;         //  store nodes heard on the EVENT topic since (bit n-1)
     int64_t bus_quiet_ms;      //  since when no client needs the bus (0: one does)
     uint64_t bus_joins;
+    uint64_t bus_join_failures; //  joins that failed (out of descriptors) and were retried
+    int64_t bus_retry_ms;      //  mono ms before which no join is tried again
+    /* connections (gateway.c, "connections") */
+    gw_conn_t *conns;          //  every accepted connection
+    size_t nconns;
+    size_t max_conns;          //  --max-connections, within RLIMIT_NOFILE less a reserve
+    bool accept_paused;        //  the listener is not read: at the cap, or out of descriptors
+    h2o_timeout_entry_t accept_entry; //  resumes accepting after EMFILE
+    gw_iptab_t iptab;          //  connections per client address (--max-connections-per-ip)
+    void *h2o_reqread;         //  h2o's HTTP/1 request reader (a connection reading a request)
+    uint64_t conn_refused[3];  //  GW_REFUSE_*
+    uint64_t accept_pauses;
     pd_msgw_t out;             //  requests to the broker this loop turn
     gw_store_t stores[GW_MAX_STORES + 1]; //  1-based, as the broker routes them
     int nstores;
