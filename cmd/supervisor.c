@@ -223,12 +223,27 @@ supervisor_main(pd_config_t *cfg)
         return 2;
     pd_projects_free(&projects);
 
+    /* The run directory holds the ipc:// sockets, the lock and the key set: it must be ours and
+     * private, or another local user could have made it (or a symlink in it) first. */
     if (mkdir(cfg->run_dir, 0700) < 0 && errno != EEXIST)
         pd_fatal("mkdir %s", cfg->run_dir);
+    struct stat st;
+    int dfd = open(cfg->run_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0 || fstat(dfd, &st) < 0 || st.st_uid != geteuid() || (st.st_mode & 077))
+        pd_fatalx("run directory %s refused: it must be a directory (not a symlink) owned by uid "
+                  "%d with mode 0700 (%s); remove it, or give --run-dir a directory of your own",
+                  cfg->run_dir, (int)geteuid(),
+                  dfd < 0 ? strerror(errno) : st.st_uid != geteuid() ? "another owner" : "open mode");
     char lock[300];
     snprintf(lock, sizeof lock, "%s/supervisor.lock", cfg->run_dir);
-    int lfd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
-    if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB) < 0)
+    int lfd = openat(dfd, "supervisor.lock", O_CREAT | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0600);
+    close(dfd);
+    if (lfd < 0 || fstat(lfd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+        (st.st_mode & 077))
+        pd_fatalx("%s refused: it must be a regular file of uid %d with mode 0600, not a symlink "
+                  "(%s)",
+                  lock, (int)geteuid(), lfd < 0 ? strerror(errno) : "wrong owner, type or mode");
+    if (flock(lfd, LOCK_EX | LOCK_NB) < 0)
         pd_fatalx("another presenced already runs with run dir %s", cfg->run_dir);
     s_endpoint(cfg->broker_front, sizeof cfg->broker_front, cfg->run_dir, "broker-front");
     s_endpoint(cfg->broker_back, sizeof cfg->broker_back, cfg->run_dir, "broker-back");
@@ -274,7 +289,8 @@ supervisor_main(pd_config_t *cfg)
     }
 
     int stop_sig = 0;
-    while (!stop_sig) {
+    bool refused = false;
+    while (!stop_sig && !refused) {
         struct timespec ts = {0, 50 * 1000000};
         int sig = sigtimedwait(&set, NULL, &ts);
         if (sig == SIGTERM || sig == SIGINT) {
@@ -296,6 +312,14 @@ supervisor_main(pd_config_t *cfg)
                 int64_t now = pd_mono_ms();
                 if (now - cs[i].started > 10000)
                     cs[i].backoff = 100;
+                if (WIFEXITED(status) && WEXITSTATUS(status) == PD_EXIT_REFUSED) {
+                    /* its data or settings were refused: starting it again would not help */
+                    pd_log_warn("%s %d refused to start (see above): stopping the cluster",
+                                cs[i].role, cs[i].node);
+                    cs[i].pid = 0;
+                    refused = true;
+                    continue;
+                }
                 if (WIFSIGNALED(status))
                     pd_log_warn("lost %s %d (signal %d); restarting in %d ms", cs[i].role,
                                 cs[i].node, WTERMSIG(status), cs[i].backoff);
@@ -308,7 +332,7 @@ supervisor_main(pd_config_t *cfg)
             }
         }
         int64_t now = pd_mono_ms();
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n && !refused; i++) {
             if (cs[i].pid == 0 && now >= cs[i].next) {
                 cs[i].pid = s_spawn(cfg, &cs[i]);
                 cs[i].started = now;
@@ -318,7 +342,8 @@ supervisor_main(pd_config_t *cfg)
         }
     }
 
-    pd_log_info("signal %d: stopping the cluster", stop_sig);
+    if (stop_sig)
+        pd_log_info("signal %d: stopping the cluster", stop_sig);
     for (int stage = 0; stage <= 3; stage++)
         s_stop_stage(cs, n, stage, stage == 0 ? 8000 : 5000);
     if (!cfg->keep_data) {
@@ -345,5 +370,5 @@ supervisor_main(pd_config_t *cfg)
     close(lfd);
     rmdir(cfg->run_dir);
     pd_log_info("stopped");
-    return 0;
+    return refused ? 1 : 0;
 }

@@ -212,8 +212,11 @@ pd_config_parse(pd_config_t *cfg, int argc, char **argv)
     }
     if (!cfg->cluster[0])
         snprintf(cfg->cluster, sizeof cfg->cluster, "p%d", cfg->port);
-    if (!cfg->run_dir[0])
-        snprintf(cfg->run_dir, sizeof cfg->run_dir, "/tmp/presenced-%s", cfg->cluster);
+    if (!cfg->run_dir[0]) { /* the user's private runtime directory when there is one */
+        const char *xdg = getenv("XDG_RUNTIME_DIR");
+        snprintf(cfg->run_dir, sizeof cfg->run_dir, "%s/presenced-%s",
+                 xdg && xdg[0] == '/' ? xdg : "/tmp", cfg->cluster);
+    }
     if (!cfg->shm_name[0])
         snprintf(cfg->shm_name, sizeof cfg->shm_name, "/presenced-%s-store-%d", cfg->cluster,
                  cfg->node);

@@ -15,6 +15,10 @@ bool pd_log_debug_on(void);
 void pd_log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void pd_log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void pd_log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*  The exit status of a role that refused its data or settings (a segment that is not ours, a
+ *  header that does not fit): the supervisor does not restart it (EX_CONFIG, sysexits.h). */
+#define PD_EXIT_REFUSED 78
+
 //  Logs with strerror(errno) appended, then exits 1.
 void pd_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 //  Logs, then exits 1.

@@ -120,13 +120,11 @@ pd_outbox_open(const char *name, size_t bytes)
     uint64_t size = ((uint64_t)bytes + 7) & ~(uint64_t)7;
     if (size < 4096)
         size = 4096;
-    int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
-    if (fd < 0) {
-        pd_log_warn("%s: shm_open %s: %s", __func__, name, strerror(errno));
+    bool fresh;
+    int fd = pd_shm_open(name, &fresh);
+    if (fd < 0)
         return NULL;
-    }
     struct stat st;
-    bool fresh = false;
     if (fstat(fd, &st) < 0)
         goto fail;
     if ((uint64_t)st.st_size < sizeof(s_hdr_t)) {
@@ -175,7 +173,7 @@ pd_outbox_close(pd_outbox_t **self_p)
 int
 pd_outbox_unlink(const char *name)
 {
-    return shm_unlink(name);
+    return pd_shm_unlink(name);
 }
 
 int

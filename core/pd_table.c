@@ -23,6 +23,8 @@
  *  those words, and is only ever touched between setting and clearing header.dirty. */
 #include "pd_table.h"
 
+#include <sodium.h>
+
 #include "pd_err.h"
 #include "pd_log.h"
 #include "pd_outbox.h"
@@ -42,7 +44,7 @@
 #include <unistd.h>
 
 #define S_MAGIC 0x31454c4241544450ULL //  "PDTABLE1"
-#define S_LAYOUT_VERSION 1
+#define S_LAYOUT_VERSION 2 //  2: hash_key
 #define S_PAGE 4096
 #define S_ALIGN 32                //  arena block granularity
 #define S_NCLASS 100              //  size classes: 128 B .. ~3.5 GiB, four per power of two
@@ -88,6 +90,7 @@ typedef struct {
     uint64_t arena_top;             //  segment offset of the first never-carved arena byte
     uint64_t arena_used;            //  bytes in blocks that are not on a free list
     uint64_t free_blocks[S_NCLASS]; //  free-list heads per size class (segment offsets)
+    unsigned char hash_key[PD_HASH_KEYBYTES]; //  the indexes' SipHash key, random per segment
 } s_header_t;
 
 typedef struct {
@@ -272,10 +275,12 @@ s_fill(pd_table_t *self, uint64_t off, pd_record_t *out)
     out->version = b->version;
 }
 
+/*  Record ids, user ids and statuses are chosen by clients: the indexes hash them under the
+ *  segment's own random key (kept in the header, so a re-attach finds every entry again). */
 static inline uint32_t
-s_hash32(pd_str_t a, pd_str_t b)
+s_hash32(const pd_table_t *self, pd_str_t a, pd_str_t b)
 {
-    return (uint32_t)pd_hash2(a, b);
+    return (uint32_t)pd_hash2_keyed(self->hdr->hash_key, a, b);
 }
 
 /*  Mutations bracket their changes to derived structures with the dirty word. The release
@@ -671,6 +676,7 @@ static void
 s_init_header(s_header_t *h, const s_layout_t *l)
 {
     memset(h, 0, sizeof *h);
+    randombytes_buf(h->hash_key, sizeof h->hash_key);
     h->version = S_LAYOUT_VERSION;
     h->header_bytes = sizeof(s_header_t);
     h->capacity = l->capacity;
@@ -693,20 +699,41 @@ s_init_header(s_header_t *h, const s_layout_t *l)
 static int s_verify(pd_table_t *self, bool full, const char **why);
 static void s_rebuild(pd_table_t *self);
 
+/*  The header counters a re-attach trusts before anything else reads the segment: each must fit
+ *  the layout the header's sizes give, or the segment is refused (a crafted or damaged segment
+ *  must not steer the rebuild outside the mapping). NULL when they fit, else what does not. */
+static const char *
+s_header_insane(const s_header_t *h)
+{
+    if (h->slots_top > h->capacity || h->count > h->slots_top || h->claims_top > h->capacity ||
+        h->claims > h->claims_top || h->heap_len > h->capacity)
+        return "record or claim counters beyond the capacity";
+    if (h->arena_top < h->off_arena || h->arena_top > h->total_bytes ||
+        (h->arena_top - h->off_arena) % S_ALIGN != 0 || h->arena_used > h->arena_top - h->off_arena)
+        return "arena top or use outside the arena";
+    if (h->pend_slot > h->slots_top || h->slot_free > h->slots_top ||
+        h->claim_free > h->claims_top)
+        return "free-list or pending slot beyond the slots in use";
+    if (h->pend_blob && (h->pend_blob < h->off_arena || h->pend_blob >= h->arena_top))
+        return "pending block outside the arena";
+    for (int c = 0; c < S_NCLASS; c++)
+        if (h->free_blocks[c] &&
+            (h->free_blocks[c] < h->off_arena || h->free_blocks[c] >= h->arena_top ||
+             (h->free_blocks[c] - h->off_arena) % S_ALIGN != 0))
+            return "a free list starts outside the arena";
+    if (h->dirty > 1)
+        return "bad dirty flag";
+    return NULL;
+}
+
 pd_table_t *
 pd_table_open(const char *name, pd_table_size_t size, bool *created)
 {
     assert(name);
-    bool made = false;
-    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
-    if (fd >= 0)
-        made = true;
-    else if (errno == EEXIST)
-        fd = shm_open(name, O_RDWR, 0600);
-    if (fd < 0) {
-        pd_log_warn("%s: shm_open %s: %s", __func__, name, strerror(errno));
+    bool made;
+    int fd = pd_shm_open(name, &made);
+    if (fd < 0)
         return NULL;
-    }
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         pd_log_warn("%s: %s is in use by another process", __func__, name);
         close(fd);
@@ -715,6 +742,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
     pd_table_t *self = NULL;
     void *map = MAP_FAILED;
     size_t map_len = 0;
+    const char *insane;
     struct stat st;
     if (fstat(fd, &st) < 0) {
         pd_log_warn("%s: fstat %s: %s", __func__, name, strerror(errno));
@@ -746,6 +774,11 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
                    l.total != (uint64_t)st.st_size) {
             pd_log_warn("%s: %s is not a presenced table of layout %d, or has a bad size", __func__,
                         name, S_LAYOUT_VERSION);
+            goto fail;
+        } else if ((insane = s_header_insane(h))) {
+            pd_log_warn("%s: %s refused: its header does not fit its layout (%s); move it away to "
+                        "start empty, or restore it",
+                        __func__, name, insane);
             goto fail;
         }
     } else
@@ -818,7 +851,7 @@ pd_table_close(pd_table_t **self_p)
 int
 pd_table_unlink(const char *name)
 {
-    return shm_unlink(name) == 0 ? 0 : -1;
+    return pd_shm_unlink(name);
 }
 
 size_t
@@ -847,7 +880,7 @@ pd_table_get(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *out)
 {
     assert(self && out);
     uint64_t pos;
-    uint32_t s = s_idx_find(self, self->pidx, S_PKEY, s_hash32(project, id), project, id, &pos);
+    uint32_t s = s_idx_find(self, self->pidx, S_PKEY, s_hash32(self, project, id), project, id, &pos);
     if (s == S_NONE)
         return -1;
     self->last = s;
@@ -874,7 +907,7 @@ pd_table_get_by_user(pd_table_t *self, pd_str_t project, pd_str_t user, pd_recor
 {
     assert(self && out);
     uint64_t pos;
-    uint32_t s = s_idx_find(self, self->uidx, S_UKEY, s_hash32(project, user), project, user, &pos);
+    uint32_t s = s_idx_find(self, self->uidx, S_UKEY, s_hash32(self, project, user), project, user, &pos);
     if (s == S_NONE)
         return -1;
     s_fill(self, s_blob_of(self, s), out);
@@ -942,7 +975,7 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     if (s != S_NONE) {
         ph = self->slots[s].p_hash;
     } else {
-        ph = s_hash32(rec->project, rec->id);
+        ph = s_hash32(self, rec->project, rec->id);
         s = s_idx_find(self, self->pidx, S_PKEY, ph, rec->project, rec->id, &ppos);
     }
     uint64_t old = s == S_NONE ? 0 : s_blob_of(self, s);
@@ -974,8 +1007,8 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     s_slot_t *sl = &self->slots[s];
     if (!old) {
         sl->p_hash = ph;
-        sl->u_hash = s_hash32(r.project, r.user_id);
-        sl->s_hash = s_hash32(r.project, r.status);
+        sl->u_hash = s_hash32(self, r.project, r.user_id);
+        sl->s_hash = s_hash32(self, r.project, r.status);
         sl->expires_ms = r.expires_ms;
         s_idx_set(self->pidx, ppos, ph, s);
         S_CRASH();
@@ -989,12 +1022,12 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
         s_blk_keys(s_blk(self, old), ok);
         if (!pd_str_eq(ok[2], r.user_id)) {
             s_idx_del_ref(self, self->uidx, sl->u_hash, s);
-            sl->u_hash = s_hash32(r.project, r.user_id);
+            sl->u_hash = s_hash32(self, r.project, r.user_id);
         }
         s_user_set(self, s, r.project, r.user_id);
         S_CRASH();
         if (!pd_str_eq(ok[3], r.status)) {
-            uint32_t sh = s_hash32(r.project, r.status);
+            uint32_t sh = s_hash32(self, r.project, r.status);
             if (sl->s_hash != sh) {
                 s_st_unlink(self, s);
                 sl->s_hash = sh;
@@ -1036,7 +1069,7 @@ pd_table_delete(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *pr
     s_header_t *h = self->hdr;
     s_begin(self);
     uint64_t ppos;
-    uint32_t s = s_idx_find(self, self->pidx, S_PKEY, s_hash32(project, id), project, id, &ppos);
+    uint32_t s = s_idx_find(self, self->pidx, S_PKEY, s_hash32(self, project, id), project, id, &ppos);
     if (s == S_NONE) {
         s_clean(self);
         return -1;
@@ -1085,7 +1118,7 @@ pd_table_foreach_status(pd_table_t *self, pd_str_t project, pd_str_t status, pd_
                         void *arg)
 {
     assert(self && fn);
-    uint32_t h = s_hash32(project, status);
+    uint32_t h = s_hash32(self, project, status);
     pd_record_t r;
     uint32_t cur = self->sheads[h & self->smask];
     while (cur) {
@@ -1241,7 +1274,7 @@ pd_table_claim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want,
     assert(self && id_out && fresh);
     if (!s_claim_args_ok(project, user, want))
         return PD_ERR_ARGUMENT_INVALID;
-    uint32_t h = s_hash32(project, user);
+    uint32_t h = s_hash32(self, project, user);
     uint64_t pos;
     uint32_t e = s_claim_find(self, project, user, h, &pos);
     if (e != S_NONE) {
@@ -1268,7 +1301,7 @@ pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t exp
     assert(self && id_out);
     if (!s_claim_args_ok(project, user, want))
         return PD_ERR_ARGUMENT_INVALID;
-    uint32_t h = s_hash32(project, user);
+    uint32_t h = s_hash32(self, project, user);
     uint64_t pos;
     uint32_t e = s_claim_find(self, project, user, h, &pos);
     if (e == S_NONE) {
@@ -1294,7 +1327,7 @@ int
 pd_table_unclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t expect)
 {
     assert(self);
-    uint32_t h = s_hash32(project, user);
+    uint32_t h = s_hash32(self, project, user);
     uint64_t pos;
     uint32_t e = s_claim_find(self, project, user, h, &pos);
     if (e == S_NONE || !s_claim_is(&self->claims[e], expect))
@@ -1440,8 +1473,8 @@ s_verify(pd_table_t *self, bool full, const char **why)
         live_bytes += s_class_size(b->cls);
         pd_str_t k[4];
         s_blk_keys(b, k);
-        S_CHECK(sl->p_hash == s_hash32(k[0], k[1]) && sl->u_hash == s_hash32(k[0], k[2]) &&
-                    sl->s_hash == s_hash32(k[0], k[3]) && sl->expires_ms == b->expires_ms,
+        S_CHECK(sl->p_hash == s_hash32(self, k[0], k[1]) && sl->u_hash == s_hash32(self, k[0], k[2]) &&
+                    sl->s_hash == s_hash32(self, k[0], k[3]) && sl->expires_ms == b->expires_ms,
                 "stale slot cache");
         uint64_t pos;
         S_CHECK(s_idx_find(self, self->pidx, S_PKEY, sl->p_hash, k[0], k[1], &pos) == s,
@@ -1520,7 +1553,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
                 "claim entry");
         pd_str_t p = {c->project, c->plen}, u = {c->user, c->ulen};
         uint64_t pos;
-        S_CHECK(c->hash == s_hash32(p, u) && s_claim_find(self, p, u, c->hash, &pos) == e,
+        S_CHECK(c->hash == s_hash32(self, p, u) && s_claim_find(self, p, u, c->hash, &pos) == e,
                 "claims index");
         nclaims++;
     }
@@ -1640,9 +1673,9 @@ s_rebuild(pd_table_t *self)
         const s_block_t *b = s_blk(self, sl->blob);
         pd_str_t k[4];
         s_blk_keys(b, k);
-        sl->p_hash = s_hash32(k[0], k[1]);
-        sl->u_hash = s_hash32(k[0], k[2]);
-        sl->s_hash = s_hash32(k[0], k[3]);
+        sl->p_hash = s_hash32(self, k[0], k[1]);
+        sl->u_hash = s_hash32(self, k[0], k[2]);
+        sl->s_hash = s_hash32(self, k[0], k[3]);
         sl->expires_ms = b->expires_ms;
         uint64_t pos;
         uint32_t other = s_idx_find(self, self->pidx, S_PKEY, sl->p_hash, k[0], k[1], &pos);
@@ -1708,7 +1741,7 @@ s_rebuild(pd_table_t *self)
         pd_str_t p = {c->project, c->plen}, u = {c->user, c->ulen};
         uint64_t pos;
         if (ok) {
-            c->hash = s_hash32(p, u);
+            c->hash = s_hash32(self, p, u);
             ok = s_claim_find(self, p, u, c->hash, &pos) == S_NONE;
         }
         if (!ok) {
@@ -2088,7 +2121,7 @@ s_ct_matches(pd_table_t *t, const s_ct_model_t *m)
         snprintf(user, sizeof user, "u%u", u);
         uint64_t pos;
         pd_str_t p = PD_STR("proj-a"), us = pd_str(user);
-        uint32_t e = s_claim_find(t, p, us, s_hash32(p, us), &pos);
+        uint32_t e = s_claim_find(t, p, us, s_hash32(t, p, us), &pos);
         if ((e != S_NONE) != m->claimed[u])
             return false;
         if (e != S_NONE && !s_claim_is(&t->claims[e], pd_str(m->claim[u])))
@@ -2492,6 +2525,38 @@ pd_table_test(bool verbose)
     close(fd);
     PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
     pd_table_unlink(name);
+
+    //  A segment another user could write (mode 0666) is refused, whatever it holds.
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    PD_CHECK(t && created);
+    pd_table_close(&t);
+    fd = shm_open(name, O_RDWR, 0);
+    PD_CHECK(fd >= 0 && fchmod(fd, 0666) == 0);
+    close(fd);
+    PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+    PD_CHECK(pd_table_unlink(name) < 0); //  not removed either: it is not private
+    shm_unlink(name);
+
+    //  A header whose counters do not fit its layout is refused, never followed: each counter
+    //  in turn, in a segment otherwise whole (and dirty, so that a rebuild would read them).
+    {
+        static const size_t offs[] = {offsetof(s_header_t, slots_top), offsetof(s_header_t, claims_top),
+                                      offsetof(s_header_t, arena_top), offsetof(s_header_t, count),
+                                      offsetof(s_header_t, pend_blob), offsetof(s_header_t, free_blocks),
+                                      offsetof(s_header_t, arena_used)};
+        for (size_t k = 0; k < sizeof offs / sizeof *offs; k++) {
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+            PD_CHECK(t && created);
+            s_test_rec(a, "p", "x", "u", "online", 1, 100);
+            PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+            t->hdr->dirty = 1;
+            uint64_t bad = t->hdr->total_bytes + 4096;
+            memcpy((char *)t->hdr + offs[k], &bad, sizeof bad);
+            pd_table_close(&t);
+            PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+            pd_table_unlink(name);
+        }
+    }
 
     //  STORE_FULL changes nothing: out of slots, out of arena, out of claim entries.
     t = pd_table_open(name, (pd_table_size_t){4, 16384}, &created);

@@ -3,11 +3,19 @@
 
 #include <sodium.h>
 
+#include "pd_log.h"
+
 #include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <string.h>
+#include <errno.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/mman.h>
+#include <fcntl.h>
 
 int
 pd_str_cmp(pd_str_t a, pd_str_t b)
@@ -218,6 +226,54 @@ pd_hash2(pd_str_t a, pd_str_t b)
 {
     uint64_t h = pd_hash64(a.ptr, a.len, 0x9e3779b97f4a7c15ULL);
     return pd_hash64(b.ptr, b.len, h);
+}
+
+//  Whether fd is a private regular file of this user.
+static bool
+s_shm_private(int fd, struct stat *st)
+{
+    return fstat(fd, st) == 0 && S_ISREG(st->st_mode) && st->st_uid == geteuid() &&
+           !(st->st_mode & 077);
+}
+
+int
+pd_shm_open(const char *name, bool *made)
+{
+    *made = false;
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd >= 0) {
+        *made = true;
+        return fd;
+    }
+    if (errno == EEXIST)
+        fd = shm_open(name, O_RDWR, 0600);
+    if (fd < 0) {
+        pd_log_warn("shm_open %s: %s", name, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (!s_shm_private(fd, &st)) {
+        pd_log_warn("refusing the shared-memory segment %s: not a private file of this user "
+                    "(owner uid %d, mode %03o); someone else may have made it. Remove "
+                    "/dev/shm%s if it is not yours to keep",
+                    name, (int)st.st_uid, (unsigned)(st.st_mode & 0777), name);
+        close(fd);
+        errno = EPERM;
+        return -1;
+    }
+    return fd;
+}
+
+int
+pd_shm_unlink(const char *name)
+{
+    int fd = shm_open(name, O_RDONLY, 0);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    bool ours = s_shm_private(fd, &st);
+    close(fd);
+    return ours ? shm_unlink(name) : -1;
 }
 
 uint64_t

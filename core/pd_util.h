@@ -60,6 +60,16 @@ uint64_t pd_hash64(const void *data, size_t len, uint64_t seed);
 //  Hash of two strings with a separator, e.g. (project, presenceId).
 uint64_t pd_hash2(pd_str_t a, pd_str_t b);
 
+/*  Opens the POSIX shared-memory object name, creating it (mode 0600, O_EXCL) when absent; *made
+ *  says which. An existing one is used only if it is a regular file of this user that nobody
+ *  else may read or write (shm_open does not follow symlinks): another local user could have
+ *  made it first, world-writable, to read or change what we keep in it. Returns the fd, or -1
+ *  (logged, with what to do). */
+int pd_shm_open(const char *name, bool *made);
+//  Removes the segment name if it is one pd_shm_open would use (a segment someone else made
+//  is left alone). Returns 0, or -1.
+int pd_shm_unlink(const char *name);
+
 /*  Keyed hash of two strings (SipHash-2-4 under key, libsodium's crypto_shorthash) for tables
  *  whose keys clients choose: without the key nobody can craft keys that collide. A table draws
  *  its key once (randombytes_buf; kept beside the table where the table outlives a process). */

@@ -801,7 +801,10 @@ s_outbox_open(store_t *self, bool created)
         pd_outbox_unlink(name);
     self->outbox = pd_outbox_open(name, OUTBOX_BYTES);
     if (!self->outbox)
-        pd_fatalx("cannot open shared memory %s", name);
+    {
+        pd_log_warn("cannot use the shared-memory segment %s (see above)", name);
+        exit(PD_EXIT_REFUSED);
+    }
     int settled = pd_outbox_settle(self->outbox, s_event_happened, self);
     if (settled >= 0)
         pd_log_info("the previous process died during a change: its event is %s",
@@ -903,8 +906,10 @@ store_main(pd_config_t *cfg)
     bool created;
     self->table = pd_table_open(cfg->shm_name,
                                 (pd_table_size_t){cfg->store_capacity, cfg->store_arena}, &created);
-    if (!self->table)
-        pd_fatalx("cannot open shared memory %s", cfg->shm_name);
+    if (!self->table) {
+        pd_log_warn("cannot use the shared-memory segment %s (see above)", cfg->shm_name);
+        exit(PD_EXIT_REFUSED);
+    }
     pd_log_info("%s %s: %zu records", created ? "created" : "re-attached", cfg->shm_name,
                 pd_table_count(self->table));
     msgpack_zone_init(&self->zone, 8192);
