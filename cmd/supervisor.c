@@ -67,6 +67,8 @@ static pid_t
 s_spawn(pd_config_t *cfg, child_t *c)
 {
     char node[16], port[16], stores[16], verbose[8], cap[32], arena[32], maxbody[32], tmo[16];
+    char wsstall[16];
+    snprintf(wsstall, sizeof wsstall, "%d", cfg->ws_stall_timeout);
     char wsq[32], wsidle[16], hdr[32], hdrtmo[16], maxconn[32], perip[32];
     snprintf(hdr, sizeof hdr, "%zu", cfg->max_header_bytes);
     snprintf(hdrtmo, sizeof hdrtmo, "%d", cfg->header_timeout_ms);
@@ -136,6 +138,9 @@ s_spawn(pd_config_t *cfg, child_t *c)
         }
         if (cfg->ws_idle_timeout) {
             argv[n++] = "--ws-idle-timeout"; argv[n++] = wsidle;
+        }
+        if (cfg->ws_stall_timeout) {
+            argv[n++] = "--ws-stall-timeout"; argv[n++] = wsstall;
         }
         argv[n++] = "--max-header-bytes"; argv[n++] = hdr;
         argv[n++] = "--header-timeout"; argv[n++] = hdrtmo;

@@ -53,6 +53,8 @@ static const struct opt {
     O("request-timeout", T_INT, request_timeout_ms, "gateway: ms before 503 (5000)"),
     O("ws-max-queue", T_SIZE, ws_max_queue, "gateway: bytes queued per WebSocket (1048576)"),
     O("ws-idle-timeout", T_INT, ws_idle_timeout, "gateway: idle WebSocket timeout, s (90)"),
+    O("ws-stall-timeout", T_INT, ws_stall_timeout,
+      "gateway: s a WebSocket write may make no progress before the client is dropped (10)"),
     O("max-connections", T_SIZE, max_connections, "gateway: connections (descriptor limit - 256)"),
     O("max-connections-per-ip", T_SIZE, max_connections_per_ip,
       "gateway: connections per client address (0: no limit)"),

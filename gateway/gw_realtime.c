@@ -79,7 +79,14 @@
 #define RT_MAX_SUBS 100            //  subscriptions per connection
 #define RT_MAX_CONN_CHANNELS 1000  //  presence channels per connection, all subscriptions
 #define RT_MAX_HOLDS 16            //  presences one socket may hold
-#define RT_QUEUE_DEFAULT (1 << 20) //  output bytes a connection may have pending
+/*  Slow consumers are judged by time, not by a burst: a connection is dropped when a write to
+ *  it has made no progress for RT_STALL_DEFAULT_S (--ws-stall-timeout: the client stopped
+ *  reading), or when its pending output passes RT_QUEUE_DEFAULT (--ws-max-queue), a memory
+ *  bound large enough for the bursts of a large room (a mass leave of 5,000 is about 3 MB of
+ *  delete events per watcher) and small enough that a stalled client costs a bounded amount
+ *  until the time rule drops it. */
+#define RT_QUEUE_DEFAULT (16 << 20) //  output bytes a connection may have pending
+#define RT_STALL_DEFAULT_S 10       //  seconds a write may make no progress
 #define RT_IDLE_DEFAULT_S 90       //  no frame from the client for this long: close
 #define RT_CLOSE_WAIT_MS 3000      //  after our close frame, wait this long for the peer
 #define RT_SWEEP_MS 1000           //  idle / expiry sweep period
@@ -172,6 +179,7 @@ struct rt_conn {
     int64_t exp_ms;      //  token expiry (wall ms), 0 for guests
     int64_t last_rx_ms;  //  mono ms of the last bytes received
     int64_t close_at_ms; //  closing: give up waiting for the peer then
+    int64_t write_ms;    //  mono ms the write in flight was issued (0: none)
     int64_t rate_ms;     //  rate limiter: last refill
     uint32_t roles_len, out_len, out_cap, wlen, frag_len, stamp;
     int32_t rate_tokens; //  thousandths of a message
@@ -226,6 +234,7 @@ typedef struct {
     rt_map_t holds;
     rt_op_t *ops;
     size_t max_queue;
+    int64_t stall_ms;          //  a write without progress this long drops its connection
     int64_t idle_ms;
     int64_t next_sweep_ms;
     pd_buf_t key; //  scratch: index keys
@@ -575,8 +584,8 @@ s_out_frame(rt_conn_t *c, int op, size_t n)
     size_t need = n + 10;
     if ((size_t)c->out_len + c->wlen + need > s_rt.max_queue) {
         s_rt.slow++;
-        pd_log_info("%s: disconnecting a slow consumer (%u bytes pending)", __func__,
-                    c->out_len + c->wlen);
+        pd_log_info("%s: disconnecting a slow consumer (%u bytes pending, over --ws-max-queue)",
+                    __func__, c->out_len + c->wlen);
         s_conn_kill(c, "slow consumer");
         return NULL;
     }
@@ -698,6 +707,7 @@ s_on_written(h2o_socket_t *sock, const char *err)
     free(c->wbuf);
     c->wbuf = NULL;
     c->wlen = 0;
+    c->write_ms = 0;
     if (err) {
         s_conn_kill(c, "write error");
         return;
@@ -721,6 +731,7 @@ s_conn_write(rt_conn_t *c)
     c->wlen = c->out_len;
     c->out = NULL;
     c->out_len = c->out_cap = 0;
+    c->write_ms = s_mono();
     h2o_iovec_t v = h2o_iovec_init(c->wbuf, c->wlen);
     h2o_socket_write(c->sock, &v, 1, s_on_written);
 }
@@ -2112,7 +2123,13 @@ s_sweep(int64_t now)
     rt_conn_t *c = s_rt.conns;
     while (c) {
         rt_conn_t *next = c->next;
-        if (c->state == RT_CLOSING) {
+        if (c->wbuf && c->write_ms && now - c->write_ms >= s_rt.stall_ms) {
+            s_rt.slow++;
+            pd_log_info("disconnecting a slow consumer: no write progress for %lld ms (%u bytes "
+                        "pending)",
+                        (long long)(now - c->write_ms), c->out_len + c->wlen);
+            s_conn_kill(c, "slow consumer");
+        } else if (c->state == RT_CLOSING) {
             if (now >= c->close_at_ms)
                 s_conn_kill(c, "close timeout");
         } else if (c->state == RT_OPEN) {
@@ -2200,6 +2217,8 @@ gw_rt_init(gw_t *gw)
         pd_buf_init(&s_rt.pre[k]);
     s_rt.max_queue = RT_QUEUE_DEFAULT;
     s_rt.idle_ms = RT_IDLE_DEFAULT_S * 1000LL;
+    s_rt.stall_ms = (gw->cfg->ws_stall_timeout > 0 ? gw->cfg->ws_stall_timeout
+                                                   : RT_STALL_DEFAULT_S) * 1000LL;
     /* --ws-max-queue / --ws-idle-timeout (or PRESENCED_WS_MAX_QUEUE / _IDLE_TIMEOUT) */
     if (gw->cfg->ws_max_queue >= 4096)
         s_rt.max_queue = gw->cfg->ws_max_queue;
@@ -2277,7 +2296,9 @@ gw_rt_metrics(gw_t *gw, pd_buf_t *b)
     C("presenced_realtime_renewal_events_total", "Lease renewals not sent to subscribers.",
       s_rt.suppressed);
     C("presenced_realtime_event_frames_total", "Event frames queued to connections.", s_rt.frames);
-    C("presenced_realtime_slow_consumers_total", "Connections dropped for falling behind.",
+    C("presenced_realtime_slow_disconnects_total",
+      "Connections dropped as slow consumers (no write progress for --ws-stall-timeout, or "
+      "pending output over --ws-max-queue).",
       s_rt.slow);
     C("presenced_realtime_idle_timeouts_total", "Connections closed for idleness.", s_rt.idle);
     C("presenced_realtime_lease_renewals_total", "Lease renewals sent.", s_rt.renewals);

@@ -650,24 +650,40 @@ describe('bad input, as a new user would send it', () => {
         await stillServing();
     });
 
-    it('a client that never reads is disconnected when its queue overflows; everyone else is served', { timeout: 120000 }, async () => {
+    it('a client that stops reading is dropped by the time rule (no write progress), within the memory bound; everyone else gets every event', { timeout: 120000 }, async () => {
         const slow = await R.rawConnect(C(), {});
         await R.rawSubscribe(slow, [{ subscriptionId: 'slow', channels: ['presences'] }]);
-        const before = await gatewayMetric('presenced_realtime_slow_consumers_total');
+        const gw = await R.gatewayOf(C(), slow.localPort);
+        const fast = await R.rawConnectTo(C(), gw);
+        await R.rawSubscribe(fast, [{ subscriptionId: 'fast', channels: ['presences'] }]);
+        const before = await gatewayMetric('presenced_realtime_slow_disconnects_total');
+        const rss0 = rssKb(gw);
         slow.ws._socket.pause(); // reads nothing from now on
         const id = uid('big');
         const owner = uid('k');
         const kp = keyPresences();
         const blob = 'b'.repeat(15000);
-        let n = 0;
-        const deadline = Date.now() + 90000;
-        while (Date.now() < deadline && (await gatewayMetric('presenced_realtime_slow_consumers_total')) === before) {
-            for (let round = 0; round < 10; round++)
-                await Promise.all(Array.from({ length: 10 }, () => kp.upsert({ presenceId: id, userId: owner, status: `n${n++}`, metadata: { blob }, permissions: ['read("any")'] })));
+        let n = 0, peak = rss0;
+        const t0 = Date.now();
+        const deadline = t0 + 90000;
+        while (Date.now() < deadline && (await gatewayMetric('presenced_realtime_slow_disconnects_total')) === before) {
+            await Promise.all(Array.from({ length: 10 }, () => kp.upsert({ presenceId: id, userId: owner, status: `n${n++}`, metadata: { blob }, permissions: ['read("any")'] })));
+            peak = Math.max(peak, rssKb(gw));
+            await sleep(50); // a steady stream, not a flood: only the time rule can drop it
         }
-        assert.ok((await gatewayMetric('presenced_realtime_slow_consumers_total')) > before, `the slow consumer was dropped (after ${n} events)`);
+        const took = Date.now() - t0;
+        assert.ok((await gatewayMetric('presenced_realtime_slow_disconnects_total')) > before, `the slow consumer was dropped (after ${n} events)`);
+        assert.ok(took >= 9000, `dropped after ${took} ms: before the 10 s stall rule could apply`);
+        assert.match(C().log(), /slow consumer: no write progress for \d+ ms/);
+        if (!isAsan(gw)) assert.ok(peak - rss0 < 64 * 1024, `gateway RSS grew by ${peak - rss0} kB while one client did not read`);
         slow.ws._socket.resume();
         await slow.closed;
+        // the reading subscriber on the same gateway got every update, in order, and is still connected
+        await fast.next((m) => m.type === 'event' && m.data.payload.$id === id && m.data.payload.status === `n${n - 1}`, 10000, 'the last update');
+        const seen = new Set(fast.events((m) => m.data.payload.$id === id).map((m) => m.data.payload.status));
+        for (let k = 0; k < n; k++) assert.ok(seen.has(`n${k}`), `the reading subscriber missed n${k}`);
+        assert.equal(fast.closeInfo, undefined);
+        fast.close();
         await stillServing();
     });
 });
