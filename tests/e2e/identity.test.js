@@ -584,11 +584,15 @@ describe('token attacks', () => {
                 ws.on('error', () => {});
                 setTimeout(() => { ws.terminate(); resolve({ msgs, timeout: true }); }, 5000);
             });
-            if (res.http) { assert.ok(res.http >= 400 && res.http < 500, `${what}: HTTP ${res.http}`); continue; }
-            const err = res.msgs.find((m) => m.type === 'error');
-            assert.ok(err && err.data.code === 401, `${what}: ${JSON.stringify(res)}`);
-            assert.ok(!res.msgs.some((m) => m.type === 'connected'), `${what}: connected with a bad token`);
+            // the exact answer: the upgrade succeeds, the first frame is an error of code 401,
+            // then the server closes with 1008 (policy violation); never connected
+            assert.equal(res.http, undefined, `${what}: HTTP ${res.http} instead of the WebSocket error`);
             assert.ok(!res.timeout, `${what}: socket left open`);
+            assert.equal(res.msgs.length, 1, `${what}: ${JSON.stringify(res)}`);
+            assert.equal(res.msgs[0].type, 'error', `${what}: ${JSON.stringify(res)}`);
+            assert.equal(res.msgs[0].data.code, 401, `${what}: ${JSON.stringify(res)}`);
+            assert.equal(typeof res.msgs[0].data.message, 'string');
+            assert.equal(res.code, 1008, `${what}: closed with ${res.code}`);
         }
         assert.equal(await S.cluster.health(), 200);
     });
