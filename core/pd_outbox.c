@@ -21,6 +21,9 @@
 #define S_MAGIC 0x3158424f44505044ULL //  "DPPDOBX1"
 #define S_ENT 0x45544e45u
 #define S_WRAP 0x50415257u
+#define S_MIN_RING 4096
+#define S_MAX_RING ((uint64_t)1 << 30)
+#define S_MAX_OFFSET ((uint64_t)1 << 62) //  logical offsets: far from wrapping around
 
 typedef struct {
     uint64_t magic;
@@ -88,7 +91,8 @@ static bool
 s_check(pd_outbox_t *self)
 {
     s_hdr_t *h = self->hdr;
-    if (h->tail > h->head || h->head - h->tail > h->size)
+    if (h->tail > h->head || h->head - h->tail > h->size || h->head > S_MAX_OFFSET ||
+        h->mark > S_MAX_OFFSET)
         return false;
     if (h->pending) {
         uint64_t l = h->pending - 1;
@@ -118,8 +122,8 @@ pd_outbox_t *
 pd_outbox_open(const char *name, size_t bytes)
 {
     uint64_t size = ((uint64_t)bytes + 7) & ~(uint64_t)7;
-    if (size < 4096)
-        size = 4096;
+    if (size < S_MIN_RING)
+        size = S_MIN_RING;
     bool fresh;
     int fd = pd_shm_open(name, &fresh);
     if (fd < 0)
@@ -132,7 +136,16 @@ pd_outbox_open(const char *name, size_t bytes)
             goto fail;
         fresh = true;
     } else {
+        /* Re-attach: a ring of a size pd_outbox_open makes, or the segment is refused (only
+         * someone else's hand, not a crash, makes another size). */
         size = (uint64_t)st.st_size - sizeof(s_hdr_t);
+        if (size < S_MIN_RING || size > S_MAX_RING || size % 8) {
+            pd_log_warn("%s: %s refused: %lld bytes is not the size of an outbox; move it away "
+                        "to start empty",
+                        __func__, name, (long long)st.st_size);
+            close(fd);
+            return NULL;
+        }
     }
     pd_outbox_t *self = calloc(1, sizeof *self);
     assert(self);
@@ -408,6 +421,47 @@ pd_outbox_test(bool verbose)
     int n = 0;
     pd_outbox_each(ob, 0, s_last, &n);
     PD_CHECK(n == 0);
+
+    //  each ring position out of range in turn (the others sane): its entries are forgotten,
+    //  and the ring works on; nothing is read outside it
+    const uint64_t big = (uint64_t)1 << 63;
+    for (int k = 0; k < 9; k++) {
+        v = 2000 + k;
+        memcpy(buf, &v, sizeof v);
+        PD_CHECK(pd_outbox_put(ob, buf, 40, 3000) == 0);
+        pd_outbox_commit(ob);
+        s_hdr_t *h = ob->hdr;
+        switch (k) {
+        case 0: h->head = h->tail + h->size + 8; break;              //  more than a ring
+        case 1: h->tail = h->head + 1; break;                        //  tail past head
+        case 2: h->head = UINT64_MAX - 8; h->tail = h->head - 96; break; //  about to wrap
+        case 3: h->pending = h->head + h->size; break;               //  pending past head
+        case 4: h->pending = h->tail; h->tail += 8; break;           //  pending before tail
+        case 5: h->pending = h->size - 4 + 1; h->tail = 0; break;    //  entry over the end
+        case 6: s_ent(ob, h->tail)->len = UINT32_MAX; break;         //  entry longer than ring
+        case 7: s_ent(ob, h->tail)->mark = 0; break;                 //  not an entry
+        case 8: h->mark = big; break;                                //  mark beyond any offset
+        }
+        pd_outbox_close(&ob);
+        ob = pd_outbox_open(name, 4096);
+        PD_CHECK(ob && !pd_outbox_pending(ob, &pd, &pl));
+        n = 0;
+        pd_outbox_each(ob, 0, s_last, &n);
+        PD_CHECK(n == 0 && pd_outbox_last_time(ob) == INT64_MIN);
+        PD_CHECK(pd_outbox_put(ob, buf, 40, 3001) == 0);
+        pd_outbox_commit(ob);
+        PD_CHECK(pd_outbox_last_time(ob) == 3001);
+    }
     pd_outbox_close(&ob);
     pd_outbox_unlink(name);
+
+    //  a segment of a size no outbox has (truncated, shorter than a ring, unaligned) is refused
+    static const off_t sizes[] = {sizeof(s_hdr_t), sizeof(s_hdr_t) + 100, sizeof(s_hdr_t) + 4100};
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        PD_CHECK(fd >= 0 && ftruncate(fd, sizes[k]) == 0);
+        close(fd);
+        PD_CHECK(pd_outbox_open(name, 4096) == NULL);
+        PD_CHECK(pd_outbox_unlink(name) == 0);
+    }
 }

@@ -305,14 +305,21 @@ s_clean(pd_table_t *self)
 //  hash32 & imask, so an entry knows its own home and deletion can shift back (no tombstones:
 //  records churn, and tombstones would pile up until probes walk the whole table).
 
+/*  An entry's ref is checked against the entries in use before it is followed: an index is
+ *  derived data, and the one of a re-attached segment is not trusted until s_verify has passed
+ *  (one compare, made only when the 32 hash bits already match). */
 static bool
 s_match(pd_table_t *self, int kind, uint32_t ref, pd_str_t a, pd_str_t b)
 {
     if (kind == S_CKEY) {
+        if (ref >= self->hdr->claims_top)
+            return false;
         const s_claim_t *c = &self->claims[ref];
         return c->state == S_CLAIM_LIVE && s_eq(c->project, c->plen, a) &&
                s_eq(c->user, c->ulen, b);
     }
+    if (ref >= self->hdr->slots_top)
+        return false;
     uint64_t off = s_blob_of(self, ref);
     if (!off)
         return false;
@@ -327,22 +334,26 @@ s_match(pd_table_t *self, int kind, uint32_t ref, pd_str_t a, pd_str_t b)
 }
 
 //  Returns the ref of (a, b), or S_NONE; *pos is its entry, or the empty entry that ended the
-//  probe (where an insert goes).
+//  probe (where an insert goes). A probe stops after one lap: only a damaged index is full
+//  (it has twice as many entries as the table has slots).
 static uint32_t
 s_idx_find(pd_table_t *self, uint64_t *idx, int kind, uint32_t h, pd_str_t a, pd_str_t b,
            uint64_t *pos)
 {
     uint64_t i = h & self->imask;
-    for (;;) {
+    uint32_t found = S_NONE;
+    for (uint64_t n = 0; n <= self->imask; n++) {
         uint64_t e = idx[i];
         if (!e)
             break;
-        if ((uint32_t)(e >> 32) == h && s_match(self, kind, (uint32_t)e - 1, a, b))
+        if ((uint32_t)(e >> 32) == h && s_match(self, kind, (uint32_t)e - 1, a, b)) {
+            found = (uint32_t)e - 1;
             break;
+        }
         i = (i + 1) & self->imask;
     }
     *pos = i;
-    return idx[i] ? (uint32_t)idx[i] - 1 : S_NONE;
+    return found;
 }
 
 static inline void
@@ -714,7 +725,8 @@ s_header_insane(const s_header_t *h)
     if (h->pend_slot > h->slots_top || h->slot_free > h->slots_top ||
         h->claim_free > h->claims_top)
         return "free-list or pending slot beyond the slots in use";
-    if (h->pend_blob && (h->pend_blob < h->off_arena || h->pend_blob >= h->arena_top))
+    if (h->pend_blob && (h->pend_blob < h->off_arena || h->pend_blob >= h->arena_top ||
+                         (h->pend_blob - h->off_arena) % S_ALIGN != 0))
         return "pending block outside the arena";
     for (int c = 0; c < S_NCLASS; c++)
         if (h->free_blocks[c] &&
@@ -1458,10 +1470,11 @@ s_verify(pd_table_t *self, bool full, const char **why)
     uint64_t nblocks;
     S_CHECK(s_walk(self, &bits, &nblocks) == h->arena_top, "bad block header");
 
+    /* First every live slot's block, so that the index lookups below (which follow entries
+     * of an index not yet trusted to slots) only ever reach well-formed blocks. */
     uint64_t live = 0, live_bytes = 0;
     for (uint32_t s = 0; s < h->slots_top; s++) {
-        s_slot_t *sl = &self->slots[s];
-        uint64_t off = sl->blob;
+        uint64_t off = self->slots[s].blob;
         if (!off)
             continue;
         live++;
@@ -1469,8 +1482,13 @@ s_verify(pd_table_t *self, bool full, const char **why)
         uint64_t unit = (off - h->off_arena) / S_ALIGN;
         S_CHECK(!s_bit(bits.seen, unit), "block owned twice");
         s_bit_set(bits.seen, unit);
-        const s_block_t *b = s_blk(self, off);
-        live_bytes += s_class_size(b->cls);
+        live_bytes += s_class_size(s_blk(self, off)->cls);
+    }
+    for (uint32_t s = 0; s < h->slots_top; s++) {
+        s_slot_t *sl = &self->slots[s];
+        if (!sl->blob)
+            continue;
+        const s_block_t *b = s_blk(self, sl->blob);
         pd_str_t k[4];
         s_blk_keys(b, k);
         S_CHECK(sl->p_hash == s_hash32(self, k[0], k[1]) && sl->u_hash == s_hash32(self, k[0], k[2]) &&
@@ -2537,23 +2555,119 @@ pd_table_test(bool verbose)
     PD_CHECK(pd_table_unlink(name) < 0); //  not removed either: it is not private
     shm_unlink(name);
 
-    //  A header whose counters do not fit its layout is refused, never followed: each counter
-    //  in turn, in a segment otherwise whole (and dirty, so that a rebuild would read them).
+    //  A header whose counters or sizes do not fit its layout is refused, never followed: each
+    //  field in turn, in a segment otherwise whole, clean (verified) and dirty (rebuilt).
     {
-        static const size_t offs[] = {offsetof(s_header_t, slots_top), offsetof(s_header_t, claims_top),
-                                      offsetof(s_header_t, arena_top), offsetof(s_header_t, count),
-                                      offsetof(s_header_t, pend_blob), offsetof(s_header_t, free_blocks),
-                                      offsetof(s_header_t, arena_used)};
-        for (size_t k = 0; k < sizeof offs / sizeof *offs; k++) {
+        typedef struct {
+            size_t off, width;
+            int64_t delta; //  added to the field's value (or to `base`'s, when base is set)
+            size_t base;
+        } s_bad_t;
+#define S_F(f) offsetof(s_header_t, f), sizeof(((s_header_t *)0)->f)
+#define S_FOFF(f) offsetof(s_header_t, f) + 1
+        static const s_bad_t bad[] = {
+            {S_F(magic), 1, 0},
+            {S_F(version), -1, 0},
+            {S_F(header_bytes), 8, 0},
+            {S_F(capacity), 64, 0},
+            {S_F(arena_bytes), 4096, 0},
+            {S_F(idx_size), 128, 0},
+            {S_F(sheads), 64, 0},
+            {S_F(total_bytes), 4096, 0},
+            {S_F(off_slots), 4096, 0},
+            {S_F(off_pidx), -4096, 0},
+            {S_F(off_cidx), 4096, 0},
+            {S_F(off_arena), 4096, 0},
+            {S_F(slots_top), 1, S_FOFF(capacity)},
+            {S_F(count), 1, S_FOFF(slots_top)},
+            {S_F(heap_len), 1, S_FOFF(capacity)},
+            {S_F(claims_top), 1, S_FOFF(capacity)},
+            {S_F(claims), 1, S_FOFF(claims_top)},
+            {S_F(arena_top), S_ALIGN, S_FOFF(total_bytes)},
+            {S_F(arena_top), 8, 0},
+            {S_F(arena_top), -S_ALIGN, S_FOFF(off_arena)},
+            {S_F(arena_used), 1 << 21, 0},
+            {S_F(slot_free), 2, S_FOFF(slots_top)},
+            {S_F(claim_free), 2, S_FOFF(claims_top)},
+            {S_F(pend_slot), 2, S_FOFF(slots_top)},
+            {S_F(pend_blob), 4096, S_FOFF(total_bytes)},
+            {S_F(pend_blob), 8, S_FOFF(off_arena)},
+            {offsetof(s_header_t, free_blocks) + 3 * 8, 8, 0, S_FOFF(total_bytes)},
+            {offsetof(s_header_t, free_blocks) + 99 * 8, 8, 1, S_FOFF(off_arena)},
+            {offsetof(s_header_t, free_blocks) + 7 * 8, 8, -S_ALIGN, S_FOFF(off_arena)},
+            {S_F(dirty), 2, 0},
+        };
+#undef S_F
+#undef S_FOFF
+        for (size_t k = 0; k < sizeof bad / sizeof *bad * 2; k++) {
+            const s_bad_t *b = &bad[k / 2];
             t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
             PD_CHECK(t && created);
             s_test_rec(a, "p", "x", "u", "online", 1, 100);
             PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
-            t->hdr->dirty = 1;
-            uint64_t bad = t->hdr->total_bytes + 4096;
-            memcpy((char *)t->hdr + offs[k], &bad, sizeof bad);
+            PD_CHECK(pd_table_claim(t, PD_STR("p"), PD_STR("u"), PD_STR("x"), out, &fresh) == 0);
+            t->hdr->dirty = k % 2;
+            uint64_t v = 0;
+            memcpy(&v, (char *)t->hdr + (b->base ? b->base - 1 : b->off), b->base ? 8 : b->width);
+            v += (uint64_t)b->delta;
+            memcpy((char *)t->hdr + b->off, &v, b->width); //  little-endian: the low bytes
             pd_table_close(&t);
             PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+            pd_table_unlink(name);
+        }
+
+        //  A truncated or extended segment, and one shorter than its header, are refused.
+        static const int64_t cut[] = {-4096, 4096, 100 - (1 << 22)};
+        for (size_t k = 0; k < sizeof cut / sizeof *cut; k++) {
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+            PD_CHECK(t && created);
+            int64_t len = (int64_t)t->hdr->total_bytes + cut[k];
+            pd_table_close(&t);
+            fd = shm_open(name, O_RDWR, 0);
+            PD_CHECK(fd >= 0 && ftruncate(fd, len < 100 ? 100 : len) == 0);
+            close(fd);
+            PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+            pd_table_unlink(name);
+        }
+
+        //  Index entries are derived data: garbage in them (refs past the slots and claim
+        //  entries in use, a full index, an entry naming a slot whose block is out of the
+        //  arena) gets the segment rebuilt from the truth, without reading outside the map.
+        for (int k = 0; k < 3; k++) {
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+            PD_CHECK(t && created);
+            s_test_rec(a, "p", "x", "u", "online", 1, 100);
+            PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+            s_test_rec(a, "p", "y", "v", "online", 1, 100);
+            PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+            PD_CHECK(pd_table_claim(t, PD_STR("p"), PD_STR("u"), PD_STR("x"), out, &fresh) == 0);
+            uint32_t hx = s_hash32(t, PD_STR("p"), PD_STR("x"));
+            uint32_t hu = s_hash32(t, PD_STR("p"), PD_STR("u"));
+            uint64_t pos;
+            PD_CHECK(s_idx_find(t, t->pidx, S_PKEY, hx, PD_STR("p"), PD_STR("x"), &pos) == 0);
+            if (k == 0) { //  every entry taken, each naming a ref far beyond the map
+                for (uint64_t i = 0; i <= t->imask; i++) {
+                    t->pidx[i] = (uint64_t)hx << 32 | 0x7ffffff0u;
+                    t->uidx[i] = (uint64_t)hu << 32 | 0x7ffffff0u;
+                    t->cidx[i] = (uint64_t)hu << 32 | 0x7ffffff0u;
+                }
+            } else if (k == 1) { //  x's entry names slot 1, whose block is far away
+                t->pidx[pos] = (uint64_t)hx << 32 | 2;
+                t->slots[1].blob = t->hdr->total_bytes * 16;
+            } else { //  a slot emptied behind the counters, and a slot free list that loops
+                t->slots[1].blob = 0;
+                t->slots[1].st_next = 2;
+                t->hdr->slot_free = 2;
+            }
+            pd_table_close(&t);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+            PD_CHECK(t && !created && t->rebuilt);
+            s_test_ok(t);
+            PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("x"), &st) == 0 && pd_str_eqc(st.user_id, "u"));
+            PD_CHECK(pd_table_count(t) == (k == 0 ? 2u : 1u));
+            PD_CHECK(pd_table_claim(t, PD_STR("p"), PD_STR("u"), PD_STR("z"), out, &fresh) == 0);
+            PD_CHECK(!fresh && strcmp(out, "x") == 0);
+            pd_table_close(&t);
             pd_table_unlink(name);
         }
     }

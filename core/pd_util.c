@@ -228,7 +228,8 @@ pd_hash2(pd_str_t a, pd_str_t b)
     return pd_hash64(b.ptr, b.len, h);
 }
 
-//  Whether fd is a private regular file of this user.
+//  Whether fd is a private regular file of this user. (glibc's shm_open adds O_NOFOLLOW, so a
+//  symlink planted in /dev/shm is not followed either.)
 static bool
 s_shm_private(int fd, struct stat *st)
 {
@@ -251,7 +252,7 @@ pd_shm_open(const char *name, bool *made)
         pd_log_warn("shm_open %s: %s", name, strerror(errno));
         return -1;
     }
-    struct stat st;
+    struct stat st = {0};
     if (!s_shm_private(fd, &st)) {
         pd_log_warn("refusing the shared-memory segment %s: not a private file of this user "
                     "(owner uid %d, mode %03o); someone else may have made it. Remove "

@@ -14,11 +14,13 @@ const { freePort, startCluster, BIN } = require('./lib/cluster');
 
 // Runs the embedded cluster with args; resolves {code, log} once it exits (or kills it after
 // timeoutMs and resolves with code 'running').
-async function runPresenced(args, timeoutMs = 8000) {
+// opts.cluster names the cluster (default: a fresh one); opts.env replaces the environment.
+async function runPresenced(args, timeoutMs = 8000, opts = {}) {
     const port = await freePort();
-    const cluster = 'hd' + crypto.randomBytes(4).toString('hex');
+    const cluster = opts.cluster || newCluster();
     const p = spawn(BIN, ['--host', '127.0.0.1', '--port', String(port), '--project', 'p', '--api-key', 'k-' + cluster,
-        '--jwt-secret', 's-' + cluster, '--cluster', cluster, '--gateways', '1', ...args], { detached: true });
+        '--jwt-secret', 's-' + cluster, '--cluster', cluster, '--gateways', '1', ...args],
+    { detached: true, env: opts.env || process.env });
     let log = '';
     p.stdout.on('data', (d) => { log += d; });
     p.stderr.on('data', (d) => { log += d; });
@@ -30,6 +32,60 @@ async function runPresenced(args, timeoutMs = 8000) {
     return { code, log, cluster };
 }
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'pd-hard-'));
+const newCluster = () => 'hd' + crypto.randomBytes(4).toString('hex');
+const envWithout = (name) => Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== name));
+
+test('the default run directory in /tmp, made first by someone else, is refused', async (t) => {
+    // The attack as the issue wrote it: no --run-dir and no XDG_RUNTIME_DIR, and a local user
+    // has made /tmp/presenced-<cluster> before the server starts.
+    const env = envWithout('XDG_RUNTIME_DIR');
+    for (const [how, prepare, why] of [
+        ['world-writable', (d) => { fs.mkdirSync(d); fs.chmodSync(d, 0o777); }, /open mode/],
+        ["another user's", (d) => { fs.mkdirSync(d, { mode: 0o700 }); fs.chownSync(d, 65534, 65534); }, /another owner/],
+        ['a symlink', (d) => { fs.symlinkSync(fs.mkdtempSync(path.join('/tmp', 'pd-hard-target-')), d); }, /run directory .* refused/],
+    ]) {
+        const cluster = newCluster();
+        const dir = `/tmp/presenced-${cluster}`;
+        prepare(dir);
+        const target = fs.lstatSync(dir).isSymbolicLink() ? fs.readlinkSync(dir) : null;
+        t.after(() => { fs.rmSync(dir, { recursive: true, force: true }); if (target) fs.rmSync(target, { recursive: true, force: true }); });
+        const r = await runPresenced([], 8000, { cluster, env });
+        assert.notEqual(r.code, 'running', `${how}: presenced ran in ${dir}`);
+        assert.notEqual(r.code, 0, how);
+        assert.match(r.log, new RegExp(`run directory ${dir} refused`), how);
+        assert.match(r.log, why, how);
+        assert.deepEqual(fs.readdirSync(dir), [], `${how}: presenced wrote into ${dir}`);
+    }
+});
+
+test('the run directory defaults to $XDG_RUNTIME_DIR/presenced-<cluster>, made private and removed at the end', async (t) => {
+    const xdg = tmp();
+    t.after(() => fs.rmSync(xdg, { recursive: true, force: true }));
+    const cluster = newCluster();
+    const dir = path.join(xdg, `presenced-${cluster}`);
+    const port = await freePort();
+    const p = spawn(BIN, ['--host', '127.0.0.1', '--port', String(port), '--project', 'p', '--api-key', 'k-' + cluster,
+        '--jwt-secret', 's-' + cluster, '--cluster', cluster, '--gateways', '1'],
+    { detached: true, env: { ...process.env, XDG_RUNTIME_DIR: xdg } });
+    let log = '';
+    p.stdout.on('data', (d) => { log += d; });
+    p.stderr.on('data', (d) => { log += d; });
+    const exited = new Promise((resolve) => p.on('exit', (c) => resolve(c)));
+    t.after(() => { try { process.kill(-p.pid, 'SIGKILL'); } catch {} });
+    let healthy = false;
+    for (let i = 0; i < 150 && !healthy; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        try { healthy = (await fetch(`http://127.0.0.1:${port}/v1/health`)).status === 200; } catch {}
+    }
+    assert.ok(healthy, `the cluster did not get healthy:\n${log.slice(-2000)}`);
+    const st = fs.lstatSync(dir);
+    assert.ok(st.isDirectory() && (st.mode & 0o777) === 0o700 && st.uid === process.geteuid());
+    assert.ok(fs.lstatSync(path.join(dir, 'supervisor.lock')).isFile());
+    assert.equal(fs.existsSync(`/tmp/presenced-${cluster}`), false, 'the run directory went to /tmp');
+    process.kill(p.pid, 'SIGTERM');
+    assert.equal(await exited, 0);
+    assert.equal(fs.existsSync(dir), false, 'the run directory was left behind');
+});
 
 test('a run directory that is not private is refused', async (t) => {
     const base = tmp();
@@ -75,32 +131,37 @@ test('a symlinked supervisor.lock is refused and nothing is created where it poi
 });
 
 test("a store segment pre-created by someone else (mode 0666) is not adopted; the cluster stops instead of crash-looping", async (t) => {
-    const base = tmp();
-    t.after(() => fs.rmSync(base, { recursive: true, force: true }));
-    const run = path.join(base, 'run');
-    fs.mkdirSync(run, { mode: 0o700 });
-    const cluster = 'hd' + crypto.randomBytes(4).toString('hex');
-    const seg = `/dev/shm/presenced-${cluster}-store-1`;
-    const planted = Buffer.alloc(1 << 20, 0x41);
-    fs.writeFileSync(seg, planted, { mode: 0o666 });
-    fs.chmodSync(seg, 0o666);
-    t.after(() => { try { fs.rmSync(seg); } catch {} });
-    const port = await freePort();
-    const p = spawn(BIN, ['--host', '127.0.0.1', '--port', String(port), '--project', 'p', '--api-key', 'k-' + cluster,
-        '--jwt-secret', 's-' + cluster, '--cluster', cluster, '--gateways', '1', '--run-dir', run], { detached: true });
-    let log = '';
-    p.stderr.on('data', (d) => { log += d; });
-    p.stdout.on('data', (d) => { log += d; });
-    const code = await new Promise((resolve) => {
-        const tm = setTimeout(() => { try { process.kill(-p.pid, 'SIGKILL'); } catch {} resolve('running'); }, 15000);
-        p.on('exit', (c) => { clearTimeout(tm); resolve(c); });
-    });
-    assert.notEqual(code, 'running', `the cluster kept running on a foreign segment:\n${log.slice(-2000)}`);
-    assert.notEqual(code, 0);
-    assert.match(log, /refusing the shared-memory segment .*store-1/);
-    assert.match(log, /refused to start .* stopping the cluster/);
-    assert.equal((log.match(/started store 1/g) || []).length, 1, 'the store was restarted in a loop');
-    assert.ok(fs.readFileSync(seg).equals(planted), 'the foreign segment was written to');
+    // The store's segments are /dev/shm/presenced-<cluster>-store-<n> (its table) and
+    // ...-store-<n>-outbox (its recent events); the cluster name comes from --cluster.
+    for (const [how, suffix, mode, owner] of [
+        ['a world-writable table segment', '', 0o666, null],
+        ["another user's table segment", '', 0o600, 65534],
+        ['a world-writable outbox segment', '-outbox', 0o666, null],
+    ]) {
+        const base = tmp();
+        t.after(() => fs.rmSync(base, { recursive: true, force: true }));
+        const run = path.join(base, 'run');
+        fs.mkdirSync(run, { mode: 0o700 });
+        const cluster = newCluster();
+        const seg = `/dev/shm/presenced-${cluster}-store-1${suffix}`;
+        const planted = Buffer.alloc(1 << 20, 0x41);
+        fs.writeFileSync(seg, planted, { mode });
+        fs.chmodSync(seg, mode);
+        if (owner !== null)
+            fs.chownSync(seg, owner, owner);
+        t.after(() => { try { fs.rmSync(seg); } catch {} });
+        const r = await runPresenced(['--run-dir', run], 15000, { cluster });
+        assert.notEqual(r.code, 'running', `${how}: the cluster kept running on it:\n${r.log.slice(-2000)}`);
+        assert.notEqual(r.code, 0, how);
+        assert.match(r.log, new RegExp(`refusing the shared-memory segment /presenced-${cluster}-store-1${suffix}:`), how);
+        assert.match(r.log, /Remove \/dev\/shm\/presenced-/, `${how}: the message says what to do`);
+        assert.match(r.log, /store 1 refused to start .* stopping the cluster/, how);
+        assert.equal((r.log.match(/started store 1/g) || []).length, 1, `${how}: the store was restarted in a loop`);
+        assert.ok(fs.existsSync(seg), `${how}: the foreign segment was removed`);
+        assert.ok(fs.readFileSync(seg).equals(planted), `${how}: the foreign segment was written to`);
+        const st = fs.statSync(seg);
+        assert.equal(st.mode & 0o777, mode, `${how}: its mode was changed`);
+    }
 });
 
 test('a private segment of ours is still re-attached across a store restart', async (t) => {
