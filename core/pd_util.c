@@ -248,6 +248,12 @@ pd_shm_open(const char *name, bool *made)
     }
     if (errno == EEXIST)
         fd = shm_open(name, O_RDWR, 0600);
+    if (fd < 0 && (errno == ELOOP || errno == EACCES)) { //  a symlink, or someone else's
+        pd_log_warn("refusing the shared-memory segment %s: %s; someone else may have made it. "
+                    "Remove /dev/shm%s if it is not yours to keep",
+                    name, errno == ELOOP ? "it is a symbolic link" : strerror(errno), name);
+        return -1;
+    }
     if (fd < 0) {
         pd_log_warn("shm_open %s: %s", name, strerror(errno));
         return -1;

@@ -137,6 +137,7 @@ test("a store segment pre-created by someone else (mode 0666) is not adopted; th
         ['a world-writable table segment', '', 0o666, null],
         ["another user's table segment", '', 0o600, 65534],
         ['a world-writable outbox segment', '-outbox', 0o666, null],
+        ['a symbolic link in place of the table segment', '', 0o600, 'link'],
     ]) {
         const base = tmp();
         t.after(() => fs.rmSync(base, { recursive: true, force: true }));
@@ -145,21 +146,25 @@ test("a store segment pre-created by someone else (mode 0666) is not adopted; th
         const cluster = newCluster();
         const seg = `/dev/shm/presenced-${cluster}-store-1${suffix}`;
         const planted = Buffer.alloc(1 << 20, 0x41);
-        fs.writeFileSync(seg, planted, { mode });
-        fs.chmodSync(seg, mode);
-        if (owner !== null)
+        const file = owner === 'link' ? path.join(base, 'victim') : seg;
+        fs.writeFileSync(file, planted, { mode });
+        fs.chmodSync(file, mode);
+        if (owner === 'link')
+            fs.symlinkSync(file, seg);
+        else if (owner !== null)
             fs.chownSync(seg, owner, owner);
         t.after(() => { try { fs.rmSync(seg); } catch {} });
         const r = await runPresenced(['--run-dir', run], 15000, { cluster });
         assert.notEqual(r.code, 'running', `${how}: the cluster kept running on it:\n${r.log.slice(-2000)}`);
         assert.notEqual(r.code, 0, how);
+        assert.doesNotMatch(r.log, /Sanitizer/, how);
         assert.match(r.log, new RegExp(`refusing the shared-memory segment /presenced-${cluster}-store-1${suffix}:`), how);
         assert.match(r.log, /Remove \/dev\/shm\/presenced-/, `${how}: the message says what to do`);
         assert.match(r.log, /store 1 refused to start .* stopping the cluster/, how);
         assert.equal((r.log.match(/started store 1/g) || []).length, 1, `${how}: the store was restarted in a loop`);
         assert.ok(fs.existsSync(seg), `${how}: the foreign segment was removed`);
-        assert.ok(fs.readFileSync(seg).equals(planted), `${how}: the foreign segment was written to`);
-        const st = fs.statSync(seg);
+        assert.ok(fs.readFileSync(file).equals(planted), `${how}: the foreign segment was written to`);
+        const st = fs.statSync(file);
         assert.equal(st.mode & 0o777, mode, `${how}: its mode was changed`);
     }
 });
