@@ -1214,6 +1214,9 @@ gateway_main(pd_config_t *cfg)
     gw->config.http1.req_timeout = (uint64_t)cfg->header_timeout_ms;
     h2o_hostconf_t *host =
         h2o_config_register_host(&gw->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    /* h2o takes the first registered path that matches: the longer one first */
+    h2o_pathconf_t *rtpath = h2o_config_register_path(host, "/v1/realtime", 0);
+    h2o_create_handler(rtpath, sizeof(h2o_handler_t))->on_req = gw_rt_on_req;
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_handler_t *handler = h2o_create_handler(path, sizeof *handler);
     handler->on_req = gw_rest_on_req;

@@ -210,7 +210,7 @@ void gw_ident_free(gw_ident_t *id);
 
 /* gw_realtime.c */
 void gw_rt_init(gw_t *gw);
-int gw_rt_on_req(gw_t *gw, h2o_req_t *req);
+int gw_rt_on_req(h2o_handler_t *self, h2o_req_t *req); //  the /v1/realtime path
 void gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev);
 bool gw_rt_quiet(gw_t *gw); //  no connection, no hold: bus frames may be skipped
 bool gw_rt_idle(const gw_t *gw); //  the same, without counting a frame

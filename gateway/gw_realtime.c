@@ -60,13 +60,15 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include <openssl/evp.h>
 #include <sodium.h>
 
 #include "gw.h"
+#include "gw_http.h"
+#include "gw_ws.h"
 
 #include "pd_err.h"
 #include "pd_log.h"
+#include "pd_map.h"
 #include "pd_query.h"
 #include "pd_record.h"
 #include "pd_rtmsg.h"
@@ -102,18 +104,6 @@ static const char s_select_all[] = "{\"method\":\"select\",\"values\":[\"*\"]}";
 typedef struct rt_conn rt_conn_t;
 typedef struct rt_sub rt_sub_t;
 
-/*  An intrusive hash table entry and table (chained, power-of-two sized). */
-typedef struct rt_hent {
-    struct rt_hent *hnext;
-    uint64_t hash;
-} rt_hent_t;
-
-typedef struct {
-    rt_hent_t **v;
-    size_t mask; //  slots - 1 (0 before the first insert)
-    size_t n;
-} rt_map_t;
-
 /*  A project some connection used. Never freed (projects are few). */
 typedef struct rt_proj {
     struct rt_proj *next;
@@ -124,7 +114,7 @@ typedef struct rt_proj {
 
 /*  Index: the subscriptions registered under one (project, channel, role). */
 typedef struct {
-    rt_hent_t h;
+    pd_mapent_t h;
     struct rt_node *head; //  registrations
     uint32_t n;
     uint32_t klen;
@@ -152,7 +142,7 @@ struct rt_sub {
 
 /*  A connection-bound presence this gateway holds for some of its sockets. */
 typedef struct {
-    rt_hent_t h;
+    pd_mapent_t h;
     rt_proj_t *proj;
     int64_t renew_at;   //  mono ms of the next lease renewal
     int64_t release_at; //  mono ms: RELEASE then (refs == 0), else 0
@@ -230,8 +220,8 @@ typedef struct {
     bool flush_linked;
     bool shutting_down;
     rt_proj_t *projs;
-    rt_map_t buckets;
-    rt_map_t holds;
+    pd_map_t buckets;
+    pd_map_t holds;
     rt_op_t *ops;
     size_t max_queue;
     int64_t stall_ms;          //  a write without progress this long drops its connection
@@ -307,98 +297,6 @@ s_unique_id(char out[21])
              (long)(ts.tv_nsec / 1000), (unsigned)randombytes_uniform(0x10000000));
 }
 
-static int
-s_hexval(int c)
-{
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
-/*  Value of query parameter name, URL-decoded into pool memory, or PD_STR_NULL. */
-static pd_str_t
-s_query_param(h2o_req_t *req, const char *name)
-{
-    if (req->query_at == SIZE_MAX)
-        return PD_STR_NULL;
-    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    size_t nlen = strlen(name);
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        if (!amp)
-            amp = end;
-        const char *eq = memchr(p, '=', (size_t)(amp - p));
-        if (eq && (size_t)(eq - p) == nlen && memcmp(p, name, nlen) == 0) {
-            size_t n = (size_t)(amp - eq - 1), k = 0;
-            char *d = h2o_mem_alloc_pool(&req->pool, n + 1);
-            for (const char *s = eq + 1; s < amp; s++) {
-                char ch = *s;
-                if (ch == '+') {
-                    ch = ' ';
-                } else if (ch == '%' && amp - s > 2 && s_hexval(s[1]) >= 0 && s_hexval(s[2]) >= 0) {
-                    ch = (char)(s_hexval(s[1]) * 16 + s_hexval(s[2]));
-                    s += 2;
-                }
-                d[k++] = ch;
-            }
-            d[k] = 0;
-            return (pd_str_t){d, k};
-        }
-        p = amp + 1;
-    }
-    return PD_STR_NULL;
-}
-
-/* -------------------------------------------------------------------------- hash map */
-
-static void
-s_map_grow(rt_map_t *m)
-{
-    size_t cap = m->mask ? (m->mask + 1) * 2 : 64;
-    rt_hent_t **v = s_xcalloc(cap, sizeof *v);
-    for (size_t i = 0; m->mask && i <= m->mask; i++) {
-        rt_hent_t *e = m->v[i];
-        while (e) {
-            rt_hent_t *nx = e->hnext;
-            e->hnext = v[e->hash & (cap - 1)];
-            v[e->hash & (cap - 1)] = e;
-            e = nx;
-        }
-    }
-    free(m->v);
-    m->v = v;
-    m->mask = cap - 1;
-}
-
-static void
-s_map_add(rt_map_t *m, rt_hent_t *e)
-{
-    if (!m->mask || m->n >= m->mask)
-        s_map_grow(m);
-    e->hnext = m->v[e->hash & m->mask];
-    m->v[e->hash & m->mask] = e;
-    m->n++;
-}
-
-static void
-s_map_del(rt_map_t *m, rt_hent_t *e)
-{
-    rt_hent_t **pp = &m->v[e->hash & m->mask];
-    while (*pp && *pp != e)
-        pp = &(*pp)->hnext;
-    if (*pp) {
-        *pp = e->hnext;
-        m->n--;
-    }
-}
-
-static rt_hent_t *
-s_map_first(rt_map_t *m, uint64_t hash)
-{
-    return m->mask ? m->v[hash & m->mask] : NULL;
-}
-
 /* -------------------------------------------------------------------------- projects */
 
 static rt_proj_t *
@@ -441,8 +339,8 @@ static rt_bucket_t *
 s_bucket_get(pd_str_t proj, pd_str_t chan, pd_str_t role, bool create)
 {
     s_key(proj, chan, role);
-    uint64_t h = pd_hash64(s_rt.key.data, s_rt.key.len, 0x7274);
-    for (rt_hent_t *e = s_map_first(&s_rt.buckets, h); e; e = e->hnext) {
+    uint64_t h = pd_map_hash(&s_rt.buckets, (pd_str_t){s_rt.key.data, s_rt.key.len}, PD_STR_NULL);
+    for (pd_mapent_t *e = pd_map_first(&s_rt.buckets, h); e; e = e->next) {
         rt_bucket_t *b = (rt_bucket_t *)e;
         if (e->hash == h && b->klen == s_rt.key.len && memcmp(b->key, s_rt.key.data, b->klen) == 0)
             return b;
@@ -453,7 +351,7 @@ s_bucket_get(pd_str_t proj, pd_str_t chan, pd_str_t role, bool create)
     b->h.hash = h;
     b->klen = (uint32_t)s_rt.key.len;
     memcpy(b->key, s_rt.key.data, s_rt.key.len);
-    s_map_add(&s_rt.buckets, &b->h);
+    pd_map_add(&s_rt.buckets, &b->h);
     return b;
 }
 
@@ -501,7 +399,7 @@ s_sub_unregister(rt_sub_t *s)
         if (nd->next)
             nd->next->prev = nd->prev;
         if (--b->n == 0) {
-            s_map_del(&s_rt.buckets, &b->h);
+            pd_map_del(&s_rt.buckets, &b->h);
             free(b);
         }
     }
@@ -540,26 +438,6 @@ s_sub_remove(rt_conn_t *c, rt_sub_t **pp)
 
 /* -------------------------------------------------------------------------- output */
 
-static size_t
-s_wheader(unsigned char *h, int op, size_t n)
-{
-    h[0] = (unsigned char)(0x80 | op);
-    if (n < 126) {
-        h[1] = (unsigned char)n;
-        return 2;
-    }
-    if (n < 65536) {
-        h[1] = 126;
-        h[2] = (unsigned char)(n >> 8);
-        h[3] = (unsigned char)n;
-        return 4;
-    }
-    h[1] = 127;
-    for (int i = 0; i < 8; i++)
-        h[2 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
-    return 10;
-}
-
 static void
 s_conn_schedule(rt_conn_t *c)
 {
@@ -596,7 +474,7 @@ s_out_frame(rt_conn_t *c, int op, size_t n)
         c->out = s_xrealloc(c->out, cap);
         c->out_cap = (uint32_t)cap;
     }
-    size_t hl = s_wheader((unsigned char *)c->out + c->out_len, op, n);
+    size_t hl = gw_ws_header((unsigned char *)c->out + c->out_len, op, n);
     char *p = c->out + c->out_len + hl;
     c->out_len += (uint32_t)(hl + n);
     s_conn_schedule(c);
@@ -650,20 +528,6 @@ s_send_errorf(rt_conn_t *c, int code, const char *fmt, ...)
     s_send_error(c, code, msg);
 }
 
-/*  Close frame payload: code (big endian) + reason, at most 125 bytes. */
-static size_t
-s_close_payload(char *p, int code, const char *reason)
-{
-    size_t rl = strlen(reason);
-    if (rl > 123)
-        rl = 123;
-    p[0] = (char)(code >> 8);
-    p[1] = (char)code;
-    for (size_t i = 0; i < rl; i++) /* ASCII only: a cut UTF-8 sequence would be invalid */
-        p[2 + i] = (unsigned char)reason[i] < 0x80 ? reason[i] : '?';
-    return rl + 2;
-}
-
 static void s_conn_detach(rt_conn_t *c);
 
 /*  Starts the closing handshake: no more events, a close frame after what is queued, then
@@ -676,7 +540,7 @@ s_conn_close(rt_conn_t *c, int code, const char *reason)
         return;
     s_conn_detach(c);
     char pl[125];
-    size_t n = s_close_payload(pl, code, reason);
+    size_t n = gw_ws_close_payload(pl, code, reason);
     char *d = s_out_frame(c, 8, n);
     if (!d)
         return; /* killed */
@@ -760,14 +624,14 @@ s_on_flush(h2o_timeout_entry_t *entry)
 static uint64_t
 s_hold_hash(pd_str_t proj, pd_str_t id)
 {
-    return pd_hash2(proj, id);
+    return pd_map_hash(&s_rt.holds, proj, id);
 }
 
 static rt_hold_t *
 s_hold_find(pd_str_t proj, pd_str_t id)
 {
     uint64_t h = s_hold_hash(proj, id);
-    for (rt_hent_t *e = s_map_first(&s_rt.holds, h); e; e = e->hnext) {
+    for (pd_mapent_t *e = pd_map_first(&s_rt.holds, h); e; e = e->next) {
         rt_hold_t *x = (rt_hold_t *)e;
         if (e->hash == h && pd_str_eqc(id, x->id) && pd_str_eqc(proj, x->proj->id))
             return x;
@@ -778,7 +642,7 @@ s_hold_find(pd_str_t proj, pd_str_t id)
 static void
 s_hold_free(rt_hold_t *h)
 {
-    s_map_del(&s_rt.holds, &h->h);
+    pd_map_del(&s_rt.holds, &h->h);
     free(h);
 }
 
@@ -1199,7 +1063,7 @@ s_on_presence_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
         h->h.hash = s_hold_hash(pd_str(op->proj->id), id);
         h->proj = op->proj;
         memcpy(h->id, id.ptr, id.len);
-        s_map_add(&s_rt.holds, &h->h);
+        pd_map_add(&s_rt.holds, &h->h);
     }
     if (h) {
         int64_t created = s_body_time(body, "$createdAt");
@@ -1392,42 +1256,19 @@ s_ws_consume(rt_conn_t *c)
         h2o_buffer_t *in = c->sock->input;
         unsigned char *b = (unsigned char *)in->bytes;
         size_t avail = in->size;
-        if (avail < 2)
-            break;
-        int fin = b[0] & 0x80, op = b[0] & 0x0f;
-        uint64_t len = b[1] & 0x7f;
-        size_t hl = 2;
-        if (b[0] & 0x70) {
-            s_protocol_error(c, "Reserved bits set");
+        gw_ws_frame_t f;
+        const char *why = NULL;
+        int rc = gw_ws_parse(b, avail, &f, &why);
+        if (rc < 0) {
+            s_protocol_error(c, why);
             break;
         }
-        if (!(b[1] & 0x80)) {
-            s_protocol_error(c, "Client frames must be masked");
+        if (rc == 0)
             break;
-        }
-        if (len == 126) {
-            if (avail < 4)
-                break;
-            len = (uint64_t)b[2] << 8 | b[3];
-            hl = 4;
-        } else if (len == 127) {
-            if (avail < 10)
-                break;
-            len = 0;
-            for (int i = 0; i < 8; i++)
-                len = len << 8 | b[2 + i];
-            hl = 10;
-        }
-        if (op & 0x8) {
-            if (!fin || len > 125 || op > 0xA) {
-                s_protocol_error(c, "Bad control frame");
-                break;
-            }
-        } else {
-            if (op > 2) {
-                s_protocol_error(c, "Unknown opcode");
-                break;
-            }
+        int op = f.op;
+        bool fin = f.fin;
+        uint64_t len = f.len;
+        if (!(op & 0x8)) {
             if ((op == 0) != (c->frag_op != 0)) {
                 s_protocol_error(c, op ? "Expected a continuation frame"
                                        : "Continuation frame without a message");
@@ -1440,18 +1281,14 @@ s_ws_consume(rt_conn_t *c)
                 break;
             }
         }
-        if (avail < hl + 4 + len)
+        if (avail < f.hl + len)
             break;
-        unsigned char *mask = b + hl, *pl = b + hl + 4;
-        for (uint64_t i = 0; i < len; i++)
-            pl[i] ^= mask[i & 3];
-        size_t flen = hl + 4 + (size_t)len;
+        unsigned char *pl = b + f.hl;
+        gw_ws_unmask(pl, len, f.mask);
+        size_t flen = f.hl + (size_t)len;
         switch (op) {
         case 0x8: { /* close: answer with the same code, then close when written */
-            int code = len >= 2 ? (pl[0] << 8 | pl[1]) : 1000;
-            if (code < 1000 || code == 1004 || code == 1005 || code == 1006 || code == 1015 ||
-                (code > 1011 && code < 3000) || code > 4999)
-                code = 1002;
+            int code = gw_ws_close_code(pl, len);
             c->peer_closed = true;
             s_conn_close(c, code, "");
             break;
@@ -1569,29 +1406,6 @@ s_on_upgraded(void *data, h2o_socket_t *sock, size_t reqsize)
         s_input_release(sock);
 }
 
-/*  One frame into a fresh buffer (for the frames sent with the 101). */
-static void
-s_frame_into(pd_buf_t *out, int op, const char *p, size_t n)
-{
-    unsigned char h[10];
-    size_t hl = s_wheader(h, op, n);
-    pd_buf_add(out, h, hl);
-    pd_buf_add(out, p, n);
-}
-
-static void
-s_accept_key(const char *client_key, char out[29])
-{
-    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    unsigned char src[24 + sizeof guid - 1], md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    memcpy(src, client_key, 24);
-    memcpy(src + 24, guid, sizeof guid - 1);
-    EVP_Digest(src, sizeof src, md, &mdlen, EVP_sha1(), NULL);
-    h2o_base64_encode(out, md, 20, 0);
-    out[28] = 0;
-}
-
 static bool
 s_origin_ok(const pd_project_t *p, pd_str_t origin)
 {
@@ -1604,8 +1418,10 @@ s_origin_ok(const pd_project_t *p, pd_str_t origin)
 }
 
 int
-gw_rt_on_req(gw_t *gw, h2o_req_t *req)
+gw_rt_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
+    (void)self;
+    gw_t *gw = H2O_STRUCT_FROM_MEMBER(gw_t, ctx, req->conn->ctx);
     int64_t t0 = gw_now_ns();
     const char *client_key = NULL;
     if (h2o_is_websocket_handshake(req, &client_key) != 0 || !client_key || req->version >= 0x200) {
@@ -1620,12 +1436,14 @@ gw_rt_on_req(gw_t *gw, h2o_req_t *req)
                        PD_STR("This gateway is shutting down. Reconnect."), t0);
         return 0;
     }
-    pd_str_t project = s_query_param(req, "project");
+    /* a value whose encoding is bad stays raw: no project or token is spelt that way, so it
+     * is refused as unknown or invalid */
+    pd_str_t project = PD_STR_NULL, jwt = gw_header(req, "x-appwrite-jwt");
+    gw_http_query_param(req, "project", &project);
     if (!project.len)
         project = gw_header(req, "x-appwrite-project");
-    pd_str_t jwt = gw_header(req, "x-appwrite-jwt");
     if (!jwt.len)
-        jwt = s_query_param(req, "jwt");
+        gw_http_query_param(req, "jwt", &jwt);
 
     rt_conn_t *c = s_xcalloc(1, sizeof *c);
     c->roles = (char *)s_guest_roles;
@@ -1674,10 +1492,10 @@ gw_rt_on_req(gw_t *gw, h2o_req_t *req)
         s_rt.rejected++;
         s_rt.errors++;
         s_error_json(j, code, msg);
-        s_frame_into(&hello, 1, j->data, j->len);
+        gw_ws_frame_into(&hello, 1, j->data, j->len);
         char pl[125];
-        size_t n = s_close_payload(pl, code >= 1000 && code < 5000 ? code : 1008, msg);
-        s_frame_into(&hello, 8, pl, n);
+        size_t n = gw_ws_close_payload(pl, code >= 1000 && code < 5000 ? code : 1008, msg);
+        gw_ws_frame_into(&hello, 8, pl, n);
         c->state = RT_CLOSING;
         c->proj = NULL;
         pd_log_debug("%s: refused a realtime connection: %s", __func__, msg);
@@ -1686,12 +1504,12 @@ gw_rt_on_req(gw_t *gw, h2o_req_t *req)
                        "\"user\":");
         s_user_json(j, c);
         pd_buf_adds(j, "}}");
-        s_frame_into(&hello, 1, j->data, j->len);
+        gw_ws_frame_into(&hello, 1, j->data, j->len);
     }
     c->hello = hello.data; /* written with the 101; freed when the upgrade completes */
 
     char accept[29];
-    s_accept_key(client_key, accept);
+    gw_ws_accept_key(client_key, accept);
     req->res.status = 101;
     req->res.reason = "Switching Protocols";
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_UPGRADE, NULL, H2O_STRLIT("websocket"));
@@ -2149,9 +1967,9 @@ s_holds_tick(gw_t *gw, int64_t now)
 {
     int64_t wall = pd_now_ms();
     for (size_t i = 0; s_rt.holds.mask && i <= s_rt.holds.mask; i++) {
-        rt_hent_t *e = s_rt.holds.v[i];
+        pd_mapent_t *e = s_rt.holds.v[i];
         while (e) {
-            rt_hent_t *next = e->hnext;
+            pd_mapent_t *next = e->next;
             rt_hold_t *h = (rt_hold_t *)e;
             if (h->refs == 0 && h->release_at && now >= h->release_at) {
                 if (!h->dead) {
@@ -2211,6 +2029,8 @@ gw_rt_init(gw_t *gw)
     s_rt.gw = gw;
     gw->rt = &s_rt;
     s_rt.flush_entry.cb = s_on_flush;
+    pd_map_init(&s_rt.buckets);
+    pd_map_init(&s_rt.holds);
     pd_buf_init(&s_rt.key);
     pd_buf_init(&s_rt.tmp);
     for (int k = 0; k < K__COUNT; k++)
@@ -2267,7 +2087,7 @@ gw_rt_metrics(gw_t *gw, pd_buf_t *b)
     int node = gw->cfg->node;
     size_t held = 0;
     for (size_t i = 0; s_rt.holds.mask && i <= s_rt.holds.mask; i++)
-        for (rt_hent_t *e = s_rt.holds.v[i]; e; e = e->hnext)
+        for (pd_mapent_t *e = s_rt.holds.v[i]; e; e = e->next)
             held += !((rt_hold_t *)e)->dead;
 #define G(name, help, v)                                                                           \
     pd_buf_addf(                                                                                   \

@@ -13,6 +13,7 @@
 #include <sodium.h>
 
 #include "gw.h"
+#include "gw_http.h"
 #include "pd_err.h"
 #include "pd_log.h"
 #include "pd_body.h"
@@ -377,40 +378,6 @@ s_simple(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, int type, int r
     gw_send_end(gw);
 }
 
-static int
-s_hex(int c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                                          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
-/*  Decodes application/x-www-form-urlencoded text into out (pool memory). -1 on a bad
- *  escape or a NUL byte. */
-static int
-s_urldecode(h2o_mem_pool_t *pool, const char *s, size_t n, pd_str_t *out)
-{
-    char *d = h2o_mem_alloc_pool(pool, n + 1);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c == '+') {
-            c = ' ';
-        } else if (c == '%') {
-            int hi = i + 1 < n ? s_hex(s[i + 1]) : -1, lo = i + 2 < n ? s_hex(s[i + 2]) : -1;
-            if (hi < 0 || lo < 0)
-                return -1;
-            c = (char)(hi * 16 + lo);
-            i += 2;
-        }
-        if (c == 0)
-            return -1;
-        d[k++] = c;
-    }
-    d[k] = 0;
-    *out = (pd_str_t){d, k};
-    return 0;
-}
-
 static void
 s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
 {
@@ -425,8 +392,8 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
                 amp = end;
             const char *eq = memchr(p, '=', (size_t)(amp - p));
             pd_str_t key, val = PD_STR("");
-            if (s_urldecode(&req->pool, p, (size_t)((eq ? eq : amp) - p), &key) < 0 ||
-                (eq && s_urldecode(&req->pool, eq + 1, (size_t)(amp - eq - 1), &val) < 0)) {
+            if (gw_http_urldecode_pool(&req->pool, p, (size_t)((eq ? eq : amp) - p), &key) < 0 ||
+                (eq && gw_http_urldecode_pool(&req->pool, eq + 1, (size_t)(amp - eq - 1), &val) < 0)) {
                 gw_respond_err(gw, req, GW_ROUTE_LIST, PD_ERR_ARGUMENT_INVALID,
                                PD_STR("Invalid query string encoding."), t0);
                 return;
@@ -554,8 +521,6 @@ gw_rest_on_req(h2o_handler_t *handler, h2o_req_t *req)
         gw_respond(gw, req, GW_ROUTE_OPTIONS, 204, NULL, "", 0, t0);
         return 0;
     }
-    if (pd_str_eqc(path, "/v1/realtime"))
-        return gw_rt_on_req(gw, req);
     if (pd_str_eqc(path, "/v1/health") && s_method(req, "GET")) {
         gw_pending_t *p = gw_pending_new(gw, req, GW_ROUTE_HEALTH, s_on_status_reply);
         gw_send_begin(gw, PD_MSG_STATUS, p->rid);

@@ -7,6 +7,7 @@
 #include "pd_claims.h"
 #include "pd_config.h"
 #include "pd_keys.h"
+#include "pd_map.h"
 #include "pd_msg.h"
 #include "pd_outbox.h"
 #include "pd_query.h"
@@ -30,6 +31,7 @@ static const struct {
     {"config", pd_config_test},
     {"keys", pd_keys_test},
     {"claims", pd_claims_test},
+    {"map", pd_map_test},
 };
 
 int
