@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <string.h>
 #include <sodium.h>
@@ -398,10 +399,37 @@ s_fail_node(gw_t *gw, int n)
 
 static void s_on_store(h2o_socket_t *sock, const char *err);
 static h2o_socket_t *s_wrap_zmq(gw_t *gw, zsock_t *zs, h2o_socket_cb cb);
+static void s_accept_pause(gw_t *gw, bool retry);
+
+/*  Descriptors for a new ZeroMQ socket: its mailbox, our dup of its ZMQ_FD, and the
+ *  connections its I/O thread opens. czmq's zsock_new asserts when libzmq cannot make the
+ *  socket (EMFILE), which used to take the gateway and every connection it held down at the
+ *  descriptor limit. So a socket is made only when this many are free; otherwise the caller
+ *  marks itself short (gw->fds_short), accepting pauses, and descriptors that connections give
+ *  back go to internal sockets first (s_fds_retry). */
+#define GW_ZSOCK_FDS 8
+
+static bool
+s_fds_spare(gw_t *gw)
+{
+    int fds[GW_ZSOCK_FDS], n = 0;
+    while (n < GW_ZSOCK_FDS && (fds[n] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+        n++;
+    int err = errno;
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    if (n == GW_ZSOCK_FDS)
+        return true;
+    errno = err;
+    gw->fds_short = true;
+    s_accept_pause(gw, true);
+    return false;
+}
 
 static void
 s_store_close(gw_store_t *st)
 {
+    st->fd_short = false;
     if (st->io) {
         h2o_socket_read_stop(st->io);
         h2o_socket_close(st->io);
@@ -417,6 +445,14 @@ s_store_open(gw_t *gw, gw_store_t *st)
      * node or nothing. */
     char server[32];
     snprintf(server, sizeof server, "store-%d", (int)(st - gw->stores));
+    if (!s_fds_spare(gw)) { /* via the broker until descriptors are back (s_fds_retry) */
+        if (!st->fd_short)
+            pd_log_warn("no descriptors for a link to %s (%s): its requests go via the broker",
+                        server, strerror(errno));
+        st->fd_short = true;
+        return;
+    }
+    st->fd_short = false;
     st->sock = zsock_new(ZMQ_DEALER);
     if (pd_keys_client(gw->keys, zsock_resolve(st->sock), server) < 0) {
         pd_log_warn("no public key for %s; its requests go via the broker", server);
@@ -772,17 +808,13 @@ gw_bus_join(gw_t *gw)
     int64_t now = pd_mono_ms();
     if (now < gw->bus_retry_ms)
         return;
+    if (!s_fds_spare(gw))
+        goto fail;
     gw->sub = zsock_new(ZMQ_SUB);
     if (!gw->sub || pd_keys_client(gw->keys, zsock_resolve(gw->sub), "broker") < 0 ||
         zsock_connect(gw->sub, "%s", gw->cfg->bus_out) < 0 ||
-        !(gw->sub_io = s_wrap_zmq(gw, gw->sub, s_on_bus))) {
-        pd_log_warn("cannot join the bus at %s (%s): trying again in %d ms", gw->cfg->bus_out,
-                    strerror(errno), GW_BUS_RETRY_MS);
-        zsock_destroy(&gw->sub);
-        gw->bus_retry_ms = now + GW_BUS_RETRY_MS;
-        gw->bus_join_failures++;
-        return;
-    }
+        !(gw->sub_io = s_wrap_zmq(gw, gw->sub, s_on_bus)))
+        goto fail;
     zsock_set_subscribe(gw->sub, ""); /* events from the broker only: CURVE pins its key */
     zsock_set_rcvtimeo(gw->sub, 0);
     zsock_set_rcvhwm(gw->sub, 1000000);
@@ -791,6 +823,13 @@ gw_bus_join(gw_t *gw)
     gw->bus_join_ms = pd_mono_ms();
     gw->bus_joins++;
     pd_log_debug("joining the bus");
+    return;
+fail:
+    if (gw->bus_join_failures++ % 20 == 0) /* one line in 10 s while it lasts */
+        pd_log_warn("cannot join the bus at %s (%s): trying again in %d ms", gw->cfg->bus_out,
+                    strerror(errno), GW_BUS_RETRY_MS);
+    zsock_destroy(&gw->sub);
+    gw->bus_retry_ms = now + GW_BUS_RETRY_MS;
 }
 
 bool
@@ -883,10 +922,12 @@ s_on_tick(h2o_timeout_entry_t *entry)
 /*  Limits that hold when a client, or many, try to exhaust the gateway (README, "Limits"):
  *
  *  - Descriptors. At most max_conns connections (--max-connections; by default the process's
- *    RLIMIT_NOFILE less GW_FD_RESERVE, kept for ZeroMQ sockets, the bus and the log). At the
- *    cap, or when accept() finds no descriptor (EMFILE, ENFILE), the listener is left unread
- *    until a connection closes or a tick (250 ms) passes: the kernel queues new clients in the
- *    backlog meanwhile, and the loop does not spin on a listener that stays readable.
+ *    RLIMIT_NOFILE less a quarter of it, at most GW_FD_RESERVE, kept for ZeroMQ sockets, the
+ *    bus and the log). At the cap, or when accept() finds no descriptor (EMFILE, ENFILE), the
+ *    listener is left unread until a connection closes or a tick (250 ms) passes: the kernel
+ *    queues new clients in the backlog meanwhile, and the loop does not spin on a listener that
+ *    stays readable. An internal socket that finds too few descriptors (s_fds_spare) is tried
+ *    again before accepting resumes: it gets the descriptors closing connections give back.
  *  - Per address. At most --max-connections-per-ip connections from one client address
  *    (0, the default: no limit, as behind a proxy every client has the proxy's address); more
  *    are answered 429 and closed as soon as they are accepted.
@@ -915,9 +956,28 @@ s_accept_pause(gw_t *gw, bool retry)
         h2o_timeout_link(gw->ctx.loop, &gw->tick_timeout, &gw->accept_entry);
 }
 
+//  Gives internal sockets short of descriptors another try; true while one still is.
+static bool
+s_fds_retry(gw_t *gw)
+{
+    gw->fds_short = false;
+    if (gw->bus_state == GW_BUS_OFF && !gw_rt_idle(gw)) {
+        gw->bus_retry_ms = 0;
+        gw_bus_join(gw);
+    }
+    for (int n = 1; n <= gw->nstores; n++)
+        if (gw->stores[n].fd_short && !gw->fds_short)
+            s_store_open(gw, &gw->stores[n]);
+        else if (gw->stores[n].fd_short)
+            gw->fds_short = true;
+    return gw->fds_short;
+}
+
 static void
 s_accept_resume(gw_t *gw)
 {
+    if (gw->fds_short && s_fds_retry(gw))
+        return; /* still short: the retry timer (linked again) tries once more */
     if (gw->accept_paused && gw->listener && gw->nconns < gw->max_conns) {
         gw->accept_paused = false;
         h2o_socket_read_start(gw->listener, s_on_accept);
@@ -1125,7 +1185,7 @@ s_max_conns(const pd_config_t *cfg)
     struct rlimit rl;
     size_t fit = 1024;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-        fit = rl.rlim_cur > GW_FD_RESERVE + 16 ? rl.rlim_cur - GW_FD_RESERVE : 16;
+        fit = rl.rlim_cur - (rl.rlim_cur / 4 < GW_FD_RESERVE ? rl.rlim_cur / 4 : GW_FD_RESERVE);
     else if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
         fit = 1 << 20;
     if (cfg->max_connections && cfg->max_connections < fit)

@@ -99,6 +99,7 @@ typedef struct {
     bool up;                   //  the broker hears from it
     pd_msgw_t out;             //  requests to it this loop turn
     bool unread;               //  sent on, or its fd fired, since it last came up empty
+    bool fd_short;             //  its link waits for descriptors (gateway.c, s_fds_spare)
     struct gw *gw;
 } gw_store_t;
 
@@ -126,6 +127,7 @@ struct gw {
     size_t nconns;
     size_t max_conns;          //  --max-connections, within RLIMIT_NOFILE less a reserve
     bool accept_paused;        //  the listener is not read: at the cap, or out of descriptors
+    bool fds_short;            //  an internal socket waits for descriptors (before clients)
     h2o_timeout_entry_t accept_entry; //  resumes accepting after EMFILE
     gw_iptab_t iptab;          //  connections per client address (--max-connections-per-ip)
     void *h2o_reqread;         //  h2o's HTTP/1 request reader (a connection reading a request)

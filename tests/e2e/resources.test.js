@@ -110,37 +110,70 @@ test('one address cannot take every connection (--max-connections-per-ip)', asyn
 });
 
 test('out of descriptors: no spin, no crash, a WebSocket at the limit does not kill the gateway, service resumes', async (t) => {
-    const c = await startCluster({ label: 'res-fds', gateways: 1 });
+    // (a long idle timeout: the held connections must not be closed by it during the test)
+    const c = await startCluster({ label: 'res-fds', gateways: 1, args: ['--header-timeout', '60000'] });
     t.after(() => c.stop());
     const gw = c.pids('gateway')[0];
     // the gateway's descriptor limit drops to 200 (its cap was computed for the old one, so
     // this takes the EMFILE path of accept, the worst case)
     execFileSync('prlimit', ['--pid', String(gw), '--nofile=200:200']);
-    const socks = [];
-    for (let i = 0; i < 400; i++) socks.push(await connect(c.port)); // the rest wait in the backlog
-    // a WebSocket now: its TCP connection waits in the backlog too
+    const answered = async (s, ms) => {
+        try { await R.until(() => /^HTTP\/1\.1 200 [^]*\r\n\r\n/.test(s.data), ms, 'an answer'); return true; } catch { return false; }
+    };
+    const ask = (s) => { s.data = ''; s.write('GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n'); };
+    // Connections one by one, each asking for /v1/health and kept alive, until one is not
+    // answered: the gateway has no descriptor left and that one waits in the backlog.
+    const served = [];
+    let waiting = null;
+    for (let i = 0; i < 400 && !waiting; i++) {
+        const s = await connect(c.port);
+        s.on('error', () => {});
+        ask(s);
+        if (await answered(s, 1500)) served.push(s); else waiting = s;
+    }
+    t.after(() => { for (const s of served) s.destroy(); if (waiting) waiting.destroy(); });
+    assert.ok(waiting, 'the gateway never ran out of descriptors');
+    t.diagnostic(`${served.length} connections took every descriptor`);
+    // A WebSocket now (behind the waiting connection). Two connections close: the waiting one
+    // is accepted and answered, then the WebSocket, which is the gateway's first and joins the
+    // bus with no descriptor to spare (this used to kill the gateway: dup ZMQ_FD, or czmq's
+    // assertion in zsock_new).
     const wsP = R.RawClient.open(R.rtUrl(c), { timeoutMs: 20000 }).catch((e) => e);
+    await sleep(300);
+    served.shift().destroy();
+    assert.ok(await answered(waiting, 5000), 'the waiting connection was served when one closed');
+    served.push(waiting);
+    served.shift().destroy();
+    const ws = await wsP;
+    assert.ok(!(ws instanceof Error), `the WebSocket failed: ${ws && ws.message}`);
+    t.after(() => ws.terminate());
+    const hello = await ws.next((m) => m.type === 'connected' || m.type === 'error', 10000, 'connected');
+    assert.equal(hello.type, 'connected');
+    ws.send({ type: 'subscribe', data: [{ subscriptionId: 's', channels: ['presences'], queries: [] }] });
+    // at the limit, with a bus join waiting for descriptors: no spin, same process, and the
+    // connections it holds are still served
     const c0 = cpuTicks(gw);
     await sleep(2000);
     const spent = cpuTicks(gw) - c0;
     t.diagnostic(`gateway CPU while out of descriptors: ${spent * 10} ms in 2 s`);
     assert.ok(spent < 50, `the gateway spun: ${spent * 10} ms of CPU in 2 s`);
     assert.deepEqual(c.pids('gateway'), [gw], 'the gateway is still the same process');
-    for (const s of socks) s.destroy();
-    // served again, and the WebSocket gets through, subscribes (the gateway joins the bus)
-    // and receives an event
-    const ws = await wsP;
-    assert.ok(!(ws instanceof Error), `the WebSocket failed: ${ws && ws.message}`);
-    const hello = await ws.next((m) => m.type === 'connected' || m.type === 'error', 10000, 'connected');
-    assert.equal(hello.type, 'connected');
-    await R.rawSubscribe(ws, [{ subscriptionId: 's', channels: ['presences'], queries: [] }]);
+    const held = served[served.length - 2];
+    ask(held);
+    assert.ok(await answered(held, 3000), 'a connection held at the limit is still served');
+    assert.ok(!ws.closeInfo, 'the WebSocket is still open');
+    // connections close: the bus join gets its descriptors first, the subscription is
+    // acknowledged, an event arrives, and new clients are served again
+    for (const s of served.splice(0, 40)) s.destroy();
+    const ack = await ws.next((m) => m.type === 'response' || m.type === 'error', 10000, 'the subscribe answer');
+    assert.equal(ack.type, 'response', JSON.stringify(ack));
     const r = await api(c, 'PUT', '/v1/presences/fd-after', { key: true, body: { userId: 'fd', status: 'x', permissions: ['read("any")'] } });
     assert.equal(r.status, 200, r.text);
     await ws.next((m) => m.type === 'event' && m.data.payload.$id === 'fd-after', 5000, 'the event');
-    ws.close();
     assert.deepEqual(c.pids('gateway'), [gw]);
     const m = await c.metrics();
     assert.ok(m.sum('presenced_gateway_accept_pauses_total') >= 1, 'the pause is counted');
+    assert.ok(m.sum('presenced_gateway_bus_join_failures_total') >= 1, 'the bus join at the limit failed and was retried');
 });
 
 test('the connection cap (--max-connections) pauses accepting and resumes when one closes', async (t) => {
