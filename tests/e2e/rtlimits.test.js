@@ -9,7 +9,8 @@ const { useCluster, startCluster } = require('./lib/cluster');
 const { mintJwt } = require('./lib/sdk');
 const R = require('./lib/rtclient');
 
-const holder = useCluster(test, { label: 'rtlimits' });
+// one gateway: a connection and /metrics then reach the same process
+const holder = useCluster(test, { label: 'rtlimits', gateways: 1 });
 const C = () => holder.cluster;
 const errorsOf = (c, code) => c.msgs.filter((m) => m.type === 'error' && m.data.code === code);
 
@@ -43,6 +44,32 @@ test('held presences: one record per user, so a connection never holds more than
     }
     const m = await C().waitMetrics((x) => x.sum('presenced_realtime_held_presences') >= 1, 2000);
     assert.equal(m.sum('presenced_realtime_held_presences'), 1, 'the connection holds one presence');
+    c.close();
+});
+
+test('held presences: a connection that came to hold 16 records is refused a 17th with error 1003; it stays open', async () => {
+    // One record per user, so a connection reaches 16 holds only when its user's record is
+    // deleted (here by an API key) and it sets a new one, 16 times over.
+    const u = 'lim-holder16';
+    const c = await R.rawConnect(C(), { jwt: mintJwt(C().jwtSecret, { userId: u }) });
+    const del = (id) => fetch(`${C().endpoint}/presences/${id}`, {
+        method: 'DELETE', headers: { 'X-Appwrite-Project': C().project, 'X-Appwrite-Key': C().apiKey },
+    });
+    for (let i = 0; i < 16; i++) {
+        const r = await c.request({ type: 'presence', data: { status: 'here', presenceId: `cap-${i}` } });
+        assert.equal(r.type, 'response', JSON.stringify(r));
+        assert.equal(r.data.presence.$id, `cap-${i}`);
+        assert.equal((await del(`cap-${i}`)).status, 204);
+    }
+    const over = await c.request({ type: 'presence', data: { status: 'here', presenceId: 'cap-16' } });
+    assert.equal(over.type, 'error', JSON.stringify(over));
+    assert.equal(over.data.code, 1003);
+    assert.equal(over.data.message, 'Too many presences: one connection may hold at most 16.');
+    const get = await fetch(`${C().endpoint}/presences/cap-16`, { headers: { 'X-Appwrite-Project': C().project, 'X-Appwrite-Key': C().apiKey } });
+    assert.equal(get.status, 404, 'the refused presence was written');
+    const pong = await c.request({ type: 'ping' });
+    assert.equal(pong.type, 'pong');
+    assert.equal(c.closeInfo, undefined, 'the connection was closed');
     c.close();
 });
 
