@@ -50,6 +50,6 @@ step "memory checks on a release build"
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build-release -j"$jobs"
 PRESENCED_BIN="$root/build-release/presenced" bash tests/e2e/run.sh \
-    --test-name-pattern='10,000 idle subscribed|stops reading' realtime.test.js
+    --test-name-pattern='10,000 idle subscribed|stops reading|half-sent headers' realtime.test.js resources.test.js
 
 step "all tests passed"

@@ -18,6 +18,9 @@ const cpuTicks = (pid) => {
     return Number(f[11]) + Number(f[12]); // utime + stime, clock ticks (1/100 s)
 };
 const rssKb = (pid) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
+// ASan keeps freed memory in quarantine, so RSS says nothing there: the memory checks run in the
+// test command's release-build step (tests/run-all.sh)
+const isAsan = (pid) => { try { return /libasan/.test(fs.readFileSync(`/proc/${pid}/maps`, 'utf8')); } catch { return false; } };
 
 // Opens a TCP connection (optionally from a chosen loopback address); resolves when connected.
 function connect(port, localAddress) {
@@ -66,7 +69,7 @@ test('request headers: over the cap is 431 in the error shape; half-sent headers
     const after = rssKb(gw);
     peak = Math.max(peak, after);
     t.diagnostic(`gateway RSS ${before} kB before, ${after} kB after 300 oversized header sets`);
-    assert.ok(after - before < 40 * 1024, `RSS grew by ${after - before} kB`);
+    if (!isAsan(gw)) assert.ok(after - before < 40 * 1024, `RSS grew by ${after - before} kB`);
     // and it serves
     assert.equal(await c.health(), 200);
 });
