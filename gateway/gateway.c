@@ -1081,27 +1081,33 @@ s_conn_on_close(void *data)
     s_accept_resume(gw);
 }
 
-//  Answers a connection that broke a limit (431, 429) in Appwrite's error shape and closes it.
-//  The request was never parsed, so nothing of h2o's is writing: the bytes go straight to the
-//  socket, and shutting it down makes h2o's next read see the end and close the connection its
-//  own way.
+#define GW_REASON_431 "Request Header Fields Too Large"
+
+//  The body of a limit's answer (431, 429) in Appwrite's error shape; its length.
+static int
+s_refuse_body(int status, char body[256])
+{
+    static const char m431[] = "Request header fields are too large.",
+                      t431[] = "general_argument_invalid",
+                      m429[] = "Too many connections from this address.",
+                      t429[] = "general_rate_limit_exceeded";
+    return snprintf(body, 256,
+                    "{\"message\":\"%s\",\"code\":%d,\"type\":\"%s\",\"version\":\"1.9.6\"}",
+                    status == 431 ? m431 : m429, status, status == 431 ? t431 : t429);
+}
+
+//  Answers a connection that broke a limit (431, 429) and closes it. The request was never
+//  parsed, so nothing of h2o's is writing: the bytes go straight to the socket, and shutting it
+//  down makes h2o's next read see the end and close the connection its own way.
 static void
 s_conn_refuse(h2o_socket_t *sock, int status)
 {
-    static const char h431[] = "HTTP/1.1 431 Request Header Fields Too Large\r\n",
-                      m431[] = "Request header fields are too large.",
-                      t431[] = "general_argument_invalid",
-                      h429[] = "HTTP/1.1 429 Too Many Requests\r\n",
-                      m429[] = "Too many connections from this address.",
-                      t429[] = "general_rate_limit_exceeded";
     char body[256], resp[512];
-    int blen = snprintf(body, sizeof body,
-                        "{\"message\":\"%s\",\"code\":%d,\"type\":\"%s\",\"version\":\"1.9.6\"}",
-                        status == 431 ? m431 : m429, status, status == 431 ? t431 : t429);
+    int blen = s_refuse_body(status, body);
     int n = snprintf(resp, sizeof resp,
-                     "%sContent-Type: application/json\r\nContent-Length: %d\r\n"
+                     "HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                      "Connection: close\r\n\r\n%s",
-                     status == 431 ? h431 : h429, blen, body);
+                     status == 431 ? "431 " GW_REASON_431 : "429 Too Many Requests", blen, body);
     int fd = h2o_socket_get_fd(sock);
     if (write(fd, resp, (size_t)n) < 0) { /* best effort: the connection ends either way */
     }
@@ -1159,6 +1165,32 @@ s_on_accept(h2o_socket_t *listener, const char *err)
         if (!gw->h2o_reqread)
             gw->h2o_reqread = (void *)sock->_cb.read; /* h2o's HTTP/1 request reader */
     }
+}
+
+/*  The header cap on a request whose headers arrived complete between two ticks: the first
+ *  handler of every path. Counted as on the wire (request line, and name, ": ", value and CRLF
+ *  per header). */
+static int
+s_on_req_limits(h2o_handler_t *handler, h2o_req_t *req)
+{
+    (void)handler;
+    gw_t *gw = H2O_STRUCT_FROM_MEMBER(gw_t, ctx, req->conn->ctx);
+    size_t n = req->method.len + req->path.len + sizeof " HTTP/1.1\r\n";
+    for (size_t i = 0; i < req->headers.size; i++)
+        n += req->headers.entries[i].name->len + req->headers.entries[i].value.len + 4;
+    if (n <= gw->cfg->max_header_bytes)
+        return -1; /* on to the path's own handler */
+    gw->conn_refused[GW_REFUSE_HEADERS]++;
+    char body[256];
+    int len = s_refuse_body(431, body);
+    req->res.status = 431;
+    req->res.reason = GW_REASON_431;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("application/json"));
+    req->res.content_length = (size_t)len;
+    req->http1_is_persistent = 0;
+    h2o_send_inline(req, body, (size_t)len);
+    return 0;
 }
 
 /*  The header cap, once a tick (see above). O(connections): a pointer and a size per
@@ -1276,8 +1308,10 @@ gateway_main(pd_config_t *cfg)
         h2o_config_register_host(&gw->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     /* h2o takes the first registered path that matches: the longer one first */
     h2o_pathconf_t *rtpath = h2o_config_register_path(host, "/v1/realtime", 0);
+    h2o_create_handler(rtpath, sizeof(h2o_handler_t))->on_req = s_on_req_limits;
     h2o_create_handler(rtpath, sizeof(h2o_handler_t))->on_req = gw_rt_on_req;
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    h2o_create_handler(path, sizeof(h2o_handler_t))->on_req = s_on_req_limits;
     h2o_handler_t *handler = h2o_create_handler(path, sizeof *handler);
     handler->on_req = gw_rest_on_req;
     h2o_context_init(&gw->ctx, h2o_evloop_create(), &gw->config);

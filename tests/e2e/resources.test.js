@@ -48,6 +48,28 @@ test('request headers: over the cap is 431 in the error shape; half-sent headers
     assert.equal(body.code, 431);
     assert.equal(body.type, 'general_argument_invalid');
 
+    // complete requests, each in one write (parsed before any tick sees them): over the cap is
+    // 431 and close, on REST and on the realtime path; under it is served
+    const whole = async (path, kib) => {
+        const x = await connect(c.port);
+        x.on('error', () => {});
+        let req = `GET ${path} HTTP/1.1\r\nHost: x\r\n`;
+        for (let i = 0; i < kib; i++) req += `X-Pad-${i}: ${'c'.repeat(1000)}\r\n`;
+        x.write(req + 'Connection: keep-alive\r\n\r\n');
+        await R.until(() => /\r\n\r\n/.test(x.data), 3000, `the answer to ${path}`);
+        return x;
+    };
+    for (const path of ['/v1/health', '/v1/realtime?project=x']) {
+        const x = await whole(path, 20);
+        assert.match(x.data, /^HTTP\/1\.1 431 /, path);
+        assert.match(x.data, /\r\nconnection: close\r\n/i, path);
+        await withTimeout(x.ended, 3000, `${path} closed after the 431`);
+        assert.equal(JSON.parse(x.data.slice(x.data.indexOf('\r\n\r\n') + 4)).type, 'general_argument_invalid');
+    }
+    const fine = await whole('/v1/health', 12);
+    assert.match(fine.data, /^HTTP\/1\.1 200 /);
+    fine.destroy();
+
     // 300 clients each streaming 300 KiB of headers (under h2o's own 400 KiB ceiling): every
     // one is cut off (a client still sending when the server closes sees a reset rather than
     // the 431: the server does not linger), and the gateway's memory comes back (was: 137 MB
