@@ -61,6 +61,8 @@ test('realtime: a foreign origin gets error 1008 then close 1008; the allowed on
     assert.equal(evil.msgs.length, 1, JSON.stringify(evil));
     assert.equal(evil.msgs[0].type, 'error');
     assert.equal(evil.msgs[0].data.code, 1008);
+    // Appwrite's Origin validator message (it names the host; the origin as sent is accepted too)
+    assert.match(evil.msgs[0].data.message, /^Invalid Origin\. Register your new client \((https:\/\/)?evil\.example\.net\) as a new Web platform on your project console dashboard$/);
     assert.equal(evil.code, 1008);
     const good = await new Promise((resolve, reject) => {
         const ws = new R.WS(`ws://127.0.0.1:${C().port}/v1/realtime?project=${CORS}`, { headers: { Origin: GOOD } });
