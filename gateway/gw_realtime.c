@@ -67,6 +67,7 @@
 #include "gw_ws.h"
 
 #include "pd_err.h"
+#include "pd_cqueue.h"
 #include "pd_log.h"
 #include "pd_map.h"
 #include "pd_query.h"
@@ -162,7 +163,7 @@ struct rt_conn {
     char *roles; //  packed role list (s_guest_roles for guests: not owned)
     rt_sub_t *subs;
     rt_hold_t **holds;
-    char *out;           //  frames waiting for the next write
+    pd_cqueue_t q;       //  frames waiting for the next write (conflated per record)
     char *wbuf;          //  the write in flight
     char *frag;          //  a fragmented message being received
     char *hello;         //  upgrading: the frames sent with the 101 (freed after)
@@ -171,7 +172,7 @@ struct rt_conn {
     int64_t close_at_ms; //  closing: give up waiting for the peer then
     int64_t write_ms;    //  mono ms the write in flight was issued (0: none)
     int64_t rate_ms;     //  rate limiter: last refill
-    uint32_t roles_len, out_len, out_cap, wlen, frag_len, stamp;
+    uint32_t roles_len, wlen, frag_len, stamp;
     int32_t rate_tokens; //  thousandths of a message
     int32_t ev_head;     //  event scratch: first matched (sub) pair
     uint16_t nsubs, nchan;
@@ -228,6 +229,7 @@ typedef struct {
     int64_t idle_ms;
     int64_t next_sweep_ms;
     pd_buf_t key; //  scratch: index keys
+    unsigned char rec_key[PD_HASH_KEYBYTES]; //  keys records in the connections' queues
     pd_buf_t tmp; //  scratch: one frame's JSON
     /* event scratch */
     uint32_t stamp;
@@ -243,6 +245,7 @@ typedef struct {
     bool skipping;       //  quiet: bus frames are dropped unread (gw_rt_quiet)
     uint64_t replayed;   //  events dropped as already seen
     /* metrics */
+    uint64_t conflated, frame_bytes;
     uint64_t events, suppressed, frames, messages, errors, slow, idle, renewals, releases, gaps,
         missed, opened, rejected;
 } rt_t;
@@ -453,32 +456,44 @@ s_conn_schedule(rt_conn_t *c)
 }
 
 /*  Makes room for one frame of payload n; returns where to write the payload, or NULL if the
- *  connection is gone or would exceed its output bound (it is then disconnected). */
+ *  connection is gone or would exceed its output bound (it is then disconnected).
+ *
+ *  Conflation. A frame with a record's state (rec != 0, how a PD_CQ_*) supersedes the record's
+ *  queued frame while the connection is behind, that is while a write to it is in flight: its
+ *  queue then holds at most one frame per record it can see, and a delete cancels a creation
+ *  it was never sent (NULL: nothing to send; pd_cqueue.h). A connection that keeps up (its
+ *  last write completed) gets every state: what it is sent this loop turn is written at the
+ *  end of the turn, so conflating it would save no memory, only hide states from a client
+ *  that can take them. */
 static char *
-s_out_frame(rt_conn_t *c, int op, size_t n)
+s_out_record(rt_conn_t *c, uint64_t rec, int how, int op, size_t n)
 {
     if (c->state == RT_DEAD || c->state == RT_UPGRADING)
         return NULL;
-    size_t need = n + 10;
-    if ((size_t)c->out_len + c->wlen + need > s_rt.max_queue) {
+    size_t need = n + GW_WS_HEADER_MAX, queued = pd_cqueue_bytes(&c->q);
+    if (queued + c->wlen + need > s_rt.max_queue) {
         s_rt.slow++;
-        pd_log_info("%s: disconnecting a slow consumer (%u bytes pending, over --ws-max-queue)",
-                    __func__, c->out_len + c->wlen);
+        pd_log_info("%s: disconnecting a slow consumer (%zu bytes pending, over --ws-max-queue)",
+                    __func__, queued + c->wlen);
         s_conn_kill(c, "slow consumer");
         return NULL;
     }
-    if (c->out_len + need > c->out_cap) {
-        size_t cap = c->out_cap ? c->out_cap : 256;
-        while (cap < c->out_len + need)
-            cap *= 2;
-        c->out = s_xrealloc(c->out, cap);
-        c->out_cap = (uint32_t)cap;
-    }
-    size_t hl = gw_ws_header((unsigned char *)c->out + c->out_len, op, n);
-    char *p = c->out + c->out_len + hl;
-    c->out_len += (uint32_t)(hl + n);
+    unsigned char h[GW_WS_HEADER_MAX];
+    size_t hl = gw_ws_header(h, op, n);
+    uint64_t before = c->q.conflated;
+    char *p = rec && c->wbuf ? pd_cqueue_push_record(&c->q, rec, how, hl + n) : pd_cqueue_push(&c->q, hl + n);
+    s_rt.conflated += c->q.conflated - before;
+    if (!p)
+        return NULL;
+    memcpy(p, h, hl);
     s_conn_schedule(c);
-    return p;
+    return p + hl;
+}
+
+static char *
+s_out_frame(rt_conn_t *c, int op, size_t n)
+{
+    return s_out_record(c, 0, 0, op, n);
 }
 
 static void
@@ -552,7 +567,7 @@ s_conn_close(rt_conn_t *c, int code, const char *reason)
 static void
 s_close_done(rt_conn_t *c)
 {
-    if (c->state != RT_CLOSING || c->wbuf || c->out_len || !c->sock)
+    if (c->state != RT_CLOSING || c->wbuf || pd_cqueue_bytes(&c->q) || !c->sock)
         return;
     if (c->peer_closed) {
         s_conn_kill(c, "closed");
@@ -576,7 +591,7 @@ s_on_written(h2o_socket_t *sock, const char *err)
         s_conn_kill(c, "write error");
         return;
     }
-    if (c->out_len)
+    if (pd_cqueue_bytes(&c->q))
         s_conn_write(c);
     else
         s_close_done(c);
@@ -587,14 +602,13 @@ s_conn_write(rt_conn_t *c)
 {
     if (!c->sock || c->wbuf || c->state == RT_DEAD || c->state == RT_UPGRADING)
         return;
-    if (!c->out_len) {
+    if (!pd_cqueue_bytes(&c->q)) {
         s_close_done(c);
         return;
     }
-    c->wbuf = c->out;
-    c->wlen = c->out_len;
-    c->out = NULL;
-    c->out_len = c->out_cap = 0;
+    size_t len;
+    c->wbuf = pd_cqueue_take(&c->q, &len);
+    c->wlen = (uint32_t)len;
     c->write_ms = s_mono();
     h2o_iovec_t v = h2o_iovec_init(c->wbuf, c->wlen);
     h2o_socket_write(c->sock, &v, 1, s_on_written);
@@ -766,12 +780,12 @@ s_conn_free_fields(rt_conn_t *c)
     if (c->roles != s_guest_roles)
         free(c->roles);
     c->roles = NULL;
-    free(c->out);
+    pd_cqueue_free(&c->q);
     free(c->wbuf);
     free(c->frag);
     free(c->hello);
-    c->out = c->wbuf = c->frag = c->hello = NULL;
-    c->out_len = c->out_cap = c->wlen = c->frag_len = 0;
+    c->wbuf = c->frag = c->hello = NULL;
+    c->wlen = c->frag_len = 0;
 }
 
 /*  Drops a connection at once (no closing handshake). The struct is freed at the end of the
@@ -1529,6 +1543,7 @@ typedef struct {
     int action;         //  PD_ACT_*
     bool prev;          //  an upsert/update with a previous state
     bool roles_changed; //  read roles differ before / after
+    uint64_t rec;       //  the record's key in the connections' queues
     pd_str_t read, prev_read;
     pd_record_t rn, rp; //  record after (before, for a delete) / before the change
     pd_qrec_t qn, qp;
@@ -1659,7 +1674,11 @@ s_deliver(rt_ev_t *e)
         for (int32_t k = c->ev_head; k >= 0; k = s_rt.pairs[k].next, cnt++)
             n += s_rt.pairs[k].sub->idlen + 2u;
         n += cnt - 1;
-        char *d = s_out_frame(c, 1, n);
+        int act = s_kind_action(e, c->kind);
+        int how = act == PD_ACT_DELETE                       ? PD_CQ_DELETE
+                  : act == PD_ACT_UPSERT && (!e->prev || c->kind == K_GAINED) ? PD_CQ_CREATE
+                                                                 : PD_CQ_CHANGE;
+        char *d = s_out_record(c, e->rec, how, 1, n);
         if (!d)
             continue;
         memcpy(d, pre->data, pre->len);
@@ -1675,6 +1694,7 @@ s_deliver(rt_ev_t *e)
         }
         memcpy(d, suffix, sizeof suffix - 1);
         s_rt.frames++;
+        s_rt.frame_bytes += n;
     }
 }
 
@@ -1844,6 +1864,8 @@ gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev)
     rt_ev_t e;
     memset(&e, 0, sizeof e);
     e.ev = ev;
+    e.rec = pd_hash2_keyed(s_rt.rec_key, ev->s[PD_F_PROJECT], ev->s[PD_F_ID]);
+    e.rec += !e.rec; /* 0 means no record */
     e.action = (int)ev->i[PD_F_ACTION];
     if (e.action < PD_ACT_UPSERT || e.action > PD_ACT_DELETE)
         return;
@@ -1943,9 +1965,9 @@ s_sweep(int64_t now)
         rt_conn_t *next = c->next;
         if (c->wbuf && c->write_ms && now - c->write_ms >= s_rt.stall_ms) {
             s_rt.slow++;
-            pd_log_info("disconnecting a slow consumer: no write progress for %lld ms (%u bytes "
+            pd_log_info("disconnecting a slow consumer: no write progress for %lld ms (%zu bytes "
                         "pending)",
-                        (long long)(now - c->write_ms), c->out_len + c->wlen);
+                        (long long)(now - c->write_ms), pd_cqueue_bytes(&c->q) + c->wlen);
             s_conn_kill(c, "slow consumer");
         } else if (c->state == RT_CLOSING) {
             if (now >= c->close_at_ms)
@@ -2031,6 +2053,7 @@ gw_rt_init(gw_t *gw)
     s_rt.flush_entry.cb = s_on_flush;
     pd_map_init(&s_rt.buckets);
     pd_map_init(&s_rt.holds);
+    randombytes_buf(s_rt.rec_key, sizeof s_rt.rec_key);
     pd_buf_init(&s_rt.key);
     pd_buf_init(&s_rt.tmp);
     for (int k = 0; k < K__COUNT; k++)
@@ -2116,6 +2139,11 @@ gw_rt_metrics(gw_t *gw, pd_buf_t *b)
     C("presenced_realtime_renewal_events_total", "Lease renewals not sent to subscribers.",
       s_rt.suppressed);
     C("presenced_realtime_event_frames_total", "Event frames queued to connections.", s_rt.frames);
+    C("presenced_realtime_conflated_total",
+      "Queued event frames a newer event of the same record replaced, or a delete cancelled.",
+      s_rt.conflated);
+    C("presenced_realtime_event_bytes_total", "Bytes of event frames queued to connections.",
+      s_rt.frame_bytes);
     C("presenced_realtime_slow_disconnects_total",
       "Connections dropped as slow consumers (no write progress for --ws-stall-timeout, or "
       "pending output over --ws-max-queue).",

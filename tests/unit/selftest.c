@@ -6,6 +6,7 @@
 #include "pd_auth.h"
 #include "pd_claims.h"
 #include "pd_config.h"
+#include "pd_cqueue.h"
 #include "pd_keys.h"
 #include "pd_map.h"
 #include "pd_msg.h"
@@ -32,6 +33,7 @@ static const struct {
     {"keys", pd_keys_test},
     {"claims", pd_claims_test},
     {"map", pd_map_test},
+    {"cqueue", pd_cqueue_test},
 };
 
 int
