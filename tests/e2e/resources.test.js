@@ -201,6 +201,51 @@ test('out of descriptors: no spin, no crash, a WebSocket at the limit does not k
     assert.ok(m.sum('presenced_gateway_bus_join_failures_total') >= 1, 'the bus join at the limit failed and was retried');
 });
 
+test('gateways under ulimit -n 256: the default cap keeps descriptors for the bus; at the cap no spin, no crash, served again when others close', async (t) => {
+    const c = await startCluster({ label: 'res-ulimit', gateways: 2, args: ['--header-timeout', '60000'] });
+    t.after(() => c.stop());
+    // the supervisor's limit drops to 256 and both gateways are restarted by it: they start
+    // under `ulimit -n 256`, as in a container with a low limit
+    execFileSync('prlimit', ['--pid', String(c.pid), '--nofile=256:256']);
+    const old = c.kill('gateway');
+    const gws = await c.waitRestarted('gateway', undefined, old);
+    assert.equal(gws.length, 2);
+    for (const pid of gws) assert.match(fs.readFileSync(`/proc/${pid}/limits`, 'utf8'), /Max open files\s+256\s+256/);
+    await sleep(500);
+    assert.equal(await c.health(), 200);
+    const socks = [];
+    t.after(() => { for (const s of socks) s.destroy(); });
+    for (let i = 0; i < 450; i++) { // about 225 for each gateway, over its cap of 192
+        const s = await connect(c.port);
+        s.on('error', () => {});
+        socks.push(s);
+    }
+    await sleep(1000);
+    for (const pid of gws) {
+        const fds = fs.readdirSync(`/proc/${pid}/fd`).length;
+        assert.ok(fds < 256 - 8, `gateway ${pid} holds ${fds} descriptors: the cap left no reserve`);
+    }
+    const wsP = R.RawClient.open(R.rtUrl(c), { timeoutMs: 20000 }).catch((e) => e);
+    const c0 = gws.map(cpuTicks);
+    await sleep(2000);
+    const spent = gws.map((pid, i) => cpuTicks(pid) - c0[i]);
+    t.diagnostic(`gateways' CPU at the cap: ${spent.map((x) => x * 10).join(' and ')} ms in 2 s`);
+    for (const x of spent) assert.ok(x < 50, `a gateway spun: ${x * 10} ms of CPU in 2 s`);
+    assert.deepEqual(c.pids('gateway').sort(), [...gws].sort(), 'the gateways are the same processes');
+    for (const s of socks.splice(0, 150)) s.destroy();
+    const ws = await wsP;
+    assert.ok(!(ws instanceof Error), `the WebSocket failed: ${ws && ws.message}`);
+    t.after(() => ws.terminate());
+    await R.rawSubscribe(ws, [{ subscriptionId: 's', channels: ['presences'], queries: [] }]);
+    const r = await api(c, 'PUT', '/v1/presences/ulimit', { key: true, body: { userId: 'u', status: 'x', permissions: ['read("any")'] } });
+    assert.equal(r.status, 200, r.text);
+    await ws.next((m) => m.type === 'event' && m.data.payload.$id === 'ulimit', 5000, 'the event');
+    const m = await c.metrics();
+    assert.equal(m.sum('presenced_gateway_connections_max'), 192, 'the cap is 256 less a quarter');
+    assert.ok(m.sum('presenced_gateway_connections_refused_total', { reason: 'cap' }) >= 1, 'the cap is counted');
+    assert.deepEqual(c.pids('gateway').sort(), [...gws].sort());
+});
+
 test('the connection cap (--max-connections) pauses accepting and resumes when one closes', async (t) => {
     const c = await startCluster({ label: 'res-cap', gateways: 1, args: ['--max-connections', '50'] });
     t.after(() => c.stop());
