@@ -1,5 +1,8 @@
-/*  gw_realtime — the Realtime WebSocket endpoint (appwrite-protocol.md §6) and the fan-out of
- *  bus events to the subscribers of this gateway.
+/*  gw_realtime — the Realtime WebSocket endpoint (appwrite-protocol.md §6, its own h2o path
+ *  /v1/realtime) and the fan-out of bus events to the subscribers of this gateway. Its state is
+ *  the gateway's (gw->rt, an rt_t). It builds on gw_ws (RFC 6455 framing, no I/O), gw_http
+ *  (query string), pd_cqueue (each connection's conflating output queue) and pd_map (the
+ *  subscription index and the holds, under a random SipHash key).
  *
  *  WebSocket. h2o 2.2.5's own WebSocket layer (h2o_upgrade_to_websocket) runs wslay, which
  *  costs ~4.7 KB per connection (wslay's frame context holds a 4 KB input buffer) and writes a
@@ -28,9 +31,10 @@
  *  (presences, presences.<ID>, presences.<action>, presences.<ID>.<action>) times the record's
  *  read roles (before and after the change). The cost of an event is the number of
  *  (subscription, channel, role) registrations that can match it, not the number of
- *  connections. Frames for a connection are coalesced into its output buffer and written once
- *  per loop turn; the buffer is bounded (a consumer that falls behind by more than
- *  PRESENCED_WS_MAX_QUEUE bytes is disconnected) and freed when empty.
+ *  connections. Frames for a connection are coalesced into its output queue and written once
+ *  per loop turn; while a write is in flight, a record's newer frame replaces its queued one
+ *  (s_out_record); the queue is bounded (--ws-max-queue, and --ws-stall-timeout without write
+ *  progress) and freed when empty.
  *
  *  Connection-bound presence (`presence` message). The gateway sends the store an UPSERT
  *  with source "realtime", a lease (expiresAt = now + 30 s), FLAGS PD_FL_HOLD and CONN = this
@@ -81,6 +85,7 @@
 #define RT_GRACE_MS 5000           //  last socket gone -> RELEASE after this
 #define RT_MAX_SUBS 100            //  subscriptions per connection
 #define RT_MAX_CONN_CHANNELS 1000  //  presence channels per connection, all subscriptions
+#define RT_MAX_SUB_BYTES 65536     //  bytes of ids, channels and queries per connection
 #define RT_MAX_HOLDS 16            //  presences one socket may hold
 /*  Slow consumers are judged by time, not by a burst: a connection is dropped when a write to
  *  it has made no progress for RT_STALL_DEFAULT_S (--ws-stall-timeout: the client stopped
@@ -103,6 +108,7 @@ static const char s_guest_roles[] = "any\0guests\0";
 static const char s_select_all[] = "{\"method\":\"select\",\"values\":[\"*\"]}";
 
 typedef struct rt_conn rt_conn_t;
+typedef struct rt rt_t;
 typedef struct rt_sub rt_sub_t;
 
 /*  A project some connection used. Never freed (projects are few). */
@@ -137,6 +143,7 @@ struct rt_sub {
     uint32_t stamp;    //  the event that last evaluated this subscription
     uint16_t nchan;    //  presence channels (the indexed ones)
     uint16_t chan_len; //  bytes of the packed channel list
+    uint32_t bytes;    //  counted against RT_MAX_SUB_BYTES (s_row_bytes)
     uint8_t idlen;
     char data[]; //  id NUL, then the packed presence channels
 };
@@ -155,6 +162,7 @@ typedef struct {
 } rt_hold_t;
 
 struct rt_conn {
+    rt_t *rt;
     h2o_socket_t *sock;     //  NULL while upgrading and once dead
     rt_conn_t *prev, *next; //  every open or closing connection
     rt_conn_t *flush_next;  //  connections with output to write at the end of the turn
@@ -176,6 +184,7 @@ struct rt_conn {
     int32_t rate_tokens; //  thousandths of a message
     int32_t ev_head;     //  event scratch: first matched (sub) pair
     uint16_t nsubs, nchan;
+    uint32_t sub_bytes; //  of all its subscriptions (RT_MAX_SUB_BYTES)
     uint8_t nholds, state, kind, frag_op;
     bool in_flush, shut, peer_closed, counted;
     bool bus_wait;       //  messages held unread until the bus is live (gw_bus_join)
@@ -187,6 +196,7 @@ struct rt_conn {
  *  holder that only provides that pool (cleared when the op ends). */
 typedef struct rt_op {
     h2o_req_t req;
+    rt_t *rt;
     struct rt_op *prev, *next;
     rt_conn_t *conn; //  NULL once the connection is gone
     rt_proj_t *proj;
@@ -211,7 +221,8 @@ typedef struct {
     uint32_t mask; //  bit per kind (1 << K_*) this channel belongs to
 } rt_chan_t;
 
-typedef struct {
+/*  The realtime state of one gateway (gw->rt). */
+struct rt {
     gw_t *gw;
     rt_conn_t *conns; //  list of open and closing connections
     size_t nconns, nsubs;
@@ -248,9 +259,7 @@ typedef struct {
     uint64_t conflated, frame_bytes;
     uint64_t events, suppressed, frames, messages, errors, slow, idle, renewals, releases, gaps,
         missed, opened, rejected;
-} rt_t;
-
-static rt_t s_rt;
+};
 
 static void s_conn_kill(rt_conn_t *c, const char *why);
 static void s_conn_write(rt_conn_t *c);
@@ -303,23 +312,23 @@ s_unique_id(char out[21])
 /* -------------------------------------------------------------------------- projects */
 
 static rt_proj_t *
-s_proj_find(pd_str_t id)
+s_proj_find(rt_t *rt, pd_str_t id)
 {
-    for (rt_proj_t *p = s_rt.projs; p; p = p->next)
+    for (rt_proj_t *p = rt->projs; p; p = p->next)
         if (pd_str_eqc(id, p->id))
             return p;
     return NULL;
 }
 
 static rt_proj_t *
-s_proj_get(const pd_project_t *proj)
+s_proj_get(rt_t *rt, const pd_project_t *proj)
 {
-    rt_proj_t *p = s_proj_find(pd_str(proj->id));
+    rt_proj_t *p = s_proj_find(rt, pd_str(proj->id));
     if (!p) {
         p = s_xcalloc(1, sizeof *p);
         snprintf(p->id, sizeof p->id, "%s", proj->id);
-        p->next = s_rt.projs;
-        s_rt.projs = p;
+        p->next = rt->projs;
+        rt->projs = p;
     }
     p->p = proj;
     return p;
@@ -328,33 +337,33 @@ s_proj_get(const pd_project_t *proj)
 /* -------------------------------------------------------------------------- index */
 
 static void
-s_key(pd_str_t proj, pd_str_t chan, pd_str_t role)
+s_key(rt_t *rt, pd_str_t proj, pd_str_t chan, pd_str_t role)
 {
-    pd_buf_reset(&s_rt.key);
-    pd_buf_add(&s_rt.key, proj.ptr, proj.len);
-    pd_buf_add(&s_rt.key, "", 1);
-    pd_buf_add(&s_rt.key, chan.ptr, chan.len);
-    pd_buf_add(&s_rt.key, "", 1);
-    pd_buf_add(&s_rt.key, role.ptr, role.len);
+    pd_buf_reset(&rt->key);
+    pd_buf_add(&rt->key, proj.ptr, proj.len);
+    pd_buf_add(&rt->key, "", 1);
+    pd_buf_add(&rt->key, chan.ptr, chan.len);
+    pd_buf_add(&rt->key, "", 1);
+    pd_buf_add(&rt->key, role.ptr, role.len);
 }
 
 static rt_bucket_t *
-s_bucket_get(pd_str_t proj, pd_str_t chan, pd_str_t role, bool create)
+s_bucket_get(rt_t *rt, pd_str_t proj, pd_str_t chan, pd_str_t role, bool create)
 {
-    s_key(proj, chan, role);
-    uint64_t h = pd_map_hash(&s_rt.buckets, (pd_str_t){s_rt.key.data, s_rt.key.len}, PD_STR_NULL);
-    for (pd_mapent_t *e = pd_map_first(&s_rt.buckets, h); e; e = e->next) {
+    s_key(rt, proj, chan, role);
+    uint64_t h = pd_map_hash(&rt->buckets, (pd_str_t){rt->key.data, rt->key.len}, PD_STR_NULL);
+    for (pd_mapent_t *e = pd_map_first(&rt->buckets, h); e; e = e->next) {
         rt_bucket_t *b = (rt_bucket_t *)e;
-        if (e->hash == h && b->klen == s_rt.key.len && memcmp(b->key, s_rt.key.data, b->klen) == 0)
+        if (e->hash == h && b->klen == rt->key.len && memcmp(b->key, rt->key.data, b->klen) == 0)
             return b;
     }
     if (!create)
         return NULL;
-    rt_bucket_t *b = s_xcalloc(1, sizeof *b + s_rt.key.len);
+    rt_bucket_t *b = s_xcalloc(1, sizeof *b + rt->key.len);
     b->h.hash = h;
-    b->klen = (uint32_t)s_rt.key.len;
-    memcpy(b->key, s_rt.key.data, s_rt.key.len);
-    pd_map_add(&s_rt.buckets, &b->h);
+    b->klen = (uint32_t)rt->key.len;
+    memcpy(b->key, rt->key.data, rt->key.len);
+    pd_map_add(&rt->buckets, &b->h);
     return b;
 }
 
@@ -367,6 +376,7 @@ s_sub_chans(const rt_sub_t *s)
 static void
 s_sub_register(rt_sub_t *s)
 {
+    rt_t *rt = s->conn->rt;
     rt_conn_t *c = s->conn;
     pd_str_t roles = {c->roles, c->roles_len};
     size_t nroles = s_list_count(roles);
@@ -377,7 +387,7 @@ s_sub_register(rt_sub_t *s)
     for (pd_str_t ch = pd_list_first(chans); ch.ptr; ch = pd_list_next(chans, ch))
         for (pd_str_t r = pd_list_first(roles); r.ptr; r = pd_list_next(roles, r)) {
             rt_node_t *nd = &s->nodes[i++];
-            rt_bucket_t *b = s_bucket_get(proj, ch, r, true);
+            rt_bucket_t *b = s_bucket_get(rt, proj, ch, r, true);
             nd->sub = s;
             nd->bucket = b;
             nd->prev = NULL;
@@ -392,6 +402,7 @@ s_sub_register(rt_sub_t *s)
 static void
 s_sub_unregister(rt_sub_t *s)
 {
+    rt_t *rt = s->conn->rt;
     for (uint32_t i = 0; i < s->nnodes; i++) {
         rt_node_t *nd = &s->nodes[i];
         rt_bucket_t *b = nd->bucket;
@@ -402,7 +413,7 @@ s_sub_unregister(rt_sub_t *s)
         if (nd->next)
             nd->next->prev = nd->prev;
         if (--b->n == 0) {
-            pd_map_del(&s_rt.buckets, &b->h);
+            pd_map_del(&rt->buckets, &b->h);
             free(b);
         }
     }
@@ -431,11 +442,13 @@ s_sub_find(rt_conn_t *c, pd_str_t id)
 static void
 s_sub_remove(rt_conn_t *c, rt_sub_t **pp)
 {
+    rt_t *rt = c->rt;
     rt_sub_t *s = *pp;
     *pp = s->next;
     c->nsubs--;
     c->nchan -= s->nchan;
-    s_rt.nsubs--;
+    c->sub_bytes -= s->bytes;
+    rt->nsubs--;
     s_sub_free(s);
 }
 
@@ -444,14 +457,15 @@ s_sub_remove(rt_conn_t *c, rt_sub_t **pp)
 static void
 s_conn_schedule(rt_conn_t *c)
 {
+    rt_t *rt = c->rt;
     if (c->in_flush || c->state == RT_DEAD || c->state == RT_UPGRADING)
         return;
     c->in_flush = true;
-    c->flush_next = s_rt.flush_head;
-    s_rt.flush_head = c;
-    if (!s_rt.flush_linked) {
-        s_rt.flush_linked = true;
-        h2o_timeout_link(s_rt.gw->ctx.loop, &s_rt.gw->ctx.zero_timeout, &s_rt.flush_entry);
+    c->flush_next = rt->flush_head;
+    rt->flush_head = c;
+    if (!rt->flush_linked) {
+        rt->flush_linked = true;
+        h2o_timeout_link(rt->gw->ctx.loop, &rt->gw->ctx.zero_timeout, &rt->flush_entry);
     }
 }
 
@@ -468,11 +482,12 @@ s_conn_schedule(rt_conn_t *c)
 static char *
 s_out_record(rt_conn_t *c, uint64_t rec, int how, int op, size_t n)
 {
+    rt_t *rt = c->rt;
     if (c->state == RT_DEAD || c->state == RT_UPGRADING)
         return NULL;
     size_t need = n + GW_WS_HEADER_MAX, queued = pd_cqueue_bytes(&c->q);
-    if (queued + c->wlen + need > s_rt.max_queue) {
-        s_rt.slow++;
+    if (queued + c->wlen + need > rt->max_queue) {
+        rt->slow++;
         pd_log_info("%s: disconnecting a slow consumer (%zu bytes pending, over --ws-max-queue)",
                     __func__, queued + c->wlen);
         s_conn_kill(c, "slow consumer");
@@ -482,7 +497,7 @@ s_out_record(rt_conn_t *c, uint64_t rec, int how, int op, size_t n)
     size_t hl = gw_ws_header(h, op, n);
     uint64_t before = c->q.conflated;
     char *p = rec && c->wbuf ? pd_cqueue_push_record(&c->q, rec, how, hl + n) : pd_cqueue_push(&c->q, hl + n);
-    s_rt.conflated += c->q.conflated - before;
+    rt->conflated += c->q.conflated - before;
     if (!p)
         return NULL;
     memcpy(p, h, hl);
@@ -523,10 +538,11 @@ s_error_json(pd_buf_t *b, int code, const char *msg)
 static void
 s_send_error(rt_conn_t *c, int code, const char *msg)
 {
-    s_rt.errors++;
-    pd_buf_reset(&s_rt.tmp);
-    s_error_json(&s_rt.tmp, code, msg);
-    s_send_buf(c, &s_rt.tmp);
+    rt_t *rt = c->rt;
+    rt->errors++;
+    pd_buf_reset(&rt->tmp);
+    s_error_json(&rt->tmp, code, msg);
+    s_send_buf(c, &rt->tmp);
 }
 
 static void s_send_errorf(rt_conn_t *c, int code, const char *fmt, ...)
@@ -617,18 +633,19 @@ s_conn_write(rt_conn_t *c)
 static void
 s_on_flush(h2o_timeout_entry_t *entry)
 {
+    rt_t *rt = H2O_STRUCT_FROM_MEMBER(rt_t, flush_entry, entry);
     (void)entry;
-    s_rt.flush_linked = false;
+    rt->flush_linked = false;
     rt_conn_t *c;
-    while ((c = s_rt.flush_head) != NULL) {
-        s_rt.flush_head = c->flush_next;
+    while ((c = rt->flush_head) != NULL) {
+        rt->flush_head = c->flush_next;
         c->flush_next = NULL;
         c->in_flush = false;
         if (c->state != RT_DEAD)
             s_conn_write(c);
     }
-    while ((c = s_rt.dead) != NULL) {
-        s_rt.dead = c->dead_next;
+    while ((c = rt->dead) != NULL) {
+        rt->dead = c->dead_next;
         free(c);
     }
 }
@@ -636,16 +653,16 @@ s_on_flush(h2o_timeout_entry_t *entry)
 /* -------------------------------------------------------------------------- holds */
 
 static uint64_t
-s_hold_hash(pd_str_t proj, pd_str_t id)
+s_hold_hash(rt_t *rt, pd_str_t proj, pd_str_t id)
 {
-    return pd_map_hash(&s_rt.holds, proj, id);
+    return pd_map_hash(&rt->holds, proj, id);
 }
 
 static rt_hold_t *
-s_hold_find(pd_str_t proj, pd_str_t id)
+s_hold_find(rt_t *rt, pd_str_t proj, pd_str_t id)
 {
-    uint64_t h = s_hold_hash(proj, id);
-    for (pd_mapent_t *e = pd_map_first(&s_rt.holds, h); e; e = e->next) {
+    uint64_t h = s_hold_hash(rt, proj, id);
+    for (pd_mapent_t *e = pd_map_first(&rt->holds, h); e; e = e->next) {
         rt_hold_t *x = (rt_hold_t *)e;
         if (e->hash == h && pd_str_eqc(id, x->id) && pd_str_eqc(proj, x->proj->id))
             return x;
@@ -654,19 +671,19 @@ s_hold_find(pd_str_t proj, pd_str_t id)
 }
 
 static void
-s_hold_free(rt_hold_t *h)
+s_hold_free(rt_t *rt, rt_hold_t *h)
 {
-    pd_map_del(&s_rt.holds, &h->h);
+    pd_map_del(&rt->holds, &h->h);
     free(h);
 }
 
 static void
-s_hold_unref(rt_hold_t *h)
+s_hold_unref(rt_t *rt, rt_hold_t *h)
 {
     if (h->refs && --h->refs)
         return;
     if (h->dead)
-        s_hold_free(h);
+        s_hold_free(rt, h);
     else
         h->release_at = s_mono() + RT_GRACE_MS;
 }
@@ -674,8 +691,9 @@ s_hold_unref(rt_hold_t *h)
 static void
 s_conn_unhold_all(rt_conn_t *c)
 {
+    rt_t *rt = c->rt;
     for (uint8_t i = 0; i < c->nholds; i++)
-        s_hold_unref(c->holds[i]);
+        s_hold_unref(rt, c->holds[i]);
     free(c->holds);
     c->holds = NULL;
     c->nholds = 0;
@@ -708,9 +726,9 @@ s_hold_older(const rt_hold_t *h, int64_t created, uint64_t version)
  *  gateway among the holders (a REST upsert made it a plain record), ends the hold without a
  *  RELEASE; our own writes advance its version. */
 static void
-s_hold_on_event(const pd_msg_t *ev)
+s_hold_on_event(rt_t *rt, const pd_msg_t *ev)
 {
-    rt_hold_t *h = s_hold_find(ev->s[PD_F_PROJECT], ev->s[PD_F_ID]);
+    rt_hold_t *h = s_hold_find(rt, ev->s[PD_F_PROJECT], ev->s[PD_F_ID]);
     if (!h)
         return;
     int64_t created = ev->i[PD_F_CREATED];
@@ -720,12 +738,12 @@ s_hold_on_event(const pd_msg_t *ev)
     h->created_ms = created;
     h->version = version;
     bool mine = ev->i[PD_F_ACTION] != PD_ACT_DELETE &&
-                pd_list_has(ev->s[PD_F_CONN], pd_str(s_rt.gw->ident));
+                pd_list_has(ev->s[PD_F_CONN], pd_str(rt->gw->ident));
     if (mine)
         return;
     h->dead = true;
     if (h->refs == 0)
-        s_hold_free(h);
+        s_hold_free(rt, h);
 }
 
 /* -------------------------------------------------------------------------- connections */
@@ -766,10 +784,11 @@ s_conn_set_ident(rt_conn_t *c, const gw_ident_t *id)
 static void
 s_conn_detach(rt_conn_t *c)
 {
+    rt_t *rt = c->rt;
     while (c->subs)
         s_sub_remove(c, &c->subs);
     s_conn_unhold_all(c);
-    for (rt_op_t *op = s_rt.ops; op; op = op->next)
+    for (rt_op_t *op = rt->ops; op; op = op->next)
         if (op->conn == c)
             op->conn = NULL;
 }
@@ -793,6 +812,7 @@ s_conn_free_fields(rt_conn_t *c)
 static void
 s_conn_kill(rt_conn_t *c, const char *why)
 {
+    rt_t *rt = c->rt;
     if (c->state == RT_DEAD)
         return;
     pd_log_debug("%s: connection closed (%s)", __func__, why);
@@ -804,22 +824,22 @@ s_conn_kill(rt_conn_t *c, const char *why)
     s_conn_free_fields(c);
     if (c->prev)
         c->prev->next = c->next;
-    else if (s_rt.conns == c)
-        s_rt.conns = c->next;
+    else if (rt->conns == c)
+        rt->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     if (c->counted) {
-        s_rt.nconns--;
+        rt->nconns--;
         c->proj->nconns--;
         c->counted = false;
     }
     c->state = RT_DEAD;
-    c->dead_next = s_rt.dead;
-    s_rt.dead = c;
-    if (!s_rt.flush_linked) {
-        s_rt.flush_linked = true;
-        h2o_timeout_link(s_rt.gw->ctx.loop, &s_rt.gw->ctx.zero_timeout, &s_rt.flush_entry);
+    c->dead_next = rt->dead;
+    rt->dead = c;
+    if (!rt->flush_linked) {
+        rt->flush_linked = true;
+        h2o_timeout_link(rt->gw->ctx.loop, &rt->gw->ctx.zero_timeout, &rt->flush_entry);
     }
 }
 
@@ -861,10 +881,11 @@ s_user_json(pd_buf_t *b, const rt_conn_t *c)
 static void
 s_on_auth(rt_conn_t *c, pd_rtmsg_t *m)
 {
+    rt_t *rt = c->rt;
     gw_ident_t id;
     char err[300];
     int rc =
-        gw_ident_resolve(s_rt.gw, &id, pd_str(c->proj->id), PD_STR_NULL, m->token, err, sizeof err);
+        gw_ident_resolve(rt->gw, &id, pd_str(c->proj->id), PD_STR_NULL, m->token, err, sizeof err);
     if (rc != PD_ERR_OK || id.kind != GW_ID_USER) {
         gw_ident_free(&id);
         s_send_error(c, PD_RTMSG_EFORMAT, "Session is not valid.");
@@ -874,7 +895,7 @@ s_on_auth(rt_conn_t *c, pd_rtmsg_t *m)
         s_conn_unhold_all(c); /* those presences belong to the previous user */
     s_conn_set_ident(c, &id);
     gw_ident_free(&id);
-    pd_buf_t *b = &s_rt.tmp;
+    pd_buf_t *b = &rt->tmp;
     pd_buf_reset(b);
     pd_buf_adds(b, "{\"type\":\"response\",\"data\":{\"to\":\"authentication\",\"success\":true,"
                    "\"user\":");
@@ -907,9 +928,21 @@ s_row_channels(const pd_rtmsg_row_t *r, pd_buf_t *out)
     return n;
 }
 
+/*  What a subscription is counted for against RT_MAX_SUB_BYTES: its id, its packed presence
+ *  channels and the text of its queries (their parsed form is of the same order). */
+static size_t
+s_row_bytes(const pd_rtmsg_row_t *r, const char *id, const pd_buf_t *chans)
+{
+    size_t n = strlen(id) + chans->len;
+    for (size_t k = 0; k < r->nqueries; k++)
+        n += r->queries[k].len;
+    return n;
+}
+
 static void
 s_on_subscribe(rt_conn_t *c, pd_rtmsg_t *m)
 {
+    rt_t *rt = c->rt;
     size_t n = m->nrows;
     char(*ids)[37] = s_xcalloc(n, sizeof *ids);
     pd_buf_t *chans = s_xcalloc(n, sizeof *chans);
@@ -925,24 +958,34 @@ s_on_subscribe(rt_conn_t *c, pd_rtmsg_t *m)
     }
     /* What the connection would hold: a re-sent id replaces its subscription, and within one
      * message the last row with an id wins. */
-    size_t nsubs = c->nsubs, nchan = c->nchan;
+    size_t nsubs = c->nsubs, nchan = c->nchan, bytes = c->sub_bytes;
     for (size_t i = 0; i < n; i++) {
         for (size_t k = i + 1; k < n && !skip[i]; k++)
             skip[i] = strcmp(ids[i], ids[k]) == 0;
         if (skip[i])
             continue;
         rt_sub_t **old = s_sub_find(c, pd_str(ids[i]));
-        if (old)
+        if (old) {
             nchan -= (*old)->nchan;
-        else
+            bytes -= (*old)->bytes;
+        } else {
             nsubs++;
+        }
         nchan += nch[i];
+        bytes += s_row_bytes(&m->rows[i], ids[i], &chans[i]);
     }
     if (nsubs > RT_MAX_SUBS) {
         s_send_errorf(c, PD_RTMSG_EFORMAT,
                       "Too many subscriptions: a connection may hold at most %d (this message "
                       "would make %zu).",
                       RT_MAX_SUBS, nsubs);
+        goto out;
+    }
+    if (bytes > RT_MAX_SUB_BYTES) {
+        s_send_errorf(c, PD_RTMSG_EFORMAT,
+                      "Subscriptions too large: a connection's subscriptions may hold at most %d "
+                      "bytes of ids, channels and queries (this message would make %zu).",
+                      RT_MAX_SUB_BYTES, bytes);
         goto out;
     }
     if (nchan > RT_MAX_CONN_CHANNELS) {
@@ -967,16 +1010,18 @@ s_on_subscribe(rt_conn_t *c, pd_rtmsg_t *m)
             memcpy(s->data + idlen + 1, chans[i].data, chans[i].len);
         s->chan_len = (uint16_t)chans[i].len;
         s->nchan = (uint16_t)nch[i];
+        s->bytes = (uint32_t)s_row_bytes(&m->rows[i], ids[i], &chans[i]);
+        c->sub_bytes += s->bytes;
         s->query = m->rows[i].query;
         m->rows[i].query = NULL;
         s->next = c->subs;
         c->subs = s;
         c->nsubs++;
         c->nchan += s->nchan;
-        s_rt.nsubs++;
+        rt->nsubs++;
         s_sub_register(s);
     }
-    pd_buf_t *b = &s_rt.tmp;
+    pd_buf_t *b = &rt->tmp;
     pd_buf_reset(b);
     pd_buf_adds(b, "{\"type\":\"response\",\"data\":{\"to\":\"subscribe\",\"success\":true,"
                    "\"subscriptions\":[");
@@ -1023,7 +1068,8 @@ out:
 static void
 s_on_unsubscribe(rt_conn_t *c, pd_rtmsg_t *m)
 {
-    pd_buf_t *b = &s_rt.tmp;
+    rt_t *rt = c->rt;
+    pd_buf_t *b = &rt->tmp;
     pd_buf_reset(b);
     pd_buf_adds(b, "{\"type\":\"response\",\"data\":{\"to\":\"unsubscribe\",\"success\":true,"
                    "\"subscriptions\":[");
@@ -1042,10 +1088,11 @@ s_on_unsubscribe(rt_conn_t *c, pd_rtmsg_t *m)
 static void
 s_op_free(rt_op_t *op)
 {
+    rt_t *rt = op->rt;
     if (op->prev)
         op->prev->next = op->next;
     else
-        s_rt.ops = op->next;
+        rt->ops = op->next;
     if (op->next)
         op->next->prev = op->prev;
     h2o_mem_clear_pool(&op->req.pool); /* releases the pending entry */
@@ -1055,6 +1102,7 @@ s_op_free(rt_op_t *op)
 static void
 s_on_presence_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
 {
+    rt_t *rt = gw->rt;
     (void)gw;
     rt_op_t *op = p->user;
     rt_conn_t *c = op->conn;
@@ -1071,13 +1119,13 @@ s_on_presence_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
         return;
     }
     pd_str_t id = m->s[PD_F_ID], body = m->s[PD_F_BODY];
-    rt_hold_t *h = s_hold_find(pd_str(op->proj->id), id);
+    rt_hold_t *h = s_hold_find(rt, pd_str(op->proj->id), id);
     if (!h && id.len <= 36) {
         h = s_xcalloc(1, sizeof *h);
-        h->h.hash = s_hold_hash(pd_str(op->proj->id), id);
+        h->h.hash = s_hold_hash(rt, pd_str(op->proj->id), id);
         h->proj = op->proj;
         memcpy(h->id, id.ptr, id.len);
-        pd_map_add(&s_rt.holds, &h->h);
+        pd_map_add(&rt->holds, &h->h);
     }
     if (h) {
         int64_t created = s_body_time(body, "$createdAt");
@@ -1101,7 +1149,7 @@ s_on_presence_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
         }
     }
     if (c && c->state == RT_OPEN) {
-        pd_buf_t *b = &s_rt.tmp;
+        pd_buf_t *b = &rt->tmp;
         pd_buf_reset(b);
         pd_buf_adds(b, "{\"type\":\"response\",\"data\":{\"to\":\"presence\",\"presence\":");
         pd_buf_add(b, body.ptr, body.len);
@@ -1114,7 +1162,8 @@ s_on_presence_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
 static void
 s_on_presence(rt_conn_t *c, pd_rtmsg_t *m)
 {
-    gw_t *gw = s_rt.gw;
+    rt_t *rt = c->rt;
+    gw_t *gw = rt->gw;
     if (!c->user[0]) {
         s_send_error(c, 401, "User must be authorized");
         return;
@@ -1149,12 +1198,13 @@ s_on_presence(rt_conn_t *c, pd_rtmsg_t *m)
     p->user = op;
     op->p = p;
     op->conn = c;
+    op->rt = rt;
     op->proj = c->proj;
     op->deadline_ms = s_mono() + gw->cfg->request_timeout_ms + 1000;
-    op->next = s_rt.ops;
-    if (s_rt.ops)
-        s_rt.ops->prev = op;
-    s_rt.ops = op;
+    op->next = rt->ops;
+    if (rt->ops)
+        rt->ops->prev = op;
+    rt->ops = op;
 
     int64_t now = pd_now_ms();
     const pd_perms_t *pm = &m->perms;
@@ -1202,7 +1252,8 @@ s_rate_ok(rt_conn_t *c)
 static void
 s_on_message(rt_conn_t *c, int op, const char *p, size_t n)
 {
-    s_rt.messages++;
+    rt_t *rt = c->rt;
+    rt->messages++;
     if (op == 2) {
         s_send_error(c, PD_RTMSG_EFORMAT,
                      "Binary messages are not supported: send each message as JSON text.");
@@ -1352,12 +1403,13 @@ static void
 s_on_read(h2o_socket_t *sock, const char *err)
 {
     rt_conn_t *c = sock->data;
+    rt_t *rt = c->rt;
     if (err) {
         s_conn_kill(c, err);
         return;
     }
     c->last_rx_ms = s_mono();
-    if (c->state == RT_OPEN && !gw_bus_live(s_rt.gw)) {
+    if (c->state == RT_OPEN && !gw_bus_live(rt->gw)) {
         /* no message is handled before the events it may subscribe to can arrive */
         if (!c->bus_wait) {
             c->bus_wait = true;
@@ -1379,6 +1431,7 @@ static void
 s_on_upgraded(void *data, h2o_socket_t *sock, size_t reqsize)
 {
     rt_conn_t *c = data;
+    rt_t *rt = c->rt;
     free(c->hello);
     c->hello = NULL;
     if (!sock) {
@@ -1393,27 +1446,27 @@ s_on_upgraded(void *data, h2o_socket_t *sock, size_t reqsize)
     c->last_rx_ms = now;
     c->rate_ms = now;
     c->rate_tokens = RT_RATE_BURST * 1000;
-    c->next = s_rt.conns;
-    if (s_rt.conns)
-        s_rt.conns->prev = c;
-    s_rt.conns = c;
+    c->next = rt->conns;
+    if (rt->conns)
+        rt->conns->prev = c;
+    rt->conns = c;
     h2o_socket_read_start(sock, s_on_read);
     if (c->state == RT_CLOSING) { /* an error was sent with the 101, and a close frame */
         c->close_at_ms = now + RT_CLOSE_WAIT_MS;
         s_close_done(c);
         return;
     }
-    if (s_rt.shutting_down || !c->proj->p) {
+    if (rt->shutting_down || !c->proj->p) {
         c->state = RT_OPEN;
         s_conn_close(c, 1001, "Server is shutting down");
         return;
     }
     c->state = RT_OPEN;
     c->counted = true;
-    s_rt.nconns++;
+    rt->nconns++;
     c->proj->nconns++;
-    s_rt.opened++;
-    gw_bus_join(s_rt.gw);
+    rt->opened++;
+    gw_bus_join(rt->gw);
     if (sock->input->size)
         s_on_read(sock, NULL);
     else
@@ -1436,6 +1489,7 @@ gw_rt_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     (void)self;
     gw_t *gw = H2O_STRUCT_FROM_MEMBER(gw_t, ctx, req->conn->ctx);
+    rt_t *rt = gw->rt;
     int64_t t0 = gw_now_ns();
     const char *client_key = NULL;
     if (h2o_is_websocket_handshake(req, &client_key) != 0 || !client_key || req->version >= 0x200) {
@@ -1445,7 +1499,7 @@ gw_rt_on_req(h2o_handler_t *self, h2o_req_t *req)
                        t0);
         return 0;
     }
-    if (s_rt.shutting_down) {
+    if (rt->shutting_down) {
         gw_respond_err(gw, req, GW_ROUTE_REALTIME, PD_ERR_UNAVAILABLE,
                        PD_STR("This gateway is shutting down. Reconnect."), t0);
         return 0;
@@ -1460,6 +1514,7 @@ gw_rt_on_req(h2o_handler_t *self, h2o_req_t *req)
         gw_http_query_param(req, "jwt", &jwt);
 
     rt_conn_t *c = s_xcalloc(1, sizeof *c);
+    c->rt = rt;
     c->roles = (char *)s_guest_roles;
     c->roles_len = sizeof s_guest_roles - 1;
     c->state = RT_UPGRADING;
@@ -1487,7 +1542,7 @@ gw_rt_on_req(h2o_handler_t *self, h2o_req_t *req)
                  "project console dashboard",
                  shown);
     } else {
-        c->proj = s_proj_get(id.project);
+        c->proj = s_proj_get(rt, id.project);
         if (id.project->max_connections && c->proj->nconns >= id.project->max_connections) {
             code = 1013;
             snprintf(msg, sizeof msg, "Too many connections: this project allows %zu per gateway.",
@@ -1500,11 +1555,11 @@ gw_rt_on_req(h2o_handler_t *self, h2o_req_t *req)
 
     pd_buf_t hello;
     pd_buf_init(&hello);
-    pd_buf_t *j = &s_rt.tmp;
+    pd_buf_t *j = &rt->tmp;
     pd_buf_reset(j);
     if (code) {
-        s_rt.rejected++;
-        s_rt.errors++;
+        rt->rejected++;
+        rt->errors++;
         s_error_json(j, code, msg);
         gw_ws_frame_into(&hello, 1, j->data, j->len);
         char pl[125];
@@ -1539,6 +1594,7 @@ gw_rt_on_req(h2o_handler_t *self, h2o_req_t *req)
 
 /*  The context of the event being fanned out. */
 typedef struct {
+    rt_t *rt;
     const pd_msg_t *ev;
     int action;         //  PD_ACT_*
     bool prev;          //  an upsert/update with a previous state
@@ -1600,31 +1656,32 @@ s_query_ok(rt_ev_t *e, const rt_sub_t *s, int kind)
 static void
 s_consider(rt_ev_t *e, rt_sub_t *s, uint32_t mask)
 {
+    rt_t *rt = e->rt;
     rt_conn_t *c = s->conn;
-    if (c->stamp != s_rt.stamp) {
-        c->stamp = s_rt.stamp;
+    if (c->stamp != rt->stamp) {
+        c->stamp = rt->stamp;
         c->kind =
             (uint8_t)(c->state == RT_OPEN ? s_kind(e, (pd_str_t){c->roles, c->roles_len}) : K_NONE);
         c->ev_head = -1;
     }
-    if (c->kind == K_NONE || !(mask & (1u << c->kind)) || s->stamp == s_rt.stamp)
+    if (c->kind == K_NONE || !(mask & (1u << c->kind)) || s->stamp == rt->stamp)
         return;
-    s->stamp = s_rt.stamp;
+    s->stamp = rt->stamp;
     if (!s_query_ok(e, s, c->kind))
         return;
     if (c->ev_head < 0) {
-        if (s_rt.nm == s_rt.cap_m) {
-            s_rt.cap_m = s_rt.cap_m ? s_rt.cap_m * 2 : 256;
-            s_rt.mconns = s_xrealloc(s_rt.mconns, s_rt.cap_m * sizeof *s_rt.mconns);
+        if (rt->nm == rt->cap_m) {
+            rt->cap_m = rt->cap_m ? rt->cap_m * 2 : 256;
+            rt->mconns = s_xrealloc(rt->mconns, rt->cap_m * sizeof *rt->mconns);
         }
-        s_rt.mconns[s_rt.nm++] = c;
+        rt->mconns[rt->nm++] = c;
     }
-    if (s_rt.npairs == s_rt.cap_pairs) {
-        s_rt.cap_pairs = s_rt.cap_pairs ? s_rt.cap_pairs * 2 : 256;
-        s_rt.pairs = s_xrealloc(s_rt.pairs, s_rt.cap_pairs * sizeof *s_rt.pairs);
+    if (rt->npairs == rt->cap_pairs) {
+        rt->cap_pairs = rt->cap_pairs ? rt->cap_pairs * 2 : 256;
+        rt->pairs = s_xrealloc(rt->pairs, rt->cap_pairs * sizeof *rt->pairs);
     }
-    s_rt.pairs[s_rt.npairs] = (rt_pair_t){s, c->ev_head};
-    c->ev_head = (int32_t)s_rt.npairs++;
+    rt->pairs[rt->npairs] = (rt_pair_t){s, c->ev_head};
+    c->ev_head = (int32_t)rt->npairs++;
 }
 
 /*  The JSON of an event frame up to the subscription ids, once per kind per event (§6.4):
@@ -1633,10 +1690,11 @@ s_consider(rt_ev_t *e, rt_sub_t *s, uint32_t mask)
 static pd_buf_t *
 s_prefix(rt_ev_t *e, int kind)
 {
-    pd_buf_t *b = &s_rt.pre[kind];
-    if (s_rt.pre_ok[kind])
+    rt_t *rt = e->rt;
+    pd_buf_t *b = &rt->pre[kind];
+    if (rt->pre_ok[kind])
         return b;
-    s_rt.pre_ok[kind] = true;
+    rt->pre_ok[kind] = true;
     pd_buf_reset(b);
     const pd_msg_t *ev = e->ev;
     const char *a = s_act_name(s_kind_action(e, kind));
@@ -1664,15 +1722,16 @@ s_prefix(rt_ev_t *e, int kind)
 static void
 s_deliver(rt_ev_t *e)
 {
+    rt_t *rt = e->rt;
     static const char suffix[] = "]}}";
-    for (size_t i = 0; i < s_rt.nm; i++) {
-        rt_conn_t *c = s_rt.mconns[i];
+    for (size_t i = 0; i < rt->nm; i++) {
+        rt_conn_t *c = rt->mconns[i];
         if (c->state != RT_OPEN)
             continue;
         pd_buf_t *pre = s_prefix(e, c->kind);
         size_t n = pre->len + sizeof suffix - 1, cnt = 0;
-        for (int32_t k = c->ev_head; k >= 0; k = s_rt.pairs[k].next, cnt++)
-            n += s_rt.pairs[k].sub->idlen + 2u;
+        for (int32_t k = c->ev_head; k >= 0; k = rt->pairs[k].next, cnt++)
+            n += rt->pairs[k].sub->idlen + 2u;
         n += cnt - 1;
         int act = s_kind_action(e, c->kind);
         int how = act == PD_ACT_DELETE                       ? PD_CQ_DELETE
@@ -1683,18 +1742,18 @@ s_deliver(rt_ev_t *e)
             continue;
         memcpy(d, pre->data, pre->len);
         d += pre->len;
-        for (int32_t k = c->ev_head; k >= 0; k = s_rt.pairs[k].next) {
-            const rt_sub_t *s = s_rt.pairs[k].sub;
+        for (int32_t k = c->ev_head; k >= 0; k = rt->pairs[k].next) {
+            const rt_sub_t *s = rt->pairs[k].sub;
             *d++ = '"';
             memcpy(d, s->data, s->idlen);
             d += s->idlen;
             *d++ = '"';
-            if (s_rt.pairs[k].next >= 0)
+            if (rt->pairs[k].next >= 0)
                 *d++ = ',';
         }
         memcpy(d, suffix, sizeof suffix - 1);
-        s_rt.frames++;
-        s_rt.frame_bytes += n;
+        rt->frames++;
+        rt->frame_bytes += n;
     }
 }
 
@@ -1762,24 +1821,24 @@ s_is_renewal(const pd_msg_t *ev)
  *  restarted store node publishes its last second of events again (pd_outbox.h), and those
  *  that reached us before it died are dropped here. */
 static bool
-s_check_seq(const pd_msg_t *ev)
+s_check_seq(rt_t *rt, const pd_msg_t *ev)
 {
     int64_t node = ev->i[PD_F_NODE], seq = ev->i[PD_F_SEQ], gen = ev->i[PD_F_GEN];
     if (node < 0 || node > 64 || !pd_msg_has(ev, PD_F_SEQ))
         return true;
-    rt_seq_t *st = &s_rt.seqs[node];
+    rt_seq_t *st = &rt->seqs[node];
     if (st->seen && st->gen == gen && seq <= st->seq) {
-        s_rt.replayed++;
+        rt->replayed++;
         return false;
     }
     if (st->seen && st->gen != gen && gen < st->gen) {
-        s_rt.replayed++; //  an older generation, after the newer one was seen
+        rt->replayed++; //  an older generation, after the newer one was seen
         return false;
     }
     if (st->seen && st->gen == gen && seq != st->seq + 1) {
         if (seq > st->seq + 1) {
-            s_rt.gaps++;
-            s_rt.missed += (uint64_t)(seq - st->seq - 1);
+            rt->gaps++;
+            rt->missed += (uint64_t)(seq - st->seq - 1);
             pd_log_warn("%s: gap in the events of store %lld: expected seq %lld, got %lld (%lld "
                         "missed)",
                         __func__, (long long)node, (long long)(st->seq + 1), (long long)seq,
@@ -1805,16 +1864,17 @@ s_check_seq(const pd_msg_t *ev)
 bool
 gw_rt_quiet(gw_t *gw)
 {
+    rt_t *rt = gw->rt;
     (void)gw;
-    s_rt.bus_frames++;
-    if (s_rt.nconns || s_rt.holds.n) {
-        s_rt.skipping = false;
+    rt->bus_frames++;
+    if (rt->nconns || rt->holds.n) {
+        rt->skipping = false;
         return false;
     }
-    if (!s_rt.skipping) {
-        s_rt.skipping = true;
-        for (size_t i = 0; i < sizeof s_rt.seqs / sizeof *s_rt.seqs; i++)
-            s_rt.seqs[i].seen = false;
+    if (!rt->skipping) {
+        rt->skipping = true;
+        for (size_t i = 0; i < sizeof rt->seqs / sizeof *rt->seqs; i++)
+            rt->seqs[i].seen = false;
     }
     return true;
 }
@@ -1822,8 +1882,9 @@ gw_rt_quiet(gw_t *gw)
 bool
 gw_rt_idle(const gw_t *gw)
 {
+    const rt_t *rt = gw->rt;
     (void)gw;
-    return !s_rt.nconns && !s_rt.holds.n;
+    return !rt->nconns && !rt->holds.n;
 }
 
 /*  A new SUB socket has its first frame: the sequence trackers start again, and the messages
@@ -1831,10 +1892,11 @@ gw_rt_idle(const gw_t *gw)
 void
 gw_rt_bus_live(gw_t *gw)
 {
+    rt_t *rt = gw->rt;
     (void)gw;
-    for (size_t i = 0; i < sizeof s_rt.seqs / sizeof *s_rt.seqs; i++)
-        s_rt.seqs[i].seen = false;
-    for (rt_conn_t *c = s_rt.conns, *next; c; c = next) {
+    for (size_t i = 0; i < sizeof rt->seqs / sizeof *rt->seqs; i++)
+        rt->seqs[i].seen = false;
+    for (rt_conn_t *c = rt->conns, *next; c; c = next) {
         next = c->next;
         if (!c->bus_wait)
             continue;
@@ -1849,22 +1911,24 @@ gw_rt_bus_live(gw_t *gw)
 void
 gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev)
 {
+    rt_t *rt = gw->rt;
     (void)gw;
-    s_rt.events++;
-    if (!s_check_seq(ev))
+    rt->events++;
+    if (!s_check_seq(rt, ev))
         return;
-    s_hold_on_event(ev);
-    rt_proj_t *proj = s_proj_find(ev->s[PD_F_PROJECT]);
+    s_hold_on_event(rt, ev);
+    rt_proj_t *proj = s_proj_find(rt, ev->s[PD_F_PROJECT]);
     if (!proj || proj->nconns == 0 || !ev->s[PD_F_ID].len)
         return;
     if (s_is_renewal(ev)) {
-        s_rt.suppressed++;
+        rt->suppressed++;
         return;
     }
     rt_ev_t e;
     memset(&e, 0, sizeof e);
+    e.rt = rt;
     e.ev = ev;
-    e.rec = pd_hash2_keyed(s_rt.rec_key, ev->s[PD_F_PROJECT], ev->s[PD_F_ID]);
+    e.rec = pd_hash2_keyed(rt->rec_key, ev->s[PD_F_PROJECT], ev->s[PD_F_ID]);
     e.rec += !e.rec; /* 0 means no record */
     e.action = (int)ev->i[PD_F_ACTION];
     if (e.action < PD_ACT_UPSERT || e.action > PD_ACT_DELETE)
@@ -1918,10 +1982,10 @@ gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev)
         s_chan_add(ch, &nch, 1u << K_GAINED, "presences.%.*s.upsert", (int)id.len, id.ptr);
     }
 
-    if (++s_rt.stamp == 0)
-        s_rt.stamp = 1;
-    s_rt.npairs = s_rt.nm = 0;
-    memset(s_rt.pre_ok, 0, sizeof s_rt.pre_ok);
+    if (++rt->stamp == 0)
+        rt->stamp = 1;
+    rt->npairs = rt->nm = 0;
+    memset(rt->pre_ok, 0, sizeof rt->pre_ok);
     pd_str_t pid = ev->s[PD_F_PROJECT];
     for (int pass = 0; pass < (e.roles_changed ? 2 : 1); pass++) {
         pd_str_t roles = pass ? e.prev_read : e.read;
@@ -1929,7 +1993,7 @@ gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev)
             if (pass && pd_list_has(e.read, role))
                 continue;
             for (size_t k = 0; k < nch; k++) {
-                rt_bucket_t *b = s_bucket_get(pid, (pd_str_t){ch[k].s, ch[k].len}, role, false);
+                rt_bucket_t *b = s_bucket_get(rt, pid, (pd_str_t){ch[k].s, ch[k].len}, role, false);
                 for (rt_node_t *nd = b ? b->head : NULL; nd; nd = nd->next)
                     s_consider(&e, nd->sub, ch[k].mask);
             }
@@ -1957,14 +2021,14 @@ s_drop_to_guest(rt_conn_t *c)
 }
 
 static void
-s_sweep(int64_t now)
+s_sweep(rt_t *rt, int64_t now)
 {
     int64_t wall = pd_now_ms();
-    rt_conn_t *c = s_rt.conns;
+    rt_conn_t *c = rt->conns;
     while (c) {
         rt_conn_t *next = c->next;
-        if (c->wbuf && c->write_ms && now - c->write_ms >= s_rt.stall_ms) {
-            s_rt.slow++;
+        if (c->wbuf && c->write_ms && now - c->write_ms >= rt->stall_ms) {
+            rt->slow++;
             pd_log_info("disconnecting a slow consumer: no write progress for %lld ms (%zu bytes "
                         "pending)",
                         (long long)(now - c->write_ms), pd_cqueue_bytes(&c->q) + c->wlen);
@@ -1973,8 +2037,8 @@ s_sweep(int64_t now)
             if (now >= c->close_at_ms)
                 s_conn_kill(c, "close timeout");
         } else if (c->state == RT_OPEN) {
-            if (now - c->last_rx_ms >= s_rt.idle_ms) {
-                s_rt.idle++;
+            if (now - c->last_rx_ms >= rt->idle_ms) {
+                rt->idle++;
                 s_conn_close(c, 1000, "Idle timeout");
             } else if (c->exp_ms && wall >= c->exp_ms) {
                 s_drop_to_guest(c);
@@ -1987,9 +2051,10 @@ s_sweep(int64_t now)
 static void
 s_holds_tick(gw_t *gw, int64_t now)
 {
+    rt_t *rt = gw->rt;
     int64_t wall = pd_now_ms();
-    for (size_t i = 0; s_rt.holds.mask && i <= s_rt.holds.mask; i++) {
-        pd_mapent_t *e = s_rt.holds.v[i];
+    for (size_t i = 0; rt->holds.mask && i <= rt->holds.mask; i++) {
+        pd_mapent_t *e = rt->holds.v[i];
         while (e) {
             pd_mapent_t *next = e->next;
             rt_hold_t *h = (rt_hold_t *)e;
@@ -2001,9 +2066,9 @@ s_holds_tick(gw_t *gw, int64_t now)
                     pd_msgw_str(w, PD_F_CONN, gw->ident, strlen(gw->ident));
                     pd_msgw_int(w, PD_F_NOW, wall);
                     gw_send_end(gw);
-                    s_rt.releases++;
+                    rt->releases++;
                 }
-                s_hold_free(h);
+                s_hold_free(rt, h);
             } else if (!h->dead && now >= h->renew_at) {
                 pd_msgw_t *w = gw_send_begin(gw, PD_MSG_UPDATE, 0);
                 pd_msgw_str(w, PD_F_PROJECT, h->proj->id, strlen(h->proj->id));
@@ -2014,7 +2079,7 @@ s_holds_tick(gw_t *gw, int64_t now)
                 pd_msgw_int(w, PD_F_NOW, wall);
                 gw_send_end(gw);
                 h->renew_at = now + RT_RENEW_MS;
-                s_rt.renewals++;
+                rt->renewals++;
             }
             e = next;
         }
@@ -2024,9 +2089,10 @@ s_holds_tick(gw_t *gw, int64_t now)
 void
 gw_rt_tick(gw_t *gw)
 {
+    rt_t *rt = gw->rt;
     int64_t now = s_mono();
     s_holds_tick(gw, now);
-    rt_op_t *op = s_rt.ops;
+    rt_op_t *op = rt->ops;
     while (op) {
         rt_op_t *next = op->next;
         if (now >= op->deadline_ms) {
@@ -2036,9 +2102,9 @@ gw_rt_tick(gw_t *gw)
         }
         op = next;
     }
-    if (now >= s_rt.next_sweep_ms) {
-        s_rt.next_sweep_ms = now + RT_SWEEP_MS;
-        s_sweep(now);
+    if (now >= rt->next_sweep_ms) {
+        rt->next_sweep_ms = now + RT_SWEEP_MS;
+        s_sweep(rt, now);
     }
 }
 
@@ -2047,37 +2113,38 @@ gw_rt_tick(gw_t *gw)
 void
 gw_rt_init(gw_t *gw)
 {
-    memset(&s_rt, 0, sizeof s_rt);
-    s_rt.gw = gw;
-    gw->rt = &s_rt;
-    s_rt.flush_entry.cb = s_on_flush;
-    pd_map_init(&s_rt.buckets);
-    pd_map_init(&s_rt.holds);
-    randombytes_buf(s_rt.rec_key, sizeof s_rt.rec_key);
-    pd_buf_init(&s_rt.key);
-    pd_buf_init(&s_rt.tmp);
+    rt_t *rt = s_xcalloc(1, sizeof *rt);
+    rt->gw = gw;
+    gw->rt = rt;
+    rt->flush_entry.cb = s_on_flush;
+    pd_map_init(&rt->buckets);
+    pd_map_init(&rt->holds);
+    randombytes_buf(rt->rec_key, sizeof rt->rec_key);
+    pd_buf_init(&rt->key);
+    pd_buf_init(&rt->tmp);
     for (int k = 0; k < K__COUNT; k++)
-        pd_buf_init(&s_rt.pre[k]);
-    s_rt.max_queue = RT_QUEUE_DEFAULT;
-    s_rt.idle_ms = RT_IDLE_DEFAULT_S * 1000LL;
-    s_rt.stall_ms = (gw->cfg->ws_stall_timeout > 0 ? gw->cfg->ws_stall_timeout
+        pd_buf_init(&rt->pre[k]);
+    rt->max_queue = RT_QUEUE_DEFAULT;
+    rt->idle_ms = RT_IDLE_DEFAULT_S * 1000LL;
+    rt->stall_ms = (gw->cfg->ws_stall_timeout > 0 ? gw->cfg->ws_stall_timeout
                                                    : RT_STALL_DEFAULT_S) * 1000LL;
     /* --ws-max-queue / --ws-idle-timeout (or PRESENCED_WS_MAX_QUEUE / _IDLE_TIMEOUT) */
     if (gw->cfg->ws_max_queue >= 4096)
-        s_rt.max_queue = gw->cfg->ws_max_queue;
+        rt->max_queue = gw->cfg->ws_max_queue;
     if (gw->cfg->ws_idle_timeout > 0)
-        s_rt.idle_ms = gw->cfg->ws_idle_timeout * 1000LL;
+        rt->idle_ms = gw->cfg->ws_idle_timeout * 1000LL;
 }
 
 void
 gw_rt_shutdown(gw_t *gw)
 {
+    rt_t *rt = gw->rt;
     (void)gw;
-    s_rt.shutting_down = true;
+    rt->shutting_down = true;
     /* Clients reconnect to another gateway and re-send their presence there; our holds are
      * not released (their lease covers the switch). The close frames are written now: the
      * loop may not turn again. */
-    rt_conn_t *c = s_rt.conns;
+    rt_conn_t *c = rt->conns;
     while (c) {
         rt_conn_t *next = c->next;
         if (c->state == RT_OPEN) {
@@ -2091,9 +2158,10 @@ gw_rt_shutdown(gw_t *gw)
 void
 gw_rt_on_reload(gw_t *gw)
 {
-    for (rt_proj_t *p = s_rt.projs; p; p = p->next)
+    rt_t *rt = gw->rt;
+    for (rt_proj_t *p = rt->projs; p; p = p->next)
         p->p = pd_projects_find(&gw->projects, pd_str(p->id));
-    rt_conn_t *c = s_rt.conns;
+    rt_conn_t *c = rt->conns;
     while (c) {
         rt_conn_t *next = c->next;
         if (c->state == RT_OPEN && !c->proj->p) {
@@ -2107,10 +2175,11 @@ gw_rt_on_reload(gw_t *gw)
 void
 gw_rt_metrics(gw_t *gw, pd_buf_t *b)
 {
+    rt_t *rt = gw->rt;
     int node = gw->cfg->node;
     size_t held = 0;
-    for (size_t i = 0; s_rt.holds.mask && i <= s_rt.holds.mask; i++)
-        for (pd_mapent_t *e = s_rt.holds.v[i]; e; e = e->next)
+    for (size_t i = 0; rt->holds.mask && i <= rt->holds.mask; i++)
+        for (pd_mapent_t *e = rt->holds.v[i]; e; e = e->next)
             held += !((rt_hold_t *)e)->dead;
 #define G(name, help, v)                                                                           \
     pd_buf_addf(                                                                                   \
@@ -2120,40 +2189,40 @@ gw_rt_metrics(gw_t *gw, pd_buf_t *b)
     pd_buf_addf(                                                                                   \
         b, "# HELP " name " " help "\n# TYPE " name " counter\n" name "{gateway=\"%d\"} %llu\n",   \
         node, (unsigned long long)(v))
-    G("presenced_realtime_connections", "Open WebSocket connections.", s_rt.nconns);
-    G("presenced_realtime_subscriptions", "Subscriptions of the open connections.", s_rt.nsubs);
+    G("presenced_realtime_connections", "Open WebSocket connections.", rt->nconns);
+    G("presenced_realtime_subscriptions", "Subscriptions of the open connections.", rt->nsubs);
     G("presenced_realtime_index_buckets", "(project, channel, role) keys of the index.",
-      s_rt.buckets.n);
+      rt->buckets.n);
     G("presenced_realtime_held_presences", "Connection-bound presences this gateway holds.", held);
-    C("presenced_realtime_connections_total", "WebSocket connections opened.", s_rt.opened);
-    C("presenced_realtime_rejected_total", "WebSocket connections refused at open.", s_rt.rejected);
-    C("presenced_realtime_messages_total", "Client messages received.", s_rt.messages);
-    C("presenced_realtime_errors_total", "Error messages sent to clients.", s_rt.errors);
+    C("presenced_realtime_connections_total", "WebSocket connections opened.", rt->opened);
+    C("presenced_realtime_rejected_total", "WebSocket connections refused at open.", rt->rejected);
+    C("presenced_realtime_messages_total", "Client messages received.", rt->messages);
+    C("presenced_realtime_errors_total", "Error messages sent to clients.", rt->errors);
     C("presenced_realtime_bus_frames_total", "Event batches received from the bus.",
-      s_rt.bus_frames);
+      rt->bus_frames);
     C("presenced_realtime_bus_replayed_total",
       "Events a restarted store node published again that this gateway already had.",
-      s_rt.replayed);
+      rt->replayed);
     C("presenced_realtime_bus_events_total",
-      "Events decoded from the bus (none while the gateway has no connection).", s_rt.events);
+      "Events decoded from the bus (none while the gateway has no connection).", rt->events);
     C("presenced_realtime_renewal_events_total", "Lease renewals not sent to subscribers.",
-      s_rt.suppressed);
-    C("presenced_realtime_event_frames_total", "Event frames queued to connections.", s_rt.frames);
+      rt->suppressed);
+    C("presenced_realtime_event_frames_total", "Event frames queued to connections.", rt->frames);
     C("presenced_realtime_conflated_total",
       "Queued event frames a newer event of the same record replaced, or a delete cancelled.",
-      s_rt.conflated);
+      rt->conflated);
     C("presenced_realtime_event_bytes_total", "Bytes of event frames queued to connections.",
-      s_rt.frame_bytes);
+      rt->frame_bytes);
     C("presenced_realtime_slow_disconnects_total",
       "Connections dropped as slow consumers (no write progress for --ws-stall-timeout, or "
       "pending output over --ws-max-queue).",
-      s_rt.slow);
-    C("presenced_realtime_idle_timeouts_total", "Connections closed for idleness.", s_rt.idle);
-    C("presenced_realtime_lease_renewals_total", "Lease renewals sent.", s_rt.renewals);
+      rt->slow);
+    C("presenced_realtime_idle_timeouts_total", "Connections closed for idleness.", rt->idle);
+    C("presenced_realtime_lease_renewals_total", "Lease renewals sent.", rt->renewals);
     C("presenced_realtime_releases_total", "Holds released (last socket gone, grace over).",
-      s_rt.releases);
-    C("presenced_bus_gaps_total", "Skips in a store node's event sequence.", s_rt.gaps);
-    C("presenced_bus_missed_events_total", "Events lost in those skips.", s_rt.missed);
+      rt->releases);
+    C("presenced_bus_gaps_total", "Skips in a store node's event sequence.", rt->gaps);
+    C("presenced_bus_missed_events_total", "Events lost in those skips.", rt->missed);
 #undef G
 #undef C
 }
