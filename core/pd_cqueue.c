@@ -64,7 +64,8 @@ s_compact(pd_cqueue_t *q)
         for (uint32_t k = i + 1; k < q->nents && !q->ents[k].dead; k++)
             q->ents[k].off -= (uint32_t)(src - dst);
     }
-    memmove(q->buf + dst, q->buf + src, q->len - src);
+    if (q->buf) /* NULL before the first frame */
+        memmove(q->buf + dst, q->buf + src, q->len - src);
     q->len = dst + (q->len - src);
     q->holes = 0;
     q->nents = n;
