@@ -23,16 +23,6 @@ static struct {
     char path[300];    //  for the unlink at exit
 } s_beat;
 
-static int64_t __attribute__((format(printf, 3, 4)))
-s_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 void
 pd_probe_name(const pd_config_t *cfg, char *out, size_t n)
 {
@@ -96,10 +86,10 @@ pd_probe_check(const char *run_dir, const char *name, int64_t max_age_ms, char *
 {
     char path[300], buf[32];
     if (snprintf(path, sizeof path, "%s/%s.alive", run_dir, name) >= (int)sizeof path)
-        return s_fail(err, errlen, "run dir name too long");
+        return pd_errf(err, errlen, -1, "run dir name too long");
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
-        return s_fail(err, errlen, "%s: %s (%s never beat, or stopped)", path,
+        return pd_errf(err, errlen, -1, "%s: %s (%s never beat, or stopped)", path,
                        strerror(errno), name);
     struct stat st;
     ssize_t got = -1;
@@ -107,14 +97,14 @@ pd_probe_check(const char *run_dir, const char *name, int64_t max_age_ms, char *
         got = pread(fd, buf, sizeof buf - 1, 0);
     close(fd);
     if (got <= 0)
-        return s_fail(err, errlen, "%s: not a heartbeat file of this user", path);
+        return pd_errf(err, errlen, -1, "%s: not a heartbeat file of this user", path);
     buf[got] = 0;
     char *end;
     long pid = strtol(buf, &end, 10);
     if (pid <= 0 || *end != '\n')
-        return s_fail(err, errlen, "%s: no pid in it", path);
+        return pd_errf(err, errlen, -1, "%s: no pid in it", path);
     if (kill((pid_t)pid, 0) < 0 && errno == ESRCH)
-        return s_fail(err, errlen, "%s: process %ld is gone", name, pid);
+        return pd_errf(err, errlen, -1, "%s: process %ld is gone", name, pid);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t age = ((int64_t)now.tv_sec - st.st_mtim.tv_sec) * 1000 +
@@ -122,7 +112,7 @@ pd_probe_check(const char *run_dir, const char *name, int64_t max_age_ms, char *
     if (age < 0)
         age = 0;
     if (age > max_age_ms)
-        return s_fail(err, errlen,
+        return pd_errf(err, errlen, -1,
                       "%s (pid %ld) last beat %lld ms ago (more than %lld): stopped or stuck",
                       name, pid, (long long)age, (long long)max_age_ms);
     return age;

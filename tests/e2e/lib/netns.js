@@ -405,31 +405,6 @@ class NetnsCluster {
     }
 }
 
-// The shard owner of an id (rendezvous hashing, core/pd_util.c pd_shard_owner).
-const M64 = (1n << 64n) - 1n;
-function hash64(bytes, seed) {
-    let h = 0xcbf29ce484222325n ^ seed;
-    for (const b of bytes) {
-        h ^= BigInt(b);
-        h = (h * 0x100000001b3n) & M64;
-    }
-    h ^= h >> 30n;
-    h = (h * 0xbf58476d1ce4e5b9n) & M64;
-    h ^= h >> 27n;
-    h = (h * 0x94d049bb133111ebn) & M64;
-    h ^= h >> 31n;
-    return h;
-}
-function shardOwner(project, id, nodes = 2) {
-    const h = hash64(Buffer.from(id), hash64(Buffer.from(project), 0x9e3779b97f4a7c15n));
-    let best = 0n, owner = 1;
-    for (let n = 1; n <= nodes; n++) {
-        const b = Buffer.alloc(4);
-        b.writeInt32LE(n);
-        const w = hash64(b, h);
-        if (w > best) { best = w; owner = n; }
-    }
-    return owner;
-}
+const { shardOwner } = require('./shard');
 
 module.exports = { NetnsCluster, unavailable, shardOwner, PORTS, CTL, ATTACK };
