@@ -280,6 +280,9 @@ nsTest('the broker host killed and restarted: writes resume, no record lost, no 
         }
     }
     t.diagnostic(`writes resumed ${Date.now() - t0} ms after the broker restarted (${attempts} tries)`);
+    // the first write back proves one store node registered again; the other may take another
+    // heartbeat (250 ms), during which its records answer 503 as documented: wait for both
+    await N.waitHealthy(10000);
     for (let i = 0; i < 10; i++) await write('after', i);
     await subscriberLive(t, col, () => write('marker', 0), t0, 'the broker restarted');
     await sleep(2000); // a late or repeated event would arrive in this window
