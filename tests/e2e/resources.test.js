@@ -208,7 +208,12 @@ test('gateways under ulimit -n 256: the default cap keeps descriptors for the bu
     // under `ulimit -n 256`, as in a container with a low limit
     execFileSync('prlimit', ['--pid', String(c.pid), '--nofile=256:256']);
     const old = c.kill('gateway');
-    const gws = await c.waitRestarted('gateway', undefined, old);
+    // both restarted (waitRestarted returns once every running gateway is new, which may be one)
+    let gws = [];
+    await R.until(async () => {
+        gws = await c.waitRestarted('gateway', undefined, old);
+        return gws.length === 2;
+    }, 15000, 'both gateways restarted');
     assert.equal(gws.length, 2);
     for (const pid of gws) assert.match(fs.readFileSync(`/proc/${pid}/limits`, 'utf8'), /Max open files\s+256\s+256/);
     await sleep(500);
