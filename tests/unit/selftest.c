@@ -11,6 +11,7 @@
 #include "pd_map.h"
 #include "pd_msg.h"
 #include "pd_outbox.h"
+#include "pd_phx.h"
 #include "pd_query.h"
 #include "pd_table.h"
 #include "pd_util.h"
@@ -34,6 +35,7 @@ static const struct {
     {"claims", pd_claims_test},
     {"map", pd_map_test},
     {"cqueue", pd_cqueue_test},
+    {"phx", pd_phx_test},
 };
 
 int
