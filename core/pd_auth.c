@@ -156,16 +156,37 @@ s_claim_list(const json_t *payload, const char *name, bool teams, pd_buf_t *out)
     return 0;
 }
 
+//  A string claim into out (outlen bytes with the NUL); absent is "". -1 if not a short string.
 static int
-s_claims_parse(const json_t *payload, int64_t now_s, pd_jwt_claims_t *out, char *err, size_t errlen)
+s_claim_str(const json_t *payload, const char *name, char *out, size_t outlen)
+{
+    const json_t *v = json_object_get(payload, name);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v) || json_string_length(v) >= outlen ||
+        strlen(json_string_value(v)) != json_string_length(v))
+        return -1;
+    memcpy(out, json_string_value(v), json_string_length(v) + 1);
+    return 0;
+}
+
+static int
+s_claims_parse(const json_t *payload, int64_t now_s, bool need_user, pd_jwt_claims_t *out,
+               char *err, size_t errlen)
 {
     const json_t *uid = json_object_get(payload, "userId");
     if (!uid || json_is_null(uid))
         uid = json_object_get(payload, "sub");
-    if (!json_is_string(uid) ||
-        !pd_uid_valid((pd_str_t){json_string_value(uid), json_string_length(uid)}))
+    if ((need_user || (uid && !json_is_null(uid))) &&
+        (!json_is_string(uid) ||
+         !pd_uid_valid((pd_str_t){json_string_value(uid), json_string_length(uid)})))
         return s_jwt_fail(err, errlen, "Token has no valid userId.");
-    memcpy(out->user_id, json_string_value(uid), json_string_length(uid) + 1);
+    if (uid && json_is_string(uid))
+        memcpy(out->user_id, json_string_value(uid), json_string_length(uid) + 1);
+    if (s_claim_str(payload, "role", out->role, sizeof out->role) < 0)
+        return s_jwt_fail(err, errlen, "Invalid role claim.");
+    if (s_claim_str(payload, "ref", out->ref, sizeof out->ref) < 0)
+        return s_jwt_fail(err, errlen, "Invalid ref claim.");
 
     const json_t *exp = json_object_get(payload, "exp");
     if (!exp || s_numeric_date(exp, &out->exp) < 0) {
@@ -214,6 +235,7 @@ static void
 s_claims_reset(pd_jwt_claims_t *c)
 {
     memset(c->user_id, 0, sizeof c->user_id);
+    c->role[0] = c->ref[0] = 0;
     c->exp = c->nbf = 0;
     c->verified = -1;
     pd_buf_reset(&c->teams);
@@ -228,9 +250,9 @@ s_claims_reset(pd_jwt_claims_t *c)
 //  an HMAC secret. JSON is parsed with duplicate keys refused (no {"alg":"none","alg":...}
 //  games). Cost: two base64 decodes, two small jansson parses, one HMAC or Ed25519 verify
 //  per candidate key; a few microseconds for HS256 (see pd_auth_test -v).
-int
-pd_jwt_verify(const pd_jwt_key_t *keys, size_t nkeys, const char *tok, size_t len, int64_t now_s,
-              pd_jwt_claims_t *out, char *err, size_t errlen)
+static int
+s_verify(const pd_jwt_key_t *keys, size_t nkeys, const char *tok, size_t len, int64_t now_s,
+         bool need_user, pd_jwt_claims_t *out, char *err, size_t errlen)
 {
     assert(out);
     s_init();
@@ -311,11 +333,46 @@ pd_jwt_verify(const pd_jwt_key_t *keys, size_t nkeys, const char *tok, size_t le
         json_decref(payload);
         return s_jwt_fail(err, errlen, "Invalid token.");
     }
-    int rc = s_claims_parse(payload, now_s, out, err, errlen);
+    int rc = s_claims_parse(payload, now_s, need_user, out, err, errlen);
     json_decref(payload);
     if (rc < 0)
         s_claims_reset(out);
     return rc;
+}
+
+int
+pd_jwt_verify(const pd_jwt_key_t *keys, size_t nkeys, const char *tok, size_t len, int64_t now_s,
+              pd_jwt_claims_t *out, char *err, size_t errlen)
+{
+    return s_verify(keys, nkeys, tok, len, now_s, true, out, err, errlen);
+}
+
+int
+pd_jwt_verify_sb(const pd_jwt_key_t *keys, size_t nkeys, const char *tok, size_t len,
+                 int64_t now_s, pd_jwt_claims_t *out, char *err, size_t errlen)
+{
+    return s_verify(keys, nkeys, tok, len, now_s, false, out, err, errlen);
+}
+
+int
+pd_jwt_peek(const char *tok, size_t len, const char *name, char *out, size_t outlen)
+{
+    s_init();
+    if (!tok || len == 0 || len > PD_JWT_MAX_LEN || outlen == 0)
+        return -1;
+    const char *dot1 = memchr(tok, '.', len);
+    const char *dot2 = dot1 ? memchr(dot1 + 1, '.', len - (size_t)(dot1 + 1 - tok)) : NULL;
+    if (!dot2)
+        return -1;
+    unsigned char bin[PD_JWT_BIN_MAX];
+    size_t bin_len;
+    if (s_b64_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), bin, sizeof bin, &bin_len) < 0)
+        return -1;
+    json_t *payload = json_loadb((const char *)bin, bin_len, JSON_REJECT_DUPLICATES, NULL);
+    out[0] = 0;
+    int rc = json_is_object(payload) ? s_claim_str(payload, name, out, outlen) : -1;
+    json_decref(payload);
+    return rc == 0 && out[0] ? 0 : -1;
 }
 
 static void
@@ -904,6 +961,39 @@ pd_auth_test(bool verbose)
     pd_buf_reset(&roles);
     pd_roles_user(&c, &roles);
     PD_CHECK(S_LIST_EQ(&roles, "any\0users\0user:u2\0users/unverified\0user:u2/unverified\0"));
+
+    //  Supabase keys: an anon key has role and ref and no user (pd_jwt_verify refuses it,
+    //  pd_jwt_verify_sb takes it); ref can be read unverified to choose the keys.
+    pd_buf_reset(&tok);
+    snprintf(payload, sizeof payload,
+             "{\"iss\":\"supabase\",\"ref\":\"demo\",\"role\":\"anon\",\"exp\":%" PRId64 "}",
+             now + 60);
+    pd_jwt_sign_hs256(secret, slen, payload, strlen(payload), &tok);
+    s_test_verify(&hs, 1, &tok, now, &c, "Token has no valid userId.");
+    PD_CHECK(pd_jwt_verify_sb(&hs, 1, tok.data, tok.len, now, &c, err, sizeof err) == 0);
+    PD_CHECK(c.user_id[0] == 0 && strcmp(c.role, "anon") == 0 && strcmp(c.ref, "demo") == 0);
+    char ref[37];
+    PD_CHECK(pd_jwt_peek(tok.data, tok.len, "ref", ref, sizeof ref) == 0 &&
+             strcmp(ref, "demo") == 0);
+    PD_CHECK(pd_jwt_peek(tok.data, tok.len, "sub", ref, sizeof ref) < 0);
+    PD_CHECK(pd_jwt_peek("a.b", 3, "ref", ref, sizeof ref) < 0);
+    //  a user token: sub and role authenticated; a role that is not a string is refused
+    pd_buf_reset(&tok);
+    snprintf(payload, sizeof payload,
+             "{\"sub\":\"u9\",\"role\":\"authenticated\",\"exp\":%" PRId64 "}", now + 60);
+    pd_jwt_sign_hs256(secret, slen, payload, strlen(payload), &tok);
+    PD_CHECK(pd_jwt_verify_sb(&hs, 1, tok.data, tok.len, now, &c, err, sizeof err) == 0);
+    PD_CHECK(strcmp(c.user_id, "u9") == 0 && strcmp(c.role, "authenticated") == 0);
+    pd_buf_reset(&tok);
+    snprintf(payload, sizeof payload, "{\"role\":7,\"exp\":%" PRId64 "}", now + 60);
+    pd_jwt_sign_hs256(secret, slen, payload, strlen(payload), &tok);
+    PD_CHECK(pd_jwt_verify_sb(&hs, 1, tok.data, tok.len, now, &c, err, sizeof err) < 0);
+    PD_CHECK(strstr(err, "Invalid role claim."));
+    pd_buf_reset(&tok);
+    snprintf(payload, sizeof payload, "{\"role\":\"anon\",\"exp\":%" PRId64 "}", now - 1);
+    pd_jwt_sign_hs256(secret, slen, payload, strlen(payload), &tok);
+    PD_CHECK(pd_jwt_verify_sb(&hs, 1, tok.data, tok.len, now, &c, err, sizeof err) < 0);
+    PD_CHECK(strstr(err, "Token has expired."));
 
     //  jwt.io's example: the signature checks out with its secret, but it has no exp.
     static const char jwtio[] =

@@ -30,6 +30,8 @@ typedef struct {
     int verified;       //  -1 absent, 0 false, 1 true
     pd_buf_t teams;
     pd_buf_t labels;
+    char role[32];      //  Supabase's role claim ("anon", "service_role", "authenticated"), or ""
+    char ref[37];       //  Supabase's ref claim (the project id), or ""
 } pd_jwt_claims_t;
 
 void pd_jwt_claims_init(pd_jwt_claims_t *c);
@@ -42,6 +44,15 @@ void pd_jwt_claims_free(pd_jwt_claims_t *c);
 //  Token has expired."). Tokens longer than PD_JWT_MAX_LEN are refused.
 int pd_jwt_verify(const pd_jwt_key_t *keys, size_t nkeys, const char *tok, size_t len,
                   int64_t now_s, pd_jwt_claims_t *out, char *err, size_t errlen);
+//  The same for Supabase's tokens, whose user is optional: an anon or service_role key has
+//  role and ref and no sub (user_id is then ""); a user token has sub and role. role and ref,
+//  when present, must be strings of at most 31 and 36 bytes.
+int pd_jwt_verify_sb(const pd_jwt_key_t *keys, size_t nkeys, const char *tok, size_t len,
+                     int64_t now_s, pd_jwt_claims_t *out, char *err, size_t errlen);
+//  The string claim `name` of a token's payload, NOT verified: only to choose whose keys to
+//  verify it with (a Supabase key names its project in ref). Returns 0, or -1 if the token or
+//  the claim is malformed, absent, or longer than outlen - 1.
+int pd_jwt_peek(const char *tok, size_t len, const char *name, char *out, size_t outlen);
 //  Signs payload (a JSON object text) with HS256: header {"typ":"JWT","alg":"HS256"}.
 //  Appends the token to out.
 void pd_jwt_sign_hs256(const unsigned char *key, size_t key_len, const char *payload,
