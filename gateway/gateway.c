@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "gw.h"
+#include "gw_static.h"
 #include "pd_err.h"
 #include "pd_log.h"
 #include "pd_probe.h"
@@ -1310,6 +1311,7 @@ gateway_main(pd_config_t *cfg)
     h2o_pathconf_t *rtpath = h2o_config_register_path(host, "/v1/realtime", 0);
     h2o_create_handler(rtpath, sizeof(h2o_handler_t))->on_req = s_on_req_limits;
     h2o_create_handler(rtpath, sizeof(h2o_handler_t))->on_req = gw_rt_on_req;
+    gw_static_register(host, s_on_req_limits); /* /console/, /v1/presence.js */
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_create_handler(path, sizeof(h2o_handler_t))->on_req = s_on_req_limits;
     h2o_handler_t *handler = h2o_create_handler(path, sizeof *handler);

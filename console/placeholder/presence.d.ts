@@ -1,0 +1,2 @@
+// Placeholder: this build of presenced was configured before clients/web/presence.d.ts existed.
+export declare const placeholder: true;
