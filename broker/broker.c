@@ -30,6 +30,7 @@
 #include <signal.h>
 
 #include "pd_claims.h"
+#include "pd_listcache.h"
 #include "pd_err.h"
 #include "pd_keys.h"
 #include "pd_log.h"
@@ -90,6 +91,7 @@ typedef struct {
     int64_t total;      //  LIST: summed totals
     pd_buf_t cursor;    //  LIST: the cursor's item (msgpack)
     pd_query_t *query;  //  LIST: parsed queries (order, limit, offset)
+    uint64_t lc_gen;    //  LIST with ?ttl=: the list cache's generation at its start (0: none)
 } op_t;
 
 typedef struct {
@@ -113,6 +115,7 @@ typedef struct {
     msgpack_zone zone;
     int cur;            //  sender of the frame being handled (peer index or node id)
     pd_claims_t *claims; // (project, user) -> presence id: cache of the store nodes' claims
+    pd_listcache_t *lcache; // ?ttl= list results, purged by deletes (pd_listcache.h)
     uint64_t malformed, unroutable, claim_hits, claim_misses;
     unsigned long oversized, bus_dropped;
     uint64_t bus_in, bus_out;   //  event frames from stores, coalesced frames to subscribers
@@ -325,6 +328,7 @@ s_send_write(broker_t *self, op_t *op)
     pd_msgw_s(w, PD_F_ID, id);
     pd_msgw_int(w, PD_F_FLAGS, req.i[PD_F_FLAGS] | (stale_possible ? PD_FL_CLAIMED : 0));
     pd_msgw_end(w);
+    pd_listcache_on_write(self->lcache, &req);
     op->state = ST_WRITE;
     op->node = p;
 }
@@ -334,6 +338,7 @@ static void
 s_on_request(broker_t *self, int peer, const pd_msg_t *m)
 {
     pd_str_t project = m->s[PD_F_PROJECT];
+    pd_listcache_on_write(self->lcache, m);
     switch (m->type) {
     case PD_MSG_GET:
     case PD_MSG_DELETE:
@@ -380,6 +385,8 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         return;
     }
     case PD_MSG_LIST: {
+        if (pd_listcache_answer(self->lcache, m, &self->peers[peer].out))
+            return;
         char err[256];
         int code;
         pd_query_t *query =
@@ -397,6 +404,7 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         }
         op_t *op = s_op_new(self, OP_LIST, peer, m->rid);
         op->query = query;
+        op->lc_gen = pd_listcache_gen(self->lcache, m);
         pd_buf_add(&op->req, m->raw, m->raw_len);
         bool before;
         pd_str_t cursor = pd_query_cursor(query, &before);
@@ -467,6 +475,7 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         }
         healthy &= reaper;
         pd_buf_addf(&b, "# TYPE presenced_reaper_up gauge\npresenced_reaper_up %d\n", reaper);
+        pd_listcache_metrics(self->lcache, &b);
         pd_buf_addf(&b, "# TYPE presenced_broker_malformed_total counter\n"
                         "presenced_broker_malformed_total %llu\n"
                         "# TYPE presenced_broker_ops_in_flight gauge\n"
@@ -568,6 +577,9 @@ s_list_finish(broker_t *self, op_t *op)
         pd_buf_add(&b, items[i].json.ptr, items[i].json.len);
     }
     pd_buf_adds(&b, "]}");
+    pd_msg_t req;
+    if (op->lc_gen && s_op_request(self, op, &req) == 0)
+        pd_listcache_put(self->lcache, &req, op->lc_gen, b.data, b.len);
     pd_msgw_t *w = &self->peers[op->peer].out;
     pd_msgw_begin(w, PD_MSG_REPLY, op->rid);
     pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
@@ -654,6 +666,7 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
     switch (op->kind) {
     case OP_SIMPLE: {
         pd_msgw_forward(&self->peers[op->peer].out, m, op->rid);
+        pd_listcache_on_reply(self->lcache, m);
         if (err == PD_ERR_OK && m->s[PD_F_USER].len &&
             !pd_msg_has(m, PD_F_BODY) /* DELETE and EXPIRE replies carry no body */)
             s_send_unclaim(self, m->s[PD_F_PROJECT], m->s[PD_F_USER], m->s[PD_F_ID]);
@@ -1074,6 +1087,7 @@ broker_main(pd_config_t *cfg)
         pd_fatalx("cannot start the ZAP handler");
     msgpack_zone_init(&self->zone, 8192);
     self->claims = pd_claims_new(cfg->claim_cache ? cfg->claim_cache : PD_CLAIMS_DEFAULT_MAX);
+    self->lcache = pd_listcache_new(cfg->list_cache);
 
     self->front = s_bind(self, ZMQ_ROUTER, cfg->broker_front, 100000, "broker-front");
     self->back = s_bind(self, ZMQ_ROUTER, cfg->broker_back, 100000, "broker-back");
@@ -1143,6 +1157,7 @@ broker_main(pd_config_t *cfg)
     pd_zap_destroy(&self->zap);
     pd_keys_destroy(&self->keys);
     pd_claims_destroy(&self->claims);
+    pd_listcache_destroy(&self->lcache);
     for (int n = 1; n <= self->nstores; n++) {
         pd_msgw_destroy(&self->nodes[n].out);
         pd_buf_free(&self->nodes[n].counts);

@@ -49,6 +49,8 @@ enum {
     PD_FL_LAST = 1 << 12,       //  SYNC_PAGE: the last page of this node
     PD_FL_HOLD = 1 << 13,       //  UPSERT from realtime: add CONN (a gateway) to the holders;
                                 //  UPDATE (lease renewal): apply only if CONN still holds it
+    PD_FL_PURGE = 1 << 14,      //  UPDATE: purge the project's list cache (pd_listcache.h)
+    PD_FL_CACHE_HIT = 1 << 15,  //  LIST reply: answered from the list cache
 };
 
 //  EVENT actions.

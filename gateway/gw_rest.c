@@ -17,6 +17,7 @@
 #include "pd_err.h"
 #include "pd_log.h"
 #include "pd_body.h"
+#include "pd_listcache.h"
 #include "pd_query.h"
 
 #define GW_READY_MS 2000 //  broker silent this long: not ready (it answers every 250 ms)
@@ -218,6 +219,19 @@ s_on_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
     gw_respond(gw, req, p->route, 200, "application/json", body.ptr, body.len, p->start_ns);
 }
 
+/*  A list sent with ?ttl=: Appwrite's X-Appwrite-Cache says whether the broker's list cache
+ *  answered it (pd_listcache.h). */
+static void
+s_on_cached_list_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
+{
+    if (m->i[PD_F_ERR] == PD_ERR_OK) {
+        bool hit = (m->i[PD_F_FLAGS] & PD_FL_CACHE_HIT) != 0;
+        h2o_add_header_by_str(&p->req->pool, &p->req->res.headers, H2O_STRLIT("x-appwrite-cache"),
+                              0, NULL, hit ? "hit" : "miss", hit ? 3 : 4);
+    }
+    s_on_reply(gw, p, m);
+}
+
 static void
 s_on_status_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
 {
@@ -309,6 +323,25 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
         gw_respond_err(gw, req, route, PD_ERR_USER_UNAUTHORIZED, pd_str(msg), t0);
         goto out;
     }
+    /* purge (update only): Appwrite's Boolean(loose); the broker purges the list cache, so the
+     * request goes through it */
+    bool purge = false;
+    json_t *pv = upsert || !bp->root ? NULL : json_object_get(bp->root, "purge");
+    if (pv && !json_is_null(pv)) {
+        const char *ps = json_is_string(pv) ? json_string_value(pv) : NULL;
+        if (json_is_boolean(pv))
+            purge = json_is_true(pv);
+        else if (json_is_integer(pv) && (json_integer_value(pv) == 0 || json_integer_value(pv) == 1))
+            purge = json_integer_value(pv) == 1;
+        else if (ps && (!strcmp(ps, "true") || !strcmp(ps, "1") || !strcmp(ps, "false") ||
+                        !strcmp(ps, "0")))
+            purge = !strcmp(ps, "true") || !strcmp(ps, "1");
+        else {
+            gw_respond_err(gw, req, route, PD_ERR_ARGUMENT_INVALID,
+                           PD_STR("Invalid `purge` param: Value must be a valid boolean"), t0);
+            goto out;
+        }
+    }
     bool perms_set = bp->has_perms;
     if (!perms_set && (upsert || bp->has_user)) {
         pd_perms_default(owner, &bp->perms);
@@ -325,7 +358,7 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
             target = pd_str(known);
             node = gw_direct_node(gw, project, target);
         }
-    } else if (!bp->has_user) {
+    } else if (!bp->has_user && !purge) {
         node = gw_direct_node(gw, project, pid);
     }
     int type = upsert ? PD_MSG_UPSERT : PD_MSG_UPDATE;
@@ -356,7 +389,7 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
     if (!upsert)
         fl = (bp->has_status ? PD_FL_HAS_STATUS : 0) | (bp->has_meta ? PD_FL_HAS_META : 0) |
              (bp->has_perms ? PD_FL_HAS_PERMS : 0) | (bp->has_expires ? PD_FL_HAS_EXPIRES : 0) |
-             (bp->has_user ? PD_FL_HAS_USER : 0);
+             (bp->has_user ? PD_FL_HAS_USER : 0) | (purge ? PD_FL_PURGE : 0);
     else if (node)
         fl = PD_FL_CLAIMED; /* the node may only update the user's existing record */
     s_put_caller(w, id, fl);
@@ -378,12 +411,35 @@ s_simple(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, int type, int r
     gw_send_end(gw);
 }
 
+/*  `ttl`: Appwrite's Range(0, 86400) on an integer (an optional sign, then digits). Returns the
+ *  seconds, or -1. */
+static int64_t
+s_ttl_param(pd_str_t v)
+{
+    size_t i = 0;
+    bool neg = false;
+    if (v.len && (v.ptr[0] == '+' || v.ptr[0] == '-'))
+        neg = v.ptr[i++] == '-';
+    if (i == v.len)
+        return -1;
+    int64_t n = 0;
+    for (; i < v.len; i++) {
+        if (v.ptr[i] < '0' || v.ptr[i] > '9' || n > PD_LISTCACHE_MAX_TTL)
+            return -1;
+        n = n * 10 + (v.ptr[i] - '0');
+    }
+    if (n > PD_LISTCACHE_MAX_TTL || (neg && n))
+        return -1;
+    return n;
+}
+
 static void
 s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
 {
     pd_str_t qs[PD_QUERY_MAX];
     size_t nq = 0;
     bool total = true;
+    int64_t ttl = 0;
     if (req->query_at != SIZE_MAX) {
         const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
         while (p < end) {
@@ -408,6 +464,13 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
                     return;
                 }
                 qs[nq++] = val;
+            } else if (pd_str_eqc(key, "ttl")) {
+                if ((ttl = s_ttl_param(val)) < 0) {
+                    s_errf(gw, req, GW_ROUTE_LIST, PD_ERR_ARGUMENT_INVALID, t0,
+                           "Invalid `ttl` param: Value must be a valid range between 0 and %s",
+                           "86,400");
+                    return;
+                }
             } else if (pd_str_eqc(key, "total")) {
                 if (pd_str_eqc(val, "false") || pd_str_eqc(val, "0"))
                     total = false;
@@ -429,8 +492,11 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
         return;
     }
     pd_query_destroy(&q);
-    gw_pending_t *p = gw_pending_new(gw, req, GW_ROUTE_LIST, s_on_reply);
+    gw_pending_t *p =
+        gw_pending_new(gw, req, GW_ROUTE_LIST, ttl ? s_on_cached_list_reply : s_on_reply);
     pd_msgw_t *w = gw_send_begin(gw, PD_MSG_LIST, p->rid);
+    if (ttl)
+        pd_msgw_int(w, PD_F_TTL, ttl);
     pd_msgw_str(w, PD_F_PROJECT, id->project->id, strlen(id->project->id));
     pd_buf_t packed;
     pd_buf_init(&packed);

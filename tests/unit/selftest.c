@@ -8,6 +8,7 @@
 #include "pd_config.h"
 #include "pd_cqueue.h"
 #include "pd_keys.h"
+#include "pd_listcache.h"
 #include "pd_map.h"
 #include "pd_msg.h"
 #include "pd_outbox.h"
@@ -34,6 +35,7 @@ static const struct {
     {"keys", pd_keys_test},
     {"claims", pd_claims_test},
     {"map", pd_map_test},
+    {"listcache", pd_listcache_test},
     {"cqueue", pd_cqueue_test},
     {"phx", pd_phx_test},
 };
