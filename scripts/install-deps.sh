@@ -7,7 +7,8 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       libh2o-evloop-dev libwslay-dev libssl-dev libcurl4-openssl-dev
       libczmq-dev libzmq3-dev libmsgpack-dev libsodium-dev libjansson-dev
-      nodejs npm wrk procps curl tmux gnuplot-nox)
+      nodejs npm wrk procps curl tmux gnuplot-nox
+      chromium)  # the browser tests (tests/browser): Debian's, driven by playwright-core
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

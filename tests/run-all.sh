@@ -44,6 +44,18 @@ done
 step "end-to-end tests (official SDKs, real cluster)"
 PRESENCED_BIN="$root/build-asan/presenced" ASAN_OPTIONS=detect_leaks=0 bash tests/e2e/run.sh
 
+# The console and the roster helper in a real browser: Debian's chromium, by playwright-core.
+step "browser tests (headless chromium)"
+if [ -n "${CHROMIUM_BIN:-}" ] || command -v chromium >/dev/null 2>&1; then
+    if [ -z "${SKIP_INSTALL:-}" ] && [ -f examples/web/package-lock.json ]; then
+        (cd examples/web && npm ci --no-audit --no-fund)
+    fi
+    PRESENCED_BIN="$root/build-asan/presenced" ASAN_OPTIONS=detect_leaks=0 \
+        node --test --test-concurrency=1 tests/browser/*.test.js
+else
+    echo "SKIPPED: chromium is not installed (scripts/install-deps.sh installs it)"
+fi
+
 # Memory checks (bytes per connection, RSS bounds) mean nothing under ASan, which the tests
 # above skip them in: they run here against a release build, so CI runs them too.
 step "memory checks on a release build"
