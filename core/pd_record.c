@@ -140,3 +140,18 @@ pd_record_read_prev(const pd_msg_t *m, const pd_record_t *rec, pd_record_t *prev
     prev->json = m->s[PD_F_PREV_BODY];
     return true;
 }
+
+int64_t
+pd_record_body_time(pd_str_t body, const char *key)
+{
+    char pat[24];
+    int pl = snprintf(pat, sizeof pat, "\"%s\":\"", key);
+    for (size_t i = 0; body.len >= (size_t)pl + 29 && i + (size_t)pl + 29 <= body.len; i++)
+        if (memcmp(body.ptr + i, pat, (size_t)pl) == 0) {
+            int64_t t = 0;
+            if (pd_time_parse(body.ptr + i + pl, 29, &t) == 0)
+                return t;
+            return 0;
+        }
+    return 0;
+}

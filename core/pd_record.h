@@ -62,6 +62,9 @@ void pd_record_read(const pd_msg_t *m, pd_record_t *rec);
  *  no previous state (a create, or a delete). */
 bool pd_record_read_prev(const pd_msg_t *m, const pd_record_t *rec, pd_record_t *prev);
 
+//  A time field ("$createdAt", "$updatedAt") of a Presence model JSON, in ms (0 if absent).
+int64_t pd_record_body_time(pd_str_t body, const char *key);
+
 //  True if any role of the packed list `caller` is in the packed list `allowed`.
 bool pd_roles_intersect(pd_str_t allowed, pd_str_t caller);
 

@@ -44,6 +44,9 @@ int pd_str_cmp(pd_str_t a, pd_str_t b);
 //  Wall-clock time in milliseconds since the epoch, and monotonic milliseconds.
 int64_t pd_now_ms(void);
 int64_t pd_mono_ms(void);
+//  calloc / realloc that abort when memory is out (a zero size allocates one byte).
+void *pd_xcalloc(size_t n, size_t size);
+void *pd_xrealloc(void *p, size_t size);
 int64_t pd_mono_us(void);
 
 //  Appwrite date format "2024-01-01T00:00:00.000+00:00" (29 chars). buf needs 32 bytes.

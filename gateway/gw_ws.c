@@ -1,10 +1,14 @@
 /*  gw_ws — RFC 6455 framing without I/O (see gw_ws.h). */
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <h2o.h>
+#include <h2o/http1.h>
 #include <openssl/evp.h>
 
 #include "gw_ws.h"
+#include "pd_log.h"
 
 size_t
 gw_ws_header(unsigned char *h, int op, size_t n)
@@ -122,4 +126,488 @@ gw_ws_accept_key(const char *client_key, char out[29])
     EVP_Digest(src, sizeof src, md, &mdlen, EVP_sha1(), NULL);
     h2o_base64_encode(out, md, 20, 0);
     out[28] = 0;
+}
+
+/* ------------------------------------------------------------------------------ connections */
+
+static void s_write(gw_ws_conn_t *c);
+
+static void
+s_link_flush(gw_ws_ctx_t *x)
+{
+    if (!x->flush_linked) {
+        x->flush_linked = true;
+        h2o_timeout_link(x->h2o->loop, &x->h2o->zero_timeout, &x->flush_entry);
+    }
+}
+
+static void
+s_schedule(gw_ws_conn_t *c)
+{
+    if (c->in_flush || c->state == GW_WS_DEAD || c->state == GW_WS_UPGRADING)
+        return;
+    c->in_flush = true;
+    c->flush_next = c->ctx->flush_head;
+    c->ctx->flush_head = c;
+    s_link_flush(c->ctx);
+}
+
+static void
+s_detach(gw_ws_conn_t *c)
+{
+    if (c->detached)
+        return;
+    c->detached = true;
+    if (c->ctx->cb->on_detach)
+        c->ctx->cb->on_detach(c);
+}
+
+static void
+s_free_fields(gw_ws_conn_t *c)
+{
+    pd_cqueue_free(&c->q);
+    free(c->wbuf);
+    free(c->frag);
+    c->wbuf = c->frag = NULL;
+    c->wlen = c->frag_len = 0;
+}
+
+void
+gw_ws_kill(gw_ws_conn_t *c, const char *why)
+{
+    gw_ws_ctx_t *x = c->ctx;
+    if (c->state == GW_WS_DEAD)
+        return;
+    pd_log_debug("%s: connection closed (%s)", __func__, why);
+    s_detach(c);
+    if (c->sock) {
+        h2o_socket_close(c->sock);
+        c->sock = NULL;
+    }
+    s_free_fields(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (x->conns == c)
+        x->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    c->state = GW_WS_DEAD;
+    c->dead_next = x->dead;
+    x->dead = c;
+    s_link_flush(x);
+}
+
+char *
+gw_ws_out_record(gw_ws_conn_t *c, uint64_t rec, int how, int op, size_t n)
+{
+    gw_ws_ctx_t *x = c->ctx;
+    if (c->state == GW_WS_DEAD)
+        return NULL;
+    size_t need = n + GW_WS_HEADER_MAX, queued = pd_cqueue_bytes(&c->q);
+    if (queued + c->wlen + need > x->max_queue) {
+        x->slow++;
+        pd_log_info("%s: disconnecting a slow consumer (%zu bytes pending, over --ws-max-queue)",
+                    __func__, queued + c->wlen);
+        gw_ws_kill(c, "slow consumer");
+        return NULL;
+    }
+    unsigned char h[GW_WS_HEADER_MAX];
+    size_t hl = gw_ws_header(h, op, n);
+    uint64_t before = c->q.conflated;
+    char *p = rec && c->wbuf ? pd_cqueue_push_record(&c->q, rec, how, hl + n)
+                             : pd_cqueue_push(&c->q, hl + n);
+    x->conflated += c->q.conflated - before;
+    if (!p)
+        return NULL;
+    memcpy(p, h, hl);
+    s_schedule(c);
+    return p + hl;
+}
+
+char *
+gw_ws_out(gw_ws_conn_t *c, int op, size_t n)
+{
+    return gw_ws_out_record(c, 0, 0, op, n);
+}
+
+void
+gw_ws_send(gw_ws_conn_t *c, const char *p, size_t n)
+{
+    if (c->state != GW_WS_OPEN)
+        return;
+    char *d = gw_ws_out(c, GW_WS_TEXT, n);
+    if (d)
+        memcpy(d, p, n);
+}
+
+/*  A close frame after what is queued; once written, a half-close. */
+static void
+s_close_frame(gw_ws_conn_t *c, int code, const char *reason)
+{
+    char pl[125];
+    size_t n = gw_ws_close_payload(pl, code, reason);
+    char *d = gw_ws_out(c, GW_WS_CLOSE, n);
+    if (!d)
+        return; /* dropped */
+    memcpy(d, pl, n);
+    c->state = GW_WS_CLOSING;
+    c->close_at_ms = pd_mono_ms() + GW_WS_CLOSE_WAIT_MS;
+}
+
+void
+gw_ws_close(gw_ws_conn_t *c, int code, const char *reason)
+{
+    if (c->state != GW_WS_OPEN)
+        return;
+    s_detach(c);
+    if (c->state == GW_WS_OPEN)
+        s_close_frame(c, code, reason);
+}
+
+void
+gw_ws_refuse(gw_ws_conn_t *c, int code, const char *reason)
+{
+    if (c->state != GW_WS_UPGRADING)
+        return;
+    char pl[125];
+    size_t n = gw_ws_close_payload(pl, code, reason);
+    char *d = gw_ws_out(c, GW_WS_CLOSE, n);
+    if (d)
+        memcpy(d, pl, n);
+    c->refused = true;
+}
+
+static void
+s_close_done(gw_ws_conn_t *c)
+{
+    if (c->state != GW_WS_CLOSING || c->wbuf || pd_cqueue_bytes(&c->q) || !c->sock)
+        return;
+    if (c->peer_closed) {
+        gw_ws_kill(c, "closed");
+        return;
+    }
+    if (!c->shut) {
+        c->shut = true;
+        shutdown(h2o_socket_get_fd(c->sock), SHUT_WR);
+    }
+}
+
+static void
+s_on_written(h2o_socket_t *sock, const char *err)
+{
+    gw_ws_conn_t *c = sock->data;
+    free(c->wbuf);
+    c->wbuf = NULL;
+    c->wlen = 0;
+    c->write_ms = 0;
+    if (err) {
+        gw_ws_kill(c, "write error");
+        return;
+    }
+    if (pd_cqueue_bytes(&c->q))
+        s_write(c);
+    else
+        s_close_done(c);
+}
+
+static void
+s_write(gw_ws_conn_t *c)
+{
+    if (!c->sock || c->wbuf || c->state == GW_WS_DEAD || c->state == GW_WS_UPGRADING)
+        return;
+    if (!pd_cqueue_bytes(&c->q)) {
+        s_close_done(c);
+        return;
+    }
+    size_t len;
+    c->wbuf = pd_cqueue_take(&c->q, &len);
+    c->wlen = (uint32_t)len;
+    c->write_ms = pd_mono_ms();
+    h2o_iovec_t v = h2o_iovec_init(c->wbuf, c->wlen);
+    h2o_socket_write(c->sock, &v, 1, s_on_written);
+}
+
+void
+gw_ws_flush_now(gw_ws_conn_t *c)
+{
+    s_write(c);
+}
+
+static void
+s_on_flush(h2o_timeout_entry_t *entry)
+{
+    gw_ws_ctx_t *x = H2O_STRUCT_FROM_MEMBER(gw_ws_ctx_t, flush_entry, entry);
+    x->flush_linked = false;
+    gw_ws_conn_t *c;
+    while ((c = x->flush_head) != NULL) {
+        x->flush_head = c->flush_next;
+        c->flush_next = NULL;
+        c->in_flush = false;
+        if (c->state != GW_WS_DEAD)
+            s_write(c);
+    }
+    while ((c = x->dead) != NULL) {
+        x->dead = c->dead_next;
+        free(c);
+    }
+}
+
+/* ------------------------------------------------------------------------------ frames in */
+
+/*  Frees h2o's input buffer when it is empty: an idle connection then holds none. */
+static void
+s_input_release(h2o_socket_t *sock)
+{
+    if (sock->input->bytes != NULL && sock->input->size == 0) {
+        h2o_buffer_prototype_t *proto = sock->input->_prototype;
+        h2o_buffer_dispose(&sock->input);
+        h2o_buffer_init(&sock->input, proto);
+    }
+}
+
+static void
+s_message(gw_ws_conn_t *c, int op, const char *p, size_t n)
+{
+    c->ctx->cb->on_message(c, op, p, n);
+}
+
+/*  Parses the complete frames in the input buffer (RFC 6455 §5): client frames must be
+ *  masked; control frames are short and unfragmented; a message (all its fragments) is at
+ *  most max_message bytes, which is checked from the header, before its payload is read. */
+static void
+s_consume(gw_ws_conn_t *c)
+{
+    gw_ws_ctx_t *x = c->ctx;
+    while (c->state == GW_WS_OPEN) {
+        h2o_buffer_t *in = c->sock->input;
+        unsigned char *b = (unsigned char *)in->bytes;
+        size_t avail = in->size;
+        gw_ws_frame_t f;
+        const char *why = NULL;
+        int rc = gw_ws_parse(b, avail, &f, &why);
+        if (rc < 0) {
+            gw_ws_close(c, 1002, why);
+            break;
+        }
+        if (rc == 0)
+            break;
+        int op = f.op;
+        uint64_t len = f.len;
+        if (!(op & 0x8)) {
+            if ((op == GW_WS_CONT) != (c->frag_op != 0)) {
+                gw_ws_close(c, 1002, op ? "Expected a continuation frame"
+                                        : "Continuation frame without a message");
+                break;
+            }
+            if (len > x->max_message || (op == GW_WS_CONT && c->frag_len + len > x->max_message)) {
+                if (x->cb->on_oversize)
+                    x->cb->on_oversize(c);
+                gw_ws_close(c, 1009, "Message too big");
+                break;
+            }
+        }
+        if (avail < f.hl + len)
+            break;
+        unsigned char *pl = b + f.hl;
+        gw_ws_unmask(pl, len, f.mask);
+        size_t flen = f.hl + (size_t)len;
+        switch (op) {
+        case GW_WS_CLOSE: /* answer with the same code, then close when written */
+            c->peer_closed = true;
+            gw_ws_close(c, gw_ws_close_code(pl, len), "");
+            break;
+        case GW_WS_PING: {
+            char *d = gw_ws_out(c, GW_WS_PONG, (size_t)len);
+            if (d)
+                memcpy(d, pl, (size_t)len);
+            break;
+        }
+        case GW_WS_PONG:
+            break;
+        case GW_WS_CONT: {
+            char *nf = realloc(c->frag, c->frag_len + (size_t)len + 1);
+            if (!nf)
+                abort();
+            c->frag = nf;
+            memcpy(c->frag + c->frag_len, pl, (size_t)len);
+            c->frag_len += (uint32_t)len;
+            if (f.fin) {
+                char *msg = c->frag;
+                uint32_t mlen = c->frag_len;
+                int mop = c->frag_op;
+                c->frag = NULL;
+                c->frag_len = 0;
+                c->frag_op = 0;
+                s_message(c, mop, msg, mlen);
+                free(msg);
+            }
+            break;
+        }
+        default: /* text, binary */
+            if (f.fin) {
+                s_message(c, op, (const char *)pl, (size_t)len);
+            } else {
+                c->frag = malloc((size_t)len + 1);
+                if (!c->frag)
+                    abort();
+                memcpy(c->frag, pl, (size_t)len);
+                c->frag_len = (uint32_t)len;
+                c->frag_op = (uint8_t)op;
+            }
+        }
+        if (c->state == GW_WS_DEAD)
+            return;
+        h2o_buffer_consume(&c->sock->input, flen);
+    }
+    if (c->state == GW_WS_CLOSING && c->sock)
+        h2o_buffer_consume(&c->sock->input, c->sock->input->size);
+}
+
+static void
+s_on_read(h2o_socket_t *sock, const char *err)
+{
+    gw_ws_conn_t *c = sock->data;
+    gw_ws_ctx_t *x = c->ctx;
+    if (err) {
+        gw_ws_kill(c, err);
+        return;
+    }
+    c->last_rx_ms = pd_mono_ms();
+    if (c->state == GW_WS_OPEN && x->cb->may_read && !x->cb->may_read(c)) {
+        if (!c->held) {
+            c->held = true;
+            h2o_socket_read_stop(sock);
+        }
+        return;
+    }
+    if (c->state == GW_WS_OPEN)
+        s_consume(c);
+    else if (c->sock)
+        h2o_buffer_consume(&sock->input, sock->input->size); /* closing: discard */
+    if (c->state != GW_WS_DEAD && c->sock)
+        s_input_release(c->sock);
+}
+
+void
+gw_ws_resume(gw_ws_conn_t *c)
+{
+    if (!c->held || !c->sock || c->state == GW_WS_DEAD)
+        return;
+    c->held = false;
+    h2o_socket_read_start(c->sock, s_on_read);
+    s_on_read(c->sock, NULL);
+}
+
+/* ------------------------------------------------------------------------------ opening */
+
+static void
+s_on_upgraded(void *data, h2o_socket_t *sock, size_t reqsize)
+{
+    gw_ws_conn_t *c = data;
+    gw_ws_ctx_t *x = c->ctx;
+    free(c->wbuf); /* the frames written with the 101 */
+    c->wbuf = NULL;
+    c->wlen = 0;
+    if (!sock) {
+        s_detach(c);
+        s_free_fields(c);
+        free(c);
+        return;
+    }
+    c->sock = sock;
+    sock->data = c;
+    h2o_buffer_consume(&sock->input, reqsize);
+    int64_t now = pd_mono_ms();
+    c->last_rx_ms = now;
+    c->next = x->conns;
+    if (x->conns)
+        x->conns->prev = c;
+    x->conns = c;
+    h2o_socket_read_start(sock, s_on_read);
+    if (c->refused) { /* an error was sent with the 101, and a close frame */
+        s_detach(c);
+        c->state = GW_WS_CLOSING;
+        c->close_at_ms = now + GW_WS_CLOSE_WAIT_MS;
+        s_close_done(c);
+        return;
+    }
+    c->state = GW_WS_OPEN;
+    if (x->cb->on_open)
+        x->cb->on_open(c);
+    if (c->state == GW_WS_DEAD)
+        return;
+    if (sock->input->size)
+        s_on_read(sock, NULL);
+    else
+        s_input_release(sock);
+}
+
+gw_ws_conn_t *
+gw_ws_new(gw_ws_ctx_t *x, size_t size)
+{
+    gw_ws_conn_t *c = calloc(1, size < sizeof *c ? sizeof *c : size);
+    if (!c)
+        abort();
+    c->ctx = x;
+    c->state = GW_WS_UPGRADING;
+    pd_cqueue_init(&c->q);
+    return c;
+}
+
+void
+gw_ws_upgrade(gw_ws_conn_t *c, h2o_req_t *req, const char *client_key)
+{
+    char accept[29];
+    gw_ws_accept_key(client_key, accept);
+    req->res.status = 101;
+    req->res.reason = "Switching Protocols";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_UPGRADE, NULL, H2O_STRLIT("websocket"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("sec-websocket-accept"), 0,
+                          NULL, accept, 28);
+    /* the frames queued so far go out with the 101, in one write */
+    size_t len = 0;
+    char *hello = pd_cqueue_take(&c->q, &len);
+    c->wbuf = hello; /* freed when the upgrade completes (as the write in flight) */
+    c->wlen = (uint32_t)len;
+    h2o_iovec_t buf = h2o_iovec_init(hello ? hello : "", len);
+    h2o_http1_upgrade(req, &buf, 1, s_on_upgraded, c);
+}
+
+/* ------------------------------------------------------------------------------ housekeeping */
+
+void
+gw_ws_sweep(gw_ws_ctx_t *x, int64_t now)
+{
+    gw_ws_conn_t *c = x->conns;
+    while (c) {
+        gw_ws_conn_t *next = c->next;
+        if (c->wbuf && c->write_ms && now - c->write_ms >= x->stall_ms) {
+            x->slow++;
+            pd_log_info("disconnecting a slow consumer: no write progress for %lld ms (%zu bytes "
+                        "pending)",
+                        (long long)(now - c->write_ms), pd_cqueue_bytes(&c->q) + c->wlen);
+            gw_ws_kill(c, "slow consumer");
+        } else if (c->state == GW_WS_CLOSING) {
+            if (now >= c->close_at_ms)
+                gw_ws_kill(c, "close timeout");
+        } else if (c->state == GW_WS_OPEN && now - c->last_rx_ms >= x->idle_ms) {
+            x->idle++;
+            gw_ws_close(c, 1000, "Idle timeout");
+        }
+        c = next;
+    }
+}
+
+void
+gw_ws_ctx_init(gw_ws_ctx_t *x, h2o_context_t *h2o, const gw_ws_cb_t *cb)
+{
+    memset(x, 0, sizeof *x);
+    x->h2o = h2o;
+    x->cb = cb;
+    x->flush_entry.cb = s_on_flush;
+    x->max_queue = 16 << 20;
+    x->max_message = 65536;
+    x->stall_ms = 10000;
+    x->idle_ms = 90000;
 }
