@@ -213,7 +213,20 @@ async function sdkSubscribe(rt, channels, cb, queries) {
 
 const randomId = (p = 'x') => p + crypto.randomBytes(6).toString('hex');
 
+// The SDK Realtime instances of a test file (push them on the array returned), disconnected
+// after each test and at the end: their heartbeats keep Node alive. Call it before useCluster,
+// so that they go before the cluster stops (hooks run in the order they are registered).
+function realtimeRegistry(nodeTest) {
+    const list = [];
+    const disconnectAll = async () => {
+        for (const r of list.splice(0)) { try { await r.disconnect(); } catch {} }
+    };
+    nodeTest.afterEach(disconnectAll);
+    nodeTest.after(disconnectAll);
+    return list;
+}
+
 module.exports = {
     RawClient, RecordingWebSocket, installRecordingWebSocket, rtUrl, rawConnect, rawSubscribe, gatewayOf, rawConnectTo, restVia,
-    collector, sdkFrame, sdkSubscribe, until, randomId, WS,
+    collector, sdkFrame, sdkSubscribe, until, randomId, WS, realtimeRegistry,
 };

@@ -29,4 +29,17 @@ function shardOwner(project, id, nodes = 2) {
     return owner;
 }
 
-module.exports = { shardOwner };
+// A fresh id from mk() that store node `node` owns (mk is called until one fits).
+function idOnNode(project, node, mk, nodes = 2) {
+    for (;;) {
+        const id = mk();
+        if (shardOwner(project, id, nodes) === node) return id;
+    }
+}
+
+// A fresh id from mk() on the same store node as `id`: a "nothing arrived" marker. The bus keeps
+// each store node's events in order (and a WebSocket its frames), so once a subscriber has the
+// marker's event, it has every event of `id` written before the marker was.
+const sameNodeAs = (project, id, mk, nodes = 2) => idOnNode(project, shardOwner(project, id, nodes), mk, nodes);
+
+module.exports = { shardOwner, idOnNode, sameNodeAs };
