@@ -55,6 +55,14 @@ test('the gateway serves the console and the helper with their headers, ETag and
     const changed = await fetch(`${c.url}/console/`, { headers: { 'if-none-match': '"0000"' } });
     assert.equal(changed.status, 200);
 
+    const head = await fetch(`${c.url}/console/`, { method: 'HEAD' });
+    assert.equal(head.status, 200);
+    assert.equal(head.headers.get('content-length'), r.headers.get('content-length'));
+    assert.equal(head.headers.get('etag'), etag);
+    // the gateway's header cap stands in front of the assets as of every path
+    const big = await fetch(`${c.url}/console/`, { headers: { 'x-filler': 'a'.repeat(20000) } });
+    assert.equal(big.status, 431);
+
     const redirect = await fetch(`${c.url}/console`, { redirect: 'manual' });
     assert.equal(redirect.status, 301);
     assert.equal(redirect.headers.get('location'), '/console/');
