@@ -22,12 +22,67 @@
  *    DELETE / EXPIRE   -> UNCLAIM of the owner once deleted
  *    LIST     [probe the cursor's owner] -> LIST at every node -> merge pages
  *    SYNC     -> every node (or one), pages streamed back to the reaper
- *  Store nodes are a fixed set 1..N (--stores): ownership never moves when a node is down, so
- *  its records are answered 503 at once until it comes back. */
+ *  Ownership never moves when a node is down (the data lives in its shared memory), so its
+ *  records are answered 503 at once until it comes back. It moves when the operator changes
+ *  the store set (below).
+ *
+ *  Resharding. A record belongs to pd_shard_owner(project, id, N) among store nodes 1..N (a
+ *  claim to pd_shard_owner(project, userId, N)): rendezvous hashing, so going from N to M
+ *  nodes moves only what the added nodes take or the removed nodes held. The store set is a
+ *  pair (FROM, TO): settled when equal; `presencectl cluster scale --stores M` (SCALE, from
+ *  the `ctl` key only) sets TO = M and the broker moves records until FROM = TO:
+ *
+ *    ownership  A key whose owner among FROM nodes (its old owner) and among TO nodes (its new
+ *               owner) differ is moving. Its old owner holds it until it is dropped there; from
+ *               then on its new owner does. Every node learns (FROM, TO) from SHARDS, sent
+ *               before anything else on the node's connection (at first contact, and at every
+ *               change), so a node never acts on a set older than the broker's messages to it.
+ *    routing    The broker sends every request for a key to its old owner. The old owner
+ *               serves it if it holds the key and has not frozen it; otherwise it answers MOVED
+ *               and the broker sends the same bytes to the new owner (op->sent). A create of a
+ *               moving key is thereby made at its new owner, never behind the move's back.
+ *    the move   One batch at a time, from one old owner at a time (the lowest still giving):
+ *               MOVE_OUT -> the old owner freezes up to MOVE_BATCH records and claims that TO
+ *               places elsewhere and sends each as MOVE_IN; the broker forwards each to its new
+ *               owner, which takes it with its version (a copy no newer than its own is
+ *               ignored, so a batch sent twice is applied once) and acknowledges it; then
+ *               MOVE_DROP tells the old owner to forget what was acknowledged. A request for a
+ *               frozen key is answered MOVED by the old owner after the MOVE_IN it sent (one
+ *               connection, in order), and the broker forwards both in that order, so the new
+ *               owner always has the record before the request: a record is served by exactly
+ *               one node at any instant, and a write racing its move is applied once, where
+ *               the record is. Nothing is published for a move: subscribers see no event, and
+ *               the reaper keeps its deadline (keyed by project and id, EXPIRE is routed as
+ *               any request and the version is kept, so it deletes at the new owner, whose
+ *               delete event the reaper then takes). The rate is bounded: MOVE_BATCH items per
+ *               batch, one batch in flight, MOVE_GAP_MS between batches.
+ *    lists      A list (and a reaper's SYNC) is not sent while a batch is in flight, and a
+ *               batch does not start while one is out (new lists wait for it, parked, so
+ *               batches are not starved): each node answers a list either before or after a
+ *               whole batch, so a moving record is counted once.
+ *    direct     Gateways route direct requests by FROM (ROUTE's TOTAL), and a node serves a
+ *               direct request only for a key it owns and holds (store.c); anything else is
+ *               MOVED and the gateway sends it through the broker.
+ *    the end    An old owner whose whole pass over its records and claims finds nothing to
+ *               move answers LAST; when every one has, FROM = TO (settled), the set is saved,
+ *               SHARDS tells every node, and ROUTE gives gateways the new set. A removed node
+ *               then holds nothing (drained) and may be stopped: the embedded supervisor stops
+ *               it once the saved set no longer counts it.
+ *    failures   A batch whose old owner or a new owner goes down, or that takes longer than
+ *               OP_TIMEOUT_MS, is abandoned: what was acknowledged is dropped, what was not
+ *               stays frozen and is sent again by the next MOVE_OUT (a restarted old owner has
+ *               lost its frozen set, serves its records again, and sends them again). A store
+ *               node restarted mid-move reads the set from SHARDS again; a restarted broker
+ *               reads it from the run directory (store-set) and goes on. Known gap: a new owner
+ *               that dies after taking a record but before acknowledging it keeps a copy the
+ *               old owner still serves; if the record is deleted before the next batch sends it
+ *               again, that copy shows up when the move ends. */
 #include "broker.h"
 
 #include <czmq.h>
 #include <signal.h>
+#include <errno.h>
+#include <limits.h>
 
 #include "pd_claims.h"
 #include "pd_listcache.h"
@@ -47,8 +102,10 @@
 #define TURN_BUDGET 1000   //  frames per socket per loop turn
 #define BUS_WINDOW_US 1000 //  at most one bus frame per this, while events flow
 #define BUS_MAX (1 << 20)  //  bytes: forward at once past this
+#define MOVE_BATCH 256     //  records and claims per move batch
+#define MOVE_GAP_MS 5      //  between move batches: at most ~50k items/s
 
-enum { OP_FREE, OP_SIMPLE, OP_UPSERT, OP_UPDATE, OP_LIST, OP_SYNC };
+enum { OP_FREE, OP_SIMPLE, OP_UPSERT, OP_UPDATE, OP_LIST, OP_SYNC, OP_MOVE };
 enum { ST_CLAIM, ST_WRITE, ST_RECLAIM, ST_PROBE, ST_GATHER };
 
 typedef struct {
@@ -63,6 +120,8 @@ typedef struct {
     size_t rlen;        //  0 = never connected
     char endpoint[256]; //  its front for gateways' direct requests ("" = none), from HELLO
     pd_msgw_t out;      //  batch to send this turn
+    int64_t sh_gen;     //  the generation SHARDS was last sent to (0: never)
+    int sh_from, sh_to; //  the store set it was told
 } node_t;
 
 typedef struct {
@@ -92,6 +151,10 @@ typedef struct {
     pd_buf_t cursor;    //  LIST: the cursor's item (msgpack)
     pd_query_t *query;  //  LIST: parsed queries (order, limit, offset)
     uint64_t lc_gen;    //  LIST with ?ttl=: the list cache's generation at its start (0: none)
+    pd_buf_t sent;      //  while records move: the last message sent to a store (for MOVED)
+    int64_t pending;    //  MOVE: MOVE_IN sent to new owners, not yet acknowledged
+    uint32_t acked;     //  MOVE: items acknowledged (packed in items)
+    bool replied, last; //  MOVE: the old owner has answered (LAST: it has nothing left)
 } op_t;
 
 typedef struct {
@@ -104,7 +167,19 @@ typedef struct {
     bool sent;              //  a socket was sent on since it was last drained
     pd_buf_t bus;           //  event batches received, not yet forwarded
     int64_t bus_last;       //  mono us of the last forward
-    int nstores;
+    int nstores;        //  store nodes in play: max(nfrom, nto)
+    int nfrom, nto;     //  the store set: records move from nfrom nodes to nto (equal: settled)
+    struct {
+        uint64_t batch;     //  the MOVE op in flight (0: none)
+        bool wanted;        //  a batch waits for lists to finish (new lists park)
+        int64_t next;       //  mono ms: no batch before
+        uint64_t done;      //  bit per old owner that has nothing left to give
+        uint64_t moved;     //  records and claims moved in this change
+        int64_t started;    //  mono ms the change started
+        char waiting[96];   //  why no batch runs ("" = none)
+    } mv;
+    size_t lists;       //  LIST and SYNC ops in flight
+    pd_buf_t parked;    //  LIST/SYNC requests waiting for a batch: [peer u32][len u32][bytes]
     node_t nodes[MAX_NODES + 1];
     peer_t peers[MAX_PEERS];
     size_t npeers;
@@ -115,6 +190,9 @@ typedef struct {
     msgpack_zone zone;
     int cur;            //  sender of the frame being handled (peer index or node id)
     pd_claims_t *claims; // (project, user) -> presence id: cache of the store nodes' claims
+    uint64_t moved_routed; //  requests sent again to a key's new owner after MOVED
+    uint64_t move_refused; //  MOVE_IN a new owner could not take (full)
+    pd_msgw_t shards;   //  scratch for SHARDS
     pd_listcache_t *lcache; // ?ttl= list results, purged by deletes (pd_listcache.h)
     uint64_t malformed, unroutable, claim_hits, claim_misses;
     unsigned long oversized, bus_dropped;
@@ -171,6 +249,12 @@ s_op_new(broker_t *self, int kind, int peer, uint64_t rid)
     op->fresh = false;
     op->claimed[0] = 0;
     op->total = 0;
+    op->pending = 0;
+    op->acked = 0;
+    op->replied = op->last = false;
+    if (kind == OP_LIST || kind == OP_SYNC)
+        self->lists++;
+    pd_buf_reset(&op->sent);
     pd_buf_reset(&op->req);
     pd_buf_reset(&op->items);
     pd_buf_reset(&op->cursor);
@@ -181,6 +265,8 @@ static void
 s_op_free(broker_t *self, op_t *op)
 {
     pd_query_destroy(&op->query);
+    if (op->kind == OP_LIST || op->kind == OP_SYNC)
+        self->lists--;
     op->kind = OP_FREE;
     op->gen++;
     self->free_ops[self->nfree++] = (uint32_t)(op - self->ops);
@@ -236,10 +322,66 @@ s_node_ok(broker_t *self, int n)
     return n >= 1 && n <= self->nstores && self->nodes[n].up;
 }
 
+//  Where a request for key goes first: its owner among the FROM nodes (see "resharding").
 static int
 s_owner(broker_t *self, pd_str_t project, pd_str_t key)
 {
-    return pd_shard_owner(project, key, self->nstores);
+    return pd_shard_owner(project, key, self->nfrom);
+}
+
+static bool
+s_moving(broker_t *self)
+{
+    return self->nfrom != self->nto;
+}
+
+//  While records move, every message sent to a store for an op is kept (op->sent) from mark,
+//  the offset where it starts in w: a MOVED answer sends the same bytes to the new owner.
+static void
+s_sent(broker_t *self, op_t *op, pd_msgw_t *w, size_t mark)
+{
+    if (!s_moving(self))
+        return;
+    pd_buf_reset(&op->sent);
+    pd_buf_add(&op->sent, w->sb.data + mark, w->sb.size - mark);
+}
+
+//  Appends an encoded message to a node's batch.
+static void
+s_append(broker_t *self, int node, const char *bytes, size_t len)
+{
+    pd_msgw_t *w = &self->nodes[node].out;
+    msgpack_sbuffer_write(&w->sb, bytes, len);
+    w->count++;
+}
+
+static void s_op_fail(broker_t *self, op_t *op, int err);
+
+/*  A store answered MOVED: the key is (now) its new owner's. Sends the op's last message there
+ *  unchanged (same op id), or fails the op if there is nowhere else to go. */
+static void
+s_resend_moved(broker_t *self, op_t *op, int node)
+{
+    pd_msg_t m;
+    size_t off = 0;
+    if (!op->sent.len || pd_msg_decode(&m, op->sent.data, op->sent.len, &off, &self->zone) < 0) {
+        s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+        return;
+    }
+    pd_str_t key = m.s[PD_F_ID];
+    bool before;
+    if (m.type == PD_MSG_CLAIM || m.type == PD_MSG_RECLAIM)
+        key = m.s[PD_F_USER];
+    else if (m.type == PD_MSG_LIST && op->query)
+        key = pd_query_cursor(op->query, &before);
+    int to = pd_shard_owner(m.s[PD_F_PROJECT], key, self->nto);
+    if (to == node || !(to >= 1 && to <= self->nstores && self->nodes[to].up)) {
+        s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+        return;
+    }
+    s_append(self, to, op->sent.data, op->sent.len);
+    op->node = to;
+    self->moved_routed++;
 }
 
 /* -------------------------------------------------------------------------- claim cache */
@@ -281,11 +423,13 @@ s_send_claim(broker_t *self, op_t *op, const pd_msg_t *req, pd_str_t user)
         return;
     }
     pd_msgw_t *w = &self->nodes[u].out;
+    size_t mark = w->sb.size;
     pd_msgw_begin(w, PD_MSG_CLAIM, s_op_id(self, op));
     pd_msgw_s(w, PD_F_PROJECT, req->s[PD_F_PROJECT]);
     pd_msgw_s(w, PD_F_USER, user);
     pd_msgw_s(w, PD_F_ID, req->s[PD_F_ID]);
     pd_msgw_end(w);
+    s_sent(self, op, w, mark);
     op->state = ST_CLAIM;
     op->node = u;
 }
@@ -296,15 +440,19 @@ s_send_unclaim(broker_t *self, pd_str_t project, pd_str_t user, pd_str_t id)
     if (!user.len)
         return;
     pd_claims_drop(self->claims, project, user);
-    int u = s_owner(self, project, user);
-    if (!s_node_ok(self, u))
-        return; /* a stale claim is repaired by the next upsert (RECLAIM) */
-    pd_msgw_t *w = &self->nodes[u].out;
-    pd_msgw_begin(w, PD_MSG_UNCLAIM, 0);
-    pd_msgw_s(w, PD_F_PROJECT, project);
-    pd_msgw_s(w, PD_F_USER, user);
-    pd_msgw_s(w, PD_F_ID, id);
-    pd_msgw_end(w);
+    /* while claims move, to both owners: it only ever removes a claim that names id */
+    int owners[2] = {s_owner(self, project, user), pd_shard_owner(project, user, self->nto)};
+    for (int i = 0; i < 2; i++) {
+        int u = owners[i];
+        if (!s_node_ok(self, u) || (i == 1 && u == owners[0]))
+            continue; /* a stale claim is repaired by the next upsert (RECLAIM) */
+        pd_msgw_t *w = &self->nodes[u].out;
+        pd_msgw_begin(w, PD_MSG_UNCLAIM, 0);
+        pd_msgw_s(w, PD_F_PROJECT, project);
+        pd_msgw_s(w, PD_F_USER, user);
+        pd_msgw_s(w, PD_F_ID, id);
+        pd_msgw_end(w);
+    }
 }
 
 /*  Sends the saved write (UPSERT/UPDATE) to the owner of the claimed id. */
@@ -324,14 +472,18 @@ s_send_write(broker_t *self, op_t *op)
     }
     pd_msgw_t *w = &self->nodes[p].out;
     bool stale_possible = op->claimed[0] && !pd_str_eq(id, req.s[PD_F_ID]);
+    size_t mark = w->sb.size;
     pd_msgw_copy(w, &req, s_op_id(self, op), (1ULL << PD_F_ID) | (1ULL << PD_F_FLAGS));
     pd_msgw_s(w, PD_F_ID, id);
     pd_msgw_int(w, PD_F_FLAGS, req.i[PD_F_FLAGS] | (stale_possible ? PD_FL_CLAIMED : 0));
     pd_msgw_end(w);
+    s_sent(self, op, w, mark);
     pd_listcache_on_write(self->lcache, &req);
     op->state = ST_WRITE;
     op->node = p;
 }
+
+static bool s_park(broker_t *self, int peer, const pd_msg_t *m);
 
 /*  A request from a gateway or the reaper. */
 static void
@@ -359,7 +511,9 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         }
         op->node = n;
         op->state = ST_WRITE;
+        size_t mark = self->nodes[n].out.sb.size;
         pd_msgw_forward(&self->nodes[n].out, m, s_op_id(self, op));
+        s_sent(self, op, &self->nodes[n].out, mark);
         return;
     }
     case PD_MSG_UPSERT: {
@@ -374,7 +528,9 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
                 /* the steady state: the user's record is the one named; forward the bytes */
                 op->state = ST_WRITE;
                 op->node = p;
+                size_t mark = self->nodes[p].out.sb.size;
                 pd_msgw_forward(&self->nodes[p].out, m, s_op_id(self, op));
+                s_sent(self, op, &self->nodes[p].out, mark);
                 return;
             }
             s_send_write(self, op);
@@ -395,6 +551,10 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
             s_reply_err(self, peer, m->rid, code, err);
             return;
         }
+        if (s_park(self, peer, m)) { /* a move batch is in flight: after it */
+            pd_query_destroy(&query);
+            return;
+        }
         for (int n = 1; n <= self->nstores; n++) {
             if (!s_node_ok(self, n)) {
                 pd_query_destroy(&query);
@@ -411,9 +571,11 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         if (cursor.len) {
             int n = s_owner(self, project, cursor);
             pd_msgw_t *w = &self->nodes[n].out;
+            size_t mark = w->sb.size;
             pd_msgw_copy(w, m, s_op_id(self, op), 1ULL << PD_F_FLAGS);
             pd_msgw_int(w, PD_F_FLAGS, m->i[PD_F_FLAGS] | PD_FL_CURSOR_PROBE);
             pd_msgw_end(w);
+            s_sent(self, op, w, mark);
             op->state = ST_PROBE;
             op->node = n;
             return;
@@ -426,8 +588,22 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         return;
     }
     case PD_MSG_SYNC: {
+        if (s_park(self, peer, m))
+            return;
         op_t *op = s_op_new(self, OP_SYNC, peer, m->rid);
         op->deadline = pd_mono_ms() + 60000;
+        if (m->i[PD_F_NODE] > self->nstores && m->i[PD_F_NODE] <= MAX_NODES) {
+            /* a node that has left the store set holds nothing: an empty last page */
+            pd_msgw_t *w = &self->peers[peer].out;
+            pd_msgw_begin(w, PD_MSG_SYNC_PAGE, m->rid);
+            pd_msgw_int(w, PD_F_NODE, m->i[PD_F_NODE]);
+            pd_msgw_int(w, PD_F_FLAGS, PD_FL_LAST);
+            pd_msgw_raw(w, PD_F_ITEMS);
+            msgpack_pack_array(&w->pk, 0);
+            pd_msgw_end(w);
+            s_op_free(self, op);
+            return;
+        }
         for (int n = 1; n <= self->nstores; n++) {
             if (m->i[PD_F_NODE] && m->i[PD_F_NODE] != n)
                 continue;
@@ -465,6 +641,15 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         for (int n = 1; n <= self->nstores; n++)
             pd_buf_addf(&b, "presenced_store_claims{node=\"%d\"} %lld\n", n,
                         (long long)self->nodes[n].claims);
+        pd_buf_addf(&b, "# TYPE presenced_store_set gauge\n"
+                        "presenced_store_set{side=\"from\"} %d\n"
+                        "presenced_store_set{side=\"to\"} %d\n"
+                        "# TYPE presenced_store_moved_total counter\n"
+                        "presenced_store_moved_total %llu\n"
+                        "# TYPE presenced_store_moved_routed_total counter\n"
+                        "presenced_store_moved_routed_total %llu\n",
+                    self->nfrom, self->nto, (unsigned long long)self->mv.moved,
+                    (unsigned long long)self->moved_routed);
         bool reaper = false;
         for (size_t i = 0; i < self->npeers; i++) {
             peer_t *p = &self->peers[i];
@@ -654,6 +839,289 @@ s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
         s_list_finish(self, op);
 }
 
+/* -------------------------------------------------------------------------- resharding */
+
+//  The store set survives a broker restart in the run directory ("from to").
+static void
+s_set_save(broker_t *self)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 8];
+    if (!self->cfg->run_dir[0] ||
+        snprintf(path, sizeof path, "%s/store-set", self->cfg->run_dir) >= (int)sizeof path)
+        return;
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f || fprintf(f, "%d %d\n", self->nfrom, self->nto) < 0 || fclose(f) != 0 ||
+        rename(tmp, path) < 0)
+        pd_log_warn("cannot save the store set in %s: %s", path, strerror(errno));
+}
+
+static void
+s_set_load(broker_t *self)
+{
+    char path[PATH_MAX];
+    self->nfrom = self->nto = self->cfg->stores;
+    if (!self->cfg->run_dir[0] ||
+        snprintf(path, sizeof path, "%s/store-set", self->cfg->run_dir) >= (int)sizeof path)
+        return;
+    FILE *f = fopen(path, "r");
+    int from, to;
+    if (f && fscanf(f, "%d %d", &from, &to) == 2 && from >= 1 && to >= 1 && from <= MAX_NODES &&
+        to <= MAX_NODES) {
+        self->nfrom = from;
+        self->nto = to;
+        pd_log_info("store set from %s: %d -> %d nodes", path, from, to);
+    }
+    if (f)
+        fclose(f);
+}
+
+static int
+s_buf_write(void *data, const char *buf, size_t len)
+{
+    pd_buf_add(data, buf, len);
+    return 0;
+}
+
+//  The end of a move batch: the old owner forgets what new owners acknowledged (unless it is
+//  down: a restarted old owner has lost its frozen set and serves those records again, so they
+//  are sent again rather than dropped); what was not acknowledged stays frozen there and is sent
+//  again by the next batch.
+static void
+s_move_finish(broker_t *self, op_t *op, bool abandoned)
+{
+    int src = op->node;
+    if (op->acked && s_node_ok(self, src)) {
+        pd_msgw_t *w = &self->nodes[src].out;
+        pd_msgw_begin(w, PD_MSG_MOVE_DROP, 0);
+        pd_msgw_raw(w, PD_F_ITEMS);
+        msgpack_pack_array(&w->pk, op->acked);
+        msgpack_sbuffer_write(&w->sb, op->items.data, op->items.len);
+        pd_msgw_end(w);
+        self->mv.moved += op->acked;
+    }
+    if (!abandoned && op->last)
+        self->mv.done |= 1ULL << src;
+    if (abandoned)
+        pd_log_warn("move batch from store node %d abandoned (%u of its items taken); retrying",
+                    src, op->acked);
+    self->mv.batch = 0;
+    self->mv.next = pd_mono_ms() + (abandoned ? 500 : MOVE_GAP_MS);
+    s_op_free(self, op);
+}
+
+//  What the old owner sends for a batch (MOVE_IN per item, then its REPLY) and the new owners'
+//  acknowledgements.
+static void
+s_move_reply(broker_t *self, op_t *op, int node, const pd_msg_t *m)
+{
+    bool claim = (m->i[PD_F_FLAGS] & PD_FL_CLAIMED) != 0;
+    pd_str_t project = m->s[PD_F_PROJECT], key = claim ? m->s[PD_F_USER] : m->s[PD_F_ID];
+    if (m->type == PD_MSG_MOVE_IN) {
+        int to = pd_shard_owner(project, key, self->nto);
+        if (node != op->node || op->replied || to == node || !s_node_ok(self, to))
+            return; /* it stays frozen at the old owner and goes with the next batch */
+        pd_msgw_forward(&self->nodes[to].out, m, s_op_id(self, op));
+        op->pending++;
+        op->waiting |= 1ULL << to;
+        return;
+    }
+    if (m->type != PD_MSG_REPLY)
+        return;
+    if (node == op->node && !pd_msg_has(m, PD_F_PROJECT)) { /* the old owner's answer */
+        op->replied = true;
+        op->last = (m->i[PD_F_FLAGS] & PD_FL_LAST) != 0 && m->i[PD_F_TOTAL] == 0;
+    } else if (op->pending > 0) { /* a new owner took an item (or could not) */
+        op->pending--;
+        if (m->i[PD_F_ERR] == PD_ERR_OK) {
+            msgpack_packer pk;
+            msgpack_packer_init(&pk, &op->items, s_buf_write);
+            msgpack_pack_array(&pk, 3);
+            msgpack_pack_str_with_body(&pk, project.ptr, project.len);
+            msgpack_pack_str_with_body(&pk, key.ptr, key.len);
+            msgpack_pack_uint8(&pk, claim ? 1 : 0);
+            op->acked++;
+        } else {
+            self->move_refused++;
+        }
+    }
+    if (op->replied && op->pending == 0)
+        s_move_finish(self, op, false);
+}
+
+//  Settles the store set once every old owner has given all it must.
+static void
+s_settle(broker_t *self)
+{
+    pd_log_info("store set settled: %d store nodes (%llu records and claims moved in %lld ms)",
+                self->nto, (unsigned long long)self->mv.moved,
+                (long long)(pd_mono_ms() - self->mv.started));
+    self->nfrom = self->nstores = self->nto;
+    self->mv.done = 0;
+    self->mv.wanted = false;
+    self->mv.waiting[0] = 0;
+    s_set_save(self);
+}
+
+static void s_on_request(broker_t *self, int peer, const pd_msg_t *m);
+
+//  LIST and SYNC wait while a move batch is in flight or wants to start (see "resharding").
+static bool
+s_park(broker_t *self, int peer, const pd_msg_t *m)
+{
+    if (!s_moving(self) || (!self->mv.batch && !self->mv.wanted))
+        return false;
+    uint32_t hdr[2] = {(uint32_t)peer, (uint32_t)m->raw_len};
+    pd_buf_add(&self->parked, hdr, sizeof hdr);
+    pd_buf_add(&self->parked, m->raw, m->raw_len);
+    return true;
+}
+
+//  Handles the parked requests (from the loop, outside any frame: it clears the zone).
+static void
+s_unpark(broker_t *self)
+{
+    pd_buf_t b = self->parked;
+    pd_buf_init(&self->parked);
+    for (size_t off = 0; off + 8 <= b.len;) {
+        uint32_t hdr[2];
+        memcpy(hdr, b.data + off, sizeof hdr);
+        off += sizeof hdr;
+        if (hdr[1] > b.len - off)
+            break;
+        pd_msg_t m;
+        size_t o = 0;
+        if (hdr[0] < self->npeers && pd_msg_decode(&m, b.data + off, hdr[1], &o, &self->zone) == 0)
+            s_on_request(self, (int)hdr[0], &m);
+        off += hdr[1];
+    }
+    pd_buf_free(&b);
+    msgpack_zone_clear(&self->zone);
+}
+
+/*  Once per loop turn while the store set moves: starts the next batch when none is in flight,
+ *  MOVE_GAP_MS have passed, every node of the set is up, and no list is out; settles when
+ *  every old owner has answered LAST. */
+static void
+s_move_tick(broker_t *self)
+{
+    if (self->mv.batch)
+        return;
+    if (self->parked.len) {
+        self->mv.wanted = false;
+        s_unpark(self);
+    }
+    if (!s_moving(self))
+        return;
+    int64_t now = pd_mono_ms();
+    if (now < self->mv.next)
+        return;
+    for (int n = 1; n <= self->nstores; n++) {
+        if (!self->nodes[n].up) {
+            snprintf(self->mv.waiting, sizeof self->mv.waiting, "store node %d is not up", n);
+            self->mv.next = now + 50;
+            return;
+        }
+    }
+    if (self->lists) {
+        self->mv.wanted = true;
+        return;
+    }
+    int src = 0;
+    for (int n = 1; n <= self->nfrom && !src; n++)
+        if (!((self->mv.done >> n) & 1))
+            src = n;
+    if (!src) {
+        s_settle(self);
+        return;
+    }
+    self->mv.waiting[0] = 0;
+    op_t *op = s_op_new(self, OP_MOVE, 0, 0);
+    op->node = src;
+    pd_msgw_t *w = &self->nodes[src].out;
+    pd_msgw_begin(w, PD_MSG_MOVE_OUT, s_op_id(self, op));
+    pd_msgw_int(w, PD_F_LIMIT, MOVE_BATCH);
+    pd_msgw_end(w);
+    self->mv.batch = s_op_id(self, op);
+}
+
+//  The store set as JSON, for presencectl.
+static void
+s_set_json(broker_t *self, pd_buf_t *b)
+{
+    pd_buf_addf(b, "{\"from\":%d,\"to\":%d,\"settled\":%s,\"moved\":%llu,\"waiting\":\"%s\","
+                   "\"nodes\":[",
+                self->nfrom, self->nto, s_moving(self) ? "false" : "true",
+                (unsigned long long)self->mv.moved, self->mv.waiting);
+    for (int n = 1; n <= self->nstores; n++)
+        pd_buf_addf(b, "%s{\"node\":%d,\"up\":%s,\"records\":%lld,\"done\":%s}", n > 1 ? "," : "",
+                    n, self->nodes[n].up ? "true" : "false", (long long)self->nodes[n].records,
+                    ((self->mv.done >> n) & 1) ? "true" : "false");
+    pd_buf_adds(b, "]}");
+}
+
+//  SCALE from presencectl (the ctl key): TOTAL store nodes from now on (0: report only).
+static void
+s_on_scale(broker_t *self, int peer, const pd_msg_t *m)
+{
+    int64_t want = m->i[PD_F_TOTAL];
+    char msg[160];
+    if (want < 0 || want > MAX_NODES) {
+        snprintf(msg, sizeof msg, "store nodes must be 1..%d", MAX_NODES);
+        s_reply_err(self, peer, m->rid, PD_ERR_ARGUMENT_INVALID, msg);
+        return;
+    }
+    if (want && want != self->nto) {
+        if (s_moving(self)) {
+            snprintf(msg, sizeof msg, "a move from %d to %d store nodes is under way",
+                     self->nfrom, self->nto);
+            s_reply_err(self, peer, m->rid, PD_ERR_CONFLICT, msg);
+            return;
+        }
+        self->nto = (int)want;
+        self->nstores = self->nto > self->nfrom ? self->nto : self->nfrom;
+        memset(&self->mv, 0, sizeof self->mv);
+        self->mv.started = pd_mono_ms();
+        s_set_save(self);
+        pd_log_info("store set: moving from %d to %d store nodes", self->nfrom, self->nto);
+    }
+    pd_buf_t b;
+    pd_buf_init(&b);
+    s_set_json(self, &b);
+    pd_msgw_t *w = &self->peers[peer].out;
+    pd_msgw_begin(w, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_str(w, PD_F_BODY, b.data, b.len);
+    pd_msgw_end(w);
+    pd_buf_free(&b);
+}
+
+//  SHARDS to every node that has not been told the current set (a new connection is told
+//  before its first batch: a separate frame, sent first).
+static void
+s_send_shards(broker_t *self)
+{
+    for (int n = 1; n <= MAX_NODES; n++) {
+        node_t *nd = &self->nodes[n];
+        if (!nd->rlen || !nd->gen ||
+            (nd->sh_gen == nd->gen && nd->sh_from == self->nfrom && nd->sh_to == self->nto))
+            continue;
+        pd_msgw_t *w = &self->shards;
+        pd_msgw_reset(w);
+        pd_msgw_begin(w, PD_MSG_SHARDS, 0);
+        pd_msgw_int(w, PD_F_FROM, self->nfrom);
+        pd_msgw_int(w, PD_F_TOTAL, self->nto);
+        pd_msgw_end(w);
+        if (pd_zmq_send(zsock_resolve(self->back), nd->rid, nd->rlen, w->sb.data, w->sb.size) == 0) {
+            nd->sh_gen = nd->gen;
+            nd->sh_from = self->nfrom;
+            nd->sh_to = self->nto;
+        }
+        self->sent = true;
+        pd_zpoll_sent(&self->poll, zsock_resolve(self->back));
+    }
+}
+
 /* -------------------------------------------------------------------------- store replies */
 
 static void
@@ -662,6 +1130,14 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
     op_t *op = s_op_find(self, m->rid);
     if (!op)
         return; /* late reply to a timed-out op, or an UNCLAIM */
+    if (op->kind == OP_MOVE) {
+        s_move_reply(self, op, node, m);
+        return;
+    }
+    if (m->type == PD_MSG_REPLY && (m->i[PD_F_FLAGS] & PD_FL_MOVED)) {
+        s_resend_moved(self, op, node); /* resharding: the key is its new owner's */
+        return;
+    }
     int err = (int)m->i[PD_F_ERR];
     switch (op->kind) {
     case OP_SIMPLE: {
@@ -743,12 +1219,14 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
                     return;
                 }
                 pd_msgw_t *w = &self->nodes[u].out;
+                size_t mark = w->sb.size;
                 pd_msgw_begin(w, PD_MSG_RECLAIM, s_op_id(self, op));
                 pd_msgw_s(w, PD_F_PROJECT, req.s[PD_F_PROJECT]);
                 pd_msgw_s(w, PD_F_USER, req.s[PD_F_USER]);
                 pd_msgw_s(w, PD_F_EXPECT, pd_str(op->claimed));
                 pd_msgw_s(w, PD_F_ID, req.s[PD_F_ID]);
                 pd_msgw_end(w);
+                s_sent(self, op, w, mark);
                 op->state = ST_RECLAIM;
                 op->node = u;
                 return;
@@ -804,7 +1282,7 @@ s_peer(broker_t *self, const void *ident, size_t ilen, const char *uid)
     memcpy(self->peers[i].ident, ident, ilen);
     self->peers[i].ilen = ilen;
     snprintf(self->peers[i].role, sizeof self->peers[i].role, "%s",
-             strcmp(uid, "reaper") == 0 ? "reaper" : "gateway");
+             strcmp(uid, "reaper") == 0 ? "reaper" : strcmp(uid, "ctl") == 0 ? "ctl" : "gateway");
     return (int)i;
 }
 
@@ -814,6 +1292,16 @@ s_on_front(const pd_msg_t *m, void *arg)
 {
     broker_t *self = arg;
     peer_t *p = &self->peers[self->cur];
+    if ((m->type == PD_MSG_SCALE) != (strcmp(p->role, "ctl") == 0)) {
+        self->malformed++; /* SCALE only from presencectl's key, which sends nothing else */
+        if (m->type == PD_MSG_SCALE || m->rid)
+            s_reply_err(self, self->cur, m->rid, PD_ERR_FORBIDDEN, NULL);
+        return;
+    }
+    if (m->type == PD_MSG_SCALE) {
+        s_on_scale(self, self->cur, m);
+        return;
+    }
     if (m->type != PD_MSG_HELLO) {
         s_on_request(self, self->cur, m);
         return;
@@ -822,11 +1310,11 @@ s_on_front(const pd_msg_t *m, void *arg)
         /* The route table: where each node's front is, and whether it is up. Gateways send
          * the requests that need no claim or list straight there (gateway.c); the broker stays
          * the authority on membership, so a node it marks down is down for them too. */
-        for (int n = 1; n <= self->nstores; n++) {
+        for (int n = 1; n <= self->nfrom; n++) { /* while records move: the old set */
             node_t *nd = &self->nodes[n];
             pd_msgw_begin(&p->out, PD_MSG_ROUTE, 0);
             pd_msgw_int(&p->out, PD_F_NODE, n);
-            pd_msgw_int(&p->out, PD_F_TOTAL, self->nstores);
+            pd_msgw_int(&p->out, PD_F_TOTAL, self->nfrom);
             pd_msgw_int(&p->out, PD_F_FLAGS, nd->up ? 1 : 0);
             pd_msgw_int(&p->out, PD_F_GEN, nd->gen);
             pd_msgw_str(&p->out, PD_F_ENDPOINT, nd->endpoint, strlen(nd->endpoint));
@@ -899,7 +1387,7 @@ static void
 s_on_back_frame(pd_zmsg_t *zm, void *arg)
 {
     broker_t *self = arg;
-    int node = zm->n == 2 ? pd_keys_node(pd_keys_peer(&zm->part[1]), "store", self->nstores) : 0;
+    int node = zm->n == 2 ? pd_keys_node(pd_keys_peer(&zm->part[1]), "store", MAX_NODES) : 0;
     size_t ilen = pd_zmsg_size(zm, 0);
     if (node < 1 || ilen == 0 || ilen > sizeof self->nodes[node].rid) {
         self->malformed++;
@@ -988,6 +1476,7 @@ s_on_sub_frame(pd_zmsg_t *zm, void *arg)
 static void
 s_flush(broker_t *self)
 {
+    s_send_shards(self);
     for (int n = 1; n <= self->nstores; n++) {
         node_t *nd = &self->nodes[n];
         if (!nd->out.count)
@@ -1031,6 +1520,14 @@ s_sweep(broker_t *self)
         op_t *op = &self->ops[i];
         if (op->kind == OP_FREE)
             continue;
+        if (op->kind == OP_MOVE) {
+            bool lost = !self->nodes[op->node].up || now > op->deadline;
+            for (int n = 1; n <= MAX_NODES; n++)
+                lost |= ((op->waiting >> n) & 1) && !self->nodes[n].up;
+            if (lost)
+                s_move_finish(self, op, true);
+            continue;
+        }
         bool down = false;
         if (op->kind == OP_LIST || op->kind == OP_SYNC) {
             for (int n = 1; n <= self->nstores; n++)
@@ -1077,9 +1574,11 @@ broker_main(pd_config_t *cfg)
     static broker_t b;
     broker_t *self = &b;
     self->cfg = cfg;
-    self->nstores = cfg->stores;
-    for (int n = 1; n <= self->nstores; n++)
+    s_set_load(self);
+    self->nstores = self->nfrom > self->nto ? self->nfrom : self->nto;
+    for (int n = 1; n <= MAX_NODES; n++)
         pd_msgw_init(&self->nodes[n].out);
+    pd_msgw_init(&self->shards);
     char err[512];
     if (!(self->keys = pd_keys_load(cfg->keys_dir, "broker", err, sizeof err)))
         pd_fatalx("%s", err);
@@ -1131,6 +1630,7 @@ broker_main(pd_config_t *cfg)
                                   s_on_bus_frame, self, NULL);
         got += pd_zpoll_drain(&self->poll, zsock_resolve(self->xpub), TURN_BUDGET,
                               s_on_sub_frame, self, NULL);
+        s_move_tick(self); /* resharding: the next move batch, parked lists */
         s_flush(self);
         int64_t bus_wait = s_bus_flush(self, false);
         int64_t now = pd_mono_ms();
@@ -1158,10 +1658,12 @@ broker_main(pd_config_t *cfg)
     pd_keys_destroy(&self->keys);
     pd_claims_destroy(&self->claims);
     pd_listcache_destroy(&self->lcache);
-    for (int n = 1; n <= self->nstores; n++) {
+    for (int n = 1; n <= MAX_NODES; n++) {
         pd_msgw_destroy(&self->nodes[n].out);
         pd_buf_free(&self->nodes[n].counts);
     }
+    pd_msgw_destroy(&self->shards);
+    pd_buf_free(&self->parked);
     for (size_t i = 0; i < self->npeers; i++) {
         pd_msgw_destroy(&self->peers[i].out);
         pd_buf_free(&self->peers[i].metrics);
@@ -1171,6 +1673,7 @@ broker_main(pd_config_t *cfg)
         pd_buf_free(&self->ops[i].req);
         pd_buf_free(&self->ops[i].items);
         pd_buf_free(&self->ops[i].cursor);
+        pd_buf_free(&self->ops[i].sent);
     }
     free(self->ops);
     free(self->free_ops);

@@ -6,6 +6,8 @@
  *      presencectl keygen     --out FILE
  *      presencectl cluster-keys --out DIR [--stores N] [--gateways M]
  *                             [--rotate NAME | --retire NAME]
+ *      presencectl cluster scale --stores N (--run-dir DIR | --keys DIR --broker ENDPOINT)
+ *                             [--wait] [--timeout S]
  *      presencectl jwt        (--project-secret S | --secret-env VAR | --eddsa-secret-key FILE)
  *                             --user U [--teams t1,t2/owner] [--labels vip]
  * [--verified|--unverified]
@@ -66,7 +68,9 @@
 
 #include "pd_auth.h"
 #include "pd_config.h"
+#include "pd_err.h"
 #include "pd_keys.h"
+#include "pd_msg.h"
 #include "pd_util.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -101,6 +105,8 @@ s_usage(void)
             "  presencectl keygen     --out FILE\n"
             "  presencectl cluster-keys --out DIR [--stores N] [--gateways M] "
             "[--rotate NAME | --retire NAME]\n"
+            "  presencectl cluster scale --stores N (--run-dir DIR | --keys DIR --broker EP) "
+            "[--wait] [--timeout S]\n"
             "  presencectl jwt        (--project-secret S | --secret-env VAR | "
             "--eddsa-secret-key FILE)\n"
             "                         --user U [--teams t1,t2/owner] [--labels vip] "
@@ -580,6 +586,130 @@ cmd_cluster_keys(int argc, char **argv)
             "Give every role --keys %s (or PRESENCED_KEYS); each loads its own <name>.key "
             "and every *.pub.\n",
             made, out, stores, gateways, out);
+    return 0;
+}
+
+/*  `cluster scale`: sends SCALE to the broker over its front socket, as the `ctl` key (CURVE;
+ *  only that key may send it), and prints the store set the broker reports (JSON). --wait polls
+ *  until the records have moved (the set is settled). In the embedded cluster, --run-dir DIR
+ *  finds both the key set (DIR/keys) and the broker (ipc://DIR/broker-front.ipc). */
+static json_t *
+s_scale_ask(void *sock, int64_t stores, int timeout_ms)
+{
+    static uint64_t rid;
+    pd_msgw_t w;
+    pd_msgw_init(&w);
+    pd_msgw_begin(&w, PD_MSG_SCALE, ++rid);
+    pd_msgw_int(&w, PD_F_TOTAL, stores);
+    pd_msgw_end(&w);
+    if (zmq_send(sock, w.sb.data, w.sb.size, 0) < 0)
+        s_die("cannot send to the broker: %s", zmq_strerror(errno));
+    pd_msgw_destroy(&w);
+    char buf[65536];
+    int64_t until = pd_mono_ms() + timeout_ms;
+    for (;;) {
+        int left = (int)(until - pd_mono_ms());
+        if (left <= 0)
+            s_die("no answer from the broker in %d ms (is the ctl key in its key set?)",
+                  timeout_ms);
+        zmq_setsockopt(sock, ZMQ_RCVTIMEO, &left, sizeof left);
+        int n = zmq_recv(sock, buf, sizeof buf, 0);
+        if (n < 0)
+            continue;
+        if ((size_t)n > sizeof buf)
+            s_die("answer too large");
+        msgpack_zone zone;
+        msgpack_zone_init(&zone, 1024);
+        pd_msg_t m;
+        size_t off = 0;
+        if (pd_msg_decode(&m, buf, (size_t)n, &off, &zone) != 0 || m.type != PD_MSG_REPLY ||
+            m.rid != rid) {
+            msgpack_zone_destroy(&zone);
+            continue;
+        }
+        if (m.i[PD_F_ERR] != PD_ERR_OK)
+            s_die("the broker refused: %s (%.*s)", pd_err_type((int)m.i[PD_F_ERR]),
+                  (int)m.s[PD_F_MESSAGE].len, m.s[PD_F_MESSAGE].ptr ? m.s[PD_F_MESSAGE].ptr : "");
+        json_t *j = json_loadb(m.s[PD_F_BODY].ptr, m.s[PD_F_BODY].len, 0, NULL);
+        msgpack_zone_destroy(&zone);
+        if (!j)
+            s_die("the broker's answer is not JSON");
+        return j;
+    }
+}
+
+static int
+cmd_cluster(int argc, char **argv)
+{
+    static const struct option opts[] = {{"stores", required_argument, NULL, 's'},
+                                         {"keys", required_argument, NULL, 'k'},
+                                         {"broker", required_argument, NULL, 'b'},
+                                         {"run-dir", required_argument, NULL, 'r'},
+                                         {"wait", no_argument, NULL, 'w'},
+                                         {"timeout", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
+    if (argc < 2 || strcmp(argv[1], "scale") != 0) {
+        s_usage();
+        return 2;
+    }
+    argc--, argv++;
+    char keys[PATH_MAX] = "", broker[PATH_MAX + 32] = "";
+    long stores = -1, timeout_s = 600;
+    bool wait = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 's')
+            stores = strtol(optarg, NULL, 10);
+        else if (c == 'k')
+            snprintf(keys, sizeof keys, "%s", optarg);
+        else if (c == 'b')
+            snprintf(broker, sizeof broker, "%s", optarg);
+        else if (c == 'r') {
+            if (!keys[0])
+                snprintf(keys, sizeof keys, "%s/keys", optarg);
+            if (!broker[0])
+                snprintf(broker, sizeof broker, "ipc://%s/broker-front.ipc", optarg);
+        } else if (c == 'w')
+            wait = true;
+        else if (c == 't')
+            timeout_s = strtol(optarg, NULL, 10);
+        else {
+            s_usage();
+            return 2;
+        }
+    }
+    if (!keys[0] && getenv("PRESENCED_KEYS"))
+        snprintf(keys, sizeof keys, "%s", getenv("PRESENCED_KEYS"));
+    if (stores < 0 || stores > 64 || !keys[0] || !broker[0])
+        s_die("cluster scale needs --stores N (1..64; 0 reports), and --run-dir DIR (embedded) "
+              "or --keys DIR and --broker ENDPOINT");
+    char err[512];
+    pd_keys_t *k = pd_keys_load(keys, "ctl", err, sizeof err);
+    if (!k)
+        s_die("%s (presencectl cluster-keys --out DIR adds the ctl key)", err);
+    void *ctx = zmq_ctx_new();
+    void *sock = zmq_socket(ctx, ZMQ_DEALER);
+    if (!sock || pd_keys_client(k, sock, "broker") < 0 || zmq_connect(sock, broker) < 0)
+        s_die("cannot connect to the broker at %s", broker);
+    json_t *j = s_scale_ask(sock, stores, 5000);
+    int64_t until = pd_mono_ms() + timeout_s * 1000;
+    while (wait && !json_is_true(json_object_get(j, "settled"))) {
+        if (pd_mono_ms() > until)
+            s_die("the store set did not settle in %ld s", timeout_s);
+        usleep(200 * 1000);
+        json_decref(j);
+        j = s_scale_ask(sock, 0, 5000);
+    }
+    char *text = json_dumps(j, JSON_COMPACT);
+    printf("%s\n", text);
+    free(text);
+    json_decref(j);
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(sock);
+    zmq_ctx_term(ctx);
+    pd_keys_destroy(&k);
     return 0;
 }
 
@@ -1390,6 +1520,8 @@ main(int argc, char **argv)
         rc = cmd_keygen(argc - 1, argv + 1);
     else if (strcmp(cmd, "cluster-keys") == 0)
         rc = cmd_cluster_keys(argc - 1, argv + 1);
+    else if (strcmp(cmd, "cluster") == 0)
+        rc = cmd_cluster(argc - 1, argv + 1);
     else if (strcmp(cmd, "jwt") == 0)
         rc = cmd_jwt(argc - 1, argv + 1);
     else if (strcmp(cmd, "list") == 0)

@@ -6,7 +6,15 @@
  *  for 10 s). SIGTERM/SIGINT: gateways are stopped first (they stop accepting and finish the
  *  requests in flight), then the reaper, the stores and the broker; stragglers are killed after
  *  5 s; store segments are unlinked unless --keep-data; exit 0. SIGHUP is passed to the gateways
- *  (they reload the projects). Each child's command line names its role, as `ps` shows it. */
+ *  (they reload the projects). Each child's command line names its role, as `ps` shows it.
+ *
+ *  Store nodes follow the store set the broker saves in the run directory (store-set, "from
+ *  to": broker.c, "resharding"): every node of either side runs. When `presencectl cluster
+ *  scale` adds nodes, they are started at once (the broker moves records to them once they are
+ *  up); a node that has left the set (the broker settled, so it holds nothing) is stopped a
+ *  second later (gateways have the new route table by then) and its segments are removed. The
+ *  embedded key set has keys for STORE_KEYS store nodes (or --stores, if more), so a new node
+ *  needs no new key. */
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -35,7 +43,72 @@ typedef struct {
     int64_t started;  //  mono ms of the last start
     int64_t next;     //  mono ms of the next start attempt (when pid == 0)
     int backoff;      //  current restart delay, ms
+    bool off;         //  a store node outside the store set: not started
+    bool ran;         //  a store node that has run (its segments are removed at the end)
+    int64_t stop_at;  //  mono ms to stop a store node that left the set (0: none)
 } child_t;
+
+#define STORE_KEYS 16 //  store keys in the embedded key set
+
+static void
+s_store_unlink(pd_config_t *cfg, int node)
+{
+    char shm[160];
+    snprintf(shm, sizeof shm, "/presenced-%s-store-%d", cfg->cluster, node);
+    pd_table_unlink(shm);
+    snprintf(shm, sizeof shm, "/presenced-%s-store-%d-outbox", cfg->cluster, node);
+    pd_outbox_unlink(shm);
+}
+
+//  Store nodes the saved store set needs (the larger side), or 0 when there is none.
+static int
+s_store_set(const pd_config_t *cfg)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/store-set", cfg->run_dir);
+    FILE *f = fopen(path, "r");
+    int from = 0, to = 0;
+    if (f && fscanf(f, "%d %d", &from, &to) != 2)
+        from = to = 0;
+    if (f)
+        fclose(f);
+    int want = from > to ? from : to;
+    return want >= 1 && want <= 64 ? want : 0;
+}
+
+//  Starts the store nodes the store set adds, and stops (then forgets) those it has left.
+static void
+s_follow_store_set(pd_config_t *cfg, child_t *cs, size_t n, int64_t now)
+{
+    int want = s_store_set(cfg);
+    if (!want)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        child_t *c = &cs[i];
+        if (strcmp(c->role, "store") != 0)
+            continue;
+        if (c->node <= want && c->off) {
+            pd_log_info("store set: starting store %d", c->node);
+            c->off = false;
+            c->stop_at = 0;
+            c->next = now;
+            c->backoff = 100;
+        } else if (c->node > want && !c->off && !c->stop_at) {
+            c->stop_at = now + 1000; /* gateways take the new route table meanwhile */
+        }
+        if (c->stop_at && now >= c->stop_at && !c->off) {
+            pd_log_info("store set: store %d has left it (drained); stopping it", c->node);
+            c->off = true;
+            c->stop_at = 0;
+            if (c->pid > 0) {
+                kill(c->pid, SIGTERM);
+                waitpid(c->pid, NULL, 0);
+                c->pid = 0;
+            }
+            s_store_unlink(cfg, c->node);
+        }
+    }
+}
 
 static char s_self[4096];
 
@@ -262,7 +335,8 @@ supervisor_main(pd_config_t *cfg)
         char err[512];
         snprintf(keys, sizeof keys, "%s/keys", cfg->run_dir);
         s_keys_wipe(keys);
-        if (pd_keys_generate(keys, cfg->stores, cfg->gateways, err, sizeof err) < 0)
+        if (pd_keys_generate(keys, cfg->stores > STORE_KEYS ? cfg->stores : STORE_KEYS,
+                             cfg->gateways, err, sizeof err) < 0)
             pd_fatalx("cannot make the cluster's keys: %s", err);
         snprintf(cfg->keys_dir, sizeof cfg->keys_dir, "%s", keys);
     }
@@ -271,8 +345,14 @@ supervisor_main(pd_config_t *cfg)
     child_t cs[2 + 64 + 64];
     memset(cs, 0, sizeof cs);
     cs[n++] = (child_t){.role = "broker", .stage = 3};
-    for (int i = 1; i <= cfg->stores; i++)
-        cs[n++] = (child_t){.role = "store", .node = i, .stage = 2};
+    /* The store set the broker saved (kept only with --keep-data, with the segments). */
+    char setp[PATH_MAX];
+    snprintf(setp, sizeof setp, "%s/store-set", cfg->run_dir);
+    if (!cfg->keep_data)
+        unlink(setp);
+    int stores = s_store_set(cfg) ? s_store_set(cfg) : cfg->stores;
+    for (int i = 1; i <= 64; i++)
+        cs[n++] = (child_t){.role = "store", .node = i, .stage = 2, .off = i > stores};
     cs[n++] = (child_t){.role = "reaper", .stage = 1};
     for (int i = 1; i <= cfg->gateways; i++)
         cs[n++] = (child_t){.role = "gateway", .node = i, .stage = 0};
@@ -288,9 +368,11 @@ supervisor_main(pd_config_t *cfg)
     pd_log_info("starting cluster %s on %s:%d: %d store nodes, %d gateways", cfg->cluster,
                 cfg->host, cfg->port, cfg->stores, cfg->gateways);
     for (size_t i = 0; i < n; i++) {
+        cs[i].backoff = 100;
+        if (cs[i].off)
+            continue;
         cs[i].pid = s_spawn(cfg, &cs[i]);
         cs[i].started = pd_mono_ms();
-        cs[i].backoff = 100;
     }
 
     int stop_sig = 0;
@@ -337,7 +419,11 @@ supervisor_main(pd_config_t *cfg)
             }
         }
         int64_t now = pd_mono_ms();
+        s_follow_store_set(cfg, cs, n, now);
         for (size_t i = 0; i < n && !refused; i++) {
+            if (cs[i].off)
+                continue;
+            cs[i].ran |= cs[i].node && strcmp(cs[i].role, "store") == 0;
             if (cs[i].pid == 0 && now >= cs[i].next) {
                 cs[i].pid = s_spawn(cfg, &cs[i]);
                 cs[i].started = now;
@@ -351,20 +437,16 @@ supervisor_main(pd_config_t *cfg)
         pd_log_info("signal %d: stopping the cluster", stop_sig);
     for (int stage = 0; stage <= 3; stage++)
         s_stop_stage(cs, n, stage, stage == 0 ? 8000 : 5000);
-    if (!cfg->keep_data) {
-        for (int i = 1; i <= cfg->stores; i++) {
-            char shm[160];
-            snprintf(shm, sizeof shm, "/presenced-%s-store-%d", cfg->cluster, i);
-            pd_table_unlink(shm);
-            snprintf(shm, sizeof shm, "/presenced-%s-store-%d-outbox", cfg->cluster, i);
-            pd_outbox_unlink(shm);
-        }
-    }
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(cs[i].role, "store") == 0 && (cs[i].ran || !cs[i].off) && !cfg->keep_data)
+            s_store_unlink(cfg, cs[i].node);
     const char *eps[] = {cfg->broker_front, cfg->broker_back, cfg->bus_in, cfg->bus_out};
     for (size_t i = 0; i < 4; i++)
         if (strncmp(eps[i], "ipc://", 6) == 0)
             unlink(eps[i] + 6);
-    for (int i = 1; i <= cfg->stores; i++) {
+    if (!cfg->keep_data)
+        unlink(setp);
+    for (int i = 1; i <= 64; i++) {
         char front[300];
         snprintf(front, sizeof front, "%s/store-%d.ipc", cfg->run_dir, i);
         unlink(front);

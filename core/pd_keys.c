@@ -220,9 +220,11 @@ pd_keys_generate(const char *dir, int stores, int gateways, char *err, size_t er
     if (s_dir(dir, err, errlen) < 0)
         return -1;
     int made = 0;
-    for (int i = -2; i < stores + gateways; i++) {
+    for (int i = -3; i < stores + gateways; i++) {
         char name[PD_KEY_NAME];
-        if (i == -2)
+        if (i == -3)
+            snprintf(name, sizeof name, "ctl"); /* presencectl's cluster commands (broker-front) */
+        else if (i == -2)
             snprintf(name, sizeof name, "broker");
         else if (i == -1)
             snprintf(name, sizeof name, "reaper");
@@ -439,7 +441,9 @@ s_admits(const char *domain, const char *name)
     bool store = pd_keys_node(name, "store", 1 << 20) > 0;
     bool gateway = pd_keys_node(name, "gateway", 1 << 20) > 0;
     bool reaper = strcmp(name, "reaper") == 0;
-    if (strcmp(domain, "broker-front") == 0 || strcmp(domain, "bus-out") == 0)
+    if (strcmp(domain, "broker-front") == 0) /* ctl: presencectl's cluster commands */
+        return gateway || reaper || strcmp(name, "ctl") == 0;
+    if (strcmp(domain, "bus-out") == 0)
         return gateway || reaper;
     if (strcmp(domain, "broker-back") == 0 || strcmp(domain, "bus-in") == 0)
         return store;
@@ -637,7 +641,7 @@ pd_keys_test(bool verbose)
     char dir[] = "/tmp/pd-keys-test-XXXXXX", err[512], path[PATH_MAX];
     PD_CHECK(mkdtemp(dir));
     PD_CHECK(sodium_init() >= 0);
-    PD_CHECK(pd_keys_generate(dir, 2, 1, err, sizeof err) == 5);
+    PD_CHECK(pd_keys_generate(dir, 2, 1, err, sizeof err) == 6); //  with ctl
     PD_CHECK(pd_keys_generate(dir, 2, 2, err, sizeof err) == 1); //  adds gateway-2 only
     struct stat st;
     snprintf(path, sizeof path, "%s/store-1.key", dir);

@@ -18,7 +18,8 @@
  *  of ours ever falls back to libzmq's "no handler: admit everyone":
  *
  *      domain          admits                  socket
- *      broker-front    gateway-<n>, reaper     broker ROUTER for requests
+ *      broker-front    gateway-<n>, reaper,    broker ROUTER for requests (ctl: presencectl's
+ *                      ctl                     cluster commands, SCALE only)
  *      broker-back     store-<n>               broker ROUTER for store nodes
  *      bus-in          store-<n>               broker XSUB (events in)
  *      bus-out         gateway-<n>, reaper     broker XPUB (events out)
@@ -45,8 +46,8 @@
 typedef struct pd_keys_s pd_keys_t;
 typedef struct pd_zap_s pd_zap_t;
 
-/*  Writes the missing key pairs of a set into dir (created 0700 if absent): broker, reaper,
- *  store-1..stores, gateway-1..gateways. Existing pairs are kept (so a larger --gateways adds
+/*  Writes the missing key pairs of a set into dir (created 0700 if absent): ctl, broker,
+ *  reaper, store-1..stores, gateway-1..gateways. Existing pairs are kept (so a larger --gateways adds
  *  keys). Returns how many pairs were written, or -1 with a message in err. */
 int pd_keys_generate(const char *dir, int stores, int gateways, char *err, size_t errlen);
 

@@ -51,6 +51,8 @@ enum {
                                 //  UPDATE (lease renewal): apply only if CONN still holds it
     PD_FL_PURGE = 1 << 14,      //  UPDATE: purge the project's list cache (pd_listcache.h)
     PD_FL_CACHE_HIT = 1 << 15,  //  LIST reply: answered from the list cache
+    PD_FL_MOVED = 1 << 16,      //  REPLY: not this node's record (it moved, or moves): ask
+                                //  the broker (pd_shards, broker.c "resharding")
 };
 
 //  EVENT actions.

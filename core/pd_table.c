@@ -152,6 +152,7 @@ struct pd_table {
     uint32_t last; //  slot of the last record looked up (a hint, see s_hint), or S_NONE
     pd_table_hook_fn hook; //  see pd_table_set_hook
     void *hook_arg;
+    bool importing; //  pd_table_import: the put keeps the record's version
 };
 
 void
@@ -995,7 +996,7 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
         goto full;
 
     pd_record_t r = *rec;
-    r.version = old ? s_blk(self, old)->version + 1 : 1;
+    r.version = self->importing ? rec->version : old ? s_blk(self, old)->version + 1 : 1;
     r.json = PD_STR_NULL;
     pd_buf_reset(&self->json);
     pd_record_render(&r, &self->json);
@@ -1123,6 +1124,44 @@ pd_table_foreach(pd_table_t *self, pd_table_visit_fn fn, void *arg)
         if (fn(&r, arg))
             return;
     }
+}
+
+int
+pd_table_import(pd_table_t *self, const pd_record_t *rec, bool *taken)
+{
+    assert(self && rec && taken);
+    pd_record_t cur;
+    *taken = false;
+    if (pd_table_get(self, rec->project, rec->id, &cur) == 0 && cur.version >= rec->version)
+        return 0;
+    self->importing = true;
+    pd_record_t stored;
+    int rc = pd_table_put(self, rec, &stored, NULL);
+    self->importing = false;
+    *taken = rc == 0;
+    return rc;
+}
+
+bool
+pd_table_scan(pd_table_t *self, uint64_t *pos, size_t max, pd_table_visit_fn fn, void *arg)
+{
+    assert(self && pos && fn);
+    pd_record_t r;
+    size_t seen = 0;
+    for (; *pos < self->hdr->slots_top; (*pos)++) {
+        if (seen == max)
+            return false;
+        seen++;
+        uint64_t off = s_blob_of(self, (uint32_t)*pos);
+        if (!off)
+            continue;
+        s_fill(self, off, &r);
+        if (fn(&r, arg)) {
+            (*pos)++;
+            return false;
+        }
+    }
+    return true;
 }
 
 void
@@ -1354,6 +1393,41 @@ pd_table_unclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t exp
     S_CRASH();
     s_clean(self);
     return 0;
+}
+
+int
+pd_table_claim_get(pd_table_t *self, pd_str_t project, pd_str_t user, char id_out[37])
+{
+    assert(self && id_out);
+    uint64_t pos;
+    uint32_t e = s_claim_find(self, project, user, s_hash32(self, project, user), &pos);
+    if (e == S_NONE)
+        return -1;
+    s_claim_copy(&self->claims[e], id_out);
+    return 0;
+}
+
+bool
+pd_table_scan_claims(pd_table_t *self, uint64_t *pos, size_t max, pd_table_claim_fn fn, void *arg)
+{
+    assert(self && pos && fn);
+    size_t seen = 0;
+    char id[37];
+    for (; *pos < self->hdr->claims_top; (*pos)++) {
+        if (seen == max)
+            return false;
+        seen++;
+        const s_claim_t *c = &self->claims[*pos];
+        if (__atomic_load_n(&c->state, __ATOMIC_ACQUIRE) != S_CLAIM_LIVE)
+            continue;
+        s_claim_copy(c, id);
+        if (fn((pd_str_t){c->project, c->plen}, (pd_str_t){c->user, c->ulen},
+               (pd_str_t){id, strlen(id)}, arg)) {
+            (*pos)++;
+            return false;
+        }
+    }
+    return true;
 }
 
 size_t

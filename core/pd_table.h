@@ -69,6 +69,15 @@ int pd_table_delete(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t
 //  Visits records; return non-zero from fn to stop. Visiting order is unspecified.
 typedef int (*pd_table_visit_fn)(const pd_record_t *rec, void *arg);
 void pd_table_foreach(pd_table_t *self, pd_table_visit_fn fn, void *arg);
+/*  Resharding (store.c, "moves"). pd_table_import puts a record that another node sent, as it
+ *  was there: its version and stamps are kept, so the reaper's EXPIRE {VERSION} and the
+ *  gateways' ordering still hold. A copy at least as new as the one here is not taken
+ *  (*taken false, returns 0): a move sent twice is applied once. Returns 0 or
+ *  PD_ERR_STORE_FULL. The hook is called as for a put (the store makes no event for it). */
+int pd_table_import(pd_table_t *self, const pd_record_t *rec, bool *taken);
+//  Visits records from slot *pos on, at most max slots; return non-zero from fn to stop after
+//  that record. *pos is where to go on. Returns true when the end of the slots was reached.
+bool pd_table_scan(pd_table_t *self, uint64_t *pos, size_t max, pd_table_visit_fn fn, void *arg);
 //  Only records of (project, status): uses the status index.
 void pd_table_foreach_status(pd_table_t *self, pd_str_t project, pd_str_t status,
                              pd_table_visit_fn fn, void *arg);
@@ -92,6 +101,12 @@ int pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t
 //  Removes the claim if it is `expect`. Returns 0 if removed, -1 otherwise.
 int pd_table_unclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t expect);
 size_t pd_table_claims(pd_table_t *self);
+//  Copies the claim of (project, user) to id_out (37 bytes) and returns 0, or -1 if none.
+int pd_table_claim_get(pd_table_t *self, pd_str_t project, pd_str_t user, char id_out[37]);
+//  Visits claims from entry *pos on, at most max entries, as pd_table_scan does records.
+typedef int (*pd_table_claim_fn)(pd_str_t project, pd_str_t user, pd_str_t id, void *arg);
+bool pd_table_scan_claims(pd_table_t *self, uint64_t *pos, size_t max, pd_table_claim_fn fn,
+                          void *arg);
 
 void pd_table_test(bool verbose);
 

@@ -643,8 +643,8 @@ s_on_reply(const pd_msg_t *m, void *arg)
     if (!p)
         return; /* timed out already */
     bool ok = m->i[PD_F_ERR] == PD_ERR_OK;
-    if (!ok && p->node && p->type == PD_MSG_UPSERT) {
-        s_reroute(gw, p); /* the claim was stale: the broker resolves it */
+    if (!ok && p->node && (p->type == PD_MSG_UPSERT || (m->i[PD_F_FLAGS] & PD_FL_MOVED))) {
+        s_reroute(gw, p); /* the claim was stale, or the record moves: the broker resolves it */
         return;
     }
     s_pending_release(gw, p);
@@ -682,7 +682,7 @@ s_drain(gw_t *gw)
                          &gw->malformed);
             read = true;
         }
-        for (int n = 1; n <= gw->nstores; n++) {
+        for (int n = 1; n <= GW_MAX_STORES; n++) { /* a node just left the set may answer */
             gw_store_t *st = &gw->stores[n];
             if (st->unread && st->sock) {
                 st->unread = false;

@@ -708,25 +708,26 @@ s_on_presence(rt_conn_t *c, pd_rtmsg_t *m)
 
     int64_t now = pd_now_ms();
     const pd_perms_t *pm = &m->perms;
+    pd_record_t rec = {
+        .project = pd_str(c->proj->id),
+        .id = id,
+        .user_id = pd_str(c->user),
+        .status = m->status,
+        .status_json = {m->status_json.data, m->status_json.len},
+        .source = PD_STR("realtime"),
+        .meta_json = m->has_meta ? (pd_str_t){m->meta_json.data, m->meta_json.len} : PD_STR("{}"),
+        .perms_json = pm->json.data ? (pd_str_t){pm->json.data, pm->json.len} : PD_STR("[]"),
+        .read_roles = {pm->read.data, pm->read.len},
+        .update_roles = {pm->update.data, pm->update.len},
+        .delete_roles = {pm->del.data, pm->del.len},
+        .conn = pd_str(gw->ident),
+        .expires_ms = now + RT_LEASE_MS,
+    };
     pd_msgw_t *w = gw_send_begin(gw, PD_MSG_UPSERT, p->rid);
-    pd_msgw_str(w, PD_F_PROJECT, c->proj->id, strlen(c->proj->id));
-    pd_msgw_s(w, PD_F_ID, id);
-    pd_msgw_str(w, PD_F_USER, c->user, strlen(c->user));
+    pd_record_write(w, &rec, PD_REC_WRITE);
     if (c->proj->p && c->proj->p->max_records)
         pd_msgw_int(w, PD_F_MAX_RECORDS, (int64_t)c->proj->p->max_records);
-    pd_msgw_s(w, PD_F_STATUS, m->status);
-    pd_msgw_str(w, PD_F_STATUS_JSON, m->status_json.data, m->status_json.len);
-    pd_msgw_str(w, PD_F_META_JSON, m->has_meta ? m->meta_json.data : "{}",
-                m->has_meta ? m->meta_json.len : 2);
-    pd_msgw_str(w, PD_F_PERMS_JSON, pm->json.data ? pm->json.data : "[]",
-                pm->json.data ? pm->json.len : 2);
-    pd_msgw_str(w, PD_F_READ_ROLES, pm->read.data ? pm->read.data : "", pm->read.len);
-    pd_msgw_str(w, PD_F_UPDATE_ROLES, pm->update.data ? pm->update.data : "", pm->update.len);
-    pd_msgw_str(w, PD_F_DELETE_ROLES, pm->del.data ? pm->del.data : "", pm->del.len);
-    pd_msgw_str(w, PD_F_SOURCE, "realtime", 8);
-    pd_msgw_int(w, PD_F_EXPIRES, now + RT_LEASE_MS);
     pd_msgw_int(w, PD_F_FLAGS, PD_FL_HOLD);
-    pd_msgw_str(w, PD_F_CONN, gw->ident, strlen(gw->ident));
     pd_msgw_str(w, PD_F_ROLES, c->fo.roles, c->fo.roles_len);
     pd_msgw_int(w, PD_F_NOW, now);
     gw_send_end(gw);

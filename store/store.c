@@ -18,7 +18,18 @@
  *  Events outlive a crash of this process: each is written to the outbox in shared memory
  *  (pd_outbox.h) before its change is visible in the table, and a restarted node settles the
  *  one that may be pending and publishes its last second of events again once the broker has
- *  subscribed to its XPUB. */
+ *  subscribed to its XPUB.
+ *
+ *  Moves (resharding; the ownership rules and the protocol are in broker.c, "resharding"). The
+ *  broker tells this node the store set (SHARDS: FROM nodes -> TOTAL nodes). While records
+ *  move, a request for a record this node gives away (its owner among FROM nodes is this node,
+ *  among TOTAL another) is answered here only while the record is here and not on its way
+ *  (frozen): otherwise the reply is MOVED, and the broker asks the new owner. A direct request
+ *  from a gateway is served only for a record this node owns and holds; anything else (a
+ *  record moving here, a gateway with an old route table) is MOVED, and the gateway sends it
+ *  through the broker. MOVE_OUT freezes and sends a batch of records and claims; MOVE_DROP
+ *  forgets those the new owner took; MOVE_IN takes one (its version kept). None of them makes
+ *  an event: to subscribers and the reaper a move is not a change. */
 #include "store.h"
 
 #include <czmq.h>
@@ -40,6 +51,8 @@
 #define REPLAY_MS 1000           //  after a restart, events this recent are published again
 #define HOLD_MAX (64u << 20)     //  events held while the broker has not subscribed yet
 #define PUB_WINDOW_US 1000       //  at most one event frame per this, while events flow
+#define MOVE_SCAN_SLOTS 65536    //  slots (or claim entries) a MOVE_OUT looks at, at most
+#define DIRECT_CHECK_MS 10000    //  after the store set settles, direct requests are still checked
 
 typedef struct {
     pd_config_t *cfg;
@@ -70,6 +83,16 @@ typedef struct {
     uint64_t malformed;
     pd_buf_t scratch;
     zhash_t *counts;      //  project -> records held (int64_t *), for per-project limits
+    int sh_from, sh_to;   //  the store set (SHARDS): records move from sh_from nodes to sh_to;
+                          //  0 until the broker has said (direct requests are refused until then)
+    int64_t sh_settled;   //  mono ms the store set last settled (sh_from == sh_to)
+    zhash_t *frozen;      //  records and claims sent by MOVE_OUT, not yet dropped (s_move_key)
+    uint64_t scan_pos;    //  MOVE_OUT: next slot to look at
+    uint64_t claim_pos;   //  MOVE_OUT: next claim entry, once the slots are done
+    bool scan_claims;     //  MOVE_OUT is past the slots, on the claims
+    size_t pass_found;    //  MOVE_OUT: records and claims found to move in this pass
+    bool silent;          //  a change that is a move: no event
+    char mkey[256];       //  s_move_key's result
 } store_t;
 
 static volatile sig_atomic_t s_stop;
@@ -197,6 +220,8 @@ static void
 s_on_change(const pd_record_t *rec, const pd_record_t *prev, void *arg)
 {
     store_t *self = arg;
+    if (self->silent)
+        return;
     if (!rec)
         s_event(self, PD_ACT_DELETE, prev, NULL);
     else if (self->put_action)
@@ -455,6 +480,312 @@ s_on_claim(store_t *self, const pd_msg_t *m)
     pd_msgw_end(self->reply);
 }
 
+/* -------------------------------------------------------------------------- moves */
+
+//  The name of a record ('r') or a claim ('c') in the frozen set.
+static const char *
+s_move_key(store_t *self, char kind, pd_str_t project, pd_str_t key)
+{
+    snprintf(self->mkey, sizeof self->mkey, "%c%.*s\x1f%.*s", kind, (int)project.len,
+             project.ptr ? project.ptr : "", (int)key.len, key.ptr ? key.ptr : "");
+    return self->mkey;
+}
+
+static bool
+s_frozen(store_t *self, char kind, pd_str_t project, pd_str_t key)
+{
+    return zhash_size(self->frozen) && zhash_lookup(self->frozen, s_move_key(self, kind, project, key));
+}
+
+//  Whether this node gives (project, key) away in the move under way.
+static bool
+s_moving_out(store_t *self, pd_str_t project, pd_str_t key)
+{
+    return self->sh_from && self->sh_from != self->sh_to &&
+           pd_shard_owner(project, key, self->sh_from) == self->node &&
+           pd_shard_owner(project, key, self->sh_to) != self->node;
+}
+
+static void
+s_reply_moved(store_t *self, const pd_msg_t *m)
+{
+    pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(self->reply, PD_F_ERR, PD_ERR_UNAVAILABLE);
+    pd_msgw_int(self->reply, PD_F_FLAGS, PD_FL_MOVED);
+    pd_msgw_end(self->reply);
+}
+
+/*  A request from the broker for a record (or claim) this node gives away, and no longer has
+ *  (or has frozen, on its way): answered MOVED, so the broker asks the new owner. Returns true
+ *  when it answered. */
+static bool
+s_refuse_moved(store_t *self, const pd_msg_t *m)
+{
+    if (!self->sh_from || self->sh_from == self->sh_to)
+        return false;
+    pd_str_t project = m->s[PD_F_PROJECT];
+    bool here;
+    switch (m->type) {
+    case PD_MSG_CLAIM:
+    case PD_MSG_RECLAIM: {
+        pd_str_t user = m->s[PD_F_USER];
+        if (!s_moving_out(self, project, user))
+            return false;
+        char id[37];
+        here = !s_frozen(self, 'c', project, user) &&
+               pd_table_claim_get(self->table, project, user, id) == 0;
+        break;
+    }
+    case PD_MSG_GET:
+    case PD_MSG_UPSERT:
+    case PD_MSG_UPDATE:
+    case PD_MSG_DELETE:
+    case PD_MSG_EXPIRE:
+    case PD_MSG_RELEASE: {
+        pd_str_t id = m->s[PD_F_ID];
+        if (!s_moving_out(self, project, id))
+            return false;
+        pd_record_t rec;
+        here = !s_frozen(self, 'r', project, id) &&
+               pd_table_get(self->table, project, id, &rec) == 0;
+        break;
+    }
+    default:
+        return false;
+    }
+    if (!here)
+        s_reply_moved(self, m);
+    return !here;
+}
+
+/*  A gateway's direct request: served only for a record this node owns and holds. Anything
+ *  else is answered MOVED and the gateway asks the broker: a record moving here (the broker
+ *  asks its old owner first, which holds it until it is dropped there), one that left, or a
+ *  gateway whose route table is older than the store set. Until the broker has told this node
+ *  the store set, every direct request is refused. */
+static bool
+s_direct_ok(store_t *self, const pd_msg_t *m)
+{
+    if (!self->sh_to)
+        return false;
+    if (self->sh_from == self->sh_to && pd_mono_ms() - self->sh_settled > DIRECT_CHECK_MS)
+        return true; /* every gateway has had the route table of this store set for long */
+    pd_str_t project = m->s[PD_F_PROJECT], id = m->s[PD_F_ID];
+    if (pd_shard_owner(project, id, self->sh_from) != self->node)
+        return false;
+    if (pd_shard_owner(project, id, self->sh_to) == self->node)
+        return true;
+    pd_record_t rec;
+    return !s_frozen(self, 'r', project, id) && pd_table_get(self->table, project, id, &rec) == 0;
+}
+
+typedef struct {
+    store_t *self;
+    uint64_t rid;
+    size_t n, limit;
+} move_ctx_t;
+
+static void
+s_move_send_record(store_t *self, uint64_t rid, const pd_record_t *rec)
+{
+    pd_msgw_begin(self->reply, PD_MSG_MOVE_IN, rid);
+    pd_record_write(self->reply, rec, PD_REC_WRITE | PD_REC_STAMPS);
+    pd_msgw_end(self->reply);
+}
+
+static void
+s_move_send_claim(store_t *self, uint64_t rid, pd_str_t project, pd_str_t user, pd_str_t id)
+{
+    pd_msgw_begin(self->reply, PD_MSG_MOVE_IN, rid);
+    pd_msgw_s(self->reply, PD_F_PROJECT, project);
+    pd_msgw_s(self->reply, PD_F_USER, user);
+    pd_msgw_s(self->reply, PD_F_ID, id);
+    pd_msgw_int(self->reply, PD_F_FLAGS, PD_FL_CLAIMED);
+    pd_msgw_end(self->reply);
+}
+
+static int
+s_move_visit(const pd_record_t *rec, void *arg)
+{
+    move_ctx_t *c = arg;
+    store_t *self = c->self;
+    if (pd_shard_owner(rec->project, rec->id, self->sh_to) == self->node)
+        return 0;
+    const char *k = s_move_key(self, 'r', rec->project, rec->id);
+    if (zhash_lookup(self->frozen, k))
+        return 0;
+    zhash_insert(self->frozen, k, self);
+    s_move_send_record(self, c->rid, rec);
+    self->pass_found++;
+    return ++c->n >= c->limit;
+}
+
+static int
+s_move_visit_claim(pd_str_t project, pd_str_t user, pd_str_t id, void *arg)
+{
+    move_ctx_t *c = arg;
+    store_t *self = c->self;
+    if (pd_shard_owner(project, user, self->sh_to) == self->node)
+        return 0;
+    const char *k = s_move_key(self, 'c', project, user);
+    if (zhash_lookup(self->frozen, k))
+        return 0;
+    zhash_insert(self->frozen, k, self);
+    s_move_send_claim(self, c->rid, project, user, id);
+    self->pass_found++;
+    return ++c->n >= c->limit;
+}
+
+/*  MOVE_OUT: sends (as MOVE_IN messages, then a REPLY with TOTAL) what is frozen already (a
+ *  batch whose drop never came: sent again, the new owner keeps the newer copy), then up to
+ *  LIMIT more records and claims that belong elsewhere now, frozen from here on. The scan goes
+ *  on where the last one stopped; a whole pass over the slots and claims that finds nothing
+ *  to move (and nothing frozen) answers LAST: this node has given away all it must. */
+static void
+s_on_move_out(store_t *self, const pd_msg_t *m)
+{
+    move_ctx_t c = {.self = self, .rid = m->rid, .limit = 256};
+    if (m->i[PD_F_LIMIT] > 0 && m->i[PD_F_LIMIT] <= 5000)
+        c.limit = (size_t)m->i[PD_F_LIMIT];
+    for (void *v = zhash_first(self->frozen); v; v = zhash_next(self->frozen)) {
+        const char *k = zhash_cursor(self->frozen);
+        const char *sep = strchr(k + 1, '\x1f');
+        if (!sep)
+            continue;
+        pd_str_t project = {k + 1, (size_t)(sep - k - 1)}, key = pd_str(sep + 1);
+        char id[37];
+        pd_record_t rec;
+        if (k[0] == 'c' && pd_table_claim_get(self->table, project, key, id) == 0)
+            s_move_send_claim(self, c.rid, project, key, pd_str(id));
+        else if (k[0] == 'r' && pd_table_get(self->table, project, key, &rec) == 0)
+            s_move_send_record(self, c.rid, &rec);
+        c.n++;
+    }
+    bool last = false;
+    if (self->sh_from && self->sh_from != self->sh_to) {
+        if (!self->scan_claims && c.n < c.limit &&
+            pd_table_scan(self->table, &self->scan_pos, MOVE_SCAN_SLOTS, s_move_visit, &c))
+            self->scan_claims = true;
+        if (self->scan_claims && c.n < c.limit &&
+            pd_table_scan_claims(self->table, &self->claim_pos, MOVE_SCAN_SLOTS,
+                                 s_move_visit_claim, &c)) {
+            if (!self->pass_found && !zhash_size(self->frozen)) {
+                last = true;
+            } else { /* another pass: the last one must find nothing */
+                self->scan_pos = self->claim_pos = 0;
+                self->scan_claims = false;
+                self->pass_found = 0;
+            }
+        }
+    } else {
+        last = !zhash_size(self->frozen);
+    }
+    pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(self->reply, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_int(self->reply, PD_F_TOTAL, (int64_t)c.n);
+    pd_msgw_int(self->reply, PD_F_FLAGS, last ? PD_FL_LAST : 0);
+    pd_msgw_end(self->reply);
+}
+
+//  MOVE_IN: a record (its version kept) or a claim from its old owner. No event.
+static void
+s_on_move_in(store_t *self, const pd_msg_t *m)
+{
+    pd_str_t project = m->s[PD_F_PROJECT];
+    bool claim = (m->i[PD_F_FLAGS] & PD_FL_CLAIMED) != 0;
+    int rc;
+    if (claim) {
+        char id[37];
+        bool fresh;
+        rc = pd_table_claim(self->table, project, m->s[PD_F_USER], m->s[PD_F_ID], id, &fresh);
+    } else {
+        pd_record_t rec, cur;
+        pd_record_read(m, &rec);
+        bool had = pd_table_get(self->table, project, rec.id, &cur) == 0, taken = false;
+        rc = rec.version ? 0 : PD_ERR_ARGUMENT_INVALID;
+        self->silent = true;
+        if (rc == 0)
+            rc = pd_table_import(self->table, &rec, &taken);
+        self->silent = false;
+        if (taken && !had)
+            s_count(self, project, 1);
+    }
+    pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(self->reply, PD_F_ERR, rc);
+    pd_msgw_s(self->reply, PD_F_PROJECT, project);
+    pd_msgw_s(self->reply, PD_F_ID, m->s[PD_F_ID]);
+    if (claim) {
+        pd_msgw_s(self->reply, PD_F_USER, m->s[PD_F_USER]);
+        pd_msgw_int(self->reply, PD_F_FLAGS, PD_FL_CLAIMED);
+    }
+    pd_msgw_end(self->reply);
+}
+
+//  MOVE_DROP: the new owner has these; forget them here, without an event.
+static void
+s_on_move_drop(store_t *self, const pd_msg_t *m)
+{
+    const msgpack_object *items = m->o[PD_F_ITEMS];
+    if (!items || items->type != MSGPACK_OBJECT_ARRAY) {
+        self->malformed++;
+        return;
+    }
+    for (uint32_t i = 0; i < items->via.array.size; i++) {
+        const msgpack_object *it = &items->via.array.ptr[i];
+        if (it->type != MSGPACK_OBJECT_ARRAY || it->via.array.size != 3 ||
+            it->via.array.ptr[0].type != MSGPACK_OBJECT_STR ||
+            it->via.array.ptr[1].type != MSGPACK_OBJECT_STR ||
+            it->via.array.ptr[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            self->malformed++;
+            continue;
+        }
+        pd_str_t project = {it->via.array.ptr[0].via.str.ptr, it->via.array.ptr[0].via.str.size};
+        pd_str_t key = {it->via.array.ptr[1].via.str.ptr, it->via.array.ptr[1].via.str.size};
+        bool claim = it->via.array.ptr[2].via.u64 != 0;
+        const char *k = s_move_key(self, claim ? 'c' : 'r', project, key);
+        if (!zhash_lookup(self->frozen, k))
+            continue; /* not sent from here (or dropped already) */
+        zhash_delete(self->frozen, k);
+        if (claim) {
+            char id[37];
+            if (pd_table_claim_get(self->table, project, key, id) == 0)
+                pd_table_unclaim(self->table, project, key, pd_str(id));
+            continue;
+        }
+        pd_record_t prev;
+        self->silent = true;
+        if (pd_table_delete(self->table, project, key, &prev) == 0)
+            s_count(self, project, -1);
+        self->silent = false;
+    }
+}
+
+//  SHARDS: the store set, from the broker (at first contact, and at every change).
+static void
+s_on_shards(store_t *self, const pd_msg_t *m)
+{
+    int from = (int)m->i[PD_F_FROM], to = (int)m->i[PD_F_TOTAL];
+    if (from < 1 || to < 1 || from > 1024 || to > 1024) {
+        self->malformed++;
+        return;
+    }
+    if (from != self->sh_from || to != self->sh_to) {
+        self->scan_pos = self->claim_pos = 0;
+        self->scan_claims = false;
+        self->pass_found = 0;
+        if (from == to) {
+            self->sh_settled = pd_mono_ms();
+            if (zhash_size(self->frozen)) { /* the broker gave the move up: they stay here */
+                zhash_destroy(&self->frozen);
+                self->frozen = zhash_new();
+            }
+        }
+        pd_log_info("store set: %d -> %d nodes%s", from, to, from == to ? " (settled)" : "");
+    }
+    self->sh_from = from;
+    self->sh_to = to;
+}
+
 /* -------------------------------------------------------------------------- list */
 
 typedef struct {
@@ -537,6 +868,13 @@ s_on_list(store_t *self, const pd_msg_t *m)
         bool before;
         pd_str_t cur = pd_query_cursor(q, &before);
         pd_record_t rec;
+        if (s_moving_out(self, m->s[PD_F_PROJECT], cur) &&
+            (s_frozen(self, 'r', m->s[PD_F_PROJECT], cur) ||
+             pd_table_get(self->table, m->s[PD_F_PROJECT], cur, &rec) != 0)) {
+            s_reply_moved(self, m); /* the broker asks the new owner */
+            pd_query_destroy(&q);
+            return;
+        }
         if (pd_table_get(self->table, m->s[PD_F_PROJECT], cur, &rec) != 0 ||
             rec.expires_ms <= c.now || !s_can(m, rec.read_roles)) {
             snprintf(err, sizeof err, "Presence '%.*s' for the 'cursor' value not found.",
@@ -666,6 +1004,8 @@ static void
 s_dispatch(const pd_msg_t *m, void *arg)
 {
     store_t *self = arg;
+    if (self->reply == &self->out && s_refuse_moved(self, m))
+        return;
     switch (m->type) {
     case PD_MSG_GET: s_on_get(self, m); break;
     case PD_MSG_UPSERT: s_on_upsert(self, m); break;
@@ -680,6 +1020,10 @@ s_dispatch(const pd_msg_t *m, void *arg)
     case PD_MSG_UNCLAIM:
         pd_table_unclaim(self->table, m->s[PD_F_PROJECT], m->s[PD_F_USER], m->s[PD_F_ID]);
         break;
+    case PD_MSG_SHARDS: s_on_shards(self, m); break;
+    case PD_MSG_MOVE_OUT: s_on_move_out(self, m); break;
+    case PD_MSG_MOVE_IN: s_on_move_in(self, m); break;
+    case PD_MSG_MOVE_DROP: s_on_move_drop(self, m); break;
     default:
         self->malformed++;
     }
@@ -840,6 +1184,10 @@ s_on_front_msg(const pd_msg_t *m, void *arg)
         s_reply_err(self, m, PD_ERR_SERVER_ERROR, "not a direct request");
         return;
     }
+    if (!s_direct_ok(self, m)) {
+        s_reply_moved(self, m);
+        return;
+    }
     s_dispatch(m, self);
 }
 
@@ -916,6 +1264,7 @@ store_main(pd_config_t *cfg)
     s_outbox_open(self, created);
     pd_table_set_hook(self->table, s_on_change, self);
     self->counts = zhash_new();
+    self->frozen = zhash_new();
     pd_table_foreach(self->table, s_count_visit, self);
     pd_msgw_init(&self->out);
     pd_msgw_init(&self->front_out);
@@ -1014,5 +1363,6 @@ store_main(pd_config_t *cfg)
     pd_buf_free(&self->replay);
     free(self->runs);
     pd_table_close(&self->table);
+    zhash_destroy(&self->frozen);
     return 0;
 }
