@@ -1,0 +1,545 @@
+'use strict';
+// Lists across store nodes, end to end with the official SDKs (node-appwrite with an API key,
+// the web SDK with users' JWTs), on a cluster of 3 store nodes and 2 gateways:
+//   - more than 5,000 matching records: `total` is capped at 5,000 and paging still reaches
+//     every record exactly once (cursorAfter, offset, cursorBefore);
+//   - cursorBefore paging across the nodes gives the cursorAfter sequence backwards; an
+//     unknown, deleted or unreadable cursor is 400 general_cursor_not_found;
+//   - a claim undone after a 409: the refused user can then create its own record;
+//   - a randomized differential test of list (filters, orders, cursors, offsets, totals,
+//     permissions) against a model kept in the test (seeded: LISTS_SEED=<n> replays a run; the
+//     seed is printed with every failure);
+//   - the broker SIGKILLed and restarted under writes: one presence per user holds, errors
+//     stop within a bounded window, realtime events resume.
+const test = require('node:test');
+const { describe, it } = test;
+const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
+const R = require('./lib/rtclient');
+R.installRecordingWebSocket(); // before the web SDK is loaded: it takes globalThis.WebSocket
+const { useCluster, sleep } = require('./lib/cluster');
+const { nodeClient, webClient, mintJwt, plain, loadNodeSdk } = require('./lib/sdk');
+const { api } = require('./lib/http');
+const { shardOwner } = require('./lib/shard');
+const { assertError, assertList, rejectsWith, uid } = require('./lib/check');
+
+const STORES = 3;
+const DIFF = 'diff-project';
+const DIFF_KEY = 'dk_' + crypto.randomBytes(16).toString('hex');
+const DIFF_JWT = 'dj_' + crypto.randomBytes(16).toString('hex');
+const H = useCluster(test, {
+    label: 'lists', stores: STORES, gateways: 2,
+    env: { LISTS_DIFF_KEY: DIFF_KEY },
+    config: { projects: [{ id: DIFF, keys: [{ name: 'k', secret_env: 'LISTS_DIFF_KEY', scopes: ['presences.read', 'presences.write'] }], jwt: [{ alg: 'HS256', secret: DIFF_JWT }] }] },
+});
+const C = () => H.cluster;
+const N = loadNodeSdk();
+const { Query: Q, Permission, Role } = N;
+const keyP = () => nodeClient(C(), {}).presences;
+
+// Runs fn over items with at most n in flight.
+async function pool(n, items, fn) {
+    const out = new Array(items.length);
+    let next = 0;
+    await Promise.all(Array.from({ length: n }, async () => {
+        while (next < items.length) {
+            const i = next++;
+            out[i] = await fn(items[i], i);
+        }
+    }));
+    return out;
+}
+
+const cursorMsg = (id) => `Presence '${id}' for the 'cursor' value not found.`;
+
+// --- more than 5,000 -----------------------------------------------------------------------
+
+describe('more than 5,000 matching records', () => {
+    const COUNT = 5150;
+    const tag = uid('bulk');
+    const ids = new Set();
+    test.before(async () => {
+        const made = await pool(48, Array.from({ length: COUNT }, (_, i) => i), (i) =>
+            keyP().upsert({ presenceId: `${tag}-${i}`, userId: `${tag}-u${i}`, status: tag }));
+        for (const r of made) ids.add(r.$id);
+        assert.equal(ids.size, COUNT);
+    }, { timeout: 120000 });
+
+    it('total is capped at 5,000 (and 0 with total=false)', async () => {
+        const l = plain(await keyP().list({ queries: [Q.equal('status', [tag]), Q.limit(1)] }));
+        assertList(l);
+        assert.equal(l.total, 5000);
+        assert.equal(l.presences.length, 1);
+        const nt = plain(await keyP().list({ queries: [Q.equal('status', [tag]), Q.limit(1)], total: false }));
+        assert.equal(nt.total, 0);
+    });
+
+    it('cursorAfter pages of 5,000 reach every record exactly once; every page says 5,000', async () => {
+        const seen = [];
+        let cursor;
+        for (let page = 0; page < 5; page++) {
+            const q = [Q.equal('status', [tag]), Q.limit(5000)];
+            if (cursor) q.push(Q.cursorAfter(cursor));
+            const l = plain(await keyP().list({ queries: q }));
+            assert.equal(l.total, 5000, `page ${page}`);
+            if (!l.presences.length) break;
+            seen.push(...l.presences.map((p) => p.$id));
+            cursor = seen[seen.length - 1];
+        }
+        assert.equal(seen.length, COUNT);
+        assert.deepEqual(new Set(seen), ids);
+    });
+
+    it('offset pages up to offset 5,000 reach every record exactly once, in one order', async () => {
+        const seen = [];
+        for (let off = 0; off <= 5000; off += 1000) {
+            const l = plain(await keyP().list({ queries: [Q.equal('status', [tag]), Q.orderDesc('userId'), Q.offset(off), Q.limit(1000)] }));
+            seen.push(...l.presences.map((p) => p.userId));
+        }
+        assert.equal(seen.length, COUNT);
+        assert.deepEqual(seen, [...seen].sort().reverse(), 'orderDesc(userId) across pages');
+        assert.equal(new Set(seen).size, COUNT);
+        const beyond = await api(C(), 'GET', `/v1/presences?queries[0]=${encodeURIComponent(Q.offset(5001))}`, { key: true });
+        assertError(beyond, 400, 'general_argument_invalid');
+    });
+
+    it('cursorBefore pages backwards from the last record reach every record exactly once', async () => {
+        const last = plain(await keyP().list({ queries: [Q.equal('status', [tag]), Q.orderDesc('$createdAt'), Q.orderDesc('$id'), Q.limit(1)] })).presences[0];
+        const back = [last.$id];
+        let cursor = last.$id;
+        for (;;) {
+            const l = plain(await keyP().list({ queries: [Q.equal('status', [tag]), Q.cursorBefore(cursor), Q.limit(2000)] }));
+            if (!l.presences.length) break;
+            back.unshift(...l.presences.map((p) => p.$id));
+            cursor = l.presences[0].$id;
+        }
+        assert.equal(back.length, COUNT);
+        assert.deepEqual(new Set(back), ids);
+    });
+});
+
+// --- cursors across store nodes ------------------------------------------------------------
+
+describe('cursors across store nodes', () => {
+    const tag = uid('cur');
+    let recs;
+    test.before(async () => {
+        recs = [];
+        for (let i = 0; i < 30; i++) { // one at a time: $createdAt ties are broken by $id anyway
+            recs.push(plain(await keyP().upsert({ presenceId: `${tag}-${String(i).padStart(2, '0')}`, userId: `${tag}-u${(i * 7) % 30}`, status: `s${i % 4}` })));
+        }
+        const nodes = new Set(recs.map((r) => shardOwner(C().project, r.$id, STORES)));
+        assert.equal(nodes.size, STORES, 'the records must span every store node');
+    });
+
+    for (const [name, order] of [['default order', []], ['orderDesc(userId)', [() => Q.orderDesc('userId')]], ['orderAsc(status), ties', [() => Q.orderAsc('status')]]]) {
+        it(`cursorBefore pages give the cursorAfter sequence backwards: ${name}`, async () => {
+            const base = () => [Q.equal('status', ['s0', 's1', 's2', 's3']), Q.startsWith('$id', tag), ...order.map((f) => f())];
+            const all = plain(await keyP().list({ queries: [...base(), Q.limit(100)] })).presences.map((p) => p.$id);
+            assert.equal(all.length, 30);
+            const fwd = [];
+            let cursor;
+            for (;;) {
+                const q = [...base(), Q.limit(7)];
+                if (cursor) q.push(Q.cursorAfter(cursor));
+                const l = plain(await keyP().list({ queries: q }));
+                assert.equal(l.total, 30);
+                if (!l.presences.length) break;
+                fwd.push(...l.presences.map((p) => p.$id));
+                cursor = fwd[fwd.length - 1];
+            }
+            assert.deepEqual(fwd, all, 'cursorAfter');
+            const bwd = [all[all.length - 1]];
+            cursor = all[all.length - 1];
+            for (;;) {
+                const l = plain(await keyP().list({ queries: [...base(), Q.limit(7), Q.cursorBefore(cursor)] }));
+                assert.equal(l.total, 30);
+                if (!l.presences.length) break;
+                bwd.unshift(...l.presences.map((p) => p.$id));
+                cursor = l.presences[0].$id;
+            }
+            assert.deepEqual(bwd, all, 'cursorBefore');
+            // with an offset: skip the nearest ones before the cursor
+            const k = 20;
+            const l = plain(await keyP().list({ queries: [...base(), Q.cursorBefore(all[k]), Q.offset(3), Q.limit(5)] }));
+            assert.deepEqual(l.presences.map((p) => p.$id), all.slice(k - 8, k - 3));
+        });
+    }
+
+    it('an unknown or deleted cursor is 400 general_cursor_not_found (SDK and raw)', async () => {
+        const ghost = uid('ghost');
+        for (const mk of [Q.cursorAfter, Q.cursorBefore]) {
+            const e = await rejectsWith(keyP().list({ queries: [mk(ghost)] }), 400, 'general_cursor_not_found');
+            assert.equal(e.message, cursorMsg(ghost));
+        }
+        const gone = plain(await keyP().upsert({ presenceId: uid('gone'), userId: uid('gu'), status: 'x' }));
+        await keyP().delete({ presenceId: gone.$id });
+        const r = await api(C(), 'GET', `/v1/presences?queries[0]=${encodeURIComponent(Q.cursorBefore(gone.$id))}`, { key: true });
+        assertError(r, 400, 'general_cursor_not_found');
+        assert.equal(r.json.message, cursorMsg(gone.$id));
+        const bad = await api(C(), 'GET', `/v1/presences?queries[0]=${encodeURIComponent(Q.cursorAfter('no such id!'))}`, { key: true });
+        assert.equal(bad.status, 400, 'a cursor that is not a UID');
+    });
+
+    it('a cursor the caller may not read is 400 general_cursor_not_found, as if it did not exist', async () => {
+        const alice = uid('a'), bob = uid('b');
+        const wa = webClient(C(), { userId: alice }).presences;
+        const wb = webClient(C(), { userId: bob }).presences;
+        const priv = plain(await wa.upsert({ presenceId: uid('priv'), status: 'mine' }));
+        await wb.upsert({ presenceId: uid('pb'), status: 'bobs', permissions: [Permission.read(Role.users())] });
+        for (const mk of [Q.cursorAfter, Q.cursorBefore]) {
+            const e = await rejectsWith(wb.list({ queries: [mk(priv.$id)] }), 400, 'general_cursor_not_found');
+            assert.equal(e.message, cursorMsg(priv.$id));
+        }
+        assert.ok(plain(await wa.list({ queries: [Q.cursorAfter(priv.$id), Q.limit(1)] })), 'its owner may use it');
+    });
+});
+
+// --- claims ----------------------------------------------------------------------------------
+
+describe('a claim undone after a 409', () => {
+    it('node-appwrite: the refused user can then create its own record (claims on every node)', async () => {
+        for (let round = 0; round < 6; round++) { // several users: their claims land on different nodes
+            const alice = uid('a'), bob = uid('b'), x = uid('x'), y = uid('y');
+            const ax = plain(await keyP().upsert({ presenceId: x, userId: alice, status: 'alice' }));
+            for (let i = 0; i < 2; i++) {
+                const e = await rejectsWith(keyP().upsert({ presenceId: x, userId: bob, status: 'bob' }), 409, 'presence_already_exists');
+                assert.match(e.message, new RegExp(`'${x}'`));
+            }
+            const by = plain(await keyP().upsert({ presenceId: y, userId: bob, status: 'bob' }));
+            assert.equal(by.$id, y, 'bob\'s own record, under the id he asked for');
+            assert.equal(by.userId, bob);
+            const lb = plain(await keyP().list({ queries: [Q.equal('userId', [bob])] }));
+            assert.deepEqual(lb.presences.map((p) => p.$id), [y]);
+            const gx = plain(await keyP().get({ presenceId: x }));
+            assert.deepEqual(gx, ax, 'alice\'s record is untouched');
+            // and bob's next upsert under yet another id updates y (one presence per user)
+            const again = plain(await keyP().upsert({ presenceId: uid('z'), userId: bob, status: 'bob2' }));
+            assert.equal(again.$id, y);
+        }
+    });
+
+    it('web SDK (JWT users): the same', async () => {
+        const carol = uid('c'), dave = uid('d'), x = uid('x'), y = uid('y');
+        const wc = webClient(C(), { userId: carol }).presences;
+        const wd = webClient(C(), { userId: dave }).presences;
+        await wc.upsert({ presenceId: x, status: 'carol' });
+        await rejectsWith(wd.upsert({ presenceId: x, status: 'dave' }), 409, 'presence_already_exists');
+        const dy = plain(await wd.upsert({ presenceId: y, status: 'dave' }));
+        assert.equal(dy.$id, y);
+        assert.equal(dy.userId, dave);
+        assert.equal(plain(await wc.get({ presenceId: x })).status, 'carol');
+    });
+});
+
+// --- randomized differential test ----------------------------------------------------------
+
+function mulberry32(seed) {
+    let a = seed >>> 0;
+    return () => {
+        a = (a + 0x6d2b79f5) >>> 0;
+        let t = a;
+        t = Math.imul(t ^ (t >>> 15), t | 1);
+        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+}
+
+// The model of presenced's list: filters, the order (explicit keys, then $createdAt, $id
+// ascending; null first), cursors, offset, limit, total (capped at 5,000), and who may read.
+const STATUSES = ['online', 'away', 'busy', 'in-game', 'idle-x'];
+const ROOMS = ['lobby', 'red', 'blue', 'green'];
+const USERS = Array.from({ length: 12 }, (_, i) => `du${i}`);
+const ms = (d) => Date.parse(d);
+function attrOf(rec, attr) {
+    switch (attr) {
+    case '$id': case 'userId': case 'status': case 'source': return rec[attr];
+    case '$createdAt': case '$updatedAt': case 'expiresAt': return ms(rec[attr]);
+    default: { // metadata.<key>
+        const v = rec.metadata[attr.slice(9)];
+        return v === undefined ? null : v;
+    }
+    }
+}
+function cmpVal(a, b) {
+    const rank = (v) => (v === null ? 0 : typeof v === 'number' ? 1 : 2);
+    if (rank(a) !== rank(b)) return rank(a) - rank(b);
+    if (a === null) return 0;
+    return a < b ? -1 : a > b ? 1 : 0;
+}
+function matches(rec, f) {
+    const sameType = (v, x) => typeof v === typeof x && v !== null;
+    const v = f.attr ? attrOf(rec, f.attr) : undefined;
+    const val = (x) => (f.attr === 'expiresAt' ? ms(x) : x);
+    switch (f.m) {
+    case 'equal': return f.values.some((x) => sameType(v, val(x)) && v === val(x));
+    case 'notEqual': return v !== null && !f.values.some((x) => v === val(x));
+    case 'lessThan': return sameType(v, val(f.values[0])) && v < val(f.values[0]);
+    case 'greaterThan': return sameType(v, val(f.values[0])) && v > val(f.values[0]);
+    case 'between': return sameType(v, val(f.values[0])) && v >= val(f.values[0]) && v <= val(f.values[1]);
+    case 'startsWith': return typeof v === 'string' && v.startsWith(f.values[0]);
+    case 'endsWith': return typeof v === 'string' && v.endsWith(f.values[0]);
+    case 'isNull': return v === null;
+    case 'isNotNull': return v !== null;
+    case 'and': return f.sub.every((s) => matches(rec, s));
+    case 'or': return f.sub.some((s) => matches(rec, s));
+    }
+    throw new Error(`model: ${f.m}`);
+}
+function toQuery(f) {
+    switch (f.m) {
+    case 'equal': return Q.equal(f.attr, f.values);
+    case 'notEqual': return Q.notEqual(f.attr, f.values[0]);
+    case 'lessThan': return Q.lessThan(f.attr, f.values[0]);
+    case 'greaterThan': return Q.greaterThan(f.attr, f.values[0]);
+    case 'between': return Q.between(f.attr, f.values[0], f.values[1]);
+    case 'startsWith': return Q.startsWith(f.attr, f.values[0]);
+    case 'endsWith': return Q.endsWith(f.attr, f.values[0]);
+    case 'isNull': return Q.isNull(f.attr);
+    case 'isNotNull': return Q.isNotNull(f.attr);
+    case 'and': return Q.and(f.sub.map(toQuery));
+    case 'or': return Q.or(f.sub.map(toQuery));
+    }
+    throw new Error(f.m);
+}
+function readable(rec, caller) {
+    if (caller.key) return true;
+    const roles = caller.user ? ['any', 'users', `user:${caller.user}`] : ['any', 'guests'];
+    return rec.$permissions.some((p) => roles.some((r) => p === `read("${r}")`));
+}
+function modelList(recs, caller, spec) {
+    const keyOf = (r) => [...spec.order.map((o) => attrOf(r, o.attr)), ms(r.$createdAt), r.$id];
+    const cmp = (a, b) => {
+        const ka = keyOf(a), kb = keyOf(b);
+        for (let i = 0; i < ka.length; i++) {
+            const c = cmpVal(ka[i], kb[i]);
+            if (c) return i < spec.order.length && spec.order[i].desc ? -c : c;
+        }
+        return 0;
+    };
+    const vis = recs.filter((r) => readable(r, caller));
+    const hits = vis.filter((r) => spec.filters.every((f) => matches(r, f))).sort(cmp);
+    const total = Math.min(hits.length, 5000);
+    if (spec.cursor) {
+        const c = vis.find((r) => r.$id === spec.cursor.id);
+        if (!c) return { error: 'general_cursor_not_found' };
+        if (spec.cursor.before) {
+            const before = hits.filter((r) => cmp(r, c) < 0);
+            const to = Math.max(0, before.length - spec.offset);
+            return { total, ids: before.slice(Math.max(0, to - spec.limit), to).map((r) => r.$id) };
+        }
+        const after = hits.filter((r) => cmp(r, c) > 0);
+        return { total, ids: after.slice(spec.offset, spec.offset + spec.limit).map((r) => r.$id) };
+    }
+    return { total, ids: hits.slice(spec.offset, spec.offset + spec.limit).map((r) => r.$id) };
+}
+
+describe('randomized differential test of list against a model (3 store nodes)', () => {
+    const seed = process.env.LISTS_SEED ? Number(process.env.LISTS_SEED) : crypto.randomInt(2 ** 31);
+    const rnd = mulberry32(seed);
+    const pick = (a) => a[Math.floor(rnd() * a.length)];
+    const int = (lo, hi) => lo + Math.floor(rnd() * (hi - lo + 1));
+    const diffKey = () => nodeClient(C(), { project: DIFF, key: DIFF_KEY }).presences;
+    const model = new Map(); // $id -> record as the server returned it
+    const deleted = [];
+
+    function randomFields(user) {
+        const metadata = { room: pick(ROOMS) };
+        if (rnd() < 0.7) metadata.n = int(-5, 40);
+        if (rnd() < 0.2) metadata.flag = rnd() < 0.5;
+        const perms = pick([undefined, [Permission.read(Role.any())], [Permission.read(Role.users())], [Permission.read(Role.user(pick(USERS)))]]);
+        const f = { userId: user, status: pick(STATUSES), metadata, expiresAt: new Date(Date.now() + int(10, 120) * 60000).toISOString() };
+        if (perms) f.permissions = perms;
+        return f;
+    }
+
+    function randomFilter(depth = 0) {
+        const kind = int(0, depth < 1 ? 11 : 9);
+        switch (kind) {
+        case 0: return { m: 'equal', attr: 'status', values: [pick(STATUSES), ...(rnd() < 0.4 ? [pick(STATUSES)] : [])] };
+        case 1: return { m: 'notEqual', attr: 'status', values: [pick(STATUSES)] };
+        case 2: return { m: 'equal', attr: 'metadata.room', values: [pick(ROOMS)] };
+        case 3: return { m: pick(['lessThan', 'greaterThan']), attr: 'metadata.n', values: [int(-5, 40)] };
+        case 4: { const a = int(-5, 40); return { m: 'between', attr: 'metadata.n', values: [a, a + int(0, 20)] }; }
+        case 5: return { m: pick(['isNull', 'isNotNull']), attr: 'metadata.n' };
+        case 6: return { m: 'startsWith', attr: 'userId', values: [pick(['du1', 'du', 'du2', 'x'])] };
+        case 7: return { m: 'endsWith', attr: 'status', values: [pick(['e', 'y', 'x', 'ine'])] };
+        case 8: return { m: 'equal', attr: 'userId', values: [pick(USERS)] };
+        case 9: return { m: pick(['greaterThan', 'lessThan']), attr: 'expiresAt', values: [new Date(Date.now() + int(10, 120) * 60000).toISOString()] };
+        case 10: return { m: 'or', sub: [randomFilter(depth + 1), randomFilter(depth + 1)] };
+        default: return { m: 'and', sub: [randomFilter(depth + 1), randomFilter(depth + 1)] };
+        }
+    }
+
+    async function applyRandomWrite() {
+        const r = rnd();
+        const live = [...model.values()];
+        if (r < 0.55 || live.length < 5) {
+            const user = pick(USERS) + '-' + int(0, 30); // a user may exist already: then it is an update of its record
+            const id = 'd' + Math.floor(rnd() * 2 ** 40).toString(36); // ids not in creation order
+            const got = plain(await diffKey().upsert({ presenceId: id, ...randomFields(user) }));
+            for (const [k, v] of model) if (v.userId === user && k !== got.$id) throw new Error(`seed ${seed}: user ${user} has two records`);
+            model.set(got.$id, got);
+        } else if (r < 0.8) {
+            const victim = pick(live);
+            const f = { status: pick(STATUSES) };
+            if (rnd() < 0.5) f.metadata = { room: pick(ROOMS), n: int(-5, 40) };
+            const got = plain(await diffKey().update({ presenceId: victim.$id, userId: victim.userId, ...f }));
+            model.set(got.$id, got);
+        } else {
+            const victim = pick(live);
+            await diffKey().delete({ presenceId: victim.$id });
+            model.delete(victim.$id);
+            deleted.push(victim.$id);
+        }
+    }
+
+    it('list answers as the model does (seeded)', { timeout: 240000 }, async (t) => {
+        t.diagnostic(`seed ${seed} (LISTS_SEED=${seed} replays it)`);
+        try {
+            for (let i = 0; i < 400; i++) await applyRandomWrite();
+            const nodes = new Set([...model.keys()].map((id) => shardOwner(DIFF, id, STORES)));
+            assert.equal(nodes.size, STORES, 'records on every node');
+            const callers = [{ key: true }, { user: pick(USERS) }, { user: pick(USERS) }, {}];
+            const ORDER_ATTRS = ['status', 'userId', '$id', 'expiresAt', '$createdAt', '$updatedAt'];
+            let checks = 0, cursors = 0, nonEmpty = 0;
+            for (let i = 0; i < 400; i++) {
+                if (i % 40 === 39) for (let k = 0; k < 10; k++) await applyRandomWrite();
+                const caller = pick(callers);
+                const spec = { filters: [], order: [], offset: 0, limit: 25, cursor: null, total: rnd() < 0.85 };
+                for (let k = int(0, 3); k > 0; k--) spec.filters.push(randomFilter());
+                for (let k = int(0, 2); k > 0; k--) spec.order.push({ attr: pick(ORDER_ATTRS), desc: rnd() < 0.5 });
+                if (rnd() < 0.5) spec.limit = int(1, 60);
+                if (rnd() < 0.3) spec.offset = int(0, 40);
+                const recs = [...model.values()];
+                if (rnd() < 0.4) {
+                    const from = rnd() < 0.1 && deleted.length ? pick(deleted) : pick(recs).$id;
+                    spec.cursor = { id: from, before: rnd() < 0.5 };
+                }
+                const queries = [...spec.filters.map(toQuery), ...spec.order.map((o) => (o.desc ? Q.orderDesc(o.attr) : Q.orderAsc(o.attr)))];
+                if (spec.limit !== 25) queries.push(Q.limit(spec.limit));
+                if (spec.offset) queries.push(Q.offset(spec.offset));
+                if (spec.cursor) queries.push(spec.cursor.before ? Q.cursorBefore(spec.cursor.id) : Q.cursorAfter(spec.cursor.id));
+                const want = modelList(recs, caller, spec);
+                if (!spec.total && !want.error) want.total = 0;
+                const client = caller.key ? diffKey()
+                    : caller.user ? nodeClient(C(), { project: DIFF, jwt: mintJwt(DIFF_JWT, { userId: caller.user }) }).presences
+                        : webClient(C(), { project: DIFF }).presences; // a guest
+                const what = () => `seed ${seed}, check ${i}, caller ${JSON.stringify(caller)}, queries ${JSON.stringify(queries)}`;
+                let got;
+                try {
+                    got = plain(await client.list(spec.total ? { queries } : { queries, total: false }));
+                } catch (e) {
+                    assert.equal(want.error, e.type, `${what()}: ${e.code} ${e.type} ${e.message}`);
+                    checks++;
+                    continue;
+                }
+                assert.equal(want.error, undefined, `${what()}: expected ${want.error}, got a list`);
+                assert.deepEqual(got.presences.map((p) => p.$id), want.ids, `${what()}: ids`);
+                assert.equal(got.total, want.total, `${what()}: total`);
+                for (const p of got.presences) assert.deepEqual(p, model.get(p.$id), `${what()}: record ${p.$id}`);
+                checks++;
+                if (spec.cursor) cursors++;
+                if (want.ids.length) nonEmpty++;
+            }
+            t.diagnostic(`${checks} lists checked (${cursors} with a cursor, ${nonEmpty} non-empty), ${model.size} records, ${deleted.length} deleted`);
+            assert.ok(nonEmpty > checks / 3, 'most lists must hold something, or the test checks little');
+        } catch (e) {
+            e.message = `[LISTS_SEED=${seed}] ${e.message}`;
+            throw e;
+        }
+    });
+});
+
+// --- broker SIGKILL under writes -------------------------------------------------------------
+
+// How long after a broker SIGKILL requests may fail: the supervisor restarts it at once (100 ms
+// backoff), store nodes and gateways reconnect and register within a heartbeat (250 ms); a
+// request sent to the dead broker is answered 503 after --request-timeout (5 s). README,
+// "Crashes".
+const BROKER_WINDOW_MS = 8000;
+
+describe('broker SIGKILL and restart under writes', () => {
+    it('one presence per user holds, errors stop within the window, events resume', { timeout: 90000 }, async (t) => {
+        const W = require('./lib/sdk').loadWebSdk();
+        const { client } = webClient(C(), { userId: uid('watch') });
+        const rt = new W.Realtime(client);
+        const events = [];
+        try {
+            await R.sdkSubscribe(rt, W.Channel.presences(), (e) => events.push({ t: Date.now(), e: plain(e) }));
+            const tag = uid('bk');
+            const users = Array.from({ length: 12 }, (_, i) => `${tag}-u${i}`);
+            const lastOk = new Map(); // user -> status of its last acknowledged write
+            const errors = [];
+            let stop = false, seq = 0;
+            const writer = async (user) => {
+                while (!stop) {
+                    const status = `w${++seq}`;
+                    try {
+                        // a fresh presenceId each time: the claim decides which record it is
+                        await keyP().upsert({ presenceId: uid('k'), userId: user, status, permissions: [Permission.read(Role.any())] });
+                        lastOk.set(user, status);
+                    } catch (e) {
+                        errors.push({ t: Date.now(), code: e.code, type: e.type, message: String(e.message).slice(0, 120) });
+                        await sleep(50);
+                    }
+                }
+            };
+            // creators: a new user each time, so every write needs the broker (its claim); a
+            // failed create is retried under another presenceId until it is acknowledged
+            const created = [];
+            const creator = async (c) => {
+                for (let k = 0; !stop; k++) {
+                    const user = `${tag}-c${c}-${k}`;
+                    for (;;) {
+                        try {
+                            await keyP().upsert({ presenceId: uid('n'), userId: user, status: 'new', permissions: [Permission.read(Role.any())] });
+                            created.push(user);
+                            break;
+                        } catch (e) {
+                            errors.push({ t: Date.now(), code: e.code, type: e.type, message: String(e.message).slice(0, 120) });
+                            await sleep(50);
+                        }
+                    }
+                }
+            };
+            const loops = [...users.map(writer), ...[0, 1, 2, 3].map(creator)];
+            await sleep(1000);
+            const old = C().pids('broker');
+            assert.equal(old.length, 1);
+            const killedAt = Date.now();
+            C().kill('broker', undefined, 'SIGKILL');
+            await C().waitRestarted('broker', undefined, old, 15000);
+            const restartedAt = Date.now();
+            await sleep(BROKER_WINDOW_MS + 1500);
+            await sleep(1500); // every write in this stretch must succeed
+            stop = true;
+            await Promise.all(loops);
+            const late = errors.filter((e) => e.t > killedAt + BROKER_WINDOW_MS);
+            const lastErr = errors.length ? errors[errors.length - 1].t - killedAt : 0;
+            const kinds = [...new Set(errors.map((e) => `${e.code} ${e.type}`))].join(', ');
+            t.diagnostic(`broker back (pid) ${restartedAt - killedAt} ms after the kill; ${errors.length} failed writes (${kinds}), the last ${lastErr} ms after the kill; ${seq} updates, ${created.length} users created`);
+            assert.deepEqual(late, [], `writes failed more than ${BROKER_WINDOW_MS} ms after the kill`);
+            assert.ok(errors.every((e) => e.t >= killedAt), 'no write failed before the kill');
+            for (const e of errors) assert.ok([503, 0, undefined].includes(e.code) || e.type === 'general_server_error', `unexpected error ${JSON.stringify(e)}`);
+            // one presence per user, showing its last acknowledged write
+            for (const u of users) {
+                const l = plain(await keyP().list({ queries: [Q.equal('userId', [u])] }));
+                assert.equal(l.total, 1, `user ${u} has ${l.total} records`);
+                assert.equal(l.presences[0].status, lastOk.get(u), `user ${u}: the last acknowledged write`);
+            }
+            assert.ok(created.length > 20, `only ${created.length} users created`);
+            await pool(16, created, async (u) => {
+                const l = plain(await keyP().list({ queries: [Q.equal('userId', [u])] }));
+                assert.equal(l.total, 1, `created user ${u} has ${l.total} records`);
+            });
+            // events resume: a write now is seen by the subscriber
+            const probe = `${tag}-probe`;
+            await keyP().upsert({ presenceId: probe, userId: probe, status: 'after', permissions: [Permission.read(Role.any())] });
+            await R.until(() => events.some((x) => x.e.payload && x.e.payload.$id === probe), 10000, 'the event of a write after the restart');
+            assert.ok(events.some((x) => x.t > restartedAt && x.e.payload && users.includes(x.e.payload.userId)), 'events of the writers after the restart');
+        } finally {
+            try { rt.disconnect && await rt.disconnect(); } catch {}
+        }
+    });
+});
