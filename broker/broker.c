@@ -496,6 +496,7 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
     case PD_MSG_DELETE:
     case PD_MSG_EXPIRE:
     case PD_MSG_RELEASE:
+    case PD_MSG_ROOM: /* a room is owned by (project, channel): ID is the channel */
     case PD_MSG_UPDATE: {
         int n = s_owner(self, project, m->s[PD_F_ID]);
         if (!s_node_ok(self, n)) {

@@ -26,6 +26,7 @@
 
 #include "gw.h"
 #include "gw_static.h"
+#include "gw_supabase.h"
 #include "pd_err.h"
 #include "pd_log.h"
 #include "pd_probe.h"
@@ -173,6 +174,7 @@ gw_metrics_render(gw_t *gw, pd_buf_t *b)
                 (unsigned long long)gw->conn_refused[GW_REFUSE_HEADERS], node,
                 (unsigned long long)gw->accept_pauses);
     gw_rt_metrics(gw, b);
+    gw_sb_metrics(gw, b);
 }
 
 /* -------------------------------------------------------------------------- broker link */
@@ -720,6 +722,8 @@ s_on_event(const pd_msg_t *m, void *arg)
 {
     if (m->type == PD_MSG_EVENT)
         gw_rt_on_bus(arg, m);
+    else if (m->type == PD_MSG_ROOM_EVENT)
+        gw_sb_on_bus(arg, m);
 }
 
 //  While joining: which store nodes have sent on the EVENT topic since the SUB socket opened.
@@ -748,7 +752,7 @@ s_on_bus_frame(pd_zmsg_t *zm, void *arg)
         if (gw->bus_state != GW_BUS_LIVE)
             return; /* no subscriber is served before the bus is live */
     }
-    if (gw_rt_quiet(gw))
+    if (gw_rt_quiet(gw) && gw_sb_idle(gw))
         return;
     if (pd_msg_each(d + 1, n - 1, &gw->zone, s_on_event, gw) < 0)
         gw->malformed++;
@@ -845,6 +849,7 @@ s_bus_live(gw_t *gw)
     gw->bus_state = GW_BUS_LIVE;
     pd_log_debug("the bus is live, %lld ms after joining", (long long)(pd_mono_ms() - gw->bus_join_ms));
     gw_rt_bus_live(gw);
+    gw_sb_bus_live(gw);
 }
 
 //  Live once every store node the broker reports up has sent on the EVENT topic.
@@ -875,7 +880,7 @@ static void
 s_bus_tick(gw_t *gw)
 {
     if (gw->bus_state == GW_BUS_OFF) {
-        if (!gw_rt_idle(gw)) /* a join that failed: clients still wait for it */
+        if (!(gw_rt_idle(gw) && gw_sb_idle(gw))) /* a join that failed: clients still wait for it */
             gw_bus_join(gw);
         return;
     }
@@ -886,7 +891,7 @@ s_bus_tick(gw_t *gw)
                     GW_BUS_JOIN_WAIT_MS);
         s_bus_live(gw);
     }
-    if (!gw_rt_idle(gw))
+    if (!(gw_rt_idle(gw) && gw_sb_idle(gw)))
         gw->bus_quiet_ms = 0;
     else if (!gw->bus_quiet_ms)
         gw->bus_quiet_ms = now;
@@ -913,6 +918,7 @@ s_on_tick(h2o_timeout_entry_t *entry)
     s_hello(gw);
     pd_probe_beat(gw->cfg); /* liveness: `presenced probe --role gateway` */
     gw_rt_tick(gw);
+    gw_sb_tick(gw);
     s_bus_tick(gw);
     s_conns_tick(gw);
     h2o_timeout_link(gw->ctx.loop, &gw->tick_timeout, &gw->tick_entry);
@@ -962,7 +968,7 @@ static bool
 s_fds_retry(gw_t *gw)
 {
     gw->fds_short = false;
-    if (gw->bus_state == GW_BUS_OFF && !gw_rt_idle(gw)) {
+    if (gw->bus_state == GW_BUS_OFF && !(gw_rt_idle(gw) && gw_sb_idle(gw))) {
         gw->bus_retry_ms = 0;
         gw_bus_join(gw);
     }
@@ -1311,6 +1317,9 @@ gateway_main(pd_config_t *cfg)
     h2o_pathconf_t *rtpath = h2o_config_register_path(host, "/v1/realtime", 0);
     h2o_create_handler(rtpath, sizeof(h2o_handler_t))->on_req = s_on_req_limits;
     h2o_create_handler(rtpath, sizeof(h2o_handler_t))->on_req = gw_rt_on_req;
+    h2o_pathconf_t *sbpath = h2o_config_register_path(host, "/realtime/v1/websocket", 0);
+    h2o_create_handler(sbpath, sizeof(h2o_handler_t))->on_req = s_on_req_limits;
+    h2o_create_handler(sbpath, sizeof(h2o_handler_t))->on_req = gw_sb_on_req; /* Supabase */
     gw_static_register(host, s_on_req_limits); /* /console/, /v1/presence.js */
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_create_handler(path, sizeof(h2o_handler_t))->on_req = s_on_req_limits;
@@ -1320,6 +1329,7 @@ gateway_main(pd_config_t *cfg)
     gw->accept_ctx.ctx = &gw->ctx;
     gw->accept_ctx.hosts = gw->config.hosts;
     gw_rt_init(gw);
+    gw_sb_init(gw);
 
     snprintf(gw->ident, sizeof gw->ident, "gateway-%d-%d", cfg->node, (int)getpid());
     char kname[32], kerr[512];
@@ -1377,6 +1387,7 @@ gateway_main(pd_config_t *cfg)
                 gw->listener = NULL;
             }
             gw_rt_shutdown(gw);
+            gw_sb_shutdown(gw);
             stop_at = pd_mono_ms() + 5000;
         }
         if (stop_at && (gw->in_flight == 0 || pd_mono_ms() > stop_at))

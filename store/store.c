@@ -45,6 +45,7 @@
 #include "pd_query.h"
 #include "pd_record.h"
 #include "pd_table.h"
+#include "st_rooms.h"
 
 #define SYNC_PAGE_ITEMS 1000
 #define OUTBOX_BYTES (32u << 20) //  recent events kept in shared memory
@@ -83,6 +84,7 @@ typedef struct {
     uint64_t malformed;
     pd_buf_t scratch;
     zhash_t *counts;      //  project -> records held (int64_t *), for per-project limits
+    st_rooms_t *rooms;    //  rooms: presence sets per channel (st_rooms.h)
     int sh_from, sh_to;   //  the store set (SHARDS): records move from sh_from nodes to sh_to;
                           //  0 until the broker has said (direct requests are refused until then)
     int64_t sh_settled;   //  mono ms the store set last settled (sh_from == sh_to)
@@ -998,6 +1000,29 @@ s_on_sync(store_t *self, const pd_msg_t *m)
     msgpack_sbuffer_destroy(&c.sb);
 }
 
+/* -------------------------------------------------------------------------- rooms */
+
+//  Moves the room events st_rooms made into this turn's events, on the EVENT topic (only
+//  gateways take them; dropped while none subscribes, as they would have nobody to reach).
+static void
+s_room_events(store_t *self)
+{
+    pd_msgw_t *ev = st_rooms_events(self->rooms);
+    if (ev->count && self->events_wanted) {
+        s_topic(self, PD_BUS_EVENT);
+        msgpack_sbuffer_write(&self->events.sb, ev->sb.data, ev->sb.size);
+        self->events.count += ev->count;
+    }
+    pd_msgw_reset(ev);
+}
+
+static void
+s_on_room(store_t *self, const pd_msg_t *m)
+{
+    st_rooms_on_msg(self->rooms, m, self->reply);
+    s_room_events(self);
+}
+
 /* -------------------------------------------------------------------------- loop */
 
 static void
@@ -1015,6 +1040,7 @@ s_dispatch(const pd_msg_t *m, void *arg)
     case PD_MSG_LIST: s_on_list(self, m); break;
     case PD_MSG_SYNC: s_on_sync(self, m); break;
     case PD_MSG_RELEASE: s_on_release(self, m); break;
+    case PD_MSG_ROOM: s_on_room(self, m); break;
     case PD_MSG_CLAIM:
     case PD_MSG_RECLAIM: s_on_claim(self, m); break;
     case PD_MSG_UNCLAIM:
@@ -1263,6 +1289,7 @@ store_main(pd_config_t *cfg)
     msgpack_zone_init(&self->zone, 8192);
     s_outbox_open(self, created);
     pd_table_set_hook(self->table, s_on_change, self);
+    self->rooms = st_rooms_open(cfg, created);
     self->counts = zhash_new();
     self->frozen = zhash_new();
     pd_table_foreach(self->table, s_count_visit, self);
@@ -1343,6 +1370,8 @@ store_main(pd_config_t *cfg)
             if (self->bus_ready)
                 s_bus_hello(self, PD_BUS_DEADLINE);
             last_hello = now;
+            st_rooms_tick(self->rooms, pd_now_ms());
+            s_room_events(self);
         }
         idle = !s_flush(self, false) && !got;
     }
@@ -1363,6 +1392,7 @@ store_main(pd_config_t *cfg)
     pd_buf_free(&self->replay);
     free(self->runs);
     pd_table_close(&self->table);
+    st_rooms_close(&self->rooms);
     zhash_destroy(&self->frozen);
     return 0;
 }

@@ -14,6 +14,7 @@
 #include "pd_outbox.h"
 #include "pd_phx.h"
 #include "pd_query.h"
+#include "pd_room.h"
 #include "pd_table.h"
 #include "pd_util.h"
 #include "pd_wheel.h"
@@ -38,6 +39,7 @@ static const struct {
     {"listcache", pd_listcache_test},
     {"cqueue", pd_cqueue_test},
     {"phx", pd_phx_test},
+    {"room", pd_room_test},
 };
 
 int

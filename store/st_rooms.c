@@ -1,0 +1,192 @@
+/*  st_rooms — see st_rooms.h. */
+#include "st_rooms.h"
+
+#include "pd_err.h"
+#include "pd_log.h"
+#include "pd_room.h"
+
+#define ST_ROOMS_CAPACITY 65536 //  member slots per node (sparse: pages used as written)
+#define ST_EXPIRE_MAX 10000     //  members a tick removes at most
+
+struct st_rooms {
+    pd_rooms_t *rooms;
+    pd_msgw_t events;
+    int node;
+};
+
+static void
+s_member_event(st_rooms_t *r, int action, const pd_room_member_t *m)
+{
+    pd_msgw_t *w = &r->events;
+    pd_msgw_begin(w, PD_MSG_ROOM_EVENT, 0);
+    pd_msgw_int(w, PD_F_ACTION, action);
+    pd_msgw_int(w, PD_F_NODE, r->node);
+    pd_msgw_s(w, PD_F_PROJECT, m->project);
+    pd_msgw_s(w, PD_F_ID, m->channel);
+    pd_msgw_s(w, PD_F_CONN, m->conn);
+    pd_msgw_s(w, PD_F_PKEY, m->key);
+    pd_msgw_s(w, PD_F_REF, m->ref);
+    if (action == PD_ROOM_JOIN) /* a leave is named by its ref */
+        pd_msgw_s(w, PD_F_META_JSON, m->meta);
+    pd_msgw_end(w);
+}
+
+static void
+s_hook(int action, const pd_room_member_t *m, void *arg)
+{
+    s_member_event(arg, action, m);
+}
+
+st_rooms_t *
+st_rooms_open(const pd_config_t *cfg, bool fresh)
+{
+    char name[sizeof cfg->shm_name + 8], prefix[12];
+    snprintf(name, sizeof name, "%s-rooms", cfg->shm_name);
+    snprintf(prefix, sizeof prefix, "n%d.", cfg->node);
+    if (fresh)
+        pd_rooms_unlink(name);
+    st_rooms_t *r = calloc(1, sizeof *r);
+    if (!r)
+        abort();
+    bool created;
+    r->rooms = pd_rooms_open(name, ST_ROOMS_CAPACITY, prefix, &created);
+    if (!r->rooms) {
+        pd_log_warn("cannot use the shared-memory segment %s (see above)", name);
+        exit(PD_EXIT_REFUSED);
+    }
+    pd_log_info("%s %s: %zu members in %zu rooms", created ? "created" : "re-attached", name,
+                pd_rooms_members(r->rooms), pd_rooms_rooms(r->rooms));
+    r->node = cfg->node;
+    pd_msgw_init(&r->events);
+    pd_rooms_set_hook(r->rooms, s_hook, r);
+    return r;
+}
+
+void
+st_rooms_close(st_rooms_t **rp)
+{
+    st_rooms_t *r = *rp;
+    if (!r)
+        return;
+    pd_rooms_close(&r->rooms);
+    pd_msgw_destroy(&r->events);
+    free(r);
+    *rp = NULL;
+}
+
+static void
+s_reply(pd_msgw_t *reply, const pd_msg_t *m, int err, const char *msg)
+{
+    pd_msgw_begin(reply, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(reply, PD_F_ERR, err);
+    if (msg)
+        pd_msgw_str(reply, PD_F_MESSAGE, msg, strlen(msg));
+    pd_msgw_end(reply);
+}
+
+typedef struct {
+    msgpack_packer *pk;
+} snap_ctx_t;
+
+static void
+s_snap_item(const pd_room_member_t *m, void *arg)
+{
+    msgpack_packer *pk = ((snap_ctx_t *)arg)->pk;
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_str_with_body(pk, m->key.ptr, m->key.len);
+    msgpack_pack_str_with_body(pk, m->ref.ptr, m->ref.len);
+    msgpack_pack_str_with_body(pk, m->meta.ptr, m->meta.len);
+}
+
+void
+st_rooms_on_msg(st_rooms_t *r, const pd_msg_t *m, pd_msgw_t *reply)
+{
+    pd_str_t project = m->s[PD_F_PROJECT], channel = m->s[PD_F_ID], conn = m->s[PD_F_CONN];
+    switch (m->i[PD_F_ACTION]) {
+    case PD_ROOM_TRACK: {
+        int64_t limit = m->i[PD_F_LIMIT];
+        int rc = pd_rooms_track(r->rooms, project, channel, conn, m->s[PD_F_PKEY],
+                                m->s[PD_F_META_JSON], pd_now_ms() + PD_ROOM_LEASE_MS,
+                                limit > 0 && limit < UINT32_MAX ? (uint32_t)limit : 0);
+        char msg[160];
+        switch (rc) {
+        case PD_ROOM_OK: s_reply(reply, m, PD_ERR_OK, NULL); break;
+        case PD_ROOM_FULL:
+            snprintf(msg, sizeof msg, "Too many presences in this channel: at most %lld.",
+                     (long long)limit);
+            s_reply(reply, m, PD_ERR_LIMIT_EXCEEDED, msg);
+            break;
+        case PD_ROOM_NOSPACE: s_reply(reply, m, PD_ERR_STORE_FULL, NULL); break;
+        default: s_reply(reply, m, PD_ERR_ARGUMENT_INVALID, "Presence key or meta too large."); break;
+        }
+        return;
+    }
+    case PD_ROOM_UNTRACK:
+        pd_rooms_untrack(r->rooms, project, channel, conn);
+        s_reply(reply, m, PD_ERR_OK, NULL);
+        return;
+    case PD_ROOM_RENEW:
+        pd_rooms_renew(r->rooms, project, channel, conn, pd_now_ms() + PD_ROOM_LEASE_MS);
+        s_reply(reply, m, PD_ERR_OK, NULL);
+        return;
+    case PD_ROOM_SNAP: {
+        pd_msgw_t *w = &r->events;
+        pd_msgw_begin(w, PD_MSG_ROOM_EVENT, 0);
+        pd_msgw_int(w, PD_F_ACTION, PD_ROOM_SNAPSHOT);
+        pd_msgw_int(w, PD_F_NODE, r->node);
+        pd_msgw_s(w, PD_F_PROJECT, project);
+        pd_msgw_s(w, PD_F_ID, channel);
+        pd_msgw_s(w, PD_F_TARGET, m->s[PD_F_TARGET]);
+        pd_msgw_raw(w, PD_F_ITEMS);
+        msgpack_pack_array(&w->pk, pd_rooms_count(r->rooms, project, channel));
+        snap_ctx_t c = {&w->pk};
+        pd_rooms_each(r->rooms, project, channel, s_snap_item, &c);
+        pd_msgw_end(w);
+        s_reply(reply, m, PD_ERR_OK, NULL);
+        return;
+    }
+    case PD_ROOM_SEND: {
+        pd_msgw_t *w = &r->events;
+        pd_msgw_begin(w, PD_MSG_ROOM_EVENT, 0);
+        pd_msgw_int(w, PD_F_ACTION, PD_ROOM_BCAST);
+        pd_msgw_int(w, PD_F_NODE, r->node);
+        pd_msgw_s(w, PD_F_PROJECT, project);
+        pd_msgw_s(w, PD_F_ID, channel);
+        pd_msgw_s(w, PD_F_CONN, conn);
+        pd_msgw_s(w, PD_F_EVENT_NAME, m->s[PD_F_EVENT_NAME]);
+        pd_msgw_s(w, PD_F_BODY, m->s[PD_F_BODY]);
+        pd_msgw_int(w, PD_F_FLAGS, m->i[PD_F_FLAGS]);
+        pd_msgw_end(w);
+        s_reply(reply, m, PD_ERR_OK, NULL);
+        return;
+    }
+    default:
+        s_reply(reply, m, PD_ERR_BAD_REQUEST, "unknown room action");
+    }
+}
+
+void
+st_rooms_tick(st_rooms_t *r, int64_t now_ms)
+{
+    size_t n = pd_rooms_expire(r->rooms, now_ms, ST_EXPIRE_MAX);
+    if (n)
+        pd_log_info("rooms: %zu members whose gateway stopped renewing them left", n);
+}
+
+pd_msgw_t *
+st_rooms_events(st_rooms_t *r)
+{
+    return &r->events;
+}
+
+size_t
+st_rooms_members(const st_rooms_t *r)
+{
+    return pd_rooms_members(r->rooms);
+}
+
+size_t
+st_rooms_rooms(const st_rooms_t *r)
+{
+    return pd_rooms_rooms(r->rooms);
+}
