@@ -497,6 +497,14 @@ void
 pd_util_test(bool verbose)
 {
     (void)verbose;
+    /* token bucket: a burst of 3, then one per 100 ms at 10/s */
+    pd_rate_t rate;
+    pd_rate_init(&rate, 3, 1000);
+    for (int i = 0; i < 3; i++)
+        PD_CHECK(pd_rate_take(&rate, 10, 3, 1000));
+    PD_CHECK(!pd_rate_take(&rate, 10, 3, 1000) && !pd_rate_take(&rate, 10, 3, 1099));
+    PD_CHECK(pd_rate_take(&rate, 10, 3, 1100) && !pd_rate_take(&rate, 10, 3, 1100));
+    PD_CHECK(pd_rate_take(&rate, 10, 3, 100000) && pd_rate_take(&rate, 10, 3, 100000));
     char buf[32];
     int64_t ms;
     PD_CHECK(pd_time_format(0, buf) == 29);
@@ -557,4 +565,26 @@ pd_util_test(bool verbose)
         PD_CHECK(pd_hash2_keyed(k1, longs, PD_STR("x")) == pd_hash2_keyed(k1, longs, PD_STR("x")));
         PD_CHECK(pd_hash2_keyed(k1, longs, PD_STR("x")) != pd_hash2_keyed(k2, longs, PD_STR("x")));
     }
+}
+
+void
+pd_rate_init(pd_rate_t *r, int burst, int64_t now_ms)
+{
+    r->ms = now_ms;
+    r->milli = (int64_t)burst * 1000;
+}
+
+bool
+pd_rate_take(pd_rate_t *r, int rate, int burst, int64_t now_ms)
+{
+    int64_t t = r->milli + (now_ms - r->ms) * rate;
+    if (t > (int64_t)burst * 1000)
+        t = (int64_t)burst * 1000;
+    r->ms = now_ms;
+    if (t < 1000) {
+        r->milli = t;
+        return false;
+    }
+    r->milli = t - 1000;
+    return true;
 }

@@ -47,6 +47,16 @@ int64_t pd_mono_ms(void);
 //  calloc / realloc that abort when memory is out (a zero size allocates one byte).
 void *pd_xcalloc(size_t n, size_t size);
 void *pd_xrealloc(void *p, size_t size);
+
+//  A token bucket: bursts of `burst` events, refilled at `rate` per second (limits on what a
+//  client may send). pd_rate_init fills it; pd_rate_take takes one token at now_ms (monotonic)
+//  if there is one.
+typedef struct {
+    int64_t ms;        //  when it was last refilled
+    int64_t milli;     //  tokens, in thousandths
+} pd_rate_t;
+void pd_rate_init(pd_rate_t *r, int burst, int64_t now_ms);
+bool pd_rate_take(pd_rate_t *r, int rate, int burst, int64_t now_ms);
 int64_t pd_mono_us(void);
 
 //  Appwrite date format "2024-01-01T00:00:00.000+00:00" (29 chars). buf needs 32 bytes.

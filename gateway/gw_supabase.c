@@ -83,8 +83,7 @@ struct sb_conn {
     char conn[64];             //  "<gateway ident>/<serial>": names its members in the store
     sb_chan_t *chans;
     int nchans;
-    int64_t rate_ms;
-    int32_t rate_tokens;
+    pd_rate_t rate;            //  messages it may send (SB_RATE)
     bool counted;
 };
 
@@ -177,15 +176,6 @@ static sb_conn_t *
 s_conn(gw_ws_conn_t *ws)
 {
     return (sb_conn_t *)ws;
-}
-
-static void *
-s_xcalloc(size_t n, size_t sz)
-{
-    void *p = calloc(n, sz);
-    if (!p)
-        abort();
-    return p;
 }
 
 /* -------------------------------------------------------------------------- sending */
@@ -309,7 +299,7 @@ s_mirror_join(sb_room_t *r, pd_str_t key, pd_str_t ref, pd_str_t meta)
     uint64_t h;
     sb_key_t *k = s_key_find(r, key, &h);
     if (!k) {
-        k = s_xcalloc(1, sizeof *k + key.len + 1);
+        k = pd_xcalloc(1, sizeof *k + key.len + 1);
         memcpy(k->key, key.ptr, key.len);
         k->klen = (uint32_t)key.len;
         k->e.hash = h;
@@ -321,7 +311,7 @@ s_mirror_join(sb_room_t *r, pd_str_t key, pd_str_t ref, pd_str_t meta)
             r->khead = k;
         r->ktail = k;
     }
-    sb_meta_t *m = s_xcalloc(1, sizeof *m + ref.len + meta.len + 2);
+    sb_meta_t *m = pd_xcalloc(1, sizeof *m + ref.len + meta.len + 2);
     m->ref = m->data;
     memcpy(m->ref, ref.ptr, ref.len);
     m->rlen = (uint32_t)ref.len;
@@ -446,9 +436,7 @@ s_batch_add(sb_room_t *r, int action, pd_str_t key, pd_str_t ref, pd_str_t meta)
 {
     if (r->nbatch == r->cap_batch) {
         r->cap_batch = r->cap_batch ? r->cap_batch * 2 : 64;
-        r->batch = realloc(r->batch, r->cap_batch * sizeof *r->batch);
-        if (!r->batch)
-            abort();
+        r->batch = pd_xrealloc(r->batch, r->cap_batch * sizeof *r->batch);
     }
     sb_entry_t *e = &r->batch[r->nbatch++];
     e->action = (uint8_t)action;
@@ -601,7 +589,7 @@ s_room_get(sb_t *sb, pd_str_t project, pd_str_t channel)
     sb_room_t *r = s_room_find(sb, project, channel, &h);
     if (r)
         return r;
-    r = s_xcalloc(1, sizeof *r);
+    r = pd_xcalloc(1, sizeof *r);
     r->sb = sb;
     r->e.hash = h;
     memcpy(r->project, project.ptr, project.len);
@@ -771,7 +759,7 @@ static sb_op_t *
 s_op_new(sb_conn_t *c, const pd_phx_msg_t *m, gw_reply_fn fn)
 {
     sb_t *sb = c->sb;
-    sb_op_t *op = s_xcalloc(1, sizeof *op);
+    sb_op_t *op = pd_xcalloc(1, sizeof *op);
     h2o_mem_init_pool(&op->req.pool);
     gw_pending_t *p = gw_pending_new(sb->gw, &op->req, GW_ROUTE_REALTIME, fn);
     p->req = NULL; /* no HTTP response behind it: the gateway only calls on_reply (p->user) */
@@ -843,7 +831,7 @@ s_on_join(sb_conn_t *c, const pd_phx_msg_t *m)
         s_reply_err(c, m->join_ref, m->ref, m->topic, reason);
         return;
     }
-    sb_chan_t *ch = s_xcalloc(1, sizeof *ch);
+    sb_chan_t *ch = pd_xcalloc(1, sizeof *ch);
     ch->c = c;
     ch->who = who;
     ch->presence = j.presence_enabled;
@@ -988,22 +976,6 @@ s_on_access_token(sb_conn_t *c, sb_chan_t *ch, const pd_phx_msg_t *m)
     ch->who = who;
 }
 
-static bool
-s_rate_ok(sb_conn_t *c)
-{
-    int64_t now = pd_mono_ms();
-    int64_t t = c->rate_tokens + (now - c->rate_ms) * SB_RATE;
-    if (t > SB_RATE_BURST * 1000)
-        t = SB_RATE_BURST * 1000;
-    c->rate_ms = now;
-    if (t < 1000) {
-        c->rate_tokens = (int32_t)t;
-        return false;
-    }
-    c->rate_tokens = (int32_t)(t - 1000);
-    return true;
-}
-
 static void
 s_on_message(gw_ws_conn_t *ws, int op, const char *p, size_t n)
 {
@@ -1033,7 +1005,7 @@ s_on_message(gw_ws_conn_t *ws, int op, const char *p, size_t n)
         pd_phx_msg_free(&m);
         return;
     }
-    if (!s_rate_ok(c)) {
+    if (!pd_rate_take(&c->rate, SB_RATE, SB_RATE_BURST, pd_mono_ms())) {
         sb->rate_limited++;
         char reason[120];
         snprintf(reason, sizeof reason,
@@ -1088,8 +1060,7 @@ s_on_open(gw_ws_conn_t *ws)
 {
     sb_conn_t *c = s_conn(ws);
     sb_t *sb = c->sb;
-    c->rate_ms = pd_mono_ms();
-    c->rate_tokens = SB_RATE_BURST * 1000;
+    pd_rate_init(&c->rate, SB_RATE_BURST, pd_mono_ms());
     if (sb->shutting_down) {
         gw_ws_close(ws, 1001, "Server is shutting down");
         return;
@@ -1323,7 +1294,7 @@ gw_sb_on_req(h2o_handler_t *self, h2o_req_t *req)
 void
 gw_sb_init(gw_t *gw)
 {
-    sb_t *sb = s_xcalloc(1, sizeof *sb);
+    sb_t *sb = pd_xcalloc(1, sizeof *sb);
     sb->gw = gw;
     *h2o_context_get_storage(&gw->ctx, &s_storage_key, NULL) = sb;
     gw_ws_ctx_init(&sb->ws, &gw->ctx, &s_ws_cb);
