@@ -354,8 +354,13 @@ describe('randomized differential test of list against a model (3 store nodes)',
     }
 
     function randomFilter(depth = 0) {
-        const kind = int(0, depth < 1 ? 11 : 9);
+        const kind = int(0, depth < 1 ? 16 : 14);
         switch (kind) {
+        case 10: return { m: 'equal', attr: 'metadata.n', values: [int(-5, 40), ...(rnd() < 0.3 ? [String(int(-5, 40))] : [])] };
+        case 11: return { m: 'equal', attr: 'metadata.flag', values: [rnd() < 0.5] };
+        case 12: return { m: pick(['lessThan', 'greaterThan']), attr: 'status', values: [pick(STATUSES)] };
+        case 13: return { m: 'startsWith', attr: '$id', values: ['d' + int(0, 35).toString(36)] };
+        case 14: return { m: 'notEqual', attr: 'metadata.room', values: [pick(ROOMS)] };
         case 0: return { m: 'equal', attr: 'status', values: [pick(STATUSES), ...(rnd() < 0.4 ? [pick(STATUSES)] : [])] };
         case 1: return { m: 'notEqual', attr: 'status', values: [pick(STATUSES)] };
         case 2: return { m: 'equal', attr: 'metadata.room', values: [pick(ROOMS)] };
@@ -366,7 +371,7 @@ describe('randomized differential test of list against a model (3 store nodes)',
         case 7: return { m: 'endsWith', attr: 'status', values: [pick(['e', 'y', 'x', 'ine'])] };
         case 8: return { m: 'equal', attr: 'userId', values: [pick(USERS)] };
         case 9: return { m: pick(['greaterThan', 'lessThan']), attr: 'expiresAt', values: [new Date(Date.now() + int(10, 120) * 60000).toISOString()] };
-        case 10: return { m: 'or', sub: [randomFilter(depth + 1), randomFilter(depth + 1)] };
+        case 15: return { m: 'or', sub: [randomFilter(depth + 1), randomFilter(depth + 1)] };
         default: return { m: 'and', sub: [randomFilter(depth + 1), randomFilter(depth + 1)] };
         }
     }
