@@ -179,6 +179,37 @@ describe('hits, misses and what purges (Appwrite testUpdatePresencePurgeListCach
         assert.equal(l.cache, 'miss', 'the expiry did not purge the cache');
         assert.equal(l.json.total, 0);
     });
+
+    it('the end of a connection-bound presence purges (its last socket closed, after the grace)', { timeout: 30000 }, async () => {
+        const userId = uid('rt');
+        const { W, client } = webClient(H.cluster, { userId });
+        const rt = new W.Realtime(client);
+        const q = [Query.equal('userId', [userId])];
+        try {
+            await rt.upsertPresence({ status: 'online', permissions: [W.Permission.read(W.Role.any())] });
+            let l;
+            for (let i = 0; i < 100; i++) { // the presence message is answered on the socket; poll for it
+                l = await list(q);
+                if (l.json.total === 1) break;
+                await sleep(50);
+            }
+            assert.equal(l.json.total, 1, 'the connection-bound presence was not written');
+            await list(q, { ttl: 600 });
+            assert.equal((await list(q, { ttl: 600 })).cache, 'hit');
+        } finally {
+            await rt.disconnect();
+        }
+        // the record goes 5 s after its last socket closed (README, Realtime), with a delete
+        let l;
+        for (let i = 0; i < 150; i++) {
+            l = await list(q, { ttl: 600 });
+            if (l.cache === 'miss') break;
+            assert.equal(l.json.total, 1, 'a hit is the cached state');
+            await sleep(100);
+        }
+        assert.equal(l.cache, 'miss', 'the release did not purge the cache');
+        assert.equal(l.json.total, 0);
+    });
 });
 
 describe('one cache for the cluster, per caller', () => {
