@@ -99,6 +99,9 @@ export declare function createPresence(client: any, options?: PresenceOptions): 
 /** A stable colour for a user ID (an hsl() string). */
 export declare function colorFor(userId: string): string;
 
+/** Presence records (a list result) -> roster entries, one per user (the newest record of each). */
+export declare function rosterOf(records: PresenceRecord[]): readonly PresenceEntry[];
+
 /** The pure reconciliation of list snapshots and realtime events. Methods return true when the roster changed. */
 export interface Roster {
     readonly list: readonly PresenceEntry[];

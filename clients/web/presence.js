@@ -19,7 +19,7 @@
 //   (re)subscription the list is loaded again and reconciled with the events (createRoster):
 //   events and list results may arrive in any order, duplicates change nothing, a delete for a
 //   record we never saw is remembered so that an older list cannot bring it back.
-// - The pure part (createRoster, colorFor) has no I/O and no timers: tests/web-unit/ tests it.
+// - The pure part (createRoster, rosterOf, colorFor) has no I/O and no timers: tests/web-unit/ tests it.
 //
 // Importing this module has no side effects.
 
@@ -182,6 +182,13 @@ export function createRoster({ match = () => true } = {}) {
             records = Object.freeze({});
         },
     };
+}
+
+// Presence records (a list result) -> roster entries, one per user: what createRoster shows.
+export function rosterOf(records) {
+    const r = createRoster();
+    r.applySnapshot(r.beginSnapshot(), records);
+    return r.list;
 }
 
 /* ------------------------------------------------------------------------- the controller */

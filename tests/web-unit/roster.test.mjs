@@ -177,3 +177,9 @@ test('a late delete of an older version does not remove the record that replaced
     assert.equal(ro.applyEvent(ev('delete', rec('a', 'alice', 1))), false); // ... before the old delete arrived
     assert.deepEqual(view(ro), ['alice:back']);
 });
+
+test('rosterOf: records to entries, one per user, without an SDK', async () => {
+    const { rosterOf } = await import('../../clients/web/presence.js');
+    const out = rosterOf([rec('a1', 'alice', 1), rec('a2', 'alice', 4, 'busy'), rec('b', 'bob', 2, 'away', { name: 'Bob' })]);
+    assert.deepEqual(out.map((e) => [e.userId, e.status, e.metadata.name]), [['alice', 'busy', null], ['bob', 'away', 'Bob']]);
+});

@@ -1,0 +1,174 @@
+'use strict';
+// The roster helper (clients/web/presence.js) in headless Chromium, through the example pages
+// (examples/web: the seed's Alpine markup, and the vanilla page), against a real cluster: the
+// official web SDK 28 (examples/web/node_modules) and 27 (tests/e2e/node_modules) as the pages
+// load them, the helper as the gateways serve it (/v1/presence.js), Alpine.js served locally.
+//
+// Checked: two pages as two users see each other in $presence.list within a second; set('busy',
+// {page}) shows on the other page; a hidden page turns away and shown turns online; a page in
+// another room sees neither and is seen by neither; a closed page leaves the other's list within
+// the grace period (5 s) plus a second; no page logs an error. Screenshots: tests/browser/artifacts/.
+//
+// Run: PRESENCED_BIN=$PWD/build/presenced node --test tests/browser/helper.test.js
+// (needs Debian's chromium, npm ci in tests/e2e and in examples/web)
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const B = require('./lib/browser.js');
+
+const REPO = path.resolve(__dirname, '..', '..');
+const EXAMPLES = path.join(REPO, 'examples', 'web');
+const SDK27 = path.join(REPO, 'tests', 'e2e', 'node_modules', 'appwrite');
+const GRACE_MS = 5000; // the connection-bound presence's grace period (README, Realtime)
+
+const H = B.useBrowserCluster(test, { gateways: 2 });
+const servers = [];
+const pages = {};
+
+test.after(async () => {
+    for (const s of servers) await s.close();
+});
+
+function exampleServer(sdkDir) {
+    const { start } = require(path.join(EXAMPLES, 'server.js'));
+    const c = H.cluster;
+    return start({ port: 0, endpoint: c.endpoint, project: c.project, jwtSecret: c.jwtSecret, ...(sdkDir ? { sdkDir } : {}) })
+        .then((s) => { servers.push(s); return s; });
+}
+
+// What $presence holds on an Alpine page (read through Alpine itself).
+const magic = (page, expr) => page.evaluate((e) => window.Alpine.evaluate(document.querySelector('[x-data]'), e), expr);
+const rosterOf = (page) => magic(page, '$presence.list.map((p) => ({ userId: p.userId, status: p.status, name: p.metadata.name, page: p.metadata.page ?? null, color: p.color }))');
+const usersOf = async (page) => (await rosterOf(page)).map((p) => p.userId).sort();
+// What the page shows (the seed's template, rendered by Alpine).
+const shownOf = (page) => page.$$eval('.roster .row', (rows) => rows.map((r) => r.innerText.replace(/\s+/g, ' ').trim()));
+
+async function openAlpine(server, name, room) {
+    const page = await B.newPage(H.browser);
+    await page.goto(`${server.url}/alpine.html?name=${encodeURIComponent(name)}&room=${room}`);
+    await page.waitForFunction(() => window.Alpine && document.querySelector('[x-data]')?._x_dataStack);
+    return page;
+}
+
+async function goOnline(page) {
+    await page.click('text=Go online');
+    await B.waitFor(() => magic(page, '$presence.ready'), 5000, '$presence.ready');
+}
+
+// A visibility change as the browser makes it when the tab is hidden or shown. Headless Chromium
+// keeps every page visible (tried: another tab brought to front, the window minimised through
+// CDP Browser.setWindowBounds: visibilityState stays "visible", no event), so the page's
+// visibilityState is set and visibilitychange dispatched: what the helper listens to.
+async function setHidden(page, hidden) {
+    await page.evaluate((h) => {
+        Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
+        Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
+        document.dispatchEvent(new Event('visibilitychange'));
+    }, hidden);
+}
+
+test('the gateways serve the helper at /v1/presence.js, and the pages load it from there', { timeout: 20000 }, async (t) => {
+    if (H.skip) return t.skip(H.skip);
+    const r = await fetch(`${H.cluster.endpoint}/presence.js`);
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get('content-type'), /javascript/);
+    assert.equal(await r.text(), fs.readFileSync(path.join(REPO, 'clients', 'web', 'presence.js'), 'utf8'), 'the embedded copy is this tree\'s');
+    const s = await exampleServer();
+    const cfg = await (await fetch(`${s.url}/config.json`)).json();
+    assert.equal(cfg.presenceUrl, `${H.cluster.endpoint}/presence.js`);
+});
+
+test('two pages as two users (SDK 28 and SDK 27) see each other in $presence.list within a second', { timeout: 30000 }, async (t) => {
+    if (H.skip) return t.skip(H.skip);
+    const s28 = servers[0] ?? await exampleServer();
+    const s27 = await exampleServer(SDK27);
+    pages.ada = await openAlpine(s28, 'Ada', 'lobby');
+    pages.bob = await openAlpine(s27, 'Bob', 'lobby');
+    assert.equal(await magic(pages.ada, '$presence.ready'), false, 'not before start()');
+    await goOnline(pages.ada);
+    assert.deepEqual(await usersOf(pages.ada), ['ada']);
+    assert.equal(await magic(pages.ada, '$presence.me'), 'online');
+    const t0 = Date.now();
+    await goOnline(pages.bob);
+    await B.waitFor(async () => (await usersOf(pages.ada)).includes('bob'), 1000, 'Ada\'s page to list Bob');
+    const ms = Date.now() - t0;
+    assert.deepEqual(await usersOf(pages.bob), ['ada', 'bob']);
+    const ada = await rosterOf(pages.ada);
+    const bob = ada.find((p) => p.userId === 'bob');
+    assert.equal(bob.name, 'Bob', 'metadata.name from the token\'s name claim');
+    assert.equal(bob.status, 'online');
+    assert.match(bob.color, /^hsl\(/);
+    assert.deepEqual((await rosterOf(pages.bob)).find((p) => p.userId === 'bob').color, bob.color, 'the same colour on both pages');
+    assert.deepEqual(await shownOf(pages.ada), ['Ada Online', 'Bob Online']);
+    assert.match(await pages.ada.innerText('body'), /You're online as online/);
+    t.diagnostic(`Bob listed on Ada's page ${ms} ms after his click on "Go online"`);
+});
+
+test('set(\'busy\', {page: \'Invoice #42\'}) shows on the other page', { timeout: 20000 }, async (t) => {
+    if (H.skip || !pages.bob) return t.skip(H.skip || 'needs the previous test');
+    await magic(pages.bob, "$presence.set('busy', { page: 'Invoice #42' })");
+    assert.equal(await magic(pages.bob, '$presence.me'), 'busy');
+    await B.waitFor(async () => (await rosterOf(pages.ada)).find((p) => p.userId === 'bob' && p.status === 'busy'), 3000, 'Bob busy on Ada\'s page');
+    const bob = (await rosterOf(pages.ada)).find((p) => p.userId === 'bob');
+    assert.equal(bob.page, 'Invoice #42');
+    assert.equal(bob.name, 'Bob', 'the name is kept');
+    await B.waitFor(async () => (await shownOf(pages.ada)).includes('Bob Busy Invoice #42'), 2000, 'the row rendered');
+    // the seed's Editing button: a name and a page in one click
+    await pages.ada.click('text=Editing');
+    await B.waitFor(async () => (await rosterOf(pages.bob)).find((p) => p.userId === 'ada' && p.status === 'editing' && p.page === 'Invoice #42'), 3000, 'Ada editing on Bob\'s page');
+    await B.screenshot(pages.ada, 'helper-alpine-lobby', { clip: { x: 300, y: 16, width: 680, height: 360 } });
+});
+
+test('a hidden page turns away; shown again it turns back to its status', { timeout: 20000 }, async (t) => {
+    if (H.skip || !pages.bob) return t.skip(H.skip || 'needs the previous tests');
+    const status = async (who) => (await rosterOf(pages.ada)).find((p) => p.userId === who)?.status;
+    await setHidden(pages.bob, true);
+    assert.equal(await magic(pages.bob, '$presence.me'), 'away');
+    await B.waitFor(async () => (await status('bob')) === 'away', 3000, 'Bob away on Ada\'s page');
+    await setHidden(pages.bob, false);
+    await B.waitFor(async () => (await status('bob')) === 'busy', 3000, 'Bob back to busy (his last status)');
+    await magic(pages.bob, "$presence.set('online')");
+    await setHidden(pages.bob, true);
+    await B.waitFor(async () => (await status('bob')) === 'away', 3000, 'Bob away again');
+    await setHidden(pages.bob, false);
+    await B.waitFor(async () => (await status('bob')) === 'online', 3000, 'Bob online on Ada\'s page');
+    assert.equal(await magic(pages.bob, '$presence.me'), 'online');
+});
+
+test('a page in another room sees neither of them, and neither sees it', { timeout: 20000 }, async (t) => {
+    if (H.skip || !pages.bob) return t.skip(H.skip || 'needs the previous tests');
+    pages.cat = await openAlpine(servers[0], 'Cat', 'kitchen');
+    await goOnline(pages.cat);
+    assert.deepEqual(await usersOf(pages.cat), ['cat']);
+    // changes in the lobby after Cat arrived: events flow, none of them reach the kitchen
+    await magic(pages.ada, "$presence.set('online', { page: 'Dashboard' })");
+    await B.waitFor(async () => (await rosterOf(pages.bob)).find((p) => p.userId === 'ada' && p.page === 'Dashboard'), 3000, 'the lobby\'s change on Bob\'s page');
+    await magic(pages.cat, "$presence.set('cooking')");
+    // the vanilla page in the kitchen sees Cat cooking: the kitchen's own events do flow
+    const v = await B.newPage(H.browser);
+    pages.dan = v;
+    await v.goto(`${servers[0].url}/vanilla.html?name=Dan&room=kitchen`);
+    await B.waitFor(() => v.evaluate(() => window.presence?.ready), 5000, 'the vanilla page ready');
+    await B.waitFor(async () => (await v.$$eval('#roster .row', (rs) => rs.map((r) => r.dataset.user + ':' + r.innerText.replace(/\s+/g, ' ').trim()))).join('|') === 'cat:Cat Cooking|dan:Dan Online', 3000, 'the vanilla roster');
+    await B.waitFor(async () => (await usersOf(pages.cat)).join() === 'cat,dan', 3000, 'Dan on Cat\'s page');
+    assert.deepEqual(await usersOf(pages.cat), ['cat', 'dan']);
+    assert.deepEqual(await usersOf(pages.ada), ['ada', 'bob']);
+    assert.deepEqual(await usersOf(pages.bob), ['ada', 'bob']);
+    await B.screenshot(v, 'helper-vanilla-kitchen');
+});
+
+test('closing a page removes it from the other\'s list within the grace period plus a second', { timeout: 30000 }, async (t) => {
+    if (H.skip || !pages.bob) return t.skip(H.skip || 'needs the previous tests');
+    const problems = Object.entries(pages).flatMap(([who, p]) => p.problems.map((m) => `${who}: ${m}`));
+    assert.deepEqual(problems, [], 'no page logged an error');
+    const t0 = Date.now();
+    await pages.bob.context().close();
+    await B.waitFor(async () => !(await usersOf(pages.ada)).includes('bob'), GRACE_MS + 1000, 'Bob gone from Ada\'s page');
+    const ms = Date.now() - t0;
+    assert.ok(ms >= GRACE_MS - 1000, `gone after ${ms} ms: the grace period keeps a reload from flapping`);
+    assert.deepEqual(await shownOf(pages.ada), ['Ada Online Dashboard']);
+    t.diagnostic(`Bob left Ada's list ${ms} ms after his page closed (grace ${GRACE_MS} ms)`);
+    await B.screenshot(pages.ada, 'helper-alpine-after-close');
+    for (const p of Object.values(pages)) await p.context().close().catch(() => {});
+});
