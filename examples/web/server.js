@@ -6,7 +6,9 @@
 //   npm --prefix examples/web start          (after: npm --prefix examples/web ci)
 //
 // Settings (environment): PORT (8090), PRESENCE_ENDPOINT (http://127.0.0.1:8080/v1),
-// PRESENCE_PROJECT (demo), PRESENCE_JWT_SECRET (demo-secret): the cluster of README's first command.
+// PRESENCE_PROJECT (demo), PRESENCE_JWT_SECRET (demo-secret): the cluster of README's first command;
+// PRESENCE_LOCAL_HELPER=1 serves clients/web/presence.js from this tree instead of the gateway's
+// embedded copy (to work on the helper without rebuilding the server).
 const http = require('node:http');
 const fs = require('node:fs');
 const path = require('node:path');
@@ -35,6 +37,7 @@ function start(opts = {}) {
         jwtSecret: process.env.PRESENCE_JWT_SECRET ?? 'demo-secret',
         sdkDir: path.join(HERE, 'node_modules', 'appwrite'),
         alpineDir: path.join(HERE, 'node_modules', 'alpinejs'),
+        localHelper: process.env.PRESENCE_LOCAL_HELPER === '1',
         ...opts,
     };
     const files = {
@@ -52,7 +55,7 @@ function start(opts = {}) {
     }
 
     // The helper from the gateways (/v1/presence.js) when they serve it, else our copy.
-    let gatewayServes = null;
+    let gatewayServes = o.localHelper ? false : null;
     async function presenceUrl() {
         if (gatewayServes === null) {
             try {

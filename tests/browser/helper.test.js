@@ -10,7 +10,8 @@
 // the grace period (5 s) plus a second; no page logs an error. Screenshots: tests/browser/artifacts/.
 //
 // Run: PRESENCED_BIN=$PWD/build/presenced node --test tests/browser/helper.test.js
-// (needs Debian's chromium, npm ci in tests/e2e and in examples/web)
+// (needs Debian's chromium, npm ci in tests/e2e and in examples/web). PRESENCE_LOCAL_HELPER=1:
+// the pages load clients/web/presence.js from this tree, not the binary's embedded copy.
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
@@ -76,7 +77,8 @@ test('the gateways serve the helper at /v1/presence.js, and the pages load it fr
     assert.equal(await r.text(), fs.readFileSync(path.join(REPO, 'clients', 'web', 'presence.js'), 'utf8'), 'the embedded copy is this tree\'s');
     const s = await exampleServer();
     const cfg = await (await fetch(`${s.url}/config.json`)).json();
-    assert.equal(cfg.presenceUrl, `${H.cluster.endpoint}/presence.js`);
+    if (process.env.PRESENCE_LOCAL_HELPER === '1') assert.equal(cfg.presenceUrl, '/presence.js');
+    else assert.equal(cfg.presenceUrl, `${H.cluster.endpoint}/presence.js`);
 });
 
 test('two pages as two users (SDK 28 and SDK 27) see each other in $presence.list within a second', { timeout: 30000 }, async (t) => {
@@ -134,6 +136,56 @@ test('a hidden page turns away; shown again it turns back to its status', { time
     await setHidden(pages.bob, false);
     await B.waitFor(async () => (await status('bob')) === 'online', 3000, 'Bob online on Ada\'s page');
     assert.equal(await magic(pages.bob, '$presence.me'), 'online');
+});
+
+// Every roster a page's $presence has shown since now, as "user:status" lists.
+const recordChanges = (page) => page.evaluate(() => {
+    window.rosters = [];
+    const ctl = window.Alpine.evaluate(document.querySelector('[x-data]'), '$presence.controller');
+    ctl.onChange((p) => window.rosters.push(p.list.map((e) => `${e.userId}:${e.status}`)));
+});
+const changesOf = (page) => page.evaluate(() => window.rosters);
+
+test('an SDK reconnect: nobody flaps or doubles, and a change missed while down is caught up', { timeout: 30000 }, async (t) => {
+    if (H.skip || !pages.bob) return t.skip(H.skip || 'needs the previous tests');
+    await recordChanges(pages.ada);
+    await recordChanges(pages.bob);
+    // Bob's socket drops (not a close he asked for): the SDK reconnects after 1 s and re-sends
+    // his presence, within the grace period
+    await magic(pages.bob, '$presence.controller._run.rt.socket.close(4000)');
+    await magic(pages.ada, "$presence.set('online', { page: 'Reports' })"); // Bob misses this event
+    await B.waitFor(async () => (await rosterOf(pages.bob)).find((p) => p.userId === 'ada' && p.page === 'Reports'), 8000, 'Bob\'s page to catch up after the reconnect');
+    await B.sleep(1000);
+    const ada = await changesOf(pages.ada);
+    const bob = await changesOf(pages.bob);
+    for (const [who, log] of [['ada', ada], ['bob', bob]]) {
+        for (const r of log) {
+            assert.deepEqual(r.map((x) => x.split(':')[0]).sort(), ['ada', 'bob'], `${who}'s page showed ${JSON.stringify(r)}: ${JSON.stringify(log)}`);
+        }
+    }
+    assert.ok(bob.some((r) => r.includes('ada:online')), 'Bob\'s page did get the change');
+    assert.deepEqual(await magic(pages.bob, '$presence.error'), null);
+    t.diagnostic(`roster changes during the reconnect: Ada's page ${ada.length}, Bob's page ${bob.length}`);
+});
+
+test('Appear offline removes you from the others at once and keeps you watching; set() comes back', { timeout: 20000 }, async (t) => {
+    if (H.skip || !pages.bob) return t.skip(H.skip || 'needs the previous tests');
+    const t0 = Date.now();
+    await pages.bob.click('text=Appear offline');
+    await B.waitFor(async () => !(await usersOf(pages.ada)).includes('bob'), 2000, 'Bob gone from Ada\'s page (no grace: deleted)');
+    const ms = Date.now() - t0;
+    assert.equal(await magic(pages.bob, '$presence.me'), null);
+    assert.deepEqual(await usersOf(pages.bob), ['ada'], 'Bob still sees Ada');
+    await magic(pages.ada, "$presence.set('busy', { page: 'Reports' })");
+    await B.waitFor(async () => (await rosterOf(pages.bob)).find((p) => p.userId === 'ada' && p.status === 'busy'), 3000, 'Ada\'s change on Bob\'s page');
+    await setHidden(pages.bob, true);  // hidden while offline: stays offline
+    await setHidden(pages.bob, false);
+    await B.sleep(300);
+    assert.deepEqual(await usersOf(pages.ada), ['ada']);
+    await pages.bob.click('button:text-is("Online")');
+    await B.waitFor(async () => (await rosterOf(pages.ada)).find((p) => p.userId === 'bob' && p.status === 'online'), 3000, 'Bob back on Ada\'s page');
+    assert.equal(await magic(pages.bob, '$presence.me'), 'online');
+    t.diagnostic(`Bob left Ada's list ${ms} ms after "Appear offline"`);
 });
 
 test('a page in another room sees neither of them, and neither sees it', { timeout: 20000 }, async (t) => {
