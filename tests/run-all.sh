@@ -44,6 +44,10 @@ done
 step "end-to-end tests (official SDKs, real cluster)"
 PRESENCED_BIN="$root/build-asan/presenced" ASAN_OPTIONS=detect_leaks=0 bash tests/e2e/run.sh
 
+# The roster helper's reconciliation and controller (clients/web/presence.js), no browser needed.
+step "roster helper unit tests (node --test)"
+node --test tests/web-unit/
+
 # The console and the roster helper in a real browser: Debian's chromium, by playwright-core.
 step "browser tests (headless chromium)"
 if [ -n "${CHROMIUM_BIN:-}" ] || command -v chromium >/dev/null 2>&1; then
