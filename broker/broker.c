@@ -150,7 +150,8 @@ typedef struct {
     int64_t total;      //  LIST: summed totals
     pd_buf_t cursor;    //  LIST: the cursor's item (msgpack)
     pd_query_t *query;  //  LIST: parsed queries (order, limit, offset)
-    uint64_t lc_gen;    //  LIST with ?ttl=: the list cache's generation at its start (0: none)
+    uint64_t lc_gen;    //  LIST with ?ttl=: the list cache's generation at its start (0: none);
+                        //  a delete or purge=true update: 1, purge it on success (pd_listcache.h)
     pd_buf_t sent;      //  while records move: the last message sent to a store (for MOVED)
     int64_t pending;    //  MOVE: MOVE_IN sent to new owners, not yet acknowledged
     uint32_t acked;     //  MOVE: items acknowledged (packed in items)
@@ -478,7 +479,6 @@ s_send_write(broker_t *self, op_t *op)
     pd_msgw_int(w, PD_F_FLAGS, req.i[PD_F_FLAGS] | (stale_possible ? PD_FL_CLAIMED : 0));
     pd_msgw_end(w);
     s_sent(self, op, w, mark);
-    pd_listcache_on_write(self->lcache, &req);
     op->state = ST_WRITE;
     op->node = p;
 }
@@ -490,7 +490,6 @@ static void
 s_on_request(broker_t *self, int peer, const pd_msg_t *m)
 {
     pd_str_t project = m->s[PD_F_PROJECT];
-    pd_listcache_on_write(self->lcache, m);
     switch (m->type) {
     case PD_MSG_GET:
     case PD_MSG_DELETE:
@@ -505,6 +504,7 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         }
         bool reassign = m->type == PD_MSG_UPDATE && (m->i[PD_F_FLAGS] & PD_FL_HAS_USER);
         op_t *op = s_op_new(self, reassign ? OP_UPDATE : OP_SIMPLE, peer, m->rid);
+        op->lc_gen = pd_listcache_purges(m);
         if (reassign) {
             pd_buf_add(&op->req, m->raw, m->raw_len);
             s_send_claim(self, op, m, m->s[PD_F_USER]);
@@ -1143,7 +1143,7 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
     switch (op->kind) {
     case OP_SIMPLE: {
         pd_msgw_forward(&self->peers[op->peer].out, m, op->rid);
-        pd_listcache_on_reply(self->lcache, m);
+        pd_listcache_on_reply(self->lcache, m, op->lc_gen);
         if (err == PD_ERR_OK && m->s[PD_F_USER].len &&
             !pd_msg_has(m, PD_F_BODY) /* DELETE and EXPIRE replies carry no body */)
             s_send_unclaim(self, m->s[PD_F_PROJECT], m->s[PD_F_USER], m->s[PD_F_ID]);
@@ -1240,6 +1240,7 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
             if (err == PD_ERR_OK && op->kind == OP_UPDATE && m->s[PD_F_PREV_USER].len &&
                 !pd_str_eq(m->s[PD_F_PREV_USER], req.s[PD_F_USER]))
                 s_send_unclaim(self, req.s[PD_F_PROJECT], m->s[PD_F_PREV_USER], req.s[PD_F_ID]);
+            pd_listcache_on_reply(self->lcache, m, op->lc_gen);
             pd_msgw_forward(&self->peers[op->peer].out, m, op->rid);
             s_op_free(self, op);
             return;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pd_err.h"
 #include "pd_map.h"
 
 #define ENTRY_OVERHEAD 96 //  bytes counted per entry beyond key and body (header, slot)
@@ -256,17 +257,17 @@ pd_listcache_purge(pd_listcache_t *self, pd_str_t project)
     self->purges++;
 }
 
-void
-pd_listcache_on_write(pd_listcache_t *self, const pd_msg_t *m)
+bool
+pd_listcache_purges(const pd_msg_t *m)
 {
-    if (m->type == PD_MSG_UPDATE && (m->i[PD_F_FLAGS] & PD_FL_PURGE))
-        pd_listcache_purge(self, m->s[PD_F_PROJECT]);
+    return m->type == PD_MSG_DELETE || m->type == PD_MSG_EXPIRE || m->type == PD_MSG_RELEASE ||
+           (m->type == PD_MSG_UPDATE && (m->i[PD_F_FLAGS] & PD_FL_PURGE));
 }
 
 void
-pd_listcache_on_reply(pd_listcache_t *self, const pd_msg_t *m)
+pd_listcache_on_reply(pd_listcache_t *self, const pd_msg_t *m, bool purges)
 {
-    if (m->type == PD_MSG_REPLY && m->i[PD_F_ERR] == 0 && !pd_msg_has(m, PD_F_BODY))
+    if (purges && m->type == PD_MSG_REPLY && m->i[PD_F_ERR] == 0)
         pd_listcache_purge(self, m->s[PD_F_PROJECT]);
 }
 
@@ -376,27 +377,37 @@ pd_listcache_test(bool verbose)
     b = s_test_body(&out, &zone);
     assert(b.len == 2 && memcmp(b.ptr, "p2", 2) == 0);
 
-    /* delete replies purge; replies with a body do not */
-    pd_msgw_reset(&w);
-    pd_msgw_begin(&w, PD_MSG_REPLY, 1);
-    pd_msgw_int(&w, PD_F_ERR, 0);
-    pd_msgw_str(&w, PD_F_PROJECT, "p2", 2);
-    pd_msgw_str(&w, PD_F_BODY, "{}", 2);
-    pd_msgw_end(&w);
-    size_t off = 0;
+    /* which requests purge; a reply purges only for them, only on success */
     pd_msg_t r;
-    pd_msg_decode(&r, w.sb.data, w.sb.size, &off, &zone);
-    uint64_t purges = lc->purges;
-    pd_listcache_on_reply(lc, &r);
-    assert(lc->purges == purges);
-    pd_msgw_reset(&w);
-    pd_msgw_begin(&w, PD_MSG_REPLY, 1);
-    pd_msgw_int(&w, PD_F_ERR, 0);
-    pd_msgw_str(&w, PD_F_PROJECT, "p2", 2);
-    pd_msgw_end(&w);
-    off = 0;
-    pd_msg_decode(&r, w.sb.data, w.sb.size, &off, &zone);
-    pd_listcache_on_reply(lc, &r);
+    size_t off;
+    const int types[] = {PD_MSG_DELETE, PD_MSG_EXPIRE, PD_MSG_RELEASE, PD_MSG_UPDATE, PD_MSG_GET};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        for (int purge = 0; purge < 2; purge++) {
+            pd_msgw_reset(&w);
+            pd_msgw_begin(&w, types[i], 1);
+            pd_msgw_int(&w, PD_F_FLAGS, purge ? PD_FL_PURGE : 0);
+            pd_msgw_end(&w);
+            off = 0;
+            pd_msg_decode(&r, w.sb.data, w.sb.size, &off, &zone);
+            bool want = types[i] == PD_MSG_UPDATE ? purge : types[i] != PD_MSG_GET;
+            assert(pd_listcache_purges(&r) == want);
+        }
+    }
+    for (int err = 0; err < 2; err++) {
+        pd_msgw_reset(&w);
+        pd_msgw_begin(&w, PD_MSG_REPLY, 1);
+        pd_msgw_int(&w, PD_F_ERR, err ? PD_ERR_PRESENCE_NOT_FOUND : 0);
+        pd_msgw_str(&w, PD_F_PROJECT, "p2", 2);
+        pd_msgw_str(&w, PD_F_BODY, "{}", 2);
+        pd_msgw_end(&w);
+        off = 0;
+        pd_msg_decode(&r, w.sb.data, w.sb.size, &off, &zone);
+        uint64_t purges = lc->purges;
+        pd_listcache_on_reply(lc, &r, false);
+        assert(lc->purges == purges);
+        pd_listcache_on_reply(lc, &r, true);
+        assert(lc->purges == purges + (err ? 0 : 1));
+    }
     s_test_list(&w, &m, &zone, "p2", "q", NULL, 60, 14);
     assert(!pd_listcache_answer(lc, &m, &out));
 

@@ -32,7 +32,7 @@ typedef struct pd_listcache pd_listcache_t;
 pd_listcache_t *pd_listcache_new(size_t max_bytes);
 void pd_listcache_destroy(pd_listcache_t **self_p);
 
-/*  The broker's four hooks; each takes the message as it passes. */
+/*  The broker's hooks; each takes the message as it passes. */
 //  LIST with TTL > 0: if a live entry answers it, writes the REPLY (BODY, FLAGS
 //  PD_FL_CACHE_HIT) for m->rid into w and returns true.
 bool pd_listcache_answer(pd_listcache_t *self, const pd_msg_t *m, pd_msgw_t *w);
@@ -42,11 +42,13 @@ uint64_t pd_listcache_gen(pd_listcache_t *self, const pd_msg_t *m);
 //  gen. body is copied.
 void pd_listcache_put(pd_listcache_t *self, const pd_msg_t *req, uint64_t gen, const char *body,
                       size_t len);
-//  A write about to be sent to a store node: an UPDATE with PD_FL_PURGE purges its project.
-void pd_listcache_on_write(pd_listcache_t *self, const pd_msg_t *m);
-//  A store node's reply to a single-record request: a successful delete (DELETE, EXPIRE, or a
-//  RELEASE that removed the record: a reply with no BODY) purges its project.
-void pd_listcache_on_reply(pd_listcache_t *self, const pd_msg_t *m);
+//  True if request m purges its project's lists once it succeeds: DELETE, EXPIRE, RELEASE, and
+//  UPDATE with PD_FL_PURGE. Keep it with the request until its reply.
+bool pd_listcache_purges(const pd_msg_t *m);
+//  The store node's reply to a request for which pd_listcache_purges said true (purges): a
+//  success that names its project (a RELEASE that kept the record names none) purges it. A
+//  list that starts after this reply reaches the node after the change.
+void pd_listcache_on_reply(pd_listcache_t *self, const pd_msg_t *m, bool purges);
 
 //  Purges every entry of project.
 void pd_listcache_purge(pd_listcache_t *self, pd_str_t project);

@@ -331,7 +331,7 @@ s_write(gw_t *gw, h2o_req_t *req, gw_ident_t *id, pd_str_t pid, bool upsert, int
         const char *ps = json_is_string(pv) ? json_string_value(pv) : NULL;
         if (json_is_boolean(pv))
             purge = json_is_true(pv);
-        else if (json_is_integer(pv) && (json_integer_value(pv) == 0 || json_integer_value(pv) == 1))
+        else if (json_is_integer(pv) && (uint64_t)json_integer_value(pv) <= 1)
             purge = json_integer_value(pv) == 1;
         else if (ps && (!strcmp(ps, "true") || !strcmp(ps, "1") || !strcmp(ps, "false") ||
                         !strcmp(ps, "0")))

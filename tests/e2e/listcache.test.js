@@ -16,7 +16,7 @@ const { assertError, assertList, uid } = require('./lib/check');
 
 const CACHE_BYTES = 2 * 1024 * 1024;
 const H = useCluster(test, { label: 'listcache', stores: 3, gateways: 2, env: { PRESENCED_LIST_CACHE: String(CACHE_BYTES) } });
-const { Query } = loadNodeSdk();
+const { Query, Permission, Role } = loadNodeSdk();
 const keyP = () => nodeClient(H.cluster, {}).presences;
 const TTL_MSG = 'Invalid `ttl` param: Value must be a valid range between 0 and 86,400';
 
@@ -130,6 +130,19 @@ describe('hits, misses and what purges (Appwrite testUpdatePresencePurgeListCach
         assertError(bad, 400, 'general_argument_invalid');
         assert.equal(bad.json.message, 'Invalid `purge` param: Value must be a valid boolean');
         assert.equal((await keyP().get({ presenceId: rec.$id })).status, 'away', 'a refused update changes nothing');
+    });
+
+    it('a refused update or delete purges nothing (another user\'s record, an unknown id)', async () => {
+        const a = await makeRecord({ permissions: [Permission.read(Role.users())] });
+        const q = [Query.equal('userId', [a.userId])];
+        await list(q, { ttl: 60 });
+        assert.equal((await list(q, { ttl: 60 })).cache, 'hit');
+        const { presences: other } = webClient(H.cluster, { userId: uid('o') });
+        await assert.rejects(other.update({ presenceId: a.id, status: 'x', purge: true }), (e) => e.code === 401);
+        await assert.rejects(other.delete({ presenceId: a.id }), (e) => e.code === 401);
+        await assert.rejects(keyP().update({ presenceId: uid('none'), userId: uid('nobody'), purge: true }), (e) => e.code === 404);
+        await assert.rejects(keyP().delete({ presenceId: uid('none') }), (e) => e.code === 404);
+        assert.equal((await list(q, { ttl: 60 })).cache, 'hit');
     });
 
     it('a delete purges (testDeletePresencePurgesListCache)', async () => {
