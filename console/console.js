@@ -284,7 +284,7 @@ function renderHealth(cluster, ready, metrics) {
     $('h-reaper').className = reaper.length && reaper[0].value === 1 ? '' : 'bad';
     for (const s of get('presenced_gateway_connections')) state.gateways.set(s.labels.gateway, Date.now());
     const gws = [...state.gateways.entries()].filter(([, t]) => Date.now() - t < 60000).map(([g]) => g).sort();
-    $('h-gateways').textContent = gws.length ? gws.map((g) => `gateway ${g}`).join(', ') : 'no report';
+    $('h-gateways').textContent = gws.length ? gws.join(', ') : 'no report';
     const nodes = new Map();
     for (const s of metrics) {
         if (!s.name.startsWith('presenced_store_') || s.labels.node === undefined) continue;
@@ -303,15 +303,24 @@ function renderHealth(cluster, ready, metrics) {
     renderRooms(metrics);
 }
 
-// Rooms (issue 13) appear only when the cluster reports them: a presenced_room* sample with a
-// room or channel label in /metrics.
+// Rooms (issue 13: Supabase-style channel presence) appear only when the cluster reports them
+// in /metrics: per room when a room gauge has a room (or channel) label, else the room gauges
+// as they are (e.g. presenced_supabase_rooms, the rooms this gateway serves).
 function renderRooms(metrics) {
-    const rooms = metrics.filter((s) => s.name.startsWith('presenced_room') && (s.labels.room ?? s.labels.channel) !== undefined);
-    $('rooms').hidden = rooms.length === 0;
-    if (!rooms.length) return;
-    $('rooms').querySelector('tbody').replaceChildren(...rooms.map((s) => {
+    const gauges = metrics.filter((s) => /room/.test(s.name) && !/_total$/.test(s.name));
+    $('rooms').hidden = gauges.length === 0;
+    if (!gauges.length) return;
+    const perRoom = gauges.filter((s) => (s.labels.room ?? s.labels.channel) !== undefined);
+    const rows = perRoom.length
+        ? perRoom.map((s) => [s.labels.room ?? s.labels.channel, s.value])
+        : gauges.map((s) => {
+            const labels = Object.entries(s.labels).map(([k, v]) => `${k}=${v}`).join(', ');
+            return [s.name.replace(/^presenced_/, '') + (labels ? ` (${labels})` : ''), s.value];
+        });
+    $('rooms-head').textContent = perRoom.length ? 'room' : 'gauge';
+    $('rooms').querySelector('tbody').replaceChildren(...rows.map(([k, v]) => {
         const tr = el('tr');
-        tr.append(el('td', s.labels.room ?? s.labels.channel), el('td', s.value, 'n'));
+        tr.append(el('td', k), el('td', v, 'n'));
         return tr;
     }));
 }

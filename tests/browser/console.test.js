@@ -124,6 +124,10 @@ test('a record written with node-appwrite: records, counts, health and its event
     assert.equal(await text(page, '#h-cluster'), 'pass');
     assert.equal(await text(page, '#h-ready'), 'ready');
     assert.equal(await text(page, '#h-reaper'), 'up');
+    // rooms (issue 13) are shown exactly when the cluster reports room gauges
+    const roomGauges = (await ctx.cluster.metrics()).samples.filter((s) => /room/.test(s.name) && !/_total$/.test(s.name));
+    assert.equal(await page.locator('#rooms').isVisible(), roomGauges.length > 0);
+    if (roomGauges.length) assert.equal(await count(page, '#rooms tbody tr'), roomGauges.length);
 
     // a second record and an update: per-status counts and the filters
     await api.upsert({ presenceId: 'console-2', userId: 'bob', status: 'away', metadata: { room: 'kitchen' } });
