@@ -330,18 +330,28 @@ export class Presence extends EventTarget {
             run.away = doc.visibilityState === 'hidden';
         }
 
-        run.acked = null;
         if (run.rt.socket && run.rt.socket.readyState === 1) this._watchSocket(run, run.rt.socket);
         this._publish(run);
+        run.timers.push(setInterval(() => { if (run.publishing) this._publish(run); }, o.heartbeatMs));
         const queries = o.room == null ? [] : [q('equal', 'metadata.room', [o.room])];
         const acked = this._subscribed(run);
-        run.sub = await run.rt.subscribe('presences', (ev) => this._event(run, ev), queries);
+        run.initial = true;       // until the first list: _opened leaves the listing to us
+        const subscribing = run.rt.subscribe('presences', (ev) => this._event(run, ev), queries);
+        run.subscribed = true;    // the SDK keeps the subscription from here on, across reconnects
+        try {
+            run.sub = await subscribing;
+        } catch (e) {
+            // the socket could not be opened: the SDK retries, and _opened lists when it is up
+            run.initial = false;
+            throw e;
+        }
         if (run !== this._run) { run.sub.unsubscribe(); return; }
         await acked;
-        await this._snapshot(run);
-        if (run !== this._run) return;
-        const beat = setInterval(() => { if (run.publishing) this._publish(run); }, o.heartbeatMs);
-        run.timers.push(beat);
+        try {
+            await this._snapshot(run);
+        } finally {
+            run.initial = false;
+        }
     }
 
     // Every open of the SDK's socket (the first and each reconnect): watch for the answer to the
@@ -349,7 +359,7 @@ export class Presence extends EventTarget {
     _opened(run) {
         const sock = run.rt.socket;
         if (sock) this._watchSocket(run, sock);
-        if (run.sub) this._subscribed(run).then(() => this._snapshot(run));
+        if (run.subscribed && !run.initial) this._subscribed(run).then(() => this._snapshot(run));
     }
 
     _watchSocket(run, sock) {
@@ -402,9 +412,15 @@ export class Presence extends EventTarget {
         })();
         try {
             await run.listing;
+            run.retryMs = 0;
             if (this._error && run === this._run) { this._error = null; this._changed(); }
         } catch (e) {
             this._fail(e, run);
+            if (run === this._run) {   // try again: 1 s, doubling up to 30 s
+                run.retryMs = Math.min((run.retryMs || 500) * 2, 30000);
+                clearTimeout(run.retry);
+                run.retry = setTimeout(() => this._snapshot(run), run.retryMs);
+            }
         } finally {
             run.listing = null;
         }
@@ -481,6 +497,7 @@ export class Presence extends EventTarget {
         if (!run) return;
         await this.clear();
         this._run = null;
+        clearTimeout(run.retry);
         for (const t of run.timers) clearInterval(t);
         for (const f of run.cleanup) f();
         try {

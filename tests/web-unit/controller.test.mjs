@@ -14,7 +14,7 @@ const rec = (id, userId, v, status = 'online', metadata = {}) => ({
 
 // A fake server: the records a list returns, and the sockets of a fake Realtime.
 function fakeSdk() {
-    const server = { records: new Map(), lists: [], deletes: [], sent: [], subs: [], rts: [] };
+    const server = { records: new Map(), lists: [], deletes: [], sent: [], subs: [], rts: [], down: false, listFails: 0 };
     class Socket extends EventTarget {
         constructor() { super(); this.readyState = 1; }
         ack() { this.dispatchEvent(Object.assign(new Event('message'), { data: JSON.stringify({ type: 'response', data: { to: 'subscribe', success: true } }) })); }
@@ -33,6 +33,7 @@ function fakeSdk() {
         async subscribe(channel, cb, queries) {
             server.subs.push({ channel, queries });
             this.cb = cb;
+            if (server.down) throw new Error('WebSocket error'); // the SDK keeps it and retries
             if (!this.socket) this.reconnect();
             else setTimeout(() => this.socket.ack(), 5);
             return { unsubscribe: async () => { this.cb = null; } };
@@ -42,7 +43,10 @@ function fakeSdk() {
         emit(action, r) { this.cb?.({ events: [`presences.${r.$id}.${action}`], channels: ['presences'], payload: r, subscriptions: ['s'] }); }
     }
     class Presences {
-        async list({ queries }) { server.lists.push(queries); return { total: 0, presences: [...server.records.values()] }; }
+        async list({ queries }) {
+            server.lists.push(queries);
+            if (server.listFails > 0) { server.listFails--; throw new Error('Server Error'); }
+            return { total: 0, presences: [...server.records.values()] }; }
         async delete({ presenceId }) { server.deletes.push(presenceId); server.records.delete(presenceId); return {}; }
     }
     return { server, sdk: { Realtime, Presences } };
@@ -158,4 +162,38 @@ test('errors are reported in error, not thrown', async () => {
     const q = createPresence({ config: { project: 'p' } }, { sdk: fakeSdk().sdk });
     await q.start();
     assert.match(q.error, /cannot tell who is signed in/);
+});
+
+test('a server down at start: error says so, and the first connection lists and clears it', async (t) => {
+    const { server, sdk } = fakeSdk();
+    server.down = true;
+    server.records.set('b', rec('b', 'bob', 1));
+    const p = createPresence(client, { sdk });
+    t.after(() => p.stop());
+    await p.start();
+    assert.equal(p.error, 'WebSocket error');
+    assert.equal(p.ready, false);
+    assert.equal(server.lists.length, 0);
+    server.down = false;
+    server.rts[0].reconnect(); // the SDK's retry succeeds
+    await sleep(50);
+    assert.equal(server.lists.length, 1);
+    assert.equal(p.ready, true);
+    assert.equal(p.error, null);
+    assert.deepEqual(p.list.map((e) => e.userId), ['bob']);
+});
+
+test('a list that fails is tried again (1 s later), and the roster loads', async (t) => {
+    const { server, sdk } = fakeSdk();
+    server.listFails = 1;
+    server.records.set('b', rec('b', 'bob', 1));
+    const p = createPresence(client, { sdk });
+    t.after(() => p.stop());
+    await p.start();
+    assert.equal(p.error, 'Server Error');
+    assert.equal(p.ready, false);
+    await sleep(1200);
+    assert.equal(server.lists.length, 2);
+    assert.equal(p.ready, true);
+    assert.equal(p.error, null);
 });
