@@ -132,7 +132,12 @@ function diff(prev, next) {
         else if (p.$updatedAt !== r.$updatedAt || p.status !== r.status || p.userId !== r.userId)
             out.push({ action: 'update', record: r, at: now });
     }
-    for (const [id, p] of prev) if (!next.has(id)) out.push({ action: 'delete', record: p, at: now });
+    for (const [id, p] of prev) {
+        if (next.has(id)) continue;
+        // gone at (or after) its expiresAt: the reaper's delete, most likely
+        const expired = Date.parse(p.expiresAt) <= Date.now();
+        out.push({ action: 'delete', record: p, at: now, note: expired ? 'expired' : '' });
+    }
     return out;
 }
 
@@ -264,6 +269,7 @@ function renderEvents() {
         li.append(el('time', e.at.slice(11, 23)), el('span', e.action, 'action'),
                   el('span', `presences.${e.record.$id}.${e.action}`, 'mono'), dot(e.record.userId),
                   el('span', e.record.userId), el('span', e.record.status, 'status'));
+        if (e.note) li.append(el('span', `(${e.note})`, 'note'));
         return li;
     }));
 }

@@ -167,6 +167,7 @@ test('a record written with node-appwrite: records, counts, health and its event
     assert.equal(await text(page, '#total'), '0');
     assert.equal(await count(page, '#roster li'), 0);
     assert.equal(await text(page, '#events li:first-child .mono'), 'presences.console-1.delete');
+    assert.doesNotMatch(await text(page, '#events li:first-child'), /expired/, 'deleted by hand');
     await b.screenshot(page, 'console-after-delete', { fullPage: true });
 
     // a reload stays signed in (same tab); another tab (a new context) is asked to sign in
@@ -184,6 +185,20 @@ test('a record written with node-appwrite: records, counts, health and its event
     assert.deepEqual(other.problems, []);
     await page.context().close();
     await other.context().close();
+});
+
+test('a record that expires: its delete (by the reaper) is marked expired', async (t) => {
+    if (ctx.skip) return t.skip(ctx.skip);
+    const page = await b.newPage(ctx.browser);
+    await signIn(page);
+    const api = presences();
+    const expiresAt = new Date(Date.now() + 3000).toISOString();
+    await api.upsert({ presenceId: 'console-exp', userId: 'carol', status: 'online', expiresAt });
+    await page.waitForSelector('#events li[data-action="upsert"][data-id="console-exp"]', { timeout: 4000 });
+    const gone = '#events li[data-action="delete"][data-id="console-exp"]';
+    await page.waitForSelector(gone, { timeout: 8000 });
+    assert.match(await text(page, gone), /\(expired\)/);
+    await page.context().close();
 });
 
 test('a wrong key is refused at sign-in with the server\'s message, and nothing is kept', async (t) => {
