@@ -37,6 +37,7 @@
 
 #define SB_DIFF_WINDOW_MS 25       //  joins and leaves of a room are sent together this long
 #define SB_RENEW_MS (PD_ROOM_LEASE_MS / 3)
+#define SB_SNAP_RETRY_MS 2000      //  a room's snapshot not back after this is asked again
 #define SB_MAX_CHANNELS 100        //  channels per connection
 #define SB_MAX_MEMBERS 10000       //  members per room
 #define SB_MAX_MESSAGE (256 * 1024) //  bytes of one client frame (a broadcast's payload)
@@ -120,6 +121,7 @@ struct sb_room {
     char channel[PD_PHX_MAX_FIELD + 1];
     uint32_t plen, clen;
     int state;
+    int64_t snap_ms;           //  mono ms the snapshot was asked for (asked again if lost)
     sb_chan_t *chans;
     size_t nchans, ntracked;
     pd_map_t keys, metas;      //  the mirror
@@ -582,6 +584,17 @@ s_room_msg(sb_t *sb, sb_room_t *r, int action, uint64_t rid)
     return w;
 }
 
+//  Asks the room's store node for its members: the snapshot comes back on the bus, in order
+//  with the room's events. A request lost on the way (its node down) is made again by the tick.
+static void
+s_room_snap(sb_t *sb, sb_room_t *r)
+{
+    pd_msgw_t *w = s_room_msg(sb, r, PD_ROOM_SNAP, 0);
+    pd_msgw_str(w, PD_F_TARGET, sb->gw->ident, strlen(sb->gw->ident));
+    gw_send_end(sb->gw);
+    r->snap_ms = pd_mono_ms();
+}
+
 static sb_room_t *
 s_room_get(sb_t *sb, pd_str_t project, pd_str_t channel)
 {
@@ -602,10 +615,7 @@ s_room_get(sb_t *sb, pd_str_t project, pd_str_t channel)
     pd_buf_init(&r->arena);
     r->diff_entry.cb = s_on_diff_timer;
     pd_map_add(&sb->rooms, &r->e);
-    /* the snapshot comes back on the bus, in order with the room's events */
-    pd_msgw_t *w = s_room_msg(sb, r, PD_ROOM_SNAP, 0);
-    pd_msgw_str(w, PD_F_TARGET, sb->gw->ident, strlen(sb->gw->ident));
-    gw_send_end(sb->gw);
+    s_room_snap(sb, r);
     return r;
 }
 
@@ -1358,21 +1368,24 @@ gw_sb_tick(gw_t *gw)
             }
         }
     }
-    /* leases: every room with a member of ours, every third of the lease */
-    if (now - sb->renew_ms >= SB_RENEW_MS) {
+    /* leases: every room with a member of ours, every third of the lease; and snapshots
+     * that did not come back */
+    bool renew = now - sb->renew_ms >= SB_RENEW_MS;
+    if (renew)
         sb->renew_ms = now;
-        char prefix[64];
-        snprintf(prefix, sizeof prefix, "%s/", gw->ident);
-        for (size_t k = 0; sb->rooms.n && k <= sb->rooms.mask; k++)
-            for (pd_mapent_t *e = pd_map_slot(&sb->rooms, k); e; e = e->next) {
-                sb_room_t *r = (sb_room_t *)e;
-                if (!r->ntracked)
-                    continue;
-                pd_msgw_t *w = s_room_msg(sb, r, PD_ROOM_RENEW, 0);
-                pd_msgw_str(w, PD_F_CONN, prefix, strlen(prefix));
-                gw_send_end(gw);
-            }
-    }
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "%s/", gw->ident);
+    for (size_t k = 0; sb->rooms.n && k <= sb->rooms.mask; k++)
+        for (pd_mapent_t *e = pd_map_slot(&sb->rooms, k); e; e = e->next) {
+            sb_room_t *r = (sb_room_t *)e;
+            if (r->state == SB_ROOM_SNAP_WAIT && now - r->snap_ms >= SB_SNAP_RETRY_MS)
+                s_room_snap(sb, r);
+            if (!renew || !r->ntracked)
+                continue;
+            pd_msgw_t *w = s_room_msg(sb, r, PD_ROOM_RENEW, 0);
+            pd_msgw_str(w, PD_F_CONN, prefix, strlen(prefix));
+            gw_send_end(gw);
+        }
 }
 
 void
@@ -1404,13 +1417,15 @@ gw_sb_metrics(gw_t *gw, pd_buf_t *b)
                 "presenced_supabase_broadcasts_total{dir=\"in\"} %llu\n"
                 "presenced_supabase_broadcasts_total{dir=\"out\"} %llu\n"
                 "# TYPE presenced_supabase_snapshots_total counter\n"
-                "presenced_supabase_snapshots_total %llu\n",
+                "presenced_supabase_snapshots_total %llu\n"
+                "# TYPE presenced_supabase_slow_disconnects_total counter\n"
+                "presenced_supabase_slow_disconnects_total %llu\n",
                 sb->nconns, sb->nchans, sb->rooms.n, (unsigned long long)sb->opened,
                 (unsigned long long)sb->refused, (unsigned long long)sb->messages,
                 (unsigned long long)sb->errors, (unsigned long long)sb->rate_limited,
                 (unsigned long long)sb->states, (unsigned long long)sb->diffs,
                 (unsigned long long)sb->bcasts_in, (unsigned long long)sb->bcasts_out,
-                (unsigned long long)sb->snapshots);
+                (unsigned long long)sb->snapshots, (unsigned long long)sb->ws.slow);
 }
 
 void
