@@ -52,8 +52,13 @@ test('the gateway serves the console and the helper with their headers, ETag and
     assert.equal(again.status, 304);
     assert.equal(again.headers.get('etag'), etag);
     assert.equal((await again.arrayBuffer()).byteLength, 0);
-    const changed = await fetch(`${c.url}/console/`, { headers: { 'if-none-match': '"0000"' } });
-    assert.equal(changed.status, 200);
+    for (const inm of ['"0000"', ',,, ,', 'W/', '"', 'W/"', etag.slice(0, -1), `${etag}x`, 'x'.repeat(8000)]) {
+        const res = await fetch(`${c.url}/console/`, { headers: { 'if-none-match': inm } });
+        assert.equal(res.status, 200, `If-None-Match: ${inm.slice(0, 40)}`);
+        await res.arrayBuffer();
+    }
+    const star = await fetch(`${c.url}/console/`, { headers: { 'if-none-match': '*' } });
+    assert.equal(star.status, 304);
 
     const head = await fetch(`${c.url}/console/`, { method: 'HEAD' });
     assert.equal(head.status, 200);
