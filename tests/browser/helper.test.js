@@ -5,9 +5,12 @@
 // load them, the helper as the gateways serve it (/v1/presence.js), Alpine.js served locally.
 //
 // Checked: two pages as two users see each other in $presence.list within a second; set('busy',
-// {page}) shows on the other page; a hidden page turns away and shown turns online; a page in
-// another room sees neither and is seen by neither; a closed page leaves the other's list within
-// the grace period (5 s) plus a second; no page logs an error. Screenshots: tests/browser/artifacts/.
+// {page}) shows on the other page; a hidden page turns away and shown turns online; a dropped
+// socket and a SIGKILL of every gateway make nobody flap or appear twice, and what was missed is
+// caught up; Appear offline removes at once; a page in another room sees neither and is seen by
+// neither; a closed page leaves the other's list within the grace period (5 s) plus a second; no
+// page logs an error (but WebSocket errors while the gateways are down). Screenshots:
+// tests/browser/artifacts/.
 //
 // Run: PRESENCED_BIN=$PWD/build/presenced node --test tests/browser/helper.test.js
 // (needs Debian's chromium, npm ci in tests/e2e and in examples/web). PRESENCE_LOCAL_HELPER=1:
@@ -166,6 +169,30 @@ test('an SDK reconnect: nobody flaps or doubles, and a change missed while down 
     assert.ok(bob.some((r) => r.includes('ada:online')), 'Bob\'s page did get the change');
     assert.deepEqual(await magic(pages.bob, '$presence.error'), null);
     t.diagnostic(`roster changes during the reconnect: Ada's page ${ada.length}, Bob's page ${bob.length}`);
+});
+
+test('every gateway killed (SIGKILL) and restarted: both pages reconnect, and nobody flaps or doubles', { timeout: 40000 }, async (t) => {
+    if (H.skip || !pages.bob) return t.skip(H.skip || 'needs the previous tests');
+    await recordChanges(pages.ada);
+    await recordChanges(pages.bob);
+    const before = { ada: pages.ada.problems.length, bob: pages.bob.problems.length };
+    const old = H.cluster.kill('gateway');
+    assert.equal(old.length, 2);
+    await H.cluster.waitRestarted('gateway', undefined, old);
+    // the SDKs reconnect (1 s, then again until a gateway answers) and re-send the presences
+    await B.sleep(2500);
+    await magic(pages.ada, "$presence.set('online', { page: 'After the restart' })");
+    await B.waitFor(async () => (await rosterOf(pages.bob)).find((p) => p.userId === 'ada' && p.page === 'After the restart'), 10000, 'Bob\'s page live again');
+    await magic(pages.bob, "$presence.set('online', { page: 'Back' })");
+    await B.waitFor(async () => (await rosterOf(pages.ada)).find((p) => p.userId === 'bob' && p.page === 'Back'), 5000, 'Ada\'s page live again');
+    for (const who of ['ada', 'bob']) {
+        const log = await changesOf(pages[who]);
+        for (const r of log) assert.deepEqual(r.map((x) => x.split(':')[0]).sort(), ['ada', 'bob'], `${who}'s page showed ${JSON.stringify(r)}: ${JSON.stringify(log)}`);
+        // the browser and the SDK report the dropped socket and failed reconnects as console errors
+        const fresh = pages[who].problems.splice(before[who]);
+        assert.deepEqual(fresh.filter((m) => !/WebSocket/.test(m)), [], `${who}: only WebSocket errors while the gateways were down`);
+        t.diagnostic(`${who}'s page: ${log.length} roster changes, ${fresh.length} WebSocket errors logged`);
+    }
 });
 
 test('Appear offline removes you from the others at once and keeps you watching; set() comes back', { timeout: 20000 }, async (t) => {
