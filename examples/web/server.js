@@ -3,7 +3,7 @@
 // CDN), and /token, which plays your app's backend: it signs a presenced user token (HS256 with
 // the project's --jwt-secret) for whoever asks. A real backend signs in its users first.
 //
-//   npm --prefix examples/web start          (after: npm --prefix examples/web ci)
+//   npm --prefix examples/web start          (npm ci first, when node_modules is missing)
 //
 // Settings (environment): PORT (8090), PRESENCE_ENDPOINT (http://127.0.0.1:8080/v1),
 // PRESENCE_PROJECT (demo), PRESENCE_JWT_SECRET (demo-secret): the cluster of README's first command;
