@@ -7,8 +7,8 @@
 //     unknown, deleted or unreadable cursor is 400 general_cursor_not_found;
 //   - a claim undone after a 409: the refused user can then create its own record;
 //   - a randomized differential test of list (filters, orders, cursors, offsets, totals,
-//     permissions) against a model kept in the test (seeded: LISTS_SEED=<n> replays a run; the
-//     seed is printed with every failure);
+//     permissions, the ?ttl= cache and its purges) against a model kept in the test (seeded:
+//     LISTS_SEED=<n> replays a run; the seed is printed with every failure);
 //   - the broker SIGKILLed and restarted under writes: one presence per user holds, errors
 //     stop within a bounded window, realtime events resume.
 const test = require('node:test');
@@ -349,6 +349,9 @@ describe('randomized differential test of list against a model (3 store nodes)',
     const diffKey = () => nodeClient(C(), { project: DIFF, key: DIFF_KEY }).presences;
     const model = new Map(); // $id -> record as the server returned it
     const deleted = [];
+    // The list cache as Appwrite defines it: (caller, queries, total) -> the body of the list
+    // that stored it, until a delete or a purge=true update (ttl=86400 here: nothing ages out)
+    const cacheModel = new Map();
 
     function randomFields(user) {
         const metadata = { room: pick(ROOMS) };
@@ -396,14 +399,48 @@ describe('randomized differential test of list against a model (3 store nodes)',
             const victim = pick(live);
             const f = { status: pick(STATUSES) };
             if (rnd() < 0.5) f.metadata = { room: pick(ROOMS), n: int(-5, 40) };
+            if (rnd() < 0.3) f.purge = true;
             const got = plain(await diffKey().update({ presenceId: victim.$id, userId: victim.userId, ...f }));
             model.set(got.$id, got);
+            if (f.purge) cacheModel.clear();
         } else {
             const victim = pick(live);
             await diffKey().delete({ presenceId: victim.$id });
             model.delete(victim.$id);
+            cacheModel.clear();
             deleted.push(victim.$id);
         }
+    }
+
+    // A list with ?ttl=86400 over raw HTTP (the header is not in the SDK's answer).
+    async function cachedList(caller, queries, total) {
+        const path = '/v1/presences?' + queries.map((q, i) => `queries[${i}]=${encodeURIComponent(q)}`).join('&') +
+            '&ttl=86400' + (total ? '' : '&total=false');
+        const auth = caller.key ? { key: DIFF_KEY } : caller.user ? { jwt: mintJwt(DIFF_JWT, { userId: caller.user }) } : {};
+        const r = await api(C(), 'GET', path, { project: DIFF, ...auth });
+        return { ...r, cache: r.headers.get('x-appwrite-cache') };
+    }
+
+    // A hit is the body the model's cache holds; a miss is the model's answer now (and is kept).
+    function checkCached(r, a, want, what) {
+        const ck = JSON.stringify([a.caller, a.queries, a.spec.total]);
+        const held = cacheModel.get(ck);
+        if (r.status !== 200) {
+            assert.equal(r.json && r.json.type, want.error, `${what}: ${r.status} ${r.text}`);
+            assert.equal(held, undefined, `${what}: an error where the cache holds a list`);
+            return;
+        }
+        if (held !== undefined) {
+            assert.equal(r.cache, 'hit', `${what}: the cache should hold it`);
+            assert.equal(r.text, held, `${what}: a hit is the body stored`);
+            return;
+        }
+        assert.equal(r.cache, 'miss', `${what}: nothing stored since the last purge`);
+        assert.equal(want.error, undefined, `${what}: expected ${want.error}, got a list`);
+        assert.deepEqual(r.json.presences.map((p) => p.$id), want.ids, `${what}: ids`);
+        assert.equal(r.json.total, want.total, `${what}: total`);
+        for (const p of r.json.presences) assert.deepEqual(p, model.get(p.$id), `${what}: record ${p.$id}`);
+        cacheModel.set(ck, r.text);
     }
 
     it('list answers as the model does (seeded)', { timeout: 240000 }, async (t) => {
@@ -414,9 +451,22 @@ describe('randomized differential test of list against a model (3 store nodes)',
             assert.equal(nodes.size, STORES, 'records on every node');
             const callers = [{ key: true }, { user: pick(USERS) }, { user: pick(USERS) }, {}];
             const ORDER_ATTRS = ['status', 'userId', '$id', 'expiresAt', '$createdAt', '$updatedAt'];
-            let checks = 0, cursors = 0, nonEmpty = 0;
+            let checks = 0, cursors = 0, nonEmpty = 0, hits = 0, misses = 0;
+            const asked = []; // lists asked before, asked again to find them in the cache
             for (let i = 0; i < 400; i++) {
                 if (i % 40 === 39) for (let k = 0; k < 10; k++) await applyRandomWrite();
+                const useCache = rnd() < 0.4;
+                if (useCache && asked.length && rnd() < 0.6) {
+                    const a = pick(asked);
+                    const r = await cachedList(a.caller, a.queries, a.spec.total);
+                    const want = modelList([...model.values()], a.caller, a.spec);
+                    if (!a.spec.total && !want.error) want.total = 0;
+                    checkCached(r, a, want, `seed ${seed}, check ${i} (again), caller ${JSON.stringify(a.caller)}, queries ${JSON.stringify(a.queries)}`);
+                    r.cache === 'hit' ? hits++ : misses++;
+                    if (want.ids && want.ids.length) nonEmpty++;
+                    checks++;
+                    continue;
+                }
                 const caller = pick(callers);
                 const spec = { filters: [], order: [], offset: 0, limit: 25, cursor: null, total: rnd() < 0.85 };
                 for (let k = int(0, 3); k > 0; k--) spec.filters.push(randomFilter());
@@ -438,6 +488,15 @@ describe('randomized differential test of list against a model (3 store nodes)',
                     : caller.user ? nodeClient(C(), { project: DIFF, jwt: mintJwt(DIFF_JWT, { userId: caller.user }) }).presences
                         : webClient(C(), { project: DIFF }).presences; // a guest
                 const what = () => `seed ${seed}, check ${i}, caller ${JSON.stringify(caller)}, queries ${JSON.stringify(queries)}`;
+                if (useCache) {
+                    const r = await cachedList(caller, queries, spec.total);
+                    checkCached(r, { caller, queries, spec }, want, what());
+                    asked.push({ caller, queries, spec });
+                    r.cache === 'hit' ? hits++ : misses++;
+                    if (want.ids && want.ids.length) nonEmpty++;
+                    checks++;
+                    continue;
+                }
                 let got;
                 try {
                     got = plain(await client.list(spec.total ? { queries } : { queries, total: false }));
@@ -454,7 +513,8 @@ describe('randomized differential test of list against a model (3 store nodes)',
                 if (spec.cursor) cursors++;
                 if (want.ids.length) nonEmpty++;
             }
-            t.diagnostic(`${checks} lists checked (${cursors} with a cursor, ${nonEmpty} non-empty), ${model.size} records, ${deleted.length} deleted`);
+            t.diagnostic(`${checks} lists checked (${cursors} with a cursor, ${nonEmpty} non-empty; ttl: ${hits} hits, ${misses} misses), ${model.size} records, ${deleted.length} deleted`);
+            assert.ok(hits > 5 && misses > 10, 'the cache was hardly exercised');
             assert.ok(nonEmpty > checks / 3, 'most lists must hold something, or the test checks little');
         } catch (e) {
             e.message = `[LISTS_SEED=${seed}] ${e.message}`;
