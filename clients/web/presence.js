@@ -231,7 +231,10 @@ export class Presence extends EventTarget {
         this._client = client;
         this._opt = { ...options };
         this._roster = createRoster({
-            match: options.room == null ? undefined : (rec) => rec.metadata?.room === options.room,
+            match: (rec) => {
+                const room = this._run ? this._run.opts.room : options.room;
+                return room == null || rec.metadata?.room === room;
+            },
         });
         this._me = null;
         this._error = null;

@@ -197,3 +197,15 @@ test('a list that fails is tried again (1 s later), and the roster loads', async
     assert.equal(p.ready, true);
     assert.equal(p.error, null);
 });
+
+test('a room given to start() scopes the roster as one given to createPresence() does', async (t) => {
+    const { server, sdk } = fakeSdk();
+    server.records.set('b', rec('b', 'bob', 1, 'online', { room: 'lobby' }));
+    server.records.set('k', rec('k', 'kim', 1, 'online', { room: 'kitchen' }));
+    const p = createPresence(client, { sdk });
+    t.after(() => p.stop());
+    await p.start({ room: 'kitchen' });
+    assert.deepEqual(JSON.parse(server.subs[0].queries[0]), { method: 'equal', attribute: 'metadata.room', values: ['kitchen'] });
+    assert.deepEqual(p.list.map((e) => e.userId), ['kim']);
+    assert.equal(server.sent[0].metadata.room, 'kitchen');
+});
