@@ -15,6 +15,7 @@ R.installRecordingWebSocket(); // before the SDK is loaded: it takes globalThis.
 const { useCluster, parseMetrics, sleep } = require('./lib/cluster');
 const { webClient, nodeClient, loadNodeSdk, plain } = require('./lib/sdk');
 const { uid } = require('./lib/check');
+const { api } = require('./lib/http');
 const { idOnNode } = require('./lib/shard');
 
 const realtimes = R.realtimeRegistry(test);
@@ -77,10 +78,21 @@ async function drain(s, node, ms = 15000) {
     await R.until(() => s.seen(key(id, 'upsert', 'marker')) + s.seen(key(id, 'update', 'marker')) > 0, ms, `the marker on store ${node}`);
 }
 
-async function killStore(node) {
+// SIGKILL, and back. whileDown(), if given, runs while the node is held down (the supervisor is
+// paused, so it cannot restart it) and the broker has noticed.
+async function killStore(node, whileDown) {
     const old = C().pids('store', node);
     assert.equal(old.length, 1, `store ${node} pids ${old}`);
-    C().kill('store', node, 'SIGKILL');
+    if (whileDown) process.kill(C().pid, 'SIGSTOP');
+    try {
+        C().kill('store', node, 'SIGKILL');
+        if (whileDown) {
+            assert.equal(await C().waitStatus(503, 10000), 503, '/v1/health with a store node down');
+            await whileDown();
+        }
+    } finally {
+        if (whileDown) process.kill(C().pid, 'SIGCONT');
+    }
     await C().waitRestarted('store', node, old, 30000);
     await C().waitHealthy(30000);
 }
@@ -97,32 +109,40 @@ test('a store node killed after its events were delivered: the replay is dropped
     const victim = 1, other = 2;
     const P = kp();
     const gone = onNode(victim, 'gone'), kept = onNode(victim, 'kept'), fresh = onNode(victim, 'fresh');
-    const elsewhere = onNode(other, 'else');
+    const elsewhere = onNode(other, 'else'), stays = onNode(other, 'stays');
     const users = {};
-    for (const id of [gone, kept, fresh, elsewhere]) users[id] = uid('u');
+    for (const id of [gone, kept, fresh, elsewhere, stays]) users[id] = uid('u');
     const up = (id, status) => P.upsert({ presenceId: id, userId: users[id], status, permissions: ANY });
     const upd = (id, status) => P.update({ presenceId: id, userId: users[id], status });
     await up(gone, 'one'); await upd(gone, 'two'); await P.delete({ presenceId: gone });
     await up(kept, 'one'); await upd(kept, 'two');
     await up(fresh, 'three');
     await up(elsewhere, 'one'); await upd(elsewhere, 'two'); await P.delete({ presenceId: elsewhere });
+    await up(stays, 'four');
     const expected = {
         [gone]: [['upsert', 'one'], ['update', 'two'], ['delete', 'two']],
         [kept]: [['upsert', 'one'], ['update', 'two']],
         [fresh]: [['upsert', 'three']],
         [elsewhere]: [['upsert', 'one'], ['update', 'two'], ['delete', 'two']],
+        [stays]: [['upsert', 'four']],
     };
     for (const [id, evs] of Object.entries(expected)) for (const [kind, st] of evs) await s.waitFor(key(id, kind, st), 10000);
     const m0 = await gatewayMetrics(s.gateway);
 
-    await killStore(victim); // the dead node's last second of events comes again
+    // the dead node's last second of events comes again. While it is down, its records answer
+    // 503 and the other node's do not: lib/shard.js (which places the markers) agrees with the broker.
+    await killStore(victim, async () => {
+        const status = async (id) => (await api(C(), 'GET', `/v1/presences/${id}`, { key: true })).status;
+        for (const id of [kept, fresh]) assert.equal(await status(id), 503, `${id} is on store ${victim} (lib/shard.js)`);
+        assert.equal(await status(stays), 200, `${stays} is on store ${other} (lib/shard.js)`);
+    });
     await drain(s, victim, 30000); // published after the replay, on the same node
     await drain(s, other);
     const m1 = await gatewayMetrics(s.gateway);
     const replayed = m1.sum(REPLAYED) - m0.sum(REPLAYED);
     t.diagnostic(`${replayed} replayed events dropped by the subscriber's gateway`);
-    assert.ok(replayed > 0, `${REPLAYED} on the subscriber's gateway went ${m0.sum(REPLAYED)} -> ${m1.sum(REPLAYED)}: nothing was replayed, so nothing was tested`);
     for (const [id, evs] of Object.entries(expected)) assert.deepEqual(s.byId.get(id), evs, `the events of ${id}`);
+    assert.ok(replayed > 0, `${REPLAYED} on the subscriber's gateway went ${m0.sum(REPLAYED)} -> ${m1.sum(REPLAYED)}: nothing was replayed, so nothing was tested`);
     assert.equal(m1.sum('presenced_bus_gaps_total'), m0.sum('presenced_bus_gaps_total'), 'the gateway saw a gap in a store node\'s events');
     assertSameConnection(s);
     // and the data came back with the node
@@ -189,7 +209,6 @@ test('store nodes killed while writes to them are in flight: every acknowledged 
     const m1 = await gatewayMetrics(s.gateway);
     const replayed = m1.sum(REPLAYED) - m0.sum(REPLAYED);
     t.diagnostic(`${attempts.length} writes on ${ids.size} records, ${attempts.filter((a) => a.acked).length} acknowledged, ${refused} refused with 503 (the slowest after ${slowest503} ms); ${replayed} replayed events dropped by the subscriber's gateway`);
-    assert.ok(replayed > 0, `${REPLAYED} on the subscriber's gateway did not move: nothing was replayed`);
 
     const known = new Set(attempts.map((a) => key(a.id, a.kind, a.status)));
     for (const a of attempts) {
@@ -214,6 +233,7 @@ test('store nodes killed while writes to them are in flight: every acknowledged 
         const view = !lastEv || lastEv[0] === 'delete' ? undefined : lastEv[1];
         assert.equal(stored.get(id), view, `${id}: stored ${stored.get(id)}, the subscriber's last event ${JSON.stringify(lastEv)}`);
     }
+    assert.ok(replayed > 0, `${REPLAYED} on the subscriber's gateway did not move: nothing was replayed`);
     assert.equal(m1.sum('presenced_bus_gaps_total'), m0.sum('presenced_bus_gaps_total'), 'the gateway saw a gap in a store node\'s events');
     assert.equal(m1.sum('presenced_realtime_conflated_total'), m0.sum('presenced_realtime_conflated_total'), 'events were conflated, though no record had two queued');
     assertSameConnection(s);
