@@ -10,7 +10,7 @@ const test = require('node:test');
 const { describe, it } = test;
 const assert = require('node:assert/strict');
 const { useCluster, sleep } = require('./lib/cluster');
-const { nodeClient, webClient, mintJwt, loadNodeSdk } = require('./lib/sdk');
+const { nodeClient, webClient, mintJwt, plain, loadNodeSdk } = require('./lib/sdk');
 const { api, show, pinnedSockets, requestOver } = require('./lib/http');
 const { assertError, assertList, uid } = require('./lib/check');
 
@@ -78,16 +78,23 @@ describe('hits, misses and what purges (Appwrite testUpdatePresencePurgeListCach
     });
 
     it('upserts and updates without purge do not purge: the hit is stale until ttl (as in Appwrite)', async () => {
-        const a = await makeRecord();
+        const a = await makeRecord({ permissions: [Permission.read(Role.users())] });
         const q = [Query.equal('userId', [a.userId])];
         assert.equal((await list(q, { ttl: 60 })).cache, 'miss');
         await keyP().update({ presenceId: a.id, userId: a.userId, status: 'away' });
-        await keyP().upsert({ presenceId: a.id, userId: a.userId, status: 'busy' });
+        await keyP().upsert({ presenceId: a.id, userId: a.userId, status: 'busy', permissions: [Permission.read(Role.users())] });
         const l = await list(q, { ttl: 60 });
         assert.equal(l.cache, 'hit');
         assert.equal(l.json.presences[0].status, 'online', 'a cached list is the state it was stored with');
+        // the SDKs pass ttl through: node-appwrite sees the cached state, and a user (web SDK)
+        // gets an entry of its own, stale in turn after an update without purge
+        assert.equal(plain(await keyP().list({ queries: q, ttl: 60 })).presences[0].status, 'online');
+        const web = webClient(H.cluster, { userId: uid('v') }).presences;
+        assert.equal(plain(await web.list({ queries: q, ttl: 60 })).presences[0].status, 'busy');
+        await keyP().update({ presenceId: a.id, userId: a.userId, status: 'gone' });
+        assert.equal(plain(await web.list({ queries: q, ttl: 60 })).presences[0].status, 'busy');
         const fresh = await list(q); // no ttl: never from the cache
-        assert.equal(fresh.json.presences[0].status, 'busy');
+        assert.equal(fresh.json.presences[0].status, 'gone');
     });
 
     it('update with purge=true purges (node-appwrite presences.update({purge: true}))', async () => {
