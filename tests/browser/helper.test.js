@@ -215,6 +215,23 @@ test('Appear offline removes you from the others at once and keeps you watching;
     t.diagnostic(`Bob left Ada's list ${ms} ms after "Appear offline"`);
 });
 
+test('a reload that goes online again within the grace period: the others never see it leave', { timeout: 30000 }, async (t) => {
+    if (H.skip || !pages.bob) return t.skip(H.skip || 'needs the previous tests');
+    await recordChanges(pages.ada);
+    const problems = pages.bob.problems.length;
+    await pages.bob.reload();
+    await pages.bob.waitForFunction(() => window.Alpine && document.querySelector('[x-data]')?._x_dataStack);
+    await goOnline(pages.bob);
+    assert.deepEqual(await usersOf(pages.bob), ['ada', 'bob']);
+    await B.sleep(GRACE_MS + 1500); // the old page's socket is long past its grace period
+    const log = await changesOf(pages.ada);
+    assert.ok(log.length >= 1, 'Ada\'s page saw Bob\'s new upsert');
+    for (const r of log) assert.deepEqual(r.map((x) => x.split(':')[0]).sort(), ['ada', 'bob'], `Ada's page showed ${JSON.stringify(r)}: ${JSON.stringify(log)}`);
+    assert.deepEqual(await usersOf(pages.ada), ['ada', 'bob']);
+    // a reload closes the old page's socket: the SDK may report it
+    pages.bob.problems.splice(problems).filter((m) => !/WebSocket/.test(m)).forEach((m) => pages.bob.problems.push(m));
+});
+
 test('a page in another room sees neither of them, and neither sees it', { timeout: 20000 }, async (t) => {
     if (H.skip || !pages.bob) return t.skip(H.skip || 'needs the previous tests');
     pages.cat = await openAlpine(servers[0], 'Cat', 'kitchen');
