@@ -28,6 +28,8 @@ const state = {
     events: [],         // shown, newest first
     gateways: new Map(), // gateway id -> last time its /metrics answered
     timer: 0,
+    busy: false,        // a tick of this session is waiting for the gateway
+    gen: 0,             // sessions started: a tick of an earlier session stops
     helper: null,       // the roster helper module (/v1/presence.js), when it loads
     roster: null,       // its createRoster(), fed with every list
 };
@@ -281,10 +283,16 @@ function renderHealth(cluster, ready, metrics) {
     $('h-cluster').className = $('h-ready').className = '';
     if (cluster !== 200) $('h-cluster').className = 'bad';
     if (ready !== 200) $('h-ready').className = 'bad';
-    if (!metrics) return;
+    if (!metrics) { // /metrics needs the broker: no answer says as much
+        $('h-broker').textContent = $('h-reaper').textContent = 'no report (/metrics failed)';
+        $('h-broker').className = $('h-reaper').className = 'bad';
+        $('stores').tBodies[0].replaceChildren();
+        return;
+    }
     const get = (name) => metrics.filter((s) => s.name === name);
     const broker = get('presenced_broker_ops_in_flight').length > 0;
     $('h-broker').textContent = broker ? 'up' : 'no report';
+    $('h-broker').className = broker ? '' : 'bad';
     const reaper = get('presenced_reaper_up');
     $('h-reaper').textContent = reaper.length ? word(reaper[0].value === 1) : 'no report';
     $('h-reaper').className = reaper.length && reaper[0].value === 1 ? '' : 'bad';
@@ -336,16 +344,31 @@ function renderRooms(metrics) {
 async function tick() {
     clearTimeout(state.timer);
     if (!state.session) return;
+    const gen = state.gen;
+    state.busy = true;
     const started = performance.now();
-    try {
-        const mark = state.roster ? state.roster.beginSnapshot() : 0;
-        const [list, cluster, ready, metricsText] = await Promise.all([
-            listRecords(),
-            status('../v1/health'),
-            status('../v1/health/ready'),
-            fetch(new URL('../metrics', location.href), { cache: 'no-store', credentials: 'omit' })
-                .then((r) => (r.ok ? r.text() : null)).catch(() => null),
-        ]);
+    const mark = state.roster ? state.roster.beginSnapshot() : 0;
+    const [list, cluster, ready, metricsText] = await Promise.all([
+        listRecords().catch((e) => e),
+        status('../v1/health'),
+        status('../v1/health/ready'),
+        fetch(new URL('../metrics', location.href), { cache: 'no-store', credentials: 'omit' })
+            .then((r) => (r.ok ? r.text() : null)).catch(() => null),
+    ]);
+    if (gen !== state.gen) return; // signed out (or in again) meanwhile: that session ticks
+    state.busy = false;
+    // the health first: it matters most when the records cannot be listed
+    renderHealth(cluster, ready, metricsText ? parseMetrics(metricsText) : null);
+    if (list instanceof HttpError && (list.status === 401 || list.status === 404)) {
+        signOut(list.message);
+        return;
+    }
+    if (list instanceof Error) {
+        $('banner').textContent = list instanceof HttpError
+            ? `Listing the records failed: ${list.status} ${list.message} Retrying.`
+            : `The gateway did not answer (${list.message}). Retrying.`;
+        $('banner').hidden = false;
+    } else {
         const next = new Map(list.records.map((r) => [r.$id, r]));
         if (state.records) addEvents(diff(state.records, next));
         state.records = next;
@@ -355,15 +378,7 @@ async function tick() {
         renderCounts();
         renderRecords();
         renderRoster(mark);
-        renderHealth(cluster, ready, metricsText ? parseMetrics(metricsText) : null);
         document.body.dataset.ready = 'true';
-    } catch (e) {
-        if (e instanceof HttpError && (e.status === 401 || e.status === 404)) {
-            signOut(e.message);
-            return;
-        }
-        $('banner').textContent = `The gateway did not answer: ${e.message}. Retrying.`;
-        $('banner').hidden = false;
     }
     // a big project is listed less often: about a second per 1,000 records (1.8 MB at 5,000)
     const every = Math.min(HIDDEN_TICK_MS, Math.max(TICK_MS, (state.records?.size ?? 0)));
@@ -374,6 +389,8 @@ async function tick() {
 // ------------------------------------------------------------------ session
 
 function signIn(session) {
+    state.gen++;
+    state.busy = false;
     state.session = session;
     state.records = null;
     state.events = [];
@@ -389,6 +406,7 @@ function signIn(session) {
 }
 
 function signOut(message) {
+    state.gen++;
     clearTimeout(state.timer);
     state.session = null;
     sessionStorage.removeItem(STORE);
@@ -423,7 +441,7 @@ function init() {
     $('events-clear').addEventListener('click', () => { state.events = []; renderEvents(); });
     for (const id of ['f-status', 'f-user', 'f-meta']) $(id).addEventListener('input', () => state.records && renderRecords());
     $('group-key').addEventListener('input', () => state.records && renderCounts());
-    document.addEventListener('visibilitychange', () => { if (!document.hidden && state.session) tick(); });
+    document.addEventListener('visibilitychange', () => { if (!document.hidden && state.session && !state.busy) tick(); });
     let saved = null;
     try { saved = JSON.parse(sessionStorage.getItem(STORE)); } catch {}
     if (saved?.project && saved?.key) signIn(saved);

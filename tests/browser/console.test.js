@@ -206,6 +206,30 @@ test('a record that expires: its delete (by the reaper) is marked expired', asyn
     await page.context().close();
 });
 
+test('a store node that stops answering is shown down, the cluster failing, and back up after', async (t) => {
+    if (ctx.skip) return t.skip(ctx.skip);
+    const c = ctx.cluster;
+    const page = await b.newPage(ctx.browser);
+    await signIn(page);
+    const state = (n) => text(page, `#stores tr[data-node="${n}"] td:nth-child(2)`);
+    await b.waitFor(async () => (await state(1)) === 'up' && (await state(2)) === 'up', 5000, 'both nodes up');
+    const stopped = c.kill('store', 1, 'SIGSTOP');
+    assert.equal(stopped.length, 1);
+    try {
+        // the broker marks a node silent for 1 s down; the console asks once a second
+        await b.waitFor(async () => (await state(1)) === 'down', 8000, 'node 1 down');
+        assert.equal(await state(2), 'up');
+        await b.waitFor(async () => /^fail/.test(await text(page, '#h-cluster')), 8000, 'the cluster failing');
+        await b.screenshot(page, 'console-store-down', { fullPage: true });
+    } finally {
+        c.kill('store', 1, 'SIGCONT');
+    }
+    await b.waitFor(async () => (await state(1)) === 'up', 8000, 'node 1 up again');
+    await b.waitFor(async () => (await text(page, '#h-cluster')) === 'pass', 8000, 'the cluster passing');
+    await b.waitFor(() => page.locator('#banner').isHidden(), 5000, 'no banner');
+    await page.context().close();
+});
+
 test('a wrong key is refused at sign-in with the server\'s message, and nothing is kept', async (t) => {
     if (ctx.skip) return t.skip(ctx.skip);
     const c = ctx.cluster;
