@@ -16,15 +16,9 @@ R.installRecordingWebSocket(); // before the SDK is loaded: it takes globalThis.
 const { useCluster, sleep, freePort, parseMetrics, BIN } = require('./lib/cluster');
 const { webClient, nodeClient, mintJwt } = require('./lib/sdk');
 const { uid, assertPresence, DATE_RE } = require('./lib/check');
+const { sameNodeAs } = require('./lib/shard');
 
-// Every SDK Realtime of the file, disconnected at the end, before
-// the cluster stops (hooks run in the order they are registered) (their heartbeats keep Node alive).
-const realtimes = [];
-async function disconnectAll() {
-    for (const r of realtimes.splice(0)) { try { await r.disconnect(); } catch {} }
-}
-test.afterEach(disconnectAll);
-test.after(disconnectAll);
+const realtimes = R.realtimeRegistry(test); // every SDK Realtime of the file
 const H = useCluster(test, { label: 'realtime' });
 const C = () => H.cluster;
 
@@ -52,11 +46,49 @@ function assertEvent(e, action, id, payload) {
 const isEv = (action, id) => (e) => e.events && e.events[0] === `presences.${id}.${action}`;
 const evOf = (id) => (e) => e.payload && e.payload.$id === id;
 
+// "Nothing (more) arrived" is checked with a marker, never after a fixed wait: a record written
+// after the action, on the store node that owns the record in question (lib/shard.js), readable
+// by anyone. The bus keeps a store node's events in order and a connection sends its frames in
+// order, so once a connection has the marker's event, it has every event of that record from
+// before that it was going to get. markerFor(id) picks the marker's id (a subscription that names
+// its channels must name the marker's too); marker(m, ...) writes it (an upsert with a status of
+// its own each time) and waits for it at every SDK collector or raw client given, each on a
+// connection under test.
+const markerFor = (id) => sameNodeAs(C().project, id, () => uid('mark'), C().stores);
+// marker.via(pid, m, ...) writes it through that gateway: after what that gateway sent before
+// (a release, a lease renewal), since one gateway's requests reach a store node in order.
+let markers = 0;
+async function marker(m, ...at) {
+    return markerVia(undefined, m, ...at);
+}
+async function markerVia(gateway, m, ...at) {
+    const status = `marker ${++markers}`;
+    const body = { userId: m, status, permissions: ['read("any")'] };
+    if (gateway === undefined) await keyPresences().upsert({ presenceId: m, ...body });
+    else {
+        const r = await R.restVia(C(), gateway, 'PUT', `/v1/presences/${m}`, { key: true, body });
+        assert.equal(r.status, 200, r.text);
+    }
+    const mine = (p) => p && p.$id === m && p.status === status;
+    for (const c of at) {
+        if (c.waitFor) await c.waitFor((e) => mine(e.payload), 5000, `the marker ${m} (same store node)`);
+        else await R.until(() => c.events((x) => mine(x.data.payload)).length > 0, 5000, `the marker ${m} (same store node)`);
+    }
+}
+const markerAfter = (id, ...at) => marker(markerFor(id), ...at);
+marker.via = markerVia;
+
 async function gatewayPair(rt) {
     const mine = await R.gatewayOf(C(), rt.socket._socket.localPort);
     const other = C().pids('gateway').find((p) => p !== mine);
     assert.ok(other, 'a second gateway');
     return { mine, other };
+}
+
+// A metric of one gateway process.
+async function metricOf(pid, name) {
+    const r = await R.restVia(C(), pid, 'GET', '/metrics');
+    return parseMetrics(r.text).sum(name);
 }
 
 // Sums a metric over the gateways (each gateway renders its own).
@@ -109,6 +141,49 @@ describe('web SDK Realtime: events across gateways', () => {
         assertEvent(await col.waitFor(isEv('upsert', id)), 'upsert', id, up.json);
     });
 
+    it('subscriptions over the 64 KiB byte bound: Appwrite\'s error message reaches onError, nothing of that subscribe is taken; the connection and its earlier subscriptions keep working', async () => {
+        const { W, rt } = sdkRealtime(uid('u'));
+        const errors = [];
+        rt.onError((e, code) => errors.push({ message: e.message, code }));
+        const all = R.collector();
+        await R.sdkSubscribe(rt, W.Channel.presences(), all.cb);
+        // a subscription of 100 channels of 250 bytes holds about 25 KB of the connection's 64 KiB
+        const pad = (tag, i) => { const c = `presences.${tag}${i}-`; return c + 'x'.repeat(250 - c.length); };
+        const channels = (tag, id) => [`presences.${id}`, ...Array.from({ length: 99 }, (_, i) => pad(tag, i))];
+        const idA = uid('p'), idB = uid('p'), probe = uid('p'), idD = uid('p');
+        const a = R.collector(), b = R.collector(), over = R.collector(), d = R.collector();
+        await R.sdkSubscribe(rt, channels('a', idA), a.cb);
+        await R.sdkSubscribe(rt, channels('b', idB), b.cb);
+        const socket = rt.socket;
+        const n0 = socket.__msgs.length;
+        await rt.subscribe(channels('c', probe), over.cb); // about 75 KB in all
+        const err = await R.sdkFrame(rt, (m) => m.type === 'error', 5000, n0, 'the error frame');
+        assert.deepEqual(Object.keys(err), ['type', 'data'], JSON.stringify(err));
+        assert.deepEqual(Object.keys(err.data), ['code', 'message'], JSON.stringify(err));
+        assert.equal(err.data.code, 1003);
+        assert.match(err.data.message, /^Subscriptions too large: a connection's subscriptions may hold at most 65536 bytes of ids, channels and queries \(this message would make \d+\)\.$/);
+        await R.until(() => errors.length > 0, 5000, 'the SDK\'s onError');
+        assert.deepEqual(errors, [{ message: err.data.message, code: 1003 }]);
+        // the earlier subscriptions still deliver; the refused one got nothing
+        const kp = keyPresences();
+        for (const id of [idA, idB, probe]) await kp.upsert({ presenceId: id, userId: uid('k'), status: 'x', permissions: ['read("any")'] });
+        await a.waitFor(evOf(idA));
+        await b.waitFor(evOf(idB));
+        const p = await all.waitFor(evOf(probe));
+        assert.equal(p.subscriptions.length, 1, `the probe's event names only the presences subscription: ${JSON.stringify(p.subscriptions)}`);
+        await markerAfter(probe, all);
+        assert.equal(over.count(() => true), 0, 'the refused subscription got an event');
+        assert.equal(a.count(evOf(idA)), 1);
+        assert.equal(b.count(evOf(idB)), 1);
+        // a subscription that fits is still taken, on the same connection
+        await R.sdkSubscribe(rt, W.Channel.presence(idD), d.cb);
+        await kp.upsert({ presenceId: idD, userId: uid('k'), status: 'd', permissions: ['read("any")'] });
+        await d.waitFor(evOf(idD));
+        assert.equal(rt.socket, socket, 'the SDK kept its connection');
+        assert.equal(socket.readyState, 1, 'the connection is open');
+        assert.ok(!socket.__msgs.some((m) => m.type === 'error' && m !== err), 'one error only');
+    });
+
     it('Channel.presence(id) sees only that record', async () => {
         const u = uid('u');
         const { W, rt } = sdkRealtime(u);
@@ -124,7 +199,7 @@ describe('web SDK Realtime: events across gateways', () => {
         const e = await col.waitFor(isEv('upsert', mineId));
         assert.deepEqual(e.channels, ['presences', `presences.${mineId}`, 'presences.upsert', `presences.${mineId}.upsert`]);
         await all.waitFor(evOf(otherId), 5000, 'the other record on presences (so the negative means something)');
-        await sleep(200);
+        await markerAfter(otherId, all);
         assert.equal(col.count(evOf(otherId)), 0, 'no event of another record');
         // two matching subscriptions of one connection: one frame, both ids
         assert.equal(e.subscriptions.length, 2, `subscriptions ${JSON.stringify(e.subscriptions)}`);
@@ -145,7 +220,7 @@ describe('web SDK Realtime: events across gateways', () => {
         const d = await dels.waitFor(isEv('delete', id));
         assertEvent(d, 'delete', id);
         await ups.waitFor(isEv('upsert', id));
-        await sleep(200);
+        await markerAfter(id, ups);
         assert.deepEqual(dels.got.map((e) => e.events[0]), [`presences.${id}.delete`]);
         assert.deepEqual(ups.got.filter(evOf(id)).map((e) => e.events[0]), [`presences.${id}.upsert`]);
     });
@@ -167,7 +242,7 @@ describe('web SDK Realtime: events across gateways', () => {
         assert.deepEqual(resp.data.subscriptions.map((s) => s.removed), [true]);
         await p.update({ presenceId: id, status: 'two' });
         await b.waitFor(isEv('update', id));
-        await sleep(200);
+        await markerAfter(id, b);
         assert.equal(a.count(isEv('update', id)), 0, 'the unsubscribed callback got nothing');
     });
 
@@ -185,7 +260,7 @@ describe('web SDK Realtime: events across gateways', () => {
         await p.update({ presenceId: id, status: 'busy' });     // leaves: still delivered
         await p.update({ presenceId: id, status: 'idle' });     // outside: nothing
         await all.waitFor((e) => evOf(id)(e) && e.payload.status === 'idle');
-        await sleep(200);
+        await markerAfter(id, all);
         assert.deepEqual(q.got.filter(evOf(id)).map((e) => [e.events[0], e.payload.status]),
             [[`presences.${id}.update`, 'online'], [`presences.${id}.update`, 'busy']]);
         assert.equal(all.count(evOf(id)), 4);
@@ -205,7 +280,7 @@ describe('web SDK Realtime: events across gateways', () => {
         await webClient(C(), { userId: u2 }).presences.upsert({ presenceId: b, status: 'x', metadata: { room: 'kitchen' }, permissions: ['read("any")'] });
         await lobby.waitFor(evOf(a));
         await all.waitFor(evOf(b));
-        await sleep(200);
+        await markerAfter(b, all);
         assert.equal(lobby.count(evOf(b)), 0, 'kitchen is not the lobby');
     });
 
@@ -225,14 +300,14 @@ describe('web SDK Realtime: events across gateways', () => {
         await ca.waitFor(evOf(secret));
         await ca.waitFor(evOf(shared));
         await cb.waitFor(evOf(shared), 5000, 'the shared record (so the negative means something)');
-        await sleep(300);
+        await markerAfter(secret, cb);
         assert.equal(cb.count(evOf(secret)), 0, 'B must not see A\'s owner-only record');
         // a record with no read role produces no event at all
         const none = uid('p');
         await keyPresences().upsert({ presenceId: none, userId: uid('k'), status: 'nobody', permissions: [] });
-        await keyPresences().upsert({ presenceId: uid('p'), userId: uid('k'), status: 'marker', permissions: ['read("any")'] });
-        await ca.waitFor((e) => e.payload.status === 'marker');
+        await markerAfter(none, ca, cb);
         assert.equal(ca.count(evOf(none)), 0);
+        assert.equal(cb.count(evOf(none)), 0);
     });
 
     it('permission changes: who loses read access gets a delete, who gains it gets an upsert', async () => {
@@ -256,7 +331,7 @@ describe('web SDK Realtime: events across gateways', () => {
         await kp.update({ presenceId: id, userId: ua, status: 'three', permissions: ['read("users")'] });
         await ca.waitFor((e) => isEv('upsert', id)(e) && e.payload.status === 'three');
         await cb.waitFor((e) => isEv('update', id)(e) && e.payload.status === 'three');
-        await sleep(200);
+        await markerAfter(id, ca, cb);
         assert.equal(ca.count(isEv('update', id)), 0, 'A never saw an update of a record it could not read');
         assert.equal(cb.count(evOf(id)), 2);
     });
@@ -305,13 +380,24 @@ describe('connection-bound presence (upsertPresence)', () => {
         await R.sdkFrame(A.rt, (m) => m.type === 'response' && m.data.to === 'presence', 5000);
         await B.rt.upsertPresence({ presenceId: id, status: 'tab B', permissions: perm });
         await R.sdkFrame(B.rt, (m) => m.type === 'response' && m.data.to === 'presence', 5000);
+        const gA = await R.gatewayOf(C(), A.rt.socket._socket.localPort);
+        const gB = await R.gatewayOf(C(), B.rt.socket._socket.localPort);
+        const released = await metricOf(gA, 'presenced_realtime_releases_total');
         await A.rt.disconnect();
-        await sleep(7000); // longer than the grace period
-        assert.equal(w.events((m) => m.data.events[0] === `presences.${id}.delete`).length, 0, 'no delete while tab B is open');
+        if (gA !== gB) { // tab A's gateway lets go of its hold after the grace: wait for that
+            await R.until(async () => (await metricOf(gA, 'presenced_realtime_releases_total')) > released, 20000, 'the release by tab A\'s gateway');
+        } else {
+            await sleep(7000); // one hold for both tabs: nothing to see but the grace passing
+        }
+        await marker.via(gA, markerFor(id), w);
+        const deletes = () => w.events((m) => m.data.events[0] === `presences.${id}.delete`).length;
+        assert.equal(deletes(), 0, 'no delete while tab B is open');
         const still = await keyPresences().get({ presenceId: id });
         assert.equal(still.status, 'tab B');
         await B.rt.disconnect();
         await w.next((m) => m.type === 'event' && m.data.events[0] === `presences.${id}.delete`, 15000, 'the delete after the last tab');
+        await markerAfter(id, w);
+        assert.equal(deletes(), 1, 'exactly one delete');
         w.close();
     });
 
@@ -319,8 +405,9 @@ describe('connection-bound presence (upsertPresence)', () => {
         const [g1, g2] = C().pids('gateway');
         const u = uid('u');
         const id = uid('p');
+        const mark = markerFor(id);
         const w = await R.rawConnectTo(C(), g2, {});
-        await R.rawSubscribe(w, [{ subscriptionId: 'w', channels: [`presences.${id}`] }]);
+        await R.rawSubscribe(w, [{ subscriptionId: 'w', channels: [`presences.${id}`, `presences.${mark}`] }]);
         const perm = ['read("any")', `write("user:${u}")`];
         const a = await R.rawConnectTo(C(), g1, { jwt: jwtFor(u) });
         const b = await R.rawConnectTo(C(), g2, { jwt: jwtFor(u) });
@@ -330,12 +417,17 @@ describe('connection-bound presence (upsertPresence)', () => {
         }
         await w.next((m) => m.type === 'event' && m.data.payload.status === 'tab B', 5000, 'the second tab\'s write');
         const before = w.events((m) => m.data.payload.$id === id).length;
+        const released = await metricOf(g1, 'presenced_realtime_releases_total');
         a.close();
-        await sleep(7000); // longer than the grace period: gateway 1 has released its hold
+        // the grace is over and gateway 1 has sent its release; the marker goes after it
+        await R.until(async () => (await metricOf(g1, 'presenced_realtime_releases_total')) > released, 20000, 'the release by gateway 1');
+        await marker.via(g1, mark, w);
         assert.deepEqual(w.events((m) => m.data.payload.$id === id).slice(before).map((m) => m.data.events[0]), [], 'no event while gateway 2 still holds it');
         assert.equal((await keyPresences().get({ presenceId: id })).status, 'tab B');
         b.close();
         await w.next((m) => m.type === 'event' && m.data.events[0] === `presences.${id}.delete`, 15000, 'the delete after the last holder');
+        await marker(mark, w);
+        assert.deepEqual(w.events((m) => m.data.payload.$id === id).slice(before).map((m) => m.data.events[0]), [`presences.${id}.delete`], 'exactly one delete');
         w.close();
     });
 
@@ -384,6 +476,7 @@ describe('connection-bound presence (upsertPresence)', () => {
         assert.equal(w.events((m) => m.data.events[0] === `presences.${idS}.delete`).length, 0, 'the live gateway\'s presence stays');
         // ... past its first lease: the live gateway renews it, and renewals are not broadcast
         while (Date.now() - tS < 40000) await sleep(250);
+        await marker.via(survivor, markerFor(idS), w); // after the survivor's renewals so far
         const s = await keyPresences().get({ presenceId: idS });
         assert.equal(s.status, 'here');
         assert.ok(Date.parse(s.expiresAt) - tS > 35000, `the lease moved on (expiresAt ${s.expiresAt})`);
@@ -463,7 +556,7 @@ describe('identity on the socket', () => {
         assert.equal(err.data.code, 401);
         assert.match(err.data.message, /expired/);
         await kp.update({ presenceId: mine, userId: u, status: 'after' });
-        const pub = uid('p');
+        const pub = markerFor(mine); // after the update, on its store node: the update would have come first
         await kp.upsert({ presenceId: pub, userId: uid('k'), status: 'public', permissions: ['read("guests")'] });
         await c.next((m) => m.type === 'event' && m.data.payload.$id === pub, 5000, 'a guest-readable record');
         assert.equal(c.events((m) => m.data.payload.$id === mine && m.data.payload.status === 'after').length, 0, 'no owner-only event as a guest');
@@ -614,6 +707,54 @@ describe('bad input, as a new user would send it', () => {
         const r = await d.request(JSON.stringify({ type: 'ping', pad: 'y'.repeat(64000 - base.length) }));
         assert.equal(r.type, 'pong');
         d.close();
+        await stillServing();
+    });
+
+    it('a connection\'s subscriptions hold at most 64 KiB of ids, channels and queries: at the bound taken, over it refused with the limit (1003, nothing of that message subscribed), the connection kept', async () => {
+        const c = await R.rawConnect(C(), {});
+        const id = uid('p');
+        // what a subscription is counted for: its id, each distinct presence channel and a byte,
+        // the text of its queries
+        const cost = (row) => row.subscriptionId.length + row.channels.reduce((n, ch) => n + Buffer.byteLength(ch) + 1, 0) + (row.queries || []).reduce((n, q) => n + Buffer.byteLength(q), 0);
+        // channels of `bytes` counted bytes in all (each 12..257)
+        const fill = (tag, bytes) => {
+            const out = [];
+            for (let i = 0; bytes > 0; i++) {
+                let n = Math.min(257, bytes);
+                if (bytes - n > 0 && bytes - n < 12) n = bytes - 12;
+                const p = `presences.${tag}${i}-`;
+                out.push(p + 'x'.repeat(n - 1 - p.length));
+                bytes -= n;
+            }
+            return out;
+        };
+        const q = JSON.stringify({ method: 'equal', attribute: 'status', values: ['y'.repeat(500)] });
+        const s1 = { subscriptionId: 's1', channels: [`presences.${id}`, ...fill('a', 99 * 257)] };
+        const s2 = { subscriptionId: 's2', channels: fill('b', 20000), queries: [q] };
+        const used = cost(s1) + cost(s2);
+        const s3 = { subscriptionId: 's3', channels: fill('c', 65536 - used - 2) };
+        assert.equal(used + cost(s3), 65536);
+        for (const row of [s1, s2, s3]) {
+            assert.ok(JSON.stringify({ type: 'subscribe', data: [row] }).length < 64000);
+            await R.rawSubscribe(c, [row]);
+        }
+        const s4 = { subscriptionId: 's4', channels: ['presences'] };
+        const r = await c.request({ type: 'subscribe', data: [s4] });
+        assert.deepEqual(r, { type: 'error', data: { code: 1003, message: `Subscriptions too large: a connection's subscriptions may hold at most 65536 bytes of ids, channels and queries (this message would make ${65536 + cost(s4)}).` } });
+        assert.equal((await c.request({ type: 'ping' })).type, 'pong');
+        // s4 (every presence) was not taken: the event of a record names s1 only
+        const kp = keyPresences();
+        await kp.upsert({ presenceId: id, userId: uid('k'), status: 'one', permissions: ['read("any")'] });
+        const e1 = await c.next((m) => m.type === 'event' && m.data.payload.$id === id, 5000, 'the event on s1');
+        assert.deepEqual(e1.data.subscriptions, ['s1']);
+        // the bound is on what the connection holds: s3 made smaller, s4 fits
+        await R.rawSubscribe(c, [{ subscriptionId: 's3', channels: fill('d', 1000) }]);
+        await R.rawSubscribe(c, [s4]);
+        await kp.update({ presenceId: id, userId: e1.data.payload.userId, status: 'two' });
+        const e2 = await c.next((m) => m.type === 'event' && m.data.payload.$id === id, 5000, 'the event on s1 and s4');
+        assert.deepEqual([...e2.data.subscriptions].sort(), ['s1', 's4']);
+        assert.equal(c.closeInfo, undefined);
+        c.close();
         await stillServing();
     });
 
