@@ -232,6 +232,50 @@ describe('hits, misses and what purges (Appwrite testUpdatePresencePurgeListCach
     });
 });
 
+describe('purges under concurrent lists', () => {
+    it('no list sent after a delete or a purge=true update was answered shows the state before it', { timeout: 60000 }, async () => {
+        const tag = uid('race');
+        const recs = [];
+        for (let i = 0; i < 30; i++) recs.push((await makeRecord({ status: tag, metadata: { v: 0 } })));
+        const q = [Query.equal('status', [tag]), Query.limit(100)];
+        const acks = []; // {t, id, gone} or {t, id, v}: answered at t
+        const seen = []; // {t0, body}
+        let stop = false;
+        const lister = async () => {
+            while (!stop) {
+                const t0 = Date.now();
+                const r = await list(q, { ttl: 600 });
+                seen.push({ t0, cache: r.cache, recs: new Map(r.json.presences.map((p) => [p.$id, p.metadata.v])) });
+            }
+        };
+        const loops = [lister(), lister(), lister(), lister()];
+        for (let i = 0; i < recs.length; i++) {
+            const a = recs[i];
+            if (i % 2) {
+                await keyP().delete({ presenceId: a.id });
+                acks.push({ t: Date.now(), id: a.id, gone: true });
+            } else {
+                await keyP().update({ presenceId: a.id, userId: a.userId, metadata: { v: 1 }, purge: true });
+                acks.push({ t: Date.now(), id: a.id, v: 1 });
+            }
+            await sleep(15);
+        }
+        stop = true;
+        await Promise.all(loops);
+        let checked = 0;
+        for (const s of seen) {
+            for (const k of acks) {
+                if (s.t0 <= k.t) continue; // sent before the answer: either state is right
+                checked++;
+                if (k.gone) assert.ok(!s.recs.has(k.id), `a ${s.cache} sent ${s.t0 - k.t} ms after the delete of ${k.id} was answered shows it`);
+                else assert.equal(s.recs.get(k.id), k.v, `a ${s.cache} sent ${s.t0 - k.t} ms after the purge update of ${k.id} was answered shows the old state`);
+            }
+        }
+        const hits = seen.filter((s) => s.cache === 'hit').length;
+        assert.ok(hits > 20 && checked > 100, `the race was hardly run: ${seen.length} lists, ${hits} hits, ${checked} checks`);
+    });
+});
+
 describe('one cache for the cluster, per caller', () => {
     it('a list cached through one gateway is a hit through the other; a purge through either holds for both', async () => {
         // a pinned socket carries one request (lib/http.js): a few per gateway
