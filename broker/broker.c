@@ -54,8 +54,9 @@
  *               the record is. Nothing is published for a move: subscribers see no event, and
  *               the reaper keeps its deadline (keyed by project and id, EXPIRE is routed as
  *               any request and the version is kept, so it deletes at the new owner, whose
- *               delete event the reaper then takes). The rate is bounded: MOVE_BATCH items per
- *               batch, one batch in flight, MOVE_GAP_MS between batches.
+ *               delete event the reaper then takes). The rate is bounded (--move-rate, items
+ *               per second): at most MOVE_BATCH items per batch, one batch in flight, a pause
+ *               between batches.
  *    lists      A list (and a reaper's SYNC) is not sent while a batch is in flight, and a
  *               batch does not start while one is out (new lists wait for it, parked, so
  *               batches are not starved): each node answers a list either before or after a
@@ -102,8 +103,8 @@
 #define TURN_BUDGET 1000   //  frames per socket per loop turn
 #define BUS_WINDOW_US 1000 //  at most one bus frame per this, while events flow
 #define BUS_MAX (1 << 20)  //  bytes: forward at once past this
-#define MOVE_BATCH 256     //  records and claims per move batch
-#define MOVE_GAP_MS 5      //  between move batches: at most ~50k items/s
+#define MOVE_BATCH 256     //  records and claims per move batch, at most
+#define MOVE_RATE 50000    //  records and claims moved per second, at most (--move-rate)
 
 enum { OP_FREE, OP_SIMPLE, OP_UPSERT, OP_UPDATE, OP_LIST, OP_SYNC, OP_MOVE };
 enum { ST_CLAIM, ST_WRITE, ST_RECLAIM, ST_PROBE, ST_GATHER };
@@ -178,7 +179,10 @@ typedef struct {
         uint64_t moved;     //  records and claims moved in this change
         int64_t started;    //  mono ms the change started
         char waiting[96];   //  why no batch runs ("" = none)
+        int pending;        //  a larger set asked for, started once all its nodes are up
     } mv;
+    int move_batch;     //  items per move batch (--move-rate: at most MOVE_BATCH)
+    int move_gap_ms;    //  ms between move batches (--move-rate)
     size_t lists;       //  LIST and SYNC ops in flight
     pd_buf_t parked;    //  LIST/SYNC requests waiting for a batch: [peer u32][len u32][bytes]
     node_t nodes[MAX_NODES + 1];
@@ -842,7 +846,8 @@ s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
 
 /* -------------------------------------------------------------------------- resharding */
 
-//  The store set survives a broker restart in the run directory ("from to").
+//  The store set survives a broker restart in the run directory ("from to pending": pending is
+//  a larger set asked for whose new nodes are not all up yet, 0 if none).
 static void
 s_set_save(broker_t *self)
 {
@@ -852,7 +857,7 @@ s_set_save(broker_t *self)
         return;
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
-    if (!f || fprintf(f, "%d %d\n", self->nfrom, self->nto) < 0 || fclose(f) != 0 ||
+    if (!f || fprintf(f, "%d %d %d\n", self->nfrom, self->nto, self->mv.pending) < 0 || fclose(f) != 0 ||
         rename(tmp, path) < 0)
         pd_log_warn("cannot save the store set in %s: %s", path, strerror(errno));
 }
@@ -866,11 +871,12 @@ s_set_load(broker_t *self)
         snprintf(path, sizeof path, "%s/store-set", self->cfg->run_dir) >= (int)sizeof path)
         return;
     FILE *f = fopen(path, "r");
-    int from, to;
-    if (f && fscanf(f, "%d %d", &from, &to) == 2 && from >= 1 && to >= 1 && from <= MAX_NODES &&
-        to <= MAX_NODES) {
+    int from, to, pending = 0;
+    if (f && fscanf(f, "%d %d %d", &from, &to, &pending) >= 2 && from >= 1 && to >= 1 &&
+        from <= MAX_NODES && to <= MAX_NODES && pending >= 0 && pending <= MAX_NODES) {
         self->nfrom = from;
         self->nto = to;
+        self->mv.pending = pending;
         pd_log_info("store set from %s: %d -> %d nodes", path, from, to);
     }
     if (f)
@@ -907,7 +913,7 @@ s_move_finish(broker_t *self, op_t *op, bool abandoned)
         pd_log_warn("move batch from store node %d abandoned (%u of its items taken); retrying",
                     src, op->acked);
     self->mv.batch = 0;
-    self->mv.next = pd_mono_ms() + (abandoned ? 500 : MOVE_GAP_MS);
+    self->mv.next = pd_mono_ms() + (abandoned ? 500 : self->move_gap_ms);
     s_op_free(self, op);
 }
 
@@ -1012,9 +1018,24 @@ s_move_tick(broker_t *self)
         self->mv.wanted = false;
         s_unpark(self);
     }
+    int64_t now = pd_mono_ms();
+    if (self->mv.pending) { /* nothing changes before the new nodes are up: no request waits */
+        for (int n = self->nstores + 1; n <= self->mv.pending; n++) {
+            if (!self->nodes[n].up) {
+                snprintf(self->mv.waiting, sizeof self->mv.waiting, "store node %d is not up", n);
+                return;
+            }
+        }
+        self->nto = self->nstores = self->mv.pending;
+        self->mv.pending = 0;
+        self->mv.waiting[0] = 0;
+        self->mv.started = now;
+        self->mv.next = now + 1; /* the first batch after SHARDS has gone out (s_flush) */
+        pd_log_info("store set: moving from %d to %d store nodes", self->nfrom, self->nto);
+        return;
+    }
     if (!s_moving(self))
         return;
-    int64_t now = pd_mono_ms();
     if (now < self->mv.next)
         return;
     for (int n = 1; n <= self->nstores; n++) {
@@ -1041,7 +1062,9 @@ s_move_tick(broker_t *self)
     op->node = src;
     pd_msgw_t *w = &self->nodes[src].out;
     pd_msgw_begin(w, PD_MSG_MOVE_OUT, s_op_id(self, op));
-    pd_msgw_int(w, PD_F_LIMIT, MOVE_BATCH);
+    pd_msgw_int(w, PD_F_FROM, self->nfrom);
+    pd_msgw_int(w, PD_F_TOTAL, self->nto);
+    pd_msgw_int(w, PD_F_LIMIT, self->move_batch);
     pd_msgw_end(w);
     self->mv.batch = s_op_id(self, op);
 }
@@ -1052,7 +1075,8 @@ s_set_json(broker_t *self, pd_buf_t *b)
 {
     pd_buf_addf(b, "{\"from\":%d,\"to\":%d,\"settled\":%s,\"moved\":%llu,\"waiting\":\"%s\","
                    "\"nodes\":[",
-                self->nfrom, self->nto, s_moving(self) ? "false" : "true",
+                self->nfrom, self->mv.pending ? self->mv.pending : self->nto,
+                s_moving(self) || self->mv.pending ? "false" : "true",
                 (unsigned long long)self->mv.moved, self->mv.waiting);
     for (int n = 1; n <= self->nstores; n++)
         pd_buf_addf(b, "%s{\"node\":%d,\"up\":%s,\"records\":%lld,\"done\":%s}", n > 1 ? "," : "",
@@ -1072,19 +1096,26 @@ s_on_scale(broker_t *self, int peer, const pd_msg_t *m)
         s_reply_err(self, peer, m->rid, PD_ERR_ARGUMENT_INVALID, msg);
         return;
     }
-    if (want && want != self->nto) {
-        if (s_moving(self)) {
+    int to = self->mv.pending ? self->mv.pending : self->nto;
+    if (want && want != to) {
+        if (s_moving(self) || self->mv.pending) {
             snprintf(msg, sizeof msg, "a move from %d to %d store nodes is under way",
-                     self->nfrom, self->nto);
+                     self->nfrom, to);
             s_reply_err(self, peer, m->rid, PD_ERR_CONFLICT, msg);
             return;
         }
-        self->nto = (int)want;
-        self->nstores = self->nto > self->nfrom ? self->nto : self->nfrom;
         memset(&self->mv, 0, sizeof self->mv);
         self->mv.started = pd_mono_ms();
+        self->mv.next = self->mv.started + 1; /* the first batch after SHARDS (s_flush) */
+        if (want > self->nfrom) { /* started by s_move_tick once the new nodes are up */
+            self->mv.pending = (int)want;
+            pd_log_info("store set: %d store nodes asked for; waiting for the new ones",
+                        (int)want);
+        } else {
+            self->nto = (int)want;
+            pd_log_info("store set: moving from %d to %d store nodes", self->nfrom, self->nto);
+        }
         s_set_save(self);
-        pd_log_info("store set: moving from %d to %d store nodes", self->nfrom, self->nto);
     }
     pd_buf_t b;
     pd_buf_init(&b);
@@ -1097,14 +1128,17 @@ s_on_scale(broker_t *self, int peer, const pd_msg_t *m)
     pd_buf_free(&b);
 }
 
-//  SHARDS to every node that has not been told the current set (a new connection is told
-//  before its first batch: a separate frame, sent first).
+/*  SHARDS to every node that has not been told the current set, in a frame of its own. Order
+ *  matters: a new connection (a node that started or restarted) is told before its first
+ *  batch (fresh = true, before the batches), since a node that does not know it gives a key
+ *  away would create it; a node told a change of the set is told after the batch of this turn
+ *  (fresh = false, after them), whose requests were routed by the set it knows. */
 static void
-s_send_shards(broker_t *self)
+s_send_shards(broker_t *self, bool fresh)
 {
     for (int n = 1; n <= MAX_NODES; n++) {
         node_t *nd = &self->nodes[n];
-        if (!nd->rlen || !nd->gen ||
+        if (!nd->rlen || !nd->gen || (fresh && nd->sh_gen == nd->gen) ||
             (nd->sh_gen == nd->gen && nd->sh_from == self->nfrom && nd->sh_to == self->nto))
             continue;
         pd_msgw_t *w = &self->shards;
@@ -1478,8 +1512,8 @@ s_on_sub_frame(pd_zmsg_t *zm, void *arg)
 static void
 s_flush(broker_t *self)
 {
-    s_send_shards(self);
-    for (int n = 1; n <= self->nstores; n++) {
+    s_send_shards(self, true);
+    for (int n = 1; n <= MAX_NODES; n++) { /* a node that just left the set has its last batch */
         node_t *nd = &self->nodes[n];
         if (!nd->out.count)
             continue;
@@ -1494,6 +1528,7 @@ s_flush(broker_t *self)
         pd_msgw_reset(&nd->out);
         pd_zpoll_sent(&self->poll, zsock_resolve(self->back));
     }
+    s_send_shards(self, false);
     for (size_t i = 0; i < self->npeers; i++) {
         peer_t *p = &self->peers[i];
         if (!p->out.count)
@@ -1577,6 +1612,9 @@ broker_main(pd_config_t *cfg)
     broker_t *self = &b;
     self->cfg = cfg;
     s_set_load(self);
+    size_t rate = cfg->move_rate ? cfg->move_rate : MOVE_RATE;
+    self->move_batch = rate >= 20 * MOVE_BATCH ? MOVE_BATCH : rate >= 20 ? (int)(rate / 20) : 1;
+    self->move_gap_ms = (int)((size_t)self->move_batch * 1000 / rate);
     self->nstores = self->nfrom > self->nto ? self->nfrom : self->nto;
     for (int n = 1; n <= MAX_NODES; n++)
         pd_msgw_init(&self->nodes[n].out);

@@ -9,7 +9,7 @@
  *  (they reload the projects). Each child's command line names its role, as `ps` shows it.
  *
  *  Store nodes follow the store set the broker saves in the run directory (store-set, "from
- *  to": broker.c, "resharding"): every node of either side runs. When `presencectl cluster
+ *  to pending": broker.c, "resharding"): every node of either side runs. When `presencectl cluster
  *  scale` adds nodes, they are started at once (the broker moves records to them once they are
  *  up); a node that has left the set (the broker settled, so it holds nothing) is stopped a
  *  second later (gateways have the new route table by then) and its segments are removed. The
@@ -67,12 +67,13 @@ s_store_set(const pd_config_t *cfg)
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/store-set", cfg->run_dir);
     FILE *f = fopen(path, "r");
-    int from = 0, to = 0;
-    if (f && fscanf(f, "%d %d", &from, &to) != 2)
+    int from = 0, to = 0, pending = 0;
+    if (f && fscanf(f, "%d %d %d", &from, &to, &pending) < 2)
         from = to = 0;
     if (f)
         fclose(f);
     int want = from > to ? from : to;
+    want = pending > want ? pending : want;
     return want >= 1 && want <= 64 ? want : 0;
 }
 
@@ -183,7 +184,12 @@ s_spawn(pd_config_t *cfg, child_t *c)
         argv[n++] = "--claim-cache";
         argv[n++] = claims;
     }
+    char rate[32];
+    snprintf(rate, sizeof rate, "%zu", cfg->move_rate);
     if (strcmp(c->role, "broker") == 0) {
+        if (cfg->move_rate) {
+            argv[n++] = "--move-rate"; argv[n++] = rate;
+        }
         argv[n++] = "--broker-front"; argv[n++] = cfg->broker_front;
         argv[n++] = "--broker-back"; argv[n++] = cfg->broker_back;
         argv[n++] = "--bus-in"; argv[n++] = cfg->bus_in;

@@ -44,6 +44,7 @@ static const struct opt {
     O("bus-out", T_STR, bus_out, "bus endpoint subscribers connect to (XPUB)"),
     O("claim-cache", T_SIZE, claim_cache, "broker, gateway: claim cache entries (1000000)"),
     O("list-cache", T_SIZE, list_cache, "broker: bytes of cached lists, ?ttl= (67108864)"),
+    O("move-rate", T_SIZE, move_rate, "broker: records and claims moved per second when resharding (50000)"),
     O("keys", T_STR, keys_dir, "directory of the cluster's CURVE keys (presencectl cluster-keys)"),
     O("shm", T_STR, shm_name, "store: shared-memory segment name"),
     O("store-front", T_STR, store_front, "store: endpoint it binds for gateways' direct requests"),

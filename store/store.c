@@ -643,9 +643,13 @@ s_move_visit_claim(pd_str_t project, pd_str_t user, pd_str_t id, void *arg)
  *  LIMIT more records and claims that belong elsewhere now, frozen from here on. The scan goes
  *  on where the last one stopped; a whole pass over the slots and claims that finds nothing
  *  to move (and nothing frozen) answers LAST: this node has given away all it must. */
+static void s_on_shards(store_t *self, const pd_msg_t *m);
+
 static void
 s_on_move_out(store_t *self, const pd_msg_t *m)
 {
+    if (m->i[PD_F_FROM] != self->sh_from || m->i[PD_F_TOTAL] != self->sh_to)
+        s_on_shards(self, m); /* the set the batch is for (SHARDS normally came first) */
     move_ctx_t c = {.self = self, .rid = m->rid, .limit = 256};
     if (m->i[PD_F_LIMIT] > 0 && m->i[PD_F_LIMIT] <= 5000)
         c.limit = (size_t)m->i[PD_F_LIMIT];
