@@ -2416,6 +2416,14 @@ s_test_bench(const char *name)
     pd_table_unlink(name);
 }
 
+static int
+s_test_count_claim_fn(pd_str_t project, pd_str_t user, pd_str_t id, void *arg)
+{
+    (void)project, (void)user, (void)id;
+    (*(size_t *)arg)++;
+    return 0;
+}
+
 void
 pd_table_test(bool verbose)
 {
@@ -2518,6 +2526,41 @@ pd_table_test(bool verbose)
     n = 0;
     pd_table_foreach(t, s_test_count_fn, &n);
     PD_CHECK(n == pd_table_count(t) && n == 40);
+
+    //  Resharding: a scan in small steps visits every record once; an import keeps the version
+    //  and takes only a newer copy; claims are scanned and read.
+    n = 0;
+    uint64_t pos = 0;
+    int steps = 0;
+    while (!pd_table_scan(t, &pos, 7, s_test_count_fn, &n))
+        steps++;
+    PD_CHECK(n == 40 && steps >= 40 / 7);
+    s_test_rec(b, "p9", "imp", "ui", "online", 9000, 5);
+    b->rec.version = 7;
+    bool taken;
+    PD_CHECK(pd_table_import(t, &b->rec, &taken) == 0 && taken);
+    PD_CHECK(pd_table_get(t, PD_STR("p9"), PD_STR("imp"), &st) == 0 && st.version == 7);
+    b->rec.version = 6; //  older: ignored
+    PD_CHECK(pd_table_import(t, &b->rec, &taken) == 0 && !taken);
+    b->rec.version = 7; //  the same again (a batch sent twice): ignored
+    PD_CHECK(pd_table_import(t, &b->rec, &taken) == 0 && !taken);
+    PD_CHECK(pd_table_put(t, &b->rec, &st, NULL) == 0 && st.version == 8); //  writes go on
+    PD_CHECK(pd_table_delete(t, PD_STR("p9"), PD_STR("imp"), NULL) == 0);
+    s_test_ok(t);
+    {
+        char cid[37];
+        bool fresh;
+        PD_CHECK(pd_table_claim_get(t, PD_STR("p9"), PD_STR("cu"), cid) == -1);
+        PD_CHECK(pd_table_claim(t, PD_STR("p9"), PD_STR("cu"), PD_STR("cid1"), cid, &fresh) == 0);
+        PD_CHECK(pd_table_claim_get(t, PD_STR("p9"), PD_STR("cu"), cid) == 0 &&
+                 strcmp(cid, "cid1") == 0);
+        size_t claims = 0;
+        pos = 0;
+        while (!pd_table_scan_claims(t, &pos, 1, s_test_count_claim_fn, &claims))
+            ;
+        PD_CHECK(claims == pd_table_claims(t) && claims >= 1);
+        PD_CHECK(pd_table_unclaim(t, PD_STR("p9"), PD_STR("cu"), PD_STR("cid1")) == 0);
+    }
     s_test_ok(t);
 
     PD_CHECK(pd_table_next_expiry(t) == 5000); //  id1
