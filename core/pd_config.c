@@ -63,6 +63,8 @@ static const struct opt {
       "gateway: connections per client address (0: no limit)"),
     O("max-header-bytes", T_SIZE, max_header_bytes, "gateway: request header bytes (16384)"),
     O("header-timeout", T_INT, header_timeout_ms, "gateway: ms to send request headers (10000)"),
+    O("room-diff-window", T_INT, room_diff_ms,
+      "gateway: ms a room's joins and leaves are gathered into one presence_diff (25)"),
     O("verbose", T_INT, verbosity, "0 warn, 1 info, 2 debug (1)"),
 #undef O
 };
@@ -152,6 +154,7 @@ pd_config_parse(pd_config_t *cfg, int argc, char **argv)
     cfg->request_timeout_ms = 5000;
     cfg->max_header_bytes = 16384;
     cfg->header_timeout_ms = 10000;
+    cfg->room_diff_ms = 25;
     cfg->store_capacity = 1048576;
     cfg->store_arena = (size_t)1 << 30;
     snprintf(cfg->host, sizeof cfg->host, "0.0.0.0");

@@ -69,6 +69,7 @@ typedef struct {
     size_t max_connections_per_ip; //  per gateway and client address (0: no limit)
     size_t max_header_bytes;  //  a request's headers (16384; 431 beyond)
     int header_timeout_ms;    //  to complete a request's headers, and keep-alive idle (10000)
+    int room_diff_ms;         //  a room's joins and leaves gathered into one diff, ms (25)
 
     /* endpoints (ZeroMQ), bind side given with '@' or as the broker's own flags */
     char broker_front[256];   //  gateways and the reaper connect here (broker ROUTER)

@@ -36,6 +36,7 @@
 #include "pd_room.h"
 
 #define SB_DIFF_WINDOW_MS 25       //  joins and leaves of a room are sent together this long
+                                   //  (--room-diff-window, 1 to 1000)
 #define SB_RENEW_MS (PD_ROOM_LEASE_MS / 3)
 #define SB_SNAP_RETRY_MS 2000      //  a room's snapshot not back after this is asked again
 #define SB_MAX_CHANNELS 100        //  channels per connection
@@ -1281,6 +1282,15 @@ gw_sb_on_req(h2o_handler_t *self, h2o_req_t *req)
         sb->refused++;
         return 0;
     }
+    pd_str_t origin = gw_header(req, "origin");
+    bool origin_ok = !origin.len || !p->norigins;
+    for (size_t k = 0; !origin_ok && k < p->norigins; k++)
+        origin_ok = pd_str_eqc(origin, p->origins[k]);
+    if (!origin_ok) {
+        s_refuse_http(gw, req, 403, "Origin not allowed for this project", t0);
+        sb->refused++;
+        return 0;
+    }
     sb_who_t who;
     if (s_verify(p, apikey, &who, err, sizeof err) < 0 || who.kind == GW_ID_USER) {
         s_refuse_http(gw, req, 401, who.kind == GW_ID_USER ? "Invalid API key: a user token" : err,
@@ -1311,7 +1321,9 @@ gw_sb_init(gw_t *gw)
     pd_map_init(&sb->rooms);
     pd_buf_init(&sb->out);
     pd_buf_init(&sb->tmp);
-    h2o_timeout_init(gw->ctx.loop, &sb->diff_timeout, SB_DIFF_WINDOW_MS);
+    int window = gw->cfg->room_diff_ms;
+    h2o_timeout_init(gw->ctx.loop, &sb->diff_timeout,
+                     window >= 1 && window <= 1000 ? (uint64_t)window : SB_DIFF_WINDOW_MS);
     sb->ws.max_message = SB_MAX_MESSAGE;
     sb->ws.max_queue = gw->cfg->ws_max_queue >= 4096 ? gw->cfg->ws_max_queue : SB_QUEUE_DEFAULT;
     sb->ws.idle_ms = gw->cfg->ws_idle_timeout > 0 ? gw->cfg->ws_idle_timeout * 1000LL : SB_IDLE_MS;

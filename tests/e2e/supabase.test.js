@@ -164,6 +164,32 @@ test('a late joiner gets the whole room in presence_state', async () => {
     for (const m of members) m.disconnect();
 });
 
+test('a storm of tracks reaches a member as a handful of batched diffs, not one per join', async () => {
+    const room = 'batch';
+    const w = await client(gws[0]);
+    const cw = w.channel(room);
+    const ev = watch(cw);
+    await subscribe(cw);
+    const members = [];
+    for (let i = 0; i < 30; i++) {
+        const m = await client(gws[i % 2]);
+        const ch = m.channel(room, { config: { presence: { key: `k${i}` } } });
+        await subscribe(ch);
+        members.push({ m, ch });
+    }
+    const before = ev.filter((e) => e.t === 'sync').length;
+    const replies = await Promise.all(members.map(({ ch }, i) => ch.track({ i })));
+    assert.ok(replies.every((r) => r === 'ok'));
+    await R.until(() => keys(cw).length === 30, 5000, 'all 30 in the room');
+    await sleep(200);
+    const diffs = ev.filter((e) => e.t === 'sync').length - before; // one sync per presence_diff
+    assert.equal(ev.filter((e) => e.t === 'join').length, 30, 'a join callback per key');
+    assert.ok(diffs < 15, `${diffs} presence_diff messages for 30 joins`);
+    for (const { m } of members) m.disconnect();
+    await R.until(() => keys(cw).length === 0, 5000, 'all left');
+    w.disconnect();
+});
+
 test('broadcast across gateways: self false and true, ack, binary payloads', async () => {
     const a = await client(gws[0]), b = await client(gws[1]);
     const got = { a: [], b: [], aSelf: [] };
