@@ -38,6 +38,7 @@ enum {
     PD_ROOM_RENEW = 3,    //  the lease of every member whose CONN starts with CONN
     PD_ROOM_SNAP = 4,     //  publish the room's members for gateway TARGET, in bus order
     PD_ROOM_SEND = 5,     //  publish a broadcast: EVENT_NAME, BODY, FLAGS, from CONN
+    PD_ROOM_SHOW = 6,     //  reply BODY {"channel","count","members":[{key,phx_ref,conn,...}]}
 };
 //  ROOM_EVENT FLAGS of a broadcast.
 enum { PD_ROOM_FL_BINARY = 1, PD_ROOM_FL_SELF = 2 };

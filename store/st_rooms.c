@@ -11,6 +11,7 @@
 struct st_rooms {
     pd_rooms_t *rooms;
     pd_msgw_t events;
+    pd_buf_t show;      //  a SHOW reply's body
     int node;
 };
 
@@ -58,6 +59,7 @@ st_rooms_open(const pd_config_t *cfg, bool fresh)
                 pd_rooms_members(r->rooms), pd_rooms_rooms(r->rooms));
     r->node = cfg->node;
     pd_msgw_init(&r->events);
+    pd_buf_init(&r->show);
     pd_rooms_set_hook(r->rooms, s_hook, r);
     return r;
 }
@@ -70,6 +72,7 @@ st_rooms_close(st_rooms_t **rp)
         return;
     pd_rooms_close(&r->rooms);
     pd_msgw_destroy(&r->events);
+    pd_buf_free(&r->show);
     free(r);
     *rp = NULL;
 }
@@ -96,6 +99,31 @@ s_snap_item(const pd_room_member_t *m, void *arg)
     msgpack_pack_str_with_body(pk, m->key.ptr, m->key.len);
     msgpack_pack_str_with_body(pk, m->ref.ptr, m->ref.len);
     msgpack_pack_str_with_body(pk, m->meta.ptr, m->meta.len);
+}
+
+//  A room's members as JSON for operators (presencectl): in the order they joined.
+typedef struct {
+    pd_buf_t *b;
+    bool first;
+} show_ctx_t;
+
+static void
+s_show_item(const pd_room_member_t *m, void *arg)
+{
+    show_ctx_t *c = arg;
+    pd_buf_adds(c->b, c->first ? "{\"key\":" : ",{\"key\":");
+    c->first = false;
+    pd_buf_add_json_str(c->b, m->key.ptr, m->key.len);
+    pd_buf_adds(c->b, ",\"phx_ref\":");
+    pd_buf_add_json_str(c->b, m->ref.ptr, m->ref.len);
+    pd_buf_adds(c->b, ",\"conn\":");
+    pd_buf_add_json_str(c->b, m->conn.ptr, m->conn.len);
+    pd_buf_addf(c->b, ",\"lease_ms\":%lld,\"meta\":", (long long)m->lease_ms);
+    if (m->meta.len)
+        pd_buf_add(c->b, m->meta.ptr, m->meta.len);
+    else
+        pd_buf_adds(c->b, "{}");
+    pd_buf_add(c->b, "}", 1);
 }
 
 void
@@ -158,6 +186,21 @@ st_rooms_on_msg(st_rooms_t *r, const pd_msg_t *m, pd_msgw_t *reply)
         pd_msgw_int(w, PD_F_FLAGS, m->i[PD_F_FLAGS]);
         pd_msgw_end(w);
         s_reply(reply, m, PD_ERR_OK, NULL);
+        return;
+    }
+    case PD_ROOM_SHOW: {
+        show_ctx_t c = {.b = &r->show, .first = true};
+        pd_buf_reset(&r->show);
+        pd_buf_adds(&r->show, "{\"channel\":");
+        pd_buf_add_json_str(&r->show, channel.ptr, channel.len);
+        pd_buf_addf(&r->show, ",\"count\":%u,\"members\":[",
+                    pd_rooms_count(r->rooms, project, channel));
+        pd_rooms_each(r->rooms, project, channel, s_show_item, &c);
+        pd_buf_adds(&r->show, "]}");
+        pd_msgw_begin(reply, PD_MSG_REPLY, m->rid);
+        pd_msgw_int(reply, PD_F_ERR, PD_ERR_OK);
+        pd_msgw_str(reply, PD_F_BODY, r->show.data, r->show.len);
+        pd_msgw_end(reply);
         return;
     }
     default:

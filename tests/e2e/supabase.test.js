@@ -150,6 +150,16 @@ test('a late joiner gets the whole room in presence_state', async () => {
         assert.equal(await ch.track({ i }), 'ok');
         members.push(m);
     }
+    // operators: the room's members and count, with an API key
+    const show = await fetch(`${c.url}/v1/rooms/late`, { headers: { 'X-Appwrite-Project': c.project, 'X-Appwrite-Key': c.apiKey } });
+    assert.equal(show.status, 200);
+    const body = await show.json();
+    assert.equal(body.channel, 'late');
+    assert.equal(body.count, 6);
+    assert.deepEqual(body.members.map((m) => m.key).sort(), ['m0', 'm1', 'm2', 'm3', 'm4', 'm5']);
+    assert.equal(body.members.find((m) => m.key === 'm2').meta.i, 2);
+    const guest = await fetch(`${c.url}/v1/rooms/late`, { headers: { 'X-Appwrite-Project': c.project } });
+    assert.equal(guest.status, 401);
     for (const pid of gws) {
         const late = await client(pid);
         const ch = late.channel(room);
