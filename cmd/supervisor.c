@@ -221,6 +221,9 @@ s_spawn(pd_config_t *cfg, child_t *c)
         if (cfg->ws_stall_timeout) {
             argv[n++] = "--ws-stall-timeout"; argv[n++] = wsstall;
         }
+        if (!cfg->ws_deflate) {
+            argv[n++] = "--ws-deflate"; argv[n++] = "0";
+        }
         argv[n++] = "--max-header-bytes"; argv[n++] = hdr;
         argv[n++] = "--header-timeout"; argv[n++] = hdrtmo;
         if (cfg->max_connections) {

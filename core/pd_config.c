@@ -57,6 +57,7 @@ static const struct opt {
     O("ws-idle-timeout", T_INT, ws_idle_timeout, "gateway: idle WebSocket timeout, s (90)"),
     O("ws-stall-timeout", T_INT, ws_stall_timeout,
       "gateway: s a WebSocket write may make no progress before the client is dropped (10)"),
+    O("ws-deflate", T_INT, ws_deflate, "gateway: permessage-deflate on WebSockets, 1 or 0 (1)"),
     O("max-connections", T_SIZE, max_connections,
       "gateway: connections (descriptor limit less a quarter, at most 256)"),
     O("max-connections-per-ip", T_SIZE, max_connections_per_ip,
@@ -155,6 +156,7 @@ pd_config_parse(pd_config_t *cfg, int argc, char **argv)
     cfg->max_header_bytes = 16384;
     cfg->header_timeout_ms = 10000;
     cfg->room_diff_ms = 25;
+    cfg->ws_deflate = 1;
     cfg->store_capacity = 1048576;
     cfg->store_arena = (size_t)1 << 30;
     snprintf(cfg->host, sizeof cfg->host, "0.0.0.0");

@@ -65,6 +65,7 @@ typedef struct {
     size_t ws_max_queue;      //  bytes queued to one WebSocket before it is dropped (1 MiB)
     int ws_idle_timeout;      //  seconds without a frame before a WebSocket is closed (90)
     int ws_stall_timeout;     //  seconds a write to a WebSocket may make no progress (10)
+    int ws_deflate;           //  accept permessage-deflate offers (1)
     size_t max_connections;   //  per gateway (0: RLIMIT_NOFILE less a reserve)
     size_t max_connections_per_ip; //  per gateway and client address (0: no limit)
     size_t max_header_bytes;  //  a request's headers (16384; 431 beyond)

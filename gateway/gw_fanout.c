@@ -298,15 +298,16 @@ s_consider(fo_ev_t *e, gw_fo_sub_t *s, uint32_t mask)
 /*  The JSON of an event frame up to the subscription ids, once per kind per event (§6.4):
  *  events [presences.X.a, presences.*.a, presences.X, presences.*], channels [presences,
  *  presences.X, presences.a, presences.X.a], timestamp, payload. */
-static pd_buf_t *
+static gw_ws_shared_t *
 s_prefix(fo_ev_t *e, int kind)
 {
     gw_fo_t *fo = e->fo;
-    pd_buf_t *b = &fo->pre[kind];
+    gw_ws_shared_t *sh = &fo->pre[kind];
     if (fo->pre_ok[kind])
-        return b;
+        return sh;
     fo->pre_ok[kind] = true;
-    pd_buf_reset(b);
+    gw_ws_shared_reset(sh);
+    pd_buf_t *b = &sh->plain;
     const char *a = s_act_name(s_kind_action(e, kind));
     pd_str_t id = e->rn->id;
     int il = (int)id.len;
@@ -326,7 +327,7 @@ s_prefix(fo_ev_t *e, int kind)
     else
         pd_buf_adds(b, "{}");
     pd_buf_adds(b, ",\"subscriptions\":[");
-    return b;
+    return sh;
 }
 
 static void
@@ -338,8 +339,8 @@ s_deliver(fo_ev_t *e)
         gw_fo_conn_t *c = fo->mconns[i];
         if (c->ws->state != GW_WS_OPEN)
             continue;
-        pd_buf_t *pre = s_prefix(e, c->kind);
-        size_t n = pre->len + sizeof suffix - 1, cnt = 0;
+        gw_ws_shared_t *pre = s_prefix(e, c->kind);
+        size_t n = sizeof suffix - 1, cnt = 0; /* the tail: ids and suffix */
         for (int32_t k = c->ev_head; k >= 0; k = fo->pairs[k].next, cnt++)
             n += fo->pairs[k].sub->idlen + 2u;
         n += cnt - 1;
@@ -347,11 +348,9 @@ s_deliver(fo_ev_t *e)
         int how = act == PD_ACT_DELETE ? PD_CQ_DELETE
                   : act == PD_ACT_UPSERT && (!e->prev || c->kind == GW_FO_GAINED) ? PD_CQ_CREATE
                                                                                  : PD_CQ_CHANGE;
-        char *d = gw_ws_out_record(c->ws, e->rec, how, GW_WS_TEXT, n);
+        char *d = gw_ws_out_shared(c->ws, e->rec, how, pre, n);
         if (!d)
             continue;
-        memcpy(d, pre->data, pre->len);
-        d += pre->len;
         for (int32_t k = c->ev_head; k >= 0; k = fo->pairs[k].next) {
             const gw_fo_sub_t *s = fo->pairs[k].sub;
             *d++ = '"';
@@ -363,7 +362,7 @@ s_deliver(fo_ev_t *e)
         }
         memcpy(d, suffix, sizeof suffix - 1);
         fo->frames++;
-        fo->frame_bytes += n;
+        fo->frame_bytes += pre->plain.len + n;
     }
 }
 
@@ -458,7 +457,7 @@ gw_fo_init(gw_fo_t *fo)
     pd_buf_init(&fo->key);
     randombytes_buf(fo->rec_key, sizeof fo->rec_key);
     for (int k = 0; k < GW_FO__KINDS; k++)
-        pd_buf_init(&fo->pre[k]);
+        gw_ws_shared_init(&fo->pre[k]);
 }
 
 void
@@ -466,7 +465,7 @@ gw_fo_dispose(gw_fo_t *fo)
 {
     pd_buf_free(&fo->key);
     for (int k = 0; k < GW_FO__KINDS; k++)
-        pd_buf_free(&fo->pre[k]);
+        gw_ws_shared_free(&fo->pre[k]);
     free(fo->pairs);
     free(fo->mconns);
 }

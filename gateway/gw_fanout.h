@@ -72,7 +72,7 @@ typedef struct {
     size_t npairs, cap_pairs;
     gw_fo_conn_t **mconns;
     size_t nm, cap_m;
-    pd_buf_t pre[GW_FO__KINDS];
+    gw_ws_shared_t pre[GW_FO__KINDS]; //  an event's frame up to the subscription ids, per kind
     bool pre_ok[GW_FO__KINDS];
     size_t nsubs;
     uint64_t frames, frame_bytes; //  event frames queued, and their bytes

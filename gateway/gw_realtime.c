@@ -1199,6 +1199,7 @@ gw_rt_init(gw_t *gw)
         rt->ws.max_queue = gw->cfg->ws_max_queue;
     if (gw->cfg->ws_idle_timeout > 0)
         rt->ws.idle_ms = gw->cfg->ws_idle_timeout * 1000LL;
+    rt->ws.deflate = gw->cfg->ws_deflate != 0;
 }
 
 void
@@ -1275,6 +1276,13 @@ gw_rt_metrics(gw_t *gw, pd_buf_t *b)
       rt->ws.conflated);
     C("presenced_realtime_event_bytes_total", "Bytes of event frames queued to connections.",
       rt->fo.frame_bytes);
+    C("presenced_realtime_deflated_total",
+      "Messages compressed (permessage-deflate): each event once, however many connections get it.",
+      rt->ws.deflated);
+    C("presenced_realtime_deflate_in_bytes_total", "Bytes of those messages before compression.",
+      rt->ws.zin);
+    C("presenced_realtime_deflate_out_bytes_total", "Bytes of those messages after compression.",
+      rt->ws.zout);
     C("presenced_realtime_slow_disconnects_total",
       "Connections dropped as slow consumers (no write progress for --ws-stall-timeout, or "
       "pending output over --ws-max-queue).",

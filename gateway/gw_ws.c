@@ -1,11 +1,13 @@
 /*  gw_ws — RFC 6455 framing without I/O (see gw_ws.h). */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include <h2o.h>
 #include <h2o/http1.h>
 #include <openssl/evp.h>
+#include <zlib.h>
 
 #include "gw_ws.h"
 #include "pd_log.h"
@@ -45,10 +47,11 @@ gw_ws_parse(const unsigned char *b, size_t avail, gw_ws_frame_t *f, const char *
     if (avail < 2)
         return 0;
     f->fin = (b[0] & 0x80) != 0;
+    f->rsv1 = (b[0] & 0x40) != 0;
     f->op = b[0] & 0x0f;
     f->len = b[1] & 0x7f;
     f->hl = 2;
-    if (b[0] & 0x70) {
+    if ((b[0] & 0x30) || (f->rsv1 && (f->op == GW_WS_CONT || (f->op & 0x8)))) {
         *why = "Reserved bits set";
         return -1;
     }
@@ -128,6 +131,74 @@ gw_ws_accept_key(const char *client_key, char out[29])
     out[28] = 0;
 }
 
+/*  One offer: "permessage-deflate" then ";"-separated parameters. */
+static bool
+s_offer_ok(const char *v, size_t n)
+{
+    const char *p = v, *end = v + n;
+    unsigned seen = 0;
+    for (int k = 0; p <= end; k++) {
+        const char *e = memchr(p, ';', (size_t)(end - p));
+        if (!e)
+            e = end;
+        const char *a = p, *z = e;
+        while (a < z && (*a == ' ' || *a == '\t'))
+            a++;
+        while (z > a && (z[-1] == ' ' || z[-1] == '\t'))
+            z--;
+        const char *eq = memchr(a, '=', (size_t)(z - a));
+        const char *ne = eq ? eq : z, *va = eq ? eq + 1 : z, *vz = z;
+        while (ne > a && (ne[-1] == ' ' || ne[-1] == '\t'))
+            ne--;
+        while (va < vz && (*va == ' ' || *va == '\t'))
+            va++;
+        if (vz - va >= 2 && *va == '"' && vz[-1] == '"')
+            va++, vz--;
+        size_t nl = (size_t)(ne - a), vl = (size_t)(vz - va);
+        if (k == 0) {
+            if (nl != 18 || strncasecmp(a, "permessage-deflate", 18) != 0 || eq)
+                return false;
+        } else {
+            static const char *const names[] = {"server_no_context_takeover",
+                                                "client_no_context_takeover",
+                                                "server_max_window_bits", "client_max_window_bits"};
+            int which = -1;
+            for (int i = 0; i < 4; i++)
+                if (nl == strlen(names[i]) && strncasecmp(a, names[i], nl) == 0)
+                    which = i;
+            if (which < 0 || (seen & (1u << which)))
+                return false;
+            seen |= 1u << which;
+            int bits = 0;
+            for (size_t i = 0; i < vl && i < 3; i++)
+                bits = va[i] >= '0' && va[i] <= '9' ? bits * 10 + (va[i] - '0') : 99;
+            if (which < 2 && eq)
+                return false; /* takes no value */
+            if (which == 2 && (!eq || vl > 2 || bits != 15))
+                return false; /* we compress with a 32 KiB window */
+            if (which == 3 && eq && (vl > 2 || bits < 8 || bits > 15))
+                return false;
+        }
+        p = e + 1;
+    }
+    return true;
+}
+
+bool
+gw_ws_deflate_offer(const char *v, size_t n)
+{
+    const char *p = v, *end = v + n;
+    while (p <= end) {
+        const char *e = memchr(p, ',', (size_t)(end - p));
+        if (!e)
+            e = end;
+        if (s_offer_ok(p, (size_t)(e - p)))
+            return true;
+        p = e + 1;
+    }
+    return false;
+}
+
 /* ------------------------------------------------------------------------------ connections */
 
 static void s_write(gw_ws_conn_t *c);
@@ -198,8 +269,82 @@ gw_ws_kill(gw_ws_conn_t *c, const char *why)
     s_link_flush(x);
 }
 
-char *
-gw_ws_out_record(gw_ws_conn_t *c, uint64_t rec, int how, int op, size_t n)
+/* ------------------------------------------------------------------------------ compression */
+
+static z_stream *
+s_zd(gw_ws_ctx_t *x)
+{
+    if (!x->zd) {
+        z_stream *z = calloc(1, sizeof *z);
+        if (!z || deflateInit2(z, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+            abort();
+        x->zd = z;
+    }
+    return x->zd;
+}
+
+/*  Deflates n bytes at p into out (appended) as one message with no context, ending in a sync
+ *  flush: the last four bytes are then 00 00 ff ff (RFC 7692 §7.2.1 has the sender drop them). */
+static void
+s_deflate(gw_ws_ctx_t *x, const char *p, size_t n, pd_buf_t *out)
+{
+    z_stream *z = s_zd(x);
+    deflateReset(z);
+    z->next_in = (Bytef *)p;
+    z->avail_in = (uInt)n;
+    do {
+        size_t room = deflateBound(z, (uLong)n) + 16;
+        pd_buf_reserve(out, room);
+        z->next_out = (Bytef *)out->data + out->len;
+        z->avail_out = (uInt)room;
+        int rc = deflate(z, Z_SYNC_FLUSH);
+        out->len += room - z->avail_out;
+        if (rc != Z_OK && rc != Z_BUF_ERROR)
+            abort();
+    } while (z->avail_out == 0 || z->avail_in);
+    x->deflated++;
+    x->zin += n;
+}
+
+/*  Inflates a compressed message (n bytes at p, the 00 00 ff ff put back) into x->zbuf, at most
+ *  max bytes. Returns 0, 1 when it is longer than max, -1 when it is not valid deflate data. */
+static int
+s_inflate(gw_ws_ctx_t *x, const char *p, size_t n, size_t max)
+{
+    if (!x->zi) {
+        z_stream *z = calloc(1, sizeof *z);
+        if (!z || inflateInit2(z, -15) != Z_OK)
+            abort();
+        x->zi = z;
+    }
+    z_stream *z = x->zi;
+    inflateReset(z);
+    static const unsigned char tail[4] = {0, 0, 0xff, 0xff};
+    pd_buf_reset(&x->zbuf);
+    pd_buf_reserve(&x->zbuf, max + 1);
+    z->next_out = (Bytef *)x->zbuf.data;
+    z->avail_out = (uInt)(max + 1);
+    for (int part = 0; part < 2; part++) {
+        z->next_in = part ? (Bytef *)tail : (Bytef *)p;
+        z->avail_in = part ? 4 : (uInt)n;
+        while (z->avail_in) {
+            int rc = inflate(z, Z_SYNC_FLUSH);
+            if (z->avail_out == 0)
+                return 1;
+            if (rc == Z_STREAM_END) { /* BFINAL set (RFC 7692 §7.2.3.4): the message ends */
+                x->zbuf.len = max + 1 - z->avail_out;
+                return 0;
+            }
+            if (rc != Z_OK)
+                return rc == Z_BUF_ERROR && !z->avail_in ? 0 : -1;
+        }
+    }
+    x->zbuf.len = max + 1 - z->avail_out;
+    return 0;
+}
+
+static char *
+s_out(gw_ws_conn_t *c, uint64_t rec, int how, int op, bool rsv1, size_t n)
 {
     gw_ws_ctx_t *x = c->ctx;
     if (c->state == GW_WS_DEAD)
@@ -214,6 +359,8 @@ gw_ws_out_record(gw_ws_conn_t *c, uint64_t rec, int how, int op, size_t n)
     }
     unsigned char h[GW_WS_HEADER_MAX];
     size_t hl = gw_ws_header(h, op, n);
+    if (rsv1)
+        h[0] |= 0x40;
     uint64_t before = c->q.conflated;
     char *p = rec && c->wbuf ? pd_cqueue_push_record(&c->q, rec, how, hl + n)
                              : pd_cqueue_push(&c->q, hl + n);
@@ -226,9 +373,15 @@ gw_ws_out_record(gw_ws_conn_t *c, uint64_t rec, int how, int op, size_t n)
 }
 
 char *
+gw_ws_out_record(gw_ws_conn_t *c, uint64_t rec, int how, int op, size_t n)
+{
+    return s_out(c, rec, how, op, false, n);
+}
+
+char *
 gw_ws_out(gw_ws_conn_t *c, int op, size_t n)
 {
-    return gw_ws_out_record(c, 0, 0, op, n);
+    return s_out(c, 0, 0, op, false, n);
 }
 
 void
@@ -236,9 +389,77 @@ gw_ws_send(gw_ws_conn_t *c, const char *p, size_t n)
 {
     if (c->state != GW_WS_OPEN)
         return;
+    gw_ws_ctx_t *x = c->ctx;
+    if (c->deflate && n >= x->deflate_min) {
+        pd_buf_reset(&x->zbuf);
+        s_deflate(x, p, n, &x->zbuf);
+        size_t zl = x->zbuf.len - 4;
+        x->zout += zl;
+        char *d = s_out(c, 0, 0, GW_WS_TEXT, true, zl);
+        if (d)
+            memcpy(d, x->zbuf.data, zl);
+        return;
+    }
     char *d = gw_ws_out(c, GW_WS_TEXT, n);
     if (d)
         memcpy(d, p, n);
+}
+
+void
+gw_ws_shared_init(gw_ws_shared_t *sh)
+{
+    pd_buf_init(&sh->plain);
+    pd_buf_init(&sh->z);
+    sh->z_ok = false;
+}
+
+void
+gw_ws_shared_reset(gw_ws_shared_t *sh)
+{
+    pd_buf_reset(&sh->plain);
+    sh->z_ok = false;
+}
+
+void
+gw_ws_shared_free(gw_ws_shared_t *sh)
+{
+    pd_buf_free(&sh->plain);
+    pd_buf_free(&sh->z);
+}
+
+/*  Compressed, the frame is sh->z (the beginning, ending in a sync flush: byte aligned), then
+ *  the tail as a stored block (BFINAL 0, BTYPE 00: a header byte, LEN, NLEN, the bytes), then
+ *  the header byte of the empty stored block whose LEN and NLEN (00 00 ff ff) the receiver
+ *  puts back (RFC 7692 §7.2.2). */
+char *
+gw_ws_out_shared(gw_ws_conn_t *c, uint64_t rec, int how, gw_ws_shared_t *sh, size_t tail)
+{
+    gw_ws_ctx_t *x = c->ctx;
+    if (!c->deflate || sh->plain.len + tail < x->deflate_min || tail > 65535) {
+        char *d = s_out(c, rec, how, GW_WS_TEXT, false, sh->plain.len + tail);
+        if (!d)
+            return NULL;
+        memcpy(d, sh->plain.data, sh->plain.len);
+        return d + sh->plain.len;
+    }
+    if (!sh->z_ok) {
+        pd_buf_reset(&sh->z);
+        s_deflate(x, sh->plain.data, sh->plain.len, &sh->z);
+        x->zout += sh->z.len;
+        sh->z_ok = true;
+    }
+    char *d = s_out(c, rec, how, GW_WS_TEXT, true, sh->z.len + 5 + tail + 1);
+    if (!d)
+        return NULL;
+    memcpy(d, sh->z.data, sh->z.len);
+    d += sh->z.len;
+    d[0] = 0;
+    d[1] = (char)(tail & 0xff);
+    d[2] = (char)(tail >> 8);
+    d[3] = (char)(~tail & 0xff);
+    d[4] = (char)((~tail >> 8) & 0xff);
+    d[5 + tail] = 0;
+    return d + 5;
 }
 
 /*  A close frame after what is queued; once written, a half-close. */
@@ -367,9 +588,25 @@ s_input_release(h2o_socket_t *sock)
 }
 
 static void
-s_message(gw_ws_conn_t *c, int op, const char *p, size_t n)
+s_message(gw_ws_conn_t *c, int op, bool z, const char *p, size_t n)
 {
-    c->ctx->cb->on_message(c, op, p, n);
+    gw_ws_ctx_t *x = c->ctx;
+    if (z) {
+        int rc = s_inflate(x, p, n, x->max_message);
+        if (rc > 0) {
+            if (x->cb->on_oversize)
+                x->cb->on_oversize(c);
+            gw_ws_close(c, 1009, "Message too big");
+            return;
+        }
+        if (rc < 0) {
+            gw_ws_close(c, 1007, "Invalid compressed data");
+            return;
+        }
+        p = x->zbuf.data;
+        n = x->zbuf.len;
+    }
+    x->cb->on_message(c, op, p, n);
 }
 
 /*  Parses the complete frames in the input buffer (RFC 6455 §5): client frames must be
@@ -394,6 +631,10 @@ s_consume(gw_ws_conn_t *c)
             break;
         int op = f.op;
         uint64_t len = f.len;
+        if (f.rsv1 && !c->deflate) {
+            gw_ws_close(c, 1002, "Reserved bits set");
+            break;
+        }
         if (!(op & 0x8)) {
             if ((op == GW_WS_CONT) != (c->frag_op != 0)) {
                 gw_ws_close(c, 1002, op ? "Expected a continuation frame"
@@ -436,18 +677,21 @@ s_consume(gw_ws_conn_t *c)
                 char *msg = c->frag;
                 uint32_t mlen = c->frag_len;
                 int mop = c->frag_op;
+                bool z = c->frag_z;
                 c->frag = NULL;
                 c->frag_len = 0;
                 c->frag_op = 0;
-                s_message(c, mop, msg, mlen);
+                c->frag_z = false;
+                s_message(c, mop, z, msg, mlen);
                 free(msg);
             }
             break;
         }
         default: /* text, binary */
             if (f.fin) {
-                s_message(c, op, (const char *)pl, (size_t)len);
+                s_message(c, op, f.rsv1, (const char *)pl, (size_t)len);
             } else {
+                c->frag_z = f.rsv1;
                 c->frag = malloc((size_t)len + 1);
                 if (!c->frag)
                     abort();
@@ -565,6 +809,22 @@ gw_ws_upgrade(gw_ws_conn_t *c, h2o_req_t *req, const char *client_key)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_UPGRADE, NULL, H2O_STRLIT("websocket"));
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("sec-websocket-accept"), 0,
                           NULL, accept, 28);
+    if (c->ctx->deflate) {
+        for (ssize_t i = -1; (i = h2o_find_header_by_str(&req->headers,
+                                                         H2O_STRLIT("sec-websocket-extensions"),
+                                                         i)) != -1;) {
+            const h2o_iovec_t *v = &req->headers.entries[i].value;
+            if (gw_ws_deflate_offer(v->base, v->len)) {
+                c->deflate = true;
+                break;
+            }
+        }
+    }
+    if (c->deflate)
+        h2o_add_header_by_str(&req->pool, &req->res.headers,
+                              H2O_STRLIT("sec-websocket-extensions"), 0, NULL,
+                              H2O_STRLIT("permessage-deflate; server_no_context_takeover; "
+                                         "client_no_context_takeover"));
     /* the frames queued so far go out with the 101, in one write */
     size_t len = 0;
     char *hello = pd_cqueue_take(&c->q, &len);
@@ -610,4 +870,22 @@ gw_ws_ctx_init(gw_ws_ctx_t *x, h2o_context_t *h2o, const gw_ws_cb_t *cb)
     x->max_message = 65536;
     x->stall_ms = 10000;
     x->idle_ms = 90000;
+    x->deflate = true;
+    x->deflate_min = 128;
+    pd_buf_init(&x->zbuf);
+}
+
+void
+gw_ws_ctx_dispose(gw_ws_ctx_t *x)
+{
+    if (x->zd) {
+        deflateEnd(x->zd);
+        free(x->zd);
+    }
+    if (x->zi) {
+        inflateEnd(x->zi);
+        free(x->zi);
+    }
+    x->zd = x->zi = NULL;
+    pd_buf_free(&x->zbuf);
 }

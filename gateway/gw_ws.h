@@ -51,6 +51,7 @@ enum {
 //  A client frame's header as parsed.
 typedef struct {
     bool fin;
+    bool rsv1;                //  compressed (permessage-deflate), first frame of a message only
     int op;                   //  GW_WS_*
     uint64_t len;             //  payload bytes
     size_t hl;                //  header bytes, the 4-byte mask included
@@ -64,8 +65,10 @@ size_t gw_ws_header(unsigned char *h, int op, size_t n);
 void gw_ws_frame_into(pd_buf_t *out, int op, const char *p, size_t n);
 //  Parses the header of the client frame at b (avail bytes). Returns 1 with f filled (the
 //  payload may not all be there yet: the frame is complete when avail >= f->hl + f->len), 0 if
-//  more bytes are needed, or -1 with *why set for a protocol error: reserved bits, an unmasked
-//  frame, a fragmented or long control frame, an unknown opcode.
+//  more bytes are needed, or -1 with *why set for a protocol error: RSV2/RSV3, RSV1 on a control
+//  or continuation frame, an unmasked frame, a fragmented or long control frame, an unknown
+//  opcode. RSV1 on a message's first frame is reported (f->rsv1): the caller refuses it unless
+//  permessage-deflate was negotiated.
 int gw_ws_parse(const unsigned char *b, size_t avail, gw_ws_frame_t *f, const char **why);
 //  Unmasks n payload bytes in place with the frame's key.
 void gw_ws_unmask(unsigned char *p, uint64_t n, const unsigned char mask[4]);
@@ -76,8 +79,26 @@ int gw_ws_close_code(const unsigned char *p, uint64_t n);
 size_t gw_ws_close_payload(char *p, int code, const char *reason);
 //  Sec-WebSocket-Accept for a client's 24-character key, NUL-terminated.
 void gw_ws_accept_key(const char *client_key, char out[29]);
+//  True if a Sec-WebSocket-Extensions value (n bytes) has a permessage-deflate offer (RFC 7692)
+//  the server can accept: parameters known, no duplicates, server_max_window_bits (if any) 15.
+//  The answer is always "permessage-deflate; server_no_context_takeover;
+//  client_no_context_takeover" (§7.1.1: a server may ask the latter even if not offered).
+bool gw_ws_deflate_offer(const char *v, size_t n);
 
 /* ------------------------------------------------------------------------------ connections */
+
+/*  permessage-deflate (RFC 7692), negotiated when the client offers it (browsers and Node's
+ *  `ws` do), with no context takeover either way, so a message is compressed alone and nothing
+ *  is kept per connection: the context's one deflate and one inflate stream serve all. Small
+ *  messages go uncompressed (allowed per message). A message many connections get (an event)
+ *  is a gw_ws_shared_t: its common beginning is deflated once, ending in a sync flush (byte
+ *  aligned), and each connection's frame appends its own tail (the subscription ids) as a
+ *  stored block, so an event costs one compression, not one per delivery. */
+typedef struct {
+    pd_buf_t plain;           //  the common beginning of a message
+    pd_buf_t z;               //  it deflated, ending in a sync flush (made on first need)
+    bool z_ok;
+} gw_ws_shared_t;
 
 #define GW_WS_CLOSE_WAIT_MS 3000 //  after our close frame, wait this long for the peer
 
@@ -119,6 +140,8 @@ struct gw_ws_conn {
     uint32_t wlen, frag_len;
     uint8_t state, frag_op;     //  GW_WS_UPGRADING...
     bool in_flush, shut, peer_closed, held, detached, refused;
+    bool deflate;               //  permessage-deflate negotiated
+    bool frag_z;                //  the message being received is compressed
 };
 
 struct gw_ws_ctx {
@@ -134,9 +157,15 @@ struct gw_ws_ctx {
     int64_t idle_ms;            //  nothing received this long: close 1000
     uint64_t conflated;         //  queued frames superseded or cancelled
     uint64_t slow, idle;        //  connections dropped as slow consumers; closed for idleness
+    bool deflate;               //  accept permessage-deflate offers (--ws-deflate)
+    size_t deflate_min;         //  messages shorter than this go uncompressed
+    void *zd, *zi;              //  the deflate and inflate streams (z_stream), made on first use
+    pd_buf_t zbuf;              //  scratch: a message compressed or inflated
+    uint64_t deflated, zin, zout; //  messages compressed; their bytes before and after
 };
 
 void gw_ws_ctx_init(gw_ws_ctx_t *x, h2o_context_t *h2o, const gw_ws_cb_t *cb);
+void gw_ws_ctx_dispose(gw_ws_ctx_t *x);
 //  A connection for a WebSocket handshake: size bytes (at least sizeof(gw_ws_conn_t), zeroed),
 //  the protocol's struct with gw_ws_conn_t first. Frames sent before gw_ws_upgrade go out with
 //  the 101.
@@ -153,8 +182,15 @@ char *gw_ws_out(gw_ws_conn_t *c, int op, size_t n);
 //  The same for a frame with record rec's state (rec != 0; how: PD_CQ_*), conflated while the
 //  client is behind. NULL also when nothing is to be sent (pd_cqueue_push_record).
 char *gw_ws_out_record(gw_ws_conn_t *c, uint64_t rec, int how, int op, size_t n);
-//  Queues one text frame (open connections only).
+//  Queues one text frame (open connections only), compressed when negotiated and worth it.
 void gw_ws_send(gw_ws_conn_t *c, const char *p, size_t n);
+//  A shared message: sh->plain is filled by the caller (after gw_ws_shared_reset).
+void gw_ws_shared_init(gw_ws_shared_t *sh);
+void gw_ws_shared_reset(gw_ws_shared_t *sh);
+void gw_ws_shared_free(gw_ws_shared_t *sh);
+//  Queues a text frame of sh's beginning plus a tail of `tail` bytes (at most 65535), conflated
+//  as gw_ws_out_record; returns where to write the tail, or NULL (as gw_ws_out_record).
+char *gw_ws_out_shared(gw_ws_conn_t *c, uint64_t rec, int how, gw_ws_shared_t *sh, size_t tail);
 //  Starts the closing handshake (on_detach first). Does nothing unless open.
 void gw_ws_close(gw_ws_conn_t *c, int code, const char *reason);
 //  Drops a connection at once. The struct is freed at the end of the loop turn, so callers up

@@ -1,4 +1,5 @@
-/*  fuzz_ws — libFuzzer target for the RFC 6455 frame parser (gateway/gw_ws.c).
+/*  fuzz_ws — libFuzzer target for the RFC 6455 frame parser and the permessage-deflate offer
+ *  parser (gateway/gw_ws.c).
  *
  *  The input is a stream of client bytes, consumed as gw_realtime.c consumes a connection's
  *  input: parse a header, wait for the whole frame, unmask, answer close frames with a code,
@@ -44,6 +45,11 @@ s_roundtrip(int op, const unsigned char *p, size_t n)
 int
 LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
+    /* the same bytes as a Sec-WebSocket-Extensions value: must not read past them */
+    char *v = malloc(size ? size : 1);
+    memcpy(v, data, size);
+    (void)gw_ws_deflate_offer(v, size);
+    free(v);
     unsigned char *b = malloc(size ? size : 1);
     memcpy(b, data, size);
     size_t off = 0;
@@ -61,6 +67,7 @@ LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
             break;
         CHECK(f.hl >= 6 && f.hl <= 14 && f.hl <= size - off);
         CHECK(f.op <= GW_WS_BINARY || (f.op >= GW_WS_CLOSE && f.op <= GW_WS_PONG));
+        CHECK(!f.rsv1 || f.op == GW_WS_TEXT || f.op == GW_WS_BINARY);
         if (f.op & 0x8) {
             CHECK(f.fin && f.len <= 125);
         } else {
