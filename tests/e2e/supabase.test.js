@@ -285,6 +285,33 @@ test('supabase-js createClient(url, anonKey) works as the quick start says', asy
     await s2.removeAllChannels();
 });
 
+test('a room survives a crash of its store node (shared memory): members, count, late joiners', async () => {
+    const { shardOwner } = require('./lib/shard');
+    const room = 'survivor';
+    const node = shardOwner(c.project, room, 2);
+    const m = await client(gws[0]);
+    const ch = m.channel(room, { config: { presence: { key: 'stayer' } } });
+    await subscribe(ch);
+    assert.equal(await ch.track({ n: 1 }), 'ok');
+    const show = async () => (await fetch(`${c.url}/v1/rooms/${room}`, { headers: { 'X-Appwrite-Project': c.project, 'X-Appwrite-Key': c.apiKey } })).json();
+    await R.until(async () => (await show()).count === 1, 5000, 'the member at its node');
+    const old = c.kill('store', node, 'SIGKILL');
+    await c.waitRestarted('store', node, old);
+    await R.until(async () => { try { return (await show()).count === 1; } catch { return false; } }, 10000, 'the member after the restart');
+    const body = await show();
+    assert.equal(body.members[0].key, 'stayer');
+    assert.equal(body.members[0].meta.n, 1);
+    // a late joiner on the other gateway still sees it
+    const late = await client(gws[1]);
+    const cl = late.channel(room);
+    const ev = watch(cl);
+    await subscribe(cl);
+    await R.until(() => ev.some((e) => e.t === 'sync' && e.state.stayer), 5000, 'the late joiner sees the member');
+    m.disconnect();
+    await R.until(() => keys(cl).length === 0, 5000, 'and its leave');
+    late.disconnect();
+});
+
 test('a gateway SIGKILLed: its members leave, with diffs, within the lease', async () => {
     const room = 'kill';
     const [g1] = c.pids('gateway', 1), [g2] = c.pids('gateway', 2);
