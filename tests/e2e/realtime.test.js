@@ -235,15 +235,22 @@ describe('web SDK Realtime: events across gateways', () => {
         await R.sdkSubscribe(rt, W.Channel.presences(), b.cb);
         const p = webClient(C(), { userId: u }).presences;
         await p.upsert({ presenceId: id, status: 'one' });
-        await a.waitFor(isEv('upsert', id));
+        const both = (await a.waitFor(isEv('upsert', id))).subscriptions;
+        assert.equal(both.length, 2, `the upsert names both subscriptions: ${JSON.stringify(both)}`);
         const n0 = rt.socket.__msgs.length;
         await subA.unsubscribe();
         const resp = await R.sdkFrame(rt, (m) => m.type === 'response' && m.data.to === 'unsubscribe', 5000, n0);
         assert.deepEqual(resp.data.subscriptions.map((s) => s.removed), [true]);
+        const gone = resp.data.subscriptions[0].subscriptionId;
+        assert.ok(both.includes(gone));
         await p.update({ presenceId: id, status: 'two' });
         await b.waitFor(isEv('update', id));
         await markerAfter(id, b);
         assert.equal(a.count(isEv('update', id)), 0, 'the unsubscribed callback got nothing');
+        // the SDK drops what comes for a subscription it has let go: what the server sent is in the frames
+        const after = rt.socket.__msgs.slice(n0).filter((m) => m.type === 'event');
+        assert.ok(after.length >= 2, 'the update and the marker');
+        for (const m of after) assert.ok(!m.data.subscriptions.includes(gone), `an event for the removed subscription: ${JSON.stringify(m.data)}`);
     });
 
     it('a query subscription sees only matching events, and the change that makes a record leave the set', async () => {
