@@ -293,6 +293,12 @@ s_load_project(json_t *o, pd_project_t *p, char *err, size_t n)
         if ((v = json_object_get(lim, "connections")) && json_is_integer(v))
             p->max_connections = (size_t)json_integer_value(v);
     }
+    /* Supabase Realtime: publishable keys and channel rules, read by gw_supabase.c */
+    if ((v = json_object_get(o, "supabase")) && !json_is_object(v)) {
+        snprintf(err, n, "project %s: supabase must be an object", id);
+        return -1;
+    }
+    p->supabase = json_incref(v);
     json_t *origins = json_object_get(o, "origins");
     if (json_is_array(origins) && json_array_size(origins)) {
         p->origins = calloc(json_array_size(origins), sizeof *p->origins);
@@ -505,6 +511,7 @@ pd_projects_free(pd_projects_t *ps)
         for (size_t k = 0; k < p->norigins; k++)
             free(p->origins[k]);
         free(p->origins);
+        json_decref(p->supabase);
     }
     free(ps->v);
     memset(ps, 0, sizeof *ps);

@@ -36,6 +36,7 @@ typedef struct {
     size_t max_metadata;       //  metadata JSON bytes (16384)
     size_t max_records;        //  0 = unlimited
     size_t max_connections;    //  0 = unlimited
+    json_t *supabase;          //  the projects file's "supabase" object, or NULL (gw_supabase.c)
     unsigned char tag_key[PD_KEY_TAG_KEYBYTES]; //  random SipHash key of the key cache
 } pd_project_t;
 

@@ -58,6 +58,8 @@ typedef struct {
     int kind;                  //  GW_ID_GUEST (anon), GW_ID_USER (authenticated), GW_ID_KEY
     char user[37];
     int64_t exp;               //  seconds; 0: no expiry
+    uint16_t roles_len;
+    char roles[448];           //  its roles, packed (pd_roles_*; cut at a whole role)
 } sb_who_t;
 
 typedef struct sb_chan {
@@ -79,8 +81,7 @@ struct sb_conn {
     gw_ws_conn_t ws;           //  first: gw_ws allocates the struct
     sb_t *sb;
     int vsn;
-    const pd_project_t *project;
-    char project_id[37];
+    char project_id[37];       //  looked up when needed: projects are reloaded (SIGHUP)
     sb_who_t who;              //  the apikey's
     char conn[64];             //  "<gateway ident>/<serial>": names its members in the store
     sb_chan_t *chans;
@@ -686,6 +687,121 @@ s_chan_find(sb_conn_t *c, pd_str_t topic)
 
 /* -------------------------------------------------------------------------- identity */
 
+//  Keeps the roles that fit, whole.
+static void
+s_who_roles(sb_who_t *who, const pd_buf_t *roles)
+{
+    pd_str_t list = {roles->data, roles->len};
+    size_t n = 0;
+    for (pd_str_t it = pd_list_first(list); it.ptr; it = pd_list_next(list, it)) {
+        if (n + it.len + 1 > sizeof who->roles)
+            break;
+        memcpy(who->roles + n, it.ptr, it.len);
+        who->roles[n + it.len] = 0;
+        n += it.len + 1;
+    }
+    who->roles_len = (uint16_t)n;
+}
+
+static void
+s_who_guest(sb_who_t *who)
+{
+    memset(who, 0, sizeof *who);
+    who->kind = GW_ID_GUEST;
+    pd_buf_t roles;
+    pd_buf_init(&roles);
+    pd_roles_guest(&roles);
+    s_who_roles(who, &roles);
+    pd_buf_free(&roles);
+}
+
+//  A glob where '*' matches any run of bytes.
+static bool
+s_glob(const char *pat, pd_str_t s)
+{
+    size_t i = 0, star_i = SIZE_MAX, star_p = 0;
+    const char *p = pat;
+    size_t pi = 0;
+    while (i < s.len) {
+        if (p[pi] == '*') {
+            star_p = ++pi;
+            star_i = i;
+        } else if (p[pi] && p[pi] == s.ptr[i]) {
+            pi++;
+            i++;
+        } else if (star_i != SIZE_MAX) {
+            pi = star_p;
+            i = ++star_i;
+        } else {
+            return false;
+        }
+    }
+    while (p[pi] == '*')
+        pi++;
+    return p[pi] == 0;
+}
+
+/*  The project's channel rules (projects file: "supabase": {"channels": [{"pattern", "join",
+ *  "track", "broadcast"}]}): the first rule whose pattern matches the channel decides; an
+ *  action it does not name takes join's roles, and a rule without join is open to everyone; a
+ *  channel no rule matches is refused. No rules: every channel is public. The service_role
+ *  key may do anything. */
+static bool
+s_allowed(const pd_project_t *p, const sb_who_t *who, pd_str_t channel, const char *action)
+{
+    if (who->kind == GW_ID_KEY)
+        return true;
+    const json_t *rules = p->supabase ? json_object_get(p->supabase, "channels") : NULL;
+    if (!json_is_array(rules))
+        return true;
+    size_t i;
+    const json_t *r;
+    json_array_foreach(rules, i, r) {
+        const char *pat = json_string_value(json_object_get(r, "pattern"));
+        if (!pat || !s_glob(pat, channel))
+            continue;
+        const json_t *roles = json_object_get(r, action);
+        if (!roles)
+            roles = json_object_get(r, "join");
+        if (!json_is_array(roles))
+            return true;
+        size_t k;
+        const json_t *v;
+        pd_str_t mine = {who->roles, who->roles_len};
+        json_array_foreach(roles, k, v) {
+            if (json_is_string(v) && pd_list_has(mine, pd_str(json_string_value(v))))
+                return true;
+        }
+        return false;
+    }
+    return false;
+}
+
+//  The project of a publishable key ("supabase": {"publishable_keys": [...]}), or NULL.
+static const pd_project_t *
+s_publishable(gw_t *gw, pd_str_t key)
+{
+    for (size_t i = 0; i < gw->projects.n; i++) {
+        const json_t *keys = gw->projects.v[i].supabase
+                                 ? json_object_get(gw->projects.v[i].supabase, "publishable_keys")
+                                 : NULL;
+        size_t k;
+        const json_t *v;
+        json_array_foreach(keys, k, v) {
+            if (json_is_string(v) && json_string_length(v) == key.len &&
+                sodium_memcmp(json_string_value(v), key.ptr, key.len) == 0)
+                return &gw->projects.v[i];
+        }
+    }
+    return NULL;
+}
+
+static const pd_project_t *
+s_project(sb_conn_t *c)
+{
+    return pd_projects_find(&c->sb->gw->projects, pd_str(c->project_id));
+}
+
 //  A Supabase token of the connection's project: an anon or service_role key, or a user's
 //  token (sub, role authenticated). Returns 0 with *who, or -1 with Supabase's reason.
 static int
@@ -704,8 +820,13 @@ s_verify(const pd_project_t *p, pd_str_t tok, sb_who_t *who, char *err, size_t e
         } else if (cl.user_id[0] && strcmp(cl.role, "anon") != 0) {
             who->kind = GW_ID_USER;
             memcpy(who->user, cl.user_id, sizeof who->user);
+            pd_buf_t roles;
+            pd_buf_init(&roles);
+            pd_roles_user(&cl, &roles);
+            s_who_roles(who, &roles);
+            pd_buf_free(&roles);
         } else if (strcmp(cl.role, "anon") == 0) {
-            who->kind = GW_ID_GUEST;
+            s_who_guest(who);
         } else {
             rc = pd_errf(err, errlen, -1, "InvalidJWTToken: the token has no role this server "
                                           "knows (anon, authenticated, service_role)");
@@ -816,12 +937,17 @@ s_on_join(sb_conn_t *c, const pd_phx_msg_t *m)
                     "broadcast only");
         return;
     }
+    const pd_project_t *proj = s_project(c);
+    if (!proj) {
+        s_reply_err(c, m->join_ref, m->ref, m->topic, "Unknown project: it was removed");
+        return;
+    }
     sb_who_t who = c->who;
-    if (j.access_token.len && s_verify(c->project, j.access_token, &who, err, sizeof err) < 0) {
+    if (j.access_token.len && s_verify(proj, j.access_token, &who, err, sizeof err) < 0) {
         s_reply_err(c, m->join_ref, m->ref, m->topic, err);
         return;
     }
-    if (j.private_ && who.kind == GW_ID_GUEST) {
+    if ((j.private_ && who.kind == GW_ID_GUEST) || !s_allowed(proj, &who, channel, "join")) {
         char reason[400];
         snprintf(reason, sizeof reason,
                  "Unauthorized: You do not have permissions to read from this Channel topic: "
@@ -875,6 +1001,14 @@ s_on_join(sb_conn_t *c, const pd_phx_msg_t *m)
         s_chan_sync(ch);
 }
 
+//  Whether the channel's identity may do action in its room (s_allowed).
+static bool
+s_chan_may(sb_chan_t *ch, const char *action)
+{
+    const pd_project_t *p = s_project(ch->c);
+    return p && s_allowed(p, &ch->who, (pd_str_t){ch->room->channel, ch->room->clen}, action);
+}
+
 static void
 s_on_presence(sb_conn_t *c, sb_chan_t *ch, const pd_phx_msg_t *m)
 {
@@ -889,6 +1023,12 @@ s_on_presence(sb_conn_t *c, sb_chan_t *ch, const pd_phx_msg_t *m)
     if (strcmp(event, "track") != 0) {
         s_reply_err(c, m->join_ref, m->ref, m->topic,
                     "A presence message's event must be track or untrack");
+        return;
+    }
+    if (!s_chan_may(ch, "track")) {
+        s_reply_err(c, m->join_ref, m->ref, m->topic,
+                    "Unauthorized: You do not have permissions to track presence in this Channel "
+                    "topic");
         return;
     }
     json_t *meta = json_object_get(m->payload, "payload");
@@ -932,6 +1072,11 @@ s_on_broadcast(sb_conn_t *c, sb_chan_t *ch, const pd_phx_msg_t *m)
     pd_str_t event, body;
     char *text = NULL;
     int flags = ch->self_ ? PD_ROOM_FL_SELF : 0;
+    if (!s_chan_may(ch, "broadcast")) {
+        s_reply_err(c, m->join_ref, m->ref, m->topic,
+                    "Unauthorized: You do not have permissions to write to this Channel topic");
+        return;
+    }
     if (m->binary) {
         event = m->bevent;
         body = m->bpayload;
@@ -973,14 +1118,22 @@ s_on_access_token(sb_conn_t *c, sb_chan_t *ch, const pd_phx_msg_t *m)
         s_reply_err(c, m->join_ref, m->ref, m->topic, "access_token must be a string");
         return;
     }
-    if (s_verify(c->project, (pd_str_t){json_string_value(t), json_string_length(t)}, &who, err,
+    const pd_project_t *proj = s_project(c);
+    if (!proj) {
+        s_chan_system_close(ch, "Unknown project: it was removed");
+        s_chan_free(ch);
+        return;
+    }
+    if (s_verify(proj, (pd_str_t){json_string_value(t), json_string_length(t)}, &who, err,
                  sizeof err) < 0) {
         s_chan_system_close(ch, err);
         s_chan_free(ch);
         return;
     }
-    if (ch->private_ && who.kind == GW_ID_GUEST) {
-        s_chan_system_close(ch, "Unauthorized: a private channel needs an authenticated user");
+    if ((ch->private_ && who.kind == GW_ID_GUEST) ||
+        !s_allowed(proj, &who, (pd_str_t){ch->room->channel, ch->room->clen}, "join")) {
+        s_chan_system_close(ch, "Unauthorized: You do not have permissions to read from this "
+                                "Channel topic");
         s_chan_free(ch);
         return;
     }
@@ -1273,11 +1426,17 @@ gw_sb_on_req(h2o_handler_t *self, h2o_req_t *req)
         sb->refused++;
         return 0;
     }
-    if (pd_jwt_peek(apikey.ptr, apikey.len, "ref", ref, sizeof ref) < 0 ||
-        !(p = pd_projects_find(&gw->projects, pd_str(ref)))) {
+    sb_who_t who;
+    memset(&who, 0, sizeof who);
+    bool publishable = apikey.len > 15 && memcmp(apikey.ptr, "sb_publishable_", 15) == 0;
+    if (publishable && (p = s_publishable(gw, apikey)))
+        s_who_guest(&who);
+    else if (publishable ||
+             pd_jwt_peek(apikey.ptr, apikey.len, "ref", ref, sizeof ref) < 0 ||
+             !(p = pd_projects_find(&gw->projects, pd_str(ref)))) {
         s_refuse_http(gw, req, 401,
-                      "Invalid API key: a Supabase key of a project of this server (an HS256 "
-                      "JWT whose ref is the project id)",
+                      "Invalid API key: a publishable key or an HS256 JWT whose ref is the id "
+                      "of a project of this server",
                       t0);
         sb->refused++;
         return 0;
@@ -1291,8 +1450,8 @@ gw_sb_on_req(h2o_handler_t *self, h2o_req_t *req)
         sb->refused++;
         return 0;
     }
-    sb_who_t who;
-    if (s_verify(p, apikey, &who, err, sizeof err) < 0 || who.kind == GW_ID_USER) {
+    if (!publishable &&
+        (s_verify(p, apikey, &who, err, sizeof err) < 0 || who.kind == GW_ID_USER)) {
         s_refuse_http(gw, req, 401, who.kind == GW_ID_USER ? "Invalid API key: a user token" : err,
                       t0);
         sb->refused++;
@@ -1301,7 +1460,6 @@ gw_sb_on_req(h2o_handler_t *self, h2o_req_t *req)
     sb_conn_t *c = (sb_conn_t *)gw_ws_new(&sb->ws, sizeof *c);
     c->sb = sb;
     c->vsn = v;
-    c->project = p;
     snprintf(c->project_id, sizeof c->project_id, "%s", p->id);
     c->who = who;
     snprintf(c->conn, sizeof c->conn, "%s/%llu", gw->ident, (unsigned long long)++sb->serial);
