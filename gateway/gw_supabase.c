@@ -124,6 +124,7 @@ struct sb_room {
     uint32_t plen, clen;
     int state;
     int64_t snap_ms;           //  mono ms the snapshot was asked for (asked again if lost)
+    int busy;                  //  a walk over chans is under way: an empty room waits for it
     sb_chan_t *chans;
     size_t nchans, ntracked;
     pd_map_t keys, metas;      //  the mirror
@@ -232,7 +233,21 @@ s_push(sb_chan_t *ch, const char *event, const char *payload, size_t len)
     s_send_text(ch->c, b);
 }
 
-//  A system message then phx_close: how Supabase ends a channel whose token went bad.
+static void s_chan_free(sb_chan_t *ch);
+
+//  A system message then phx_close: how Supabase ends a channel whose token went bad; then the
+//  channel is freed (by on_detach already, if sending dropped the connection).
+static void s_chan_system_close(sb_chan_t *ch, const char *message);
+
+static void
+s_chan_end(sb_chan_t *ch, const char *message)
+{
+    sb_conn_t *c = ch->c;
+    s_chan_system_close(ch, message);
+    if (c->ws.state == GW_WS_OPEN)
+        s_chan_free(ch);
+}
+
 static void
 s_chan_system_close(sb_chan_t *ch, const char *message)
 {
@@ -247,8 +262,10 @@ s_chan_system_close(sb_chan_t *ch, const char *message)
     pd_buf_t copy;
     pd_buf_init(&copy);
     pd_buf_add(&copy, t->data, t->len);
+    sb_conn_t *c = ch->c;
     s_push(ch, "system", copy.data, copy.len);
-    s_push(ch, "phx_close", "{}", 2);
+    if (c->ws.state == GW_WS_OPEN) /* not dropped while sending */
+        s_push(ch, "phx_close", "{}", 2);
     pd_buf_free(&copy);
 }
 
@@ -428,6 +445,22 @@ s_arena_str(const sb_room_t *r, uint32_t off, uint32_t len)
     return (pd_str_t){r->arena.data + off, len};
 }
 
+/*  Sending to a connection may drop it (over its output bound: gw_ws kills it, and on_detach
+ *  frees its channels at once). A walk over a room's channels therefore keeps the next one
+ *  before sending (a drop frees only that connection's channel of this room), and holds the
+ *  room (busy) so that it is freed, if it became empty, when the walk ends (s_room_release). */
+static void s_room_free(sb_room_t *r);
+
+static bool
+s_room_release(sb_room_t *r)
+{
+    if (--r->busy == 0 && r->nchans == 0) {
+        s_room_free(r);
+        return true;
+    }
+    return false;
+}
+
 static void
 s_diff_arm(sb_room_t *r)
 {
@@ -527,7 +560,9 @@ s_diff_flush(sb_room_t *r)
     uint32_t rendered_from = UINT32_MAX;
     char topic[sizeof SB_TOPIC_PREFIX + PD_PHX_MAX_FIELD];
     snprintf(topic, sizeof topic, SB_TOPIC_PREFIX "%.*s", (int)r->clen, r->channel);
-    for (sb_chan_t *ch = r->chans; ch; ch = ch->next_r) {
+    r->busy++;
+    for (sb_chan_t *ch = r->chans, *next; ch; ch = next) {
+        next = ch->next_r;
         if (!ch->presence || !ch->synced || ch->batch_from >= r->nbatch)
             continue;
         if (ch->batch_from != rendered_from) {
@@ -544,13 +579,15 @@ s_diff_flush(sb_room_t *r)
         s_send_text(ch->c, &frame[vsn]);
         sb->diffs++;
     }
+    pd_buf_free(&diff);
+    for (int v = 0; v < 3; v++)
+        pd_buf_free(&frame[v]);
+    if (s_room_release(r))
+        return;
     for (sb_chan_t *ch = r->chans; ch; ch = ch->next_r)
         ch->batch_from = 0;
     r->nbatch = 0;
     pd_buf_reset(&r->arena);
-    pd_buf_free(&diff);
-    for (int v = 0; v < 3; v++)
-        pd_buf_free(&frame[v]);
 }
 
 static void
@@ -566,10 +603,13 @@ s_chan_sync(sb_chan_t *ch)
 {
     sb_room_t *r = ch->room;
     const pd_buf_t *st = s_room_state(r);
+    sb_conn_t *c = ch->c;
+    r->sb->states++;
     s_push(ch, "presence_state", st->data, st->len);
+    if (c->ws.state != GW_WS_OPEN)
+        return; /* dropped while sending: ch is gone */
     ch->synced = true;
     ch->batch_from = r->nbatch;
-    r->sb->states++;
 }
 
 /* -------------------------------------------------------------------------- rooms: life */
@@ -664,7 +704,7 @@ s_chan_free(sb_chan_t *ch)
         r->chans = ch->next_r;
     if (ch->next_r)
         ch->next_r->prev_r = ch->prev_r;
-    if (--r->nchans == 0)
+    if (--r->nchans == 0 && !r->busy)
         s_room_free(r);
     for (sb_chan_t **pp = &c->chans; *pp; pp = &(*pp)->next_c)
         if (*pp == ch) {
@@ -959,6 +999,8 @@ s_on_join(sb_conn_t *c, const pd_phx_msg_t *m)
     sb_chan_t *old = s_chan_find(c, m->topic);
     if (old) { /* a second join of a topic replaces the first, as in Phoenix */
         s_push(old, "phx_close", "{}", 2);
+        if (c->ws.state != GW_WS_OPEN)
+            return; /* dropped while sending: on_detach freed its channels */
         s_chan_free(old);
     }
     if (c->nchans >= SB_MAX_CHANNELS) {
@@ -997,7 +1039,7 @@ s_on_join(sb_conn_t *c, const pd_phx_msg_t *m)
     r->chans = ch;
     r->nchans++;
     s_reply(c, m->join_ref, m->ref, m->topic, "ok", "{\"postgres_changes\":[]}");
-    if (ch->presence && r->state == SB_ROOM_LIVE)
+    if (c->ws.state == GW_WS_OPEN && ch->presence && r->state == SB_ROOM_LIVE)
         s_chan_sync(ch);
 }
 
@@ -1120,21 +1162,17 @@ s_on_access_token(sb_conn_t *c, sb_chan_t *ch, const pd_phx_msg_t *m)
     }
     const pd_project_t *proj = s_project(c);
     if (!proj) {
-        s_chan_system_close(ch, "Unknown project: it was removed");
-        s_chan_free(ch);
+        s_chan_end(ch, "Unknown project: it was removed");
         return;
     }
     if (s_verify(proj, (pd_str_t){json_string_value(t), json_string_length(t)}, &who, err,
                  sizeof err) < 0) {
-        s_chan_system_close(ch, err);
-        s_chan_free(ch);
+        s_chan_end(ch, err);
         return;
     }
     if ((ch->private_ && who.kind == GW_ID_GUEST) ||
         !s_allowed(proj, &who, (pd_str_t){ch->room->channel, ch->room->clen}, "join")) {
-        s_chan_system_close(ch, "Unauthorized: You do not have permissions to read from this "
-                                "Channel topic");
-        s_chan_free(ch);
+        s_chan_end(ch, "Unauthorized: You do not have permissions to read from this Channel topic");
         return;
     }
     ch->who = who;
@@ -1188,7 +1226,8 @@ s_on_message(gw_ws_conn_t *ws, int op, const char *p, size_t n)
         s_reply_err(c, m.join_ref, m.ref, m.topic, "unmatched topic");
     } else if (pd_str_eqc(m.event, "phx_leave")) {
         s_reply(c, m.join_ref, m.ref, m.topic, "ok", "{}");
-        s_chan_free(ch);
+        if (c->ws.state == GW_WS_OPEN)
+            s_chan_free(ch);
     } else if (pd_str_eqc(m.event, "presence")) {
         s_on_presence(c, ch, &m);
     } else if (pd_str_eqc(m.event, "broadcast")) {
@@ -1286,9 +1325,13 @@ s_on_snapshot(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
     }
     r->state = SB_ROOM_LIVE;
     sb->snapshots++;
-    for (sb_chan_t *ch = r->chans; ch; ch = ch->next_r)
+    r->busy++;
+    for (sb_chan_t *ch = r->chans, *next; ch; ch = next) {
+        next = ch->next_r;
         if (ch->presence && !ch->synced)
             s_chan_sync(ch);
+    }
+    s_room_release(r);
 }
 
 static void
@@ -1303,7 +1346,9 @@ s_on_bcast(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
     pd_buf_init(&payload);
     for (int v = 0; v < 3; v++)
         pd_buf_init(&frame[v]);
-    for (sb_chan_t *ch = r->chans; ch; ch = ch->next_r) {
+    r->busy++;
+    for (sb_chan_t *ch = r->chans, *next; ch; ch = next) {
+        next = ch->next_r;
         if (!(flags & PD_ROOM_FL_SELF) && pd_str_eqc(from, ch->c->conn))
             continue;
         int vsn = ch->c->vsn;
@@ -1337,6 +1382,7 @@ s_on_bcast(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
     pd_buf_free(&payload);
     for (int v = 0; v < 3; v++)
         pd_buf_free(&frame[v]);
+    s_room_release(r);
 }
 
 void
@@ -1594,8 +1640,9 @@ gw_sb_tick(gw_t *gw)
         for (sb_chan_t *ch = c->chans, *next; ch; ch = next) {
             next = ch->next_c;
             if (ch->who.exp && ch->who.exp <= now_s) {
-                s_chan_system_close(ch, "Token has expired");
-                s_chan_free(ch);
+                s_chan_end(ch, "Token has expired");
+                if (ws->state != GW_WS_OPEN)
+                    break; /* dropped: its channels are gone */
             }
         }
     }
