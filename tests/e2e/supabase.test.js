@@ -271,6 +271,30 @@ test('refusals: a private channel for anon, an expired token, postgres_changes',
     }
 });
 
+test('access_token: a refresh with a bad token, and a token that expires while joined, end the channel', async () => {
+    const statuses = (ch) => { const st = []; ch.subscribe((s) => st.push(s)); return st; };
+    const a = await client(undefined);
+    await a.setAuth(mintJwt(c.jwtSecret, { sub: 'u-5', role: 'authenticated' }));
+    const ca = a.channel('refresh');
+    const sa = statuses(ca);
+    await R.until(() => sa.includes('SUBSCRIBED'), 5000, 'joined');
+    // a refresh with an expired token: the channel gets a system message and phx_close
+    const sys = [];
+    ca.on('system', {}, (m) => sys.push(m));
+    await a.setAuth(mintJwt(c.jwtSecret, { sub: 'u-5', role: 'authenticated', exp: Math.floor(Date.now() / 1000) - 5 }));
+    await R.until(() => sa.includes('CLOSED'), 5000, 'closed after the bad refresh');
+    assert.ok(sys.some((m) => /InvalidJWTToken: Token has expired/.test(m.message)), JSON.stringify(sys));
+
+    // a token that runs out while joined
+    const b = await client(undefined);
+    await b.setAuth(mintJwt(c.jwtSecret, { sub: 'u-6', role: 'authenticated', exp: Math.floor(Date.now() / 1000) + 2 }));
+    const cb = b.channel('refresh');
+    const sb = statuses(cb);
+    await R.until(() => sb.includes('SUBSCRIBED'), 5000, 'joined');
+    await R.until(() => sb.includes('CLOSED'), 6000, 'closed when the token expired');
+    a.disconnect(); b.disconnect();
+});
+
 test('supabase-js createClient(url, anonKey) works as the quick start says', async () => {
     const mk = () => createClient(c.url, anon, { realtime: { transport: WS }, auth: { persistSession: false, autoRefreshToken: false } });
     const s1 = mk(), s2 = mk();
