@@ -141,8 +141,9 @@ static pid_t
 s_spawn(pd_config_t *cfg, child_t *c)
 {
     char node[16], port[16], stores[16], verbose[8], cap[32], arena[32], maxbody[32], tmo[16];
-    char wsstall[16];
+    char wsstall[16], wsdelay[16];
     snprintf(wsstall, sizeof wsstall, "%d", cfg->ws_stall_timeout);
+    snprintf(wsdelay, sizeof wsdelay, "%d", cfg->ws_write_delay);
     char wsq[32], wsidle[16], hdr[32], hdrtmo[16], maxconn[32], perip[32];
     snprintf(hdr, sizeof hdr, "%zu", cfg->max_header_bytes);
     snprintf(hdrtmo, sizeof hdrtmo, "%d", cfg->header_timeout_ms);
@@ -223,6 +224,9 @@ s_spawn(pd_config_t *cfg, child_t *c)
         }
         if (!cfg->ws_deflate) {
             argv[n++] = "--ws-deflate"; argv[n++] = "0";
+        }
+        if (cfg->ws_write_delay > 0) {
+            argv[n++] = "--ws-write-delay"; argv[n++] = wsdelay;
         }
         argv[n++] = "--max-header-bytes"; argv[n++] = hdr;
         argv[n++] = "--header-timeout"; argv[n++] = hdrtmo;

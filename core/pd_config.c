@@ -58,6 +58,8 @@ static const struct opt {
     O("ws-stall-timeout", T_INT, ws_stall_timeout,
       "gateway: s a WebSocket write may make no progress before the client is dropped (10)"),
     O("ws-deflate", T_INT, ws_deflate, "gateway: permessage-deflate on WebSockets, 1 or 0 (1)"),
+    O("ws-write-delay", T_INT, ws_write_delay,
+      "gateway: ms WebSocket output waits to be written with what follows (0)"),
     O("max-connections", T_SIZE, max_connections,
       "gateway: connections (descriptor limit less a quarter, at most 256)"),
     O("max-connections-per-ip", T_SIZE, max_connections_per_ip,

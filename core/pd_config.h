@@ -67,6 +67,7 @@ typedef struct {
     int ws_idle_timeout;      //  seconds without a frame before a WebSocket is closed (90)
     int ws_stall_timeout;     //  seconds a write to a WebSocket may make no progress (10)
     int ws_deflate;           //  accept permessage-deflate offers (1)
+    int ws_write_delay;       //  ms WebSocket output waits to go out in one write (0)
     size_t max_connections;   //  per gateway (0: RLIMIT_NOFILE less a reserve)
     size_t max_connections_per_ip; //  per gateway and client address (0: no limit)
     size_t max_header_bytes;  //  a request's headers (16384; 431 beyond)

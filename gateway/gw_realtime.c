@@ -1200,6 +1200,7 @@ gw_rt_init(gw_t *gw)
     if (gw->cfg->ws_idle_timeout > 0)
         rt->ws.idle_ms = gw->cfg->ws_idle_timeout * 1000LL;
     rt->ws.deflate = gw->cfg->ws_deflate != 0;
+    gw_ws_ctx_write_delay(&rt->ws, gw->cfg->ws_write_delay);
 }
 
 void

@@ -208,7 +208,8 @@ s_link_flush(gw_ws_ctx_t *x)
 {
     if (!x->flush_linked) {
         x->flush_linked = true;
-        h2o_timeout_link(x->h2o->loop, &x->h2o->zero_timeout, &x->flush_entry);
+        h2o_timeout_link(x->h2o->loop, x->delayed ? &x->delay : &x->h2o->zero_timeout,
+                         &x->flush_entry);
     }
 }
 
@@ -873,6 +874,15 @@ gw_ws_ctx_init(gw_ws_ctx_t *x, h2o_context_t *h2o, const gw_ws_cb_t *cb)
     x->deflate = true;
     x->deflate_min = 128;
     pd_buf_init(&x->zbuf);
+}
+
+void
+gw_ws_ctx_write_delay(gw_ws_ctx_t *x, int ms)
+{
+    if (ms <= 0 || x->delayed)
+        return;
+    h2o_timeout_init(x->h2o->loop, &x->delay, (uint64_t)ms);
+    x->delayed = true;
 }
 
 void

@@ -155,6 +155,8 @@ struct gw_ws_ctx {
     size_t max_message;         //  bytes of a client message (all its fragments)
     int64_t stall_ms;           //  a write without progress this long drops its connection
     int64_t idle_ms;            //  nothing received this long: close 1000
+    h2o_timeout_t delay;        //  --ws-write-delay: output is written this long after it is queued
+    bool delayed;               //  delay is set up (gw_ws_ctx_write_delay)
     uint64_t conflated;         //  queued frames superseded or cancelled
     uint64_t slow, idle;        //  connections dropped as slow consumers; closed for idleness
     bool deflate;               //  accept permessage-deflate offers (--ws-deflate)
@@ -166,6 +168,10 @@ struct gw_ws_ctx {
 
 void gw_ws_ctx_init(gw_ws_ctx_t *x, h2o_context_t *h2o, const gw_ws_cb_t *cb);
 void gw_ws_ctx_dispose(gw_ws_ctx_t *x);
+//  Writes output ms after it is queued instead of at the end of the loop turn (0: at the end of
+//  the turn). A connection's frames of that time go out in one write: fewer system calls per
+//  delivery when events come faster than one per ms per connection, for that much latency.
+void gw_ws_ctx_write_delay(gw_ws_ctx_t *x, int ms);
 //  A connection for a WebSocket handshake: size bytes (at least sizeof(gw_ws_conn_t), zeroed),
 //  the protocol's struct with gw_ws_conn_t first. Frames sent before gw_ws_upgrade go out with
 //  the 101.
