@@ -1,12 +1,12 @@
 'use strict';
-// A store node SIGKILLed while a realtime subscriber (the official web SDK) is connected. The
-// restarted node publishes the events of its last second again (README, "Events survive a store
-// crash"): the subscriber's gateway drops the ones it already had
+// A store node SIGKILLed while realtime subscribers (the official web SDK, one on each gateway)
+// are connected. The restarted node publishes the events of its last second again (README,
+// "Events survive a store crash"): each gateway drops the ones it already had
 // (presenced_realtime_bus_replayed_total on its /metrics) and passes on the ones that never left
-// the dead process, so every upsert, update and delete reaches the subscriber exactly once, in
+// the dead process, so every upsert, update and delete reaches each subscriber exactly once, in
 // order per record. Writes go through node-appwrite with the API key; lib/shard.js says which
 // store node owns a record. "Everything has arrived" is a marker record written afterwards on the
-// same store node (the bus keeps a node's events in order), whose event the subscriber must see.
+// same store node (the bus keeps a node's events in order), whose event every subscriber must see.
 const test = require('node:test');
 const assert = require('node:assert/strict');
 
@@ -53,6 +53,19 @@ async function subscriber() {
     return s;
 }
 
+// One subscriber on each gateway (each gateway drops the replay on its own). The kernel spreads
+// connections over the gateways: one that lands where there is a subscriber already is let go.
+async function subscribers() {
+    const out = [];
+    for (let tries = 0; out.length < C().gateways; tries++) {
+        assert.ok(tries < 50, `a subscriber on each of the ${C().gateways} gateways`);
+        const s = await subscriber();
+        if (out.some((o) => o.gateway === s.gateway)) await s.rt.disconnect();
+        else out.push(s);
+    }
+    return out;
+}
+
 // The gateway's own metrics (each gateway renders its own).
 async function gatewayMetrics(pid) {
     const r = await R.restVia(C(), pid, 'GET', '/metrics');
@@ -60,11 +73,11 @@ async function gatewayMetrics(pid) {
     return parseMetrics(r.text);
 }
 
-// A marker written on store node `node` now, and its event at the subscriber: every event of
-// that node from before has reached the subscriber by then. Right after a restart the broker may
+// A marker written on store node `node` now, and its event at every subscriber: every event of
+// that node from before has reached them by then. Right after a restart the broker may
 // lose a request to the node and answer 503 once its op times out (see crash.test.js, the todo
 // test): the marker is then written again (the event is an upsert or an update of the marker).
-async function drain(s, node, ms = 15000) {
+async function drain(subs, node, ms = 15000) {
     const id = onNode(node, 'mark');
     const user = uid('mu');
     for (let tries = 0; ; tries++) {
@@ -75,7 +88,7 @@ async function drain(s, node, ms = 15000) {
             if (e.code !== 503 || tries >= 3) throw e;
         }
     }
-    await R.until(() => s.seen(key(id, 'upsert', 'marker')) + s.seen(key(id, 'update', 'marker')) > 0, ms, `the marker on store ${node}`);
+    for (const s of subs) await R.until(() => s.seen(key(id, 'upsert', 'marker')) + s.seen(key(id, 'update', 'marker')) > 0, ms, `the marker on store ${node} at the subscriber on gateway ${s.gateway}`);
 }
 
 // SIGKILL, and back. whileDown(), if given, runs while the node is held down (the supervisor is
@@ -97,15 +110,21 @@ async function killStore(node, whileDown) {
     await C().waitHealthy(30000);
 }
 
-// The subscriber stayed on its one connection throughout, and was told of no error.
-function assertSameConnection(s) {
-    assert.equal(s.rt.socket, s.socket, 'the SDK opened another socket');
-    assert.equal(s.closes, 0, 'the subscriber\'s connection closed');
-    assert.deepEqual(s.errors, [], 'errors sent to the subscriber');
+// The subscriber stayed on its one connection throughout, and was told of no error; its gateway
+// dropped replayed events and saw no gap in a store node's events.
+function assertSubscriberHeld(s, m0, m1) {
+    const g = `gateway ${s.gateway}`;
+    assert.ok(m1.sum(REPLAYED) > m0.sum(REPLAYED), `${REPLAYED} on ${g} went ${m0.sum(REPLAYED)} -> ${m1.sum(REPLAYED)}: nothing was replayed, so nothing was tested`);
+    assert.equal(m1.sum('presenced_bus_gaps_total'), m0.sum('presenced_bus_gaps_total'), `${g} saw a gap in a store node's events`);
+    assert.equal(s.rt.socket, s.socket, `the SDK on ${g} opened another socket`);
+    assert.equal(s.closes, 0, `the subscriber's connection to ${g} closed`);
+    assert.deepEqual(s.errors, [], `errors sent to the subscriber on ${g}`);
 }
+const metricsOf = (subs) => Promise.all(subs.map((s) => gatewayMetrics(s.gateway)));
+const replayedNote = (subs, m0, m1) => subs.map((s, i) => `${m1[i].sum(REPLAYED) - m0[i].sum(REPLAYED)} on gateway ${s.gateway}`).join(', ');
 
 test('a store node killed after its events were delivered: the replay is dropped, each change arrives once', { timeout: 120000 }, async (t) => {
-    const s = await subscriber();
+    const subs = await subscribers();
     const victim = 1, other = 2;
     const P = kp();
     const gone = onNode(victim, 'gone'), kept = onNode(victim, 'kept'), fresh = onNode(victim, 'fresh');
@@ -126,8 +145,8 @@ test('a store node killed after its events were delivered: the replay is dropped
         [elsewhere]: [['upsert', 'one'], ['update', 'two'], ['delete', 'two']],
         [stays]: [['upsert', 'four']],
     };
-    for (const [id, evs] of Object.entries(expected)) for (const [kind, st] of evs) await s.waitFor(key(id, kind, st), 10000);
-    const m0 = await gatewayMetrics(s.gateway);
+    for (const s of subs) for (const [id, evs] of Object.entries(expected)) for (const [kind, st] of evs) await s.waitFor(key(id, kind, st), 10000);
+    const m0 = await metricsOf(subs);
 
     // the dead node's last second of events comes again. While it is down, its records answer
     // 503 and the other node's do not: lib/shard.js (which places the markers) agrees with the broker.
@@ -136,32 +155,31 @@ test('a store node killed after its events were delivered: the replay is dropped
         for (const id of [kept, fresh]) assert.equal(await status(id), 503, `${id} is on store ${victim} (lib/shard.js)`);
         assert.equal(await status(stays), 200, `${stays} is on store ${other} (lib/shard.js)`);
     });
-    await drain(s, victim, 30000); // published after the replay, on the same node
-    await drain(s, other);
-    const m1 = await gatewayMetrics(s.gateway);
-    const replayed = m1.sum(REPLAYED) - m0.sum(REPLAYED);
-    t.diagnostic(`${replayed} replayed events dropped by the subscriber's gateway`);
-    for (const [id, evs] of Object.entries(expected)) assert.deepEqual(s.byId.get(id), evs, `the events of ${id}`);
-    assert.ok(replayed > 0, `${REPLAYED} on the subscriber's gateway went ${m0.sum(REPLAYED)} -> ${m1.sum(REPLAYED)}: nothing was replayed, so nothing was tested`);
-    assert.equal(m1.sum('presenced_bus_gaps_total'), m0.sum('presenced_bus_gaps_total'), 'the gateway saw a gap in a store node\'s events');
-    assertSameConnection(s);
+    await drain(subs, victim, 30000); // published after the replay, on the same node
+    await drain(subs, other);
+    const m1 = await metricsOf(subs);
+    t.diagnostic(`replayed events dropped: ${replayedNote(subs, m0, m1)}`);
+    subs.forEach((s, i) => {
+        for (const [id, evs] of Object.entries(expected)) assert.deepEqual(s.byId.get(id), evs, `the events of ${id} at the subscriber on gateway ${s.gateway}`);
+        assertSubscriberHeld(s, m0[i], m1[i]);
+    });
     // and the data came back with the node
     assert.equal((await P.get({ presenceId: kept })).status, 'two');
     assert.equal((await P.get({ presenceId: fresh })).status, 'three');
 });
 
 test('store nodes killed while writes to them are in flight: every acknowledged change arrives exactly once, a refused one at most once, in order per record', { timeout: 240000 }, async (t) => {
-    const s = await subscriber();
+    const subs = await subscribers();
     const P = kp();
-    const m0 = await gatewayMetrics(s.gateway);
+    const m0 = await metricsOf(subs);
     const attempts = []; // {id, kind, status, acked}, in the order each record's writes were made
     const ids = new Set();
     const acked = { 1: 0, 2: 0 };
     let refused = 0, slowest503 = 0, stop = false, failure;
 
     // One record at a time per worker: upsert, update, delete, again. A write waits for its event
-    // before the next write of the record, so a record never has two events queued for the
-    // subscriber (nothing for the gateway to conflate). A write refused with 503 may or may not
+    // (at every subscriber) before the next write of the record, so a record never has two events
+    // queued for a subscriber (nothing for a gateway to conflate). A write refused with 503 may or may not
     // have happened: its record is left alone from then on.
     async function worker(node, w) {
         let id, user, step, n = 0, last;
@@ -188,7 +206,7 @@ test('store nodes killed while writes to them are in flight: every acknowledged 
             a.acked = true;
             acked[node]++;
             if (kind !== 'delete') last = status;
-            await s.waitFor(key(id, kind, status), 30000, `the event of an acknowledged ${kind} of ${id} (${status}) on store ${node}`);
+            for (const s of subs) await s.waitFor(key(id, kind, status), 30000, `the event of an acknowledged ${kind} of ${id} (${status}) on store ${node} at the subscriber on gateway ${s.gateway}`);
             step++;
         }
     }
@@ -203,38 +221,41 @@ test('store nodes killed while writes to them are in flight: every acknowledged 
     }
     stop = true;
     await run;
-    await drain(s, 1);
-    await drain(s, 2);
+    await drain(subs, 1);
+    await drain(subs, 2);
+    const m1 = await metricsOf(subs);
+    t.diagnostic(`${attempts.length} writes on ${ids.size} records, ${attempts.filter((a) => a.acked).length} acknowledged, ${refused} refused with 503 (the slowest after ${slowest503} ms); replayed events dropped: ${replayedNote(subs, m0, m1)}`);
+    const list = plain(await P.list({ queries: [loadNodeSdk().Query.limit(5000)] }));
+    const stored = new Map(list.presences.map((p) => [p.$id, p.status]));
+    subs.forEach((s, i) => {
+        checkSubscriber(s, attempts, ids, stored);
+        assertSubscriberHeld(s, m0[i], m1[i]);
+        assert.equal(m1[i].sum('presenced_realtime_conflated_total'), m0[i].sum('presenced_realtime_conflated_total'), `gateway ${s.gateway} conflated events, though no record had two queued`);
+    });
+});
 
-    const m1 = await gatewayMetrics(s.gateway);
-    const replayed = m1.sum(REPLAYED) - m0.sum(REPLAYED);
-    t.diagnostic(`${attempts.length} writes on ${ids.size} records, ${attempts.filter((a) => a.acked).length} acknowledged, ${refused} refused with 503 (the slowest after ${slowest503} ms); ${replayed} replayed events dropped by the subscriber's gateway`);
-
+// Every acknowledged write reached subscriber s exactly once, a refused one at most once, nothing
+// else came, each record's events came in the order it was written, and what s saw last of each
+// record is what is stored.
+function checkSubscriber(s, attempts, ids, stored) {
+    const at = `at the subscriber on gateway ${s.gateway}`;
     const known = new Set(attempts.map((a) => key(a.id, a.kind, a.status)));
     for (const a of attempts) {
         const k = key(a.id, a.kind, a.status);
-        if (a.acked) assert.equal(s.seen(k), 1, `the acknowledged ${a.kind} of ${a.id} (${a.status}) reached the subscriber ${s.seen(k)} times`);
-        else assert.ok(s.seen(k) <= 1, `the refused ${a.kind} of ${a.id} (${a.status}) reached the subscriber ${s.seen(k)} times`);
+        if (a.acked) assert.equal(s.seen(k), 1, `the acknowledged ${a.kind} of ${a.id} (${a.status}) arrived ${s.seen(k)} times ${at}`);
+        else assert.ok(s.seen(k) <= 1, `the refused ${a.kind} of ${a.id} (${a.status}) arrived ${s.seen(k)} times ${at}`);
     }
     for (const id of ids) {
         const evs = s.byId.get(id) || [];
-        for (const [kind, status] of evs) assert.ok(known.has(key(id, kind, status)), `an event of ${id} nobody wrote: ${kind} ${status}`);
+        for (const [kind, status] of evs) assert.ok(known.has(key(id, kind, status)), `an event of ${id} nobody wrote: ${kind} ${status} ${at}`);
         // in the order the record was written
         const order = evs.map(([kind, status]) => attempts.findIndex((a) => a.id === id && a.kind === kind && a.status === status));
-        assert.deepEqual(order, [...order].sort((x, y) => x - y), `the events of ${id} out of order: ${JSON.stringify(evs)}`);
+        assert.deepEqual(order, [...order].sort((x, y) => x - y), `the events of ${id} out of order ${at}: ${JSON.stringify(evs)}`);
     }
-
-    // The subscriber's view is the stored state: what it saw last of each record is what is there.
-    const list = plain(await P.list({ queries: [loadNodeSdk().Query.limit(5000)] }));
-    const stored = new Map(list.presences.map((p) => [p.$id, p.status]));
     for (const id of ids) {
         const evs = s.byId.get(id) || [];
         const lastEv = evs[evs.length - 1];
         const view = !lastEv || lastEv[0] === 'delete' ? undefined : lastEv[1];
-        assert.equal(stored.get(id), view, `${id}: stored ${stored.get(id)}, the subscriber's last event ${JSON.stringify(lastEv)}`);
+        assert.equal(stored.get(id), view, `${id}: stored ${stored.get(id)}, the last event ${at} ${JSON.stringify(lastEv)}`);
     }
-    assert.ok(replayed > 0, `${REPLAYED} on the subscriber's gateway did not move: nothing was replayed`);
-    assert.equal(m1.sum('presenced_bus_gaps_total'), m0.sum('presenced_bus_gaps_total'), 'the gateway saw a gap in a store node\'s events');
-    assert.equal(m1.sum('presenced_realtime_conflated_total'), m0.sum('presenced_realtime_conflated_total'), 'events were conflated, though no record had two queued');
-    assertSameConnection(s);
-});
+}
