@@ -280,21 +280,14 @@ pd_rooms_untrack(pd_rooms_t *r, pd_str_t project, pd_str_t channel, pd_str_t con
     return 1;
 }
 
-size_t
-pd_rooms_renew(pd_rooms_t *r, pd_str_t project, pd_str_t channel, pd_str_t prefix,
-               int64_t lease_ms)
+int
+pd_rooms_renew(pd_rooms_t *r, pd_str_t project, pd_str_t channel, pd_str_t conn, int64_t lease_ms)
 {
-    room_t *rm = s_room_find(r, project, channel, NULL);
-    size_t n = 0;
-    for (uint32_t i = rm ? rm->head : S_NONE; i != S_NONE; i = r->nodes[i].next) {
-        s_slot_t *s = &r->slots[i];
-        pd_str_t c = s_field(s, F_CONN);
-        if (c.len >= prefix.len && memcmp(c.ptr, prefix.ptr, prefix.len) == 0) {
-            s->lease_ms = lease_ms;
-            n++;
-        }
-    }
-    return n;
+    uint32_t i = s_node_find(r, project, channel, conn, NULL);
+    if (i == S_NONE)
+        return 0;
+    r->slots[i].lease_ms = lease_ms;
+    return 1;
 }
 
 size_t
@@ -581,7 +574,8 @@ pd_room_test(bool verbose)
                             5000, 0) == PD_ROOM_OK);
     PD_CHECK(pd_rooms_count(r, p, room) == 2 && pd_rooms_rooms(r) == 2);
     /* renew gw1's members, expire the rest */
-    PD_CHECK(pd_rooms_renew(r, p, room, PD_STR("gw1/"), 3000) == 1);
+    PD_CHECK(pd_rooms_renew(r, p, room, PD_STR("gw1/1"), 3000) == 1);
+    PD_CHECK(pd_rooms_renew(r, p, room, PD_STR("gw1/9"), 3000) == 0);
     PD_CHECK(pd_rooms_expire(r, 2000, 100) == 1); /* gw2's */
     PD_CHECK(pd_rooms_count(r, p, room) == 1 && pd_rooms_members(r) == 2);
     /* re-attach: the members are there, indexes rebuilt, refs keep counting */

@@ -35,7 +35,7 @@ enum { PD_ROOM_JOIN = 1, PD_ROOM_LEAVE = 2, PD_ROOM_BCAST = 3, PD_ROOM_SNAPSHOT 
 enum {
     PD_ROOM_TRACK = 1,    //  CONN's meta META_JSON under PKEY (LIMIT: members at most)
     PD_ROOM_UNTRACK = 2,  //  CONN's meta goes (untrack, leave, close)
-    PD_ROOM_RENEW = 3,    //  the lease of every member whose CONN starts with CONN
+    PD_ROOM_RENEW = 3,    //  the lease of the members of the connections in ITEMS (strings)
     PD_ROOM_SNAP = 4,     //  publish the room's members for gateway TARGET, in bus order
     PD_ROOM_SEND = 5,     //  publish a broadcast: EVENT_NAME, BODY, FLAGS, from CONN
     PD_ROOM_SHOW = 6,     //  reply BODY {"channel","count","members":[{key,phx_ref,conn,...}]}
@@ -71,10 +71,11 @@ int pd_rooms_track(pd_rooms_t *r, pd_str_t project, pd_str_t channel, pd_str_t c
                    pd_str_t key, pd_str_t meta, int64_t lease_ms, uint32_t max_members);
 //  Removes conn's meta from the room; returns 1, or 0 if it had none.
 int pd_rooms_untrack(pd_rooms_t *r, pd_str_t project, pd_str_t channel, pd_str_t conn);
-//  Every member of the room whose connection starts with prefix gets lease_ms; returns how
-//  many.
-size_t pd_rooms_renew(pd_rooms_t *r, pd_str_t project, pd_str_t channel, pd_str_t prefix,
-                      int64_t lease_ms);
+//  conn's member of the room (if it has one) gets lease_ms; returns 1, or 0. A gateway renews
+//  the connections it holds by name, so a member whose untrack was lost on the way (its node
+//  was down) is not kept alive by its gateway's other members: its lease runs out.
+int pd_rooms_renew(pd_rooms_t *r, pd_str_t project, pd_str_t channel, pd_str_t conn,
+                   int64_t lease_ms);
 //  Removes every member whose lease is at or before now_ms (at most max); returns how many.
 size_t pd_rooms_expire(pd_rooms_t *r, int64_t now_ms, size_t max);
 //  Calls fn on every member of the room, oldest first.

@@ -722,7 +722,7 @@ s_on_event(const pd_msg_t *m, void *arg)
 {
     if (m->type == PD_MSG_EVENT)
         gw_rt_on_bus(arg, m);
-    else if (m->type == PD_MSG_ROOM_EVENT)
+    else if (m->type == PD_MSG_ROOM_EVENT || m->type == PD_MSG_HELLO)
         gw_sb_on_bus(arg, m);
 }
 

@@ -125,6 +125,7 @@ struct sb_room {
     int state;
     int64_t snap_ms;           //  mono ms the snapshot was asked for (asked again if lost)
     int busy;                  //  a walk over chans is under way: an empty room waits for it
+    bool resync;               //  its node restarted: the snapshot asked for replaces the state
     sb_chan_t *chans;
     size_t nchans, ntracked;
     pd_map_t keys, metas;      //  the mirror
@@ -166,7 +167,8 @@ struct sb {
     bool shutting_down;
     /* metrics */
     uint64_t opened, refused, messages, errors, diffs, states, bcasts_in, bcasts_out, snapshots;
-    uint64_t rate_limited;
+    uint64_t rate_limited, resyncs;
+    int64_t node_gen[GW_MAX_STORES + 1]; //  each store node's boot generation, from its HELLOs
 };
 
 static size_t s_storage_key; //  the slot of this gateway's sb_t in its h2o context's storage
@@ -1307,6 +1309,18 @@ s_on_snapshot(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
         return; /* another gateway's */
     if (r->state == SB_ROOM_LIVE)
         return; /* ours came already (a second request raced the first) */
+    if (r->resync) {
+        /* the node restarted: events may have been lost; the snapshot is the truth, and every
+         * presence channel gets a fresh presence_state (clients reconcile it: Phoenix's
+         * syncState), instead of the diffs gathered before it */
+        r->resync = false;
+        if (h2o_timeout_is_linked(&r->diff_entry))
+            h2o_timeout_unlink(&r->diff_entry);
+        r->nbatch = 0;
+        pd_buf_reset(&r->arena);
+        for (sb_chan_t *ch = r->chans; ch; ch = ch->next_r)
+            ch->synced = false;
+    }
     const msgpack_object *items = ev->o[PD_F_ITEMS];
     s_mirror_clear(r);
     if (items && items->type == MSGPACK_OBJECT_ARRAY) {
@@ -1385,11 +1399,44 @@ s_on_bcast(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
     s_room_release(r);
 }
 
+/*  A store node's heartbeat on the bus: a new boot generation means it restarted. Its rooms'
+ *  members survived in shared memory, but events of the moments around the restart may not
+ *  have reached the bus: the rooms it owns are read again (a snapshot, in bus order). */
+static void
+s_on_hello(sb_t *sb, const pd_msg_t *ev)
+{
+    int64_t node = ev->i[PD_F_NODE], gen = ev->i[PD_F_GEN];
+    if (node < 1 || node > GW_MAX_STORES || !gen)
+        return;
+    int64_t was = sb->node_gen[node];
+    sb->node_gen[node] = gen;
+    if (!was || was == gen)
+        return;
+    int total = sb->gw->nstores;
+    for (size_t k = 0; sb->rooms.n && k <= sb->rooms.mask; k++)
+        for (pd_mapent_t *e = pd_map_slot(&sb->rooms, k); e; e = e->next) {
+            sb_room_t *r = (sb_room_t *)e;
+            if (total > 0 && pd_shard_owner((pd_str_t){r->project, r->plen},
+                                            (pd_str_t){r->channel, r->clen}, total) != node)
+                continue;
+            r->state = SB_ROOM_SNAP_WAIT;
+            r->resync = true;
+            s_room_snap(sb, r);
+            sb->resyncs++;
+        }
+}
+
 void
 gw_sb_on_bus(gw_t *gw, const pd_msg_t *ev)
 {
     sb_t *sb = s_sb(gw);
-    if (!sb || !sb->rooms.n)
+    if (!sb)
+        return;
+    if (ev->type == PD_MSG_HELLO) {
+        s_on_hello(sb, ev);
+        return;
+    }
+    if (!sb->rooms.n)
         return;
     sb_room_t *r = s_room_find(sb, ev->s[PD_F_PROJECT], ev->s[PD_F_ID], NULL);
     if (!r)
@@ -1651,8 +1698,6 @@ gw_sb_tick(gw_t *gw)
     bool renew = now - sb->renew_ms >= SB_RENEW_MS;
     if (renew)
         sb->renew_ms = now;
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, "%s/", gw->ident);
     for (size_t k = 0; sb->rooms.n && k <= sb->rooms.mask; k++)
         for (pd_mapent_t *e = pd_map_slot(&sb->rooms, k); e; e = e->next) {
             sb_room_t *r = (sb_room_t *)e;
@@ -1660,8 +1705,16 @@ gw_sb_tick(gw_t *gw)
                 s_room_snap(sb, r);
             if (!renew || !r->ntracked)
                 continue;
+            /* by name: the connections of ours that hold a member there */
             pd_msgw_t *w = s_room_msg(sb, r, PD_ROOM_RENEW, 0);
-            pd_msgw_str(w, PD_F_CONN, prefix, strlen(prefix));
+            uint32_t n = 0;
+            for (sb_chan_t *ch = r->chans; ch; ch = ch->next_r)
+                n += ch->tracked;
+            pd_msgw_raw(w, PD_F_ITEMS);
+            msgpack_pack_array(&w->pk, n);
+            for (sb_chan_t *ch = r->chans; ch; ch = ch->next_r)
+                if (ch->tracked)
+                    msgpack_pack_str_with_body(&w->pk, ch->c->conn, strlen(ch->c->conn));
             gw_send_end(gw);
         }
 }
@@ -1697,13 +1750,16 @@ gw_sb_metrics(gw_t *gw, pd_buf_t *b)
                 "# TYPE presenced_supabase_snapshots_total counter\n"
                 "presenced_supabase_snapshots_total %llu\n"
                 "# TYPE presenced_supabase_slow_disconnects_total counter\n"
-                "presenced_supabase_slow_disconnects_total %llu\n",
+                "presenced_supabase_slow_disconnects_total %llu\n"
+                "# TYPE presenced_supabase_room_resyncs_total counter\n"
+                "presenced_supabase_room_resyncs_total %llu\n",
                 sb->nconns, sb->nchans, sb->rooms.n, (unsigned long long)sb->opened,
                 (unsigned long long)sb->refused, (unsigned long long)sb->messages,
                 (unsigned long long)sb->errors, (unsigned long long)sb->rate_limited,
                 (unsigned long long)sb->states, (unsigned long long)sb->diffs,
                 (unsigned long long)sb->bcasts_in, (unsigned long long)sb->bcasts_out,
-                (unsigned long long)sb->snapshots, (unsigned long long)sb->ws.slow);
+                (unsigned long long)sb->snapshots, (unsigned long long)sb->ws.slow,
+                (unsigned long long)sb->resyncs);
 }
 
 void

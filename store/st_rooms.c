@@ -153,10 +153,19 @@ st_rooms_on_msg(st_rooms_t *r, const pd_msg_t *m, pd_msgw_t *reply)
         pd_rooms_untrack(r->rooms, project, channel, conn);
         s_reply(reply, m, PD_ERR_OK, NULL);
         return;
-    case PD_ROOM_RENEW:
-        pd_rooms_renew(r->rooms, project, channel, conn, pd_now_ms() + PD_ROOM_LEASE_MS);
+    case PD_ROOM_RENEW: {
+        const msgpack_object *items = m->o[PD_F_ITEMS];
+        int64_t lease = pd_now_ms() + PD_ROOM_LEASE_MS;
+        for (uint32_t i = 0; items && items->type == MSGPACK_OBJECT_ARRAY && i < items->via.array.size;
+             i++) {
+            const msgpack_object *it = &items->via.array.ptr[i];
+            if (it->type == MSGPACK_OBJECT_STR)
+                pd_rooms_renew(r->rooms, project, channel,
+                               (pd_str_t){it->via.str.ptr, it->via.str.size}, lease);
+        }
         s_reply(reply, m, PD_ERR_OK, NULL);
         return;
+    }
     case PD_ROOM_SNAP: {
         pd_msgw_t *w = &r->events;
         pd_msgw_begin(w, PD_MSG_ROOM_EVENT, 0);

@@ -325,6 +325,11 @@ test('a room survives a crash of its store node (shared memory): members, count,
     const body = await show();
     assert.equal(body.members[0].key, 'stayer');
     assert.equal(body.members[0].meta.n, 1);
+    // the member's gateway saw the node's new generation and read the room again
+    await R.until(async () => {
+        const v = /presenced_supabase_room_resyncs_total (\d+)/.exec((await R.restVia(c, gws[0], 'GET', '/metrics')).text);
+        return v && Number(v[1]) >= 1;
+    }, 5000, 'the room read again after the restart');
     // a late joiner on the other gateway still sees it
     const late = await client(gws[1]);
     const cl = late.channel(room);
