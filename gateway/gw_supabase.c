@@ -48,6 +48,7 @@
 #define SB_IDLE_MS 90000           //  realtime-js heartbeats every 25 s
 #define SB_STALL_MS 10000
 #define SB_TOPIC_PREFIX "realtime:"
+#define SB_METRIC_ROOMS 100        //  rooms listed with their member count in /metrics
 
 typedef struct sb sb_t;
 typedef struct sb_room sb_room_t;
@@ -1719,6 +1720,42 @@ gw_sb_tick(gw_t *gw)
         }
 }
 
+//  A Prometheus label value: backslash, quote and newline escaped, other control bytes '?'.
+static void
+s_label(pd_buf_t *b, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '\\' || ch == '"')
+            pd_buf_addf(b, "\\%c", ch);
+        else if (ch == '\n')
+            pd_buf_adds(b, "\\n");
+        else
+            pd_buf_add(b, ch < 0x20 ? "?" : (const char *)&p[i], 1);
+    }
+}
+
+//  Members of the rooms this gateway mirrors (O(1) each: the mirror's count), at most
+//  SB_METRIC_ROOMS of them (the room list in the console reads these).
+static void
+s_room_metrics(sb_t *sb, pd_buf_t *b)
+{
+    pd_buf_adds(b, "# TYPE presenced_supabase_room_members gauge\n");
+    size_t n = 0;
+    for (size_t k = 0; sb->rooms.n && k <= sb->rooms.mask && n < SB_METRIC_ROOMS; k++)
+        for (pd_mapent_t *e = pd_map_slot(&sb->rooms, k); e && n < SB_METRIC_ROOMS; e = e->next) {
+            const sb_room_t *r = (const sb_room_t *)e;
+            if (r->state != SB_ROOM_LIVE)
+                continue;
+            pd_buf_adds(b, "presenced_supabase_room_members{project=\"");
+            s_label(b, r->project, r->plen);
+            pd_buf_adds(b, "\",channel=\"");
+            s_label(b, r->channel, r->clen);
+            pd_buf_addf(b, "\"} %zu\n", r->nmembers);
+            n++;
+        }
+}
+
 void
 gw_sb_metrics(gw_t *gw, pd_buf_t *b)
 {
@@ -1760,6 +1797,7 @@ gw_sb_metrics(gw_t *gw, pd_buf_t *b)
                 (unsigned long long)sb->bcasts_in, (unsigned long long)sb->bcasts_out,
                 (unsigned long long)sb->snapshots, (unsigned long long)sb->ws.slow,
                 (unsigned long long)sb->resyncs);
+    s_room_metrics(sb, b);
 }
 
 void

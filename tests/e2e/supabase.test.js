@@ -169,6 +169,9 @@ test('a late joiner gets the whole room in presence_state', async () => {
         const first = ev.find((e) => e.t === 'sync');
         assert.deepEqual(Object.keys(first.state).sort(), ['m0', 'm1', 'm2', 'm3', 'm4', 'm5'], `on gateway ${pid}`);
         assert.equal(first.state.m3[0].i, 3);
+        // the gateway's count of the room, in /metrics
+        const text = (await R.restVia(c, pid, 'GET', '/metrics')).text;
+        assert.match(text, new RegExp(`presenced_supabase_room_members\\{project="${c.project}",channel="late"\\} 6\\n`));
         late.disconnect();
     }
     for (const m of members) m.disconnect();
