@@ -55,12 +55,10 @@ const evOf = (id) => (e) => e.payload && e.payload.$id === id;
 // its own each time) and waits for it at every SDK collector or raw client given, each on a
 // connection under test.
 const markerFor = (id) => sameNodeAs(C().project, id, () => uid('mark'), C().stores);
-// marker.via(pid, m, ...) writes it through that gateway: after what that gateway sent before
-// (a release, a lease renewal), since one gateway's requests reach a store node in order.
+// markerVia(pid, m, ...) writes it through that gateway process: after what that gateway sent
+// before (a release, a lease renewal), since one gateway's requests reach a store node in order.
 let markers = 0;
-async function marker(m, ...at) {
-    return markerVia(undefined, m, ...at);
-}
+const marker = (m, ...at) => markerVia(undefined, m, ...at);
 async function markerVia(gateway, m, ...at) {
     const status = `marker ${++markers}`;
     const body = { userId: m, status, permissions: ['read("any")'] };
@@ -76,7 +74,6 @@ async function markerVia(gateway, m, ...at) {
     }
 }
 const markerAfter = (id, ...at) => marker(markerFor(id), ...at);
-marker.via = markerVia;
 
 async function gatewayPair(rt) {
     const mine = await R.gatewayOf(C(), rt.socket._socket.localPort);
@@ -396,7 +393,7 @@ describe('connection-bound presence (upsertPresence)', () => {
         } else {
             await sleep(7000); // one hold for both tabs: nothing to see but the grace passing
         }
-        await marker.via(gA, markerFor(id), w);
+        await markerVia(gA, markerFor(id), w);
         const deletes = () => w.events((m) => m.data.events[0] === `presences.${id}.delete`).length;
         assert.equal(deletes(), 0, 'no delete while tab B is open');
         const still = await keyPresences().get({ presenceId: id });
@@ -428,7 +425,7 @@ describe('connection-bound presence (upsertPresence)', () => {
         a.close();
         // the grace is over and gateway 1 has sent its release; the marker goes after it
         await R.until(async () => (await metricOf(g1, 'presenced_realtime_releases_total')) > released, 20000, 'the release by gateway 1');
-        await marker.via(g1, mark, w);
+        await markerVia(g1, mark, w);
         assert.deepEqual(w.events((m) => m.data.payload.$id === id).slice(before).map((m) => m.data.events[0]), [], 'no event while gateway 2 still holds it');
         assert.equal((await keyPresences().get({ presenceId: id })).status, 'tab B');
         b.close();
@@ -483,7 +480,7 @@ describe('connection-bound presence (upsertPresence)', () => {
         assert.equal(w.events((m) => m.data.events[0] === `presences.${idS}.delete`).length, 0, 'the live gateway\'s presence stays');
         // ... past its first lease: the live gateway renews it, and renewals are not broadcast
         while (Date.now() - tS < 40000) await sleep(250);
-        await marker.via(survivor, markerFor(idS), w); // after the survivor's renewals so far
+        await markerVia(survivor, markerFor(idS), w); // after the survivor's renewals so far
         const s = await keyPresences().get({ presenceId: idS });
         assert.equal(s.status, 'here');
         assert.ok(Date.parse(s.expiresAt) - tS > 35000, `the lease moved on (expiresAt ${s.expiresAt})`);
