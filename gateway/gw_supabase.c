@@ -162,6 +162,9 @@ struct sb {
     sb_op_t *ops;
     h2o_timeout_t diff_timeout;
     pd_buf_t out, tmp;         //  frames being built
+    pd_buf_t diff, payload, frame[3]; //  a diff or broadcast, and its frame per serializer
+    sb_entry_t **sortv;        //  a diff's entries being sorted by key
+    size_t cap_sortv;
     uint64_t serial;
     int64_t renew_ms;
     size_t nconns, nchans;
@@ -509,9 +512,12 @@ static void
 s_render_diff(sb_room_t *r, uint32_t from, pd_buf_t *b)
 {
     uint32_t n = r->nbatch - from;
-    sb_entry_t **v = malloc((n ? n : 1) * sizeof *v);
-    if (!v)
-        abort();
+    sb_t *sb = r->sb;
+    if (n > sb->cap_sortv) {
+        sb->cap_sortv = n > 64 ? n : 64;
+        sb->sortv = pd_xrealloc(sb->sortv, sb->cap_sortv * sizeof *sb->sortv);
+    }
+    sb_entry_t **v = sb->sortv;
     for (uint32_t i = 0; i < n; i++)
         v[i] = &r->batch[from + i];
     s_sort_room = r;
@@ -543,7 +549,6 @@ s_render_diff(sb_room_t *r, uint32_t from, pd_buf_t *b)
         }
     }
     pd_buf_adds(b, "}}");
-    free(v);
 }
 
 //  Sends the gathered joins and leaves to every synced presence channel of the room.
@@ -556,10 +561,7 @@ s_diff_flush(sb_room_t *r)
     if (!r->nbatch)
         return;
     /* one rendering per (start, serializer): almost every channel starts at 0 */
-    pd_buf_t diff, frame[3];
-    pd_buf_init(&diff);
-    for (int v = 0; v < 3; v++)
-        pd_buf_init(&frame[v]);
+    pd_buf_t *diff = &sb->diff, *frame = sb->frame;
     uint32_t rendered_from = UINT32_MAX;
     char topic[sizeof SB_TOPIC_PREFIX + PD_PHX_MAX_FIELD];
     snprintf(topic, sizeof topic, SB_TOPIC_PREFIX "%.*s", (int)r->clen, r->channel);
@@ -569,8 +571,8 @@ s_diff_flush(sb_room_t *r)
         if (!ch->presence || !ch->synced || ch->batch_from >= r->nbatch)
             continue;
         if (ch->batch_from != rendered_from) {
-            pd_buf_reset(&diff);
-            s_render_diff(r, ch->batch_from, &diff);
+            pd_buf_reset(diff);
+            s_render_diff(r, ch->batch_from, diff);
             for (int v = 0; v < 3; v++)
                 pd_buf_reset(&frame[v]);
             rendered_from = ch->batch_from;
@@ -578,13 +580,10 @@ s_diff_flush(sb_room_t *r)
         int vsn = ch->c->vsn;
         if (!frame[vsn].len)
             pd_phx_encode(&frame[vsn], vsn, PD_STR_NULL, PD_STR_NULL, pd_str(topic),
-                          PD_STR("presence_diff"), diff.data, diff.len);
+                          PD_STR("presence_diff"), diff->data, diff->len);
         s_send_text(ch->c, &frame[vsn]);
         sb->diffs++;
     }
-    pd_buf_free(&diff);
-    for (int v = 0; v < 3; v++)
-        pd_buf_free(&frame[v]);
     if (s_room_release(r))
         return;
     for (sb_chan_t *ch = r->chans; ch; ch = ch->next_r)
@@ -1357,10 +1356,9 @@ s_on_bcast(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
     bool binary = flags & PD_ROOM_FL_BINARY;
     char topic[sizeof SB_TOPIC_PREFIX + PD_PHX_MAX_FIELD];
     snprintf(topic, sizeof topic, SB_TOPIC_PREFIX "%.*s", (int)r->clen, r->channel);
-    pd_buf_t frame[3], payload;
-    pd_buf_init(&payload);
+    pd_buf_t *payload = &sb->payload, *frame = sb->frame;
     for (int v = 0; v < 3; v++)
-        pd_buf_init(&frame[v]);
+        pd_buf_reset(&frame[v]);
     r->busy++;
     for (sb_chan_t *ch = r->chans, *next; ch; ch = next) {
         next = ch->next_r;
@@ -1375,14 +1373,14 @@ s_on_bcast(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
                                         PD_PHX_ENC_BINARY, body.ptr, body.len) < 0)
                     break;
             } else {
-                pd_buf_reset(&payload);
-                pd_buf_adds(&payload, "{\"type\":\"broadcast\",\"event\":");
-                pd_buf_add_json_str(&payload, event.ptr, event.len);
-                pd_buf_adds(&payload, ",\"payload\":");
-                pd_buf_add(&payload, body.ptr, body.len);
-                pd_buf_add(&payload, "}", 1);
+                pd_buf_reset(payload);
+                pd_buf_adds(payload, "{\"type\":\"broadcast\",\"event\":");
+                pd_buf_add_json_str(payload, event.ptr, event.len);
+                pd_buf_adds(payload, ",\"payload\":");
+                pd_buf_add(payload, body.ptr, body.len);
+                pd_buf_add(payload, "}", 1);
                 pd_phx_encode(&frame[vsn], vsn, PD_STR_NULL, PD_STR_NULL, pd_str(topic),
-                              PD_STR("broadcast"), payload.data, payload.len);
+                              PD_STR("broadcast"), payload->data, payload->len);
             }
         }
         if (binary) {
@@ -1394,9 +1392,6 @@ s_on_bcast(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
         }
         sb->bcasts_out++;
     }
-    pd_buf_free(&payload);
-    for (int v = 0; v < 3; v++)
-        pd_buf_free(&frame[v]);
     s_room_release(r);
 }
 
@@ -1634,6 +1629,10 @@ gw_sb_init(gw_t *gw)
     pd_map_init(&sb->rooms);
     pd_buf_init(&sb->out);
     pd_buf_init(&sb->tmp);
+    pd_buf_init(&sb->diff);
+    pd_buf_init(&sb->payload);
+    for (int v = 0; v < 3; v++)
+        pd_buf_init(&sb->frame[v]);
     int window = gw->cfg->room_diff_ms;
     h2o_timeout_init(gw->ctx.loop, &sb->diff_timeout,
                      window >= 1 && window <= 1000 ? (uint64_t)window : SB_DIFF_WINDOW_MS);
