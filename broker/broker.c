@@ -95,7 +95,7 @@
 #include "pd_query.h"
 #include "pd_zmq.h"
 
-#define MAX_NODES 64
+#define MAX_NODES 63 //  node n is bit n of a uint64_t mask (op->waiting, mv.done)
 #define MAX_PEERS 256
 #define OP_TIMEOUT_MS 4500
 #define NODE_DEAD_MS 1000
@@ -1611,6 +1611,8 @@ broker_main(pd_config_t *cfg)
     static broker_t b;
     broker_t *self = &b;
     self->cfg = cfg;
+    if (cfg->stores < 1 || cfg->stores > MAX_NODES)
+        pd_fatalx("--stores must be 1..%d", MAX_NODES);
     s_set_load(self);
     size_t rate = cfg->move_rate ? cfg->move_rate : MOVE_RATE;
     self->move_batch = rate >= 20 * MOVE_BATCH ? MOVE_BATCH : rate >= 20 ? (int)(rate / 20) : 1;

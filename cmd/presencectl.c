@@ -681,8 +681,8 @@ cmd_cluster(int argc, char **argv)
     }
     if (!keys[0] && getenv("PRESENCED_KEYS"))
         snprintf(keys, sizeof keys, "%s", getenv("PRESENCED_KEYS"));
-    if (stores < 0 || stores > 64 || !keys[0] || !broker[0])
-        s_die("cluster scale needs --stores N (1..64; 0 reports), and --run-dir DIR (embedded) "
+    if (stores < 0 || stores > 63 || !keys[0] || !broker[0])
+        s_die("cluster scale needs --stores N (1..63; 0 reports), and --run-dir DIR (embedded) "
               "or --keys DIR and --broker ENDPOINT");
     char err[512];
     pd_keys_t *k = pd_keys_load(keys, "ctl", err, sizeof err);

@@ -232,8 +232,8 @@ pd_config_parse(pd_config_t *cfg, int argc, char **argv)
     if (!cfg->shm_name[0])
         snprintf(cfg->shm_name, sizeof cfg->shm_name, "/presenced-%s-store-%d", cfg->cluster,
                  cfg->node);
-    if (cfg->stores < 1 || cfg->stores > 64 || cfg->gateways < 1 || cfg->gateways > 64) {
-        fprintf(stderr, "presenced: --stores and --gateways must be 1..64\n");
+    if (cfg->stores < 1 || cfg->stores > 63 || cfg->gateways < 1 || cfg->gateways > 64) {
+        fprintf(stderr, "presenced: --stores must be 1..63 and --gateways 1..64\n");
         return -1;
     }
     return 0;
