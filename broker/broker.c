@@ -877,7 +877,8 @@ s_set_load(broker_t *self)
         self->nfrom = from;
         self->nto = to;
         self->mv.pending = pending;
-        pd_log_info("store set from %s: %d -> %d nodes", path, from, to);
+        pd_log_info("store set from %s: %d -> %d nodes%s", path, from, to,
+                    pending ? " (more asked for, not all up yet)" : "");
     }
     if (f)
         fclose(f);
@@ -1031,6 +1032,7 @@ s_move_tick(broker_t *self)
         self->mv.waiting[0] = 0;
         self->mv.started = now;
         self->mv.next = now + 1; /* the first batch after SHARDS has gone out (s_flush) */
+        s_set_save(self); /* a broker restarted from here on goes on moving */
         pd_log_info("store set: moving from %d to %d store nodes", self->nfrom, self->nto);
         return;
     }

@@ -14,7 +14,7 @@ const assert = require('node:assert/strict');
 const path = require('node:path');
 const { execFile } = require('node:child_process');
 
-const { useCluster, sleep, BIN } = require('./lib/cluster');
+const { useCluster, startCluster, sleep, BIN } = require('./lib/cluster');
 const { webClient, nodeClient, plain } = require('./lib/sdk');
 const { shardOwner } = require('./lib/shard');
 
@@ -34,9 +34,9 @@ const SHORT = 30;       // records that expire after the moves
 const pid = (i) => `rs-${i}`;
 const user = (i) => `rs-user-${i}`;
 
-function ctl(args, timeoutMs = 180000) {
+function ctl(args, timeoutMs = 180000, cluster = C()) {
     return new Promise((resolve, reject) => {
-        execFile(CTL, ['cluster', 'scale', '--run-dir', C().runDir, ...args], { timeout: timeoutMs },
+        execFile(CTL, ['cluster', 'scale', '--run-dir', cluster.runDir, ...args], { timeout: timeoutMs },
             (err, stdout, stderr) => (err ? reject(new Error(`presencectl ${args.join(' ')}: ${err.message}\n${stderr}`))
                 : resolve(JSON.parse(stdout))));
     });
@@ -186,5 +186,75 @@ it('2 -> 3 -> 2 store nodes under continuous writes, reads and a realtime subscr
         await assert.rejects(P.get({ presenceId: id }), (e) => status(e) === 404, id);
         const dels = events.filter((e) => e.events[0] === `presences.${id}.delete`).length;
         assert.equal(dels, 1, `${id}: one delete event`);
+    }
+});
+
+// The failure paths (broker.c, "failures"): an old owner SIGKILLed in the middle of a move (it
+// loses the batch it had frozen: the broker abandons the batch and sends it again), then the
+// broker SIGKILLed (the restarted one reads the store set from the run directory and goes on).
+// Writers keep writing; afterwards every acknowledged write is there, one presence per user
+// holds, and the move has finished. A 503 is allowed while a killed process is away.
+it('a store node and the broker killed in the middle of a move: nothing lost, the move finishes', { timeout: 300000 }, async (t) => {
+    const c = await startCluster({ label: 'reshard-kill', stores: 2, gateways: 1, args: ['--move-rate', '400'] });
+    try {
+        const P = nodeClient(c, {}).presences;
+        const expires = new Date(Date.now() + 30 * 60e3).toISOString();
+        const M = 1500;
+        for (let i = 0; i < M; i += 20)
+            await Promise.all([...Array(20).keys()].map((k) => P.upsert({ presenceId: pid(i + k),
+                userId: user(i + k), status: 'online', metadata: { v: 0 }, permissions: READ_ANY, expiresAt: expires })));
+        const acked = new Map();
+        for (let i = 0; i < M; i++) acked.set(pid(i), 0);
+        const counts = { writes: 0, e503: 0, other: [] };
+        let running = true, v = 0;
+        const writer = async (k) => {
+            while (running) {
+                const i = (v * 11 + k) % M, mine = ++v;
+                try {
+                    await P.upsert({ presenceId: pid(i), userId: user(i), status: 'online', metadata: { v: mine },
+                        permissions: READ_ANY, expiresAt: expires });
+                    if (mine > acked.get(pid(i))) acked.set(pid(i), mine);
+                    counts.writes++;
+                } catch (e) {
+                    if (status(e) === 503) counts.e503++;
+                    else counts.other.push(`upsert ${pid(i)}: ${status(e)} ${e.message}`);
+                    await sleep(20);
+                }
+            }
+        };
+        const loops = [writer(1), writer(2), writer(3)];
+        const started = await ctl(['--stores', '3'], 20000, c);
+        assert.equal(started.settled, false);
+        await sleep(1000);
+        const store1 = c.kill('store', 1);
+        await c.waitRestarted('store', 1, store1);
+        await sleep(800);
+        const broker = c.kill('broker');
+        await c.waitRestarted('broker', undefined, broker);
+        let done;
+        for (let tries = 0; !done && tries < 20; tries++) {
+            try { done = await ctl(['--stores', '3', '--wait'], 120000, c); } catch (e) { await sleep(250); }
+        }
+        assert.ok(done && done.settled && done.from === 3, `the move finished: ${JSON.stringify(done)}`);
+        await sleep(500);
+        running = false;
+        await Promise.all(loops);
+        t.diagnostic(`writes ${counts.writes}, 503s ${counts.e503}; ${JSON.stringify(done)}`);
+        assert.deepEqual(counts.other, [], 'no error other than 503');
+        let onThree = 0;
+        for (let i = 0; i < M; i++) {
+            const r = plain(await P.get({ presenceId: pid(i) }));
+            assert.ok(r.metadata.v >= acked.get(pid(i)), `${pid(i)}: v ${r.metadata.v} < acked ${acked.get(pid(i))}`);
+            if (shardOwner(c.project, pid(i), 3) === 3) onThree++;
+        }
+        const m = await c.waitMetrics((x) => x.get('presenced_store_records', { node: 3 }) === onThree, 5000);
+        assert.equal(m.get('presenced_store_records', { node: 3 }), onThree, 'store 3 holds exactly its share');
+        assert.equal(m.sum('presenced_store_records'), M, 'every record once');
+        for (let i = 0; i < M; i += 25) {
+            const r = plain(await P.upsert({ presenceId: `rs-again-${i}`, userId: user(i), status: 'again', permissions: READ_ANY }));
+            assert.equal(r.$id, pid(i), `user ${user(i)} keeps one presence`);
+        }
+    } finally {
+        await c.stop();
     }
 });
