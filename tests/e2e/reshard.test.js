@@ -12,6 +12,8 @@ const test = require('node:test');
 const { it } = test;
 const assert = require('node:assert/strict');
 const path = require('node:path');
+const fs = require('node:fs');
+const os = require('node:os');
 const { execFile } = require('node:child_process');
 
 const { useCluster, startCluster, sleep, BIN } = require('./lib/cluster');
@@ -187,6 +189,37 @@ it('2 -> 3 -> 2 store nodes under continuous writes, reads and a realtime subscr
         const dels = events.filter((e) => e.events[0] === `presences.${id}.delete`).length;
         assert.equal(dels, 1, `${id}: one delete event`);
     }
+});
+
+// The command's refusals: one change at a time (409 while records move), a size out of range,
+// and the key: only `ctl` may change the store set (a gateway's key, even under ctl's name, is
+// refused; the broker names a peer by the key it holds, not by a file name).
+it('cluster scale refusals: a change under way, a bad size, a key other than ctl', { timeout: 120000 }, async () => {
+    const first = await ctl(['--stores', '3']);
+    assert.equal(first.settled, false);
+    await assert.rejects(ctl(['--stores', '4']), /conflict|under way/);
+    await assert.rejects(ctl(['--stores', '64']), /1\.\.63/);
+    const done = await ctl(['--stores', '3', '--wait']);
+    assert.equal(done.settled, true);
+    assert.equal(done.from, 3);
+    const fake = fs.mkdtempSync(path.join(os.tmpdir(), 'pd-rs-keys-'));
+    try {
+        fs.chmodSync(fake, 0o700);
+        const real = path.join(C().runDir, 'keys');
+        fs.copyFileSync(path.join(real, 'broker.pub'), path.join(fake, 'broker.pub'));
+        fs.copyFileSync(path.join(real, 'gateway-1.pub'), path.join(fake, 'ctl.pub'));
+        fs.copyFileSync(path.join(real, 'gateway-1.key'), path.join(fake, 'ctl.key'));
+        fs.chmodSync(path.join(fake, 'ctl.key'), 0o600);
+        const ep = `ipc://${C().runDir}/broker-front.ipc`;
+        await assert.rejects(new Promise((resolve, reject) => execFile(CTL,
+            ['cluster', 'scale', '--stores', '2', '--keys', fake, '--broker', ep], { timeout: 20000 },
+            (err, out, stderr) => (err ? reject(new Error(stderr)) : resolve(out)))), /forbidden/);
+    } finally {
+        fs.rmSync(fake, { recursive: true, force: true });
+    }
+    const back = await ctl(['--stores', '2', '--wait']);
+    assert.equal(back.from, 2);
+    assert.equal(back.settled, true);
 });
 
 // The failure paths (broker.c, "failures"): an old owner SIGKILLed in the middle of a move (it
