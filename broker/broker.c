@@ -77,7 +77,10 @@
  *               reads it from the run directory (store-set) and goes on. Known gap: a new owner
  *               that dies after taking a record but before acknowledging it keeps a copy the
  *               old owner still serves; if the record is deleted before the next batch sends it
- *               again, that copy shows up when the move ends. */
+ *               again, that copy shows up when the move ends. And a broker killed within the
+ *               loop turn between receiving a batch and forwarding it leaves that batch frozen
+ *               at its old owner and not at the new one: until the next broker sends it again,
+ *               a request for one of those records finds it missing at the new owner. */
 #include "broker.h"
 
 #include <czmq.h>

@@ -53,7 +53,6 @@
 #define HOLD_MAX (64u << 20)     //  events held while the broker has not subscribed yet
 #define PUB_WINDOW_US 1000       //  at most one event frame per this, while events flow
 #define MOVE_SCAN_SLOTS 65536    //  slots (or claim entries) a MOVE_OUT looks at, at most
-#define DIRECT_CHECK_MS 10000    //  after the store set settles, direct requests are still checked
 
 typedef struct {
     pd_config_t *cfg;
@@ -87,7 +86,6 @@ typedef struct {
     st_rooms_t *rooms;    //  rooms: presence sets per channel (st_rooms.h)
     int sh_from, sh_to;   //  the store set (SHARDS): records move from sh_from nodes to sh_to;
                           //  0 until the broker has said (direct requests are refused until then)
-    int64_t sh_settled;   //  mono ms the store set last settled (sh_from == sh_to)
     zhash_t *frozen;      //  records and claims sent by MOVE_OUT, not yet dropped (s_move_key)
     uint64_t scan_pos;    //  MOVE_OUT: next slot to look at
     uint64_t claim_pos;   //  MOVE_OUT: next claim entry, once the slots are done
@@ -570,9 +568,9 @@ s_direct_ok(store_t *self, const pd_msg_t *m)
 {
     if (!self->sh_to)
         return false;
-    if (self->sh_from == self->sh_to && pd_mono_ms() - self->sh_settled > DIRECT_CHECK_MS)
-        return true; /* every gateway has had the route table of this store set for long */
     pd_str_t project = m->s[PD_F_PROJECT], id = m->s[PD_F_ID];
+    if (self->sh_from == self->sh_to) /* settled: one hash, as the gateway's */
+        return pd_shard_owner(project, id, self->sh_to) == self->node;
     if (pd_shard_owner(project, id, self->sh_from) != self->node)
         return false;
     if (pd_shard_owner(project, id, self->sh_to) == self->node)
@@ -780,7 +778,6 @@ s_on_shards(store_t *self, const pd_msg_t *m)
         self->scan_claims = false;
         self->pass_found = 0;
         if (from == to) {
-            self->sh_settled = pd_mono_ms();
             if (zhash_size(self->frozen)) { /* the broker gave the move up: they stay here */
                 zhash_destroy(&self->frozen);
                 self->frozen = zhash_new();
