@@ -173,6 +173,12 @@ gw_metrics_render(gw_t *gw, pd_buf_t *b)
                 (unsigned long long)gw->conn_refused[GW_REFUSE_PER_IP], node,
                 (unsigned long long)gw->conn_refused[GW_REFUSE_HEADERS], node,
                 (unsigned long long)gw->accept_pauses);
+    pd_buf_addf(b,
+                "# HELP presenced_gateway_broker_failfast_total Batches whose requests were "
+                "answered 503 at once: the broker answered no heartbeat for 3 s.\n"
+                "# TYPE presenced_gateway_broker_failfast_total counter\n"
+                "presenced_gateway_broker_failfast_total{gateway=\"%d\"} %llu\n",
+                node, (unsigned long long)gw->broker_failfast);
     gw_rt_metrics(gw, b);
     gw_sb_metrics(gw, b);
 }
@@ -192,6 +198,53 @@ s_link_flush(gw_t *gw)
     }
 }
 
+/*  The broker has answered no heartbeat for GW_BROKER_SILENT_MS (it answers each every 250 ms;
+ *  the ZMTP heartbeat calls a link dead after 3 s). 0 until it has answered once: at start,
+ *  requests wait for it. */
+static bool
+s_broker_silent(const gw_t *gw)
+{
+    return gw->route_ms && pd_mono_ms() - gw->route_ms > GW_BROKER_SILENT_MS;
+}
+
+static void s_pending_release(gw_t *gw, gw_pending_t *p);
+static gw_pending_t *s_pending_of(gw_t *gw, uint64_t rid);
+
+static void
+s_fail_msg(const pd_msg_t *m, void *arg)
+{
+    gw_t *gw = arg;
+    gw_pending_t *p = m->rid ? s_pending_of(gw, m->rid) : NULL;
+    if (!m->rid) { /* a heartbeat, a release, a lease renewal: still sent */
+        pd_msgw_copy(&gw->keep, m, 0, 0);
+        pd_msgw_end(&gw->keep);
+    } else if (p && p->req) {
+        h2o_req_t *req = p->req;
+        s_pending_release(gw, p);
+        p->req = NULL;
+        gw_respond_err(gw, req, p->route, PD_ERR_UNAVAILABLE,
+                       PD_STR("The cluster's broker is not answering: try again shortly."),
+                       p->start_ns);
+    } /* a realtime operation: its own deadline answers the client */
+}
+
+/*  Requests for a silent broker are answered 503 at once instead of waiting out
+ *  --request-timeout, and are not sent: one answered 503 is never applied later, when the broker
+ *  comes back. The rest of the batch (heartbeats first: they bring it back) still goes. */
+static void
+s_fail_broker_batch(gw_t *gw)
+{
+    msgpack_zone z;
+    msgpack_zone_init(&z, 1024);
+    pd_msgw_reset(&gw->keep);
+    pd_msg_each(gw->out.sb.data, gw->out.sb.size, &z, s_fail_msg, gw);
+    msgpack_zone_destroy(&z);
+    gw->broker_failfast++;
+    pd_msgw_reset(&gw->out); /* the writer's packer points into its own buffer: copy, not swap */
+    msgpack_sbuffer_write(&gw->out.sb, gw->keep.sb.data, gw->keep.sb.size);
+    gw->out.count = gw->keep.count;
+}
+
 /*  Sends this turn's batches: one frame per store node with direct requests (a node that
  *  cannot take it has them sent via the broker instead), then one to the broker. */
 static void
@@ -209,7 +262,10 @@ s_flush(gw_t *gw)
         st->unread = st->sock != NULL;
     }
     if (gw->out.count) {
-        if (pd_zmq_send(zsock_resolve(gw->dealer), NULL, 0, gw->out.sb.data, gw->out.sb.size) < 0)
+        if (s_broker_silent(gw))
+            s_fail_broker_batch(gw);
+        if (gw->out.count &&
+            pd_zmq_send(zsock_resolve(gw->dealer), NULL, 0, gw->out.sb.data, gw->out.sb.size) < 0)
             pd_log_warn("%s: cannot reach the broker; %u requests will time out", __func__,
                         gw->out.count);
         pd_msgw_reset(&gw->out);
@@ -1299,6 +1355,7 @@ gateway_main(pd_config_t *cfg)
         return 2;
     /* cfg keeps the quick-start secrets: a SIGHUP reload rebuilds that project from them. */
     pd_msgw_init(&gw->out);
+    pd_msgw_init(&gw->keep);
     gw->cur = &gw->out;
     for (int n = 1; n <= GW_MAX_STORES; n++)
         pd_msgw_init(&gw->stores[n].out);

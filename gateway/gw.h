@@ -65,6 +65,7 @@ typedef struct {
 enum { GW_ID_GUEST = 0, GW_ID_USER = 1, GW_ID_KEY = 2 };
 
 #define GW_MAX_STORES 64
+#define GW_BROKER_SILENT_MS 3000 //  no ROUTE from the broker this long: requests fail fast (503)
 
 /*  An accepted connection, as the limits see it (gateway.c, "connections"). */
 typedef struct gw_conn {
@@ -134,6 +135,8 @@ struct gw {
     uint64_t conn_refused[3];  //  GW_REFUSE_*
     uint64_t accept_pauses;
     pd_msgw_t out;             //  requests to the broker this loop turn
+    pd_msgw_t keep;            //  scratch: what of a batch still goes to a silent broker
+    uint64_t broker_failfast;  //  batches whose requests were answered 503 (broker silent)
     gw_store_t stores[GW_MAX_STORES + 1]; //  1-based, as the broker routes them
     int nstores;
     int64_t route_ms;          //  mono ms of the broker's last ROUTE (GET /v1/health/ready)
