@@ -1384,9 +1384,10 @@ s_on_back(const pd_msg_t *m, void *arg)
     if (!nd->up || nd->gen != m->i[PD_F_GEN])
         pd_log_info("store node %d is up (generation %lld, %lld records)", node,
                     (long long)m->i[PD_F_GEN], (long long)m->i[PD_F_TOTAL]);
-    if (nd->up && nd->gen && nd->gen != m->i[PD_F_GEN]) {
-        /* It restarted faster than it could be missed: what the old process had in hand is
-         * lost, so fail those ops now (503) rather than when they time out. */
+    if (nd->gen && nd->gen != m->i[PD_F_GEN]) {
+        /* It restarted faster than it could be missed (or a send to the old process failed
+         * and marked it down just before this HELLO, before a sweep): what the old process
+         * had in hand is lost, so fail those ops now (503) rather than when they time out. */
         nd->up = false;
         s_sweep(self);
     }

@@ -2,11 +2,13 @@
  *  child processes of this one, wired over ipc:// endpoints in the run directory.
  *
  *  Children are started in dependency order (broker, stores, reaper, gateways). A child that
- *  dies is restarted with exponential backoff (100 ms doubling to 5 s; reset once it has run
- *  for 10 s). SIGTERM/SIGINT: gateways are stopped first (they stop accepting and finish the
- *  requests in flight), then the reaper, the stores and the broker; stragglers are killed after
- *  5 s; store segments are unlinked unless --keep-data; exit 0. SIGHUP is passed to the gateways
- *  (they reload the projects). Each child's command line names its role, as `ps` shows it.
+ *  dies is restarted at once, and with exponential backoff only if it dies again within 10 s
+ *  of its start (100 ms doubling to 5 s; reset once it has run for 10 s): a crashed store node
+ *  is serving again as soon as it has re-attached its segment. SIGTERM/SIGINT: gateways are
+ *  stopped first (they stop accepting and finish the requests in flight), then the reaper, the
+ *  stores and the broker; stragglers are killed after 5 s; store segments are unlinked unless
+ *  --keep-data; exit 0. SIGHUP is passed to the gateways (they reload the projects). Each
+ *  child's command line names its role, as `ps` shows it.
  *
  *  Store nodes follow the store set the broker saves in the run directory (store-set, "from
  *  to pending": broker.c, "resharding"): every node of either side runs. When `presencectl cluster
@@ -93,7 +95,7 @@ s_follow_store_set(pd_config_t *cfg, child_t *cs, size_t n, int64_t now)
             c->off = false;
             c->stop_at = 0;
             c->next = now;
-            c->backoff = 100;
+            c->backoff = 0;
         } else if (c->node > want && !c->off && !c->stop_at) {
             c->stop_at = now + 1000; /* gateways take the new route table meanwhile */
         }
@@ -381,7 +383,7 @@ supervisor_main(pd_config_t *cfg)
     pd_log_info("starting cluster %s on %s:%d: %d store nodes, %d gateways", cfg->cluster,
                 cfg->host, cfg->port, cfg->stores, cfg->gateways);
     for (size_t i = 0; i < n; i++) {
-        cs[i].backoff = 100;
+        cs[i].backoff = 0;
         if (cs[i].off)
             continue;
         cs[i].pid = s_spawn(cfg, &cs[i]);
@@ -411,7 +413,7 @@ supervisor_main(pd_config_t *cfg)
                     continue;
                 int64_t now = pd_mono_ms();
                 if (now - cs[i].started > 10000)
-                    cs[i].backoff = 100;
+                    cs[i].backoff = 0;
                 if (WIFEXITED(status) && WEXITSTATUS(status) == PD_EXIT_REFUSED) {
                     /* its data or settings were refused: starting it again would not help */
                     pd_log_warn("%s %d refused to start (see above): stopping the cluster",
@@ -428,7 +430,9 @@ supervisor_main(pd_config_t *cfg)
                                 cs[i].node, WEXITSTATUS(status), cs[i].backoff);
                 cs[i].pid = 0;
                 cs[i].next = now + cs[i].backoff;
-                cs[i].backoff = cs[i].backoff * 2 > 5000 ? 5000 : cs[i].backoff * 2;
+                cs[i].backoff = cs[i].backoff == 0        ? 100
+                                : cs[i].backoff * 2 > 5000 ? 5000
+                                                           : cs[i].backoff * 2;
             }
         }
         int64_t now = pd_mono_ms();
@@ -441,7 +445,7 @@ supervisor_main(pd_config_t *cfg)
                 cs[i].pid = s_spawn(cfg, &cs[i]);
                 cs[i].started = now;
                 if (cs[i].pid == 0)
-                    cs[i].next = now + cs[i].backoff;
+                    cs[i].next = now + (cs[i].backoff ? cs[i].backoff : 100);
             }
         }
     }
