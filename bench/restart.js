@@ -1,0 +1,124 @@
+'use strict';
+// Restart at scale (issue 12 item 3): how long a store node holding RECORDS records takes to
+// serve again after SIGKILL. A cluster of one store node and 2 gateways (tests/e2e/lib/cluster.js)
+// is filled by wrk (unique users, so every record also has a claim: -t2 -c64 keep-alive PUTs,
+// each thread cycling over its half of the ids, stopped once /metrics counts RECORDS), then the
+// store node is killed KILLS times: idle (its segment clean), and again while wrk rewrites
+// records (the kill may land mid-write: a dirty segment, rebuilt on attach). After each kill
+// one keep-alive client sends GET /v1/presences/{id} back to back (each answer is a fast 503
+// until the node is back) and the time from the kill to the first 200 is the restart time.
+// Also printed, from the log's timestamps: when the supervisor saw the death, and when the new
+// process had re-attached its segment. Not a test: nothing is asserted.
+// Usage: PRESENCED_BIN=build/presenced node bench/restart.js [RECORDS=1000000] [KILLS=5]
+const path = require('node:path');
+const http = require('node:http');
+const fs = require('node:fs');
+const os = require('node:os');
+const { spawn, execFileSync } = require('node:child_process');
+const E2E = path.resolve(__dirname, '..', 'tests', 'e2e');
+const { startCluster, sleep } = require(path.join(E2E, 'lib', 'cluster'));
+
+const RECORDS = Number(process.argv[2] || 1000000);
+const KILLS = Number(process.argv[3] || 5);
+
+function get(agent, c, p) {
+    return new Promise((resolve) => {
+        const req = http.get({ host: '127.0.0.1', port: c.port, path: p, agent, headers: { 'X-Appwrite-Project': c.project, 'X-Appwrite-Key': c.apiKey } }, (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode));
+        });
+        req.setTimeout(10000, () => req.destroy());
+        req.on('error', () => resolve(0));
+    });
+}
+
+function wrkScript(c, dir, perThread) {
+    const lua = path.join(dir, 'fill.lua');
+    fs.writeFileSync(lua, `
+local threads, n = {}, 0
+function setup(thread) thread:set("tid", n); n = n + 1 end
+local i = 0
+request = function()
+  local id = "r" .. tid .. "-" .. i
+  i = (i + 1) % ${perThread}
+  return wrk.format("PUT", "/v1/presences/" .. id,
+    {["X-Appwrite-Project"]="${c.project}", ["X-Appwrite-Key"]="${c.apiKey}", ["Content-Type"]="application/json"},
+    '{"userId":"u' .. id .. '","status":"online","metadata":{"room":"lobby","n":' .. i .. '}}')
+end
+`);
+    return lua;
+}
+
+const startWrk = (c, lua, secs) => spawn('wrk', ['-t2', '-c64', `-d${secs}s`, '-s', lua, `${c.url}/`], { stdio: 'ignore' });
+
+async function records(c) {
+    try { return (await c.metrics()).sum('presenced_store_records'); } catch { return -1; }
+}
+
+// One kill: ms from SIGKILL to the first 200, and (from the log's timestamps, ms resolution) to
+// the supervisor's "lost store" line and the new process's "re-attached" line.
+async function killOnce(c, agent, id) {
+    const old = c.pids('store', 1);
+    const logBefore = c.log().length;
+    const wall = Date.now();
+    const t0 = performance.now();
+    process.kill(old[0], 'SIGKILL');
+    let served = null, n503 = 0, other = 0;
+    while (served === null) {
+        const s = await get(agent, c, `/v1/presences/${id}`);
+        if (s === 200) served = performance.now() - t0;
+        else if (s === 503) n503++;
+        else other++;
+        if (performance.now() - t0 > 30000) throw new Error('not serving 30 s after the kill');
+    }
+    await sleep(200);
+    const tail = c.log().slice(logBefore);
+    const at = (re) => { const m = new RegExp(`^(\\S+) .*${re}`, 'm').exec(tail); return m ? Date.parse(m[1]) - wall : NaN; };
+    const m = /re-attached \S+: (\d+) records/.exec(tail);
+    const rebuilt = /rebuilding indexes \(([^)]*)\)/.exec(tail);
+    return { served, lost: at('lost store 1'), attached: at('re-attached \\S+: \\d+ records'), n503, other,
+             count: m ? Number(m[1]) : NaN, rebuilt: rebuilt ? rebuilt[1] : '' };
+}
+
+(async () => {
+    const perThread = Math.ceil(RECORDS / 2);
+    const c = await startCluster({ stores: 1, gateways: 2, label: 'bench-restart', args: ['--store-capacity', String(Math.max(1048576, RECORDS + 1024)), '--store-arena', String(4 * 1024 * 1024 * 1024)] });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pd-restart-'));
+    try {
+        const lua = wrkScript(c, dir, perThread);
+        const t0 = Date.now();
+        let w = startWrk(c, lua, 3600);
+        let n;
+        while ((n = await records(c)) < RECORDS) await sleep(500);
+        w.kill('SIGTERM');
+        await sleep(300);
+        n = await records(c);
+        const rss = execFileSync('ps', ['-o', 'rss=', '-p', String(c.pids('store', 1)[0])], { encoding: 'utf8' }).trim();
+        console.log(`filled ${n} records in ${((Date.now() - t0) / 1000).toFixed(1)} s (store RSS ${(rss / 1024).toFixed(0)} MiB)`);
+        const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+        const id = 'r0-0';
+        if (await get(agent, c, `/v1/presences/${id}`) !== 200) throw new Error(`${id} not readable`);
+        for (const mode of ['idle', 'under writes']) {
+            const served = [];
+            for (let k = 0; k < KILLS; k++) {
+                let wr = null;
+                if (mode !== 'idle') { wr = startWrk(c, lua, 60); await sleep(1500); }
+                const r = await killOnce(c, agent, id);
+                if (wr) wr.kill('SIGTERM');
+                served.push(r.served);
+                console.log(`${mode} kill ${k + 1}: serving after ${r.served.toFixed(1)} ms (log: lost at ${r.lost} ms, re-attached at ${r.attached} ms; ` +
+                    `${r.n503} x 503, ${r.other} other; re-attached ${r.count} records${r.rebuilt ? `; rebuilt: ${r.rebuilt}` : ''})`);
+                // past the supervisor's 10 s window, so every kill is a first crash (no backoff)
+                await sleep(11000);
+            }
+            served.sort((a, b) => a - b);
+            console.log(`${mode}: median ${served[Math.floor((served.length - 1) / 2)].toFixed(1)} ms, max ${served[served.length - 1].toFixed(1)} ms over ${served.length} kills`);
+        }
+        console.log(`machine: ${os.cpus().length} x ${os.cpus()[0].model}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.release()}; load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+        const tail = c.log().split('\n').filter((l) => /re-attached|rebuilding|lost store/.test(l)).slice(-4);
+        console.log(tail.join('\n'));
+    } finally {
+        await c.stop();
+        fs.rmSync(dir, { recursive: true, force: true });
+    }
+})().catch((e) => { console.error(e); process.exit(1); });
