@@ -1327,6 +1327,27 @@ s_peer(broker_t *self, const void *ident, size_t ilen, const char *uid)
     return (int)i;
 }
 
+/*  The route table, to gateway p: where each node's front is, and whether it is up. Gateways
+ *  send the requests that need no claim or list straight there (gateway.c); the broker stays
+ *  the authority on membership, so a node it marks down is down for them too. Sent as the
+ *  answer to every gateway HELLO, and to every gateway at once when a node comes up or back
+ *  with a new generation (a restarted node: gateways fail what they sent the old process, 503,
+ *  and send to the new one, without waiting up to a heartbeat for it). */
+static void
+s_routes(broker_t *self, peer_t *p)
+{
+    for (int n = 1; n <= self->nfrom; n++) { /* while records move: the old set */
+        node_t *nd = &self->nodes[n];
+        pd_msgw_begin(&p->out, PD_MSG_ROUTE, 0);
+        pd_msgw_int(&p->out, PD_F_NODE, n);
+        pd_msgw_int(&p->out, PD_F_TOTAL, self->nfrom);
+        pd_msgw_int(&p->out, PD_F_FLAGS, nd->up ? 1 : 0);
+        pd_msgw_int(&p->out, PD_F_GEN, nd->gen);
+        pd_msgw_str(&p->out, PD_F_ENDPOINT, nd->endpoint, strlen(nd->endpoint));
+        pd_msgw_end(&p->out);
+    }
+}
+
 /*  One message from a gateway or the reaper (self->cur is the sender). */
 static void
 s_on_front(const pd_msg_t *m, void *arg)
@@ -1347,21 +1368,8 @@ s_on_front(const pd_msg_t *m, void *arg)
         s_on_request(self, self->cur, m);
         return;
     }
-    if (strcmp(p->role, "gateway") == 0) {
-        /* The route table: where each node's front is, and whether it is up. Gateways send
-         * the requests that need no claim or list straight there (gateway.c); the broker stays
-         * the authority on membership, so a node it marks down is down for them too. */
-        for (int n = 1; n <= self->nfrom; n++) { /* while records move: the old set */
-            node_t *nd = &self->nodes[n];
-            pd_msgw_begin(&p->out, PD_MSG_ROUTE, 0);
-            pd_msgw_int(&p->out, PD_F_NODE, n);
-            pd_msgw_int(&p->out, PD_F_TOTAL, self->nfrom);
-            pd_msgw_int(&p->out, PD_F_FLAGS, nd->up ? 1 : 0);
-            pd_msgw_int(&p->out, PD_F_GEN, nd->gen);
-            pd_msgw_str(&p->out, PD_F_ENDPOINT, nd->endpoint, strlen(nd->endpoint));
-            pd_msgw_end(&p->out);
-        }
-    }
+    if (strcmp(p->role, "gateway") == 0)
+        s_routes(self, p);
     if (pd_msg_has(m, PD_F_BODY)) {
         pd_buf_reset(&p->metrics);
         pd_buf_add(&p->metrics, m->s[PD_F_BODY].ptr, m->s[PD_F_BODY].len);
@@ -1381,7 +1389,8 @@ s_on_back(const pd_msg_t *m, void *arg)
         return;
     }
     node_t *nd = &self->nodes[node];
-    if (!nd->up || nd->gen != m->i[PD_F_GEN])
+    bool news = !nd->up || nd->gen != m->i[PD_F_GEN];
+    if (news)
         pd_log_info("store node %d is up (generation %lld, %lld records)", node,
                     (long long)m->i[PD_F_GEN], (long long)m->i[PD_F_TOTAL]);
     if (nd->gen && nd->gen != m->i[PD_F_GEN]) {
@@ -1403,6 +1412,9 @@ s_on_back(const pd_msg_t *m, void *arg)
     }
     pd_buf_reset(&nd->counts);
     pd_buf_add(&nd->counts, m->s[PD_F_COUNTS].ptr, m->s[PD_F_COUNTS].len);
+    for (size_t i = 0; news && i < self->npeers; i++)
+        if (strcmp(self->peers[i].role, "gateway") == 0)
+            s_routes(self, &self->peers[i]);
 }
 
 /*  [peer id][batch] from a gateway or the reaper. */
