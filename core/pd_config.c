@@ -51,6 +51,7 @@ static const struct opt {
     O("store-advertise", T_STR, store_advertise, "store: endpoint gateways connect to (--store-front)"),
     O("store-capacity", T_SIZE, store_capacity, "store: max records per node (1048576)"),
     O("store-arena", T_SIZE, store_arena, "store: bytes for records per node (1073741824)"),
+    O("store-outbox", T_SIZE, store_outbox, "store: bytes of recent events kept for restarts and resyncs (67108864)"),
     O("max-body", T_SIZE, max_body, "gateway: request body cap in bytes (65536)"),
     O("request-timeout", T_INT, request_timeout_ms, "gateway: ms before 503 (5000)"),
     O("ws-max-queue", T_SIZE, ws_max_queue, "gateway: bytes queued per WebSocket (1048576)"),

@@ -90,6 +90,7 @@ typedef struct {
     char store_advertise[256]; //  what gateways connect to (default: store_front)
     size_t store_capacity;    //  records per node (default 1048576)
     size_t store_arena;       //  record bytes per node (default 1 GiB, sparse)
+    size_t store_outbox;      //  outbox ring bytes (0: the store's default; st_replay.h)
 
     /* identity */
     char config_file[256];    //  projects file (JSON); see README

@@ -321,6 +321,18 @@ gw_send_direct(gw_t *gw, gw_pending_t *p, int node, int type, pd_str_t path_id)
     return &st->out;
 }
 
+pd_msgw_t *
+gw_send_store(gw_t *gw, int node, int type, uint64_t rid)
+{
+    if (node < 1 || node > GW_MAX_STORES || !gw->stores[node].sock || !gw->stores[node].up)
+        return NULL;
+    gw_store_t *st = &gw->stores[node];
+    gw->cur = &st->out;
+    gw->cur_direct = NULL;
+    pd_msgw_begin(&st->out, type, rid);
+    return &st->out;
+}
+
 void
 gw_send_end(gw_t *gw)
 {
@@ -695,6 +707,10 @@ s_on_reply(const pd_msg_t *m, void *arg)
         s_on_route(gw, m);
         return;
     }
+    if (m->type == PD_MSG_EVENT || m->type == PD_MSG_REPLAY) { /* a store's resend (st_replay.h) */
+        gw_rt_on_replay(gw, m);
+        return;
+    }
     if (m->type != PD_MSG_REPLY)
         return;
     gw_pending_t *p = s_pending_of(gw, m->rid);
@@ -780,6 +796,8 @@ s_on_event(const pd_msg_t *m, void *arg)
         gw_rt_on_bus(arg, m);
     else if (m->type == PD_MSG_ROOM_EVENT || m->type == PD_MSG_HELLO)
         gw_sb_on_bus(arg, m);
+    if (m->type == PD_MSG_HELLO)
+        gw_rt_on_hello(arg, m);
 }
 
 //  While joining: which store nodes have sent on the EVENT topic since the SUB socket opened.

@@ -180,6 +180,9 @@ pd_msgw_t *gw_send_begin(gw_t *gw, int type, uint64_t rid);
 //  the node cannot be reached, or a direct UPSERT is refused (the claim was stale), the request
 //  goes to the broker with that id.
 pd_msgw_t *gw_send_direct(gw_t *gw, gw_pending_t *p, int node, int type, pd_str_t path_id);
+//  A message of this gateway's own (no pending request) straight to store node `node`, or NULL
+//  when there is no link to it. Not sent again via the broker: the caller times it out.
+pd_msgw_t *gw_send_store(gw_t *gw, int node, int type, uint64_t rid);
 void gw_send_end(gw_t *gw);
 //  Subscribes to the bus if this gateway is not (a WebSocket client needs it); gw_bus_live
 //  says when its events flow.
@@ -220,6 +223,9 @@ void gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev);
 bool gw_rt_quiet(gw_t *gw); //  no connection, no hold: bus frames may be skipped
 bool gw_rt_idle(const gw_t *gw); //  the same, without counting a frame
 void gw_rt_bus_live(gw_t *gw); //  the bus is live: handle the messages held meanwhile
+//  A store node's HELLO on the bus (its last SEQ), and what a node resends (st_replay.h).
+void gw_rt_on_hello(gw_t *gw, const pd_msg_t *m);
+void gw_rt_on_replay(gw_t *gw, const pd_msg_t *m);
 void gw_rt_tick(gw_t *gw);
 void gw_rt_metrics(gw_t *gw, pd_buf_t *b);
 void gw_rt_shutdown(gw_t *gw);

@@ -19,7 +19,10 @@
  *  Events. Every gateway receives every EVENT of the bus. Each is checked against its store
  *  node's sequence (a restarted node publishes its last second again: those already seen are
  *  dropped), updates the holds, is dropped when it is a lease renewal (it changed nothing a
- *  client sees), is decoded once with the record codec (pd_record_read) and fanned out.
+ *  client sees), is decoded once with the record codec (pd_record_read) and fanned out. Events
+ *  the bus lost (a skip in a node's sequence) are asked again of their store node, and the
+ *  node's newer events wait for them; when they are gone, subscribers are closed with 1012
+ *  ("resync", below).
  *
  *  Connection-bound presence (`presence` message). The gateway sends the store an UPSERT
  *  with source "realtime", a lease (expiresAt = now + 30 s), FLAGS PD_FL_HOLD and CONN = this
@@ -83,6 +86,9 @@
 #define RT_SWEEP_MS 1000           //  idle / expiry sweep period
 #define RT_RATE_BURST 100          //  messages in a burst
 #define RT_RATE_PER_S 10           //  sustained messages per second
+#define RT_RESYNC_MS 5000          //  missing events not back by then: fall back (1012)
+#define RT_RESYNC_RETRY_MS 500     //  the request is sent again this often (a link reconnecting)
+#define RT_HELD_MAX (16u << 20)    //  bytes of a node's newer events held during its resync
 
 static const char s_select_all[] = "{\"method\":\"select\",\"values\":[\"*\"]}";
 
@@ -137,10 +143,19 @@ typedef struct rt_op {
     gw_pending_t *p;
 } rt_op_t;
 
+/*  A store node's event sequence, as this gateway has handled it ("resync", below). */
 typedef struct {
     int64_t gen;
-    int64_t seq;
+    int64_t seq;         //  the last event handled (or given up on)
     bool seen;
+    bool resync;         //  missing events asked of the node (st_replay.h)
+    bool ready;          //  resync over: its held messages wait for s_release
+    int64_t want;        //  ... those up to this seq
+    int64_t deadline_ms; //  mono: given up then
+    int64_t retry_ms;    //  mono: the request is sent again then
+    uint64_t rid;        //  of the request in flight
+    pd_msgw_t bufs[2];   //  bus messages of the node held meanwhile (bufs[hi]), as received,
+    int hi;              //  and those being handled (bufs[!hi])
 } rt_seq_t;
 
 /*  The realtime state of one gateway (gw->rt). */
@@ -160,6 +175,9 @@ struct rt {
     uint64_t bus_frames; //  bus frames received
     bool skipping;       //  quiet: bus frames are dropped unread (gw_rt_quiet)
     uint64_t replayed;   //  events dropped as already seen
+    bool releasing;      //  s_release is handling held messages
+    uint64_t resync_rid;
+    uint64_t resync_ok, resync_failed, resync_events, resync_closed;
     /* metrics */
     uint64_t events, suppressed, messages, errors, renewals, releases, gaps, missed, opened,
         rejected;
@@ -968,12 +986,170 @@ s_is_renewal(const pd_msg_t *ev)
            pd_str_eq(s_perms_segment(ev->s[PD_F_BODY]), s_perms_segment(ev->s[PD_F_PREV_BODY]));
 }
 
-/*  Per store node, events come in SEQ order (one PUB socket, ZeroMQ keeps the order); a skip
- *  means the bus dropped events (a subscriber's high-water mark). GEN changes when a store
- *  node restarts (its SEQ starts again). */
-/*  Tracks each store node's sequence numbers. Returns false for an event already seen: a
- *  restarted store node publishes its last second of events again (pd_outbox.h), and those
- *  that reached us before it died are dropped here. */
+static void s_deliver(rt_t *rt, const pd_msg_t *ev);
+
+/*  Resync. Per store node, events come in SEQ order (one PUB socket, ZeroMQ keeps the order),
+ *  and GEN changes when a store node restarts (its SEQ starts again). ZeroMQ's PUB drops what a
+ *  subscriber cannot take: a partition long enough for the links' heartbeats to drop the
+ *  connection, a broker restarting, a full high-water mark. So a skip in SEQ (or a node's bus
+ *  HELLO, every 250 ms, naming a SEQ newer than the last event seen) means events were lost on
+ *  the way. The gateway then asks the node for them on its direct CURVE link to the node's
+ *  front (REPLAY, st_replay.h): every event stays in the node's outbox (pd_outbox.h) until
+ *  the ring wraps. Meanwhile the node's newer bus messages are held, in arrival order (at most
+ *  RT_HELD_MAX bytes); the resent events are handled as they come, then the held ones, so a
+ *  record's events are never handled out of order and none twice. A request unanswered is
+ *  sent again every RT_RESYNC_RETRY_MS (the link to the node may be reconnecting too).
+ *
+ *  Fallback: when the range is gone (the ring wrapped, the node restarted, no front), or no
+ *  answer came within RT_RESYNC_MS, or the held messages passed their bound, the events are
+ *  lost for good: every connection with a subscription is closed with 1012 (Service Restart).
+ *  The SDK reconnects and subscribes again; an app that keeps a list re-reads it, as it does
+ *  after any reconnect. Both outcomes are counted (presenced_bus_resync_total{result}). */
+
+static void s_on_event(rt_t *rt, const pd_msg_t *ev);
+static void s_on_hello(rt_t *rt, const pd_msg_t *m);
+
+static void
+s_resync_send(rt_t *rt, int node)
+{
+    rt_seq_t *st = &rt->seqs[node];
+    st->retry_ms = pd_mono_ms() + RT_RESYNC_RETRY_MS;
+    pd_msgw_t *w = gw_send_store(rt->gw, node, PD_MSG_REPLAY, st->rid);
+    if (!w)
+        return; /* no link now: tried again at retry_ms, until the deadline */
+    pd_msgw_int(w, PD_F_NODE, node);
+    pd_msgw_int(w, PD_F_GEN, st->gen);
+    pd_msgw_int(w, PD_F_SEQ, st->seq + 1);
+    pd_msgw_int(w, PD_F_TOTAL, st->want - st->seq);
+    gw_send_end(rt->gw);
+}
+
+//  Every connection with a subscription is told to reconnect: it may have missed events.
+static void
+s_fallback(rt_t *rt, int node)
+{
+    rt_seq_t *st = &rt->seqs[node];
+    size_t n = 0;
+    for (gw_ws_conn_t *ws = rt->ws.conns, *next; ws; ws = next) {
+        next = ws->next;
+        if (ws->state == GW_WS_OPEN && s_conn(ws)->fo.nsubs) {
+            gw_ws_close(ws, 1012, "Events were lost: subscribe again");
+            n++;
+        }
+    }
+    rt->resync_closed += n;
+    pd_log_warn("%s: events %lld to %lld of store %d are gone: %zu subscribers told to "
+                "reconnect (1012)",
+                __func__, (long long)(st->seq + 1), (long long)st->want, node, n);
+}
+
+static void
+s_on_held(const pd_msg_t *m, void *arg)
+{
+    if (m->type == PD_MSG_EVENT)
+        s_on_event(arg, m);
+    else
+        s_on_hello(arg, m);
+}
+
+/*  Handles the messages held for `node`, and those of any node whose resync ends meanwhile
+ *  (handling one may send, and a send may read the answers of another node). A node whose
+ *  held messages show a new skip starts a new resync and holds the rest again. */
+static void
+s_release(rt_t *rt, int node)
+{
+    rt->seqs[node].ready = true;
+    if (rt->releasing)
+        return;
+    rt->releasing = true;
+    for (bool again = true; again;) {
+        again = false;
+        for (int n = 1; n <= 64; n++) {
+            rt_seq_t *st = &rt->seqs[n];
+            if (!st->ready)
+                continue;
+            st->ready = false;
+            again = true;
+            pd_msgw_t *w = &st->bufs[st->hi];
+            st->hi ^= 1;
+            if (!w->count)
+                continue;
+            msgpack_zone z;
+            msgpack_zone_init(&z, 4096);
+            pd_msg_each(w->sb.data, w->sb.size, &z, s_on_held, rt);
+            msgpack_zone_destroy(&z);
+            pd_msgw_reset(w);
+        }
+    }
+    rt->releasing = false;
+}
+
+static void
+s_resync_end(rt_t *rt, int node, bool ok)
+{
+    rt_seq_t *st = &rt->seqs[node];
+    st->resync = false;
+    st->rid = 0;
+    if (ok) {
+        rt->resync_ok++;
+    } else {
+        rt->resync_failed++;
+        s_fallback(rt, node);
+        st->seq = st->want;
+    }
+    s_release(rt, node);
+}
+
+//  Holds a bus message of `node` until its resync ends.
+static void
+s_hold(rt_t *rt, int node, const pd_msg_t *m)
+{
+    rt_seq_t *st = &rt->seqs[node];
+    pd_msgw_t *w = &st->bufs[st->hi];
+    pd_msgw_forward(w, m, m->rid);
+    if (w->sb.size > RT_HELD_MAX) {
+        pd_log_warn("%s: store %d: %zu bytes of events held waiting for its resync: giving up",
+                    __func__, node, w->sb.size);
+        s_resync_end(rt, node, false);
+    }
+}
+
+//  Events after `seq` up to `want` of `node` are missing. `held`, if any, is the message that
+//  showed it (held first: an answer may come while the request is sent).
+static void
+s_resync_begin(rt_t *rt, int node, int64_t want, const pd_msg_t *held)
+{
+    rt_seq_t *st = &rt->seqs[node];
+    st->resync = true;
+    st->want = want;
+    st->rid = ++rt->resync_rid;
+    st->deadline_ms = pd_mono_ms() + RT_RESYNC_MS;
+    if (held)
+        s_hold(rt, node, held);
+    if (!st->resync)
+        return;
+    if (!rt->gw->stores[node].endpoint[0]) { /* the node has no front: nobody to ask */
+        s_resync_end(rt, node, false);
+        return;
+    }
+    s_resync_send(rt, node);
+}
+
+static void
+s_gap(rt_t *rt, int node, int64_t want, const char *seen)
+{
+    rt_seq_t *st = &rt->seqs[node];
+    rt->gaps++;
+    rt->missed += (uint64_t)(want - st->seq);
+    pd_log_warn("gap in the events of store %d: %s, the last seen was %lld (%lld missed): asking "
+                "the node for them",
+                node, seen, (long long)st->seq, (long long)(want - st->seq));
+}
+
+/*  Tracks each store node's sequence numbers. Returns whether the event is to be handled now:
+ *  not when it is already seen (a restarted store node publishes its last second of events
+ *  again, pd_outbox.h, and those that reached us before it died are dropped here), nor when
+ *  it is held for a resync. */
 static bool
 s_check_seq(rt_t *rt, const pd_msg_t *ev)
 {
@@ -981,6 +1157,10 @@ s_check_seq(rt_t *rt, const pd_msg_t *ev)
     if (node < 0 || node > 64 || !pd_msg_has(ev, PD_F_SEQ))
         return true;
     rt_seq_t *st = &rt->seqs[node];
+    if (st->resync) {
+        s_hold(rt, (int)node, ev);
+        return false;
+    }
     if (st->seen && st->gen == gen && seq <= st->seq) {
         rt->replayed++;
         return false;
@@ -989,18 +1169,12 @@ s_check_seq(rt_t *rt, const pd_msg_t *ev)
         rt->replayed++; //  an older generation, after the newer one was seen
         return false;
     }
-    if (st->seen && st->gen == gen && seq != st->seq + 1) {
-        if (seq > st->seq + 1) {
-            rt->gaps++;
-            rt->missed += (uint64_t)(seq - st->seq - 1);
-            pd_log_warn("%s: gap in the events of store %lld: expected seq %lld, got %lld (%lld "
-                        "missed)",
-                        __func__, (long long)node, (long long)(st->seq + 1), (long long)seq,
-                        (long long)(seq - st->seq - 1));
-        } else {
-            pd_log_warn("%s: store %lld sent seq %lld after %lld", __func__, (long long)node,
-                        (long long)seq, (long long)st->seq);
-        }
+    if (st->seen && st->gen == gen && seq > st->seq + 1 && node >= 1) {
+        char why[48];
+        snprintf(why, sizeof why, "got seq %lld", (long long)seq);
+        s_gap(rt, (int)node, seq - 1, why);
+        s_resync_begin(rt, (int)node, seq - 1, ev); /* ev is held: handled after the others */
+        return false;
     } else if (st->seen && st->gen != gen) {
         pd_log_info("%s: store %lld restarted (generation %lld)", __func__, (long long)node,
                     (long long)gen);
@@ -1009,6 +1183,102 @@ s_check_seq(rt_t *rt, const pd_msg_t *ev)
     st->gen = gen;
     st->seq = seq;
     return true;
+}
+
+//  A store node's HELLO on the bus: its generation and last SEQ, sent after its events.
+static void
+s_on_hello(rt_t *rt, const pd_msg_t *m)
+{
+    int node = (int)m->i[PD_F_NODE];
+    int64_t gen = m->i[PD_F_GEN], seq = m->i[PD_F_SEQ];
+    rt_seq_t *st = &rt->seqs[node];
+    if (st->resync) {
+        s_hold(rt, node, m);
+        return;
+    }
+    if (!st->seen) { /* every event after it comes to us */
+        st->seen = true;
+        st->gen = gen;
+        st->seq = seq;
+        return;
+    }
+    if (gen != st->gen || seq <= st->seq)
+        return; /* a restart shows with its first event */
+    s_gap(rt, node, seq, "its heartbeat names a newer one");
+    s_resync_begin(rt, node, seq, NULL);
+}
+
+void
+gw_rt_on_hello(gw_t *gw, const pd_msg_t *m)
+{
+    rt_t *rt = gw->rt;
+    int64_t node = m->i[PD_F_NODE];
+    if (node >= 1 && node <= 64 && pd_msg_has(m, PD_F_SEQ) && pd_str_eqc(m->s[PD_F_ROLE], "store"))
+        s_on_hello(rt, m);
+}
+
+//  What a store node sends back on its direct link (st_replay.h): the missing EVENTs in order,
+//  then a REPLAY that says whether that was all.
+void
+gw_rt_on_replay(gw_t *gw, const pd_msg_t *m)
+{
+    rt_t *rt = gw->rt;
+    int64_t node = m->i[PD_F_NODE];
+    if (node < 1 || node > 64)
+        return;
+    rt_seq_t *st = &rt->seqs[node];
+    if (!st->resync || m->i[PD_F_GEN] != st->gen)
+        return; /* late (given up, or sent twice), or not what we asked for */
+    if (m->type == PD_MSG_EVENT) {
+        int64_t seq = m->i[PD_F_SEQ];
+        if (seq != st->seq + 1 || seq > st->want)
+            return;
+        st->seq = seq;
+        rt->resync_events++;
+        s_deliver(rt, m);
+        return;
+    }
+    if (m->rid != st->rid)
+        return;
+    if (st->seq >= st->want) {
+        pd_log_info("store %d resent events up to %lld: none lost", (int)node,
+                    (long long)st->want);
+        s_resync_end(rt, (int)node, true);
+    } else if (m->i[PD_F_ERR] == PD_ERR_OK && (m->i[PD_F_FLAGS] & 1) && m->i[PD_F_SEQ] == st->seq) {
+        st->rid = ++rt->resync_rid; /* the answer was cut: the rest */
+        st->deadline_ms = pd_mono_ms() + RT_RESYNC_MS;
+        s_resync_send(rt, (int)node);
+    } else {
+        s_resync_end(rt, (int)node, false);
+    }
+}
+
+static void
+s_resync_tick(rt_t *rt, int64_t now)
+{
+    for (int n = 1; n <= 64; n++) {
+        rt_seq_t *st = &rt->seqs[n];
+        if (!st->resync)
+            continue;
+        if (now >= st->deadline_ms) {
+            pd_log_warn("store %d did not resend its events within %d ms", n, RT_RESYNC_MS);
+            s_resync_end(rt, n, false);
+        } else if (now >= st->retry_ms) {
+            s_resync_send(rt, n);
+        }
+    }
+}
+
+//  Forget every node's sequence (a new bus socket, or none): the next message starts afresh.
+static void
+s_seqs_reset(rt_t *rt)
+{
+    for (size_t i = 0; i < sizeof rt->seqs / sizeof *rt->seqs; i++) {
+        rt_seq_t *st = &rt->seqs[i];
+        st->seen = st->resync = false;
+        st->rid = 0;
+        pd_msgw_reset(&st->bufs[st->hi]); /* (the other is reset by whoever is handling it) */
+    }
 }
 
 /*  Called for each bus frame. With no WebSocket open and no presence held, nobody here needs
@@ -1027,8 +1297,7 @@ gw_rt_quiet(gw_t *gw)
     }
     if (!rt->skipping) {
         rt->skipping = true;
-        for (size_t i = 0; i < sizeof rt->seqs / sizeof *rt->seqs; i++)
-            rt->seqs[i].seen = false;
+        s_seqs_reset(rt);
     }
     return true;
 }
@@ -1047,21 +1316,17 @@ void
 gw_rt_bus_live(gw_t *gw)
 {
     rt_t *rt = gw->rt;
-    for (size_t i = 0; i < sizeof rt->seqs / sizeof *rt->seqs; i++)
-        rt->seqs[i].seen = false;
+    s_seqs_reset(rt);
     for (gw_ws_conn_t *c = rt->ws.conns, *next; c; c = next) {
         next = c->next;
         gw_ws_resume(c);
     }
 }
 
-void
-gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev)
+//  An event to hand to the subscribers: it updates the holds, then goes to the fan-out.
+static void
+s_deliver(rt_t *rt, const pd_msg_t *ev)
 {
-    rt_t *rt = gw->rt;
-    rt->events++;
-    if (!s_check_seq(rt, ev))
-        return;
     int action = (int)ev->i[PD_F_ACTION];
     pd_record_t rn, rp;
     pd_record_read(ev, &rn);
@@ -1077,6 +1342,21 @@ gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev)
     if (prev)
         rp.updated_ms = pd_record_body_time(rp.json, "$updatedAt");
     gw_fo_event(&rt->fo, action, &rn, prev ? &rp : NULL);
+}
+
+static void
+s_on_event(rt_t *rt, const pd_msg_t *ev)
+{
+    if (s_check_seq(rt, ev))
+        s_deliver(rt, ev);
+}
+
+void
+gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev)
+{
+    rt_t *rt = gw->rt;
+    rt->events++;
+    s_on_event(rt, ev);
 }
 
 /* -------------------------------------------------------------------------- housekeeping */
@@ -1153,6 +1433,7 @@ gw_rt_tick(gw_t *gw)
     rt_t *rt = gw->rt;
     int64_t now = pd_mono_ms();
     s_holds_tick(gw, now);
+    s_resync_tick(rt, now);
     rt_op_t *op = rt->ops;
     while (op) {
         rt_op_t *next = op->next;
@@ -1189,6 +1470,9 @@ gw_rt_init(gw_t *gw)
     gw_fo_init(&rt->fo);
     pd_map_init(&rt->holds);
     pd_buf_init(&rt->tmp);
+    for (size_t i = 0; i < sizeof rt->seqs / sizeof *rt->seqs; i++)
+        for (int j = 0; j < 2; j++)
+            pd_msgw_init(&rt->seqs[i].bufs[j]);
     rt->ws.max_message = PD_RTMSG_MAX_BYTES;
     rt->ws.max_queue = RT_QUEUE_DEFAULT;
     rt->ws.idle_ms = RT_IDLE_DEFAULT_S * 1000LL;
@@ -1293,7 +1577,22 @@ gw_rt_metrics(gw_t *gw, pd_buf_t *b)
     C("presenced_realtime_releases_total", "Holds released (last socket gone, grace over).",
       rt->releases);
     C("presenced_bus_gaps_total", "Skips in a store node's event sequence.", rt->gaps);
-    C("presenced_bus_missed_events_total", "Events lost in those skips.", rt->missed);
+    C("presenced_bus_missed_events_total",
+      "Events missing in those skips (asked of their store node again: see resync).",
+      rt->missed);
+    pd_buf_addf(b,
+                "# HELP presenced_bus_resync_total Skips resolved: replayed (every missing event "
+                "resent by its store node's outbox) or fallback (gone: subscribers closed with "
+                "1012).\n# TYPE presenced_bus_resync_total counter\n"
+                "presenced_bus_resync_total{gateway=\"%d\",result=\"replayed\"} %llu\n"
+                "presenced_bus_resync_total{gateway=\"%d\",result=\"fallback\"} %llu\n",
+                node, (unsigned long long)rt->resync_ok, node,
+                (unsigned long long)rt->resync_failed);
+    C("presenced_bus_resync_events_total", "Missing events a store node resent.",
+      rt->resync_events);
+    C("presenced_bus_resync_closed_total",
+      "WebSocket connections closed with 1012 because events they may need were gone.",
+      rt->resync_closed);
 #undef G
 #undef C
 }

@@ -46,9 +46,10 @@
 #include "pd_record.h"
 #include "pd_table.h"
 #include "st_rooms.h"
+#include "st_replay.h"
 
 #define SYNC_PAGE_ITEMS 1000
-#define OUTBOX_BYTES (32u << 20) //  recent events kept in shared memory
+#define OUTBOX_BYTES (64u << 20) //  recent events kept in shared memory (--store-outbox; st_replay.h)
 #define REPLAY_MS 1000           //  after a restart, events this recent are published again
 #define HOLD_MAX (64u << 20)     //  events held while the broker has not subscribed yet
 #define PUB_WINDOW_US 1000       //  at most one event frame per this, while events flow
@@ -1170,7 +1171,8 @@ s_outbox_open(store_t *self, bool created)
     snprintf(name, sizeof name, "%s-outbox", self->cfg->shm_name);
     if (created)
         pd_outbox_unlink(name);
-    self->outbox = pd_outbox_open(name, OUTBOX_BYTES);
+    size_t ring = self->cfg->store_outbox ? self->cfg->store_outbox : OUTBOX_BYTES;
+    self->outbox = pd_outbox_open(name, ring);
     if (!self->outbox)
     {
         pd_log_warn("cannot use the shared-memory segment %s (see above)", name);
@@ -1202,6 +1204,10 @@ static void
 s_on_front_msg(const pd_msg_t *m, void *arg)
 {
     store_t *self = arg;
+    if (m->type == PD_MSG_REPLAY) { /* a gateway missed some of our events (st_replay.h) */
+        st_replay_answer(self->outbox, m, self->reply);
+        return;
+    }
     int64_t fl = m->i[PD_F_FLAGS];
     bool ok = m->type == PD_MSG_GET ||
               (m->type == PD_MSG_UPSERT && (fl & PD_FL_CLAIMED) && !(fl & PD_FL_HOLD)) ||
