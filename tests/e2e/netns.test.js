@@ -23,11 +23,9 @@ if (WHY) process.stderr.write(`# netns.test.js: skipped: ${WHY}\n`);
 let N = null;
 const FAST_MS = 2000;         // "503 at once": well under the gateways' 5 s request timeout
 const realtimes = [];         // every SDK Realtime, disconnected after each test
-// Known: a gateway's bus subscription is re-established on its own schedule after the broker
-// restarts or the gateway's link to it comes back, and what the stores publish before that
-// never reaches the gateway's WebSockets (the gateway logs "gap in the events of store N";
-// the reaper resyncs on such a gap, gateways do not).
-const LOST_EVENTS = 'a gateway whose bus link was down misses the events of that time (seq gap logged, no resync from the stores\' outboxes)';
+// A gateway's bus subscription is re-established on its own schedule after the broker restarts
+// or the gateway's link to it comes back; what the stores published before that is asked again
+// of their outboxes (gw_realtime.c, "resync"): the subscriber gets it on the same WebSocket.
 
 test.before(async () => {
     if (!WHY) N = await new NetnsCluster({ label: 'netns' }).start();
@@ -286,7 +284,7 @@ nsTest('the broker host killed and restarted: writes resume, no record lost, no 
     for (let i = 0; i < 10; i++) await write('after', i);
     await subscriberLive(t, col, () => write('marker', 0), t0, 'the broker restarted');
     await sleep(2000); // a late or repeated event would arrive in this window
-    await t.test('every acknowledged write reaches the subscriber', { todo: LOST_EVENTS }, () => {
+    await t.test('every acknowledged write reaches the subscriber', () => {
         assert.deepEqual([...snap.keys()].filter((id) => !col.got.some((e) => e.payload.$id === id)), [],
             `writes acknowledged after the restart with no event at the subscriber (of ${snap.size})`);
     });
@@ -321,7 +319,7 @@ nsTest('a gateway cut off from the broker and back: its subscribers stay connect
     await subscriberLive(t, col, () => write('marker'), healed, 'the route came back');
     await sleep(2000);
     assert.equal(rt.socket, socket, 'the SDK had to reconnect: the gateway dropped its WebSocket');
-    await t.test('the subscriber gets the events written while its gateway was cut off', { todo: LOST_EVENTS }, () => {
+    await t.test('the subscriber gets the events written while its gateway was cut off', () => {
         assert.deepEqual([...snap.keys()].filter((id) => !col.got.some((e) => e.payload.$id === id)), [],
             'writes with no event at the subscriber');
     });
