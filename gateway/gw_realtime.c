@@ -1141,9 +1141,8 @@ s_gap(rt_t *rt, int node, int64_t want, const char *seen)
     rt_seq_t *st = &rt->seqs[node];
     rt->gaps++;
     rt->missed += (uint64_t)(want - st->seq);
-    pd_log_warn("gap in the events of store %d: %s, the last seen was %lld (%lld missed): asking "
-                "the node for them",
-                node, seen, (long long)st->seq, (long long)(want - st->seq));
+    pd_log_warn("gap in the events of store %d: %s, the last seen was %lld (%lld missed)", node,
+                seen, (long long)st->seq, (long long)(want - st->seq));
 }
 
 /*  Tracks each store node's sequence numbers. Returns whether the event is to be handled now:
@@ -1173,8 +1172,10 @@ s_check_seq(rt_t *rt, const pd_msg_t *ev)
         char why[48];
         snprintf(why, sizeof why, "got seq %lld", (long long)seq);
         s_gap(rt, (int)node, seq - 1, why);
-        s_resync_begin(rt, (int)node, seq - 1, ev); /* ev is held: handled after the others */
-        return false;
+        if (!gw_rt_idle(rt->gw)) { /* (no connection, no hold: nobody needs them) */
+            s_resync_begin(rt, (int)node, seq - 1, ev); /* ev is held: handled after them */
+            return false;
+        }
     } else if (st->seen && st->gen != gen) {
         pd_log_info("%s: store %lld restarted (generation %lld)", __func__, (long long)node,
                     (long long)gen);
@@ -1205,7 +1206,10 @@ s_on_hello(rt_t *rt, const pd_msg_t *m)
     if (gen != st->gen || seq <= st->seq)
         return; /* a restart shows with its first event */
     s_gap(rt, node, seq, "its heartbeat names a newer one");
-    s_resync_begin(rt, node, seq, NULL);
+    if (!gw_rt_idle(rt->gw))
+        s_resync_begin(rt, node, seq, NULL);
+    else
+        st->seq = seq;
 }
 
 void
