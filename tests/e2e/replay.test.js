@@ -6,8 +6,9 @@
 // When the stopped gateway runs again, it sees the skip in each store node's sequence, asks
 // the node for the missing events over its direct link, and delivers them, then what came
 // after: its subscriber (the official web SDK) gets every event exactly once, in order per
-// record, on the same WebSocket. With an outbox too small to hold what was missed, the range
-// is gone: the subscriber is closed with 1012, and the SDK reconnects.
+// record, on the same WebSocket; megabytes of them come in several answers. With an outbox too
+// small to hold what was missed, the range is gone: the subscriber is closed with 1012, and the
+// SDK reconnects.
 const test = require('node:test');
 const { describe, it } = test;
 const assert = require('node:assert/strict');
@@ -131,6 +132,33 @@ describe('resync from the outbox', () => {
         t.diagnostic(`gaps ${gaps}, replayed ${replayed}, events resent ${resent}`);
         assert.ok(gaps >= 1, 'the stop made a gap (else this test shows nothing)');
         assert.ok(replayed >= 1 && resent >= 1, 'the missing events came from the store nodes');
+        assert.equal(m('presenced_bus_resync_total', { result: 'fallback' }), 0);
+    });
+});
+
+describe('resync: megabytes missed', () => {
+    const H = useCluster(test, { label: 'replaybig', stores: 1, gateways: 2 });
+    const C = () => H.cluster;
+
+    it('events of 24 KB for 5 s: resent in several answers (4 MiB each), every one once, in order', { timeout: 90000 }, async (t) => {
+        const { rt, col, sub, other } = await setup(C);
+        const socket = rt.socket;
+        const ids = [uid('rec'), uid('rec')];
+        other.pad = 12000;
+        for (const id of ids) await put(C, other, id, 'n 0');
+        await R.until(() => ids.every((id) => col.got.some((e) => e.payload.$id === id)), 10000, 'the first events');
+        const { created, last } = await writeWhileStopped(C, sub, other, ids, 60);
+        await R.until(() => created.every((id) => col.got.some((e) => e.payload.$id === id)) &&
+            ids.every((id) => col.got.some((e) => e.payload.$id === id && e.payload.status === `n ${last.get(id)}`)), 20000,
+        'the events written while the gateway was stopped');
+        await sleep(1000);
+        for (const id of created) assert.equal(col.count((e) => e.payload.$id === id), 1, `${id}: one create event`);
+        assertOrder(col, ids, last);
+        assert.equal(rt.socket, socket, 'the SDK did not have to reconnect');
+        const m = await metricsOf(C, sub);
+        const resent = m('presenced_bus_resync_events_total');
+        t.diagnostic(`${created.length} records created and ${created.length * ids.length} updates while stopped; ${resent} events resent (about ${Math.round(resent * 24 / 1024)} MiB)`);
+        assert.ok(resent * 24000 > 4 << 20, 'more than one answer\'s worth was resent (else this test shows nothing)');
         assert.equal(m('presenced_bus_resync_total', { result: 'fallback' }), 0);
     });
 });
