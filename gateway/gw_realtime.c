@@ -150,7 +150,8 @@ typedef struct {
     bool seen;
     bool resync;         //  missing events asked of the node (st_replay.h)
     bool ready;          //  resync over: its held messages wait for s_release
-    int64_t want;        //  ... those up to this seq
+    int64_t want;        //  ... those up to this seq (INT64_MAX: the rest of generation gen)
+    int64_t next_gen;    //  ... the generation that follows it (its SEQ starts at 1)
     int64_t deadline_ms; //  mono: given up then
     int64_t retry_ms;    //  mono: the request is sent again then
     uint64_t rid;        //  of the request in flight
@@ -998,7 +999,10 @@ static void s_deliver(rt_t *rt, const pd_msg_t *ev);
  *  the ring wraps. Meanwhile the node's newer bus messages are held, in arrival order (at most
  *  RT_HELD_MAX bytes); the resent events are handled as they come, then the held ones, so a
  *  record's events are never handled out of order and none twice. A request unanswered is
- *  sent again every RT_RESYNC_RETRY_MS (the link to the node may be reconnecting too).
+ *  sent again every RT_RESYNC_RETRY_MS (the link to the node may be reconnecting too). A node
+ *  seen with a new generation (it restarted) is asked the same way for the rest of the old one
+ *  (TOTAL 0: whatever its outbox holds after the last event seen), and the new generation's
+ *  sequence is then checked from 1, so a restart during an outage loses nothing either.
  *
  *  Fallback: when the range is gone (the ring wrapped, the node restarted, no front), or no
  *  answer came within RT_RESYNC_MS, or the held messages passed their bound, the events are
@@ -1020,7 +1024,7 @@ s_resync_send(rt_t *rt, int node)
     pd_msgw_int(w, PD_F_NODE, node);
     pd_msgw_int(w, PD_F_GEN, st->gen);
     pd_msgw_int(w, PD_F_SEQ, st->seq + 1);
-    pd_msgw_int(w, PD_F_TOTAL, st->want - st->seq);
+    pd_msgw_int(w, PD_F_TOTAL, st->want == INT64_MAX ? 0 : st->want - st->seq);
     gw_send_end(rt->gw);
 }
 
@@ -1038,9 +1042,9 @@ s_fallback(rt_t *rt, int node)
         }
     }
     rt->resync_closed += n;
-    pd_log_warn("%s: events %lld to %lld of store %d are gone: %zu subscribers told to "
-                "reconnect (1012)",
-                __func__, (long long)(st->seq + 1), (long long)st->want, node, n);
+    pd_log_warn("%s: events of store %d after %lld (generation %lld) are gone: %zu subscribers "
+                "told to reconnect (1012)",
+                __func__, node, (long long)st->seq, (long long)st->gen, n);
 }
 
 static void
@@ -1096,6 +1100,10 @@ s_resync_end(rt_t *rt, int node, bool ok)
         rt->resync_failed++;
         s_fallback(rt, node);
         st->seq = st->want;
+    }
+    if (st->want == INT64_MAX) { /* the end of a generation: the next one's events from 1 on */
+        st->gen = st->next_gen;
+        st->seq = 0;
     }
     s_release(rt, node);
 }
@@ -1179,6 +1187,11 @@ s_check_seq(rt_t *rt, const pd_msg_t *ev)
     } else if (st->seen && st->gen != gen) {
         pd_log_info("%s: store %lld restarted (generation %lld)", __func__, (long long)node,
                     (long long)gen);
+        if (node >= 1 && !gw_rt_idle(rt->gw)) { /* the rest of the old one, if any: asked */
+            st->next_gen = gen;
+            s_resync_begin(rt, (int)node, INT64_MAX, ev);
+            return false;
+        }
     }
     st->seen = true;
     st->gen = gen;
@@ -1203,8 +1216,13 @@ s_on_hello(rt_t *rt, const pd_msg_t *m)
         st->seq = seq;
         return;
     }
+    if (gen > st->gen && !gw_rt_idle(rt->gw)) { /* restarted: the rest of the old generation */
+        st->next_gen = gen;
+        s_resync_begin(rt, node, INT64_MAX, m);
+        return;
+    }
     if (gen != st->gen || seq <= st->seq)
-        return; /* a restart shows with its first event */
+        return;
     s_gap(rt, node, seq, "its heartbeat names a newer one");
     if (!gw_rt_idle(rt->gw))
         s_resync_begin(rt, node, seq, NULL);
@@ -1244,11 +1262,16 @@ gw_rt_on_replay(gw_t *gw, const pd_msg_t *m)
     }
     if (m->rid != st->rid)
         return;
-    if (st->seq >= st->want) {
+    bool open = st->want == INT64_MAX, more = (m->i[PD_F_FLAGS] & 1) != 0;
+    if (open && m->i[PD_F_ERR] == PD_ERR_OK && !more) {
+        pd_log_info("store %d restarted: its generation %lld ended at seq %lld", (int)node,
+                    (long long)st->gen, (long long)st->seq);
+        s_resync_end(rt, (int)node, true);
+    } else if (st->seq >= st->want) {
         pd_log_info("store %d resent events up to %lld: none lost", (int)node,
                     (long long)st->want);
         s_resync_end(rt, (int)node, true);
-    } else if (m->i[PD_F_ERR] == PD_ERR_OK && (m->i[PD_F_FLAGS] & 1) && m->i[PD_F_SEQ] == st->seq) {
+    } else if (m->i[PD_F_ERR] == PD_ERR_OK && more && m->i[PD_F_SEQ] == st->seq) {
         st->rid = ++rt->resync_rid; /* the answer was cut: the rest */
         st->deadline_ms = pd_mono_ms() + RT_RESYNC_MS;
         s_resync_send(rt, (int)node);

@@ -58,15 +58,16 @@ st_replay_answer(pd_outbox_t *outbox, const pd_msg_t *m, pd_msgw_t *reply)
 {
     s_walk_t w = {.gen = m->i[PD_F_GEN], .from = m->i[PD_F_SEQ], .out = reply};
     int64_t total = m->i[PD_F_TOTAL];
-    bool ok = w.from >= 1 && total >= 1 && total <= INT64_MAX - w.from;
-    w.to = ok ? w.from + total - 1 : 0;
+    bool open = total == 0; /* to the end of the generation */
+    bool ok = w.from >= 1 && total >= 0 && total <= INT64_MAX - w.from;
+    w.to = !ok ? 0 : open ? INT64_MAX : w.from + total - 1;
     w.last = w.from - 1;
     if (ok) {
         msgpack_zone_init(&w.zone, 4096);
         pd_outbox_each(outbox, INT64_MIN, s_visit, &w);
         msgpack_zone_destroy(&w.zone);
     }
-    bool gone = !ok || (w.last < w.to && !w.cut);
+    bool gone = !ok || w.hole || (!open && w.last < w.to && !w.cut);
     pd_msgw_begin(reply, PD_MSG_REPLAY, m->rid);
     pd_msgw_int(reply, PD_F_NODE, m->i[PD_F_NODE]);
     pd_msgw_int(reply, PD_F_GEN, w.gen);

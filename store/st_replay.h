@@ -12,7 +12,9 @@
  *    SEQ = the last one sent (the first wanted - 1 when none), FLAGS 1 when the answer was cut
  *    at REPLAY_MAX_BYTES (ask again from SEQ + 1), and ERR UNAVAILABLE when the range is gone:
  *    its first event is no longer in the ring (overwritten, or an outbox of another process),
- *    or a hole follows what was sent.
+ *    or a hole follows what was sent. TOTAL 0 asks for the rest of generation GEN, whatever
+ *    the ring holds of it (a gateway that sees a node's new generation: nothing there is not
+ *    "gone", since a clean stop hides what it published before, pd_outbox_mark).
  *
  *  The ring is walked oldest first; an entry's sequence number is read from its rid without
  *  decoding it, and only the entries in the range are decoded (for their generation). */

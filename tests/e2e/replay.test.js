@@ -101,6 +101,24 @@ function assertOrder(col, ids, last) {
     }
 }
 
+// The first records' events, then `n` rounds written while `sub` is stopped; waits for every
+// event of them and checks each create arrived once and the updates in order.
+async function stopAndCheck(t, C, { col, sub, other }, ids, n) {
+    for (const id of ids) await put(C, other, id, 'n 0');
+    await R.until(() => ids.every((id) => col.got.some((e) => e.payload.$id === id)), 10000, 'the first events');
+    const { created, last } = await writeWhileStopped(C, sub, other, ids, n);
+    t.diagnostic(`${created.length} records created and ${created.length * ids.length} updates while gateway ${sub} was stopped`);
+    await R.until(() => created.every((id) => col.got.some((e) => e.payload.$id === id)) &&
+        ids.every((id) => col.got.some((e) => e.payload.$id === id && e.payload.status === `n ${last.get(id)}`)), 20000,
+    'the events written while the gateway was stopped').catch((e) => {
+        t.diagnostic(`missing creates: ${created.filter((id) => !col.got.some((x) => x.payload.$id === id)).length} of ${created.length}; got ${col.got.length}`);
+        throw e;
+    });
+    await sleep(1000); // a repeated event would arrive in this window
+    for (const id of created) assert.equal(col.count((e) => e.payload.$id === id), 1, `${id}: one create event`);
+    assertOrder(col, ids, last);
+}
+
 describe('resync from the outbox', () => {
     const H = useCluster(test, { label: 'replay', stores: 2, gateways: 2 });
     const C = () => H.cluster;
@@ -109,21 +127,8 @@ describe('resync from the outbox', () => {
         const { rt, col, sub, other } = await setup(C);
         const socket = rt.socket;
         const ids = [uid('rec'), uid('rec'), uid('rec'), uid('rec')];
-        for (const id of ids) await put(C, other, id, 'n 0');
-        await R.until(() => ids.every((id) => col.got.some((e) => e.payload.$id === id)), 10000, 'the first events');
         const before = await metricsOf(C, sub);
-        const { created, last } = await writeWhileStopped(C, sub, other, ids, 10);
-        t.diagnostic(`${created.length} records created and ${created.length * ids.length} updates while gateway ${sub} was stopped`);
-        await R.until(() => created.every((id) => col.got.some((e) => e.payload.$id === id)) &&
-            ids.every((id) => col.got.some((e) => e.payload.$id === id && e.payload.status === `n ${last.get(id)}`)), 15000,
-        'the events written while the gateway was stopped').catch(async (e) => {
-            const m = await metricsOf(C, sub);
-            t.diagnostic(`missing creates: ${created.filter((id) => !col.got.some((e) => e.payload.$id === id)).length} of ${created.length}; got ${col.got.length}; socket same ${rt.socket === socket}; gaps ${m('presenced_bus_gaps_total')} replayed ${m('presenced_bus_resync_total', { result: 'replayed' })} resent ${m('presenced_bus_resync_events_total')} frames ${m('presenced_realtime_event_frames_total')} events ${m('presenced_realtime_bus_events_total')}`);
-            throw e;
-        });
-        await sleep(1000); // a repeated event would arrive in this window
-        for (const id of created) assert.equal(col.count((e) => e.payload.$id === id), 1, `${id}: one create event`);
-        assertOrder(col, ids, last);
+        await stopAndCheck(t, C, { col, sub, other }, ids, 10);
         assert.equal(rt.socket, socket, 'the SDK did not have to reconnect');
         const m = await metricsOf(C, sub);
         const gaps = m('presenced_bus_gaps_total') - before('presenced_bus_gaps_total');
@@ -136,6 +141,51 @@ describe('resync from the outbox', () => {
     });
 });
 
+describe('resync: a store node restarted meanwhile', () => {
+    const H = useCluster(test, { label: 'replayrestart', stores: 1, gateways: 2 });
+    const C = () => H.cluster;
+
+    it('a store node killed and restarted while the gateway is cut off: the rest of its old generation is resent', { timeout: 90000 }, async (t) => {
+        const { rt, col, sub, other } = await setup(C);
+        const socket = rt.socket;
+        const first = uid('rec');
+        await put(C, other, first, 'n 0');
+        await col.waitFor((e) => e.payload.$id === first, 10000, 'the first event');
+        const acked = [];
+        const tryPut = async (id) => {
+            const r = await requestOver(other.cluster, other.socket, 'PUT', `/v1/presences/${id}`, { key: true, headers: { connection: 'keep-alive' }, body: { userId: `u${id}`, status: 'created', permissions: PUBLIC } });
+            if (r.status === 200) acked.push(id);
+            else assert.equal(r.status, 503, r.text);
+        };
+        process.kill(sub, 'SIGSTOP');
+        try {
+            const t0 = Date.now();
+            // past the links' heartbeat timeout: what the old process publishes now is lost
+            while (Date.now() - t0 < 4000) { await tryPut(uid('old')); await sleep(5); }
+            const old = C().kill('store', 1);
+            await C().waitRestarted('store', 1, old);
+            while (Date.now() - t0 < STOP_MS + 1000) { await tryPut(uid('new')); await sleep(20); }
+        } finally {
+            process.kill(sub, 'SIGCONT');
+        }
+        const last = uid('last');
+        for (let i = 0; i < 100 && !acked.includes(last); i++) { await tryPut(last); if (!acked.includes(last)) await sleep(100); }
+        t.diagnostic(`${acked.length} creates acknowledged around the restart`);
+        await R.until(() => acked.every((id) => col.got.some((e) => e.payload.$id === id)), 15000,
+            'the events of every acknowledged create').catch((e) => {
+            t.diagnostic(`missing: ${acked.filter((id) => !col.got.some((x) => x.payload.$id === id)).join(' ')}`);
+            throw e;
+        });
+        await sleep(1000);
+        for (const id of acked) assert.equal(col.count((e) => e.payload.$id === id), 1, `${id}: one create event`);
+        assert.equal(rt.socket, socket, 'the SDK did not have to reconnect');
+        const m = await metricsOf(C, sub);
+        t.diagnostic(`resyncs ${m('presenced_bus_resync_total', { result: 'replayed' })}, events resent ${m('presenced_bus_resync_events_total')}`);
+        assert.equal(m('presenced_bus_resync_total', { result: 'fallback' }), 0);
+        assert.ok(m('presenced_bus_resync_events_total') >= 1, 'the old generation\'s last events came from the outbox (else this test shows nothing)');
+    });
+});
+
 describe('resync: megabytes missed', () => {
     const H = useCluster(test, { label: 'replaybig', stores: 1, gateways: 2 });
     const C = () => H.cluster;
@@ -145,19 +195,11 @@ describe('resync: megabytes missed', () => {
         const socket = rt.socket;
         const ids = [uid('rec'), uid('rec')];
         other.pad = 12000;
-        for (const id of ids) await put(C, other, id, 'n 0');
-        await R.until(() => ids.every((id) => col.got.some((e) => e.payload.$id === id)), 10000, 'the first events');
-        const { created, last } = await writeWhileStopped(C, sub, other, ids, 60);
-        await R.until(() => created.every((id) => col.got.some((e) => e.payload.$id === id)) &&
-            ids.every((id) => col.got.some((e) => e.payload.$id === id && e.payload.status === `n ${last.get(id)}`)), 20000,
-        'the events written while the gateway was stopped');
-        await sleep(1000);
-        for (const id of created) assert.equal(col.count((e) => e.payload.$id === id), 1, `${id}: one create event`);
-        assertOrder(col, ids, last);
+        await stopAndCheck(t, C, { col, sub, other }, ids, 60);
         assert.equal(rt.socket, socket, 'the SDK did not have to reconnect');
         const m = await metricsOf(C, sub);
         const resent = m('presenced_bus_resync_events_total');
-        t.diagnostic(`${created.length} records created and ${created.length * ids.length} updates while stopped; ${resent} events resent (about ${Math.round(resent * 24 / 1024)} MiB)`);
+        t.diagnostic(`${resent} events resent (about ${Math.round(resent * 24 / 1024)} MiB)`);
         assert.ok(resent * 24000 > 4 << 20, 'more than one answer\'s worth was resent (else this test shows nothing)');
         assert.equal(m('presenced_bus_resync_total', { result: 'fallback' }), 0);
     });

@@ -101,7 +101,13 @@ main(void)
     PD_CHECK(a.n == 3 && a.last == 20 && a.err == PD_ERR_UNAVAILABLE);
     a = s_ask(ob, 333, 1, 1); /* a generation never seen */
     PD_CHECK(a.n == 0 && a.last == 0 && a.err == PD_ERR_UNAVAILABLE);
-    a = s_ask(ob, 111, 1, 0); /* nonsense */
+    a = s_ask(ob, 111, 18, 0); /* the rest of a generation */
+    PD_CHECK(a.n == 3 && a.seqs[0] == 18 && a.last == 20 && a.err == PD_ERR_OK);
+    a = s_ask(ob, 111, 21, 0); /* ... of which nothing is left after 20 */
+    PD_CHECK(a.n == 0 && a.last == 20 && a.err == PD_ERR_OK);
+    a = s_ask(ob, 333, 1, 0); /* ... of one the ring knows nothing of: nothing to send */
+    PD_CHECK(a.n == 0 && a.err == PD_ERR_OK);
+    a = s_ask(ob, 111, 1, -1); /* nonsense */
     PD_CHECK(a.n == 0 && a.err == PD_ERR_UNAVAILABLE);
     a = s_ask(ob, 111, INT64_MAX, INT64_MAX);
     PD_CHECK(a.n == 0 && a.err == PD_ERR_UNAVAILABLE);
@@ -115,6 +121,8 @@ main(void)
         s_put_event(ob, &w, 111, s);
     a = s_ask(ob, 111, 1, 10);
     PD_CHECK(a.n == 0 && a.last == 0 && a.err == PD_ERR_UNAVAILABLE);
+    a = s_ask(ob, 111, 1, 0); /* the rest of it, from a point overwritten: gone */
+    PD_CHECK(a.n == 0 && a.err == PD_ERR_UNAVAILABLE);
     a = s_ask(ob, 111, 195, 6);
     PD_CHECK(a.n == 6 && a.seqs[5] == 200 && a.err == PD_ERR_OK);
     pd_outbox_close(&ob);
