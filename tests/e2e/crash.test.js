@@ -205,7 +205,6 @@ async function killAndHammer(node, times = 1) {
 // sends a request every 2 ms across it. Its two records are deleted after.
 it('requests sent while a restarted store node connects are answered at once', {
     timeout: 120000,
-    todo: 'broker (reshard): a send to the node that fails just before the new process registers marks it down, drops the batch, and the HELLO of the new generation sets it up again before the 50 ms sweep fails those ops: they answer 503 "did not answer in time" after 4.5 s',
 }, async (t) => {
     const c = H.cluster;
     const lost = (n) => [...c.log().matchAll(new RegExp(`lost store ${n} \\(signal 9\\); restarting in (\\d+) ms`, 'g'))];
