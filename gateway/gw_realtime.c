@@ -123,8 +123,7 @@ struct rt_conn {
     rt_proj_t *proj;
     rt_hold_t **holds;
     int64_t exp_ms;      //  token expiry (wall ms), 0 for guests
-    int64_t rate_ms;     //  rate limiter: last refill
-    int32_t rate_tokens; //  thousandths of a message
+    pd_rate_t rate;      //  messages: RT_RATE_BURST, refilled at RT_RATE_PER_S
     uint8_t nholds;
     bool counted;
     char user[37]; //  "" for guests
@@ -752,23 +751,6 @@ s_on_presence(rt_conn_t *c, pd_rtmsg_t *m)
     gw_send_end(gw);
 }
 
-/*  Token bucket: RT_RATE_BURST messages, refilled at RT_RATE_PER_S. */
-static bool
-s_rate_ok(rt_conn_t *c)
-{
-    int64_t now = pd_mono_ms();
-    int64_t t = c->rate_tokens + (now - c->rate_ms) * RT_RATE_PER_S;
-    if (t > RT_RATE_BURST * 1000)
-        t = RT_RATE_BURST * 1000;
-    c->rate_ms = now;
-    if (t < 1000) {
-        c->rate_tokens = (int32_t)t;
-        return false;
-    }
-    c->rate_tokens = (int32_t)(t - 1000);
-    return true;
-}
-
 static void
 s_on_message(gw_ws_conn_t *ws, int op, const char *p, size_t n)
 {
@@ -780,7 +762,7 @@ s_on_message(gw_ws_conn_t *ws, int op, const char *p, size_t n)
                      "Binary messages are not supported: send each message as JSON text.");
         return;
     }
-    if (!s_rate_ok(c)) {
+    if (!pd_rate_take(&c->rate, RT_RATE_PER_S, RT_RATE_BURST, pd_mono_ms())) {
         s_send_error(c, 1013, "Too many messages.");
         return;
     }
@@ -835,9 +817,7 @@ s_on_open(gw_ws_conn_t *ws)
 {
     rt_conn_t *c = s_conn(ws);
     rt_t *rt = c->rt;
-    int64_t now = pd_mono_ms();
-    c->rate_ms = now;
-    c->rate_tokens = RT_RATE_BURST * 1000;
+    pd_rate_init(&c->rate, RT_RATE_BURST, pd_mono_ms());
     if (rt->shutting_down || !c->proj->p) {
         gw_ws_close(ws, 1001, "Server is shutting down");
         return;
