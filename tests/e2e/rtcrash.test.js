@@ -74,9 +74,9 @@ async function gatewayMetrics(pid) {
 }
 
 // A marker written on store node `node` now, and its event at every subscriber: every event of
-// that node from before has reached them by then. Right after a restart the broker may
-// lose a request to the node and answer 503 once its op times out (see crash.test.js, the todo
-// test): the marker is then written again (the event is an upsert or an update of the marker).
+// that node from before has reached them by then. Right after a restart a write may be
+// answered 503 (the node is not registered yet): the marker is then written again (the event
+// is an upsert or an update of the marker).
 async function drain(subs, node, ms = 15000) {
     const id = onNode(node, 'mark');
     const user = uid('mu');
