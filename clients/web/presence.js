@@ -485,13 +485,15 @@ export class Presence extends EventTarget {
         const own = this._roster.of(run.userId);
         const id = own?.presenceId ?? run.ownId;
         if (!id) return;
+        // Off our own list at once, as the others see it once the delete's event reaches them
+        // (which can be before the REST call returns to us).
+        const rec = { $id: id, userId: run.userId, $updatedAt: own ? new Date(own.lastSeen).toISOString() : undefined };
+        if (this._roster.forget(rec)) this._changed();
         try {
             await run.presences.delete({ presenceId: id });
         } catch (e) {
             if (e?.code !== 404) this._fail(e, run);
         }
-        const rec = { $id: id, userId: run.userId, $updatedAt: own ? new Date(own.lastSeen).toISOString() : undefined };
-        if (run === this._run && this._roster.forget(rec)) this._changed();
     }
 
     // Stop tracking: remove our status, unsubscribe, and close the socket (if it is ours).
