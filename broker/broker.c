@@ -110,7 +110,7 @@
 #define MOVE_RATE 50000    //  records and claims moved per second, at most (--move-rate)
 
 enum { OP_FREE, OP_SIMPLE, OP_UPSERT, OP_UPDATE, OP_LIST, OP_SYNC, OP_MOVE };
-enum { ST_CLAIM, ST_WRITE, ST_RECLAIM, ST_PROBE, ST_GATHER };
+enum { ST_CLAIM, ST_WRITE, ST_RECLAIM, ST_PROBE, ST_GATHER, ST_LOOKUP };
 
 typedef struct {
     bool seen;          //  registered at least once
@@ -487,6 +487,32 @@ s_send_write(broker_t *self, op_t *op)
     pd_msgw_end(w);
     s_sent(self, op, w, mark);
     op->state = ST_WRITE;
+    op->node = p;
+}
+
+/*  An update that gives the record a user who already has another presence: Appwrite looks the
+ *  row up first, so the answer is 404 if the path id names no record, and 409 only if it does.
+ *  Asks the record's owner whether it exists (BYPASS: whoever may read it); s_on_store_reply
+ *  answers from the reply. The claim was not this op's (it names another id): nothing to undo. */
+static void
+s_send_lookup(broker_t *self, op_t *op, const pd_msg_t *req)
+{
+    int p = s_owner(self, req->s[PD_F_PROJECT], req->s[PD_F_ID]);
+    if (!s_node_ok(self, p)) {
+        s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+        return;
+    }
+    pd_msgw_t *w = &self->nodes[p].out;
+    size_t mark = w->sb.size;
+    pd_msgw_begin(w, PD_MSG_GET, s_op_id(self, op));
+    pd_msgw_s(w, PD_F_PROJECT, req->s[PD_F_PROJECT]);
+    pd_msgw_s(w, PD_F_ID, req->s[PD_F_ID]);
+    pd_msgw_int(w, PD_F_FLAGS, PD_FL_BYPASS);
+    if (pd_msg_has(req, PD_F_NOW))
+        pd_msgw_int(w, PD_F_NOW, req->i[PD_F_NOW]);
+    pd_msgw_end(w);
+    s_sent(self, op, w, mark);
+    op->state = ST_LOOKUP;
     op->node = p;
 }
 
@@ -1228,14 +1254,22 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
             }
             if (op->kind == OP_UPDATE) {
                 pd_msg_t req;
-                if (s_op_request(self, op, &req) < 0 || !pd_str_eq(claimed, req.s[PD_F_ID])) {
-                    /* The new owner already has another presence. */
-                    s_op_fail(self, op, PD_ERR_PRESENCE_EXISTS);
+                if (s_op_request(self, op, &req) < 0) {
+                    s_op_fail(self, op, PD_ERR_SERVER_ERROR);
+                    return;
+                }
+                if (!pd_str_eq(claimed, req.s[PD_F_ID])) {
+                    /* The new owner already has another presence: 409, if the record exists. */
+                    s_send_lookup(self, op, &req);
                     return;
                 }
                 op->claimed[0] = 0; /* route by the path id */
             }
             s_send_write(self, op);
+            return;
+        }
+        if (op->state == ST_LOOKUP) { /* see s_send_lookup */
+            s_op_fail(self, op, err == PD_ERR_OK ? PD_ERR_PRESENCE_EXISTS : err);
             return;
         }
         /* ST_WRITE: the store answered the write. */

@@ -219,12 +219,18 @@ describe('a claim undone after a 409', () => {
         }
     });
 
-    it('an update of an unknown id naming a user who has a record is 404, as in Appwrite (the row is looked up first)',
-        { todo: 'the broker claims for the new owner before it looks at the record: 409 presence_already_exists' }, async () => {
+    it('an update of an unknown id naming a user who has a record is 404, as in Appwrite (the row is looked up first)', async () => {
+        for (let round = 0; round < 4; round++) { // ids and users on different nodes
             const a = plain(await keyP().upsert({ presenceId: uid('x'), userId: uid('a'), status: 'a' }));
             await rejectsWith(keyP().update({ presenceId: uid('none'), userId: a.userId, status: 'b' }), 404, 'presence_not_found');
+            // an existing record given that user is still the 409 of one presence per user
+            const b = plain(await keyP().upsert({ presenceId: uid('y'), userId: uid('b'), status: 'b' }));
+            await rejectsWith(keyP().update({ presenceId: b.$id, userId: a.userId, status: 'b2' }), 409, 'presence_already_exists');
             assert.equal(plain(await keyP().get({ presenceId: a.$id })).status, 'a');
-        });
+            assert.equal(plain(await keyP().get({ presenceId: b.$id })).status, 'b');
+            assert.equal(plain(await keyP().get({ presenceId: b.$id })).userId, b.userId);
+        }
+    });
 
     it('web SDK (JWT users): the same', async () => {
         const carol = uid('c'), dave = uid('d'), x = uid('x'), y = uid('y');
