@@ -553,8 +553,8 @@ s_contains(pd_str_t s, const char *needle)
 //  Validates a role (the text inside the quotes) the way Appwrite's Role::parse and
 //  Roles::isValidRole do, with the same messages. Stricter than Appwrite where Appwrite is
 //  lax by accident: extra ':' parts are not dropped, "any:" is refused, "0" is a valid ID.
-static int
-s_role_check(pd_str_t r, char *err, size_t errlen)
+int
+pd_role_check(pd_str_t r, char *err, size_t errlen)
 {
     if (pd_str_eqc(r, "*"))
         return pd_errf(err, errlen, -1, "Wildcard role \"*\" has been replaced. Use \"any\" instead.");
@@ -661,7 +661,7 @@ s_perm_check(pd_str_t p, int *type, pd_str_t *role, char *err, size_t errlen)
         return pd_errf(err, errlen, -1, "Invalid permission type: \"%.*s\".",
                       s_echo_len((pd_str_t){p.ptr, tl}), p.ptr);
     *role = (pd_str_t){open + 2, p.len - tl - 4};
-    return s_role_check(*role, err, errlen);
+    return pd_role_check(*role, err, errlen);
 }
 
 typedef struct {

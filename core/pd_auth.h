@@ -93,6 +93,10 @@ void pd_perms_free(pd_perms_t *p);
 int pd_perms_parse(const json_t *arr, pd_perms_t *out, char *err, size_t errlen);
 //  The owner default: delete/read/update/write of user:U, stored literally (not aggregated).
 void pd_perms_default(pd_str_t user, pd_perms_t *out);
+//  One role in Appwrite's grammar (any, guests, users, user:ID[/verified], team:T[/R],
+//  member:M, label:L): 0, or -1 with Appwrite's message.
+int pd_role_check(pd_str_t role, char *err, size_t errlen);
+
 //  A non-key caller may only grant roles it holds: returns 0, or -1 with
 //  "Permissions must be one of: (any, users, user:U, ...)" (401 user_unauthorized).
 int pd_perms_check_grant(const pd_perms_t *p, pd_str_t caller_roles, char *err, size_t errlen);

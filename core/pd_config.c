@@ -10,6 +10,7 @@
 
 #include <sodium.h>
 
+#include "pd_auth.h"
 #include "pd_log.h"
 
 #include <jansson.h>
@@ -268,6 +269,80 @@ s_project_init(pd_project_t *p, const char *id)
     randombytes_buf(p->tag_key, sizeof p->tag_key);
 }
 
+/*  The "supabase" object of a project (README "Supabase Realtime: rooms"): publishable keys, and
+ *  channel rules {pattern, join, track, broadcast} whose roles are in the grammar of
+ *  permissions. A typo (an unknown key, a role that cannot match) is refused when the file
+ *  loads: a rule that silently never matched would open or close channels unnoticed. */
+static int
+s_check_supabase(const json_t *sb, const char *id, char *err, size_t n)
+{
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)sb, k, v) {
+        if (strcmp(k, "publishable_keys") != 0 && strcmp(k, "channels") != 0) {
+            return pd_errf(err, n, -1, "project %s: supabase: unknown key \"%.32s\" (publishable_keys, channels)",
+                     id, k);
+        }
+    }
+    const json_t *keys = json_object_get(sb, "publishable_keys");
+    size_t i;
+    if (keys && !json_is_array(keys)) {
+        return pd_errf(err, n, -1, "project %s: supabase.publishable_keys must be an array of strings", id);
+    }
+    json_array_foreach(keys, i, v) {
+        if (!json_is_string(v) || json_string_length(v) < 16 || json_string_length(v) > 255 ||
+            strncmp(json_string_value(v), "sb_publishable_", 15) != 0) {
+            return pd_errf(err, n, -1,
+                     "project %s: supabase.publishable_keys[%zu] must be a string of 16 to 255 "
+                     "bytes starting with sb_publishable_",
+                     id, i);
+        }
+    }
+    const json_t *rules = json_object_get(sb, "channels");
+    if (rules && !json_is_array(rules)) {
+        return pd_errf(err, n, -1, "project %s: supabase.channels must be an array of rules", id);
+    }
+    const json_t *r;
+    json_array_foreach(rules, i, r) {
+        if (!json_is_object(r)) {
+            return pd_errf(err, n, -1, "project %s: supabase.channels[%zu] must be an object", id, i);
+        }
+        const json_t *pat = json_object_get(r, "pattern");
+        if (!json_is_string(pat) || json_string_length(pat) == 0 || json_string_length(pat) > 255) {
+            return pd_errf(err, n, -1,
+                     "project %s: supabase.channels[%zu] needs a \"pattern\": a string of 1 to "
+                     "255 bytes (* matches any run of characters)",
+                     id, i);
+        }
+        json_object_foreach((json_t *)r, k, v) {
+            if (strcmp(k, "pattern") == 0)
+                continue;
+            if (strcmp(k, "join") != 0 && strcmp(k, "track") != 0 && strcmp(k, "broadcast") != 0) {
+                return pd_errf(err, n, -1,
+                         "project %s: supabase.channels[%zu] (%.64s): unknown key \"%.32s\" (pattern, "
+                         "join, track, broadcast)",
+                         id, i, json_string_value(pat), k);
+            }
+            if (!json_is_array(v)) {
+                return pd_errf(err, n, -1, "project %s: supabase.channels[%zu] (%.64s): %s must be an array of roles",
+                         id, i, json_string_value(pat), k);
+            }
+            size_t j;
+            const json_t *role;
+            json_array_foreach(v, j, role) {
+                char why[256];
+                if (!json_is_string(role) ||
+                    pd_role_check(pd_str(json_string_value(role)), why, sizeof why) < 0) {
+                    return pd_errf(err, n, -1, "project %s: supabase.channels[%zu] (%.64s): %s[%zu]: %.200s", id, i,
+                             json_string_value(pat), k, j,
+                             json_is_string(role) ? why : "a role must be a string");
+                }
+            }
+        }
+    }
+    return 0;
+}
+
 /*  Reads one project object of the config file (format in README "Identity"). Secrets are
  *  read from the environment variable a "*_env" key names (Kubernetes secrets), or inline. */
 static int
@@ -301,6 +376,8 @@ s_load_project(json_t *o, pd_project_t *p, char *err, size_t n)
         snprintf(err, n, "project %s: supabase must be an object", id);
         return -1;
     }
+    if (v && s_check_supabase(v, id, err, n) < 0)
+        return -1;
     p->supabase = json_incref(v);
     json_t *origins = json_object_get(o, "origins");
     if (json_is_array(origins) && json_array_size(origins)) {

@@ -7,7 +7,11 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const WS = require('ws');
 const { RealtimeClient } = require('@supabase/realtime-js');
-const { startCluster } = require('./lib/cluster');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
+const { startCluster, freePort, BIN } = require('./lib/cluster');
 const { mintJwt } = require('./lib/sdk');
 const R = require('./lib/rtclient');
 
@@ -102,4 +106,33 @@ test('track and broadcast rules: the push is refused with a reason, the channel 
     plain.on('broadcast', { event: 'e' }, (m) => got.push(m.payload));
     assert.equal(await vc.send({ type: 'broadcast', event: 'e', payload: { from: 'vip' } }), 'ok');
     await R.until(() => got.length === 1, 5000, 'the vip broadcast arrives');
+});
+
+test('malformed rules are refused when the projects file loads, naming the project and the rule', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pd-rules-'));
+    const port = await freePort();
+    const project = (supabase) => ({ projects: [{ id: 'typo', keys: [], jwt: [{ alg: 'HS256', secret: SECRET }], supabase }] });
+    const cases = [
+        [{ channels: [{ pattern: 'vip-*', join: ['users'], brodcast: ['label:vip'] }] }, /project typo: supabase\.channels\[0\] \(vip-\*\): unknown key "brodcast"/],
+        [{ channels: [{ pattern: 'lobby' }, { pattern: 'team-*', join: ['user'] }] }, /channels\[1\] \(team-\*\): join\[0\]: Role "user" must have an ID value/],
+        [{ channels: [{ pattern: 'x', track: ['admins'] }] }, /channels\[0\] \(x\): track\[0\]: Role "admins" is not allowed/],
+        [{ channels: [{ join: ['any'] }] }, /channels\[0\] needs a "pattern"/],
+        [{ channels: [{ pattern: 'x', join: 'users' }] }, /join must be an array of roles/],
+        [{ channels: { pattern: 'x' } }, /supabase\.channels must be an array/],
+        [{ publishable_keys: ['anon-key'] }, /publishable_keys\[0\] must be a string .* sb_publishable_/],
+        [{ chanels: [] }, /supabase: unknown key "chanels"/],
+    ];
+    try {
+        for (const [supabase, want] of cases) {
+            const file = path.join(dir, 'projects.json');
+            fs.writeFileSync(file, JSON.stringify(project(supabase)));
+            const r = spawnSync(BIN, ['--config', file, '--host', '127.0.0.1', '--port', String(port),
+                '--cluster', `rules${process.pid}`, '--run-dir', path.join(dir, 'run')],
+            { encoding: 'utf8', timeout: 15000, env: { PATH: process.env.PATH, ASAN_OPTIONS: 'detect_leaks=0' } });
+            assert.equal(r.status, 2, `refused at start: ${JSON.stringify(supabase)} (signal ${r.signal}: it started)`);
+            assert.match(r.stderr, want);
+        }
+    } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+    }
 });
