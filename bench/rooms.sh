@@ -6,8 +6,13 @@
 #              close at once (mass leave) and the time until it has every leave
 #   fanout-R   1,000 subscribers, one publisher at R updates/s: deliveries/s, p50/p99, and
 #              server CPU per delivery (perf stat task-clock on the server processes only)
+#   sbstorm-N  the storm through Supabase Realtime's protocol (issue 13): presenced driven by
+#              our own load generator (bench/storm.js: phx_join with presence + track, 500 in
+#              flight, a watcher that parses every presence_state and diff), the peer by the
+#              peer load generator's storm as above; same N, same machine, same run
 # Usage: bench/rooms.sh [build/presenced] [runs=3] [scenario...]
-#        scenarios: storm-5000 storm-10000 fanout-100 fanout-300 fanout-1000 (default: all)
+#        scenarios: storm-5000 storm-10000 fanout-100 fanout-300 fanout-1000 sbstorm-5000
+#        (default: all but sbstorm)
 #   PEERS=dir   a writable copy of ../shared/peers with loadgen and the peer built (build.sh);
 #               default: build one under $TMPDIR
 # Writes bench/results/rooms-<stamp>/: raw loadgen output per run, summary.md (medians and
@@ -60,12 +65,18 @@ for sc in $scenarios; do
             f=$out/$sc-$server-$r.txt
             case $sc in
                 storm-*) args=(-n "${sc#storm-}" -c 500 -timeout 150s -leave-timeout 60s storm) ;;
+                sbstorm-*) args=(-n "${sc#sbstorm-}" -c 500 -timeout 150s -leave-timeout 60s storm) ;;
                 fanout-*) args=(-n 1000 -c 200 -settle 5s -publishers 1 -rate "${sc#fanout-}" -duration 10s -drain 15s fanout) ;;
                 *) echo "unknown scenario $sc" >&2; exit 2 ;;
             esac
             perf stat -e task-clock -x, -p "$pids" -o "$f.perf" &
             ppid=$!
-            timeout 400 "$loadgen" "${proto[@]}" -pid "$pids" "${args[@]}" > "$f" 2>&1 || echo "($server $sc run $r: loadgen exit $?)"
+            if [[ $sc == sbstorm-* && $server == presenced ]]; then
+                timeout 400 node "$here/storm.js" --ws "ws://127.0.0.1:$port" --project bench --jwt-secret S \
+                    -n "${sc#sbstorm-}" -c 500 --pids "$pids" > "$f" 2>&1 || echo "($server $sc run $r: storm.js exit $?)"
+            else
+                timeout 400 "$loadgen" "${proto[@]}" -pid "$pids" "${args[@]}" > "$f" 2>&1 || echo "($server $sc run $r: loadgen exit $?)"
+            fi
             kill -INT "$ppid" 2>/dev/null; wait "$ppid" 2>/dev/null || true
             echo "== $sc $server run $r: $(grep '^RESULT' "$f" | cut -c1-300)"
             stop

@@ -33,6 +33,8 @@ def med(vals):
 cols = {
     'storm': ['all_joins_delivered_s', 'joins_seen', 'all_leaves_delivered_s', 'leaves_seen',
               'watcher_dropped', 'server_closed_conns', 'server_cpu_s'],
+    'sbstorm': ['all_joins_delivered_s', 'joins_seen', 'all_leaves_delivered_s', 'leaves_seen',
+                'watcher_dropped', 'server_closed_conns', 'server_cpu_s'],
     'fanout': ['delivered_per_s', 'delivered_pct', 'p50_ms', 'p99_ms', 'server_cpu_pct',
                'cpu_us_per_delivery', 'server_closed_conns'],
 }
