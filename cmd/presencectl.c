@@ -115,6 +115,8 @@ s_usage(void)
             "[--query JSON]...\n"
             "  presencectl watch      --endpoint URL --project P [--jwt T] [--channel C]... "
             "[--query JSON]...\n"
+            "  presencectl rooms show CHANNEL  --endpoint URL --project P --key K\n"
+            "  presencectl rooms watch CHANNEL --endpoint URL --apikey SUPABASE_KEY [--token T]\n"
             "Scopes: presences.read, presences.write, users.write. URL is the API endpoint,\n"
             "e.g. http://127.0.0.1:8080/v1 (as given to the SDKs).\n");
 }
@@ -966,40 +968,30 @@ s_curl_sink(char *ptr, size_t size, size_t nmemb, void *ud)
     return size * nmemb;
 }
 
-static int
-cmd_list(int argc, char **argv)
+/*  GET <endpoint>/<tail> with the project and the caller's credential (--key or --jwt); returns
+ *  the parsed answer of a 200, or prints the server's error (its message, in Appwrite's error
+ *  shape) and returns NULL. Secrets are wiped from the headers once sent. */
+static json_t *
+s_get_json(client_opts_t *o, CURL *h, pd_buf_t *url)
 {
-    client_opts_t o;
-    if (s_client_opts(argc, argv, &o, false) < 0)
-        return 2;
-    CURL *h = curl_easy_init();
-    if (!h)
-        s_die("curl_easy_init failed");
-    pd_buf_t url, body, hv;
-    pd_buf_init(&url);
+    pd_buf_t body, hv;
     pd_buf_init(&body);
     pd_buf_init(&hv);
-    s_api_url(&url, o.endpoint, "/presences");
-    for (size_t i = 0; i < o.nqueries; i++) {
-        char *q = curl_easy_escape(h, o.queries[i], 0);
-        pd_buf_addf(&url, "%squeries%%5B%%5D=%s", i ? "&" : "?", q);
-        curl_free(q);
-    }
-    pd_buf_add(&url, "", 1);
     struct curl_slist *hdrs = NULL;
-    pd_buf_addf(&hv, "X-Appwrite-Project: %s", o.project);
+    pd_buf_addf(&hv, "X-Appwrite-Project: %s", o->project);
     pd_buf_add(&hv, "", 1);
     hdrs = curl_slist_append(hdrs, hv.data);
     hdrs = curl_slist_append(hdrs, "Accept: application/json");
     pd_buf_reset(&hv);
-    if (o.key)
-        pd_buf_addf(&hv, "X-Appwrite-Key: %s", o.key);
+    if (o->key)
+        pd_buf_addf(&hv, "X-Appwrite-Key: %s", o->key);
     else
-        pd_buf_addf(&hv, "X-Appwrite-JWT: %s", o.jwt);
+        pd_buf_addf(&hv, "X-Appwrite-JWT: %s", o->jwt);
     pd_buf_add(&hv, "", 1);
     hdrs = curl_slist_append(hdrs, hv.data);
     sodium_memzero(hv.data, hv.len);
-    curl_easy_setopt(h, CURLOPT_URL, url.data);
+    pd_buf_free(&hv);
+    curl_easy_setopt(h, CURLOPT_URL, url->data);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "presencectl");
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, s_curl_sink);
@@ -1011,14 +1003,14 @@ cmd_list(int argc, char **argv)
     CURLcode rc = curl_easy_perform(h);
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    for (struct curl_slist *s = hdrs; s; s = s->next)
-        sodium_memzero(s->data, strlen(s->data));
+    for (struct curl_slist *sl = hdrs; sl; sl = sl->next)
+        sodium_memzero(sl->data, strlen(sl->data));
     curl_slist_free_all(hdrs);
-    curl_easy_cleanup(h);
-    s_free_secret(o.key);
-    s_free_secret(o.jwt);
+    s_free_secret(o->key);
+    s_free_secret(o->jwt);
+    o->key = o->jwt = NULL;
     if (rc != CURLE_OK)
-        s_die("GET %s: %s", url.data, cerr[0] ? cerr : curl_easy_strerror(rc));
+        s_die("GET %s: %s", url->data, cerr[0] ? cerr : curl_easy_strerror(rc));
     json_t *root = json_loadb(body.data ? body.data : "", body.len, 0, NULL);
     if (status != 200) {
         const char *msg = json_string_value(json_object_get(root, "message"));
@@ -1030,14 +1022,40 @@ cmd_list(int argc, char **argv)
             s_print_safe(stderr, body.data ? body.data : "", body.len > 300 ? 300 : body.len);
         fputc('\n', stderr);
         json_decref(root);
-        pd_buf_free(&url);
-        pd_buf_free(&body);
-        pd_buf_free(&hv);
-        return 1;
+        root = NULL;
+    } else if (!root) {
+        s_die("unexpected answer: %.200s", body.data ? body.data : "");
     }
+    pd_buf_free(&body);
+    return root;
+}
+
+static int
+cmd_list(int argc, char **argv)
+{
+    client_opts_t o;
+    if (s_client_opts(argc, argv, &o, false) < 0)
+        return 2;
+    CURL *h = curl_easy_init();
+    if (!h)
+        s_die("curl_easy_init failed");
+    pd_buf_t url;
+    pd_buf_init(&url);
+    s_api_url(&url, o.endpoint, "/presences");
+    for (size_t i = 0; i < o.nqueries; i++) {
+        char *q = curl_easy_escape(h, o.queries[i], 0);
+        pd_buf_addf(&url, "%squeries%%5B%%5D=%s", i ? "&" : "?", q);
+        curl_free(q);
+    }
+    pd_buf_add(&url, "", 1);
+    json_t *root = s_get_json(&o, h, &url);
+    curl_easy_cleanup(h);
+    pd_buf_free(&url);
+    if (!root)
+        return 1;
     json_t *arr = json_object_get(root, "presences");
     if (!json_is_array(arr))
-        s_die("unexpected answer: %.200s", body.data ? body.data : "");
+        s_die("unexpected answer: no presences");
 
     //  Column widths from the data, then the rows.
     static const char *heads[] = {"ID", "USER", "STATUS", "EXPIRES AT"};
@@ -1070,9 +1088,6 @@ cmd_list(int argc, char **argv)
     printf("%zu shown, total %" JSON_INTEGER_FORMAT "\n", json_array_size(arr),
            json_is_integer(total) ? json_integer_value(total) : (json_int_t)json_array_size(arr));
     json_decref(root);
-    pd_buf_free(&url);
-    pd_buf_free(&body);
-    pd_buf_free(&hv);
     return 0;
 }
 
@@ -1088,6 +1103,9 @@ typedef struct {
     int close_code;
     bool fatal; //  an error that ends the watch
     client_opts_t *o;
+    const char *room; //  rooms watch: the channel (Supabase Realtime's protocol), else NULL
+    const char *token; //  rooms watch: a user token for phx_join's access_token, or NULL
+    unsigned ref;      //  rooms watch: the last Phoenix ref sent
 } ws_t;
 
 static volatile sig_atomic_t s_interrupted;
@@ -1265,11 +1283,120 @@ s_on_text(wslay_event_context_ptr ctx, ws_t *ws, const char *text, size_t len)
     json_decref(m);
 }
 
+/*  rooms watch: Supabase Realtime's protocol (Phoenix, vsn 2.0.0: [join_ref, ref, topic, event,
+ *  payload]). The watcher joins with presence on and never tracks, so it is not a member. */
+static void
+s_phx_join(wslay_event_context_ptr ctx, ws_t *ws)
+{
+    char key[32];
+    unsigned char r[6];
+    randombytes_buf(r, sizeof r);
+    memcpy(key, "presencectl-", 12);
+    sodium_bin2hex(key + 12, sizeof key - 12, r, sizeof r);
+    char topic[300];
+    snprintf(topic, sizeof topic, "realtime:%s", ws->room);
+    json_t *payload = json_pack("{s:{s:{s:s, s:b}, s:{s:b}}}", "config", "presence", "key", key,
+                                "enabled", 1, "broadcast", "self", 0);
+    if (ws->token)
+        json_object_set_new(payload, "access_token", json_string(ws->token));
+    json_t *msg = json_pack("[s, s, s, s, o]", "1", "1", topic, "phx_join", payload);
+    char *text = json_dumps(msg, JSON_COMPACT);
+    s_ws_queue(ctx, text);
+    sodium_memzero(text, strlen(text));
+    free(text);
+    json_decref(msg);
+    ws->ref = 1;
+}
+
+static void
+s_phx_heartbeat(wslay_event_context_ptr ctx, ws_t *ws)
+{
+    char text[64];
+    snprintf(text, sizeof text, "[null,\"%u\",\"phoenix\",\"heartbeat\",{}]", ++ws->ref);
+    s_ws_queue(ctx, text);
+}
+
+//  One line per member change: time, join|leave, key, phx_ref, meta (compact JSON).
+static void
+s_phx_print(const char *what, const json_t *members)
+{
+    const char *key;
+    json_t *v;
+    char ts[32];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct tm tm;
+    gmtime_r(&now.tv_sec, &tm);
+    size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof ts - n, ".%03ldZ", now.tv_nsec / 1000000);
+    json_object_foreach((json_t *)members, key, v) {
+        size_t i;
+        json_t *meta;
+        json_array_foreach(json_object_get(v, "metas"), i, meta) {
+            json_t *rest = json_deep_copy(meta);
+            json_object_del(rest, "phx_ref");
+            json_object_del(rest, "phx_ref_prev");
+            char *m = json_dumps(rest, JSON_COMPACT);
+            const char *cols[] = {ts, what, key, s_jstr(meta, "phx_ref"), m ? m : "{}"};
+            static const size_t widths[] = {24, 5, 24, 12, 0};
+            for (int k = 0; k < 5; k++)
+                s_cell(cols[k], widths[k], k == 4);
+            fputc('\n', stdout);
+            free(m);
+            json_decref(rest);
+        }
+    }
+    fflush(stdout);
+}
+
+static void
+s_on_phx_text(ws_t *ws, const char *text, size_t len)
+{
+    json_t *m = json_loadb(text, len, 0, NULL);
+    const char *ref = json_string_value(json_array_get(m, 1));
+    const char *event = json_string_value(json_array_get(m, 3));
+    json_t *payload = json_array_get(m, 4);
+    if (!event) {
+        json_decref(m);
+        return;
+    }
+    if (strcmp(event, "phx_reply") == 0 && ref && strcmp(ref, "1") == 0) {
+        if (strcmp(s_jstr(payload, "status"), "ok") == 0) {
+            fprintf(stderr, "joined room %s; watching its joins and leaves (Ctrl-C to stop)\n",
+                    ws->room);
+        } else {
+            const char *why = s_jstr(json_object_get(payload, "response"), "reason");
+            fprintf(stderr, "%s: join refused: ", s_prog);
+            s_print_safe(stderr, why, strlen(why));
+            fputc('\n', stderr);
+            ws->fatal = true;
+        }
+    } else if (strcmp(event, "presence_state") == 0) {
+        s_phx_print("state", payload);
+    } else if (strcmp(event, "presence_diff") == 0) {
+        s_phx_print("leave", json_object_get(payload, "leaves"));
+        s_phx_print("join", json_object_get(payload, "joins"));
+    } else if (strcmp(event, "phx_error") == 0 || strcmp(event, "phx_close") == 0 ||
+               strcmp(event, "system") == 0) {
+        const char *msg = s_jstr(payload, "message");
+        if (!*msg)
+            msg = s_jstr(payload, "reason");
+        fprintf(stderr, "%s: %s: ", s_prog, event);
+        s_print_safe(stderr, msg, strlen(msg));
+        fputc('\n', stderr);
+        if (strcmp(event, "system") != 0 || strcmp(s_jstr(payload, "status"), "error") == 0)
+            ws->fatal = true;
+    }
+    json_decref(m);
+}
+
 static void
 s_ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg, void *ud)
 {
     ws_t *ws = ud;
-    if (arg->opcode == WSLAY_TEXT_FRAME) {
+    if (arg->opcode == WSLAY_TEXT_FRAME && ws->room) {
+        s_on_phx_text(ws, (const char *)arg->msg, arg->msg_length);
+    } else if (arg->opcode == WSLAY_TEXT_FRAME) {
         s_on_text(ctx, ws, (const char *)arg->msg, arg->msg_length);
     } else if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
         ws->closed = true;
@@ -1363,15 +1490,14 @@ s_handshake(ws_t *ws, const char *host_hdr, const char *target)
     ws->pre_off = head_len;
 }
 
+/*  A WebSocket session until Ctrl-C or the server ends it: Appwrite's realtime (watch), or
+ *  with room set Supabase Realtime's protocol on one channel (rooms watch, apikey its key). */
 static int
-cmd_watch(int argc, char **argv)
+s_watch(client_opts_t *o, const char *room, char *apikey, const char *token)
 {
-    client_opts_t o;
-    if (s_client_opts(argc, argv, &o, true) < 0)
-        return 2;
     pd_buf_t url;
     pd_buf_init(&url);
-    s_api_url(&url, o.endpoint, "");
+    s_api_url(&url, o->endpoint, "");
     pd_buf_add(&url, "", 1);
 
     //  Parse the endpoint with libcurl's URL API; ws(s):// is accepted as http(s)://.
@@ -1381,7 +1507,7 @@ cmd_watch(int argc, char **argv)
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
-        s_die("--endpoint %s is not a URL", o.endpoint);
+        s_die("--endpoint %s is not a URL", o->endpoint);
     curl_url_get(u, CURLUPART_PORT, &port, 0);
     if (strcmp(scheme, "ws") == 0)
         curl_url_set(u, CURLUPART_SCHEME, "http", 0);
@@ -1399,11 +1525,20 @@ cmd_watch(int argc, char **argv)
     size_t plen = strlen(path);
     while (plen && path[plen - 1] == '/')
         plen--;
-    char *pe = curl_easy_escape(h, o.project, 0);
-    pd_buf_addf(&target, "%.*s/realtime?project=%s", (int)plen, path, pe);
+    char *pe = curl_easy_escape(h, o->project ? o->project : "", 0);
+    if (room) { /* /realtime/v1/websocket at the root: the endpoint's path without its /v1 */
+        if (plen >= 3 && memcmp(path + plen - 3, "/v1", 3) == 0)
+            plen -= 3;
+        char *ke = curl_easy_escape(h, apikey, 0);
+        pd_buf_addf(&target, "%.*s/realtime/v1/websocket?vsn=2.0.0&apikey=%s", (int)plen, path, ke);
+        sodium_memzero(ke, strlen(ke));
+        curl_free(ke);
+    } else {
+        pd_buf_addf(&target, "%.*s/realtime?project=%s", (int)plen, path, pe);
+    }
     curl_free(pe);
-    if (o.jwt) {
-        char *je = curl_easy_escape(h, o.jwt, 0);
+    if (o->jwt && !room) {
+        char *je = curl_easy_escape(h, o->jwt, 0);
         pd_buf_addf(&target, "&jwt=%s", je);
         sodium_memzero(je, strlen(je));
         curl_free(je);
@@ -1420,19 +1555,22 @@ cmd_watch(int argc, char **argv)
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
     CURLcode rc = curl_easy_perform(h);
     if (rc != CURLE_OK)
-        s_die("connect %s: %s", o.endpoint, cerr[0] ? cerr : curl_easy_strerror(rc));
+        s_die("connect %s: %s", o->endpoint, cerr[0] ? cerr : curl_easy_strerror(rc));
     ws_t ws;
     memset(&ws, 0, sizeof ws);
     ws.h = h;
-    ws.o = &o;
+    ws.o = o;
+    ws.room = room;
+    ws.token = token;
     pd_buf_init(&ws.pre);
     if (curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, &ws.fd) != CURLE_OK || ws.fd == CURL_SOCKET_BAD)
-        s_die("connect %s: no socket", o.endpoint);
+        s_die("connect %s: no socket", o->endpoint);
 
     s_handshake(&ws, hosthdr.data, target.data);
     sodium_memzero(target.data, target.len);
-    s_free_secret(o.jwt);
-    o.jwt = NULL;
+    s_free_secret(o->jwt);
+    o->jwt = NULL;
+    s_free_secret(apikey);
 
     struct wslay_event_callbacks cbs = {s_ws_recv, s_ws_send, s_ws_genmask, NULL,
                                         NULL,      NULL,      s_ws_on_msg};
@@ -1448,6 +1586,8 @@ cmd_watch(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    if (room)
+        s_phx_join(ctx, &ws);
     int64_t next_ping = pd_mono_ms() + HEARTBEAT_MS, close_deadline = 0;
     int exit_code = 0;
     for (;;) {
@@ -1456,7 +1596,10 @@ cmd_watch(int argc, char **argv)
             close_deadline = pd_mono_ms() + 2000;
         }
         if (pd_mono_ms() >= next_ping && !close_deadline) {
-            s_ws_queue(ctx, "{\"type\":\"ping\"}");
+            if (room)
+                s_phx_heartbeat(ctx, &ws);
+            else
+                s_ws_queue(ctx, "{\"type\":\"ping\"}");
             next_ping = pd_mono_ms() + HEARTBEAT_MS;
         }
         if (wslay_event_want_write(ctx) && wslay_event_send(ctx) != 0)
@@ -1501,6 +1644,118 @@ cmd_watch(int argc, char **argv)
     return exit_code;
 }
 
+static int
+cmd_watch(int argc, char **argv)
+{
+    client_opts_t o;
+    if (s_client_opts(argc, argv, &o, true) < 0)
+        return 2;
+    return s_watch(&o, NULL, NULL, NULL);
+}
+
+/*  presencectl rooms show CHANNEL --endpoint URL --project P --key K: a room's members (GET
+ *  /v1/rooms/{channel}); rooms watch CHANNEL --endpoint URL --apikey K [--token T]: its joins and
+ *  leaves as they happen (Supabase Realtime's protocol; K is the project's Supabase key). */
+static int
+cmd_rooms(int argc, char **argv)
+{
+    if (argc < 3 || (strcmp(argv[1], "show") != 0 && strcmp(argv[1], "watch") != 0)) {
+        s_usage();
+        return 2;
+    }
+    bool watch = strcmp(argv[1], "watch") == 0;
+    const char *room = argv[2];
+    if (!*room || strlen(room) > 255)
+        s_die("a channel is 1 to 255 bytes");
+    static const struct option opts[] = {{"endpoint", required_argument, NULL, 'e'},
+                                         {"project", required_argument, NULL, 'p'},
+                                         {"key", required_argument, NULL, 'k'},
+                                         {"apikey", required_argument, NULL, 'a'},
+                                         {"token", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
+    client_opts_t o;
+    memset(&o, 0, sizeof o);
+    char *apikey = NULL, *token = NULL;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc - 2, argv + 2, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'e': o.endpoint = optarg; break;
+        case 'p': o.project = optarg; break;
+        case 'k': s_free_secret(o.key); o.key = s_take_secret(optarg); break;
+        case 'a': s_free_secret(apikey); apikey = s_take_secret(optarg); break;
+        case 't': s_free_secret(token); token = s_take_secret(optarg); break;
+        default: s_usage(); return 2;
+        }
+    }
+    if (!o.endpoint || (watch ? !apikey || o.key : !o.project || !o.key)) {
+        s_usage();
+        return 2;
+    }
+    if (watch) {
+        int rc = s_watch(&o, room, apikey, token);
+        s_free_secret(token);
+        return rc;
+    }
+    CURL *h = curl_easy_init();
+    if (!h)
+        s_die("curl_easy_init failed");
+    pd_buf_t url;
+    pd_buf_init(&url);
+    char *ce = curl_easy_escape(h, room, 0);
+    pd_buf_addf(&url, "/rooms/%s", ce);
+    curl_free(ce);
+    pd_buf_add(&url, "", 1);
+    pd_buf_t full;
+    pd_buf_init(&full);
+    s_api_url(&full, o.endpoint, url.data);
+    pd_buf_add(&full, "", 1);
+    pd_buf_free(&url);
+    json_t *root = s_get_json(&o, h, &full);
+    curl_easy_cleanup(h);
+    pd_buf_free(&full);
+    if (!root)
+        return 1;
+    json_t *members = json_object_get(root, "members");
+    if (!json_is_array(members))
+        s_die("unexpected answer: no members");
+    static const char *heads[] = {"KEY", "PHX_REF", "CONNECTION", "LEASE", "META"};
+    size_t w[5] = {3, 7, 10, 5, 4};
+    size_t i;
+    json_t *mb;
+    json_array_foreach(members, i, mb) {
+        const char *v[3] = {s_jstr(mb, "key"), s_jstr(mb, "phx_ref"), s_jstr(mb, "conn")};
+        for (int k = 0; k < 3; k++)
+            if (s_width(v[k]) > w[k])
+                w[k] = s_width(v[k]) > 40 ? 40 : s_width(v[k]);
+    }
+    w[3] = 7;
+    for (int k = 0; k < 5; k++)
+        s_cell(heads[k], w[k], k == 4);
+    fputc('\n', stdout);
+    json_array_foreach(members, i, mb) {
+        char lease[32];
+        //  lease_ms is when the member's lease runs out (ms since the epoch): shown as what is left
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        int64_t left = (int64_t)json_integer_value(json_object_get(mb, "lease_ms")) -
+                       ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+        snprintf(lease, sizeof lease, "%.1f s", (double)(left > 0 ? left : 0) / 1000.0);
+        char *meta = json_dumps(json_object_get(mb, "meta"), JSON_COMPACT | JSON_ENCODE_ANY);
+        const char *cols[] = {s_jstr(mb, "key"), s_jstr(mb, "phx_ref"), s_jstr(mb, "conn"), lease,
+                              meta ? meta : "{}"};
+        for (int k = 0; k < 5; k++)
+            s_cell(cols[k], w[k], k == 4);
+        fputc('\n', stdout);
+        free(meta);
+    }
+    json_int_t count = json_integer_value(json_object_get(root, "count"));
+    printf("%" JSON_INTEGER_FORMAT " member%s in room %s\n", count, count == 1 ? "" : "s",
+           room);
+    json_decref(root);
+    return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1528,6 +1783,8 @@ main(int argc, char **argv)
         rc = cmd_list(argc - 1, argv + 1);
     else if (strcmp(cmd, "watch") == 0)
         rc = cmd_watch(argc - 1, argv + 1);
+    else if (strcmp(cmd, "rooms") == 0)
+        rc = cmd_rooms(argc - 1, argv + 1);
     else {
         fprintf(stderr, "%s: unknown command %s\n", s_prog, cmd);
         s_usage();

@@ -4,7 +4,8 @@
 //   the key works after SIGHUP; jwt mints tokens the server accepts (HS256 from a flag or an
 //   environment variable, EdDSA from a keygen file; teams and labels become roles); list prints
 //   a table; watch prints one line per event, live, in a terminal (run in a pty with script(1))
-//   and stops cleanly on Ctrl-C.
+//   and stops cleanly on Ctrl-C; rooms show prints a Supabase room's members, rooms watch its
+//   joins and leaves live (supabase realtime-js clients in the room).
 const test = require('node:test');
 const { describe, it, before, after } = test;
 const assert = require('node:assert/strict');
@@ -17,6 +18,7 @@ const { startCluster, sleep, BIN } = require('./lib/cluster');
 const { loadNodeSdk } = require('./lib/sdk');
 const { api } = require('./lib/http');
 const { uid, assertError } = require('./lib/check');
+const { mintJwt } = require('./lib/sdk');
 
 const CTL = process.env.PRESENCECTL_BIN || path.join(path.dirname(BIN), 'presencectl');
 const P = 'ctl';
@@ -342,6 +344,71 @@ describe('presencectl watch', () => {
         const nope = ctl(['watch', '--endpoint', S.cluster.endpoint, '--project', 'nope']);
         assert.equal(nope.status, 1);
         assert.match(nope.stderr, /1008|project/i);
+    });
+});
+
+describe('presencectl rooms', () => {
+    const clients = [];
+    after(() => { for (const rc of clients) try { rc.disconnect(); } catch {} });
+    const sbKey = (role) => mintJwt(S.jwtSecret, { iss: 'supabase', role, ref: P });
+    async function member(key, meta) {
+        const WS = require('ws');
+        const { RealtimeClient } = require('@supabase/realtime-js');
+        const rc = new RealtimeClient(`ws://127.0.0.1:${S.cluster.port}/realtime/v1`, { params: { apikey: sbKey('anon') }, transport: WS });
+        clients.push(rc);
+        const ch = rc.channel('room_ctl', { config: { presence: { key } } });
+        await new Promise((resolve, reject) => ch.subscribe((st, err) => st === 'SUBSCRIBED' ? resolve() : st === 'CHANNEL_ERROR' && reject(err)));
+        assert.equal(await ch.track(meta), 'ok');
+        return ch;
+    }
+    const rows = (out) => out.split('\n').filter((l) => /^(alice|bob|carol)\s/.test(l));
+
+    it('show prints every member (one row per connection of a key) and the count; a wrong key exits 1', async () => {
+        await member('alice', { name: 'Alice', page: '/a' });
+        await member('alice', { name: 'Alice', page: '/b' });   // a second device: one key, two metas
+        await member('bob', { name: 'Bob' });
+        let r;
+        for (let i = 0; ; i++) {
+            r = ctlOk(['rooms', 'show', 'room_ctl', '--endpoint', S.cluster.endpoint, '--project', P, '--key', S.adminKey]);
+            if (rows(r.stdout).length === 3 || i > 50) break;
+            await sleep(100);
+        }
+        const got = rows(r.stdout);
+        assert.equal(got.length, 3, r.stdout);
+        assert.match(r.stdout, /^KEY\s+PHX_REF\s+CONNECTION\s+LEASE\s+META/m);
+        assert.equal(got.filter((l) => l.startsWith('alice')).length, 2, r.stdout);
+        assert.ok(got.some((l) => /^alice\s.*\{"name":"Alice","page":"\/b"\}$/.test(l)), r.stdout);
+        assert.ok(got.some((l) => /^bob\s.*\s\d+\.\d s\s+\{"name":"Bob"\}$/.test(l)), `a lease of seconds left: ${r.stdout}`);
+        assert.match(r.stdout, /^3 members in room room_ctl$/m);
+        const empty = ctlOk(['rooms', 'show', 'nobody_here', '--endpoint', S.cluster.endpoint, '--project', P, '--key', S.adminKey]);
+        assert.match(empty.stdout, /^0 members in room nobody_here$/m);
+        const bad = ctl(['rooms', 'show', 'room_ctl', '--endpoint', S.cluster.endpoint, '--project', P, '--key', 'wrong']);
+        assert.equal(bad.status, 1);
+        assert.match(bad.stderr, /HTTP 401/);
+        assert.equal(ctl(['rooms', 'show', 'room_ctl', '--endpoint', S.cluster.endpoint]).status, 2, 'usage');
+    });
+
+    it('watch prints joins and leaves live, is not a member itself, and stops on Ctrl-C; a bad key exits 1', async () => {
+        const w = inPty([CTL, 'rooms', 'watch', 'room_ctl', '--endpoint', S.cluster.endpoint, '--apikey', sbKey('service_role')]);
+        try {
+            await w.waitFor(/joined room room_ctl; watching/, 10000, 'the joined line');
+            await w.waitFor(/state\s+bob\s/, 5000, 'the state on joining');
+            const carol = await member('carol', { name: 'Carol' });
+            await w.waitFor(/\sjoin\s+carol\s+\S+\s+\{"name":"Carol"\}/, 5000, 'carol\'s join');
+            await carol.untrack();
+            await w.waitFor(/\sleave\s+carol\s/, 5000, 'carol\'s leave');
+            const r = ctlOk(['rooms', 'show', 'room_ctl', '--endpoint', S.cluster.endpoint, '--project', P, '--key', S.adminKey]);
+            assert.equal(rows(r.stdout).length, 3, `the watcher is not a member: ${r.stdout}`);
+            w.p.stdin.write('\x03');
+            const ex = await Promise.race([w.exit, sleep(5000).then(() => null)]);
+            assert.ok(ex, `rooms watch did not stop on Ctrl-C; output:\n${w.out}`);
+            assert.equal(ex.code, 0, w.out);
+        } finally {
+            w.kill();
+        }
+        const bad = ctl(['rooms', 'watch', 'room_ctl', '--endpoint', S.cluster.endpoint, '--apikey', 'not-a-key']);
+        assert.equal(bad.status, 1, `${bad.stdout} ${bad.stderr}`);
+        assert.match(bad.stderr, /HTTP 40[13]/);
     });
 });
 
