@@ -180,7 +180,8 @@ typedef struct {
         int64_t next;       //  mono ms: no batch before
         uint64_t done;      //  bit per old owner that has nothing left to give
         uint64_t moved;     //  records and claims moved in this change
-        int64_t started;    //  mono ms the change started
+        int64_t started;    //  mono ms the change started (or this broker resumed it)
+        bool resumed;       //  started by an earlier broker process (restarted mid-change)
         char waiting[96];   //  why no batch runs ("" = none)
         int pending;        //  a larger set asked for, started once all its nodes are up
     } mv;
@@ -906,6 +907,10 @@ s_set_load(broker_t *self)
         self->nfrom = from;
         self->nto = to;
         self->mv.pending = pending;
+        if (from != to) { /* a change under way when the last broker stopped: it goes on */
+            self->mv.started = pd_mono_ms();
+            self->mv.resumed = true;
+        }
         pd_log_info("store set from %s: %d -> %d nodes%s", path, from, to,
                     pending ? " (more asked for, not all up yet)" : "");
     }
@@ -990,9 +995,11 @@ s_move_reply(broker_t *self, op_t *op, int node, const pd_msg_t *m)
 static void
 s_settle(broker_t *self)
 {
-    pd_log_info("store set settled: %d store nodes (%llu records and claims moved in %lld ms)",
+    pd_log_info("store set settled: %d store nodes (%llu records and claims moved in %lld ms%s)",
                 self->nto, (unsigned long long)self->mv.moved,
-                (long long)(pd_mono_ms() - self->mv.started));
+                (long long)(pd_mono_ms() - self->mv.started),
+                self->mv.resumed ? " since this broker resumed the change" : "");
+    self->mv.resumed = false;
     self->nfrom = self->nstores = self->nto;
     self->mv.done = 0;
     self->mv.wanted = false;
@@ -1060,6 +1067,7 @@ s_move_tick(broker_t *self)
         self->mv.pending = 0;
         self->mv.waiting[0] = 0;
         self->mv.started = now;
+        self->mv.resumed = false;
         self->mv.next = now + 1; /* the first batch after SHARDS has gone out (s_flush) */
         s_set_save(self); /* a broker restarted from here on goes on moving */
         pd_log_info("store set: moving from %d to %d store nodes", self->nfrom, self->nto);
@@ -1137,6 +1145,7 @@ s_on_scale(broker_t *self, int peer, const pd_msg_t *m)
         }
         memset(&self->mv, 0, sizeof self->mv);
         self->mv.started = pd_mono_ms();
+        self->mv.resumed = false;
         self->mv.next = self->mv.started + 1; /* the first batch after SHARDS (s_flush) */
         if (want > self->nfrom) { /* started by s_move_tick once the new nodes are up */
             self->mv.pending = (int)want;
