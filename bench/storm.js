@@ -19,6 +19,7 @@
 //
 // Usage: node bench/storm.js --ws ws://127.0.0.1:PORT --project P --jwt-secret S
 //        [-n 5000] [-c 500] [--workers 4] [--pids 1,2,3] [--timeout 150] [--leave-timeout 60]
+//        [--deflate 0]           1: the clients offer permessage-deflate, as browsers do
 //        [--joiner-presence 1]   0: the clients join with presence off (they still track; only
 //                                the watcher gets state and diffs): a diagnostic that takes the
 //                                protocol's O(N^2) bytes out, to see the server's join path alone
@@ -32,13 +33,13 @@ const WS = require(path.resolve(__dirname, '..', 'tests', 'e2e', 'node_modules',
 const TOPIC = 'realtime:storm';
 
 function args(argv) {
-    const o = { n: 5000, c: 500, workers: 4, timeout: 150, 'leave-timeout': 60, pids: '', project: 'bench', 'joiner-presence': 1 };
+    const o = { n: 5000, c: 500, workers: 4, timeout: 150, 'leave-timeout': 60, pids: '', project: 'bench', 'joiner-presence': 1, deflate: 0 };
     for (let i = 0; i < argv.length; i++) {
         const k = argv[i].replace(/^--?/, '');
         if (k === 'worker') { o.worker = true; continue; }
         o[k] = argv[++i];
     }
-    for (const k of ['n', 'c', 'workers', 'timeout', 'leave-timeout', 'joiner-presence']) o[k] = Number(o[k]);
+    for (const k of ['n', 'c', 'workers', 'timeout', 'leave-timeout', 'joiner-presence', 'deflate']) o[k] = Number(o[k]);
     return o;
 }
 
@@ -82,7 +83,7 @@ function worker(o) {
             const i = next++;
             const key = `s-${i}`;
             inflight++;
-            const ws = new WS(u, { localAddress: srcs[i % srcs.length], perMessageDeflate: false, skipUTF8Validation: true });
+            const ws = new WS(u, { localAddress: srcs[i % srcs.length], perMessageDeflate: o.deflate === 1, skipUTF8Validation: true });
             conns.push(ws);
             let joined = false;
             const settle = (ok, why) => {
@@ -144,14 +145,14 @@ function rssKiB(pids) {
 async function main(o) {
     const N = o.n;
     const pids = o.pids ? String(o.pids).split(',').filter(Boolean).map(Number) : [];
-    const res = { scenario: 'storm', proto: 'supabase (bench/storm.js)', clients: N, concurrency: o.c, workers: o.workers, joiner_presence: o['joiner-presence'] !== 0 };
+    const res = { scenario: 'storm', proto: 'supabase (bench/storm.js)', clients: N, concurrency: o.c, workers: o.workers, joiner_presence: o['joiner-presence'] !== 0, deflate: o.deflate === 1 };
     const log = (s) => console.log(`${new Date().toISOString()} ${s}`);
 
     // The watcher: presence_state and every presence_diff, parsed in full.
     const members = new Set();
     let joinsAt = 0, leavesAt = 0, t0 = 0, t1 = 0, leaves = 0, watcherUp = true;
     const seen = new Set();
-    const watcher = new WS(url(o), { localAddress: '127.0.0.2', perMessageDeflate: false });
+    const watcher = new WS(url(o), { localAddress: '127.0.0.2', perMessageDeflate: o.deflate === 1 });
     const apply = (joins, gone) => {
         for (const k of Object.keys(joins || {})) {
             if (!k.startsWith('s-') || seen.has(k)) continue;

@@ -17,7 +17,9 @@
  *  the room's joins and leaves are gathered for SB_DIFF_WINDOW_MS and sent as one diff to every
  *  presence channel of the room (rendered once; a channel that got its state during the window
  *  gets only the part after it). Broadcasts go through the room's store node too and come back
- *  on the bus to every gateway with the room.
+ *  on the bus to every gateway with the room. presence_state, diffs and broadcasts are one frame
+ *  per serializer for every channel (no join_ref, as Phoenix's broadcasts; clients accept it):
+ *  encoded once and, for clients with permessage-deflate, compressed once (s_send_shared).
  *
  *  Members are bound to their connection: untrack, leave, close and a refused token remove
  *  them; the gateway renews their lease every SB_RENEW_MS, so the members of a gateway that
@@ -134,6 +136,7 @@ struct sb_room {
     size_t nmembers;
     pd_buf_t state_json;       //  presence_state's payload, while valid
     bool state_valid;
+    gw_ws_shared_t state_frame[3]; //  presence_state per serializer, while valid (shared frames)
     sb_entry_t *batch;         //  the diff being gathered
     uint32_t nbatch, cap_batch;
     pd_buf_t arena;
@@ -162,7 +165,8 @@ struct sb {
     sb_op_t *ops;
     h2o_timeout_t diff_timeout;
     pd_buf_t out, tmp;         //  frames being built
-    pd_buf_t diff, payload, frame[3]; //  a diff or broadcast, and its frame per serializer
+    pd_buf_t diff, payload;    //  a diff or a broadcast's payload
+    gw_ws_shared_t frame[3];   //  its frame per serializer, sent to every channel (shared frames)
     sb_entry_t **sortv;        //  a diff's entries being sorted by key
     size_t cap_sortv;
     uint64_t serial;
@@ -195,6 +199,24 @@ static void
 s_send_text(sb_conn_t *c, const pd_buf_t *b)
 {
     gw_ws_send(&c->ws, b->data, b->len);
+}
+
+/*  A frame many channels get, identical for each (no join_ref, as Phoenix's broadcasts): encoded
+ *  once, and for clients with permessage-deflate compressed once (gw_ws_shared_t), however many
+ *  members a room has. A join storm's presence_state and diffs cost one compression each. */
+static void
+s_send_shared(sb_conn_t *c, gw_ws_shared_t *sh)
+{
+    if (c->ws.state == GW_WS_OPEN)
+        gw_ws_out_shared(&c->ws, 0, 0, sh, 0);
+}
+
+static void
+s_state_changed(sb_room_t *r)
+{
+    r->state_valid = false;
+    for (int v = 0; v < 3; v++)
+        gw_ws_shared_reset(&r->state_frame[v]);
 }
 
 static pd_str_t
@@ -355,7 +377,7 @@ s_mirror_join(sb_room_t *r, pd_str_t key, pd_str_t ref, pd_str_t meta)
         k->head = m;
     k->tail = m;
     r->nmembers++;
-    r->state_valid = false;
+    s_state_changed(r);
 }
 
 static void
@@ -373,7 +395,7 @@ s_mirror_remove(sb_room_t *r, sb_meta_t *m)
         k->tail = m->prev;
     free(m);
     r->nmembers--;
-    r->state_valid = false;
+    s_state_changed(r);
     if (!k->head) {
         pd_map_del(&r->keys, &k->e);
         if (k->prev)
@@ -561,7 +583,8 @@ s_diff_flush(sb_room_t *r)
     if (!r->nbatch)
         return;
     /* one rendering per (start, serializer): almost every channel starts at 0 */
-    pd_buf_t *diff = &sb->diff, *frame = sb->frame;
+    pd_buf_t *diff = &sb->diff;
+    gw_ws_shared_t *frame = sb->frame;
     uint32_t rendered_from = UINT32_MAX;
     char topic[sizeof SB_TOPIC_PREFIX + PD_PHX_MAX_FIELD];
     snprintf(topic, sizeof topic, SB_TOPIC_PREFIX "%.*s", (int)r->clen, r->channel);
@@ -574,14 +597,14 @@ s_diff_flush(sb_room_t *r)
             pd_buf_reset(diff);
             s_render_diff(r, ch->batch_from, diff);
             for (int v = 0; v < 3; v++)
-                pd_buf_reset(&frame[v]);
+                gw_ws_shared_reset(&frame[v]);
             rendered_from = ch->batch_from;
         }
         int vsn = ch->c->vsn;
-        if (!frame[vsn].len)
-            pd_phx_encode(&frame[vsn], vsn, PD_STR_NULL, PD_STR_NULL, pd_str(topic),
+        if (!frame[vsn].plain.len)
+            pd_phx_encode(&frame[vsn].plain, vsn, PD_STR_NULL, PD_STR_NULL, pd_str(topic),
                           PD_STR("presence_diff"), diff->data, diff->len);
-        s_send_text(ch->c, &frame[vsn]);
+        s_send_shared(ch->c, &frame[vsn]);
         sb->diffs++;
     }
     if (s_room_release(r))
@@ -607,7 +630,11 @@ s_chan_sync(sb_chan_t *ch)
     const pd_buf_t *st = s_room_state(r);
     sb_conn_t *c = ch->c;
     r->sb->states++;
-    s_push(ch, "presence_state", st->data, st->len);
+    gw_ws_shared_t *sh = &r->state_frame[c->vsn];
+    if (!sh->plain.len) /* no join_ref: one frame for every joiner of this state */
+        pd_phx_encode(&sh->plain, c->vsn, PD_STR_NULL, PD_STR_NULL, pd_str(ch->topic),
+                      PD_STR("presence_state"), st->data, st->len);
+    s_send_shared(c, sh);
     if (c->ws.state != GW_WS_OPEN)
         return; /* dropped while sending: ch is gone */
     ch->synced = true;
@@ -656,6 +683,8 @@ s_room_get(sb_t *sb, pd_str_t project, pd_str_t channel)
     pd_map_init(&r->keys);
     pd_map_init(&r->metas);
     pd_buf_init(&r->state_json);
+    for (int v = 0; v < 3; v++)
+        gw_ws_shared_init(&r->state_frame[v]);
     pd_buf_init(&r->arena);
     r->diff_entry.cb = s_on_diff_timer;
     pd_map_add(&sb->rooms, &r->e);
@@ -673,6 +702,8 @@ s_room_free(sb_room_t *r)
     pd_map_free(&r->keys);
     pd_map_free(&r->metas);
     pd_buf_free(&r->state_json);
+    for (int v = 0; v < 3; v++)
+        gw_ws_shared_free(&r->state_frame[v]);
     pd_buf_free(&r->arena);
     free(r->batch);
     free(r);
@@ -1356,9 +1387,10 @@ s_on_bcast(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
     bool binary = flags & PD_ROOM_FL_BINARY;
     char topic[sizeof SB_TOPIC_PREFIX + PD_PHX_MAX_FIELD];
     snprintf(topic, sizeof topic, SB_TOPIC_PREFIX "%.*s", (int)r->clen, r->channel);
-    pd_buf_t *payload = &sb->payload, *frame = sb->frame;
+    pd_buf_t *payload = &sb->payload;
+    gw_ws_shared_t *frame = sb->frame;
     for (int v = 0; v < 3; v++)
-        pd_buf_reset(&frame[v]);
+        gw_ws_shared_reset(&frame[v]);
     r->busy++;
     for (sb_chan_t *ch = r->chans, *next; ch; ch = next) {
         next = ch->next_r;
@@ -1367,9 +1399,9 @@ s_on_bcast(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
         int vsn = ch->c->vsn;
         if (binary && vsn != PD_PHX_V2)
             continue; /* vsn 1.0.0 has no binary frames */
-        if (!frame[vsn].len) {
+        if (!frame[vsn].plain.len) {
             if (binary) {
-                if (pd_phx_encode_bcast(&frame[vsn], pd_str(topic), event, PD_STR(""),
+                if (pd_phx_encode_bcast(&frame[vsn].plain, pd_str(topic), event, PD_STR(""),
                                         PD_PHX_ENC_BINARY, body.ptr, body.len) < 0)
                     break;
             } else {
@@ -1379,16 +1411,16 @@ s_on_bcast(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
                 pd_buf_adds(payload, ",\"payload\":");
                 pd_buf_add(payload, body.ptr, body.len);
                 pd_buf_add(payload, "}", 1);
-                pd_phx_encode(&frame[vsn], vsn, PD_STR_NULL, PD_STR_NULL, pd_str(topic),
+                pd_phx_encode(&frame[vsn].plain, vsn, PD_STR_NULL, PD_STR_NULL, pd_str(topic),
                               PD_STR("broadcast"), payload->data, payload->len);
             }
         }
         if (binary) {
-            char *d = gw_ws_out(&ch->c->ws, GW_WS_BINARY, frame[vsn].len);
+            char *d = gw_ws_out(&ch->c->ws, GW_WS_BINARY, frame[vsn].plain.len);
             if (d)
-                memcpy(d, frame[vsn].data, frame[vsn].len);
+                memcpy(d, frame[vsn].plain.data, frame[vsn].plain.len);
         } else {
-            s_send_text(ch->c, &frame[vsn]);
+            s_send_shared(ch->c, &frame[vsn]);
         }
         sb->bcasts_out++;
     }
@@ -1632,7 +1664,7 @@ gw_sb_init(gw_t *gw)
     pd_buf_init(&sb->diff);
     pd_buf_init(&sb->payload);
     for (int v = 0; v < 3; v++)
-        pd_buf_init(&sb->frame[v]);
+        gw_ws_shared_init(&sb->frame[v]);
     int window = gw->cfg->room_diff_ms;
     h2o_timeout_init(gw->ctx.loop, &sb->diff_timeout,
                      window >= 1 && window <= 1000 ? (uint64_t)window : SB_DIFF_WINDOW_MS);
