@@ -15,8 +15,8 @@
  *  scale` adds nodes, they are started at once (the broker moves records to them once they are
  *  up); a node that has left the set (the broker settled, so it holds nothing) is stopped a
  *  second later (gateways have the new route table by then) and its segments are removed. The
- *  embedded key set has keys for STORE_KEYS store nodes (or --stores, if more), so a new node
- *  needs no new key. */
+ *  embedded key set has keys for STORE_KEYS (63, the broker's most) store nodes, so a new node
+ *  needs no new key and any scale the broker accepts can be started. */
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -50,7 +50,7 @@ typedef struct {
     int64_t stop_at;  //  mono ms to stop a store node that left the set (0: none)
 } child_t;
 
-#define STORE_KEYS 16 //  store keys in the embedded key set
+#define STORE_KEYS 63 //  store keys in the embedded key set: the broker's most (MAX_NODES)
 
 static void
 s_store_unlink(pd_config_t *cfg, int node)
@@ -76,7 +76,7 @@ s_store_set(const pd_config_t *cfg)
         fclose(f);
     int want = from > to ? from : to;
     want = pending > want ? pending : want;
-    return want >= 1 && want <= 64 ? want : 0;
+    return want >= 1 && want <= STORE_KEYS ? want : 0;
 }
 
 //  Starts the store nodes the store set adds, and stops (then forgets) those it has left.
