@@ -194,9 +194,12 @@ s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *pr
 {
     pd_msgw_t *w = &self->events;
     bool deadline = s_for_reaper(action, rec, prev);
-    if (!deadline && !self->events_wanted)
+    if (!deadline && !self->events_wanted && self->bus_ready)
         return; /* nobody would get it: not made, not kept (a gateway joining is answered with a
-                 * HELLO, and serves no subscriber before that) */
+                 * HELLO, and serves no subscriber before that). Until the broker's XSUB has
+                 * subscribed (bus_ready) we cannot know: a node started by a scale is sent
+                 * writes ~300 ms before its bus link is up, and their events must be in the
+                 * outbox for the gateways' resync (reshard.test.js's subscriber missed them). */
     s_topic(self, deadline ? PD_BUS_DEADLINE : PD_BUS_EVENT);
     size_t start = w->sb.size;
     pd_msgw_begin(w, PD_MSG_EVENT, ++self->seq);
