@@ -175,11 +175,9 @@ it('2 -> 3 -> 2 store nodes under continuous writes, reads and a realtime subscr
         const [id, v] = [key.slice(0, key.lastIndexOf('/')), Number(key.slice(key.lastIndexOf('/') + 1))];
         if (!(newest.get(id) >= v)) newest.set(id, v);
     }
-    await t.test('the subscriber has the event of every record\'s last acknowledged write, or of a later one', {
-        todo: 'in about 1 run of 3, a record whose writes were applied by a store node 3 started for the second time ' +
-            '(2 -> 3 -> 2 -> 3) has no event at the subscriber after some version: the gateways log no generation ' +
-            'change for that node, so its events seem not to reach them (under investigation; see the issue note)',
-    }, () => {
+    // (a node started by a scale is sent writes before its bus link is up: their events are kept
+    // in its outbox for the gateways' resync; they were once dropped, about 1 run in 3)
+    await t.test('the subscriber has the event of every record\'s last acknowledged write, or of a later one', () => {
         for (const [id, av] of acked)
             assert.ok(newest.get(id) >= av, `the event of ${id}'s last acknowledged write (v ${av}) or a later one (newest seen: v ${newest.get(id)})`);
     });
