@@ -154,6 +154,7 @@ typedef struct {
     int64_t total;      //  LIST: summed totals
     pd_buf_t cursor;    //  LIST: the cursor's item (msgpack)
     pd_query_t *query;  //  LIST: parsed queries (order, limit, offset)
+    bool count;         //  LIST with FLAGS COUNT: answer {"total": N}, summed, uncapped
     uint64_t lc_gen;    //  LIST with ?ttl=: the list cache's generation at its start (0: none);
                         //  a delete or purge=true update: 1, purge it on success (pd_listcache.h)
     pd_buf_t sent;      //  while records move: the last message sent to a store (for MOVED)
@@ -256,6 +257,7 @@ s_op_new(broker_t *self, int kind, int peer, uint64_t rid)
     op->deadline = pd_mono_ms() + OP_TIMEOUT_MS;
     op->retries = 0;
     op->fresh = false;
+    op->count = false;
     op->claimed[0] = 0;
     op->total = 0;
     op->pending = 0;
@@ -599,6 +601,7 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         }
         op_t *op = s_op_new(self, OP_LIST, peer, m->rid);
         op->query = query;
+        op->count = (m->i[PD_F_FLAGS] & PD_FL_COUNT) != 0;
         op->lc_gen = pd_listcache_gen(self->lcache, m);
         pd_buf_add(&op->req, m->raw, m->raw_len);
         bool before;
@@ -756,6 +759,17 @@ s_item_cmp(const void *a, const void *b)
 static void
 s_list_finish(broker_t *self, op_t *op)
 {
+    if (op->count) {
+        char body[48];
+        int len = snprintf(body, sizeof body, "{\"total\":%lld}", (long long)op->total);
+        pd_msgw_t *w = &self->peers[op->peer].out;
+        pd_msgw_begin(w, PD_MSG_REPLY, op->rid);
+        pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+        pd_msgw_str(w, PD_F_BODY, body, (size_t)len);
+        pd_msgw_end(w);
+        s_op_free(self, op);
+        return;
+    }
     msgpack_zone zone;
     msgpack_zone_init(&zone, 4096);
     size_t cap = 64, n = 0, off = 0;

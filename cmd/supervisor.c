@@ -159,6 +159,8 @@ s_spawn(pd_config_t *cfg, child_t *c)
     snprintf(verbose, sizeof verbose, "%d", cfg->verbosity);
     snprintf(cap, sizeof cap, "%zu", cfg->store_capacity);
     snprintf(arena, sizeof arena, "%zu", cfg->store_arena);
+    char scanmax[32];
+    snprintf(scanmax, sizeof scanmax, "%zu", cfg->list_scan_max);
     snprintf(maxbody, sizeof maxbody, "%zu", cfg->max_body);
     snprintf(tmo, sizeof tmo, "%d", cfg->request_timeout_ms);
     char shm[160], front[300];
@@ -205,6 +207,7 @@ s_spawn(pd_config_t *cfg, child_t *c)
         argv[n++] = "--store-front"; argv[n++] = front;
         argv[n++] = "--store-capacity"; argv[n++] = cap;
         argv[n++] = "--store-arena"; argv[n++] = arena;
+        argv[n++] = "--list-scan-max"; argv[n++] = scanmax;
     } else if (strcmp(c->role, "reaper") == 0) {
         argv[n++] = "--broker-front"; argv[n++] = cfg->broker_front;
         argv[n++] = "--bus-out"; argv[n++] = cfg->bus_out;

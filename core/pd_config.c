@@ -45,6 +45,8 @@ static const struct opt {
     O("bus-out", T_STR, bus_out, "bus endpoint subscribers connect to (XPUB)"),
     O("claim-cache", T_SIZE, claim_cache, "broker, gateway: claim cache entries (1000000)"),
     O("list-cache", T_SIZE, list_cache, "broker: bytes of cached lists, ?ttl= (67108864)"),
+    O("list-scan-max", T_SIZE, list_scan_max,
+      "store: records whose metadata one list or count may read on a node, 0: no limit (100000)"),
     O("move-rate", T_SIZE, move_rate, "broker: records and claims moved per second when resharding (50000)"),
     O("keys", T_STR, keys_dir, "directory of the cluster's CURVE keys (presencectl cluster-keys)"),
     O("shm", T_STR, shm_name, "store: shared-memory segment name"),
@@ -161,6 +163,7 @@ pd_config_parse(pd_config_t *cfg, int argc, char **argv)
     cfg->header_timeout_ms = 10000;
     cfg->room_diff_ms = 25;
     cfg->ws_deflate = 1;
+    cfg->list_scan_max = 100000;
     cfg->store_capacity = 1048576;
     cfg->store_arena = (size_t)1 << 30;
     snprintf(cfg->host, sizeof cfg->host, "0.0.0.0");
@@ -343,6 +346,50 @@ s_check_supabase(const json_t *sb, const char *id, char *err, size_t n)
     return 0;
 }
 
+#define PD_PROJECT_MAX_INDEXES 8
+
+/*  "indexes": the attributes a project's lists and counts may find by value (st_index.h):
+ *  "status" or "metadata.<key>[.<key>...]" (keys of A-Z a-z 0-9 _ -), at most 8, no repeats. */
+static int
+s_load_indexes(const json_t *v, pd_project_t *p, char *err, size_t n)
+{
+    if (!json_is_array(v) || json_array_size(v) > PD_PROJECT_MAX_INDEXES)
+        return pd_errf(err, n, -1, "project %s: indexes must be an array of at most %d attributes",
+                       p->id, PD_PROJECT_MAX_INDEXES);
+    pd_buf_t b;
+    pd_buf_init(&b);
+    size_t i;
+    const json_t *a;
+    json_array_foreach(v, i, a) {
+        const char *s = json_string_value(a);
+        size_t len = s ? strlen(s) : 0;
+        bool ok = s && len <= 128 && json_string_length(a) == len;
+        if (ok && strcmp(s, "status") != 0) {
+            ok = strncmp(s, "metadata.", 9) == 0 && len > 9;
+            for (size_t k = 9; ok && k < len; k++) {
+                char c = s[k];
+                ok = isalnum((unsigned char)c) || c == '_' || c == '-' ||
+                     (c == '.' && s[k - 1] != '.' && k + 1 < len);
+            }
+        }
+        if (!ok) {
+            pd_buf_free(&b);
+            return pd_errf(err, n, -1,
+                           "project %s: indexes[%zu] must be \"status\" or \"metadata.<key>\" "
+                           "(keys of A-Z a-z 0-9 _ - joined by dots, 128 bytes at most)",
+                           p->id, i);
+        }
+        if (b.len && pd_list_has((pd_str_t){b.data, b.len}, pd_str(s))) {
+            pd_buf_free(&b);
+            return pd_errf(err, n, -1, "project %s: indexes[%zu]: %s is listed twice", p->id, i, s);
+        }
+        pd_buf_add(&b, s, len + 1);
+    }
+    p->indexes = b.data;
+    p->indexes_len = b.len;
+    return 0;
+}
+
 /*  Reads one project object of the config file (format in README "Identity"). Secrets are
  *  read from the environment variable a "*_env" key names (Kubernetes secrets), or inline. */
 static int
@@ -379,6 +426,8 @@ s_load_project(json_t *o, pd_project_t *p, char *err, size_t n)
     if (v && s_check_supabase(v, id, err, n) < 0)
         return -1;
     p->supabase = json_incref(v);
+    if ((v = json_object_get(o, "indexes")) && s_load_indexes(v, p, err, n) < 0)
+        return -1;
     json_t *origins = json_object_get(o, "origins");
     if (json_is_array(origins) && json_array_size(origins)) {
         p->origins = calloc(json_array_size(origins), sizeof *p->origins);
@@ -592,6 +641,7 @@ pd_projects_free(pd_projects_t *ps)
             free(p->origins[k]);
         free(p->origins);
         json_decref(p->supabase);
+        free(p->indexes);
     }
     free(ps->v);
     memset(ps, 0, sizeof *ps);

@@ -37,6 +37,8 @@ typedef struct {
     size_t max_records;        //  0 = unlimited
     size_t max_connections;    //  0 = unlimited
     json_t *supabase;          //  the projects file's "supabase" object, or NULL (gw_supabase.c)
+    char *indexes;             //  indexed attributes, packed list ("status", "metadata.<path>")
+    size_t indexes_len;        //  its bytes (0: none)
     unsigned char tag_key[PD_KEY_TAG_KEYBYTES]; //  random SipHash key of the key cache
 } pd_project_t;
 
@@ -81,6 +83,7 @@ typedef struct {
     char bus_out[256];        //  subscribers (gateways, reaper) connect here (XPUB)
     size_t claim_cache;       //  broker, gateway: claim cache entries (pd_claims.h; 0 = 1000000)
     size_t list_cache;        //  broker: bytes of cached lists (pd_listcache.h; 0 = 64 MiB)
+    size_t list_scan_max;     //  store: records whose metadata one list may read (0: no limit)
     size_t move_rate;         //  broker: records and claims moved per second when resharding (0 = 50000)
     char keys_dir[256];       //  the cluster's CURVE key set (pd_keys.h); the supervisor makes one
 

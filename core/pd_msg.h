@@ -53,6 +53,7 @@ enum {
     PD_FL_CACHE_HIT = 1 << 15,  //  LIST reply: answered from the list cache
     PD_FL_MOVED = 1 << 16,      //  REPLY: not this node's record (it moved, or moves): ask
                                 //  the broker (pd_shards, broker.c "resharding")
+    PD_FL_COUNT = 1 << 17,      //  LIST: the number of matches only (TOTAL, no items, no cap)
 };
 
 //  EVENT actions.

@@ -965,6 +965,106 @@ pd_query_match(const pd_query_t *self, pd_qrec_t *r)
     return true;
 }
 
+size_t
+pd_query_nfilters(const pd_query_t *self)
+{
+    return self->match_all ? 0 : self->nfilters;
+}
+
+bool
+pd_query_paged(const pd_query_t *self)
+{
+    return self->has_limit || self->has_offset || self->cursor.ptr || self->norder;
+}
+
+//  Appends v's index key to out; false for an object or array (no key).
+static bool
+s_val_key(const val_t *v, pd_buf_t *out)
+{
+    char tmp[32];
+    switch (v->type) {
+    case V_NULL:
+        pd_buf_add(out, "n", 1);
+        return true;
+    case V_BOOL:
+        pd_buf_add(out, v->b ? "b1" : "b0", 2);
+        return true;
+    case V_INT:
+        pd_buf_add(out, tmp, (size_t)snprintf(tmp, sizeof tmp, "i%lld", (long long)v->i));
+        return true;
+    case V_REAL:
+        /* An integral double equals the int of its value: the same key. */
+        if (v->d == v->d && v->d >= -9223372036854775808.0 && v->d < 9223372036854775808.0 &&
+            (double)(int64_t)v->d == v->d) {
+            pd_buf_add(out, tmp, (size_t)snprintf(tmp, sizeof tmp, "i%lld", (long long)(int64_t)v->d));
+            return true;
+        }
+        tmp[0] = 'd';
+        memcpy(tmp + 1, &v->d, sizeof v->d);
+        pd_buf_add(out, tmp, 1 + sizeof v->d);
+        return true;
+    case V_STR:
+        pd_buf_add(out, "s", 1);
+        pd_buf_add(out, v->s.ptr, v->s.len);
+        return true;
+    }
+    return false;
+}
+
+int
+pd_query_index_keys(const pd_query_t *self, pd_str_t attr, pd_buf_t *out)
+{
+    int a;
+    pd_str_t path;
+    if (self->match_all || s_attr(attr, &a, &path) < 0 || (a != A_STATUS && a != A_META))
+        return -1;
+    for (size_t i = 0; i < self->nfilters; i++) {
+        const node_t *f = &self->filters[i];
+        if (f->method != M_EQUAL || f->attr != a || !f->nv || (a == A_META && !pd_str_eq(f->path, path)))
+            continue;
+        size_t mark = out->len;
+        int n = 0;
+        for (size_t k = 0; k < f->nv; k++) {
+            size_t at = out->len;
+            uint32_t len = 0;
+            pd_buf_add(out, &len, sizeof len);
+            if (!s_val_key(&f->vals[k], out)) {
+                out->len = mark;
+                return -1;
+            }
+            len = (uint32_t)(out->len - at - sizeof len);
+            memcpy(out->data + at, &len, sizeof len);
+            /* drop a value given twice: its records would be visited twice */
+            bool dup = false;
+            for (size_t p = mark; p < at && !dup;) {
+                uint32_t l;
+                memcpy(&l, out->data + p, sizeof l);
+                dup = l == len && memcmp(out->data + p + sizeof l, out->data + at + sizeof len, len) == 0;
+                p += sizeof l + l;
+            }
+            if (dup)
+                out->len = at;
+            else
+                n++;
+        }
+        return n;
+    }
+    return -1;
+}
+
+bool
+pd_qrec_index_key(pd_qrec_t *r, pd_str_t attr, pd_buf_t *out)
+{
+    int a;
+    pd_str_t path;
+    val_t v;
+    pd_buf_reset(out);
+    if (s_attr(attr, &a, &path) < 0 || (a != A_STATUS && a != A_META) ||
+        !s_rec_val(r, a, path, &v))
+        return false;
+    return s_val_key(&v, out);
+}
+
 static pd_qval_t
 s_qval(int type)
 {

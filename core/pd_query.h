@@ -49,6 +49,17 @@ pd_str_t pd_query_cursor(const pd_query_t *self, bool *before);
 //  If the top level holds equal(attr, [one value]) on a string attribute ("userId",
 //  "status", "$id"), returns true and the value: lets a store use an index.
 bool pd_query_equal_on(const pd_query_t *self, const char *attr, pd_str_t *value);
+//  Top-level filters (ANDed); 0 for none.
+size_t pd_query_nfilters(const pd_query_t *self);
+//  True if limit, offset, a cursor or an order was given (a count takes filters only).
+bool pd_query_paged(const pd_query_t *self);
+
+/*  Index keys: equal values have equal keys (an int and a double of one value too, as equal()
+ *  compares them), different values different keys. Objects and arrays have none.
+ *  pd_query_index_keys: if a top-level equal(attr, [values]) names attr ("status" or
+ *  "metadata.<path>") and every value has a key, appends the distinct keys to out, each as a
+ *  4-byte length then its bytes, and returns how many; otherwise -1. */
+int pd_query_index_keys(const pd_query_t *self, pd_str_t attr, pd_buf_t *out);
 
 //  Per-record scratch for matching: metadata is parsed at most once, and only if a query needs
 //  it. Init before use, clear after (frees the parsed metadata).
@@ -64,6 +75,9 @@ void pd_qrec_clear(pd_qrec_t *r);
 //  True if the record satisfies every filter (AND at the top level). select/paging/order are
 //  ignored here.
 bool pd_query_match(const pd_query_t *self, pd_qrec_t *r);
+//  The record's index key of attr ("status" or "metadata.<path>"), appended to out (which is
+//  reset first); false if the record has no such value or it is an object or array.
+bool pd_qrec_index_key(pd_qrec_t *r, pd_str_t attr, pd_buf_t *out);
 
 /*  Sort keys: the values a page is ordered by. The implicit last keys are $createdAt then $id
  *  (ascending), so every order is total. A key's strings are views into the record or the

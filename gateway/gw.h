@@ -17,6 +17,7 @@
 /*  Routes, for metrics. */
 #define GW_ROUTES(X)                                                                               \
     X(PING, "ping") X(HEALTH, "health") X(METRICS, "metrics") X(LIST, "list") X(GET, "get")        \
+    X(COUNT, "count")                                                                              \
     X(UPSERT, "upsert") X(UPDATE, "update") X(DELETE, "delete") X(JWT, "jwt")                      \
     X(REALTIME, "realtime") X(OPTIONS, "options") X(OTHER, "other")
 enum {

@@ -433,13 +433,18 @@ s_ttl_param(pd_str_t v)
     return n;
 }
 
+/*  GET /v1/presences (route LIST) and our extension GET /v1/presences/count (route COUNT):
+ *  a count takes filters only (no limit, offset, cursor or order, no ttl) and answers
+ *  {"total": N}, exact (no 5,000 cap); the store nodes count an equal() on an attribute the
+ *  project indexes without visiting its records (st_index.h). */
 static void
-s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
+s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0, int route)
 {
     pd_str_t qs[PD_QUERY_MAX];
     size_t nq = 0;
     bool total = true;
     int64_t ttl = 0;
+    bool count = route == GW_ROUTE_COUNT;
     if (req->query_at != SIZE_MAX) {
         const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
         while (p < end) {
@@ -450,23 +455,23 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
             pd_str_t key, val = PD_STR("");
             if (gw_http_urldecode_pool(&req->pool, p, (size_t)((eq ? eq : amp) - p), &key) < 0 ||
                 (eq && gw_http_urldecode_pool(&req->pool, eq + 1, (size_t)(amp - eq - 1), &val) < 0)) {
-                gw_respond_err(gw, req, GW_ROUTE_LIST, PD_ERR_ARGUMENT_INVALID,
+                gw_respond_err(gw, req, route, PD_ERR_ARGUMENT_INVALID,
                                PD_STR("Invalid query string encoding."), t0);
                 return;
             }
             if (key.len >= 7 && memcmp(key.ptr, "queries", 7) == 0 &&
                 (key.len == 7 || key.ptr[7] == '[')) {
                 if (nq == PD_QUERY_MAX) {
-                    s_errf(gw, req, GW_ROUTE_LIST, PD_ERR_ARGUMENT_INVALID, t0,
+                    s_errf(gw, req, route, PD_ERR_ARGUMENT_INVALID, t0,
                            "Invalid `queries` param: Value must be an array of no more than "
                            "%d items",
                            PD_QUERY_MAX);
                     return;
                 }
                 qs[nq++] = val;
-            } else if (pd_str_eqc(key, "ttl")) {
+            } else if (pd_str_eqc(key, "ttl") && !count) {
                 if ((ttl = s_ttl_param(val)) < 0) {
-                    s_errf(gw, req, GW_ROUTE_LIST, PD_ERR_ARGUMENT_INVALID, t0,
+                    s_errf(gw, req, route, PD_ERR_ARGUMENT_INVALID, t0,
                            "Invalid `ttl` param: Value must be a valid range between 0 and %s",
                            "86,400");
                     return;
@@ -475,7 +480,7 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
                 if (pd_str_eqc(val, "false") || pd_str_eqc(val, "0"))
                     total = false;
                 else if (!pd_str_eqc(val, "true") && !pd_str_eqc(val, "1")) {
-                    gw_respond_err(gw, req, GW_ROUTE_LIST, PD_ERR_ARGUMENT_INVALID,
+                    gw_respond_err(gw, req, route, PD_ERR_ARGUMENT_INVALID,
                                    PD_STR("Invalid `total` param: Value must be a valid boolean"),
                                    t0);
                     return;
@@ -488,12 +493,20 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
     int code;
     pd_query_t *q = pd_query_parse(qs, nq, PD_QMODE_LIST, &code, err, sizeof err);
     if (!q) {
-        gw_respond_err(gw, req, GW_ROUTE_LIST, code, pd_str(err), t0);
+        gw_respond_err(gw, req, route, code, pd_str(err), t0);
         return;
     }
+    bool paged = pd_query_paged(q);
     pd_query_destroy(&q);
+    if (count && paged) {
+        gw_respond_err(gw, req, route, PD_ERR_QUERY_INVALID,
+                       PD_STR("Invalid query: a count takes filters only (no limit, offset, "
+                              "cursorAfter, cursorBefore, orderAsc or orderDesc)."),
+                       t0);
+        return;
+    }
     gw_pending_t *p =
-        gw_pending_new(gw, req, GW_ROUTE_LIST, ttl ? s_on_cached_list_reply : s_on_reply);
+        gw_pending_new(gw, req, route, ttl ? s_on_cached_list_reply : s_on_reply);
     pd_msgw_t *w = gw_send_begin(gw, PD_MSG_LIST, p->rid);
     if (ttl)
         pd_msgw_int(w, PD_F_TTL, ttl);
@@ -506,7 +519,9 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0)
     }
     pd_msgw_str(w, PD_F_QUERIES, packed.data ? packed.data : "", packed.len);
     pd_buf_free(&packed);
-    s_put_caller(w, id, total ? PD_FL_TOTAL : 0);
+    if (id->project->indexes_len)
+        pd_msgw_str(w, PD_F_INDEXES, id->project->indexes, id->project->indexes_len);
+    s_put_caller(w, id, count ? PD_FL_COUNT | PD_FL_TOTAL : total ? PD_FL_TOTAL : 0);
     gw_send_end(gw);
 }
 
@@ -618,6 +633,8 @@ gw_rest_on_req(h2o_handler_t *handler, h2o_req_t *req)
         route = s_method(req, "GET") ? GW_ROUTE_PING : GW_ROUTE_OTHER;
     } else if (pd_str_eqc(path, pfx)) {
         route = s_method(req, "GET") ? GW_ROUTE_LIST : GW_ROUTE_OTHER;
+    } else if (pd_str_eqc(path, "/v1/presences/count") && s_method(req, "GET")) {
+        route = GW_ROUTE_COUNT; /* our extension; it hides a GET of the presence "count" */
     } else if (path.len > strlen(pfx) + 1 && memcmp(path.ptr, pfx, strlen(pfx)) == 0 &&
                path.ptr[strlen(pfx)] == '/' &&
                !memchr(path.ptr + strlen(pfx) + 1, '/', path.len - strlen(pfx) - 1)) {
@@ -651,7 +668,8 @@ gw_rest_on_req(h2o_handler_t *handler, h2o_req_t *req)
         goto out;
     }
     uint32_t scope = route == GW_ROUTE_JWT                            ? PD_SCOPE_USERS_WRITE
-                     : (route == GW_ROUTE_GET || route == GW_ROUTE_LIST) ? PD_SCOPE_PRESENCES_READ
+                     : (route == GW_ROUTE_GET || route == GW_ROUTE_LIST ||
+                        route == GW_ROUTE_COUNT)                         ? PD_SCOPE_PRESENCES_READ
                                                                          : PD_SCOPE_PRESENCES_WRITE;
     if (s_check_scope(&id, scope, err, sizeof err) < 0) {
         gw_respond_err(gw, req, route, PD_ERR_UNAUTHORIZED_SCOPE, pd_str(err), t0);
@@ -666,7 +684,8 @@ gw_rest_on_req(h2o_handler_t *handler, h2o_req_t *req)
         goto out;
     }
     switch (route) {
-    case GW_ROUTE_LIST: s_list(gw, req, &id, t0); break;
+    case GW_ROUTE_LIST:
+    case GW_ROUTE_COUNT: s_list(gw, req, &id, t0, route); break;
     case GW_ROUTE_GET: s_simple(gw, req, &id, pid, PD_MSG_GET, route); break;
     case GW_ROUTE_DELETE: s_simple(gw, req, &id, pid, PD_MSG_DELETE, route); break;
     case GW_ROUTE_UPSERT: s_write(gw, req, &id, pid, true, t0); break;

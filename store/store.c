@@ -45,6 +45,7 @@
 #include "pd_query.h"
 #include "pd_record.h"
 #include "pd_table.h"
+#include "st_index.h"
 #include "st_rooms.h"
 #include "st_replay.h"
 
@@ -85,6 +86,9 @@ typedef struct {
     pd_buf_t scratch;
     zhash_t *counts;      //  project -> records held (int64_t *), for per-project limits
     st_rooms_t *rooms;    //  rooms: presence sets per channel (st_rooms.h)
+    st_index_t *index;    //  indexes projects declare, for equal() lists and counts (st_index.h)
+    pd_buf_t ikeys;       //  scratch: a list's index keys
+    uint64_t scan_refused; //  lists refused for examining too many records' metadata
     int sh_from, sh_to;   //  the store set (SHARDS): records move from sh_from nodes to sh_to;
                           //  0 until the broker has said (direct requests are refused until then)
     zhash_t *frozen;      //  records and claims sent by MOVE_OUT, not yet dropped (s_move_key)
@@ -224,6 +228,7 @@ static void
 s_on_change(const pd_record_t *rec, const pd_record_t *prev, void *arg)
 {
     store_t *self = arg;
+    st_index_change(self->index, rec, prev);
     if (self->silent)
         return;
     if (!rec)
@@ -810,6 +815,10 @@ typedef struct {
     cand_t *v;
     size_t n, cap;
     int64_t total;
+    bool count_only;   //  COUNT: total only, no page
+    bool capped;       //  a status chain or a scan: metadata reads count against the cap
+    size_t examined;   //  records whose metadata a filter read
+    bool over;         //  examined passed the node's --list-scan-max: refused
 } list_ctx_t;
 
 static const pd_query_t *s_sort_q;
@@ -832,7 +841,15 @@ s_list_visit(const pd_record_t *rec, void *arg)
     pd_qrec_t qr;
     pd_qrec_init(&qr, rec);
     bool ok = pd_query_match(c->q, &qr);
-    if (ok) {
+    size_t max = c->self->cfg->list_scan_max;
+    if (qr.meta_tried && c->capped && max && ++c->examined > max) {
+        pd_qrec_clear(&qr);
+        c->over = true;
+        return 1;
+    }
+    if (ok && c->count_only) {
+        c->total++;
+    } else if (ok) {
         c->total++;
         pd_qkey_t key;
         pd_query_key(c->q, &qr, &key);
@@ -854,6 +871,67 @@ s_list_visit(const pd_record_t *rec, void *arg)
     }
     pd_qrec_clear(&qr);
     return 0;
+}
+
+static int
+s_list_visit_id(pd_str_t id, void *arg)
+{
+    list_ctx_t *c = arg;
+    pd_record_t rec;
+    if (pd_table_get(c->self->table, c->m->s[PD_F_PROJECT], id, &rec) == 0)
+        return s_list_visit(&rec, c);
+    return 0;
+}
+
+/*  Visits the records a list may match, from the narrowest source the queries allow: one
+ *  record ($id, userId), the sets of an indexed attribute's equal() (st_index.h; counted
+ *  without a visit when that equal() is the only filter, the caller sees every record and
+ *  none has expired), the status chain, or every record. On the last two, filters may read
+ *  the metadata of at most --list-scan-max records of the project (c->over beyond): a guest
+ *  must not make a node parse every record in a loop. */
+static void
+s_list_candidates(store_t *self, list_ctx_t *c)
+{
+    const pd_msg_t *m = c->m;
+    pd_str_t project = m->s[PD_F_PROJECT], v;
+    pd_record_t rec;
+    if (pd_query_equal_on(c->q, "$id", &v)) {
+        if (pd_table_get(self->table, project, v, &rec) == 0)
+            s_list_visit(&rec, c);
+        return;
+    }
+    if (pd_query_equal_on(c->q, "userId", &v)) {
+        if (pd_table_get_by_user(self->table, project, v, &rec) == 0)
+            s_list_visit(&rec, c);
+        return;
+    }
+    pd_str_t l = m->s[PD_F_INDEXES];
+    for (pd_str_t a = pd_list_first(l); a.ptr; a = pd_list_next(l, a)) {
+        pd_buf_reset(&self->ikeys);
+        int nk = pd_query_index_keys(c->q, a, &self->ikeys);
+        st_idx_t *ix = nk < 0 ? NULL : st_index_want(self->index, self->table, project, a);
+        if (!ix)
+            continue;
+        bool counted = c->count_only && pd_query_nfilters(c->q) == 1 &&
+                       (m->i[PD_F_FLAGS] & PD_FL_BYPASS) &&
+                       pd_table_next_expiry(self->table) > c->now;
+        for (size_t off = 0; off < self->ikeys.len && !c->over;) {
+            uint32_t len;
+            memcpy(&len, self->ikeys.data + off, sizeof len);
+            pd_str_t key = {self->ikeys.data + off + sizeof len, len};
+            off += sizeof len + len;
+            if (counted)
+                c->total += (int64_t)st_idx_count(ix, key);
+            else
+                st_idx_each(ix, key, s_list_visit_id, c);
+        }
+        return;
+    }
+    c->capped = true;
+    if (pd_query_equal_on(c->q, "status", &v))
+        pd_table_foreach_status(self->table, project, v, s_list_visit, c);
+    else
+        pd_table_foreach(self->table, s_list_visit, c);
 }
 
 /*  Answers one node's part of a list: filters this node's records, orders the matches and
@@ -917,19 +995,27 @@ s_on_list(store_t *self, const pd_msg_t *m)
         c.has_cursor = true;
         pd_query_cursor(q, &c.before);
     }
-    pd_str_t v;
-    if (pd_query_equal_on(q, "$id", &v)) {
-        pd_record_t rec;
-        if (pd_table_get(self->table, m->s[PD_F_PROJECT], v, &rec) == 0)
-            s_list_visit(&rec, &c);
-    } else if (pd_query_equal_on(q, "userId", &v)) {
-        pd_record_t rec;
-        if (pd_table_get_by_user(self->table, m->s[PD_F_PROJECT], v, &rec) == 0)
-            s_list_visit(&rec, &c);
-    } else if (pd_query_equal_on(q, "status", &v)) {
-        pd_table_foreach_status(self->table, m->s[PD_F_PROJECT], v, s_list_visit, &c);
-    } else {
-        pd_table_foreach(self->table, s_list_visit, &c);
+    c.count_only = (m->i[PD_F_FLAGS] & PD_FL_COUNT) != 0;
+    s_list_candidates(self, &c);
+    if (c.over) {
+        self->scan_refused++;
+        snprintf(err, sizeof err,
+                 "Invalid query: the filters read the metadata of more than %zu records on a "
+                 "store node. Add an equal() on an attribute the project indexes, or on "
+                 "$id, userId or status.",
+                 self->cfg->list_scan_max);
+        s_reply_err(self, m, PD_ERR_QUERY_INVALID, err);
+        free(c.v);
+        pd_query_destroy(&q);
+        return;
+    }
+    if (c.count_only) {
+        pd_msgw_begin(w, PD_MSG_LIST_PAGE, m->rid);
+        pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+        pd_msgw_int(w, PD_F_TOTAL, c.total);
+        pd_msgw_end(w);
+        pd_query_destroy(&q);
+        return;
     }
     size_t k = (size_t)(pd_query_offset(q) + pd_query_limit(q));
     s_sort_q = q;
@@ -1300,6 +1386,8 @@ store_main(pd_config_t *cfg)
     s_outbox_open(self, created);
     pd_table_set_hook(self->table, s_on_change, self);
     self->rooms = st_rooms_open(cfg, created);
+    self->index = st_index_new();
+    pd_buf_init(&self->ikeys);
     self->counts = zhash_new();
     self->frozen = zhash_new();
     pd_table_foreach(self->table, s_count_visit, self);
@@ -1403,6 +1491,8 @@ store_main(pd_config_t *cfg)
     free(self->runs);
     pd_table_close(&self->table);
     st_rooms_close(&self->rooms);
+    st_index_destroy(&self->index);
+    pd_buf_free(&self->ikeys);
     zhash_destroy(&self->frozen);
     return 0;
 }

@@ -1,0 +1,290 @@
+/*  st_index — see st_index.h. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_map.h"
+#include "pd_query.h"
+#include "st_index.h"
+
+typedef struct member member_t;
+
+typedef struct {
+    pd_mapent_t ent; //  in st_idx_t.sets, by key
+    member_t **v;    //  the records holding the value
+    uint32_t n, cap;
+    uint32_t klen;
+    char key[];      //  the value's key
+} set_t;
+
+struct member {
+    pd_mapent_t ent; //  in st_idx_t.members, by record id
+    set_t *set;      //  the set it is in
+    uint32_t pos;    //  its place in set->v
+    uint8_t idlen;
+    char id[];       //  the record id (at most 36 bytes)
+};
+
+struct st_idx {
+    char project[40];
+    char *attr;
+    pd_map_t sets;    //  key -> set_t
+    pd_map_t members; //  id -> member_t
+    size_t bytes;     //  sets and members, allocations
+    st_idx_t *next;
+};
+
+struct st_index {
+    st_idx_t *list;
+    size_t n;
+    pd_buf_t key; //  scratch: a record's key
+};
+
+st_index_t *
+st_index_new(void)
+{
+    st_index_t *self = calloc(1, sizeof *self);
+    if (!self)
+        abort();
+    pd_buf_init(&self->key);
+    return self;
+}
+
+static void
+s_idx_free(st_idx_t *ix)
+{
+    for (size_t i = 0; i <= ix->members.mask; i++) {
+        pd_mapent_t *e = pd_map_slot(&ix->members, i);
+        while (e) {
+            pd_mapent_t *next = e->next;
+            free(e);
+            e = next;
+        }
+    }
+    for (size_t i = 0; i <= ix->sets.mask; i++) {
+        pd_mapent_t *e = pd_map_slot(&ix->sets, i);
+        while (e) {
+            pd_mapent_t *next = e->next;
+            free(((set_t *)e)->v);
+            free(e);
+            e = next;
+        }
+    }
+    pd_map_free(&ix->members);
+    pd_map_free(&ix->sets);
+    free(ix->attr);
+    free(ix);
+}
+
+void
+st_index_destroy(st_index_t **self_p)
+{
+    st_index_t *self = *self_p;
+    if (!self)
+        return;
+    for (st_idx_t *ix = self->list, *next; ix; ix = next) {
+        next = ix->next;
+        s_idx_free(ix);
+    }
+    pd_buf_free(&self->key);
+    free(self);
+    *self_p = NULL;
+}
+
+static set_t *
+s_set_find(const st_idx_t *ix, pd_str_t key, uint64_t h)
+{
+    for (pd_mapent_t *e = pd_map_first(&ix->sets, h); e; e = e->next) {
+        set_t *s = (set_t *)e;
+        if (e->hash == h && s->klen == key.len && memcmp(s->key, key.ptr, key.len) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+static member_t *
+s_member_find(const st_idx_t *ix, pd_str_t id)
+{
+    uint64_t h = pd_map_hash(&ix->members, id, PD_STR(""));
+    for (pd_mapent_t *e = pd_map_first(&ix->members, h); e; e = e->next) {
+        member_t *m = (member_t *)e;
+        if (e->hash == h && m->idlen == id.len && memcmp(m->id, id.ptr, id.len) == 0)
+            return m;
+    }
+    return NULL;
+}
+
+//  Takes m out of its set (swap-remove); frees the set once empty.
+static void
+s_leave(st_idx_t *ix, member_t *m)
+{
+    set_t *s = m->set;
+    if (!s)
+        return;
+    member_t *last = s->v[--s->n];
+    s->v[m->pos] = last;
+    last->pos = m->pos;
+    m->set = NULL;
+    if (!s->n) {
+        pd_map_del(&ix->sets, &s->ent);
+        ix->bytes -= sizeof *s + s->klen + s->cap * sizeof *s->v;
+        free(s->v);
+        free(s);
+    }
+}
+
+static void
+s_join(st_idx_t *ix, member_t *m, pd_str_t key)
+{
+    uint64_t h = pd_map_hash(&ix->sets, key, PD_STR(""));
+    set_t *s = s_set_find(ix, key, h);
+    if (!s) {
+        if (!(s = calloc(1, sizeof *s + key.len)))
+            abort();
+        memcpy(s->key, key.ptr, key.len);
+        s->klen = (uint32_t)key.len;
+        s->ent.hash = h;
+        pd_map_add(&ix->sets, &s->ent);
+        ix->bytes += sizeof *s + key.len;
+    }
+    if (s->n == s->cap) {
+        uint32_t cap = s->cap ? s->cap * 2 : 4;
+        member_t **v = realloc(s->v, cap * sizeof *v);
+        if (!v)
+            abort();
+        ix->bytes += (cap - s->cap) * sizeof *v;
+        s->v = v;
+        s->cap = cap;
+    }
+    m->set = s;
+    m->pos = s->n;
+    s->v[s->n++] = m;
+}
+
+//  Puts the record in the set of its value (or none), as it will be stored.
+static void
+s_index_rec(st_index_t *self, st_idx_t *ix, const pd_record_t *rec)
+{
+    pd_qrec_t qr;
+    pd_qrec_init(&qr, rec);
+    bool has = pd_qrec_index_key(&qr, pd_str(ix->attr), &self->key);
+    pd_qrec_clear(&qr);
+    pd_str_t key = {self->key.data, self->key.len};
+    member_t *m = s_member_find(ix, rec->id);
+    if (m && m->set && has && m->set->klen == key.len && memcmp(m->set->key, key.ptr, key.len) == 0)
+        return; //  unchanged: the usual update (a heartbeat, a status text)
+    if (m)
+        s_leave(ix, m);
+    if (!has) {
+        if (m) {
+            pd_map_del(&ix->members, &m->ent);
+            ix->bytes -= sizeof *m + m->idlen;
+            free(m);
+        }
+        return;
+    }
+    if (!m) {
+        if (rec->id.len > 255 || !(m = calloc(1, sizeof *m + rec->id.len)))
+            abort();
+        memcpy(m->id, rec->id.ptr, rec->id.len);
+        m->idlen = (uint8_t)rec->id.len;
+        m->ent.hash = pd_map_hash(&ix->members, rec->id, PD_STR(""));
+        pd_map_add(&ix->members, &m->ent);
+        ix->bytes += sizeof *m + m->idlen;
+    }
+    s_join(ix, m, key);
+}
+
+static void
+s_unindex(st_idx_t *ix, pd_str_t id)
+{
+    member_t *m = s_member_find(ix, id);
+    if (!m)
+        return;
+    s_leave(ix, m);
+    pd_map_del(&ix->members, &m->ent);
+    ix->bytes -= sizeof *m + m->idlen;
+    free(m);
+}
+
+void
+st_index_change(st_index_t *self, const pd_record_t *rec, const pd_record_t *prev)
+{
+    const pd_record_t *r = rec ? rec : prev;
+    if (!self->list || !r)
+        return;
+    for (st_idx_t *ix = self->list; ix; ix = ix->next) {
+        if (!pd_str_eqc(r->project, ix->project))
+            continue;
+        if (rec)
+            s_index_rec(self, ix, rec);
+        else
+            s_unindex(ix, prev->id);
+    }
+}
+
+typedef struct {
+    st_index_t *self;
+    st_idx_t *ix;
+} build_t;
+
+static int
+s_build_visit(const pd_record_t *rec, void *arg)
+{
+    build_t *b = arg;
+    if (pd_str_eqc(rec->project, b->ix->project))
+        s_index_rec(b->self, b->ix, rec);
+    return 0;
+}
+
+st_idx_t *
+st_index_want(st_index_t *self, pd_table_t *table, pd_str_t project, pd_str_t attr)
+{
+    for (st_idx_t *ix = self->list; ix; ix = ix->next)
+        if (pd_str_eqc(project, ix->project) && pd_str_eqc(attr, ix->attr))
+            return ix;
+    /* attr must be one an index can serve: status or a metadata path */
+    if (self->n >= ST_INDEX_MAX || project.len >= sizeof self->list->project || !attr.len ||
+        memchr(attr.ptr, 0, attr.len) ||
+        !(pd_str_eqc(attr, "status") ||
+          (attr.len > 9 && memcmp(attr.ptr, "metadata.", 9) == 0)))
+        return NULL;
+    st_idx_t *ix = calloc(1, sizeof *ix);
+    if (!ix || !(ix->attr = strndup(attr.ptr, attr.len)))
+        abort();
+    memcpy(ix->project, project.ptr, project.len);
+    pd_map_init(&ix->sets);
+    pd_map_init(&ix->members);
+    ix->next = self->list;
+    self->list = ix;
+    self->n++;
+    build_t b = {self, ix};
+    pd_table_foreach(table, s_build_visit, &b);
+    return ix;
+}
+
+size_t
+st_idx_count(const st_idx_t *ix, pd_str_t key)
+{
+    const set_t *s = s_set_find(ix, key, pd_map_hash(&ix->sets, key, PD_STR("")));
+    return s ? s->n : 0;
+}
+
+void
+st_idx_each(const st_idx_t *ix, pd_str_t key, st_idx_visit_fn fn, void *arg)
+{
+    const set_t *s = s_set_find(ix, key, pd_map_hash(&ix->sets, key, PD_STR("")));
+    for (uint32_t i = 0; s && i < s->n; i++)
+        if (fn((pd_str_t){s->v[i]->id, s->v[i]->idlen}, arg))
+            return;
+}
+
+void
+st_index_stats(const st_index_t *self, size_t *indexes, size_t *entries, size_t *bytes)
+{
+    *indexes = self->n;
+    *entries = *bytes = 0;
+    for (const st_idx_t *ix = self->list; ix; ix = ix->next) {
+        *entries += ix->members.n;
+        *bytes += ix->bytes + (ix->members.mask + 1 + ix->sets.mask + 1) * sizeof(void *);
+    }
+}

@@ -1,0 +1,47 @@
+/*  st_index — a store node's secondary indexes on attributes a project declares ("indexes" in
+ *  the projects file: "status", "metadata.<path>"), for equal() lists and O(1) counts.
+ *
+ *  The store does not read the projects file: a gateway names the project's indexed
+ *  attributes in every LIST (INDEXES). The first list that names an attribute of a project
+ *  this node does not index yet builds the index with one scan of the node's records; from
+ *  then on every change keeps it (st_index_change, called from the table's hook for puts,
+ *  imports and deletes, before the change is visible). Indexes live in process memory: a
+ *  restarted node builds each again on its first use. An index a project stops declaring is
+ *  kept (and kept up to date) until the node restarts.
+ *
+ *  An index maps a value's key (pd_query_index_keys: equal values, equal keys) to the set of
+ *  records holding it, with its size: an equal() on an indexed attribute visits only its
+ *  records, and counts them without a visit. Records whose value is absent, an object or an
+ *  array are in no set (equal() never matches them). Every operation is O(1) expected; a set
+ *  is an array with swap-remove, a record knows its slot in it. */
+#ifndef ST_INDEX_H
+#define ST_INDEX_H
+
+#include "pd_record.h"
+#include "pd_table.h"
+
+#define ST_INDEX_MAX 256 //  indexes per node (project x attribute), at most
+
+typedef struct st_index st_index_t;
+typedef struct st_idx st_idx_t;
+
+st_index_t *st_index_new(void);
+void st_index_destroy(st_index_t **self_p);
+
+//  The index of (project, attr), built from table's records if new. NULL if attr cannot be
+//  indexed or ST_INDEX_MAX indexes exist.
+st_idx_t *st_index_want(st_index_t *self, pd_table_t *table, pd_str_t project, pd_str_t attr);
+//  Keeps every index of the record's project: rec is the record as it will be stored (NULL:
+//  prev is deleted), prev the one it replaces (NULL on create).
+void st_index_change(st_index_t *self, const pd_record_t *rec, const pd_record_t *prev);
+
+//  Records whose value has key (one of the keys pd_query_index_keys writes, without its length).
+size_t st_idx_count(const st_idx_t *ix, pd_str_t key);
+//  Visits their ids; fn returns non-zero to stop. fn must not change the table.
+typedef int (*st_idx_visit_fn)(pd_str_t id, void *arg);
+void st_idx_each(const st_idx_t *ix, pd_str_t key, st_idx_visit_fn fn, void *arg);
+
+//  Indexes, indexed records (summed over indexes) and their bytes, for metrics.
+void st_index_stats(const st_index_t *self, size_t *indexes, size_t *entries, size_t *bytes);
+
+#endif
