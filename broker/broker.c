@@ -96,6 +96,7 @@
 #include "pd_probe.h"
 #include "pd_msg.h"
 #include "pd_query.h"
+#include "pd_room.h"
 #include "pd_zmq.h"
 
 #define MAX_NODES 63 //  node n is bit n of a uint64_t mask (op->waiting, mv.done)
@@ -109,7 +110,7 @@
 #define MOVE_BATCH 256     //  records and claims per move batch, at most
 #define MOVE_RATE 50000    //  records and claims moved per second, at most (--move-rate)
 
-enum { OP_FREE, OP_SIMPLE, OP_UPSERT, OP_UPDATE, OP_LIST, OP_SYNC, OP_MOVE };
+enum { OP_FREE, OP_SIMPLE, OP_UPSERT, OP_UPDATE, OP_LIST, OP_SYNC, OP_MOVE, OP_ROOMS };
 enum { ST_CLAIM, ST_WRITE, ST_RECLAIM, ST_PROBE, ST_GATHER, ST_LOOKUP };
 
 typedef struct {
@@ -522,6 +523,8 @@ s_send_lookup(broker_t *self, op_t *op, const pd_msg_t *req)
 static bool s_park(broker_t *self, int peer, const pd_msg_t *m);
 
 /*  A request from a gateway or the reaper. */
+static void s_rooms_gather(broker_t *self, int peer, const pd_msg_t *m);
+
 static void
 s_on_request(broker_t *self, int peer, const pd_msg_t *m)
 {
@@ -533,6 +536,10 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
     case PD_MSG_RELEASE:
     case PD_MSG_ROOM: /* a room is owned by (project, channel): ID is the channel */
     case PD_MSG_UPDATE: {
+        if (m->type == PD_MSG_ROOM && m->i[PD_F_ACTION] == PD_ROOM_ROOMS) {
+            s_rooms_gather(self, peer, m); /* every node's rooms */
+            return;
+        }
         int n = s_owner(self, project, m->s[PD_F_ID]);
         if (!s_node_ok(self, n)) {
             s_reply_err(self, peer, m->rid, PD_ERR_UNAVAILABLE, NULL);
@@ -756,18 +763,25 @@ s_item_cmp(const void *a, const void *b)
     return pd_query_key_cmp(s_sort_query, &((const item_t *)a)->key, &((const item_t *)b)->key);
 }
 
+//  Answers op's asker with BODY (a JSON document) and frees op.
+static void
+s_op_answer(broker_t *self, op_t *op, const char *body, size_t len)
+{
+    pd_msgw_t *w = &self->peers[op->peer].out;
+    pd_msgw_begin(w, PD_MSG_REPLY, op->rid);
+    pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_str(w, PD_F_BODY, body, len);
+    pd_msgw_end(w);
+    s_op_free(self, op);
+}
+
 static void
 s_list_finish(broker_t *self, op_t *op)
 {
     if (op->count) {
         char body[48];
         int len = snprintf(body, sizeof body, "{\"total\":%lld}", (long long)op->total);
-        pd_msgw_t *w = &self->peers[op->peer].out;
-        pd_msgw_begin(w, PD_MSG_REPLY, op->rid);
-        pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
-        pd_msgw_str(w, PD_F_BODY, body, (size_t)len);
-        pd_msgw_end(w);
-        s_op_free(self, op);
+        s_op_answer(self, op, body, (size_t)len);
         return;
     }
     msgpack_zone zone;
@@ -814,15 +828,26 @@ s_list_finish(broker_t *self, op_t *op)
     pd_msg_t req;
     if (op->lc_gen && s_op_request(self, op, &req) == 0)
         pd_listcache_put(self->lcache, &req, op->lc_gen, b.data, b.len);
-    pd_msgw_t *w = &self->peers[op->peer].out;
-    pd_msgw_begin(w, PD_MSG_REPLY, op->rid);
-    pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
-    pd_msgw_str(w, PD_F_BODY, b.data, b.len);
-    pd_msgw_end(w);
+    s_op_answer(self, op, b.data, b.len);
     pd_buf_free(&b);
     free(items);
     msgpack_zone_destroy(&zone);
-    s_op_free(self, op);
+}
+
+//  Appends a node's answer's items (an array) to op->items, one msgpack object after another.
+static void
+s_collect_items(op_t *op, const msgpack_object *items)
+{
+    if (!items || items->type != MSGPACK_OBJECT_ARRAY)
+        return;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    for (uint32_t i = 0; i < items->via.array.size; i++)
+        msgpack_pack_object(&pk, items->via.array.ptr[i]);
+    pd_buf_add(&op->items, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
 }
 
 static void
@@ -874,18 +899,85 @@ s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
         return;
     op->waiting &= ~(1ULL << node);
     op->total += m->i[PD_F_TOTAL];
-    if (items && items->type == MSGPACK_OBJECT_ARRAY) {
-        msgpack_sbuffer sb;
-        msgpack_sbuffer_init(&sb);
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-        for (uint32_t i = 0; i < items->via.array.size; i++)
-            msgpack_pack_object(&pk, items->via.array.ptr[i]);
-        pd_buf_add(&op->items, sb.data, sb.size);
-        msgpack_sbuffer_destroy(&sb);
-    }
+    s_collect_items(op, items);
     if (!op->waiting)
         s_list_finish(self, op);
+}
+
+/* -------------------------------------------------------------------------- rooms list */
+
+/*  presencectl rooms list (GET /v1/rooms): a project's rooms are spread over every store node
+ *  (by channel), so ROOM ROOMS goes to each; their [channel, count] items are collected in
+ *  op->items and the answer lists the PD_ROOM_LIST_MAX largest rooms of all, with the total
+ *  number of rooms. */
+static void
+s_rooms_gather(broker_t *self, int peer, const pd_msg_t *m)
+{
+    for (int n = 1; n <= self->nstores; n++) {
+        if (!s_node_ok(self, n)) {
+            s_reply_err(self, peer, m->rid, PD_ERR_UNAVAILABLE, NULL);
+            return;
+        }
+    }
+    op_t *op = s_op_new(self, OP_ROOMS, peer, m->rid);
+    for (int n = 1; n <= self->nstores; n++) {
+        pd_msgw_forward(&self->nodes[n].out, m, s_op_id(self, op));
+        op->waiting |= 1ULL << n;
+    }
+}
+
+static void
+s_rooms_finish(broker_t *self, op_t *op)
+{
+    msgpack_zone zone;
+    msgpack_zone_init(&zone, 4096);
+    size_t n = 0, cap = 0, off = 0;
+    pd_room_n_t *v = NULL;
+    msgpack_object o;
+    while (off < op->items.len &&
+           msgpack_unpack(op->items.data, op->items.len, &off, &zone, &o) >= 1) {
+        if (o.type != MSGPACK_OBJECT_ARRAY || o.via.array.size != 2 ||
+            o.via.array.ptr[0].type != MSGPACK_OBJECT_STR ||
+            o.via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            continue;
+        if (n == cap && !(v = realloc(v, (cap = cap ? cap * 2 : 64) * sizeof *v)))
+            abort();
+        v[n++] = (pd_room_n_t){{o.via.array.ptr[0].via.str.ptr, o.via.array.ptr[0].via.str.size},
+                               o.via.array.ptr[1].via.u64};
+    }
+    if (n)
+        qsort(v, n, sizeof *v, pd_room_n_cmp);
+    pd_buf_t b;
+    pd_buf_init(&b);
+    pd_buf_addf(&b, "{\"total\":%lld,\"rooms\":[", (long long)op->total);
+    for (size_t i = 0; i < n && i < PD_ROOM_LIST_MAX; i++) {
+        pd_buf_adds(&b, i ? ",{\"channel\":" : "{\"channel\":");
+        pd_buf_add_json_str(&b, v[i].channel.ptr, v[i].channel.len);
+        pd_buf_addf(&b, ",\"count\":%llu}", (unsigned long long)v[i].count);
+    }
+    pd_buf_adds(&b, "]}");
+    s_op_answer(self, op, b.data, b.len);
+    pd_buf_free(&b);
+    free(v);
+    msgpack_zone_destroy(&zone);
+}
+
+static void
+s_rooms_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
+{
+    if (m->i[PD_F_ERR] != PD_ERR_OK) {
+        s_reply_errs(self, op->peer, op->rid, (int)m->i[PD_F_ERR], m->s[PD_F_MESSAGE]);
+        s_op_free(self, op);
+        return;
+    }
+    if (!((op->waiting >> node) & 1))
+        return;
+    op->waiting &= ~(1ULL << node);
+    op->total += m->i[PD_F_TOTAL];
+    const msgpack_object *items = m->o[PD_F_ITEMS];
+    s_collect_items(op, items);
+    if (!op->waiting)
+        s_rooms_finish(self, op);
 }
 
 /* -------------------------------------------------------------------------- resharding */
@@ -1344,6 +1436,9 @@ s_on_store_reply(broker_t *self, int node, const pd_msg_t *m)
     case OP_LIST:
         s_list_page(self, op, node, m);
         return;
+    case OP_ROOMS:
+        s_rooms_page(self, op, node, m);
+        return;
     case OP_SYNC:
         pd_msgw_forward(&self->peers[op->peer].out, m, op->rid);
         if (m->type != PD_MSG_SYNC_PAGE || (m->i[PD_F_FLAGS] & PD_FL_LAST)) {
@@ -1641,7 +1736,7 @@ s_sweep(broker_t *self)
             continue;
         }
         bool down = false;
-        if (op->kind == OP_LIST || op->kind == OP_SYNC) {
+        if (op->kind == OP_LIST || op->kind == OP_SYNC || op->kind == OP_ROOMS) {
             for (int n = 1; n <= self->nstores; n++)
                 if (((op->waiting >> n) & 1) && !self->nodes[n].up)
                     down = true;

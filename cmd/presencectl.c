@@ -115,6 +115,7 @@ s_usage(void)
             "[--query JSON]...\n"
             "  presencectl watch      --endpoint URL --project P [--jwt T] [--channel C]... "
             "[--query JSON]...\n"
+            "  presencectl rooms list          --endpoint URL --project P --key K\n"
             "  presencectl rooms show CHANNEL  --endpoint URL --project P --key K\n"
             "  presencectl rooms watch CHANNEL --endpoint URL --apikey SUPABASE_KEY [--token T]\n"
             "Scopes: presences.read, presences.write, users.write. URL is the API endpoint,\n"
@@ -1653,19 +1654,69 @@ cmd_watch(int argc, char **argv)
     return s_watch(&o, NULL, NULL, NULL);
 }
 
-/*  presencectl rooms show CHANNEL --endpoint URL --project P --key K: a room's members (GET
- *  /v1/rooms/{channel}); rooms watch CHANNEL --endpoint URL --apikey K [--token T]: its joins and
+static int
+s_rooms_list(client_opts_t *o)
+{
+    CURL *h = curl_easy_init();
+    if (!h)
+        s_die("curl_easy_init failed");
+    pd_buf_t full;
+    pd_buf_init(&full);
+    s_api_url(&full, o->endpoint, "/rooms");
+    pd_buf_add(&full, "", 1);
+    json_t *root = s_get_json(o, h, &full);
+    curl_easy_cleanup(h);
+    pd_buf_free(&full);
+    if (!root)
+        return 1;
+    json_t *rooms = json_object_get(root, "rooms");
+    if (!json_is_array(rooms))
+        s_die("unexpected answer: no rooms");
+    size_t w = 7, i;
+    json_t *r;
+    json_array_foreach(rooms, i, r) {
+        size_t n = s_width(s_jstr(r, "channel"));
+        if (n > w)
+            w = n > 60 ? 60 : n;
+    }
+    s_cell("CHANNEL", w, false);
+    s_cell("MEMBERS", 7, true);
+    fputc('\n', stdout);
+    json_int_t members = 0;
+    json_array_foreach(rooms, i, r) {
+        char count[32];
+        json_int_t n = json_integer_value(json_object_get(r, "count"));
+        members += n;
+        snprintf(count, sizeof count, "%" JSON_INTEGER_FORMAT, n);
+        s_cell(s_jstr(r, "channel"), w, false);
+        s_cell(count, 7, true);
+        fputc('\n', stdout);
+    }
+    json_int_t total = json_integer_value(json_object_get(root, "total"));
+    printf("%" JSON_INTEGER_FORMAT " room%s", total, total == 1 ? "" : "s");
+    if ((size_t)total > json_array_size(rooms))
+        printf(" (the %zu largest shown)", json_array_size(rooms));
+    printf(", %" JSON_INTEGER_FORMAT " member%s in those shown\n", members, members == 1 ? "" : "s");
+    json_decref(root);
+    return 0;
+}
+
+/*  presencectl rooms list --endpoint URL --project P --key K: the project's rooms with their
+ *  member counts, largest first (GET /v1/rooms); rooms show CHANNEL --endpoint URL --project P
+ *  --key K: a room's members (GET /v1/rooms/{channel}); rooms watch CHANNEL --endpoint URL --apikey K [--token T]: its joins and
  *  leaves as they happen (Supabase Realtime's protocol; K is the project's Supabase key). */
 static int
 cmd_rooms(int argc, char **argv)
 {
-    if (argc < 3 || (strcmp(argv[1], "show") != 0 && strcmp(argv[1], "watch") != 0)) {
+    bool list = argc >= 2 && strcmp(argv[1], "list") == 0;
+    if (!list && (argc < 3 || (strcmp(argv[1], "show") != 0 && strcmp(argv[1], "watch") != 0))) {
         s_usage();
         return 2;
     }
-    bool watch = strcmp(argv[1], "watch") == 0;
-    const char *room = argv[2];
-    if (!*room || strlen(room) > 255)
+    bool watch = !list && strcmp(argv[1], "watch") == 0;
+    int skip = list ? 1 : 2; /* the options follow the subcommand, or the channel */
+    const char *room = list ? "" : argv[2];
+    if (!list && (!*room || strlen(room) > 255))
         s_die("a channel is 1 to 255 bytes");
     static const struct option opts[] = {{"endpoint", required_argument, NULL, 'e'},
                                          {"project", required_argument, NULL, 'p'},
@@ -1678,7 +1729,7 @@ cmd_rooms(int argc, char **argv)
     char *apikey = NULL, *token = NULL;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc - 2, argv + 2, "", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc - skip, argv + skip, "", opts, NULL)) != -1) {
         switch (c) {
         case 'e': o.endpoint = optarg; break;
         case 'p': o.project = optarg; break;
@@ -1688,10 +1739,12 @@ cmd_rooms(int argc, char **argv)
         default: s_usage(); return 2;
         }
     }
-    if (!o.endpoint || (watch ? !apikey || o.key : !o.project || !o.key)) {
+    if (!o.endpoint || (watch ? !apikey || o.key : !o.project || !o.key) || optind < argc - skip) {
         s_usage();
         return 2;
     }
+    if (list)
+        return s_rooms_list(&o);
     if (watch) {
         int rc = s_watch(&o, room, apikey, token);
         s_free_secret(token);

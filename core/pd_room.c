@@ -344,6 +344,15 @@ pd_rooms_each_room(pd_rooms_t *r, pd_room_room_fn fn, void *arg)
         }
 }
 
+int
+pd_room_n_cmp(const void *a, const void *b)
+{
+    const pd_room_n_t *x = a, *y = b;
+    if (x->count != y->count)
+        return x->count > y->count ? -1 : 1;
+    return pd_str_cmp(x->channel, y->channel);
+}
+
 void
 pd_rooms_set_hook(pd_rooms_t *r, pd_room_hook_fn fn, void *arg)
 {

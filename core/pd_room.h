@@ -39,9 +39,12 @@ enum {
     PD_ROOM_SNAP = 4,     //  publish the room's members for gateway TARGET, in bus order
     PD_ROOM_SEND = 5,     //  publish a broadcast: EVENT_NAME, BODY, FLAGS, from CONN
     PD_ROOM_SHOW = 6,     //  reply BODY {"channel","count","members":[{key,phx_ref,conn,...}]}
+    PD_ROOM_ROOMS = 7,    //  to every node: reply TOTAL (PROJECT's rooms here) and ITEMS
+                          //  [[channel, count], ...], the PD_ROOM_LIST_MAX largest
 };
 //  ROOM_EVENT FLAGS of a broadcast.
 enum { PD_ROOM_FL_BINARY = 1, PD_ROOM_FL_SELF = 2 };
+#define PD_ROOM_LIST_MAX 1000  //  rooms a ROOMS answer names, at most (largest first)
 #define PD_ROOM_LEASE_MS 30000 //  a member's lease; its gateway renews it every third of that
 
 typedef struct pd_rooms pd_rooms_t;
@@ -89,6 +92,12 @@ size_t pd_rooms_rooms(const pd_rooms_t *r);
 //  Every room with its member count.
 typedef void (*pd_room_room_fn)(pd_str_t project, pd_str_t channel, uint32_t count, void *arg);
 void pd_rooms_each_room(pd_rooms_t *r, pd_room_room_fn fn, void *arg);
+//  A room in a ROOMS answer, and their order (qsort): largest first, then by channel.
+typedef struct {
+    pd_str_t channel;
+    uint64_t count;
+} pd_room_n_t;
+int pd_room_n_cmp(const void *a, const void *b);
 
 void pd_room_test(bool verbose);
 

@@ -1395,7 +1395,7 @@ gateway_main(pd_config_t *cfg)
     h2o_pathconf_t *sbpath = h2o_config_register_path(host, "/realtime/v1/websocket", 0);
     h2o_create_handler(sbpath, sizeof(h2o_handler_t))->on_req = s_on_req_limits;
     h2o_create_handler(sbpath, sizeof(h2o_handler_t))->on_req = gw_sb_on_req; /* Supabase */
-    h2o_pathconf_t *roompath = h2o_config_register_path(host, "/v1/rooms/", 0);
+    h2o_pathconf_t *roompath = h2o_config_register_path(host, "/v1/rooms", 0);
     h2o_create_handler(roompath, sizeof(h2o_handler_t))->on_req = s_on_req_limits;
     h2o_create_handler(roompath, sizeof(h2o_handler_t))->on_req = gw_sb_on_rooms_req;
     gw_static_register(host, s_on_req_limits); /* /console/, /v1/presence.js */

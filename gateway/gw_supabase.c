@@ -1605,8 +1605,10 @@ s_on_show_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
     gw_respond(gw, req, GW_ROUTE_OTHER, 200, "application/json", body.ptr, body.len, p->start_ns);
 }
 
-//  GET /v1/rooms/{channel}: a room's members and their count (the count is O(1) at its node),
-//  for operators: an API key of the project (X-Appwrite-Project, X-Appwrite-Key).
+//  GET /v1/rooms/{channel}: a room's members and their count (the count is O(1) at its node);
+//  GET /v1/rooms: the project's rooms, largest first ({"total", "rooms": [{channel, count}]},
+//  at most PD_ROOM_LIST_MAX), gathered from every store node by the broker. For operators: an
+//  API key of the project (X-Appwrite-Project, X-Appwrite-Key).
 int
 gw_sb_on_rooms_req(h2o_handler_t *self, h2o_req_t *req)
 {
@@ -1616,14 +1618,16 @@ gw_sb_on_rooms_req(h2o_handler_t *self, h2o_req_t *req)
     static const char prefix[] = "/v1/rooms/";
     size_t plen = sizeof prefix - 1;
     pd_str_t path = {req->path_normalized.base, req->path_normalized.len};
-    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) || path.len <= plen ||
-        memcmp(path.ptr, prefix, plen) != 0) {
+    bool list = pd_str_eqc(path, "/v1/rooms") || pd_str_eqc(path, prefix);
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) ||
+        (!list && (path.len <= plen || memcmp(path.ptr, prefix, plen) != 0))) {
         gw_respond_err(gw, req, GW_ROUTE_OTHER, PD_ERR_ROUTE_NOT_FOUND, PD_STR_NULL, t0);
         return 0;
     }
-    pd_str_t channel;
-    if (gw_http_urldecode_pool(&req->pool, path.ptr + plen, path.len - plen, &channel) < 0 ||
-        channel.len == 0 || channel.len > PD_PHX_MAX_FIELD) {
+    pd_str_t channel = PD_STR_NULL;
+    if (!list &&
+        (gw_http_urldecode_pool(&req->pool, path.ptr + plen, path.len - plen, &channel) < 0 ||
+         channel.len == 0 || channel.len > PD_PHX_MAX_FIELD)) {
         gw_respond_err(gw, req, GW_ROUTE_OTHER, PD_ERR_ARGUMENT_INVALID,
                        PD_STR("Invalid channel: 1 to 255 bytes, URL-encoded."), t0);
         return 0;
@@ -1641,9 +1645,10 @@ gw_sb_on_rooms_req(h2o_handler_t *self, h2o_req_t *req)
     }
     gw_pending_t *p = gw_pending_new(gw, req, GW_ROUTE_OTHER, s_on_show_reply);
     pd_msgw_t *w = gw_send_begin(gw, PD_MSG_ROOM, p->rid);
-    pd_msgw_int(w, PD_F_ACTION, PD_ROOM_SHOW);
+    pd_msgw_int(w, PD_F_ACTION, list ? PD_ROOM_ROOMS : PD_ROOM_SHOW);
     pd_msgw_str(w, PD_F_PROJECT, id.project->id, strlen(id.project->id));
-    pd_msgw_s(w, PD_F_ID, channel);
+    if (!list)
+        pd_msgw_s(w, PD_F_ID, channel);
     gw_send_end(gw);
     gw_ident_free(&id);
     return 0;

@@ -12,6 +12,8 @@ struct st_rooms {
     pd_rooms_t *rooms;
     pd_msgw_t events;
     pd_buf_t show;      //  a SHOW reply's body
+    pd_room_n_t *list;  //  a ROOMS answer's rooms (channels: views into the rooms index)
+    size_t nlist, cap_list;
     int node;
 };
 
@@ -36,6 +38,29 @@ static void
 s_hook(int action, const pd_room_member_t *m, void *arg)
 {
     s_member_event(arg, action, m);
+}
+
+typedef struct {
+    st_rooms_t *r;
+    pd_str_t project;
+} list_ctx_t;
+
+static void
+s_list_room(pd_str_t project, pd_str_t channel, uint32_t count, void *arg)
+{
+    list_ctx_t *c = arg;
+    st_rooms_t *r = c->r;
+    if (!pd_str_eq(project, c->project) || !count)
+        return;
+    if (r->nlist == r->cap_list) {
+        size_t cap = r->cap_list ? r->cap_list * 2 : 64;
+        pd_room_n_t *v = realloc(r->list, cap * sizeof *v);
+        if (!v)
+            abort();
+        r->list = v;
+        r->cap_list = cap;
+    }
+    r->list[r->nlist++] = (pd_room_n_t){channel, count};
 }
 
 st_rooms_t *
@@ -73,6 +98,7 @@ st_rooms_close(st_rooms_t **rp)
     pd_rooms_close(&r->rooms);
     pd_msgw_destroy(&r->events);
     pd_buf_free(&r->show);
+    free(r->list);
     free(r);
     *rp = NULL;
 }
@@ -195,6 +221,25 @@ st_rooms_on_msg(st_rooms_t *r, const pd_msg_t *m, pd_msgw_t *reply)
         pd_msgw_int(w, PD_F_FLAGS, m->i[PD_F_FLAGS]);
         pd_msgw_end(w);
         s_reply(reply, m, PD_ERR_OK, NULL);
+        return;
+    }
+    case PD_ROOM_ROOMS: {
+        list_ctx_t lc = {r, project};
+        r->nlist = 0;
+        pd_rooms_each_room(r->rooms, s_list_room, &lc);
+        qsort(r->list, r->nlist, sizeof *r->list, pd_room_n_cmp);
+        size_t n = r->nlist < PD_ROOM_LIST_MAX ? r->nlist : PD_ROOM_LIST_MAX;
+        pd_msgw_begin(reply, PD_MSG_REPLY, m->rid);
+        pd_msgw_int(reply, PD_F_ERR, PD_ERR_OK);
+        pd_msgw_int(reply, PD_F_TOTAL, (int64_t)r->nlist);
+        pd_msgw_raw(reply, PD_F_ITEMS);
+        msgpack_pack_array(&reply->pk, (uint32_t)n);
+        for (size_t i = 0; i < n; i++) {
+            msgpack_pack_array(&reply->pk, 2);
+            msgpack_pack_str_with_body(&reply->pk, r->list[i].channel.ptr, r->list[i].channel.len);
+            msgpack_pack_uint32(&reply->pk, r->list[i].count);
+        }
+        pd_msgw_end(reply);
         return;
     }
     case PD_ROOM_SHOW: {

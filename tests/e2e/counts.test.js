@@ -111,7 +111,7 @@ describe('counts agree with lists', () => {
         const inRoom = (v) => [...recs.values()].filter((r) => r.room === v).length;
         assert.equal(await countOk([Q.equal('metadata.room', ['lobby'])]), inRoom('lobby'));
         assert.equal(await countOk([Q.equal('metadata.room', [7, 7.0])]), inRoom(7));
-        assert.ok(inRoom(7) < 40, 'every 10th record has no room'); 
+        assert.ok(inRoom(7) < 40, 'every 10th record has no room');
         assert.equal(await countOk([Q.equal('metadata.game.zone', ['north'])]), 60);
         assert.equal(await countOk([Q.equal('metadata.tag', [tag])]), 240);
     });

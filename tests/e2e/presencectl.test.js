@@ -4,7 +4,8 @@
 //   the key works after SIGHUP; jwt mints tokens the server accepts (HS256 from a flag or an
 //   environment variable, EdDSA from a keygen file; teams and labels become roles); list prints
 //   a table; watch prints one line per event, live, in a terminal (run in a pty with script(1))
-//   and stops cleanly on Ctrl-C; rooms show prints a Supabase room's members, rooms watch its
+//   and stops cleanly on Ctrl-C; rooms list prints the project's rooms from every store node,
+//   largest first; rooms show prints a Supabase room's members, rooms watch its
 //   joins and leaves live (supabase realtime-js clients in the room).
 const test = require('node:test');
 const { describe, it, before, after } = test;
@@ -351,12 +352,12 @@ describe('presencectl rooms', () => {
     const clients = [];
     after(() => { for (const rc of clients) try { rc.disconnect(); } catch {} });
     const sbKey = (role) => mintJwt(S.jwtSecret, { iss: 'supabase', role, ref: P });
-    async function member(key, meta) {
+    async function member(key, meta, room = 'room_ctl') {
         const WS = require('ws');
         const { RealtimeClient } = require('@supabase/realtime-js');
         const rc = new RealtimeClient(`ws://127.0.0.1:${S.cluster.port}/realtime/v1`, { params: { apikey: sbKey('anon') }, transport: WS });
         clients.push(rc);
-        const ch = rc.channel('room_ctl', { config: { presence: { key } } });
+        const ch = rc.channel(room, { config: { presence: { key } } });
         await new Promise((resolve, reject) => ch.subscribe((st, err) => st === 'SUBSCRIBED' ? resolve() : st === 'CHANNEL_ERROR' && reject(err)));
         assert.equal(await ch.track(meta), 'ok');
         return ch;
@@ -409,6 +410,68 @@ describe('presencectl rooms', () => {
         const bad = ctl(['rooms', 'watch', 'room_ctl', '--endpoint', S.cluster.endpoint, '--apikey', 'not-a-key']);
         assert.equal(bad.status, 1, `${bad.stdout} ${bad.stderr}`);
         assert.match(bad.stderr, /HTTP 40[13]/);
+    });
+});
+
+describe('presencectl rooms list', () => {
+    it('prints every room of the project from every store node, largest first, and follows a leave; a wrong key exits 1', async () => {
+        const { shardOwner } = require('./lib/shard');
+        // three rooms, on both store nodes (rooms are placed by (project, channel))
+        const names = [];
+        for (let i = 0; names.length < 3; i++) {
+            const n = `lst-${i}`;
+            const owners = names.map((x) => shardOwner(P, x, 2));
+            if (names.length < 2 ? !owners.includes(shardOwner(P, n, 2)) || names.length === 0 : true) names.push(n);
+        }
+        assert.deepEqual(new Set(names.map((x) => shardOwner(P, x, 2))), new Set([1, 2]));
+        const [big, mid, one] = names;
+        const WS = require('ws');
+        const { RealtimeClient } = require('@supabase/realtime-js');
+        const clients = [];
+        const join = async (room, key) => {
+            const rc = new RealtimeClient(`ws://127.0.0.1:${S.cluster.port}/realtime/v1`, { params: { apikey: mintJwt(S.jwtSecret, { role: 'anon', ref: P }) }, transport: WS });
+            clients.push(rc);
+            const ch = rc.channel(room, { config: { presence: { key } } });
+            await new Promise((resolve, reject) => ch.subscribe((st, err) => st === 'SUBSCRIBED' ? resolve() : st === 'CHANNEL_ERROR' && reject(err)));
+            assert.equal(await ch.track({ k: key }), 'ok');
+            return ch;
+        };
+        try {
+            for (const k of ['a', 'b', 'c', 'd']) await join(big, k);
+            const leaving = await join(mid, 'a');
+            await join(mid, 'b');
+            await join(one, 'a');
+            const args = ['rooms', 'list', '--endpoint', S.cluster.endpoint, '--project', P, '--key', S.adminKey];
+            const table = (out) => out.split('\n').filter((l) => /^(lst-|room_ctl)/.test(l)).map((l) => l.split(/\s+/));
+            let r;
+            for (let i = 0; i < 50; i++) {
+                r = ctlOk(args);
+                if (table(r.stdout).some((x) => x[0] === big && x[1] === '4')) break;
+                await sleep(100);
+            }
+            assert.match(r.stdout, /^CHANNEL\s+MEMBERS$/m);
+            const rows = table(r.stdout);
+            const mine = rows.filter((x) => names.includes(x[0]));
+            assert.deepEqual(mine, [[big, '4'], [mid, '2'], [one, '1']], r.stdout);
+            const counts = rows.map((x) => Number(x[1]));
+            assert.deepEqual(counts, [...counts].sort((a, b) => b - a), `largest first: ${r.stdout}`);
+            const total = rows.length, sum = counts.reduce((a, b) => a + b, 0);
+            assert.match(r.stdout, new RegExp(`^${total} rooms, ${sum} members in those shown$`, 'm'));
+            await leaving.untrack();
+            for (let i = 0; i < 50; i++) {
+                r = ctlOk(args);
+                if (table(r.stdout).some((x) => x[0] === mid && x[1] === '1')) break;
+                await sleep(100);
+            }
+            assert.ok(table(r.stdout).some((x) => x[0] === mid && x[1] === '1'), `a leave lowers the count: ${r.stdout}`);
+            const bad = ctl(['rooms', 'list', '--endpoint', S.cluster.endpoint, '--project', P, '--key', 'wrong']);
+            assert.equal(bad.status, 1);
+            assert.match(bad.stderr, /HTTP 401/);
+            assert.equal(ctl(['rooms', 'list', '--endpoint', S.cluster.endpoint]).status, 2, 'usage');
+            assert.equal(ctl([...args, 'extra']).status, 2, 'usage: an extra argument');
+        } finally {
+            for (const rc of clients) try { rc.disconnect(); } catch {}
+        }
     });
 });
 
