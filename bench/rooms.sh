@@ -6,12 +6,15 @@
 #              close at once (mass leave) and the time until it has every leave
 #   fanout-R   1,000 subscribers, one publisher at R updates/s: deliveries/s, p50/p99, and
 #              server CPU per delivery (perf stat task-clock on the server processes only)
+#   roster-N   N members (a presence each), then 100 sequential fetches of the whole set: for
+#              presenced GET /v1/presences pages of 5,000 by offset until a short page (the
+#              peer load generator's `presence`), for the peer GET /presence; client p50/p99
 #   sbstorm-N  the storm through Supabase Realtime's protocol (issue 13): presenced driven by
 #              our own load generator (bench/storm.js: phx_join with presence + track, 500 in
 #              flight, a watcher that parses every presence_state and diff), the peer by the
 #              peer load generator's storm as above; same N, same machine, same run
 # Usage: bench/rooms.sh [build/presenced] [runs=3] [scenario...]
-#        scenarios: storm-5000 storm-10000 fanout-100 fanout-300 fanout-1000 sbstorm-5000
+#        scenarios: storm-5000 storm-10000 fanout-100 fanout-300 fanout-1000 sbstorm-5000 roster-10000
 #        (default: all but sbstorm)
 #   PEERS=dir   a writable copy of ../shared/peers with loadgen and the peer built (build.sh);
 #               default: build one under $TMPDIR
@@ -66,6 +69,7 @@ for sc in $scenarios; do
             case $sc in
                 storm-*) args=(-n "${sc#storm-}" -c 500 -timeout 150s -leave-timeout 60s storm) ;;
                 sbstorm-*) args=(-n "${sc#sbstorm-}" -c 500 -timeout 150s -leave-timeout 60s storm) ;;
+                roster-*) args=(-n "${sc#roster-}" -c 200 -fetches 100 presence) ;;
                 fanout-*) args=(-n 1000 -c 200 -settle 5s -publishers 1 -rate "${sc#fanout-}" -duration 10s -drain 15s fanout) ;;
                 *) echo "unknown scenario $sc" >&2; exit 2 ;;
             esac

@@ -35,6 +35,7 @@ cols = {
               'watcher_dropped', 'server_closed_conns', 'server_cpu_s'],
     'sbstorm': ['all_joins_delivered_s', 'joins_seen', 'all_leaves_delivered_s', 'leaves_seen',
                 'watcher_dropped', 'server_closed_conns', 'server_cpu_s'],
+    'roster': ['p50_ms', 'p99_ms', 'members', 'response_bytes', 'server_cpu_s'],
     'fanout': ['delivered_per_s', 'delivered_pct', 'p50_ms', 'p99_ms', 'server_cpu_pct',
                'cpu_us_per_delivery', 'server_closed_conns'],
 }

@@ -200,6 +200,7 @@ typedef struct {
     size_t nfree;
     msgpack_zone zone;
     int cur;            //  sender of the frame being handled (peer index or node id)
+    pd_str_t page[PD_QUERY_MAX_LIMIT]; //  a list's page while it is written (s_list_finish)
     pd_claims_t *claims; // (project, user) -> presence id: cache of the store nodes' claims
     uint64_t moved_routed; //  requests sent again to a key's new owner after MOVED
     uint64_t move_refused; //  MOVE_IN a new owner could not take (full)
@@ -590,7 +591,8 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         char err[256];
         int code;
         pd_query_t *query =
-            pd_query_parse_packed(m->s[PD_F_QUERIES], PD_QMODE_LIST, &code, err, sizeof err);
+            pd_query_parse_packed(m->s[PD_F_QUERIES], PD_QMODE_LIST | PD_QMODE_DEEP, &code, err,
+                                  sizeof err); /* the gateway checked the offset */
         if (!query) {
             s_reply_err(self, peer, m->rid, code, err);
             return;
@@ -746,21 +748,27 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
 
 /* -------------------------------------------------------------------------- list merge */
 
-/*  Merges the pages of every node: each node sent its own first offset+limit matches in
- *  order, so the global page is the offset..offset+limit slice of their union. Items are
- *  [json, key]; keys are compared with the query's order (pd_query_key_cmp). */
+/*  A node's page while the pages are merged: its items (sorted by the node in the list's
+ *  order, nearest the cursor first for cursorBefore) and the key of the one at the head. */
 typedef struct {
-    const pd_query_t *q;
+    const msgpack_object *v;
+    uint32_t n, i;
     pd_qkey_t key;
-    pd_str_t json;
-} item_t;
+} head_t;
 
-static const pd_query_t *s_sort_query;
-
-static int
-s_item_cmp(const void *a, const void *b)
+//  Moves h to its next well-formed item from h->i; false when none is left.
+static bool
+s_head_next(head_t *h)
 {
-    return pd_query_key_cmp(s_sort_query, &((const item_t *)a)->key, &((const item_t *)b)->key);
+    while (h->i < h->n) {
+        const msgpack_object *o = &h->v[h->i];
+        if (o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 2 &&
+            o->via.array.ptr[0].type == MSGPACK_OBJECT_STR &&
+            pd_query_key_unpack(&o->via.array.ptr[1], &h->key) == 0)
+            return true;
+        h->i++;
+    }
+    return false;
 }
 
 //  Answers op's asker with BODY (a JSON document) and frees op.
@@ -775,6 +783,13 @@ s_op_answer(broker_t *self, op_t *op, const char *body, size_t len)
     s_op_free(self, op);
 }
 
+/*  Merges the pages of every node: each node sent its own first offset+limit matches in
+ *  order, so the global page is the offset..offset+limit slice of their union. The pages are
+ *  kept as they came (s_list_page) and merged as they are: a k-way merge walks the heads
+ *  (nodes <= 63: a linear pick), skips `offset` items and takes `limit`, and their JSON is
+ *  written once, straight into the reply. Nothing is decoded beyond the keys of the heads.
+ *  cursorBefore pages come nearest first: the merge runs in that order and the items taken
+ *  are written back to front. */
 static void
 s_list_finish(broker_t *self, op_t *op)
 {
@@ -784,54 +799,78 @@ s_list_finish(broker_t *self, op_t *op)
         s_op_answer(self, op, body, (size_t)len);
         return;
     }
-    msgpack_zone zone;
-    msgpack_zone_init(&zone, 4096);
-    size_t cap = 64, n = 0, off = 0;
-    item_t *items = malloc(cap * sizeof *items);
-    msgpack_object obj;
-    while (off < op->items.len &&
-           msgpack_unpack(op->items.data, op->items.len, &off, &zone, &obj) >= 1) {
-        if (obj.type != MSGPACK_OBJECT_ARRAY || obj.via.array.size != 2 ||
-            obj.via.array.ptr[0].type != MSGPACK_OBJECT_STR)
+    head_t heads[MAX_NODES + 1];
+    size_t nh = 0, off = 0;
+    while (off + 4 <= op->items.len && nh <= MAX_NODES) {
+        uint32_t len;
+        memcpy(&len, op->items.data + off, 4);
+        off += 4;
+        pd_msg_t pm;
+        size_t poff = 0;
+        if (len > op->items.len - off ||
+            pd_msg_decode(&pm, op->items.data + off, len, &poff, &self->zone) < 0)
+            break;
+        off += len;
+        const msgpack_object *items = pm.o[PD_F_ITEMS];
+        if (!items || items->type != MSGPACK_OBJECT_ARRAY)
             continue;
-        if (n == cap)
-            items = realloc(items, (cap *= 2) * sizeof *items);
-        item_t *it = &items[n];
-        it->json = (pd_str_t){obj.via.array.ptr[0].via.str.ptr, obj.via.array.ptr[0].via.str.size};
-        if (pd_query_key_unpack(&obj.via.array.ptr[1], &it->key) < 0)
-            continue;
-        n++;
+        heads[nh] = (head_t){.v = items->via.array.ptr, .n = items->via.array.size};
+        if (s_head_next(&heads[nh]))
+            nh++;
     }
-    s_sort_query = op->query;
-    qsort(items, n, sizeof *items, s_item_cmp);
     bool before = false;
     pd_query_cursor(op->query, &before);
-    size_t offset = (size_t)pd_query_offset(op->query), limit = (size_t)pd_query_limit(op->query);
-    size_t from, to;
-    if (before) { /* cursorBefore: nodes returned the nearest items in reverse order */
-        to = n > offset ? n - offset : 0;
-        from = to > limit ? to - limit : 0;
-    } else {
-        from = offset < n ? offset : n;
-        to = from + limit < n ? from + limit : n;
+    int dir = before ? -1 : 1;
+    size_t skip = (size_t)pd_query_offset(op->query), limit = (size_t)pd_query_limit(op->query);
+    pd_str_t *page = self->page;
+    size_t n = 0, len = 0;
+    if (limit > PD_QUERY_MAX_LIMIT)
+        limit = PD_QUERY_MAX_LIMIT;
+    while (nh && n < limit) {
+        size_t best = 0;
+        for (size_t h = 1; h < nh; h++)
+            if (dir * pd_query_key_cmp(op->query, &heads[h].key, &heads[best].key) < 0)
+                best = h;
+        head_t *h = &heads[best];
+        const msgpack_object *js = &h->v[h->i].via.array.ptr[0];
+        if (skip) {
+            skip--;
+        } else {
+            page[n++] = (pd_str_t){js->via.str.ptr, js->via.str.size};
+            len += js->via.str.size;
+        }
+        h->i++;
+        if (!s_head_next(h))
+            heads[best] = heads[--nh];
     }
-    pd_buf_t b;
-    pd_buf_init(&b);
+    if (before) /* in the list's order: the nearest to the cursor last */
+        for (size_t i = 0; i < n / 2; i++) {
+            pd_str_t t = page[i];
+            page[i] = page[n - 1 - i];
+            page[n - 1 - i] = t;
+        }
     int64_t total = op->total > LIST_TOTAL_CAP ? LIST_TOTAL_CAP : op->total;
-    pd_buf_addf(&b, "{\"total\":%lld,\"presences\":[", (long long)total);
-    for (size_t i = from; i < to; i++) {
-        if (i > from)
-            pd_buf_add(&b, ",", 1);
-        pd_buf_add(&b, items[i].json.ptr, items[i].json.len);
+    char head[64];
+    int hl = snprintf(head, sizeof head, "{\"total\":%lld,\"presences\":[", (long long)total);
+    len += (size_t)hl + (n ? n - 1 : 0) + 2;
+    pd_msgw_t *w = &self->peers[op->peer].out;
+    pd_msgw_begin(w, PD_MSG_REPLY, op->rid);
+    pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_raw(w, PD_F_BODY);
+    msgpack_pack_str(&w->pk, (uint32_t)len);
+    size_t at = w->sb.size; /* where the body starts: the list cache keeps a copy */
+    msgpack_pack_str_body(&w->pk, head, (size_t)hl);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            msgpack_pack_str_body(&w->pk, ",", 1);
+        msgpack_pack_str_body(&w->pk, page[i].ptr, page[i].len);
     }
-    pd_buf_adds(&b, "]}");
+    msgpack_pack_str_body(&w->pk, "]}", 2);
+    pd_msgw_end(w);
     pd_msg_t req;
     if (op->lc_gen && s_op_request(self, op, &req) == 0)
-        pd_listcache_put(self->lcache, &req, op->lc_gen, b.data, b.len);
-    s_op_answer(self, op, b.data, b.len);
-    pd_buf_free(&b);
-    free(items);
-    msgpack_zone_destroy(&zone);
+        pd_listcache_put(self->lcache, &req, op->lc_gen, w->sb.data + at, len);
+    s_op_free(self, op);
 }
 
 //  Appends a node's answer's items (an array) to op->items, one msgpack object after another.
@@ -899,7 +938,9 @@ s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
         return;
     op->waiting &= ~(1ULL << node);
     op->total += m->i[PD_F_TOTAL];
-    s_collect_items(op, items);
+    uint32_t len = (uint32_t)m->raw_len; /* the page as it came: merged in s_list_finish */
+    pd_buf_add(&op->items, &len, sizeof len);
+    pd_buf_add(&op->items, m->raw, m->raw_len);
     if (!op->waiting)
         s_list_finish(self, op);
 }

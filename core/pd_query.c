@@ -156,6 +156,7 @@ struct pd_query {
     bool before;                       //  cursor is cursorBefore
     bool has_limit;                    //  limit() seen
     bool has_offset;                   //  offset() seen
+    int64_t max_offset;                //  PD_QUERY_MAX_OFFSET, or _DEEP (an API key's)
     bool match_all;                    //  realtime select("*"): every record matches
 };
 
@@ -460,11 +461,11 @@ s_parse_paging(parse_t *p, int method, pd_str_t attr, const json_t *values)
         if (r == 1)
             return s_fail(p, PD_ERR_ARGUMENT_INVALID,
                           "Invalid query: Invalid offset: Value must be a valid number");
-        if (r == 2 || x < 0 || x > PD_QUERY_MAX_OFFSET)
+        if (r == 2 || x < 0 || x > self->max_offset)
             return s_fail(p, PD_ERR_ARGUMENT_INVALID,
                           "Invalid query: Invalid offset: Value must be a valid range between 0 "
                           "and %d,%03d",
-                          PD_QUERY_MAX_OFFSET / 1000, PD_QUERY_MAX_OFFSET % 1000);
+                          (int)(self->max_offset / 1000), (int)(self->max_offset % 1000));
         self->offset = x;
         self->has_offset = true;
         return 0;
@@ -588,10 +589,13 @@ s_parse_node(parse_t *p, const json_t *j, int depth, const char *parent, node_t 
 pd_query_t *
 pd_query_parse(const pd_str_t *qs, size_t n, int mode, int *code, char *err, size_t errlen)
 {
+    int64_t max_offset = mode & PD_QMODE_DEEP ? PD_QUERY_MAX_OFFSET_DEEP : PD_QUERY_MAX_OFFSET;
+    mode &= ~PD_QMODE_DEEP;
     assert(mode == PD_QMODE_LIST || mode == PD_QMODE_REALTIME);
     assert(qs || n == 0);
     pd_query_t *self = s_alloc(1, sizeof *self);
     self->mode = mode;
+    self->max_offset = max_offset;
     self->limit = 25;
     parse_t p = {self, PD_ERR_OK, err, errlen, 0};
     if (err && errlen)
@@ -1699,6 +1703,17 @@ pd_query_test(bool verbose)
             LP "Invalid query: Invalid offset: Value must be a valid range between 0 and 5,000");
     s_t_err(L, "{\"method\":\"offset\",\"values\":[5001]}", A,
             LP "Invalid query: Invalid offset: Value must be a valid range between 0 and 5,000");
+    /* an API key's (PD_QMODE_DEEP): offsets to 100,000 */
+    {
+        pd_str_t one = PD_STR("{\"method\":\"offset\",\"values\":[100000]}");
+        int code;
+        char err[256];
+        pd_query_t *q = pd_query_parse(&one, 1, L | PD_QMODE_DEEP, &code, err, sizeof err);
+        PD_CHECK(q && pd_query_offset(q) == 100000);
+        pd_query_destroy(&q);
+    }
+    s_t_err(L | PD_QMODE_DEEP, "{\"method\":\"offset\",\"values\":[100001]}", A,
+            LP "Invalid query: Invalid offset: Value must be a valid range between 0 and 100,000");
     s_t_err(L, "{\"method\":\"limit\",\"values\":[1]}\n{\"method\":\"limit\",\"values\":[2]}", A,
             LP "Invalid query: Only one limit query is allowed");
     s_t_err(L, "{\"method\":\"offset\",\"values\":[1]}\n{\"method\":\"offset\",\"values\":[2]}", A,

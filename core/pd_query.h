@@ -27,8 +27,12 @@ enum { PD_QMODE_LIST = 1, PD_QMODE_REALTIME = 2 };
 #define PD_QUERY_MAX_LIMIT 5000 //  largest page
 /*  Largest offset. Appwrite takes any; here every store node must produce offset + limit rows
  *  for the broker to merge, so a deep offset is work a guest could ask for in a loop. Beyond it,
- *  page with cursorAfter (which costs the same at any depth). */
+ *  page with cursorAfter (which costs the same at any depth). A project's own backend (an API
+ *  key: mode | PD_QMODE_DEEP) may go to PD_QUERY_MAX_OFFSET_DEEP, so that paging a roster by
+ *  offset, as Appwrite clients do, reaches past 5,000 records. */
 #define PD_QUERY_MAX_OFFSET 5000
+#define PD_QUERY_MAX_OFFSET_DEEP 100000
+enum { PD_QMODE_DEEP = 0x100 }; //  or'ed into PD_QMODE_LIST
 
 //  Parses n query strings. Returns a new query set (caller destroys), or NULL with a message in
 //  err and the error code in *code: PD_ERR_ARGUMENT_INVALID for bad JSON or a bad shape

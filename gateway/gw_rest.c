@@ -491,7 +491,8 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0, int route)
     }
     char err[300];
     int code;
-    pd_query_t *q = pd_query_parse(qs, nq, PD_QMODE_LIST, &code, err, sizeof err);
+    pd_query_t *q = pd_query_parse(qs, nq, PD_QMODE_LIST | (id->kind == GW_ID_KEY ? PD_QMODE_DEEP : 0),
+                                   &code, err, sizeof err);
     if (!q) {
         gw_respond_err(gw, req, route, code, pd_str(err), t0);
         return;

@@ -50,11 +50,22 @@
 #include "st_replay.h"
 
 #define SYNC_PAGE_ITEMS 1000
+#define SYNC_TURN_SLOTS 20000 //  slots a SYNC answer scans per loop turn
+#define SYNC_QUEUE 8          //  SYNC requests waiting, at most
 #define OUTBOX_BYTES (64u << 20) //  recent events kept in shared memory (--store-outbox; st_replay.h)
 #define REPLAY_MS 1000           //  after a restart, events this recent are published again
 #define HOLD_MAX (64u << 20)     //  events held while the broker has not subscribed yet
 #define PUB_WINDOW_US 1000       //  at most one event frame per this, while events flow
 #define MOVE_SCAN_SLOTS 65536    //  slots (or claim entries) a MOVE_OUT looks at, at most
+
+//  A SYNC being answered (see "sync").
+typedef struct {
+    uint64_t rid;       //  the SYNC's request id
+    int64_t seq, dseq;  //  the node's sequence numbers when its scan began
+    size_t n;           //  items in the page being built
+    msgpack_sbuffer sb; //  the page's items
+    msgpack_packer pk;
+} sync_ctx_t;
 
 typedef struct {
     pd_config_t *cfg;
@@ -85,10 +96,21 @@ typedef struct {
     uint64_t malformed;
     pd_buf_t scratch;
     zhash_t *counts;      //  project -> records held (int64_t *), for per-project limits
+    int64_t *count_last;  //  the counter of the project s_count saw last (count_key)
+    char count_key[40];
+    size_t count_len;
     st_rooms_t *rooms;    //  rooms: presence sets per channel (st_rooms.h)
     st_index_t *index;    //  indexes projects declare, for equal() lists and counts (st_index.h)
     pd_buf_t ikeys;       //  scratch: a list's index keys
     uint64_t scan_refused; //  lists refused for examining too many records' metadata
+    sync_ctx_t sync;      //  the SYNC being answered, a slice per loop turn
+    uint64_t syncs[SYNC_QUEUE]; //  request ids of the SYNCs to answer, oldest first
+    size_t nsyncs;
+    bool sync_started;    //  syncs[0]'s scan has begun
+    uint64_t sync_pos;    //  its next slot
+    struct cand *cands;   //  a list's matches, kept between lists (no allocation per list)
+    struct cand **sorted; //  the same, ordered
+    size_t cap_cands;
     int sh_from, sh_to;   //  the store set (SHARDS): records move from sh_from nodes to sh_to;
                           //  0 until the broker has said (direct requests are refused until then)
     zhash_t *frozen;      //  records and claims sent by MOVE_OUT, not yet dropped (s_move_key)
@@ -242,6 +264,12 @@ s_on_change(const pd_record_t *rec, const pd_record_t *prev, void *arg)
 static void
 s_count(store_t *self, pd_str_t project, int64_t delta)
 {
+    /* the last project's counter is kept at hand: writes (and the count at start, a million
+     * records in a row) mostly come from one project */
+    if (self->count_last && pd_str_eq(project, (pd_str_t){self->count_key, self->count_len})) {
+        *self->count_last += delta;
+        return;
+    }
     char key[64];
     snprintf(key, sizeof key, "%.*s", (int)project.len, project.ptr ? project.ptr : "");
     int64_t *n = zhash_lookup(self->counts, key);
@@ -251,6 +279,11 @@ s_count(store_t *self, pd_str_t project, int64_t delta)
         zhash_freefn(self->counts, key, free);
     }
     *n += delta;
+    if (project.len < sizeof self->count_key) { /* entries are never removed: n stays valid */
+        memcpy(self->count_key, project.ptr, project.len);
+        self->count_len = project.len;
+        self->count_last = n;
+    }
 }
 
 static int
@@ -800,10 +833,7 @@ s_on_shards(store_t *self, const pd_msg_t *m)
 
 /* -------------------------------------------------------------------------- list */
 
-typedef struct {
-    pd_record_t rec;
-    pd_qkey_t key;
-} cand_t;
+typedef struct cand cand_t;
 
 typedef struct {
     store_t *self;
@@ -812,8 +842,7 @@ typedef struct {
     int64_t now;
     bool has_cursor, before;
     pd_qkey_t cursor;
-    cand_t *v;
-    size_t n, cap;
+    size_t n;          //  matches kept in self->cands
     int64_t total;
     bool count_only;   //  COUNT: total only, no page
     bool capped;       //  a status chain or a scan: metadata reads count against the cap
@@ -821,14 +850,22 @@ typedef struct {
     bool over;         //  examined passed the node's --list-scan-max: refused
 } list_ctx_t;
 
-static const pd_query_t *s_sort_q;
-static int s_sort_dir;
+struct cand {
+    pd_str_t json; //  a view into the segment (no write happens while a list is answered)
+    pd_qkey_t key;
+};
+
+typedef struct {
+    const pd_query_t *q;
+    int dir; //  -1 for cursorBefore: nearest the cursor first
+} sort_ctx_t;
 
 static int
-s_cand_cmp(const void *a, const void *b)
+s_cand_cmp(const void *a, const void *b, void *arg)
 {
-    return s_sort_dir *
-           pd_query_key_cmp(s_sort_q, &((const cand_t *)a)->key, &((const cand_t *)b)->key);
+    const sort_ctx_t *s = arg;
+    return s->dir * pd_query_key_cmp(s->q, &(*(cand_t *const *)a)->key,
+                                     &(*(cand_t *const *)b)->key);
 }
 
 static int
@@ -858,14 +895,16 @@ s_list_visit(const pd_record_t *rec, void *arg)
             ok = c->before ? cmp < 0 : cmp > 0;
         }
         if (ok) {
-            if (c->n == c->cap) {
-                c->cap = c->cap ? c->cap * 2 : 256;
-                c->v = realloc(c->v, c->cap * sizeof *c->v);
-                if (!c->v)
+            store_t *self = c->self;
+            if (c->n == self->cap_cands) {
+                self->cap_cands = self->cap_cands ? self->cap_cands * 2 : 1024;
+                self->cands = realloc(self->cands, self->cap_cands * sizeof *self->cands);
+                self->sorted = realloc(self->sorted, self->cap_cands * sizeof *self->sorted);
+                if (!self->cands || !self->sorted)
                     abort();
             }
-            c->v[c->n].rec = *rec;
-            c->v[c->n].key = key;
+            self->cands[c->n].json = rec->json;
+            self->cands[c->n].key = key;
             c->n++;
         }
     }
@@ -942,7 +981,8 @@ s_on_list(store_t *self, const pd_msg_t *m)
 {
     char err[256];
     int code;
-    pd_query_t *q = pd_query_parse_packed(m->s[PD_F_QUERIES], PD_QMODE_LIST, &code, err, sizeof err);
+    pd_query_t *q = pd_query_parse_packed(m->s[PD_F_QUERIES], PD_QMODE_LIST | PD_QMODE_DEEP, &code,
+                                          err, sizeof err); /* the gateway checked the offset */
     if (!q) {
         s_reply_err(self, m, code, err);
         return;
@@ -1005,7 +1045,6 @@ s_on_list(store_t *self, const pd_msg_t *m)
                  "$id, userId or status.",
                  self->cfg->list_scan_max);
         s_reply_err(self, m, PD_ERR_QUERY_INVALID, err);
-        free(c.v);
         pd_query_destroy(&q);
         return;
     }
@@ -1018,10 +1057,11 @@ s_on_list(store_t *self, const pd_msg_t *m)
         return;
     }
     size_t k = (size_t)(pd_query_offset(q) + pd_query_limit(q));
-    s_sort_q = q;
-    s_sort_dir = c.before ? -1 : 1; /* before: nearest the cursor first */
+    sort_ctx_t sc = {q, c.before ? -1 : 1};
+    for (size_t i = 0; i < c.n; i++)
+        self->sorted[i] = &self->cands[i];
     if (c.n)
-        qsort(c.v, c.n, sizeof *c.v, s_cand_cmp);
+        qsort_r(self->sorted, c.n, sizeof *self->sorted, s_cand_cmp, &sc);
     size_t n = c.n < k ? c.n : k;
     pd_msgw_begin(w, PD_MSG_LIST_PAGE, m->rid);
     pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
@@ -1030,33 +1070,33 @@ s_on_list(store_t *self, const pd_msg_t *m)
     msgpack_pack_array(&w->pk, (uint32_t)n);
     for (size_t i = 0; i < n; i++) {
         msgpack_pack_array(&w->pk, 2);
-        msgpack_pack_str_with_body(&w->pk, c.v[i].rec.json.ptr, c.v[i].rec.json.len);
-        pd_query_key_pack(&c.v[i].key, &w->pk);
+        msgpack_pack_str_with_body(&w->pk, self->sorted[i]->json.ptr, self->sorted[i]->json.len);
+        pd_query_key_pack(&self->sorted[i]->key, &w->pk);
     }
     pd_msgw_end(w);
-    free(c.v);
     pd_query_destroy(&q);
 }
 
 /* -------------------------------------------------------------------------- sync */
 
-typedef struct {
-    store_t *self;
-    const pd_msg_t *m;
-    size_t n;
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-} sync_ctx_t;
-
+/*  SYNC (the reaper asks for every deadline of the node) is answered a slice at a time: at
+ *  most SYNC_TURN_SLOTS slots per loop turn, in pages of SYNC_PAGE_ITEMS, so that a node
+ *  holding a million records keeps serving while it answers (the reaper asks as soon as it sees
+ *  a new generation, i.e. right after a restart). Requests queue (SYNC_QUEUE) and are answered
+ *  in turn. A record changed while the scan runs is reported as it is when the scan reaches
+ *  it, or not at all if the scan has passed it: its event is on the DEADLINE topic after the
+ *  scan began, and every page says where that topic stood then (DSEQ), which is what the
+ *  reaper needs to know it has missed nothing. */
 static void
-s_sync_flush(sync_ctx_t *c, bool last)
+s_sync_flush(store_t *self, bool last)
 {
-    pd_msgw_t *w = &c->self->out;
-    pd_msgw_begin(w, PD_MSG_SYNC_PAGE, c->m->rid);
-    pd_msgw_int(w, PD_F_NODE, c->self->node);
-    pd_msgw_int(w, PD_F_GEN, c->self->gen);
-    pd_msgw_int(w, PD_F_SEQ, (int64_t)c->self->seq);
-    pd_msgw_int(w, PD_F_DSEQ, (int64_t)c->self->dseq);
+    sync_ctx_t *c = &self->sync;
+    pd_msgw_t *w = &self->out;
+    pd_msgw_begin(w, PD_MSG_SYNC_PAGE, c->rid);
+    pd_msgw_int(w, PD_F_NODE, self->node);
+    pd_msgw_int(w, PD_F_GEN, self->gen);
+    pd_msgw_int(w, PD_F_SEQ, c->seq);
+    pd_msgw_int(w, PD_F_DSEQ, c->dseq);
     pd_msgw_int(w, PD_F_FLAGS, last ? PD_FL_LAST : 0);
     pd_msgw_raw(w, PD_F_ITEMS);
     msgpack_pack_array(&w->pk, (uint32_t)c->n);
@@ -1069,26 +1109,50 @@ s_sync_flush(sync_ctx_t *c, bool last)
 static int
 s_sync_visit(const pd_record_t *rec, void *arg)
 {
-    sync_ctx_t *c = arg;
+    store_t *self = arg;
+    sync_ctx_t *c = &self->sync;
     msgpack_pack_array(&c->pk, 4);
     msgpack_pack_str_with_body(&c->pk, rec->project.ptr, rec->project.len);
     msgpack_pack_str_with_body(&c->pk, rec->id.ptr, rec->id.len);
     msgpack_pack_uint64(&c->pk, rec->version);
     msgpack_pack_int64(&c->pk, rec->expires_ms);
     if (++c->n == SYNC_PAGE_ITEMS)
-        s_sync_flush(c, false);
+        s_sync_flush(self, false);
     return 0;
 }
 
 static void
 s_on_sync(store_t *self, const pd_msg_t *m)
 {
-    sync_ctx_t c = {.self = self, .m = m};
-    msgpack_sbuffer_init(&c.sb);
-    msgpack_packer_init(&c.pk, &c.sb, msgpack_sbuffer_write);
-    pd_table_foreach(self->table, s_sync_visit, &c);
-    s_sync_flush(&c, true);
-    msgpack_sbuffer_destroy(&c.sb);
+    if (self->nsyncs == SYNC_QUEUE) { /* the reaper asks again after its timeout */
+        s_reply_err(self, m, PD_ERR_UNAVAILABLE, "too many syncs queued");
+        return;
+    }
+    self->syncs[self->nsyncs++] = m->rid;
+}
+
+//  One slice of the oldest queued SYNC; true while some remain.
+static bool
+s_sync_step(store_t *self)
+{
+    if (!self->nsyncs)
+        return false;
+    sync_ctx_t *c = &self->sync;
+    if (!self->sync_started) {
+        self->sync_started = true;
+        self->sync_pos = 0;
+        c->rid = self->syncs[0];
+        c->seq = (int64_t)self->seq;
+        c->dseq = (int64_t)self->dseq;
+        c->n = 0;
+        msgpack_sbuffer_clear(&c->sb);
+    }
+    if (!pd_table_scan(self->table, &self->sync_pos, SYNC_TURN_SLOTS, s_sync_visit, self))
+        return true;
+    s_sync_flush(self, true);
+    self->sync_started = false;
+    memmove(self->syncs, self->syncs + 1, --self->nsyncs * sizeof *self->syncs);
+    return self->nsyncs > 0;
 }
 
 /* -------------------------------------------------------------------------- rooms */
@@ -1388,6 +1452,8 @@ store_main(pd_config_t *cfg)
     self->rooms = st_rooms_open(cfg, created);
     self->index = st_index_new();
     pd_buf_init(&self->ikeys);
+    msgpack_sbuffer_init(&self->sync.sb);
+    msgpack_packer_init(&self->sync.pk, &self->sync.sb, msgpack_sbuffer_write);
     self->counts = zhash_new();
     self->frozen = zhash_new();
     pd_table_foreach(self->table, s_count_visit, self);
@@ -1471,7 +1537,8 @@ store_main(pd_config_t *cfg)
             st_rooms_tick(self->rooms, pd_now_ms());
             s_room_events(self);
         }
-        idle = !s_flush(self, false) && !got;
+        bool syncing = s_sync_step(self); /* a slice of a SYNC answer, if one is asked */
+        idle = !s_flush(self, false) && !got && !syncing;
     }
     s_flush(self, true);
     pd_log_info("store node %d stopping", self->node);
@@ -1492,6 +1559,9 @@ store_main(pd_config_t *cfg)
     pd_table_close(&self->table);
     st_rooms_close(&self->rooms);
     st_index_destroy(&self->index);
+    free(self->cands);
+    free(self->sorted);
+    msgpack_sbuffer_destroy(&self->sync.sb);
     pd_buf_free(&self->ikeys);
     zhash_destroy(&self->frozen);
     return 0;

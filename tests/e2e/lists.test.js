@@ -99,8 +99,17 @@ describe('more than 5,000 matching records', () => {
         assert.equal(seen.length, COUNT);
         assert.deepEqual(seen, [...seen].sort().reverse(), 'orderDesc(userId) across pages');
         assert.equal(new Set(seen).size, COUNT);
-        const beyond = await api(C(), 'GET', `/v1/presences?queries[0]=${encodeURIComponent(Q.offset(5001))}`, { key: true });
+        // beyond 5,000: an API key may page on by offset (to 100,000), a user may not
+        const deep = plain(await keyP().list({ queries: [Q.equal('status', [tag]), Q.orderDesc('userId'), Q.offset(5100), Q.limit(1000)] }));
+        assert.deepEqual(deep.presences.map((p) => p.userId), seen.slice(5100));
+        const past = plain(await keyP().list({ queries: [Q.equal('status', [tag]), Q.offset(COUNT)] }));
+        assert.equal(past.presences.length, 0);
+        const beyond = await api(C(), 'GET', `/v1/presences?queries[0]=${encodeURIComponent(Q.offset(100001))}`, { key: true });
         assertError(beyond, 400, 'general_argument_invalid');
+        const jwt = mintJwt(C().jwtSecret, { userId: uid('deep') });
+        const user = await api(C(), 'GET', `/v1/presences?queries[0]=${encodeURIComponent(Q.offset(5001))}`, { jwt });
+        assertError(user, 400, 'general_argument_invalid');
+        assert.match(user.json.message, /between 0 and 5,000/);
     });
 
     it('cursorBefore pages backwards from the last record reach every record exactly once', async () => {

@@ -11,6 +11,7 @@ const net = require('node:net');
 const { execFileSync } = require('node:child_process');
 const { startCluster, sleep } = require('./lib/cluster');
 const { api } = require('./lib/http');
+const { mintJwt } = require('./lib/sdk');
 const R = require('./lib/rtclient');
 
 const cpuTicks = (pid) => {
@@ -266,14 +267,19 @@ test('the connection cap (--max-connections) pauses accepting and resumes when o
     for (const s of socks) s.destroy();
 });
 
-test('offset is capped at 5000 (400, general_argument_invalid); 5000 itself is fine', async (t) => {
+test('offset is capped at 5000 for users and guests, 100000 for an API key (400, general_argument_invalid)', async (t) => {
     const c = await startCluster({ label: 'res-offset', gateways: 1 });
     t.after(() => c.stop());
     const q = (n) => `/v1/presences?queries[]=${encodeURIComponent(JSON.stringify({ method: 'offset', values: [n] }))}`;
-    const bad = await api(c, 'GET', q(5001), { key: true });
+    const jwt = mintJwt(c.jwtSecret, { userId: 'offset-user' });
+    const bad = await api(c, 'GET', q(5001), { jwt });
     assert.equal(bad.status, 400, bad.text);
     assert.equal(bad.json.type, 'general_argument_invalid');
     assert.match(bad.json.message, /offset: Value must be a valid range between 0 and 5,000/);
-    const ok = await api(c, 'GET', q(5000), { key: true });
+    assert.equal((await api(c, 'GET', q(5000), { jwt })).status, 200);
+    const deep = await api(c, 'GET', q(100001), { key: true });
+    assert.equal(deep.status, 400, deep.text);
+    assert.match(deep.json.message, /offset: Value must be a valid range between 0 and 100,000/);
+    const ok = await api(c, 'GET', q(100000), { key: true });
     assert.equal(ok.status, 200, ok.text);
 });
