@@ -1603,8 +1603,10 @@ s_on_back(const pd_msg_t *m, void *arg)
         memcpy(nd->endpoint, ep.ptr ? ep.ptr : "", ep.len);
         nd->endpoint[ep.len] = 0;
     }
-    pd_buf_reset(&nd->counts);
-    pd_buf_add(&nd->counts, m->s[PD_F_COUNTS].ptr, m->s[PD_F_COUNTS].len);
+    if (pd_msg_has(m, PD_F_COUNTS)) { /* absent while a restarted node counts again */
+        pd_buf_reset(&nd->counts);
+        pd_buf_add(&nd->counts, m->s[PD_F_COUNTS].ptr, m->s[PD_F_COUNTS].len);
+    }
     for (size_t i = 0; news && i < self->npeers; i++)
         if (strcmp(self->peers[i].role, "gateway") == 0)
             s_routes(self, &self->peers[i]);

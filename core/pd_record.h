@@ -29,6 +29,7 @@ typedef struct {
     int64_t expires_ms;    //  expiresAt
     uint64_t version;      //  bumped by every write; 1 on create
     pd_str_t json;         //  the Presence model JSON (set by the store)
+    uint32_t slot;         //  a record read from pd_table: its slot there (else meaningless)
 } pd_record_t;
 
 //  Appends the Presence model JSON of rec to b, keys in Appwrite's order:

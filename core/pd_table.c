@@ -274,6 +274,7 @@ s_fill(pd_table_t *self, uint64_t off, pd_record_t *out)
     out->updated_ms = b->updated_ms;
     out->expires_ms = b->expires_ms;
     out->version = b->version;
+    out->slot = b->slot;
 }
 
 /*  Record ids, user ids and statuses are chosen by clients: the indexes hash them under the

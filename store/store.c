@@ -52,6 +52,7 @@
 #define SYNC_PAGE_ITEMS 1000
 #define SYNC_TURN_SLOTS 20000 //  slots a SYNC answer scans per loop turn
 #define SYNC_QUEUE 8          //  SYNC requests waiting, at most
+#define COUNT_TURN_SLOTS 50000 //  slots the count after a restart scans per loop turn
 #define OUTBOX_BYTES (64u << 20) //  recent events kept in shared memory (--store-outbox; st_replay.h)
 #define REPLAY_MS 1000           //  after a restart, events this recent are published again
 #define HOLD_MAX (64u << 20)     //  events held while the broker has not subscribed yet
@@ -96,6 +97,8 @@ typedef struct {
     uint64_t malformed;
     pd_buf_t scratch;
     zhash_t *counts;      //  project -> records held (int64_t *), for per-project limits
+    bool counting;        //  the per-project counts are being made again (s_count)
+    uint64_t count_pos;   //  the count's next slot
     int64_t *count_last;  //  the counter of the project s_count saw last (count_key)
     char count_key[40];
     size_t count_len;
@@ -260,9 +263,13 @@ s_on_change(const pd_record_t *rec, const pd_record_t *prev, void *arg)
 }
 
 /*  Records per project on this node: reported in HELLO so that the broker can enforce a
- *  project's record limit across the cluster. */
+ *  project's record limit across the cluster. After a restart they are counted again by a scan
+ *  of the slots, COUNT_TURN_SLOTS per loop turn, while the node serves (a million records take
+ *  about 100 ms: the node does not wait for them). Meanwhile a change counts only if the scan
+ *  has passed its slot (the scan sees the others as they are when it gets there), and HELLO
+ *  carries no counts (the broker keeps the last ones it had). */
 static void
-s_count(store_t *self, pd_str_t project, int64_t delta)
+s_count_add(store_t *self, pd_str_t project, int64_t delta)
 {
     /* the last project's counter is kept at hand: writes (and the count at start, a million
      * records in a row) mostly come from one project */
@@ -286,11 +293,34 @@ s_count(store_t *self, pd_str_t project, int64_t delta)
     }
 }
 
+//  A record created (delta 1) or deleted (-1): rec is read from the table (its slot is known).
+static void
+s_count(store_t *self, const pd_record_t *rec, int64_t delta)
+{
+    if (self->counting && rec->slot >= self->count_pos)
+        return; /* the scan has not been there yet */
+    s_count_add(self, rec->project, delta);
+}
+
 static int
 s_count_visit(const pd_record_t *rec, void *arg)
 {
-    s_count(arg, rec->project, 1);
+    s_count_add(arg, rec->project, 1);
     return 0;
+}
+
+//  One slice of the count after a restart; true while it goes on.
+static bool
+s_count_step(store_t *self)
+{
+    if (!self->counting)
+        return false;
+    if (!pd_table_scan(self->table, &self->count_pos, COUNT_TURN_SLOTS, s_count_visit, self))
+        return true;
+    self->counting = false;
+    pd_log_info("counted %zu records in %zu projects", pd_table_count(self->table),
+                zhash_size(self->counts));
+    return false;
 }
 
 static int64_t
@@ -314,7 +344,7 @@ s_put(store_t *self, const pd_msg_t *m, const pd_record_t *rec, int action)
     pd_outbox_commit(self->outbox);
     bool had = prev.id.len > 0;
     if (!had)
-        s_count(self, stored.project, 1);
+        s_count(self, &stored, 1);
     s_reply_rec(self, m, &stored, had ? &prev : NULL);
 }
 
@@ -423,7 +453,7 @@ s_remove(store_t *self, const pd_msg_t *m)
         return;
     }
     pd_outbox_commit(self->outbox);
-    s_count(self, prev.project, -1);
+    s_count(self, &prev, -1);
     s_reply_rec(self, m, &prev, NULL);
 }
 
@@ -753,8 +783,8 @@ s_on_move_in(store_t *self, const pd_msg_t *m)
         if (rc == 0)
             rc = pd_table_import(self->table, &rec, &taken);
         self->silent = false;
-        if (taken && !had)
-            s_count(self, project, 1);
+        if (taken && !had && pd_table_get(self->table, project, rec.id, &cur) == 0)
+            s_count(self, &cur, 1);
     }
     pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
     pd_msgw_int(self->reply, PD_F_ERR, rc);
@@ -801,7 +831,7 @@ s_on_move_drop(store_t *self, const pd_msg_t *m)
         pd_record_t prev;
         self->silent = true;
         if (pd_table_delete(self->table, project, key, &prev) == 0)
-            s_count(self, project, -1);
+            s_count(self, &prev, -1);
         self->silent = false;
     }
 }
@@ -1418,7 +1448,9 @@ s_hello(store_t *self)
         pd_buf_adds(&self->scratch, zhash_cursor(self->counts));
         pd_buf_addf(&self->scratch, "%c%lld%c", 0, (long long)*n, 0);
     }
-    pd_msgw_str(w, PD_F_COUNTS, self->scratch.data ? self->scratch.data : "", self->scratch.len);
+    if (!self->counting) /* while they are counted again, the broker keeps the last ones */
+        pd_msgw_str(w, PD_F_COUNTS, self->scratch.data ? self->scratch.data : "",
+                    self->scratch.len);
     pd_msgw_end(w);
 }
 
@@ -1456,7 +1488,7 @@ store_main(pd_config_t *cfg)
     msgpack_packer_init(&self->sync.pk, &self->sync.sb, msgpack_sbuffer_write);
     self->counts = zhash_new();
     self->frozen = zhash_new();
-    pd_table_foreach(self->table, s_count_visit, self);
+    self->counting = pd_table_count(self->table) > 0; /* a scan, a slice per loop turn */
     pd_msgw_init(&self->out);
     pd_msgw_init(&self->front_out);
     pd_msgw_init(&self->events);
@@ -1518,6 +1550,8 @@ store_main(pd_config_t *cfg)
             if (self->events.count && self->bus_ready) /* held events leave when the window ends */
                 wait = self->pub_last + PUB_WINDOW_US - pd_mono_us();
             pd_zpoll_wait(&self->poll, wait > 0 ? wait : 0);
+        } else { /* busy (a SYNC answer, the count): still learn which sockets have input */
+            pd_zpoll_wait(&self->poll, 0);
         }
         int got = pd_zpoll_drain(&self->poll, zsock_resolve(self->pub), 100, s_on_subscribe, self,
                                  NULL);
@@ -1538,6 +1572,7 @@ store_main(pd_config_t *cfg)
             s_room_events(self);
         }
         bool syncing = s_sync_step(self); /* a slice of a SYNC answer, if one is asked */
+        syncing |= s_count_step(self);    /* a slice of the count after a restart */
         idle = !s_flush(self, false) && !got && !syncing;
     }
     s_flush(self, true);

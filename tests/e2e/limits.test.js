@@ -46,6 +46,22 @@ test('per-project limits: records and metadata bytes', { timeout: 90000 }, async
         const now = await put('small', 'p3', 'u3');
         assert.equal(now.status, 200, show(now));
         assert.equal(now.json.$id, 'p3');
+        // Every store node and the broker killed: the restarted nodes count their records again
+        // while they serve, and the new broker learns the counts from them: still full.
+        const olds = { store1: c.pids('store', 1), store2: c.pids('store', 2), broker: c.pids('broker') };
+        c.kill('broker', undefined, 'SIGKILL');
+        c.kill('store', 1, 'SIGKILL');
+        c.kill('store', 2, 'SIGKILL');
+        await c.waitRestarted('broker', undefined, olds.broker);
+        await c.waitRestarted('store', 1, olds.store1);
+        await c.waitRestarted('store', 2, olds.store2);
+        await c.waitHealthy(20000);
+        await sleep(1000);
+        const full = await put('small', 'p4', 'u4');
+        assert.equal(full.status, 403, `after the restarts: ${show(full)}`);
+        assert.equal(full.json.type, 'presence_limit_exceeded');
+        assert.equal((await put('big', 'b5', 'u5')).status, 200);
+        assert.match(c.log(), /counted \d+ records in \d+ projects/);
         // metadata_bytes: 64 bytes of encoded JSON.
         const fat = await put('small', 'p0', 'u0', { metadata: { blob: 'x'.repeat(80) } });
         assert.equal(fat.status, 400, show(fat));
