@@ -14,9 +14,10 @@ const path = require('node:path');
 const http = require('node:http');
 const fs = require('node:fs');
 const os = require('node:os');
-const { spawn, execFileSync } = require('node:child_process');
+const { execFileSync } = require('node:child_process');
 const E2E = path.resolve(__dirname, '..', 'tests', 'e2e');
 const { startCluster, sleep } = require(path.join(E2E, 'lib', 'cluster'));
+const { startWrk, fill } = require('./lib/fill');
 
 const RECORDS = Number(process.argv[2] || 1000000);
 const KILLS = Number(process.argv[3] || 5);
@@ -30,29 +31,6 @@ function get(agent, c, p) {
         req.setTimeout(10000, () => req.destroy());
         req.on('error', () => resolve(0));
     });
-}
-
-function wrkScript(c, dir, perThread) {
-    const lua = path.join(dir, 'fill.lua');
-    fs.writeFileSync(lua, `
-local threads, n = {}, 0
-function setup(thread) thread:set("tid", n); n = n + 1 end
-local i = 0
-request = function()
-  local id = "r" .. tid .. "-" .. i
-  i = (i + 1) % ${perThread}
-  return wrk.format("PUT", "/v1/presences/" .. id,
-    {["X-Appwrite-Project"]="${c.project}", ["X-Appwrite-Key"]="${c.apiKey}", ["Content-Type"]="application/json"},
-    '{"userId":"u' .. id .. '","status":"online","metadata":{"room":"lobby","n":' .. i .. '}}')
-end
-`);
-    return lua;
-}
-
-const startWrk = (c, lua, secs) => spawn('wrk', ['-t2', '-c64', `-d${secs}s`, '-s', lua, `${c.url}/`], { stdio: 'ignore' });
-
-async function records(c) {
-    try { return (await c.metrics()).sum('presenced_store_records'); } catch { return -1; }
 }
 
 // One kill: ms from SIGKILL to the first 200, and (from the log's timestamps, ms resolution) to
@@ -81,20 +59,12 @@ async function killOnce(c, agent, id) {
 }
 
 (async () => {
-    const perThread = Math.ceil(RECORDS / 2);
     const c = await startCluster({ stores: 1, gateways: 2, label: 'bench-restart', args: ['--store-capacity', String(Math.max(1048576, RECORDS + 1024)), '--store-arena', String(4 * 1024 * 1024 * 1024)] });
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pd-restart-'));
     try {
-        const lua = wrkScript(c, dir, perThread);
-        const t0 = Date.now();
-        let w = startWrk(c, lua, 3600);
-        let n;
-        while ((n = await records(c)) < RECORDS) await sleep(500);
-        w.kill('SIGTERM');
-        await sleep(300);
-        n = await records(c);
+        const { n, secs, lua } = await fill(c, dir, RECORDS);
         const rss = execFileSync('ps', ['-o', 'rss=', '-p', String(c.pids('store', 1)[0])], { encoding: 'utf8' }).trim();
-        console.log(`filled ${n} records in ${((Date.now() - t0) / 1000).toFixed(1)} s (store RSS ${(rss / 1024).toFixed(0)} MiB)`);
+        console.log(`filled ${n} records in ${secs.toFixed(1)} s (store RSS ${(rss / 1024).toFixed(0)} MiB)`);
         const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
         const id = 'r0-0';
         if (await get(agent, c, `/v1/presences/${id}`) !== 200) throw new Error(`${id} not readable`);
