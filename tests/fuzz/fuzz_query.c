@@ -87,6 +87,44 @@ s_unpack_key(const char *buf, size_t len, size_t *off, msgpack_zone *zone, pd_qk
     CHECK(pd_query_key_unpack(&o, k) == 0);
 }
 
+/*  Index keys (the store's indexes, st_index.h) agree with matching: when the set is one
+ *  equal() on an attribute whose values all have keys, a record matches exactly when its own
+ *  key for that attribute is one of them. */
+static void
+s_index_keys(const pd_query_t *q, const pd_record_t *recs)
+{
+    static const char *attrs[] = {"status", "metadata.room", "metadata.n", "metadata.f",
+                                  "metadata.ok", "metadata.nil", "metadata.geo.tile", "userId"};
+    pd_buf_t keys, mine;
+    pd_buf_init(&keys);
+    pd_buf_init(&mine);
+    for (size_t a = 0; a < sizeof attrs / sizeof *attrs; a++) {
+        pd_buf_reset(&keys);
+        int n = pd_query_index_keys(q, pd_str(attrs[a]), &keys);
+        CHECK(n >= -1);
+        if (n < 0 || pd_query_nfilters(q) != 1)
+            continue;
+        for (int i = 0; i < NREC; i++) {
+            pd_qrec_t r;
+            pd_qrec_init(&r, &recs[i]);
+            bool match = pd_query_match(q, &r);
+            bool has = pd_qrec_index_key(&r, pd_str(attrs[a]), &mine), found = false;
+            pd_qrec_clear(&r);
+            for (size_t off = 0; has && off < keys.len;) {
+                uint32_t len;
+                CHECK(off + sizeof len <= keys.len);
+                memcpy(&len, keys.data + off, sizeof len);
+                CHECK(off + sizeof len + len <= keys.len);
+                found |= len == mine.len && memcmp(keys.data + off + sizeof len, mine.data, len) == 0;
+                off += sizeof len + len;
+            }
+            CHECK(match == found);
+        }
+    }
+    pd_buf_free(&keys);
+    pd_buf_free(&mine);
+}
+
 static void
 s_exercise(const pd_query_t *q, const pd_record_t *recs)
 {
@@ -115,6 +153,8 @@ s_exercise(const pd_query_t *q, const pd_record_t *recs)
         pd_qrec_clear(&r);
         CHECK(keys[i].n >= 2 && keys[i].n <= PD_QUERY_MAX_ORDER + 2);
     }
+
+    s_index_keys(q, recs);
 
     msgpack_sbuffer sb;
     msgpack_packer pk;
