@@ -748,6 +748,48 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
 
 /* -------------------------------------------------------------------------- list merge */
 
+/*  Gathers (a list's pages, a rooms list): every node's answer is kept in op->items as it came,
+ *  [length u32][message], and TOTAL summed; true once the last node has answered. An error
+ *  answers the asker at once and frees op (false). */
+static bool
+s_gather_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
+{
+    if (m->i[PD_F_ERR] != PD_ERR_OK) {
+        s_reply_errs(self, op->peer, op->rid, (int)m->i[PD_F_ERR], m->s[PD_F_MESSAGE]);
+        s_op_free(self, op);
+        return false;
+    }
+    if (!((op->waiting >> node) & 1))
+        return false;
+    op->waiting &= ~(1ULL << node);
+    op->total += m->i[PD_F_TOTAL];
+    uint32_t len = (uint32_t)m->raw_len;
+    pd_buf_add(&op->items, &len, sizeof len);
+    pd_buf_add(&op->items, m->raw, m->raw_len);
+    return !op->waiting;
+}
+
+//  The ITEMS array of the next answer s_gather_page kept, from *off; NULL when none is left.
+static const msgpack_object *
+s_gather_next(broker_t *self, op_t *op, size_t *off)
+{
+    while (*off + 4 <= op->items.len) {
+        uint32_t len;
+        memcpy(&len, op->items.data + *off, 4);
+        *off += 4;
+        pd_msg_t pm;
+        size_t poff = 0;
+        if (len > op->items.len - *off ||
+            pd_msg_decode(&pm, op->items.data + *off, len, &poff, &self->zone) < 0)
+            return NULL;
+        *off += len;
+        const msgpack_object *items = pm.o[PD_F_ITEMS];
+        if (items && items->type == MSGPACK_OBJECT_ARRAY)
+            return items;
+    }
+    return NULL;
+}
+
 /*  A node's page while the pages are merged: its items (sorted by the node in the list's
  *  order, nearest the cursor first for cursorBefore) and the key of the one at the head. */
 typedef struct {
@@ -801,19 +843,8 @@ s_list_finish(broker_t *self, op_t *op)
     }
     head_t heads[MAX_NODES + 1];
     size_t nh = 0, off = 0;
-    while (off + 4 <= op->items.len && nh <= MAX_NODES) {
-        uint32_t len;
-        memcpy(&len, op->items.data + off, 4);
-        off += 4;
-        pd_msg_t pm;
-        size_t poff = 0;
-        if (len > op->items.len - off ||
-            pd_msg_decode(&pm, op->items.data + off, len, &poff, &self->zone) < 0)
-            break;
-        off += len;
-        const msgpack_object *items = pm.o[PD_F_ITEMS];
-        if (!items || items->type != MSGPACK_OBJECT_ARRAY)
-            continue;
+    const msgpack_object *items;
+    while (nh <= MAX_NODES && (items = s_gather_next(self, op, &off))) {
         heads[nh] = (head_t){.v = items->via.array.ptr, .n = items->via.array.size};
         if (s_head_next(&heads[nh]))
             nh++;
@@ -873,22 +904,6 @@ s_list_finish(broker_t *self, op_t *op)
     s_op_free(self, op);
 }
 
-//  Appends a node's answer's items (an array) to op->items, one msgpack object after another.
-static void
-s_collect_items(op_t *op, const msgpack_object *items)
-{
-    if (!items || items->type != MSGPACK_OBJECT_ARRAY)
-        return;
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    for (uint32_t i = 0; i < items->via.array.size; i++)
-        msgpack_pack_object(&pk, items->via.array.ptr[i]);
-    pd_buf_add(&op->items, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
-}
-
 static void
 s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
 {
@@ -934,14 +949,7 @@ s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
         op->state = ST_GATHER;
         return;
     }
-    if (!((op->waiting >> node) & 1))
-        return;
-    op->waiting &= ~(1ULL << node);
-    op->total += m->i[PD_F_TOTAL];
-    uint32_t len = (uint32_t)m->raw_len; /* the page as it came: merged in s_list_finish */
-    pd_buf_add(&op->items, &len, sizeof len);
-    pd_buf_add(&op->items, m->raw, m->raw_len);
-    if (!op->waiting)
+    if (s_gather_page(self, op, node, m)) /* the pages as they came: merged in s_list_finish */
         s_list_finish(self, op);
 }
 
@@ -970,21 +978,22 @@ s_rooms_gather(broker_t *self, int peer, const pd_msg_t *m)
 static void
 s_rooms_finish(broker_t *self, op_t *op)
 {
-    msgpack_zone zone;
-    msgpack_zone_init(&zone, 4096);
     size_t n = 0, cap = 0, off = 0;
     pd_room_n_t *v = NULL;
-    msgpack_object o;
-    while (off < op->items.len &&
-           msgpack_unpack(op->items.data, op->items.len, &off, &zone, &o) >= 1) {
-        if (o.type != MSGPACK_OBJECT_ARRAY || o.via.array.size != 2 ||
-            o.via.array.ptr[0].type != MSGPACK_OBJECT_STR ||
-            o.via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-            continue;
-        if (n == cap && !(v = realloc(v, (cap = cap ? cap * 2 : 64) * sizeof *v)))
-            abort();
-        v[n++] = (pd_room_n_t){{o.via.array.ptr[0].via.str.ptr, o.via.array.ptr[0].via.str.size},
-                               o.via.array.ptr[1].via.u64};
+    const msgpack_object *items;
+    while ((items = s_gather_next(self, op, &off))) {
+        for (uint32_t i = 0; i < items->via.array.size; i++) {
+            const msgpack_object *o = &items->via.array.ptr[i];
+            if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2 ||
+                o->via.array.ptr[0].type != MSGPACK_OBJECT_STR ||
+                o->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+                continue;
+            if (n == cap && !(v = realloc(v, (cap = cap ? cap * 2 : 64) * sizeof *v)))
+                abort();
+            v[n++] = (pd_room_n_t){
+                {o->via.array.ptr[0].via.str.ptr, o->via.array.ptr[0].via.str.size},
+                o->via.array.ptr[1].via.u64};
+        }
     }
     if (n)
         qsort(v, n, sizeof *v, pd_room_n_cmp);
@@ -1000,24 +1009,12 @@ s_rooms_finish(broker_t *self, op_t *op)
     s_op_answer(self, op, b.data, b.len);
     pd_buf_free(&b);
     free(v);
-    msgpack_zone_destroy(&zone);
 }
 
 static void
 s_rooms_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
 {
-    if (m->i[PD_F_ERR] != PD_ERR_OK) {
-        s_reply_errs(self, op->peer, op->rid, (int)m->i[PD_F_ERR], m->s[PD_F_MESSAGE]);
-        s_op_free(self, op);
-        return;
-    }
-    if (!((op->waiting >> node) & 1))
-        return;
-    op->waiting &= ~(1ULL << node);
-    op->total += m->i[PD_F_TOTAL];
-    const msgpack_object *items = m->o[PD_F_ITEMS];
-    s_collect_items(op, items);
-    if (!op->waiting)
+    if (s_gather_page(self, op, node, m))
         s_rooms_finish(self, op);
 }
 

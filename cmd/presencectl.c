@@ -1654,21 +1654,10 @@ cmd_watch(int argc, char **argv)
     return s_watch(&o, NULL, NULL, NULL);
 }
 
+//  rooms list: the answer of GET /v1/rooms as a table, largest first.
 static int
-s_rooms_list(client_opts_t *o)
+s_rooms_list(json_t *root)
 {
-    CURL *h = curl_easy_init();
-    if (!h)
-        s_die("curl_easy_init failed");
-    pd_buf_t full;
-    pd_buf_init(&full);
-    s_api_url(&full, o->endpoint, "/rooms");
-    pd_buf_add(&full, "", 1);
-    json_t *root = s_get_json(o, h, &full);
-    curl_easy_cleanup(h);
-    pd_buf_free(&full);
-    if (!root)
-        return 1;
     json_t *rooms = json_object_get(root, "rooms");
     if (!json_is_array(rooms))
         s_die("unexpected answer: no rooms");
@@ -1743,8 +1732,6 @@ cmd_rooms(int argc, char **argv)
         s_usage();
         return 2;
     }
-    if (list)
-        return s_rooms_list(&o);
     if (watch) {
         int rc = s_watch(&o, room, apikey, token);
         s_free_secret(token);
@@ -1756,7 +1743,7 @@ cmd_rooms(int argc, char **argv)
     pd_buf_t url;
     pd_buf_init(&url);
     char *ce = curl_easy_escape(h, room, 0);
-    pd_buf_addf(&url, "/rooms/%s", ce);
+    pd_buf_addf(&url, "/rooms%s%s", list ? "" : "/", list ? "" : ce);
     curl_free(ce);
     pd_buf_add(&url, "", 1);
     pd_buf_t full;
@@ -1769,6 +1756,8 @@ cmd_rooms(int argc, char **argv)
     pd_buf_free(&full);
     if (!root)
         return 1;
+    if (list)
+        return s_rooms_list(root);
     json_t *members = json_object_get(root, "members");
     if (!json_is_array(members))
         s_die("unexpected answer: no members");

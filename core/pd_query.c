@@ -1040,12 +1040,10 @@ pd_query_index_keys(const pd_query_t *self, pd_str_t attr, pd_buf_t *out)
             memcpy(out->data + at, &len, sizeof len);
             /* drop a value given twice: its records would be visited twice */
             bool dup = false;
-            for (size_t p = mark; p < at && !dup;) {
-                uint32_t l;
-                memcpy(&l, out->data + p, sizeof l);
-                dup = l == len && memcmp(out->data + p + sizeof l, out->data + at + sizeof len, len) == 0;
-                p += sizeof l + l;
-            }
+            pd_buf_t before = {out->data + mark, at - mark, 0};
+            size_t p = 0;
+            for (pd_str_t k; !dup && pd_query_index_key_next(&before, &p, &k);)
+                dup = k.len == len && memcmp(k.ptr, out->data + at + sizeof len, len) == 0;
             if (dup)
                 out->len = at;
             else
@@ -1054,6 +1052,20 @@ pd_query_index_keys(const pd_query_t *self, pd_str_t attr, pd_buf_t *out)
         return n;
     }
     return -1;
+}
+
+bool
+pd_query_index_key_next(const pd_buf_t *keys, size_t *off, pd_str_t *key)
+{
+    uint32_t len;
+    if (*off + sizeof len > keys->len)
+        return false;
+    memcpy(&len, keys->data + *off, sizeof len);
+    if (len > keys->len - *off - sizeof len)
+        return false;
+    *key = (pd_str_t){keys->data + *off + sizeof len, len};
+    *off += sizeof len + len;
+    return true;
 }
 
 bool

@@ -64,6 +64,8 @@ bool pd_query_paged(const pd_query_t *self);
  *  "metadata.<path>") and every value has a key, appends the distinct keys to out, each as a
  *  4-byte length then its bytes, and returns how many; otherwise -1. */
 int pd_query_index_keys(const pd_query_t *self, pd_str_t attr, pd_buf_t *out);
+//  Walks the keys pd_query_index_keys wrote: the one at *off (then past it), false at the end.
+bool pd_query_index_key_next(const pd_buf_t *keys, size_t *off, pd_str_t *key);
 
 //  Per-record scratch for matching: metadata is parsed at most once, and only if a query needs
 //  it. Init before use, clear after (frees the parsed metadata).

@@ -162,12 +162,10 @@ s_join(st_idx_t *ix, member_t *m, pd_str_t key)
 
 //  Puts the record in the set of its value (or none), as it will be stored.
 static void
-s_index_rec(st_index_t *self, st_idx_t *ix, const pd_record_t *rec)
+s_index_rec(st_index_t *self, st_idx_t *ix, pd_qrec_t *qr)
 {
-    pd_qrec_t qr;
-    pd_qrec_init(&qr, rec);
-    bool has = pd_qrec_index_key(&qr, pd_str(ix->attr), &self->key);
-    pd_qrec_clear(&qr);
+    const pd_record_t *rec = qr->rec;
+    bool has = pd_qrec_index_key(qr, pd_str(ix->attr), &self->key);
     pd_str_t key = {self->key.data, self->key.len};
     member_t *m = s_member_find(ix, rec->id);
     if (m && m->set && has && m->set->klen == key.len && memcmp(m->set->key, key.ptr, key.len) == 0)
@@ -212,14 +210,17 @@ st_index_change(st_index_t *self, const pd_record_t *rec, const pd_record_t *pre
     const pd_record_t *r = rec ? rec : prev;
     if (!self->list || !r)
         return;
+    pd_qrec_t qr; /* the metadata is parsed once, for all the project's indexes */
+    pd_qrec_init(&qr, r);
     for (st_idx_t *ix = self->list; ix; ix = ix->next) {
         if (!pd_str_eqc(r->project, ix->project))
             continue;
         if (rec)
-            s_index_rec(self, ix, rec);
+            s_index_rec(self, ix, &qr);
         else
             s_unindex(ix, prev->id);
     }
+    pd_qrec_clear(&qr);
 }
 
 typedef struct {
@@ -231,8 +232,12 @@ static int
 s_build_visit(const pd_record_t *rec, void *arg)
 {
     build_t *b = arg;
-    if (pd_str_eqc(rec->project, b->ix->project))
-        s_index_rec(b->self, b->ix, rec);
+    if (pd_str_eqc(rec->project, b->ix->project)) {
+        pd_qrec_t qr;
+        pd_qrec_init(&qr, rec);
+        s_index_rec(b->self, b->ix, &qr);
+        pd_qrec_clear(&qr);
+    }
     return 0;
 }
 

@@ -105,7 +105,6 @@ typedef struct {
     st_rooms_t *rooms;    //  rooms: presence sets per channel (st_rooms.h)
     st_index_t *index;    //  indexes projects declare, for equal() lists and counts (st_index.h)
     pd_buf_t ikeys;       //  scratch: a list's index keys
-    uint64_t scan_refused; //  lists refused for examining too many records' metadata
     sync_ctx_t sync;      //  the SYNC being answered, a slice per loop turn
     uint64_t syncs[SYNC_QUEUE]; //  request ids of the SYNCs to answer, oldest first
     size_t nsyncs;
@@ -914,10 +913,9 @@ s_list_visit(const pd_record_t *rec, void *arg)
         c->over = true;
         return 1;
     }
-    if (ok && c->count_only) {
+    if (ok)
         c->total++;
-    } else if (ok) {
-        c->total++;
+    if (ok && !c->count_only) {
         pd_qkey_t key;
         pd_query_key(c->q, &qr, &key);
         if (c->has_cursor) {
@@ -984,16 +982,12 @@ s_list_candidates(store_t *self, list_ctx_t *c)
         bool counted = c->count_only && pd_query_nfilters(c->q) == 1 &&
                        (m->i[PD_F_FLAGS] & PD_FL_BYPASS) &&
                        pd_table_next_expiry(self->table) > c->now;
-        for (size_t off = 0; off < self->ikeys.len && !c->over;) {
-            uint32_t len;
-            memcpy(&len, self->ikeys.data + off, sizeof len);
-            pd_str_t key = {self->ikeys.data + off + sizeof len, len};
-            off += sizeof len + len;
+        size_t off = 0;
+        for (pd_str_t key; pd_query_index_key_next(&self->ikeys, &off, &key);)
             if (counted)
                 c->total += (int64_t)st_idx_count(ix, key);
             else
                 st_idx_each(ix, key, s_list_visit_id, c);
-        }
         return;
     }
     c->capped = true;
@@ -1068,7 +1062,6 @@ s_on_list(store_t *self, const pd_msg_t *m)
     c.count_only = (m->i[PD_F_FLAGS] & PD_FL_COUNT) != 0;
     s_list_candidates(self, &c);
     if (c.over) {
-        self->scan_refused++;
         snprintf(err, sizeof err,
                  "Invalid query: the filters read the metadata of more than %zu records on a "
                  "store node. Add an equal() on an attribute the project indexes, or on "

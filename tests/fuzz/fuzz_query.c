@@ -110,14 +110,10 @@ s_index_keys(const pd_query_t *q, const pd_record_t *recs)
             bool match = pd_query_match(q, &r);
             bool has = pd_qrec_index_key(&r, pd_str(attrs[a]), &mine), found = false;
             pd_qrec_clear(&r);
-            for (size_t off = 0; has && off < keys.len;) {
-                uint32_t len;
-                CHECK(off + sizeof len <= keys.len);
-                memcpy(&len, keys.data + off, sizeof len);
-                CHECK(off + sizeof len + len <= keys.len);
-                found |= len == mine.len && memcmp(keys.data + off + sizeof len, mine.data, len) == 0;
-                off += sizeof len + len;
-            }
+            size_t off = 0, seen = 0;
+            for (pd_str_t k; pd_query_index_key_next(&keys, &off, &k); seen++)
+                found |= has && k.len == mine.len && memcmp(k.ptr, mine.data, k.len) == 0;
+            CHECK(off == keys.len && seen == (size_t)n); //  the keys are whole
             CHECK(match == found);
         }
     }

@@ -98,13 +98,9 @@ s_check(pd_table_t *t, st_idx_t *ix, const char *attr, int step)
         if (nk < 0) { //  objects and arrays have no key: no index answers them
             PD_CHECK(strchr(s_vals[v < NVALS ? v : 0], '{') || strchr(s_vals[v < NVALS ? v : 0], '['));
         } else {
-            size_t got = 0;
-            for (size_t off = 0; off < keys.len;) {
-                uint32_t len;
-                memcpy(&len, keys.data + off, sizeof len);
-                got += st_idx_count(ix, (pd_str_t){keys.data + off + sizeof len, len});
-                off += sizeof len + len;
-            }
+            size_t got = 0, off = 0;
+            for (pd_str_t k; pd_query_index_key_next(&keys, &off, &k);)
+                got += st_idx_count(ix, k);
             if (got != m.n)
                 fprintf(stderr, "step %d: %s = %s: index %zu, scan %zu\n", step, attr,
                         v < NVALS ? s_vals[v] : "sN", got, m.n);
