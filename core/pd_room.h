@@ -41,6 +41,7 @@ enum {
     PD_ROOM_SHOW = 6,     //  reply BODY {"channel","count","members":[{key,phx_ref,conn,...}]}
     PD_ROOM_ROOMS = 7,    //  to every node: reply TOTAL (PROJECT's rooms here) and ITEMS
                           //  [[channel, count], ...], the PD_ROOM_LIST_MAX largest
+    PD_ROOM_COUNT = 8,    //  reply TOTAL: the room's members (O(1))
 };
 //  ROOM_EVENT FLAGS of a broadcast.
 enum { PD_ROOM_FL_BINARY = 1, PD_ROOM_FL_SELF = 2 };

@@ -707,7 +707,8 @@ s_on_reply(const pd_msg_t *m, void *arg)
         s_on_route(gw, m);
         return;
     }
-    if (m->type == PD_MSG_EVENT || m->type == PD_MSG_REPLAY) { /* a store's resend (st_replay.h) */
+    if (m->type == PD_MSG_EVENT || m->type == PD_MSG_ROOM_EVENT ||
+        m->type == PD_MSG_REPLAY) { /* a store's resend (st_replay.h) */
         gw_rt_on_replay(gw, m);
         return;
     }
@@ -792,12 +793,12 @@ s_on_store(h2o_socket_t *sock, const char *err)
 static void
 s_on_event(const pd_msg_t *m, void *arg)
 {
-    if (m->type == PD_MSG_EVENT)
-        gw_rt_on_bus(arg, m);
-    else if (m->type == PD_MSG_ROOM_EVENT || m->type == PD_MSG_HELLO)
+    if (m->type == PD_MSG_EVENT || m->type == PD_MSG_ROOM_EVENT) {
+        gw_rt_on_bus(arg, m); /* sequence checked: a room's then goes to gw_sb_on_bus */
+    } else if (m->type == PD_MSG_HELLO) {
         gw_sb_on_bus(arg, m);
-    if (m->type == PD_MSG_HELLO)
         gw_rt_on_hello(arg, m);
+    }
 }
 
 //  While joining: which store nodes have sent on the EVENT topic since the SUB socket opened.
@@ -826,7 +827,7 @@ s_on_bus_frame(pd_zmsg_t *zm, void *arg)
         if (gw->bus_state != GW_BUS_LIVE)
             return; /* no subscriber is served before the bus is live */
     }
-    if (gw_rt_quiet(gw) && gw_sb_idle(gw))
+    if (gw_rt_quiet(gw))
         return;
     if (pd_msg_each(d + 1, n - 1, &gw->zone, s_on_event, gw) < 0)
         gw->malformed++;

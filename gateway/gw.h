@@ -220,8 +220,10 @@ void gw_ident_free(gw_ident_t *id);
 /* gw_realtime.c */
 void gw_rt_init(gw_t *gw);
 int gw_rt_on_req(h2o_handler_t *self, h2o_req_t *req); //  the /v1/realtime path
+//  A bus EVENT, or a ROOM_EVENT: checked against its node's sequence (a room's then goes to
+//  gw_sb_on_bus).
 void gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev);
-bool gw_rt_quiet(gw_t *gw); //  no connection, no hold: bus frames may be skipped
+bool gw_rt_quiet(gw_t *gw); //  no connection, no hold, no room: bus frames may be skipped
 bool gw_rt_idle(const gw_t *gw); //  the same, without counting a frame
 void gw_rt_bus_live(gw_t *gw); //  the bus is live: handle the messages held meanwhile
 //  A store node's HELLO on the bus (its last SEQ), and what a node resends (st_replay.h).

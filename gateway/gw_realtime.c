@@ -57,6 +57,7 @@
 #include "gw.h"
 #include "gw_fanout.h"
 #include "gw_http.h"
+#include "gw_supabase.h"
 #include "gw_ws.h"
 
 #include "pd_err.h"
@@ -984,11 +985,25 @@ static void s_deliver(rt_t *rt, const pd_msg_t *ev);
  *  (TOTAL 0: whatever its outbox holds after the last event seen), and the new generation's
  *  sequence is then checked from 1, so a restart during an outage loses nothing either.
  *
+ *  A node's sequence numbers its rooms' joins and leaves too (ROOM_EVENT, st_rooms.h): they are
+ *  checked, held and asked again here like records' events, then handed to gw_supabase.c, and
+ *  a gateway with Supabase connections or rooms but no Appwrite one tracks the sequence as well.
+ *
  *  Fallback: when the range is gone (the ring wrapped, the node restarted, no front), or no
  *  answer came within RT_RESYNC_MS, or the held messages passed their bound, the events are
  *  lost for good: every connection with a subscription is closed with 1012 (Service Restart).
  *  The SDK reconnects and subscribes again; an app that keeps a list re-reads it, as it does
- *  after any reconnect. Both outcomes are counted (presenced_bus_resync_total{result}). */
+ *  after any reconnect. The node's rooms are read again instead (gw_sb_resync_node: a fresh
+ *  presence_state for their channels, which clients reconcile). Both outcomes are counted
+ *  (presenced_bus_resync_total{result}). */
+
+//  Whether anybody here needs the bus's events: an Appwrite connection or hold, or a Supabase
+//  connection or room.
+static bool
+s_needed(const rt_t *rt)
+{
+    return !gw_rt_idle(rt->gw) || !gw_sb_idle(rt->gw);
+}
 
 static void s_on_event(rt_t *rt, const pd_msg_t *ev);
 static void s_on_hello(rt_t *rt, const pd_msg_t *m);
@@ -1023,17 +1038,18 @@ s_fallback(rt_t *rt, int node)
     }
     rt->resync_closed += n;
     pd_log_warn("%s: events of store %d after %lld (generation %lld) are gone: %zu subscribers "
-                "told to reconnect (1012)",
-                __func__, node, (long long)st->seq, (long long)st->gen, n);
+                "told to reconnect (1012), %zu rooms read again",
+                __func__, node, (long long)st->seq, (long long)st->gen, n,
+                gw_sb_resync_node(rt->gw, node));
 }
 
 static void
 s_on_held(const pd_msg_t *m, void *arg)
 {
-    if (m->type == PD_MSG_EVENT)
-        s_on_event(arg, m);
-    else
+    if (m->type == PD_MSG_HELLO)
         s_on_hello(arg, m);
+    else
+        s_on_event(arg, m);
 }
 
 /*  Handles the messages held for `node`, and those of any node whose resync ends meanwhile
@@ -1160,14 +1176,14 @@ s_check_seq(rt_t *rt, const pd_msg_t *ev)
         char why[48];
         snprintf(why, sizeof why, "got seq %lld", (long long)seq);
         s_gap(rt, (int)node, seq - 1, why);
-        if (!gw_rt_idle(rt->gw)) { /* (no connection, no hold: nobody needs them) */
+        if (s_needed(rt)) { /* (no connection, no hold, no room: nobody needs them) */
             s_resync_begin(rt, (int)node, seq - 1, ev); /* ev is held: handled after them */
             return false;
         }
     } else if (st->seen && st->gen != gen) {
         pd_log_info("%s: store %lld restarted (generation %lld)", __func__, (long long)node,
                     (long long)gen);
-        if (node >= 1 && !gw_rt_idle(rt->gw)) { /* the rest of the old one, if any: asked */
+        if (node >= 1 && s_needed(rt)) { /* the rest of the old one, if any: asked */
             st->next_gen = gen;
             s_resync_begin(rt, (int)node, INT64_MAX, ev);
             return false;
@@ -1196,7 +1212,7 @@ s_on_hello(rt_t *rt, const pd_msg_t *m)
         st->seq = seq;
         return;
     }
-    if (gen > st->gen && !gw_rt_idle(rt->gw)) { /* restarted: the rest of the old generation */
+    if (gen > st->gen && s_needed(rt)) { /* restarted: the rest of the old generation */
         st->next_gen = gen;
         s_resync_begin(rt, node, INT64_MAX, m);
         return;
@@ -1204,7 +1220,7 @@ s_on_hello(rt_t *rt, const pd_msg_t *m)
     if (gen != st->gen || seq <= st->seq)
         return;
     s_gap(rt, node, seq, "its heartbeat names a newer one");
-    if (!gw_rt_idle(rt->gw))
+    if (s_needed(rt))
         s_resync_begin(rt, node, seq, NULL);
     else
         st->seq = seq;
@@ -1231,7 +1247,7 @@ gw_rt_on_replay(gw_t *gw, const pd_msg_t *m)
     rt_seq_t *st = &rt->seqs[node];
     if (!st->resync || m->i[PD_F_GEN] != st->gen)
         return; /* late (given up, or sent twice), or not what we asked for */
-    if (m->type == PD_MSG_EVENT) {
+    if (m->type == PD_MSG_EVENT || m->type == PD_MSG_ROOM_EVENT) {
         int64_t seq = m->i[PD_F_SEQ];
         if (seq != st->seq + 1 || seq > st->want)
             return;
@@ -1288,8 +1304,8 @@ s_seqs_reset(rt_t *rt)
     }
 }
 
-/*  Called for each bus frame. With no WebSocket open and no presence held, nobody here needs
- *  the bus: the frame is dropped unread (a REST-only gateway pays the copy, not the decode).
+/*  Called for each bus frame. With no WebSocket open (of either protocol), no presence held and
+ *  no room, nobody here needs the bus: the frame is dropped unread (a REST-only gateway pays the copy, not the decode).
  *  The sequence trackers forget what they saw, so that the first frame read afterwards is not
  *  a "gap". */
 bool
@@ -1298,7 +1314,7 @@ gw_rt_quiet(gw_t *gw)
     rt_t *rt = gw->rt;
     (void)gw;
     rt->bus_frames++;
-    if (rt->nconns || rt->holds.n) {
+    if (s_needed(rt)) {
         rt->skipping = false;
         return false;
     }
@@ -1330,10 +1346,15 @@ gw_rt_bus_live(gw_t *gw)
     }
 }
 
-//  An event to hand to the subscribers: it updates the holds, then goes to the fan-out.
+//  An event to hand to the subscribers: it updates the holds, then goes to the fan-out; a
+//  room's goes to gw_supabase.c.
 static void
 s_deliver(rt_t *rt, const pd_msg_t *ev)
 {
+    if (ev->type == PD_MSG_ROOM_EVENT) {
+        gw_sb_on_bus(rt->gw, ev);
+        return;
+    }
     int action = (int)ev->i[PD_F_ACTION];
     pd_record_t rn, rp;
     pd_record_read(ev, &rn);
@@ -1362,7 +1383,8 @@ void
 gw_rt_on_bus(gw_t *gw, const pd_msg_t *ev)
 {
     rt_t *rt = gw->rt;
-    rt->events++;
+    if (ev->type == PD_MSG_EVENT)
+        rt->events++;
     s_on_event(rt, ev);
 }
 

@@ -129,6 +129,8 @@ struct sb_room {
     int64_t snap_ms;           //  mono ms the snapshot was asked for (asked again if lost)
     int busy;                  //  a walk over chans is under way: an empty room waits for it
     bool resync;               //  its node restarted: the snapshot asked for replaces the state
+    int64_t snap_gen, snap_seq; //  the node's generation and SEQ at the snapshot: joins and
+                                //  leaves up to them are in it (a resent one is dropped)
     sb_chan_t *chans;
     size_t nchans, ntracked;
     pd_map_t keys, metas;      //  the mirror
@@ -1352,6 +1354,8 @@ s_on_snapshot(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
         for (sb_chan_t *ch = r->chans; ch; ch = ch->next_r)
             ch->synced = false;
     }
+    r->snap_gen = ev->i[PD_F_GEN];
+    r->snap_seq = ev->i[PD_F_SNAP_SEQ];
     const msgpack_object *items = ev->o[PD_F_ITEMS];
     s_mirror_clear(r);
     if (items && items->type == MSGPACK_OBJECT_ARRAY) {
@@ -1427,21 +1431,17 @@ s_on_bcast(sb_t *sb, sb_room_t *r, const pd_msg_t *ev)
     s_room_release(r);
 }
 
-/*  A store node's heartbeat on the bus: a new boot generation means it restarted. Its rooms'
- *  members survived in shared memory, but events of the moments around the restart may not
- *  have reached the bus: the rooms it owns are read again (a snapshot, in bus order). */
-static void
-s_on_hello(sb_t *sb, const pd_msg_t *ev)
+/*  The rooms store node `node` owns are read again: their events may have been lost (the node
+ *  restarted, or the bus lost some and the node no longer had them, gw_realtime.c "resync").
+ *  Each gets a snapshot, in bus order, that replaces its state; its presence channels get a
+ *  fresh presence_state (clients reconcile it: Phoenix's syncState). Returns how many. */
+size_t
+gw_sb_resync_node(gw_t *gw, int node)
 {
-    int64_t node = ev->i[PD_F_NODE], gen = ev->i[PD_F_GEN];
-    if (node < 1 || node > GW_MAX_STORES || !gen)
-        return;
-    int64_t was = sb->node_gen[node];
-    sb->node_gen[node] = gen;
-    if (!was || was == gen)
-        return;
-    int total = sb->gw->nstores;
-    for (size_t k = 0; sb->rooms.n && k <= sb->rooms.mask; k++)
+    sb_t *sb = s_sb(gw);
+    int total = gw->nstores;
+    size_t n = 0;
+    for (size_t k = 0; sb && sb->rooms.n && k <= sb->rooms.mask; k++)
         for (pd_mapent_t *e = pd_map_slot(&sb->rooms, k); e; e = e->next) {
             sb_room_t *r = (sb_room_t *)e;
             if (total > 0 && pd_shard_owner((pd_str_t){r->project, r->plen},
@@ -1451,7 +1451,24 @@ s_on_hello(sb_t *sb, const pd_msg_t *ev)
             r->resync = true;
             s_room_snap(sb, r);
             sb->resyncs++;
+            n++;
         }
+    return n;
+}
+
+/*  A store node's heartbeat on the bus: a new boot generation means it restarted. Its rooms'
+ *  members survived in shared memory, but a join or leave made as it died may not have reached
+ *  its outbox: the rooms it owns are read again. */
+static void
+s_on_hello(sb_t *sb, const pd_msg_t *ev)
+{
+    int64_t node = ev->i[PD_F_NODE], gen = ev->i[PD_F_GEN];
+    if (node < 1 || node > GW_MAX_STORES || !gen)
+        return;
+    int64_t was = sb->node_gen[node];
+    sb->node_gen[node] = gen;
+    if (was && was != gen)
+        gw_sb_resync_node(sb->gw, (int)node);
 }
 
 void
@@ -1480,6 +1497,10 @@ gw_sb_on_bus(gw_t *gw, const pd_msg_t *ev)
     }
     if (r->state != SB_ROOM_LIVE)
         return; /* before our snapshot in the bus's order: it is in the snapshot */
+    int64_t gen = ev->i[PD_F_GEN], seq = ev->i[PD_F_SEQ];
+    if (pd_msg_has(ev, PD_F_SEQ) &&
+        (gen < r->snap_gen || (gen == r->snap_gen && seq <= r->snap_seq)))
+        return; /* resent after a skip, and older than the snapshot: in it already */
     pd_str_t key = ev->s[PD_F_PKEY], ref = ev->s[PD_F_REF];
     if (action == PD_ROOM_JOIN) {
         pd_str_t meta = ev->s[PD_F_META_JSON];
@@ -1601,14 +1622,21 @@ s_on_show_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
         gw_respond_err(gw, req, GW_ROUTE_OTHER, err, m->s[PD_F_MESSAGE], p->start_ns);
         return;
     }
+    char total[40];
     pd_str_t body = m->s[PD_F_BODY];
+    if (!pd_msg_has(m, PD_F_BODY)) { /* a count */
+        int n = snprintf(total, sizeof total, "{\"total\":%lld}", (long long)m->i[PD_F_TOTAL]);
+        body = (pd_str_t){total, (size_t)n};
+    }
     gw_respond(gw, req, GW_ROUTE_OTHER, 200, "application/json", body.ptr, body.len, p->start_ns);
 }
 
-//  GET /v1/rooms/{channel}: a room's members and their count (the count is O(1) at its node);
-//  GET /v1/rooms: the project's rooms, largest first ({"total", "rooms": [{channel, count}]},
-//  at most PD_ROOM_LIST_MAX), gathered from every store node by the broker. For operators: an
-//  API key of the project (X-Appwrite-Project, X-Appwrite-Key).
+//  GET /v1/rooms/{channel}: a room's members and their count; GET /v1/rooms/{channel}/count:
+//  {"total": N}, the count alone, O(1) at the room's node (the counts extension's shape, as
+//  GET /v1/presences/count); GET /v1/rooms: the project's rooms, largest first ({"total",
+//  "rooms": [{channel, count}]}, at most PD_ROOM_LIST_MAX), gathered from every store node by
+//  the broker. For operators: an API key of the project (X-Appwrite-Project, X-Appwrite-Key).
+//  A channel whose name ends in "/count" is named with its slash encoded (%2F).
 int
 gw_sb_on_rooms_req(h2o_handler_t *self, h2o_req_t *req)
 {
@@ -1624,6 +1652,12 @@ gw_sb_on_rooms_req(h2o_handler_t *self, h2o_req_t *req)
         gw_respond_err(gw, req, GW_ROUTE_OTHER, PD_ERR_ROUTE_NOT_FOUND, PD_STR_NULL, t0);
         return 0;
     }
+    static const char suffix[] = "/count";
+    size_t slen = sizeof suffix - 1;
+    bool count = !list && path.len > plen + slen &&
+                 memcmp(path.ptr + path.len - slen, suffix, slen) == 0;
+    if (count)
+        path.len -= slen;
     pd_str_t channel = PD_STR_NULL;
     if (!list &&
         (gw_http_urldecode_pool(&req->pool, path.ptr + plen, path.len - plen, &channel) < 0 ||
@@ -1645,7 +1679,7 @@ gw_sb_on_rooms_req(h2o_handler_t *self, h2o_req_t *req)
     }
     gw_pending_t *p = gw_pending_new(gw, req, GW_ROUTE_OTHER, s_on_show_reply);
     pd_msgw_t *w = gw_send_begin(gw, PD_MSG_ROOM, p->rid);
-    pd_msgw_int(w, PD_F_ACTION, list ? PD_ROOM_ROOMS : PD_ROOM_SHOW);
+    pd_msgw_int(w, PD_F_ACTION, list ? PD_ROOM_ROOMS : count ? PD_ROOM_COUNT : PD_ROOM_SHOW);
     pd_msgw_str(w, PD_F_PROJECT, id.project->id, strlen(id.project->id));
     if (!list)
         pd_msgw_s(w, PD_F_ID, channel);

@@ -16,11 +16,12 @@ typedef struct {
 } s_walk_t;
 
 //  An outbox entry's sequence number, from its rid (pd_msgw_begin's fixed header), or -1 if
-//  it is not an EVENT.
+//  it is neither an EVENT nor a ROOM_EVENT (a room's join or leave).
 static int64_t
 s_seq_of(const unsigned char *d, size_t len)
 {
-    if (len < 13 || d[0] != 0x94 || d[2] != PD_MSG_EVENT || d[3] != 0xcf)
+    if (len < 13 || d[0] != 0x94 || (d[2] != PD_MSG_EVENT && d[2] != PD_MSG_ROOM_EVENT) ||
+        d[3] != 0xcf)
         return -1;
     uint64_t v = 0;
     for (int i = 0; i < 8; i++)

@@ -7,8 +7,9 @@
  *  event is kept in the node's outbox (pd_outbox.h) until the ring wraps, so the answer is
  *  read from there:
  *
- *    the EVENT messages of generation GEN with sequence numbers SEQ, SEQ+1, ... as they were
- *    published (their rid is their SEQ), then one REPLAY (rid: the request's) with NODE, GEN,
+ *    the EVENT messages (and ROOM_EVENT joins and leaves, which share the sequence) of
+ *    generation GEN with sequence numbers SEQ, SEQ+1, ... as they were published (their rid is
+ *    their SEQ), then one REPLAY (rid: the request's) with NODE, GEN,
  *    SEQ = the last one sent (the first wanted - 1 when none), FLAGS 1 when the answer was cut
  *    at REPLAY_MAX_BYTES (ask again from SEQ + 1), and ERR UNAVAILABLE when the range is gone:
  *    its first event is no longer in the ring (overwritten, or an outbox of another process),

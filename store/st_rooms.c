@@ -17,29 +17,6 @@ struct st_rooms {
     int node;
 };
 
-static void
-s_member_event(st_rooms_t *r, int action, const pd_room_member_t *m)
-{
-    pd_msgw_t *w = &r->events;
-    pd_msgw_begin(w, PD_MSG_ROOM_EVENT, 0);
-    pd_msgw_int(w, PD_F_ACTION, action);
-    pd_msgw_int(w, PD_F_NODE, r->node);
-    pd_msgw_s(w, PD_F_PROJECT, m->project);
-    pd_msgw_s(w, PD_F_ID, m->channel);
-    pd_msgw_s(w, PD_F_CONN, m->conn);
-    pd_msgw_s(w, PD_F_PKEY, m->key);
-    pd_msgw_s(w, PD_F_REF, m->ref);
-    if (action == PD_ROOM_JOIN) /* a leave is named by its ref */
-        pd_msgw_s(w, PD_F_META_JSON, m->meta);
-    pd_msgw_end(w);
-}
-
-static void
-s_hook(int action, const pd_room_member_t *m, void *arg)
-{
-    s_member_event(arg, action, m);
-}
-
 typedef struct {
     st_rooms_t *r;
     pd_str_t project;
@@ -64,7 +41,7 @@ s_list_room(pd_str_t project, pd_str_t channel, uint32_t count, void *arg)
 }
 
 st_rooms_t *
-st_rooms_open(const pd_config_t *cfg, bool fresh)
+st_rooms_open(const pd_config_t *cfg, bool fresh, pd_room_hook_fn on_member, void *arg)
 {
     char name[sizeof cfg->shm_name + 8], prefix[12];
     snprintf(name, sizeof name, "%s-rooms", cfg->shm_name);
@@ -85,7 +62,7 @@ st_rooms_open(const pd_config_t *cfg, bool fresh)
     r->node = cfg->node;
     pd_msgw_init(&r->events);
     pd_buf_init(&r->show);
-    pd_rooms_set_hook(r->rooms, s_hook, r);
+    pd_rooms_set_hook(r->rooms, on_member, arg);
     return r;
 }
 
@@ -153,7 +130,7 @@ s_show_item(const pd_room_member_t *m, void *arg)
 }
 
 void
-st_rooms_on_msg(st_rooms_t *r, const pd_msg_t *m, pd_msgw_t *reply)
+st_rooms_on_msg(st_rooms_t *r, const pd_msg_t *m, pd_msgw_t *reply, int64_t gen, uint64_t seq)
 {
     pd_str_t project = m->s[PD_F_PROJECT], channel = m->s[PD_F_ID], conn = m->s[PD_F_CONN];
     switch (m->i[PD_F_ACTION]) {
@@ -197,6 +174,8 @@ st_rooms_on_msg(st_rooms_t *r, const pd_msg_t *m, pd_msgw_t *reply)
         pd_msgw_begin(w, PD_MSG_ROOM_EVENT, 0);
         pd_msgw_int(w, PD_F_ACTION, PD_ROOM_SNAPSHOT);
         pd_msgw_int(w, PD_F_NODE, r->node);
+        pd_msgw_int(w, PD_F_GEN, gen);
+        pd_msgw_int(w, PD_F_SNAP_SEQ, (int64_t)seq);
         pd_msgw_s(w, PD_F_PROJECT, project);
         pd_msgw_s(w, PD_F_ID, channel);
         pd_msgw_s(w, PD_F_TARGET, m->s[PD_F_TARGET]);
@@ -242,6 +221,12 @@ st_rooms_on_msg(st_rooms_t *r, const pd_msg_t *m, pd_msgw_t *reply)
         pd_msgw_end(reply);
         return;
     }
+    case PD_ROOM_COUNT:
+        pd_msgw_begin(reply, PD_MSG_REPLY, m->rid);
+        pd_msgw_int(reply, PD_F_ERR, PD_ERR_OK);
+        pd_msgw_int(reply, PD_F_TOTAL, pd_rooms_count(r->rooms, project, channel));
+        pd_msgw_end(reply);
+        return;
     case PD_ROOM_SHOW: {
         show_ctx_t c = {.b = &r->show, .first = true};
         pd_buf_reset(&r->show);

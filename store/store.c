@@ -18,7 +18,8 @@
  *  Events outlive a crash of this process: each is written to the outbox in shared memory
  *  (pd_outbox.h) before its change is visible in the table, and a restarted node settles the
  *  one that may be pending and publishes its last second of events again once the broker has
- *  subscribed to its XPUB.
+ *  subscribed to its XPUB. Its rooms' joins and leaves (st_rooms.h) share the sequence and the
+ *  outbox.
  *
  *  Moves (resharding; the ownership rules and the protocol are in broker.c, "resharding"). The
  *  broker tells this node the store set (SHARDS: FROM nodes -> TOTAL nodes). While records
@@ -1180,8 +1181,40 @@ s_sync_step(store_t *self)
 
 /* -------------------------------------------------------------------------- rooms */
 
-//  Moves the room events st_rooms made into this turn's events, on the EVENT topic (only
-//  gateways take them; dropped while none subscribes, as they would have nobody to reach).
+/*  A join or leave (pd_room's hook): an event in the node's sequence, kept in the outbox like a
+ *  record's (a gateway that missed it asks for it again, st_replay.h), made only when a gateway
+ *  may want it (s_event's rule). It is committed at once: a process that dies between the
+ *  room's change and its event leaves no trace of the event, and the gateways read the node's
+ *  rooms again when its next generation says hello (gw_supabase.c). */
+static void
+s_room_event(int action, const pd_room_member_t *m, void *arg)
+{
+    store_t *self = arg;
+    if (!self->events_wanted && self->bus_ready)
+        return;
+    pd_msgw_t *w = &self->events;
+    s_topic(self, PD_BUS_EVENT);
+    size_t start = w->sb.size;
+    pd_msgw_begin(w, PD_MSG_ROOM_EVENT, ++self->seq);
+    pd_msgw_int(w, PD_F_ACTION, action);
+    pd_msgw_int(w, PD_F_NODE, self->node);
+    pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
+    pd_msgw_int(w, PD_F_GEN, self->gen);
+    pd_msgw_s(w, PD_F_PROJECT, m->project);
+    pd_msgw_s(w, PD_F_ID, m->channel);
+    pd_msgw_s(w, PD_F_CONN, m->conn);
+    pd_msgw_s(w, PD_F_PKEY, m->key);
+    pd_msgw_s(w, PD_F_REF, m->ref);
+    if (action == PD_ROOM_JOIN) /* a leave is named by its ref */
+        pd_msgw_s(w, PD_F_META_JSON, m->meta);
+    pd_msgw_end(w);
+    if (pd_outbox_put(self->outbox, w->sb.data + start, w->sb.size - start, pd_now_ms()) < 0)
+        pd_log_debug("%s: event of %zu bytes not kept in the outbox", __func__, w->sb.size - start);
+    pd_outbox_commit(self->outbox);
+}
+
+//  Moves the snapshots and broadcasts st_rooms made into this turn's events, on the EVENT
+//  topic (only gateways take them; dropped while none subscribes: nobody asked).
 static void
 s_room_events(store_t *self)
 {
@@ -1197,7 +1230,7 @@ s_room_events(store_t *self)
 static void
 s_on_room(store_t *self, const pd_msg_t *m)
 {
-    st_rooms_on_msg(self->rooms, m, self->reply);
+    st_rooms_on_msg(self->rooms, m, self->reply, self->gen, self->seq);
     s_room_events(self);
 }
 
@@ -1474,7 +1507,7 @@ store_main(pd_config_t *cfg)
     msgpack_zone_init(&self->zone, 8192);
     s_outbox_open(self, created);
     pd_table_set_hook(self->table, s_on_change, self);
-    self->rooms = st_rooms_open(cfg, created);
+    self->rooms = st_rooms_open(cfg, created, s_room_event, self);
     self->index = st_index_new();
     pd_buf_init(&self->ikeys);
     msgpack_sbuffer_init(&self->sync.sb);

@@ -9,11 +9,11 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const WS = require('ws');
-const { RealtimeClient } = require('@supabase/realtime-js');
 const { createClient } = require('@supabase/supabase-js');
 const { startCluster, sleep } = require('./lib/cluster');
 const { mintJwt } = require('./lib/sdk');
 const R = require('./lib/rtclient');
+const { sbClient, sbWatch, sbSubscribe } = require('./lib/sbclient');
 
 let c, anon, gws;
 const clients = [];
@@ -29,42 +29,9 @@ test.after(async () => {
     await c.stop();
 });
 
-// A realtime-js client connected to gateway pid (any when pid is undefined).
-async function client(pid, opts = {}) {
-    for (let i = 0; i < 100; i++) {
-        const rc = new RealtimeClient(`ws://127.0.0.1:${c.port}/realtime/v1`, {
-            params: { apikey: opts.apikey ?? anon }, transport: WS, vsn: opts.vsn ?? '2.0.0',
-            heartbeatIntervalMs: 5000,
-        });
-        rc.connect();
-        await R.until(() => rc.isConnected(), 5000, 'realtime-js connected');
-        const sock = rc.socketAdapter.socket.conn._socket;
-        if (pid === undefined || (await R.gatewayOf(c, sock.localPort)) === pid) {
-            clients.push(rc);
-            return rc;
-        }
-        rc.disconnect();
-    }
-    throw new Error(`no client on gateway ${pid}`);
-}
-
-// Records a channel's presence callbacks.
-function watch(ch) {
-    const ev = [];
-    ch.on('presence', { event: 'sync' }, () => ev.push({ t: 'sync', state: JSON.parse(JSON.stringify(ch.presenceState())) }))
-        .on('presence', { event: 'join' }, (e) => ev.push({ t: 'join', key: e.key, metas: e.newPresences }))
-        .on('presence', { event: 'leave' }, (e) => ev.push({ t: 'leave', key: e.key, metas: e.leftPresences }));
-    return ev;
-}
-
-function subscribe(ch) {
-    return new Promise((resolve, reject) => {
-        ch.subscribe((status, err) => {
-            if (status === 'SUBSCRIBED') resolve(status);
-            else reject(new Error(`${status}: ${err && err.message}`));
-        });
-    });
-}
+const client = (pid, opts = {}) => sbClient(c, opts.apikey ?? anon, pid, { ...opts, into: clients });
+const watch = sbWatch;
+const subscribe = sbSubscribe;
 
 // The status and error a refused join ends with.
 function subscribeRefused(ch) {
@@ -91,7 +58,8 @@ for (const vsn of ['1.0.0', '2.0.0']) {
         assert.ok(metasOf(cb, 'alice')[0].presence_ref, 'a meta carries its presence_ref');
         assert.ok(eb.some((e) => e.t === 'join' && e.key === 'alice'), 'bob got a join');
         assert.ok(eb.some((e) => e.t === 'sync'), 'bob got a sync');
-        assert.ok(ea.some((e) => e.t === 'join' && e.key === 'alice'), 'alice sees her own join');
+        // (each gateway sends its own diff: alice's may come a moment after bob's)
+        await R.until(() => ea.some((e) => e.t === 'join' && e.key === 'alice'), 5000, 'alice sees her own join');
         assert.equal(await cb.track({ name: 'Bob' }), 'ok');
         await R.until(() => keys(ca).join() === 'alice,bob', 5000, 'alice sees bob');
 
@@ -160,6 +128,13 @@ test('a late joiner gets the whole room in presence_state', async () => {
     assert.equal(body.members.find((m) => m.key === 'm2').meta.i, 2);
     const guest = await fetch(`${c.url}/v1/rooms/late`, { headers: { 'X-Appwrite-Project': c.project } });
     assert.equal(guest.status, 401);
+    // the count alone, O(1) at the room's node, in the counts extension's shape
+    const count = await fetch(`${c.url}/v1/rooms/late/count`, { headers: { 'X-Appwrite-Project': c.project, 'X-Appwrite-Key': c.apiKey } });
+    assert.equal(count.status, 200);
+    assert.deepEqual(await count.json(), { total: 6 });
+    const none = await fetch(`${c.url}/v1/rooms/${encodeURIComponent('no/count')}/count`, { headers: { 'X-Appwrite-Project': c.project, 'X-Appwrite-Key': c.apiKey } });
+    assert.deepEqual(await none.json(), { total: 0 }, 'an empty room (its name has a slash)');
+    assert.equal((await fetch(`${c.url}/v1/rooms/late/count`, { headers: { 'X-Appwrite-Project': c.project } })).status, 401);
     for (const pid of gws) {
         const late = await client(pid);
         const ch = late.channel(room);
