@@ -8,7 +8,13 @@
 // one keep-alive client sends GET /v1/presences/{id} back to back (each answer is a fast 503
 // until the node is back) and the time from the kill to the first 200 is the restart time.
 // Also printed, from the log's timestamps: when the supervisor saw the death, and when the new
-// process had re-attached its segment. Not a test: nothing is asserted.
+// process had re-attached its segment. Two more rounds make the segment dirty on purpose, as a
+// kill in the middle of a write leaves it (the kills under writes rarely land there): the node
+// is stopped (SIGSTOP), its header's `dirty` word set, then it is killed. "dirty": with the undo
+// journal armed (a write cut short: re-attach writes back the words it had changed, at most
+// 159, then checks a sample); "dirty, no journal": with it disarmed (a write that outgrew the
+// journal, or a version 2 segment): every index is rebuilt.
+// Not a test: nothing is asserted.
 // Usage: PRESENCED_BIN=build/presenced node bench/restart.js [RECORDS=1000000] [KILLS=5]
 const path = require('node:path');
 const http = require('node:http');
@@ -35,9 +41,25 @@ function get(agent, c, p) {
 
 // One kill: ms from SIGKILL to the first 200, and (from the log's timestamps, ms resolution) to
 // the supervisor's "lost store" line and the new process's "re-attached" line.
-async function killOnce(c, agent, id) {
+const DIRTY_OFFSET = 120;   // offsetof(s_header_t, dirty), core/pd_table.c (layout 3)
+const JOURNAL_OFFSET = 1536; // S_JOURNAL_OFF: {armed, n}
+const JOURNAL_ARMED = 0x4c4e524a;
+
+async function killOnce(c, agent, id, dirty, journal) {
     const old = c.pids('store', 1);
     const logBefore = c.log().length;
+    if (dirty) {
+        const name = /(?:created|re-attached) \/?(\S+): \d+ records/.exec(c.log())[1];
+        process.kill(old[0], 'SIGSTOP');
+        const fd = fs.openSync(`/dev/shm/${name}`, 'r+');
+        const one = Buffer.alloc(4);
+        one.writeUInt32LE(1);
+        fs.writeSync(fd, one, 0, 4, DIRTY_OFFSET);
+        const j = Buffer.alloc(8);
+        j.writeUInt32LE(journal ? JOURNAL_ARMED : 0, 0); // n = 0: nothing to write back
+        fs.writeSync(fd, j, 0, 8, JOURNAL_OFFSET);
+        fs.closeSync(fd);
+    }
     const wall = Date.now();
     const t0 = performance.now();
     process.kill(old[0], 'SIGKILL');
@@ -54,8 +76,9 @@ async function killOnce(c, agent, id) {
     const at = (re) => { const m = new RegExp(`^(\\S+) .*${re}`, 'm').exec(tail); return m ? Date.parse(m[1]) - wall : NaN; };
     const m = /re-attached \S+: (\d+) records/.exec(tail);
     const rebuilt = /rebuilding indexes \(([^)]*)\)/.exec(tail);
+    const undone = /undone from its journal/.test(tail);
     return { served, lost: at('lost store 1'), attached: at('re-attached \\S+: \\d+ records'), n503, other,
-             count: m ? Number(m[1]) : NaN, rebuilt: rebuilt ? rebuilt[1] : '' };
+             count: m ? Number(m[1]) : NaN, rebuilt: rebuilt ? rebuilt[1] : '', undone };
 }
 
 (async () => {
@@ -68,16 +91,16 @@ async function killOnce(c, agent, id) {
         const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
         const id = 'r0-0';
         if (await get(agent, c, `/v1/presences/${id}`) !== 200) throw new Error(`${id} not readable`);
-        for (const mode of ['idle', 'under writes']) {
+        for (const mode of ['idle', 'under writes', 'dirty', 'dirty, no journal']) {
             const served = [];
             for (let k = 0; k < KILLS; k++) {
                 let wr = null;
                 if (mode !== 'idle') { wr = startWrk(c, lua, 60); await sleep(1500); }
-                const r = await killOnce(c, agent, id);
+                const r = await killOnce(c, agent, id, mode.startsWith('dirty'), mode === 'dirty');
                 if (wr) wr.kill('SIGTERM');
                 served.push(r.served);
                 console.log(`${mode} kill ${k + 1}: serving after ${r.served.toFixed(1)} ms (log: lost at ${r.lost} ms, re-attached at ${r.attached} ms; ` +
-                    `${r.n503} x 503, ${r.other} other; re-attached ${r.count} records${r.rebuilt ? `; rebuilt: ${r.rebuilt}` : ''})`);
+                    `${r.n503} x 503, ${r.other} other; re-attached ${r.count} records${r.rebuilt ? `; rebuilt: ${r.rebuilt}` : ''}${r.undone ? '; a change undone from the journal' : ''})`);
                 // past the supervisor's 10 s window, so every kill is a first crash (no backoff)
                 await sleep(11000);
             }

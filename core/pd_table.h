@@ -9,9 +9,13 @@
  *  Crash safety. A write builds a new blob completely, then publishes it with one atomic store
  *  (slot -> blob offset, or index entry -> slot). A reader never sees a half-written record. The
  *  secondary structures (user and status indexes, expiry heap, free lists) are derived: the
- *  header's `dirty` word is set around every mutation of them and, if a process died mid-way,
- *  pd_table_open rebuilds them from the slots. A killed and restarted store node therefore
- *  re-attaches and serves every acknowledged write with no replay.
+ *  header's `dirty` word is set around every mutation of them, and the mutation journals the old
+ *  value of every word it changes (an undo journal in the header's page). If a process died
+ *  mid-way, pd_table_open writes those values back, which leaves the segment as it was before
+ *  that mutation (it did not happen: it was not acknowledged either), in O(words it touched);
+ *  without a usable journal it rebuilds every derived structure from the slots. A killed and
+ *  restarted store node therefore re-attaches and serves every acknowledged write with no
+ *  replay.
  *
  *  Views returned by reads point into the segment and stay valid until the next mutating call
  *  (a replaced or deleted blob is freed lazily at the start of the next mutation, so the caller
