@@ -11,8 +11,10 @@
 #              peer load generator's `presence`), for the peer GET /presence; client p50/p99
 #   sbstorm-N  the storm through Supabase Realtime's protocol (issue 13): presenced driven by
 #              our own load generator (bench/storm.js: phx_join with presence + track, 500 in
-#              flight, a watcher that parses every presence_state and diff), the peer by the
-#              peer load generator's storm as above; same N, same machine, same run
+#              flight, a watcher that parses every presence_state and diff; the joiners are
+#              bench/stormc.c processes, the stormc built beside the presenced binary, or Node
+#              `ws` clients with SBSTORM_JOINERS=node), the peer by the peer load generator's
+#              storm as above; same N, same machine, same run
 # Usage: bench/rooms.sh [build/presenced] [runs=3] [scenario...]
 #        scenarios: storm-5000 storm-10000 fanout-100 fanout-300 fanout-1000 sbstorm-5000 roster-10000
 #        (default: all but sbstorm)
@@ -77,7 +79,8 @@ for sc in $scenarios; do
             ppid=$!
             if [[ $sc == sbstorm-* && $server == presenced ]]; then
                 timeout 400 node "$here/storm.js" --ws "ws://127.0.0.1:$port" --project bench --jwt-secret S \
-                    -n "${sc#sbstorm-}" -c 500 --pids "$pids" > "$f" 2>&1 || echo "($server $sc run $r: storm.js exit $?)"
+                    -n "${sc#sbstorm-}" -c 500 --pids "$pids" --joiners "${SBSTORM_JOINERS:-c}" \
+                    --stormc "$(dirname "$bin")/stormc" > "$f" 2>&1 || echo "($server $sc run $r: storm.js exit $?)"
             else
                 timeout 400 "$loadgen" "${proto[@]}" -pid "$pids" "${args[@]}" > "$f" 2>&1 || echo "($server $sc run $r: loadgen exit $?)"
             fi

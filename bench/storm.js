@@ -23,17 +23,21 @@
 //        [--joiner-presence 1]   0: the clients join with presence off (they still track; only
 //                                the watcher gets state and diffs): a diagnostic that takes the
 //                                protocol's O(N^2) bytes out, to see the server's join path alone
+//        [--joiners node]        c: the clients are bench/stormc.c processes (--stormc PATH,
+//                                default build/stormc): the same clients, doing the same, at
+//                                the cost of their read() calls instead of Node's (the watcher
+//                                stays here); without deflate or the presence-off diagnostic
 // Prints progress lines and a final `RESULT {json}` line.
 const path = require('node:path');
 const fs = require('node:fs');
 const crypto = require('node:crypto');
-const { fork } = require('node:child_process');
+const { fork, spawn } = require('node:child_process');
 const WS = require(path.resolve(__dirname, '..', 'tests', 'e2e', 'node_modules', 'ws'));
 
 const TOPIC = 'realtime:storm';
 
 function args(argv) {
-    const o = { n: 5000, c: 500, workers: 4, timeout: 150, 'leave-timeout': 60, pids: '', project: 'bench', 'joiner-presence': 1, deflate: 0 };
+    const o = { n: 5000, c: 500, workers: 4, timeout: 150, 'leave-timeout': 60, pids: '', project: 'bench', 'joiner-presence': 1, deflate: 0, joiners: 'node', stormc: path.resolve(__dirname, '..', 'build', 'stormc') };
     for (let i = 0; i < argv.length; i++) {
         const k = argv[i].replace(/^--?/, '');
         if (k === 'worker') { o.worker = true; continue; }
@@ -145,7 +149,8 @@ function rssKiB(pids) {
 async function main(o) {
     const N = o.n;
     const pids = o.pids ? String(o.pids).split(',').filter(Boolean).map(Number) : [];
-    const res = { scenario: 'storm', proto: 'supabase (bench/storm.js)', clients: N, concurrency: o.c, workers: o.workers, joiner_presence: o['joiner-presence'] !== 0, deflate: o.deflate === 1 };
+    const res = { scenario: 'storm', proto: 'supabase (bench/storm.js)', clients: N, concurrency: o.c, workers: o.workers, joiners: o.joiners, joiner_presence: o['joiner-presence'] !== 0, deflate: o.deflate === 1 };
+    if (o.joiners === 'c' && (o.deflate === 1 || o['joiner-presence'] === 0)) throw new Error('--joiners c: no --deflate 1, no --joiner-presence 0');
     const log = (s) => console.log(`${new Date().toISOString()} ${s}`);
 
     // The watcher: presence_state and every presence_diff, parsed in full.
@@ -186,15 +191,34 @@ async function main(o) {
     const cpu0 = cpuTicks(pids);
     t0 = Date.now();
     let readyAt = 0;
+    const onMsg = (m) => {
+        if (m.ev === 'ready') { failed += m.failed; firstError ??= m.firstError; if (++ready === W) readyAt = Date.now(); }
+        if (m.ev === 'dropped') dropped++;
+        if (m.ev === 'closed') { bytes += m.bytes; frames += m.frames; closed++; }
+    };
     for (let w = 0; w < W; w++) {
-        const k = fork(__filename, ['--worker', ...process.argv.slice(2)], { stdio: 'inherit' });
-        k.on('message', (m) => {
-            if (m.ev === 'ready') { failed += m.failed; firstError ??= m.firstError; if (++ready === W) readyAt = Date.now(); }
-            if (m.ev === 'dropped') dropped++;
-            if (m.ev === 'closed') { bytes += m.bytes; frames += m.frames; closed++; }
-        });
         const from = Math.floor((N * w) / W), to = Math.floor((N * (w + 1)) / W);
-        k.send({ cmd: 'start', from, to, conc: Math.max(1, Math.round((o.c * (to - from)) / N)) });
+        const conc = Math.max(1, Math.round((o.c * (to - from)) / N));
+        if (o.joiners === 'c') { // stdout lines "ready F [error]", "dropped", "closed B F"; stdin commands
+            const u = new URL(url(o));
+            const k = spawn(o.stormc, [u.hostname, u.port, u.pathname + u.search, from, to, conc, o['jwt-secret']], { stdio: ['pipe', 'pipe', 'inherit'] });
+            let buf = '';
+            k.stdout.on('data', (d) => {
+                buf += d;
+                for (let i; (i = buf.indexOf('\n')) >= 0; buf = buf.slice(i + 1)) {
+                    const [ev, a, ...rest] = buf.slice(0, i).split(' ');
+                    if (ev === 'ready') onMsg({ ev, failed: Number(a), firstError: rest.join(' ') || null });
+                    else if (ev === 'closed') onMsg({ ev, bytes: Number(a), frames: Number(rest[0]) });
+                    else onMsg({ ev });
+                }
+            });
+            k.send = (m) => k.stdin.write(`${m.cmd}\n`);
+            kids.push(k);
+            continue;
+        }
+        const k = fork(__filename, ['--worker', ...process.argv.slice(2)], { stdio: 'inherit' });
+        k.on('message', onMsg);
+        k.send({ cmd: 'start', from, to, conc });
         kids.push(k);
     }
     const wait = async (cond, secs) => {
