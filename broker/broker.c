@@ -111,7 +111,7 @@
 #define MOVE_RATE 50000    //  records and claims moved per second, at most (--move-rate)
 
 enum { OP_FREE, OP_SIMPLE, OP_UPSERT, OP_UPDATE, OP_LIST, OP_SYNC, OP_MOVE, OP_ROOMS };
-enum { ST_CLAIM, ST_WRITE, ST_RECLAIM, ST_PROBE, ST_GATHER, ST_LOOKUP };
+enum { ST_CLAIM, ST_WRITE, ST_RECLAIM, ST_PROBE, ST_GATHER, ST_LOOKUP, ST_FETCH };
 
 typedef struct {
     bool seen;          //  registered at least once
@@ -156,6 +156,9 @@ typedef struct {
     pd_buf_t cursor;    //  LIST: the cursor's item (msgpack)
     pd_query_t *query;  //  LIST: parsed queries (order, limit, offset)
     bool count;         //  LIST with FLAGS COUNT: answer {"total": N}, summed, uncapped
+    bool keys;          //  LIST: nodes send keys only, the page's JSON is fetched (s_list_fetch)
+    pd_buf_t fent;      //  LIST, ST_FETCH: the page, fent_t per item, in the list's order
+    pd_buf_t fetched;   //  LIST, ST_FETCH: each node's FETCH answer, [node u32][len u32][msg]
     uint64_t lc_gen;    //  LIST with ?ttl=: the list cache's generation at its start (0: none);
                         //  a delete or purge=true update: 1, purge it on success (pd_listcache.h)
     pd_buf_t sent;      //  while records move: the last message sent to a store (for MOVED)
@@ -203,6 +206,7 @@ typedef struct {
     pd_str_t page[PD_QUERY_MAX_LIMIT]; //  a list's page while it is written (s_list_finish)
     pd_claims_t *claims; // (project, user) -> presence id: cache of the store nodes' claims
     uint64_t moved_routed; //  requests sent again to a key's new owner after MOVED
+    uint64_t list_fetches, list_refetched; //  two-round lists, and those listed again
     uint64_t move_refused; //  MOVE_IN a new owner could not take (full)
     pd_msgw_t shards;   //  scratch for SHARDS
     pd_listcache_t *lcache; // ?ttl= list results, purged by deletes (pd_listcache.h)
@@ -259,7 +263,7 @@ s_op_new(broker_t *self, int kind, int peer, uint64_t rid)
     op->deadline = pd_mono_ms() + OP_TIMEOUT_MS;
     op->retries = 0;
     op->fresh = false;
-    op->count = false;
+    op->count = op->keys = false;
     op->claimed[0] = 0;
     op->total = 0;
     op->pending = 0;
@@ -271,6 +275,8 @@ s_op_new(broker_t *self, int kind, int peer, uint64_t rid)
     pd_buf_reset(&op->req);
     pd_buf_reset(&op->items);
     pd_buf_reset(&op->cursor);
+    pd_buf_reset(&op->fent);
+    pd_buf_reset(&op->fetched);
     return op;
 }
 
@@ -320,6 +326,8 @@ s_op_fail(broker_t *self, op_t *op, int err)
     s_reply_err(self, op->peer, op->rid, err, NULL);
     s_op_free(self, op);
 }
+
+static void s_list_start(broker_t *self, op_t *op, const pd_msg_t *m, bool keys);
 
 /*  Re-decodes the request saved in op->req (zone: the broker's, cleared per frame). */
 static int
@@ -613,25 +621,7 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         op->count = (m->i[PD_F_FLAGS] & PD_FL_COUNT) != 0;
         op->lc_gen = pd_listcache_gen(self->lcache, m);
         pd_buf_add(&op->req, m->raw, m->raw_len);
-        bool before;
-        pd_str_t cursor = pd_query_cursor(query, &before);
-        if (cursor.len) {
-            int n = s_owner(self, project, cursor);
-            pd_msgw_t *w = &self->nodes[n].out;
-            size_t mark = w->sb.size;
-            pd_msgw_copy(w, m, s_op_id(self, op), 1ULL << PD_F_FLAGS);
-            pd_msgw_int(w, PD_F_FLAGS, m->i[PD_F_FLAGS] | PD_FL_CURSOR_PROBE);
-            pd_msgw_end(w);
-            s_sent(self, op, w, mark);
-            op->state = ST_PROBE;
-            op->node = n;
-            return;
-        }
-        op->state = ST_GATHER;
-        for (int n = 1; n <= self->nstores; n++) {
-            pd_msgw_forward(&self->nodes[n].out, m, s_op_id(self, op));
-            op->waiting |= 1ULL << n;
-        }
+        s_list_start(self, op, m, true);
         return;
     }
     case PD_MSG_SYNC: {
@@ -694,9 +684,16 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
                         "# TYPE presenced_store_moved_total counter\n"
                         "presenced_store_moved_total %llu\n"
                         "# TYPE presenced_store_moved_routed_total counter\n"
-                        "presenced_store_moved_routed_total %llu\n",
+                        "presenced_store_moved_routed_total %llu\n"
+                        "# HELP presenced_list_fetches_total Large lists answered in two rounds "
+                        "(keys, then the page's records), and those listed again in one\n"
+                        "# TYPE presenced_list_fetches_total counter\n"
+                        "presenced_list_fetches_total{result=\"fetched\"} %llu\n"
+                        "presenced_list_fetches_total{result=\"listed_again\"} %llu\n",
                     self->nfrom, self->nto, (unsigned long long)self->mv.moved,
-                    (unsigned long long)self->moved_routed);
+                    (unsigned long long)self->moved_routed,
+                    (unsigned long long)self->list_fetches,
+                    (unsigned long long)self->list_refetched);
         bool reaper = false;
         for (size_t i = 0; i < self->npeers; i++) {
             peer_t *p = &self->peers[i];
@@ -748,9 +745,71 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
 
 /* -------------------------------------------------------------------------- list merge */
 
+/*  Large lists in two rounds. A node sends its first offset+limit matches, and the broker keeps
+ *  `limit` of all the nodes' offset+limit: with the records' JSON in every item, a page of 5,000
+ *  at offset 5,000 over 3 nodes moves up to 30,000 records' JSON to use 5,000 of them, and the
+ *  empty page after the last moves them all for nothing. So when offset+limit is at least
+ *  LIST_KEYS_MIN and the store set has several nodes, nodes send their items' keys only (FLAGS
+ *  KEYS: an empty JSON), the merge picks the page from the keys, and FETCH asks each node for
+ *  the JSON of its records in the page (one message per node, ids in the page's order). A
+ *  record gone or no longer readable by then (a nil in the answer) makes the broker list again
+ *  in one round, JSON and all. Records do not move meanwhile: a move batch waits for the lists
+ *  in flight. */
+#define LIST_KEYS_MIN 1000
+
+typedef struct {
+    uint32_t node;
+    pd_str_t id; //  a view into op->items
+} fent_t;
+
+/*  Sends a list to the store nodes: to the cursor's owner first when there is a cursor (phase 1,
+ *  s_list_page asks every node for what follows it), else to every node. keys: may use the
+ *  two-round form. */
+static void
+s_list_start(broker_t *self, op_t *op, const pd_msg_t *m, bool keys)
+{
+    op->keys = keys && !op->count && self->nstores > 1 &&
+               pd_query_offset(op->query) + pd_query_limit(op->query) >= LIST_KEYS_MIN;
+    bool before;
+    pd_str_t cursor = pd_query_cursor(op->query, &before);
+    if (cursor.len) {
+        int n = s_owner(self, m->s[PD_F_PROJECT], cursor);
+        pd_msgw_t *w = &self->nodes[n].out;
+        size_t mark = w->sb.size;
+        pd_msgw_copy(w, m, s_op_id(self, op), 1ULL << PD_F_FLAGS);
+        pd_msgw_int(w, PD_F_FLAGS, m->i[PD_F_FLAGS] | PD_FL_CURSOR_PROBE);
+        pd_msgw_end(w);
+        s_sent(self, op, w, mark);
+        op->state = ST_PROBE;
+        op->node = n;
+        return;
+    }
+    op->state = ST_GATHER;
+    for (int n = 1; n <= self->nstores; n++) {
+        pd_msgw_t *w = &self->nodes[n].out;
+        if (op->keys) {
+            pd_msgw_copy(w, m, s_op_id(self, op), 1ULL << PD_F_FLAGS);
+            pd_msgw_int(w, PD_F_FLAGS, m->i[PD_F_FLAGS] | PD_FL_KEYS);
+            pd_msgw_end(w);
+        } else {
+            pd_msgw_forward(w, m, s_op_id(self, op));
+        }
+        op->waiting |= 1ULL << n;
+    }
+}
+
 /*  Gathers (a list's pages, a rooms list): every node's answer is kept in op->items as it came,
- *  [length u32][message], and TOTAL summed; true once the last node has answered. An error
- *  answers the asker at once and frees op (false). */
+ *  [node u32][length u32][message], and TOTAL summed; true once the last node has answered. An
+ *  error answers the asker at once and frees op (false). */
+//  Keeps node's answer m in b as it came: [node u32][length u32][message].
+static void
+s_keep(pd_buf_t *b, int node, const pd_msg_t *m)
+{
+    uint32_t hdr[2] = {(uint32_t)node, (uint32_t)m->raw_len};
+    pd_buf_add(b, hdr, sizeof hdr);
+    pd_buf_add(b, m->raw, m->raw_len);
+}
+
 static bool
 s_gather_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
 {
@@ -763,38 +822,42 @@ s_gather_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
         return false;
     op->waiting &= ~(1ULL << node);
     op->total += m->i[PD_F_TOTAL];
-    uint32_t len = (uint32_t)m->raw_len;
-    pd_buf_add(&op->items, &len, sizeof len);
-    pd_buf_add(&op->items, m->raw, m->raw_len);
+    s_keep(&op->items, node, m);
     return !op->waiting;
 }
 
-//  The ITEMS array of the next answer s_gather_page kept, from *off; NULL when none is left.
+//  The ITEMS array of the next answer kept in b (s_keep), from *off, and its node; NULL when
+//  none is left.
 static const msgpack_object *
-s_gather_next(broker_t *self, op_t *op, size_t *off)
+s_kept_next(broker_t *self, const pd_buf_t *b, size_t *off, int *node)
 {
-    while (*off + 4 <= op->items.len) {
-        uint32_t len;
-        memcpy(&len, op->items.data + *off, 4);
-        *off += 4;
+    while (*off + 8 <= b->len) {
+        uint32_t hdr[2];
+        memcpy(hdr, b->data + *off, 8);
+        *off += 8;
         pd_msg_t pm;
         size_t poff = 0;
-        if (len > op->items.len - *off ||
-            pd_msg_decode(&pm, op->items.data + *off, len, &poff, &self->zone) < 0)
+        if (hdr[1] > b->len - *off ||
+            pd_msg_decode(&pm, b->data + *off, hdr[1], &poff, &self->zone) < 0)
             return NULL;
-        *off += len;
+        *off += hdr[1];
         const msgpack_object *items = pm.o[PD_F_ITEMS];
-        if (items && items->type == MSGPACK_OBJECT_ARRAY)
+        if (items && items->type == MSGPACK_OBJECT_ARRAY) {
+            if (node)
+                *node = (int)hdr[0];
             return items;
+        }
     }
     return NULL;
 }
+
 
 /*  A node's page while the pages are merged: its items (sorted by the node in the list's
  *  order, nearest the cursor first for cursorBefore) and the key of the one at the head. */
 typedef struct {
     const msgpack_object *v;
     uint32_t n, i;
+    int node;
     pd_qkey_t key;
 } head_t;
 
@@ -825,61 +888,12 @@ s_op_answer(broker_t *self, op_t *op, const char *body, size_t len)
     s_op_free(self, op);
 }
 
-/*  Merges the pages of every node: each node sent its own first offset+limit matches in
- *  order, so the global page is the offset..offset+limit slice of their union. The pages are
- *  kept as they came (s_list_page) and merged as they are: a k-way merge walks the heads
- *  (nodes <= 63: a linear pick), skips `offset` items and takes `limit`, and their JSON is
- *  written once, straight into the reply. Nothing is decoded beyond the keys of the heads.
- *  cursorBefore pages come nearest first: the merge runs in that order and the items taken
- *  are written back to front. */
+/*  Answers op's asker with the list page in self->page (n records' JSON, len bytes in all) and
+ *  frees op; a list with ?ttl= is kept in the list cache. */
 static void
-s_list_finish(broker_t *self, op_t *op)
+s_list_reply(broker_t *self, op_t *op, size_t n, size_t len)
 {
-    if (op->count) {
-        char body[48];
-        int len = snprintf(body, sizeof body, "{\"total\":%lld}", (long long)op->total);
-        s_op_answer(self, op, body, (size_t)len);
-        return;
-    }
-    head_t heads[MAX_NODES + 1];
-    size_t nh = 0, off = 0;
-    const msgpack_object *items;
-    while (nh <= MAX_NODES && (items = s_gather_next(self, op, &off))) {
-        heads[nh] = (head_t){.v = items->via.array.ptr, .n = items->via.array.size};
-        if (s_head_next(&heads[nh]))
-            nh++;
-    }
-    bool before = false;
-    pd_query_cursor(op->query, &before);
-    int dir = before ? -1 : 1;
-    size_t skip = (size_t)pd_query_offset(op->query), limit = (size_t)pd_query_limit(op->query);
     pd_str_t *page = self->page;
-    size_t n = 0, len = 0;
-    if (limit > PD_QUERY_MAX_LIMIT)
-        limit = PD_QUERY_MAX_LIMIT;
-    while (nh && n < limit) {
-        size_t best = 0;
-        for (size_t h = 1; h < nh; h++)
-            if (dir * pd_query_key_cmp(op->query, &heads[h].key, &heads[best].key) < 0)
-                best = h;
-        head_t *h = &heads[best];
-        const msgpack_object *js = &h->v[h->i].via.array.ptr[0];
-        if (skip) {
-            skip--;
-        } else {
-            page[n++] = (pd_str_t){js->via.str.ptr, js->via.str.size};
-            len += js->via.str.size;
-        }
-        h->i++;
-        if (!s_head_next(h))
-            heads[best] = heads[--nh];
-    }
-    if (before) /* in the list's order: the nearest to the cursor last */
-        for (size_t i = 0; i < n / 2; i++) {
-            pd_str_t t = page[i];
-            page[i] = page[n - 1 - i];
-            page[n - 1 - i] = t;
-        }
     int64_t total = op->total > LIST_TOTAL_CAP ? LIST_TOTAL_CAP : op->total;
     char head[64];
     int hl = snprintf(head, sizeof head, "{\"total\":%lld,\"presences\":[", (long long)total);
@@ -904,9 +918,194 @@ s_list_finish(broker_t *self, op_t *op)
     s_op_free(self, op);
 }
 
+//  A two-round list could not be completed from its fetches: it is listed again in one round.
+static void
+s_list_again(broker_t *self, op_t *op)
+{
+    pd_msg_t req;
+    if (s_op_request(self, op, &req) < 0) {
+        s_op_fail(self, op, PD_ERR_SERVER_ERROR);
+        return;
+    }
+    for (int n = 1; n <= self->nstores; n++)
+        if (!s_node_ok(self, n)) {
+            s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+            return;
+        }
+    op->waiting = 0;
+    op->total = 0;
+    pd_buf_reset(&op->items);
+    pd_buf_reset(&op->fent);
+    pd_buf_reset(&op->fetched);
+    self->list_refetched++;
+    s_list_start(self, op, &req, false);
+}
+
+//  The second round: FETCH to each node the JSON of its records in the page (op->fent).
+static void
+s_list_fetch(broker_t *self, op_t *op)
+{
+    pd_msg_t req;
+    if (s_op_request(self, op, &req) < 0) {
+        s_op_fail(self, op, PD_ERR_SERVER_ERROR);
+        return;
+    }
+    const fent_t *fe = (const fent_t *)op->fent.data;
+    size_t n = op->fent.len / sizeof *fe;
+    uint32_t per[MAX_NODES + 1] = {0};
+    for (size_t i = 0; i < n; i++)
+        per[fe[i].node]++;
+    for (int nd = 1; nd <= MAX_NODES; nd++) {
+        if (!per[nd])
+            continue;
+        if (!s_node_ok(self, nd)) {
+            s_op_fail(self, op, PD_ERR_UNAVAILABLE);
+            return;
+        }
+    }
+    for (int nd = 1; nd <= MAX_NODES; nd++) {
+        if (!per[nd])
+            continue;
+        pd_msgw_t *w = &self->nodes[nd].out;
+        pd_msgw_begin(w, PD_MSG_FETCH, s_op_id(self, op));
+        pd_msgw_s(w, PD_F_PROJECT, req.s[PD_F_PROJECT]);
+        if (pd_msg_has(&req, PD_F_ROLES))
+            pd_msgw_s(w, PD_F_ROLES, req.s[PD_F_ROLES]);
+        pd_msgw_int(w, PD_F_FLAGS, req.i[PD_F_FLAGS] & PD_FL_BYPASS);
+        if (req.i[PD_F_NOW])
+            pd_msgw_int(w, PD_F_NOW, req.i[PD_F_NOW]);
+        pd_msgw_raw(w, PD_F_ITEMS);
+        msgpack_pack_array(&w->pk, per[nd]);
+        for (size_t i = 0; i < n; i++)
+            if (fe[i].node == (uint32_t)nd)
+                msgpack_pack_str_with_body(&w->pk, fe[i].id.ptr, fe[i].id.len);
+        pd_msgw_end(w);
+        op->waiting |= 1ULL << nd;
+    }
+    op->state = ST_FETCH;
+    self->list_fetches++;
+}
+
+//  A node's FETCH answer; once every node has answered, the page is written in its order.
+static void
+s_list_fetched(broker_t *self, op_t *op, int node, const pd_msg_t *m)
+{
+    if (node < 1 || node > MAX_NODES || !((op->waiting >> node) & 1))
+        return;
+    if (m->type != PD_MSG_REPLY || m->i[PD_F_ERR] != PD_ERR_OK) {
+        s_list_again(self, op);
+        return;
+    }
+    op->waiting &= ~(1ULL << node);
+    s_keep(&op->fetched, node, m);
+    if (op->waiting)
+        return;
+    const msgpack_object *got[MAX_NODES + 1] = {0};
+    uint32_t k[MAX_NODES + 1] = {0};
+    size_t off = 0;
+    int nd;
+    const msgpack_object *items;
+    while ((items = s_kept_next(self, &op->fetched, &off, &nd)))
+        if (nd >= 1 && nd <= MAX_NODES)
+            got[nd] = items;
+    const fent_t *fe = (const fent_t *)op->fent.data;
+    size_t n = op->fent.len / sizeof *fe, len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const msgpack_object *a = got[fe[i].node];
+        uint32_t j = k[fe[i].node]++;
+        if (!a || j >= a->via.array.size || a->via.array.ptr[j].type != MSGPACK_OBJECT_STR) {
+            s_list_again(self, op); /* deleted, expired or hidden since the first round */
+            return;
+        }
+        const msgpack_object *js = &a->via.array.ptr[j];
+        self->page[i] = (pd_str_t){js->via.str.ptr, js->via.str.size};
+        len += js->via.str.size;
+    }
+    s_list_reply(self, op, n, len);
+}
+
+/*  Merges the pages of every node: each node sent its own first offset+limit matches in
+ *  order, so the global page is the offset..offset+limit slice of their union. The pages are
+ *  kept as they came (s_list_page) and merged as they are: a k-way merge walks the heads
+ *  (nodes <= 63: a linear pick), skips `offset` items and takes `limit`, and their JSON is
+ *  written once, straight into the reply (or, with keys only, fetched: s_list_fetch). Nothing
+ *  is decoded beyond the keys of the heads. cursorBefore pages come nearest first: the merge
+ *  runs in that order and the items taken are written back to front. */
+static void
+s_list_finish(broker_t *self, op_t *op)
+{
+    if (op->count) {
+        char body[48];
+        int len = snprintf(body, sizeof body, "{\"total\":%lld}", (long long)op->total);
+        s_op_answer(self, op, body, (size_t)len);
+        return;
+    }
+    head_t heads[MAX_NODES + 1];
+    size_t nh = 0, off = 0;
+    int node;
+    const msgpack_object *items;
+    while (nh <= MAX_NODES && (items = s_kept_next(self, &op->items, &off, &node))) {
+        heads[nh] = (head_t){.v = items->via.array.ptr, .n = items->via.array.size, .node = node};
+        if (s_head_next(&heads[nh]))
+            nh++;
+    }
+    bool before = false;
+    pd_query_cursor(op->query, &before);
+    int dir = before ? -1 : 1;
+    size_t skip = (size_t)pd_query_offset(op->query), limit = (size_t)pd_query_limit(op->query);
+    pd_str_t *page = self->page;
+    size_t n = 0, len = 0;
+    if (limit > PD_QUERY_MAX_LIMIT)
+        limit = PD_QUERY_MAX_LIMIT;
+    pd_buf_reset(&op->fent);
+    while (nh && n < limit) {
+        size_t best = 0;
+        for (size_t h = 1; h < nh; h++)
+            if (dir * pd_query_key_cmp(op->query, &heads[h].key, &heads[best].key) < 0)
+                best = h;
+        head_t *h = &heads[best];
+        const msgpack_object *js = &h->v[h->i].via.array.ptr[0];
+        if (skip) {
+            skip--;
+        } else if (op->keys) { /* the last key is the record's $id */
+            fent_t fe = {(uint32_t)h->node, h->key.n ? h->key.v[h->key.n - 1].s : PD_STR_NULL};
+            pd_buf_add(&op->fent, &fe, sizeof fe);
+            n++;
+        } else {
+            page[n++] = (pd_str_t){js->via.str.ptr, js->via.str.size};
+            len += js->via.str.size;
+        }
+        h->i++;
+        if (!s_head_next(h))
+            heads[best] = heads[--nh];
+    }
+    if (before) { /* in the list's order: the nearest to the cursor last */
+        fent_t *fe = (fent_t *)op->fent.data;
+        for (size_t i = 0; i < n / 2; i++) {
+            if (op->keys) {
+                fent_t t = fe[i];
+                fe[i] = fe[n - 1 - i];
+                fe[n - 1 - i] = t;
+            } else {
+                pd_str_t t = page[i];
+                page[i] = page[n - 1 - i];
+                page[n - 1 - i] = t;
+            }
+        }
+    }
+    if (op->keys && n)
+        s_list_fetch(self, op);
+    else
+        s_list_reply(self, op, n, len);
+}
+
 static void
 s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
 {
+    if (op->state == ST_FETCH) {
+        s_list_fetched(self, op, node, m);
+        return;
+    }
     if (m->i[PD_F_ERR] != PD_ERR_OK) {
         s_reply_errs(self, op->peer, op->rid, (int)m->i[PD_F_ERR], m->s[PD_F_MESSAGE]);
         s_op_free(self, op);
@@ -939,7 +1138,8 @@ s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
         }
         for (int n = 1; n <= self->nstores; n++) {
             pd_msgw_t *w = &self->nodes[n].out;
-            pd_msgw_copy(w, &req, s_op_id(self, op), 0);
+            pd_msgw_copy(w, &req, s_op_id(self, op), 1ULL << PD_F_FLAGS);
+            pd_msgw_int(w, PD_F_FLAGS, req.i[PD_F_FLAGS] | (op->keys ? PD_FL_KEYS : 0));
             pd_msgw_raw(w, PD_F_CURSOR_KEYS);
             msgpack_sbuffer_write(&w->sb, sb.data, sb.size);
             pd_msgw_end(w);
@@ -981,7 +1181,7 @@ s_rooms_finish(broker_t *self, op_t *op)
     size_t n = 0, cap = 0, off = 0;
     pd_room_n_t *v = NULL;
     const msgpack_object *items;
-    while ((items = s_gather_next(self, op, &off))) {
+    while ((items = s_kept_next(self, &op->items, &off, NULL))) {
         for (uint32_t i = 0; i < items->via.array.size; i++) {
             const msgpack_object *o = &items->via.array.ptr[i];
             if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2 ||
@@ -1926,6 +2126,8 @@ broker_main(pd_config_t *cfg)
         pd_buf_free(&self->ops[i].items);
         pd_buf_free(&self->ops[i].cursor);
         pd_buf_free(&self->ops[i].sent);
+        pd_buf_free(&self->ops[i].fent);
+        pd_buf_free(&self->ops[i].fetched);
     }
     free(self->ops);
     free(self->free_ops);

@@ -54,6 +54,8 @@ enum {
     PD_FL_MOVED = 1 << 16,      //  REPLY: not this node's record (it moved, or moves): ask
                                 //  the broker (pd_shards, broker.c "resharding")
     PD_FL_COUNT = 1 << 17,      //  LIST: the number of matches only (TOTAL, no items, no cap)
+    PD_FL_KEYS = 1 << 18,       //  LIST: items with an empty JSON (their keys only): the broker
+                                //  merges them, then FETCHes the page's records
 };
 
 //  EVENT actions.

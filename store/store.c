@@ -1087,6 +1087,7 @@ s_on_list(store_t *self, const pd_msg_t *m)
     if (c.n)
         qsort_r(self->sorted, c.n, sizeof *self->sorted, s_cand_cmp, &sc);
     size_t n = c.n < k ? c.n : k;
+    bool keys = (m->i[PD_F_FLAGS] & PD_FL_KEYS) != 0; /* the JSON is FETCHed for the page */
     pd_msgw_begin(w, PD_MSG_LIST_PAGE, m->rid);
     pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
     pd_msgw_int(w, PD_F_TOTAL, (m->i[PD_F_FLAGS] & PD_FL_TOTAL) ? c.total : 0);
@@ -1094,11 +1095,44 @@ s_on_list(store_t *self, const pd_msg_t *m)
     msgpack_pack_array(&w->pk, (uint32_t)n);
     for (size_t i = 0; i < n; i++) {
         msgpack_pack_array(&w->pk, 2);
-        msgpack_pack_str_with_body(&w->pk, self->sorted[i]->json.ptr, self->sorted[i]->json.len);
+        if (keys)
+            msgpack_pack_str_with_body(&w->pk, "", 0);
+        else
+            msgpack_pack_str_with_body(&w->pk, self->sorted[i]->json.ptr,
+                                       self->sorted[i]->json.len);
         pd_query_key_pack(&self->sorted[i]->key, &w->pk);
     }
     pd_msgw_end(w);
     pd_query_destroy(&q);
+}
+
+/*  The second round of a large list (broker.c, s_list_fetch): the JSON of the records the
+ *  merged page took from this node, in the order asked, each checked again as the list checked
+ *  it (not expired at the list's clock, readable by the caller); nil for one that is not (it
+ *  was deleted or changed meanwhile: the broker then lists again, JSON and all). */
+static void
+s_on_fetch(store_t *self, const pd_msg_t *m)
+{
+    const msgpack_object *ids = m->o[PD_F_ITEMS];
+    uint32_t n = ids && ids->type == MSGPACK_OBJECT_ARRAY ? ids->via.array.size : 0;
+    int64_t now = s_now(m);
+    pd_msgw_t *w = self->reply;
+    pd_msgw_begin(w, PD_MSG_REPLY, m->rid);
+    pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_raw(w, PD_F_ITEMS);
+    msgpack_pack_array(&w->pk, n);
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *it = &ids->via.array.ptr[i];
+        pd_record_t rec;
+        if (it->type == MSGPACK_OBJECT_STR &&
+            pd_table_get(self->table, m->s[PD_F_PROJECT],
+                         (pd_str_t){it->via.str.ptr, it->via.str.size}, &rec) == 0 &&
+            rec.expires_ms > now && s_can(m, rec.read_roles))
+            msgpack_pack_str_with_body(&w->pk, rec.json.ptr, rec.json.len);
+        else
+            msgpack_pack_nil(&w->pk);
+    }
+    pd_msgw_end(w);
 }
 
 /* -------------------------------------------------------------------------- sync */
@@ -1249,6 +1283,7 @@ s_dispatch(const pd_msg_t *m, void *arg)
     case PD_MSG_DELETE:
     case PD_MSG_EXPIRE: s_on_delete(self, m); break;
     case PD_MSG_LIST: s_on_list(self, m); break;
+    case PD_MSG_FETCH: s_on_fetch(self, m); break;
     case PD_MSG_SYNC: s_on_sync(self, m); break;
     case PD_MSG_RELEASE: s_on_release(self, m); break;
     case PD_MSG_ROOM: s_on_room(self, m); break;
