@@ -92,7 +92,8 @@ typedef struct {
     char store_front[256];    //  ROUTER it binds for gateways' direct requests (none: broker only)
     char store_advertise[256]; //  what gateways connect to (default: store_front)
     size_t store_capacity;    //  records per node (default 1048576)
-    size_t store_arena;       //  record bytes per node (default 1 GiB, sparse)
+    size_t store_arena;       //  record bytes per node at first (default 1 GiB, sparse)
+    size_t store_arena_max;   //  the arena grows online up to this (0: PD_TABLE_ARENA_MAX)
     size_t store_outbox;      //  outbox ring bytes (0: the store's default; st_replay.h)
 
     /* identity */

@@ -41,6 +41,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -181,6 +182,7 @@ struct pd_table {
     pd_table_hook_fn hook; //  see pd_table_set_hook
     void *hook_arg;
     bool importing; //  pd_table_import: the put keeps the record's version
+    uint64_t arena_max; //  the arena grows up to this (pd_table_size_t)
 };
 
 void
@@ -608,36 +610,79 @@ s_block_free(pd_table_t *self, uint64_t off)
     S_SET(self, self->hdr->arena_used, self->hdr->arena_used - s_class_size(b->cls));
 }
 
+/*  The arena grows by an extension of the file, inside the address range mapped at open for
+ *  the largest arena (S_ARENA_RESERVE): nothing moves, every view stays valid. It doubles (or
+ *  grows by what `need` takes), up to arena_max, and only if the file system has room for `need`
+ *  and a margin (a tmpfs that is full would fail the write of a new page with SIGBUS). The
+ *  header's total_bytes is written before arena_bytes: open completes a growth cut between the
+ *  two, and cuts back a file extended by one that never reached the header. Sizes only grow, so
+ *  the journal leaves them alone (an undo keeps a growth: the file has the room). */
+#define S_ARENA_RESERVE PD_TABLE_ARENA_MAX
+#define S_GROW_MARGIN (16u << 20)
+static bool
+s_grow(pd_table_t *self, uint64_t need)
+{
+    s_header_t *h = self->hdr;
+    uint64_t cur = h->arena_bytes, max = self->arena_max < S_ARENA_RESERVE ? self->arena_max
+                                                                            : S_ARENA_RESERVE;
+    uint64_t want = s_page_up(cur + (need > cur ? need : cur));
+    if (want > max)
+        want = s_page_up(max) > max ? max - max % S_PAGE : max;
+    if (want <= cur || want - cur < need)
+        return false;
+    struct statvfs vs;
+    if (fstatvfs(self->fd, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < need + S_GROW_MARGIN)
+        return false;
+    uint64_t total = h->off_arena + want;
+    if (ftruncate(self->fd, (off_t)total) < 0)
+        return false;
+    __atomic_store_n(&h->total_bytes, total, __ATOMIC_RELEASE);
+    __atomic_store_n(&h->arena_bytes, want, __ATOMIC_RELEASE);
+    pd_log_info("pd_table: the arena grew from %llu to %llu bytes", (unsigned long long)cur,
+                (unsigned long long)want);
+    return true;
+}
+
+//  A block of class c carved from the never-used end of the arena, or 0 if it does not fit.
+static uint64_t
+s_carve(pd_table_t *self, unsigned c)
+{
+    s_header_t *h = self->hdr;
+    uint64_t sz = s_class_size(c);
+    if (sz > h->total_bytes - h->arena_top)
+        return 0;
+    uint64_t off = h->arena_top;
+    s_block_t *b = s_blk(self, off);
+    b->cls = c; /* beyond arena_top: no journal (undone, arena_top hides it again) */
+    b->slot = S_NONE;
+    b->next = 0;
+    S_J(self, h->arena_top);
+    __atomic_store_n(&h->arena_top, off + sz, __ATOMIC_RELEASE);
+    S_SET(self, h->arena_used, h->arena_used + sz);
+    return off;
+}
+
 /*  Allocates a block of at least n bytes: from its size class's free list, else carved from
  *  the never-used end of the arena, else from the free list of any larger class (the block
- *  keeps its class, so the arena stays walkable). Returns 0 when nothing fits. Blocks are
- *  neither split nor merged: power-of-two-ish classes waste up to 20% but every operation is
- *  O(1), and the arena can always be walked block by block from its start. */
+ *  keeps its class, so the arena stays walkable), else carved after the arena grew (s_grow).
+ *  Returns 0 when nothing fits. Blocks are neither split nor merged: power-of-two-ish classes
+ *  waste up to 20% but every operation is O(1), and the arena can always be walked block by
+ *  block from its start. */
 static uint64_t
 s_alloc(pd_table_t *self, uint64_t n)
 {
     s_header_t *h = self->hdr;
     if (n > s_class_size(S_NCLASS - 1))
         return 0;
-    unsigned c = s_class_of(n);
+    unsigned c = s_class_of(n), want = c;
     uint64_t off = h->free_blocks[c];
     if (!off) {
-        uint64_t sz = s_class_size(c);
-        if (sz <= h->total_bytes - h->arena_top) {
-            off = h->arena_top;
-            s_block_t *b = s_blk(self, off);
-            b->cls = c; /* beyond arena_top: no journal (undone, arena_top hides it again) */
-            b->slot = S_NONE;
-            b->next = 0;
-            S_J(self, h->arena_top);
-            __atomic_store_n(&h->arena_top, off + sz, __ATOMIC_RELEASE);
-            S_SET(self, h->arena_used, h->arena_used + sz);
+        if ((off = s_carve(self, c)))
             return off;
-        }
         while (++c < S_NCLASS && !h->free_blocks[c])
             ;
         if (c == S_NCLASS)
-            return 0;
+            return s_grow(self, s_class_size(want)) ? s_carve(self, want) : 0;
         off = h->free_blocks[c];
     }
     S_SET(self, h->free_blocks[c], s_blk(self, off)->next);
@@ -876,7 +921,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
         pd_log_warn("%s: fstat %s: %s", __func__, name, strerror(errno));
         goto fail;
     }
-    s_layout_t l;
+    s_layout_t l = {0};
     if (!made && st.st_size > 0 && (uint64_t)st.st_size < S_PAGE) {
         pd_log_warn("%s: %s is not a presenced table (%lld bytes)", __func__, name,
                     (long long)st.st_size);
@@ -891,6 +936,11 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
             goto fail;
         }
         s_header_t *h = map;
+        if (h->magic == S_MAGIC && h->total_bytes > h->off_arena &&
+            h->total_bytes - h->off_arena > h->arena_bytes &&
+            h->total_bytes - h->off_arena <= S_ARENA_RESERVE &&
+            h->total_bytes <= (uint64_t)st.st_size)
+            h->arena_bytes = h->total_bytes - h->off_arena; /* a growth cut short (s_grow) */
         if (h->magic == 0 && h->version == 0) {
             /* Its creator died before finishing the header: start again. */
             munmap(map, map_len);
@@ -899,7 +949,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
         } else if (h->magic != S_MAGIC || (h->version != S_LAYOUT_VERSION && h->version != 2) ||
                    h->header_bytes != sizeof(s_header_t) ||
                    s_layout(h->capacity, h->arena_bytes, &l) < 0 || !s_layout_matches(h, &l) ||
-                   l.total != (uint64_t)st.st_size) {
+                   l.total > (uint64_t)st.st_size) {
             pd_log_warn("%s: %s is not a presenced table of layout %d, or has a bad size", __func__,
                         name, S_LAYOUT_VERSION);
             goto fail;
@@ -916,6 +966,11 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
                 goto fail;
             }
             undone = true;
+        }
+        if (l.total < (uint64_t)st.st_size && ftruncate(fd, (off_t)l.total) < 0) {
+            /* extended by a growth that never reached the header: cut back */
+            pd_log_warn("%s: ftruncate %s: %s", __func__, name, strerror(errno));
+            goto fail;
         }
     } else
         made = true; //  empty: its creator died before sizing it
@@ -937,10 +992,23 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
         }
         s_init_header(map, &l);
     }
+    /* The mapping covers the largest arena, so that the arena can grow without moving
+     * (s_grow): pages past the file's end are never touched. */
+    size_t reserve = (size_t)(l.off_arena + S_ARENA_RESERVE);
+    void *big = mmap(NULL, reserve, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (big == MAP_FAILED) {
+        pd_log_warn("%s: mmap %s (%zu bytes of address space): %s", __func__, name, reserve,
+                    strerror(errno));
+        goto fail;
+    }
+    munmap(map, map_len);
+    map = big;
+    map_len = reserve;
     self = calloc(1, sizeof *self);
     assert(self);
     self->base = map;
-    self->size = l.total;
+    self->size = reserve;
+    self->arena_max = size.arena_max;
     self->fd = fd;
     self->hdr = map;
     pd_buf_init(&self->json);
@@ -2270,7 +2338,7 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
  *  a function of (key, tag), so any half-written record shows as a field mismatch. */
 #define CT_KEYS 200
 #define CT_USERS 40
-#define CT_SIZE ((pd_table_size_t){512, 8 << 20})
+#define CT_SIZE ((pd_table_size_t){512, 8 << 20, 0})
 #define CT_OUTBOX "/presenced-selftest-ct-outbox"
 #define CT_OUTBOX_BYTES (8u << 20) //  holds every entry of the test: entries are only counted
 
@@ -2618,7 +2686,7 @@ s_test_bench(const char *name)
 {
     enum { N = 100000 };
     pd_table_unlink(name);
-    pd_table_t *t = pd_table_open(name, (pd_table_size_t){131072, 256 << 20}, NULL);
+    pd_table_t *t = pd_table_open(name, (pd_table_size_t){131072, 256 << 20, 0}, NULL);
     PD_CHECK(t);
     s_trec_t *tr = malloc(sizeof *tr);
     char(*ids)[24] = malloc(N * sizeof *ids);
@@ -2702,7 +2770,7 @@ pd_table_test(bool verbose)
     }
 
     //  Create, get, update, delete.
-    pd_table_t *t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    pd_table_t *t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
     PD_CHECK(t && created);
     PD_CHECK(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
     PD_CHECK(pd_table_arena_size(t) == 1 << 20);
@@ -2875,7 +2943,7 @@ pd_table_test(bool verbose)
     size_t count = pd_table_count(t), used = pd_table_arena_used(t);
     pd_table_close(&t);
     PD_CHECK(t == NULL);
-    t = pd_table_open(name, (pd_table_size_t){1, 1}, &created); //  sizes ignored
+    t = pd_table_open(name, (pd_table_size_t){1, 1, 0}, &created); //  sizes ignored
     PD_CHECK(t && !created && !t->rebuilt);
     s_test_snapshot(t, &snap2);
     PD_CHECK(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
@@ -2894,7 +2962,7 @@ pd_table_test(bool verbose)
     s_test_snapshot(t, &snap1);
     t->hdr->dirty = 1;
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
     PD_CHECK(t && !created && t->rebuilt && t->hdr->pend_blob == 0);
     s_test_ok(t);
     s_test_snapshot(t, &snap2);
@@ -2906,7 +2974,7 @@ pd_table_test(bool verbose)
     t->journal->armed = S_JOURNAL_ARMED;
     t->journal->n = 0;
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
     PD_CHECK(t && !created && t->rebuilt && !t->undone && t->hdr->version == S_LAYOUT_VERSION);
     s_test_ok(t);
     //  A journal that names a word outside the counters and sections is not written back.
@@ -2916,12 +2984,12 @@ pd_table_test(bool verbose)
     t->journal->e[0].where = offsetof(s_header_t, capacity);
     t->journal->e[0].old = 1;
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
     PD_CHECK(t && !created && t->rebuilt && !t->undone && t->hdr->capacity == 64);
     s_test_ok(t);
     memset(t->pidx, 0, t->hdr->idx_size * 8); //  lose the primary index
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
     PD_CHECK(t && t->rebuilt);
     s_test_ok(t);
     s_test_snapshot(t, &snap2);
@@ -2930,24 +2998,24 @@ pd_table_test(bool verbose)
     pd_buf_free(&snap2);
 
     //  Someone else's segment, or one in use, is refused.
-    pd_table_t *t2 = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    pd_table_t *t2 = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
     PD_CHECK(t2 == NULL);
     pd_table_close(&t);
     pd_table_unlink(name);
     int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
     PD_CHECK(fd >= 0 && ftruncate(fd, 65536) == 0 && write(fd, "not ours", 8) == 8);
     close(fd);
-    PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+    PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created) == NULL);
     pd_table_unlink(name);
 
     //  A segment another user could write (mode 0666) is refused, whatever it holds.
-    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
     PD_CHECK(t && created);
     pd_table_close(&t);
     fd = shm_open(name, O_RDWR, 0);
     PD_CHECK(fd >= 0 && fchmod(fd, 0666) == 0);
     close(fd);
-    PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+    PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created) == NULL);
     PD_CHECK(pd_table_unlink(name) < 0); //  not removed either: it is not private
     shm_unlink(name);
 
@@ -2997,7 +3065,7 @@ pd_table_test(bool verbose)
 #undef S_FOFF
         for (size_t k = 0; k < sizeof bad / sizeof *bad * 2; k++) {
             const s_bad_t *b = &bad[k / 2];
-            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
             PD_CHECK(t && created);
             s_test_rec(a, "p", "x", "u", "online", 1, 100);
             PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
@@ -3008,21 +3076,35 @@ pd_table_test(bool verbose)
             v += (uint64_t)b->delta;
             memcpy((char *)t->hdr + b->off, &v, b->width); //  little-endian: the low bytes
             pd_table_close(&t);
-            PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+            PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created) == NULL);
             pd_table_unlink(name);
         }
 
-        //  A truncated or extended segment, and one shorter than its header, are refused.
-        static const int64_t cut[] = {-4096, 4096, 100 - (1 << 22)};
+        //  A truncated segment, and one shorter than its header, are refused. One longer than
+        //  its header says (extended by a growth that never reached the header) is cut back.
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+        PD_CHECK(t && created);
+        uint64_t whole = t->hdr->total_bytes;
+        pd_table_close(&t);
+        fd = shm_open(name, O_RDWR, 0);
+        PD_CHECK(fd >= 0 && ftruncate(fd, (off_t)whole + 4096) == 0);
+        close(fd);
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+        PD_CHECK(t && !created && t->hdr->total_bytes == whole);
+        struct stat fst;
+        PD_CHECK(fstat(t->fd, &fst) == 0 && (uint64_t)fst.st_size == whole);
+        pd_table_close(&t);
+        pd_table_unlink(name);
+        static const int64_t cut[] = {-4096, 100 - (1 << 22)};
         for (size_t k = 0; k < sizeof cut / sizeof *cut; k++) {
-            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
             PD_CHECK(t && created);
             int64_t len = (int64_t)t->hdr->total_bytes + cut[k];
             pd_table_close(&t);
             fd = shm_open(name, O_RDWR, 0);
             PD_CHECK(fd >= 0 && ftruncate(fd, len < 100 ? 100 : len) == 0);
             close(fd);
-            PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created) == NULL);
+            PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created) == NULL);
             pd_table_unlink(name);
         }
 
@@ -3030,7 +3112,7 @@ pd_table_test(bool verbose)
         //  entries in use, a full index, an entry naming a slot whose block is out of the
         //  arena) gets the segment rebuilt from the truth, without reading outside the map.
         for (int k = 0; k < 3; k++) {
-            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
             PD_CHECK(t && created);
             s_test_rec(a, "p", "x", "u", "online", 1, 100);
             PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
@@ -3056,7 +3138,7 @@ pd_table_test(bool verbose)
                 t->hdr->slot_free = 2;
             }
             pd_table_close(&t);
-            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20}, &created);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
             PD_CHECK(t && !created && t->rebuilt);
             s_test_ok(t);
             PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("x"), &st) == 0 && pd_str_eqc(st.user_id, "u"));
@@ -3073,7 +3155,7 @@ pd_table_test(bool verbose)
     //  slot free list head, the sample sees it and the segment is rebuilt whole.
     for (int k = 0; k < 3; k++) {
         uint32_t n = S_VERIFY_WHOLE + 4096;
-        t = pd_table_open(name, (pd_table_size_t){n + 64, (size_t)n * 1024}, &created);
+        t = pd_table_open(name, (pd_table_size_t){n + 64, (size_t)n * 1024, 0}, &created);
         PD_CHECK(t && created);
         for (uint32_t i = 0; i < n; i++) {
             char id[16];
@@ -3091,7 +3173,7 @@ pd_table_test(bool verbose)
             t->hdr->slot_free = 1; //  names slot 0, which is live
         }
         pd_table_close(&t);
-        t = pd_table_open(name, (pd_table_size_t){1, 1}, &created);
+        t = pd_table_open(name, (pd_table_size_t){1, 1, 0}, &created);
         PD_CHECK(t && !created && t->rebuilt == (k != 0));
         PD_CHECK(pd_table_count(t) == n - 1);
         PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("big0"), &st) == 0);
@@ -3101,8 +3183,41 @@ pd_table_test(bool verbose)
         pd_table_unlink(name);
     }
 
+    //  The arena grows online, up to arena_max: records keep their views (nothing is
+    //  remapped), a growth cut between its two header words is completed on re-attach, and at
+    //  arena_max a record that does not fit is STORE_FULL.
+    t = pd_table_open(name, (pd_table_size_t){256, 8192, 256 << 10}, &created);
+    PD_CHECK(t && created && pd_table_arena_size(t) == 8192);
+    pd_record_t first;
+    s_test_rec(a, "p", "g0", "g0", "online", 1, 500);
+    PD_CHECK(pd_table_put(t, &a->rec, &first, NULL) == 0);
+    int grown = 0;
+    for (int i = 1; i < 256; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "g%d", i);
+        s_test_rec(a, "p", id, id, "online", 1, 500);
+        int rc = pd_table_put(t, &a->rec, &st, NULL);
+        if (rc != 0) {
+            PD_CHECK(rc == PD_ERR_STORE_FULL && pd_table_arena_size(t) == 256 << 10);
+            break;
+        }
+        grown = i;
+    }
+    PD_CHECK(grown > 100 && pd_table_arena_size(t) > 8192);
+    PD_CHECK(pd_str_eqc(first.id, "g0")); /* a view taken before the growths */
+    s_test_ok(t);
+    size_t grown_to = pd_table_arena_size(t), n_grown = pd_table_count(t);
+    t->hdr->arena_bytes = 8192; /* as a growth cut after total_bytes leaves it */
+    pd_table_close(&t);
+    t = pd_table_open(name, (pd_table_size_t){256, 8192, 256 << 10}, &created);
+    PD_CHECK(t && !created && pd_table_arena_size(t) == grown_to && pd_table_count(t) == n_grown);
+    PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("g100"), &st) == 0);
+    s_test_ok(t);
+    pd_table_close(&t);
+    pd_table_unlink(name);
+
     //  STORE_FULL changes nothing: out of slots, out of arena, out of claim entries.
-    t = pd_table_open(name, (pd_table_size_t){4, 16384}, &created);
+    t = pd_table_open(name, (pd_table_size_t){4, 16384, 0}, &created);
     PD_CHECK(t && created);
     for (int i = 0; i < 4; i++) {
         char id[16];
@@ -3141,13 +3256,13 @@ pd_table_test(bool verbose)
     pd_table_unlink(name);
 
     //  A large table is cheap until touched.
-    t = pd_table_open(name, (pd_table_size_t){1 << 20, (size_t)1 << 30}, &created);
+    t = pd_table_open(name, (pd_table_size_t){1 << 20, (size_t)1 << 30, 0}, &created);
     PD_CHECK(t && created);
     s_test_rec(a, "p", "big", "u", "online", 1, 65000);
     PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
     s_test_same(&st, &a->rec, 1);
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){1, 1}, &created);
+    t = pd_table_open(name, (pd_table_size_t){1, 1, 0}, &created);
     PD_CHECK(t && !created && !t->rebuilt && pd_table_count(t) == 1);
     pd_table_close(&t);
     pd_table_unlink(name);

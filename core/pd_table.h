@@ -29,12 +29,18 @@ typedef struct pd_table pd_table_t;
 
 typedef struct {
     size_t capacity;    //  max records (slots); the hash indexes get 2x this many entries
-    size_t arena_bytes; //  bytes for record blobs
+    size_t arena_bytes; //  bytes for record blobs, at first
+    size_t arena_max;   //  the arena grows online up to this (0: it does not grow; at most
+                        //  PD_TABLE_ARENA_MAX); used on re-attach too
 } pd_table_size_t;
+#define PD_TABLE_ARENA_MAX ((size_t)1 << 40) //  an arena's largest size (the address range mapped)
 
 //  Opens the segment `name` ("/presenced-<cluster>-store-<node>"), creating it if absent, or
-//  re-attaching if it exists with a valid header (then `size` is ignored and the stored sizes
-//  are used). *created is set to true when a new segment was made. Returns NULL (with a log
+//  re-attaching if it exists with a valid header (then the stored sizes are used, and only
+//  size.arena_max is taken). The arena grows online when a record does not fit: the file is
+//  extended inside an address range mapped at open for the largest arena, so nothing is
+//  remapped and every view stays valid (doubling, up to arena_max, and only while the file
+//  system has room for the record). *created is set to true when a new segment was made. Returns NULL (with a log
 //  line) if the segment exists but is not ours or has another layout version.
 pd_table_t *pd_table_open(const char *name, pd_table_size_t size, bool *created);
 //  Unmaps; the segment stays for the next process. Nullifies *self_p.

@@ -1532,7 +1532,10 @@ store_main(pd_config_t *cfg)
     self->gen = pd_now_ms();
     bool created;
     self->table = pd_table_open(cfg->shm_name,
-                                (pd_table_size_t){cfg->store_capacity, cfg->store_arena}, &created);
+                                (pd_table_size_t){cfg->store_capacity, cfg->store_arena,
+                                                 cfg->store_arena_max ? cfg->store_arena_max
+                                                                      : PD_TABLE_ARENA_MAX},
+                                &created);
     if (!self->table) {
         pd_log_warn("cannot use the shared-memory segment %s (see above)", cfg->shm_name);
         exit(PD_EXIT_REFUSED);
