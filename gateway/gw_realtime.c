@@ -1037,10 +1037,10 @@ s_fallback(rt_t *rt, int node)
         }
     }
     rt->resync_closed += n;
+    size_t rooms = gw_sb_resync_node(rt->gw, node);
     pd_log_warn("%s: events of store %d after %lld (generation %lld) are gone: %zu subscribers "
                 "told to reconnect (1012), %zu rooms read again",
-                __func__, node, (long long)st->seq, (long long)st->gen, n,
-                gw_sb_resync_node(rt->gw, node));
+                __func__, node, (long long)st->seq, (long long)st->gen, n, rooms);
 }
 
 static void
@@ -1305,7 +1305,8 @@ s_seqs_reset(rt_t *rt)
 }
 
 /*  Called for each bus frame. With no WebSocket open (of either protocol), no presence held and
- *  no room, nobody here needs the bus: the frame is dropped unread (a REST-only gateway pays the copy, not the decode).
+ *  no room, nobody here needs the bus: the frame is dropped unread (a REST-only gateway pays
+ *  the copy, not the decode).
  *  The sequence trackers forget what they saw, so that the first frame read afterwards is not
  *  a "gap". */
 bool
