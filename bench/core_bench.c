@@ -7,6 +7,8 @@
  *      put            pd_table_put of an existing record (5000 records, default capacity)
  *      get-put        the store's upsert: pd_table_get, then pd_table_put
  *      reaper         the reaper's bus path: decode + learn + reschedule, 8 events per frame
+ *                     (each brings its record's deadline a second closer, as the DEADLINE
+ *                     topic's changes do)
  *
  *  Usage: core_bench MODE [iterations]. Each mode's measured loop is the function bench_run,
  *  so that the set-up is left out:
@@ -70,6 +72,7 @@ s_event(pd_msgw_t *w, int64_t seq, int k, int64_t version, int64_t expires)
     pd_msgw_int(w, PD_F_NODE, 1);
     pd_msgw_int(w, PD_F_SEQ, seq);
     pd_msgw_int(w, PD_F_DSEQ, seq); /* as if on the DEADLINE topic: the reaper's work */
+    pd_msgw_int(w, PD_F_SLOT, k);
     pd_msgw_int(w, PD_F_GEN, 1800000000000);
     pd_msgw_str(w, PD_F_PROJECT, "bench", 5);
     pd_msgw_s(w, PD_F_ID, id);
@@ -181,11 +184,10 @@ s_setup_reaper(bench_t *b)
     self->boot_ms = self->now = 1800000000000;
     msgpack_zone_init(&self->zone, 8192);
     pd_msgw_init(&self->out);
-    s_buckets_grow(self);
     self->wheel = pd_wheel_new(self->now, 1);
     b->reaper = self;
-    /* Learn every record once (outside the measured loop), then n upserts that push each
-     * deadline a second further, in frames of BATCH events as the broker coalesces them. */
+    /* Learn every record once (outside the measured loop), then n changes that bring each
+     * deadline a second closer, in frames of BATCH events as the broker coalesces them. */
     int64_t seq = 0;
     for (int k = 0; k < RECORDS; k++) {
         pd_msgw_reset(&b->w);
@@ -202,7 +204,7 @@ s_setup_reaper(bench_t *b)
             b->frame_off[i / BATCH] = b->w.sb.size;
         int k = (int)((i * 7919) % RECORDS);
         int64_t round = i / RECORDS + 1;
-        s_event(&b->w, ++seq, k, 1 + round, 1800000900000 + k + 1000 * round);
+        s_event(&b->w, ++seq, k, 1 + round, 1800000900000 + k - 1000 * round);
     }
     b->frame_off[frames] = b->w.sb.size;
 }

@@ -51,10 +51,13 @@
  *               connection, in order), and the broker forwards both in that order, so the new
  *               owner always has the record before the request: a record is served by exactly
  *               one node at any instant, and a write racing its move is applied once, where
- *               the record is. Nothing is published for a move: subscribers see no event, and
- *               the reaper keeps its deadline (keyed by project and id, EXPIRE is routed as
- *               any request and the version is kept, so it deletes at the new owner, whose
- *               delete event the reaper then takes). The rate is bounded (--move-rate, items
+ *               the record is. Subscribers see no event for a move. The reaper keys
+ *               deadlines by (node, slot), and its EXPIRE goes to that node as it is
+ *               (s_expire_at): the new owner reports each deadline it took, under its slot,
+ *               and the old owner each it dropped (DEADLINE, on the bus's DEADLINE topic); a
+ *               frozen record is not expired by its old owner (UNAVAILABLE: the reaper tries
+ *               again), and the version is kept, so it is deleted once, where it is. The rate
+ *               is bounded (--move-rate, items
  *               per second): at most MOVE_BATCH items per batch, one batch in flight, a pause
  *               between batches.
  *    lists      A list (and a reaper's SYNC) is not sent while a batch is in flight, and a
@@ -534,10 +537,40 @@ static bool s_park(broker_t *self, int peer, const pd_msg_t *m);
 /*  A request from a gateway or the reaper. */
 static void s_rooms_gather(broker_t *self, int peer, const pd_msg_t *m);
 
+/*  The reaper's EXPIRE names a record by (NODE, SLOT): sent to that node as it is, whatever the
+ *  store set (a slot is not a key: it is never sent to another node; a record that moves away
+ *  is reported under its new node and slot). A node outside the store set holds nothing. */
+static void
+s_expire_at(broker_t *self, int peer, const pd_msg_t *m)
+{
+    int64_t n = m->i[PD_F_NODE];
+    if (n < 1 || n > MAX_NODES) {
+        s_reply_err(self, peer, m->rid, PD_ERR_ARGUMENT_INVALID, "EXPIRE: NODE out of range");
+        return;
+    }
+    if (n > self->nstores) {
+        s_reply_err(self, peer, m->rid, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    if (!s_node_ok(self, (int)n)) {
+        s_reply_err(self, peer, m->rid, PD_ERR_UNAVAILABLE, NULL);
+        return;
+    }
+    op_t *op = s_op_new(self, OP_SIMPLE, peer, m->rid);
+    op->lc_gen = pd_listcache_purges(m);
+    op->node = (int)n;
+    op->state = ST_WRITE;
+    pd_msgw_forward(&self->nodes[n].out, m, s_op_id(self, op));
+}
+
 static void
 s_on_request(broker_t *self, int peer, const pd_msg_t *m)
 {
     pd_str_t project = m->s[PD_F_PROJECT];
+    if (m->type == PD_MSG_EXPIRE && pd_msg_has(m, PD_F_SLOT)) {
+        s_expire_at(self, peer, m);
+        return;
+    }
     switch (m->type) {
     case PD_MSG_GET:
     case PD_MSG_DELETE:

@@ -480,6 +480,14 @@ s_slot_available(pd_table_t *self)
     return self->hdr->slot_free || self->hdr->slots_top < self->hdr->capacity;
 }
 
+//  The slot s_slot_take will return (s_slot_available must be true).
+static uint32_t
+s_slot_next(pd_table_t *self)
+{
+    s_header_t *h = self->hdr;
+    return h->slot_free ? h->slot_free - 1 : (uint32_t)h->slots_top;
+}
+
 static uint32_t
 s_slot_take(pd_table_t *self)
 {
@@ -1099,6 +1107,20 @@ pd_table_get(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *out)
     return 0;
 }
 
+int
+pd_table_get_slot(pd_table_t *self, uint32_t slot, pd_record_t *out)
+{
+    assert(self && out);
+    if (slot >= self->hdr->slots_top)
+        return -1;
+    uint64_t off = s_blob_of(self, slot);
+    if (!off)
+        return -1;
+    self->last = slot;
+    s_fill(self, off, out);
+    return 0;
+}
+
 /*  The slot of (project, id) if it is the last one looked up, else S_NONE. The store reads a
  *  record before it writes it (to check the owner and the permissions), so a put usually finds
  *  its record here with one key comparison in lines the read left in cache, instead of a hash
@@ -1195,6 +1217,7 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
 
     pd_record_t r = *rec;
     r.version = self->importing ? rec->version : old ? s_blk(self, old)->version + 1 : 1;
+    r.slot = old ? s : s_slot_next(self); //  what the hook's event names (the reaper's key)
     r.json = PD_STR_NULL;
     pd_buf_reset(&self->json);
     pd_record_render(&r, &self->json);
@@ -2173,6 +2196,17 @@ typedef struct {
     pd_record_t rec;
 } s_trec_t;
 
+//  Hook of the slot test: [0] the slot of the last put, [1] of the last replaced or deleted.
+static void
+s_test_slot_hook(const pd_record_t *rec, const pd_record_t *prev, void *arg)
+{
+    uint32_t *hooked = arg;
+    if (rec)
+        hooked[0] = rec->slot;
+    if (prev)
+        hooked[1] = prev->slot;
+}
+
 static void
 s_test_rec(s_trec_t *t, const char *project, const char *id, const char *user, const char *status,
            int64_t expires, size_t pad)
@@ -2823,6 +2857,37 @@ pd_table_test(bool verbose)
     PD_CHECK(pd_table_delete(t, PD_STR("p1"), PD_STR("id2"), NULL) == 0);
     PD_CHECK(pd_table_get_by_user(t, PD_STR("p1"), PD_STR("u2"), &st) == -1);
     s_test_ok(t);
+
+    //  Slots: the hook names the slot a create takes (the reaper's key), reads give it back,
+    //  pd_table_get_slot finds the record there, and a freed slot is taken by the next create.
+    {
+        uint32_t hooked[2] = {UINT32_MAX, UINT32_MAX};
+        pd_table_set_hook(t, s_test_slot_hook, hooked);
+        s_test_rec(b, "p1", "slotted", "us", "online", 7000, 5);
+        PD_CHECK(pd_table_put(t, &b->rec, &st, NULL) == 0);
+        uint32_t slot = st.slot;
+        PD_CHECK(hooked[0] == slot && hooked[1] == UINT32_MAX);
+        PD_CHECK(pd_table_get(t, PD_STR("p1"), PD_STR("slotted"), &st) == 0 && st.slot == slot);
+        PD_CHECK(pd_table_get_slot(t, slot, &st) == 0 && pd_str_eqc(st.id, "slotted"));
+        PD_CHECK(st.slot == slot && st.version == 1 && st.expires_ms == 7000);
+        PD_CHECK(pd_table_put(t, &b->rec, &st, NULL) == 0 && st.slot == slot);
+        PD_CHECK(hooked[0] == slot && hooked[1] == slot); //  a replace keeps its slot
+        PD_CHECK(pd_table_delete(t, PD_STR("p1"), PD_STR("slotted"), NULL) == 0);
+        PD_CHECK(hooked[1] == slot);
+        PD_CHECK(pd_table_get_slot(t, slot, &st) == -1);
+        PD_CHECK(pd_table_get_slot(t, 1u << 20, &st) == -1 && pd_table_get_slot(t, UINT32_MAX, &st) == -1);
+        hooked[0] = hooked[1] = UINT32_MAX;
+        s_test_rec(b, "p1", "slotted2", "us2", "online", 7000, 5);
+        PD_CHECK(pd_table_put(t, &b->rec, &st, NULL) == 0); //  takes the freed slot
+        PD_CHECK(st.slot == slot && hooked[0] == slot && hooked[1] == UINT32_MAX);
+        s_test_rec(b, "p1", "slotted3", "us3", "online", 7000, 5);
+        PD_CHECK(pd_table_put(t, &b->rec, &st, NULL) == 0); //  a new slot at the top
+        PD_CHECK(st.slot != slot && hooked[0] == st.slot);
+        PD_CHECK(pd_table_delete(t, PD_STR("p1"), PD_STR("slotted2"), NULL) == 0);
+        PD_CHECK(pd_table_delete(t, PD_STR("p1"), PD_STR("slotted3"), NULL) == 0);
+        pd_table_set_hook(t, NULL, NULL);
+        s_test_ok(t);
+    }
 
     //  Status index, across status changes and deletes; expiry order.
     static const char *statuses[] = {"online", "away", NULL, "online"};

@@ -56,6 +56,9 @@ size_t pd_table_arena_size(pd_table_t *self);
 
 //  Looks up (project, id). Returns 0 and fills *out with views, or -1 if absent.
 int pd_table_get(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *out);
+//  The record in `slot` (pd_record_t.slot of an earlier read, or of a change's hook), if any:
+//  returns 0 and fills *out, or -1 for a free or out of range slot.
+int pd_table_get_slot(pd_table_t *self, uint32_t slot, pd_record_t *out);
 //  Looks up the record owned by (project, userId) on this node.
 int pd_table_get_by_user(pd_table_t *self, pd_str_t project, pd_str_t user, pd_record_t *out);
 
@@ -67,7 +70,7 @@ int pd_table_get_by_user(pd_table_t *self, pd_str_t project, pd_str_t user, pd_r
 //  Returns PD_ERR_STORE_FULL if no slot or arena space is left (nothing is changed).
 int pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_record_t *prev);
 //  Called before any part of a change is visible, after every check that can fail: by
-//  pd_table_put with the record exactly as it will be stored (version, JSON) and the one it
+//  pd_table_put with the record exactly as it will be stored (version, JSON, slot) and the one it
 //  replaces (NULL on create); by pd_table_delete with rec NULL and the record it deletes. The
 //  store writes the change's event to its outbox there (pd_outbox.h).
 typedef void (*pd_table_hook_fn)(const pd_record_t *rec, const pd_record_t *prev, void *arg);

@@ -1,42 +1,47 @@
 /*  reaper — see reaper.h.
  *
- *  State. A hash map (project, id) -> entry holds one deadline per record, with the version and
- *  store node it belongs to. Entries live in a slab of fixed-size chunks and are named by their
- *  index, which also names them in the request id of an EXPIRE (index | send count << 32), so a
- *  REPLY finds its entry without a second map and a late reply to an older send is recognised
- *  and ignored. Each entry embeds one pd_timer_t, scheduled in a 1 ms timing wheel:
+ *  State. One deadline per record, keyed by where the record lives: (store node, slot), the
+ *  slot being the record's place in its node's table (pd_table.h), which the store names in
+ *  every deadline it reports. Each node has a directory of fixed-size chunks of entries indexed
+ *  by slot (slots are dense from 0, so this is an array, with no hash and no key stored), and
+ *  an entry's (node, slot) also names it in the request id of an EXPIRE
+ *  (slot | node << 32 | send count << 48), so a REPLY finds its entry directly and a late reply
+ *  to an older send is recognised and ignored. Each entry embeds one pd_timer_t, scheduled in a
+ *  1 ms timing wheel:
  *
  *    WAIT  timer at expiresAt, or at a retry after UNAVAILABLE / TIMEOUT (250 ms, doubling)
- *          or CONFLICT; firing sends EXPIRE {PROJECT, ID, VERSION, FLAGS: BYPASS} -> SENT.
+ *          or CONFLICT; firing sends EXPIRE {NODE, SLOT, VERSION, FLAGS: BYPASS} -> SENT.
  *    SENT  EXPIRE in flight; timer at +1 s (doubling while unanswered), firing sends it again
  *          with a fresh rid (the request or its reply was lost).
  *    DONE  the store answered OK; we wait for its delete EVENT, which removes the entry. The
  *          retry timer stays armed: if the event never comes, the retry is answered NOT_FOUND.
  *
- *  NOT_FOUND ends the entry. CONFLICT means the version moved on (the bus brings the new
- *  deadline, or the reply carries VERSION and EXPIRES and we follow them) or that the store's
- *  clock says the record is not due yet: we try up to 6 times over about 8 s, then let go. The
- *  store deletes only if the version still matches and the record has expired, so the map is
- *  a cache of deadlines, not the truth: an entry held in error costs an EXPIRE answered
- *  NOT_FOUND or CONFLICT, never a second event.
+ *  NOT_FOUND (the slot is free) ends the entry. CONFLICT means the slot's record is not the
+ *  version we hold, or that the store's clock says it is not due yet; the reply carries the
+ *  VERSION and EXPIRES of whatever record the slot holds now, and the entry follows them (the
+ *  same record renewed, or another one that took the slot). Without them we try up to 6 times
+ *  over about 8 s, then let go. The store deletes only if the version still matches and the
+ *  record has expired, so the map is a cache of deadlines, not the truth: an entry held in
+ *  error costs an EXPIRE answered NOT_FOUND or CONFLICT, never a second event, and a deadline
+ *  held too early costs the same. That is the merge rule: of two reports for one slot whose
+ *  order we cannot know (sync pages and live events travel different paths), the one with the
+ *  earlier deadline is kept; the store's answer then corrects it.
  *
  *  Learning. The reaper subscribes to the bus's DEADLINE topic only (pd_msg.h): creates,
- *  deletes, and changes that bring a deadline closer. A renewal (a change that keeps or pushes
- *  back a deadline) is learned lazily: at the old deadline the EXPIRE is answered CONFLICT
- *  with the current VERSION and EXPIRES, and the entry follows them. So the reaper does not
- *  decode (nor does the broker send it) the events of the commonest write, a presence renewed.
- *  Upsert and update events (re)schedule at EXPIRES, delete events remove the entry.
- *  Sync pages and live events travel different paths and interleave, so a report replaces an
- *  entry only if it is newer: a later store generation, or else a higher VERSION. Each store
- *  node numbers its DEADLINE events from 1 per boot (GEN, DSEQ); a new GEN or a skipped DSEQ
- *  means we may have
- *  missed deadlines, and we ask that node for a SYNC (at most once a second per node). At start
- *  we ask every node at once, 200 ms after connecting so that the SUB socket is subscribed
- *  before the stores take their snapshot (an event published between the snapshot and the
+ *  deletes, changes that bring a deadline closer, and the deadlines that came or went with a
+ *  moved record (DEADLINE: a record that moves between nodes changes slot; subscribers see no
+ *  event for it). A renewal (a change that keeps or pushes back a deadline) is learned lazily:
+ *  at the old deadline the EXPIRE is answered CONFLICT with the current VERSION and EXPIRES,
+ *  and the entry follows them. So the reaper does not decode (nor does the broker send it) the
+ *  events of the commonest write, a presence renewed. Each store node numbers its DEADLINE
+ *  topic from 1 per boot (GEN, DSEQ); a new GEN or a skipped DSEQ means we may have missed
+ *  deadlines, and we ask that node for a SYNC (at most once a second per node). At start we
+ *  ask every node at once, 200 ms after connecting so that the SUB socket is subscribed before
+ *  the stores take their snapshot (an event published between the snapshot and the
  *  subscription would otherwise be lost without a gap to show it).
  *
- *  Cost: 144 bytes per deadline (the key is stored inline, 72 bytes; 1M deadlines measured at
- *  175 MB resident in all), O(1) per event, page item and expiry. */
+ *  Cost: 56 bytes per deadline (the entry; chunks are 4,096 entries and stay allocated once a
+ *  node's slots have reached them), O(1) per event, page item and expiry. */
 #include "reaper.h"
 
 #include <czmq.h>
@@ -44,8 +49,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-#include <sodium.h>
 
 #include "pd_err.h"
 #include "pd_keys.h"
@@ -67,13 +70,14 @@ enum {
     REAPER_SYNC_TIMEOUT_MS = 5000, //  a sync with no page for this long is asked again
     REAPER_SYNC_GAP_MS = 1000,     //  at most one SYNC {NODE} per node per second
     REAPER_MAX_NODES = 1024,       //  store node ids 1..1023
-    REAPER_KEY_MAX = 36,           //  project and presence ids (Appwrite UIDs)
+    REAPER_SLOT_MAX = 1u << 30,    //  a store node's slots (pd_table's largest capacity)
     REAPER_BUS_HWM = 100000,       //  frames the SUB socket may queue before it drops
 };
 
 #define REAPER_CHUNK_BITS 12
 #define REAPER_CHUNK (1u << REAPER_CHUNK_BITS)
 #define REAPER_SYNC_RID (1ULL << 63) //  request ids of SYNCs; EXPIRE rids have this bit clear
+#define REAPER_SENDS_MASK 0x7fffu     //  an EXPIRE rid's send count: bits 48..62
 
 enum { E_FREE, E_WAIT, E_SENT, E_DONE };
 
@@ -81,18 +85,14 @@ typedef struct {
     pd_timer_t timer;              //  deadline or retry (first member: the wheel hands it back)
     int64_t version;               //  record version the deadline belongs to
     int64_t expires;               //  expiresAt, ms since epoch
-    uint64_t hash;                 //  pd_hash2_keyed(project, id) under reaper_t's hash_key
-    uint32_t epoch;                //  the node's generation epoch when it was reported
-    uint32_t idx;                  //  own index in the slab
-    uint32_t hnext;                //  next in the bucket chain or free list (index + 1; 0 = end)
-    uint32_t sends;                //  EXPIREs sent, ever (kept across reuse: stale rids stay stale)
+    uint32_t slot;                 //  the record's slot in its node (with node: the key)
     uint16_t node;                 //  owning store node
-    uint8_t state;                 //  E_*
+    uint16_t sends;                //  EXPIREs sent, ever (kept across reuse: stale rids stay stale)
+    uint8_t state;                 //  E_* (E_FREE: no deadline in this slot)
     uint8_t attempts;              //  EXPIREs sent for this version (saturates)
     uint8_t silent;                //  of which unanswered in a row (saturates)
-    uint8_t plen, ilen;            //  lengths of project and id in key
-    char key[2 * REAPER_KEY_MAX];  //  project then id, not NUL-terminated
 } entry_t;
+_Static_assert(sizeof(entry_t) <= 56, "a deadline's entry is 56 bytes");
 
 typedef struct {
     bool known;                    //  seen on the bus or in a sync page
@@ -101,7 +101,8 @@ typedef struct {
     bool synced;                   //  a sync completed since the last gap or restart
     bool want_sync;                //  a SYNC {NODE} is to be sent (rate limited)
     int64_t gen;                   //  store boot generation
-    uint32_t epoch;                //  1, + 1 per restart seen: orders reports across restarts
+    entry_t **dir;                 //  the node's entries by slot, in chunks of REAPER_CHUNK
+    uint32_t ndir;                 //  chunk pointers in dir
     int64_t seq;                   //  last SEQ seen
     int64_t first_seq;             //  first SEQ seen on the bus in this generation (0 = none)
     uint64_t sync_rid;             //  the SYNC whose pages complete this node's sync (0 = none)
@@ -119,7 +120,6 @@ typedef struct {
     zsock_t *broker;               //  DEALER to the broker's front ROUTER
     zsock_t *bus;                  //  SUB on the event bus
     pd_keys_t *keys;               //  the cluster's key set: both sockets are CURVE clients
-    unsigned char hash_key[PD_HASH_KEYBYTES]; //  random: record ids are chosen by clients
     pd_zpoll_t poll;               //  both sockets' ZMQ_FDs
     pd_wheel_t *wheel;             //  every entry's timer
     msgpack_zone zone;             //  RAW fields of the frame being decoded
@@ -130,12 +130,8 @@ typedef struct {
     int64_t mono;                  //  mono ms at the top of this turn
     bool busy;                     //  a budget ran out: poll without sleeping
 
-    entry_t **chunks;              //  the slab
-    uint32_t nchunks, chunks_cap;
-    uint32_t free_head;            //  free list (index + 1)
-    uint32_t *buckets;             //  index + 1 of each chain's head
-    size_t nbuckets;               //  a power of two
     size_t count;                  //  live entries
+    size_t chunks;                 //  chunks allocated, all nodes
     size_t inflight;               //  entries in E_SENT
     int64_t last_progress;         //  mono ms of the last reply, or when the window had room
 
@@ -176,99 +172,42 @@ s_oom(void)
 }
 
 /*  ------------------------------------------------------------------------------------------
- *  Entries: slab and hash map. */
+ *  Entries: per node, a directory of chunks indexed by slot. */
 
-static inline entry_t *
-s_entry_at(reaper_t *self, uint32_t idx)
-{
-    return &self->chunks[idx >> REAPER_CHUNK_BITS][idx & (REAPER_CHUNK - 1)];
-}
-
+//  The entry of (node n, slot), live or not; NULL if its chunk does not exist and make is false.
 static entry_t *
-s_entry_alloc(reaper_t *self)
+s_entry(reaper_t *self, node_t *n, uint32_t slot, bool make)
 {
-    if (!self->free_head) {
-        if (self->nchunks == self->chunks_cap) {
-            uint32_t cap = self->chunks_cap ? self->chunks_cap * 2 : 16;
-            entry_t **p = realloc(self->chunks, cap * sizeof *p);
-            if (!p)
-                s_oom();
-            self->chunks = p;
-            self->chunks_cap = cap;
-        }
-        entry_t *c = calloc(REAPER_CHUNK, sizeof *c);
-        if (!c)
+    uint32_t c = slot >> REAPER_CHUNK_BITS;
+    if (c >= n->ndir) {
+        if (!make)
+            return NULL;
+        uint32_t cap = n->ndir ? n->ndir : 16;
+        while (cap <= c)
+            cap *= 2;
+        entry_t **d = realloc(n->dir, cap * sizeof *d);
+        if (!d)
             s_oom();
-        uint32_t base = self->nchunks << REAPER_CHUNK_BITS;
-        self->chunks[self->nchunks++] = c;
-        for (uint32_t i = REAPER_CHUNK; i-- > 0;) {
-            c[i].idx = base + i;
-            c[i].hnext = self->free_head;
-            self->free_head = base + i + 1;
-        }
+        memset(d + n->ndir, 0, (cap - n->ndir) * sizeof *d);
+        n->dir = d;
+        n->ndir = cap;
     }
-    entry_t *e = s_entry_at(self, self->free_head - 1);
-    self->free_head = e->hnext;
-    e->hnext = 0;
-    return e;
+    if (!n->dir[c]) {
+        if (!make)
+            return NULL;
+        if (!(n->dir[c] = calloc(REAPER_CHUNK, sizeof(entry_t))))
+            s_oom();
+        self->chunks++;
+    }
+    return &n->dir[c][slot & (REAPER_CHUNK - 1)];
 }
 
-static void
-s_buckets_grow(reaper_t *self)
-{
-    size_t n = self->nbuckets ? self->nbuckets * 2 : 4096;
-    uint32_t *b = calloc(n, sizeof *b);
-    if (!b)
-        s_oom();
-    for (size_t i = 0; i < self->nbuckets; i++) {
-        uint32_t at = self->buckets[i];
-        while (at) {
-            entry_t *e = s_entry_at(self, at - 1);
-            uint32_t next = e->hnext;
-            size_t k = e->hash & (n - 1);
-            e->hnext = b[k];
-            b[k] = at;
-            at = next;
-        }
-    }
-    free(self->buckets);
-    self->buckets = b;
-    self->nbuckets = n;
-}
-
+//  The live entry of (node n, slot), or NULL.
 static entry_t *
-s_find(reaper_t *self, pd_str_t project, pd_str_t id, uint64_t h)
+s_find(reaper_t *self, node_t *n, uint32_t slot)
 {
-    for (uint32_t at = self->buckets[h & (self->nbuckets - 1)]; at;) {
-        entry_t *e = s_entry_at(self, at - 1);
-        if (e->hash == h && e->plen == project.len && e->ilen == id.len &&
-            memcmp(e->key, project.ptr, project.len) == 0 &&
-            memcmp(e->key + e->plen, id.ptr, id.len) == 0)
-            return e;
-        at = e->hnext;
-    }
-    return NULL;
-}
-
-static entry_t *
-s_insert(reaper_t *self, pd_str_t project, pd_str_t id, uint64_t h)
-{
-    if (self->count >= self->nbuckets)
-        s_buckets_grow(self);
-    entry_t *e = s_entry_alloc(self);
-    e->hash = h;
-    e->plen = (uint8_t)project.len;
-    e->ilen = (uint8_t)id.len;
-    memcpy(e->key, project.ptr, project.len);
-    memcpy(e->key + project.len, id.ptr, id.len);
-    e->timer.next = e->timer.prev = NULL;
-    e->state = E_WAIT;
-    e->attempts = e->silent = 0;
-    size_t k = h & (self->nbuckets - 1);
-    e->hnext = self->buckets[k];
-    self->buckets[k] = e->idx + 1;
-    self->count++;
-    return e;
+    entry_t *e = s_entry(self, n, slot, false);
+    return e && e->state != E_FREE ? e : NULL;
 }
 
 static void
@@ -277,13 +216,7 @@ s_remove(reaper_t *self, entry_t *e)
     pd_wheel_cancel(self->wheel, &e->timer);
     if (e->state == E_SENT)
         self->inflight--;
-    uint32_t *link = &self->buckets[e->hash & (self->nbuckets - 1)];
-    while (*link != e->idx + 1)
-        link = &s_entry_at(self, *link - 1)->hnext;
-    *link = e->hnext;
     e->state = E_FREE;
-    e->hnext = self->free_head;
-    self->free_head = e->idx + 1;
     self->count--;
 }
 
@@ -300,39 +233,36 @@ s_schedule(reaper_t *self, entry_t *e, int64_t version, int64_t expires)
     pd_wheel_add(self->wheel, &e->timer, expires);
 }
 
-//  True if a report (node, epoch, version) supersedes what e holds. Versions count writes
-//  within one store generation; a later generation wins whatever its versions.
-static bool
-s_newer(const entry_t *e, int node, uint32_t epoch, int64_t version)
-{
-    if (e->node != node)
-        return true; //  the record moved to another node: the latest report wins
-    if (e->state == E_DONE)
-        return version != e->version; //  the store deleted ours: any other version is a new record
-    if (e->epoch != epoch)
-        return epoch > e->epoch;
-    return version > e->version;
-}
-
-//  A record (project, id) at `version` expires at `expires` (an upsert or update event, or a
-//  sync item). expires <= 0 means no deadline.
+/*  The record in (node, slot) at `version` expires at `expires` (a create or a change that
+ *  brings a deadline closer, a moved record's deadline, or a sync item; expires <= 0: no
+ *  deadline). Whether this report is newer than the entry's cannot always be known (sync pages
+ *  and events interleave, and a slot is reused by other records), so the earlier deadline
+ *  wins: the store's answer to that EXPIRE corrects an entry held too early (CONFLICT, with
+ *  what the slot holds). An entry DONE (deleted at our request, its event not seen yet) gives
+ *  way to any other version: a new record in the slot. */
 static void
-s_learn(reaper_t *self, int node, uint32_t epoch, pd_str_t project, pd_str_t id,
-        int64_t version, int64_t expires)
+s_learn(reaper_t *self, int node, node_t *n, uint32_t slot, int64_t version, int64_t expires)
 {
-    uint64_t h = pd_hash2_keyed(self->hash_key, project, id);
-    entry_t *e = s_find(self, project, id, h);
-    if (e && !s_newer(e, node, epoch, version))
-        return;
+    entry_t *e = s_find(self, n, slot);
     if (expires <= 0) {
-        if (e)
+        if (e && version >= e->version)
             s_remove(self, e);
         return;
     }
-    if (!e)
-        e = s_insert(self, project, id, h);
+    if (e) {
+        bool take = e->state == E_DONE ? version != e->version
+                                       : expires < e->expires ||
+                                             (expires == e->expires && version > e->version);
+        if (take)
+            s_schedule(self, e, version, expires);
+        return;
+    }
+    e = s_entry(self, n, slot, true);
+    e->timer.next = e->timer.prev = NULL;
     e->node = (uint16_t)node;
-    e->epoch = epoch;
+    e->slot = slot;
+    e->state = E_FREE;
+    self->count++;
     s_schedule(self, e, version, expires);
 }
 
@@ -424,10 +354,10 @@ s_on_due(pd_timer_t *t, void *arg)
         self->inflight++;
     e->state = E_SENT;
     e->sends++;
-    uint64_t rid = ((uint64_t)(e->sends & 0x7fffffff) << 32) | e->idx;
+    uint64_t rid = (uint64_t)(e->sends & REAPER_SENDS_MASK) << 48 | (uint64_t)e->node << 32 | e->slot;
     pd_msgw_begin(&self->out, PD_MSG_EXPIRE, rid);
-    pd_msgw_str(&self->out, PD_F_PROJECT, e->key, e->plen);
-    pd_msgw_str(&self->out, PD_F_ID, e->key + e->plen, e->ilen);
+    pd_msgw_int(&self->out, PD_F_NODE, e->node);
+    pd_msgw_int(&self->out, PD_F_SLOT, e->slot);
     pd_msgw_int(&self->out, PD_F_VERSION, e->version);
     pd_msgw_int(&self->out, PD_F_FLAGS, PD_FL_BYPASS); //  the store checks no permissions
     pd_msgw_end(&self->out);
@@ -492,12 +422,6 @@ s_send_hello(reaper_t *self)
 /*  ------------------------------------------------------------------------------------------
  *  Input. */
 
-static bool
-s_key_ok(pd_str_t s)
-{
-    return s.len > 0 && s.len <= REAPER_KEY_MAX;
-}
-
 //  The node table slot for a NODE field, or NULL if out of range.
 static node_t *
 s_node(reaper_t *self, int64_t id)
@@ -507,7 +431,6 @@ s_node(reaper_t *self, int64_t id)
     node_t *n = &self->nodes[id];
     if (!n->known) {
         n->known = true;
-        n->epoch = 1;
         if (id > self->max_node)
             self->max_node = (int)id;
     }
@@ -539,7 +462,6 @@ s_track_gen(node_t *n, int id, int64_t gen)
     pd_log_info("store node %d restarted (generation %lld -> %lld): resync", id,
                 (long long)n->gen, (long long)gen);
     n->gen = gen;
-    n->epoch++;
     n->have_seq = false;
     n->first_seq = 0;
     s_want_sync(n);
@@ -570,23 +492,33 @@ s_track_seq(reaper_t *self, node_t *n, int id, int64_t gen, int64_t seq)
     return true;
 }
 
+//  The SLOT field of a bus message, checked.
+static bool
+s_slot_of(const pd_msg_t *m, uint32_t *slot)
+{
+    if (!pd_msg_has(m, PD_F_SLOT) || m->i[PD_F_SLOT] < 0 || m->i[PD_F_SLOT] >= REAPER_SLOT_MAX)
+        return false;
+    *slot = (uint32_t)m->i[PD_F_SLOT];
+    return true;
+}
+
+/*  A record's event on the DEADLINE topic (it carries SLOT), or a deadline that came or went
+ *  with a moved record (DEADLINE). Deletes remove the entry: bus events of one node arrive in
+ *  the order they were made, so a record that takes the slot later is reported after this. */
 static void
 s_on_event(reaper_t *self, const pd_msg_t *m)
 {
-    const uint64_t need = 1ULL << PD_F_PROJECT | 1ULL << PD_F_ID | 1ULL << PD_F_ACTION |
-                          1ULL << PD_F_NODE | 1ULL << PD_F_GEN;
+    const uint64_t need = 1ULL << PD_F_ACTION | 1ULL << PD_F_NODE | 1ULL << PD_F_GEN;
     if ((m->present & need) != need) {
         self->malformed++;
         s_warn_limited(self, "bus", "EVENT without a required field");
         return;
     }
-    pd_str_t project = m->s[PD_F_PROJECT], id = m->s[PD_F_ID];
     int64_t action = m->i[PD_F_ACTION];
     node_t *n = s_node(self, m->i[PD_F_NODE]);
-    if (!n || !s_key_ok(project) || !s_key_ok(id) || action < PD_ACT_UPSERT ||
-        action > PD_ACT_DELETE) {
+    if (!n || action < PD_ACT_UPSERT || action > PD_ACT_DELETE) {
         self->malformed++;
-        s_warn_limited(self, "bus", "EVENT with a bad NODE, key or ACTION");
+        s_warn_limited(self, "bus", "EVENT with a bad NODE or ACTION");
         return;
     }
     int node = (int)m->i[PD_F_NODE];
@@ -595,11 +527,17 @@ s_on_event(reaper_t *self, const pd_msg_t *m)
     if (pd_msg_has(m, PD_F_DSEQ) ? !s_track_seq(self, n, node, m->i[PD_F_GEN], m->i[PD_F_DSEQ])
                                  : !s_track_gen(n, node, m->i[PD_F_GEN]))
         return; //  from a generation the node has left behind
-    uint32_t epoch = n->epoch;
+    uint32_t slot;
+    if (!s_slot_of(m, &slot)) {
+        if (!pd_msg_has(m, PD_F_DSEQ))
+            return; //  an EVENT topic event: no deadline news
+        self->malformed++;
+        s_warn_limited(self, "bus", "deadline without a SLOT (a store older than this reaper?)");
+        return;
+    }
     if (action == PD_ACT_DELETE) {
-        entry_t *e = s_find(self, project, id, pd_hash2_keyed(self->hash_key, project, id));
-        if (e && (!pd_msg_has(m, PD_F_VERSION) || s_newer(e, node, epoch, m->i[PD_F_VERSION]) ||
-                  m->i[PD_F_VERSION] == e->version)) {
+        entry_t *e = s_find(self, n, slot);
+        if (e) {
             if (e->state == E_SENT)
                 self->expired++; //  deleted at our request; the reply, when it comes, is stale
             s_remove(self, e);
@@ -612,26 +550,13 @@ s_on_event(reaper_t *self, const pd_msg_t *m)
         return;
     }
     if (!pd_msg_has(m, PD_F_EXPIRES)) {
-        /* An update that did not touch expiresAt: keep the deadline, follow the version. */
-        entry_t *e = s_find(self, project, id, pd_hash2_keyed(self->hash_key, project, id));
-        if (e && s_newer(e, node, epoch, m->i[PD_F_VERSION])) {
-            e->node = (uint16_t)node;
-            e->epoch = epoch;
+        /* A change that did not touch expiresAt: keep the deadline, follow the version. */
+        entry_t *e = s_find(self, n, slot);
+        if (e && e->state != E_DONE && m->i[PD_F_VERSION] > e->version)
             s_schedule(self, e, m->i[PD_F_VERSION], e->expires);
-        }
         return;
     }
-    s_learn(self, node, epoch, project, id, m->i[PD_F_VERSION], m->i[PD_F_EXPIRES]);
-}
-
-static bool
-s_obj_str(const msgpack_object *o, pd_str_t *out)
-{
-    if (o->type != MSGPACK_OBJECT_STR && o->type != MSGPACK_OBJECT_BIN)
-        return false;
-    out->ptr = o->via.str.ptr;
-    out->len = o->via.str.size;
-    return true;
+    s_learn(self, node, n, slot, m->i[PD_F_VERSION], m->i[PD_F_EXPIRES]);
 }
 
 static bool
@@ -690,18 +615,17 @@ s_on_sync_page(reaper_t *self, const pd_msg_t *m)
     }
     size_t bad = 0, count = items ? items->via.array.size : 0;
     for (size_t i = 0; i < count; i++) {
+        /* [project, id, version, expires, slot]: the key is for older reapers */
         const msgpack_object *it = &items->via.array.ptr[i];
-        pd_str_t project, id;
-        int64_t version, expires;
-        if (it->type != MSGPACK_OBJECT_ARRAY || it->via.array.size < 4 ||
-            !s_obj_str(&it->via.array.ptr[0], &project) ||
-            !s_obj_str(&it->via.array.ptr[1], &id) ||
+        int64_t version, expires, slot;
+        if (it->type != MSGPACK_OBJECT_ARRAY || it->via.array.size < 5 ||
             !s_obj_int(&it->via.array.ptr[2], &version) ||
-            !s_obj_int(&it->via.array.ptr[3], &expires) || !s_key_ok(project) || !s_key_ok(id)) {
+            !s_obj_int(&it->via.array.ptr[3], &expires) ||
+            !s_obj_int(&it->via.array.ptr[4], &slot) || slot < 0 || slot >= REAPER_SLOT_MAX) {
             bad++;
             continue;
         }
-        s_learn(self, node, n->epoch, project, id, version, expires);
+        s_learn(self, node, n, (uint32_t)slot, version, expires);
     }
     if (bad) {
         self->malformed += bad;
@@ -743,12 +667,13 @@ s_on_reply(reaper_t *self, const pd_msg_t *m)
         pd_log_info("sync refused (%s): retrying", pd_err_type((int)err));
         return;
     }
-    uint32_t idx = (uint32_t)m->rid;
-    uint32_t sends = (uint32_t)(m->rid >> 32);
-    if (idx >= self->nchunks * REAPER_CHUNK)
+    uint32_t slot = (uint32_t)m->rid;
+    int node = (int)((m->rid >> 32) & 0xffff);
+    uint32_t sends = (uint32_t)(m->rid >> 48) & REAPER_SENDS_MASK;
+    if (node < 1 || node >= REAPER_MAX_NODES || !self->nodes[node].known)
         return;
-    entry_t *e = s_entry_at(self, idx);
-    if (e->state != E_SENT || (e->sends & 0x7fffffff) != sends)
+    entry_t *e = s_find(self, &self->nodes[node], slot);
+    if (!e || e->state != E_SENT || (e->sends & REAPER_SENDS_MASK) != sends)
         return; //  a reply to an older send, or for a record since rescheduled or removed
     self->inflight--;
     self->last_progress = self->mono;
@@ -834,7 +759,7 @@ s_on_store_hello(reaper_t *self, const pd_msg_t *m)
 static void
 s_on_bus_msg(reaper_t *self, const pd_msg_t *m)
 {
-    if (m->type == PD_MSG_EVENT) {
+    if (m->type == PD_MSG_EVENT || m->type == PD_MSG_DEADLINE) {
         s_on_event(self, m);
         return;
     }
@@ -1022,10 +947,11 @@ reaper_destroy(reaper_t **self_p)
     zsock_destroy(&self->bus);
     pd_keys_destroy(&self->keys);
     pd_wheel_destroy(&self->wheel);
-    for (uint32_t i = 0; i < self->nchunks; i++)
-        free(self->chunks[i]);
-    free(self->chunks);
-    free(self->buckets);
+    for (int i = 1; i < REAPER_MAX_NODES; i++) {
+        for (uint32_t c = 0; c < self->nodes[i].ndir; c++)
+            free(self->nodes[i].dir[c]);
+        free(self->nodes[i].dir);
+    }
     msgpack_zone_destroy(&self->zone);
     pd_msgw_destroy(&self->out);
     pd_buf_free(&self->text);
@@ -1042,12 +968,10 @@ reaper_new(pd_config_t *cfg)
     self->cfg = cfg;
     self->poll.epfd = -1;
     self->boot_ms = pd_now_ms();
-    randombytes_buf(self->hash_key, sizeof self->hash_key);
     self->mono = pd_mono_ms();
     msgpack_zone_init(&self->zone, 8192);
     pd_msgw_init(&self->out);
     pd_buf_init(&self->text);
-    s_buckets_grow(self);
     self->wheel = pd_wheel_new(self->boot_ms, 1);
     self->broker = zsock_new(ZMQ_DEALER);
     self->bus = zsock_new(ZMQ_SUB);

@@ -30,7 +30,8 @@
  *  record moving here, a gateway with an old route table) is MOVED, and the gateway sends it
  *  through the broker. MOVE_OUT freezes and sends a batch of records and claims; MOVE_DROP
  *  forgets those the new owner took; MOVE_IN takes one (its version kept). None of them makes
- *  an event: to subscribers and the reaper a move is not a change. */
+ *  an event: to subscribers a move is not a change. The reaper, which keys deadlines by
+ *  (node, slot), is told of each deadline that came or went (DEADLINE, s_deadline_moved). */
 #include "store.h"
 
 #include <czmq.h>
@@ -235,8 +236,10 @@ s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *pr
     pd_msgw_int(w, PD_F_ACTION, action);
     pd_msgw_int(w, PD_F_NODE, self->node);
     pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
-    if (deadline)
+    if (deadline) {
         pd_msgw_int(w, PD_F_DSEQ, (int64_t)++self->dseq);
+        pd_msgw_int(w, PD_F_SLOT, rec->slot); //  the reaper's key for the record's deadline
+    }
     pd_msgw_int(w, PD_F_GEN, self->gen);
     pd_record_write(w, rec, PD_REC_EVENT);
     if (prev)
@@ -245,6 +248,27 @@ s_event(store_t *self, int action, const pd_record_t *rec, const pd_record_t *pr
     /* pending in the outbox before the change is visible; committed right after it */
     if (pd_outbox_put(self->outbox, w->sb.data + start, w->sb.size - start, pd_now_ms()) < 0)
         pd_log_debug("%s: event of %zu bytes not kept in the outbox", __func__, w->sb.size - start);
+}
+
+/*  A deadline that came here or left with a moved record (MOVE_IN, MOVE_DROP), for the reaper
+ *  alone: subscribers see no event for a move, but the reaper keys deadlines by (node, slot),
+ *  and the slot changed. Numbered in the DEADLINE topic's sequence (DSEQ), not kept in the
+ *  outbox: a restart is a new generation, which the reaper answers with a SYNC. */
+static void
+s_deadline_moved(store_t *self, int action, const pd_record_t *rec)
+{
+    pd_msgw_t *w = &self->events;
+    s_topic(self, PD_BUS_DEADLINE);
+    pd_msgw_begin(w, PD_MSG_DEADLINE, 0);
+    pd_msgw_int(w, PD_F_ACTION, action);
+    pd_msgw_int(w, PD_F_NODE, self->node);
+    pd_msgw_int(w, PD_F_GEN, self->gen);
+    pd_msgw_int(w, PD_F_DSEQ, (int64_t)++self->dseq);
+    pd_msgw_int(w, PD_F_SLOT, rec->slot);
+    pd_msgw_int(w, PD_F_VERSION, (int64_t)rec->version);
+    if (action != PD_ACT_DELETE)
+        pd_msgw_int(w, PD_F_EXPIRES, rec->expires_ms);
+    pd_msgw_end(w);
 }
 
 //  The table's hook: the event of a change, made before the change is visible. A delete
@@ -445,16 +469,56 @@ s_on_update(store_t *self, const pd_msg_t *m)
 /*  Deletes the record m names, answers, and publishes the delete event (DELETE, EXPIRE, and
  *  RELEASE of the last holder). */
 static void
-s_remove(store_t *self, const pd_msg_t *m)
+s_remove(store_t *self, const pd_msg_t *m, pd_str_t project, pd_str_t id)
 {
     pd_record_t prev; //  the event is made by s_on_change, inside pd_table_delete
-    if (pd_table_delete(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &prev) != 0) {
+    if (pd_table_delete(self->table, project, id, &prev) != 0) {
         s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
         return;
     }
     pd_outbox_commit(self->outbox);
     s_count(self, &prev, -1);
     s_reply_rec(self, m, &prev, NULL);
+}
+
+static bool s_frozen(store_t *self, char kind, pd_str_t project, pd_str_t key);
+static bool s_moving_out(store_t *self, pd_str_t project, pd_str_t key);
+
+/*  EXPIRE: the reaper names a record by its slot here (or, from an older reaper, by its key)
+ *  and the version whose deadline it holds. The record is deleted only if that version is
+ *  still the one here and it is due on this node's clock; otherwise the answer tells the reaper
+ *  what the slot holds now, whichever record that is, and it follows. A record on its way to
+ *  another node (frozen by a move) is answered UNAVAILABLE, without MOVED (the broker cannot
+ *  resend a slot to another node): the reaper tries again, and after the drop the slot is free
+ *  here while the new owner has reported the deadline under its own slot (DEADLINE). */
+static void
+s_on_expire(store_t *self, const pd_msg_t *m)
+{
+    pd_record_t old;
+    bool by_slot = pd_msg_has(m, PD_F_SLOT);
+    int rc = by_slot ? (m->i[PD_F_SLOT] < 0 || m->i[PD_F_SLOT] > UINT32_MAX
+                            ? -1
+                            : pd_table_get_slot(self->table, (uint32_t)m->i[PD_F_SLOT], &old))
+                     : pd_table_get(self->table, m->s[PD_F_PROJECT], m->s[PD_F_ID], &old);
+    if (rc != 0) {
+        s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
+        return;
+    }
+    if ((uint64_t)m->i[PD_F_VERSION] != old.version || old.expires_ms > pd_now_ms()) {
+        /* refreshed, replaced, or not due on this node's clock: tell the reaper what is current */
+        pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
+        pd_msgw_int(self->reply, PD_F_ERR, PD_ERR_CONFLICT);
+        pd_msgw_int(self->reply, PD_F_VERSION, (int64_t)old.version);
+        pd_msgw_int(self->reply, PD_F_EXPIRES, old.expires_ms);
+        pd_msgw_end(self->reply);
+        return;
+    }
+    if (by_slot && s_moving_out(self, old.project, old.id) &&
+        s_frozen(self, 'r', old.project, old.id)) {
+        s_reply_err(self, m, PD_ERR_UNAVAILABLE, "the record is moving to another node");
+        return;
+    }
+    s_remove(self, m, old.project, old.id);
 }
 
 static void
@@ -466,21 +530,11 @@ s_on_delete(store_t *self, const pd_msg_t *m)
         s_reply_err(self, m, PD_ERR_PRESENCE_NOT_FOUND, NULL);
         return;
     }
-    if (m->type == PD_MSG_EXPIRE) {
-        if ((uint64_t)m->i[PD_F_VERSION] != old.version || old.expires_ms > pd_now_ms()) {
-            /* refreshed, or not due on this node's clock: tell the reaper what is current */
-            pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
-            pd_msgw_int(self->reply, PD_F_ERR, PD_ERR_CONFLICT);
-            pd_msgw_int(self->reply, PD_F_VERSION, (int64_t)old.version);
-            pd_msgw_int(self->reply, PD_F_EXPIRES, old.expires_ms);
-            pd_msgw_end(self->reply);
-            return;
-        }
-    } else if (!s_can(m, old.delete_roles)) {
+    if (!s_can(m, old.delete_roles)) {
         s_reply_err(self, m, PD_ERR_USER_UNAUTHORIZED, NULL);
         return;
     }
-    s_remove(self, m);
+    s_remove(self, m, m->s[PD_F_PROJECT], m->s[PD_F_ID]);
 }
 
 /*  A gateway no longer holds a connection-bound record (its last socket closed, and the grace
@@ -512,7 +566,7 @@ s_on_release(store_t *self, const pd_msg_t *m)
         s_reply_err(self, m, PD_ERR_OK, NULL);
         return;
     }
-    s_remove(self, m);
+    s_remove(self, m, m->s[PD_F_PROJECT], m->s[PD_F_ID]);
 }
 
 static void
@@ -608,11 +662,14 @@ s_refuse_moved(store_t *self, const pd_msg_t *m)
                pd_table_claim_get(self->table, project, user, id) == 0;
         break;
     }
+    case PD_MSG_EXPIRE:
+        if (pd_msg_has(m, PD_F_SLOT))
+            return false; /* by slot: s_on_expire checks the record it finds there */
+        /* fall through */
     case PD_MSG_GET:
     case PD_MSG_UPSERT:
     case PD_MSG_UPDATE:
     case PD_MSG_DELETE:
-    case PD_MSG_EXPIRE:
     case PD_MSG_RELEASE: {
         pd_str_t id = m->s[PD_F_ID];
         if (!s_moving_out(self, project, id))
@@ -783,8 +840,11 @@ s_on_move_in(store_t *self, const pd_msg_t *m)
         if (rc == 0)
             rc = pd_table_import(self->table, &rec, &taken);
         self->silent = false;
-        if (taken && !had && pd_table_get(self->table, project, rec.id, &cur) == 0)
-            s_count(self, &cur, 1);
+        if (taken && pd_table_get(self->table, project, rec.id, &cur) == 0) {
+            if (!had)
+                s_count(self, &cur, 1);
+            s_deadline_moved(self, PD_ACT_UPSERT, &cur);
+        }
     }
     pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
     pd_msgw_int(self->reply, PD_F_ERR, rc);
@@ -830,8 +890,10 @@ s_on_move_drop(store_t *self, const pd_msg_t *m)
         }
         pd_record_t prev;
         self->silent = true;
-        if (pd_table_delete(self->table, project, key, &prev) == 0)
+        if (pd_table_delete(self->table, project, key, &prev) == 0) {
             s_count(self, &prev, -1);
+            s_deadline_moved(self, PD_ACT_DELETE, &prev);
+        }
         self->silent = false;
     }
 }
@@ -1169,11 +1231,12 @@ s_sync_visit(const pd_record_t *rec, void *arg)
 {
     store_t *self = arg;
     sync_ctx_t *c = &self->sync;
-    msgpack_pack_array(&c->pk, 4);
+    msgpack_pack_array(&c->pk, 5);
     msgpack_pack_str_with_body(&c->pk, rec->project.ptr, rec->project.len);
     msgpack_pack_str_with_body(&c->pk, rec->id.ptr, rec->id.len);
     msgpack_pack_uint64(&c->pk, rec->version);
     msgpack_pack_int64(&c->pk, rec->expires_ms);
+    msgpack_pack_uint32(&c->pk, rec->slot);
     if (++c->n == SYNC_PAGE_ITEMS)
         s_sync_flush(self, false);
     return 0;
@@ -1280,8 +1343,8 @@ s_dispatch(const pd_msg_t *m, void *arg)
     case PD_MSG_GET: s_on_get(self, m); break;
     case PD_MSG_UPSERT: s_on_upsert(self, m); break;
     case PD_MSG_UPDATE: s_on_update(self, m); break;
-    case PD_MSG_DELETE:
-    case PD_MSG_EXPIRE: s_on_delete(self, m); break;
+    case PD_MSG_DELETE: s_on_delete(self, m); break;
+    case PD_MSG_EXPIRE: s_on_expire(self, m); break;
     case PD_MSG_LIST: s_on_list(self, m); break;
     case PD_MSG_FETCH: s_on_fetch(self, m); break;
     case PD_MSG_SYNC: s_on_sync(self, m); break;
