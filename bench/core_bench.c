@@ -154,7 +154,7 @@ s_setup_table(bench_t *b)
     char name[64];
     snprintf(name, sizeof name, "/presenced-bench-%d", (int)getpid());
     pd_table_unlink(name);
-    b->table = pd_table_open(name, (pd_table_size_t){1048576, (size_t)1 << 30, 0}, NULL);
+    b->table = pd_table_open(name, (pd_table_size_t){1048576, (size_t)1 << 30, 0, 0}, NULL);
     pd_table_unlink(name); //  gone when we exit
     PD_CHECK(b->table);
     b->recs = calloc(RECORDS, sizeof *b->recs);

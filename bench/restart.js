@@ -24,24 +24,14 @@ const { execFileSync } = require('node:child_process');
 const E2E = path.resolve(__dirname, '..', 'tests', 'e2e');
 const { startCluster, sleep } = require(path.join(E2E, 'lib', 'cluster'));
 const { startWrk, fill } = require('./lib/fill');
+const { get } = require('./lib/get');
 
 const RECORDS = Number(process.argv[2] || 1000000);
 const KILLS = Number(process.argv[3] || 5);
 
-function get(agent, c, p) {
-    return new Promise((resolve) => {
-        const req = http.get({ host: '127.0.0.1', port: c.port, path: p, agent, headers: { 'X-Appwrite-Project': c.project, 'X-Appwrite-Key': c.apiKey } }, (res) => {
-            res.resume();
-            res.on('end', () => resolve(res.statusCode));
-        });
-        req.setTimeout(10000, () => req.destroy());
-        req.on('error', () => resolve(0));
-    });
-}
-
 // One kill: ms from SIGKILL to the first 200, and (from the log's timestamps, ms resolution) to
 // the supervisor's "lost store" line and the new process's "re-attached" line.
-const DIRTY_OFFSET = 120;   // offsetof(s_header_t, dirty), core/pd_table.c (layout 3)
+const DIRTY_OFFSET = 120;   // offsetof(s_header_t, dirty), core/pd_table.c (layouts 3 and 4)
 const JOURNAL_OFFSET = 1536; // S_JOURNAL_OFF: {armed, n}
 const JOURNAL_ARMED = 0x4c4e524a;
 

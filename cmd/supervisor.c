@@ -159,8 +159,9 @@ s_spawn(pd_config_t *cfg, child_t *c)
     snprintf(verbose, sizeof verbose, "%d", cfg->verbosity);
     snprintf(cap, sizeof cap, "%zu", cfg->store_capacity);
     snprintf(arena, sizeof arena, "%zu", cfg->store_arena);
-    char arena_max[32];
+    char arena_max[32], cap_max[32];
     snprintf(arena_max, sizeof arena_max, "%zu", cfg->store_arena_max);
+    snprintf(cap_max, sizeof cap_max, "%zu", cfg->store_capacity_max);
     char scanmax[32];
     snprintf(scanmax, sizeof scanmax, "%zu", cfg->list_scan_max);
     snprintf(maxbody, sizeof maxbody, "%zu", cfg->max_body);
@@ -210,6 +211,7 @@ s_spawn(pd_config_t *cfg, child_t *c)
         argv[n++] = "--store-capacity"; argv[n++] = cap;
         argv[n++] = "--store-arena"; argv[n++] = arena;
         argv[n++] = "--store-arena-max"; argv[n++] = arena_max;
+        argv[n++] = "--store-capacity-max"; argv[n++] = cap_max;
         argv[n++] = "--list-scan-max"; argv[n++] = scanmax;
     } else if (strcmp(c->role, "reaper") == 0) {
         argv[n++] = "--broker-front"; argv[n++] = cfg->broker_front;

@@ -54,6 +54,7 @@ static const struct opt {
     O("store-advertise", T_STR, store_advertise, "store: endpoint gateways connect to (--store-front)"),
     O("store-capacity", T_SIZE, store_capacity, "store: max records per node (1048576)"),
     O("store-arena", T_SIZE, store_arena, "store: bytes for records per node at first; grows online (1073741824)"),
+    O("store-capacity-max", T_SIZE, store_capacity_max, "store: the capacity grows online (doubling, at 7/8 full) up to this many records (16777216)"),
     O("store-arena-max", T_SIZE, store_arena_max, "store: the arena grows up to this many bytes (0: 1 TiB, or what /dev/shm holds)"),
     O("store-outbox", T_SIZE, store_outbox, "store: bytes of recent events kept for restarts and resyncs (67108864)"),
     O("max-body", T_SIZE, max_body, "gateway: request body cap in bytes (65536)"),
@@ -166,6 +167,7 @@ pd_config_parse(pd_config_t *cfg, int argc, char **argv)
     cfg->ws_deflate = 1;
     cfg->list_scan_max = 100000;
     cfg->store_capacity = 1048576;
+    cfg->store_capacity_max = 16777216;
     cfg->store_arena = (size_t)1 << 30;
     snprintf(cfg->host, sizeof cfg->host, "0.0.0.0");
 

@@ -94,6 +94,7 @@ typedef struct {
     size_t store_capacity;    //  records per node (default 1048576)
     size_t store_arena;       //  record bytes per node at first (default 1 GiB, sparse)
     size_t store_arena_max;   //  the arena grows online up to this (0: PD_TABLE_ARENA_MAX)
+    size_t store_capacity_max; //  the capacity grows online up to this (default 16777216)
     size_t store_outbox;      //  outbox ring bytes (0: the store's default; st_replay.h)
 
     /* identity */

@@ -47,7 +47,8 @@
 #include <unistd.h>
 
 #define S_MAGIC 0x31454c4241544450ULL //  "PDTABLE1"
-#define S_LAYOUT_VERSION 3 //  2: hash_key; 3: the undo journal (a version 2 segment is taken)
+#define S_LAYOUT_VERSION 4 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max
+                           //  (a version 2 or 3 segment is taken; it grows by a copy into a 4)
 #define S_PAGE 4096
 #define S_ALIGN 32                //  arena block granularity
 #define S_NCLASS 100              //  size classes: 128 B .. ~3.5 GiB, four per power of two
@@ -94,7 +95,10 @@ typedef struct {
     uint64_t arena_used;            //  bytes in blocks that are not on a free list
     uint64_t free_blocks[S_NCLASS]; //  free-list heads per size class (segment offsets)
     unsigned char hash_key[PD_HASH_KEYBYTES]; //  the indexes' SipHash key, random per segment
+    uint64_t cap_max; //  version 4: the capacity the sections have room for (it grows up to this
+                      //  in place, pd_table_grow); absent before (header_bytes ends before it)
 } s_header_t;
+#define S_HEADER_V3 offsetof(s_header_t, cap_max) //  header_bytes of a version 2 or 3 segment
 
 typedef struct {
     uint64_t blob;      //  segment offset of the record's block, 0 = free (the truth)
@@ -183,6 +187,8 @@ struct pd_table {
     void *hook_arg;
     bool importing; //  pd_table_import: the put keeps the record's version
     uint64_t arena_max; //  the arena grows up to this (pd_table_size_t)
+    char name[128];     //  the segment's name (pd_table_grow makes name.grow, then renames it)
+    uint64_t cap_want;  //  the largest capacity asked for (pd_table_size_t.capacity_max)
 };
 
 void
@@ -755,44 +761,58 @@ s_begin(pd_table_t *self)
 //  Layout, open, close
 
 typedef struct {
-    uint64_t capacity, arena_bytes, idx_size, sheads, total;
+    uint64_t capacity, cap_max, arena_bytes, idx_size, sheads, total;
     uint64_t off_slots, off_pidx, off_uidx, off_sheads, off_heap, off_claims, off_cidx, off_arena;
 } s_layout_t;
 
+/*  The sections of a table of `capacity` records. Version 4 (cap_max >= capacity): each section
+ *  has room for cap_max records (the file is sparse: pages never touched take no memory), so
+ *  the capacity grows in place; version 2 and 3 (cap_max 0): sized for capacity exactly. */
 static int
-s_layout(uint64_t capacity, uint64_t arena_bytes, s_layout_t *l)
+s_layout(uint64_t capacity, uint64_t cap_max, uint64_t arena_bytes, s_layout_t *l)
 {
     if (capacity < 1 || capacity > S_MAX_CAPACITY || arena_bytes < 1 ||
-        arena_bytes > ((uint64_t)1 << 40))
+        arena_bytes > ((uint64_t)1 << 40) || (cap_max && (cap_max < capacity || cap_max > S_MAX_CAPACITY)))
         return -1;
+    uint64_t room = cap_max ? cap_max : capacity;
     l->capacity = capacity;
+    l->cap_max = cap_max;
     l->arena_bytes = s_page_up(arena_bytes);
     l->idx_size = s_pow2(2 * capacity);
     l->sheads = s_pow2(capacity);
+    uint64_t idx_room = s_pow2(2 * room), sheads_room = s_pow2(room);
     uint64_t off = S_PAGE;
     l->off_slots = off;
-    off += s_page_up(capacity * sizeof(s_slot_t));
+    off += s_page_up(room * sizeof(s_slot_t));
     l->off_pidx = off;
-    off += s_page_up(l->idx_size * 8);
+    off += s_page_up(idx_room * 8);
     l->off_uidx = off;
-    off += s_page_up(l->idx_size * 8);
+    off += s_page_up(idx_room * 8);
     l->off_sheads = off;
-    off += s_page_up(l->sheads * 4);
+    off += s_page_up(sheads_room * 4);
     l->off_heap = off;
-    off += s_page_up(capacity * 4);
+    off += s_page_up(room * 4);
     l->off_claims = off;
-    off += s_page_up(capacity * sizeof(s_claim_t));
+    off += s_page_up(room * sizeof(s_claim_t));
     l->off_cidx = off;
-    off += s_page_up(l->idx_size * 8);
+    off += s_page_up(idx_room * 8);
     l->off_arena = off;
     l->total = off + l->arena_bytes;
     return 0;
 }
 
+//  The capacity the sections of h have room for (0 for a version 2 or 3 segment).
+static uint64_t
+s_cap_max(const s_header_t *h)
+{
+    return h->version >= 4 ? h->cap_max : 0;
+}
+
 static bool
 s_layout_matches(const s_header_t *h, const s_layout_t *l)
 {
-    return h->arena_bytes == l->arena_bytes && h->idx_size == l->idx_size &&
+    return s_cap_max(h) == l->cap_max && h->arena_bytes == l->arena_bytes &&
+           h->idx_size == l->idx_size &&
            h->sheads == l->sheads && h->total_bytes == l->total && h->off_slots == l->off_slots &&
            h->off_pidx == l->off_pidx && h->off_uidx == l->off_uidx &&
            h->off_sheads == l->off_sheads && h->off_heap == l->off_heap &&
@@ -824,6 +844,7 @@ s_init_header(s_header_t *h, const s_layout_t *l)
     h->version = S_LAYOUT_VERSION;
     h->header_bytes = sizeof(s_header_t);
     h->capacity = l->capacity;
+    h->cap_max = l->cap_max;
     h->arena_bytes = l->arena_bytes;
     h->idx_size = l->idx_size;
     h->sheads = l->sheads;
@@ -954,9 +975,10 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
             munmap(map, map_len);
             map = MAP_FAILED;
             made = true;
-        } else if (h->magic != S_MAGIC || (h->version != S_LAYOUT_VERSION && h->version != 2) ||
-                   h->header_bytes != sizeof(s_header_t) ||
-                   s_layout(h->capacity, h->arena_bytes, &l) < 0 || !s_layout_matches(h, &l) ||
+        } else if (h->magic != S_MAGIC || h->version < 2 || h->version > S_LAYOUT_VERSION ||
+                   h->header_bytes != (h->version >= 4 ? sizeof(s_header_t) : S_HEADER_V3) ||
+                   s_layout(h->capacity, s_cap_max(h), h->arena_bytes, &l) < 0 ||
+                   !s_layout_matches(h, &l) ||
                    l.total > (uint64_t)st.st_size) {
             pd_log_warn("%s: %s is not a presenced table of layout %d, or has a bad size", __func__,
                         name, S_LAYOUT_VERSION);
@@ -966,7 +988,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
                         "start empty, or restore it",
                         __func__, name, insane);
             goto fail;
-        } else if (h->dirty && h->version == S_LAYOUT_VERSION && s_undo(map, h)) {
+        } else if (h->dirty && h->version >= 3 && s_undo(map, h)) {
             /* a version 2 segment has no journal: it is rebuilt */
             if ((insane = s_header_insane(h))) {
                 pd_log_warn("%s: %s refused: undoing its last change left a header that does not "
@@ -983,7 +1005,9 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
     } else
         made = true; //  empty: its creator died before sizing it
     if (made) {
-        if (s_layout(size.capacity, size.arena_bytes, &l) < 0) {
+        if (s_layout(size.capacity,
+                     size.capacity_max > size.capacity ? size.capacity_max : size.capacity,
+                     size.arena_bytes, &l) < 0) {
             pd_log_warn("%s: bad table size (capacity %zu, arena %zu)", __func__, size.capacity,
                         size.arena_bytes);
             goto fail;
@@ -1017,6 +1041,8 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
     self->base = map;
     self->size = reserve;
     self->arena_max = size.arena_max;
+    self->cap_want = size.capacity_max;
+    snprintf(self->name, sizeof self->name, "%s", name);
     self->fd = fd;
     self->hdr = map;
     pd_buf_init(&self->json);
@@ -1038,8 +1064,8 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
             self->rebuilt = true;
         }
         self->undone = undone;
-        if (self->hdr->version != S_LAYOUT_VERSION) /* a version 2 segment, verified: now 3 */
-            self->hdr->version = S_LAYOUT_VERSION;
+        if (self->hdr->version == 2) /* verified: it has a journal from now on */
+            self->hdr->version = 3;
     }
     if (created)
         *created = made;
@@ -1071,6 +1097,179 @@ int
 pd_table_unlink(const char *name)
 {
     return pd_shm_unlink(name);
+}
+
+/*  Rehashes one hash index in place from old_size to the header's idx_size (the entries are
+ *  unique, and each knows its hash: re-inserted at its new home with linear probing, without a
+ *  key comparison). The old entries are copied out first. Returns -1 if that copy cannot be
+ *  allocated (nothing changed). */
+static int
+s_idx_regrow(pd_table_t *self, uint64_t *idx, uint64_t old_size)
+{
+    uint64_t *old = malloc(old_size * sizeof *old);
+    if (!old)
+        return -1;
+    memcpy(old, idx, old_size * sizeof *old);
+    memset(idx, 0, old_size * sizeof *idx); /* the rest of the new size was never written */
+    for (uint64_t i = 0; i < old_size; i++) {
+        if (!old[i])
+            continue;
+        uint64_t at = (old[i] >> 32) & self->imask;
+        while (idx[at])
+            at = (at + 1) & self->imask;
+        idx[at] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+/*  In place: the sections have room for cap_max. The header's sizes change first, inside a dirty
+ *  bracket whose journal is disarmed: a crash anywhere in here leaves a dirty segment that open
+ *  rebuilds, with the old sizes or the new ones, whichever the header holds. */
+static int
+s_grow_in_place(pd_table_t *self, uint64_t capacity)
+{
+    s_header_t *h = self->hdr;
+    uint64_t old_idx = h->idx_size, idx = s_pow2(2 * capacity), sheads = s_pow2(capacity);
+    struct statvfs vs;
+    uint64_t need = 3 * (idx - old_idx) * 8 + sheads * 4;
+    if (fstatvfs(self->fd, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < need + S_GROW_MARGIN) {
+        pd_log_warn("%s: %s: no room in /dev/shm for %llu bytes of larger indexes", __func__,
+                    self->name, (unsigned long long)need);
+        return -1;
+    }
+    s_dirty_as(self, 0);
+    h->capacity = capacity;
+    h->idx_size = idx;
+    h->sheads = sheads;
+    s_bind(self);
+    if (idx != old_idx && (s_idx_regrow(self, self->pidx, old_idx) < 0 ||
+                           s_idx_regrow(self, self->uidx, old_idx) < 0 ||
+                           s_idx_regrow(self, self->cidx, old_idx) < 0)) {
+        s_rebuild(self); /* out of memory half way: rebuild them from the slots */
+        return 0;
+    }
+    memset(self->sheads, 0, sheads * 4);
+    for (uint32_t s = 0; s < h->slots_top; s++)
+        if (self->slots[s].blob)
+            s_st_link(self, s);
+    s_clean(self);
+    return 0;
+}
+
+/*  By a copy into a new segment "<name>.grow" of the current layout, which then replaces this
+ *  one (rename): for a segment whose sections have no room (an older layout, or a capacity past
+ *  the cap_max it was made with). Same hash key; the slot words (each blob offset moved by the
+ *  arena's shift), the claim entries and the arena's blocks are copied as they are, so every
+ *  record keeps its slot (the reaper's key) and every block its bytes; then s_rebuild derives the
+ *  indexes, status lists, heap and free lists, the header is made valid, and the rename makes it
+ *  the segment. A crash before the rename leaves the old segment as it was (the stray copy is
+ *  removed by the next growth); after it, the new one is whole. */
+static int
+s_grow_by_copy(pd_table_t *self, uint64_t capacity)
+{
+    s_header_t *oh = self->hdr;
+    uint64_t cap_max = self->cap_want > capacity ? self->cap_want : capacity;
+    if (cap_max > S_MAX_CAPACITY)
+        cap_max = S_MAX_CAPACITY;
+    s_layout_t l;
+    if (s_layout(capacity, cap_max, oh->arena_bytes, &l) < 0)
+        return -1;
+    uint64_t delta = l.off_arena - oh->off_arena;
+    uint64_t used = oh->slots_top * sizeof(s_slot_t) + oh->claims_top * sizeof(s_claim_t) +
+                    3 * l.idx_size * 8 + l.sheads * 4 + capacity * 4 + (oh->arena_top - oh->off_arena);
+    struct statvfs vs;
+    if (fstatvfs(self->fd, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < used + S_GROW_MARGIN) {
+        pd_log_warn("%s: %s: no room in /dev/shm for a copy of %llu bytes", __func__, self->name,
+                    (unsigned long long)used);
+        return -1;
+    }
+    char tmp[sizeof self->name + 8];
+    snprintf(tmp, sizeof tmp, "%s.grow", self->name);
+    pd_shm_unlink(tmp);
+    bool made;
+    int fd = pd_shm_open(tmp, &made);
+    if (fd < 0)
+        return -1;
+    size_t reserve = (size_t)(l.off_arena + S_ARENA_RESERVE);
+    char *map = MAP_FAILED;
+    if (!made || flock(fd, LOCK_EX | LOCK_NB) < 0 || ftruncate(fd, (off_t)l.total) < 0 ||
+        (map = mmap(NULL, reserve, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED) {
+        pd_log_warn("%s: %s: %s", __func__, tmp, made ? strerror(errno) : "exists");
+        goto fail;
+    }
+    pd_table_t nt = *self; /* the copy, bound to the new segment for the rebuild */
+    nt.base = map;
+    nt.size = reserve;
+    nt.fd = fd;
+    nt.hdr = (s_header_t *)map;
+    s_header_t *h = nt.hdr;
+    s_init_header(h, &l);
+    h->magic = 0; /* written last */
+    memcpy(h->hash_key, oh->hash_key, sizeof h->hash_key);
+    h->slots_top = oh->slots_top;
+    h->claims_top = oh->claims_top;
+    h->arena_top = oh->arena_top + delta;
+    s_bind(&nt);
+    for (uint64_t s = 0; s < oh->slots_top; s++)
+        nt.slots[s].blob = self->slots[s].blob ? self->slots[s].blob + delta : 0;
+    memcpy(nt.claims, self->claims, oh->claims_top * sizeof(s_claim_t));
+    memcpy(map + l.off_arena, self->base + oh->off_arena, oh->arena_top - oh->off_arena);
+    s_rebuild(&nt);
+    if (h->count != oh->count || h->claims != oh->claims) {
+        pd_log_warn("%s: %s: the copy holds %llu records and %llu claims, not %llu and %llu",
+                    __func__, self->name, (unsigned long long)h->count,
+                    (unsigned long long)h->claims, (unsigned long long)oh->count,
+                    (unsigned long long)oh->claims);
+        goto fail;
+    }
+    __atomic_store_n(&h->magic, S_MAGIC, __ATOMIC_RELEASE);
+    if (pd_shm_rename(tmp, self->name) < 0) {
+        pd_log_warn("%s: rename %s to %s: %s", __func__, tmp, self->name, strerror(errno));
+        goto fail;
+    }
+    munmap(self->base, self->size);
+    close(self->fd);
+    self->base = map;
+    self->size = reserve;
+    self->fd = fd;
+    self->hdr = h;
+    s_bind(self);
+    return 0;
+
+fail:
+    if (map != MAP_FAILED)
+        munmap(map, reserve);
+    close(fd);
+    pd_shm_unlink(tmp);
+    return -1;
+}
+
+int
+pd_table_grow(pd_table_t *self, size_t capacity)
+{
+    assert(self);
+    s_header_t *h = self->hdr;
+    uint64_t old = h->capacity;
+    if (capacity <= old)
+        return 0;
+    if (h->dirty || capacity > S_MAX_CAPACITY)
+        return -1; /* only between mutations */
+    bool in_place = capacity <= s_cap_max(h);
+    if ((in_place ? s_grow_in_place(self, capacity) : s_grow_by_copy(self, capacity)) < 0)
+        return -1;
+    self->last = S_NONE;
+    pd_log_info("%s: %s: capacity %llu -> %llu (%s; %llu records, %llu claims)", __func__,
+                self->name, (unsigned long long)old, (unsigned long long)capacity,
+                in_place ? "in place" : "copied into a new segment",
+                (unsigned long long)self->hdr->count, (unsigned long long)self->hdr->claims);
+    return 0;
+}
+
+size_t
+pd_table_capacity(pd_table_t *self)
+{
+    return (size_t)self->hdr->capacity;
 }
 
 size_t
@@ -2372,7 +2571,7 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
  *  a function of (key, tag), so any half-written record shows as a field mismatch. */
 #define CT_KEYS 200
 #define CT_USERS 40
-#define CT_SIZE ((pd_table_size_t){512, 8 << 20, 0})
+#define CT_SIZE ((pd_table_size_t){512, 8 << 20, 0, 0})
 #define CT_OUTBOX "/presenced-selftest-ct-outbox"
 #define CT_OUTBOX_BYTES (8u << 20) //  holds every entry of the test: entries are only counted
 
@@ -2720,7 +2919,7 @@ s_test_bench(const char *name)
 {
     enum { N = 100000 };
     pd_table_unlink(name);
-    pd_table_t *t = pd_table_open(name, (pd_table_size_t){131072, 256 << 20, 0}, NULL);
+    pd_table_t *t = pd_table_open(name, (pd_table_size_t){131072, 256 << 20, 0, 0}, NULL);
     PD_CHECK(t);
     s_trec_t *tr = malloc(sizeof *tr);
     char(*ids)[24] = malloc(N * sizeof *ids);
@@ -2804,7 +3003,7 @@ pd_table_test(bool verbose)
     }
 
     //  Create, get, update, delete.
-    pd_table_t *t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+    pd_table_t *t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && created);
     PD_CHECK(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
     PD_CHECK(pd_table_arena_size(t) == 1 << 20);
@@ -3008,7 +3207,7 @@ pd_table_test(bool verbose)
     size_t count = pd_table_count(t), used = pd_table_arena_used(t);
     pd_table_close(&t);
     PD_CHECK(t == NULL);
-    t = pd_table_open(name, (pd_table_size_t){1, 1, 0}, &created); //  sizes ignored
+    t = pd_table_open(name, (pd_table_size_t){1, 1, 0, 0}, &created); //  sizes ignored
     PD_CHECK(t && !created && !t->rebuilt);
     s_test_snapshot(t, &snap2);
     PD_CHECK(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
@@ -3027,21 +3226,33 @@ pd_table_test(bool verbose)
     s_test_snapshot(t, &snap1);
     t->hdr->dirty = 1;
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && !created && t->rebuilt && t->hdr->pend_blob == 0);
     s_test_ok(t);
     s_test_snapshot(t, &snap2);
     PD_CHECK(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
     //  A version 2 segment has no journal: dirty, it is rebuilt (whatever its journal's page
-    //  holds), and it is version 3 from then on.
+    //  holds), and it is version 3 from then on. (Made from this one, whose sections have room
+    //  for its capacity exactly, as a version 2 or 3 layout has: its header is cut back.)
+    PD_CHECK(t->hdr->cap_max == t->hdr->capacity);
     t->hdr->version = 2;
+    t->hdr->header_bytes = S_HEADER_V3;
+    t->hdr->cap_max = 0;
     t->hdr->dirty = 1;
     t->journal->armed = S_JOURNAL_ARMED;
     t->journal->n = 0;
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
-    PD_CHECK(t && !created && t->rebuilt && !t->undone && t->hdr->version == S_LAYOUT_VERSION);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+    PD_CHECK(t && !created && t->rebuilt && !t->undone && t->hdr->version == 3);
     s_test_ok(t);
+    //  Its sections have no room to grow in place: it grows by a copy into a version 4 one.
+    {
+        size_t n = pd_table_count(t);
+        PD_CHECK(pd_table_grow(t, 128) == 0 && t->hdr->version == S_LAYOUT_VERSION);
+        PD_CHECK(pd_table_capacity(t) == 128 && t->hdr->cap_max == 128 && pd_table_count(t) == n);
+        s_test_ok(t);
+        s_test_snapshot(t, &snap1); /* what the rebuilds below must give again */
+    }
     //  A journal that names a word outside the counters and sections is not written back.
     t->hdr->dirty = 1;
     t->journal->armed = S_JOURNAL_ARMED;
@@ -3049,12 +3260,12 @@ pd_table_test(bool verbose)
     t->journal->e[0].where = offsetof(s_header_t, capacity);
     t->journal->e[0].old = 1;
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
-    PD_CHECK(t && !created && t->rebuilt && !t->undone && t->hdr->capacity == 64);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+    PD_CHECK(t && !created && t->rebuilt && !t->undone && t->hdr->capacity == 128);
     s_test_ok(t);
     memset(t->pidx, 0, t->hdr->idx_size * 8); //  lose the primary index
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && t->rebuilt);
     s_test_ok(t);
     s_test_snapshot(t, &snap2);
@@ -3063,24 +3274,24 @@ pd_table_test(bool verbose)
     pd_buf_free(&snap2);
 
     //  Someone else's segment, or one in use, is refused.
-    pd_table_t *t2 = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+    pd_table_t *t2 = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t2 == NULL);
     pd_table_close(&t);
     pd_table_unlink(name);
     int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
     PD_CHECK(fd >= 0 && ftruncate(fd, 65536) == 0 && write(fd, "not ours", 8) == 8);
     close(fd);
-    PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created) == NULL);
+    PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created) == NULL);
     pd_table_unlink(name);
 
     //  A segment another user could write (mode 0666) is refused, whatever it holds.
-    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && created);
     pd_table_close(&t);
     fd = shm_open(name, O_RDWR, 0);
     PD_CHECK(fd >= 0 && fchmod(fd, 0666) == 0);
     close(fd);
-    PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created) == NULL);
+    PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created) == NULL);
     PD_CHECK(pd_table_unlink(name) < 0); //  not removed either: it is not private
     shm_unlink(name);
 
@@ -3130,7 +3341,7 @@ pd_table_test(bool verbose)
 #undef S_FOFF
         for (size_t k = 0; k < sizeof bad / sizeof *bad * 2; k++) {
             const s_bad_t *b = &bad[k / 2];
-            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
             PD_CHECK(t && created);
             s_test_rec(a, "p", "x", "u", "online", 1, 100);
             PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
@@ -3141,20 +3352,20 @@ pd_table_test(bool verbose)
             v += (uint64_t)b->delta;
             memcpy((char *)t->hdr + b->off, &v, b->width); //  little-endian: the low bytes
             pd_table_close(&t);
-            PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created) == NULL);
+            PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created) == NULL);
             pd_table_unlink(name);
         }
 
         //  A truncated segment, and one shorter than its header, are refused. One longer than
         //  its header says (extended by a growth that never reached the header) is cut back.
-        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
         PD_CHECK(t && created);
         uint64_t whole = t->hdr->total_bytes;
         pd_table_close(&t);
         fd = shm_open(name, O_RDWR, 0);
         PD_CHECK(fd >= 0 && ftruncate(fd, (off_t)whole + 4096) == 0);
         close(fd);
-        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
         PD_CHECK(t && !created && t->hdr->total_bytes == whole);
         struct stat fst;
         PD_CHECK(fstat(t->fd, &fst) == 0 && (uint64_t)fst.st_size == whole);
@@ -3162,14 +3373,14 @@ pd_table_test(bool verbose)
         pd_table_unlink(name);
         static const int64_t cut[] = {-4096, 100 - (1 << 22)};
         for (size_t k = 0; k < sizeof cut / sizeof *cut; k++) {
-            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
             PD_CHECK(t && created);
             int64_t len = (int64_t)t->hdr->total_bytes + cut[k];
             pd_table_close(&t);
             fd = shm_open(name, O_RDWR, 0);
             PD_CHECK(fd >= 0 && ftruncate(fd, len < 100 ? 100 : len) == 0);
             close(fd);
-            PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created) == NULL);
+            PD_CHECK(pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created) == NULL);
             pd_table_unlink(name);
         }
 
@@ -3177,7 +3388,7 @@ pd_table_test(bool verbose)
         //  entries in use, a full index, an entry naming a slot whose block is out of the
         //  arena) gets the segment rebuilt from the truth, without reading outside the map.
         for (int k = 0; k < 3; k++) {
-            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
             PD_CHECK(t && created);
             s_test_rec(a, "p", "x", "u", "online", 1, 100);
             PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
@@ -3203,7 +3414,7 @@ pd_table_test(bool verbose)
                 t->hdr->slot_free = 2;
             }
             pd_table_close(&t);
-            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0}, &created);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
             PD_CHECK(t && !created && t->rebuilt);
             s_test_ok(t);
             PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("x"), &st) == 0 && pd_str_eqc(st.user_id, "u"));
@@ -3220,7 +3431,7 @@ pd_table_test(bool verbose)
     //  slot free list head, the sample sees it and the segment is rebuilt whole.
     for (int k = 0; k < 3; k++) {
         uint32_t n = S_VERIFY_WHOLE + 4096;
-        t = pd_table_open(name, (pd_table_size_t){n + 64, (size_t)n * 1024, 0}, &created);
+        t = pd_table_open(name, (pd_table_size_t){n + 64, (size_t)n * 1024, 0, 0}, &created);
         PD_CHECK(t && created);
         for (uint32_t i = 0; i < n; i++) {
             char id[16];
@@ -3238,7 +3449,7 @@ pd_table_test(bool verbose)
             t->hdr->slot_free = 1; //  names slot 0, which is live
         }
         pd_table_close(&t);
-        t = pd_table_open(name, (pd_table_size_t){1, 1, 0}, &created);
+        t = pd_table_open(name, (pd_table_size_t){1, 1, 0, 0}, &created);
         PD_CHECK(t && !created && t->rebuilt == (k != 0));
         PD_CHECK(pd_table_count(t) == n - 1);
         PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("big0"), &st) == 0);
@@ -3251,7 +3462,7 @@ pd_table_test(bool verbose)
     //  The arena grows online, up to arena_max: records keep their views (nothing is
     //  remapped), a growth cut between its two header words is completed on re-attach, and at
     //  arena_max a record that does not fit is STORE_FULL.
-    t = pd_table_open(name, (pd_table_size_t){256, 8192, 256 << 10}, &created);
+    t = pd_table_open(name, (pd_table_size_t){256, 8192, 256 << 10, 0}, &created);
     PD_CHECK(t && created && pd_table_arena_size(t) == 8192);
     pd_record_t first;
     s_test_rec(a, "p", "g0", "g0", "online", 1, 500);
@@ -3274,15 +3485,103 @@ pd_table_test(bool verbose)
     size_t grown_to = pd_table_arena_size(t), n_grown = pd_table_count(t);
     t->hdr->arena_bytes = 8192; /* as a growth cut after total_bytes leaves it */
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){256, 8192, 256 << 10}, &created);
+    t = pd_table_open(name, (pd_table_size_t){256, 8192, 256 << 10, 0}, &created);
     PD_CHECK(t && !created && pd_table_arena_size(t) == grown_to && pd_table_count(t) == n_grown);
     PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("g100"), &st) == 0);
     s_test_ok(t);
     pd_table_close(&t);
     pd_table_unlink(name);
 
+    //  The capacity grows online: in place up to the capacity_max the segment was made with
+    //  (rehashed indexes and status lists), and beyond it by a copy into a larger segment that
+    //  replaces this one. Either way every record keeps its slot, version and bytes, claims and
+    //  indexes carry over, the expiry order holds, the new room takes records, and a re-attach
+    //  finds the grown segment; a crash half way through an in-place growth is rebuilt.
+    {
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 16, 1 << 24, 1024}, &created);
+        PD_CHECK(t && created && pd_table_capacity(t) == 64 && t->hdr->cap_max == 1024);
+        uint32_t slots[64];
+        for (int i = 0; i < 64; i++) {
+            char id[16], user[16];
+            snprintf(id, sizeof id, "c%d", i);
+            snprintf(user, sizeof user, "cu%d", i);
+            s_test_rec(a, "p", id, user, i % 3 ? "online" : "away", 5000 - i, (size_t)i * 7);
+            PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+            if (i % 4 == 0)
+                PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0 && st.version == 2);
+            slots[i] = st.slot;
+            char out[37];
+            bool fresh;
+            PD_CHECK(pd_table_claim(t, PD_STR("p"), pd_str(user), pd_str(id), out, &fresh) == 0);
+        }
+        PD_CHECK(pd_table_delete(t, PD_STR("p"), PD_STR("c5"), NULL) == 0); //  a free slot
+        s_test_rec(a, "p", "c64", "cu64", "online", 1, 0);
+        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0 && st.slot == slots[5]);
+        slots[5] = st.slot;
+        s_test_rec(a, "p", "c65", "cu65", "online", 1, 0);
+        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
+        size_t used_before = pd_table_arena_used(t);
+        char grow_name[T_NAME_MAX + 8];
+        snprintf(grow_name, sizeof grow_name, "%s.grow", name);
+        for (int round = 0; round < 2; round++) {
+            //  round 0: 64 -> 256 in place; round 1: 256 -> 2048, past cap_max: a copy
+            size_t to = round ? 2048 : 256;
+            PD_CHECK(pd_table_grow(t, 32) == 0 && pd_table_capacity(t) == (round ? 512u : 64u));
+            PD_CHECK(pd_table_grow(t, to) == 0 && pd_table_capacity(t) == to);
+            PD_CHECK(t->hdr->cap_max == (round ? 2048u : 1024u) && t->hdr->version == S_LAYOUT_VERSION);
+            PD_CHECK(pd_table_count(t) == (round ? 255u : 64u) && pd_table_claims(t) == 64);
+            PD_CHECK(round || pd_table_arena_used(t) == used_before);
+            for (int i = 0; i < 64; i++) {
+                char id[16];
+                snprintf(id, sizeof id, i == 5 ? "c64" : "c%d", i);
+                PD_CHECK(pd_table_get(t, PD_STR("p"), pd_str(id), &st) == 0);
+                PD_CHECK(st.slot == slots[i] && st.version == (i % 4 == 0 && i != 5 ? 2u : 1u));
+                PD_CHECK(pd_table_get_slot(t, slots[i], &st) == 0 && pd_str_eqc(st.id, id));
+            }
+            char out[37];
+            PD_CHECK(pd_table_claim_get(t, PD_STR("p"), PD_STR("cu9"), out) == 0 && !strcmp(out, "c9"));
+            PD_CHECK(pd_table_get_by_user(t, PD_STR("p"), PD_STR("cu7"), &st) == 0);
+            PD_CHECK(pd_str_eqc(st.id, "c7"));
+            size_t away = 0;
+            pd_table_foreach_status(t, PD_STR("p"), PD_STR("away"), s_test_count_fn, &away);
+            PD_CHECK(away == 22); //  i % 3 == 0 for i in 0..63 (5, deleted, is not one)
+            PD_CHECK(pd_table_next_expiry(t) == 1); //  c64
+            PD_CHECK(pd_table_unlink(grow_name) == -1); //  no copy left behind
+            s_test_ok(t);
+            for (int i = 65; !round && i < 256; i++) {
+                char id[16];
+                snprintf(id, sizeof id, "c%d", i);
+                s_test_rec(a, "p", id, id, "online", 9000, 0);
+                PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+            }
+            PD_CHECK(pd_table_count(t) == 255);
+            s_test_ok(t);
+            if (round)
+                break;
+            //  An in-place growth killed after the header took the new sizes, before the
+            //  indexes were rehashed: dirty, no journal: rebuilt with the new sizes.
+            t->hdr->dirty = 1;
+            t->journal->armed = 0;
+            t->hdr->capacity = 512;
+            t->hdr->idx_size = 1024;
+            t->hdr->sheads = 512;
+            pd_table_close(&t);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 16, 1 << 24, 1024}, &created);
+            PD_CHECK(t && !created && t->rebuilt && pd_table_capacity(t) == 512);
+            PD_CHECK(pd_table_count(t) == 255 && pd_table_claims(t) == 64);
+            PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("c200"), &st) == 0);
+            s_test_ok(t);
+        }
+        pd_table_close(&t);
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 16, 1 << 24, 1024}, &created);
+        PD_CHECK(t && !created && pd_table_capacity(t) == 2048 && pd_table_count(t) == 255);
+        PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("c200"), &st) == 0 && !t->rebuilt);
+        pd_table_close(&t);
+        pd_table_unlink(name);
+    }
+
     //  STORE_FULL changes nothing: out of slots, out of arena, out of claim entries.
-    t = pd_table_open(name, (pd_table_size_t){4, 16384, 0}, &created);
+    t = pd_table_open(name, (pd_table_size_t){4, 16384, 0, 0}, &created);
     PD_CHECK(t && created);
     for (int i = 0; i < 4; i++) {
         char id[16];
@@ -3321,13 +3620,13 @@ pd_table_test(bool verbose)
     pd_table_unlink(name);
 
     //  A large table is cheap until touched.
-    t = pd_table_open(name, (pd_table_size_t){1 << 20, (size_t)1 << 30, 0}, &created);
+    t = pd_table_open(name, (pd_table_size_t){1 << 20, (size_t)1 << 30, 0, 0}, &created);
     PD_CHECK(t && created);
     s_test_rec(a, "p", "big", "u", "online", 1, 65000);
     PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
     s_test_same(&st, &a->rec, 1);
     pd_table_close(&t);
-    t = pd_table_open(name, (pd_table_size_t){1, 1, 0}, &created);
+    t = pd_table_open(name, (pd_table_size_t){1, 1, 0, 0}, &created);
     PD_CHECK(t && !created && !t->rebuilt && pd_table_count(t) == 1);
     pd_table_close(&t);
     pd_table_unlink(name);

@@ -32,6 +32,8 @@ typedef struct {
     size_t arena_bytes; //  bytes for record blobs, at first
     size_t arena_max;   //  the arena grows online up to this (0: it does not grow; at most
                         //  PD_TABLE_ARENA_MAX); used on re-attach too
+    size_t capacity_max; //  the capacity may grow up to this (pd_table_grow): a new segment's
+                         //  sections have room for it (sparse), so it grows in place
 } pd_table_size_t;
 #define PD_TABLE_ARENA_MAX ((size_t)1 << 40) //  an arena's largest size (the address range mapped)
 
@@ -50,6 +52,18 @@ int pd_table_unlink(const char *name);
 
 //  Number of live records (expired ones included until deleted).
 size_t pd_table_count(pd_table_t *self);
+//  Records (and claims) the segment holds room for.
+size_t pd_table_capacity(pd_table_t *self);
+/*  Grows the capacity to `capacity` (slots, claims, and the hash indexes with them), online,
+ *  every record keeping its slot, version and bytes. Up to the capacity_max the segment was made
+ *  with, in place: the hash indexes and status lists are rehashed into their larger size, from
+ *  the hashes the slots and claims keep (O(records + claims), no key is read). Beyond it, or for
+ *  a segment of an older layout, by a copy into a new segment of the current layout, with room
+ *  for the larger of `capacity` and pd_table_size_t.capacity_max, that replaces this one
+ *  (O(bytes held)). Blocks the caller meanwhile; the caller must hold no view into the table
+ *  (call it between requests). Returns 0 (also if it is that large already), or -1 with nothing
+ *  changed (no room in /dev/shm, a size beyond the largest). */
+int pd_table_grow(pd_table_t *self, size_t capacity);
 //  Bytes used in the arena, and the arena size.
 size_t pd_table_arena_used(pd_table_t *self);
 size_t pd_table_arena_size(pd_table_t *self);

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <sys/mman.h>
 #include <fcntl.h>
+#include <limits.h>
 
 int
 pd_str_cmp(pd_str_t a, pd_str_t b)
@@ -287,6 +288,19 @@ pd_shm_open(const char *name, bool *made)
         return -1;
     }
     return fd;
+}
+
+int
+pd_shm_rename(const char *from, const char *to)
+{
+    char a[PATH_MAX], b[PATH_MAX]; /* glibc's shm_open names files in /dev/shm */
+    if (from[0] != '/' || to[0] != '/' || strchr(from + 1, '/') || strchr(to + 1, '/') ||
+        snprintf(a, sizeof a, "/dev/shm%s", from) >= (int)sizeof a ||
+        snprintf(b, sizeof b, "/dev/shm%s", to) >= (int)sizeof b) {
+        errno = EINVAL;
+        return -1;
+    }
+    return rename(a, b);
 }
 
 int

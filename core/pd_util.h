@@ -82,6 +82,9 @@ int pd_shm_open(const char *name, bool *made);
 //  Removes the segment name if it is one pd_shm_open would use (a segment someone else made
 //  is left alone). Returns 0, or -1.
 int pd_shm_unlink(const char *name);
+//  Renames segment `from` to `to` (replacing it) in one step: a process that opens `to` sees the
+//  old file or the new one. Returns 0 or -1 (errno).
+int pd_shm_rename(const char *from, const char *to);
 
 /*  Keyed hash of two strings (SipHash-2-4 under key, libsodium's crypto_shorthash) for tables
  *  whose keys clients choose: without the key nobody can craft keys that collide. A table draws

@@ -124,6 +124,7 @@ typedef struct {
     size_t pass_found;    //  MOVE_OUT: records and claims found to move in this pass
     bool silent;          //  a change that is a move: no event
     char mkey[256];       //  s_move_key's result
+    int64_t grow_after;   //  mono ms: no capacity growth before this (after one that failed)
 } store_t;
 
 static volatile sig_atomic_t s_stop;
@@ -1331,6 +1332,38 @@ s_on_room(store_t *self, const pd_msg_t *m)
     s_room_events(self);
 }
 
+/* -------------------------------------------------------------------------- capacity */
+
+/*  The table's capacity (slots and claim entries, with their hash indexes) doubles when records
+ *  or claims reach 7/8 of it, up to --store-capacity-max: between two loop turns, when no view
+ *  into the table is held. It blocks this node for a copy of the segment and an index rebuild
+ *  (pd_table_grow; about a second at a million records), once per doubling. One that fails (no
+ *  room in /dev/shm) is tried again 10 s later; meanwhile writes of new records past the
+ *  capacity are refused (503), as before. */
+#define GROW_AT(cap) ((cap) - (cap) / 8)
+#define GROW_RETRY_MS 10000
+static void
+s_capacity_step(store_t *self)
+{
+    size_t cap = pd_table_capacity(self->table), max = self->cfg->store_capacity_max;
+    size_t used = pd_table_count(self->table);
+    if (pd_table_claims(self->table) > used)
+        used = pd_table_claims(self->table);
+    if (used < GROW_AT(cap) || cap >= max || pd_mono_ms() < self->grow_after)
+        return;
+    size_t want = cap * 2 < max ? cap * 2 : max;
+    int64_t t0 = pd_mono_ms();
+    if (pd_table_grow(self->table, want) < 0) {
+        pd_log_warn("store node %d: capacity %zu is %zu used; it could not grow to %zu (see "
+                    "above): trying again in %d s", self->node, cap, used, want,
+                    GROW_RETRY_MS / 1000);
+        self->grow_after = pd_mono_ms() + GROW_RETRY_MS;
+        return;
+    }
+    pd_log_info("store node %d: capacity grew from %zu to %zu records in %lld ms", self->node,
+                cap, want, (long long)(pd_mono_ms() - t0));
+}
+
 /* -------------------------------------------------------------------------- loop */
 
 static void
@@ -1597,7 +1630,8 @@ store_main(pd_config_t *cfg)
     self->table = pd_table_open(cfg->shm_name,
                                 (pd_table_size_t){cfg->store_capacity, cfg->store_arena,
                                                  cfg->store_arena_max ? cfg->store_arena_max
-                                                                      : PD_TABLE_ARENA_MAX},
+                                                                      : PD_TABLE_ARENA_MAX,
+                                                 cfg->store_capacity_max},
                                 &created);
     if (!self->table) {
         pd_log_warn("cannot use the shared-memory segment %s (see above)", cfg->shm_name);
@@ -1701,6 +1735,7 @@ store_main(pd_config_t *cfg)
         bool syncing = s_sync_step(self); /* a slice of a SYNC answer, if one is asked */
         syncing |= s_count_step(self);    /* a slice of the count after a restart */
         idle = !s_flush(self, false) && !got && !syncing;
+        s_capacity_step(self); /* between turns: no view into the table is held */
     }
     s_flush(self, true);
     pd_log_info("store node %d stopping", self->node);

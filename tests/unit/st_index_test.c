@@ -117,7 +117,7 @@ main(void)
     char name[64];
     snprintf(name, sizeof name, "/pd-st-index-test-%d", (int)getpid());
     bool created;
-    pd_table_t *t = pd_table_open(name, (pd_table_size_t){4096, 4 << 20, 0}, &created);
+    pd_table_t *t = pd_table_open(name, (pd_table_size_t){4096, 4 << 20, 0, 0}, &created);
     PD_CHECK(t && created);
     st_index_t *x = st_index_new();
     pd_table_set_hook(t, s_hook, x);
