@@ -42,9 +42,10 @@ function snapshot(c) {
 }
 
 (async () => {
+    // The node starts with the default capacity (1,048,576 records) and arena (1 GiB) and grows
+    // both online as the records come (--store-capacity-max 16,777,216 by default).
     const c = await startCluster({ stores: 1, gateways: 1, label: 'bench-memory',
-        args: ['--store-capacity', String(Math.max(1048576, RECORDS + 1024)),
-               '--store-arena', String(Math.max(1 << 30, RECORDS * 1024))] });
+        args: RECORDS > 14680064 ? ['--store-capacity-max', String(2 * RECORDS)] : [] });
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pd-memory-'));
     try {
         const before = snapshot(c);
@@ -71,6 +72,8 @@ function snapshot(c) {
         }
         const table = (after.table - before.table) / n;
         console.log(`store table bytes per record beyond the record's JSON: ${(table - json).toFixed(1)}`);
+        for (const l of c.log().split('\n').filter((x) => /capacity grew|arena grew/.test(x)))
+            console.log(l.replace(/^\S+ store-1\[\d+\] info: /, ''));
         console.log(`machine: ${os.cpus().length} x ${os.cpus()[0].model}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.release()}`);
     } finally {
         await c.stop();

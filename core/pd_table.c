@@ -13,6 +13,10 @@
  *      cidx        idx_size x u64: (project, userId) -> claim entry
  *      arena       arena_bytes of blocks: [s_block_t header | NUL-terminated strings]
  *
+ *  Each section before the arena has room for cap_max records (layout 4; the file is sparse):
+ *  the capacity and the index sizes in use grow in place up to it (pd_table_grow), with the
+ *  indexes rehashed into their larger size. Layouts 2 and 3 sized them for the capacity itself.
+ *
  *  What is truth and what is derived. Only three things are authoritative: a slot's `blob`
  *  word (non-zero = a record lives there, and it names its block), a claim entry's `state`
  *  word with its value selector, and the block headers that make the arena walkable (a block's

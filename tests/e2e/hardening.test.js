@@ -153,7 +153,10 @@ test("a store segment pre-created by someone else (mode 0666) is not adopted; th
             fs.symlinkSync(file, seg);
         else if (owner !== null)
             fs.chownSync(seg, owner, owner);
-        t.after(() => { try { fs.rmSync(seg); } catch {} });
+        t.after(() => { // the planted segment, and any the store made before it refused
+            for (const f of fs.readdirSync('/dev/shm'))
+                if (f.startsWith(`presenced-${cluster}-`)) try { fs.rmSync(`/dev/shm/${f}`); } catch {}
+        });
         const r = await runPresenced(['--run-dir', run], 15000, { cluster });
         assert.notEqual(r.code, 'running', `${how}: the cluster kept running on it:\n${r.log.slice(-2000)}`);
         assert.notEqual(r.code, 0, how);

@@ -138,6 +138,50 @@ describe('more than 5,000 matching records', () => {
 
 // --- cursors across store nodes ------------------------------------------------------------
 
+describe('a record deleted between a large list\'s two rounds', () => {
+    const COUNT = 2000;
+    const tag = uid('churn');
+    test.before(async () => {
+        await pool(48, Array.from({ length: COUNT }, (_, i) => i), (i) =>
+            keyP().upsert({ presenceId: `${tag}-${i}`, userId: `${tag}-u${String(i).padStart(4, '0')}`, status: tag }));
+    }, { timeout: 120000 });
+
+    it('the page is listed again (broker.c s_list_again): whole, unique, in order', { timeout: 60000 }, async (t) => {
+        const again = async () => (await C().metrics()).sum('presenced_list_fetches_total', { result: 'listed_again' });
+        const before = await again();
+        let stop = false, lists = 0, churned = 0;
+        // four clients delete a record of the set and create it again, one at a time each: at
+        // least 1,996 records match at any instant, and a delete lands between a list's rounds
+        // (the nodes' keys, then the page's records) now and then
+        const churn = Promise.all([0, 1, 2, 3].map(async (w) => {
+            for (let k = w; !stop; k = (k + 4) % COUNT) {
+                await keyP().delete({ presenceId: `${tag}-${k}` });
+                await keyP().upsert({ presenceId: `${tag}-${k}`, userId: `${tag}-u${String(k).padStart(4, '0')}`, status: tag });
+                churned++;
+            }
+        }));
+        const deadline = Date.now() + 40000;
+        try {
+            while (Date.now() < deadline && (await again()) === before) {
+                for (let i = 0; i < 10; i++) {
+                    const l = plain(await keyP().list({ queries: [Q.equal('status', [tag]), Q.orderAsc('userId'), Q.limit(1000)] }));
+                    lists++;
+                    const users = l.presences.map((p) => p.userId);
+                    assert.equal(users.length, 1000, 'a whole page');
+                    assert.equal(new Set(users).size, 1000, 'no record twice');
+                    assert.deepEqual(users, [...users].sort(), 'in order');
+                    assert.ok(l.presences.every((p) => p.status === tag && p.$id === `${tag}-${Number(p.userId.slice(-4))}`));
+                }
+            }
+        } finally {
+            stop = true;
+            await churn;
+        }
+        t.diagnostic(`${lists} lists, ${churned} records deleted and created again`);
+        assert.ok((await again()) > before, `a page was listed again (${lists} lists while ${churned} records were deleted and created again)`);
+    });
+});
+
 describe('cursors across store nodes', () => {
     const tag = uid('cur');
     let recs;
