@@ -1105,26 +1105,24 @@ pd_table_unlink(const char *name)
 
 /*  Rehashes one hash index in place from old_size to the header's idx_size (the entries are
  *  unique, and each knows its hash: re-inserted at its new home with linear probing, without a
- *  key comparison). The old entries are copied out first. Returns -1 if that copy cannot be
- *  allocated (nothing changed). */
-static int
-s_idx_regrow(pd_table_t *self, uint64_t *idx, uint64_t old_size)
+ *  key comparison), through `tmp`, room for old_size entries that the caller reuses for the
+ *  three indexes. The index's new pages are faulted in one call first (MADV_POPULATE_WRITE):
+ *  page by page, the faults cost more than the rehash itself. */
+static void
+s_idx_regrow(pd_table_t *self, uint64_t *idx, uint64_t old_size, uint64_t *tmp)
 {
-    uint64_t *old = malloc(old_size * sizeof *old);
-    if (!old)
-        return -1;
-    memcpy(old, idx, old_size * sizeof *old);
+    uint64_t new_size = self->imask + 1;
+    (void)madvise(idx + old_size, (new_size - old_size) * sizeof *idx, MADV_POPULATE_WRITE);
+    memcpy(tmp, idx, old_size * sizeof *idx);
     memset(idx, 0, old_size * sizeof *idx); /* the rest of the new size was never written */
     for (uint64_t i = 0; i < old_size; i++) {
-        if (!old[i])
+        if (!tmp[i])
             continue;
-        uint64_t at = (old[i] >> 32) & self->imask;
+        uint64_t at = (tmp[i] >> 32) & self->imask;
         while (idx[at])
             at = (at + 1) & self->imask;
-        idx[at] = old[i];
+        idx[at] = tmp[i];
     }
-    free(old);
-    return 0;
 }
 
 /*  In place: the sections have room for cap_max. The header's sizes change first, inside a dirty
@@ -1142,17 +1140,28 @@ s_grow_in_place(pd_table_t *self, uint64_t capacity)
                     self->name, (unsigned long long)need);
         return -1;
     }
+    uint64_t *tmp = NULL;
+    if (idx != old_idx) { /* faulted in one call too (MAP_POPULATE) */
+        tmp = mmap(NULL, old_idx * 8, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (tmp == MAP_FAILED) {
+            pd_log_warn("%s: %s: no memory for a copy of an index (%llu bytes)", __func__,
+                        self->name, (unsigned long long)old_idx * 8);
+            return -1;
+        }
+    }
     s_dirty_as(self, 0);
     h->capacity = capacity;
     h->idx_size = idx;
     h->sheads = sheads;
     s_bind(self);
-    if (idx != old_idx && (s_idx_regrow(self, self->pidx, old_idx) < 0 ||
-                           s_idx_regrow(self, self->uidx, old_idx) < 0 ||
-                           s_idx_regrow(self, self->cidx, old_idx) < 0)) {
-        s_rebuild(self); /* out of memory half way: rebuild them from the slots */
-        return 0;
+    if (tmp) {
+        s_idx_regrow(self, self->pidx, old_idx, tmp);
+        s_idx_regrow(self, self->uidx, old_idx, tmp);
+        s_idx_regrow(self, self->cidx, old_idx, tmp);
+        munmap(tmp, old_idx * 8);
     }
+    (void)madvise(self->sheads, sheads * 4, MADV_POPULATE_WRITE);
     memset(self->sheads, 0, sheads * 4);
     for (uint32_t s = 0; s < h->slots_top; s++)
         if (self->slots[s].blob)
