@@ -123,6 +123,7 @@ typedef struct {
     int64_t gen;        //  boot generation
     int64_t records;    //  records held (from HELLO)
     int64_t claims;     //  user claims held
+    int64_t capacity;   //  records (and claims) its table has room for now
     pd_buf_t counts;    //  records per project (packed project, count), from HELLO
     uint8_t rid[256];   //  routing id of its connection (the last one its key spoke on)
     size_t rlen;        //  0 = never connected
@@ -711,6 +712,10 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         for (int n = 1; n <= self->nstores; n++)
             pd_buf_addf(&b, "presenced_store_claims{node=\"%d\"} %lld\n", n,
                         (long long)self->nodes[n].claims);
+        pd_buf_adds(&b, "# TYPE presenced_store_capacity gauge\n");
+        for (int n = 1; n <= self->nstores; n++)
+            pd_buf_addf(&b, "presenced_store_capacity{node=\"%d\"} %lld\n", n,
+                        (long long)self->nodes[n].capacity);
         pd_buf_addf(&b, "# TYPE presenced_store_set gauge\n"
                         "presenced_store_set{side=\"from\"} %d\n"
                         "presenced_store_set{side=\"to\"} %d\n"
@@ -1828,6 +1833,7 @@ s_on_back(const pd_msg_t *m, void *arg)
     nd->gen = m->i[PD_F_GEN];
     nd->records = m->i[PD_F_TOTAL];
     nd->claims = m->i[PD_F_CLAIMS];
+    nd->capacity = m->i[PD_F_CAPACITY];
     pd_str_t ep = m->s[PD_F_ENDPOINT];
     if (ep.len < sizeof nd->endpoint) {
         memcpy(nd->endpoint, ep.ptr ? ep.ptr : "", ep.len);

@@ -1592,6 +1592,7 @@ s_hello(store_t *self)
     pd_msgw_int(w, PD_F_GEN, self->gen);
     pd_msgw_int(w, PD_F_TOTAL, (int64_t)pd_table_count(self->table));
     pd_msgw_int(w, PD_F_CLAIMS, (int64_t)pd_table_claims(self->table));
+    pd_msgw_int(w, PD_F_CAPACITY, (int64_t)pd_table_capacity(self->table));
     pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
     if (self->front) {
         const char *ep = self->cfg->store_advertise[0] ? self->cfg->store_advertise
