@@ -57,9 +57,8 @@
  *               and the old owner each it dropped (DEADLINE, on the bus's DEADLINE topic); a
  *               frozen record is not expired by its old owner (UNAVAILABLE: the reaper tries
  *               again), and the version is kept, so it is deleted once, where it is. The rate
- *               is bounded (--move-rate, items
- *               per second): at most MOVE_BATCH items per batch, one batch in flight, a pause
- *               between batches.
+ *               is bounded (--move-rate, items per second): at most MOVE_BATCH items per batch,
+ *               one batch in flight, a pause between batches.
  *    lists      A list (and a reaper's SYNC) is not sent while a batch is in flight, and a
  *               batch does not start while one is out (new lists wait for it, parked, so
  *               batches are not starved): each node answers a list either before or after a
@@ -1500,8 +1499,10 @@ s_set_json(broker_t *self, pd_buf_t *b)
                 s_moving(self) || self->mv.pending ? "false" : "true",
                 (unsigned long long)self->mv.moved, self->mv.waiting);
     for (int n = 1; n <= self->nstores; n++)
-        pd_buf_addf(b, "%s{\"node\":%d,\"up\":%s,\"records\":%lld,\"done\":%s}", n > 1 ? "," : "",
+        pd_buf_addf(b, "%s{\"node\":%d,\"up\":%s,\"records\":%lld,\"claims\":%lld,\"capacity\":%lld,"
+                       "\"done\":%s}", n > 1 ? "," : "",
                     n, self->nodes[n].up ? "true" : "false", (long long)self->nodes[n].records,
+                    (long long)self->nodes[n].claims, (long long)self->nodes[n].capacity,
                     ((self->mv.done >> n) & 1) ? "true" : "false");
     pd_buf_adds(b, "]}");
 }

@@ -57,7 +57,7 @@ size_t pd_table_capacity(pd_table_t *self);
 /*  Grows the capacity to `capacity` (slots, claims, and the hash indexes with them), online,
  *  every record keeping its slot, version and bytes. Up to the capacity_max the segment was made
  *  with, in place: the hash indexes and status lists are rehashed into their larger size, from
- *  the hashes the slots and claims keep (O(records + claims), no key is read). Beyond it, or for
+ *  the hashes their entries and the slots keep (O(records + claims), no key is read). Beyond it, or for
  *  a segment of an older layout, by a copy into a new segment of the current layout, with room
  *  for the larger of `capacity` and pd_table_size_t.capacity_max, that replaces this one
  *  (O(bytes held)). Blocks the caller meanwhile; the caller must hold no view into the table

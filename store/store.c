@@ -1336,10 +1336,11 @@ s_on_room(store_t *self, const pd_msg_t *m)
 
 /*  The table's capacity (slots and claim entries, with their hash indexes) doubles when records
  *  or claims reach 7/8 of it, up to --store-capacity-max: between two loop turns, when no view
- *  into the table is held. It blocks this node for a copy of the segment and an index rebuild
- *  (pd_table_grow; about a second at a million records), once per doubling. One that fails (no
- *  room in /dev/shm) is tried again 10 s later; meanwhile writes of new records past the
- *  capacity are refused (503), as before. */
+ *  into the table is held. It blocks this node for the rehash of its indexes (pd_table_grow, in
+ *  place: 0.14 s at 900,000 records, 1.1 s at 3 million), or for a copy into a new segment for
+ *  a segment of an older layout, once per doubling. One that fails (no room in /dev/shm) is
+ *  tried again 10 s later; meanwhile writes of new records past the capacity are refused (503),
+ *  as before. */
 #define GROW_AT(cap) ((cap) - (cap) / 8)
 #define GROW_RETRY_MS 10000
 static void

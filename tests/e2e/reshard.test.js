@@ -119,6 +119,8 @@ it('2 -> 3 -> 2 store nodes under continuous writes, reads and a realtime subscr
     const up = await ctl(['--stores', '3', '--wait']);
     assert.equal(up.from, 3);
     assert.equal(up.settled, true);
+    // each node's record, claim and capacity figures (the capacity: --store-capacity, 1,048,576)
+    for (const n of up.nodes) assert.ok(n.records >= 0 && n.claims >= 0 && n.capacity === 1048576, JSON.stringify(n));
     const onThree = [...Array(N).keys()].filter((i) => shardOwner(C().project, pid(i), 3) === 3).length;
     const m3 = await C().waitMetrics((m) => m.get('presenced_store_records', { node: 3 }) >= onThree, 5000);
     assert.ok(m3.get('presenced_store_records', { node: 3 }) >= onThree,
