@@ -34,6 +34,7 @@
 #include "pd_keys.h"
 #include "pd_log.h"
 #include "pd_outbox.h"
+#include "pd_room.h"
 #include "pd_table.h"
 #include "roles.h"
 
@@ -60,6 +61,8 @@ s_store_unlink(pd_config_t *cfg, int node)
     pd_table_unlink(shm);
     snprintf(shm, sizeof shm, "/presenced-%s-store-%d-outbox", cfg->cluster, node);
     pd_outbox_unlink(shm);
+    snprintf(shm, sizeof shm, "/presenced-%s-store-%d-rooms", cfg->cluster, node);
+    pd_rooms_unlink(shm);
 }
 
 //  Store nodes the saved store set needs (the larger side), or 0 when there is none.

@@ -307,4 +307,6 @@ it('SIGTERM stops every child and exits 0', async () => {
     assert.equal(r.forced, false, 'the cluster did not exit within 10 s of SIGTERM');
     assert.deepEqual({ code: r.code, signal: r.signal }, { code: 0, signal: null });
     assert.deepEqual(r.leftovers.map((p) => p.args), [], 'children left running');
+    // without --keep-data every segment of its store nodes is gone: table, outbox and rooms
+    assert.deepEqual(r.shmLeft, [], 'shared-memory segments left behind');
 });

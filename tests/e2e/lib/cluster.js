@@ -259,7 +259,8 @@ class Cluster {
         } catch {}
     }
 
-    // SIGTERM, wait, SIGKILL fallback. Returns {code, signal, leftovers, forced}.
+    // SIGTERM, wait, SIGKILL fallback. Returns {code, signal, leftovers, forced, shmLeft: the
+    // cluster's /dev/shm segments still there when it had stopped (then removed)}.
     async stop(timeoutMs = 10000) {
         if (!this.pid || this.stopped) return this.stopResult;
         this.stopped = true;
@@ -287,8 +288,10 @@ class Cluster {
         this.finalLog = this.log();
         if (this.failed || process.env.PRESENCED_E2E_KEEP_LOGS) this.keepLog();
         try { fs.rmSync(this.runDir, { recursive: true, force: true }); } catch {}
+        let shmLeft = [];
+        try { shmLeft = fs.readdirSync('/dev/shm').filter((f) => f.startsWith(`presenced-${this.name}-`)); } catch {}
         this._removeShm();
-        this.stopResult = { ...(this.exited || {}), leftovers, forced };
+        this.stopResult = { ...(this.exited || {}), leftovers, forced, shmLeft };
         return this.stopResult;
     }
 
