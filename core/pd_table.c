@@ -637,6 +637,15 @@ s_block_free(pd_table_t *self, uint64_t off)
  *  the journal leaves them alone (an undo keeps a growth: the file has the room). */
 #define S_ARENA_RESERVE PD_TABLE_ARENA_MAX
 #define S_GROW_MARGIN (16u << 20)
+
+//  Whether the segment's file system has room for `need` more bytes and the margin.
+static bool
+s_fs_room(pd_table_t *self, uint64_t need)
+{
+    struct statvfs vs;
+    return fstatvfs(self->fd, &vs) < 0 || (uint64_t)vs.f_bavail * vs.f_frsize >= need + S_GROW_MARGIN;
+}
+
 static bool
 s_grow(pd_table_t *self, uint64_t need)
 {
@@ -648,8 +657,7 @@ s_grow(pd_table_t *self, uint64_t need)
         want = s_page_up(max) > max ? max - max % S_PAGE : max;
     if (want <= cur || want - cur < need)
         return false;
-    struct statvfs vs;
-    if (fstatvfs(self->fd, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < need + S_GROW_MARGIN)
+    if (!s_fs_room(self, need))
         return false;
     uint64_t total = h->off_arena + want;
     if (ftruncate(self->fd, (off_t)total) < 0)
@@ -1133,9 +1141,8 @@ s_grow_in_place(pd_table_t *self, uint64_t capacity)
 {
     s_header_t *h = self->hdr;
     uint64_t old_idx = h->idx_size, idx = s_pow2(2 * capacity), sheads = s_pow2(capacity);
-    struct statvfs vs;
     uint64_t need = 3 * (idx - old_idx) * 8 + sheads * 4;
-    if (fstatvfs(self->fd, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < need + S_GROW_MARGIN) {
+    if (!s_fs_room(self, need)) {
         pd_log_warn("%s: %s: no room in /dev/shm for %llu bytes of larger indexes", __func__,
                     self->name, (unsigned long long)need);
         return -1;
@@ -1191,8 +1198,7 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     uint64_t delta = l.off_arena - oh->off_arena;
     uint64_t used = oh->slots_top * sizeof(s_slot_t) + oh->claims_top * sizeof(s_claim_t) +
                     3 * l.idx_size * 8 + l.sheads * 4 + capacity * 4 + (oh->arena_top - oh->off_arena);
-    struct statvfs vs;
-    if (fstatvfs(self->fd, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < used + S_GROW_MARGIN) {
+    if (!s_fs_room(self, used)) {
         pd_log_warn("%s: %s: no room in /dev/shm for a copy of %llu bytes", __func__, self->name,
                     (unsigned long long)used);
         return -1;
