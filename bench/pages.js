@@ -2,9 +2,10 @@
 // The pages of a large roster, one at a time: a cluster of STORES store nodes and 2 gateways
 // (tests/e2e/lib/cluster.js) is filled with RECORDS records by wrk (bench/lib/fill.js), then
 // GET /v1/presences with an API key, limit 5,000, at offsets 0, 5,000, ... up to the first
-// empty page, 30 times each over one keep-alive connection: p50 and min per page, and the
-// response's bytes. Not a test: nothing is asserted.
-// Usage: PRESENCED_BIN=build/presenced node bench/pages.js [RECORDS=10000] [STORES=2]
+// empty page, REPS times each (after 10 not counted) over one keep-alive connection: p50, p99 and min per page, the
+// server's CPU per page (every process of the cluster, from /proc: steadier than the latency on
+// a shared VM) and the response's bytes. Not a test: nothing is asserted.
+// Usage: PRESENCED_BIN=build/presenced node bench/pages.js [RECORDS=10000] [STORES=2] [REPS=100]
 const path = require('node:path');
 const http = require('node:http');
 const fs = require('node:fs');
@@ -15,7 +16,20 @@ const { fill } = require('./lib/fill');
 
 const RECORDS = Number(process.argv[2] || 10000);
 const STORES = Number(process.argv[3] || 2);
+const REPS = Number(process.argv[4] || 100);
 const LIMIT = 5000;
+
+// CPU time (user + system, ms) of the cluster's processes so far
+function serverCpuMs(c) {
+    let ticks = 0;
+    for (const p of c.procs()) {
+        try {
+            const f = fs.readFileSync(`/proc/${p.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+            ticks += Number(f[11]) + Number(f[12]);
+        } catch {}
+    }
+    return ticks * 10; // USER_HZ 100
+}
 
 function get(agent, c, p) {
     return new Promise((resolve, reject) => {
@@ -39,14 +53,19 @@ function get(agent, c, p) {
         for (let off = 0; off <= RECORDS; off += LIMIT) {
             const t = [];
             let bytes = 0;
-            for (let i = 0; i < 30; i++) {
+            for (let i = 0; i < 10; i++) await get(agent, c, q(off)); // warm: not counted
+            const cpu0 = serverCpuMs(c);
+            for (let i = 0; i < REPS; i++) {
                 const r = await get(agent, c, q(off));
                 if (r.status !== 200) throw new Error(`HTTP ${r.status}`);
                 t.push(r.ms);
                 bytes = r.bytes;
             }
+            const cpu = (serverCpuMs(c) - cpu0) / REPS;
             t.sort((a, b) => a - b);
-            console.log(`offset ${off}: p50 ${t[15].toFixed(1)} ms, min ${t[0].toFixed(1)} ms, ${bytes} bytes`);
+            const at = (p) => t[Math.min(t.length - 1, Math.floor(t.length * p))];
+            console.log(`offset ${off}: p50 ${at(0.5).toFixed(1)} ms, p99 ${at(0.99).toFixed(1)} ms, ` +
+                `min ${t[0].toFixed(1)} ms, server CPU ${cpu.toFixed(1)} ms, ${bytes} bytes`);
         }
         console.log(`${RECORDS} records, ${STORES} store nodes; machine: ${os.cpus().length} x ${os.cpus()[0].model}, ${os.release()}`);
     } finally {

@@ -160,6 +160,7 @@ typedef struct {
     pd_query_t *query;  //  LIST: parsed queries (order, limit, offset)
     bool count;         //  LIST with FLAGS COUNT: answer {"total": N}, summed, uncapped
     bool keys;          //  LIST: nodes send keys only, the page's JSON is fetched (s_list_fetch)
+    bool plan;          //  LIST with FLAGS PLAN: a fetched page is the asking gateway's to fetch
     pd_buf_t fent;      //  LIST, ST_FETCH: the page, fent_t per item, in the list's order
     pd_buf_t fetched;   //  LIST, ST_FETCH: each node's FETCH answer, [node u32][len u32][msg]
     uint64_t lc_gen;    //  LIST with ?ttl=: the list cache's generation at its start (0: none);
@@ -266,7 +267,7 @@ s_op_new(broker_t *self, int kind, int peer, uint64_t rid)
     op->deadline = pd_mono_ms() + OP_TIMEOUT_MS;
     op->retries = 0;
     op->fresh = false;
-    op->count = op->keys = false;
+    op->count = op->keys = op->plan = false;
     op->claimed[0] = 0;
     op->total = 0;
     op->pending = 0;
@@ -653,8 +654,12 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
         op->query = query;
         op->count = (m->i[PD_F_FLAGS] & PD_FL_COUNT) != 0;
         op->lc_gen = pd_listcache_gen(self->lcache, m);
+        op->plan = (m->i[PD_F_FLAGS] & PD_FL_PLAN) && !op->lc_gen;
         pd_buf_add(&op->req, m->raw, m->raw_len);
-        s_list_start(self, op, m, true);
+        bool again = (m->i[PD_F_FLAGS] & PD_FL_AGAIN) != 0;
+        if (again) /* a gateway's fetch of a plan found a record gone */
+            self->list_refetched++;
+        s_list_start(self, op, m, !again);
         return;
     }
     case PD_MSG_SYNC: {
@@ -791,7 +796,15 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
  *  the JSON of its records in the page (one message per node, ids in the page's order). A
  *  record gone or no longer readable by then (a nil in the answer) makes the broker list again
  *  in one round, JSON and all. Records do not move meanwhile: a move batch waits for the lists
- *  in flight. */
+ *  in flight.
+ *
+ *  A gateway that reaches every store node directly asks for the plan instead (FLAGS PLAN): the
+ *  broker answers with the page's [node, id] items and TOTAL, and the gateway FETCHes the JSON
+ *  from the nodes over its own links (gw_rest.c, "lists"), so the page's JSON crosses one
+ *  encrypted hop instead of two and never passes through the broker. Records may move between
+ *  the plan and the fetch: a node refuses a gateway's FETCH while the store set changes, and
+ *  answers nil for a record no longer there, and the gateway then lists again through the
+ *  broker in one round (FLAGS AGAIN, counted as listed again). */
 #define LIST_KEYS_MIN 1000
 
 typedef struct {
@@ -978,6 +991,29 @@ s_list_again(broker_t *self, op_t *op)
     s_list_start(self, op, &req, false);
 }
 
+//  A gateway's two-round page: its plan, [node, id] per item in the page's order, and TOTAL.
+static void
+s_list_plan(broker_t *self, op_t *op)
+{
+    const fent_t *fe = (const fent_t *)op->fent.data;
+    size_t n = op->fent.len / sizeof *fe;
+    pd_msgw_t *w = &self->peers[op->peer].out;
+    pd_msgw_begin(w, PD_MSG_REPLY, op->rid);
+    pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_int(w, PD_F_FLAGS, PD_FL_PLAN);
+    pd_msgw_int(w, PD_F_TOTAL, op->total > LIST_TOTAL_CAP ? LIST_TOTAL_CAP : op->total);
+    pd_msgw_raw(w, PD_F_ITEMS);
+    msgpack_pack_array(&w->pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        msgpack_pack_array(&w->pk, 2);
+        msgpack_pack_uint32(&w->pk, fe[i].node);
+        msgpack_pack_str_with_body(&w->pk, fe[i].id.ptr, fe[i].id.len);
+    }
+    pd_msgw_end(w);
+    self->list_fetches++;
+    s_op_free(self, op);
+}
+
 //  The second round: FETCH to each node the JSON of its records in the page (op->fent).
 static void
 s_list_fetch(broker_t *self, op_t *op)
@@ -1130,7 +1166,9 @@ s_list_finish(broker_t *self, op_t *op)
             }
         }
     }
-    if (op->keys && n)
+    if (op->keys && n && op->plan)
+        s_list_plan(self, op);
+    else if (op->keys && n)
         s_list_fetch(self, op);
     else
         s_list_reply(self, op, n, len);

@@ -56,6 +56,10 @@ enum {
     PD_FL_COUNT = 1 << 17,      //  LIST: the number of matches only (TOTAL, no items, no cap)
     PD_FL_KEYS = 1 << 18,       //  LIST: items with an empty JSON (their keys only): the broker
                                 //  merges them, then FETCHes the page's records
+    PD_FL_PLAN = 1 << 19,       //  LIST from a gateway: a two-round page is answered with its
+                                //  plan (ITEMS [[node, id], ...]), and the gateway FETCHes the
+                                //  JSON from the nodes itself; REPLY: this is that plan
+    PD_FL_AGAIN = 1 << 20,      //  LIST: a plan's FETCH found a record gone: one round, JSON and all
 };
 
 //  EVENT actions.

@@ -24,6 +24,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <malloc.h>
+
 #include "gw.h"
 #include "gw_static.h"
 #include "gw_supabase.h"
@@ -139,6 +141,11 @@ gw_metrics_render(gw_t *gw, pd_buf_t *b)
                 "# TYPE presenced_gateway_direct_total counter\n"
                 "presenced_gateway_direct_total{gateway=\"%d\",result=\"sent\"} %llu\n"
                 "presenced_gateway_direct_total{gateway=\"%d\",result=\"rerouted\"} %llu\n"
+                "# HELP presenced_gateway_list_plans_total Large lists' pages this gateway "
+                "fetched from the store nodes itself, and those listed again via the broker.\n"
+                "# TYPE presenced_gateway_list_plans_total counter\n"
+                "presenced_gateway_list_plans_total{gateway=\"%d\",result=\"fetched\"} %llu\n"
+                "presenced_gateway_list_plans_total{gateway=\"%d\",result=\"listed_again\"} %llu\n"
                 "# HELP presenced_gateway_bus_subscribed Whether this gateway takes the bus's "
                 "events (only while it has WebSocket clients).\n"
                 "# TYPE presenced_gateway_bus_subscribed gauge\n"
@@ -147,7 +154,8 @@ gw_metrics_render(gw_t *gw, pd_buf_t *b)
                 "presenced_gateway_bus_joins_total{gateway=\"%d\"} %llu\n",
                 node, gw->in_flight, node, (unsigned long long)gw->timeouts, node,
                 (unsigned long long)gw->malformed, node, (unsigned long long)gw->direct, node,
-                (unsigned long long)gw->rerouted, node, gw->bus_state == GW_BUS_LIVE, node,
+                (unsigned long long)gw->rerouted, node, (unsigned long long)gw->plans, node,
+                (unsigned long long)gw->plans_again, node, gw->bus_state == GW_BUS_LIVE, node,
                 (unsigned long long)gw->bus_joins);
     pd_buf_addf(b,
                 "# TYPE presenced_gateway_bus_join_failures_total counter\n"
@@ -298,9 +306,38 @@ gw_send_begin(gw_t *gw, int type, uint64_t rid)
     if (p)
         p->type = type;
     gw->cur = &gw->out;
-    gw->cur_direct = NULL;
+    gw->cur_keep = NULL;
+    gw->cur_start = gw->out.sb.size;
     pd_msgw_begin(&gw->out, type, rid);
     return &gw->out;
+}
+
+pd_msgw_t *
+gw_send_copy(gw_t *gw, gw_pending_t *p, const pd_msg_t *m, uint64_t skip)
+{
+    p->type = m->type;
+    gw->cur = &gw->out;
+    gw->cur_keep = NULL;
+    gw->cur_start = gw->out.sb.size;
+    pd_msgw_copy(&gw->out, m, p->rid, skip);
+    return &gw->out;
+}
+
+void
+gw_send_keep(gw_t *gw, gw_pending_t *p)
+{
+    gw->cur_keep = p;
+}
+
+bool
+gw_direct_all(gw_t *gw)
+{
+    if (gw->nstores < 2 || gw->nstores > 63)
+        return false;
+    for (int n = 1; n <= gw->nstores; n++)
+        if (!gw->stores[n].sock || !gw->stores[n].up)
+            return false;
+    return true;
 }
 
 pd_msgw_t *
@@ -315,7 +352,7 @@ gw_send_direct(gw_t *gw, gw_pending_t *p, int node, int type, pd_str_t path_id)
     p->node = node;
     gw->direct++;
     gw->cur = &st->out;
-    gw->cur_direct = p;
+    gw->cur_keep = p;
     gw->cur_start = st->out.sb.size;
     pd_msgw_begin(&st->out, type, p->rid);
     return &st->out;
@@ -328,7 +365,7 @@ gw_send_store(gw_t *gw, int node, int type, uint64_t rid)
         return NULL;
     gw_store_t *st = &gw->stores[node];
     gw->cur = &st->out;
-    gw->cur_direct = NULL;
+    gw->cur_keep = NULL;
     pd_msgw_begin(&st->out, type, rid);
     return &st->out;
 }
@@ -338,13 +375,14 @@ gw_send_end(gw_t *gw)
 {
     pd_msgw_t *w = gw->cur ? gw->cur : &gw->out;
     pd_msgw_end(w);
-    gw_pending_t *p = gw->cur_direct;
-    if (p) { /* keep the bytes: a refusal or an unreachable node sends them via the broker */
+    gw_pending_t *p = gw->cur_keep;
+    if (p) { /* keep the bytes: a direct request refused, or a node unreachable, sends them via
+              * the broker; a list whose plan cannot be fetched is sent again */
         size_t n = w->sb.size - gw->cur_start;
         char *copy = h2o_mem_alloc_pool(&p->req->pool, n);
         memcpy(copy, w->sb.data + gw->cur_start, n);
         p->saved = (pd_str_t){copy, n};
-        gw->cur_direct = NULL;
+        gw->cur_keep = NULL;
     }
     gw->cur = &gw->out;
     if (w->sb.size > (256 << 10)) {
@@ -433,6 +471,22 @@ s_reroute(gw_t *gw, gw_pending_t *p)
     s_link_flush(gw);
 }
 
+static void s_on_reply(const pd_msg_t *m, void *arg);
+
+/*  A request sent to several nodes at once (p->nodes) gets an UNAVAILABLE answer in place of
+ *  one that will not come (its node is down, or the batch could not be sent): its handler
+ *  decides what to do (a list's plan is listed again through the broker). */
+void
+gw_fail_answer(gw_t *gw, gw_pending_t *p)
+{
+    pd_msg_t m;
+    memset(&m, 0, sizeof m);
+    m.type = PD_MSG_REPLY;
+    m.rid = p->rid;
+    m.i[PD_F_ERR] = PD_ERR_UNAVAILABLE;
+    s_on_reply(&m, gw);
+}
+
 static void
 s_reroute_msg(const pd_msg_t *m, void *arg)
 {
@@ -440,6 +494,8 @@ s_reroute_msg(const pd_msg_t *m, void *arg)
     gw_pending_t *p = s_pending_of(gw, m->rid);
     if (p && p->node)
         s_reroute(gw, p);
+    else if (p && p->nodes)
+        gw_fail_answer(gw, p);
 }
 
 //  A node's batch that could not be sent: every request in it goes via the broker.
@@ -458,6 +514,10 @@ s_fail_node(gw_t *gw, int n)
 {
     for (size_t i = 0; i < gw->nslots; i++) {
         gw_pending_t *p = gw->slots[i];
+        if (p && n < 64 && (p->nodes >> n) & 1) { /* several nodes: the handler decides */
+            gw_fail_answer(gw, p);
+            continue;
+        }
         if (!p || p->node != n)
             continue;
         h2o_req_t *req = p->req;
@@ -717,6 +777,11 @@ s_on_reply(const pd_msg_t *m, void *arg)
     gw_pending_t *p = s_pending_of(gw, m->rid);
     if (!p)
         return; /* timed out already */
+    if (p->more) { /* one of several answers (the handler sees more): it stays pending */
+        p->on_reply(gw, p, m);
+        p->more--;
+        return;
+    }
     bool ok = m->i[PD_F_ERR] == PD_ERR_OK;
     if (!ok && p->node && (p->type == PD_MSG_UPSERT || (m->i[PD_F_FLAGS] & PD_FL_MOVED))) {
         s_reroute(gw, p); /* the claim was stale, or the record moves: the broker resolves it */
@@ -1365,6 +1430,12 @@ gateway_main(pd_config_t *cfg)
     sigaction(SIGHUP, &sa, NULL);
     if (!cfg->broker_front[0] || !cfg->bus_out[0])
         pd_fatalx("gateway needs --broker-front and --bus-out");
+    /* A large list's page (up to 5,000 records, about 2 MB) is assembled in memory a request
+     * owns and freed after it: with glibc's defaults each such block is mapped, or the heap's
+     * top trimmed, and faulted in again page by page for the next page (about 10 us a fault on
+     * our VMs, 9 ms for one page). Freed memory is kept for reuse instead, up to 64 MB. */
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
 
     static gw_t g;
     gw_t *gw = &g;

@@ -47,7 +47,9 @@ struct gw_pending {
     int node;                  //  store node it went to directly (0: the broker)
     pd_str_t saved;            //  direct: the message as sent (pool), to send again via the broker
     pd_str_t path_id;          //  direct: the presence id the caller named (pool)
-    gw_reply_fn on_reply;      //  what to do with the reply
+    gw_reply_fn on_reply;      //  what to do with the reply (each of them, with more)
+    uint32_t more;             //  answers still expected after the next one (several nodes)
+    uint64_t nodes;            //  store nodes it went to directly, several (bit n)
     h2o_timeout_entry_t timer; //  request timeout
     int64_t start_ns;          //  for the latency histogram
     void *user;                //  route-specific (realtime: the connection)
@@ -142,10 +144,11 @@ struct gw {
     int nstores;
     int64_t route_ms;          //  mono ms of the broker's last ROUTE (GET /v1/health/ready)
     pd_msgw_t *cur;            //  the batch the open message goes into
-    gw_pending_t *cur_direct;  //  the direct request being written (NULL: none)
-    size_t cur_start;          //  its offset in cur
+    gw_pending_t *cur_keep;    //  whose message being written is kept in its saved (NULL: none)
+    size_t cur_start;          //  the message's offset in cur
     pd_claims_t *claims;       //  (project, user) -> presence id, learned from replies
     uint64_t direct, rerouted;  //  requests sent straight to a node; sent again via the broker
+    uint64_t plans, plans_again; //  large lists' pages fetched here (gw_rest.c); listed again
     bool flush_linked;
     h2o_timeout_entry_t flush_entry;
     h2o_timeout_t req_timeout;
@@ -184,7 +187,18 @@ pd_msgw_t *gw_send_direct(gw_t *gw, gw_pending_t *p, int node, int type, pd_str_
 //  A message of this gateway's own (no pending request) straight to store node `node`, or NULL
 //  when there is no link to it. Not sent again via the broker: the caller times it out.
 pd_msgw_t *gw_send_store(gw_t *gw, int node, int type, uint64_t rid);
+//  To the broker, a copy of m under p's rid without the fields whose bit is in skip (the
+//  message stays open: add them, then gw_send_end).
+pd_msgw_t *gw_send_copy(gw_t *gw, gw_pending_t *p, const pd_msg_t *m, uint64_t skip);
+//  Keeps the message being written in p->saved (the request's pool) once it ends.
+void gw_send_keep(gw_t *gw, gw_pending_t *p);
 void gw_send_end(gw_t *gw);
+//  Answers p, sent to several nodes (p->nodes), with UNAVAILABLE in place of one answer that will
+//  not come: its handler decides what to do.
+void gw_fail_answer(gw_t *gw, gw_pending_t *p);
+//  True if this gateway reaches every store node of several directly (a list's plan can be
+//  fetched: gw_rest.c, "lists").
+bool gw_direct_all(gw_t *gw);
 //  Subscribes to the bus if this gateway is not (a WebSocket client needs it); gw_bus_live
 //  says when its events flow.
 void gw_bus_join(gw_t *gw);
@@ -209,6 +223,9 @@ pd_str_t gw_header(h2o_req_t *req, const char *name);
 void gw_conn_answer(h2o_req_t *req);
 void gw_respond(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype,
                 const char *body, size_t len, int64_t start_ns);
+//  The same with a body already in req's pool (not copied).
+void gw_respond_pool(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype,
+                     char *body, size_t len, int64_t start_ns);
 void gw_respond_err(gw_t *gw, h2o_req_t *req, int route, int code, pd_str_t msg,
                     int64_t start_ns);
 //  Resolves the caller: project from project_id, then key or JWT. Returns PD_ERR_OK or an

@@ -88,9 +88,9 @@ s_reason(int status)
     }
 }
 
-void
-gw_respond(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype, const char *body,
-           size_t len, int64_t start_ns)
+static void
+s_respond_head(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype, size_t len,
+               int64_t start_ns)
 {
     req->res.status = status;
     req->res.reason = s_reason(status);
@@ -101,7 +101,28 @@ gw_respond(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype, c
     req->res.content_length = len;
     gw_metrics_count(gw, route, status, start_ns);
     gw_conn_answer(req);
+}
+
+void
+gw_respond(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype, const char *body,
+           size_t len, int64_t start_ns)
+{
+    s_respond_head(gw, req, route, status, ctype, len, start_ns);
     h2o_send_inline(req, body, len);
+}
+
+void
+gw_respond_pool(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype, char *body,
+                size_t len, int64_t start_ns)
+{
+    static h2o_generator_t generator = {NULL, NULL};
+    s_respond_head(gw, req, route, status, ctype, len, start_ns);
+    h2o_iovec_t buf = h2o_iovec_init(body, len);
+    h2o_start_response(req, &generator);
+    if (h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD")))
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
+    else
+        h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
 }
 
 void
@@ -433,6 +454,180 @@ s_ttl_param(pd_str_t v)
     return n;
 }
 
+/* -------------------------------------------------------------------------- lists */
+
+/*  A large list's page over several store nodes is planned by the broker from the nodes' sort
+ *  keys (broker.c, "two rounds"). A gateway that reaches every node directly asks for the plan
+ *  (FLAGS PLAN) rather than the page: [node, id] per item in the page's order, and TOTAL. It
+ *  then sends one FETCH per node over its own links, under one pending request that takes the
+ *  nodes' answers as they come, and writes the page itself: each record's JSON, as the node
+ *  keeps it, is copied once into the response. A nil (the record was deleted, expired, hidden
+ *  or moved since the plan), a node's refusal (records move) or a node out of reach sends the
+ *  list again through the broker in one round (FLAGS AGAIN). */
+typedef struct {
+    uint32_t n;          //  items in the page
+    uint8_t *node;       //  each item's node
+    pd_str_t *json;      //  each item's JSON (req's pool), as the answers come
+    uint64_t waiting;    //  nodes yet to answer (bit n)
+    int64_t total;
+    size_t len;          //  the JSON's bytes, summed
+    bool failed;         //  a nil, a refusal or a malformed answer: list again
+} gw_plan_t;
+
+static void s_on_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m);
+
+//  The plan could not be fetched: the list, as sent, goes to the broker again in one round.
+static void
+s_list_again(gw_t *gw, gw_pending_t *p, h2o_req_t *req)
+{
+    pd_msg_t lm;
+    size_t off = 0;
+    gw_pending_t *again = gw_pending_new(gw, req, p->route, s_on_reply);
+    again->start_ns = p->start_ns;
+    if (pd_msg_decode(&lm, p->saved.ptr, p->saved.len, &off, &gw->rzone) != 0) {
+        again->req = NULL;
+        gw_respond_err(gw, req, p->route, PD_ERR_SERVER_ERROR, PD_STR_NULL, p->start_ns);
+        return;
+    }
+    pd_msgw_t *w = gw_send_copy(gw, again, &lm, 1ULL << PD_F_FLAGS);
+    pd_msgw_int(w, PD_F_FLAGS, (lm.i[PD_F_FLAGS] & ~(int64_t)PD_FL_PLAN) | PD_FL_AGAIN);
+    gw_send_end(gw);
+    msgpack_zone_clear(&gw->rzone);
+}
+
+//  One node's FETCH answer: its items' JSON in the order asked; the page once all are in.
+static void
+s_on_fetch_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
+{
+    gw_plan_t *pl = p->user;
+    h2o_req_t *req = p->req;
+    int64_t nd = m->i[PD_F_NODE];
+    const msgpack_object *a = m->o[PD_F_ITEMS];
+    if (m->i[PD_F_ERR] != PD_ERR_OK || nd < 1 || nd > 63 || !((pl->waiting >> nd) & 1) || !a ||
+        a->type != MSGPACK_OBJECT_ARRAY) {
+        pl->failed = true;
+    } else {
+        pl->waiting &= ~(1ULL << nd);
+        /* the strings are views into the frame, which is reused: one copy of the message */
+        char *copy = h2o_mem_alloc_pool(&req->pool, m->raw_len);
+        memcpy(copy, m->raw, m->raw_len);
+        uint32_t j = 0;
+        for (uint32_t i = 0; i < pl->n && !pl->failed; i++) {
+            if (pl->node[i] != nd)
+                continue;
+            const msgpack_object *o = j < a->via.array.size ? &a->via.array.ptr[j++] : NULL;
+            if (!o || o->type != MSGPACK_OBJECT_STR || o->via.str.ptr < m->raw ||
+                o->via.str.ptr + o->via.str.size > m->raw + m->raw_len) {
+                pl->failed = true; /* deleted, expired or hidden since the plan */
+                break;
+            }
+            pl->json[i] = (pd_str_t){copy + (o->via.str.ptr - m->raw), o->via.str.size};
+            pl->len += o->via.str.size;
+        }
+        if (j != a->via.array.size)
+            pl->failed = true;
+    }
+    if (p->more) /* more answers to come */
+        return;
+    p->req = NULL;
+    if (pl->failed || pl->waiting) {
+        gw->plans_again++;
+        s_list_again(gw, p, req);
+        return;
+    }
+    gw->plans++;
+    char head[64];
+    int hl = snprintf(head, sizeof head, "{\"total\":%lld,\"presences\":[", (long long)pl->total);
+    size_t len = (size_t)hl + pl->len + (pl->n ? pl->n - 1 : 0) + 2;
+    char *body = h2o_mem_alloc_pool(&req->pool, len), *at = body;
+    memcpy(at, head, (size_t)hl);
+    at += hl;
+    for (uint32_t i = 0; i < pl->n; i++) {
+        if (i)
+            *at++ = ',';
+        memcpy(at, pl->json[i].ptr, pl->json[i].len);
+        at += pl->json[i].len;
+    }
+    memcpy(at, "]}", 2);
+    gw_respond_pool(gw, req, p->route, 200, "application/json", body, len, p->start_ns);
+}
+
+/*  A list's answer: the page, an error, or (FLAGS PLAN) the plan of a page to fetch. */
+static void
+s_on_list_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
+{
+    if (m->i[PD_F_ERR] != PD_ERR_OK || !(m->i[PD_F_FLAGS] & PD_FL_PLAN)) {
+        s_on_reply(gw, p, m);
+        return;
+    }
+    h2o_req_t *req = p->req;
+    p->req = NULL;
+    const msgpack_object *a = m->o[PD_F_ITEMS];
+    uint32_t n = a && a->type == MSGPACK_OBJECT_ARRAY ? a->via.array.size : 0;
+    gw_plan_t *pl = h2o_mem_alloc_pool(&req->pool, sizeof *pl);
+    *pl = (gw_plan_t){.n = n, .total = m->i[PD_F_TOTAL]};
+    pl->node = h2o_mem_alloc_pool(&req->pool, n ? n : 1);
+    pl->json = h2o_mem_alloc_pool(&req->pool, (n ? n : 1) * sizeof *pl->json);
+    uint32_t per[64] = {0};
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *it = &a->via.array.ptr[i];
+        if (it->type != MSGPACK_OBJECT_ARRAY || it->via.array.size != 2 ||
+            it->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            it->via.array.ptr[0].via.u64 < 1 || it->via.array.ptr[0].via.u64 > 63 ||
+            it->via.array.ptr[1].type != MSGPACK_OBJECT_STR) {
+            pl->failed = true;
+            break;
+        }
+        int nd = (int)it->via.array.ptr[0].via.u64;
+        pl->node[i] = (uint8_t)nd;
+        per[nd]++;
+        pl->waiting |= 1ULL << nd;
+    }
+    for (int nd = 1; nd < 64 && !pl->failed; nd++)
+        if (per[nd] && (nd > gw->nstores || !gw->stores[nd].sock || !gw->stores[nd].up))
+            pl->failed = true; /* no link to it now */
+    if (pl->failed || !n) {
+        gw->plans_again++;
+        s_list_again(gw, p, req);
+        return;
+    }
+    pd_msg_t lm;
+    size_t off = 0;
+    if (pd_msg_decode(&lm, p->saved.ptr, p->saved.len, &off, &gw->rzone) != 0) {
+        gw_respond_err(gw, req, p->route, PD_ERR_SERVER_ERROR, PD_STR_NULL, p->start_ns);
+        return;
+    }
+    gw_pending_t *f = gw_pending_new(gw, req, p->route, s_on_fetch_reply);
+    f->start_ns = p->start_ns;
+    f->saved = p->saved;
+    f->user = pl;
+    f->nodes = pl->waiting;
+    f->more = (uint32_t)__builtin_popcountll(pl->waiting) - 1;
+    for (int nd = 1; nd < 64; nd++) {
+        if (!per[nd])
+            continue;
+        pd_msgw_t *w = gw_send_store(gw, nd, PD_MSG_FETCH, f->rid);
+        if (!w) { /* the link went away while the others were sent */
+            gw_fail_answer(gw, f);
+            continue;
+        }
+        pd_msgw_s(w, PD_F_PROJECT, lm.s[PD_F_PROJECT]);
+        if (pd_msg_has(&lm, PD_F_ROLES))
+            pd_msgw_s(w, PD_F_ROLES, lm.s[PD_F_ROLES]);
+        pd_msgw_int(w, PD_F_FLAGS, lm.i[PD_F_FLAGS] & PD_FL_BYPASS);
+        pd_msgw_int(w, PD_F_NOW, lm.i[PD_F_NOW]);
+        pd_msgw_raw(w, PD_F_ITEMS);
+        msgpack_pack_array(&w->pk, per[nd]);
+        for (uint32_t i = 0; i < n; i++)
+            if (pl->node[i] == nd) {
+                const msgpack_object *id = &a->via.array.ptr[i].via.array.ptr[1];
+                msgpack_pack_str_with_body(&w->pk, id->via.str.ptr, id->via.str.size);
+            }
+        gw_send_end(gw);
+    }
+    msgpack_zone_clear(&gw->rzone);
+}
+
 /*  GET /v1/presences (route LIST) and our extension GET /v1/presences/count (route COUNT):
  *  a count takes filters only (no limit, offset, cursor or order, no ttl) and answers
  *  {"total": N}, exact (no 5,000 cap); the store nodes count an equal() on an attribute the
@@ -506,9 +701,13 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0, int route)
                        t0);
         return;
     }
-    gw_pending_t *p =
-        gw_pending_new(gw, req, route, ttl ? s_on_cached_list_reply : s_on_reply);
+    /* a page the broker plans is fetched here (above), unless the list cache may keep it */
+    bool plan = !ttl && !count && gw_direct_all(gw);
+    gw_pending_t *p = gw_pending_new(gw, req, route,
+                                     ttl ? s_on_cached_list_reply : plan ? s_on_list_reply : s_on_reply);
     pd_msgw_t *w = gw_send_begin(gw, PD_MSG_LIST, p->rid);
+    if (plan)
+        gw_send_keep(gw, p);
     if (ttl)
         pd_msgw_int(w, PD_F_TTL, ttl);
     pd_msgw_str(w, PD_F_PROJECT, id->project->id, strlen(id->project->id));
@@ -522,7 +721,8 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0, int route)
     pd_buf_free(&packed);
     if (id->project->indexes_len)
         pd_msgw_str(w, PD_F_INDEXES, id->project->indexes, id->project->indexes_len);
-    s_put_caller(w, id, count ? PD_FL_COUNT | PD_FL_TOTAL : total ? PD_FL_TOTAL : 0);
+    s_put_caller(w, id, (count ? PD_FL_COUNT | PD_FL_TOTAL : total ? PD_FL_TOTAL : 0) |
+                            (plan ? PD_FL_PLAN : 0));
     gw_send_end(gw);
 }
 

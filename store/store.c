@@ -7,7 +7,9 @@
  *
  *  The front serves the requests that need no other node (gateway.c, "direct requests"): GET,
  *  UPDATE that keeps the owner, and UPSERT of a user's existing record, marked CLAIMED so that
- *  a stale guess is answered PRESENCE_NOT_FOUND instead of creating a record no claim covers.
+ *  a stale guess is answered PRESENCE_NOT_FOUND instead of creating a record no claim covers;
+ *  and FETCH, the JSON of a large list's page that the broker planned (broker.c, two rounds),
+ *  refused while the store set changes.
  *  Everything else goes through the broker, which owns claims, lists and membership.
  *  Every EVENT carries the record after the change (before it, for a delete) and, for updates,
  *  the previous state: gateways need both to tell a subscriber that a record left its set.
@@ -1182,6 +1184,7 @@ s_on_fetch(store_t *self, const pd_msg_t *m)
     pd_msgw_t *w = self->reply;
     pd_msgw_begin(w, PD_MSG_REPLY, m->rid);
     pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
+    pd_msgw_int(w, PD_F_NODE, self->node); /* a gateway fetches from several at once */
     pd_msgw_raw(w, PD_F_ITEMS);
     msgpack_pack_array(&w->pk, n);
     for (uint32_t i = 0; i < n; i++) {
@@ -1547,6 +1550,13 @@ s_on_front_msg(const pd_msg_t *m, void *arg)
     store_t *self = arg;
     if (m->type == PD_MSG_REPLAY) { /* a gateway missed some of our events (st_replay.h) */
         st_replay_answer(self->outbox, m, self->reply);
+        return;
+    }
+    if (m->type == PD_MSG_FETCH) { /* a gateway's fetch of a list's plan (broker.c) */
+        if (self->sh_from != self->sh_to) /* records move: the gateway lists via the broker */
+            s_reply_moved(self, m);
+        else
+            s_on_fetch(self, m);
         return;
     }
     int64_t fl = m->i[PD_F_FLAGS];

@@ -94,7 +94,8 @@ describe('more than 5,000 matching records', () => {
     it('offset pages up to offset 5,000 reach every record exactly once, in one order', async () => {
         const seen = [];
         const fetched = async () => (await C().metrics()).sum('presenced_list_fetches_total', { result: 'fetched' });
-        const before = await fetched();
+        const byGateway = async () => (await C().metrics()).sum('presenced_gateway_list_plans_total', { result: 'fetched' });
+        const before = await fetched(), beforeGw = await byGateway();
         let sample;
         for (let off = 0; off <= 5000; off += 1000) {
             const l = plain(await keyP().list({ queries: [Q.equal('status', [tag]), Q.orderDesc('userId'), Q.offset(off), Q.limit(1000)] }));
@@ -104,6 +105,8 @@ describe('more than 5,000 matching records', () => {
         // pages this large are merged from the nodes' keys, then their records fetched (broker.c,
         // "large lists in two rounds"): every field as a read gives it
         assert.ok(await fetched() >= before + 6, 'the pages took two rounds');
+        // and the gateway fetched each page's records from the nodes itself (gw_rest.c, "lists")
+        assert.ok(await byGateway() >= beforeGw + 6, 'the gateway fetched the pages');
         assert.deepEqual(sample, plain(await keyP().get({ presenceId: sample.$id })));
         assert.equal(seen.length, COUNT);
         assert.deepEqual(seen, [...seen].sort().reverse(), 'orderDesc(userId) across pages');
@@ -146,9 +149,10 @@ describe('a record deleted between a large list\'s two rounds', () => {
             keyP().upsert({ presenceId: `${tag}-${i}`, userId: `${tag}-u${String(i).padStart(4, '0')}`, status: tag }));
     }, { timeout: 120000 });
 
-    it('the page is listed again (broker.c s_list_again): whole, unique, in order', { timeout: 60000 }, async (t) => {
+    it('the page is listed again (gw_rest.c s_list_again): whole, unique, in order', { timeout: 60000 }, async (t) => {
         const again = async () => (await C().metrics()).sum('presenced_list_fetches_total', { result: 'listed_again' });
-        const before = await again();
+        const gwAgain = async () => (await C().metrics()).sum('presenced_gateway_list_plans_total', { result: 'listed_again' });
+        const before = await again(), beforeGw = await gwAgain();
         let stop = false, lists = 0, churned = 0;
         // four clients delete a record of the set and create it again, one at a time each: at
         // least 1,996 records match at any instant, and a delete lands between a list's rounds
@@ -179,6 +183,8 @@ describe('a record deleted between a large list\'s two rounds', () => {
         }
         t.diagnostic(`${lists} lists, ${churned} records deleted and created again`);
         assert.ok((await again()) > before, `a page was listed again (${lists} lists while ${churned} records were deleted and created again)`);
+        // the gateway fetched the plan, found a record gone and sent the list again (FLAGS AGAIN)
+        assert.ok((await gwAgain()) > beforeGw, 'the gateway listed a page again');
     });
 });
 
@@ -540,6 +546,7 @@ describe('randomized differential test of list against a model (3 store nodes)',
                 for (let k = int(0, 3); k > 0; k--) spec.filters.push(randomFilter());
                 for (let k = int(0, 2); k > 0; k--) spec.order.push({ attr: pick(ORDER_ATTRS), desc: rnd() < 0.5 });
                 if (rnd() < 0.5) spec.limit = int(1, 60);
+                else if (rnd() < 0.2) spec.limit = int(1000, 1100); // two rounds: a gateway fetches the plan
                 if (rnd() < 0.3) spec.offset = int(0, 40);
                 const recs = [...model.values()];
                 if (rnd() < 0.4) {

@@ -69,7 +69,7 @@ it('2 -> 3 -> 2 store nodes under continuous writes, reads and a realtime subscr
     // continuous writers and readers
     const acked = new Map();  // id -> last acknowledged v
     for (let i = 0; i < N; i++) acked.set(pid(i), 0);
-    const counts = { writes: 0, reads: 0, lists: 0, w503: 0, r503: 0, other: [], at503: [], totals: [] };
+    const counts = { writes: 0, reads: 0, lists: 0, paged: 0, w503: 0, r503: 0, other: [], at503: [], totals: [], pages: [] };
     let running = true, v = 0;
     const writer = async (k) => {
         while (running) {
@@ -113,7 +113,25 @@ it('2 -> 3 -> 2 store nodes under continuous writes, reads and a realtime subscr
             }
         }
     };
-    const loops = [writer(1), writer(2), writer(3), reader(0), reader(5), lister()];
+    // large pages (two rounds: the broker plans the page, a gateway fetches its records from the
+    // nodes) hold every record once too: a node refuses a gateway's fetch while records move,
+    // and the page is listed again through the broker
+    const pager = async () => {
+        while (running) {
+            try {
+                const a = await P.list({ queries: [Query.equal('status', ['online']), Query.limit(2000)] });
+                const b = await P.list({ queries: [Query.equal('status', ['online']), Query.limit(2000), Query.offset(2000)] });
+                const ids = new Set([...a.presences, ...b.presences].map((p) => p.$id));
+                if (ids.size !== N || a.presences.length + b.presences.length !== N)
+                    counts.pages.push(`${a.presences.length} + ${b.presences.length} records, ${ids.size} distinct`);
+                counts.paged++;
+            } catch (e) {
+                if (status(e) === 503) counts.r503++, counts.at503.push(`pages ${new Date().toISOString()}`);
+                else counts.other.push(`pages: ${status(e)} ${e.message}`);
+            }
+        }
+    };
+    const loops = [writer(1), writer(2), writer(3), reader(0), reader(5), lister(), pager()];
 
     await sleep(500);
     const up = await ctl(['--stores', '3', '--wait']);
@@ -143,7 +161,12 @@ it('2 -> 3 -> 2 store nodes under continuous writes, reads and a realtime subscr
         `503 at ${counts.at503.join(', ')}`);
     assert.deepEqual(counts.other, [], 'no error other than 503 during the moves');
     assert.deepEqual(counts.totals, [], 'every list counted each record once');
+    assert.deepEqual(counts.pages, [], 'every pair of large pages held each record once');
+    assert.ok(counts.paged > 0, 'large pages were listed');
     const mEnd = await C().metrics();
+    t.diagnostic(`large pages: ${counts.paged} pairs, fetched by a gateway ` +
+        `${mEnd.sum('presenced_gateway_list_plans_total', { result: 'fetched' })}, listed again ` +
+        `${mEnd.sum('presenced_gateway_list_plans_total', { result: 'listed_again' })}`);
     t.diagnostic(`lists ${counts.lists}; requests sent on to a new owner after MOVED: ` +
         `${mEnd.get('presenced_store_moved_routed_total')}; direct requests rerouted (one gateway): ` +
         `${mEnd.sum('presenced_gateway_direct_total', { result: 'rerouted' })}`);
