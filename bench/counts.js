@@ -1,5 +1,6 @@
 'use strict';
-// Counts and lists on an indexed metadata attribute against the same filter on an unindexed one
+// Counts and lists on an indexed metadata attribute against the same filter on an unindexed one,
+// for an equal() and for a range (startsWith)
 // (README, "Indexes and counts"): a cluster of 3 store nodes and 2 gateways
 // (tests/e2e/lib/cluster.js) whose project indexes metadata.room, with --list-scan-max 0 (no
 // cap, so the unindexed filter scans); ROSTER records in room "hall" and OTHERS spread over
@@ -60,6 +61,11 @@ const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
             ['count, unindexed equal (metadata.zone)', `/v1/presences/count?${qs(Q.equal('metadata.zone', ['hall']))}`, ROSTER],
             [`list of ${Math.min(ROSTER, 5000)}, indexed equal`, `/v1/presences?${qs(Q.equal('metadata.room', ['hall']), lim)}`, Math.min(ROSTER, 5000)],
             [`list of ${Math.min(ROSTER, 5000)}, unindexed equal`, `/v1/presences?${qs(Q.equal('metadata.zone', ['hall']), lim)}`, Math.min(ROSTER, 5000)],
+            // ranges: only "hall" starts with "ha" (the others are r0..r99)
+            ['count, indexed range (startsWith)', `/v1/presences/count?${qs(Q.startsWith('metadata.room', 'ha'))}`, ROSTER],
+            ['count, unindexed range (startsWith)', `/v1/presences/count?${qs(Q.startsWith('metadata.zone', 'ha'))}`, ROSTER],
+            [`list of ${Math.min(ROSTER, 5000)}, indexed range`, `/v1/presences?${qs(Q.startsWith('metadata.room', 'ha'), lim)}`, Math.min(ROSTER, 5000)],
+            [`list of ${Math.min(ROSTER, 5000)}, unindexed range`, `/v1/presences?${qs(Q.startsWith('metadata.zone', 'ha'), lim)}`, Math.min(ROSTER, 5000)],
         ];
         for (const [name, p, want] of cases) {
             for (let i = 0; i < 10; i++) await get(agent, c, p);

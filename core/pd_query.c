@@ -1015,16 +1015,29 @@ s_val_key(const val_t *v, pd_buf_t *out)
     return false;
 }
 
-int
-pd_query_index_keys(const pd_query_t *self, pd_str_t attr, pd_buf_t *out)
+/*  The next top-level filter from *i on attr, an attribute an index can serve ("status",
+ *  "metadata.<path>"); NULL when none is left, or when attr cannot be indexed. */
+static const node_t *
+s_index_filter(const pd_query_t *self, pd_str_t attr, size_t *i)
 {
     int a;
     pd_str_t path;
     if (self->match_all || s_attr(attr, &a, &path) < 0 || (a != A_STATUS && a != A_META))
-        return -1;
-    for (size_t i = 0; i < self->nfilters; i++) {
-        const node_t *f = &self->filters[i];
-        if (f->method != M_EQUAL || f->attr != a || !f->nv || (a == A_META && !pd_str_eq(f->path, path)))
+        return NULL;
+    for (; *i < self->nfilters; (*i)++) {
+        const node_t *f = &self->filters[*i];
+        if (f->attr == a && (a != A_META || pd_str_eq(f->path, path)))
+            return f;
+    }
+    return NULL;
+}
+
+int
+pd_query_index_keys(const pd_query_t *self, pd_str_t attr, pd_buf_t *out)
+{
+    const node_t *f;
+    for (size_t i = 0; (f = s_index_filter(self, attr, &i)); i++) {
+        if (f->method != M_EQUAL || !f->nv)
             continue;
         size_t mark = out->len;
         int n = 0;
@@ -1066,6 +1079,133 @@ pd_query_index_key_next(const pd_buf_t *keys, size_t *off, pd_str_t *key)
     *key = (pd_str_t){keys->data + *off + sizeof len, len};
     *off += sizeof len + len;
     return true;
+}
+
+//  The value an index key stands for (s_val_key, read back); its type's rank in key order.
+static int
+s_key_val(pd_str_t k, val_t *v)
+{
+    memset(v, 0, sizeof *v);
+    if (!k.len)
+        return -1;
+    switch (k.ptr[0]) {
+    case 'n':
+        v->type = V_NULL;
+        return 0;
+    case 'b':
+        v->type = V_BOOL;
+        v->b = k.len > 1 && k.ptr[1] == '1';
+        return 1;
+    case 'i': {
+        char tmp[32];
+        size_t n = k.len - 1 < sizeof tmp - 1 ? k.len - 1 : sizeof tmp - 1;
+        memcpy(tmp, k.ptr + 1, n);
+        tmp[n] = 0;
+        v->type = V_INT;
+        v->i = strtoll(tmp, NULL, 10);
+        return 2;
+    }
+    case 'd':
+        v->type = V_REAL;
+        if (k.len == 1 + sizeof v->d)
+            memcpy(&v->d, k.ptr + 1, sizeof v->d);
+        return 2;
+    case 's':
+        v->type = V_STR;
+        v->s = (pd_str_t){k.ptr + 1, k.len - 1};
+        return 3;
+    }
+    return -1;
+}
+
+int
+pd_query_index_key_cmp(pd_str_t a, pd_str_t b)
+{
+    val_t va, vb;
+    int ra = s_key_val(a, &va), rb = s_key_val(b, &vb), c = 0;
+    if (ra != rb)
+        return ra < rb ? -1 : 1;
+    if (!s_order(&va, &vb, &c)) /* nulls (or two malformed keys): by their bytes */
+        return pd_str_cmp(a, b);
+    return c;
+}
+
+//  A range's operand: its rank in key order, or -1 if the index cannot narrow by it.
+static int
+s_range_rank(const val_t *v)
+{
+    return v->type == V_BOOL ? 1 : s_is_num(v) ? 2 : v->type == V_STR ? 3 : -1;
+}
+
+int
+pd_query_index_range(const pd_query_t *self, pd_str_t attr, pd_buf_t *lo)
+{
+    const node_t *f;
+    for (size_t i = 0; (f = s_index_filter(self, attr, &i)); i++) {
+        pd_buf_reset(lo);
+        int rank = f->nv ? s_range_rank(&f->vals[0]) : -1;
+        switch (f->method) {
+        case M_GT:
+        case M_GTE:
+            if (f->nv != 1 || rank < 0 || !s_val_key(&f->vals[0], lo))
+                continue;
+            return (int)i;
+        case M_LT:
+        case M_LTE: /* from the first value of the operand's type */
+            if (f->nv != 1 || rank < 0)
+                continue;
+            if (rank == 1)
+                pd_buf_add(lo, "b0", 2);
+            else if (rank == 3)
+                pd_buf_add(lo, "s", 1);
+            else {
+                val_t min = {.type = V_REAL, .d = -INFINITY};
+                s_val_key(&min, lo);
+            }
+            return (int)i;
+        case M_BETWEEN:
+            if (f->nv != 2 || rank < 0 || s_range_rank(&f->vals[1]) != rank ||
+                !s_val_key(&f->vals[0], lo))
+                continue;
+            return (int)i;
+        case M_STARTS_WITH:
+            if (f->nv != 1 || rank != 3 || !s_val_key(&f->vals[0], lo))
+                continue;
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+int
+pd_query_index_range_pos(const pd_query_t *self, int filter, pd_str_t key)
+{
+    if (filter < 0 || (size_t)filter >= self->nfilters)
+        return 1;
+    const node_t *f = &self->filters[filter];
+    val_t v;
+    int rank = s_key_val(key, &v), want = s_range_rank(&f->vals[0]), c = 0, c2 = 0;
+    if (rank != want)
+        return rank < want ? -1 : 1;
+    switch (f->method) {
+    case M_GT:
+        return s_order(&v, &f->vals[0], &c) && c > 0 ? 0 : -1;
+    case M_GTE:
+        return s_order(&v, &f->vals[0], &c) && c >= 0 ? 0 : -1;
+    case M_LT:
+        return s_order(&v, &f->vals[0], &c) && c < 0 ? 0 : 1;
+    case M_LTE:
+        return s_order(&v, &f->vals[0], &c) && c <= 0 ? 0 : 1;
+    case M_BETWEEN:
+        if (!s_order(&v, &f->vals[0], &c) || c < 0)
+            return -1;
+        return s_order(&v, &f->vals[1], &c2) && c2 <= 0 ? 0 : 1;
+    case M_STARTS_WITH:
+        if (s_affix(&v, &f->vals[0], false))
+            return 0;
+        return pd_str_cmp(v.s, f->vals[0].s) < 0 ? -1 : 1;
+    }
+    return 1;
 }
 
 bool
@@ -1867,6 +2007,114 @@ pd_query_test(bool verbose)
         PD_CHECK(msgpack_unpack("\xa1x", 2, &off, &zone, &o) == MSGPACK_UNPACK_SUCCESS);
         PD_CHECK(pd_query_key_unpack(&o, &x) == -1); //  not an array
         msgpack_zone_destroy(&zone);
+    }
+    //  Index keys in value order, and ranges walked over them (st_index.h): for each range, the
+    //  values a walk from its start takes (position 0 until the first past it) are exactly the
+    //  values whose record the filter matches.
+    {
+        static const char *vals[] = {"null", "false", "true", "-3", "-2.5", "0", "1", "1.0",
+                                     "2", "3.5", "1e300", "-1e300", "\"\"", "\"a\"", "\"ab\"",
+                                     "\"a\\u0000\"", "\"b\"", "\"ba\"", "9007199254740993"};
+        enum { NV = sizeof vals / sizeof *vals };
+        char metas[NV][64];
+        pd_buf_t keys[NV];
+        int order[NV];
+        for (int i = 0; i < NV; i++) {
+            snprintf(metas[i], sizeof metas[i], "{\"n\":%s}", vals[i]);
+            pd_record_t r = rec;
+            r.meta_json = pd_str(metas[i]);
+            pd_qrec_t qr;
+            pd_qrec_init(&qr, &r);
+            pd_buf_init(&keys[i]);
+            PD_CHECK(pd_qrec_index_key(&qr, PD_STR("metadata.n"), &keys[i]));
+            pd_qrec_clear(&qr);
+            order[i] = i;
+        }
+        //  insertion sort by key; equal values (1 and 1.0) have equal keys
+        for (int i = 1; i < NV; i++)
+            for (int j = i; j > 0; j--) {
+                pd_str_t a = {keys[order[j - 1]].data, keys[order[j - 1]].len};
+                pd_str_t b = {keys[order[j]].data, keys[order[j]].len};
+                if (pd_query_index_key_cmp(a, b) <= 0)
+                    break;
+                int t = order[j];
+                order[j] = order[j - 1];
+                order[j - 1] = t;
+            }
+        PD_CHECK(strcmp(vals[order[0]], "null") == 0 && strcmp(vals[order[1]], "false") == 0 &&
+                 strcmp(vals[order[3]], "-1e300") == 0 && strcmp(vals[order[NV - 1]], "\"ba\"") == 0);
+        PD_CHECK(pd_query_index_key_cmp((pd_str_t){keys[6].data, keys[6].len},
+                                        (pd_str_t){keys[7].data, keys[7].len}) == 0);
+        static const char *ranges[] = {
+            "{\"method\":\"greaterThan\",\"attribute\":\"metadata.n\",\"values\":[1]}",
+            "{\"method\":\"greaterThanEqual\",\"attribute\":\"metadata.n\",\"values\":[1.0]}",
+            "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[2]}",
+            "{\"method\":\"lessThanEqual\",\"attribute\":\"metadata.n\",\"values\":[-2.5]}",
+            "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":[-3,2]}",
+            "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":[2,-3]}",
+            "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":[\"a\",\"b\"]}",
+            "{\"method\":\"startsWith\",\"attribute\":\"metadata.n\",\"values\":[\"a\"]}",
+            "{\"method\":\"startsWith\",\"attribute\":\"metadata.n\",\"values\":[\"\"]}",
+            "{\"method\":\"greaterThan\",\"attribute\":\"metadata.n\",\"values\":[\"a\"]}",
+            "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[true]}",
+            "{\"method\":\"greaterThan\",\"attribute\":\"metadata.n\",\"values\":[false]}",
+            "{\"method\":\"greaterThan\",\"attribute\":\"metadata.n\",\"values\":[9007199254740992]}",
+            "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[-1e308]}",
+        };
+        pd_buf_t lo;
+        pd_buf_init(&lo);
+        for (size_t k = 0; k < sizeof ranges / sizeof *ranges; k++) {
+            int code;
+            char err[256];
+            pd_query_t *q = s_t_parse(PD_QMODE_LIST, ranges[k], &code, err, sizeof err);
+            PD_CHECK(q);
+            int f = pd_query_index_range(q, PD_STR("metadata.n"), &lo);
+            PD_CHECK(f == 0);
+            PD_CHECK(pd_query_index_range(q, PD_STR("metadata.m"), &lo) == -1);
+            f = pd_query_index_range(q, PD_STR("metadata.n"), &lo);
+            bool walked[NV] = {false};
+            for (int i = 0; i < NV; i++) {
+                pd_str_t key = {keys[order[i]].data, keys[order[i]].len};
+                if (pd_query_index_key_cmp(key, (pd_str_t){lo.data, lo.len}) < 0)
+                    continue;
+                int pos = pd_query_index_range_pos(q, f, key);
+                if (pos > 0)
+                    break;
+                walked[order[i]] = pos == 0;
+            }
+            for (int i = 0; i < NV; i++) {
+                pd_record_t r = rec;
+                r.meta_json = pd_str(metas[i]);
+                pd_qrec_t qr;
+                pd_qrec_init(&qr, &r);
+                bool match = pd_query_match(q, &qr);
+                pd_qrec_clear(&qr);
+                if (match != walked[i])
+                    fprintf(stderr, "range %s, value %s: match %d, walked %d\n", ranges[k],
+                            vals[i], match, walked[i]);
+                PD_CHECK(match == walked[i]);
+            }
+            pd_query_destroy(&q);
+        }
+        //  what an index cannot narrow: several operands, a null, an attribute not indexable
+        static const char *none[] = {
+            "{\"method\":\"greaterThan\",\"attribute\":\"metadata.n\",\"values\":[1,2]}",
+            "{\"method\":\"lessThan\",\"attribute\":\"metadata.n\",\"values\":[null]}",
+            "{\"method\":\"between\",\"attribute\":\"metadata.n\",\"values\":[1,\"b\"]}",
+            "{\"method\":\"endsWith\",\"attribute\":\"metadata.n\",\"values\":[\"a\"]}",
+        };
+        for (size_t k = 0; k < sizeof none / sizeof *none; k++) {
+            int code;
+            char err[256];
+            pd_query_t *q = s_t_parse(PD_QMODE_LIST, none[k], &code, err, sizeof err);
+            if (!q) /* not even a valid query: nothing to narrow */
+                continue;
+            PD_CHECK(pd_query_index_range(q, PD_STR("metadata.n"), &lo) == -1);
+            pd_query_destroy(&q);
+        }
+        pd_buf_free(&lo);
+        for (int i = 0; i < NV; i++)
+            pd_buf_free(&keys[i]);
     }
     if (verbose)
         printf("OK\n");

@@ -66,6 +66,19 @@ bool pd_query_paged(const pd_query_t *self);
 int pd_query_index_keys(const pd_query_t *self, pd_str_t attr, pd_buf_t *out);
 //  Walks the keys pd_query_index_keys wrote: the one at *off (then past it), false at the end.
 bool pd_query_index_key_next(const pd_buf_t *keys, size_t *off, pd_str_t *key);
+/*  Index keys also sort by value: null, then false and true, then numbers (ints and doubles
+ *  compared exactly, NaN last), then strings in byte order, which is the order comparisons use
+ *  within each type. <0, 0, >0. */
+int pd_query_index_key_cmp(pd_str_t a, pd_str_t b);
+/*  Ranges on an index: if a top-level filter on attr ("status" or "metadata.<path>") is a
+ *  comparison with one operand (lessThan, lessThanEqual, greaterThan, greaterThanEqual), a
+ *  between of two operands of one type, or a startsWith, writes to lo (reset first) the key a
+ *  walk of the index in key order starts at, and returns that filter's number; otherwise -1.
+ *  pd_query_index_range_pos then says where a key met on the walk lies: <0 before the range
+ *  (go on), 0 in it, >0 past it (stop). Every record in range still meets every filter's match:
+ *  the range only narrows the records visited. */
+int pd_query_index_range(const pd_query_t *self, pd_str_t attr, pd_buf_t *lo);
+int pd_query_index_range_pos(const pd_query_t *self, int filter, pd_str_t key);
 
 //  Per-record scratch for matching: metadata is parsed at most once, and only if a query needs
 //  it. Init before use, clear after (frees the parsed metadata).

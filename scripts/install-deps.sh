@@ -6,7 +6,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       libh2o-evloop-dev libwslay-dev libssl-dev libcurl4-openssl-dev
-      libczmq-dev libzmq3-dev libmsgpack-dev libsodium-dev libjansson-dev zlib1g-dev
+      libczmq-dev libzmq3-dev libmsgpack-dev libsodium-dev libjansson-dev zlib1g-dev libbsd-dev
       nodejs npm wrk procps curl tmux gnuplot-nox
       chromium)  # the browser tests (tests/browser): Debian's, driven by playwright-core
 missing=()

@@ -2,19 +2,33 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <bsd/sys/tree.h>
+
 #include "pd_map.h"
 #include "pd_query.h"
 #include "st_index.h"
 
 typedef struct member member_t;
 
-typedef struct {
-    pd_mapent_t ent; //  in st_idx_t.sets, by key
-    member_t **v;    //  the records holding the value
+typedef struct set {
+    pd_mapent_t ent;     //  in st_idx_t.sets, by key
+    RB_ENTRY(set) rb;    //  in st_idx_t.order, by value (pd_query_index_key_cmp)
+    member_t **v;        //  the records holding the value
     uint32_t n, cap;
     uint32_t klen;
-    char key[];      //  the value's key
+    char key[];          //  the value's key
 } set_t;
+
+static int
+s_set_cmp(const set_t *a, const set_t *b)
+{
+    return pd_query_index_key_cmp((pd_str_t){a->key, a->klen}, (pd_str_t){b->key, b->klen});
+}
+
+RB_HEAD(set_tree, set);
+/* RB_GENERATE_STATIC's functions carry libbsd's __unused, which libbsd leaves undefined (it
+ * clashes with a struct member in Linux headers): the same, with the attribute spelled out */
+RB_GENERATE_INTERNAL(set_tree, set, rb, s_set_cmp, __attribute__((__unused__)) static)
 
 struct member {
     pd_mapent_t ent; //  in st_idx_t.members, by record id
@@ -28,6 +42,7 @@ struct st_idx {
     char project[40];
     char *attr;
     pd_map_t sets;    //  key -> set_t
+    struct set_tree order; //  the sets in value order, for ranges
     pd_map_t members; //  id -> member_t
     size_t bytes;     //  sets and members, allocations
     st_idx_t *next;
@@ -126,6 +141,7 @@ s_leave(st_idx_t *ix, member_t *m)
     m->set = NULL;
     if (!s->n) {
         pd_map_del(&ix->sets, &s->ent);
+        RB_REMOVE(set_tree, &ix->order, s);
         ix->bytes -= sizeof *s + s->klen + s->cap * sizeof *s->v;
         free(s->v);
         free(s);
@@ -144,6 +160,7 @@ s_join(st_idx_t *ix, member_t *m, pd_str_t key)
         s->klen = (uint32_t)key.len;
         s->ent.hash = h;
         pd_map_add(&ix->sets, &s->ent);
+        RB_INSERT(set_tree, &ix->order, s);
         ix->bytes += sizeof *s + key.len;
     }
     if (s->n == s->cap) {
@@ -258,6 +275,7 @@ st_index_want(st_index_t *self, pd_table_t *table, pd_str_t project, pd_str_t at
         abort();
     memcpy(ix->project, project.ptr, project.len);
     pd_map_init(&ix->sets);
+    RB_INIT(&ix->order);
     pd_map_init(&ix->members);
     ix->next = self->list;
     self->list = ix;
@@ -281,6 +299,41 @@ st_idx_each(const st_idx_t *ix, pd_str_t key, st_idx_visit_fn fn, void *arg)
     for (uint32_t i = 0; s && i < s->n; i++)
         if (fn((pd_str_t){s->v[i]->id, s->v[i]->idlen}, arg))
             return;
+}
+
+//  The first set whose key is lo or after it, in value order.
+static set_t *
+s_lower_bound(const st_idx_t *ix, pd_str_t lo)
+{
+    set_t *s = RB_ROOT(&ix->order), *best = NULL;
+    while (s) {
+        if (pd_query_index_key_cmp((pd_str_t){s->key, s->klen}, lo) >= 0) {
+            best = s;
+            s = RB_LEFT(s, rb);
+        } else {
+            s = RB_RIGHT(s, rb);
+        }
+    }
+    return best;
+}
+
+size_t
+st_idx_range(const st_idx_t *ix, const pd_query_t *q, int filter, pd_str_t lo,
+             st_idx_visit_fn fn, void *arg)
+{
+    size_t n = 0;
+    for (set_t *s = s_lower_bound(ix, lo); s; s = RB_NEXT(set_tree, &ix->order, s)) {
+        int pos = pd_query_index_range_pos(q, filter, (pd_str_t){s->key, s->klen});
+        if (pos > 0)
+            break;
+        if (pos < 0)
+            continue;
+        n += s->n;
+        for (uint32_t i = 0; fn && i < s->n; i++)
+            if (fn((pd_str_t){s->v[i]->id, s->v[i]->idlen}, arg))
+                return n;
+    }
+    return n;
 }
 
 void

@@ -11,12 +11,17 @@
  *
  *  An index maps a value's key (pd_query_index_keys: equal values, equal keys) to the set of
  *  records holding it, with its size: an equal() on an indexed attribute visits only its
- *  records, and counts them without a visit. Records whose value is absent, an object or an
- *  array are in no set (equal() never matches them). Every operation is O(1) expected; a set
- *  is an array with swap-remove, a record knows its slot in it. */
+ *  records, and counts them without a visit. The sets are also kept in value order (a
+ *  red-black tree, libbsd's sys/tree.h): a range (lessThan, greaterThan, between, startsWith
+ *  and the rest, pd_query_index_range) visits the sets from its first value to its last, and
+ *  counts them by their sizes. Records whose value is absent, an object or an array are in no
+ *  set (no equal() or range matches them). A change is O(1) expected, O(log values) when a value
+ *  gains its first record or loses its last; a set is an array with swap-remove, a record knows
+ *  its slot in it. */
 #ifndef ST_INDEX_H
 #define ST_INDEX_H
 
+#include "pd_query.h"
 #include "pd_record.h"
 #include "pd_table.h"
 
@@ -40,6 +45,13 @@ size_t st_idx_count(const st_idx_t *ix, pd_str_t key);
 //  Visits their ids; fn returns non-zero to stop. fn must not change the table.
 typedef int (*st_idx_visit_fn)(pd_str_t id, void *arg);
 void st_idx_each(const st_idx_t *ix, pd_str_t key, st_idx_visit_fn fn, void *arg);
+
+/*  The records whose value lies in the range of q's filter number `filter` on this index
+ *  (pd_query_index_range: lo is the key the walk starts at): the sets are walked in value order
+ *  from lo until the range ends, and fn visits each record's id (NULL: none, only counted).
+ *  Returns how many records the range holds (those visited, if fn stopped the walk). */
+size_t st_idx_range(const st_idx_t *ix, const pd_query_t *q, int filter, pd_str_t lo,
+                    st_idx_visit_fn fn, void *arg);
 
 //  Indexes, indexed records (summed over indexes) and their bytes, for metrics.
 void st_index_stats(const st_index_t *self, size_t *indexes, size_t *entries, size_t *bytes);

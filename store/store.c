@@ -1016,10 +1016,20 @@ s_list_visit_id(pd_str_t id, void *arg)
     return 0;
 }
 
+/*  A count that an index answers by its sets' sizes, without a visit: the index's filter is the
+ *  only one, the caller sees every record (an API key), and none has expired unreaped. */
+static bool
+s_counted(const list_ctx_t *c)
+{
+    return c->count_only && pd_query_nfilters(c->q) == 1 &&
+           (c->m->i[PD_F_FLAGS] & PD_FL_BYPASS) &&
+           pd_table_next_expiry(c->self->table) > c->now;
+}
+
 /*  Visits the records a list may match, from the narrowest source the queries allow: one
- *  record ($id, userId), the sets of an indexed attribute's equal() (st_index.h; counted
- *  without a visit when that equal() is the only filter, the caller sees every record and
- *  none has expired), the status chain, or every record. On the last two, filters may read
+ *  record ($id, userId), the sets of an indexed attribute's equal() or range (st_index.h;
+ *  counted without a visit when that filter is the only one, s_counted), the status chain, or
+ *  every record. On the last two, filters may read
  *  the metadata of at most --list-scan-max records of the project (c->over beyond): a guest
  *  must not make a node parse every record in a loop. */
 static void
@@ -1045,15 +1055,29 @@ s_list_candidates(store_t *self, list_ctx_t *c)
         st_idx_t *ix = nk < 0 ? NULL : st_index_want(self->index, self->table, project, a);
         if (!ix)
             continue;
-        bool counted = c->count_only && pd_query_nfilters(c->q) == 1 &&
-                       (m->i[PD_F_FLAGS] & PD_FL_BYPASS) &&
-                       pd_table_next_expiry(self->table) > c->now;
+        bool counted = s_counted(c);
         size_t off = 0;
         for (pd_str_t key; pd_query_index_key_next(&self->ikeys, &off, &key);)
             if (counted)
                 c->total += (int64_t)st_idx_count(ix, key);
             else
                 st_idx_each(ix, key, s_list_visit_id, c);
+        return;
+    }
+    /* A range: its records, walked from its first value. Each is matched again, which reads its
+     * metadata: a range as wide as the project counts against the cap as a scan would. */
+    for (pd_str_t a = pd_list_first(l); a.ptr; a = pd_list_next(l, a)) {
+        int f = pd_query_index_range(c->q, a, &self->ikeys);
+        st_idx_t *ix = f < 0 ? NULL : st_index_want(self->index, self->table, project, a);
+        if (!ix)
+            continue;
+        pd_str_t lo = {self->ikeys.data, self->ikeys.len};
+        if (s_counted(c))
+            c->total += (int64_t)st_idx_range(ix, c->q, f, lo, NULL, NULL);
+        else {
+            c->capped = true;
+            st_idx_range(ix, c->q, f, lo, s_list_visit_id, c);
+        }
         return;
     }
     c->capped = true;

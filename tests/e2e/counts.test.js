@@ -100,6 +100,14 @@ describe('counts agree with lists', () => {
         ['$id', [Q.equal('$id', [`${tag}_6`])]],
         ['an absent value', [Q.equal('metadata.room', ['nowhere'])]],
         ['isNull on the indexed path', [Q.isNull('metadata.room')]],
+        ['indexed range on strings', [Q.greaterThan('metadata.room', 'blue')]],
+        ['indexed range on numbers (an int and a double)', [Q.between('metadata.room', 7, 7.5)]],
+        ['indexed range, open below', [Q.lessThan('metadata.room', 7.25)]],
+        ['indexed range on a boolean', [Q.lessThanEqual('metadata.room', true)]],
+        ['indexed startsWith', [Q.startsWith('metadata.room', 'r')]],
+        ['indexed range and an indexed equal', [Q.greaterThanEqual('metadata.room', 'lobby'), Q.equal('status', ['online'])]],
+        ['indexed range on status', [Q.lessThan('status', 'busy')]],
+        ['indexed range with an unindexed filter', [Q.between('metadata.room', 'a', 'm'), Q.greaterThan('metadata.n', 100)]],
         ['no filter', []],
     ];
 
@@ -114,6 +122,12 @@ describe('counts agree with lists', () => {
         assert.ok(inRoom(7) < 40, 'every 10th record has no room');
         assert.equal(await countOk([Q.equal('metadata.game.zone', ['north'])]), 60);
         assert.equal(await countOk([Q.equal('metadata.tag', [tag])]), 240);
+        // ranges: by value, within the operand's type (a string never compares with a number)
+        assert.equal(await countOk([Q.greaterThan('metadata.room', 'blue')]), inRoom('lobby') + inRoom('red'));
+        assert.equal(await countOk([Q.between('metadata.room', 7, 7.5)]), inRoom(7) + inRoom(7.5));
+        assert.equal(await countOk([Q.lessThan('metadata.room', 7.25)]), inRoom(7));
+        assert.equal(await countOk([Q.startsWith('metadata.room', 'r')]), inRoom('red'));
+        assert.equal(await countOk([Q.lessThanEqual('metadata.room', true)]), inRoom(true));
     });
 
     it('with a user JWT: counts only what the user may read, as the list does', async () => {
@@ -192,6 +206,12 @@ describe('bad counts and the cost cap', () => {
         const narrowed = [Q.equal('metadata.room', ['small']), Q.equal('metadata.big', [big])];
         assert.equal(plain(await keyP().list({ queries: narrowed })).total, 30);
         assert.equal(await countOk(narrowed), 30);
+        // a range on the index narrows it too (startsWith: only 'small' begins with "sm"); a range
+        // as wide as the project reads every record's metadata, and is capped like a scan
+        const ranged = [Q.startsWith('metadata.room', 'sm'), Q.equal('metadata.big', [big])];
+        assert.equal(plain(await keyP().list({ queries: ranged })).total, 30);
+        assert.equal(await countOk(ranged), 30);
+        assertError(await count([Q.greaterThan('metadata.room', ''), Q.equal('metadata.big', [big])]), 400, 'general_query_invalid');
         // filters that read no metadata are not capped
         assert.ok(await countOk([Q.isNotNull('userId')]) >= 1500);
     });

@@ -164,9 +164,9 @@ it('2 -> 3 -> 2 store nodes under continuous writes, reads and a realtime subscr
     assert.deepEqual(counts.pages, [], 'every pair of large pages held each record once');
     assert.ok(counts.paged > 0, 'large pages were listed');
     const mEnd = await C().metrics();
-    t.diagnostic(`large pages: ${counts.paged} pairs, fetched by a gateway ` +
-        `${mEnd.sum('presenced_gateway_list_plans_total', { result: 'fetched' })}, listed again ` +
-        `${mEnd.sum('presenced_gateway_list_plans_total', { result: 'listed_again' })}`);
+    t.diagnostic(`large pages: ${counts.paged} pairs, fetched by the gateways ` +
+        `${await C().gatewaySum('presenced_gateway_list_plans_total', { result: 'fetched' })}, listed again ` +
+        `${await C().gatewaySum('presenced_gateway_list_plans_total', { result: 'listed_again' })}`);
     t.diagnostic(`lists ${counts.lists}; requests sent on to a new owner after MOVED: ` +
         `${mEnd.get('presenced_store_moved_routed_total')}; direct requests rerouted (one gateway): ` +
         `${mEnd.sum('presenced_gateway_direct_total', { result: 'rerouted' })}`);

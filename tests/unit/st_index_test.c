@@ -3,7 +3,8 @@
  *  of other fields) and deletes on a real table, each index's count for a value equals the
  *  number of records pd_query_match finds for equal(attr, [value]), for values of every JSON
  *  type (an int and a double of one value are one key, as equal() compares them), for an index
- *  kept from the start and one built late from the records present. */
+ *  kept from the start and one built late from the records present. Ranges (lessThan,
+ *  between, startsWith, ...) walked over an index's values in order find what a scan finds. */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -111,6 +112,57 @@ s_check(pd_table_t *t, st_idx_t *ix, const char *attr, int step)
     }
 }
 
+static int
+s_count_visit(pd_str_t id, void *arg)
+{
+    (void)id;
+    ++*(size_t *)arg;
+    return 0;
+}
+
+/*  Ranges: the records a walk of the index's values takes (visited, and counted by the sets'
+ *  sizes) are those pd_query_match finds for that range over every record. */
+static void
+s_check_ranges(pd_table_t *t, st_idx_t *ix, const char *attr, int step)
+{
+    static const char *ranges[] = {
+        "greaterThan\",\"values\":[\"a\"]", "greaterThanEqual\",\"values\":[1]",
+        "lessThan\",\"values\":[2.5]", "lessThanEqual\",\"values\":[true]",
+        "between\",\"values\":[0,2.5]", "between\",\"values\":[\"\",\"b\"]",
+        "startsWith\",\"values\":[\"\"]", "startsWith\",\"values\":[\"a\"]",
+        "greaterThan\",\"values\":[false]", "lessThan\",\"values\":[-1]",
+        "greaterThan\",\"values\":[\"s0\"]", "startsWith\",\"values\":[\"s\"]",
+        "between\",\"values\":[\"s0\",\"s1\"]", "lessThan\",\"values\":[-0.0]",
+    };
+    pd_buf_t lo;
+    pd_buf_init(&lo);
+    for (size_t k = 0; k < sizeof ranges / sizeof *ranges; k++) {
+        char qs[200];
+        snprintf(qs, sizeof qs, "{\"attribute\":\"%s\",\"method\":\"%s}", attr, ranges[k]);
+        int code;
+        char err[200];
+        pd_str_t one = pd_str(qs);
+        pd_query_t *q = pd_query_parse(&one, 1, PD_QMODE_LIST, &code, err, sizeof err);
+        if (!q) { //  a value the attribute does not take (status is a string)
+            PD_CHECK(strcmp(attr, "status") == 0);
+            continue;
+        }
+        int f = pd_query_index_range(q, pd_str(attr), &lo);
+        PD_CHECK(f == 0);
+        match_t m = {q, 0};
+        pd_table_foreach(t, s_match, &m);
+        size_t visited = 0;
+        size_t counted = st_idx_range(ix, q, f, (pd_str_t){lo.data, lo.len}, NULL, NULL);
+        st_idx_range(ix, q, f, (pd_str_t){lo.data, lo.len}, s_count_visit, &visited);
+        if (counted != m.n || visited != m.n)
+            fprintf(stderr, "step %d: %s: index %zu (visited %zu), scan %zu\n", step, qs, counted,
+                    visited, m.n);
+        PD_CHECK(counted == m.n && visited == m.n);
+        pd_query_destroy(&q);
+    }
+    pd_buf_free(&lo);
+}
+
 int
 main(void)
 {
@@ -148,6 +200,8 @@ main(void)
         if (step % 97 == 0 || step == 3999) {
             s_check(t, early, "metadata.room", step);
             s_check(t, status, "status", step);
+            s_check_ranges(t, early, "metadata.room", step);
+            s_check_ranges(t, status, "status", step);
         }
     }
     /* an index built late, from the records present, agrees too */
@@ -155,6 +209,7 @@ main(void)
     st_idx_t *built = st_index_want(y, t, PD_STR("p1"), PD_STR("metadata.room"));
     PD_CHECK(built);
     s_check(t, built, "metadata.room", -1);
+    s_check_ranges(t, built, "metadata.room", -1);
     size_t nix, entries, bytes;
     st_index_stats(x, &nix, &entries, &bytes);
     PD_CHECK(nix == 2 && entries > 0 && bytes > entries * 16);

@@ -225,6 +225,32 @@ class Cluster {
         return parseMetrics(text);
     }
 
+    // The sum over every gateway of a per-gateway counter (label `gateway`): the gateways share
+    // the port, and each one's /metrics has its own counters only, so /metrics is asked on new
+    // connections until every gateway has answered (the latest value of each is summed).
+    async gatewaySum(name, match = {}) {
+        const latest = new Map();
+        for (let i = 0; i < 200 && latest.size < this.gateways; i++) {
+            const text = await new Promise((resolve, reject) => {
+                const req = require('node:http').get(`${this.url}/metrics`, { agent: false }, (r) => {
+                    let b = '';
+                    r.setEncoding('utf8');
+                    r.on('data', (d) => { b += d; });
+                    r.on('end', () => resolve(b));
+                });
+                req.on('error', reject);
+                req.setTimeout(5000, () => req.destroy(new Error('/metrics timed out')));
+            });
+            const here = new Map(); // this gateway's samples, summed
+            for (const smp of parseMetrics(text).find(name, match))
+                if (smp.labels.gateway !== undefined)
+                    here.set(smp.labels.gateway, (here.get(smp.labels.gateway) ?? 0) + smp.value);
+            for (const [g, v] of here) latest.set(g, v);
+        }
+        if (latest.size < this.gateways) throw new Error(`${name}: heard ${latest.size} of ${this.gateways} gateways`);
+        return [...latest.values()].reduce((a, v) => a + v, 0);
+    }
+
     // Polls /metrics until pred(metrics) is true (gauges such as the store record counts are
     // refreshed periodically, not on every write). Returns the last metrics either way.
     async waitMetrics(pred, timeoutMs = 5000) {
