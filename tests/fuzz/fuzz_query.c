@@ -121,6 +121,48 @@ s_index_keys(const pd_query_t *q, const pd_record_t *recs)
     pd_buf_free(&mine);
 }
 
+/*  Ranges on an index agree with matching too: when the set is one range on an attribute, a
+ *  record matches exactly when it has a key for that attribute, the key is at or after the
+ *  walk's start, and the range says the key lies in it. Keys compare antisymmetrically. */
+static void
+s_index_ranges(const pd_query_t *q, const pd_record_t *recs)
+{
+    static const char *attrs[] = {"status", "metadata.room", "metadata.n", "metadata.f",
+                                  "metadata.ok", "metadata.nil", "metadata.geo.tile"};
+    pd_buf_t lo, mine[NREC];
+    pd_buf_init(&lo);
+    for (int i = 0; i < NREC; i++)
+        pd_buf_init(&mine[i]);
+    for (size_t a = 0; a < sizeof attrs / sizeof *attrs; a++) {
+        int f = pd_query_index_range(q, pd_str(attrs[a]), &lo);
+        CHECK(f >= -1);
+        bool has[NREC];
+        for (int i = 0; i < NREC; i++) {
+            pd_qrec_t r;
+            pd_qrec_init(&r, &recs[i]);
+            has[i] = pd_qrec_index_key(&r, pd_str(attrs[a]), &mine[i]);
+            bool match = pd_query_match(q, &r);
+            pd_qrec_clear(&r);
+            if (f < 0 || pd_query_nfilters(q) != 1)
+                continue;
+            pd_str_t k = {mine[i].data, mine[i].len};
+            bool in = has[i] && pd_query_index_key_cmp(k, (pd_str_t){lo.data, lo.len}) >= 0 &&
+                      pd_query_index_range_pos(q, f, k) == 0;
+            CHECK(match == in);
+        }
+        for (int i = 0; i < NREC; i++)
+            for (int j = 0; j < NREC; j++)
+                if (has[i] && has[j]) {
+                    pd_str_t ki = {mine[i].data, mine[i].len}, kj = {mine[j].data, mine[j].len};
+                    int c1 = pd_query_index_key_cmp(ki, kj), c2 = pd_query_index_key_cmp(kj, ki);
+                    CHECK((c1 < 0) == (c2 > 0) && (c1 == 0) == (c2 == 0));
+                }
+    }
+    pd_buf_free(&lo);
+    for (int i = 0; i < NREC; i++)
+        pd_buf_free(&mine[i]);
+}
+
 static void
 s_exercise(const pd_query_t *q, const pd_record_t *recs)
 {
@@ -151,6 +193,7 @@ s_exercise(const pd_query_t *q, const pd_record_t *recs)
     }
 
     s_index_keys(q, recs);
+    s_index_ranges(q, recs);
 
     msgpack_sbuffer sb;
     msgpack_packer pk;
