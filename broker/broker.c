@@ -792,15 +792,17 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
  *  at offset 5,000 over 3 nodes moves up to 30,000 records' JSON to use 5,000 of them, and the
  *  empty page after the last moves them all for nothing. So when offset+limit is at least
  *  LIST_KEYS_MIN and the store set has several nodes, nodes send their items' keys only (FLAGS
- *  KEYS: an empty JSON), the merge picks the page from the keys, and FETCH asks each node for
- *  the JSON of its records in the page (one message per node, ids in the page's order). A
+ *  KEYS: an empty JSON, and the record's slot), the merge picks the page from the keys, and
+ *  FETCH asks each node for the JSON of its records in the page (one message per node, [id,
+ *  slot] in the page's order: the node reads each slot without a hash probe, and checks that it
+ *  still holds that id). A
  *  record gone or no longer readable by then (a nil in the answer) makes the broker list again
  *  in one round, JSON and all. Records do not move meanwhile: a move batch waits for the lists
  *  in flight.
  *
  *  A gateway that reaches every store node directly asks for the plan instead (FLAGS PLAN): the
- *  broker answers with the page's [node, id] items and TOTAL, and the gateway FETCHes the JSON
- *  from the nodes over its own links (gw_rest.c, "lists"), so the page's JSON crosses one
+ *  broker answers with the page's [node, [id, slot]] items and TOTAL, and the gateway FETCHes
+ *  the JSON from the nodes over its own links (gw_rest.c, "lists"), so the page's JSON crosses one
  *  encrypted hop instead of two and never passes through the broker. Records may move between
  *  the plan and the fetch: a node refuses a gateway's FETCH while the store set changes, and
  *  answers nil for a record no longer there, and the gateway then lists again through the
@@ -809,8 +811,23 @@ s_on_request(broker_t *self, int peer, const pd_msg_t *m)
 
 typedef struct {
     uint32_t node;
-    pd_str_t id; //  a view into op->items
+    uint32_t slot; //  where the node keeps it (FETCH reads it without a hash probe); NO_SLOT
+    pd_str_t id;   //  a view into op->items
 } fent_t;
+#define NO_SLOT UINT32_MAX
+
+//  A FETCH item: [id, slot] when the node gave the slot, else the id.
+static void
+s_fent_pack(msgpack_packer *pk, const fent_t *fe)
+{
+    if (fe->slot != NO_SLOT) {
+        msgpack_pack_array(pk, 2);
+        msgpack_pack_str_with_body(pk, fe->id.ptr, fe->id.len);
+        msgpack_pack_uint32(pk, fe->slot);
+    } else {
+        msgpack_pack_str_with_body(pk, fe->id.ptr, fe->id.len);
+    }
+}
 
 /*  Sends a list to the store nodes: to the cursor's owner first when there is a cursor (phase 1,
  *  s_list_page asks every node for what follows it), else to every node. keys: may use the
@@ -916,8 +933,9 @@ static bool
 s_head_next(head_t *h)
 {
     while (h->i < h->n) {
-        const msgpack_object *o = &h->v[h->i];
-        if (o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 2 &&
+        const msgpack_object *o = &h->v[h->i]; /* [json, key] or ["", key, slot] */
+        if (o->type == MSGPACK_OBJECT_ARRAY &&
+            (o->via.array.size == 2 || o->via.array.size == 3) &&
             o->via.array.ptr[0].type == MSGPACK_OBJECT_STR &&
             pd_query_key_unpack(&o->via.array.ptr[1], &h->key) == 0)
             return true;
@@ -991,7 +1009,8 @@ s_list_again(broker_t *self, op_t *op)
     s_list_start(self, op, &req, false);
 }
 
-//  A gateway's two-round page: its plan, [node, id] per item in the page's order, and TOTAL.
+//  A gateway's two-round page: its plan, [node, FETCH item] per item in the page's order
+//  (s_fent_pack), and TOTAL.
 static void
 s_list_plan(broker_t *self, op_t *op)
 {
@@ -1004,10 +1023,10 @@ s_list_plan(broker_t *self, op_t *op)
     pd_msgw_int(w, PD_F_TOTAL, op->total > LIST_TOTAL_CAP ? LIST_TOTAL_CAP : op->total);
     pd_msgw_raw(w, PD_F_ITEMS);
     msgpack_pack_array(&w->pk, (uint32_t)n);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) { /* [node, id or [id, slot]] */
         msgpack_pack_array(&w->pk, 2);
         msgpack_pack_uint32(&w->pk, fe[i].node);
-        msgpack_pack_str_with_body(&w->pk, fe[i].id.ptr, fe[i].id.len);
+        s_fent_pack(&w->pk, &fe[i]);
     }
     pd_msgw_end(w);
     self->list_fetches++;
@@ -1051,7 +1070,7 @@ s_list_fetch(broker_t *self, op_t *op)
         msgpack_pack_array(&w->pk, per[nd]);
         for (size_t i = 0; i < n; i++)
             if (fe[i].node == (uint32_t)nd)
-                msgpack_pack_str_with_body(&w->pk, fe[i].id.ptr, fe[i].id.len);
+                s_fent_pack(&w->pk, &fe[i]);
         pd_msgw_end(w);
         op->waiting |= 1ULL << nd;
     }
@@ -1141,7 +1160,14 @@ s_list_finish(broker_t *self, op_t *op)
         if (skip) {
             skip--;
         } else if (op->keys) { /* the last key is the record's $id */
-            fent_t fe = {(uint32_t)h->node, h->key.n ? h->key.v[h->key.n - 1].s : PD_STR_NULL};
+            const msgpack_object *it = &h->v[h->i];
+            const msgpack_object *sl = it->via.array.size == 3 ? &it->via.array.ptr[2] : NULL;
+            fent_t fe = {(uint32_t)h->node,
+                         sl && sl->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                                 sl->via.u64 < NO_SLOT
+                             ? (uint32_t)sl->via.u64
+                             : NO_SLOT,
+                         h->key.n ? h->key.v[h->key.n - 1].s : PD_STR_NULL};
             pd_buf_add(&op->fent, &fe, sizeof fe);
             n++;
         } else {

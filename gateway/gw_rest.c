@@ -458,7 +458,8 @@ s_ttl_param(pd_str_t v)
 
 /*  A large list's page over several store nodes is planned by the broker from the nodes' sort
  *  keys (broker.c, "two rounds"). A gateway that reaches every node directly asks for the plan
- *  (FLAGS PLAN) rather than the page: [node, id] per item in the page's order, and TOTAL. It
+ *  (FLAGS PLAN) rather than the page: [node, FETCH item] per item in the page's order (an id,
+ *  or [id, slot] so that the node reads the record without a hash probe), and TOTAL. It
  *  then sends one FETCH per node over its own links, under one pending request that takes the
  *  nodes' answers as they come, and writes the page itself: each record's JSON, as the node
  *  keeps it, is copied once into the response. A nil (the record was deleted, expired, hidden
@@ -571,10 +572,15 @@ s_on_list_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
     uint32_t per[64] = {0};
     for (uint32_t i = 0; i < n; i++) {
         const msgpack_object *it = &a->via.array.ptr[i];
-        if (it->type != MSGPACK_OBJECT_ARRAY || it->via.array.size != 2 ||
-            it->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        const msgpack_object *fi = it->type == MSGPACK_OBJECT_ARRAY && it->via.array.size == 2
+                                       ? &it->via.array.ptr[1]
+                                       : NULL; /* the FETCH item: an id, or [id, slot] */
+        if (!fi || it->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
             it->via.array.ptr[0].via.u64 < 1 || it->via.array.ptr[0].via.u64 > 63 ||
-            it->via.array.ptr[1].type != MSGPACK_OBJECT_STR) {
+            !(fi->type == MSGPACK_OBJECT_STR ||
+              (fi->type == MSGPACK_OBJECT_ARRAY && fi->via.array.size == 2 &&
+               fi->via.array.ptr[0].type == MSGPACK_OBJECT_STR &&
+               fi->via.array.ptr[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER))) {
             pl->failed = true;
             break;
         }
@@ -619,10 +625,8 @@ s_on_list_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
         pd_msgw_raw(w, PD_F_ITEMS);
         msgpack_pack_array(&w->pk, per[nd]);
         for (uint32_t i = 0; i < n; i++)
-            if (pl->node[i] == nd) {
-                const msgpack_object *id = &a->via.array.ptr[i].via.array.ptr[1];
-                msgpack_pack_str_with_body(&w->pk, id->via.str.ptr, id->via.str.size);
-            }
+            if (pl->node[i] == nd)
+                msgpack_pack_object(&w->pk, a->via.array.ptr[i].via.array.ptr[1]);
         gw_send_end(gw);
     }
     msgpack_zone_clear(&gw->rzone);

@@ -948,6 +948,7 @@ typedef struct {
 struct cand {
     pd_str_t json; //  a view into the segment (no write happens while a list is answered)
     pd_qkey_t key;
+    uint32_t slot; //  the record's slot: a FETCH of the page reads it without a hash probe
 };
 
 typedef struct {
@@ -999,6 +1000,7 @@ s_list_visit(const pd_record_t *rec, void *arg)
             }
             self->cands[c->n].json = rec->json;
             self->cands[c->n].key = key;
+            self->cands[c->n].slot = rec->slot;
             c->n++;
         }
     }
@@ -1182,17 +1184,40 @@ s_on_list(store_t *self, const pd_msg_t *m)
     pd_msgw_int(w, PD_F_TOTAL, (m->i[PD_F_FLAGS] & PD_FL_TOTAL) ? c.total : 0);
     pd_msgw_raw(w, PD_F_ITEMS);
     msgpack_pack_array(&w->pk, (uint32_t)n);
-    for (size_t i = 0; i < n; i++) {
-        msgpack_pack_array(&w->pk, 2);
+    for (size_t i = 0; i < n; i++) { /* [json, key], or with keys only ["", key, slot] */
+        msgpack_pack_array(&w->pk, keys ? 3 : 2);
         if (keys)
             msgpack_pack_str_with_body(&w->pk, "", 0);
         else
             msgpack_pack_str_with_body(&w->pk, self->sorted[i]->json.ptr,
                                        self->sorted[i]->json.len);
         pd_query_key_pack(&self->sorted[i]->key, &w->pk);
+        if (keys)
+            msgpack_pack_uint32(&w->pk, self->sorted[i]->slot);
     }
     pd_msgw_end(w);
     pd_query_destroy(&q);
+}
+
+/*  A FETCH item: an id, or [id, slot] (the slot the first round gave): the slot is read
+ *  without a hash probe, and holds the record only while it holds that id in that project. */
+static int
+s_fetch_get(store_t *self, pd_str_t project, const msgpack_object *it, pd_record_t *rec)
+{
+    if (it->type == MSGPACK_OBJECT_STR)
+        return pd_table_get(self->table, project, (pd_str_t){it->via.str.ptr, it->via.str.size},
+                            rec);
+    if (it->type != MSGPACK_OBJECT_ARRAY || it->via.array.size != 2 ||
+        it->via.array.ptr[0].type != MSGPACK_OBJECT_STR ||
+        it->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        it->via.array.ptr[1].via.u64 > UINT32_MAX)
+        return -1;
+    const msgpack_object *id = &it->via.array.ptr[0];
+    if (pd_table_get_slot(self->table, (uint32_t)it->via.array.ptr[1].via.u64, rec) < 0 ||
+        !pd_str_eq(rec->project, project) ||
+        !pd_str_eq(rec->id, (pd_str_t){id->via.str.ptr, id->via.str.size}))
+        return -1;
+    return 0;
 }
 
 /*  The second round of a large list (broker.c, s_list_fetch): the JSON of the records the
@@ -1214,10 +1239,8 @@ s_on_fetch(store_t *self, const pd_msg_t *m)
     for (uint32_t i = 0; i < n; i++) {
         const msgpack_object *it = &ids->via.array.ptr[i];
         pd_record_t rec;
-        if (it->type == MSGPACK_OBJECT_STR &&
-            pd_table_get(self->table, m->s[PD_F_PROJECT],
-                         (pd_str_t){it->via.str.ptr, it->via.str.size}, &rec) == 0 &&
-            rec.expires_ms > now && s_can(m, rec.read_roles))
+        if (s_fetch_get(self, m->s[PD_F_PROJECT], it, &rec) == 0 && rec.expires_ms > now &&
+            s_can(m, rec.read_roles))
             msgpack_pack_str_with_body(&w->pk, rec.json.ptr, rec.json.len);
         else
             msgpack_pack_nil(&w->pk);
