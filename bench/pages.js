@@ -3,8 +3,8 @@
 // (tests/e2e/lib/cluster.js) is filled with RECORDS records by wrk (bench/lib/fill.js), then
 // GET /v1/presences with an API key, limit 5,000, at offsets 0, 5,000, ... up to the first
 // empty page, REPS times each (after 10 not counted) over one keep-alive connection: p50, p99 and min per page, the
-// server's CPU per page (every process of the cluster, from /proc: steadier than the latency on
-// a shared VM) and the response's bytes. Not a test: nothing is asserted.
+// server's CPU per page (the cluster's processes by role, from /proc: steadier than the latency
+// on a shared VM) and the response's bytes. Not a test: nothing is asserted.
 // Usage: PRESENCED_BIN=build/presenced node bench/pages.js [RECORDS=10000] [STORES=2] [REPS=100]
 const path = require('node:path');
 const http = require('node:http');
@@ -19,16 +19,17 @@ const STORES = Number(process.argv[3] || 2);
 const REPS = Number(process.argv[4] || 100);
 const LIMIT = 5000;
 
-// CPU time (user + system, ms) of the cluster's processes so far
+// CPU time (user + system, ms) of the cluster's processes so far, by role
 function serverCpuMs(c) {
-    let ticks = 0;
+    const ms = {};
     for (const p of c.procs()) {
         try {
             const f = fs.readFileSync(`/proc/${p.pid}/stat`, 'utf8').split(') ')[1].split(' ');
-            ticks += Number(f[11]) + Number(f[12]);
+            const role = p.role && !p.role.startsWith('-') ? p.role : 'supervisor';
+            ms[role] = (ms[role] || 0) + (Number(f[11]) + Number(f[12])) * 10; // USER_HZ 100
         } catch {}
     }
-    return ticks * 10; // USER_HZ 100
+    return ms;
 }
 
 function get(agent, c, p) {
@@ -61,11 +62,14 @@ function get(agent, c, p) {
                 t.push(r.ms);
                 bytes = r.bytes;
             }
-            const cpu = (serverCpuMs(c) - cpu0) / REPS;
+            const cpu1 = serverCpuMs(c), roles = Object.keys(cpu1).filter((r) => r !== 'reaper' && r !== 'supervisor');
+            const per = (r) => ((cpu1[r] - (cpu0[r] || 0)) / REPS);
+            const cpu = roles.reduce((a, r) => a + per(r), 0);
             t.sort((a, b) => a - b);
             const at = (p) => t[Math.min(t.length - 1, Math.floor(t.length * p))];
             console.log(`offset ${off}: p50 ${at(0.5).toFixed(1)} ms, p99 ${at(0.99).toFixed(1)} ms, ` +
-                `min ${t[0].toFixed(1)} ms, server CPU ${cpu.toFixed(1)} ms, ${bytes} bytes`);
+                `min ${t[0].toFixed(1)} ms, server CPU ${cpu.toFixed(1)} ms (` +
+                roles.map((r) => `${r} ${per(r).toFixed(1)}`).join(', ') + `), ${bytes} bytes`);
         }
         console.log(`${RECORDS} records, ${STORES} store nodes; machine: ${os.cpus().length} x ${os.cpus()[0].model}, ${os.release()}`);
     } finally {
