@@ -856,7 +856,7 @@ s_list_start(broker_t *self, op_t *op, const pd_msg_t *m, bool keys)
         pd_msgw_t *w = &self->nodes[n].out;
         if (op->keys) {
             pd_msgw_copy(w, m, s_op_id(self, op), 1ULL << PD_F_FLAGS);
-            pd_msgw_int(w, PD_F_FLAGS, m->i[PD_F_FLAGS] | PD_FL_KEYS);
+            pd_msgw_int(w, PD_F_FLAGS, m->i[PD_F_FLAGS] | PD_FL_KEYS | PD_FL_SLOTS);
             pd_msgw_end(w);
         } else {
             pd_msgw_forward(w, m, s_op_id(self, op));
@@ -1240,7 +1240,8 @@ s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
         for (int n = 1; n <= self->nstores; n++) {
             pd_msgw_t *w = &self->nodes[n].out;
             pd_msgw_copy(w, &req, s_op_id(self, op), 1ULL << PD_F_FLAGS);
-            pd_msgw_int(w, PD_F_FLAGS, req.i[PD_F_FLAGS] | (op->keys ? PD_FL_KEYS : 0));
+            pd_msgw_int(w, PD_F_FLAGS,
+                        req.i[PD_F_FLAGS] | (op->keys ? PD_FL_KEYS | PD_FL_SLOTS : 0));
             pd_msgw_raw(w, PD_F_CURSOR_KEYS);
             msgpack_sbuffer_write(&w->sb, sb.data, sb.size);
             pd_msgw_end(w);

@@ -60,6 +60,8 @@ enum {
                                 //  plan (ITEMS [[node, id], ...]), and the gateway FETCHes the
                                 //  JSON from the nodes itself; REPLY: this is that plan
     PD_FL_AGAIN = 1 << 20,      //  LIST: a plan's FETCH found a record gone: one round, JSON and all
+    PD_FL_SLOTS = 1 << 21,      //  LIST with KEYS: each item also gives the record's slot (a
+                                //  broker that asks merges items of 3; an older one, of 2 only)
 };
 
 //  EVENT actions.

@@ -1179,20 +1179,21 @@ s_on_list(store_t *self, const pd_msg_t *m)
         qsort_r(self->sorted, c.n, sizeof *self->sorted, s_cand_cmp, &sc);
     size_t n = c.n < k ? c.n : k;
     bool keys = (m->i[PD_F_FLAGS] & PD_FL_KEYS) != 0; /* the JSON is FETCHed for the page */
+    bool slots = keys && (m->i[PD_F_FLAGS] & PD_FL_SLOTS); /* and by slot (a newer broker) */
     pd_msgw_begin(w, PD_MSG_LIST_PAGE, m->rid);
     pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
     pd_msgw_int(w, PD_F_TOTAL, (m->i[PD_F_FLAGS] & PD_FL_TOTAL) ? c.total : 0);
     pd_msgw_raw(w, PD_F_ITEMS);
     msgpack_pack_array(&w->pk, (uint32_t)n);
-    for (size_t i = 0; i < n; i++) { /* [json, key], or with keys only ["", key, slot] */
-        msgpack_pack_array(&w->pk, keys ? 3 : 2);
+    for (size_t i = 0; i < n; i++) { /* [json, key]; with keys only ["", key(, slot)] */
+        msgpack_pack_array(&w->pk, slots ? 3 : 2);
         if (keys)
             msgpack_pack_str_with_body(&w->pk, "", 0);
         else
             msgpack_pack_str_with_body(&w->pk, self->sorted[i]->json.ptr,
                                        self->sorted[i]->json.len);
         pd_query_key_pack(&self->sorted[i]->key, &w->pk);
-        if (keys)
+        if (slots)
             msgpack_pack_uint32(&w->pk, self->sorted[i]->slot);
     }
     pd_msgw_end(w);
