@@ -963,22 +963,22 @@ s_list_reply(broker_t *self, op_t *op, size_t n, size_t len)
 {
     pd_str_t *page = self->page;
     int64_t total = op->total > LIST_TOTAL_CAP ? LIST_TOTAL_CAP : op->total;
-    char head[64];
-    int hl = snprintf(head, sizeof head, "{\"total\":%lld,\"presences\":[", (long long)total);
-    len += (size_t)hl + (n ? n - 1 : 0) + 2;
+    char head[PD_PAGE_HEAD_MAX];
+    size_t hl = pd_page_head(head, total);
+    len = pd_page_len(hl, n, len);
     pd_msgw_t *w = &self->peers[op->peer].out;
     pd_msgw_begin(w, PD_MSG_REPLY, op->rid);
     pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
     pd_msgw_raw(w, PD_F_BODY);
     msgpack_pack_str(&w->pk, (uint32_t)len);
     size_t at = w->sb.size; /* where the body starts: the list cache keeps a copy */
-    msgpack_pack_str_body(&w->pk, head, (size_t)hl);
+    msgpack_pack_str_body(&w->pk, head, hl);
     for (size_t i = 0; i < n; i++) {
         if (i)
             msgpack_pack_str_body(&w->pk, ",", 1);
         msgpack_pack_str_body(&w->pk, page[i].ptr, page[i].len);
     }
-    msgpack_pack_str_body(&w->pk, "]}", 2);
+    msgpack_pack_str_body(&w->pk, PD_PAGE_TAIL, sizeof PD_PAGE_TAIL - 1);
     pd_msgw_end(w);
     pd_msg_t req;
     if (op->lc_gen && s_op_request(self, op, &req) == 0)

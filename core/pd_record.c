@@ -155,3 +155,16 @@ pd_record_body_time(pd_str_t body, const char *key)
         }
     return 0;
 }
+
+size_t
+pd_page_head(char *head, int64_t total)
+{
+    return (size_t)snprintf(head, PD_PAGE_HEAD_MAX, "{\"total\":%lld,\"presences\":[",
+                            (long long)total);
+}
+
+size_t
+pd_page_len(size_t head, size_t n, size_t json)
+{
+    return head + json + (n ? n - 1 : 0) + sizeof PD_PAGE_TAIL - 1;
+}

@@ -35,6 +35,15 @@ typedef struct {
 //  Appends the Presence model JSON of rec to b, keys in Appwrite's order:
 //  $id, $createdAt, $updatedAt, $permissions, userId, status, source, expiresAt, metadata.
 void pd_record_render(const pd_record_t *rec, pd_buf_t *b);
+/*  A list page is {"total":N,"presences":[<json>,<json>,...]}, the records' JSON as they are kept
+ *  (the broker writes one, a gateway that fetched a page writes one). pd_page_head writes what
+ *  comes before the records into head (PD_PAGE_HEAD_MAX bytes) and returns its length;
+ *  pd_page_len is the page's whole length for n records of json bytes in all; PD_PAGE_TAIL ends
+ *  it. */
+#define PD_PAGE_HEAD_MAX 64
+#define PD_PAGE_TAIL "]}"
+size_t pd_page_head(char *head, int64_t total);
+size_t pd_page_len(size_t head, size_t n, size_t json);
 
 /*  The record in an internal message (pd_msg.def): the one place that says which field holds
  *  what, for every message that carries a record: a write (gateway -> store: PD_REC_WRITE), an

@@ -537,11 +537,10 @@ s_on_fetch_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
         return;
     }
     gw->plans++;
-    char head[64];
-    int hl = snprintf(head, sizeof head, "{\"total\":%lld,\"presences\":[", (long long)pl->total);
-    size_t len = (size_t)hl + pl->len + (pl->n ? pl->n - 1 : 0) + 2;
+    char head[PD_PAGE_HEAD_MAX];
+    size_t hl = pd_page_head(head, pl->total), len = pd_page_len(hl, pl->n, pl->len);
     char *body = h2o_mem_alloc_pool(&req->pool, len), *at = body;
-    memcpy(at, head, (size_t)hl);
+    memcpy(at, head, hl);
     at += hl;
     for (uint32_t i = 0; i < pl->n; i++) {
         if (i)
@@ -549,7 +548,7 @@ s_on_fetch_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
         memcpy(at, pl->json[i].ptr, pl->json[i].len);
         at += pl->json[i].len;
     }
-    memcpy(at, "]}", 2);
+    memcpy(at, PD_PAGE_TAIL, sizeof PD_PAGE_TAIL - 1);
     gw_respond_pool(gw, req, p->route, 200, "application/json", body, len, p->start_ns);
 }
 
