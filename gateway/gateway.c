@@ -24,8 +24,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <malloc.h>
-
 #include "gw.h"
 #include "gw_static.h"
 #include "gw_supabase.h"
@@ -327,6 +325,50 @@ void
 gw_send_keep(gw_t *gw, gw_pending_t *p)
 {
     gw->cur_keep = p;
+}
+
+/*  Large buffers for the pages a gateway fetches (gw_rest.c, "lists"): a page of 5,000 records
+ *  is about 2 MB, and memory freshly mapped for each page is faulted in page by page (about
+ *  10 us a fault on our VMs, 9 ms a page). Up to GW_BIG_KEEP buffers of at most GW_BIG_MAX
+ *  bytes are kept for the next page; others are freed when their request ends. */
+typedef struct {
+    gw_t *gw;
+    void *buf;
+    size_t cap;
+} gw_big_t;
+
+static void
+s_big_dispose(void *ptr)
+{
+    gw_big_t *b = ptr;
+    gw_t *gw = b->gw;
+    if (b->cap <= GW_BIG_MAX && gw->nbig < GW_BIG_KEEP) {
+        gw->big[gw->nbig].buf = b->buf;
+        gw->big[gw->nbig++].cap = b->cap;
+    } else {
+        free(b->buf);
+    }
+}
+
+void *
+gw_big_alloc(gw_t *gw, h2o_req_t *req, size_t n)
+{
+    gw_big_t *b = h2o_mem_alloc_shared(&req->pool, sizeof *b, s_big_dispose);
+    b->gw = gw;
+    b->buf = NULL;
+    for (size_t i = 0; i < gw->nbig; i++)
+        if (gw->big[i].cap >= n) {
+            b->buf = gw->big[i].buf;
+            b->cap = gw->big[i].cap;
+            gw->big[i] = gw->big[--gw->nbig];
+            break;
+        }
+    if (!b->buf) {
+        b->cap = (n + (1 << 20) - 1) & ~(size_t)((1 << 20) - 1); /* whole MiB: reusable */
+        if (!(b->buf = malloc(b->cap)))
+            abort();
+    }
+    return b->buf;
 }
 
 bool
@@ -1430,12 +1472,6 @@ gateway_main(pd_config_t *cfg)
     sigaction(SIGHUP, &sa, NULL);
     if (!cfg->broker_front[0] || !cfg->bus_out[0])
         pd_fatalx("gateway needs --broker-front and --bus-out");
-    /* A large list's page (up to 5,000 records, about 2 MB) is assembled in memory a request
-     * owns and freed after it: with glibc's defaults each such block is mapped, or the heap's
-     * top trimmed, and faulted in again page by page for the next page (about 10 us a fault on
-     * our VMs, 9 ms for one page). Freed memory is kept for reuse instead, up to 64 MB. */
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 64 << 20);
 
     static gw_t g;
     gw_t *gw = &g;
@@ -1550,5 +1586,7 @@ gateway_main(pd_config_t *cfg)
     for (int n = 1; n <= GW_MAX_STORES; n++)
         zsock_destroy(&gw->stores[n].sock);
     pd_claims_destroy(&gw->claims);
+    while (gw->nbig)
+        free(gw->big[--gw->nbig].buf);
     return 0;
 }

@@ -68,6 +68,8 @@ typedef struct {
 enum { GW_ID_GUEST = 0, GW_ID_USER = 1, GW_ID_KEY = 2 };
 
 #define GW_MAX_STORES 64
+#define GW_BIG_KEEP 4          //  large page buffers kept for reuse (gateway.c, gw_big_alloc)
+#define GW_BIG_MAX (8u << 20)  //  and their largest size
 #define GW_BROKER_SILENT_MS 3000 //  no ROUTE from the broker this long: requests fail fast (503)
 
 /*  An accepted connection, as the limits see it (gateway.c, "connections"). */
@@ -149,6 +151,8 @@ struct gw {
     pd_claims_t *claims;       //  (project, user) -> presence id, learned from replies
     uint64_t direct, rerouted;  //  requests sent straight to a node; sent again via the broker
     uint64_t plans, plans_again; //  large lists' pages fetched here (gw_rest.c); listed again
+    struct { void *buf; size_t cap; } big[GW_BIG_KEEP]; //  kept for the next page (gw_big_alloc)
+    size_t nbig;
     bool flush_linked;
     h2o_timeout_entry_t flush_entry;
     h2o_timeout_t req_timeout;
@@ -196,6 +200,9 @@ void gw_send_end(gw_t *gw);
 //  Answers p, sent to several nodes (p->nodes), with UNAVAILABLE in place of one answer that will
 //  not come: its handler decides what to do.
 void gw_fail_answer(gw_t *gw, gw_pending_t *p);
+//  n bytes that live as long as req, from the buffers kept for large pages (no fresh mapping
+//  to fault in for each page); returned to them, or freed, when req ends.
+void *gw_big_alloc(gw_t *gw, h2o_req_t *req, size_t n);
 //  True if this gateway reaches every store node of several directly (a list's plan can be
 //  fetched: gw_rest.c, "lists").
 bool gw_direct_all(gw_t *gw);
@@ -223,7 +230,7 @@ pd_str_t gw_header(h2o_req_t *req, const char *name);
 void gw_conn_answer(h2o_req_t *req);
 void gw_respond(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype,
                 const char *body, size_t len, int64_t start_ns);
-//  The same with a body already in req's pool (not copied).
+//  The same with a body that lives as long as req (its pool, gw_big_alloc): not copied.
 void gw_respond_pool(gw_t *gw, h2o_req_t *req, int route, int status, const char *ctype,
                      char *body, size_t len, int64_t start_ns);
 void gw_respond_err(gw_t *gw, h2o_req_t *req, int route, int code, pd_str_t msg,

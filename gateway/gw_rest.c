@@ -510,7 +510,7 @@ s_on_fetch_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
     } else {
         pl->waiting &= ~(1ULL << nd);
         /* the strings are views into the frame, which is reused: one copy of the message */
-        char *copy = h2o_mem_alloc_pool(&req->pool, m->raw_len);
+        char *copy = gw_big_alloc(gw, req, m->raw_len);
         memcpy(copy, m->raw, m->raw_len);
         uint32_t j = 0;
         for (uint32_t i = 0; i < pl->n && !pl->failed; i++) {
@@ -539,7 +539,7 @@ s_on_fetch_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
     gw->plans++;
     char head[PD_PAGE_HEAD_MAX];
     size_t hl = pd_page_head(head, pl->total), len = pd_page_len(hl, pl->n, pl->len);
-    char *body = h2o_mem_alloc_pool(&req->pool, len), *at = body;
+    char *body = gw_big_alloc(gw, req, len), *at = body;
     memcpy(at, head, hl);
     at += hl;
     for (uint32_t i = 0; i < pl->n; i++) {
