@@ -14,24 +14,14 @@ const crypto = require('node:crypto');
 const E2E = path.resolve(__dirname, '..', 'tests', 'e2e');
 const { startCluster } = require(path.join(E2E, 'lib', 'cluster'));
 const { nodeClient, loadNodeSdk } = require(path.join(E2E, 'lib', 'sdk'));
+const { timed, pct } = require('./lib/get');
 
 const ROSTER = Number(process.argv[2] || 10000);
 const OTHERS = Number(process.argv[3] || 90000);
 const REQS = Number(process.argv[4] || 200);
 const KEY = 'bk_' + crypto.randomBytes(16).toString('hex');
 
-function get(agent, c, p) {
-    return new Promise((resolve, reject) => {
-        const t0 = process.hrtime.bigint();
-        http.get({ host: '127.0.0.1', port: c.port, path: p, agent, headers: { 'X-Appwrite-Project': 'bench', 'X-Appwrite-Key': KEY } }, (res) => {
-            const chunks = [];
-            res.on('data', (d) => chunks.push(d));
-            res.on('end', () => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, status: res.statusCode, body: Buffer.concat(chunks) }));
-        }).on('error', reject);
-    });
-}
-
-const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
+const get = (agent, c, p) => timed(agent, c, 'bench', KEY, p);
 
 (async () => {
     const c = await startCluster({

@@ -105,7 +105,6 @@
 #define MAX_PEERS 256
 #define OP_TIMEOUT_MS 4500
 #define NODE_DEAD_MS 1000
-#define LIST_TOTAL_CAP 5000
 #define TURN_BUDGET 1000   //  frames per socket per loop turn
 #define BUS_WINDOW_US 1000 //  at most one bus frame per this, while events flow
 #define BUS_MAX (1 << 20)  //  bytes: forward at once past this
@@ -962,7 +961,7 @@ static void
 s_list_reply(broker_t *self, op_t *op, size_t n, size_t len)
 {
     pd_str_t *page = self->page;
-    int64_t total = op->total > LIST_TOTAL_CAP ? LIST_TOTAL_CAP : op->total;
+    int64_t total = op->total > PD_QUERY_TOTAL_CAP ? PD_QUERY_TOTAL_CAP : op->total;
     char head[PD_PAGE_HEAD_MAX];
     size_t hl = pd_page_head(head, total);
     len = pd_page_len(hl, n, len);
@@ -1020,7 +1019,7 @@ s_list_plan(broker_t *self, op_t *op)
     pd_msgw_begin(w, PD_MSG_REPLY, op->rid);
     pd_msgw_int(w, PD_F_ERR, PD_ERR_OK);
     pd_msgw_int(w, PD_F_FLAGS, PD_FL_PLAN);
-    pd_msgw_int(w, PD_F_TOTAL, op->total > LIST_TOTAL_CAP ? LIST_TOTAL_CAP : op->total);
+    pd_msgw_int(w, PD_F_TOTAL, op->total > PD_QUERY_TOTAL_CAP ? PD_QUERY_TOTAL_CAP : op->total);
     pd_msgw_raw(w, PD_F_ITEMS);
     msgpack_pack_array(&w->pk, (uint32_t)n);
     for (size_t i = 0; i < n; i++) { /* [node, id or [id, slot]] */

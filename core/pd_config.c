@@ -351,8 +351,11 @@ s_check_supabase(const json_t *sb, const char *id, char *err, size_t n)
 
 #define PD_PROJECT_MAX_INDEXES 8
 
-/*  "indexes": the attributes a project's lists and counts may find by value (st_index.h):
- *  "status" or "metadata.<key>[.<key>...]" (keys of A-Z a-z 0-9 _ -), at most 8, no repeats. */
+/*  "indexes": the attributes a project's lists and counts may find by value, and pages ordered
+ *  by (st_index.h): "status", a date or "metadata.<key>[.<key>...]" (keys of A-Z a-z 0-9 _ -),
+ *  at most 8, no repeats. */
+static const char *const s_fixed_indexes[] = {"status", "$createdAt", "$updatedAt", "expiresAt"};
+
 static int
 s_load_indexes(const json_t *v, pd_project_t *p, char *err, size_t n)
 {
@@ -367,7 +370,10 @@ s_load_indexes(const json_t *v, pd_project_t *p, char *err, size_t n)
         const char *s = json_string_value(a);
         size_t len = s ? strlen(s) : 0;
         bool ok = s && len <= 128 && json_string_length(a) == len;
-        if (ok && strcmp(s, "status") != 0) {
+        bool fixed = false; /* the attributes every record has (pd_query_indexable) */
+        for (size_t k = 0; k < sizeof s_fixed_indexes / sizeof *s_fixed_indexes; k++)
+            fixed = fixed || (s && strcmp(s, s_fixed_indexes[k]) == 0);
+        if (ok && !fixed) {
             ok = strncmp(s, "metadata.", 9) == 0 && len > 9;
             for (size_t k = 9; ok && k < len; k++) {
                 char c = s[k];
@@ -378,8 +384,9 @@ s_load_indexes(const json_t *v, pd_project_t *p, char *err, size_t n)
         if (!ok) {
             pd_buf_free(&b);
             return pd_errf(err, n, -1,
-                           "project %s: indexes[%zu] must be \"status\" or \"metadata.<key>\" "
-                           "(keys of A-Z a-z 0-9 _ - joined by dots, 128 bytes at most)",
+                           "project %s: indexes[%zu] must be \"status\", \"$createdAt\", "
+                           "\"$updatedAt\", \"expiresAt\" or \"metadata.<key>\" (keys of "
+                           "A-Z a-z 0-9 _ - joined by dots, 128 bytes at most)",
                            p->id, i);
         }
         if (b.len && pd_list_has((pd_str_t){b.data, b.len}, pd_str(s))) {

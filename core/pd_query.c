@@ -1015,14 +1015,29 @@ s_val_key(const val_t *v, pd_buf_t *out)
     return false;
 }
 
-/*  The next top-level filter from *i on attr, an attribute an index can serve ("status",
- *  "metadata.<path>"); NULL when none is left, or when attr cannot be indexed. */
+//  Attributes an index can serve: status, the dates, metadata paths.
+static bool
+s_attr_indexable(int a)
+{
+    return a == A_STATUS || a == A_META || s_attr_is_date(a);
+}
+
+bool
+pd_query_indexable(pd_str_t attr)
+{
+    int a;
+    pd_str_t path;
+    return s_attr(attr, &a, &path) == 0 && s_attr_indexable(a);
+}
+
+/*  The next top-level filter from *i on attr, an attribute an index can serve; NULL when none
+ *  is left, or when attr cannot be indexed. */
 static const node_t *
 s_index_filter(const pd_query_t *self, pd_str_t attr, size_t *i)
 {
     int a;
     pd_str_t path;
-    if (self->match_all || s_attr(attr, &a, &path) < 0 || (a != A_STATUS && a != A_META))
+    if (self->match_all || s_attr(attr, &a, &path) < 0 || !s_attr_indexable(a))
         return NULL;
     for (; *i < self->nfilters; (*i)++) {
         const node_t *f = &self->filters[*i];
@@ -1215,9 +1230,33 @@ pd_qrec_index_key(pd_qrec_t *r, pd_str_t attr, pd_buf_t *out)
     pd_str_t path;
     val_t v;
     pd_buf_reset(out);
-    if (s_attr(attr, &a, &path) < 0 || (a != A_STATUS && a != A_META) ||
-        !s_rec_val(r, a, path, &v))
+    if (s_attr(attr, &a, &path) < 0 || !s_attr_indexable(a) || !s_rec_val(r, a, path, &v))
         return false;
+    return s_val_key(&v, out);
+}
+
+bool
+pd_query_index_order(const pd_query_t *self, pd_str_t attr, bool *desc)
+{
+    int a;
+    pd_str_t path;
+    if (self->match_all || s_attr(attr, &a, &path) < 0 ||
+        (a != A_STATUS && !s_attr_is_date(a))) /* every record has a value: none is left out */
+        return false;
+    int first = self->norder ? self->order[0].attr : A_CREATED;
+    *desc = self->norder && self->order[0].desc;
+    return first == a;
+}
+
+bool
+pd_query_key_index_key(const pd_qkey_t *key, pd_buf_t *out)
+{
+    pd_buf_reset(out);
+    if (!key->n)
+        return false;
+    const pd_qval_t *q = &key->v[0];
+    val_t v = {.type = q->type == 1 ? V_INT : q->type == 2 ? V_STR : q->type == 3 ? V_REAL : V_NULL,
+               .i = q->i, .d = q->d, .s = q->s};
     return s_val_key(&v, out);
 }
 
@@ -2115,6 +2154,51 @@ pd_query_test(bool verbose)
         pd_buf_free(&lo);
         for (int i = 0; i < NV; i++)
             pd_buf_free(&keys[i]);
+    }
+    {   /* ordered walks: the first sort key names the index; a cursor's key is found in it */
+        static const struct {
+            const char *q, *attr;
+            bool ok, desc;
+        } cases[] = {
+            {"{\"method\":\"limit\",\"values\":[5]}", "$createdAt", true, false},
+            {"{\"method\":\"orderDesc\",\"attribute\":\"$updatedAt\"}", "$updatedAt", true, true},
+            {"{\"method\":\"orderDesc\",\"attribute\":\"$updatedAt\"}", "$createdAt", false, false},
+            {"{\"method\":\"orderAsc\",\"attribute\":\"status\"}", "status", true, false},
+            {"{\"method\":\"orderAsc\",\"attribute\":\"\"}", "$createdAt", true, false},
+            {"{\"method\":\"orderAsc\",\"attribute\":\"userId\"}", "userId", false, false},
+            {"{\"method\":\"limit\",\"values\":[5]}", "metadata.n", false, false},
+        };
+        pd_buf_t k;
+        pd_buf_init(&k);
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            int code;
+            char err[256];
+            pd_query_t *q = s_t_parse(PD_QMODE_LIST, cases[i].q, &code, err, sizeof err);
+            PD_CHECK(q);
+            bool desc = !cases[i].desc;
+            PD_CHECK(pd_query_index_order(q, pd_str(cases[i].attr), &desc) == cases[i].ok);
+            PD_CHECK(!cases[i].ok || desc == cases[i].desc);
+            pd_query_destroy(&q);
+        }
+        pd_record_t r2 = rec;
+        pd_query_t *q = s_t_parse(PD_QMODE_LIST, cases[3].q, &(int){0}, NULL, 0);
+        for (int st = 0; st < 2; st++) { /* status "online", then null: the key is the index's */
+            if (st)
+                r2.status = PD_STR(""), r2.status_json = PD_STR("null");
+            pd_qrec_t qr;
+            pd_qrec_init(&qr, &r2);
+            pd_qkey_t key;
+            pd_query_key(q, &qr, &key);
+            pd_buf_t want;
+            pd_buf_init(&want);
+            PD_CHECK(pd_qrec_index_key(&qr, PD_STR("status"), &want));
+            PD_CHECK(pd_query_key_index_key(&key, &k) && k.len == want.len &&
+                     memcmp(k.data, want.data, k.len) == 0);
+            pd_buf_free(&want);
+            pd_qrec_clear(&qr);
+        }
+        pd_query_destroy(&q);
+        pd_buf_free(&k);
     }
     if (verbose)
         printf("OK\n");

@@ -58,10 +58,14 @@ size_t pd_query_nfilters(const pd_query_t *self);
 //  True if limit, offset, a cursor or an order was given (a count takes filters only).
 bool pd_query_paged(const pd_query_t *self);
 
+/*  Attributes an index can serve: "status", "$createdAt", "$updatedAt", "expiresAt" and
+ *  "metadata.<path>" (the dates' keys are their instants, as filters compare them). */
+bool pd_query_indexable(pd_str_t attr);
+
 /*  Index keys: equal values have equal keys (an int and a double of one value too, as equal()
  *  compares them), different values different keys. Objects and arrays have none.
- *  pd_query_index_keys: if a top-level equal(attr, [values]) names attr ("status" or
- *  "metadata.<path>") and every value has a key, appends the distinct keys to out, each as a
+ *  pd_query_index_keys: if a top-level equal(attr, [values]) names attr (pd_query_indexable)
+ *  and every value has a key, appends the distinct keys to out, each as a
  *  4-byte length then its bytes, and returns how many; otherwise -1. */
 int pd_query_index_keys(const pd_query_t *self, pd_str_t attr, pd_buf_t *out);
 //  Walks the keys pd_query_index_keys wrote: the one at *off (then past it), false at the end.
@@ -70,7 +74,7 @@ bool pd_query_index_key_next(const pd_buf_t *keys, size_t *off, pd_str_t *key);
  *  compared exactly, NaN last), then strings in byte order, which is the order comparisons use
  *  within each type. <0, 0, >0. */
 int pd_query_index_key_cmp(pd_str_t a, pd_str_t b);
-/*  Ranges on an index: if a top-level filter on attr ("status" or "metadata.<path>") is a
+/*  Ranges on an index: if a top-level filter on attr (pd_query_indexable) is a
  *  comparison with one operand (lessThan, lessThanEqual, greaterThan, greaterThanEqual), a
  *  between of two operands of one type, or a startsWith, writes to lo (reset first) the key a
  *  walk of the index in key order starts at, and returns that filter's number; otherwise -1.
@@ -94,7 +98,7 @@ void pd_qrec_clear(pd_qrec_t *r);
 //  True if the record satisfies every filter (AND at the top level). select/paging/order are
 //  ignored here.
 bool pd_query_match(const pd_query_t *self, pd_qrec_t *r);
-//  The record's index key of attr ("status" or "metadata.<path>"), appended to out (which is
+//  The record's index key of attr (pd_query_indexable), appended to out (which is
 //  reset first); false if the record has no such value or it is an object or array.
 bool pd_qrec_index_key(pd_qrec_t *r, pd_str_t attr, pd_buf_t *out);
 
@@ -114,6 +118,15 @@ typedef struct {
 } pd_qkey_t;
 
 void pd_query_key(const pd_query_t *self, pd_qrec_t *r, pd_qkey_t *out);
+/*  Ordered walks. True if the page's first sort key (its first order, else $createdAt) is attr
+ *  and attr's index holds every record in the order of that key ("status" and the dates, whose
+ *  index keys sort as their sort keys do): records taken from the index in key order (*desc:
+ *  from the last) come in page order, up to ties on that key, so a node may stop once a set of
+ *  equal values completes offset + limit matches. */
+bool pd_query_index_order(const pd_query_t *self, pd_str_t attr, bool *desc);
+//  The index key of a sort key's first value (where a walk past a cursor starts).
+bool pd_query_key_index_key(const pd_qkey_t *key, pd_buf_t *out);
+#define PD_QUERY_TOTAL_CAP 5000 //  a list's total counts this many matches at most (Appwrite's)
 //  <0, 0, >0 as a sorts before, with, after b under this query's order.
 int pd_query_key_cmp(const pd_query_t *self, const pd_qkey_t *a, const pd_qkey_t *b);
 //  Packs the key as one msgpack array; unpacks it back (views into the msgpack buffer).

@@ -264,11 +264,8 @@ st_index_want(st_index_t *self, pd_table_t *table, pd_str_t project, pd_str_t at
     for (st_idx_t *ix = self->list; ix; ix = ix->next)
         if (pd_str_eqc(project, ix->project) && pd_str_eqc(attr, ix->attr))
             return ix;
-    /* attr must be one an index can serve: status or a metadata path */
-    if (self->n >= ST_INDEX_MAX || project.len >= sizeof self->list->project || !attr.len ||
-        memchr(attr.ptr, 0, attr.len) ||
-        !(pd_str_eqc(attr, "status") ||
-          (attr.len > 9 && memcmp(attr.ptr, "metadata.", 9) == 0)))
+    if (self->n >= ST_INDEX_MAX || project.len >= sizeof self->list->project ||
+        !pd_query_indexable(attr))
         return NULL;
     st_idx_t *ix = calloc(1, sizeof *ix);
     if (!ix || !(ix->attr = strndup(attr.ptr, attr.len)))
@@ -334,6 +331,45 @@ st_idx_range(const st_idx_t *ix, const pd_query_t *q, int filter, pd_str_t lo,
                 return n;
     }
     return n;
+}
+
+size_t
+st_idx_size(const st_idx_t *ix)
+{
+    return ix->members.n;
+}
+
+bool
+st_idx_walk(const st_idx_t *ix, bool desc, pd_str_t from, st_idx_visit_fn fn,
+            bool (*done)(void *arg), void *arg)
+{
+    set_t *s;
+    if (!from.ptr)
+        s = desc ? RB_MAX(set_tree, (struct set_tree *)&ix->order)
+                 : RB_MIN(set_tree, (struct set_tree *)&ix->order);
+    else if (!desc)
+        s = s_lower_bound(ix, from);
+    else { /* the last set at or before from */
+        s = RB_ROOT(&ix->order);
+        set_t *best = NULL;
+        while (s) {
+            if (pd_query_index_key_cmp((pd_str_t){s->key, s->klen}, from) <= 0) {
+                best = s;
+                s = RB_RIGHT(s, rb);
+            } else {
+                s = RB_LEFT(s, rb);
+            }
+        }
+        s = best;
+    }
+    for (; s; s = desc ? RB_PREV(set_tree, &ix->order, s) : RB_NEXT(set_tree, &ix->order, s)) {
+        for (uint32_t i = 0; i < s->n; i++)
+            if (fn((pd_str_t){s->v[i]->id, s->v[i]->idlen}, arg))
+                return true;
+        if (done(arg))
+            return true;
+    }
+    return false;
 }
 
 void

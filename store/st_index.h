@@ -1,5 +1,6 @@
 /*  st_index — a store node's secondary indexes on attributes a project declares ("indexes" in
- *  the projects file: "status", "metadata.<path>"), for equal() lists and O(1) counts.
+ *  the projects file: "status", "$createdAt", "$updatedAt", "expiresAt", "metadata.<path>"),
+ *  for equal() and range lists, O(1) counts, and pages in an indexed order that stop early.
  *
  *  The store does not read the projects file: a gateway names the project's indexed
  *  attributes in every LIST (INDEXES). The first list that names an attribute of a project
@@ -52,6 +53,16 @@ void st_idx_each(const st_idx_t *ix, pd_str_t key, st_idx_visit_fn fn, void *arg
  *  Returns how many records the range holds (those visited, if fn stopped the walk). */
 size_t st_idx_range(const st_idx_t *ix, const pd_query_t *q, int filter, pd_str_t lo,
                     st_idx_visit_fn fn, void *arg);
+
+//  Records in the index.
+size_t st_idx_size(const st_idx_t *ix);
+
+/*  Walks the sets in value order (desc: from the last value back), from the first set at or
+ *  past `from` in that direction (from.ptr NULL: from the first), fn visiting each record's id
+ *  (non-zero: stop at once). After each whole set, done(arg) true stops the walk: the records
+ *  visited then hold every value up to that set's. True if stopped, false at the end. */
+bool st_idx_walk(const st_idx_t *ix, bool desc, pd_str_t from, st_idx_visit_fn fn,
+                 bool (*done)(void *arg), void *arg);
 
 //  Indexes, indexed records (summed over indexes) and their bytes, for metrics.
 void st_index_stats(const st_index_t *self, size_t *indexes, size_t *entries, size_t *bytes);

@@ -107,7 +107,7 @@ typedef struct {
     char count_key[40];
     size_t count_len;
     st_rooms_t *rooms;    //  rooms: presence sets per channel (st_rooms.h)
-    st_index_t *index;    //  indexes projects declare, for equal() lists and counts (st_index.h)
+    st_index_t *index;    //  indexes projects declare: lists, counts, ordered pages (st_index.h)
     pd_buf_t ikeys;       //  scratch: a list's index keys
     sync_ctx_t sync;      //  the SYNC being answered, a slice per loop turn
     uint64_t syncs[SYNC_QUEUE]; //  request ids of the SYNCs to answer, oldest first
@@ -943,6 +943,7 @@ typedef struct {
     bool capped;       //  a status chain or a scan: metadata reads count against the cap
     size_t examined;   //  records whose metadata a filter read
     bool over;         //  examined passed the node's --list-scan-max: refused
+    size_t want;       //  an ordered walk (s_list_walk): matches that complete the page
 } list_ctx_t;
 
 struct cand {
@@ -1028,10 +1029,77 @@ s_counted(const list_ctx_t *c)
            pd_table_next_expiry(c->self->table) > c->now;
 }
 
+static bool
+s_walk_done(void *arg)
+{
+    const list_ctx_t *c = arg;
+    return c->over || c->n >= c->want;
+}
+
+static bool
+s_count_done(void *arg)
+{
+    const list_ctx_t *c = arg;
+    return c->over || c->total >= PD_QUERY_TOTAL_CAP;
+}
+
+static int
+s_count_visit_id(pd_str_t id, void *arg)
+{
+    return s_list_visit_id(id, arg) || s_count_done(arg);
+}
+
+/*  A page in an order an index holds (pd_query_index_order: the project indexes the first sort
+ *  key, "status" or a date; with no order, "$createdAt"): the node visits its records in that
+ *  order, from the cursor's value when there is one, and stops once a whole set of equal values
+ *  completes offset + limit matches past the cursor; those are sorted as any matches are (the
+ *  ties of the last set need it). A page of 25 then costs about 25 visits, not a visit and a sort
+ *  of every record. The total, when asked for, comes from the walk if it saw every record; else
+ *  from the index's size (an API key, no filter, nothing expired unreaped), or from a second walk
+ *  that counts matches only and stops at PD_QUERY_TOTAL_CAP (the broker caps the sum there). */
+static bool
+s_list_walk(store_t *self, list_ctx_t *c)
+{
+    const pd_msg_t *m = c->m;
+    pd_str_t l = m->s[PD_F_INDEXES], v;
+    bool desc = false;
+    /* a total would be counted over the whole index: the status chain visits fewer */
+    if ((m->i[PD_F_FLAGS] & PD_FL_TOTAL) && pd_query_equal_on(c->q, "status", &v))
+        return false;
+    pd_str_t a = pd_list_first(l);
+    while (a.ptr && !pd_query_index_order(c->q, a, &desc))
+        a = pd_list_next(l, a);
+    st_idx_t *ix = a.ptr ? st_index_want(self->index, self->table, m->s[PD_F_PROJECT], a) : NULL;
+    if (!ix)
+        return false;
+    pd_str_t from = PD_STR_NULL;
+    if (c->has_cursor) {
+        if (!pd_query_key_index_key(&c->cursor, &self->ikeys))
+            return false;
+        from = (pd_str_t){self->ikeys.data, self->ikeys.len};
+    }
+    c->want = (size_t)(pd_query_offset(c->q) + pd_query_limit(c->q));
+    c->capped = true;
+    bool stopped = st_idx_walk(ix, desc != c->before, from, s_list_visit_id, s_walk_done, c);
+    if (c->over || !(m->i[PD_F_FLAGS] & PD_FL_TOTAL) || (!stopped && !from.ptr))
+        return true;
+    if (!pd_query_nfilters(c->q) && (m->i[PD_F_FLAGS] & PD_FL_BYPASS) &&
+        pd_table_next_expiry(self->table) > c->now) {
+        c->total = (int64_t)st_idx_size(ix);
+        return true;
+    }
+    list_ctx_t t = {.self = self, .m = m, .q = c->q, .now = c->now, .count_only = true,
+                    .capped = true, .examined = c->examined};
+    st_idx_walk(ix, false, PD_STR_NULL, s_count_visit_id, s_count_done, &t);
+    c->total = t.total;
+    c->over = t.over;
+    return true;
+}
+
 /*  Visits the records a list may match, from the narrowest source the queries allow: one
  *  record ($id, userId), the sets of an indexed attribute's equal() or range (st_index.h;
- *  counted without a visit when that filter is the only one, s_counted), the status chain, or
- *  every record. On the last two, filters may read
+ *  counted without a visit when that filter is the only one, s_counted), an index of the page's
+ *  order up to the page's end (s_list_walk), the status chain, or every record. On the last two, filters may read
  *  the metadata of at most --list-scan-max records of the project (c->over beyond): a guest
  *  must not make a node parse every record in a loop. */
 static void
@@ -1082,6 +1150,8 @@ s_list_candidates(store_t *self, list_ctx_t *c)
         }
         return;
     }
+    if (!c->count_only && s_list_walk(self, c))
+        return;
     c->capped = true;
     if (pd_query_equal_on(c->q, "status", &v))
         pd_table_foreach_status(self->table, project, v, s_list_visit, c);

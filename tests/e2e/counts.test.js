@@ -233,7 +233,8 @@ describe('the projects file', () => {
         const port = await freePort();
         const cases = [
             ['metadata.room', /indexes must be an array/],
-            [[1], /indexes\[0\] must be "status" or "metadata.<key>"/],
+            [[1], /indexes\[0\] must be "status", "\$createdAt", "\$updatedAt", "expiresAt" or "metadata.<key>"/],
+            [['$createdat'], /indexes\[0\] must be/],
             [['userId'], /indexes\[0\] must be/],
             [['metadata.'], /indexes\[0\] must be/],
             [['metadata.a..b'], /indexes\[0\] must be/],

@@ -31,9 +31,11 @@ const DIFF_JWT = 'dj_' + crypto.randomBytes(16).toString('hex');
 const H = useCluster(test, {
     label: 'lists', stores: STORES, gateways: 2,
     env: { LISTS_DIFF_KEY: DIFF_KEY },
-    // metadata.n and status are indexed: their equal()s and ranges are answered from the store
-    // nodes' indexes (st_index.h); metadata.room and metadata.flag are not (a scan)
-    config: { projects: [{ id: DIFF, indexes: ['metadata.n', 'status'], keys: [{ name: 'k', secret_env: 'LISTS_DIFF_KEY', scopes: ['presences.read', 'presences.write'] }], jwt: [{ alg: 'HS256', secret: DIFF_JWT }] }] },
+    // metadata.n, status and two dates are indexed: their equal()s and ranges are answered from
+    // the store nodes' indexes (st_index.h), and pages ordered by status, $createdAt (the default
+    // order) or $updatedAt are walked in index order and stop early; metadata.room, metadata.flag
+    // and expiresAt are not indexed (a scan, a sort)
+    config: { projects: [{ id: DIFF, indexes: ['metadata.n', 'status', '$createdAt', '$updatedAt'], keys: [{ name: 'k', secret_env: 'LISTS_DIFF_KEY', scopes: ['presences.read', 'presences.write'] }], jwt: [{ alg: 'HS256', secret: DIFF_JWT }] }] },
 });
 const C = () => H.cluster;
 const N = loadNodeSdk();
@@ -353,7 +355,7 @@ function cmpVal(a, b) {
 function matches(rec, f) {
     const sameType = (v, x) => typeof v === typeof x && v !== null;
     const v = f.attr ? attrOf(rec, f.attr) : undefined;
-    const val = (x) => (f.attr === 'expiresAt' ? ms(x) : x);
+    const val = (x) => (['expiresAt', '$createdAt', '$updatedAt'].includes(f.attr) ? ms(x) : x);
     switch (f.m) {
     case 'equal': return f.values.some((x) => sameType(v, val(x)) && v === val(x));
     case 'notEqual': return v !== null && !f.values.some((x) => v === val(x));
@@ -461,7 +463,14 @@ describe('randomized differential test of list against a model (3 store nodes)',
         case 6: return { m: 'startsWith', attr: 'userId', values: [pick(['du1', 'du', 'du2', 'x'])] };
         case 7: return { m: 'endsWith', attr: 'status', values: [pick(['e', 'y', 'x', 'ine'])] };
         case 8: return { m: 'equal', attr: 'userId', values: [pick(USERS)] };
-        case 9: return { m: pick(['greaterThan', 'lessThan']), attr: 'expiresAt', values: [new Date(Date.now() + int(10, 120) * 60000).toISOString()] };
+        case 9: {
+            if (rnd() < 0.5 || !model.size) return { m: pick(['greaterThan', 'lessThan']), attr: 'expiresAt', values: [new Date(Date.now() + int(10, 120) * 60000).toISOString()] };
+            // an indexed date: a range around a record's own instant, ties included
+            const at = (a) => new Date(ms(pick([...model.values()])[a]) + int(-1, 1)).toISOString();
+            const a = pick(['$updatedAt', '$createdAt']);
+            if (rnd() < 0.3) return { m: 'between', attr: a, values: [at(a), at(a)].sort() };
+            return { m: pick(['lessThan', 'greaterThan', 'lessThanEqual', 'greaterThanEqual', 'equal']), attr: a, values: [at(a)] };
+        }
         case 15: return { m: 'or', sub: [randomFilter(depth + 1), randomFilter(depth + 1)] };
         default: return { m: 'and', sub: [randomFilter(depth + 1), randomFilter(depth + 1)] };
         }

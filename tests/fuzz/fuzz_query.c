@@ -127,8 +127,9 @@ s_index_keys(const pd_query_t *q, const pd_record_t *recs)
 static void
 s_index_ranges(const pd_query_t *q, const pd_record_t *recs)
 {
-    static const char *attrs[] = {"status", "metadata.room", "metadata.n", "metadata.f",
-                                  "metadata.ok", "metadata.nil", "metadata.geo.tile"};
+    static const char *attrs[] = {"status",     "metadata.room", "metadata.n",
+                                  "metadata.f", "metadata.ok",   "metadata.nil",
+                                  "metadata.geo.tile", "$updatedAt", "expiresAt"};
     pd_buf_t lo, mine[NREC];
     pd_buf_init(&lo);
     for (int i = 0; i < NREC; i++)
@@ -159,6 +160,44 @@ s_index_ranges(const pd_query_t *q, const pd_record_t *recs)
                 }
     }
     pd_buf_free(&lo);
+    for (int i = 0; i < NREC; i++)
+        pd_buf_free(&mine[i]);
+}
+
+/*  Ordered walks (store.c, s_list_walk): when an index holds the page's first sort key, index
+ *  order (or its reverse) never contradicts page order, and a sort key's index key is the
+ *  record's own. */
+static void
+s_index_orders(const pd_query_t *q, const pd_record_t *recs, const pd_qkey_t *keys)
+{
+    static const char *attrs[] = {"status", "$createdAt", "$updatedAt", "expiresAt",
+                                  "metadata.n", "userId"};
+    pd_buf_t mine[NREC], k;
+    pd_buf_init(&k);
+    for (int i = 0; i < NREC; i++)
+        pd_buf_init(&mine[i]);
+    for (size_t a = 0; a < sizeof attrs / sizeof *attrs; a++) {
+        bool desc;
+        if (!pd_query_index_order(q, pd_str(attrs[a]), &desc))
+            continue;
+        CHECK(a < 4);
+        for (int i = 0; i < NREC; i++) {
+            pd_qrec_t r;
+            pd_qrec_init(&r, &recs[i]);
+            CHECK(pd_qrec_index_key(&r, pd_str(attrs[a]), &mine[i])); /* every record has one */
+            pd_qrec_clear(&r);
+            CHECK(pd_query_key_index_key(&keys[i], &k) && k.len == mine[i].len &&
+                  memcmp(k.data, mine[i].data, k.len) == 0);
+        }
+        for (int i = 0; i < NREC; i++)
+            for (int j = 0; j < NREC; j++) {
+                int c = pd_query_index_key_cmp((pd_str_t){mine[i].data, mine[i].len},
+                                               (pd_str_t){mine[j].data, mine[j].len});
+                if (desc ? c > 0 : c < 0)
+                    CHECK(pd_query_key_cmp(q, &keys[i], &keys[j]) < 0);
+            }
+    }
+    pd_buf_free(&k);
     for (int i = 0; i < NREC; i++)
         pd_buf_free(&mine[i]);
 }
@@ -194,6 +233,7 @@ s_exercise(const pd_query_t *q, const pd_record_t *recs)
 
     s_index_keys(q, recs);
     s_index_ranges(q, recs);
+    s_index_orders(q, recs, keys);
 
     msgpack_sbuffer sb;
     msgpack_packer pk;

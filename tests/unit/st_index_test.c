@@ -4,7 +4,9 @@
  *  number of records pd_query_match finds for equal(attr, [value]), for values of every JSON
  *  type (an int and a double of one value are one key, as equal() compares them), for an index
  *  kept from the start and one built late from the records present. Ranges (lessThan,
- *  between, startsWith, ...) walked over an index's values in order find what a scan finds. */
+ *  between, startsWith, ...) walked over an index's values in order find what a scan finds.
+ *  Ordered walks (status, $updatedAt) visit every record once, in order, and stop at a set's
+ *  end. */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -163,6 +165,106 @@ s_check_ranges(pd_table_t *t, st_idx_t *ix, const char *attr, int step)
     pd_buf_free(&lo);
 }
 
+typedef struct {
+    pd_table_t *t;
+    const char *attr;
+    pd_buf_t keys;   //  each visited record's index key, as pd_query_index_key_next reads them
+    size_t n, stop;  //  visited; done() once this many are
+} walk_t;
+
+static int
+s_walk_visit(pd_str_t id, void *arg)
+{
+    walk_t *w = arg;
+    pd_record_t rec;
+    PD_CHECK(pd_table_get(w->t, PD_STR("p1"), id, &rec) == 0);
+    pd_qrec_t qr;
+    pd_qrec_init(&qr, &rec);
+    pd_buf_t k;
+    pd_buf_init(&k);
+    PD_CHECK(pd_qrec_index_key(&qr, pd_str(w->attr), &k));
+    uint32_t len = (uint32_t)k.len;
+    pd_buf_add(&w->keys, &len, sizeof len);
+    pd_buf_add(&w->keys, k.data, k.len);
+    pd_buf_free(&k);
+    pd_qrec_clear(&qr);
+    w->n++;
+    return 0;
+}
+
+static bool
+s_walk_done(void *arg)
+{
+    walk_t *w = arg;
+    return w->stop && w->n >= w->stop;
+}
+
+/*  Ordered walks (status, dates: every record is in the index): a whole walk visits every
+ *  record of the project once, in key order (or its reverse), from `from` on; a walk stopped by
+ *  done() stops at the end of a set: what it visited is a prefix of the whole walk, and the
+ *  record after it holds another value. */
+static void
+s_check_walk(pd_table_t *t, st_idx_t *ix, const char *attr, size_t records)
+{
+    for (int desc = 0; desc < 2; desc++) {
+        walk_t all = {t, attr, {0}, 0, 0};
+        pd_buf_init(&all.keys);
+        PD_CHECK(!st_idx_walk(ix, desc, PD_STR_NULL, s_walk_visit, s_walk_done, &all));
+        PD_CHECK(all.n == records);
+        size_t off = 0, i = 0;
+        pd_str_t prev = PD_STR_NULL, mid = PD_STR_NULL;
+        for (pd_str_t k; pd_query_index_key_next(&all.keys, &off, &k); prev = k, i++) {
+            if (prev.ptr) {
+                int c = pd_query_index_key_cmp(prev, k);
+                PD_CHECK(desc ? c >= 0 : c <= 0);
+            }
+            if (i == records / 3)
+                mid = k;
+        }
+        /* from a value met halfway: the walk starts at its set */
+        if (mid.ptr) {
+            walk_t from = {t, attr, {0}, 0, 0};
+            pd_buf_init(&from.keys);
+            st_idx_walk(ix, desc, mid, s_walk_visit, s_walk_done, &from);
+            off = 0;
+            pd_str_t k;
+            PD_CHECK(pd_query_index_key_next(&from.keys, &off, &k));
+            PD_CHECK(pd_query_index_key_cmp(k, mid) == 0);
+            size_t before = 0;
+            off = 0;
+            for (pd_str_t a; pd_query_index_key_next(&all.keys, &off, &a);)
+                before += desc ? pd_query_index_key_cmp(a, mid) > 0 : pd_query_index_key_cmp(a, mid) < 0;
+            PD_CHECK(from.n == records - before);
+            pd_buf_free(&from.keys);
+        }
+        /* stopped after 10 records: at a set's end */
+        walk_t part = {t, attr, {0}, 0, 10};
+        pd_buf_init(&part.keys);
+        bool stopped = st_idx_walk(ix, desc, PD_STR_NULL, s_walk_visit, s_walk_done, &part);
+        PD_CHECK(stopped == (part.n < records) && (part.n >= 10 || part.n == records));
+        PD_CHECK(part.keys.len <= all.keys.len &&
+                 memcmp(part.keys.data, all.keys.data, part.keys.len) == 0);
+        if (part.n < records) {
+            off = part.keys.len;
+            pd_str_t next, last = PD_STR_NULL;
+            PD_CHECK(pd_query_index_key_next(&all.keys, &off, &next));
+            off = 0;
+            for (pd_str_t k; pd_query_index_key_next(&part.keys, &off, &k);)
+                last = k;
+            PD_CHECK(pd_query_index_key_cmp(last, next) != 0);
+        }
+        pd_buf_free(&part.keys);
+        pd_buf_free(&all.keys);
+    }
+}
+
+static int
+s_count_p1(const pd_record_t *rec, void *arg)
+{
+    *(size_t *)arg += pd_str_eqc(rec->project, "p1");
+    return 0;
+}
+
 int
 main(void)
 {
@@ -175,7 +277,8 @@ main(void)
     pd_table_set_hook(t, s_hook, x);
     st_idx_t *early = st_index_want(x, t, PD_STR("p1"), PD_STR("metadata.room"));
     st_idx_t *status = st_index_want(x, t, PD_STR("p1"), PD_STR("status"));
-    PD_CHECK(early && status);
+    st_idx_t *updated = st_index_want(x, t, PD_STR("p1"), PD_STR("$updatedAt"));
+    PD_CHECK(early && status && updated);
     PD_CHECK(st_index_want(x, t, PD_STR("p1"), PD_STR("metadata.room")) == early);
     PD_CHECK(!st_index_want(x, t, PD_STR("p1"), PD_STR("userId")));
     trec_t tr;
@@ -189,6 +292,7 @@ main(void)
         const char *project = (r >> 40) % 5 ? "p1" : "p2";
         if (kind < 7) {
             s_rec(&tr, project, id, val, (int)((r >> 50) % 3));
+            tr.rec.updated_ms += (int64_t)((r >> 8) % 60); //  ties too
             PD_CHECK(pd_table_put(t, &tr.rec, &st, NULL) == 0);
         } else {
             char rid[16];
@@ -202,6 +306,11 @@ main(void)
             s_check(t, status, "status", step);
             s_check_ranges(t, early, "metadata.room", step);
             s_check_ranges(t, status, "status", step);
+            size_t records = 0;
+            pd_table_foreach(t, s_count_p1, &records);
+            PD_CHECK(st_idx_size(status) == records && st_idx_size(updated) == records);
+            s_check_walk(t, status, "status", records);
+            s_check_walk(t, updated, "$updatedAt", records);
         }
     }
     /* an index built late, from the records present, agrees too */
@@ -212,7 +321,7 @@ main(void)
     s_check_ranges(t, built, "metadata.room", -1);
     size_t nix, entries, bytes;
     st_index_stats(x, &nix, &entries, &bytes);
-    PD_CHECK(nix == 2 && entries > 0 && bytes > entries * 16);
+    PD_CHECK(nix == 3 && entries > 0 && bytes > entries * 16);
     st_index_destroy(&y);
     st_index_destroy(&x);
     pd_table_close(&t);
