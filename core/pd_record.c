@@ -11,6 +11,20 @@ s_cat(char *d, const char *p, size_t n)
 }
 
 #define S_LIT(d, lit) s_cat((d), (lit), sizeof(lit) - 1)
+#define S_LEN(lit) (sizeof(lit) - 1)
+
+/*  The Presence JSON's fixed text, in order: pd_record_render writes it, pd_record_locate
+ *  counts it. */
+#define S_K_ID "{\"$id\":\""
+#define S_K_CREATED "\",\"$createdAt\":\""
+#define S_K_UPDATED "\",\"$updatedAt\":\""
+#define S_K_PERMS "\",\"$permissions\":"
+#define S_K_USER ",\"userId\":\""
+#define S_K_STATUS "\",\"status\":"
+#define S_K_SOURCE ",\"source\":\""
+#define S_K_EXPIRES "\",\"expiresAt\":\""
+#define S_K_META "\",\"metadata\":"
+#define S_K_END "}"
 
 /*  Renders on every write (pd_table_put), so it makes room once and then copies: the fixed
  *  text below is 119 bytes, and each date takes at most 32 (pd_time_format writes 29 bytes and
@@ -24,26 +38,54 @@ pd_record_render(const pd_record_t *rec, pd_buf_t *b)
     pd_buf_reserve(b, 119 + 3 * 32 + rec->id.len + rec->user_id.len + perms.len + status.len +
                           rec->source.len + meta.len);
     char *d = b->data + b->len;
-    d = S_LIT(d, "{\"$id\":\"");
+    d = S_LIT(d, S_K_ID);
     d = s_cat(d, rec->id.ptr, rec->id.len); /* UIDs need no escaping */
-    d = S_LIT(d, "\",\"$createdAt\":\"");
+    d = S_LIT(d, S_K_CREATED);
     d += pd_time_format(rec->created_ms, d);
-    d = S_LIT(d, "\",\"$updatedAt\":\"");
+    d = S_LIT(d, S_K_UPDATED);
     d += pd_time_format(rec->updated_ms, d);
-    d = S_LIT(d, "\",\"$permissions\":");
+    d = S_LIT(d, S_K_PERMS);
     d = s_cat(d, perms.ptr, perms.len);
-    d = S_LIT(d, ",\"userId\":\"");
+    d = S_LIT(d, S_K_USER);
     d = s_cat(d, rec->user_id.ptr, rec->user_id.len);
-    d = S_LIT(d, "\",\"status\":");
+    d = S_LIT(d, S_K_STATUS);
     d = s_cat(d, status.ptr, status.len);
-    d = S_LIT(d, ",\"source\":\"");
+    d = S_LIT(d, S_K_SOURCE);
     d = s_cat(d, rec->source.ptr, rec->source.len);
-    d = S_LIT(d, "\",\"expiresAt\":\"");
+    d = S_LIT(d, S_K_EXPIRES);
     d += pd_time_format(rec->expires_ms, d);
-    d = S_LIT(d, "\",\"metadata\":");
+    d = S_LIT(d, S_K_META);
     d = s_cat(d, meta.ptr, meta.len);
-    d = S_LIT(d, "}");
+    d = S_LIT(d, S_K_END);
     b->len = (size_t)(d - b->data);
+}
+
+//  The rendered length of a JSON part pd_record_render substitutes when empty.
+static inline size_t
+s_or(size_t len, const char *dflt)
+{
+    return len ? len : strlen(dflt);
+}
+
+bool
+pd_record_locate(pd_record_t *rec)
+{
+    size_t perms = S_LEN(S_K_ID) + rec->id.len + S_LEN(S_K_CREATED) +
+                   pd_time_len(rec->created_ms) + S_LEN(S_K_UPDATED) +
+                   pd_time_len(rec->updated_ms) + S_LEN(S_K_PERMS);
+    size_t status = perms + s_or(rec->perms_json.len, "[]") + S_LEN(S_K_USER) +
+                    rec->user_id.len + S_LEN(S_K_STATUS);
+    size_t source = status + s_or(rec->status_json.len, "null") + S_LEN(S_K_SOURCE);
+    size_t meta = source + rec->source.len + S_LEN(S_K_EXPIRES) +
+                  pd_time_len(rec->expires_ms) + S_LEN(S_K_META);
+    if (meta + s_or(rec->meta_json.len, "{}") + S_LEN(S_K_END) != rec->json.len)
+        return false;
+    const char *j = rec->json.ptr;
+    rec->perms_json.ptr = j + perms;
+    rec->status_json.ptr = j + status;
+    rec->source.ptr = j + source;
+    rec->meta_json.ptr = j + meta;
+    return true;
 }
 
 bool

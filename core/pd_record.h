@@ -35,6 +35,12 @@ typedef struct {
 //  Appends the Presence model JSON of rec to b, keys in Appwrite's order:
 //  $id, $createdAt, $updatedAt, $permissions, userId, status, source, expiresAt, metadata.
 void pd_record_render(const pd_record_t *rec, pd_buf_t *b);
+/*  The inverse for the parts of the JSON that are fields of rec, as pd_record_render wrote them
+ *  verbatim: given rec->json and every other field's length (and the dates), points
+ *  perms_json, status_json, source and meta_json into the JSON, their lengths unchanged (a store
+ *  keeps them only there, pd_table.c). These views are not NUL-terminated. False, and nothing
+ *  changed, if the lengths do not add up to the JSON's. */
+bool pd_record_locate(pd_record_t *rec);
 /*  A list page is {"total":N,"presences":[<json>,<json>,...]}, the records' JSON as they are kept
  *  (the broker writes one, a gateway that fetched a page writes one). pd_page_head writes what
  *  comes before the records into head (PD_PAGE_HEAD_MAX bytes) and returns its length;

@@ -51,13 +51,21 @@
 #include <unistd.h>
 
 #define S_MAGIC 0x31454c4241544450ULL //  "PDTABLE1"
-#define S_LAYOUT_VERSION 4 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max
+#define S_LAYOUT_VERSION 5 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
+                           //  5: blocks keep four fields only inside the JSON (S_VIEW)
                            //  (a version 2 or 3 segment is taken; it grows by a copy into a 4)
 #define S_PAGE 4096
 #define S_ALIGN 32                //  arena block granularity
 #define S_NCLASS 100              //  size classes: 128 B .. ~3.5 GiB, four per power of two
 #define S_NSTR 13                 //  string fields in a blob
 #define S_NONE UINT32_MAX         //  "no slot"
+/*  A block's string of length len[i] & ~S_VIEW that it keeps only inside its JSON (layout 5):
+ *  source, status_json, perms_json and meta_json, which pd_record_render writes verbatim, when
+ *  not empty. They take no bytes of their own; reads point them into the JSON
+ *  (pd_record_locate). */
+#define S_VIEW 0x80000000u
+#define S_VIEW_FIRST 4 //  s_field_off's source
+#define S_VIEW_LAST 7  //  ... to meta_json
 #define S_MAX_CAPACITY (1u << 30) //  index entries keep a 32-bit slot number
 #define S_ID_MAX 36               //  claim user and value
 #define S_PROJECT_MAX 64          //  claim project
@@ -123,7 +131,8 @@ typedef struct {
     int64_t updated_ms;
     int64_t expires_ms;
     uint64_t version;
-    uint32_t len[S_NSTR]; //  string lengths, in s_field_off order; each is NUL-terminated
+    uint32_t len[S_NSTR]; //  string lengths, in s_field_off order; each is NUL-terminated,
+                          //  or | S_VIEW: in the JSON only
     uint32_t bytes;       //  header + strings, for validation
 } s_block_t;
 
@@ -193,6 +202,7 @@ struct pd_table {
     uint64_t arena_max; //  the arena grows up to this (pd_table_size_t)
     char name[128];     //  the segment's name (pd_table_grow makes name.grow, then renames it)
     uint64_t cap_want;  //  the largest capacity asked for (pd_table_size_t.capacity_max)
+    bool views;         //  layout 5 or later: blocks are written with S_VIEW fields
 };
 
 void
@@ -305,16 +315,32 @@ s_fill(pd_table_t *self, uint64_t off, pd_record_t *out)
 {
     const s_block_t *b = s_blk(self, off);
     const char *p = s_blk_data(b);
+    uint32_t views = 0;
     S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
-        *s_field(out, i) = (pd_str_t){p, b->len[i]};
-        p += b->len[i] + 1;
+        uint32_t len = b->len[i];
+        if (len & S_VIEW) {
+            views = 1;
+            *s_field(out, i) = (pd_str_t){NULL, len & ~S_VIEW};
+            continue;
+        }
+        *s_field(out, i) = (pd_str_t){p, len};
+        p += len + 1;
     }
     out->created_ms = b->created_ms;
     out->updated_ms = b->updated_ms;
     out->expires_ms = b->expires_ms;
     out->version = b->version;
     out->slot = b->slot;
+    if (views)
+        (void)pd_record_locate(out); /* it adds up: s_blob_ok checked it */
+}
+
+//  Field i of r is kept only inside r's JSON (S_VIEW).
+static inline bool
+s_viewed(const pd_table_t *self, const pd_record_t *r, int i)
+{
+    return self->views && i >= S_VIEW_FIRST && i <= S_VIEW_LAST && s_field_c(r, i).len;
 }
 
 /*  Record ids, user ids and statuses are chosen by clients: the indexes hash them under the
@@ -717,15 +743,15 @@ s_alloc(pd_table_t *self, uint64_t n)
 }
 
 static uint64_t
-s_blob_bytes(const pd_record_t *r)
+s_blob_bytes(const pd_table_t *self, const pd_record_t *r)
 {
     uint64_t n = sizeof(s_block_t);
     S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
         uint64_t len = s_field_c(r, i).len;
-        if (len >= UINT32_MAX)
+        if (len >= S_VIEW)
             return UINT64_MAX;
-        n += len + 1;
+        n += s_viewed(self, r, i) ? 0 : len + 1;
     }
     return n;
 }
@@ -738,6 +764,10 @@ s_blob_write(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r
     S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
         pd_str_t s = s_field_c(r, i);
+        if (s_viewed(self, r, i)) {
+            b->len[i] = (uint32_t)s.len | S_VIEW;
+            continue;
+        }
         b->len[i] = (uint32_t)s.len;
         if (s.len)
             memcpy(p, s.ptr, s.len);
@@ -837,6 +867,7 @@ s_bind(pd_table_t *self)
 {
     s_header_t *h = self->hdr;
     self->journal = (s_journal_t *)(self->base + S_JOURNAL_OFF);
+    self->views = h->version >= 5;
     self->slots = (s_slot_t *)(self->base + h->off_slots);
     self->pidx = (uint64_t *)(self->base + h->off_pidx);
     self->uidx = (uint64_t *)(self->base + h->off_uidx);
@@ -1078,7 +1109,11 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
         self->undone = undone;
         if (self->hdr->version == 2) /* verified: it has a journal from now on */
             self->hdr->version = 3;
+        if (self->hdr->version == 4) /* its blocks may hold views from now on (S_VIEW): a store
+                                      * of an older release refuses it */
+            self->hdr->version = 5;
     }
+    self->views = self->hdr->version >= 5;
     if (created)
         *created = made;
     return self;
@@ -1440,7 +1475,7 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     pd_buf_reset(&self->json);
     pd_record_render(&r, &self->json);
     r.json = (pd_str_t){self->json.data, self->json.len};
-    uint64_t off = s_alloc(self, s_blob_bytes(&r));
+    uint64_t off = s_alloc(self, s_blob_bytes(self, &r));
     if (!off)
         goto full;
     pd_record_t p; //  views of the old record, for the hook and *prev
@@ -1953,12 +1988,35 @@ s_blob_ok(pd_table_t *self, const s_bits_t *bits, uint64_t off, uint32_t s)
     if (b->slot != s || b->bytes < sizeof(s_block_t) || b->bytes > s_class_size(b->cls))
         return false;
     uint64_t n = sizeof(s_block_t);
+    bool views = false;
     for (int i = 0; i < S_NSTR; i++) {
+        if (b->len[i] & S_VIEW) {
+            if (i < S_VIEW_FIRST || i > S_VIEW_LAST)
+                return false;
+            views = true;
+            continue;
+        }
         n += (uint64_t)b->len[i] + 1;
         if (n > b->bytes || ((const char *)b)[n - 1] != 0)
             return false;
     }
-    return n == b->bytes;
+    if (n != b->bytes)
+        return false;
+    if (views) { /* the views must lie inside the JSON */
+        pd_record_t r;
+        const char *p = s_blk_data(b);
+        for (int i = 0; i < S_NSTR; i++) {
+            uint32_t len = b->len[i] & ~S_VIEW;
+            *s_field(&r, i) = (pd_str_t){p, len};
+            if (!(b->len[i] & S_VIEW))
+                p += len + 1;
+        }
+        r.created_ms = b->created_ms;
+        r.updated_ms = b->updated_ms;
+        r.expires_ms = b->expires_ms;
+        return pd_record_locate(&r);
+    }
+    return true;
 }
 
 #define S_CHECK(cond, what)                                                                        \
@@ -2473,8 +2531,11 @@ s_test_same(const pd_record_t *got, const pd_record_t *want, uint64_t version)
 {
     for (int i = 0; i < S_NSTR - 1; i++)
         PD_CHECK(pd_str_eq(s_field_c(got, i), s_field_c(want, i)));
-    for (int i = 0; i < S_NSTR; i++)
-        PD_CHECK(s_field_c(got, i).ptr[s_field_c(got, i).len] == 0);
+    for (int i = 0; i < S_NSTR; i++) /* each is NUL-terminated, but the views into the JSON */
+        PD_CHECK(s_field_c(got, i).ptr[s_field_c(got, i).len] == 0 ||
+                 (i >= S_VIEW_FIRST && i <= S_VIEW_LAST &&
+                  s_field_c(got, i).ptr > got->json.ptr &&
+                  s_field_c(got, i).ptr + s_field_c(got, i).len < got->json.ptr + got->json.len));
     PD_CHECK(got->created_ms == want->created_ms && got->updated_ms == want->updated_ms);
     PD_CHECK(got->expires_ms == want->expires_ms && got->version == version);
     pd_buf_t b;
@@ -3599,6 +3660,36 @@ pd_table_test(bool verbose)
         pd_table_unlink(name);
     }
 
+    //  A segment of layout 4 keeps its records' four JSON fields beside the JSON; attached, it
+    //  is layout 5: old blocks still read, new ones keep those fields only in the JSON (S_VIEW),
+    //  in less arena, and both pass the checks.
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+    PD_CHECK(t && created && t->views);
+    t->views = false;
+    s_test_rec(a, "p", "old", "uo", "online", 1, 300);
+    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    used = pd_table_arena_used(t);
+    t->hdr->version = 4;
+    pd_table_close(&t);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+    PD_CHECK(t && !created && !t->rebuilt && t->views && t->hdr->version == 5);
+    PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("old"), &st) == 0);
+    s_test_same(&st, &a->rec, 1);
+    PD_CHECK(st.meta_json.ptr < st.json.ptr || st.meta_json.ptr >= st.json.ptr + st.json.len);
+    s_test_rec(a, "p", "new", "un", NULL, 1, 300); //  status null: "null" is a view too
+    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+    PD_CHECK(pd_table_arena_used(t) - used < used); //  a smaller block
+    PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("new"), &st) == 0);
+    s_test_same(&st, &a->rec, 1);
+    PD_CHECK(st.meta_json.ptr > st.json.ptr && st.perms_json.ptr > st.json.ptr);
+    s_test_ok(t);
+    pd_table_close(&t);
+    t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+    PD_CHECK(t && !created && !t->rebuilt && pd_table_count(t) == 2);
+    s_test_ok(t);
+    pd_table_close(&t);
+    pd_table_unlink(name);
+
     //  STORE_FULL changes nothing: out of slots, out of arena, out of claim entries.
     t = pd_table_open(name, (pd_table_size_t){4, 16384, 0, 0}, &created);
     PD_CHECK(t && created);
@@ -3613,7 +3704,7 @@ pd_table_test(bool verbose)
     PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
     PD_CHECK(pd_table_count(t) == 4 && pd_table_get(t, PD_STR("p"), PD_STR("f4"), &st) == -1);
     PD_CHECK(pd_table_arena_used(t) == used);
-    s_test_rec(a, "p", "f1", "f1", "away", 2, 7000);
+    s_test_rec(a, "p", "f1", "f1", "away", 2, 14000);
     PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == PD_ERR_STORE_FULL);
     PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("f1"), &st) == 0);
     PD_CHECK(st.version == 1 && pd_str_eqc(st.status, "online") && pd_table_arena_used(t) == used);

@@ -94,6 +94,16 @@ s_put2(char *p, unsigned v)
     memcpy(p, digits + 2 * v, 2);
 }
 
+size_t
+pd_time_len(int64_t ms)
+{
+    /* 0000-01-01T00:00:00.000 and 10000-01-01T00:00:00.000, in ms */
+    if (ms >= -62167219200000LL && ms < 253402300800000LL)
+        return 29;
+    char buf[32];
+    return pd_time_format(ms, buf);
+}
+
 /*  Every record carries three dates and is rendered on each write, so this is on the hot path:
  *  civil date from days (Hinnant, the inverse of the above) and digits by hand, no gmtime_r,
  *  no printf. Years outside 0..9999 take the slow path. */

@@ -62,6 +62,8 @@ int64_t pd_mono_us(void);
 //  Appwrite date format "2024-01-01T00:00:00.000+00:00" (29 chars). buf needs 32 bytes.
 //  Returns the length written (at most 31, not counting the NUL written after it).
 size_t pd_time_format(int64_t ms, char *buf);
+//  The length pd_time_format writes for ms (29 for years 0..9999), without writing it.
+size_t pd_time_len(int64_t ms);
 
 //  Parses a date the way a client sends expiresAt: ISO 8601 / RFC 3339 with 'T' or a space,
 //  optional fraction, and 'Z', "+hh:mm", "+hhmm" or no zone (UTC). Returns 0 and sets *ms,

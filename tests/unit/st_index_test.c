@@ -243,7 +243,7 @@ s_check_walk(pd_table_t *t, st_idx_t *ix, const char *attr, size_t records)
         bool stopped = st_idx_walk(ix, desc, PD_STR_NULL, s_walk_visit, s_walk_done, &part);
         PD_CHECK(stopped == (part.n < records) && (part.n >= 10 || part.n == records));
         PD_CHECK(part.keys.len <= all.keys.len &&
-                 memcmp(part.keys.data, all.keys.data, part.keys.len) == 0);
+                 (!part.keys.len || memcmp(part.keys.data, all.keys.data, part.keys.len) == 0));
         if (part.n < records) {
             off = part.keys.len;
             pd_str_t next, last = PD_STR_NULL;
