@@ -1,10 +1,11 @@
 'use strict';
 // Capacity growth online (issue 12 item 2): a store node started with --store-capacity CAP is
 // filled by wrk (bench/lib/fill.js: unique users, so each record also takes a claim) past 7/8 of
-// CAP, where it doubles its capacity by copying its segment into a larger one and rebuilding the
-// indexes (pd_table_grow). Printed: the growth's duration from the store's log line, and what
-// one keep-alive client sending GET /v1/presences/{id} back to back saw meanwhile (its slowest
-// answer, and any answer that was not a 200).
+// CAP, where it doubles its capacity in place (pd_table_grow: the node stops while its status
+// lists are linked again and its indexes set aside; their entries then move back between
+// requests, pd_table_grow_step). Printed: the store's log lines (the stop, and the whole rehash),
+// and what one keep-alive client sending GET /v1/presences/{id} back to back saw meanwhile (its
+// slowest answer, and any answer that was not a 200).
 // Not a test: nothing is asserted.
 // Usage: PRESENCED_BIN=build/presenced node bench/capacity.js [CAP=1048576]
 const path = require('node:path');
@@ -43,7 +44,7 @@ const CAP = Number(process.argv[2] || 1048576);
         await sleep(3000);
         stop = true;
         await prober;
-        const grew = c.log().split('\n').filter((l) => /capacity grew/.test(l));
+        const grew = c.log().split('\n').filter((l) => /capacity grew|indexes rehashed/.test(l));
         console.log(`${filled} records written in ${secs.toFixed(1)} s (capacity ${CAP})`);
         for (const l of grew) console.log(l.replace(/^.*store node/, 'store node'));
         console.log(`prober: ${n} GETs, slowest ${slowest.toFixed(1)} ms, non-200: ${JSON.stringify(errors)}`);

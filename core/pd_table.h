@@ -56,14 +56,21 @@ size_t pd_table_count(pd_table_t *self);
 size_t pd_table_capacity(pd_table_t *self);
 /*  Grows the capacity to `capacity` (slots, claims, and the hash indexes with them), online,
  *  every record keeping its slot, version and bytes. Up to the capacity_max the segment was made
- *  with, in place: the hash indexes and status lists are rehashed into their larger size, from
- *  the hashes their entries and the slots keep (O(records + claims), no key is read). Beyond it, or for
- *  a segment of an older layout, by a copy into a new segment of the current layout, with room
- *  for the larger of `capacity` and pd_table_size_t.capacity_max, that replaces this one
- *  (O(bytes held)). Blocks the caller meanwhile; the caller must hold no view into the table
+ *  with, in place: the status lists are linked again at their larger size (O(records), from the
+ *  hashes the slots keep), and the hash indexes are cleared at theirs with their entries set
+ *  aside (a copy: O(records + claims), no key is read), to be moved back by pd_table_grow_step
+ *  over the next calls; every operation meanwhile finds its key's entry wherever it is. Beyond
+ *  it, or for a segment of an older layout, by a copy into a new segment of the current layout,
+ *  with room for the larger of `capacity` and pd_table_size_t.capacity_max, that replaces this
+ *  one (O(bytes held)). Blocks the caller meanwhile; the caller must hold no view into the table
  *  (call it between requests). Returns 0 (also if it is that large already), or -1 with nothing
  *  changed (no room in /dev/shm, a size beyond the largest). */
 int pd_table_grow(pd_table_t *self, size_t capacity);
+/*  Moves up to n set-aside entries of each hash index back after pd_table_grow (about 40 ns an
+ *  entry); true once none is left (also when no growth is under way). Between requests, as
+ *  pd_table_grow. A process that dies before the last one leaves a segment whose indexes the
+ *  next open rebuilds; pd_table_close moves the rest first. */
+bool pd_table_grow_step(pd_table_t *self, size_t n);
 //  Bytes used in the arena, and the arena size.
 size_t pd_table_arena_used(pd_table_t *self);
 size_t pd_table_arena_size(pd_table_t *self);

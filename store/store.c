@@ -127,6 +127,7 @@ typedef struct {
     bool silent;          //  a change that is a move: no event
     char mkey[256];       //  s_move_key's result
     int64_t grow_after;   //  mono ms: no capacity growth before this (after one that failed)
+    int64_t regrow_ms;    //  mono ms a growth's rehash began, while it runs (s_capacity_step)
 } store_t;
 
 static volatile sig_atomic_t s_stop;
@@ -1457,22 +1458,31 @@ s_on_room(store_t *self, const pd_msg_t *m)
 
 /*  The table's capacity (slots and claim entries, with their hash indexes) doubles when records
  *  or claims reach 7/8 of it, up to --store-capacity-max: between two loop turns, when no view
- *  into the table is held. It blocks this node for the rehash of its indexes (pd_table_grow, in
- *  place: 0.14 s at 900,000 records, 1.1 s at 3 million), or for a copy into a new segment for
- *  a segment of an older layout, once per doubling. One that fails (no room in /dev/shm) is
- *  tried again 10 s later; meanwhile writes of new records past the capacity are refused (503),
- *  as before. */
+ *  into the table is held. It blocks this node while the status lists are linked again and the
+ *  indexes set aside (pd_table_grow, in place), and the indexes' entries then move back
+ *  GROW_STEP at a time, one slice per loop turn between requests (pd_table_grow_step); or, for a
+ *  segment of an older layout, for a copy into a new segment, once. One that fails (no room in
+ *  /dev/shm) is tried again 10 s later; meanwhile writes of new records past the capacity are
+ *  refused (503), as before. True while a rehash is under way (the loop does not sleep). */
 #define GROW_AT(cap) ((cap) - (cap) / 8)
 #define GROW_RETRY_MS 10000
-static void
+#define GROW_STEP 16384 //  entries of each index moved back per loop turn (about 2 ms)
+static bool
 s_capacity_step(store_t *self)
 {
+    if (self->regrow_ms) {
+        if (!pd_table_grow_step(self->table, GROW_STEP))
+            return true;
+        pd_log_info("store node %d: indexes rehashed in %lld ms, between requests", self->node,
+                    (long long)(pd_mono_ms() - self->regrow_ms));
+        self->regrow_ms = 0;
+    }
     size_t cap = pd_table_capacity(self->table), max = self->cfg->store_capacity_max;
     size_t used = pd_table_count(self->table);
     if (pd_table_claims(self->table) > used)
         used = pd_table_claims(self->table);
     if (used < GROW_AT(cap) || cap >= max || pd_mono_ms() < self->grow_after)
-        return;
+        return false;
     size_t want = cap * 2 < max ? cap * 2 : max;
     int64_t t0 = pd_mono_ms();
     if (pd_table_grow(self->table, want) < 0) {
@@ -1480,10 +1490,15 @@ s_capacity_step(store_t *self)
                     "above): trying again in %d s", self->node, cap, used, want,
                     GROW_RETRY_MS / 1000);
         self->grow_after = pd_mono_ms() + GROW_RETRY_MS;
-        return;
+        return false;
     }
-    pd_log_info("store node %d: capacity grew from %zu to %zu records in %lld ms", self->node,
-                cap, want, (long long)(pd_mono_ms() - t0));
+    pd_log_info("store node %d: capacity grew from %zu to %zu records in %lld ms (the indexes' "
+                "entries move back between requests)", self->node, cap, want,
+                (long long)(pd_mono_ms() - t0));
+    if (pd_table_grow_step(self->table, 0))
+        return false; /* grown by a copy: nothing left to move */
+    self->regrow_ms = pd_mono_ms();
+    return true;
 }
 
 /* -------------------------------------------------------------------------- loop */
@@ -1865,7 +1880,7 @@ store_main(pd_config_t *cfg)
         bool syncing = s_sync_step(self); /* a slice of a SYNC answer, if one is asked */
         syncing |= s_count_step(self);    /* a slice of the count after a restart */
         idle = !s_flush(self, false) && !got && !syncing;
-        s_capacity_step(self); /* between turns: no view into the table is held */
+        idle &= !s_capacity_step(self); /* between turns: no view into the table is held */
     }
     s_flush(self, true);
     pd_log_info("store node %d stopping", self->node);
