@@ -91,7 +91,9 @@ typedef struct {
     uint64_t capacity;     //  slots, heap entries and claim entries
     uint64_t arena_bytes;  //  arena size (a multiple of the page size)
     uint64_t idx_size;     //  entries per hash index (power of two >= 2 x capacity)
-    uint64_t sheads;       //  status-list buckets (power of two >= capacity)
+    uint64_t sheads;       //  status-list buckets (power of two >= the capacity; from version
+                           //  5, >= the capacity the segment was made with: a growth in place
+                           //  keeps them)
     uint64_t total_bytes;  //  segment size
     uint64_t off_slots, off_pidx, off_uidx, off_sheads, off_heap, off_claims, off_cidx, off_arena;
     uint32_t dirty;                 //  1 while derived structures are being changed
@@ -907,7 +909,9 @@ s_layout_matches(const s_header_t *h, const s_layout_t *l)
 {
     return s_cap_max(h) == l->cap_max && h->arena_bytes == l->arena_bytes &&
            h->idx_size == l->idx_size &&
-           h->sheads == l->sheads && h->total_bytes == l->total && h->off_slots == l->off_slots &&
+           (h->sheads == l->sheads ||
+            (h->version >= 5 && h->sheads < l->sheads && !(h->sheads & (h->sheads - 1)))) &&
+           h->total_bytes == l->total && h->off_slots == l->off_slots &&
            h->off_pidx == l->off_pidx && h->off_uidx == l->off_uidx &&
            h->off_sheads == l->off_sheads && h->off_heap == l->off_heap &&
            h->off_claims == l->off_claims && h->off_cidx == l->off_cidx &&
@@ -1264,8 +1268,11 @@ static int
 s_grow_in_place(pd_table_t *self, uint64_t capacity)
 {
     s_header_t *h = self->hdr;
-    uint64_t old_idx = h->idx_size, idx = s_pow2(2 * capacity), sheads = s_pow2(capacity);
-    uint64_t need = 3 * (idx - old_idx) * 8 + sheads * 4;
+    uint64_t old_idx = h->idx_size, idx = s_pow2(2 * capacity);
+    /* The status lists keep their buckets from version 5 (there are far fewer (project,
+     * status) pairs than records): no relink of every slot while the node waits. */
+    uint64_t sheads = h->version >= 5 ? h->sheads : s_pow2(capacity);
+    uint64_t need = 3 * (idx - old_idx) * 8 + (sheads - h->sheads) * 4;
     if (!s_fs_room(self, need)) {
         pd_log_warn("%s: %s: no room in /dev/shm for %llu bytes of larger indexes", __func__,
                     self->name, (unsigned long long)need);
@@ -1283,6 +1290,7 @@ s_grow_in_place(pd_table_t *self, uint64_t capacity)
         (void)madvise(old, 3 * old_idx * 8, MADV_HUGEPAGE);
         (void)madvise(old, 3 * old_idx * 8, MADV_POPULATE_WRITE);
     }
+    uint64_t old_sheads = h->sheads;
     s_dirty_as(self, 0);
     h->capacity = capacity;
     h->idx_size = idx;
@@ -1298,11 +1306,13 @@ s_grow_in_place(pd_table_t *self, uint64_t capacity)
         if (h->version >= 5)
             h->regrow = 1;
     }
-    (void)madvise(self->sheads, sheads * 4, MADV_POPULATE_WRITE);
-    memset(self->sheads, 0, sheads * 4);
-    for (uint32_t s = 0; s < h->slots_top; s++)
-        if (self->slots[s].blob)
-            s_st_link(self, s);
+    if (sheads != old_sheads) {
+        (void)madvise(self->sheads, sheads * 4, MADV_POPULATE_WRITE);
+        memset(self->sheads, 0, sheads * 4);
+        for (uint32_t s = 0; s < h->slots_top; s++)
+            if (self->slots[s].blob)
+                s_st_link(self, s);
+    }
     if (old && h->version < 5)
         pd_table_grow_step(self, SIZE_MAX);
     s_clean(self);
@@ -3778,6 +3788,7 @@ pd_table_test(bool verbose)
             PD_CHECK(pd_table_claim(t, PD_STR("p"), pd_str(user), pd_str(id), out, &fresh) == 0);
         }
         PD_CHECK(pd_table_grow(t, 512) == 0 && t->rg_old && t->hdr->regrow == 1);
+        PD_CHECK(t->hdr->sheads == 256); /* the status lists keep their buckets */
         int steps = 0;
         bool done = false;
         for (int round = 0; !done; round++, steps++) {
@@ -3820,7 +3831,10 @@ pd_table_test(bool verbose)
         pd_table_close(&t);
         t = pd_table_open(name, (pd_table_size_t){256, 1 << 20, 0, 4096}, &created);
         PD_CHECK(t && !created && t->rebuilt && strstr(t->why, "rehashed") && !t->hdr->regrow);
-        PD_CHECK(pd_table_capacity(t) == 1024 && pd_table_count(t) == n);
+        PD_CHECK(pd_table_capacity(t) == 1024 && pd_table_count(t) == n && t->hdr->sheads == 256);
+        size_t busy = 0;
+        pd_table_foreach_status(t, PD_STR("p"), PD_STR("busy"), s_test_count_fn, &busy);
+        PD_CHECK(busy == (size_t)steps);
         PD_CHECK(pd_table_get_by_user(t, PD_STR("p"), PD_STR("gu199"), &st) == 0);
         s_test_ok(t);
         /* a clean close in the middle of one moves the rest first: no rebuild */
