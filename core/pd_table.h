@@ -56,9 +56,9 @@ size_t pd_table_count(pd_table_t *self);
 size_t pd_table_capacity(pd_table_t *self);
 /*  Grows the capacity to `capacity` (slots, claims, and the hash indexes with them), online,
  *  every record keeping its slot, version and bytes. Up to the capacity_max the segment was made
- *  with, in place: the status lists are linked again at their larger size (O(records), from the
- *  hashes the slots keep), and the hash indexes are cleared at theirs with their entries set
- *  aside (a copy: O(records + claims), no key is read), to be moved back by pd_table_grow_step
+ *  with, in place: the hash indexes are cleared at their larger size with their entries set
+ *  aside (a copy: O(capacity), no key is read; the status lists keep their buckets, in a
+ *  segment of layout 5), to be moved back by pd_table_grow_step
  *  over the next calls; every operation meanwhile finds its key's entry wherever it is. Beyond
  *  it, or for a segment of an older layout, by a copy into a new segment of the current layout,
  *  with room for the larger of `capacity` and pd_table_size_t.capacity_max, that replaces this

@@ -1100,9 +1100,9 @@ s_list_walk(store_t *self, list_ctx_t *c)
 /*  Visits the records a list may match, from the narrowest source the queries allow: one
  *  record ($id, userId), the sets of an indexed attribute's equal() or range (st_index.h;
  *  counted without a visit when that filter is the only one, s_counted), an index of the page's
- *  order up to the page's end (s_list_walk), the status chain, or every record. On the last two, filters may read
- *  the metadata of at most --list-scan-max records of the project (c->over beyond): a guest
- *  must not make a node parse every record in a loop. */
+ *  order up to the page's end (s_list_walk), the status chain, or every record. On a range and
+ *  the last three, filters may read the metadata of at most --list-scan-max records of the
+ *  project (c->over beyond): a guest must not make a node parse every record in a loop. */
 static void
 s_list_candidates(store_t *self, list_ctx_t *c)
 {
@@ -1458,8 +1458,8 @@ s_on_room(store_t *self, const pd_msg_t *m)
 
 /*  The table's capacity (slots and claim entries, with their hash indexes) doubles when records
  *  or claims reach 7/8 of it, up to --store-capacity-max: between two loop turns, when no view
- *  into the table is held. It blocks this node while the status lists are linked again and the
- *  indexes set aside (pd_table_grow, in place), and the indexes' entries then move back
+ *  into the table is held. It blocks this node while the indexes are set aside and cleared
+ *  (pd_table_grow, in place), and their entries then move back
  *  GROW_STEP at a time, one slice per loop turn between requests (pd_table_grow_step); or, for a
  *  segment of an older layout, for a copy into a new segment, once. One that fails (no room in
  *  /dev/shm) is tried again 10 s later; meanwhile writes of new records past the capacity are
