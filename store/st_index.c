@@ -34,6 +34,7 @@ struct member {
     pd_mapent_t ent; //  in st_idx_t.members, by record id
     set_t *set;      //  the set it is in
     uint32_t pos;    //  its place in set->v
+    uint32_t slot;   //  the record's slot in the table (visits read it without a hash probe)
     uint8_t idlen;
     char id[];       //  the record id (at most 36 bytes)
 };
@@ -185,6 +186,8 @@ s_index_rec(st_index_t *self, st_idx_t *ix, pd_qrec_t *qr)
     bool has = pd_qrec_index_key(qr, pd_str(ix->attr), &self->key);
     pd_str_t key = {self->key.data, self->key.len};
     member_t *m = s_member_find(ix, rec->id);
+    if (m)
+        m->slot = rec->slot; //  the same while the record lives; a move gives it a new one
     if (m && m->set && has && m->set->klen == key.len && memcmp(m->set->key, key.ptr, key.len) == 0)
         return; //  unchanged: the usual update (a heartbeat, a status text)
     if (m)
@@ -202,6 +205,7 @@ s_index_rec(st_index_t *self, st_idx_t *ix, pd_qrec_t *qr)
             abort();
         memcpy(m->id, rec->id.ptr, rec->id.len);
         m->idlen = (uint8_t)rec->id.len;
+        m->slot = rec->slot;
         m->ent.hash = pd_map_hash(&ix->members, rec->id, PD_STR(""));
         pd_map_add(&ix->members, &m->ent);
         ix->bytes += sizeof *m + m->idlen;
@@ -294,7 +298,7 @@ st_idx_each(const st_idx_t *ix, pd_str_t key, st_idx_visit_fn fn, void *arg)
 {
     const set_t *s = s_set_find(ix, key, pd_map_hash(&ix->sets, key, PD_STR("")));
     for (uint32_t i = 0; s && i < s->n; i++)
-        if (fn((pd_str_t){s->v[i]->id, s->v[i]->idlen}, arg))
+        if (fn((pd_str_t){s->v[i]->id, s->v[i]->idlen}, s->v[i]->slot, arg))
             return;
 }
 
@@ -327,7 +331,7 @@ st_idx_range(const st_idx_t *ix, const pd_query_t *q, int filter, pd_str_t lo,
             continue;
         n += s->n;
         for (uint32_t i = 0; fn && i < s->n; i++)
-            if (fn((pd_str_t){s->v[i]->id, s->v[i]->idlen}, arg))
+            if (fn((pd_str_t){s->v[i]->id, s->v[i]->idlen}, s->v[i]->slot, arg))
                 return n;
     }
     return n;
@@ -364,7 +368,7 @@ st_idx_walk(const st_idx_t *ix, bool desc, pd_str_t from, st_idx_visit_fn fn,
     }
     for (; s; s = desc ? RB_PREV(set_tree, &ix->order, s) : RB_NEXT(set_tree, &ix->order, s)) {
         for (uint32_t i = 0; i < s->n; i++)
-            if (fn((pd_str_t){s->v[i]->id, s->v[i]->idlen}, arg))
+            if (fn((pd_str_t){s->v[i]->id, s->v[i]->idlen}, s->v[i]->slot, arg))
                 return true;
         if (done(arg))
             return true;

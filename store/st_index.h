@@ -43,8 +43,9 @@ void st_index_change(st_index_t *self, const pd_record_t *rec, const pd_record_t
 
 //  Records whose value has key (one of the keys pd_query_index_keys writes, without its length).
 size_t st_idx_count(const st_idx_t *ix, pd_str_t key);
-//  Visits their ids; fn returns non-zero to stop. fn must not change the table.
-typedef int (*st_idx_visit_fn)(pd_str_t id, void *arg);
+//  Visits their ids, each with the record's slot in the table (pd_table_get_slot: the slot
+//  still holds the record); fn returns non-zero to stop. fn must not change the table.
+typedef int (*st_idx_visit_fn)(pd_str_t id, uint32_t slot, void *arg);
 void st_idx_each(const st_idx_t *ix, pd_str_t key, st_idx_visit_fn fn, void *arg);
 
 /*  The records whose value lies in the range of q's filter number `filter` on this index

@@ -1010,12 +1010,17 @@ s_list_visit(const pd_record_t *rec, void *arg)
     return 0;
 }
 
+/*  A record an index names, read at its slot (no hash probe), which holds it as long as it lives:
+ *  the id is compared to be sure, and looked up by key if the slot holds another. */
 static int
-s_list_visit_id(pd_str_t id, void *arg)
+s_list_visit_id(pd_str_t id, uint32_t slot, void *arg)
 {
     list_ctx_t *c = arg;
+    pd_str_t project = c->m->s[PD_F_PROJECT];
     pd_record_t rec;
-    if (pd_table_get(c->self->table, c->m->s[PD_F_PROJECT], id, &rec) == 0)
+    if ((pd_table_get_slot(c->self->table, slot, &rec) == 0 && pd_str_eq(rec.id, id) &&
+         pd_str_eq(rec.project, project)) ||
+        pd_table_get(c->self->table, project, id, &rec) == 0)
         return s_list_visit(&rec, c);
     return 0;
 }
@@ -1045,9 +1050,9 @@ s_count_done(void *arg)
 }
 
 static int
-s_count_visit_id(pd_str_t id, void *arg)
+s_count_visit_id(pd_str_t id, uint32_t slot, void *arg)
 {
-    return s_list_visit_id(id, arg) || s_count_done(arg);
+    return s_list_visit_id(id, slot, arg) || s_count_done(arg);
 }
 
 /*  A page in an order an index holds (pd_query_index_order: the project indexes the first sort

@@ -115,9 +115,9 @@ s_check(pd_table_t *t, st_idx_t *ix, const char *attr, int step)
 }
 
 static int
-s_count_visit(pd_str_t id, void *arg)
+s_count_visit(pd_str_t id, uint32_t slot, void *arg)
 {
-    (void)id;
+    (void)id, (void)slot;
     ++*(size_t *)arg;
     return 0;
 }
@@ -173,11 +173,12 @@ typedef struct {
 } walk_t;
 
 static int
-s_walk_visit(pd_str_t id, void *arg)
+s_walk_visit(pd_str_t id, uint32_t slot, void *arg)
 {
     walk_t *w = arg;
-    pd_record_t rec;
+    pd_record_t rec, at;
     PD_CHECK(pd_table_get(w->t, PD_STR("p1"), id, &rec) == 0);
+    PD_CHECK(pd_table_get_slot(w->t, slot, &at) == 0 && pd_str_eq(at.id, id)); /* its slot */
     pd_qrec_t qr;
     pd_qrec_init(&qr, &rec);
     pd_buf_t k;
