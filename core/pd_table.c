@@ -343,8 +343,10 @@ s_fill(pd_table_t *self, uint64_t off, pd_record_t *out)
     out->expires_ms = b->expires_ms;
     out->version = b->version;
     out->slot = b->slot;
-    if (views)
-        (void)pd_record_locate(out); /* it adds up: s_blob_ok checked it */
+    if (views && !pd_record_locate(out)) /* s_blob_ok checks it; a damaged block reads empty */
+        for (int i = S_VIEW_FIRST; i <= S_VIEW_LAST; i++)
+            if (!s_field(out, i)->ptr)
+                *s_field(out, i) = PD_STR("");
 }
 
 //  Field i of r is kept only inside r's JSON (S_VIEW).
