@@ -1010,16 +1010,25 @@ s_list_visit(const pd_record_t *rec, void *arg)
     return 0;
 }
 
-/*  A record an index names, read at its slot (no hash probe), which holds it as long as it lives:
- *  the id is compared to be sure, and looked up by key if the slot holds another. */
+/*  The record (project, id) read at a slot it was known to hold (no hash probe): -1 if the slot
+ *  holds another record now, or none. A slot holds its record as long as the record lives. */
+static int
+s_get_at(store_t *self, pd_str_t project, pd_str_t id, uint32_t slot, pd_record_t *rec)
+{
+    if (pd_table_get_slot(self->table, slot, rec) < 0 || !pd_str_eq(rec->project, project) ||
+        !pd_str_eq(rec->id, id))
+        return -1;
+    return 0;
+}
+
+//  A record an index names, read at its slot; looked up by key if the slot holds another.
 static int
 s_list_visit_id(pd_str_t id, uint32_t slot, void *arg)
 {
     list_ctx_t *c = arg;
     pd_str_t project = c->m->s[PD_F_PROJECT];
     pd_record_t rec;
-    if ((pd_table_get_slot(c->self->table, slot, &rec) == 0 && pd_str_eq(rec.id, id) &&
-         pd_str_eq(rec.project, project)) ||
+    if (s_get_at(c->self, project, id, slot, &rec) == 0 ||
         pd_table_get(c->self->table, project, id, &rec) == 0)
         return s_list_visit(&rec, c);
     return 0;
@@ -1290,11 +1299,8 @@ s_fetch_get(store_t *self, pd_str_t project, const msgpack_object *it, pd_record
         it->via.array.ptr[1].via.u64 > UINT32_MAX)
         return -1;
     const msgpack_object *id = &it->via.array.ptr[0];
-    if (pd_table_get_slot(self->table, (uint32_t)it->via.array.ptr[1].via.u64, rec) < 0 ||
-        !pd_str_eq(rec->project, project) ||
-        !pd_str_eq(rec->id, (pd_str_t){id->via.str.ptr, id->via.str.size}))
-        return -1;
-    return 0;
+    return s_get_at(self, project, (pd_str_t){id->via.str.ptr, id->via.str.size},
+                    (uint32_t)it->via.array.ptr[1].via.u64, rec);
 }
 
 /*  The second round of a large list (broker.c, s_list_fetch): the JSON of the records the
