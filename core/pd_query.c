@@ -1326,6 +1326,72 @@ pd_query_key_cmp(const pd_query_t *self, const pd_qkey_t *a, const pd_qkey_t *b)
     return a->n < b->n ? -1 : a->n > b->n;
 }
 
+/*  One value's word for pd_qsum_t: the rank of s_qval_cmp (null, number, string, other) in the
+ *  top 2 bits, then 62 bits that never decrease as the value grows within its rank. Numbers:
+ *  the double's bits made unsigned-ordered (negative ones complemented, NaN made the one
+ *  positive NaN and -0 made +0, as s_cmp_num ranks them), less their 2 lowest bits; an int
+ *  rounds to its double, so ints and doubles interleave as they compare. Whole when nothing was
+ *  dropped: an int of at most 53 bits, a double whose 2 dropped bits are 0. Strings: the first
+ *  7 bytes (zeros past the end), then the length up to 7; whole up to 7 bytes. */
+static uint64_t
+s_qval_word(const pd_qval_t *v, bool *whole)
+{
+    *whole = false;
+    if (v->type == 0) {
+        *whole = true;
+        return 0;
+    }
+    if (v->type == 1 || v->type == 3) {
+        double d = v->type == 1 ? (double)v->i : v->d;
+        if (isnan(d))
+            d = NAN;
+        if (d == 0)
+            d = 0.0;
+        uint64_t b;
+        memcpy(&b, &d, sizeof b);
+        b = (b >> 63) ? ~b : b | (1ULL << 63);
+        *whole = (b & 3) == 0 && (v->type == 3 || (v->i > -(1LL << 53) && v->i < (1LL << 53)));
+        return (1ULL << 62) | (b >> 2);
+    }
+    if (v->type == 2) {
+        uint64_t x = 0;
+        size_t n = v->s.len < 7 ? v->s.len : 7;
+        for (size_t i = 0; i < n; i++)
+            x |= (uint64_t)(unsigned char)v->s.ptr[i] << (8 * (6 - i) + 6);
+        *whole = v->s.len <= 7;
+        return (2ULL << 62) | x | n;
+    }
+    return 3ULL << 62; /* an unknown tag: s_qval_cmp ranks it last, the summary cannot tell */
+}
+
+void
+pd_query_key_sum(const pd_query_t *self, const pd_qkey_t *key, pd_qsum_t *out)
+{
+    *out = (pd_qsum_t){{0, 0}, 0};
+    if (key->n < 2)
+        return; /* not usable: a key this short is no record's */
+    out->whole = 4;
+    for (size_t i = 0; i < 2; i++) {
+        bool whole;
+        out->w[i] = s_qval_word(&key->v[i], &whole);
+        if (self && i < self->norder && self->order[i].desc)
+            out->w[i] = ~out->w[i];
+        out->whole |= (uint8_t)(whole << i);
+    }
+}
+
+int
+pd_query_sum_cmp(const pd_qsum_t *a, const pd_qsum_t *b)
+{
+    if (!(a->whole & b->whole & 4))
+        return 0;
+    if (a->w[0] != b->w[0])
+        return a->w[0] < b->w[0] ? -1 : 1;
+    if (!(a->whole & b->whole & 1) || a->w[1] == b->w[1])
+        return 0; /* first values maybe unequal, or second ones maybe equal */
+    return a->w[1] < b->w[1] ? -1 : 1;
+}
+
 void
 pd_query_key_pack(const pd_qkey_t *key, msgpack_packer *pk)
 {
@@ -1498,6 +1564,11 @@ s_t_cmp_roundtrip(const pd_query_t *q, const pd_qkey_t *a, const pd_qkey_t *b)
     int c = pd_query_key_cmp(q, a, b);
     int cu = pd_query_key_cmp(q, &ka, &kb);
     PD_CHECK((c > 0) - (c < 0) == (cu > 0) - (cu < 0));
+    pd_qsum_t sa, sb2;
+    pd_query_key_sum(q, &ka, &sa); /* summaries never contradict the keys */
+    pd_query_key_sum(q, &kb, &sb2);
+    int cs = pd_query_sum_cmp(&sa, &sb2);
+    PD_CHECK(cs == 0 || cs == (c > 0) - (c < 0));
     int r = pd_query_key_cmp(q, b, a);
     PD_CHECK((c > 0) - (c < 0) == -((r > 0) - (r < 0)));
     PD_CHECK(pd_query_key_cmp(q, a, a) == 0);
@@ -2046,6 +2117,87 @@ pd_query_test(bool verbose)
         PD_CHECK(msgpack_unpack("\xa1x", 2, &off, &zone, &o) == MSGPACK_UNPACK_SUCCESS);
         PD_CHECK(pd_query_key_unpack(&o, &x) == -1); //  not an array
         msgpack_zone_destroy(&zone);
+    }
+    //  Sort-key summaries (pd_qsum_t) never contradict the keys: every pair of two-value keys
+    //  drawn from edge values (ints past 2^53, doubles next to them, NaN, -0, strings around 7
+    //  bytes with NULs, unknown tags), under ascending and descending orders; and they decide
+    //  most pairs, or they would save nothing.
+    {
+        static const pd_qval_t vals[] = {
+            {0, 0, 0, {NULL, 0}},
+            {1, INT64_MIN, 0, {NULL, 0}},
+            {1, -(1LL << 53) - 1, 0, {NULL, 0}},
+            {1, -3, 0, {NULL, 0}},
+            {1, 0, 0, {NULL, 0}},
+            {1, 3, 0, {NULL, 0}},
+            {1, 1764979200000, 0, {NULL, 0}},
+            {1, 1764979200001, 0, {NULL, 0}},
+            {1, (1LL << 53) + 1, 0, {NULL, 0}},
+            {1, (1LL << 53) + 3, 0, {NULL, 0}},
+            {1, INT64_MAX, 0, {NULL, 0}},
+            {3, 0, -2.5, {NULL, 0}},
+            {3, 0, -0.0, {NULL, 0}},
+            {3, 0, 0.0, {NULL, 0}},
+            {3, 0, 3.0, {NULL, 0}},
+            {3, 0, 3.0000001, {NULL, 0}},
+            {3, 0, 9007199254740992.0, {NULL, 0}},
+            {3, 0, 9007199254740996.0, {NULL, 0}},
+            {3, 0, 9223372036854775808.0, {NULL, 0}},
+            {3, 0, NAN, {NULL, 0}},
+            {3, 0, -NAN, {NULL, 0}},
+            {2, 0, 0, {"", 0}},
+            {2, 0, 0, {"a", 1}},
+            {2, 0, 0, {"a\0", 2}},
+            {2, 0, 0, {"a\0b", 3}},
+            {2, 0, 0, {"abcdef", 6}},
+            {2, 0, 0, {"abcdef\0", 7}},
+            {2, 0, 0, {"abcdefg", 7}},
+            {2, 0, 0, {"abcdefgA", 8}},
+            {2, 0, 0, {"abcdefgZ", 8}},
+            {2, 0, 0, {"abcdefgAA", 9}},
+            {2, 0, 0, {"\xff\xff", 2}},
+            {5, 0, 0, {NULL, 0}},
+            {7, 0, 0, {NULL, 0}},
+        };
+        enum { NV = sizeof vals / sizeof *vals };
+        static const char *orders[] = {
+            "",
+            "{\"method\":\"orderDesc\",\"attribute\":\"status\"}",
+            ("{\"method\":\"orderAsc\",\"attribute\":\"source\"}\n"
+             "{\"method\":\"orderDesc\",\"attribute\":\"$updatedAt\"}"),
+        };
+        for (size_t o = 0; o < sizeof orders / sizeof *orders; o++) {
+            int code;
+            char err[256];
+            pd_query_t *q = s_t_parse(PD_QMODE_LIST, orders[o], &code, err, sizeof err);
+            PD_CHECK(q);
+            size_t decided = 0, pairs = 0;
+            for (int a = 0; a < NV * NV; a++) {
+                pd_qkey_t ka = {.v = {vals[a / NV], vals[a % NV], {2, 0, 0, PD_STR("id")}}, .n = 3};
+                pd_qsum_t sa;
+                pd_query_key_sum(q, &ka, &sa);
+                for (int b = 0; b < NV * NV; b++) {
+                    pd_qkey_t kb = {.v = {vals[b / NV], vals[b % NV], {2, 0, 0, PD_STR("id")}},
+                                    .n = 3};
+                    pd_qsum_t sb;
+                    pd_query_key_sum(q, &kb, &sb);
+                    int c = pd_query_key_cmp(q, &ka, &kb), cs = pd_query_sum_cmp(&sa, &sb);
+                    PD_CHECK(cs == 0 || cs == (c > 0) - (c < 0));
+                    decided += cs != 0;
+                    pairs++;
+                }
+            }
+            PD_CHECK(decided * 10 > pairs * 8);
+            if (verbose)
+                printf("summaries decided %zu of %zu pairs (orders %zu)\n", decided, pairs, o);
+            pd_query_destroy(&q);
+        }
+        pd_qkey_t one = {.v = {{1, 5, 0, {NULL, 0}}}, .n = 1}, two = one;
+        two.v[1] = (pd_qval_t){2, 0, 0, PD_STR("x")};
+        two.n = 2;
+        pd_qsum_t s1, s2;
+        pd_query_key_sum(NULL, &one, &s1), pd_query_key_sum(NULL, &two, &s2);
+        PD_CHECK(pd_query_sum_cmp(&s1, &s2) == 0 && pd_query_sum_cmp(&s2, &s2) == 0);
     }
     //  Index keys in value order, and ranges walked over them (st_index.h): for each range, the
     //  values a walk from its start takes (position 0 until the first past it) are exactly the

@@ -129,6 +129,19 @@ bool pd_query_key_index_key(const pd_qkey_t *key, pd_buf_t *out);
 #define PD_QUERY_TOTAL_CAP 5000 //  a list's total counts this many matches at most (Appwrite's)
 //  <0, 0, >0 as a sorts before, with, after b under this query's order.
 int pd_query_key_cmp(const pd_query_t *self, const pd_qkey_t *a, const pd_qkey_t *b);
+/*  A sort key summed up for sorting many (pd_query_sum_cmp): its first two values, each as 2
+ *  bits of type rank and 62 of value (a number's double, a string's first 7 bytes and length up
+ *  to 7), order-preserving under this query's order (complemented for a descending one). A
+ *  store node sorts thousands of keys per large page: summaries decide most comparisons without
+ *  reading the strings a key points into (cache misses on record blocks). */
+typedef struct {
+    uint64_t w[2];
+    uint8_t whole; //  bit i: w[i] holds value i whole (equal words mean equal values); bit 2: usable
+} pd_qsum_t;
+
+void pd_query_key_sum(const pd_query_t *self, const pd_qkey_t *key, pd_qsum_t *out);
+//  <0 or >0 exactly as pd_query_key_cmp says for the keys summed up; 0 when it cannot tell.
+int pd_query_sum_cmp(const pd_qsum_t *a, const pd_qsum_t *b);
 //  Packs the key as one msgpack array; unpacks it back (views into the msgpack buffer).
 void pd_query_key_pack(const pd_qkey_t *key, msgpack_packer *pk);
 int pd_query_key_unpack(const msgpack_object *o, pd_qkey_t *out);

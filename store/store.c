@@ -116,7 +116,7 @@ typedef struct {
     bool sync_started;    //  syncs[0]'s scan has begun
     uint64_t sync_pos;    //  its next slot
     struct cand *cands;   //  a list's matches, kept between lists (no allocation per list)
-    struct cand **sorted; //  the same, ordered
+    struct sent *sorted;  //  the same, ordered
     size_t cap_cands;
     int sh_from, sh_to;   //  the store set (SHARDS): records move from sh_from nodes to sh_to;
                           //  0 until the broker has said (direct requests are refused until then)
@@ -954,17 +954,29 @@ struct cand {
     uint32_t slot; //  the record's slot: a FETCH of the page reads it without a hash probe
 };
 
+/*  What the sort moves: a match's key summed up (pd_qsum_t, made while the record is at hand)
+ *  and its place in cands. 32 bytes where a cand is over 400, and most comparisons end on the
+ *  summaries, without reading the strings the keys point into. */
+struct sent {
+    pd_qsum_t sum;
+    uint32_t i;
+};
+
 typedef struct {
     const pd_query_t *q;
+    const cand_t *cands;
     int dir; //  -1 for cursorBefore: nearest the cursor first
 } sort_ctx_t;
 
 static int
-s_cand_cmp(const void *a, const void *b, void *arg)
+s_sent_cmp(const void *a, const void *b, void *arg)
 {
     const sort_ctx_t *s = arg;
-    return s->dir * pd_query_key_cmp(s->q, &(*(cand_t *const *)a)->key,
-                                     &(*(cand_t *const *)b)->key);
+    const struct sent *x = a, *y = b;
+    int c = pd_query_sum_cmp(&x->sum, &y->sum);
+    if (!c)
+        c = pd_query_key_cmp(s->q, &s->cands[x->i].key, &s->cands[y->i].key);
+    return s->dir * c;
 }
 
 static int
@@ -986,24 +998,25 @@ s_list_visit(const pd_record_t *rec, void *arg)
     if (ok)
         c->total++;
     if (ok && !c->count_only) {
-        pd_qkey_t key;
-        pd_query_key(c->q, &qr, &key);
+        store_t *self = c->self;
+        if (c->n == self->cap_cands) {
+            self->cap_cands = self->cap_cands ? self->cap_cands * 2 : 1024;
+            self->cands = realloc(self->cands, self->cap_cands * sizeof *self->cands);
+            self->sorted = realloc(self->sorted, self->cap_cands * sizeof *self->sorted);
+            if (!self->cands || !self->sorted)
+                abort();
+        }
+        cand_t *k = &self->cands[c->n]; /* kept only if past the cursor */
+        pd_query_key(c->q, &qr, &k->key);
         if (c->has_cursor) {
-            int cmp = pd_query_key_cmp(c->q, &key, &c->cursor);
+            int cmp = pd_query_key_cmp(c->q, &k->key, &c->cursor);
             ok = c->before ? cmp < 0 : cmp > 0;
         }
         if (ok) {
-            store_t *self = c->self;
-            if (c->n == self->cap_cands) {
-                self->cap_cands = self->cap_cands ? self->cap_cands * 2 : 1024;
-                self->cands = realloc(self->cands, self->cap_cands * sizeof *self->cands);
-                self->sorted = realloc(self->sorted, self->cap_cands * sizeof *self->sorted);
-                if (!self->cands || !self->sorted)
-                    abort();
-            }
-            self->cands[c->n].json = rec->json;
-            self->cands[c->n].key = key;
-            self->cands[c->n].slot = rec->slot;
+            k->json = rec->json;
+            k->slot = rec->slot;
+            pd_query_key_sum(c->q, &k->key, &self->sorted[c->n].sum);
+            self->sorted[c->n].i = (uint32_t)c->n;
             c->n++;
         }
     }
@@ -1258,11 +1271,9 @@ s_on_list(store_t *self, const pd_msg_t *m)
         return;
     }
     size_t k = (size_t)(pd_query_offset(q) + pd_query_limit(q));
-    sort_ctx_t sc = {q, c.before ? -1 : 1};
-    for (size_t i = 0; i < c.n; i++)
-        self->sorted[i] = &self->cands[i];
+    sort_ctx_t sc = {q, self->cands, c.before ? -1 : 1};
     if (c.n)
-        qsort_r(self->sorted, c.n, sizeof *self->sorted, s_cand_cmp, &sc);
+        qsort_r(self->sorted, c.n, sizeof *self->sorted, s_sent_cmp, &sc);
     size_t n = c.n < k ? c.n : k;
     bool keys = (m->i[PD_F_FLAGS] & PD_FL_KEYS) != 0; /* the JSON is FETCHed for the page */
     bool slots = keys && (m->i[PD_F_FLAGS] & PD_FL_SLOTS); /* and by slot (a newer broker) */
@@ -1272,15 +1283,15 @@ s_on_list(store_t *self, const pd_msg_t *m)
     pd_msgw_raw(w, PD_F_ITEMS);
     msgpack_pack_array(&w->pk, (uint32_t)n);
     for (size_t i = 0; i < n; i++) { /* [json, key]; with keys only ["", key(, slot)] */
+        const cand_t *k = &self->cands[self->sorted[i].i];
         msgpack_pack_array(&w->pk, slots ? 3 : 2);
         if (keys)
             msgpack_pack_str_with_body(&w->pk, "", 0);
         else
-            msgpack_pack_str_with_body(&w->pk, self->sorted[i]->json.ptr,
-                                       self->sorted[i]->json.len);
-        pd_query_key_pack(&self->sorted[i]->key, &w->pk);
+            msgpack_pack_str_with_body(&w->pk, k->json.ptr, k->json.len);
+        pd_query_key_pack(&k->key, &w->pk);
         if (slots)
-            msgpack_pack_uint32(&w->pk, self->sorted[i]->slot);
+            msgpack_pack_uint32(&w->pk, k->slot);
     }
     pd_msgw_end(w);
     pd_query_destroy(&q);

@@ -255,6 +255,12 @@ s_exercise(const pd_query_t *q, const pd_record_t *recs)
             int c = s_sign(pd_query_key_cmp(q, &keys[i], &keys[j]));
             CHECK(c == -s_sign(pd_query_key_cmp(q, &keys[j], &keys[i])));
             CHECK(c == s_sign(pd_query_key_cmp(q, &back[i], &back[j])));
+            //  A store node sorts by summaries first: they never contradict the keys.
+            pd_qsum_t si, sj;
+            pd_query_key_sum(q, &keys[i], &si);
+            pd_query_key_sum(q, &back[j], &sj);
+            int cs = pd_query_sum_cmp(&si, &sj);
+            CHECK(cs == 0 || cs == c);
             //  Distinct records never tie: $id ends every key.
             CHECK(i == j || c != 0);
             for (int k = 0; k < NREC; k++) {
