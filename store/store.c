@@ -51,6 +51,7 @@
 #include "pd_record.h"
 #include "pd_table.h"
 #include "st_index.h"
+#include "st_projects.h"
 #include "st_rooms.h"
 #include "st_replay.h"
 
@@ -101,12 +102,7 @@ typedef struct {
     int64_t pub_last;     //  mono us of the last event frame sent
     uint64_t malformed;
     pd_buf_t scratch;
-    zhash_t *counts;      //  project -> records held (int64_t *), for per-project limits
-    bool counting;        //  the per-project counts are being made again (s_count)
-    uint64_t count_pos;   //  the count's next slot
-    int64_t *count_last;  //  the counter of the project s_count saw last (count_key)
-    char count_key[40];
-    size_t count_len;
+    st_projects_t *projects; //  records and statuses per project (st_projects.h; s_count_step)
     st_rooms_t *rooms;    //  rooms: presence sets per channel (st_rooms.h)
     st_index_t *index;    //  indexes projects declare: lists, counts, ordered pages (st_index.h)
     pd_buf_t ikeys;       //  scratch: a list's index keys
@@ -283,6 +279,7 @@ s_on_change(const pd_record_t *rec, const pd_record_t *prev, void *arg)
 {
     store_t *self = arg;
     st_index_change(self->index, rec, prev);
+    st_projects_change(self->projects, rec, prev);
     if (self->silent)
         return;
     if (!rec)
@@ -292,63 +289,22 @@ s_on_change(const pd_record_t *rec, const pd_record_t *prev, void *arg)
 }
 
 /*  Records per project on this node: reported in HELLO so that the broker can enforce a
- *  project's record limit across the cluster. After a restart they are counted again by a scan
- *  of the slots, COUNT_TURN_SLOTS per loop turn, while the node serves (a million records take
- *  about 100 ms: the node does not wait for them). Meanwhile a change counts only if the scan
- *  has passed its slot (the scan sees the others as they are when it gets there), and HELLO
- *  carries no counts (the broker keeps the last ones it had). */
-static void
-s_count_add(store_t *self, pd_str_t project, int64_t delta)
-{
-    /* the last project's counter is kept at hand: writes (and the count at start, a million
-     * records in a row) mostly come from one project */
-    if (self->count_last && pd_str_eq(project, (pd_str_t){self->count_key, self->count_len})) {
-        *self->count_last += delta;
-        return;
-    }
-    char key[64];
-    snprintf(key, sizeof key, "%.*s", (int)project.len, project.ptr ? project.ptr : "");
-    int64_t *n = zhash_lookup(self->counts, key);
-    if (!n) {
-        n = calloc(1, sizeof *n);
-        zhash_insert(self->counts, key, n);
-        zhash_freefn(self->counts, key, free);
-    }
-    *n += delta;
-    if (project.len < sizeof self->count_key) { /* entries are never removed: n stays valid */
-        memcpy(self->count_key, project.ptr, project.len);
-        self->count_len = project.len;
-        self->count_last = n;
-    }
-}
-
-//  A record created (delta 1) or deleted (-1): rec is read from the table (its slot is known).
-static void
-s_count(store_t *self, const pd_record_t *rec, int64_t delta)
-{
-    if (self->counting && rec->slot >= self->count_pos)
-        return; /* the scan has not been there yet */
-    s_count_add(self, rec->project, delta);
-}
-
-static int
-s_count_visit(const pd_record_t *rec, void *arg)
-{
-    s_count_add(arg, rec->project, 1);
-    return 0;
-}
-
-//  One slice of the count after a restart; true while it goes on.
+ *  project's record limit across the cluster; with them each project's statuses, for its lists
+ *  (st_projects.h, s_list_by_status). After a restart they are counted again by a scan of the
+ *  slots, COUNT_TURN_SLOTS per loop turn, while the node serves (a million records take about
+ *  100 ms: the node does not wait for them). Meanwhile HELLO carries no counts (the broker keeps
+ *  the last ones it had) and lists walk every record. True while the count goes on. */
 static bool
 s_count_step(store_t *self)
 {
-    if (!self->counting)
+    if (!st_projects_counting(self->projects))
         return false;
-    if (!pd_table_scan(self->table, &self->count_pos, COUNT_TURN_SLOTS, s_count_visit, self))
+    if (st_projects_recount_step(self->projects, self->table, COUNT_TURN_SLOTS))
         return true;
-    self->counting = false;
-    pd_log_info("counted %zu records in %zu projects", pd_table_count(self->table),
-                zhash_size(self->counts));
+    size_t projects, statuses;
+    st_projects_stats(self->projects, &projects, &statuses);
+    pd_log_info("counted %zu records in %zu projects (%zu statuses)", pd_table_count(self->table),
+                projects, statuses);
     return false;
 }
 
@@ -371,10 +327,7 @@ s_put(store_t *self, const pd_msg_t *m, const pd_record_t *rec, int action)
         return;
     }
     pd_outbox_commit(self->outbox);
-    bool had = prev.id.len > 0;
-    if (!had)
-        s_count(self, &stored, 1);
-    s_reply_rec(self, m, &stored, had ? &prev : NULL);
+    s_reply_rec(self, m, &stored, prev.id.len > 0 ? &prev : NULL);
 }
 
 static void
@@ -482,7 +435,6 @@ s_remove(store_t *self, const pd_msg_t *m, pd_str_t project, pd_str_t id)
         return;
     }
     pd_outbox_commit(self->outbox);
-    s_count(self, &prev, -1);
     s_reply_rec(self, m, &prev, NULL);
 }
 
@@ -839,17 +791,14 @@ s_on_move_in(store_t *self, const pd_msg_t *m)
     } else {
         pd_record_t rec, cur;
         pd_record_read(m, &rec);
-        bool had = pd_table_get(self->table, project, rec.id, &cur) == 0, taken = false;
+        bool taken = false;
         rc = rec.version ? 0 : PD_ERR_ARGUMENT_INVALID;
         self->silent = true;
         if (rc == 0)
             rc = pd_table_import(self->table, &rec, &taken);
         self->silent = false;
-        if (taken && pd_table_get(self->table, project, rec.id, &cur) == 0) {
-            if (!had)
-                s_count(self, &cur, 1);
+        if (taken && pd_table_get(self->table, project, rec.id, &cur) == 0)
             s_deadline_moved(self, PD_ACT_UPSERT, &cur);
-        }
     }
     pd_msgw_begin(self->reply, PD_MSG_REPLY, m->rid);
     pd_msgw_int(self->reply, PD_F_ERR, rc);
@@ -895,10 +844,8 @@ s_on_move_drop(store_t *self, const pd_msg_t *m)
         }
         pd_record_t prev;
         self->silent = true;
-        if (pd_table_delete(self->table, project, key, &prev) == 0) {
-            s_count(self, &prev, -1);
+        if (pd_table_delete(self->table, project, key, &prev) == 0)
             s_deadline_moved(self, PD_ACT_DELETE, &prev);
-        }
         self->silent = false;
     }
 }
@@ -1125,12 +1072,67 @@ s_list_walk(store_t *self, list_ctx_t *c)
     return true;
 }
 
+/*  A list that nothing narrows, walked over the project's records alone: the chain of each
+ *  status the project holds (st_projects.h), which together hold each of its records once and
+ *  other projects' records only where a hash bucket is shared. Not taken while the statuses are
+ *  counted again after a restart, nor for a project holding half the node's records or more
+ *  (then the walk of every slot, in order, costs less). Each chain must hold the records the
+ *  project's statuses say: if one does not, the statuses are counted again and the caller walks
+ *  every record (false, c reset). */
+typedef struct {
+    store_t *self;
+    list_ctx_t *c;
+    int64_t seen; //  records of the chain being walked
+    bool off;     //  a chain held another number of records than its status's count
+} by_status_t;
+
+static int
+s_status_visit(const pd_record_t *rec, void *arg)
+{
+    by_status_t *b = arg;
+    b->seen++;
+    return s_list_visit(rec, b->c);
+}
+
+static int
+s_status_walk(pd_str_t status, int64_t n, void *arg)
+{
+    by_status_t *b = arg;
+    b->seen = 0;
+    pd_table_foreach_status(b->self->table, b->c->m->s[PD_F_PROJECT], status, s_status_visit, b);
+    if (b->c->over)
+        return 1;
+    b->off = b->seen != n;
+    return b->off;
+}
+
+static bool
+s_list_by_status(store_t *self, list_ctx_t *c)
+{
+    pd_str_t project = c->m->s[PD_F_PROJECT];
+    if (!st_projects_exact(self->projects, self->table) ||
+        2 * (uint64_t)st_projects_count(self->projects, project) >= pd_table_count(self->table))
+        return false;
+    by_status_t b = {.self = self, .c = c};
+    st_projects_each_status(self->projects, project, s_status_walk, &b);
+    if (!b.off)
+        return true;
+    pd_log_warn("%s: project %.*s: a status chain does not hold the records counted; counting "
+                "again", __func__, (int)project.len, project.ptr);
+    st_projects_recount(self->projects);
+    c->n = 0;
+    c->total = 0;
+    c->examined = 0;
+    return false;
+}
+
 /*  Visits the records a list may match, from the narrowest source the queries allow: one
  *  record ($id, userId), the sets of an indexed attribute's equal() or range (st_index.h;
  *  counted without a visit when that filter is the only one, s_counted), an index of the page's
- *  order up to the page's end (s_list_walk), the status chain, or every record. On a range and
- *  the last three, filters may read the metadata of at most --list-scan-max records of the
- *  project (c->over beyond): a guest must not make a node parse every record in a loop. */
+ *  order up to the page's end (s_list_walk), the status chain, the chains of the project's
+ *  statuses (s_list_by_status), or every record. On a range and the last four, filters may read
+ *  the metadata of at most --list-scan-max records of the project (c->over beyond): a guest must
+ *  not make a node parse every record in a loop. */
 static void
 s_list_candidates(store_t *self, list_ctx_t *c)
 {
@@ -1184,13 +1186,13 @@ s_list_candidates(store_t *self, list_ctx_t *c)
     c->capped = true;
     if (pd_query_equal_on(c->q, "status", &v))
         pd_table_foreach_status(self->table, project, v, s_list_visit, c);
-    else
+    else if (!s_list_by_status(self, c))
         pd_table_foreach(self->table, s_list_visit, c);
 }
 
 /*  Answers one node's part of a list: filters this node's records, orders the matches and
- *  returns the first offset+limit (the broker merges the nodes' pages). Uses the status or user
- *  index when the queries pin one; otherwise a scan of this node's records. */
+ *  returns the first offset+limit (the broker merges the nodes' pages). The records it visits
+ *  are chosen by s_list_candidates. */
 static void
 s_on_list(store_t *self, const pd_msg_t *m)
 {
@@ -1749,6 +1751,14 @@ s_on_front_frame(pd_zmsg_t *zm, void *arg)
     pd_msgw_reset(&self->front_out);
 }
 
+//  A project's entry in HELLO's COUNTS: "<project>\0<records>\0".
+static void
+s_hello_count(pd_str_t project, int64_t n, void *arg)
+{
+    pd_buf_add(arg, project.ptr, project.len);
+    pd_buf_addf(arg, "%c%lld%c", 0, (long long)n, 0);
+}
+
 static void
 s_hello(store_t *self)
 {
@@ -1767,13 +1777,9 @@ s_hello(store_t *self)
         pd_msgw_str(w, PD_F_ENDPOINT, ep, strlen(ep));
     }
     pd_buf_reset(&self->scratch);
-    for (int64_t *n = zhash_first(self->counts); n; n = zhash_next(self->counts)) {
-        if (*n <= 0)
-            continue;
-        pd_buf_adds(&self->scratch, zhash_cursor(self->counts));
-        pd_buf_addf(&self->scratch, "%c%lld%c", 0, (long long)*n, 0);
-    }
-    if (!self->counting) /* while they are counted again, the broker keeps the last ones */
+    st_projects_each(self->projects, s_hello_count, &self->scratch);
+    /* while they are counted again, the broker keeps the last ones */
+    if (!st_projects_counting(self->projects))
         pd_msgw_str(w, PD_F_COUNTS, self->scratch.data ? self->scratch.data : "",
                     self->scratch.len);
     pd_msgw_end(w);
@@ -1824,9 +1830,10 @@ store_main(pd_config_t *cfg)
     pd_buf_init(&self->ikeys);
     msgpack_sbuffer_init(&self->sync.sb);
     msgpack_packer_init(&self->sync.pk, &self->sync.sb, msgpack_sbuffer_write);
-    self->counts = zhash_new();
+    self->projects = st_projects_new();
+    if (pd_table_count(self->table)) /* a scan, a slice per loop turn (s_count_step) */
+        st_projects_recount(self->projects);
     self->frozen = zhash_new();
-    self->counting = pd_table_count(self->table) > 0; /* a scan, a slice per loop turn */
     pd_msgw_init(&self->out);
     pd_msgw_init(&self->front_out);
     pd_msgw_init(&self->events);
@@ -1933,6 +1940,7 @@ store_main(pd_config_t *cfg)
     pd_table_close(&self->table);
     st_rooms_close(&self->rooms);
     st_index_destroy(&self->index);
+    st_projects_destroy(&self->projects);
     free(self->cands);
     free(self->sorted);
     msgpack_sbuffer_destroy(&self->sync.sb);
