@@ -7,7 +7,8 @@
 // records (the kill may land mid-write: a dirty segment, rebuilt on attach). After each kill
 // one keep-alive client sends GET /v1/presences/{id} back to back (each answer is a fast 503
 // until the node is back) and the time from the kill to the first 200 is the restart time.
-// Also printed, from the log's timestamps: when the supervisor saw the death, and when the new
+// Then the same GETs go on for 1.5 s: the slowest answer while the node counts its records
+// again and answers the reaper's resync. Also printed, from the log's timestamps: when the supervisor saw the death, and when the new
 // process had re-attached its segment. Two more rounds make the segment dirty on purpose, as a
 // kill in the middle of a write leaves it (the kills under writes rarely land there): the node
 // is stopped (SIGSTOP), its header's `dirty` word set, then it is killed. "dirty": with the undo
@@ -61,13 +62,20 @@ async function killOnce(c, agent, id, dirty, journal) {
         else other++;
         if (performance.now() - t0 > 30000) throw new Error('not serving 30 s after the kill');
     }
-    await sleep(200);
+    // then the same GETs for 1.5 s: the slowest answer while the node counts its records again
+    // and answers the reaper's resync, a slice per loop turn between requests
+    let slowest = 0, after = 0;
+    for (const t1 = performance.now(); performance.now() - t1 < 1500; after++) {
+        const a = performance.now();
+        await get(agent, c, `/v1/presences/${id}`);
+        slowest = Math.max(slowest, performance.now() - a);
+    }
     const tail = c.log().slice(logBefore);
     const at = (re) => { const m = new RegExp(`^(\\S+) .*${re}`, 'm').exec(tail); return m ? Date.parse(m[1]) - wall : NaN; };
     const m = /re-attached \S+: (\d+) records/.exec(tail);
     const rebuilt = /rebuilding indexes \(([^)]*)\)/.exec(tail);
     const undone = /undone from its journal/.test(tail);
-    return { served, lost: at('lost store 1'), attached: at('re-attached \\S+: \\d+ records'), n503, other,
+    return { served, slowest, after, lost: at('lost store 1'), attached: at('re-attached \\S+: \\d+ records'), n503, other,
              count: m ? Number(m[1]) : NaN, rebuilt: rebuilt ? rebuilt[1] : '', undone };
 }
 
@@ -90,7 +98,8 @@ async function killOnce(c, agent, id, dirty, journal) {
                 if (wr) wr.kill('SIGTERM');
                 served.push(r.served);
                 console.log(`${mode} kill ${k + 1}: serving after ${r.served.toFixed(1)} ms (log: lost at ${r.lost} ms, re-attached at ${r.attached} ms; ` +
-                    `${r.n503} x 503, ${r.other} other; re-attached ${r.count} records${r.rebuilt ? `; rebuilt: ${r.rebuilt}` : ''}${r.undone ? '; a change undone from the journal' : ''})`);
+                    `${r.n503} x 503, ${r.other} other; re-attached ${r.count} records${r.rebuilt ? `; rebuilt: ${r.rebuilt}` : ''}${r.undone ? '; a change undone from the journal' : ''}); ` +
+                    `then the slowest of ${r.after} answers in 1.5 s: ${r.slowest.toFixed(1)} ms`);
                 // past the supervisor's 10 s window, so every kill is a first crash (no backoff)
                 await sleep(11000);
             }

@@ -56,9 +56,13 @@
 #include "st_replay.h"
 
 #define SYNC_PAGE_ITEMS 1000
-#define SYNC_TURN_SLOTS 20000 //  slots a SYNC answer scans per loop turn
 #define SYNC_QUEUE 8          //  SYNC requests waiting, at most
-#define COUNT_TURN_SLOTS 50000 //  slots the count after a restart scans per loop turn
+/*  Scans over every slot that run while the node serves (the count after a restart, a SYNC
+ *  answer) take a slice per loop turn: chunks of SCAN_CHUNK slots until SCAN_TURN_US have
+ *  passed. Bounded by time, not by slots: right after a restart each slot's block is faulted in
+ *  (10 to 70 us a page on some hosts), and a request must not wait behind 50,000 of them. */
+#define SCAN_CHUNK 2048
+#define SCAN_TURN_US 4000
 #define OUTBOX_BYTES (64u << 20) //  recent events kept in shared memory (--store-outbox; st_replay.h)
 #define REPLAY_MS 1000           //  after a restart, events this recent are published again
 #define HOLD_MAX (64u << 20)     //  events held while the broker has not subscribed yet
@@ -291,16 +295,19 @@ s_on_change(const pd_record_t *rec, const pd_record_t *prev, void *arg)
 /*  Records per project on this node: reported in HELLO so that the broker can enforce a
  *  project's record limit across the cluster; with them each project's statuses, for its lists
  *  (st_projects.h, s_list_by_status). After a restart they are counted again by a scan of the
- *  slots, COUNT_TURN_SLOTS per loop turn, while the node serves (a million records take about
- *  100 ms: the node does not wait for them). Meanwhile HELLO carries no counts (the broker keeps
- *  the last ones it had) and lists walk every record. True while the count goes on. */
+ *  slots, a slice per loop turn (SCAN_TURN_US), while the node serves (a million records take
+ *  100 ms and more: the node does not wait for them). Meanwhile HELLO carries no counts (the
+ *  broker keeps the last ones it had) and lists walk every record. True while the count goes
+ *  on. */
 static bool
 s_count_step(store_t *self)
 {
     if (!st_projects_counting(self->projects))
         return false;
-    if (st_projects_recount_step(self->projects, self->table, COUNT_TURN_SLOTS))
-        return true;
+    int64_t until = pd_mono_us() + SCAN_TURN_US;
+    while (st_projects_recount_step(self->projects, self->table, SCAN_CHUNK))
+        if (pd_mono_us() >= until)
+            return true;
     size_t projects, statuses;
     st_projects_stats(self->projects, &projects, &statuses);
     pd_log_info("counted %zu records in %zu projects (%zu statuses)", pd_table_count(self->table),
@@ -1348,7 +1355,7 @@ s_on_fetch(store_t *self, const pd_msg_t *m)
 /* -------------------------------------------------------------------------- sync */
 
 /*  SYNC (the reaper asks for every deadline of the node) is answered a slice at a time: at
- *  most SYNC_TURN_SLOTS slots per loop turn, in pages of SYNC_PAGE_ITEMS, so that a node
+ *  most SCAN_TURN_US per loop turn, in pages of SYNC_PAGE_ITEMS, so that a node
  *  holding a million records keeps serving while it answers (the reaper asks as soon as it sees
  *  a new generation, i.e. right after a restart). Requests queue (SYNC_QUEUE) and are answered
  *  in turn. A record changed while the scan runs is reported as it is when the scan reaches
@@ -1416,8 +1423,10 @@ s_sync_step(store_t *self)
         c->n = 0;
         msgpack_sbuffer_clear(&c->sb);
     }
-    if (!pd_table_scan(self->table, &self->sync_pos, SYNC_TURN_SLOTS, s_sync_visit, self))
-        return true;
+    int64_t until = pd_mono_us() + SCAN_TURN_US;
+    while (!pd_table_scan(self->table, &self->sync_pos, SCAN_CHUNK, s_sync_visit, self))
+        if (pd_mono_us() >= until)
+            return true;
     s_sync_flush(self, true);
     self->sync_started = false;
     memmove(self->syncs, self->syncs + 1, --self->nsyncs * sizeof *self->syncs);
