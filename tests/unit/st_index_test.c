@@ -15,42 +15,21 @@
 #include "pd_table.h"
 #include "pd_util.h"
 #include "st_index.h"
+#include "st_test_rec.h"
 
 static const char *s_vals[] = {"\"a\"", "\"b\"", "1", "1.0", "2.5", "true", "false", "null",
                                "{\"x\":1}", "[1]", "\"\"", "-0.0", "0"};
 #define NVALS (sizeof s_vals / sizeof *s_vals)
 
-typedef struct {
-    char id[16], user[16], meta[64], status[8];
-    pd_record_t rec;
-} trec_t;
-
 static void
 s_rec(trec_t *t, const char *project, int id, int val, int status)
 {
-    memset(&t->rec, 0, sizeof t->rec);
-    snprintf(t->id, sizeof t->id, "r%d", id);
-    snprintf(t->user, sizeof t->user, "u%d", id);
     snprintf(t->status, sizeof t->status, "s%d", status);
     if (val < 0)
         snprintf(t->meta, sizeof t->meta, "{\"other\":1}");
     else
         snprintf(t->meta, sizeof t->meta, "{\"room\":%s,\"n\":%d}", s_vals[val], id);
-    pd_record_t *r = &t->rec;
-    r->project = pd_str(project);
-    r->id = pd_str(t->id);
-    r->user_id = pd_str(t->user);
-    r->status = pd_str(t->status);
-    r->status_json = PD_STR("\"s\"");
-    r->source = PD_STR("rest");
-    r->perms_json = PD_STR("[]");
-    r->meta_json = pd_str(t->meta);
-    r->read_roles = PD_STR("any");
-    r->update_roles = PD_STR("any");
-    r->delete_roles = PD_STR("any");
-    r->conn = PD_STR("");
-    r->created_ms = r->updated_ms = 1700000000000;
-    r->expires_ms = 4000000000000;
+    st_test_rec(t, pd_str(project), id, pd_str(t->status), PD_STR("\"s\""));
 }
 
 static void

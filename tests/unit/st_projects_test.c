@@ -16,6 +16,7 @@
 #include "pd_table.h"
 #include "pd_util.h"
 #include "st_projects.h"
+#include "st_test_rec.h"
 
 #define NPROJ 4
 #define NIDS 400
@@ -61,33 +62,12 @@ s_hook(const pd_record_t *rec, const pd_record_t *prev, void *arg)
         st_projects_change(h->b, rec, prev);
 }
 
-typedef struct {
-    char id[16], user[16], meta[32];
-    pd_record_t rec;
-} trec_t;
-
 static void
 s_rec(trec_t *t, int p, int id, int status, int meta)
 {
-    memset(&t->rec, 0, sizeof t->rec);
-    snprintf(t->id, sizeof t->id, "r%d", id);
-    snprintf(t->user, sizeof t->user, "u%d", id);
     snprintf(t->meta, sizeof t->meta, "{\"n\":%d}", meta);
-    pd_record_t *r = &t->rec;
-    r->project = pd_str(s_projects[p]);
-    r->id = pd_str(t->id);
-    r->user_id = pd_str(t->user);
-    r->status = s_status(status);
-    r->status_json = status ? PD_STR("\"s\"") : PD_STR("null");
-    r->source = PD_STR("rest");
-    r->perms_json = PD_STR("[]");
-    r->meta_json = pd_str(t->meta);
-    r->read_roles = PD_STR("any");
-    r->update_roles = PD_STR("any");
-    r->delete_roles = PD_STR("any");
-    r->conn = PD_STR("");
-    r->created_ms = r->updated_ms = 1700000000000;
-    r->expires_ms = 4000000000000;
+    st_test_rec(t, pd_str(s_projects[p]), id, s_status(status),
+                status ? PD_STR("\"s\"") : PD_STR("null"));
 }
 
 //  The model's records of project p holding status i (null and "" are one: both empty).
