@@ -61,7 +61,11 @@ struct pd_outbox {
     s_hdr_t *hdr;
     uint8_t *ring;
     size_t map_len;
+    uint64_t trusted; //  entries from here on were checked at open, or written since
 };
+
+#define S_END UINT64_MAX       //  s_at: no entry before head
+#define S_BAD (UINT64_MAX - 1) //  s_at: a malformed entry, or one off the checked chain
 
 static inline uint64_t
 s_span(uint64_t len)
@@ -86,13 +90,6 @@ s_start(pd_outbox_t *self, uint64_t l)
     return l;
 }
 
-static uint64_t
-s_next(pd_outbox_t *self, uint64_t l)
-{
-    l = s_start(self, l);
-    return l + s_span(s_ent(self, l)->len);
-}
-
 //  True if a well-formed entry starts at l (a real start, past s_start), wholly before head.
 static bool
 s_ok(pd_outbox_t *self, uint64_t l)
@@ -111,26 +108,46 @@ static uint64_t
 s_cp(pd_outbox_t *self, int i)
 {
     uint64_t c = self->hdr->cp[i];
-    if (!c || c - 1 < self->hdr->tail || !s_ok(self, c - 1))
+    if (!c || c - 1 < self->hdr->tail || (c - 1) % 8 || !s_ok(self, c - 1))
         return UINT64_MAX;
     return c - 1;
 }
 
-//  Whether the entries from l on (l an entry start or the end of one) are well formed and end
-//  exactly at head.
-static bool
-s_chain_ok(pd_outbox_t *self, uint64_t l)
+/*  The entry at l (an entry's start, or the end of the one before it: slack and a wrap mark at
+ *  the end of the ring are skipped): where it really starts, S_END when no entry starts before
+ *  head, S_BAD when it is malformed. Entries older than `trusted` were not checked at open (a
+ *  segment damaged from outside may hold anything there), so a walk from one of them must land
+ *  exactly on `trusted`: one that would step over it is S_BAD too. */
+static uint64_t
+s_at(pd_outbox_t *self, uint64_t l)
 {
-    s_hdr_t *h = self->hdr;
-    while (l < h->head) {
-        uint64_t s = s_start(self, l);
-        if (s >= h->head)
-            break;
-        if (!s_ok(self, s))
+    uint64_t s = s_start(self, l), t = self->trusted;
+    if (l < t && s > t)
+        return S_BAD;
+    if (s >= self->hdr->head)
+        return S_END;
+    if (!s_ok(self, s) || (s < t && s + s_span(s_ent(self, s)->len) > t))
+        return S_BAD;
+    return s;
+}
+
+/*  Whether the entries from l on are well formed and end exactly at head; hit[i] tells whether
+ *  one of them starts at want[i] (want[2]: the mark, which may also be where they end). */
+static bool
+s_chain_ok(pd_outbox_t *self, uint64_t l, const uint64_t want[3], bool hit[3])
+{
+    hit[0] = hit[1] = hit[2] = false;
+    for (;;) {
+        hit[2] |= l == want[2];
+        uint64_t s = s_at(self, l);
+        if (s == S_END)
+            return true;
+        if (s == S_BAD)
             return false;
+        for (int i = 0; i < 3; i++)
+            hit[i] |= s == want[i];
         l = s + s_span(s_ent(self, s)->len);
     }
-    return true;
 }
 
 static void
@@ -148,8 +165,10 @@ s_check(pd_outbox_t *self)
 {
     s_hdr_t *h = self->hdr;
     if (h->tail > h->head || h->head - h->tail > h->size || h->head > S_MAX_OFFSET ||
-        h->mark > S_MAX_OFFSET)
-        return false;
+        h->mark > S_MAX_OFFSET || (h->head | h->tail) % 8 || (h->pending && (h->pending - 1) % 8))
+        return false; /* every offset this file writes is a multiple of 8 (s_span) */
+    if (h->mark % 8) /* nowhere an entry starts: publish more again, never less */
+        h->mark = h->tail;
     if (h->pending) {
         uint64_t l = h->pending - 1;
         if (l < h->tail || l > h->head + h->size / 2 || l % h->size + sizeof(s_ent_t) > h->size)
@@ -162,13 +181,29 @@ s_check(pd_outbox_t *self)
         if (h->head - h->tail > h->size)
             return false;
     }
-    /* the entries a restart reads well formed (the older ones: as walks reach them, s_ok) */
-    for (int i = 1; i >= 0; i--) {
-        uint64_t c = s_cp(self, i);
-        if (c != UINT64_MAX && s_chain_ok(self, c))
-            return true;
-    }
-    return s_chain_ok(self, h->tail); /* no checkpoint to start from: all of them */
+    /* The entries a restart reads, from the older checkpoint on, well formed (the older ones
+     * are checked as walks reach them, s_at); the whole ring when no checkpoint leads to head.
+     * A checkpoint that is not an entry of the checked chain is forgotten. */
+    self->trusted = 0;
+    uint64_t want[3] = {s_cp(self, 0), s_cp(self, 1), h->mark}, from = h->tail;
+    bool hit[3];
+    int i = 1;
+    for (; i >= 0; i--)
+        if (want[i] != UINT64_MAX && s_chain_ok(self, want[i], want, hit)) {
+            from = want[i];
+            break;
+        }
+    if (i < 0 && !s_chain_ok(self, h->tail, want, hit))
+        return false;
+    for (int k = 0; k < 2; k++)
+        if (!hit[k])
+            h->cp[k] = 0;
+    /* a mark that is not where an entry of the chain starts or ends publishes more again (the
+     * subscribers drop what they have), never less */
+    if (h->mark > h->head || (h->mark > from && h->mark < h->head && !hit[2]))
+        h->mark = from;
+    self->trusted = from;
+    return true;
 }
 
 pd_outbox_t *
@@ -226,6 +261,13 @@ fail:
 }
 
 void
+pd_outbox_ring(const pd_outbox_t *self, const void **ring, size_t *size)
+{
+    *ring = self->ring;
+    *size = self->hdr->size;
+}
+
+void
 pd_outbox_close(pd_outbox_t **self_p)
 {
     pd_outbox_t *self = *self_p;
@@ -254,8 +296,15 @@ pd_outbox_put(pd_outbox_t *self, const void *data, size_t len, int64_t time_ms)
         at += room;
     uint64_t end = at + need;
     uint64_t tail = h->tail;
-    while (tail < h->head && end - tail > h->size)
-        tail = s_next(self, tail);
+    while (tail < h->head && end - tail > h->size) {
+        uint64_t e = s_at(self, tail);
+        if (e == S_END)
+            tail = h->head;
+        else if (e == S_BAD) /* unchecked and malformed: what is older than the checked part goes */
+            tail = self->trusted > tail ? self->trusted : h->head;
+        else
+            tail = e + s_span(s_ent(self, e)->len);
+    }
     if (end - tail > h->size)
         tail = end - h->size; //  only slack was left between tail and head
     __atomic_store_n(&h->tail, tail < at ? tail : at, __ATOMIC_RELEASE);
@@ -264,7 +313,7 @@ pd_outbox_put(pd_outbox_t *self, const void *data, size_t len, int64_t time_ms)
     uint64_t c = s_cp(self, 0);
     if (c == UINT64_MAX)
         h->cp[0] = at + 1;
-    else if (time_ms >= s_ent(self, c)->time_ms + S_CP_MS) {
+    else if (s_ent(self, c)->time_ms <= time_ms - S_CP_MS) {
         h->cp[1] = h->cp[0];
         h->cp[0] = at + 1;
     }
@@ -301,6 +350,8 @@ pd_outbox_drop(pd_outbox_t *self)
     __atomic_store_n(&h->head, h->pending - 1, __ATOMIC_RELEASE);
     if (h->tail > h->head)
         h->tail = h->head;
+    if (h->mark > h->head) /* a mark taken with the entry pending */
+        h->mark = h->head;
     __atomic_store_n(&h->pending, 0, __ATOMIC_RELEASE);
 }
 
@@ -356,10 +407,15 @@ s_each_from(pd_outbox_t *self, uint64_t l, int64_t since, pd_outbox_fn fn, void 
 {
     s_hdr_t *h = self->hdr;
     uint64_t n = 0;
-    while (l < h->head) {
-        l = s_start(self, l);
-        if (l >= h->head || !s_ok(self, l))
+    for (;;) {
+        uint64_t at = s_at(self, l);
+        if (at == S_BAD && l < self->trusted) { /* an unchecked older entry: on from the checked */
+            l = self->trusted;
+            continue;
+        }
+        if (at >= S_BAD)
             break;
+        l = at;
         s_ent_t *e = s_ent(self, l);
         if (l + 1 != h->pending && l >= h->mark && e->time_ms >= since) {
             fn(e + 1, e->len, arg);

@@ -27,6 +27,8 @@ typedef struct pd_outbox pd_outbox_t;
 //  an outbox (of any size). Returns NULL (with a log line) on failure.
 pd_outbox_t *pd_outbox_open(const char *name, size_t bytes);
 void pd_outbox_close(pd_outbox_t **self_p);
+//  The ring's bytes, for checks (every entry a walk visits lies inside them: fuzz_outbox.c).
+void pd_outbox_ring(const pd_outbox_t *self, const void **ring, size_t *size);
 int pd_outbox_unlink(const char *name);
 
 //  Appends one entry, pending until pd_outbox_commit. An entry larger than a quarter of the

@@ -3036,6 +3036,11 @@ s_ct_round(const char *name, s_ct_model_t *m, uint64_t seed, uint32_t nops, uint
                 t->why);
         s_ct_rebuilt++;
     }
+    /* the same disagreement of the model's where open checked a sample only (more than
+     * S_VERIFY_WHOLE records) and the sample missed it: rebuilt here, as open would have */
+    const char *why;
+    if (!t->rebuilt && s_verify(t, false, &why) < 0 && strcmp(why, "user index") == 0)
+        s_rebuild(t);
     s_test_ok(t);
     bool in_a = s_ct_matches(t, a), in_b = !in_a && s_ct_matches(t, b);
     PD_CHECK(in_a || in_b);

@@ -1727,10 +1727,11 @@ s_outbox_open(store_t *self, bool created)
     /* sized first (a walk of pages the check has just read), so that the copy fills one fresh
      * buffer, in huge pages where the host has them (pd_buf_reserve): grown by doubling, the
      * 8 MB replay of a busy node took 45-55 ms, of which 1-8 ms are left */
+    int64_t since = last > INT64_MIN + REPLAY_MS ? last - REPLAY_MS : INT64_MIN;
     size_t bytes = 0;
-    pd_outbox_each(self->outbox, last - REPLAY_MS, s_replay_size, &bytes);
+    pd_outbox_each(self->outbox, since, s_replay_size, &bytes);
     pd_buf_reserve(&self->replay, bytes + bytes / REPLAY_FRAME + 1);
-    pd_outbox_each(self->outbox, last - REPLAY_MS, s_replay_add, self);
+    pd_outbox_each(self->outbox, since, s_replay_add, self);
 }
 
 static void
