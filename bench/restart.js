@@ -8,8 +8,9 @@
 // one keep-alive client sends GET /v1/presences/{id} back to back (each answer is a fast 503
 // until the node is back) and the time from the kill to the first 200 is the restart time.
 // Then the same GETs go on for 1.5 s: the slowest answer while the node counts its records
-// again and answers the reaper's resync. Also printed, from the log's timestamps: when the supervisor saw the death, and when the new
-// process had re-attached its segment. Two more rounds make the segment dirty on purpose, as a
+// again and answers the reaper's resync. Also printed, from the log's timestamps: when the
+// supervisor saw the death, when the new process had re-attached its segment, and when the
+// broker saw the node up again. Two more rounds make the segment dirty on purpose, as a
 // kill in the middle of a write leaves it (the kills under writes rarely land there): the node
 // is stopped (SIGSTOP), its header's `dirty` word set, then it is killed. "dirty": with the undo
 // journal armed (a write cut short: re-attach writes back the words it had changed, at most
@@ -75,7 +76,7 @@ async function killOnce(c, agent, id, dirty, journal) {
     const m = /re-attached \S+: (\d+) records/.exec(tail);
     const rebuilt = /rebuilding indexes \(([^)]*)\)/.exec(tail);
     const undone = /undone from its journal/.test(tail);
-    return { served, slowest, after, lost: at('lost store 1'), attached: at('re-attached \\S+: \\d+ records'), n503, other,
+    return { served, slowest, after, lost: at('lost store 1'), attached: at('re-attached \\S+: \\d+ records'), up: at('store node 1 is up'), n503, other,
              count: m ? Number(m[1]) : NaN, rebuilt: rebuilt ? rebuilt[1] : '', undone };
 }
 
@@ -97,7 +98,7 @@ async function killOnce(c, agent, id, dirty, journal) {
                 const r = await killOnce(c, agent, id, mode.startsWith('dirty'), mode === 'dirty');
                 if (wr) wr.kill('SIGTERM');
                 served.push(r.served);
-                console.log(`${mode} kill ${k + 1}: serving after ${r.served.toFixed(1)} ms (log: lost at ${r.lost} ms, re-attached at ${r.attached} ms; ` +
+                console.log(`${mode} kill ${k + 1}: serving after ${r.served.toFixed(1)} ms (log: lost at ${r.lost} ms, re-attached at ${r.attached} ms, the broker saw it at ${r.up} ms; ` +
                     `${r.n503} x 503, ${r.other} other; re-attached ${r.count} records${r.rebuilt ? `; rebuilt: ${r.rebuilt}` : ''}${r.undone ? '; a change undone from the journal' : ''}); ` +
                     `then the slowest of ${r.after} answers in 1.5 s: ${r.slowest.toFixed(1)} ms`);
                 // past the supervisor's 10 s window, so every kill is a first crash (no backoff)

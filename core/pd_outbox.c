@@ -15,10 +15,14 @@
  *  order), so a walk for the entries since T starts at the newest checkpoint older than T, and
  *  a walk for the newest entry at the newer checkpoint: about 2 x S_CP_MS of events.
  *
- *  Trust. A re-attach checks the header, and the entries from the older checkpoint to head
- *  (the whole ring only when that chain is broken, or there is no checkpoint): the ones a
- *  restart reads. Older entries are checked one by one as a walk reaches them (s_ok): a walk
- *  stops at the first malformed one. Nothing is ever read outside the ring. */
+ *  Trust. A re-attach checks the header (every offset a multiple of 8, in range), and the
+ *  entries from the older checkpoint to head (the whole ring only when that chain is broken, or
+ *  there is no checkpoint): the ones a restart reads. That chain's first entry is `trusted`.
+ *  Older entries are checked one by one as a walk reaches them (s_at), and a walk through them
+ *  must land exactly on `trusted`; where it does not, it goes on from `trusted`, and the
+ *  eviction drops what lies before it. Checkpoints and the mark must lie on the checked chain
+ *  (a stray mark is moved back: more is published again, never less). Nothing is ever read
+ *  outside the ring. tests/fuzz/fuzz_outbox.c writes over every part of a segment. */
 #include "pd_outbox.h"
 
 #include <assert.h>
@@ -401,7 +405,8 @@ s_from(pd_outbox_t *self, int64_t since)
 }
 
 //  Visits the committed entries from l on with time_ms >= since, oldest first, up to head or
-//  the first malformed entry. Returns the number visited.
+//  a malformed entry (one older than `trusted`: then on from `trusted`). Returns the number
+//  visited.
 static uint64_t
 s_each_from(pd_outbox_t *self, uint64_t l, int64_t since, pd_outbox_fn fn, void *arg)
 {

@@ -52,9 +52,10 @@ int pd_outbox_settle(pd_outbox_t *self, pd_outbox_check_fn happened, void *arg);
 //  it again.
 void pd_outbox_mark(pd_outbox_t *self);
 
-//  Visits the committed entries after the mark with time_ms >= since, oldest first, up to
-//  the newest or to the first malformed entry (a segment damaged from outside). Cheap for a
-//  since within the last second or so: it starts at a checkpoint (pd_outbox.c).
+//  Visits the committed entries after the mark with time_ms >= since, oldest first. In a
+//  segment damaged from outside, malformed entries and what cannot be read past them are
+//  skipped (pd_outbox.c, "Trust"). Cheap for a since within the last second or so: it starts
+//  at a checkpoint.
 typedef void (*pd_outbox_fn)(const void *data, size_t len, void *arg);
 void pd_outbox_each(pd_outbox_t *self, int64_t since, pd_outbox_fn fn, void *arg);
 //  Time of the newest committed entry after the mark, or INT64_MIN if there is none.
