@@ -242,7 +242,7 @@ pd_outbox_open(const char *name, size_t bytes)
     pd_outbox_t *self = calloc(1, sizeof *self);
     assert(self);
     self->map_len = sizeof(s_hdr_t) + size;
-    void *map = mmap(NULL, self->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *map = pd_shm_map(fd, self->map_len);
     close(fd);
     if (map == MAP_FAILED) {
         pd_log_warn("%s: mmap %s: %s", __func__, name, strerror(errno));

@@ -450,7 +450,7 @@ pd_rooms_open(const char *name, uint32_t capacity, const char *ref_prefix, bool 
         close(fd);
         return NULL;
     }
-    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *map = pd_shm_map(fd, len);
     if (map == MAP_FAILED) {
         pd_log_warn("%s: mmap %s: %s", __func__, name, strerror(errno));
         close(fd);

@@ -1060,7 +1060,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
     if (!made && st.st_size > 0) {
         /* Re-attach: the header must be ours, and describe exactly this file. */
         map_len = (size_t)st.st_size;
-        map = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        map = pd_shm_map(fd, map_len);
         if (map == MAP_FAILED) {
             pd_log_warn("%s: mmap %s: %s", __func__, name, strerror(errno));
             goto fail;
@@ -1120,7 +1120,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
             goto fail;
         }
         map_len = l.total;
-        map = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        map = pd_shm_map(fd, map_len);
         if (map == MAP_FAILED) {
             pd_log_warn("%s: mmap %s: %s", __func__, name, strerror(errno));
             goto fail;
@@ -1130,7 +1130,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
     /* The mapping covers the largest arena, so that the arena can grow without moving
      * (s_grow): pages past the file's end are never touched. */
     size_t reserve = (size_t)(l.off_arena + S_ARENA_RESERVE);
-    void *big = mmap(NULL, reserve, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *big = pd_shm_map(fd, reserve);
     if (big == MAP_FAILED) {
         pd_log_warn("%s: mmap %s (%zu bytes of address space): %s", __func__, name, reserve,
                     strerror(errno));
@@ -1357,7 +1357,7 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     size_t reserve = (size_t)(l.off_arena + S_ARENA_RESERVE);
     char *map = MAP_FAILED;
     if (!made || flock(fd, LOCK_EX | LOCK_NB) < 0 || ftruncate(fd, (off_t)l.total) < 0 ||
-        (map = mmap(NULL, reserve, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED) {
+        (map = pd_shm_map(fd, reserve)) == MAP_FAILED) {
         pd_log_warn("%s: %s: %s", __func__, tmp, made ? strerror(errno) : "exists");
         goto fail;
     }

@@ -313,6 +313,17 @@ pd_shm_rename(const char *from, const char *to)
     return rename(a, b);
 }
 
+void *
+pd_shm_map(int fd, size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+#ifdef MADV_HUGEPAGE
+    if (p != MAP_FAILED)
+        (void)madvise(p, len, MADV_HUGEPAGE); /* a file system without them ignores it */
+#endif
+    return p;
+}
+
 int
 pd_shm_unlink(const char *name)
 {

@@ -81,6 +81,12 @@ uint64_t pd_hash2(pd_str_t a, pd_str_t b);
  *  made it first, world-writable, to read or change what we keep in it. Returns the fd, or -1
  *  (logged, with what to do). */
 int pd_shm_open(const char *name, bool *made);
+/*  Maps len bytes of segment fd, shared, for reading and writing, asking for transparent huge
+ *  pages: where the segments' file system gives them (/dev/shm mounted with huge=within_size
+ *  or huge=advise), pages are mapped 2 MB at a time. A store restarted on a host where mapping
+ *  a page costs 5-11 us spends most of its restart mapping pages (README, "Store node restart
+ *  at scale"). Returns MAP_FAILED (errno) on failure, as mmap. */
+void *pd_shm_map(int fd, size_t len);
 //  Removes the segment name if it is one pd_shm_open would use (a segment someone else made
 //  is left alone). Returns 0, or -1.
 int pd_shm_unlink(const char *name);
