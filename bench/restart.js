@@ -107,7 +107,10 @@ async function killOnce(c, agent, id, dirty, journal) {
             served.sort((a, b) => a - b);
             console.log(`${mode}: median ${served[Math.floor((served.length - 1) / 2)].toFixed(1)} ms, max ${served[served.length - 1].toFixed(1)} ms over ${served.length} kills`);
         }
-        console.log(`machine: ${os.cpus().length} x ${os.cpus()[0].model}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.release()}; load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+        // /dev/shm's huge pages decide what a restart costs in page faults (README, "Huge pages")
+        const shm = fs.readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.split(' ')[1] === '/dev/shm').pop() || '';
+        const huge = (/huge=(\w+)/.exec(shm) || [null, 'never'])[1];
+        console.log(`machine: ${os.cpus().length} x ${os.cpus()[0].model}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.release()}; load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}; /dev/shm huge=${huge}`);
         const tail = c.log().split('\n').filter((l) => /re-attached|rebuilding|lost store/.test(l)).slice(-4);
         console.log(tail.join('\n'));
     } finally {
