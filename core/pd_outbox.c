@@ -136,11 +136,13 @@ s_at(pd_outbox_t *self, uint64_t l)
 }
 
 /*  Whether the entries from l on are well formed and end exactly at head; hit[i] tells whether
- *  one of them starts at want[i] (want[2]: the mark, which may also be where they end). */
+ *  one of them starts at want[i] (want[2], the mark, may also be where one ends). */
+#define S_WANT 4 //  the checkpoints, the mark, the pending entry
 static bool
-s_chain_ok(pd_outbox_t *self, uint64_t l, const uint64_t want[3], bool hit[3])
+s_chain_ok(pd_outbox_t *self, uint64_t l, const uint64_t want[S_WANT], bool hit[S_WANT])
 {
-    hit[0] = hit[1] = hit[2] = false;
+    for (int i = 0; i < S_WANT; i++)
+        hit[i] = false;
     for (;;) {
         hit[2] |= l == want[2];
         uint64_t s = s_at(self, l);
@@ -148,7 +150,7 @@ s_chain_ok(pd_outbox_t *self, uint64_t l, const uint64_t want[3], bool hit[3])
             return true;
         if (s == S_BAD)
             return false;
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < S_WANT; i++)
             hit[i] |= s == want[i];
         l = s + s_span(s_ent(self, s)->len);
     }
@@ -189,15 +191,19 @@ s_check(pd_outbox_t *self)
      * are checked as walks reach them, s_at); the whole ring when no checkpoint leads to head.
      * A checkpoint that is not an entry of the checked chain is forgotten. */
     self->trusted = 0;
-    uint64_t want[3] = {s_cp(self, 0), s_cp(self, 1), h->mark}, from = h->tail;
-    bool hit[3];
+    uint64_t want[S_WANT] = {s_cp(self, 0), s_cp(self, 1), h->mark,
+                             h->pending ? h->pending - 1 : UINT64_MAX};
+    uint64_t from = h->tail;
+    bool hit[S_WANT];
     int i = 1;
     for (; i >= 0; i--)
-        if (want[i] != UINT64_MAX && s_chain_ok(self, want[i], want, hit)) {
+        if (want[i] != UINT64_MAX && s_chain_ok(self, want[i], want, hit) &&
+            (!h->pending || hit[3])) {
             from = want[i];
             break;
         }
-    if (i < 0 && !s_chain_ok(self, h->tail, want, hit))
+    /* the pending entry must be one of the chain's: pd_outbox_drop moves head back to it */
+    if (i < 0 && (!s_chain_ok(self, h->tail, want, hit) || (h->pending && !hit[3])))
         return false;
     for (int k = 0; k < 2; k++)
         if (!hit[k])
