@@ -374,9 +374,7 @@ s_sent(broker_t *self, op_t *op, pd_msgw_t *w, size_t mark)
 static void
 s_append(broker_t *self, int node, const char *bytes, size_t len)
 {
-    pd_msgw_t *w = &self->nodes[node].out;
-    msgpack_sbuffer_write(&w->sb, bytes, len);
-    w->count++;
+    pd_msgw_append(&self->nodes[node].out, bytes, len, 1);
 }
 
 static void s_op_fail(broker_t *self, op_t *op, int err);

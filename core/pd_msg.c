@@ -367,19 +367,11 @@ pd_msg_each(const void *buf, size_t len, msgpack_zone *zone, pd_msg_fn fn, void 
  *  msgpack_pack_uint8 (the key) and msgpack_pack_int64 / msgpack_pack_str_with_body (the
  *  value) write (pd_msg_test compares the two). RAW values still go through w->pk. */
 
-//  Grows sb for n more bytes the way msgpack_sbuffer_write does; aborts when memory runs out,
-//  as pd_buf does.
+//  Grows sb for n more bytes (pd_grow: huge pages for a large batch).
 static void
 s_grow(msgpack_sbuffer *sb, size_t n)
 {
-    size_t cap = sb->alloc ? sb->alloc * 2 : MSGPACK_SBUFFER_INIT_SIZE;
-    while (cap < sb->size + n)
-        cap *= 2;
-    char *p = realloc(sb->data, cap);
-    if (!p)
-        abort();
-    sb->data = p;
-    sb->alloc = cap;
+    sb->data = pd_grow(sb->data, &sb->alloc, sb->size + n, MSGPACK_SBUFFER_INIT_SIZE);
 }
 
 static inline unsigned char *
@@ -565,6 +557,21 @@ pd_msgw_forward(pd_msgw_t *w, const pd_msg_t *m, uint64_t rid)
     w->sb.size += m->raw_len;
     s_put_be((unsigned char *)w->sb.data + at + 4, rid, 8);
     w->count++;
+}
+
+void
+pd_msgw_reserve(pd_msgw_t *w, size_t n)
+{
+    s_room(w, n);
+}
+
+void
+pd_msgw_append(pd_msgw_t *w, const void *p, size_t n, uint32_t count)
+{
+    if (n)
+        memcpy(s_room(w, n), p, n);
+    w->sb.size += n;
+    w->count += count;
 }
 
 void

@@ -143,6 +143,11 @@ void pd_msgw_end(pd_msgw_t *w);
 void pd_msgw_copy(pd_msgw_t *w, const pd_msg_t *m, uint64_t rid, uint64_t skip);
 //  Appends an already encoded message (m->raw) with its rid replaced: the broker's forward.
 void pd_msgw_forward(pd_msgw_t *w, const pd_msg_t *m, uint64_t rid);
+//  Makes room for n more bytes (pd_grow).
+void pd_msgw_reserve(pd_msgw_t *w, size_t n);
+//  Appends n bytes as they are: count whole encoded messages (a copy of another batch's), or
+//  bytes of a frame's own (count 0, e.g. a bus topic).
+void pd_msgw_append(pd_msgw_t *w, const void *p, size_t n, uint32_t count);
 
 void pd_msg_test(bool verbose);
 

@@ -406,7 +406,7 @@ pd_buf_free(pd_buf_t *b)
 }
 
 /*  A buffer of megabytes (a list's reply, a SYNC answer, a restarted store's replay) is
- *  written once, page after page. Each fresh page costs a fault, and on paravirtualised hosts
+ *  written once, page after page (every growable buffer grows by pd_grow). Each fresh page costs a fault, and on paravirtualised hosts
  *  a fault on fresh anonymous memory costs 11 us and more: 16 MB took 47 ms. Where the host
  *  gives transparent huge pages on request (the common "madvise" setting) the same 16 MB take
  *  about 1 ms. So a large buffer asks for them; a host without them ignores it. */
@@ -427,21 +427,27 @@ s_buf_huge(char *p, size_t cap)
 #endif
 }
 
+void *
+pd_grow(void *p, size_t *cap, size_t need, size_t init)
+{
+    if (need <= *cap)
+        return p;
+    size_t n = *cap ? *cap : init;
+    while (n < need)
+        n *= 2;
+    char *q = realloc(p, n);
+    if (!q)
+        abort();
+    if (n >= S_BUF_HUGE)
+        s_buf_huge(q, n);
+    *cap = n;
+    return q;
+}
+
 void
 pd_buf_reserve(pd_buf_t *b, size_t n)
 {
-    if (b->len + n <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n)
-        cap *= 2;
-    char *p = realloc(b->data, cap);
-    if (!p)
-        abort();
-    if (cap >= S_BUF_HUGE)
-        s_buf_huge(p, cap);
-    b->data = p;
-    b->cap = cap;
+    b->data = pd_grow(b->data, &b->cap, b->len + n, 256);
 }
 
 void

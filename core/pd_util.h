@@ -107,6 +107,10 @@ int pd_shard_owner(pd_str_t project, pd_str_t key, int nnodes);
 //  True if s is a valid Appwrite UID: 1..36 chars of [A-Za-z0-9_.-], not starting with _ . -
 bool pd_uid_valid(pd_str_t s);
 
+//  Grows the allocation p of *cap bytes to hold need, doubling from init (or *cap); aborts on
+//  OOM. One of 4 MB and more asks for transparent huge pages. Returns the (moved) allocation.
+void *pd_grow(void *p, size_t *cap, size_t need, size_t init);
+
 //  A growable byte buffer. pd_buf_reset keeps the allocation (no per-use malloc on hot paths).
 typedef struct {
     char *data;

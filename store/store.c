@@ -65,8 +65,9 @@
 #define SCAN_TURN_US 4000
 #define OUTBOX_BYTES (64u << 20) //  recent events kept in shared memory (--store-outbox; st_replay.h)
 #define REPLAY_MS 1000           //  after a restart, events this recent are published again
-#define REPLAY_FRAME (256u << 10) //  ... in frames of about this size (s_replay_add)
+#define FRAME_MAX (256u << 10)   //  a bus frame is cut after this many bytes (s_topic)
 #define HOLD_MAX (64u << 20)     //  events held while the broker has not subscribed yet
+#define EVENTS_KEEP (4u << 20)   //  an events buffer larger than this is freed once sent
 #define PUB_WINDOW_US 1000       //  at most one event frame per this, while events flow
 #define MOVE_SCAN_SLOTS 65536    //  slots (or claim entries) a MOVE_OUT looks at, at most
 
@@ -92,13 +93,12 @@ typedef struct {
     bool bus_ready;       //  the broker has subscribed: events can go out
     bool events_wanted;   //  someone (a gateway) subscribes to the EVENT topic
     pd_outbox_t *outbox;  //  recent events, in shared memory (pd_outbox.h)
-    pd_buf_t replay;      //  events to publish again once the bus is ready, after a restart
-    size_t *replay_cuts;  //  where each of its frames starts (its topic byte)
-    size_t nreplay_cuts;
+    size_t hold_max;      //  bytes of events held before the bus is ready (HOLD_MAX + replay)
     int put_action;       //  the event of the pd_table_put in progress (0: none)
     pd_zpoll_t poll;
     pd_msgw_t out;        //  replies this turn
-    pd_msgw_t events;     //  events this turn: runs of one bus topic, each a frame
+    pd_msgw_t events;     //  events this turn (and after a restart, the replay first): runs
+                          //  of one bus topic, each a frame of up to about FRAME_MAX bytes
     size_t *runs;         //  where each run starts in events (its topic byte)
     size_t nruns, cap_runs;
     msgpack_zone zone;
@@ -180,13 +180,19 @@ s_reply_rec(store_t *self, const pd_msg_t *m, const pd_record_t *rec, const pd_r
 /*  Publishes a change. rec is the record after the change (before it, for a delete); prev is
  *  the state before an upsert/update, or NULL. */
 /*  Starts a message of bus topic `topic` in the events of this turn: a new run (a frame of its
- *  own) when the topic changes, so that events keep their order on every subscriber. */
+ *  own) when the topic changes, so that events keep their order on every subscriber, and when
+ *  the run has passed FRAME_MAX. The I/O thread encrypts a frame whole, and whatever this node
+ *  sends after it (replies included) waits: a restart's replay of 8 MB in one frame held the
+ *  new process's first replies back 36 ms. */
 static void
 s_topic(store_t *self, char topic)
 {
     pd_msgw_t *w = &self->events;
-    if (self->nruns && w->sb.data[self->runs[self->nruns - 1]] == topic)
-        return;
+    if (self->nruns) {
+        size_t at = self->runs[self->nruns - 1];
+        if (w->sb.data[at] == topic && w->sb.size - at < FRAME_MAX)
+            return;
+    }
     if (self->nruns == self->cap_runs) {
         self->cap_runs = self->cap_runs ? self->cap_runs * 2 : 16;
         self->runs = realloc(self->runs, self->cap_runs * sizeof *self->runs);
@@ -194,13 +200,18 @@ s_topic(store_t *self, char topic)
             pd_fatal("realloc");
     }
     self->runs[self->nruns++] = w->sb.size;
-    msgpack_sbuffer_write(&w->sb, &topic, 1);
+    pd_msgw_append(w, &topic, 1, 0);
 }
 
 static void
 s_events_reset(store_t *self)
 {
-    pd_msgw_reset(&self->events);
+    if (self->events.sb.alloc > EVENTS_KEEP) { /* a replay's, or a burst's: not kept */
+        pd_msgw_destroy(&self->events);
+        pd_msgw_init(&self->events);
+    } else {
+        pd_msgw_reset(&self->events);
+    }
     self->nruns = 0;
 }
 
@@ -1478,8 +1489,7 @@ s_room_events(store_t *self)
     pd_msgw_t *ev = st_rooms_events(self->rooms);
     if (ev->count && self->events_wanted) {
         s_topic(self, PD_BUS_EVENT);
-        msgpack_sbuffer_write(&self->events.sb, ev->sb.data, ev->sb.size);
-        self->events.count += ev->count;
+        pd_msgw_append(&self->events, ev->sb.data, ev->sb.size, ev->count);
     }
     pd_msgw_reset(ev);
 }
@@ -1599,7 +1609,7 @@ s_flush(store_t *self, bool force)
         pd_zpoll_sent(&self->poll, zsock_resolve(self->pub));
         self->pub_last = now;
         sent = true;
-    } else if (self->events.sb.size > HOLD_MAX) {
+    } else if (self->events.sb.size > self->hold_max) {
         pd_log_warn("%s: the bus is not connected; %u events dropped", __func__,
                     self->events.count);
         s_events_reset(self);
@@ -1628,49 +1638,22 @@ s_on_subscribe(pd_zmsg_t *zm, void *arg)
         self->events_wanted = d[0] == 1;
     if (d[0] != 1)
         return;
-    if (!self->bus_ready) {
-        self->bus_ready = true;
-        if (self->replay.len) {
-            for (size_t i = 0; i < self->nreplay_cuts; i++) {
-                size_t at = self->replay_cuts[i];
-                size_t end = i + 1 < self->nreplay_cuts ? self->replay_cuts[i + 1]
-                                                        : self->replay.len;
-                pd_zmq_send(zsock_resolve(self->pub), NULL, 0, self->replay.data + at, end - at);
-            }
-            pd_zpoll_sent(&self->poll, zsock_resolve(self->pub));
-            pd_log_info("published again the events of the last %d ms before the restart "
-                        "(%zu bytes in %zu frames)",
-                        REPLAY_MS, self->replay.len, self->nreplay_cuts);
-            pd_buf_free(&self->replay);
-            free(self->replay_cuts);
-            self->replay_cuts = NULL;
-            self->nreplay_cuts = 0;
-        }
-    }
-    if (events) { /* after what this turn holds, at once */
+    bool first = !self->bus_ready;
+    self->bus_ready = true;
+    if (events) /* after what this turn holds */
         s_bus_hello(self, PD_BUS_EVENT);
+    if (events || first) /* at once: the held events (a restart's replay first) and the HELLO */
         s_flush(self, true);
-    }
 }
 
+/*  A replayed event goes on the DEADLINE topic, which every subscriber takes (the reaper sorts
+ *  out what it has seen, as gateways do). */
 static void
 s_replay_add(const void *data, size_t len, void *arg)
 {
     store_t *self = arg;
-    /* Frames of REPLAY_FRAME, each on both topics (the reaper sorts out what it has seen).
-     * Not one frame: the I/O thread encrypts a frame whole, and the first replies of the new
-     * process would wait behind megabytes of it. */
-    size_t at = self->nreplay_cuts ? self->replay_cuts[self->nreplay_cuts - 1] : 0;
-    if (!self->replay.len || self->replay.len - at >= REPLAY_FRAME) {
-        self->replay_cuts = realloc(self->replay_cuts,
-                                    (self->nreplay_cuts + 1) * sizeof *self->replay_cuts);
-        if (!self->replay_cuts)
-            pd_fatalx("%s: out of memory", __func__);
-        self->replay_cuts[self->nreplay_cuts++] = self->replay.len;
-        char topic = PD_BUS_DEADLINE;
-        pd_buf_add(&self->replay, &topic, 1);
-    }
-    pd_buf_add(&self->replay, data, len);
+    s_topic(self, PD_BUS_DEADLINE);
+    pd_msgw_append(&self->events, data, len, 1);
 }
 
 static void
@@ -1701,8 +1684,8 @@ s_event_happened(const void *data, size_t len, void *arg)
 }
 
 /*  After a restart: settle the event a dead predecessor left pending (kept if its change is in
- *  the table, dropped if not), then queue the events of its last REPLAY_MS to be published
- *  again. A new table starts with an empty outbox. */
+ *  the table, dropped if not), then hold the events of its last REPLAY_MS, to be published
+ *  again first when the bus is ready. A new table starts with an empty outbox. */
 static void
 s_outbox_open(store_t *self, bool created)
 {
@@ -1730,8 +1713,12 @@ s_outbox_open(store_t *self, bool created)
     int64_t since = last > INT64_MIN + REPLAY_MS ? last - REPLAY_MS : INT64_MIN;
     size_t bytes = 0;
     pd_outbox_each(self->outbox, since, s_replay_size, &bytes);
-    pd_buf_reserve(&self->replay, bytes + bytes / REPLAY_FRAME + 1);
+    pd_msgw_reserve(&self->events, bytes + bytes / FRAME_MAX + 1); /* and topic bytes */
     pd_outbox_each(self->outbox, since, s_replay_add, self);
+    self->hold_max += self->events.sb.size;
+    pd_log_info("holding the events of the last %d ms before the restart to publish again "
+                "(%u events, %zu bytes in %zu frames)",
+                REPLAY_MS, self->events.count, self->events.sb.size, self->nruns);
 }
 
 static void
@@ -1868,6 +1855,8 @@ store_main(pd_config_t *cfg)
     pd_log_info("%s %s: %zu records", created ? "created" : "re-attached", cfg->shm_name,
                 pd_table_count(self->table));
     msgpack_zone_init(&self->zone, 8192);
+    pd_msgw_init(&self->events); /* before the outbox: a restart's replay is held there */
+    self->hold_max = HOLD_MAX;
     s_outbox_open(self, created);
     pd_table_set_hook(self->table, s_on_change, self);
     self->rooms = st_rooms_open(cfg, created, s_room_event, self);
@@ -1881,7 +1870,6 @@ store_main(pd_config_t *cfg)
     self->frozen = zhash_new();
     pd_msgw_init(&self->out);
     pd_msgw_init(&self->front_out);
-    pd_msgw_init(&self->events);
     self->reply = &self->out;
 
     /* Every socket is CURVE (pd_keys.h): the broker knows this node by its key store-<n>, and
@@ -1980,8 +1968,6 @@ store_main(pd_config_t *cfg)
     if (self->bus_ready && !self->events.count)
         pd_outbox_mark(self->outbox);
     pd_outbox_close(&self->outbox);
-    pd_buf_free(&self->replay);
-    free(self->replay_cuts);
     free(self->runs);
     pd_table_close(&self->table);
     st_rooms_close(&self->rooms);
