@@ -70,21 +70,29 @@ s_or(size_t len, const char *dflt)
 bool
 pd_record_locate(pd_record_t *rec)
 {
-    size_t perms = S_LEN(S_K_ID) + rec->id.len + S_LEN(S_K_CREATED) +
-                   pd_time_len(rec->created_ms) + S_LEN(S_K_UPDATED) +
-                   pd_time_len(rec->updated_ms) + S_LEN(S_K_PERMS);
-    size_t status = perms + s_or(rec->perms_json.len, "[]") + S_LEN(S_K_USER) +
-                    rec->user_id.len + S_LEN(S_K_STATUS);
+    size_t id = S_LEN(S_K_ID);
+    size_t perms = id + rec->id.len + S_LEN(S_K_CREATED) + pd_time_len(rec->created_ms) +
+                   S_LEN(S_K_UPDATED) + pd_time_len(rec->updated_ms) + S_LEN(S_K_PERMS);
+    size_t user = perms + s_or(rec->perms_json.len, "[]") + S_LEN(S_K_USER);
+    size_t status = user + rec->user_id.len + S_LEN(S_K_STATUS);
     size_t source = status + s_or(rec->status_json.len, "null") + S_LEN(S_K_SOURCE);
     size_t meta = source + rec->source.len + S_LEN(S_K_EXPIRES) +
                   pd_time_len(rec->expires_ms) + S_LEN(S_K_META);
     if (meta + s_or(rec->meta_json.len, "{}") + S_LEN(S_K_END) != rec->json.len)
         return false;
     const char *j = rec->json.ptr;
-    rec->perms_json.ptr = j + perms;
-    rec->status_json.ptr = j + status;
-    rec->source.ptr = j + source;
-    rec->meta_json.ptr = j + meta;
+    const struct {
+        pd_str_t *f;
+        size_t at;
+    } at[] = {{&rec->id, id},           {&rec->perms_json, perms}, {&rec->user_id, user},
+              {&rec->status_json, status}, {&rec->source, source},  {&rec->meta_json, meta}};
+    if (!rec->status.ptr && rec->status.len + 2 != rec->status_json.len)
+        return false; /* the status's view is the inside of status_json's string */
+    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
+        if (!at[i].f->ptr)
+            at[i].f->ptr = j + at[i].at;
+    if (!rec->status.ptr)
+        rec->status.ptr = rec->status_json.ptr + 1;
     return true;
 }
 

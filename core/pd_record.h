@@ -36,9 +36,10 @@ typedef struct {
 //  $id, $createdAt, $updatedAt, $permissions, userId, status, source, expiresAt, metadata.
 void pd_record_render(const pd_record_t *rec, pd_buf_t *b);
 /*  The inverse for the parts of the JSON that are fields of rec, as pd_record_render wrote them
- *  verbatim: given rec->json and every other field's length (and the dates), points
- *  perms_json, status_json, source and meta_json into the JSON, their lengths unchanged (a store
- *  keeps them only there, pd_table.c). These views are not NUL-terminated. False, and nothing
+ *  verbatim: given rec->json and every field's length (and the dates), points those of id,
+ *  user_id, perms_json, status_json, source and meta_json whose ptr is NULL into the JSON,
+ *  their lengths unchanged (a store keeps them only there, pd_table.c), and status, if NULL,
+ *  inside status_json's quotes. These views are not NUL-terminated. False, and nothing
  *  changed, if the lengths do not add up to the JSON's. */
 bool pd_record_locate(pd_record_t *rec);
 /*  A list page is {"total":N,"presences":[<json>,<json>,...]}, the records' JSON as they are kept

@@ -52,8 +52,10 @@
 #include <unistd.h>
 
 #define S_MAGIC 0x31454c4241544450ULL //  "PDTABLE1"
-#define S_LAYOUT_VERSION 5 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
-                           //  5: blocks keep four fields only inside the JSON (S_VIEW)
+#define S_LAYOUT_VERSION 6 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
+                           //  5: blocks keep four fields only inside the JSON (S_VIEW);
+                           //  6: finer size classes, the id and user id as views too
+                           //  (a 5 stays a 5: its blocks were carved in its classes)
                            //  (a version 2 or 3 segment is taken; it grows by a copy into a 4)
 #define S_PAGE 4096
 #define S_ALIGN 32                //  arena block granularity
@@ -62,8 +64,9 @@
 #define S_NONE UINT32_MAX         //  "no slot"
 /*  A block's string of length len[i] & ~S_VIEW that it keeps only inside its JSON (layout 5):
  *  source, status_json, perms_json and meta_json, which pd_record_render writes verbatim, when
- *  not empty. They take no bytes of their own; reads point them into the JSON
- *  (pd_record_locate). */
+ *  not empty; from layout 6 also the id and the user id (UIDs: written verbatim too), and the
+ *  status when its JSON string holds it verbatim. They take no bytes of their own; reads point
+ *  them into the JSON (pd_record_locate). */
 #define S_VIEW 0x80000000u
 #define S_VIEW_FIRST 4 //  s_field_off's source
 #define S_VIEW_LAST 7  //  ... to meta_json
@@ -210,6 +213,8 @@ struct pd_table {
     char name[128];     //  the segment's name (pd_table_grow makes name.grow, then renames it)
     uint64_t cap_want;  //  the largest capacity asked for (pd_table_size_t.capacity_max)
     bool views;         //  layout 5 or later: blocks are written with S_VIEW fields
+    bool v6;            //  layout 6 or later: finer size classes (s_class_size), and blocks may
+                        //  keep the id and the user id only inside the JSON (s_viewable)
     uint64_t *rg_old;   //  a growth's rehash under way: the three indexes as they were (pidx,
                         //  uidx, cidx, rg_size entries each; S_TOMB where an entry has moved)
     uint64_t rg_size;   //  their size
@@ -270,22 +275,50 @@ s_field_c(const pd_record_t *r, int i)
     return *(const pd_str_t *)((const char *)r + s_field_off[i]);
 }
 
+/*  Size classes. A segment of layout 6 has four from 128 B to 256 B, eight per power of two from
+ *  256 B to 4 KiB (where records are: a Presence of 560 bytes wastes 16 in its class, not 80),
+ *  and four per power of two above, up to 224 MiB. Older segments keep theirs (`v6` false):
+ *  four per power of two from 128 B, up to 3.5 GiB; their blocks were carved so, and a block's
+ *  class never changes. Every size is a multiple of S_ALIGN. */
 static inline uint64_t
-s_class_size(unsigned c)
+s_class_size(const pd_table_t *t, unsigned c)
 {
-    unsigned g = c / 4;
-    return ((uint64_t)128 << g) + (uint64_t)(c % 4) * ((uint64_t)32 << g);
+    if (!t->v6) {
+        unsigned g = c / 4;
+        return ((uint64_t)128 << g) + (uint64_t)(c % 4) * ((uint64_t)32 << g);
+    }
+    if (c < 4)
+        return 128 + 32 * (uint64_t)c;
+    if (c < 36) {
+        unsigned g = (c - 4) / 8;
+        return ((uint64_t)256 << g) + (uint64_t)((c - 4) % 8) * ((uint64_t)32 << g);
+    }
+    unsigned g = (c - 36) / 4;
+    return ((uint64_t)4096 << g) + (uint64_t)((c - 36) % 4) * ((uint64_t)1024 << g);
 }
 
-//  Smallest class whose size is >= n: groups of four steps per power of two from 128 B.
+//  Smallest class whose size is >= n (n > 128: a class of `per` steps per power of two, the
+//  power of two from `base`, starting at class `first`).
 static inline unsigned
-s_class_of(uint64_t n)
+s_class_in(uint64_t n, uint64_t base, unsigned per, unsigned first)
+{
+    unsigned g = 63 - (unsigned)__builtin_clzll((n - 1) / base);
+    uint64_t lo = base << g, step = lo / per;
+    return first + per * g + (unsigned)((n - lo + step - 1) / step);
+}
+
+static inline unsigned
+s_class_of(const pd_table_t *t, uint64_t n)
 {
     if (n <= 128)
         return 0;
-    unsigned g = 63 - (unsigned)__builtin_clzll((n - 1) >> 7);
-    uint64_t base = (uint64_t)128 << g, step = (uint64_t)32 << g;
-    return 4 * g + (unsigned)((n - base + step - 1) / step);
+    if (!t->v6)
+        return s_class_in(n, 128, 4, 0);
+    if (n <= 256)
+        return (unsigned)((n - 128 + 31) / 32);
+    if (n <= 4096)
+        return s_class_in(n, 256, 8, 4);
+    return s_class_in(n, 4096, 4, 36);
 }
 
 static inline s_block_t *
@@ -307,24 +340,13 @@ s_blob_of(pd_table_t *self, uint32_t s)
 }
 
 //  The four key strings of a block: project, id, user_id, status.
-static inline void
-s_blk_keys(const s_block_t *b, pd_str_t k[4])
-{
-    const char *p = s_blk_data(b);
-    for (int i = 0; i < 4; i++) {
-        k[i] = (pd_str_t){p, b->len[i]};
-        p += b->len[i] + 1;
-    }
-}
-
 /*  The per-field loops over a blob are unrolled (S_UNROLL): every read and every write of a
  *  record runs them, and unrolled, the field offsets become constants. */
 #define S_UNROLL _Pragma("GCC unroll 16")
 
 static void
-s_fill(pd_table_t *self, uint64_t off, pd_record_t *out)
+s_fill_blk(const s_block_t *b, pd_record_t *out)
 {
-    const s_block_t *b = s_blk(self, off);
     const char *p = s_blk_data(b);
     uint32_t views = 0;
     S_UNROLL
@@ -344,16 +366,55 @@ s_fill(pd_table_t *self, uint64_t off, pd_record_t *out)
     out->version = b->version;
     out->slot = b->slot;
     if (views && !pd_record_locate(out)) /* s_blob_ok checks it; a damaged block reads empty */
-        for (int i = S_VIEW_FIRST; i <= S_VIEW_LAST; i++)
+        for (int i = 0; i < S_NSTR; i++)
             if (!s_field(out, i)->ptr)
                 *s_field(out, i) = PD_STR("");
 }
 
-//  Field i of r is kept only inside r's JSON (S_VIEW).
+static inline void
+s_fill(pd_table_t *self, uint64_t off, pd_record_t *out)
+{
+    s_fill_blk(s_blk(self, off), out);
+}
+
+/*  The keys of a block: project, id, user id, status. Kept in the block, in that order, unless
+ *  one of the last three is a view (layout 6): then read as a whole record is. */
+static inline void
+s_blk_keys(const s_block_t *b, pd_str_t k[4])
+{
+    if ((b->len[1] | b->len[2] | b->len[3]) & S_VIEW) {
+        pd_record_t r;
+        s_fill_blk(b, &r);
+        k[0] = r.project;
+        k[1] = r.id;
+        k[2] = r.user_id;
+        k[3] = r.status;
+        return;
+    }
+    const char *p = s_blk_data(b);
+    for (int i = 0; i < 4; i++) {
+        k[i] = (pd_str_t){p, b->len[i]};
+        p += b->len[i] + 1;
+    }
+}
+
+//  Whether field i may be kept only inside the JSON (S_VIEW) in this segment's layout.
+static inline bool
+s_viewable(const pd_table_t *self, int i)
+{
+    return (i >= S_VIEW_FIRST && i <= S_VIEW_LAST) || (self->v6 && i >= 1 && i <= 3);
+}
+
+/*  Field i of r is kept only inside r's JSON (S_VIEW). The status is, when its JSON string holds
+ *  it verbatim (no escapes): most do. */
 static inline bool
 s_viewed(const pd_table_t *self, const pd_record_t *r, int i)
 {
-    return self->views && i >= S_VIEW_FIRST && i <= S_VIEW_LAST && s_field_c(r, i).len;
+    pd_str_t f = s_field_c(r, i);
+    if (!self->views || !s_viewable(self, i) || !f.len)
+        return false;
+    return i != 3 || (r->status_json.len == f.len + 2 && r->status_json.ptr[0] == '"' &&
+                      memcmp(r->status_json.ptr + 1, f.ptr, f.len) == 0);
 }
 
 /*  Record ids, user ids and statuses are chosen by clients: the indexes hash them under the
@@ -445,14 +506,9 @@ s_match(pd_table_t *self, int kind, uint32_t ref, pd_str_t a, pd_str_t b)
     uint64_t off = s_blob_of(self, ref);
     if (!off)
         return false;
-    const s_block_t *blk = s_blk(self, off);
-    const char *p = s_blk_data(blk);
-    if (!s_eq(p, blk->len[0], a))
-        return false;
-    p += blk->len[0] + 1;
-    if (kind == S_UKEY)
-        p += blk->len[1] + 1;
-    return s_eq(p, blk->len[kind == S_PKEY ? 1 : 2], b);
+    pd_str_t k[4];
+    s_blk_keys(s_blk(self, off), k);
+    return pd_str_eq(k[0], a) && pd_str_eq(k[kind == S_PKEY ? 1 : 2], b);
 }
 
 /*  A growth's rehash, spread over many calls (pd_table_grow_step): the indexes are cleared at
@@ -707,7 +763,7 @@ s_block_free(pd_table_t *self, uint64_t off)
     S_SET(self, b->slot, S_NONE);
     S_SET(self, b->next, self->hdr->free_blocks[b->cls]);
     S_SET(self, self->hdr->free_blocks[b->cls], off);
-    S_SET(self, self->hdr->arena_used, self->hdr->arena_used - s_class_size(b->cls));
+    S_SET(self, self->hdr->arena_used, self->hdr->arena_used - s_class_size(self, b->cls));
 }
 
 /*  The arena grows by an extension of the file, inside the address range mapped at open for
@@ -756,7 +812,7 @@ static uint64_t
 s_carve(pd_table_t *self, unsigned c)
 {
     s_header_t *h = self->hdr;
-    uint64_t sz = s_class_size(c);
+    uint64_t sz = s_class_size(self, c);
     if (sz > h->total_bytes - h->arena_top)
         return 0;
     uint64_t off = h->arena_top;
@@ -780,9 +836,9 @@ static uint64_t
 s_alloc(pd_table_t *self, uint64_t n)
 {
     s_header_t *h = self->hdr;
-    if (n > s_class_size(S_NCLASS - 1))
+    if (n > s_class_size(self, S_NCLASS - 1))
         return 0;
-    unsigned c = s_class_of(n), want = c;
+    unsigned c = s_class_of(self, n), want = c;
     uint64_t off = h->free_blocks[c];
     if (!off) {
         if ((off = s_carve(self, c)))
@@ -790,11 +846,11 @@ s_alloc(pd_table_t *self, uint64_t n)
         while (++c < S_NCLASS && !h->free_blocks[c])
             ;
         if (c == S_NCLASS)
-            return s_grow(self, s_class_size(want)) ? s_carve(self, want) : 0;
+            return s_grow(self, s_class_size(self, want)) ? s_carve(self, want) : 0;
         off = h->free_blocks[c];
     }
     S_SET(self, h->free_blocks[c], s_blk(self, off)->next);
-    S_SET(self, h->arena_used, h->arena_used + s_class_size(c));
+    S_SET(self, h->arena_used, h->arena_used + s_class_size(self, c));
     return off;
 }
 
@@ -926,6 +982,7 @@ s_bind(pd_table_t *self)
     s_header_t *h = self->hdr;
     self->journal = (s_journal_t *)(self->base + S_JOURNAL_OFF);
     self->views = h->version >= 5;
+    self->v6 = h->version >= 6;
     self->slots = (s_slot_t *)(self->base + h->off_slots);
     self->pidx = (uint64_t *)(self->base + h->off_pidx);
     self->uidx = (uint64_t *)(self->base + h->off_uidx);
@@ -1179,6 +1236,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
         }
     }
     self->views = self->hdr->version >= 5;
+    self->v6 = self->hdr->version >= 6;
     if (created)
         *created = made;
     return self;
@@ -1368,6 +1426,8 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     nt.hdr = (s_header_t *)map;
     s_header_t *h = nt.hdr;
     s_init_header(h, &l);
+    if (!self->v6) /* the blocks are copied as they are, so are their size classes */
+        h->version = 5;
     h->magic = 0; /* written last */
     memcpy(h->hash_key, oh->hash_key, sizeof h->hash_key);
     h->slots_top = oh->slots_top;
@@ -1538,7 +1598,7 @@ s_user_set(pd_table_t *self, uint32_t s, pd_str_t project, pd_str_t user)
 static bool
 s_rec_in_block(pd_table_t *self, const pd_record_t *r, uint64_t off)
 {
-    const char *lo = self->base + off, *hi = lo + s_class_size(s_blk(self, off)->cls);
+    const char *lo = self->base + off, *hi = lo + s_class_size(self, s_blk(self, off)->cls);
     for (int i = 0; i < S_NSTR - 1; i++) {
         pd_str_t f = s_field_c(r, i);
         if (f.len && f.ptr >= lo && f.ptr < hi)
@@ -2074,10 +2134,10 @@ s_walk(pd_table_t *self, s_bits_t *bits, uint64_t *nblocks)
     uint64_t off = self->hdr->off_arena, top = self->hdr->arena_top, n = 0;
     while (off < top) {
         const s_block_t *b = s_blk(self, off);
-        if (b->cls >= S_NCLASS || s_class_size(b->cls) > top - off)
+        if (b->cls >= S_NCLASS || s_class_size(self, b->cls) > top - off)
             break;
         s_bit_set(bits->start, (off - self->hdr->off_arena) / S_ALIGN);
-        off += s_class_size(b->cls);
+        off += s_class_size(self, b->cls);
         n++;
     }
     if (nblocks)
@@ -2095,15 +2155,15 @@ s_blob_ok(pd_table_t *self, const s_bits_t *bits, uint64_t off, uint32_t s)
         (bits && !s_bit(bits->start, (off - h->off_arena) / S_ALIGN)))
         return false;
     const s_block_t *b = s_blk(self, off);
-    if (!bits && (b->cls >= S_NCLASS || s_class_size(b->cls) > h->arena_top - off))
+    if (!bits && (b->cls >= S_NCLASS || s_class_size(self, b->cls) > h->arena_top - off))
         return false; /* no walk to vouch for it: the block must at least fit */
-    if (b->slot != s || b->bytes < sizeof(s_block_t) || b->bytes > s_class_size(b->cls))
+    if (b->slot != s || b->bytes < sizeof(s_block_t) || b->bytes > s_class_size(self, b->cls))
         return false;
     uint64_t n = sizeof(s_block_t);
     bool views = false;
     for (int i = 0; i < S_NSTR; i++) {
         if (b->len[i] & S_VIEW) {
-            if (i < S_VIEW_FIRST || i > S_VIEW_LAST)
+            if (!s_viewable(self, i))
                 return false;
             views = true;
             continue;
@@ -2119,7 +2179,7 @@ s_blob_ok(pd_table_t *self, const s_bits_t *bits, uint64_t off, uint32_t s)
         const char *p = s_blk_data(b);
         for (int i = 0; i < S_NSTR; i++) {
             uint32_t len = b->len[i] & ~S_VIEW;
-            *s_field(&r, i) = (pd_str_t){p, len};
+            *s_field(&r, i) = (pd_str_t){b->len[i] & S_VIEW ? NULL : p, len};
             if (!(b->len[i] & S_VIEW))
                 p += len + 1;
         }
@@ -2260,7 +2320,7 @@ s_verify_sample(pd_table_t *self, const char **why)
         uint64_t off = h->free_blocks[c];
         S_CHECK(!off || (off >= h->off_arena && off < h->arena_top &&
                          (off - h->off_arena) % S_ALIGN == 0 && s_blk(self, off)->cls == c &&
-                         s_class_size(c) <= h->arena_top - off),
+                         s_class_size(self, c) <= h->arena_top - off),
                 "block free list");
     }
     uint64_t step = h->slots_top / S_VERIFY_SAMPLE + 1;
@@ -2318,7 +2378,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
         uint64_t unit = (off - h->off_arena) / S_ALIGN;
         S_CHECK(!s_bit(bits.seen, unit), "block owned twice");
         s_bit_set(bits.seen, unit);
-        live_bytes += s_class_size(s_blk(self, off)->cls);
+        live_bytes += s_class_size(self, s_blk(self, off)->cls);
     }
     for (uint32_t s = 0; s < h->slots_top; s++)
         if (self->slots[s].blob && (*why = s_verify_slot(self, s)))
@@ -2337,7 +2397,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
                     !s_bit(bits.seen, (off - h->off_arena) / S_ALIGN),
                 "pending block");
         s_bit_set(bits.seen, (off - h->off_arena) / S_ALIGN);
-        pend_bytes = s_class_size(s_blk(self, off)->cls);
+        pend_bytes = s_class_size(self, s_blk(self, off)->cls);
     }
     if (h->pend_slot)
         S_CHECK(self->slots[h->pend_slot - 1].blob == 0, "pending slot is live");
@@ -2359,7 +2419,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
                     !s_bit(bits.seen, (off - h->off_arena) / S_ALIGN) && s_blk(self, off)->cls == c,
                 "block free list");
             s_bit_set(bits.seen, (off - h->off_arena) / S_ALIGN);
-            free_bytes += s_class_size(c);
+            free_bytes += s_class_size(self, c);
             free_blocks++;
         }
     S_CHECK(free_blocks + live + (h->pend_blob ? 1 : 0) == nblocks, "blocks lost");
@@ -2539,7 +2599,7 @@ s_rebuild(pd_table_t *self)
     uint64_t used = 0;
     for (uint64_t off = h->off_arena; off < h->arena_top;) {
         s_block_t *b = s_blk(self, off);
-        uint64_t sz = s_class_size(b->cls);
+        uint64_t sz = s_class_size(self, b->cls);
         if (b->slot < h->slots_top && self->slots[b->slot].blob == off) {
             used += sz;
         } else {
@@ -2655,7 +2715,7 @@ s_test_same(const pd_record_t *got, const pd_record_t *want, uint64_t version)
         PD_CHECK(pd_str_eq(s_field_c(got, i), s_field_c(want, i)));
     for (int i = 0; i < S_NSTR; i++) /* each is NUL-terminated, but the views into the JSON */
         PD_CHECK(s_field_c(got, i).ptr[s_field_c(got, i).len] == 0 ||
-                 (i >= S_VIEW_FIRST && i <= S_VIEW_LAST &&
+                 (((i >= S_VIEW_FIRST && i <= S_VIEW_LAST) || (i >= 1 && i <= 3)) &&
                   s_field_c(got, i).ptr > got->json.ptr &&
                   s_field_c(got, i).ptr + s_field_c(got, i).len < got->json.ptr + got->json.len));
     PD_CHECK(got->created_ms == want->created_ms && got->updated_ms == want->updated_ms);
@@ -2721,7 +2781,7 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
     pd_buf_addf(out, "count %llu claims %llu top %llu used %llu\n", (unsigned long long)h->count,
                 (unsigned long long)h->claims, (unsigned long long)h->arena_top,
                 (unsigned long long)h->arena_used -
-                    (h->pend_blob ? s_class_size(s_blk(self, h->pend_blob)->cls) : 0));
+                    (h->pend_blob ? s_class_size(self, s_blk(self, h->pend_blob)->cls) : 0));
     for (uint32_t s = 0; s < h->slots_top; s++) {
         uint64_t off = self->slots[s].blob;
         if (!off) {
@@ -2738,7 +2798,7 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
     }
     free(bucket_of);
     for (uint64_t off = h->off_arena; off < h->arena_top;
-         off += s_class_size(s_blk(self, off)->cls)) {
+         off += s_class_size(self, s_blk(self, off)->cls)) {
         bool live = false;
         uint32_t o = s_blk(self, off)->slot;
         if (o < h->slots_top && self->slots[o].blob == off)
@@ -3202,16 +3262,33 @@ pd_table_test(bool verbose)
     pd_record_t st, pv;
     bool created;
 
-    //  Size classes are ordered, tight, and round up.
-    for (uint64_t n = 1; n < 5000000; n += 1 + n / 64) {
-        unsigned c = s_class_of(n);
-        PD_CHECK(s_class_size(c) >= n && (c == 0 || s_class_size(c - 1) < n));
-        PD_CHECK(s_class_size(c) % S_ALIGN == 0);
+    //  Size classes, both schemes, are ordered, tight, and round up; a layout 6 segment's
+    //  classes are no coarser than the older ones' anywhere below 4 KiB.
+    for (int v6 = 0; v6 < 2; v6++) {
+        pd_table_t *ct = calloc(1, sizeof *ct);
+        PD_CHECK(ct);
+        ct->v6 = v6;
+        PD_CHECK(s_class_size(ct, S_NCLASS - 1) > (v6 ? 200u << 20 : 3u << 30));
+        for (uint64_t n = 1; n <= s_class_size(ct, S_NCLASS - 1); n += 1 + n / 64) {
+            unsigned c = s_class_of(ct, n);
+            PD_CHECK(c < S_NCLASS);
+            PD_CHECK(s_class_size(ct, c) >= n && (c == 0 || s_class_size(ct, c - 1) < n));
+            PD_CHECK(s_class_size(ct, c) % S_ALIGN == 0);
+            if (v6 && n <= 4096) {
+                pd_table_t coarse = {0};
+                PD_CHECK(s_class_size(ct, c) <= s_class_size(&coarse, s_class_of(&coarse, n)));
+            }
+        }
+        free(ct);
     }
 
-    //  Create, get, update, delete.
+    //  Create, get, update, delete. In a segment as an older release made it (layout 5: the
+    //  older size classes), until a test below makes it older still; the other tests have
+    //  segments of this release's layout.
     pd_table_t *t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
-    PD_CHECK(t && created);
+    PD_CHECK(t && created && t->hdr->version == S_LAYOUT_VERSION && t->v6);
+    t->hdr->version = 5;
+    t->v6 = false;
     PD_CHECK(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
     PD_CHECK(pd_table_arena_size(t) == 1 << 20);
     s_test_rec(a, "p1", "id1", "u1", "online", 5000, 10);
@@ -3440,7 +3517,8 @@ pd_table_test(bool verbose)
     PD_CHECK(snap1.len == snap2.len && memcmp(snap1.data, snap2.data, snap1.len) == 0);
     //  A version 2 segment has no journal: dirty, it is rebuilt (whatever its journal's page
     //  holds), and it is version 3 from then on. (Made from this one, whose sections have room
-    //  for its capacity exactly, as a version 2 or 3 layout has: its header is cut back.)
+    //  for its capacity exactly, as a version 2 or 3 layout has: its header is cut back. Its
+    //  blocks have the older size classes: it was made a layout 5 segment, above.)
     PD_CHECK(t->hdr->cap_max == t->hdr->capacity);
     t->hdr->version = 2;
     t->hdr->header_bytes = S_HEADER_V3;
@@ -3452,10 +3530,11 @@ pd_table_test(bool verbose)
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && !created && t->rebuilt && !t->undone && t->hdr->version == 3);
     s_test_ok(t);
-    //  Its sections have no room to grow in place: it grows by a copy into a version 4 one.
+    //  Its sections have no room to grow in place: it grows by a copy into a version 5 one
+    //  (sections sized for cap_max, views; its blocks keep their size classes, so not a 6).
     {
         size_t n = pd_table_count(t);
-        PD_CHECK(pd_table_grow(t, 128) == 0 && t->hdr->version == S_LAYOUT_VERSION);
+        PD_CHECK(pd_table_grow(t, 128) == 0 && t->hdr->version == 5 && !t->v6);
         PD_CHECK(pd_table_capacity(t) == 128 && t->hdr->cap_max == 128 && pd_table_count(t) == n);
         s_test_ok(t);
         s_test_snapshot(t, &snap1); /* what the rebuilds below must give again */
@@ -3868,6 +3947,7 @@ pd_table_test(bool verbose)
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && created && t->views);
     t->views = false;
+    t->v6 = false; /* and its size classes */
     s_test_rec(a, "p", "old", "uo", "online", 1, 300);
     PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
     used = pd_table_arena_used(t);
@@ -3875,7 +3955,7 @@ pd_table_test(bool verbose)
     t->hdr->header_bytes = S_HEADER_V4;
     pd_table_close(&t);
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
-    PD_CHECK(t && !created && !t->rebuilt && t->views && t->hdr->version == 5 &&
+    PD_CHECK(t && !created && !t->rebuilt && t->views && t->hdr->version == 5 && !t->v6 &&
              t->hdr->header_bytes == sizeof(s_header_t));
     PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("old"), &st) == 0);
     s_test_same(&st, &a->rec, 1);
@@ -3893,6 +3973,64 @@ pd_table_test(bool verbose)
     s_test_ok(t);
     pd_table_close(&t);
     pd_table_unlink(name);
+
+    //  A segment of layout 6 keeps the id, the user id and the status only in the JSON too: the
+    //  same record takes a smaller block than in layout 5; it reads back the same, is found by
+    //  id, by user and by status, and is found again after a rebuild of every index. A status
+    //  its JSON string escapes is kept beside the JSON, as before.
+    {
+        uint64_t blk[2];
+        for (int v6 = 0; v6 < 2; v6++) {
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+            PD_CHECK(t && created && t->v6 && t->hdr->version == S_LAYOUT_VERSION);
+            if (!v6) {
+                t->hdr->version = 5;
+                t->v6 = false;
+            }
+            s_test_rec(a, "p", "an-id-of-twenty-four-ch", "a-user-id-of-23-chars-x", "online", 1,
+                       200);
+            PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+            blk[v6] = s_blk(t, t->slots[st.slot].blob)->bytes;
+            for (int round = 0; round < 2; round++) {
+                PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("an-id-of-twenty-four-ch"), &st) == 0);
+                s_test_same(&st, &a->rec, 1);
+                PD_CHECK(v6 == (st.id.ptr > st.json.ptr && st.id.ptr < st.json.ptr + st.json.len));
+                PD_CHECK(v6 == (st.user_id.ptr > st.json.ptr &&
+                                st.user_id.ptr < st.json.ptr + st.json.len));
+                PD_CHECK(v6 == (st.status.ptr == st.status_json.ptr + 1));
+                PD_CHECK(pd_table_get_by_user(t, PD_STR("p"), PD_STR("a-user-id-of-23-chars-x"),
+                                              &st) == 0 &&
+                         pd_str_eqc(st.id, "an-id-of-twenty-four-ch"));
+                size_t online = 0;
+                pd_table_foreach_status(t, PD_STR("p"), PD_STR("online"), s_test_count_fn,
+                                        &online);
+                PD_CHECK(online == 1);
+                s_test_ok(t);
+                t->hdr->dirty = 1; /* then rebuilt from the blocks */
+                pd_table_close(&t);
+                t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+                PD_CHECK(t && !created && t->rebuilt && t->v6 == v6);
+            }
+            pd_table_close(&t);
+            pd_table_unlink(name);
+        }
+        PD_CHECK(blk[1] + 23 + 1 + 23 + 1 + 6 + 1 == blk[0]); /* both ids, the status, NULs */
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+        PD_CHECK(t && created && t->v6);
+        s_test_rec(a, "p", "esc", "ue", "on\"line", 1, 10);
+        snprintf(a->status_json, sizeof a->status_json, "\"on\\\"line\"");
+        a->rec.status_json = pd_str(a->status_json);
+        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+        PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("esc"), &st) == 0);
+        s_test_same(&st, &a->rec, 1);
+        PD_CHECK(pd_str_eqc(st.status, "on\"line") && st.status.ptr[st.status.len] == 0);
+        size_t found = 0;
+        pd_table_foreach_status(t, PD_STR("p"), PD_STR("on\"line"), s_test_count_fn, &found);
+        PD_CHECK(found == 1);
+        s_test_ok(t);
+        pd_table_close(&t);
+        pd_table_unlink(name);
+    }
 
     //  STORE_FULL changes nothing: out of slots, out of arena, out of claim entries.
     t = pd_table_open(name, (pd_table_size_t){4, 16384, 0, 0}, &created);
