@@ -9,7 +9,8 @@
  *      uidx        idx_size x u64: (project, userId) -> slot, same scheme
  *      sheads      sheads x u32: status-list heads, bucket = hash(project, status) & mask
  *      heap        capacity x u32: expiry min-heap of slots
- *      claims      capacity x s_claim_t: user claims (truth), published by their state word
+ *      claims      capacity x claim entries (s_claim_t and its strings): user claims (truth),
+ *                  published by their state word
  *      cidx        idx_size x u64: (project, userId) -> claim entry
  *      arena       arena_bytes of blocks: [s_block_t header | NUL-terminated strings]
  *
@@ -54,7 +55,8 @@
 #define S_MAGIC 0x31454c4241544450ULL //  "PDTABLE1"
 #define S_LAYOUT_VERSION 6 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
                            //  5: blocks keep four fields only inside the JSON (S_VIEW);
-                           //  6: finer size classes, the id and user id as views too
+                           //  6: finer size classes, the id, user id and status as views
+                           //  too, claim entries of 164 bytes (192)
                            //  (a 5 stays a 5: its blocks were carved in its classes)
                            //  (a version 2 or 3 segment is taken; it grows by a copy into a 4)
 #define S_PAGE 4096
@@ -72,7 +74,7 @@
 #define S_VIEW_LAST 7  //  ... to meta_json
 #define S_MAX_CAPACITY (1u << 30) //  index entries keep a 32-bit slot number
 #define S_ID_MAX 36               //  claim user and value
-#define S_PROJECT_MAX 64          //  claim project
+#define S_PROJECT_MAX 64          //  claim project, before layout 6 (S_CLAIM_PROJECT_V6)
 #define S_CLAIM_LIVE 0x4c495645u  //  "LIVE"
 
 /*  The string fields of pd_record_t, in blob order. The first four are the keys: project and
@@ -146,17 +148,22 @@ typedef struct {
     uint32_t bytes;       //  header + strings, for validation
 } s_block_t;
 
+/*  A claim entry: this header, then its strings in fields of fixed size: the project, the user
+ *  and the presence id twice (double-buffered: val 0 and 1). Layout 6 sizes the project's field
+ *  for a project id's longest, 36 bytes (pd_config); older layouts for 64. Entries follow each
+ *  other at that stride (s_claim); the section is sized for the larger one in every layout (the
+ *  rest of it is never touched: the file is sparse). */
 typedef struct {
-    uint32_t state;              //  S_CLAIM_LIVE once published (written last), else 0
-    uint32_t sel;                //  which val[] is current; reclaim switches it atomically
-    uint32_t hash;               //  low 32 bits of hash (project, user)
-    uint32_t next_free;          //  free-list link (entry + 1) while free
-    uint8_t plen, ulen;          //  key lengths
-    uint8_t vlen[2];             //  value lengths
-    char project[S_PROJECT_MAX]; //  key
-    char user[S_ID_MAX];
-    char val[2][S_ID_MAX]; //  the presence id, double-buffered
+    uint32_t state;     //  S_CLAIM_LIVE once published (written last), else 0
+    uint32_t sel;       //  which val is current; reclaim switches it atomically
+    uint32_t hash;      //  low 32 bits of hash (project, user)
+    uint32_t next_free; //  free-list link (entry + 1) while free
+    uint8_t plen, ulen; //  key lengths
+    uint8_t vlen[2];    //  value lengths
 } s_claim_t;
+#define S_CLAIM_PROJECT_V6 S_ID_MAX
+#define S_CLAIM_BYTES(pmax) (sizeof(s_claim_t) + (pmax) + 3 * S_ID_MAX) //  an entry's stride
+#define S_CLAIM_ROOM S_CLAIM_BYTES(S_PROJECT_MAX) //  per entry in the section, every layout
 
 /*  The undo journal, in the header's page after the header: while a mutation runs (header.dirty
  *  set), the old value of every word it changes — derived structures, truth words and header
@@ -195,7 +202,7 @@ struct pd_table {
     uint64_t *uidx;
     uint32_t *sheads;
     uint32_t *heap;
-    s_claim_t *claims;
+    char *claims;      //  entries of s_claim_stride bytes (s_claim)
     uint64_t *cidx;
     uint64_t imask; //  idx_size - 1
     uint32_t smask; //  sheads - 1
@@ -220,6 +227,44 @@ struct pd_table {
     uint64_t rg_size;   //  their size
     uint64_t rg_pos;    //  the next position pd_table_grow_step moves
 };
+
+//  The largest project a claim entry of this segment holds, and the entries' stride.
+static inline uint32_t
+s_claim_pmax(const pd_table_t *self)
+{
+    return self->v6 ? S_CLAIM_PROJECT_V6 : S_PROJECT_MAX;
+}
+
+static inline s_claim_t *
+s_claim(const pd_table_t *self, uint64_t e)
+{
+    return (s_claim_t *)(self->claims + e * S_CLAIM_BYTES(s_claim_pmax(self)));
+}
+
+static inline char *
+s_claim_project(const s_claim_t *c)
+{
+    return (char *)(c + 1);
+}
+
+static inline char *
+s_claim_user(const pd_table_t *self, const s_claim_t *c)
+{
+    return s_claim_project(c) + s_claim_pmax(self);
+}
+
+static inline char *
+s_claim_val(const pd_table_t *self, const s_claim_t *c, uint32_t i)
+{
+    return s_claim_user(self, c) + S_ID_MAX * (1 + i);
+}
+
+static inline pd_str_t
+s_claim_key(const pd_table_t *self, const s_claim_t *c, pd_str_t *user)
+{
+    *user = (pd_str_t){s_claim_user(self, c), c->ulen};
+    return (pd_str_t){s_claim_project(c), c->plen};
+}
 
 void
 pd_table_set_hook(pd_table_t *self, pd_table_hook_fn fn, void *arg)
@@ -497,9 +542,9 @@ s_match(pd_table_t *self, int kind, uint32_t ref, pd_str_t a, pd_str_t b)
     if (kind == S_CKEY) {
         if (ref >= self->hdr->claims_top)
             return false;
-        const s_claim_t *c = &self->claims[ref];
-        return c->state == S_CLAIM_LIVE && s_eq(c->project, c->plen, a) &&
-               s_eq(c->user, c->ulen, b);
+        const s_claim_t *c = s_claim(self, ref);
+        return c->state == S_CLAIM_LIVE && s_eq(s_claim_project(c), c->plen, a) &&
+               s_eq(s_claim_user(self, c), c->ulen, b);
     }
     if (ref >= self->hdr->slots_top)
         return false;
@@ -947,7 +992,7 @@ s_layout(uint64_t capacity, uint64_t cap_max, uint64_t arena_bytes, s_layout_t *
     l->off_heap = off;
     off += s_page_up(room * 4);
     l->off_claims = off;
-    off += s_page_up(room * sizeof(s_claim_t));
+    off += s_page_up(room * S_CLAIM_ROOM);
     l->off_cidx = off;
     off += s_page_up(idx_room * 8);
     l->off_arena = off;
@@ -988,7 +1033,7 @@ s_bind(pd_table_t *self)
     self->uidx = (uint64_t *)(self->base + h->off_uidx);
     self->sheads = (uint32_t *)(self->base + h->off_sheads);
     self->heap = (uint32_t *)(self->base + h->off_heap);
-    self->claims = (s_claim_t *)(self->base + h->off_claims);
+    self->claims = self->base + h->off_claims;
     self->cidx = (uint64_t *)(self->base + h->off_cidx);
     self->imask = h->idx_size - 1;
     self->smask = (uint32_t)(h->sheads - 1);
@@ -1398,7 +1443,7 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     if (s_layout(capacity, cap_max, oh->arena_bytes, &l) < 0)
         return -1;
     uint64_t delta = l.off_arena - oh->off_arena;
-    uint64_t used = oh->slots_top * sizeof(s_slot_t) + oh->claims_top * sizeof(s_claim_t) +
+    uint64_t used = oh->slots_top * sizeof(s_slot_t) + oh->claims_top * S_CLAIM_ROOM +
                     3 * l.idx_size * 8 + l.sheads * 4 + capacity * 4 + (oh->arena_top - oh->off_arena);
     if (!s_fs_room(self, used)) {
         pd_log_warn("%s: %s: no room in /dev/shm for a copy of %llu bytes", __func__, self->name,
@@ -1436,7 +1481,7 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     s_bind(&nt);
     for (uint64_t s = 0; s < oh->slots_top; s++)
         nt.slots[s].blob = self->slots[s].blob ? self->slots[s].blob + delta : 0;
-    memcpy(nt.claims, self->claims, oh->claims_top * sizeof(s_claim_t));
+    memcpy(nt.claims, self->claims, oh->claims_top * S_CLAIM_BYTES(s_claim_pmax(self)));
     memcpy(map + l.off_arena, self->base + oh->off_arena, oh->arena_top - oh->off_arena);
     s_rebuild(&nt);
     if (h->count != oh->count || h->claims != oh->claims) {
@@ -1911,18 +1956,18 @@ s_claim_find(pd_table_t *self, pd_str_t project, pd_str_t user, uint32_t h, uint
 }
 
 static void
-s_claim_copy(const s_claim_t *c, char id_out[37])
+s_claim_copy(const pd_table_t *self, const s_claim_t *c, char id_out[37])
 {
     uint32_t sel = __atomic_load_n(&c->sel, __ATOMIC_ACQUIRE) & 1;
-    memcpy(id_out, c->val[sel], c->vlen[sel]);
+    memcpy(id_out, s_claim_val(self, c, sel), c->vlen[sel]);
     id_out[c->vlen[sel]] = 0;
 }
 
 static inline bool
-s_claim_is(const s_claim_t *c, pd_str_t v)
+s_claim_is(const pd_table_t *self, const s_claim_t *c, pd_str_t v)
 {
     uint32_t sel = __atomic_load_n(&c->sel, __ATOMIC_ACQUIRE) & 1;
-    return s_eq(c->val[sel], c->vlen[sel], v);
+    return s_eq(s_claim_val(self, c, sel), c->vlen[sel], v);
 }
 
 /*  Adds a claim: the entry is filled while its state word is 0, then one release store of
@@ -1935,20 +1980,20 @@ s_claim_add(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want, ui
     uint32_t e;
     if (hd->claim_free) {
         e = hd->claim_free - 1;
-        S_SET(self, hd->claim_free, self->claims[e].next_free);
+        S_SET(self, hd->claim_free, s_claim(self, e)->next_free);
     } else if (hd->claims_top < hd->capacity) {
         e = (uint32_t)hd->claims_top;
         S_J(self, hd->claims_top);
         __atomic_store_n(&hd->claims_top, hd->claims_top + 1, __ATOMIC_RELEASE);
     } else
         return S_NONE;
-    s_claim_t *c = &self->claims[e];
+    s_claim_t *c = s_claim(self, e);
     c->hash = h;
     c->plen = (uint8_t)project.len;
     c->ulen = (uint8_t)user.len;
-    memcpy(c->project, project.ptr, project.len);
-    memcpy(c->user, user.ptr, user.len);
-    memcpy(c->val[0], want.ptr, want.len);
+    memcpy(s_claim_project(c), project.ptr, project.len);
+    memcpy(s_claim_user(self, c), user.ptr, user.len);
+    memcpy(s_claim_val(self, c, 0), want.ptr, want.len);
     c->vlen[0] = (uint8_t)want.len;
     c->sel = 0;
     S_CRASH();
@@ -1961,9 +2006,9 @@ s_claim_add(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want, ui
 }
 
 static bool
-s_claim_args_ok(pd_str_t project, pd_str_t user, pd_str_t want)
+s_claim_args_ok(const pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want)
 {
-    return project.len <= S_PROJECT_MAX && user.len <= S_ID_MAX && want.len >= 1 &&
+    return project.len <= s_claim_pmax(self) && user.len <= S_ID_MAX && want.len >= 1 &&
            want.len <= S_ID_MAX && (!project.len || project.ptr) && (!user.len || user.ptr) &&
            want.ptr;
 }
@@ -1973,13 +2018,13 @@ pd_table_claim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want,
                bool *fresh)
 {
     assert(self && id_out && fresh);
-    if (!s_claim_args_ok(project, user, want))
+    if (!s_claim_args_ok(self, project, user, want))
         return PD_ERR_ARGUMENT_INVALID;
     uint32_t h = s_hash32(self, project, user);
     uint64_t pos;
     uint32_t e = s_claim_find(self, project, user, h, &pos);
     if (e != S_NONE) {
-        s_claim_copy(&self->claims[e], id_out);
+        s_claim_copy(self, s_claim(self, e), id_out);
         *fresh = false;
         return 0;
     }
@@ -1988,7 +2033,7 @@ pd_table_claim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want,
     s_clean(self);
     if (e == S_NONE)
         return PD_ERR_STORE_FULL;
-    s_claim_copy(&self->claims[e], id_out);
+    s_claim_copy(self, s_claim(self, e), id_out);
     *fresh = true;
     return 0;
 }
@@ -2000,7 +2045,7 @@ pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t exp
                  char id_out[37])
 {
     assert(self && id_out);
-    if (!s_claim_args_ok(project, user, want))
+    if (!s_claim_args_ok(self, project, user, want))
         return PD_ERR_ARGUMENT_INVALID;
     uint32_t h = s_hash32(self, project, user);
     uint64_t pos;
@@ -2011,16 +2056,17 @@ pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t exp
         s_clean(self);
         if (e == S_NONE)
             return PD_ERR_STORE_FULL;
-    } else if (s_claim_is(&self->claims[e], expect) && !s_claim_is(&self->claims[e], want)) {
-        s_claim_t *c = &self->claims[e];
+    } else if (s_claim_is(self, s_claim(self, e), expect) &&
+               !s_claim_is(self, s_claim(self, e), want)) {
+        s_claim_t *c = s_claim(self, e);
         uint32_t spare = (c->sel & 1) ^ 1;
-        memcpy(c->val[spare], want.ptr, want.len);
+        memcpy(s_claim_val(self, c, spare), want.ptr, want.len);
         c->vlen[spare] = (uint8_t)want.len;
         S_CRASH();
         __atomic_store_n(&c->sel, spare, __ATOMIC_RELEASE);
         S_CRASH();
     }
-    s_claim_copy(&self->claims[e], id_out);
+    s_claim_copy(self, s_claim(self, e), id_out);
     return 0;
 }
 
@@ -2031,14 +2077,15 @@ pd_table_unclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t exp
     uint32_t h = s_hash32(self, project, user);
     uint64_t pos;
     uint32_t e = s_claim_find(self, project, user, h, &pos);
-    if (e == S_NONE || !s_claim_is(&self->claims[e], expect))
+    if (e == S_NONE || !s_claim_is(self, s_claim(self, e), expect))
         return -1;
+    s_claim_t *c = s_claim(self, e);
     s_dirty(self);
-    S_J(self, self->claims[e].state);
-    __atomic_store_n(&self->claims[e].state, 0, __ATOMIC_RELEASE);
+    S_J(self, c->state);
+    __atomic_store_n(&c->state, 0, __ATOMIC_RELEASE);
     S_CRASH();
     s_idx_del(self, self->cidx, pos);
-    S_SET(self, self->claims[e].next_free, self->hdr->claim_free);
+    S_SET(self, c->next_free, self->hdr->claim_free);
     S_SET(self, self->hdr->claim_free, e + 1);
     S_SET(self, self->hdr->claims, self->hdr->claims - 1);
     S_CRASH();
@@ -2054,7 +2101,7 @@ pd_table_claim_get(pd_table_t *self, pd_str_t project, pd_str_t user, char id_ou
     uint32_t e = s_claim_find(self, project, user, s_hash32(self, project, user), &pos);
     if (e == S_NONE)
         return -1;
-    s_claim_copy(&self->claims[e], id_out);
+    s_claim_copy(self, s_claim(self, e), id_out);
     return 0;
 }
 
@@ -2068,12 +2115,12 @@ pd_table_scan_claims(pd_table_t *self, uint64_t *pos, size_t max, pd_table_claim
         if (seen == max)
             return false;
         seen++;
-        const s_claim_t *c = &self->claims[*pos];
+        const s_claim_t *c = s_claim(self, *pos);
         if (__atomic_load_n(&c->state, __ATOMIC_ACQUIRE) != S_CLAIM_LIVE)
             continue;
-        s_claim_copy(c, id);
-        if (fn((pd_str_t){c->project, c->plen}, (pd_str_t){c->user, c->ulen},
-               (pd_str_t){id, strlen(id)}, arg)) {
+        s_claim_copy(self, c, id);
+        pd_str_t user, project = s_claim_key(self, c, &user);
+        if (fn(project, user, (pd_str_t){id, strlen(id)}, arg)) {
             (*pos)++;
             return false;
         }
@@ -2234,13 +2281,13 @@ s_verify_heap(pd_table_t *self, uint64_t i)
 static const char *
 s_verify_claim(pd_table_t *self, uint32_t e)
 {
-    const s_claim_t *c = &self->claims[e];
+    const s_claim_t *c = s_claim(self, e);
     if (c->state == 0)
         return NULL;
-    if (c->state != S_CLAIM_LIVE || c->plen > S_PROJECT_MAX || c->ulen > S_ID_MAX || c->sel > 1 ||
-        c->vlen[c->sel] < 1 || c->vlen[c->sel] > S_ID_MAX)
+    if (c->state != S_CLAIM_LIVE || c->plen > s_claim_pmax(self) || c->ulen > S_ID_MAX ||
+        c->sel > 1 || c->vlen[c->sel] < 1 || c->vlen[c->sel] > S_ID_MAX)
         return "claim entry";
-    pd_str_t p = {c->project, c->plen}, u = {c->user, c->ulen};
+    pd_str_t u, p = s_claim_key(self, c, &u);
     uint64_t pos;
     if (c->hash != s_hash32(self, p, u) || s_claim_find(self, p, u, c->hash, &pos) != e)
         return "claims index";
@@ -2314,7 +2361,7 @@ s_verify_sample(pd_table_t *self, const char **why)
                 (!h->slot_free || !self->slots[h->slot_free - 1].blob),
             "slot free list");
     S_CHECK(h->claim_free <= h->claims_top &&
-                (!h->claim_free || self->claims[h->claim_free - 1].state == 0),
+                (!h->claim_free || s_claim(self, h->claim_free - 1)->state == 0),
             "claim free list");
     for (unsigned c = 0; c < S_NCLASS; c++) {
         uint64_t off = h->free_blocks[c];
@@ -2339,8 +2386,7 @@ s_verify_sample(pd_table_t *self, const char **why)
     }
     step = h->claims_top / S_VERIFY_SAMPLE + 1;
     for (uint64_t e = 0; e < h->claims_top; e += step) {
-        const s_claim_t *c = &self->claims[e];
-        if (c->state == 0)
+        if (s_claim(self, e)->state == 0)
             continue;
         if ((*why = s_verify_claim(self, (uint32_t)e)))
             goto out;
@@ -2429,16 +2475,15 @@ s_verify(pd_table_t *self, bool full, const char **why)
 
     uint64_t nclaims = 0, cfree = 0;
     for (uint32_t e = 0; e < h->claims_top; e++) {
-        const s_claim_t *c = &self->claims[e];
-        if (c->state == 0)
+        if (s_claim(self, e)->state == 0)
             continue;
         if ((*why = s_verify_claim(self, (uint32_t)e)))
             goto out;
         nclaims++;
     }
     S_CHECK(nclaims == h->claims, "claim count");
-    for (uint32_t cur = h->claim_free; cur; cur = self->claims[cur - 1].next_free) {
-        S_CHECK(cur - 1 < h->claims_top && self->claims[cur - 1].state == 0 &&
+    for (uint32_t cur = h->claim_free; cur; cur = s_claim(self, cur - 1)->next_free) {
+        S_CHECK(cur - 1 < h->claims_top && s_claim(self, cur - 1)->state == 0 &&
                     cfree < h->claims_top,
                 "claim free list");
         cfree++;
@@ -2473,8 +2518,8 @@ s_verify(pd_table_t *self, bool full, const char **why)
             e = self->cidx[i];
             if (e) {
                 uint32_t c = (uint32_t)e - 1;
-                S_CHECK(c < h->claims_top && self->claims[c].state == S_CLAIM_LIVE &&
-                            self->claims[c].hash == (uint32_t)(e >> 32),
+                S_CHECK(c < h->claims_top && s_claim(self, c)->state == S_CLAIM_LIVE &&
+                            s_claim(self, c)->hash == (uint32_t)(e >> 32),
                         "stale claims entry");
                 nc++;
             }
@@ -2613,12 +2658,13 @@ s_rebuild(pd_table_t *self)
     S_CRASH();
 
     for (uint32_t e = 0; e < h->claims_top; e++) {
-        s_claim_t *c = &self->claims[e];
+        s_claim_t *c = s_claim(self, e);
         if (c->state == 0)
             continue;
-        bool ok = c->state == S_CLAIM_LIVE && c->plen <= S_PROJECT_MAX && c->ulen <= S_ID_MAX &&
-                  c->sel <= 1 && c->vlen[c->sel] >= 1 && c->vlen[c->sel] <= S_ID_MAX;
-        pd_str_t p = {c->project, c->plen}, u = {c->user, c->ulen};
+        bool ok = c->state == S_CLAIM_LIVE && c->plen <= s_claim_pmax(self) &&
+                  c->ulen <= S_ID_MAX && c->sel <= 1 && c->vlen[c->sel] >= 1 &&
+                  c->vlen[c->sel] <= S_ID_MAX;
+        pd_str_t u, p = s_claim_key(self, c, &u);
         uint64_t pos;
         if (ok) {
             c->hash = s_hash32(self, p, u);
@@ -2633,8 +2679,8 @@ s_rebuild(pd_table_t *self)
         h->claims++;
     }
     for (uint32_t e = (uint32_t)h->claims_top; e-- > 0;)
-        if (self->claims[e].state == 0) {
-            self->claims[e].next_free = h->claim_free;
+        if (s_claim(self, e)->state == 0) {
+            s_claim(self, e)->next_free = h->claim_free;
             h->claim_free = e + 1;
         }
     S_CRASH();
@@ -2813,18 +2859,17 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
                                                     : "LOST");
     }
     for (uint32_t e = 0; e < h->claims_top; e++) {
-        s_claim_t *c = &self->claims[e];
+        s_claim_t *c = s_claim(self, e);
         if (c->state != S_CLAIM_LIVE) {
             pd_buf_addf(out, "claim %u free\n", e);
             continue;
         }
         uint64_t pos;
         char v[37];
-        s_claim_copy(c, v);
-        pd_buf_addf(out, "claim %u %.*s/%.*s=%s found %u\n", e, c->plen, c->project, c->ulen,
-                    c->user, v,
-                    s_claim_find(self, (pd_str_t){c->project, c->plen},
-                                 (pd_str_t){c->user, c->ulen}, c->hash, &pos));
+        s_claim_copy(self, c, v);
+        pd_str_t u, p = s_claim_key(self, c, &u);
+        pd_buf_addf(out, "claim %u %.*s/%.*s=%s found %u\n", e, (int)p.len, p.ptr, (int)u.len,
+                    u.ptr, v, s_claim_find(self, p, u, c->hash, &pos));
     }
 }
 
@@ -3018,7 +3063,7 @@ s_ct_matches(pd_table_t *t, const s_ct_model_t *m)
         uint32_t e = s_claim_find(t, p, us, s_hash32(t, p, us), &pos);
         if ((e != S_NONE) != m->claimed[u])
             return false;
-        if (e != S_NONE && !s_claim_is(&t->claims[e], pd_str(m->claim[u])))
+        if (e != S_NONE && !s_claim_is(t, s_claim(t, e), pd_str(m->claim[u])))
             return false;
     }
     return true;
@@ -4015,6 +4060,49 @@ pd_table_test(bool verbose)
             pd_table_unlink(name);
         }
         PD_CHECK(blk[1] + 23 + 1 + 23 + 1 + 6 + 1 == blk[0]); /* both ids, the status, NULs */
+        //  Its claim entries are 164 bytes, a 36-byte project's room (a project id's longest);
+        //  a layout 5 segment's, 192 (a 64-byte project). Claims work in both, side by side.
+        PD_CHECK(S_CLAIM_BYTES(S_CLAIM_PROJECT_V6) == 164 && S_CLAIM_ROOM == 192);
+        const char *p36 = "project-of-thirty-six-characters-xyz";
+        const char *p37 = "project-of-thirty-seven-characters-xy";
+        PD_CHECK(strlen(p36) == 36 && strlen(p37) == 37);
+        for (int v6 = 0; v6 < 2; v6++) {
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+            PD_CHECK(t && created && t->v6);
+            if (!v6) {
+                t->hdr->version = 5;
+                t->v6 = false;
+            }
+            char out[37], uid[16], pid[16];
+            bool fresh;
+            PD_CHECK(pd_table_claim(t, pd_str(p37), PD_STR("u"), PD_STR("x"), out, &fresh) ==
+                     (v6 ? PD_ERR_ARGUMENT_INVALID : 0));
+            for (int i = 0; i < 40; i++) {
+                snprintf(uid, sizeof uid, "u%d", i);
+                snprintf(pid, sizeof pid, "id%d", i);
+                PD_CHECK(pd_table_claim(t, pd_str(p36), pd_str(uid), pd_str(pid), out, &fresh) ==
+                             0 && fresh);
+            }
+            PD_CHECK(pd_table_reclaim(t, pd_str(p36), PD_STR("u7"), PD_STR("id7"),
+                                      PD_STR("id7b"), out) == 0 && strcmp(out, "id7b") == 0);
+            PD_CHECK(pd_table_unclaim(t, pd_str(p36), PD_STR("u8"), PD_STR("id8")) == 0);
+            PD_CHECK((uint64_t)((char *)s_claim(t, 1) - (char *)s_claim(t, 0)) ==
+                     (v6 ? 164u : 192u));
+            s_test_ok(t);
+            t->hdr->dirty = 1; /* rebuilt: every claim found again from its entry */
+            pd_table_close(&t);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+            PD_CHECK(t && !created && t->rebuilt && t->v6 == v6);
+            PD_CHECK(pd_table_claims(t) == 40 - 1 + (v6 ? 0 : 1));
+            PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u7"), out) == 0 &&
+                     strcmp(out, "id7b") == 0);
+            PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u39"), out) == 0 &&
+                     strcmp(out, "id39") == 0);
+            PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u8"), out) == -1);
+            s_test_ok(t);
+            pd_table_close(&t);
+            pd_table_unlink(name);
+        }
         t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
         PD_CHECK(t && created && t->v6);
         s_test_rec(a, "p", "esc", "ue", "on\"line", 1, 10);

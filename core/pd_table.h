@@ -125,7 +125,9 @@ int64_t pd_table_next_expiry(pd_table_t *self);
  *  They live on the node that owns hash(project, userId), which is usually not the node that
  *  holds the record. */
 //  If the user has a claim, copies it to id_out (37 bytes) and sets *fresh = false; otherwise
-//  claims `want` and sets *fresh = true. Returns 0, or PD_ERR_STORE_FULL.
+//  claims `want` and sets *fresh = true. Returns 0, PD_ERR_STORE_FULL, or
+//  PD_ERR_ARGUMENT_INVALID for a user or id of more than 36 bytes, or a project of more than 36
+//  (64 in a segment of layout 5 or older).
 int pd_table_claim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want,
                    char id_out[37], bool *fresh);
 //  Compare-and-set: if the claim is `expect` (or absent), sets it to `want`. Copies the claim
