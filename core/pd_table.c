@@ -56,7 +56,7 @@
 #define S_LAYOUT_VERSION 6 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
                            //  5: blocks keep four fields only inside the JSON (S_VIEW);
                            //  6: finer size classes, the id, user id and status as views
-                           //  too, claim entries of 164 bytes (192)
+                           //  too, claim entries of 128 bytes (192): a 36-byte project, one id
                            //  (a 5 stays a 5: its blocks were carved in its classes)
                            //  (a version 2 or 3 segment is taken; it grows by a copy into a 4)
 #define S_PAGE 4096
@@ -149,21 +149,24 @@ typedef struct {
 } s_block_t;
 
 /*  A claim entry: this header, then its strings in fields of fixed size: the project, the user
- *  and the presence id twice (double-buffered: val 0 and 1). Layout 6 sizes the project's field
- *  for a project id's longest, 36 bytes (pd_config); older layouts for 64. Entries follow each
- *  other at that stride (s_claim); the section is sized for the larger one in every layout (the
- *  rest of it is never touched: the file is sparse). */
+ *  and the presence id. Layout 6 sizes the project's field for a project id's longest, 36 bytes
+ *  (pd_config), and keeps the id once: a reclaim overwrites it inside a journaled mutation, which
+ *  a crash undoes (128 bytes). Older layouts have 64 bytes of project and the id twice
+ *  (double-buffered: val 0 and 1; a reclaim writes the spare one, then switches `sel`; 192
+ *  bytes). Entries follow each other at that stride (s_claim); the section is sized for the
+ *  larger one in every layout (the rest of it is never touched: the file is sparse). */
 typedef struct {
     uint32_t state;     //  S_CLAIM_LIVE once published (written last), else 0
-    uint32_t sel;       //  which val is current; reclaim switches it atomically
+    uint32_t sel;       //  which val is current; reclaim switches it atomically (0 in layout 6)
     uint32_t hash;      //  low 32 bits of hash (project, user)
     uint32_t next_free; //  free-list link (entry + 1) while free
     uint8_t plen, ulen; //  key lengths
     uint8_t vlen[2];    //  value lengths
 } s_claim_t;
 #define S_CLAIM_PROJECT_V6 S_ID_MAX
-#define S_CLAIM_BYTES(pmax) (sizeof(s_claim_t) + (pmax) + 3 * S_ID_MAX) //  an entry's stride
-#define S_CLAIM_ROOM S_CLAIM_BYTES(S_PROJECT_MAX) //  per entry in the section, every layout
+//  An entry's stride: its header, the project's field, the user's and nval ids'
+#define S_CLAIM_BYTES(pmax, nval) (sizeof(s_claim_t) + (pmax) + (1 + (nval)) * S_ID_MAX)
+#define S_CLAIM_ROOM S_CLAIM_BYTES(S_PROJECT_MAX, 2) //  per entry in the section, every layout
 
 /*  The undo journal, in the header's page after the header: while a mutation runs (header.dirty
  *  set), the old value of every word it changes — derived structures, truth words and header
@@ -235,10 +238,16 @@ s_claim_pmax(const pd_table_t *self)
     return self->v6 ? S_CLAIM_PROJECT_V6 : S_PROJECT_MAX;
 }
 
+static inline size_t
+s_claim_stride(const pd_table_t *self)
+{
+    return self->v6 ? S_CLAIM_BYTES(S_CLAIM_PROJECT_V6, 1) : S_CLAIM_BYTES(S_PROJECT_MAX, 2);
+}
+
 static inline s_claim_t *
 s_claim(const pd_table_t *self, uint64_t e)
 {
-    return (s_claim_t *)(self->claims + e * S_CLAIM_BYTES(s_claim_pmax(self)));
+    return (s_claim_t *)(self->claims + e * s_claim_stride(self));
 }
 
 static inline char *
@@ -253,10 +262,18 @@ s_claim_user(const pd_table_t *self, const s_claim_t *c)
     return s_claim_project(c) + s_claim_pmax(self);
 }
 
+//  Its presence id i (0 or 1, `sel`; always 0 in layout 6, which keeps one).
 static inline char *
 s_claim_val(const pd_table_t *self, const s_claim_t *c, uint32_t i)
 {
     return s_claim_user(self, c) + S_ID_MAX * (1 + i);
+}
+
+//  The most `sel` may be: 1 where the id is double-buffered, 0 in layout 6.
+static inline uint32_t
+s_claim_sel_max(const pd_table_t *self)
+{
+    return self->v6 ? 0 : 1;
 }
 
 static inline pd_str_t
@@ -1481,7 +1498,7 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     s_bind(&nt);
     for (uint64_t s = 0; s < oh->slots_top; s++)
         nt.slots[s].blob = self->slots[s].blob ? self->slots[s].blob + delta : 0;
-    memcpy(nt.claims, self->claims, oh->claims_top * S_CLAIM_BYTES(s_claim_pmax(self)));
+    memcpy(nt.claims, self->claims, oh->claims_top * s_claim_stride(self));
     memcpy(map + l.off_arena, self->base + oh->off_arena, oh->arena_top - oh->off_arena);
     s_rebuild(&nt);
     if (h->count != oh->count || h->claims != oh->claims) {
@@ -2057,6 +2074,20 @@ pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t exp
         if (e == S_NONE)
             return PD_ERR_STORE_FULL;
     } else if (s_claim_is(self, s_claim(self, e), expect) &&
+               !s_claim_is(self, s_claim(self, e), want) && self->v6) {
+        /* one id, overwritten in a journaled mutation: a crash in it is undone at re-attach */
+        s_claim_t *c = s_claim(self, e);
+        char *v = s_claim_val(self, c, 0);
+        s_dirty(self);
+        for (size_t i = 0; i < S_ID_MAX; i += 4)
+            s_jw(self, v + i, 4);
+        s_jw(self, &c->plen, 4); /* the word of plen, ulen and vlen */
+        memcpy(v, want.ptr, want.len);
+        S_CRASH();
+        c->vlen[0] = (uint8_t)want.len;
+        S_CRASH();
+        s_clean(self);
+    } else if (s_claim_is(self, s_claim(self, e), expect) &&
                !s_claim_is(self, s_claim(self, e), want)) {
         s_claim_t *c = s_claim(self, e);
         uint32_t spare = (c->sel & 1) ^ 1;
@@ -2285,7 +2316,7 @@ s_verify_claim(pd_table_t *self, uint32_t e)
     if (c->state == 0)
         return NULL;
     if (c->state != S_CLAIM_LIVE || c->plen > s_claim_pmax(self) || c->ulen > S_ID_MAX ||
-        c->sel > 1 || c->vlen[c->sel] < 1 || c->vlen[c->sel] > S_ID_MAX)
+        c->sel > s_claim_sel_max(self) || c->vlen[c->sel] < 1 || c->vlen[c->sel] > S_ID_MAX)
         return "claim entry";
     pd_str_t u, p = s_claim_key(self, c, &u);
     uint64_t pos;
@@ -2662,7 +2693,7 @@ s_rebuild(pd_table_t *self)
         if (c->state == 0)
             continue;
         bool ok = c->state == S_CLAIM_LIVE && c->plen <= s_claim_pmax(self) &&
-                  c->ulen <= S_ID_MAX && c->sel <= 1 && c->vlen[c->sel] >= 1 &&
+                  c->ulen <= S_ID_MAX && c->sel <= s_claim_sel_max(self) && c->vlen[c->sel] >= 1 &&
                   c->vlen[c->sel] <= S_ID_MAX;
         pd_str_t u, p = s_claim_key(self, c, &u);
         uint64_t pos;
@@ -2967,7 +2998,8 @@ s_ct_apply(s_ct_model_t *m, uint64_t seed, uint32_t i, pd_table_t *t)
     pd_str_t proj = PD_STR("proj-a");
     char user[16], want[24], out[37];
     snprintf(user, sizeof user, "u%u", u);
-    snprintf(want, sizeof want, "w%u", tag);
+    /* of varying length: a reclaim cut short between its id and its length is seen */
+    snprintf(want, sizeof want, "w%u%.*s", tag, (int)(r >> 56) % 8, "xxxxxxx");
     if (kind < 10) {
         s_trec_t tr;
         s_ct_rec(&tr, key, tag);
@@ -4060,9 +4092,10 @@ pd_table_test(bool verbose)
             pd_table_unlink(name);
         }
         PD_CHECK(blk[1] + 23 + 1 + 23 + 1 + 6 + 1 == blk[0]); /* both ids, the status, NULs */
-        //  Its claim entries are 164 bytes, a 36-byte project's room (a project id's longest);
-        //  a layout 5 segment's, 192 (a 64-byte project). Claims work in both, side by side.
-        PD_CHECK(S_CLAIM_BYTES(S_CLAIM_PROJECT_V6) == 164 && S_CLAIM_ROOM == 192);
+        //  Its claim entries are 128 bytes: a 36-byte project's room (a project id's longest),
+        //  one id; a layout 5 segment's, 192 (a 64-byte project, the id twice). Claims work in
+        //  both, side by side.
+        PD_CHECK(S_CLAIM_BYTES(S_CLAIM_PROJECT_V6, 1) == 128 && S_CLAIM_ROOM == 192);
         const char *p36 = "project-of-thirty-six-characters-xyz";
         const char *p37 = "project-of-thirty-seven-characters-xy";
         PD_CHECK(strlen(p36) == 36 && strlen(p37) == 37);
@@ -4087,7 +4120,7 @@ pd_table_test(bool verbose)
                                       PD_STR("id7b"), out) == 0 && strcmp(out, "id7b") == 0);
             PD_CHECK(pd_table_unclaim(t, pd_str(p36), PD_STR("u8"), PD_STR("id8")) == 0);
             PD_CHECK((uint64_t)((char *)s_claim(t, 1) - (char *)s_claim(t, 0)) ==
-                     (v6 ? 164u : 192u));
+                     (v6 ? 128u : 192u));
             s_test_ok(t);
             t->hdr->dirty = 1; /* rebuilt: every claim found again from its entry */
             pd_table_close(&t);
