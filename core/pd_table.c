@@ -223,8 +223,9 @@ struct pd_table {
     char name[128];     //  the segment's name (pd_table_grow makes name.grow, then renames it)
     uint64_t cap_want;  //  the largest capacity asked for (pd_table_size_t.capacity_max)
     bool views;         //  layout 5 or later: blocks are written with S_VIEW fields
-    bool v6;            //  layout 6 or later: finer size classes (s_class_size), and blocks may
-                        //  keep the id and the user id only inside the JSON (s_viewable)
+    bool v6;            //  layout 6 or later: finer size classes (s_class_size), blocks that
+                        //  keep the ids and status only inside the JSON (s_viewable), claim
+                        //  entries of 128 bytes (s_claim)
     uint64_t *rg_old;   //  a growth's rehash under way: the three indexes as they were (pidx,
                         //  uidx, cidx, rg_size entries each; S_TOMB where an entry has moved)
     uint64_t rg_size;   //  their size
