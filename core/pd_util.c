@@ -406,10 +406,11 @@ pd_buf_free(pd_buf_t *b)
 }
 
 /*  A buffer of megabytes (a list's reply, a SYNC answer, a restarted store's replay) is
- *  written once, page after page (every growable buffer grows by pd_grow). Each fresh page costs a fault, and on paravirtualised hosts
- *  a fault on fresh anonymous memory costs 11 us and more: 16 MB took 47 ms. Where the host
- *  gives transparent huge pages on request (the common "madvise" setting) the same 16 MB take
- *  about 1 ms. So a large buffer asks for them; a host without them ignores it. */
+ *  written once, page after page (every growable buffer grows by pd_grow). Each fresh page
+ *  costs a fault, and on paravirtualised hosts a fault on fresh anonymous memory costs 11 us and
+ *  more: 16 MB took 47 ms. Where the host gives transparent huge pages on request (the common
+ *  "madvise" setting) the same 16 MB take about 1 ms. So a large buffer asks for them; a host
+ *  without them ignores it. */
 #define S_BUF_HUGE (4u << 20)
 #define S_HUGE_PAGE (2u << 20)
 
