@@ -12,7 +12,8 @@
  *      claims      capacity x claim entries (s_claim_t and its strings): user claims (truth),
  *                  published by their state word
  *      cidx        idx_size x u64: (project, userId) -> claim entry
- *      arena       arena_bytes of blocks: [s_block_t header | NUL-terminated strings]
+ *      arena       arena_bytes of blocks: [s_block_t header (s_block7_t from layout 7) |
+ *                  NUL-terminated strings]
  *
  *  Each section before the arena has room for cap_max records (layout 4; the file is sparse):
  *  the capacity and the index sizes in use grow in place up to it (pd_table_grow), with the
@@ -53,15 +54,16 @@
 #include <unistd.h>
 
 #define S_MAGIC 0x31454c4241544450ULL //  "PDTABLE1"
-#define S_LAYOUT_VERSION 6 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
+#define S_LAYOUT_VERSION 7 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
                            //  5: blocks keep four fields only inside the JSON (S_VIEW);
                            //  6: finer size classes, the id, user id and status as views
-                           //  too, claim entries of 128 bytes (192): a 36-byte project, one id
-                           //  (a 5 stays a 5: its blocks were carved in its classes)
+                           //  too, claim entries of 128 bytes (192): a 36-byte project, one id;
+                           //  7: block headers of 66 bytes (104): s_block7_t
+                           //  (a 5 stays a 5 and a 6 a 6: their blocks were carved so)
                            //  (a version 2 or 3 segment is taken; it grows by a copy into a 4)
 #define S_PAGE 4096
 #define S_ALIGN 32                //  arena block granularity
-#define S_NCLASS 100              //  size classes: 128 B .. ~3.5 GiB, four per power of two
+#define S_NCLASS 100              //  size classes: 128 B .. 48 MiB (layout 7, s_class_size)
 #define S_NSTR 13                 //  string fields in a blob
 #define S_NONE UINT32_MAX         //  "no slot"
 /*  A block's string of length len[i] & ~S_VIEW that it keeps only inside its JSON (layout 5):
@@ -148,6 +150,35 @@ typedef struct {
     uint32_t bytes;       //  header + strings, for validation
 } s_block_t;
 
+/*  A block's header from layout 7: 40 bytes, then the 13 lengths in 2 bytes each (4 when one of
+ *  them is over 65,535: `wide`), then the strings as before; 66 bytes in all where s_block_t
+ *  takes 104. The free-list link shares its word with created_ms (a free block has no record),
+ *  (journaled when the block is taken from its free list: an undo puts the link back), and
+ *  `bytes` is not kept (the lengths give it, s_b_bytes). `cls` is the first byte of both
+ *  layouts, and `slot` and the link are at the same offsets in both, so the code that carves,
+ *  frees and walks blocks reads them through s_block_t (`cls` through s_b_cls: one byte here).
+ *  Everything else goes through the accessors below, which take the segment's layout. */
+typedef struct {
+    uint8_t cls;    //  size class
+    uint8_t wide;   //  1: the lengths take 4 bytes each, else 2
+    uint16_t views; //  bit i: field i is kept only inside the JSON (S_VIEW)
+    uint32_t slot;  //  owner, as in s_block_t
+    union {
+        int64_t created_ms; //  the record's integers, in the order s_block_t has them
+        uint64_t next;      //  while free: the free-list link (segment offset)
+    };
+    int64_t updated_ms;
+    int64_t expires_ms;
+    uint64_t version;
+} s_block7_t;
+#define S_LEN16_MAX 0xffffu
+_Static_assert(offsetof(s_block7_t, slot) == offsetof(s_block_t, slot) &&
+                   offsetof(s_block7_t, next) == offsetof(s_block_t, next) &&
+                   offsetof(s_block7_t, cls) == offsetof(s_block_t, cls),
+               "carving, freeing and walking blocks read both layouts alike");
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "s_block_t.cls's first byte is cls");
+_Static_assert(S_NSTR <= 16, "a view bit per string field");
+
 /*  A claim entry: this header, then its strings in fields of fixed size: the project, the user
  *  and the presence id. Layout 6 sizes the project's field for a project id's longest, 36 bytes
  *  (pd_config), and keeps the id once: a reclaim overwrites it inside a journaled mutation, which
@@ -170,8 +201,9 @@ typedef struct {
 
 /*  The undo journal, in the header's page after the header: while a mutation runs (header.dirty
  *  set), the old value of every word it changes — derived structures, truth words and header
- *  counters alike, but not the contents of a block or claim entry that was free when it began —
- *  is appended here before the word is written. A process killed mid-mutation leaves the journal
+ *  counters alike, but not the contents of a block or claim entry that was free when it began
+ *  (save a layout 7 block's free-list link, which its record's created_ms overwrites) — is
+ *  appended here before the word is written. A process killed mid-mutation leaves the journal
  *  armed: re-attaching writes the old values back, newest first (s_undo), which puts the segment
  *  exactly as it was before that mutation (the change did not happen, as if killed just before
  *  it; its outbox event is dropped when the store settles it) in O(words the mutation touched),
@@ -226,6 +258,7 @@ struct pd_table {
     bool v6;            //  layout 6 or later: finer size classes (s_class_size), blocks that
                         //  keep the ids and status only inside the JSON (s_viewable), claim
                         //  entries of 128 bytes (s_claim)
+    bool v7;            //  layout 7 or later: block headers of s_block7_t (s_b_len, s_b_time)
     uint64_t *rg_old;   //  a growth's rehash under way: the three indexes as they were (pidx,
                         //  uidx, cidx, rg_size entries each; S_TOMB where an entry has moved)
     uint64_t rg_size;   //  their size
@@ -338,26 +371,33 @@ s_field_c(const pd_record_t *r, int i)
     return *(const pd_str_t *)((const char *)r + s_field_off[i]);
 }
 
-/*  Size classes. A segment of layout 6 has four from 128 B to 256 B, eight per power of two from
- *  256 B to 4 KiB (where records are: a Presence of 560 bytes wastes 16 in its class, not 80),
- *  and four per power of two above, up to 224 MiB. Older segments keep theirs (`v6` false):
- *  four per power of two from 128 B, up to 3.5 GiB; their blocks were carved so, and a block's
- *  class never changes. Every size is a multiple of S_ALIGN. */
+//  Size of class c of a band of `per` classes per power of two from `base`, starting at `first`.
+static inline uint64_t
+s_band_size(unsigned c, unsigned first, uint64_t base, unsigned per)
+{
+    unsigned g = (c - first) / per;
+    return (base << g) + (uint64_t)((c - first) % per) * ((base / per) << g);
+}
+
+/*  Size classes. A segment of layout 7 has one every 32 bytes from 128 B to 1 KiB (where most
+ *  records are: a block wastes 16 bytes of its class on average), eight per power of two from
+ *  1 KiB to 4 KiB and four above, up to 48 MiB (a record's largest). One of layout 6 has four
+ *  from 128 B to 256 B, eight per power of two from 256 B to 4 KiB, and four above, up to 224
+ *  MiB. Older segments (`v6` false) have four per power of two from 128 B, up to 3.5 GiB. Each
+ *  keeps its own: its blocks were carved so, and a block's class never changes. Every size is a
+ *  multiple of S_ALIGN. */
 static inline uint64_t
 s_class_size(const pd_table_t *t, unsigned c)
 {
-    if (!t->v6) {
-        unsigned g = c / 4;
-        return ((uint64_t)128 << g) + (uint64_t)(c % 4) * ((uint64_t)32 << g);
-    }
-    if (c < 4)
-        return 128 + 32 * (uint64_t)c;
-    if (c < 36) {
-        unsigned g = (c - 4) / 8;
-        return ((uint64_t)256 << g) + (uint64_t)((c - 4) % 8) * ((uint64_t)32 << g);
-    }
-    unsigned g = (c - 36) / 4;
-    return ((uint64_t)4096 << g) + (uint64_t)((c - 36) % 4) * ((uint64_t)1024 << g);
+    if (t->v7)
+        return c < 29 ? 128 + 32 * (uint64_t)c
+               : c < 45 ? s_band_size(c, 29, 1024, 8)
+                        : s_band_size(c, 45, 4096, 4);
+    if (!t->v6)
+        return s_band_size(c, 0, 128, 4);
+    return c < 4 ? 128 + 32 * (uint64_t)c
+           : c < 36 ? s_band_size(c, 4, 256, 8)
+                    : s_band_size(c, 36, 4096, 4);
 }
 
 //  Smallest class whose size is >= n (n > 128: a class of `per` steps per power of two, the
@@ -375,6 +415,11 @@ s_class_of(const pd_table_t *t, uint64_t n)
 {
     if (n <= 128)
         return 0;
+    if (t->v7) {
+        if (n <= 1024)
+            return (unsigned)((n - 128 + 31) / 32);
+        return n <= 4096 ? s_class_in(n, 1024, 8, 29) : s_class_in(n, 4096, 4, 45);
+    }
     if (!t->v6)
         return s_class_in(n, 128, 4, 0);
     if (n <= 256)
@@ -390,10 +435,55 @@ s_blk(pd_table_t *self, uint64_t off)
     return (s_block_t *)(self->base + off);
 }
 
-static inline const char *
-s_blk_data(const s_block_t *b)
+//  A block's size class: its first byte in every layout.
+static inline unsigned
+s_b_cls(const s_block_t *b)
 {
-    return (const char *)(b + 1);
+    return *(const uint8_t *)b;
+}
+
+//  Length word of string field i (| S_VIEW for one kept only inside the JSON).
+static inline uint32_t
+s_b_len(const pd_table_t *self, const s_block_t *b, int i)
+{
+    if (!self->v7)
+        return b->len[i];
+    const s_block7_t *c = (const s_block7_t *)b;
+    uint32_t len = c->wide ? ((const uint32_t *)(c + 1))[i] : ((const uint16_t *)(c + 1))[i];
+    return (c->views >> i & 1) ? len | S_VIEW : len;
+}
+
+//  The first stored string.
+static inline const char *
+s_blk_data(const pd_table_t *self, const s_block_t *b)
+{
+    if (!self->v7)
+        return (const char *)(b + 1);
+    const s_block7_t *c = (const s_block7_t *)b;
+    return (const char *)(c + 1) + S_NSTR * (c->wide ? 4 : 2);
+}
+
+/*  The record's integers: created_ms, updated_ms, expires_ms and version are four consecutive
+ *  8-byte words in both layouts. */
+enum { S_T_CREATED, S_T_UPDATED, S_T_EXPIRES, S_T_VERSION };
+static inline int64_t
+s_b_time(const pd_table_t *self, const s_block_t *b, int k)
+{
+    return (self->v7 ? &((const s_block7_t *)b)->created_ms : &b->created_ms)[k];
+}
+
+//  Header and stored strings, the bytes the block uses of its class.
+static inline uint64_t
+s_b_bytes(const pd_table_t *self, const s_block_t *b)
+{
+    if (!self->v7)
+        return b->bytes;
+    uint64_t n = (uint64_t)(s_blk_data(self, b) - (const char *)b);
+    for (int i = 0; i < S_NSTR; i++) {
+        uint32_t len = s_b_len(self, b, i);
+        n += len & S_VIEW ? 0 : (uint64_t)len + 1;
+    }
+    return n;
 }
 
 static inline uint64_t
@@ -402,33 +492,41 @@ s_blob_of(pd_table_t *self, uint32_t s)
     return __atomic_load_n(&self->slots[s].blob, __ATOMIC_ACQUIRE);
 }
 
-//  The four key strings of a block: project, id, user_id, status.
 /*  The per-field loops over a blob are unrolled (S_UNROLL): every read and every write of a
  *  record runs them, and unrolled, the field offsets become constants. */
 #define S_UNROLL _Pragma("GCC unroll 16")
 
-static void
-s_fill_blk(const s_block_t *b, pd_record_t *out)
+/*  A block's fields as it keeps them: the stored strings pointed at, the views (S_VIEW) with a
+ *  NULL ptr and their length. True if it has views (pd_record_locate points them). */
+static inline bool
+s_blk_raw(const pd_table_t *self, const s_block_t *b, pd_record_t *out)
 {
-    const char *p = s_blk_data(b);
-    uint32_t views = 0;
+    const char *p = s_blk_data(self, b);
+    bool views = false;
     S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
-        uint32_t len = b->len[i];
+        uint32_t len = s_b_len(self, b, i);
         if (len & S_VIEW) {
-            views = 1;
+            views = true;
             *s_field(out, i) = (pd_str_t){NULL, len & ~S_VIEW};
             continue;
         }
         *s_field(out, i) = (pd_str_t){p, len};
         p += len + 1;
     }
-    out->created_ms = b->created_ms;
-    out->updated_ms = b->updated_ms;
-    out->expires_ms = b->expires_ms;
-    out->version = b->version;
+    out->created_ms = s_b_time(self, b, S_T_CREATED);
+    out->updated_ms = s_b_time(self, b, S_T_UPDATED);
+    out->expires_ms = s_b_time(self, b, S_T_EXPIRES);
+    out->version = (uint64_t)s_b_time(self, b, S_T_VERSION);
     out->slot = b->slot;
-    if (views && !pd_record_locate(out)) /* s_blob_ok checks it; a damaged block reads empty */
+    return views;
+}
+
+static void
+s_fill_blk(const pd_table_t *self, const s_block_t *b, pd_record_t *out)
+{
+    if (s_blk_raw(self, b, out) && !pd_record_locate(out)) /* s_blob_ok checks it; a damaged
+                                                              * block reads empty */
         for (int i = 0; i < S_NSTR; i++)
             if (!s_field(out, i)->ptr)
                 *s_field(out, i) = PD_STR("");
@@ -437,27 +535,30 @@ s_fill_blk(const s_block_t *b, pd_record_t *out)
 static inline void
 s_fill(pd_table_t *self, uint64_t off, pd_record_t *out)
 {
-    s_fill_blk(s_blk(self, off), out);
+    s_fill_blk(self, s_blk(self, off), out);
 }
 
 /*  The keys of a block: project, id, user id, status. Kept in the block, in that order, unless
  *  one of the last three is a view (layout 6): then read as a whole record is. */
 static inline void
-s_blk_keys(const s_block_t *b, pd_str_t k[4])
+s_blk_keys(const pd_table_t *self, const s_block_t *b, pd_str_t k[4])
 {
-    if ((b->len[1] | b->len[2] | b->len[3]) & S_VIEW) {
+    uint32_t len[4];
+    for (int i = 0; i < 4; i++)
+        len[i] = s_b_len(self, b, i);
+    if ((len[1] | len[2] | len[3]) & S_VIEW) {
         pd_record_t r;
-        s_fill_blk(b, &r);
+        s_fill_blk(self, b, &r);
         k[0] = r.project;
         k[1] = r.id;
         k[2] = r.user_id;
         k[3] = r.status;
         return;
     }
-    const char *p = s_blk_data(b);
+    const char *p = s_blk_data(self, b);
     for (int i = 0; i < 4; i++) {
-        k[i] = (pd_str_t){p, b->len[i]};
-        p += b->len[i] + 1;
+        k[i] = (pd_str_t){p, len[i]};
+        p += len[i] + 1;
     }
 }
 
@@ -570,7 +671,7 @@ s_match(pd_table_t *self, int kind, uint32_t ref, pd_str_t a, pd_str_t b)
     if (!off)
         return false;
     pd_str_t k[4];
-    s_blk_keys(s_blk(self, off), k);
+    s_blk_keys(self, s_blk(self, off), k);
     return pd_str_eq(k[0], a) && pd_str_eq(k[kind == S_PKEY ? 1 : 2], b);
 }
 
@@ -824,9 +925,10 @@ s_block_free(pd_table_t *self, uint64_t off)
 {
     s_block_t *b = s_blk(self, off);
     S_SET(self, b->slot, S_NONE);
-    S_SET(self, b->next, self->hdr->free_blocks[b->cls]);
-    S_SET(self, self->hdr->free_blocks[b->cls], off);
-    S_SET(self, self->hdr->arena_used, self->hdr->arena_used - s_class_size(self, b->cls));
+    unsigned c = s_b_cls(b);
+    S_SET(self, b->next, self->hdr->free_blocks[c]);
+    S_SET(self, self->hdr->free_blocks[c], off);
+    S_SET(self, self->hdr->arena_used, self->hdr->arena_used - s_class_size(self, c));
 }
 
 /*  The arena grows by an extension of the file, inside the address range mapped at open for
@@ -880,7 +982,8 @@ s_carve(pd_table_t *self, unsigned c)
         return 0;
     uint64_t off = h->arena_top;
     s_block_t *b = s_blk(self, off);
-    b->cls = c; /* beyond arena_top: no journal (undone, arena_top hides it again) */
+    b->cls = c; /* beyond arena_top: no journal (undone, arena_top hides it again); in layout
+                 * 7 this also zeroes `wide` and `views`, which the blob's write sets */
     b->slot = S_NONE;
     b->next = 0;
     S_J(self, h->arena_top);
@@ -912,15 +1015,30 @@ s_alloc(pd_table_t *self, uint64_t n)
             return s_grow(self, s_class_size(self, want)) ? s_carve(self, want) : 0;
         off = h->free_blocks[c];
     }
-    S_SET(self, h->free_blocks[c], s_blk(self, off)->next);
+    s_block_t *b = s_blk(self, off);
+    S_SET(self, h->free_blocks[c], b->next);
+    if (self->v7) /* the record's created_ms goes where the link was: an undo puts it back */
+        S_J(self, b->next);
     S_SET(self, h->arena_used, h->arena_used + s_class_size(self, c));
     return off;
+}
+
+//  Whether r's block takes 4-byte lengths (layout 7: one of them is over 65,535).
+static inline bool
+s_blob_wide(const pd_record_t *r)
+{
+    S_UNROLL
+    for (int i = 0; i < S_NSTR; i++)
+        if (s_field_c(r, i).len > S_LEN16_MAX)
+            return true;
+    return false;
 }
 
 static uint64_t
 s_blob_bytes(const pd_table_t *self, const pd_record_t *r)
 {
-    uint64_t n = sizeof(s_block_t);
+    uint64_t n = self->v7 ? sizeof(s_block7_t) + S_NSTR * (s_blob_wide(r) ? 4 : 2)
+                          : sizeof(s_block_t);
     S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
         uint64_t len = s_field_c(r, i).len;
@@ -931,9 +1049,48 @@ s_blob_bytes(const pd_table_t *self, const pd_record_t *r)
     return n;
 }
 
+//  Layout 7's s_blob_write: the lengths in 2 or 4 bytes, the views as bits.
+static void
+s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r)
+{
+    s_block7_t *b = (s_block7_t *)(self->base + off);
+    bool wide = s_blob_wide(r);
+    uint16_t *l2 = (uint16_t *)(b + 1);
+    uint32_t *l4 = (uint32_t *)(b + 1);
+    char *p = (char *)(b + 1) + S_NSTR * (wide ? 4 : 2);
+    unsigned views = 0;
+    S_UNROLL
+    for (int i = 0; i < S_NSTR; i++) {
+        pd_str_t s = s_field_c(r, i);
+        if (wide)
+            l4[i] = (uint32_t)s.len;
+        else
+            l2[i] = (uint16_t)s.len;
+        if (s_viewed(self, r, i)) {
+            views |= 1u << i;
+            continue;
+        }
+        if (s.len)
+            memcpy(p, s.ptr, s.len);
+        p[s.len] = 0;
+        p += s.len + 1;
+    }
+    b->wide = wide;
+    b->views = (uint16_t)views;
+    b->created_ms = r->created_ms;
+    b->updated_ms = r->updated_ms;
+    b->expires_ms = r->expires_ms;
+    b->version = r->version;
+    b->slot = slot;
+}
+
 static void
 s_blob_write(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r)
 {
+    if (self->v7) {
+        s_blob_write7(self, off, slot, r);
+        return;
+    }
     s_block_t *b = s_blk(self, off);
     char *p = (char *)(b + 1);
     S_UNROLL
@@ -1046,6 +1203,7 @@ s_bind(pd_table_t *self)
     self->journal = (s_journal_t *)(self->base + S_JOURNAL_OFF);
     self->views = h->version >= 5;
     self->v6 = h->version >= 6;
+    self->v7 = h->version >= 7;
     self->slots = (s_slot_t *)(self->base + h->off_slots);
     self->pidx = (uint64_t *)(self->base + h->off_pidx);
     self->uidx = (uint64_t *)(self->base + h->off_uidx);
@@ -1300,6 +1458,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
     }
     self->views = self->hdr->version >= 5;
     self->v6 = self->hdr->version >= 6;
+    self->v7 = self->hdr->version >= 7;
     if (created)
         *created = made;
     return self;
@@ -1489,8 +1648,9 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     nt.hdr = (s_header_t *)map;
     s_header_t *h = nt.hdr;
     s_init_header(h, &l);
-    if (!self->v6) /* the blocks are copied as they are, so are their size classes */
-        h->version = 5;
+    if (oh->version < S_LAYOUT_VERSION) /* the blocks are copied as they are, so are their size
+                                         * classes and headers: a 5 or a 6 stays one */
+        h->version = oh->version < 5 ? 5 : oh->version;
     h->magic = 0; /* written last */
     memcpy(h->hash_key, oh->hash_key, sizeof h->hash_key);
     h->slots_top = oh->slots_top;
@@ -1661,7 +1821,7 @@ s_user_set(pd_table_t *self, uint32_t s, pd_str_t project, pd_str_t user)
 static bool
 s_rec_in_block(pd_table_t *self, const pd_record_t *r, uint64_t off)
 {
-    const char *lo = self->base + off, *hi = lo + s_class_size(self, s_blk(self, off)->cls);
+    const char *lo = self->base + off, *hi = lo + s_class_size(self, s_b_cls(s_blk(self, off)));
     for (int i = 0; i < S_NSTR - 1; i++) {
         pd_str_t f = s_field_c(r, i);
         if (f.len && f.ptr >= lo && f.ptr < hi)
@@ -1704,7 +1864,8 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
         goto full;
 
     pd_record_t r = *rec;
-    r.version = self->importing ? rec->version : old ? s_blk(self, old)->version + 1 : 1;
+    r.version = self->importing ? rec->version : old ? (uint64_t)s_b_time(self, s_blk(self, old), S_T_VERSION) + 1
+                                                  : 1;
     r.slot = old ? s : s_slot_next(self); //  what the hook's event names (the reaper's key)
     r.json = PD_STR_NULL;
     pd_buf_reset(&self->json);
@@ -1742,7 +1903,7 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
         S_SET(self, h->count, h->count + 1);
     } else {
         pd_str_t ok[4];
-        s_blk_keys(s_blk(self, old), ok);
+        s_blk_keys(self, s_blk(self, old), ok);
         if (!pd_str_eq(ok[2], r.user_id)) {
             s_idx_del_ref(self, self->uidx, sl->u_hash, s);
             S_SET(self, sl->u_hash, s_hash32(self, r.project, r.user_id));
@@ -1890,7 +2051,7 @@ pd_table_foreach_status(pd_table_t *self, pd_str_t project, pd_str_t status, pd_
             continue;
         uint64_t off = s_blob_of(self, s);
         pd_str_t k[4];
-        s_blk_keys(s_blk(self, off), k);
+        s_blk_keys(self, s_blk(self, off), k);
         if (!pd_str_eq(k[0], project) || !pd_str_eq(k[3], status))
             continue;
         s_fill(self, off, &r);
@@ -2212,11 +2373,11 @@ s_walk(pd_table_t *self, s_bits_t *bits, uint64_t *nblocks)
 {
     uint64_t off = self->hdr->off_arena, top = self->hdr->arena_top, n = 0;
     while (off < top) {
-        const s_block_t *b = s_blk(self, off);
-        if (b->cls >= S_NCLASS || s_class_size(self, b->cls) > top - off)
+        unsigned c = s_b_cls(s_blk(self, off));
+        if (c >= S_NCLASS || s_class_size(self, c) > top - off)
             break;
         s_bit_set(bits->start, (off - self->hdr->off_arena) / S_ALIGN);
-        off += s_class_size(self, b->cls);
+        off += s_class_size(self, c);
         n++;
     }
     if (nblocks)
@@ -2234,39 +2395,35 @@ s_blob_ok(pd_table_t *self, const s_bits_t *bits, uint64_t off, uint32_t s)
         (bits && !s_bit(bits->start, (off - h->off_arena) / S_ALIGN)))
         return false;
     const s_block_t *b = s_blk(self, off);
-    if (!bits && (b->cls >= S_NCLASS || s_class_size(self, b->cls) > h->arena_top - off))
+    unsigned c = s_b_cls(b);
+    if (!bits && (c >= S_NCLASS || s_class_size(self, c) > h->arena_top - off))
         return false; /* no walk to vouch for it: the block must at least fit */
-    if (b->slot != s || b->bytes < sizeof(s_block_t) || b->bytes > s_class_size(self, b->cls))
+    const s_block7_t *b7 = (const s_block7_t *)b;
+    if (self->v7 ? b7->wide > 1 || b7->views >> S_NSTR : b->bytes < sizeof(s_block_t))
         return false;
-    uint64_t n = sizeof(s_block_t);
+    /* the bytes it says it uses (layout 7: its lengths say so) must lie in its class */
+    uint64_t bytes = self->v7 ? s_class_size(self, c) : b->bytes;
+    if (b->slot != s || bytes > s_class_size(self, c))
+        return false;
+    uint64_t n = (uint64_t)(s_blk_data(self, b) - (const char *)b);
     bool views = false;
     for (int i = 0; i < S_NSTR; i++) {
-        if (b->len[i] & S_VIEW) {
+        uint32_t len = s_b_len(self, b, i);
+        if (len & S_VIEW) {
             if (!s_viewable(self, i))
                 return false;
             views = true;
             continue;
         }
-        n += (uint64_t)b->len[i] + 1;
-        if (n > b->bytes || ((const char *)b)[n - 1] != 0)
+        n += (uint64_t)len + 1;
+        if (n > bytes || ((const char *)b)[n - 1] != 0)
             return false;
     }
-    if (n != b->bytes)
+    if (!self->v7 && n != b->bytes)
         return false;
-    if (views) { /* the views must lie inside the JSON */
-        pd_record_t r;
-        const char *p = s_blk_data(b);
-        for (int i = 0; i < S_NSTR; i++) {
-            uint32_t len = b->len[i] & ~S_VIEW;
-            *s_field(&r, i) = (pd_str_t){b->len[i] & S_VIEW ? NULL : p, len};
-            if (!(b->len[i] & S_VIEW))
-                p += len + 1;
-        }
-        r.created_ms = b->created_ms;
-        r.updated_ms = b->updated_ms;
-        r.expires_ms = b->expires_ms;
-        return pd_record_locate(&r);
-    }
+    pd_record_t r;
+    if (views) /* the views must lie inside the JSON */
+        return s_blk_raw(self, b, &r) && pd_record_locate(&r);
     return true;
 }
 
@@ -2336,9 +2493,10 @@ s_verify_slot(pd_table_t *self, uint32_t s)
     const s_slot_t *sl = &self->slots[s];
     const s_block_t *b = s_blk(self, sl->blob);
     pd_str_t k[4];
-    s_blk_keys(b, k);
+    s_blk_keys(self, b, k);
     if (sl->p_hash != s_hash32(self, k[0], k[1]) || sl->u_hash != s_hash32(self, k[0], k[2]) ||
-        sl->s_hash != s_hash32(self, k[0], k[3]) || sl->expires_ms != b->expires_ms)
+        sl->s_hash != s_hash32(self, k[0], k[3]) ||
+        sl->expires_ms != s_b_time(self, b, S_T_EXPIRES))
         return "stale slot cache";
     uint64_t pos;
     if (s_idx_find(self, self->pidx, S_PKEY, sl->p_hash, k[0], k[1], &pos) != s)
@@ -2398,7 +2556,7 @@ s_verify_sample(pd_table_t *self, const char **why)
     for (unsigned c = 0; c < S_NCLASS; c++) {
         uint64_t off = h->free_blocks[c];
         S_CHECK(!off || (off >= h->off_arena && off < h->arena_top &&
-                         (off - h->off_arena) % S_ALIGN == 0 && s_blk(self, off)->cls == c &&
+                         (off - h->off_arena) % S_ALIGN == 0 && s_b_cls(s_blk(self, off)) == c &&
                          s_class_size(self, c) <= h->arena_top - off),
                 "block free list");
     }
@@ -2456,7 +2614,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
         uint64_t unit = (off - h->off_arena) / S_ALIGN;
         S_CHECK(!s_bit(bits.seen, unit), "block owned twice");
         s_bit_set(bits.seen, unit);
-        live_bytes += s_class_size(self, s_blk(self, off)->cls);
+        live_bytes += s_class_size(self, s_b_cls(s_blk(self, off)));
     }
     for (uint32_t s = 0; s < h->slots_top; s++)
         if (self->slots[s].blob && (*why = s_verify_slot(self, s)))
@@ -2475,7 +2633,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
                     !s_bit(bits.seen, (off - h->off_arena) / S_ALIGN),
                 "pending block");
         s_bit_set(bits.seen, (off - h->off_arena) / S_ALIGN);
-        pend_bytes = s_class_size(self, s_blk(self, off)->cls);
+        pend_bytes = s_class_size(self, s_b_cls(s_blk(self, off)));
     }
     if (h->pend_slot)
         S_CHECK(self->slots[h->pend_slot - 1].blob == 0, "pending slot is live");
@@ -2494,7 +2652,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
             S_CHECK(
                 off >= h->off_arena && off < h->arena_top && (off - h->off_arena) % S_ALIGN == 0 &&
                     s_bit(bits.start, (off - h->off_arena) / S_ALIGN) &&
-                    !s_bit(bits.seen, (off - h->off_arena) / S_ALIGN) && s_blk(self, off)->cls == c,
+                    !s_bit(bits.seen, (off - h->off_arena) / S_ALIGN) && s_b_cls(s_blk(self, off)) == c,
                 "block free list");
             s_bit_set(bits.seen, (off - h->off_arena) / S_ALIGN);
             free_bytes += s_class_size(self, c);
@@ -2541,7 +2699,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
                         "stale user entry");
                 pd_str_t k[4];
                 uint64_t pos;
-                s_blk_keys(s_blk(self, self->slots[s].blob), k);
+                s_blk_keys(self, s_blk(self, self->slots[s].blob), k);
                 S_CHECK(s_idx_find(self, self->uidx, S_UKEY, (uint32_t)(e >> 32), k[0], k[2],
                                    &pos) == s,
                         "duplicate user entry");
@@ -2629,16 +2787,17 @@ s_rebuild(pd_table_t *self)
         s_bit_set(bits.seen, (sl->blob - h->off_arena) / S_ALIGN);
         const s_block_t *b = s_blk(self, sl->blob);
         pd_str_t k[4];
-        s_blk_keys(b, k);
+        s_blk_keys(self, b, k);
         sl->p_hash = s_hash32(self, k[0], k[1]);
         sl->u_hash = s_hash32(self, k[0], k[2]);
         sl->s_hash = s_hash32(self, k[0], k[3]);
-        sl->expires_ms = b->expires_ms;
+        sl->expires_ms = s_b_time(self, b, S_T_EXPIRES);
         uint64_t pos;
         uint32_t other = s_idx_find(self, self->pidx, S_PKEY, sl->p_hash, k[0], k[1], &pos);
         if (other != S_NONE) {
             uint32_t drop = s;
-            if (b->version > s_blk(self, self->slots[other].blob)->version) {
+            if ((uint64_t)s_b_time(self, b, S_T_VERSION) >
+                (uint64_t)s_b_time(self, s_blk(self, self->slots[other].blob), S_T_VERSION)) {
                 drop = other;
                 s_idx_set(self, self->pidx, pos, sl->p_hash, s);
             }
@@ -2658,9 +2817,10 @@ s_rebuild(pd_table_t *self)
         const s_block_t *b = s_blk(self, sl->blob);
         pd_str_t k[4];
         uint64_t pos;
-        s_blk_keys(b, k);
+        s_blk_keys(self, b, k);
         uint32_t cur = s_idx_find(self, self->uidx, S_UKEY, sl->u_hash, k[0], k[2], &pos);
-        if (cur == S_NONE || s_blk(self, self->slots[cur].blob)->updated_ms <= b->updated_ms)
+        if (cur == S_NONE || s_b_time(self, s_blk(self, self->slots[cur].blob), S_T_UPDATED) <=
+                                 s_b_time(self, b, S_T_UPDATED))
             s_idx_set(self, self->uidx, pos, sl->u_hash, s);
         s_st_link(self, s);
         s_heap_put(self, h->heap_len++, s);
@@ -2676,13 +2836,14 @@ s_rebuild(pd_table_t *self)
     uint64_t used = 0;
     for (uint64_t off = h->off_arena; off < h->arena_top;) {
         s_block_t *b = s_blk(self, off);
-        uint64_t sz = s_class_size(self, b->cls);
+        unsigned c = s_b_cls(b);
+        uint64_t sz = s_class_size(self, c);
         if (b->slot < h->slots_top && self->slots[b->slot].blob == off) {
             used += sz;
         } else {
             b->slot = S_NONE;
-            b->next = h->free_blocks[b->cls];
-            h->free_blocks[b->cls] = off;
+            b->next = h->free_blocks[c];
+            h->free_blocks[c] = off;
         }
         off += sz;
     }
@@ -2741,6 +2902,15 @@ s_test_slot_hook(const pd_record_t *rec, const pd_record_t *prev, void *arg)
         hooked[0] = rec->slot;
     if (prev)
         hooked[1] = prev->slot;
+}
+
+//  Labels a segment just made as one of an older layout v (its blocks, classes and claims).
+static void
+s_test_layout(pd_table_t *t, uint32_t v)
+{
+    PD_CHECK(t->hdr->count == 0 && t->hdr->claims == 0);
+    t->hdr->version = v;
+    s_bind(t);
 }
 
 static void
@@ -2859,7 +3029,7 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
     pd_buf_addf(out, "count %llu claims %llu top %llu used %llu\n", (unsigned long long)h->count,
                 (unsigned long long)h->claims, (unsigned long long)h->arena_top,
                 (unsigned long long)h->arena_used -
-                    (h->pend_blob ? s_class_size(self, s_blk(self, h->pend_blob)->cls) : 0));
+                    (h->pend_blob ? s_class_size(self, s_b_cls(s_blk(self, h->pend_blob))) : 0));
     for (uint32_t s = 0; s < h->slots_top; s++) {
         uint64_t off = self->slots[s].blob;
         if (!off) {
@@ -2868,7 +3038,7 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
         }
         pd_str_t k[4];
         uint64_t pos;
-        s_blk_keys(s_blk(self, off), k);
+        s_blk_keys(self, s_blk(self, off), k);
         uint32_t u = s_idx_find(self, self->uidx, S_UKEY, self->slots[s].u_hash, k[0], k[2], &pos);
         pd_buf_addf(out, "slot %u blob %llu user-> %u bucket %u exp %lld heap %d\n", s,
                     (unsigned long long)off, u, bucket_of[s], (long long)self->slots[s].expires_ms,
@@ -2876,16 +3046,16 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
     }
     free(bucket_of);
     for (uint64_t off = h->off_arena; off < h->arena_top;
-         off += s_class_size(self, s_blk(self, off)->cls)) {
+         off += s_class_size(self, s_b_cls(s_blk(self, off)))) {
         bool live = false;
         uint32_t o = s_blk(self, off)->slot;
         if (o < h->slots_top && self->slots[o].blob == off)
             live = true;
         bool listed = false;
-        for (uint64_t f = h->free_blocks[s_blk(self, off)->cls]; f && !listed;
+        for (uint64_t f = h->free_blocks[s_b_cls(s_blk(self, off))]; f && !listed;
              f = s_blk(self, f)->next)
             listed = f == off;
-        pd_buf_addf(out, "block %llu cls %u %s\n", (unsigned long long)off, s_blk(self, off)->cls,
+        pd_buf_addf(out, "block %llu cls %u %s\n", (unsigned long long)off, s_b_cls(s_blk(self, off)),
                     live                            ? "live"
                     : listed || off == h->pend_blob ? "free"
                                                     : "LOST");
@@ -3340,22 +3510,27 @@ pd_table_test(bool verbose)
     pd_record_t st, pv;
     bool created;
 
-    //  Size classes, both schemes, are ordered, tight, and round up; a layout 6 segment's
-    //  classes are no coarser than the older ones' anywhere below 4 KiB.
-    for (int v6 = 0; v6 < 2; v6++) {
+    //  Size classes, all three schemes, are ordered, tight, and round up; a layout 6 segment's
+    //  classes are no coarser than the older ones' anywhere below 4 KiB, and a layout 7's no
+    //  coarser than a 6's there (and 32 bytes apart up to 1 KiB).
+    for (int v = 5; v <= 7; v++) {
         pd_table_t *ct = calloc(1, sizeof *ct);
         PD_CHECK(ct);
-        ct->v6 = v6;
-        PD_CHECK(s_class_size(ct, S_NCLASS - 1) > (v6 ? 200u << 20 : 3u << 30));
+        ct->v6 = v >= 6;
+        ct->v7 = v >= 7;
+        PD_CHECK(s_class_size(ct, S_NCLASS - 1) ==
+                 (v == 7 ? 48u << 20 : v == 6 ? 224u << 20 : 3584u << 20));
         for (uint64_t n = 1; n <= s_class_size(ct, S_NCLASS - 1); n += 1 + n / 64) {
             unsigned c = s_class_of(ct, n);
             PD_CHECK(c < S_NCLASS);
             PD_CHECK(s_class_size(ct, c) >= n && (c == 0 || s_class_size(ct, c - 1) < n));
             PD_CHECK(s_class_size(ct, c) % S_ALIGN == 0);
-            if (v6 && n <= 4096) {
-                pd_table_t coarse = {0};
+            if (v >= 6 && n <= 4096) {
+                pd_table_t coarse = {.v6 = v == 7};
                 PD_CHECK(s_class_size(ct, c) <= s_class_size(&coarse, s_class_of(&coarse, n)));
             }
+            if (v == 7 && n > 128 && n <= 1024)
+                PD_CHECK(s_class_size(ct, c) - n < 32);
         }
         free(ct);
     }
@@ -3364,9 +3539,8 @@ pd_table_test(bool verbose)
     //  older size classes), until a test below makes it older still; the other tests have
     //  segments of this release's layout.
     pd_table_t *t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
-    PD_CHECK(t && created && t->hdr->version == S_LAYOUT_VERSION && t->v6);
-    t->hdr->version = 5;
-    t->v6 = false;
+    PD_CHECK(t && created && t->hdr->version == S_LAYOUT_VERSION && t->v7);
+    s_test_layout(t, 5);
     PD_CHECK(pd_table_count(t) == 0 && pd_table_next_expiry(t) == INT64_MAX);
     PD_CHECK(pd_table_arena_size(t) == 1 << 20);
     s_test_rec(a, "p1", "id1", "u1", "online", 5000, 10);
@@ -4025,7 +4199,7 @@ pd_table_test(bool verbose)
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && created && t->views);
     t->views = false;
-    t->v6 = false; /* and its size classes */
+    t->v6 = t->v7 = false; /* and its size classes and block headers */
     s_test_rec(a, "p", "old", "uo", "online", 1, 300);
     PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
     used = pd_table_arena_used(t);
@@ -4053,22 +4227,21 @@ pd_table_test(bool verbose)
     pd_table_unlink(name);
 
     //  A segment of layout 6 keeps the id, the user id and the status only in the JSON too: the
-    //  same record takes a smaller block than in layout 5; it reads back the same, is found by
-    //  id, by user and by status, and is found again after a rebuild of every index. A status
-    //  its JSON string escapes is kept beside the JSON, as before.
+    //  same record takes a smaller block than in layout 5; one of layout 7 has a smaller block
+    //  header. In each it reads back the same, is found by id, by user and by status, and is
+    //  found again after a rebuild of every index. A status its JSON string escapes is kept
+    //  beside the JSON, as before.
     {
-        uint64_t blk[2];
-        for (int v6 = 0; v6 < 2; v6++) {
+        uint64_t blk[8];
+        for (uint32_t v = 5; v <= 7; v++) {
+            bool v6 = v >= 6;
             t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
-            PD_CHECK(t && created && t->v6 && t->hdr->version == S_LAYOUT_VERSION);
-            if (!v6) {
-                t->hdr->version = 5;
-                t->v6 = false;
-            }
+            PD_CHECK(t && created && t->v7 && t->hdr->version == S_LAYOUT_VERSION);
+            s_test_layout(t, v);
             s_test_rec(a, "p", "an-id-of-twenty-four-ch", "a-user-id-of-23-chars-x", "online", 1,
                        200);
             PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
-            blk[v6] = s_blk(t, t->slots[st.slot].blob)->bytes;
+            blk[v] = s_b_bytes(t, s_blk(t, t->slots[st.slot].blob));
             for (int round = 0; round < 2; round++) {
                 PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("an-id-of-twenty-four-ch"), &st) == 0);
                 s_test_same(&st, &a->rec, 1);
@@ -4087,12 +4260,66 @@ pd_table_test(bool verbose)
                 t->hdr->dirty = 1; /* then rebuilt from the blocks */
                 pd_table_close(&t);
                 t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
-                PD_CHECK(t && !created && t->rebuilt && t->v6 == v6);
+                PD_CHECK(t && !created && t->rebuilt && t->hdr->version == v &&
+                         t->v7 == (v >= 7));
             }
             pd_table_close(&t);
             pd_table_unlink(name);
         }
-        PD_CHECK(blk[1] + 23 + 1 + 23 + 1 + 6 + 1 == blk[0]); /* both ids, the status, NULs */
+        PD_CHECK(blk[6] + 23 + 1 + 23 + 1 + 6 + 1 == blk[5]); /* both ids, the status, NULs */
+        PD_CHECK(blk[7] + 104 - 66 == blk[6]);               /* the block header */
+        //  Layout 7 with a string over 65,535 bytes: the block's lengths take 4 bytes each; it
+        //  reads back, is found, and is found again after a rebuild. Beside it a record of
+        //  2-byte lengths; both in a segment that grows by a copy.
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+        PD_CHECK(t && created && t->v7);
+        s_test_rec(a, "p", "wide", "uw", "online", 1, 65900);
+        PD_CHECK(a->rec.meta_json.len > S_LEN16_MAX);
+        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+        const s_block7_t *w7 = (const s_block7_t *)s_blk(t, t->slots[st.slot].blob);
+        PD_CHECK(w7->wide == 1 && s_blk_data(t, (const s_block_t *)w7) - (const char *)w7 ==
+                                      40 + 4 * S_NSTR);
+        s_test_rec(a, "p", "narrow", "un", "online", 1, 10);
+        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+        PD_CHECK(((const s_block7_t *)s_blk(t, t->slots[st.slot].blob))->wide == 0);
+        for (int round = 0; round < 3; round++) {
+            s_test_rec(a, "p", "wide", "uw", "online", 1, 65900);
+            PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("wide"), &st) == 0);
+            s_test_same(&st, &a->rec, 1);
+            PD_CHECK(pd_table_get_by_user(t, PD_STR("p"), PD_STR("uw"), &st) == 0 &&
+                     pd_str_eqc(st.id, "wide"));
+            s_test_rec(a, "p", "narrow", "un", "online", 1, 10);
+            PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("narrow"), &st) == 0);
+            s_test_same(&st, &a->rec, 1);
+            s_test_ok(t);
+            if (round == 1) {
+                PD_CHECK(pd_table_grow(t, 128) == 0 && t->hdr->version == S_LAYOUT_VERSION &&
+                         t->v7 && pd_table_count(t) == 2);
+                continue;
+            }
+            t->hdr->dirty = 1; /* then rebuilt from the blocks */
+            pd_table_close(&t);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+            PD_CHECK(t && !created && t->rebuilt && t->v7);
+        }
+        pd_table_close(&t);
+        pd_table_unlink(name);
+        //  A segment of layout 6 is taken as it is and stays a 6, through a growth by a copy
+        //  too: its blocks keep their headers.
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+        PD_CHECK(t && created);
+        s_test_layout(t, 6);
+        s_test_rec(a, "p", "six", "u6", "online", 1, 30);
+        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+        pd_table_close(&t);
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+        PD_CHECK(t && !created && !t->rebuilt && t->hdr->version == 6 && t->v6 && !t->v7);
+        PD_CHECK(pd_table_grow(t, 128) == 0 && t->hdr->version == 6 && !t->v7);
+        PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("six"), &st) == 0);
+        s_test_same(&st, &a->rec, 1);
+        s_test_ok(t);
+        pd_table_close(&t);
+        pd_table_unlink(name);
         //  Its claim entries are 128 bytes: a 36-byte project's room (a project id's longest),
         //  one id; a layout 5 segment's, 192 (a 64-byte project, the id twice). Claims work in
         //  both, side by side.
@@ -4103,10 +4330,8 @@ pd_table_test(bool verbose)
         for (int v6 = 0; v6 < 2; v6++) {
             t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
             PD_CHECK(t && created && t->v6);
-            if (!v6) {
-                t->hdr->version = 5;
-                t->v6 = false;
-            }
+            if (!v6)
+                s_test_layout(t, 5);
             char out[37], uid[16], pid[16];
             bool fresh;
             PD_CHECK(pd_table_claim(t, pd_str(p37), PD_STR("u"), PD_STR("x"), out, &fresh) ==
