@@ -244,6 +244,10 @@ pd_config_parse(pd_config_t *cfg, int argc, char **argv)
         fprintf(stderr, "presenced: --stores must be 1..63 and --gateways 1..64\n");
         return -1;
     }
+    if (cfg->max_body < 1 || cfg->max_body > PD_MAX_BODY_MAX) {
+        fprintf(stderr, "presenced: --max-body must be 1..%zu bytes\n", PD_MAX_BODY_MAX);
+        return -1;
+    }
     return 0;
 }
 
@@ -748,5 +752,13 @@ pd_config_test(bool verbose)
     snprintf(cfg->quick_jwt_secret, sizeof cfg->quick_jwt_secret, "changed-it");
     PD_CHECK(pd_config_load_projects(cfg, &ps) == 0);
     pd_projects_free(&ps);
+    //  --max-body is bounded: a record must fit a store's largest block.
+    char big[32], *argv[] = {"presenced", "--max-body", big, NULL};
+    snprintf(big, sizeof big, "%zu", PD_MAX_BODY_MAX + 1);
+    PD_CHECK(pd_config_parse(cfg, 3, argv) < 0);
+    snprintf(big, sizeof big, "0");
+    PD_CHECK(pd_config_parse(cfg, 3, argv) < 0);
+    snprintf(big, sizeof big, "%zu", PD_MAX_BODY_MAX);
+    PD_CHECK(pd_config_parse(cfg, 3, argv) == 0 && cfg->max_body == PD_MAX_BODY_MAX);
     free(cfg);
 }

@@ -13,6 +13,10 @@ enum { PD_SCOPE_PRESENCES_READ = 1, PD_SCOPE_PRESENCES_WRITE = 2, PD_SCOPE_USERS
 #define PD_KEY_TAG_BYTES 16   //  crypto_shorthash_siphashx24_BYTES
 #define PD_KEY_TAG_KEYBYTES 16 //  crypto_shorthash_siphashx24_KEYBYTES
 
+/*  The largest --max-body: a record's JSON is about its body and a few hundred bytes, and a store
+ *  node keeps it in one block, whose largest size class is 48 MiB (pd_table.c, layout 7). */
+#define PD_MAX_BODY_MAX ((size_t)16 << 20)
+
 typedef struct {
     char name[64];      //  label shown in logs and presencectl
     char hash[65];      //  pd_key_hash of the secret (hex); the secret itself is never kept
@@ -63,7 +67,7 @@ typedef struct {
     /* gateway */
     char host[64];            //  listen address (default 0.0.0.0)
     int port;                 //  REST + WebSocket port (default 8080)
-    size_t max_body;          //  request body cap (default 65536)
+    size_t max_body;          //  request body cap (default 65536; 1..PD_MAX_BODY_MAX)
     int request_timeout_ms;   //  answer 503 after this (default 5000)
     size_t ws_max_queue;      //  bytes queued to one WebSocket before it is dropped (1 MiB)
     int ws_idle_timeout;      //  seconds without a frame before a WebSocket is closed (90)
