@@ -890,10 +890,18 @@ s_gather_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
     return !op->waiting;
 }
 
-//  The ITEMS array of the next answer kept in b (s_keep), from *off, and its node; NULL when
-//  none is left.
-static const msgpack_object *
-s_kept_next(broker_t *self, const pd_buf_t *b, size_t *off, int *node)
+/*  The items of the next answer kept in b (s_keep), from *off: a reader at its ITEMS array's
+ *  first element, their number and its node; false when none is left. Read in place
+ *  (pd_mpr_*), never unpacked into objects: a node's page of 5,000 keys is read once, as it is
+ *  merged. */
+typedef struct {
+    pd_mpr_t r; //  at the next item
+    uint32_t left;
+    int node;
+} kept_t;
+
+static bool
+s_kept_next(const pd_buf_t *b, size_t *off, kept_t *k)
 {
     while (*off + 8 <= b->len) {
         uint32_t hdr[2];
@@ -901,42 +909,56 @@ s_kept_next(broker_t *self, const pd_buf_t *b, size_t *off, int *node)
         *off += 8;
         pd_msg_t pm;
         size_t poff = 0;
-        if (hdr[1] > b->len - *off ||
-            pd_msg_decode(&pm, b->data + *off, hdr[1], &poff, &self->zone) < 0)
-            return NULL;
+        if (hdr[1] > b->len - *off || pd_msg_decode(&pm, b->data + *off, hdr[1], &poff, NULL) < 0)
+            return false;
         *off += hdr[1];
-        const msgpack_object *items = pm.o[PD_F_ITEMS];
-        if (items && items->type == MSGPACK_OBJECT_ARRAY) {
-            if (node)
-                *node = (int)hdr[0];
-            return items;
-        }
+        k->r = pd_mpr(pm.s[PD_F_ITEMS]);
+        k->node = (int)hdr[0];
+        if (pd_msg_has(&pm, PD_F_ITEMS) && pd_mpr_array(&k->r, &k->left))
+            return true;
     }
-    return NULL;
+    return false;
 }
 
+//  The next item of k, a reader over it alone; false when none is left.
+static bool
+s_kept_item(kept_t *k, pd_mpr_t *item)
+{
+    if (!k->left)
+        return false;
+    *item = k->r;
+    if (!pd_mpr_skip(&k->r)) /* validated when the answer came: only a bug gets here */
+        return false;
+    item->end = k->r.p;
+    k->left--;
+    return true;
+}
 
 /*  A node's page while the pages are merged: its items (sorted by the node in the list's
- *  order, nearest the cursor first for cursorBefore) and the key of the one at the head. */
+ *  order, nearest the cursor first for cursorBefore) and the one at the head: its JSON (empty
+ *  with keys only), its key and its slot (NO_SLOT if the node gave none). */
 typedef struct {
-    const msgpack_object *v;
-    uint32_t n, i;
-    int node;
+    kept_t k;
+    pd_str_t json;
     pd_qkey_t key;
+    uint32_t slot;
 } head_t;
 
-//  Moves h to its next well-formed item from h->i; false when none is left.
+//  Moves h to its next well-formed item, [json, key] or ["", key, slot]; false when none is left.
 static bool
 s_head_next(head_t *h)
 {
-    while (h->i < h->n) {
-        const msgpack_object *o = &h->v[h->i]; /* [json, key] or ["", key, slot] */
-        if (o->type == MSGPACK_OBJECT_ARRAY &&
-            (o->via.array.size == 2 || o->via.array.size == 3) &&
-            o->via.array.ptr[0].type == MSGPACK_OBJECT_STR &&
-            pd_query_key_unpack(&o->via.array.ptr[1], &h->key) == 0)
-            return true;
-        h->i++;
+    pd_mpr_t it;
+    while (s_kept_item(&h->k, &it)) {
+        uint32_t n;
+        int64_t slot;
+        if (!pd_mpr_array(&it, &n) || (n != 2 && n != 3) || !pd_mpr_str(&it, &h->json) ||
+            pd_query_key_read(&it, &h->key) < 0)
+            continue;
+        h->slot = n == 3 && pd_mpr_int(&it, &slot) && slot >= 0 && slot < NO_SLOT
+                      ? (uint32_t)slot
+                      : NO_SLOT;
+        return true;
     }
     return false;
 }
@@ -1089,26 +1111,20 @@ s_list_fetched(broker_t *self, op_t *op, int node, const pd_msg_t *m)
     s_keep(&op->fetched, node, m);
     if (op->waiting)
         return;
-    const msgpack_object *got[MAX_NODES + 1] = {0};
-    uint32_t k[MAX_NODES + 1] = {0};
+    kept_t got[MAX_NODES + 1] = {0}, k;
     size_t off = 0;
-    int nd;
-    const msgpack_object *items;
-    while ((items = s_kept_next(self, &op->fetched, &off, &nd)))
-        if (nd >= 1 && nd <= MAX_NODES)
-            got[nd] = items;
+    while (s_kept_next(&op->fetched, &off, &k))
+        if (k.node >= 1 && k.node <= MAX_NODES)
+            got[k.node] = k;
     const fent_t *fe = (const fent_t *)op->fent.data;
     size_t n = op->fent.len / sizeof *fe, len = 0;
-    for (size_t i = 0; i < n; i++) {
-        const msgpack_object *a = got[fe[i].node];
-        uint32_t j = k[fe[i].node]++;
-        if (!a || j >= a->via.array.size || a->via.array.ptr[j].type != MSGPACK_OBJECT_STR) {
+    for (size_t i = 0; i < n; i++) { /* each node's JSON come in the order they were asked */
+        pd_mpr_t it;
+        if (!s_kept_item(&got[fe[i].node], &it) || !pd_mpr_str(&it, &self->page[i])) {
             s_list_again(self, op); /* deleted, expired or hidden since the first round */
             return;
         }
-        const msgpack_object *js = &a->via.array.ptr[j];
-        self->page[i] = (pd_str_t){js->via.str.ptr, js->via.str.size};
-        len += js->via.str.size;
+        len += self->page[i].len;
     }
     s_list_reply(self, op, n, len);
 }
@@ -1131,13 +1147,9 @@ s_list_finish(broker_t *self, op_t *op)
     }
     head_t heads[MAX_NODES + 1];
     size_t nh = 0, off = 0;
-    int node;
-    const msgpack_object *items;
-    while (nh <= MAX_NODES && (items = s_kept_next(self, &op->items, &off, &node))) {
-        heads[nh] = (head_t){.v = items->via.array.ptr, .n = items->via.array.size, .node = node};
+    while (nh <= MAX_NODES && s_kept_next(&op->items, &off, &heads[nh].k))
         if (s_head_next(&heads[nh]))
             nh++;
-    }
     bool before = false;
     pd_query_cursor(op->query, &before);
     int dir = before ? -1 : 1;
@@ -1153,25 +1165,17 @@ s_list_finish(broker_t *self, op_t *op)
             if (dir * pd_query_key_cmp(op->query, &heads[h].key, &heads[best].key) < 0)
                 best = h;
         head_t *h = &heads[best];
-        const msgpack_object *js = &h->v[h->i].via.array.ptr[0];
         if (skip) {
             skip--;
         } else if (op->keys) { /* the last key is the record's $id */
-            const msgpack_object *it = &h->v[h->i];
-            const msgpack_object *sl = it->via.array.size == 3 ? &it->via.array.ptr[2] : NULL;
-            fent_t fe = {(uint32_t)h->node,
-                         sl && sl->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
-                                 sl->via.u64 < NO_SLOT
-                             ? (uint32_t)sl->via.u64
-                             : NO_SLOT,
+            fent_t fe = {(uint32_t)h->k.node, h->slot,
                          h->key.n ? h->key.v[h->key.n - 1].s : PD_STR_NULL};
             pd_buf_add(&op->fent, &fe, sizeof fe);
             n++;
         } else {
-            page[n++] = (pd_str_t){js->via.str.ptr, js->via.str.size};
-            len += js->via.str.size;
+            page[n++] = h->json;
+            len += h->json.len;
         }
-        h->i++;
         if (!s_head_next(h))
             heads[best] = heads[--nh];
     }
@@ -1209,27 +1213,24 @@ s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
         s_op_free(self, op);
         return;
     }
-    const msgpack_object *items = m->o[PD_F_ITEMS];
     if (op->state == ST_PROBE) {
-        if (!items || items->type != MSGPACK_OBJECT_ARRAY || items->via.array.size != 1) {
+        pd_mpr_t items = pd_mpr(m->s[PD_F_ITEMS]);
+        uint32_t ni;
+        if (!pd_mpr_array(&items, &ni) || ni != 1) {
             s_op_fail(self, op, PD_ERR_SERVER_ERROR);
             return;
         }
-        /* Phase 2: ask every node for the page after (or before) the cursor's key. */
-        msgpack_sbuffer sb;
-        msgpack_sbuffer_init(&sb);
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-        msgpack_pack_object(&pk, items->via.array.ptr[0]);
+        /* Phase 2: ask every node for the page after (or before) the cursor's key: the
+         * cursor's item, [json, key], as the owner sent it (the array's one element). */
+        const unsigned char *item = items.p;
+        size_t item_len = (size_t)(items.end - items.p);
         pd_msg_t req;
         if (s_op_request(self, op, &req) < 0) {
-            msgpack_sbuffer_destroy(&sb);
             s_op_fail(self, op, PD_ERR_SERVER_ERROR);
             return;
         }
         for (int n = 1; n <= self->nstores; n++) {
             if (!s_node_ok(self, n)) {
-                msgpack_sbuffer_destroy(&sb);
                 s_op_fail(self, op, PD_ERR_UNAVAILABLE);
                 return;
             }
@@ -1240,11 +1241,10 @@ s_list_page(broker_t *self, op_t *op, int node, const pd_msg_t *m)
             pd_msgw_int(w, PD_F_FLAGS,
                         req.i[PD_F_FLAGS] | (op->keys ? PD_FL_KEYS | PD_FL_SLOTS : 0));
             pd_msgw_raw(w, PD_F_CURSOR_KEYS);
-            msgpack_sbuffer_write(&w->sb, sb.data, sb.size);
+            msgpack_sbuffer_write(&w->sb, (const char *)item, item_len);
             pd_msgw_end(w);
             op->waiting |= 1ULL << n;
         }
-        msgpack_sbuffer_destroy(&sb);
         op->state = ST_GATHER;
         return;
     }
@@ -1279,19 +1279,19 @@ s_rooms_finish(broker_t *self, op_t *op)
 {
     size_t n = 0, cap = 0, off = 0;
     pd_room_n_t *v = NULL;
-    const msgpack_object *items;
-    while ((items = s_kept_next(self, &op->items, &off, NULL))) {
-        for (uint32_t i = 0; i < items->via.array.size; i++) {
-            const msgpack_object *o = &items->via.array.ptr[i];
-            if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2 ||
-                o->via.array.ptr[0].type != MSGPACK_OBJECT_STR ||
-                o->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+    kept_t k;
+    pd_mpr_t it;
+    while (s_kept_next(&op->items, &off, &k)) {
+        while (s_kept_item(&k, &it)) { /* [channel, count] */
+            uint32_t two;
+            pd_str_t channel;
+            int64_t count;
+            if (!pd_mpr_array(&it, &two) || two != 2 || !pd_mpr_str(&it, &channel) ||
+                !pd_mpr_int(&it, &count) || count < 0)
                 continue;
             if (n == cap && !(v = realloc(v, (cap = cap ? cap * 2 : 64) * sizeof *v)))
                 abort();
-            v[n++] = (pd_room_n_t){
-                {o->via.array.ptr[0].via.str.ptr, o->via.array.ptr[0].via.str.size},
-                o->via.array.ptr[1].via.u64};
+            v[n++] = (pd_room_n_t){channel, (uint64_t)count};
         }
     }
     if (n)
@@ -1947,8 +1947,11 @@ s_on_back_frame(pd_zmsg_t *zm, void *arg)
         nd->rlen = ilen;
     }
     self->cur = node;
-    if (pd_msg_each(pd_zmsg_data(zm, 1), pd_zmsg_size(zm, 1), &self->zone, s_on_back, self) < 0)
+    /* Without a zone: the store nodes' RAW fields (a page's items) are read in place when
+     * they are used (s_kept_next), never unpacked on arrival. */
+    if (pd_msg_each(pd_zmsg_data(zm, 1), pd_zmsg_size(zm, 1), NULL, s_on_back, self) < 0)
         self->malformed++;
+    msgpack_zone_clear(&self->zone); /* what s_op_request decoded meanwhile */
 }
 
 /*  The bus proxy, in the loop (no thread). Every subscriber (each gateway, the reaper) pays a

@@ -225,7 +225,7 @@ s_str(const unsigned char *p, const unsigned char *end, pd_str_t *s)
  *  type in pd_msg.def). */
 #define S_CLEAR_STR(m, k) ((m)->s[k] = (pd_str_t){NULL, 0})
 #define S_CLEAR_INT(m, k) ((m)->i[k] = 0)
-#define S_CLEAR_RAW(m, k) ((m)->o[k] = NULL)
+#define S_CLEAR_RAW(m, k) ((m)->o[k] = NULL, (m)->s[k] = (pd_str_t){NULL, 0})
 
 static inline void
 s_clear(pd_msg_t *m)
@@ -252,16 +252,20 @@ s_key(const unsigned char *p, const unsigned char *end, unsigned *f)
     return next;
 }
 
-/*  A RAW field at p: validated, then unpacked alone into zone (what it allocates is bounded by
- *  its bytes, which s_skip walked). Sets *out; returns the byte after it, or NULL. Kept out of
- *  line with s_key, so that the loop over the common fields keeps its registers. */
+/*  A RAW field at p: validated, its bytes kept in *bytes, then (with a zone) unpacked alone
+ *  into zone (what it allocates is bounded by its bytes, which s_skip walked). Sets *out;
+ *  returns the byte after it, or NULL. Kept out of line with s_key, so that the loop over the
+ *  common fields keeps its registers. */
 __attribute__((noinline)) static const unsigned char *
 s_raw(const char *buf, const unsigned char *p, const unsigned char *end, msgpack_zone *zone,
-      const msgpack_object **out)
+      const msgpack_object **out, pd_str_t *bytes)
 {
     const unsigned char *q = s_skip(p, end, 2);
     if (!q)
         return NULL;
+    *bytes = (pd_str_t){(const char *)p, (size_t)(q - p)};
+    if (!zone)
+        return q;
     size_t off = (size_t)((const char *)p - buf);
     msgpack_object obj;
     if (msgpack_unpack(buf, (size_t)((const char *)q - buf), &off, zone, &obj) !=
@@ -329,7 +333,7 @@ pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zon
             break;
         }
         case T_RAW:
-            p = s_raw(buf, p, end, zone, &m->o[f]);
+            p = s_raw(buf, p, end, zone, &m->o[f], &m->s[f]);
             if (!p)
                 return -1;
             break;
@@ -358,8 +362,111 @@ pd_msg_each(const void *buf, size_t len, msgpack_zone *zone, pd_msg_fn fn, void 
         fn(&m, arg);
         n++;
     }
-    msgpack_zone_clear(zone);
+    if (zone)
+        msgpack_zone_clear(zone);
     return r < 0 ? -1 : n;
+}
+
+/*  ------------------------------------------------------------------------------------------
+ *  Reading in place (pd_mpr_*): the decoder's own readers, over a cursor. */
+
+int
+pd_mpr_type(const pd_mpr_t *r)
+{
+    if (r->p >= r->end)
+        return PD_MPR_END;
+    unsigned b = *r->p;
+    if (b <= 0x7f || b >= 0xe0 || (b >= 0xcc && b <= 0xd3))
+        return PD_MPR_INT;
+    if (b == 0xc0)
+        return PD_MPR_NIL;
+    if (b == 0xca || b == 0xcb)
+        return PD_MPR_FLOAT;
+    if ((b >= 0xa0 && b <= 0xbf) || (b >= 0xd9 && b <= 0xdb) || (b >= 0xc4 && b <= 0xc6))
+        return PD_MPR_STR;
+    if ((b >= 0x90 && b <= 0x9f) || b == 0xdc || b == 0xdd)
+        return PD_MPR_ARRAY;
+    return PD_MPR_OTHER;
+}
+
+bool
+pd_mpr_array(pd_mpr_t *r, uint32_t *n)
+{
+    if (pd_mpr_type(r) != PD_MPR_ARRAY)
+        return false;
+    unsigned b = *r->p;
+    if (b <= 0x9f) {
+        *n = b & 0x0f;
+        r->p++;
+        return true;
+    }
+    unsigned lb = b == 0xdc ? 2 : 4;
+    if ((size_t)(r->end - r->p) < 1 + lb)
+        return false;
+    *n = (uint32_t)s_be(r->p + 1, lb);
+    r->p += 1 + lb;
+    return true;
+}
+
+bool
+pd_mpr_str(pd_mpr_t *r, pd_str_t *s)
+{
+    const unsigned char *q = r->p < r->end ? s_str(r->p, r->end, s) : NULL;
+    if (!q)
+        return false;
+    r->p = q;
+    return true;
+}
+
+bool
+pd_mpr_int(pd_mpr_t *r, int64_t *v)
+{
+    bool big;
+    const unsigned char *q = r->p < r->end ? s_int(r->p, r->end, v, &big) : NULL;
+    if (!q || big)
+        return false;
+    r->p = q;
+    return true;
+}
+
+bool
+pd_mpr_float(pd_mpr_t *r, double *d)
+{
+    if (pd_mpr_type(r) != PD_MPR_FLOAT)
+        return false;
+    unsigned n = *r->p == 0xca ? 4 : 8;
+    if ((size_t)(r->end - r->p) < 1 + n)
+        return false;
+    uint64_t u = s_be(r->p + 1, n);
+    if (n == 4) {
+        uint32_t u32 = (uint32_t)u;
+        float f;
+        memcpy(&f, &u32, 4);
+        *d = f;
+    } else {
+        memcpy(d, &u, 8);
+    }
+    r->p += 1 + n;
+    return true;
+}
+
+bool
+pd_mpr_nil(pd_mpr_t *r)
+{
+    if (pd_mpr_type(r) != PD_MPR_NIL)
+        return false;
+    r->p++;
+    return true;
+}
+
+bool
+pd_mpr_skip(pd_mpr_t *r)
+{
+    const unsigned char *q = r->p < r->end ? s_skip(r->p, r->end, 0) : NULL;
+    if (!q)
+        return false;
+    r->p = q;
+    return true;
 }
 
 /*  ------------------------------------------------------------------------------------------
@@ -541,9 +648,10 @@ pd_msgw_copy(pd_msgw_t *w, const pd_msg_t *m, uint64_t rid, uint64_t skip)
         case T_INT:
             pd_msgw_int(w, f, m->i[f]);
             break;
-        case T_RAW:
+        case T_RAW: /* its bytes as they came (validated) */
             pd_msgw_raw(w, f);
-            msgpack_pack_object(&w->pk, *m->o[f]);
+            memcpy(s_room(w, m->s[f].len), m->s[f].ptr, m->s[f].len);
+            w->sb.size += m->s[f].len;
             break;
         }
     }
@@ -602,6 +710,55 @@ pd_msg_test(bool verbose)
     PD_CHECK(m.i[PD_F_EXPIRES] == 1700000000123 && m.i[PD_F_VERSION] == -5);
     PD_CHECK(!pd_msg_has(&m, PD_F_USER) && m.s[PD_F_USER].len == 0);
     PD_CHECK(m.o[PD_F_ITEMS] && m.o[PD_F_ITEMS]->via.array.size == 1);
+    PD_CHECK(m.s[PD_F_ITEMS].len == 3 && memcmp(m.s[PD_F_ITEMS].ptr, "\x91\xa1x", 3) == 0);
+    {
+        /* Without a zone: the same fields, RAW ones as their bytes only. */
+        pd_msg_t lz;
+        size_t lo = 0;
+        PD_CHECK(pd_msg_decode(&lz, w.sb.data, w.sb.size, &lo, NULL) == 0 && lo == off);
+        PD_CHECK(lz.o[PD_F_ITEMS] == NULL && pd_msg_has(&lz, PD_F_ITEMS) &&
+                 pd_str_eq(lz.s[PD_F_ITEMS], m.s[PD_F_ITEMS]) && lz.i[PD_F_VERSION] == -5);
+        pd_mpr_t r = pd_mpr(lz.s[PD_F_ITEMS]);
+        uint32_t n;
+        pd_str_t x;
+        PD_CHECK(pd_mpr_type(&r) == PD_MPR_ARRAY && pd_mpr_array(&r, &n) && n == 1);
+        PD_CHECK(!pd_mpr_int(&r, &(int64_t){0}) && !pd_mpr_array(&r, &n)); /* r unmoved */
+        PD_CHECK(pd_mpr_str(&r, &x) && pd_str_eqc(x, "x") && r.p == r.end);
+        PD_CHECK(pd_mpr_type(&r) == PD_MPR_END && !pd_mpr_skip(&r) && !pd_mpr_str(&r, &x));
+        /* A copy writes a RAW field's bytes as they came, decoded with a zone or not. */
+        pd_msgw_t wc;
+        pd_msgw_init(&wc);
+        pd_msgw_copy(&wc, &lz, 9, 0);
+        pd_msgw_end(&wc);
+        pd_msg_t mc;
+        size_t co = 0;
+        PD_CHECK(pd_msg_decode(&mc, wc.sb.data, wc.sb.size, &co, &zone) == 0 && mc.rid == 9);
+        PD_CHECK(mc.o[PD_F_ITEMS] && mc.o[PD_F_ITEMS]->via.array.size == 1 &&
+                 pd_str_eq(mc.s[PD_F_ITEMS], m.s[PD_F_ITEMS]) &&
+                 pd_str_eqc(mc.s[PD_F_ID], "alice") && mc.i[PD_F_EXPIRES] == 1700000000123);
+        pd_msgw_destroy(&wc);
+        /* Every reader at each type, and refusals that leave the reader where it was. */
+        static const char mixed[] = "\x97\xc0\xd0\x80\xcf\xff\xff\xff\xff\xff\xff\xff\xff"
+                                    "\xcb\x40\x09\x21\xfb\x54\x44\x2d\x18\xc4\x02hi"
+                                    "\x92\x01\x81\x01\x02\xc3";
+        r = pd_mpr((pd_str_t){mixed, sizeof mixed - 1});
+        int64_t v;
+        double d;
+        PD_CHECK(pd_mpr_array(&r, &n) && n == 7);
+        PD_CHECK(pd_mpr_type(&r) == PD_MPR_NIL && !pd_mpr_int(&r, &v) && pd_mpr_nil(&r));
+        PD_CHECK(pd_mpr_int(&r, &v) && v == -128);
+        const unsigned char *at = r.p; /* a uint64 over INT64_MAX: no int64, but skipped */
+        PD_CHECK(pd_mpr_type(&r) == PD_MPR_INT && !pd_mpr_int(&r, &v) && r.p == at);
+        PD_CHECK(pd_mpr_skip(&r) && r.p == at + 9);
+        PD_CHECK(pd_mpr_float(&r, &d) && d > 3.14159 && d < 3.1416);
+        PD_CHECK(pd_mpr_type(&r) == PD_MPR_STR && pd_mpr_str(&r, &x) && pd_str_eqc(x, "hi"));
+        PD_CHECK(pd_mpr_skip(&r) && pd_mpr_type(&r) == PD_MPR_OTHER && pd_mpr_skip(&r));
+        PD_CHECK(r.p == r.end);
+        r = pd_mpr((pd_str_t){mixed, 5}); /* cut short inside the uint64 */
+        PD_CHECK(pd_mpr_array(&r, &n) && pd_mpr_nil(&r) && pd_mpr_int(&r, &v));
+        PD_CHECK(!pd_mpr_int(&r, &v) && !pd_mpr_skip(&r) &&
+                 r.p == (const unsigned char *)mixed + 4);
+    }
 
     /* forward with a new rid, then decode the copy */
     pd_msgw_t w2;

@@ -80,8 +80,10 @@ enum { PD_ACT_UPSERT = 1, PD_ACT_UPDATE = 2, PD_ACT_DELETE = 3 };
 
 //  A decoded message. A field lives in the array of its type in pd_msg.def: m->s[f] for a STR
 //  field, m->i[f] for an INT field, m->o[f] for a RAW field; there a field not present reads as
-//  empty / 0 / NULL. A field's entries in the other two arrays are not written (the decoder
-//  clears only the entries of each field's own type), so never read them.
+//  empty / 0 / NULL. A RAW field also has its msgpack bytes in m->s[f] (validated: read them in
+//  place with pd_mpr_*), and m->o[f] is NULL when it was decoded without a zone. A field's
+//  entries in the other arrays are not written (the decoder clears only the entries of each
+//  field's own type), so never read them.
 typedef struct {
     int type;                          //  PD_MSG_*
     uint64_t rid;                      //  request id, chosen by the sender of a request
@@ -89,6 +91,7 @@ typedef struct {
     pd_str_t s[PD_F__COUNT];           //  STR fields (views into the frame)
     int64_t i[PD_F__COUNT];            //  INT fields
     const msgpack_object *o[PD_F__COUNT]; //  RAW fields (live until the zone is cleared)
+                                          //  (their bytes: s[f])
     const char *raw;                   //  the message's own bytes in the frame
     size_t raw_len;
 } pd_msg_t;
@@ -100,16 +103,44 @@ pd_msg_has(const pd_msg_t *m, int f)
 }
 
 //  Decodes the message at buf[*off]; advances *off past it. zone holds the objects of RAW
-//  fields (nothing else is allocated); clear it (msgpack_zone_clear) between batches. Returns 0,
-//  1 at the end of the buffer, or -1 if the bytes are not a valid message (the rest of the frame
-//  is then unusable; *off is left where the bad message starts).
+//  fields (nothing else is allocated); clear it (msgpack_zone_clear) between batches. With zone
+//  NULL, RAW fields are validated but not unpacked (m->o[f] NULL, their bytes in m->s[f]): for a
+//  reader that takes them in place (pd_mpr_*). Returns 0, 1 at the end of the buffer, or -1 if
+//  the bytes are not a valid message (the rest of the frame is then unusable; *off is left where
+//  the bad message starts).
 int pd_msg_decode(pd_msg_t *m, const char *buf, size_t len, size_t *off, msgpack_zone *zone);
 
-//  Calls fn on every message of a batch frame, in order, then clears zone. Returns the number
-//  of messages, or -1 if the frame is malformed (the messages before the bad one were handled;
-//  the caller counts the frame and drops the rest).
+//  Calls fn on every message of a batch frame, in order, then clears zone (which may be NULL,
+//  as for pd_msg_decode). Returns the number of messages, or -1 if the frame is malformed (the
+//  messages before the bad one were handled; the caller counts the frame and drops the rest).
 typedef void (*pd_msg_fn)(const pd_msg_t *m, void *arg);
 int pd_msg_each(const void *buf, size_t len, msgpack_zone *zone, pd_msg_fn fn, void *arg);
+
+/*  Reading msgpack in place: the bytes of a RAW field (m->s[f]) without unpacking them into
+ *  objects (a store's page of 5,000 keys is read once, as it is merged). Each call reads the
+ *  value at r->p and moves r past it; it returns false and leaves r as it was when that value
+ *  is not of the type asked for, or runs past r->end. A RAW field's bytes were validated when
+ *  its message was decoded, so pd_mpr_skip always gets past a value of them. */
+typedef struct {
+    const unsigned char *p, *end;
+} pd_mpr_t;
+
+static inline pd_mpr_t
+pd_mpr(pd_str_t bytes)
+{
+    const unsigned char *p = (const unsigned char *)bytes.ptr;
+    return (pd_mpr_t){p, p + bytes.len};
+}
+
+enum { PD_MPR_END, PD_MPR_NIL, PD_MPR_INT, PD_MPR_FLOAT, PD_MPR_STR, PD_MPR_ARRAY, PD_MPR_OTHER };
+//  The type of the value at r->p (PD_MPR_STR for a str or a bin), or PD_MPR_END.
+int pd_mpr_type(const pd_mpr_t *r);
+bool pd_mpr_array(pd_mpr_t *r, uint32_t *n); //  an array's header: its n elements follow
+bool pd_mpr_str(pd_mpr_t *r, pd_str_t *s);   //  a str or bin: a view of its bytes
+bool pd_mpr_int(pd_mpr_t *r, int64_t *v);    //  an integer that fits an int64
+bool pd_mpr_float(pd_mpr_t *r, double *d);   //  a float 32 or 64
+bool pd_mpr_nil(pd_mpr_t *r);
+bool pd_mpr_skip(pd_mpr_t *r);               //  any one value, containers whole
 
 //  Name of a message type for logs ("UPSERT"), or "?".
 const char *pd_msg_name(int type);

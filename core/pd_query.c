@@ -1416,42 +1416,41 @@ pd_query_key_pack(const pd_qkey_t *key, msgpack_packer *pk)
 }
 
 int
-pd_query_key_unpack(const msgpack_object *o, pd_qkey_t *out)
+pd_query_key_read(pd_mpr_t *r, pd_qkey_t *out)
 {
+    pd_mpr_t at = *r;
+    uint32_t n;
     out->n = 0;
-    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size > PD_QUERY_MAX_ORDER + 2)
+    if (!pd_mpr_array(&at, &n) || n > PD_QUERY_MAX_ORDER + 2)
         return -1;
-    for (uint32_t i = 0; i < o->via.array.size; i++) {
-        const msgpack_object *e = &o->via.array.ptr[i];
+    for (uint32_t i = 0; i < n; i++) {
         pd_qval_t *v = &out->v[i];
         *v = s_qval(0);
-        switch (e->type) {
-        case MSGPACK_OBJECT_NIL:
+        bool ok;
+        switch (pd_mpr_type(&at)) {
+        case PD_MPR_NIL:
+            ok = pd_mpr_nil(&at);
             break;
-        case MSGPACK_OBJECT_POSITIVE_INTEGER:
-            if (e->via.u64 > INT64_MAX)
-                return -1;
+        case PD_MPR_INT:
             v->type = 1;
-            v->i = (int64_t)e->via.u64;
+            ok = pd_mpr_int(&at, &v->i); /* not a uint64 above INT64_MAX */
             break;
-        case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-            v->type = 1;
-            v->i = e->via.i64;
-            break;
-        case MSGPACK_OBJECT_FLOAT32:
-        case MSGPACK_OBJECT_FLOAT64:
+        case PD_MPR_FLOAT:
             v->type = 3;
-            v->d = e->via.f64;
+            ok = pd_mpr_float(&at, &v->d);
             break;
-        case MSGPACK_OBJECT_STR:
+        case PD_MPR_STR:
             v->type = 2;
-            v->s = (pd_str_t){e->via.str.ptr, e->via.str.size};
+            ok = pd_mpr_str(&at, &v->s);
             break;
         default:
-            return -1;
+            ok = false;
         }
+        if (!ok)
+            return -1;
     }
-    out->n = o->via.array.size;
+    out->n = n;
+    *r = at;
     return 0;
 }
 
@@ -1542,7 +1541,7 @@ s_t_key(const pd_query_t *q, const pd_record_t *rec, pd_qkey_t *k)
     pd_qrec_clear(&r);
 }
 
-//  cmp(a, b) must equal cmp(unpack(pack(a)), unpack(pack(b))), and be antisymmetric.
+//  cmp(a, b) must equal cmp(read(pack(a)), read(pack(b))), and be antisymmetric.
 static int
 s_t_cmp_roundtrip(const pd_query_t *q, const pd_qkey_t *a, const pd_qkey_t *b)
 {
@@ -1552,15 +1551,10 @@ s_t_cmp_roundtrip(const pd_query_t *q, const pd_qkey_t *a, const pd_qkey_t *b)
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     pd_query_key_pack(a, &pk);
     pd_query_key_pack(b, &pk);
-    msgpack_unpacked ua, ub;
-    msgpack_unpacked_init(&ua);
-    msgpack_unpacked_init(&ub);
-    size_t off = 0;
-    PD_CHECK(msgpack_unpack_next(&ua, sb.data, sb.size, &off) == MSGPACK_UNPACK_SUCCESS);
-    PD_CHECK(msgpack_unpack_next(&ub, sb.data, sb.size, &off) == MSGPACK_UNPACK_SUCCESS);
+    pd_mpr_t rd = pd_mpr((pd_str_t){sb.data, sb.size});
     pd_qkey_t ka, kb;
-    PD_CHECK(pd_query_key_unpack(&ua.data, &ka) == 0);
-    PD_CHECK(pd_query_key_unpack(&ub.data, &kb) == 0);
+    PD_CHECK(pd_query_key_read(&rd, &ka) == 0);
+    PD_CHECK(pd_query_key_read(&rd, &kb) == 0 && rd.p == rd.end);
     int c = pd_query_key_cmp(q, a, b);
     int cu = pd_query_key_cmp(q, &ka, &kb);
     PD_CHECK((c > 0) - (c < 0) == (cu > 0) - (cu < 0));
@@ -1573,8 +1567,6 @@ s_t_cmp_roundtrip(const pd_query_t *q, const pd_qkey_t *a, const pd_qkey_t *b)
     PD_CHECK((c > 0) - (c < 0) == -((r > 0) - (r < 0)));
     PD_CHECK(pd_query_key_cmp(q, a, a) == 0);
     PD_CHECK(pd_query_key_cmp(q, &ka, a) == 0);
-    msgpack_unpacked_destroy(&ua);
-    msgpack_unpacked_destroy(&ub);
     msgpack_sbuffer_destroy(&sb);
     return c;
 }
@@ -2102,21 +2094,26 @@ pd_query_test(bool verbose)
         y.v[0] = (pd_qval_t){2, 0, 0, {"a\0b", 3}};
         x.v[0] = (pd_qval_t){2, 0, 0, {"a\0", 2}};
         PD_CHECK(s_t_cmp_roundtrip(NULL, &x, &y) < 0);
-        //  Unpack rejects what a key cannot hold.
-        msgpack_zone zone;
-        msgpack_zone_init(&zone, 256);
-        msgpack_object o;
-        size_t off = 0;
-        PD_CHECK(msgpack_unpack("\x91\xc3", 2, &off, &zone, &o) == MSGPACK_UNPACK_SUCCESS);
-        PD_CHECK(pd_query_key_unpack(&o, &x) == -1); //  [true]
-        off = 0;
-        PD_CHECK(msgpack_unpack("\x91\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 10, &off, &zone, &o) ==
-               MSGPACK_UNPACK_SUCCESS);
-        PD_CHECK(pd_query_key_unpack(&o, &x) == -1); //  [UINT64_MAX]
-        off = 0;
-        PD_CHECK(msgpack_unpack("\xa1x", 2, &off, &zone, &o) == MSGPACK_UNPACK_SUCCESS);
-        PD_CHECK(pd_query_key_unpack(&o, &x) == -1); //  not an array
-        msgpack_zone_destroy(&zone);
+        //  Reading rejects what a key cannot hold, and leaves the reader where it was.
+        static const struct {
+            const char *b;
+            size_t n;
+        } bad[] = {
+            {"\x91\xc3", 2},                                 //  [true]
+            {"\x91\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 10}, //  [UINT64_MAX]
+            {"\xa1x", 2},                                     //  not an array
+            {"\x92\x01", 2},                                 //  cut short
+            {"\x91\xcb\x00", 3},                             //  a double cut short
+            {"\x9b\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01\x01", 12}, //  11 values
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+            pd_mpr_t r = pd_mpr((pd_str_t){bad[i].b, bad[i].n});
+            PD_CHECK(pd_query_key_read(&r, &x) == -1 && r.p == (const unsigned char *)bad[i].b);
+        }
+        pd_mpr_t r = pd_mpr(PD_STR("\x93\xc0\xca\x3f\x80\x00\x00\xa2hi"));
+        PD_CHECK(pd_query_key_read(&r, &x) == 0 && r.p == r.end && x.n == 3 &&
+                 x.v[0].type == 0 && x.v[1].type == 3 && x.v[1].d == 1.0 && x.v[2].type == 2 &&
+                 pd_str_eqc(x.v[2].s, "hi")); //  [nil, float32 1.0, "hi"]
     }
     //  Sort-key summaries (pd_qsum_t) never contradict the keys: every pair of two-value keys
     //  drawn from edge values (ints past 2^53, doubles next to them, NaN, -0, strings around 7

@@ -14,6 +14,7 @@
 
 #include <msgpack.h>
 
+#include "pd_msg.h"
 #include "pd_record.h"
 
 typedef struct pd_query pd_query_t;
@@ -142,9 +143,10 @@ typedef struct {
 void pd_query_key_sum(const pd_query_t *self, const pd_qkey_t *key, pd_qsum_t *out);
 //  <0 or >0 exactly as pd_query_key_cmp says for the keys summed up; 0 when it cannot tell.
 int pd_query_sum_cmp(const pd_qsum_t *a, const pd_qsum_t *b);
-//  Packs the key as one msgpack array; unpacks it back (views into the msgpack buffer).
+//  Packs the key as one msgpack array; reads it back in place (views into the msgpack bytes),
+//  moving r past it: 0, or -1 if the value at r is not a key (r then unchanged).
 void pd_query_key_pack(const pd_qkey_t *key, msgpack_packer *pk);
-int pd_query_key_unpack(const msgpack_object *o, pd_qkey_t *out);
+int pd_query_key_read(pd_mpr_t *r, pd_qkey_t *out);
 
 void pd_query_test(bool verbose);
 

@@ -1262,10 +1262,11 @@ s_on_list(store_t *self, const pd_msg_t *m)
         pd_query_destroy(&q);
         return;
     }
-    if (m->o[PD_F_CURSOR_KEYS]) {
-        const msgpack_object *ck = m->o[PD_F_CURSOR_KEYS];
-        if (ck->type != MSGPACK_OBJECT_ARRAY || ck->via.array.size != 2 ||
-            pd_query_key_unpack(&ck->via.array.ptr[1], &c.cursor) < 0) {
+    if (pd_msg_has(m, PD_F_CURSOR_KEYS)) { /* the cursor's item: [json, key] */
+        pd_mpr_t ck = pd_mpr(m->s[PD_F_CURSOR_KEYS]);
+        uint32_t n;
+        if (!pd_mpr_array(&ck, &n) || n != 2 || !pd_mpr_skip(&ck) ||
+            pd_query_key_read(&ck, &c.cursor) < 0) {
             s_reply_err(self, m, PD_ERR_SERVER_ERROR, NULL);
             pd_query_destroy(&q);
             return;

@@ -234,6 +234,43 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         assert(s_same(&m, &ref));
         for (int f = 1; f < PD_F__COUNT; f++)
             assert(s_type[f] != 'S' || !m.s[f].len || m.s[f].ptr == ref.s[f].ptr);
+        /* Without a zone: the same message, RAW fields as their bytes only, which the reader
+         * skips whole (validated) and a walk of their top level reads without harm. */
+        pd_msg_t lz;
+        size_t lz_off = (size_t)(m.raw - buf);
+        assert(pd_msg_decode(&lz, buf, size, &lz_off, NULL) == 0 && lz_off == off);
+        for (int f = 1; f < PD_F__COUNT; f++) {
+            if (s_type[f] != 'R' || !pd_msg_has(&m, f))
+                continue;
+            assert(lz.o[f] == NULL && pd_str_eq(lz.s[f], m.s[f]));
+            pd_mpr_t r = pd_mpr(lz.s[f]);
+            assert(pd_mpr_skip(&r) && r.p == r.end);
+            r = pd_mpr(lz.s[f]);
+            uint32_t n;
+            if (pd_mpr_array(&r, &n)) {
+                assert(n == m.o[f]->via.array.size);
+                for (uint32_t i = 0; i < n; i++) {
+                    pd_str_t str;
+                    int64_t v;
+                    double d;
+                    int t = pd_mpr_type(&r);
+                    const msgpack_object *e = &m.o[f]->via.array.ptr[i];
+                    if (t == PD_MPR_STR) {
+                        assert(pd_mpr_str(&r, &str) &&
+                               str.len == (e->type == MSGPACK_OBJECT_STR ? e->via.str.size
+                                                                         : e->via.bin.size));
+                    } else if (t == PD_MPR_INT && pd_mpr_int(&r, &v)) {
+                        assert(e->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (uint64_t)v == e->via.u64
+                                                                          : v == e->via.i64);
+                    } else if (t == PD_MPR_FLOAT) {
+                        assert(pd_mpr_float(&r, &d));
+                    } else {
+                        assert(pd_mpr_skip(&r));
+                    }
+                }
+                assert(r.p == r.end);
+            }
+        }
 
         pd_msgw_reset(&w);
         pd_msgw_copy(&w, &m, m.rid + 1, 0);
