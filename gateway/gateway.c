@@ -840,7 +840,9 @@ static void
 s_on_reply_frame(pd_zmsg_t *zm, void *arg)
 {
     gw_t *gw = arg;
-    if (pd_msg_each(pd_zmsg_data(zm, 0), pd_zmsg_size(zm, 0), &gw->zone, s_on_reply, gw) < 0)
+    /* Without a zone: a reply's RAW fields (a list's plan, a node's FETCH answer of thousands of
+     * records' JSON) are read in place where they are used (gw_rest.c), never unpacked. */
+    if (pd_msg_each(pd_zmsg_data(zm, 0), pd_zmsg_size(zm, 0), NULL, s_on_reply, gw) < 0)
         gw->malformed++;
 }
 

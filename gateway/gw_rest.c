@@ -503,9 +503,10 @@ s_on_fetch_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
     gw_plan_t *pl = p->user;
     h2o_req_t *req = p->req;
     int64_t nd = m->i[PD_F_NODE];
-    const msgpack_object *a = m->o[PD_F_ITEMS];
-    if (m->i[PD_F_ERR] != PD_ERR_OK || nd < 1 || nd > 63 || !((pl->waiting >> nd) & 1) || !a ||
-        a->type != MSGPACK_OBJECT_ARRAY) {
+    pd_mpr_t a = pd_mpr(m->s[PD_F_ITEMS]); /* read in place: the replies come without a zone */
+    uint32_t na;
+    if (m->i[PD_F_ERR] != PD_ERR_OK || nd < 1 || nd > 63 || !((pl->waiting >> nd) & 1) ||
+        !pd_msg_has(m, PD_F_ITEMS) || !pd_mpr_array(&a, &na)) {
         pl->failed = true;
     } else {
         pl->waiting &= ~(1ULL << nd);
@@ -516,16 +517,15 @@ s_on_fetch_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
         for (uint32_t i = 0; i < pl->n && !pl->failed; i++) {
             if (pl->node[i] != nd)
                 continue;
-            const msgpack_object *o = j < a->via.array.size ? &a->via.array.ptr[j++] : NULL;
-            if (!o || o->type != MSGPACK_OBJECT_STR || o->via.str.ptr < m->raw ||
-                o->via.str.ptr + o->via.str.size > m->raw + m->raw_len) {
+            pd_str_t js;
+            if (j++ >= na || !pd_mpr_str(&a, &js)) {
                 pl->failed = true; /* deleted, expired or hidden since the plan */
                 break;
             }
-            pl->json[i] = (pd_str_t){copy + (o->via.str.ptr - m->raw), o->via.str.size};
-            pl->len += o->via.str.size;
+            pl->json[i] = (pd_str_t){copy + (js.ptr - m->raw), js.len};
+            pl->len += js.len;
         }
-        if (j != a->via.array.size)
+        if (j != na)
             pl->failed = true;
     }
     if (p->more) /* more answers to come */
@@ -562,28 +562,34 @@ s_on_list_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
     }
     h2o_req_t *req = p->req;
     p->req = NULL;
-    const msgpack_object *a = m->o[PD_F_ITEMS];
-    uint32_t n = a && a->type == MSGPACK_OBJECT_ARRAY ? a->via.array.size : 0;
+    pd_mpr_t a = pd_mpr(m->s[PD_F_ITEMS]); /* read in place: the replies come without a zone */
+    uint32_t n = 0;
+    if (!pd_msg_has(m, PD_F_ITEMS) || !pd_mpr_array(&a, &n))
+        n = 0;
     gw_plan_t *pl = h2o_mem_alloc_pool(&req->pool, sizeof *pl);
     *pl = (gw_plan_t){.n = n, .total = m->i[PD_F_TOTAL]};
     pl->node = h2o_mem_alloc_pool(&req->pool, n ? n : 1);
     pl->json = h2o_mem_alloc_pool(&req->pool, (n ? n : 1) * sizeof *pl->json);
+    /* each item's FETCH item, its bytes as the broker wrote them: an id, or [id, slot] */
+    pd_str_t *fi = h2o_mem_alloc_pool(&req->pool, (n ? n : 1) * sizeof *fi);
     uint32_t per[64] = {0};
     for (uint32_t i = 0; i < n; i++) {
-        const msgpack_object *it = &a->via.array.ptr[i];
-        const msgpack_object *fi = it->type == MSGPACK_OBJECT_ARRAY && it->via.array.size == 2
-                                       ? &it->via.array.ptr[1]
-                                       : NULL; /* the FETCH item: an id, or [id, slot] */
-        if (!fi || it->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-            it->via.array.ptr[0].via.u64 < 1 || it->via.array.ptr[0].via.u64 > 63 ||
-            !(fi->type == MSGPACK_OBJECT_STR ||
-              (fi->type == MSGPACK_OBJECT_ARRAY && fi->via.array.size == 2 &&
-               fi->via.array.ptr[0].type == MSGPACK_OBJECT_STR &&
-               fi->via.array.ptr[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER))) {
+        uint32_t two;
+        int64_t nd, slot;
+        pd_str_t id;
+        bool ok = pd_mpr_array(&a, &two) && two == 2 && pd_mpr_int(&a, &nd) && nd >= 1 &&
+                  nd <= 63;
+        const unsigned char *at = a.p;
+        if (ok && pd_mpr_type(&a) == PD_MPR_ARRAY)
+            ok = pd_mpr_array(&a, &two) && two == 2 && pd_mpr_str(&a, &id) &&
+                 pd_mpr_int(&a, &slot) && slot >= 0;
+        else
+            ok = ok && pd_mpr_str(&a, &id);
+        if (!ok) {
             pl->failed = true;
             break;
         }
-        int nd = (int)it->via.array.ptr[0].via.u64;
+        fi[i] = (pd_str_t){(const char *)at, (size_t)(a.p - at)};
         pl->node[i] = (uint8_t)nd;
         per[nd]++;
         pl->waiting |= 1ULL << nd;
@@ -625,7 +631,7 @@ s_on_list_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
         msgpack_pack_array(&w->pk, per[nd]);
         for (uint32_t i = 0; i < n; i++)
             if (pl->node[i] == nd)
-                msgpack_pack_object(&w->pk, a->via.array.ptr[i].via.array.ptr[1]);
+                msgpack_sbuffer_write(&w->sb, fi[i].ptr, fi[i].len);
         gw_send_end(gw);
     }
     msgpack_zone_clear(&gw->rzone);
