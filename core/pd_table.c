@@ -10,7 +10,8 @@
  *      sheads      sheads x u32: status-list heads, bucket = hash(project, status) & mask
  *      heap        capacity x u32: expiry min-heap of slots
  *      claims      capacity x claim entries (s_claim_t and its strings): user claims (truth),
- *                  published by their state word
+ *                  published by their state word; from layout 8 each entry is sized to its
+ *                  strings (s_claim8_t), up to 128 bytes a record of the capacity
  *      cidx        idx_size x u64: (project, userId) -> claim entry
  *      arena       arena_bytes of blocks: [s_block_t header (s_block7_t from layout 7) |
  *                  NUL-terminated strings]
@@ -54,12 +55,15 @@
 #include <unistd.h>
 
 #define S_MAGIC 0x31454c4241544450ULL //  "PDTABLE1"
-#define S_LAYOUT_VERSION 7 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
+#define S_LAYOUT_VERSION 8 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
                            //  5: blocks keep four fields only inside the JSON (S_VIEW);
                            //  6: finer size classes, the id, user id and status as views
                            //  too, claim entries of 128 bytes (192): a 36-byte project, one id;
-                           //  7: block headers of 66 bytes (104): s_block7_t
-                           //  (a 5 stays a 5 and a 6 a 6: their blocks were carved so)
+                           //  7: block headers of 66 bytes (104): s_block7_t;
+                           //  8: claim entries sized to their strings (128): s_claim8_t;
+                           //  role lists of one role kept inside the JSON (s_role_views)
+                           //  (a 5, 6 or 7 stays one: its blocks and claim entries were
+                           //  carved so)
                            //  (a version 2 or 3 segment is taken; it grows by a copy into a 4)
 #define S_PAGE 4096
 #define S_ALIGN 32                //  arena block granularity
@@ -74,10 +78,16 @@
 #define S_VIEW 0x80000000u
 #define S_VIEW_FIRST 4 //  s_field_off's source
 #define S_VIEW_LAST 7  //  ... to meta_json
+#define S_ROLE_FIRST 8 //  s_field_off's read_roles: layout 8's role views (s_role_views)
+#define S_ROLE_LAST 10 //  ... to delete_roles
+#define S_NROLE (S_ROLE_LAST - S_ROLE_FIRST + 1)
+#define S_ROLE_VIEW_MAX 255 //  the longest role kept as a view
 #define S_MAX_CAPACITY (1u << 30) //  index entries keep a 32-bit slot number
 #define S_ID_MAX 36               //  claim user and value
 #define S_PROJECT_MAX 64          //  claim project, before layout 6 (S_CLAIM_PROJECT_V6)
 #define S_CLAIM_LIVE 0x4c495645u  //  "LIVE"
+#define S_CLAIM_UNIT 8            //  layout 8: claim entries are sized in units of this many bytes
+#define S_CLAIM_UNITS_MAX 16      //  ... up to 128 bytes (s_claim8_t)
 
 /*  The string fields of pd_record_t, in blob order. The first four are the keys: project and
  *  id (primary), user_id (user index), status (status lists). */
@@ -122,9 +132,22 @@ typedef struct {
     uint32_t regrow;  //  version 5: 1 while a growth's rehash moves entries from the indexes as
                       //  they were (pd_table_grow_step): the indexes lack the ones not yet moved
     uint32_t pad5;
+    uint32_t claim_frees[S_CLAIM_UNITS_MAX + 1]; //  version 8: free claim entries of each size
+                                                 //  (in S_CLAIM_UNIT units), first + 1 (s_claim8_t)
 } s_header_t;
-#define S_HEADER_V3 offsetof(s_header_t, cap_max) //  header_bytes of a version 2 or 3 segment
-#define S_HEADER_V4 offsetof(s_header_t, regrow)  //  and of a version 4 one
+#define S_HEADER_V3 offsetof(s_header_t, cap_max)     //  header_bytes of a version 2 or 3 segment
+#define S_HEADER_V4 offsetof(s_header_t, regrow)      //  and of a version 4 one
+#define S_HEADER_V7 offsetof(s_header_t, claim_frees) //  and of a version 5, 6 or 7 one
+
+//  The header_bytes of a segment of layout `version`.
+static inline uint32_t
+s_header_bytes(uint32_t version)
+{
+    return version >= 8   ? (uint32_t)sizeof(s_header_t)
+           : version >= 5 ? (uint32_t)S_HEADER_V7
+           : version == 4 ? (uint32_t)S_HEADER_V4
+                          : (uint32_t)S_HEADER_V3;
+}
 
 typedef struct {
     uint64_t blob;      //  segment offset of the record's block, 0 = free (the truth)
@@ -185,7 +208,8 @@ _Static_assert(S_NSTR <= 16, "a view bit per string field");
  *  a crash undoes (128 bytes). Older layouts have 64 bytes of project and the id twice
  *  (double-buffered: val 0 and 1; a reclaim writes the spare one, then switches `sel`; 192
  *  bytes). Entries follow each other at that stride (s_claim); the section is sized for the
- *  larger one in every layout (the rest of it is never touched: the file is sparse). */
+ *  larger one in every layout (the rest of it is never touched: the file is sparse). Layout 8
+ *  sizes each entry to its strings instead (s_claim8_t). */
 typedef struct {
     uint32_t state;     //  S_CLAIM_LIVE once published (written last), else 0
     uint32_t sel;       //  which val is current; reclaim switches it atomically (0 in layout 6)
@@ -197,6 +221,31 @@ typedef struct {
 #define S_CLAIM_PROJECT_V6 S_ID_MAX
 //  An entry's stride: its header, the project's field, the user's and nval ids'
 #define S_CLAIM_BYTES(pmax, nval) (sizeof(s_claim_t) + (pmax) + (1 + (nval)) * S_ID_MAX)
+
+/*  A claim entry of layout 8: this header, then the project, the user and the presence id back
+ *  to back, the whole rounded up to S_CLAIM_UNIT bytes (`units` of them: 3 to 16; a project,
+ *  user and id of 20 characters each take 80 bytes, 128 in layout 6). An entry is referred to by
+ *  its offset in units from the section's start, and the entries are walked by their sizes
+ *  (s_claim_step): `units` is written before claims_top moves past it and never changes, as a
+ *  block's class. A free entry waits on the free list of its size (header.claim_frees). A
+ *  reclaim drops the entry and adds the new one, in the same journaled mutation. `state`,
+ *  `hash` and `next_free` sit where s_claim_t has them, so code that reads only those reads
+ *  both layouts alike; the rest is read through s_claim_view. */
+typedef struct {
+    uint32_t state;     //  S_CLAIM_LIVE once published (written last), else 0
+    uint8_t units;      //  the entry's size in S_CLAIM_UNIT units
+    uint8_t plen, ulen; //  key lengths
+    uint8_t vlen;       //  the presence id's length
+    uint32_t hash;      //  low 32 bits of hash (project, user)
+    uint32_t next_free; //  free-list link (entry + 1) while free
+} s_claim8_t;
+_Static_assert(offsetof(s_claim8_t, state) == offsetof(s_claim_t, state) &&
+                   offsetof(s_claim8_t, hash) == offsetof(s_claim_t, hash) &&
+                   offsetof(s_claim8_t, next_free) == offsetof(s_claim_t, next_free),
+               "state, hash and the free link are read alike in every layout");
+//  The units of a layout 8 entry holding strings of n bytes in all
+#define S_CLAIM8_UNITS(n) ((sizeof(s_claim8_t) + (n) + S_CLAIM_UNIT - 1) / S_CLAIM_UNIT)
+_Static_assert(S_CLAIM8_UNITS(3 * S_ID_MAX) == S_CLAIM_UNITS_MAX, "the largest entry's units");
 #define S_CLAIM_ROOM S_CLAIM_BYTES(S_PROJECT_MAX, 2) //  per entry in the section, every layout
 
 /*  The undo journal, in the header's page after the header: while a mutation runs (header.dirty
@@ -259,13 +308,15 @@ struct pd_table {
                         //  keep the ids and status only inside the JSON (s_viewable), claim
                         //  entries of 128 bytes (s_claim)
     bool v7;            //  layout 7 or later: block headers of s_block7_t (s_b_len, s_b_time)
+    bool v8;            //  layout 8 or later: claim entries sized to their strings (s_claim8_t)
     uint64_t *rg_old;   //  a growth's rehash under way: the three indexes as they were (pidx,
                         //  uidx, cidx, rg_size entries each; S_TOMB where an entry has moved)
     uint64_t rg_size;   //  their size
     uint64_t rg_pos;    //  the next position pd_table_grow_step moves
 };
 
-//  The largest project a claim entry of this segment holds, and the entries' stride.
+//  The largest project a claim entry of this segment holds, and the entries' stride: in layout
+//  8, one unit (an entry is addressed by its offset in units, and takes s_claim_step of them).
 static inline uint32_t
 s_claim_pmax(const pd_table_t *self)
 {
@@ -275,7 +326,9 @@ s_claim_pmax(const pd_table_t *self)
 static inline size_t
 s_claim_stride(const pd_table_t *self)
 {
-    return self->v6 ? S_CLAIM_BYTES(S_CLAIM_PROJECT_V6, 1) : S_CLAIM_BYTES(S_PROJECT_MAX, 2);
+    return self->v8   ? S_CLAIM_UNIT
+           : self->v6 ? S_CLAIM_BYTES(S_CLAIM_PROJECT_V6, 1)
+                      : S_CLAIM_BYTES(S_PROJECT_MAX, 2);
 }
 
 static inline s_claim_t *
@@ -284,6 +337,8 @@ s_claim(const pd_table_t *self, uint64_t e)
     return (s_claim_t *)(self->claims + e * s_claim_stride(self));
 }
 
+//  Before layout 8, the fixed fields of an entry: its project, its user and its id i (0 or 1,
+//  `sel`; always 0 in layout 6, which keeps one).
 static inline char *
 s_claim_project(const s_claim_t *c)
 {
@@ -296,25 +351,73 @@ s_claim_user(const pd_table_t *self, const s_claim_t *c)
     return s_claim_project(c) + s_claim_pmax(self);
 }
 
-//  Its presence id i (0 or 1, `sel`; always 0 in layout 6, which keeps one).
 static inline char *
 s_claim_val(const pd_table_t *self, const s_claim_t *c, uint32_t i)
 {
     return s_claim_user(self, c) + S_ID_MAX * (1 + i);
 }
 
-//  The most `sel` may be: 1 where the id is double-buffered, 0 in layout 6.
-static inline uint32_t
-s_claim_sel_max(const pd_table_t *self)
+typedef struct {
+    pd_str_t project, user, id;
+} s_cview_t;
+
+//  The strings of entry c, in any layout: the one reader of an entry's contents (s_claim_sane
+//  says whether they can be trusted, where the entry may be damaged).
+static inline s_cview_t
+s_claim_view(const pd_table_t *self, const s_claim_t *c)
 {
-    return self->v6 ? 0 : 1;
+    if (self->v8) {
+        const s_claim8_t *c8 = (const s_claim8_t *)c;
+        const char *p = (const char *)(c8 + 1);
+        return (s_cview_t){{p, c8->plen},
+                           {p + c8->plen, c8->ulen},
+                           {p + c8->plen + c8->ulen, c8->vlen}};
+    }
+    uint32_t sel = __atomic_load_n(&c->sel, __ATOMIC_ACQUIRE) & 1;
+    return (s_cview_t){{s_claim_project(c), c->plen},
+                       {s_claim_user(self, c), c->ulen},
+                       {s_claim_val(self, c, sel), c->vlen[sel]}};
 }
 
-static inline pd_str_t
-s_claim_key(const pd_table_t *self, const s_claim_t *c, pd_str_t *user)
+/*  How many entries (units, in layout 8) entry e takes, so the next one starts that far on: 1
+ *  before layout 8; 0 where its size is out of range or runs past claims_top (a damaged
+ *  section: walks stop there). */
+static inline uint32_t
+s_claim_step(const pd_table_t *self, uint64_t e)
 {
-    *user = (pd_str_t){s_claim_user(self, c), c->ulen};
-    return (pd_str_t){s_claim_project(c), c->plen};
+    if (!self->v8)
+        return 1;
+    uint32_t u = ((const s_claim8_t *)s_claim(self, e))->units;
+    return u >= S_CLAIM8_UNITS(1) && u <= S_CLAIM_UNITS_MAX && e + u <= self->hdr->claims_top
+               ? u
+               : 0;
+}
+
+//  A live entry's lengths in range: a project, a user and a presence id that fit their fields
+//  (in layout 8, its units; the entry's step was checked).
+static bool
+s_claim_sane(const pd_table_t *self, const s_claim_t *c)
+{
+    if (c->state != S_CLAIM_LIVE)
+        return false;
+    if (self->v8) {
+        const s_claim8_t *c8 = (const s_claim8_t *)c;
+        return c8->plen <= S_CLAIM_PROJECT_V6 && c8->ulen <= S_ID_MAX && c8->vlen >= 1 &&
+               c8->vlen <= S_ID_MAX &&
+               S_CLAIM8_UNITS((size_t)c8->plen + c8->ulen + c8->vlen) <= c8->units;
+    }
+    uint32_t sel = c->sel;
+    return c->plen <= s_claim_pmax(self) && c->ulen <= S_ID_MAX && sel <= (self->v6 ? 0u : 1u) &&
+           c->vlen[sel] >= 1 && c->vlen[sel] <= S_ID_MAX;
+}
+
+//  The most units (layout 8) or entries the section may carve: a 128-byte entry per record of
+//  the capacity, within the 32 bits an index entry keeps.
+static uint64_t
+s_claim_room(const s_header_t *h)
+{
+    uint64_t room = h->version >= 8 ? h->capacity * S_CLAIM_UNITS_MAX : h->capacity;
+    return room < UINT32_MAX - 1 ? room : UINT32_MAX - 1;
 }
 
 void
@@ -496,6 +599,65 @@ s_blob_of(pd_table_t *self, uint32_t s)
  *  record runs them, and unrolled, the field offsets become constants. */
 #define S_UNROLL _Pragma("GCC unroll 16")
 
+/*  Layout 8: a role list of one role ("ROLE\0" as the gateway packs it, or "ROLE") that the
+ *  record's JSON holds verbatim and followed by a backslash is kept only inside the JSON too:
+ *  the perms JSON writes each role as `read(\"ROLE\")`, so the lists of most records (one role
+ *  each: user:U, or any) are there. Its length word holds the role's offset in the JSON instead
+ *  of its length (a view bit says so), and the role ends at the first backslash from there: it
+ *  reads back as "ROLE", without the list's last NUL (pd_list_* read both alike; pd_list_eq
+ *  compares them). s_role_views finds the offsets for a put (0: kept as a string) and trims
+ *  the put's lists it views to the form they read back in, for the hook's event; s_role_at
+ *  reads one back. */
+typedef struct {
+    uint32_t at[S_NROLE];
+} s_roles_t;
+
+//  The role of a view at `off` in json into *f; false (and "") if the offset does not hold one.
+static inline bool
+s_role_at(pd_str_t json, size_t off, pd_str_t *f)
+{
+    const char *e = off && off < json.len ? memchr(json.ptr + off, '\\', json.len - off) : NULL;
+    if (!e || e == json.ptr + off) {
+        *f = PD_STR("");
+        return false;
+    }
+    *f = (pd_str_t){json.ptr + off, (size_t)(e - json.ptr - off)};
+    return true;
+}
+
+static void
+s_role_views(const pd_table_t *self, pd_record_t *r, s_roles_t *rv)
+{
+    memset(rv, 0, sizeof *rv);
+    for (int i = S_ROLE_FIRST; self->v8 && i <= S_ROLE_LAST; i++) {
+        pd_str_t f = s_field_c(r, i), prev = s_field_c(r, i - 1);
+        if (i > S_ROLE_FIRST && rv->at[i - S_ROLE_FIRST - 1] && pd_str_eq(f, prev)) {
+            rv->at[i - S_ROLE_FIRST] = rv->at[i - S_ROLE_FIRST - 1]; /* user:U three times */
+            continue;
+        }
+        char pat[S_ROLE_VIEW_MAX + 1];
+        size_t n = f.len && !f.ptr[f.len - 1] ? f.len - 1 : f.len; /* the role, bare */
+        if (!n || n > S_ROLE_VIEW_MAX || memchr(f.ptr, 0, n) || memchr(f.ptr, '\\', n) ||
+            r->json.len < 2)
+            continue;
+        memcpy(pat, f.ptr, n);
+        pat[n] = '\\';
+        const char *m = memmem(r->json.ptr + 1, r->json.len - 1, pat, n + 1);
+        if (m)
+            rv->at[i - S_ROLE_FIRST] = (uint32_t)(m - r->json.ptr);
+    }
+    for (int i = S_ROLE_FIRST; i <= S_ROLE_LAST; i++) /* as they will read back: the hook's */
+        if (rv->at[i - S_ROLE_FIRST] && !s_field(r, i)->ptr[s_field(r, i)->len - 1])
+            s_field(r, i)->len--;
+}
+
+//  Whether field i is a role view of rv.
+static inline bool
+s_role_viewed(const s_roles_t *rv, int i)
+{
+    return i >= S_ROLE_FIRST && i <= S_ROLE_LAST && rv->at[i - S_ROLE_FIRST];
+}
+
 /*  A block's fields as it keeps them: the stored strings pointed at, the views (S_VIEW) with a
  *  NULL ptr and their length. True if it has views (pd_record_locate points them). */
 static inline bool
@@ -503,16 +665,29 @@ s_blk_raw(const pd_table_t *self, const s_block_t *b, pd_record_t *out)
 {
     const char *p = s_blk_data(self, b);
     bool views = false;
+    unsigned roles = 0;
     S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
         uint32_t len = s_b_len(self, b, i);
         if (len & S_VIEW) {
-            views = true;
+            if (i >= S_ROLE_FIRST && i <= S_ROLE_LAST)
+                roles |= 1u << i;
+            else
+                views = true;
             *s_field(out, i) = (pd_str_t){NULL, len & ~S_VIEW};
             continue;
         }
         *s_field(out, i) = (pd_str_t){p, len};
         p += len + 1;
+    }
+    for (int i = S_ROLE_FIRST; roles && i <= S_ROLE_LAST; i++) { /* their offsets in the JSON */
+        pd_str_t *f = s_field(out, i), *prev = s_field(out, i - 1);
+        if (!(roles >> i & 1))
+            continue;
+        if ((roles >> (i - 1) & 1) && s_b_len(self, b, i - 1) == (f->len | S_VIEW))
+            *f = *prev; /* the same role (user:U three times) */
+        else
+            s_role_at(out->json, f->len, f);
     }
     out->created_ms = s_b_time(self, b, S_T_CREATED);
     out->updated_ms = s_b_time(self, b, S_T_UPDATED);
@@ -566,7 +741,8 @@ s_blk_keys(const pd_table_t *self, const s_block_t *b, pd_str_t k[4])
 static inline bool
 s_viewable(const pd_table_t *self, int i)
 {
-    return (i >= S_VIEW_FIRST && i <= S_VIEW_LAST) || (self->v6 && i >= 1 && i <= 3);
+    return (i >= S_VIEW_FIRST && i <= S_VIEW_LAST) || (self->v6 && i >= 1 && i <= 3) ||
+           (self->v8 && i >= S_ROLE_FIRST && i <= S_ROLE_LAST);
 }
 
 /*  Field i of r is kept only inside r's JSON (S_VIEW). The status is, when its JSON string holds
@@ -575,8 +751,8 @@ static inline bool
 s_viewed(const pd_table_t *self, const pd_record_t *r, int i)
 {
     pd_str_t f = s_field_c(r, i);
-    if (!self->views || !s_viewable(self, i) || !f.len)
-        return false;
+    if (!self->views || !s_viewable(self, i) || !f.len || i >= S_ROLE_FIRST)
+        return false; /* role views are s_role_views' */
     return i != 3 || (r->status_json.len == f.len + 2 && r->status_json.ptr[0] == '"' &&
                       memcmp(r->status_json.ptr + 1, f.ptr, f.len) == 0);
 }
@@ -662,8 +838,10 @@ s_match(pd_table_t *self, int kind, uint32_t ref, pd_str_t a, pd_str_t b)
         if (ref >= self->hdr->claims_top)
             return false;
         const s_claim_t *c = s_claim(self, ref);
-        return c->state == S_CLAIM_LIVE && s_eq(s_claim_project(c), c->plen, a) &&
-               s_eq(s_claim_user(self, c), c->ulen, b);
+        if (c->state != S_CLAIM_LIVE)
+            return false;
+        s_cview_t v = s_claim_view(self, c);
+        return pd_str_eq(v.project, a) && pd_str_eq(v.user, b);
     }
     if (ref >= self->hdr->slots_top)
         return false;
@@ -1035,7 +1213,7 @@ s_blob_wide(const pd_record_t *r)
 }
 
 static uint64_t
-s_blob_bytes(const pd_table_t *self, const pd_record_t *r)
+s_blob_bytes(const pd_table_t *self, const pd_record_t *r, const s_roles_t *rv)
 {
     uint64_t n = self->v7 ? sizeof(s_block7_t) + S_NSTR * (s_blob_wide(r) ? 4 : 2)
                           : sizeof(s_block_t);
@@ -1044,14 +1222,15 @@ s_blob_bytes(const pd_table_t *self, const pd_record_t *r)
         uint64_t len = s_field_c(r, i).len;
         if (len >= S_VIEW)
             return UINT64_MAX;
-        n += s_viewed(self, r, i) ? 0 : len + 1;
+        n += s_viewed(self, r, i) || s_role_viewed(rv, i) ? 0 : len + 1;
     }
     return n;
 }
 
 //  Layout 7's s_blob_write: the lengths in 2 or 4 bytes, the views as bits.
 static void
-s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r)
+s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r,
+              const s_roles_t *rv)
 {
     s_block7_t *b = (s_block7_t *)(self->base + off);
     bool wide = s_blob_wide(r);
@@ -1066,7 +1245,13 @@ s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *
             l4[i] = (uint32_t)s.len;
         else
             l2[i] = (uint16_t)s.len;
-        if (s_viewed(self, r, i)) {
+        if (s_role_viewed(rv, i)) { /* its offset in the JSON instead of its length */
+            if (wide)
+                l4[i] = rv->at[i - S_ROLE_FIRST];
+            else
+                l2[i] = (uint16_t)rv->at[i - S_ROLE_FIRST];
+        }
+        if (s_viewed(self, r, i) || s_role_viewed(rv, i)) {
             views |= 1u << i;
             continue;
         }
@@ -1085,10 +1270,11 @@ s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *
 }
 
 static void
-s_blob_write(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r)
+s_blob_write(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r,
+             const s_roles_t *rv)
 {
     if (self->v7) {
-        s_blob_write7(self, off, slot, r);
+        s_blob_write7(self, off, slot, r, rv);
         return;
     }
     s_block_t *b = s_blk(self, off);
@@ -1204,6 +1390,7 @@ s_bind(pd_table_t *self)
     self->views = h->version >= 5;
     self->v6 = h->version >= 6;
     self->v7 = h->version >= 7;
+    self->v8 = h->version >= 8;
     self->slots = (s_slot_t *)(self->base + h->off_slots);
     self->pidx = (uint64_t *)(self->base + h->off_pidx);
     self->uidx = (uint64_t *)(self->base + h->off_uidx);
@@ -1251,7 +1438,8 @@ static void s_rebuild(pd_table_t *self);
 static const char *
 s_header_insane(const s_header_t *h)
 {
-    if (h->slots_top > h->capacity || h->count > h->slots_top || h->claims_top > h->capacity ||
+    if (h->slots_top > h->capacity || h->count > h->slots_top ||
+        h->claims_top > s_claim_room(h) || h->claims > h->capacity ||
         h->claims > h->claims_top || h->heap_len > h->capacity)
         return "record or claim counters beyond the capacity";
     if (h->arena_top < h->off_arena || h->arena_top > h->total_bytes ||
@@ -1260,6 +1448,9 @@ s_header_insane(const s_header_t *h)
     if (h->pend_slot > h->slots_top || h->slot_free > h->slots_top ||
         h->claim_free > h->claims_top)
         return "free-list or pending slot beyond the slots in use";
+    for (unsigned l = 0; h->version >= 8 && l <= S_CLAIM_UNITS_MAX; l++)
+        if (h->claim_frees[l] > h->claims_top)
+            return "a claim free list starts beyond the entries in use";
     if (h->pend_blob && (h->pend_blob < h->off_arena || h->pend_blob >= h->arena_top ||
                          (h->pend_blob - h->off_arena) % S_ALIGN != 0))
         return "pending block outside the arena";
@@ -1355,9 +1546,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
             map = MAP_FAILED;
             made = true;
         } else if (h->magic != S_MAGIC || h->version < 2 || h->version > S_LAYOUT_VERSION ||
-                   h->header_bytes != (h->version >= 5   ? sizeof(s_header_t)
-                                       : h->version == 4 ? S_HEADER_V4
-                                                         : S_HEADER_V3) ||
+                   h->header_bytes != s_header_bytes(h->version) ||
                    s_layout(h->capacity, s_cap_max(h), h->arena_bytes, &l) < 0 ||
                    !s_layout_matches(h, &l) ||
                    l.total > (uint64_t)st.st_size) {
@@ -1452,13 +1641,14 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
         if (self->hdr->version == 4) { /* its blocks may hold views from now on (S_VIEW): a
                                         * store of an older release refuses it */
             self->hdr->regrow = self->hdr->pad5 = 0;
-            self->hdr->header_bytes = sizeof(s_header_t);
             self->hdr->version = 5;
+            self->hdr->header_bytes = s_header_bytes(5);
         }
     }
     self->views = self->hdr->version >= 5;
     self->v6 = self->hdr->version >= 6;
     self->v7 = self->hdr->version >= 7;
+    self->v8 = self->hdr->version >= 8;
     if (created)
         *created = made;
     return self;
@@ -1620,7 +1810,7 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     if (s_layout(capacity, cap_max, oh->arena_bytes, &l) < 0)
         return -1;
     uint64_t delta = l.off_arena - oh->off_arena;
-    uint64_t used = oh->slots_top * sizeof(s_slot_t) + oh->claims_top * S_CLAIM_ROOM +
+    uint64_t used = oh->slots_top * sizeof(s_slot_t) + oh->claims_top * s_claim_stride(self) +
                     3 * l.idx_size * 8 + l.sheads * 4 + capacity * 4 + (oh->arena_top - oh->off_arena);
     if (!s_fs_room(self, used)) {
         pd_log_warn("%s: %s: no room in /dev/shm for a copy of %llu bytes", __func__, self->name,
@@ -1648,9 +1838,11 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     nt.hdr = (s_header_t *)map;
     s_header_t *h = nt.hdr;
     s_init_header(h, &l);
-    if (oh->version < S_LAYOUT_VERSION) /* the blocks are copied as they are, so are their size
-                                         * classes and headers: a 5 or a 6 stays one */
+    if (oh->version < S_LAYOUT_VERSION) { /* the blocks and claim entries are copied as they
+                                           * are, so are their sizes: a 5, 6 or 7 stays one */
         h->version = oh->version < 5 ? 5 : oh->version;
+        h->header_bytes = s_header_bytes(h->version);
+    }
     h->magic = 0; /* written last */
     memcpy(h->hash_key, oh->hash_key, sizeof h->hash_key);
     h->slots_top = oh->slots_top;
@@ -1871,7 +2063,9 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     pd_buf_reset(&self->json);
     pd_record_render(&r, &self->json);
     r.json = (pd_str_t){self->json.data, self->json.len};
-    uint64_t off = s_alloc(self, s_blob_bytes(self, &r));
+    s_roles_t rv;
+    s_role_views(self, &r, &rv);
+    uint64_t off = s_alloc(self, s_blob_bytes(self, &r, &rv));
     if (!off)
         goto full;
     pd_record_t p; //  views of the old record, for the hook and *prev
@@ -1882,7 +2076,7 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     S_CRASH();
     if (!old)
         s = s_slot_take(self);
-    s_blob_write(self, off, s, &r); /* a free block: not journaled */
+    s_blob_write(self, off, s, &r, &rv); /* a free block: not journaled */
     S_CRASH();
     S_J(self, self->slots[s].blob);
     __atomic_store_n(&self->slots[s].blob, off, __ATOMIC_RELEASE);
@@ -2137,48 +2331,113 @@ s_claim_find(pd_table_t *self, pd_str_t project, pd_str_t user, uint32_t h, uint
 static void
 s_claim_copy(const pd_table_t *self, const s_claim_t *c, char id_out[37])
 {
-    uint32_t sel = __atomic_load_n(&c->sel, __ATOMIC_ACQUIRE) & 1;
-    memcpy(id_out, s_claim_val(self, c, sel), c->vlen[sel]);
-    id_out[c->vlen[sel]] = 0;
+    pd_str_t v = s_claim_view(self, c).id;
+    memcpy(id_out, v.ptr, v.len);
+    id_out[v.len] = 0;
 }
 
 static inline bool
 s_claim_is(const pd_table_t *self, const s_claim_t *c, pd_str_t v)
 {
-    uint32_t sel = __atomic_load_n(&c->sel, __ATOMIC_ACQUIRE) & 1;
-    return s_eq(s_claim_val(self, c, sel), c->vlen[sel], v);
+    return pd_str_eq(s_claim_view(self, c).id, v);
 }
 
-/*  Adds a claim: the entry is filled while its state word is 0, then one release store of
- *  S_CLAIM_LIVE makes it true; the index entry follows. Returns the entry or S_NONE if full. */
+//  The free list that entry e goes back to: of its size in layout 8 (list 0, never taken from,
+//  for an entry whose size is out of range), else the one list.
+static uint32_t *
+s_claim_free_list(pd_table_t *self, uint32_t e)
+{
+    return self->v8 ? &self->hdr->claim_frees[s_claim_step(self, e)] : &self->hdr->claim_free;
+}
+
+/*  A free entry of `units` (1 before layout 8): from the free list of that size, else carved at
+ *  claims_top (its size written before claims_top moves past it). S_NONE if there is no room;
+ *  nothing is changed then. */
+static uint32_t
+s_claim_take(pd_table_t *self, uint32_t units)
+{
+    s_header_t *hd = self->hdr;
+    uint32_t *head = self->v8 ? &hd->claim_frees[units] : &hd->claim_free;
+    if (*head) {
+        uint32_t e = *head - 1;
+        S_SET(self, *head, s_claim(self, e)->next_free);
+        return e;
+    }
+    uint64_t top = hd->claims_top;
+    if (top + units > s_claim_room(hd))
+        return S_NONE;
+    if (self->v8)
+        ((s_claim8_t *)s_claim(self, top))->units = (uint8_t)units;
+    S_J(self, hd->claims_top);
+    __atomic_store_n(&hd->claims_top, top + units, __ATOMIC_RELEASE);
+    return (uint32_t)top;
+}
+
+//  The units of a layout 8 entry for these strings (1 before: entries of one size).
+static uint32_t
+s_claim_units(const pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want)
+{
+    return self->v8 ? (uint32_t)S_CLAIM8_UNITS(project.len + user.len + want.len) : 1;
+}
+
+/*  Fills entry e, free when the mutation began (so its contents are not journaled), and
+ *  publishes it: one release store of S_CLAIM_LIVE makes it true. */
+static void
+s_claim_fill(pd_table_t *self, uint32_t e, pd_str_t project, pd_str_t user, pd_str_t want,
+             uint32_t h)
+{
+    s_claim_t *c = s_claim(self, e);
+    c->hash = h;
+    if (self->v8) {
+        s_claim8_t *c8 = (s_claim8_t *)c;
+        char *p = (char *)(c8 + 1);
+        c8->plen = (uint8_t)project.len;
+        c8->ulen = (uint8_t)user.len;
+        c8->vlen = (uint8_t)want.len;
+        memcpy(p, project.ptr, project.len);
+        memcpy(p + project.len, user.ptr, user.len);
+        memcpy(p + project.len + user.len, want.ptr, want.len);
+    } else {
+        c->plen = (uint8_t)project.len;
+        c->ulen = (uint8_t)user.len;
+        memcpy(s_claim_project(c), project.ptr, project.len);
+        memcpy(s_claim_user(self, c), user.ptr, user.len);
+        memcpy(s_claim_val(self, c, 0), want.ptr, want.len);
+        c->vlen[0] = (uint8_t)want.len;
+        c->sel = 0;
+    }
+    S_CRASH();
+    S_J(self, c->state);
+    __atomic_store_n(&c->state, S_CLAIM_LIVE, __ATOMIC_RELEASE);
+    S_CRASH();
+}
+
+//  Unpublishes entry e and puts it on its free list (its index entry is the caller's).
+static void
+s_claim_free(pd_table_t *self, uint32_t e)
+{
+    s_claim_t *c = s_claim(self, e);
+    uint32_t *head = s_claim_free_list(self, e);
+    S_J(self, c->state);
+    __atomic_store_n(&c->state, 0, __ATOMIC_RELEASE);
+    S_CRASH();
+    S_SET(self, c->next_free, *head);
+    S_SET(self, *head, e + 1);
+}
+
+/*  Adds a claim: a free entry is filled and published, then the index entry (pos, from
+ *  s_claim_find) follows. Returns the entry, or S_NONE if there is no room (nothing changed). */
 static uint32_t
 s_claim_add(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want, uint32_t h,
             uint64_t pos)
 {
     s_header_t *hd = self->hdr;
-    uint32_t e;
-    if (hd->claim_free) {
-        e = hd->claim_free - 1;
-        S_SET(self, hd->claim_free, s_claim(self, e)->next_free);
-    } else if (hd->claims_top < hd->capacity) {
-        e = (uint32_t)hd->claims_top;
-        S_J(self, hd->claims_top);
-        __atomic_store_n(&hd->claims_top, hd->claims_top + 1, __ATOMIC_RELEASE);
-    } else
+    if (hd->claims >= hd->capacity)
         return S_NONE;
-    s_claim_t *c = s_claim(self, e);
-    c->hash = h;
-    c->plen = (uint8_t)project.len;
-    c->ulen = (uint8_t)user.len;
-    memcpy(s_claim_project(c), project.ptr, project.len);
-    memcpy(s_claim_user(self, c), user.ptr, user.len);
-    memcpy(s_claim_val(self, c, 0), want.ptr, want.len);
-    c->vlen[0] = (uint8_t)want.len;
-    c->sel = 0;
-    S_CRASH();
-    S_J(self, c->state);
-    __atomic_store_n(&c->state, S_CLAIM_LIVE, __ATOMIC_RELEASE);
-    S_CRASH();
+    uint32_t e = s_claim_take(self, s_claim_units(self, project, user, want));
+    if (e == S_NONE)
+        return S_NONE;
+    s_claim_fill(self, e, project, user, want, h);
     s_idx_set(self, self->cidx, pos, h, e);
     S_SET(self, hd->claims, hd->claims + 1);
     return e;
@@ -2217,8 +2476,11 @@ pd_table_claim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want,
     return 0;
 }
 
-/*  Compare-and-set of a claim. The new value goes into the spare buffer, then one release store
- *  flips the selector, so a crash leaves either the old or the new id, never a mix. */
+/*  Compare-and-set of a claim. Layout 8: a new entry sized to the new id is filled, published
+ *  and put in the index entry's place, then the old one is freed, all in one journaled mutation.
+ *  Layout 6 and 7: the one id is overwritten inside a journaled mutation. Before: the new value
+ *  goes into the spare buffer, then one release store flips the selector. A crash leaves either
+ *  the old or the new id, never a mix. */
 int
 pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t expect, pd_str_t want,
                  char id_out[37])
@@ -2235,8 +2497,23 @@ pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t exp
         s_clean(self);
         if (e == S_NONE)
             return PD_ERR_STORE_FULL;
-    } else if (s_claim_is(self, s_claim(self, e), expect) &&
-               !s_claim_is(self, s_claim(self, e), want) && self->v6) {
+    } else if (!s_claim_is(self, s_claim(self, e), expect) ||
+               s_claim_is(self, s_claim(self, e), want)) {
+        /* not ours to change, or already so */
+    } else if (self->v8) {
+        s_dirty(self);
+        uint32_t n = s_claim_take(self, s_claim_units(self, project, user, want));
+        if (n == S_NONE) {
+            s_clean(self);
+            return PD_ERR_STORE_FULL;
+        }
+        s_claim_fill(self, n, project, user, want, h);
+        s_idx_set(self, self->cidx, pos, h, n);
+        s_claim_free(self, e);
+        S_CRASH();
+        s_clean(self);
+        e = n;
+    } else if (self->v6) {
         /* one id, overwritten in a journaled mutation: a crash in it is undone at re-attach */
         s_claim_t *c = s_claim(self, e);
         char *v = s_claim_val(self, c, 0);
@@ -2249,8 +2526,7 @@ pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t exp
         c->vlen[0] = (uint8_t)want.len;
         S_CRASH();
         s_clean(self);
-    } else if (s_claim_is(self, s_claim(self, e), expect) &&
-               !s_claim_is(self, s_claim(self, e), want)) {
+    } else {
         s_claim_t *c = s_claim(self, e);
         uint32_t spare = (c->sel & 1) ^ 1;
         memcpy(s_claim_val(self, c, spare), want.ptr, want.len);
@@ -2272,14 +2548,9 @@ pd_table_unclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t exp
     uint32_t e = s_claim_find(self, project, user, h, &pos);
     if (e == S_NONE || !s_claim_is(self, s_claim(self, e), expect))
         return -1;
-    s_claim_t *c = s_claim(self, e);
     s_dirty(self);
-    S_J(self, c->state);
-    __atomic_store_n(&c->state, 0, __ATOMIC_RELEASE);
-    S_CRASH();
+    s_claim_free(self, e);
     s_idx_del(self, self->cidx, pos);
-    S_SET(self, c->next_free, self->hdr->claim_free);
-    S_SET(self, self->hdr->claim_free, e + 1);
     S_SET(self, self->hdr->claims, self->hdr->claims - 1);
     S_CRASH();
     s_clean(self);
@@ -2304,17 +2575,19 @@ pd_table_scan_claims(pd_table_t *self, uint64_t *pos, size_t max, pd_table_claim
     assert(self && pos && fn);
     size_t seen = 0;
     char id[37];
-    for (; *pos < self->hdr->claims_top; (*pos)++) {
+    for (uint32_t step; *pos < self->hdr->claims_top; *pos += step) {
         if (seen == max)
             return false;
         seen++;
+        if (!(step = s_claim_step(self, *pos)))
+            break; /* a damaged entry: the walk cannot go past it */
         const s_claim_t *c = s_claim(self, *pos);
         if (__atomic_load_n(&c->state, __ATOMIC_ACQUIRE) != S_CLAIM_LIVE)
             continue;
         s_claim_copy(self, c, id);
-        pd_str_t user, project = s_claim_key(self, c, &user);
-        if (fn(project, user, (pd_str_t){id, strlen(id)}, arg)) {
-            (*pos)++;
+        s_cview_t v = s_claim_view(self, c);
+        if (fn(v.project, v.user, (pd_str_t){id, strlen(id)}, arg)) {
+            *pos += step;
             return false;
         }
     }
@@ -2406,13 +2679,13 @@ s_blob_ok(pd_table_t *self, const s_bits_t *bits, uint64_t off, uint32_t s)
     if (b->slot != s || bytes > s_class_size(self, c))
         return false;
     uint64_t n = (uint64_t)(s_blk_data(self, b) - (const char *)b);
-    bool views = false;
+    uint32_t roles[S_NSTR] = {0};
     for (int i = 0; i < S_NSTR; i++) {
         uint32_t len = s_b_len(self, b, i);
         if (len & S_VIEW) {
             if (!s_viewable(self, i))
                 return false;
-            views = true;
+            roles[i] = len & ~S_VIEW; /* a role view's offset */
             continue;
         }
         n += (uint64_t)len + 1;
@@ -2422,8 +2695,12 @@ s_blob_ok(pd_table_t *self, const s_bits_t *bits, uint64_t off, uint32_t s)
     if (!self->v7 && n != b->bytes)
         return false;
     pd_record_t r;
-    if (views) /* the views must lie inside the JSON */
-        return s_blk_raw(self, b, &r) && pd_record_locate(&r);
+    bool raw = s_blk_raw(self, b, &r);
+    for (int i = S_ROLE_FIRST; i <= S_ROLE_LAST; i++) /* a role view names a role in the JSON */
+        if ((s_b_len(self, b, i) & S_VIEW) && !s_role_at(r.json, roles[i], s_field(&r, i)))
+            return false;
+    if (raw) /* the views must lie inside the JSON */
+        return pd_record_locate(&r);
     return true;
 }
 
@@ -2440,8 +2717,8 @@ static const char *
 s_verify_header(const pd_table_t *self)
 {
     const s_header_t *h = self->hdr;
-    if (h->slots_top > h->capacity || h->count > h->slots_top || h->claims_top > h->capacity ||
-        h->claims > h->claims_top)
+    if (h->slots_top > h->capacity || h->count > h->slots_top ||
+        h->claims_top > s_claim_room(h) || h->claims > h->capacity || h->claims > h->claims_top)
         return "counters out of range";
     if (h->arena_top < h->off_arena || h->arena_top > h->total_bytes ||
         (h->arena_top - h->off_arena) % S_ALIGN != 0)
@@ -2470,17 +2747,36 @@ s_verify_heap(pd_table_t *self, uint64_t i)
 static const char *
 s_verify_claim(pd_table_t *self, uint32_t e)
 {
+    if (!s_claim_step(self, e))
+        return "claim entry size";
     const s_claim_t *c = s_claim(self, e);
     if (c->state == 0)
         return NULL;
-    if (c->state != S_CLAIM_LIVE || c->plen > s_claim_pmax(self) || c->ulen > S_ID_MAX ||
-        c->sel > s_claim_sel_max(self) || c->vlen[c->sel] < 1 || c->vlen[c->sel] > S_ID_MAX)
+    if (!s_claim_sane(self, c))
         return "claim entry";
-    pd_str_t u, p = s_claim_key(self, c, &u);
+    s_cview_t v = s_claim_view(self, c);
     uint64_t pos;
-    if (c->hash != s_hash32(self, p, u) || s_claim_find(self, p, u, c->hash, &pos) != e)
+    if (c->hash != s_hash32(self, v.project, v.user) ||
+        s_claim_find(self, v.project, v.user, c->hash, &pos) != e)
         return "claims index";
     return NULL;
+}
+
+/*  The claim free lists: the heads and how many (one per entry size in layout 8, where list l
+ *  holds entries of l units; one list before, of entries of one step). */
+static uint32_t *
+s_claim_lists(pd_table_t *self, unsigned *n)
+{
+    *n = self->v8 ? S_CLAIM_UNITS_MAX + 1 : 1;
+    return self->v8 ? self->hdr->claim_frees : &self->hdr->claim_free;
+}
+
+//  Free list l's head: an entry in use, free and of the list's size (0 allowed).
+static bool
+s_claim_head_ok(pd_table_t *self, unsigned l, uint32_t head)
+{
+    return !head || (head - 1 < self->hdr->claims_top && s_claim(self, head - 1)->state == 0 &&
+                     s_claim_step(self, head - 1) == (self->v8 ? l : 1));
 }
 
 /*  The derived state of live slot s (whose block is well formed) against its block: the slot's
@@ -2550,9 +2846,10 @@ s_verify_sample(pd_table_t *self, const char **why)
     S_CHECK(h->slot_free <= h->slots_top &&
                 (!h->slot_free || !self->slots[h->slot_free - 1].blob),
             "slot free list");
-    S_CHECK(h->claim_free <= h->claims_top &&
-                (!h->claim_free || s_claim(self, h->claim_free - 1)->state == 0),
-            "claim free list");
+    unsigned nl;
+    uint32_t *heads = s_claim_lists(self, &nl);
+    for (unsigned l = 0; l < nl; l++)
+        S_CHECK(s_claim_head_ok(self, l, heads[l]), "claim free list");
     for (unsigned c = 0; c < S_NCLASS; c++) {
         uint64_t off = h->free_blocks[c];
         S_CHECK(!off || (off >= h->off_arena && off < h->arena_top &&
@@ -2574,11 +2871,15 @@ s_verify_sample(pd_table_t *self, const char **why)
         if ((*why = s_verify_heap(self, i)))
             goto out;
     }
-    step = h->claims_top / S_VERIFY_SAMPLE + 1;
-    for (uint64_t e = 0; e < h->claims_top; e += step) {
-        if (s_claim(self, e)->state == 0)
+    step = (self->imask + 1) / S_VERIFY_SAMPLE + 1; /* entries found from the claims index */
+    for (uint64_t i = 0; i <= self->imask; i += step) {
+        uint64_t c = self->cidx[i];
+        if (!c)
             continue;
-        if ((*why = s_verify_claim(self, (uint32_t)e)))
+        S_CHECK((uint32_t)c - 1 < h->claims_top &&
+                    s_claim(self, (uint32_t)c - 1)->state == S_CLAIM_LIVE,
+                "stale claims entry");
+        if ((*why = s_verify_claim(self, (uint32_t)c - 1)))
             goto out;
     }
 out:
@@ -2663,22 +2964,25 @@ s_verify(pd_table_t *self, bool full, const char **why)
                 h->arena_used == live_bytes + pend_bytes,
             "arena bytes");
 
-    uint64_t nclaims = 0, cfree = 0;
-    for (uint32_t e = 0; e < h->claims_top; e++) {
-        if (s_claim(self, e)->state == 0)
-            continue;
+    uint64_t nclaims = 0, cfree_walked = 0, cfree = 0;
+    for (uint64_t e = 0, step; e < h->claims_top; e += step) {
         if ((*why = s_verify_claim(self, (uint32_t)e)))
             goto out;
-        nclaims++;
+        step = s_claim_step(self, e);
+        if (s_claim(self, e)->state == 0)
+            cfree_walked++;
+        else
+            nclaims++;
     }
     S_CHECK(nclaims == h->claims, "claim count");
-    for (uint32_t cur = h->claim_free; cur; cur = s_claim(self, cur - 1)->next_free) {
-        S_CHECK(cur - 1 < h->claims_top && s_claim(self, cur - 1)->state == 0 &&
-                    cfree < h->claims_top,
-                "claim free list");
-        cfree++;
-    }
-    S_CHECK(cfree + nclaims == h->claims_top, "claim entries lost");
+    unsigned nl;
+    uint32_t *heads = s_claim_lists(self, &nl);
+    for (unsigned l = 0; l < nl; l++)
+        for (uint32_t cur = heads[l]; cur; cur = s_claim(self, cur - 1)->next_free) {
+            S_CHECK(s_claim_head_ok(self, l, cur) && cfree < cfree_walked, "claim free list");
+            cfree++;
+        }
+    S_CHECK(cfree == cfree_walked, "claim entries lost");
 
     if (full) {
         uint64_t np = 0, nu = 0, nc = 0, nst = 0;
@@ -2850,32 +3154,41 @@ s_rebuild(pd_table_t *self)
     h->arena_used = used;
     S_CRASH();
 
-    for (uint32_t e = 0; e < h->claims_top; e++) {
-        s_claim_t *c = s_claim(self, e);
-        if (c->state == 0)
-            continue;
-        bool ok = c->state == S_CLAIM_LIVE && c->plen <= s_claim_pmax(self) &&
-                  c->ulen <= S_ID_MAX && c->sel <= s_claim_sel_max(self) && c->vlen[c->sel] >= 1 &&
-                  c->vlen[c->sel] <= S_ID_MAX;
-        pd_str_t u, p = s_claim_key(self, c, &u);
-        uint64_t pos;
-        if (ok) {
-            c->hash = s_hash32(self, p, u);
-            ok = s_claim_find(self, p, u, c->hash, &pos) == S_NONE;
+    unsigned nl;
+    uint32_t *heads = s_claim_lists(self, &nl), tails[S_CLAIM_UNITS_MAX + 1] = {0};
+    memset(heads, 0, nl * sizeof *heads);
+    for (uint32_t e = 0, step; e < h->claims_top; e += step) {
+        if (!(step = s_claim_step(self, e))) {
+            pd_log_warn("%s: claim entry %u has a bad size: the %llu units from it are dropped",
+                        __func__, e, (unsigned long long)(h->claims_top - e));
+            h->claims_top = e;
+            break;
         }
-        if (!ok) {
+        s_claim_t *c = s_claim(self, e);
+        if (c->state != 0) {
+            bool ok = s_claim_sane(self, c);
+            s_cview_t v = s_claim_view(self, c);
+            uint64_t pos;
+            if (ok) {
+                c->hash = s_hash32(self, v.project, v.user);
+                ok = s_claim_find(self, v.project, v.user, c->hash, &pos) == S_NONE;
+            }
+            if (ok) {
+                s_idx_set(self, self->cidx, pos, c->hash, e);
+                h->claims++;
+                continue;
+            }
             pd_log_warn("%s: claim entry %u is bad or a duplicate; dropped", __func__, e);
             __atomic_store_n(&c->state, 0, __ATOMIC_RELEASE);
-            continue;
         }
-        s_idx_set(self, self->cidx, pos, c->hash, e);
-        h->claims++;
+        unsigned l = self->v8 ? step : 0; /* on its list, in order */
+        c->next_free = 0;
+        if (tails[l])
+            s_claim(self, tails[l] - 1)->next_free = e + 1;
+        else
+            heads[l] = e + 1;
+        tails[l] = e + 1;
     }
-    for (uint32_t e = (uint32_t)h->claims_top; e-- > 0;)
-        if (s_claim(self, e)->state == 0) {
-            s_claim(self, e)->next_free = h->claim_free;
-            h->claim_free = e + 1;
-        }
     S_CRASH();
     s_bits_free(&bits);
     s_clean(self);
@@ -2910,6 +3223,7 @@ s_test_layout(pd_table_t *t, uint32_t v)
 {
     PD_CHECK(t->hdr->count == 0 && t->hdr->claims == 0);
     t->hdr->version = v;
+    t->hdr->header_bytes = s_header_bytes(v);
     s_bind(t);
 }
 
@@ -2959,11 +3273,14 @@ s_test_rec(s_trec_t *t, const char *project, const char *id, const char *user, c
 static void
 s_test_same(const pd_record_t *got, const pd_record_t *want, uint64_t version)
 {
-    for (int i = 0; i < S_NSTR - 1; i++)
-        PD_CHECK(pd_str_eq(s_field_c(got, i), s_field_c(want, i)));
+    for (int i = 0; i < S_NSTR - 1; i++) /* a role list read from the JSON lacks its last NUL */
+        PD_CHECK(i >= S_ROLE_FIRST && i <= S_ROLE_LAST
+                     ? pd_list_eq(s_field_c(got, i), s_field_c(want, i))
+                     : pd_str_eq(s_field_c(got, i), s_field_c(want, i)));
     for (int i = 0; i < S_NSTR; i++) /* each is NUL-terminated, but the views into the JSON */
         PD_CHECK(s_field_c(got, i).ptr[s_field_c(got, i).len] == 0 ||
-                 (((i >= S_VIEW_FIRST && i <= S_VIEW_LAST) || (i >= 1 && i <= 3)) &&
+                 (((i >= S_VIEW_FIRST && i <= S_VIEW_LAST) || (i >= 1 && i <= 3) ||
+                   (i >= S_ROLE_FIRST && i <= S_ROLE_LAST)) &&
                   s_field_c(got, i).ptr > got->json.ptr &&
                   s_field_c(got, i).ptr + s_field_c(got, i).len < got->json.ptr + got->json.len));
     PD_CHECK(got->created_ms == want->created_ms && got->updated_ms == want->updated_ms);
@@ -2991,6 +3308,14 @@ static int
 s_test_count_fn(const pd_record_t *rec, void *arg)
 {
     (void)rec;
+    (*(size_t *)arg)++;
+    return 0;
+}
+
+static int
+s_test_claim_count_fn(pd_str_t project, pd_str_t user, pd_str_t id, void *arg)
+{
+    (void)project, (void)user, (void)id;
     (*(size_t *)arg)++;
     return 0;
 }
@@ -3060,7 +3385,7 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
                     : listed || off == h->pend_blob ? "free"
                                                     : "LOST");
     }
-    for (uint32_t e = 0; e < h->claims_top; e++) {
+    for (uint32_t e = 0, step; e < h->claims_top && (step = s_claim_step(self, e)); e += step) {
         s_claim_t *c = s_claim(self, e);
         if (c->state != S_CLAIM_LIVE) {
             pd_buf_addf(out, "claim %u free\n", e);
@@ -3069,9 +3394,10 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
         uint64_t pos;
         char v[37];
         s_claim_copy(self, c, v);
-        pd_str_t u, p = s_claim_key(self, c, &u);
-        pd_buf_addf(out, "claim %u %.*s/%.*s=%s found %u\n", e, (int)p.len, p.ptr, (int)u.len,
-                    u.ptr, v, s_claim_find(self, p, u, c->hash, &pos));
+        s_cview_t cv = s_claim_view(self, c);
+        pd_buf_addf(out, "claim %u %.*s/%.*s=%s found %u\n", e, (int)cv.project.len, cv.project.ptr,
+                    (int)cv.user.len, cv.user.ptr, v,
+                    s_claim_find(self, cv.project, cv.user, c->hash, &pos));
     }
 }
 
@@ -3859,8 +4185,11 @@ pd_table_test(bool verbose)
             {S_F(slots_top), 1, S_FOFF(capacity)},
             {S_F(count), 1, S_FOFF(slots_top)},
             {S_F(heap_len), 1, S_FOFF(capacity)},
-            {S_F(claims_top), 1, S_FOFF(capacity)},
+            {S_F(claims_top), 1, S_FOFF(claim_frees)}, //  set to the room + 1 below
             {S_F(claims), 1, S_FOFF(claims_top)},
+            {S_F(claims), 1, S_FOFF(capacity)},
+            {offsetof(s_header_t, claim_frees) + 5 * 4, 4, 1, S_FOFF(claims_top)},
+            {offsetof(s_header_t, claim_frees) + 16 * 4, 4, 1, S_FOFF(claims_top)},
             {S_F(arena_top), S_ALIGN, S_FOFF(total_bytes)},
             {S_F(arena_top), 8, 0},
             {S_F(arena_top), -S_ALIGN, S_FOFF(off_arena)},
@@ -3887,6 +4216,8 @@ pd_table_test(bool verbose)
             t->hdr->dirty = k % 2;
             uint64_t v = 0;
             memcpy(&v, (char *)t->hdr + (b->base ? b->base - 1 : b->off), b->base ? 8 : b->width);
+            if (b->base == offsetof(s_header_t, claim_frees) + 1) /* 128 B a record, in units */
+                v = t->hdr->capacity * S_CLAIM_UNITS_MAX;
             v += (uint64_t)b->delta;
             memcpy((char *)t->hdr + b->off, &v, b->width); //  little-endian: the low bytes
             pd_table_close(&t);
@@ -3962,6 +4293,35 @@ pd_table_test(bool verbose)
             pd_table_close(&t);
             pd_table_unlink(name);
         }
+    }
+
+    //  Layout 8: a role view whose offset names no role in the JSON (past its end, or at the
+    //  backslash that ends a role) makes its block bad: a rebuild drops that record, keeps
+    //  the one beside it.
+    for (int k = 0; k < 2; k++) {
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+        PD_CHECK(t && created && t->v8);
+        s_test_rec(a, "p", "beside", "ub", "online", 1, 10);
+        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+        s_test_rec(a, "p", "rv", "urv", "online", 1, 10);
+        a->rec.read_roles = PD_STR("user:urv\0");
+        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+        s_block7_t *b7 = (s_block7_t *)s_blk(t, t->slots[st.slot].blob);
+        PD_CHECK((b7->views >> S_ROLE_FIRST & 1) && !b7->wide);
+        PD_CHECK(pd_str_eqc(st.read_roles, "user:urv") && st.read_roles.ptr[8] == '\\');
+        uint16_t *l2 = (uint16_t *)(b7 + 1);
+        l2[S_ROLE_FIRST] =
+            (uint16_t)(k ? st.json.len + 3 : (size_t)(st.read_roles.ptr + 8 - st.json.ptr));
+        t->hdr->dirty = 1;
+        pd_table_close(&t);
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+        PD_CHECK(t && !created && t->rebuilt);
+        PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("rv"), &st) != 0);
+        PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("beside"), &st) == 0 &&
+                 pd_table_count(t) == 1);
+        s_test_ok(t);
+        pd_table_close(&t);
+        pd_table_unlink(name);
     }
 
     //  A large clean segment is checked by a sample at open (s_verify_sample): left whole, it
@@ -4199,7 +4559,7 @@ pd_table_test(bool verbose)
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && created && t->views);
     t->views = false;
-    t->v6 = t->v7 = false; /* and its size classes and block headers */
+    t->v6 = t->v7 = t->v8 = false; /* and its size classes, block headers and claims */
     s_test_rec(a, "p", "old", "uo", "online", 1, 300);
     PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
     used = pd_table_arena_used(t);
@@ -4208,7 +4568,7 @@ pd_table_test(bool verbose)
     pd_table_close(&t);
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && !created && !t->rebuilt && t->views && t->hdr->version == 5 && !t->v6 &&
-             t->hdr->header_bytes == sizeof(s_header_t));
+             !t->v8 && t->hdr->header_bytes == S_HEADER_V7);
     PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("old"), &st) == 0);
     s_test_same(&st, &a->rec, 1);
     PD_CHECK(st.meta_json.ptr < st.json.ptr || st.meta_json.ptr >= st.json.ptr + st.json.len);
@@ -4228,18 +4588,23 @@ pd_table_test(bool verbose)
 
     //  A segment of layout 6 keeps the id, the user id and the status only in the JSON too: the
     //  same record takes a smaller block than in layout 5; one of layout 7 has a smaller block
-    //  header. In each it reads back the same, is found by id, by user and by status, and is
-    //  found again after a rebuild of every index. A status its JSON string escapes is kept
-    //  beside the JSON, as before.
+    //  header; in one of layout 8 its role lists of one role that the JSON holds are views too.
+    //  In each it reads back the same, is found by id, by user and by status, and is found again
+    //  after a rebuild of every index. A status its JSON string escapes is kept beside the
+    //  JSON, as before.
     {
-        uint64_t blk[8];
-        for (uint32_t v = 5; v <= 7; v++) {
+        uint64_t blk[9];
+        for (uint32_t v = 5; v <= 8; v++) {
             bool v6 = v >= 6;
             t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
             PD_CHECK(t && created && t->v7 && t->hdr->version == S_LAYOUT_VERSION);
             s_test_layout(t, v);
             s_test_rec(a, "p", "an-id-of-twenty-four-ch", "a-user-id-of-23-chars-x", "online", 1,
                        200);
+            /* read and update: user:U, which the perms JSON holds; delete: any, which not */
+            char one[40];
+            int n1 = snprintf(one, sizeof one, "user:%s%c", a->user, 0);
+            a->rec.read_roles = a->rec.update_roles = (pd_str_t){one, (size_t)n1};
             PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
             blk[v] = s_b_bytes(t, s_blk(t, t->slots[st.slot].blob));
             for (int round = 0; round < 2; round++) {
@@ -4249,6 +4614,10 @@ pd_table_test(bool verbose)
                 PD_CHECK(v6 == (st.user_id.ptr > st.json.ptr &&
                                 st.user_id.ptr < st.json.ptr + st.json.len));
                 PD_CHECK(v6 == (st.status.ptr == st.status_json.ptr + 1));
+                PD_CHECK((v >= 8) == (st.read_roles.ptr > st.perms_json.ptr &&
+                                      st.update_roles.ptr == st.read_roles.ptr &&
+                                      pd_str_eqc(st.read_roles, "user:a-user-id-of-23-chars-x")));
+                PD_CHECK(pd_str_eq(st.delete_roles, PD_STR("any\0")));
                 PD_CHECK(pd_table_get_by_user(t, PD_STR("p"), PD_STR("a-user-id-of-23-chars-x"),
                                               &st) == 0 &&
                          pd_str_eqc(st.id, "an-id-of-twenty-four-ch"));
@@ -4268,6 +4637,7 @@ pd_table_test(bool verbose)
         }
         PD_CHECK(blk[6] + 23 + 1 + 23 + 1 + 6 + 1 == blk[5]); /* both ids, the status, NULs */
         PD_CHECK(blk[7] + 104 - 66 == blk[6]);               /* the block header */
+        PD_CHECK(blk[8] + 2 * (28 + 1 + 1) == blk[7]);       /* two lists of user:U */
         //  Layout 7 with a string over 65,535 bytes: the block's lengths take 4 bytes each; it
         //  reads back, is found, and is found again after a rebuild. Beside it a record of
         //  2-byte lengths; both in a segment that grows by a copy.
@@ -4321,44 +4691,78 @@ pd_table_test(bool verbose)
         pd_table_close(&t);
         pd_table_unlink(name);
         //  Its claim entries are 128 bytes: a 36-byte project's room (a project id's longest),
-        //  one id; a layout 5 segment's, 192 (a 64-byte project, the id twice). Claims work in
-        //  both, side by side.
+        //  one id; a layout 5 segment's, 192 (a 64-byte project, the id twice); a layout 8
+        //  segment's are sized to their strings, in units of 8 bytes (s_claim8_t). Claims work
+        //  in each, side by side: taken, changed (to a longer id too), dropped, reused, and
+        //  found again after a rebuild.
         PD_CHECK(S_CLAIM_BYTES(S_CLAIM_PROJECT_V6, 1) == 128 && S_CLAIM_ROOM == 192);
+        PD_CHECK(sizeof(s_claim8_t) == 16 && S_CLAIM8_UNITS(60) == 10);
         const char *p36 = "project-of-thirty-six-characters-xyz";
         const char *p37 = "project-of-thirty-seven-characters-xy";
-        PD_CHECK(strlen(p36) == 36 && strlen(p37) == 37);
-        for (int v6 = 0; v6 < 2; v6++) {
+        const char *id30 = "an-id-of-thirty-characters-xy";
+        PD_CHECK(strlen(p36) == 36 && strlen(p37) == 37 && strlen(id30) == 29);
+        static const uint32_t lv[] = {5, 6, 8};
+        for (size_t li = 0; li < sizeof lv / sizeof *lv; li++) {
+            uint32_t v = lv[li];
             t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
-            PD_CHECK(t && created && t->v6);
-            if (!v6)
-                s_test_layout(t, 5);
+            PD_CHECK(t && created && t->v8);
+            if (v < 8)
+                s_test_layout(t, v);
+            PD_CHECK(t->v6 == (v >= 6) && t->v8 == (v >= 8));
             char out[37], uid[16], pid[16];
             bool fresh;
             PD_CHECK(pd_table_claim(t, pd_str(p37), PD_STR("u"), PD_STR("x"), out, &fresh) ==
-                     (v6 ? PD_ERR_ARGUMENT_INVALID : 0));
+                     (v >= 6 ? PD_ERR_ARGUMENT_INVALID : 0));
+            uint64_t top0 = t->hdr->claims_top;
             for (int i = 0; i < 40; i++) {
                 snprintf(uid, sizeof uid, "u%d", i);
                 snprintf(pid, sizeof pid, "id%d", i);
                 PD_CHECK(pd_table_claim(t, pd_str(p36), pd_str(uid), pd_str(pid), out, &fresh) ==
                              0 && fresh);
             }
+            /* 16 + 36 + 2 + 3 = 57 bytes: 8 units, 64 bytes; 192 and 128 before */
+            PD_CHECK((uint64_t)((char *)s_claim(t, top0 + s_claim_step(t, top0)) -
+                                (char *)s_claim(t, top0)) ==
+                     (v >= 8 ? 64u : v >= 6 ? 128u : 192u));
+            PD_CHECK(t->hdr->claims_top - top0 == (v >= 8 ? 40 * 8u : 40u));
             PD_CHECK(pd_table_reclaim(t, pd_str(p36), PD_STR("u7"), PD_STR("id7"),
                                       PD_STR("id7b"), out) == 0 && strcmp(out, "id7b") == 0);
+            PD_CHECK(pd_table_reclaim(t, pd_str(p36), PD_STR("u9"), PD_STR("id9"), pd_str(id30),
+                                      out) == 0 && strcmp(out, id30) == 0);
+            PD_CHECK(pd_table_reclaim(t, pd_str(p36), PD_STR("u9"), PD_STR("id9"), PD_STR("z"),
+                                      out) == 0 && strcmp(out, id30) == 0); /* not its id */
             PD_CHECK(pd_table_unclaim(t, pd_str(p36), PD_STR("u8"), PD_STR("id8")) == 0);
-            PD_CHECK((uint64_t)((char *)s_claim(t, 1) - (char *)s_claim(t, 0)) ==
-                     (v6 ? 128u : 192u));
+            /* layout 8: a new entry for each changed id (8 and 11 units); u7's old entry and
+             * u8's wait on the list of 8 */
+            uint64_t top = t->hdr->claims_top;
+            PD_CHECK(top - top0 == (v >= 8 ? 40 * 8u + 8 + 11 : 40u));
+            PD_CHECK(!t->v8 || (t->hdr->claim_frees[8] && t->hdr->claim_frees[11] == 0));
+            PD_CHECK(pd_table_claim(t, pd_str(p36), PD_STR("u40"), PD_STR("id40"), out, &fresh) ==
+                         0 && fresh);
+            PD_CHECK(t->hdr->claims_top == top); /* u8's entry, reused */
             s_test_ok(t);
             t->hdr->dirty = 1; /* rebuilt: every claim found again from its entry */
             pd_table_close(&t);
             t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
-            PD_CHECK(t && !created && t->rebuilt && t->v6 == v6);
-            PD_CHECK(pd_table_claims(t) == 40 - 1 + (v6 ? 0 : 1));
+            PD_CHECK(t && !created && t->rebuilt && t->v6 == (v >= 6) && t->v8 == (v >= 8));
+            PD_CHECK(pd_table_claims(t) == 40 + (v >= 6 ? 0 : 1));
             PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u7"), out) == 0 &&
                      strcmp(out, "id7b") == 0);
+            PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u9"), out) == 0 &&
+                     strcmp(out, id30) == 0);
             PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u39"), out) == 0 &&
                      strcmp(out, "id39") == 0);
+            PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u40"), out) == 0 &&
+                     strcmp(out, "id40") == 0);
             PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u8"), out) == -1);
+            PD_CHECK(!t->v8 || t->hdr->claim_frees[8]); /* u7's old entry, free again */
             s_test_ok(t);
+            /* a scan sees each live claim once */
+            uint64_t pos = 0;
+            size_t seen = 0;
+            while (!pd_table_scan_claims(t, &pos, 7, s_test_claim_count_fn, &seen))
+                ;
+            PD_CHECK(seen == pd_table_claims(t));
             pd_table_close(&t);
             pd_table_unlink(name);
         }

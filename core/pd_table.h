@@ -19,7 +19,9 @@
  *
  *  Views returned by reads point into the segment and stay valid until the next mutating call
  *  (a replaced or deleted blob is freed lazily at the start of the next mutation, so the caller
- *  can still encode the previous state into an event). */
+ *  can still encode the previous state into an event). A role list read back may lack its last
+ *  NUL (layout 8 keeps a list of one role inside the record's JSON; the record a put hands its
+ *  hook is trimmed alike): compare lists with pd_list_eq, not byte for byte. */
 #ifndef PD_TABLE_H
 #define PD_TABLE_H
 

@@ -559,6 +559,19 @@ pd_list_has(pd_str_t list, pd_str_t s)
     return false;
 }
 
+//  The list without its last NUL.
+static inline pd_str_t
+s_list_bare(pd_str_t l)
+{
+    return l.len && !l.ptr[l.len - 1] ? (pd_str_t){l.ptr, l.len - 1} : l;
+}
+
+bool
+pd_list_eq(pd_str_t a, pd_str_t b)
+{
+    return pd_str_eq(s_list_bare(a), s_list_bare(b));
+}
+
 void
 pd_util_test(bool verbose)
 {
@@ -616,6 +629,12 @@ pd_util_test(bool verbose)
     pd_str_t l = {"any\0user:u1\0", 12};
     PD_CHECK(pd_list_has(l, PD_STR("user:u1")) && pd_list_has(l, PD_STR("any")));
     PD_CHECK(!pd_list_has(l, PD_STR("users")));
+    /* a list without its last NUL holds the same roles */
+    pd_str_t bare = {"any\0user:u1", 11}, one = {"user:u1\0", 8}, one_bare = {"user:u1\\\"", 7};
+    PD_CHECK(pd_list_has(bare, PD_STR("user:u1")) && pd_list_has(one_bare, PD_STR("user:u1")));
+    PD_CHECK(pd_list_eq(l, bare) && pd_list_eq(bare, l) && pd_list_eq(one, one_bare));
+    PD_CHECK(!pd_list_eq(l, one) && !pd_list_eq(one, PD_STR("user:u1\0\0")));
+    PD_CHECK(pd_list_eq(PD_STR_NULL, PD_STR("")) && !pd_list_eq(one, PD_STR("user:u2")));
     PD_CHECK(pd_hash2(PD_STR("p"), PD_STR("x")) == pd_hash2(PD_STR("p"), PD_STR("x")));
     {
         unsigned char k1[PD_HASH_KEYBYTES] = {1}, k2[PD_HASH_KEYBYTES] = {2};

@@ -142,12 +142,15 @@ int pd_errf(char *err, size_t errlen, int code, const char *fmt, ...)
 //  Appends s as a JSON string literal (with quotes), escaping as RFC 8259 requires.
 void pd_buf_add_json_str(pd_buf_t *b, const char *s, size_t len);
 
-//  Iterates a list of NUL-terminated strings packed back to back ("any\0user:u1\0").
+//  Iterates a list of NUL-terminated strings packed back to back ("any\0user:u1\0"; the last
+//  NUL may be missing: a store node reads a list of one role out of a record's JSON).
 //  for (pd_str_t it = pd_list_first(l); it.ptr; it = pd_list_next(l, it)) ...
 pd_str_t pd_list_first(pd_str_t list);
 pd_str_t pd_list_next(pd_str_t list, pd_str_t cur);
 //  True if the packed list contains s.
 bool pd_list_has(pd_str_t list, pd_str_t s);
+//  True if the two lists hold the same strings in the same order (with or without the last NUL).
+bool pd_list_eq(pd_str_t a, pd_str_t b);
 
 void pd_util_test(bool verbose);
 

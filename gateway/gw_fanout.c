@@ -402,7 +402,7 @@ gw_fo_event(gw_fo_t *fo, int action, const pd_record_t *rn, const pd_record_t *r
     e.rn = rn;
     e.rp = rp;
     e.prev = action != PD_ACT_DELETE && rp;
-    e.roles_changed = e.prev && !pd_str_eq(rn->read_roles, rp->read_roles);
+    e.roles_changed = e.prev && !pd_list_eq(rn->read_roles, rp->read_roles);
     e.rec = pd_hash2_keyed(fo->rec_key, rn->project, rn->id);
     e.rec += !e.rec; /* 0 means no record */
     pd_qrec_init(&e.qn, rn);

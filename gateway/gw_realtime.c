@@ -963,7 +963,7 @@ s_is_renewal(const pd_msg_t *ev)
            pd_str_eqc(ev->s[PD_F_SOURCE], "realtime") &&
            pd_str_eq(ev->s[PD_F_STATUS], ev->s[PD_F_PREV_STATUS]) &&
            pd_str_eq(ev->s[PD_F_META_JSON], ev->s[PD_F_PREV_META_JSON]) &&
-           pd_str_eq(ev->s[PD_F_READ_ROLES], ev->s[PD_F_PREV_READ_ROLES]) &&
+           pd_list_eq(ev->s[PD_F_READ_ROLES], ev->s[PD_F_PREV_READ_ROLES]) &&
            pd_str_eq(ev->s[PD_F_USER], ev->s[PD_F_PREV_USER]) &&
            pd_str_eq(s_perms_segment(ev->s[PD_F_BODY]), s_perms_segment(ev->s[PD_F_PREV_BODY]));
 }
