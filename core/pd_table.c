@@ -11,7 +11,8 @@
  *      heap        capacity x u32: expiry min-heap of slots
  *      claims      capacity x claim entries (s_claim_t and its strings): user claims (truth),
  *                  published by their state word; from layout 8 each entry is sized to its
- *                  strings (s_claim8_t), up to 128 bytes a record of the capacity
+ *                  strings (s_claim8_t), up to 128 bytes a record of the capacity, and the
+ *                  room beyond holds the project table (s_project_t)
  *      cidx        idx_size x u64: (project, userId) -> claim entry
  *      arena       arena_bytes of blocks: [s_block_t header (s_block7_t from layout 7) |
  *                  NUL-terminated strings]
@@ -61,7 +62,8 @@
                            //  too, claim entries of 128 bytes (192): a 36-byte project, one id;
                            //  7: block headers of 66 bytes (104): s_block7_t;
                            //  8: claim entries sized to their strings (128): s_claim8_t;
-                           //  role lists of one role kept inside the JSON (s_role_views)
+                           //  role lists of one role kept inside the JSON, projects kept
+                           //  once, in a table (s_refs_t, s_project_t)
                            //  (a 5, 6 or 7 stays one: its blocks and claim entries were
                            //  carved so)
                            //  (a version 2 or 3 segment is taken; it grows by a copy into a 4)
@@ -78,7 +80,7 @@
 #define S_VIEW 0x80000000u
 #define S_VIEW_FIRST 4 //  s_field_off's source
 #define S_VIEW_LAST 7  //  ... to meta_json
-#define S_ROLE_FIRST 8 //  s_field_off's read_roles: layout 8's role views (s_role_views)
+#define S_ROLE_FIRST 8 //  s_field_off's read_roles: layout 8's role views (s_refs)
 #define S_ROLE_LAST 10 //  ... to delete_roles
 #define S_NROLE (S_ROLE_LAST - S_ROLE_FIRST + 1)
 #define S_ROLE_VIEW_MAX 255 //  the longest role kept as a view
@@ -134,6 +136,7 @@ typedef struct {
     uint32_t pad5;
     uint32_t claim_frees[S_CLAIM_UNITS_MAX + 1]; //  version 8: free claim entries of each size
                                                  //  (in S_CLAIM_UNIT units), first + 1 (s_claim8_t)
+    uint32_t nprojects; //  version 8: entries of the project table in use (s_project_t)
 } s_header_t;
 #define S_HEADER_V3 offsetof(s_header_t, cap_max)     //  header_bytes of a version 2 or 3 segment
 #define S_HEADER_V4 offsetof(s_header_t, regrow)      //  and of a version 4 one
@@ -222,9 +225,10 @@ typedef struct {
 //  An entry's stride: its header, the project's field, the user's and nval ids'
 #define S_CLAIM_BYTES(pmax, nval) (sizeof(s_claim_t) + (pmax) + (1 + (nval)) * S_ID_MAX)
 
-/*  A claim entry of layout 8: this header, then the project, the user and the presence id back
- *  to back, the whole rounded up to S_CLAIM_UNIT bytes (`units` of them: 3 to 16; a project,
- *  user and id of 20 characters each take 80 bytes, 128 in layout 6). An entry is referred to by
+/*  A claim entry of layout 8: this header, then the project (or, plen S_CLAIM_PREF, its 2-byte
+ *  number in the project table, s_project_t), the user and the presence id back to back, the
+ *  whole rounded up to S_CLAIM_UNIT bytes (`units` of them: 3 to 16; a user and an id of 20
+ *  characters take 64 bytes with the project's number, 128 in layout 6). An entry is referred to by
  *  its offset in units from the section's start, and the entries are walked by their sizes
  *  (s_claim_step): `units` is written before claims_top moves past it and never changes, as a
  *  block's class. A free entry waits on the free list of its size (header.claim_frees). A
@@ -246,6 +250,24 @@ _Static_assert(offsetof(s_claim8_t, state) == offsetof(s_claim_t, state) &&
 //  The units of a layout 8 entry holding strings of n bytes in all
 #define S_CLAIM8_UNITS(n) ((sizeof(s_claim8_t) + (n) + S_CLAIM_UNIT - 1) / S_CLAIM_UNIT)
 _Static_assert(S_CLAIM8_UNITS(3 * S_ID_MAX) == S_CLAIM_UNITS_MAX, "the largest entry's units");
+#define S_CLAIM_PREF 0xff //  a layout 8 entry's plen: its strings start with a project number
+
+/*  Layout 8's project table: the segment's projects, each kept once, in the claims section's
+ *  room beyond its entries (which take at most 128 bytes a record of cap_max, of the 192 it
+ *  has room for: s_projects_max entries of 40 bytes). A block keeps its project as a number
+ *  into it (field 0 a view: its length word holds the number), and so does a claim entry
+ *  (plen S_CLAIM_PREF, then 2 bytes), where a project id of 20 characters took 21 and 20 bytes.
+ *  Entries are only ever added, inside a journaled mutation: the name is written past
+ *  `nprojects`, where nothing reads it, then `nprojects` grows (journaled), so an undone
+ *  mutation leaves the table as it was. A full table (more projects than it holds) leaves new
+ *  projects kept as strings, as before. The process finds a project's number through an index
+ *  of its own (projmap in pd_table_t, built as entries come), not kept in the segment. */
+typedef struct {
+    uint8_t len;
+    char name[S_CLAIM_PROJECT_V6];
+    uint8_t pad[3];
+} s_project_t;
+#define S_PROJECTS_MAX 65535 //  a number fits a claim's 2 bytes and a block's 16-bit length
 #define S_CLAIM_ROOM S_CLAIM_BYTES(S_PROJECT_MAX, 2) //  per entry in the section, every layout
 
 /*  The undo journal, in the header's page after the header: while a mutation runs (header.dirty
@@ -308,7 +330,13 @@ struct pd_table {
                         //  keep the ids and status only inside the JSON (s_viewable), claim
                         //  entries of 128 bytes (s_claim)
     bool v7;            //  layout 7 or later: block headers of s_block7_t (s_b_len, s_b_time)
-    bool v8;            //  layout 8 or later: claim entries sized to their strings (s_claim8_t)
+    bool v8;            //  layout 8 or later: claim entries sized to their strings (s_claim8_t),
+                        //  role lists and projects kept by reference (s_refs_t, s_project_t)
+    s_project_t *projects; //  layout 8: the project table (in the claims section's room)
+    uint32_t projects_max; //  entries it has room for
+    uint32_t *projmap;     //  project number + 1 by SipHash of its name (open addressing)
+    uint32_t projmap_mask; //  slots - 1
+    uint32_t projmap_n;    //  table entries indexed so far
     uint64_t *rg_old;   //  a growth's rehash under way: the three indexes as they were (pidx,
                         //  uidx, cidx, rg_size entries each; S_TOMB where an entry has moved)
     uint64_t rg_size;   //  their size
@@ -357,6 +385,16 @@ s_claim_val(const pd_table_t *self, const s_claim_t *c, uint32_t i)
     return s_claim_user(self, c) + S_ID_MAX * (1 + i);
 }
 
+//  Project number n of the table ("" if it names no entry: a damaged block or claim entry).
+static inline pd_str_t
+s_project_str(const pd_table_t *self, uint32_t n)
+{
+    if (n >= self->hdr->nprojects || n >= self->projects_max)
+        return PD_STR("");
+    const s_project_t *e = &self->projects[n];
+    return (pd_str_t){e->name, e->len <= S_CLAIM_PROJECT_V6 ? e->len : 0};
+}
+
 typedef struct {
     pd_str_t project, user, id;
 } s_cview_t;
@@ -369,6 +407,13 @@ s_claim_view(const pd_table_t *self, const s_claim_t *c)
     if (self->v8) {
         const s_claim8_t *c8 = (const s_claim8_t *)c;
         const char *p = (const char *)(c8 + 1);
+        if (c8->plen == S_CLAIM_PREF) {
+            uint16_t n;
+            memcpy(&n, p, 2);
+            return (s_cview_t){s_project_str(self, n),
+                               {p + 2, c8->ulen},
+                               {p + 2 + c8->ulen, c8->vlen}};
+        }
         return (s_cview_t){{p, c8->plen},
                            {p + c8->plen, c8->ulen},
                            {p + c8->plen + c8->ulen, c8->vlen}};
@@ -402,9 +447,13 @@ s_claim_sane(const pd_table_t *self, const s_claim_t *c)
         return false;
     if (self->v8) {
         const s_claim8_t *c8 = (const s_claim8_t *)c;
-        return c8->plen <= S_CLAIM_PROJECT_V6 && c8->ulen <= S_ID_MAX && c8->vlen >= 1 &&
-               c8->vlen <= S_ID_MAX &&
-               S_CLAIM8_UNITS((size_t)c8->plen + c8->ulen + c8->vlen) <= c8->units;
+        uint16_t n;
+        memcpy(&n, c8 + 1, 2);
+        bool ref = c8->plen == S_CLAIM_PREF;
+        return (ref ? n < self->hdr->nprojects && n < self->projects_max
+                    : c8->plen <= S_CLAIM_PROJECT_V6) &&
+               c8->ulen <= S_ID_MAX && c8->vlen >= 1 && c8->vlen <= S_ID_MAX &&
+               S_CLAIM8_UNITS((size_t)(ref ? 2 : c8->plen) + c8->ulen + c8->vlen) <= c8->units;
     }
     uint32_t sel = c->sel;
     return c->plen <= s_claim_pmax(self) && c->ulen <= S_ID_MAX && sel <= (self->v6 ? 0u : 1u) &&
@@ -605,12 +654,13 @@ s_blob_of(pd_table_t *self, uint32_t s)
  *  each: user:U, or any) are there. Its length word holds the role's offset in the JSON instead
  *  of its length (a view bit says so), and the role ends at the first backslash from there: it
  *  reads back as "ROLE", without the list's last NUL (pd_list_* read both alike; pd_list_eq
- *  compares them). s_role_views finds the offsets for a put (0: kept as a string) and trims
- *  the put's lists it views to the form they read back in, for the hook's event; s_role_at
- *  reads one back. */
+ *  compares them). s_refs finds the offsets for a put and trims the put's lists it views to
+ *  the form they read back in, for the hook's event; s_role_at reads one back. The project, too,
+ *  is kept by reference in layout 8: its number in the project table (s_project_t). */
 typedef struct {
-    uint32_t at[S_NROLE];
-} s_roles_t;
+    bool is[S_NSTR];    //  field i is kept by reference: its length word holds word[i]
+    uint32_t word[S_NSTR];
+} s_refs_t;
 
 //  The role of a view at `off` in json into *f; false (and "") if the offset does not hold one.
 static inline bool
@@ -625,38 +675,6 @@ s_role_at(pd_str_t json, size_t off, pd_str_t *f)
     return true;
 }
 
-static void
-s_role_views(const pd_table_t *self, pd_record_t *r, s_roles_t *rv)
-{
-    memset(rv, 0, sizeof *rv);
-    for (int i = S_ROLE_FIRST; self->v8 && i <= S_ROLE_LAST; i++) {
-        pd_str_t f = s_field_c(r, i), prev = s_field_c(r, i - 1);
-        if (i > S_ROLE_FIRST && rv->at[i - S_ROLE_FIRST - 1] && pd_str_eq(f, prev)) {
-            rv->at[i - S_ROLE_FIRST] = rv->at[i - S_ROLE_FIRST - 1]; /* user:U three times */
-            continue;
-        }
-        char pat[S_ROLE_VIEW_MAX + 1];
-        size_t n = f.len && !f.ptr[f.len - 1] ? f.len - 1 : f.len; /* the role, bare */
-        if (!n || n > S_ROLE_VIEW_MAX || memchr(f.ptr, 0, n) || memchr(f.ptr, '\\', n) ||
-            r->json.len < 2)
-            continue;
-        memcpy(pat, f.ptr, n);
-        pat[n] = '\\';
-        const char *m = memmem(r->json.ptr + 1, r->json.len - 1, pat, n + 1);
-        if (m)
-            rv->at[i - S_ROLE_FIRST] = (uint32_t)(m - r->json.ptr);
-    }
-    for (int i = S_ROLE_FIRST; i <= S_ROLE_LAST; i++) /* as they will read back: the hook's */
-        if (rv->at[i - S_ROLE_FIRST] && !s_field(r, i)->ptr[s_field(r, i)->len - 1])
-            s_field(r, i)->len--;
-}
-
-//  Whether field i is a role view of rv.
-static inline bool
-s_role_viewed(const s_roles_t *rv, int i)
-{
-    return i >= S_ROLE_FIRST && i <= S_ROLE_LAST && rv->at[i - S_ROLE_FIRST];
-}
 
 /*  A block's fields as it keeps them: the stored strings pointed at, the views (S_VIEW) with a
  *  NULL ptr and their length. True if it has views (pd_record_locate points them). */
@@ -670,8 +688,8 @@ s_blk_raw(const pd_table_t *self, const s_block_t *b, pd_record_t *out)
     for (int i = 0; i < S_NSTR; i++) {
         uint32_t len = s_b_len(self, b, i);
         if (len & S_VIEW) {
-            if (i >= S_ROLE_FIRST && i <= S_ROLE_LAST)
-                roles |= 1u << i;
+            if (i == 0 || (i >= S_ROLE_FIRST && i <= S_ROLE_LAST))
+                roles |= 1u << i; /* by reference: resolved below */
             else
                 views = true;
             *s_field(out, i) = (pd_str_t){NULL, len & ~S_VIEW};
@@ -680,6 +698,8 @@ s_blk_raw(const pd_table_t *self, const s_block_t *b, pd_record_t *out)
         *s_field(out, i) = (pd_str_t){p, len};
         p += len + 1;
     }
+    if (roles & 1) /* a number in the project table */
+        out->project = s_project_str(self, out->project.len);
     for (int i = S_ROLE_FIRST; roles && i <= S_ROLE_LAST; i++) { /* their offsets in the JSON */
         pd_str_t *f = s_field(out, i), *prev = s_field(out, i - 1);
         if (!(roles >> i & 1))
@@ -732,6 +752,10 @@ s_blk_keys(const pd_table_t *self, const s_block_t *b, pd_str_t k[4])
     }
     const char *p = s_blk_data(self, b);
     for (int i = 0; i < 4; i++) {
+        if (len[i] & S_VIEW) { /* the project, by its number (layout 8) */
+            k[i] = s_project_str(self, len[i] & ~S_VIEW);
+            continue;
+        }
         k[i] = (pd_str_t){p, len[i]};
         p += len[i] + 1;
     }
@@ -742,7 +766,7 @@ static inline bool
 s_viewable(const pd_table_t *self, int i)
 {
     return (i >= S_VIEW_FIRST && i <= S_VIEW_LAST) || (self->v6 && i >= 1 && i <= 3) ||
-           (self->v8 && i >= S_ROLE_FIRST && i <= S_ROLE_LAST);
+           (self->v8 && (i == 0 || (i >= S_ROLE_FIRST && i <= S_ROLE_LAST)));
 }
 
 /*  Field i of r is kept only inside r's JSON (S_VIEW). The status is, when its JSON string holds
@@ -751,8 +775,8 @@ static inline bool
 s_viewed(const pd_table_t *self, const pd_record_t *r, int i)
 {
     pd_str_t f = s_field_c(r, i);
-    if (!self->views || !s_viewable(self, i) || !f.len || i >= S_ROLE_FIRST)
-        return false; /* role views are s_role_views' */
+    if (!self->views || !s_viewable(self, i) || !f.len || i == 0 || i >= S_ROLE_FIRST)
+        return false; /* the project and role views are s_refs' */
     return i != 3 || (r->status_json.len == f.len + 2 && r->status_json.ptr[0] == '"' &&
                       memcmp(r->status_json.ptr + 1, f.ptr, f.len) == 0);
 }
@@ -815,6 +839,94 @@ s_jw(pd_table_t *self, const void *p, size_t size)
         S_J(self, lv);                                                                             \
         (lv) = (v);                                                                                \
     } while (0)
+
+//  Puts table entry n into the process's index of it (which has room).
+static void
+s_projmap_add(pd_table_t *self, uint32_t n)
+{
+    pd_str_t name = s_project_str(self, n);
+    uint32_t i = s_hash32(self, name, PD_STR_NULL) & self->projmap_mask;
+    while (self->projmap[i])
+        i = (i + 1) & self->projmap_mask;
+    self->projmap[i] = n + 1;
+}
+
+//  Brings the process's index up to the table: the entries added since, or all of them again
+//  when the table has fewer than it indexed (a mutation undone) or the index is half full.
+static void
+s_projects_index(pd_table_t *self)
+{
+    uint32_t n = self->hdr->nprojects < self->projects_max ? self->hdr->nprojects : 0;
+    if (n < self->projmap_n || 2 * (uint64_t)n + 2 > (uint64_t)self->projmap_mask + 1) {
+        uint32_t size = 16;
+        while (size < 4 * (uint64_t)n + 4)
+            size *= 2;
+        free(self->projmap);
+        if (!(self->projmap = calloc(size, sizeof *self->projmap)))
+            pd_fatal("calloc");
+        self->projmap_mask = size - 1;
+        self->projmap_n = 0;
+    }
+    for (; self->projmap_n < n; self->projmap_n++)
+        s_projmap_add(self, self->projmap_n);
+}
+
+/*  The number + 1 of `project` in the table, or 0 if it is not there. With `add` (inside a
+ *  mutation), a project not there yet is added if the table has room. 0 before layout 8. */
+static uint32_t
+s_project_ref(pd_table_t *self, pd_str_t project, bool add)
+{
+    if (!self->v8 || !project.len || project.len > S_CLAIM_PROJECT_V6)
+        return 0;
+    s_projects_index(self);
+    for (uint32_t i = s_hash32(self, project, PD_STR_NULL) & self->projmap_mask;
+         self->projmap[i]; i = (i + 1) & self->projmap_mask)
+        if (pd_str_eq(s_project_str(self, self->projmap[i] - 1), project))
+            return self->projmap[i];
+    uint32_t n = self->hdr->nprojects;
+    if (!add || n >= self->projects_max)
+        return 0;
+    s_project_t *e = &self->projects[n]; /* past nprojects: nothing reads it yet */
+    e->len = (uint8_t)project.len;
+    memcpy(e->name, project.ptr, project.len);
+    S_SET(self, self->hdr->nprojects, n + 1);
+    s_projects_index(self);
+    return n + 1;
+}
+
+//  The fields of put record r that its block keeps by reference (layout 8): its project, when
+//  the project table has it or room for it (inside the put's mutation), and its role views.
+static void
+s_refs(pd_table_t *self, pd_record_t *r, s_refs_t *rf)
+{
+    memset(rf, 0, sizeof *rf);
+    if (!self->v8)
+        return;
+    uint32_t p = s_project_ref(self, r->project, true);
+    rf->is[0] = p != 0;
+    rf->word[0] = p - 1;
+    for (int i = S_ROLE_FIRST; i <= S_ROLE_LAST; i++) {
+        pd_str_t f = s_field_c(r, i);
+        if (rf->is[i - 1] && i > S_ROLE_FIRST && pd_str_eq(f, s_field_c(r, i - 1))) {
+            rf->is[i] = true; /* user:U three times */
+            rf->word[i] = rf->word[i - 1];
+            continue;
+        }
+        char pat[S_ROLE_VIEW_MAX + 1];
+        size_t n = f.len && !f.ptr[f.len - 1] ? f.len - 1 : f.len; /* the role, bare */
+        if (!n || n > S_ROLE_VIEW_MAX || memchr(f.ptr, 0, n) || memchr(f.ptr, '\\', n) ||
+            r->json.len < 2)
+            continue;
+        memcpy(pat, f.ptr, n);
+        pat[n] = '\\';
+        const char *m = memmem(r->json.ptr + 1, r->json.len - 1, pat, n + 1);
+        rf->is[i] = m != NULL;
+        rf->word[i] = m ? (uint32_t)(m - r->json.ptr) : 0;
+    }
+    for (int i = S_ROLE_FIRST; i <= S_ROLE_LAST; i++) /* as they will read back: the hook's */
+        if (rf->is[i] && !s_field(r, i)->ptr[s_field(r, i)->len - 1])
+            s_field(r, i)->len--;
+}
 
 static void
 s_clean(pd_table_t *self)
@@ -1213,7 +1325,7 @@ s_blob_wide(const pd_record_t *r)
 }
 
 static uint64_t
-s_blob_bytes(const pd_table_t *self, const pd_record_t *r, const s_roles_t *rv)
+s_blob_bytes(const pd_table_t *self, const pd_record_t *r, const s_refs_t *rf)
 {
     uint64_t n = self->v7 ? sizeof(s_block7_t) + S_NSTR * (s_blob_wide(r) ? 4 : 2)
                           : sizeof(s_block_t);
@@ -1222,7 +1334,7 @@ s_blob_bytes(const pd_table_t *self, const pd_record_t *r, const s_roles_t *rv)
         uint64_t len = s_field_c(r, i).len;
         if (len >= S_VIEW)
             return UINT64_MAX;
-        n += s_viewed(self, r, i) || s_role_viewed(rv, i) ? 0 : len + 1;
+        n += s_viewed(self, r, i) || rf->is[i] ? 0 : len + 1;
     }
     return n;
 }
@@ -1230,7 +1342,7 @@ s_blob_bytes(const pd_table_t *self, const pd_record_t *r, const s_roles_t *rv)
 //  Layout 7's s_blob_write: the lengths in 2 or 4 bytes, the views as bits.
 static void
 s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r,
-              const s_roles_t *rv)
+              const s_refs_t *rf)
 {
     s_block7_t *b = (s_block7_t *)(self->base + off);
     bool wide = s_blob_wide(r);
@@ -1245,13 +1357,13 @@ s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *
             l4[i] = (uint32_t)s.len;
         else
             l2[i] = (uint16_t)s.len;
-        if (s_role_viewed(rv, i)) { /* its offset in the JSON instead of its length */
+        if (rf->is[i]) { /* a project number or a role's offset in the JSON, not its length */
             if (wide)
-                l4[i] = rv->at[i - S_ROLE_FIRST];
+                l4[i] = rf->word[i];
             else
-                l2[i] = (uint16_t)rv->at[i - S_ROLE_FIRST];
+                l2[i] = (uint16_t)rf->word[i];
         }
-        if (s_viewed(self, r, i) || s_role_viewed(rv, i)) {
+        if (s_viewed(self, r, i) || rf->is[i]) {
             views |= 1u << i;
             continue;
         }
@@ -1271,10 +1383,10 @@ s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *
 
 static void
 s_blob_write(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *r,
-             const s_roles_t *rv)
+             const s_refs_t *rf)
 {
     if (self->v7) {
-        s_blob_write7(self, off, slot, r, rv);
+        s_blob_write7(self, off, slot, r, rf);
         return;
     }
     s_block_t *b = s_blk(self, off);
@@ -1382,6 +1494,15 @@ s_layout_matches(const s_header_t *h, const s_layout_t *l)
            h->off_arena == l->off_arena;
 }
 
+//  The entries the project table of h has room for (0 before layout 8).
+static uint32_t
+s_projects_max(const s_header_t *h)
+{
+    uint64_t room = s_cap_max(h) ? s_cap_max(h) : h->capacity,
+             n = room * (S_CLAIM_ROOM - S_CLAIM_BYTES(S_CLAIM_PROJECT_V6, 1)) / sizeof(s_project_t);
+    return h->version < 8 ? 0 : n < S_PROJECTS_MAX ? (uint32_t)n : S_PROJECTS_MAX;
+}
+
 static void
 s_bind(pd_table_t *self)
 {
@@ -1398,6 +1519,12 @@ s_bind(pd_table_t *self)
     self->heap = (uint32_t *)(self->base + h->off_heap);
     self->claims = self->base + h->off_claims;
     self->cidx = (uint64_t *)(self->base + h->off_cidx);
+    uint64_t room = s_cap_max(h) ? s_cap_max(h) : h->capacity;
+    self->projects = (s_project_t *)(self->claims + room * S_CLAIM_BYTES(S_CLAIM_PROJECT_V6, 1));
+    self->projects_max = s_projects_max(h);
+    if (self->projmap) /* indexed again from the table, as lookups come (s_projects_index) */
+        memset(self->projmap, 0, ((size_t)self->projmap_mask + 1) * sizeof *self->projmap);
+    self->projmap_n = 0;
     self->imask = h->idx_size - 1;
     self->smask = (uint32_t)(h->sheads - 1);
 }
@@ -1451,6 +1578,8 @@ s_header_insane(const s_header_t *h)
     for (unsigned l = 0; h->version >= 8 && l <= S_CLAIM_UNITS_MAX; l++)
         if (h->claim_frees[l] > h->claims_top)
             return "a claim free list starts beyond the entries in use";
+    if (h->version >= 8 && h->nprojects > s_projects_max(h))
+        return "more projects than the project table holds";
     if (h->pend_blob && (h->pend_blob < h->off_arena || h->pend_blob >= h->arena_top ||
                          (h->pend_blob - h->off_arena) % S_ALIGN != 0))
         return "pending block outside the arena";
@@ -1672,6 +1801,7 @@ pd_table_close(pd_table_t **self_p)
     close(self->fd);
     pd_buf_free(&self->json);
     free(self->aux);
+    free(self->projmap);
     free(self);
     *self_p = NULL;
 }
@@ -1836,6 +1966,7 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     nt.size = reserve;
     nt.fd = fd;
     nt.hdr = (s_header_t *)map;
+    nt.projmap = NULL; /* self's; the copy's rebuild reads the table, not the index */
     s_header_t *h = nt.hdr;
     s_init_header(h, &l);
     if (oh->version < S_LAYOUT_VERSION) { /* the blocks and claim entries are copied as they
@@ -1848,7 +1979,10 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     h->slots_top = oh->slots_top;
     h->claims_top = oh->claims_top;
     h->arena_top = oh->arena_top + delta;
+    h->nprojects = self->v8 ? oh->nprojects : 0;
     s_bind(&nt);
+    if (h->nprojects) /* the same numbers: blocks and claim entries are copied as they are */
+        memcpy(nt.projects, self->projects, h->nprojects * sizeof *nt.projects);
     for (uint64_t s = 0; s < oh->slots_top; s++)
         nt.slots[s].blob = self->slots[s].blob ? self->slots[s].blob + delta : 0;
     memcpy(nt.claims, self->claims, oh->claims_top * s_claim_stride(self));
@@ -2063,9 +2197,9 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     pd_buf_reset(&self->json);
     pd_record_render(&r, &self->json);
     r.json = (pd_str_t){self->json.data, self->json.len};
-    s_roles_t rv;
-    s_role_views(self, &r, &rv);
-    uint64_t off = s_alloc(self, s_blob_bytes(self, &r, &rv));
+    s_refs_t rf;
+    s_refs(self, &r, &rf);
+    uint64_t off = s_alloc(self, s_blob_bytes(self, &r, &rf));
     if (!off)
         goto full;
     pd_record_t p; //  views of the old record, for the hook and *prev
@@ -2076,7 +2210,7 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     S_CRASH();
     if (!old)
         s = s_slot_take(self);
-    s_blob_write(self, off, s, &r, &rv); /* a free block: not journaled */
+    s_blob_write(self, off, s, &r, &rf); /* a free block: not journaled */
     S_CRASH();
     S_J(self, self->slots[s].blob);
     __atomic_store_n(&self->slots[s].blob, off, __ATOMIC_RELEASE);
@@ -2375,28 +2509,38 @@ s_claim_take(pd_table_t *self, uint32_t units)
 
 //  The units of a layout 8 entry for these strings (1 before: entries of one size).
 static uint32_t
-s_claim_units(const pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want)
+s_claim_units(const pd_table_t *self, uint32_t pref, pd_str_t project, pd_str_t user,
+              pd_str_t want)
 {
-    return self->v8 ? (uint32_t)S_CLAIM8_UNITS(project.len + user.len + want.len) : 1;
+    return self->v8 ? (uint32_t)S_CLAIM8_UNITS((pref ? 2 : project.len) + user.len + want.len)
+                    : 1;
 }
 
 /*  Fills entry e, free when the mutation began (so its contents are not journaled), and
  *  publishes it: one release store of S_CLAIM_LIVE makes it true. */
 static void
-s_claim_fill(pd_table_t *self, uint32_t e, pd_str_t project, pd_str_t user, pd_str_t want,
-             uint32_t h)
+s_claim_fill(pd_table_t *self, uint32_t e, uint32_t pref, pd_str_t project, pd_str_t user,
+             pd_str_t want, uint32_t h)
 {
     s_claim_t *c = s_claim(self, e);
     c->hash = h;
     if (self->v8) {
         s_claim8_t *c8 = (s_claim8_t *)c;
         char *p = (char *)(c8 + 1);
-        c8->plen = (uint8_t)project.len;
         c8->ulen = (uint8_t)user.len;
         c8->vlen = (uint8_t)want.len;
-        memcpy(p, project.ptr, project.len);
-        memcpy(p + project.len, user.ptr, user.len);
-        memcpy(p + project.len + user.len, want.ptr, want.len);
+        if (pref) { /* the project's number in the table (s_project_t) */
+            uint16_t n = (uint16_t)(pref - 1);
+            c8->plen = S_CLAIM_PREF;
+            memcpy(p, &n, 2);
+            p += 2;
+        } else {
+            c8->plen = (uint8_t)project.len;
+            memcpy(p, project.ptr, project.len);
+            p += project.len;
+        }
+        memcpy(p, user.ptr, user.len);
+        memcpy(p + user.len, want.ptr, want.len);
     } else {
         c->plen = (uint8_t)project.len;
         c->ulen = (uint8_t)user.len;
@@ -2434,10 +2578,11 @@ s_claim_add(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t want, ui
     s_header_t *hd = self->hdr;
     if (hd->claims >= hd->capacity)
         return S_NONE;
-    uint32_t e = s_claim_take(self, s_claim_units(self, project, user, want));
+    uint32_t pref = s_project_ref(self, project, true);
+    uint32_t e = s_claim_take(self, s_claim_units(self, pref, project, user, want));
     if (e == S_NONE)
         return S_NONE;
-    s_claim_fill(self, e, project, user, want, h);
+    s_claim_fill(self, e, pref, project, user, want, h);
     s_idx_set(self, self->cidx, pos, h, e);
     S_SET(self, hd->claims, hd->claims + 1);
     return e;
@@ -2502,12 +2647,13 @@ pd_table_reclaim(pd_table_t *self, pd_str_t project, pd_str_t user, pd_str_t exp
         /* not ours to change, or already so */
     } else if (self->v8) {
         s_dirty(self);
-        uint32_t n = s_claim_take(self, s_claim_units(self, project, user, want));
+        uint32_t pref = s_project_ref(self, project, true);
+        uint32_t n = s_claim_take(self, s_claim_units(self, pref, project, user, want));
         if (n == S_NONE) {
             s_clean(self);
             return PD_ERR_STORE_FULL;
         }
-        s_claim_fill(self, n, project, user, want, h);
+        s_claim_fill(self, n, pref, project, user, want, h);
         s_idx_set(self, self->cidx, pos, h, n);
         s_claim_free(self, e);
         S_CRASH();
@@ -2699,6 +2845,8 @@ s_blob_ok(pd_table_t *self, const s_bits_t *bits, uint64_t off, uint32_t s)
     for (int i = S_ROLE_FIRST; i <= S_ROLE_LAST; i++) /* a role view names a role in the JSON */
         if ((s_b_len(self, b, i) & S_VIEW) && !s_role_at(r.json, roles[i], s_field(&r, i)))
             return false;
+    if ((s_b_len(self, b, 0) & S_VIEW) && roles[0] >= self->hdr->nprojects) /* and a project */
+        return false;
     if (raw) /* the views must lie inside the JSON */
         return pd_record_locate(&r);
     return true;
@@ -4190,6 +4338,7 @@ pd_table_test(bool verbose)
             {S_F(claims), 1, S_FOFF(capacity)},
             {offsetof(s_header_t, claim_frees) + 5 * 4, 4, 1, S_FOFF(claims_top)},
             {offsetof(s_header_t, claim_frees) + 16 * 4, 4, 1, S_FOFF(claims_top)},
+            {S_F(nprojects), 103, 0}, /* 64 x 64 / 40 = 102 fit */
             {S_F(arena_top), S_ALIGN, S_FOFF(total_bytes)},
             {S_F(arena_top), 8, 0},
             {S_F(arena_top), -S_ALIGN, S_FOFF(off_arena)},
@@ -4296,9 +4445,9 @@ pd_table_test(bool verbose)
     }
 
     //  Layout 8: a role view whose offset names no role in the JSON (past its end, or at the
-    //  backslash that ends a role) makes its block bad: a rebuild drops that record, keeps
-    //  the one beside it.
-    for (int k = 0; k < 2; k++) {
+    //  backslash that ends a role), or a project number past the table's entries, makes its
+    //  block bad: a rebuild drops that record, keeps the one beside it.
+    for (int k = 0; k < 3; k++) {
         t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
         PD_CHECK(t && created && t->v8);
         s_test_rec(a, "p", "beside", "ub", "online", 1, 10);
@@ -4310,8 +4459,12 @@ pd_table_test(bool verbose)
         PD_CHECK((b7->views >> S_ROLE_FIRST & 1) && !b7->wide);
         PD_CHECK(pd_str_eqc(st.read_roles, "user:urv") && st.read_roles.ptr[8] == '\\');
         uint16_t *l2 = (uint16_t *)(b7 + 1);
-        l2[S_ROLE_FIRST] =
-            (uint16_t)(k ? st.json.len + 3 : (size_t)(st.read_roles.ptr + 8 - st.json.ptr));
+        PD_CHECK((b7->views & 1) && l2[0] == 0 && t->hdr->nprojects == 1); /* "p", number 0 */
+        if (k == 2)
+            l2[0] = 1;
+        else
+            l2[S_ROLE_FIRST] =
+                (uint16_t)(k ? st.json.len + 3 : (size_t)(st.read_roles.ptr + 8 - st.json.ptr));
         t->hdr->dirty = 1;
         pd_table_close(&t);
         t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
@@ -4319,6 +4472,85 @@ pd_table_test(bool verbose)
         PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("rv"), &st) != 0);
         PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("beside"), &st) == 0 &&
                  pd_table_count(t) == 1);
+        s_test_ok(t);
+        pd_table_close(&t);
+        pd_table_unlink(name);
+    }
+
+    //  Layout 8's project table: each project once, numbered as it comes; past the table's
+    //  room (102 entries at a capacity of 64) projects are kept as strings, in blocks and
+    //  claim entries alike. Every record and claim reads back with its project, through a
+    //  rebuild and a growth by a copy (which keeps the numbers).
+    {
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+        PD_CHECK(t && created && t->v8 && t->projects_max == 102);
+        enum { NP = 110 };
+        for (int round = 0; round < 3; round++) {
+            for (int i = 0; i < NP; i++) {
+                char proj[40], id[16], out[37];
+                bool fresh;
+                snprintf(proj, sizeof proj, "project-number-%03d-of-a-long-name-x", i);
+                snprintf(id, sizeof id, "r%d", i % 50);
+                if (round == 0) {
+                    if (i < 50) { /* 50 records: the slots are 64 */
+                        s_test_rec(a, proj, id, "u", "online", 1, 5);
+                        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+                    }
+                    PD_CHECK(pd_table_claim(t, pd_str(proj), PD_STR("u"), pd_str(id), out,
+                                            &fresh) == (i < 64 ? 0 : PD_ERR_STORE_FULL));
+                    continue;
+                }
+                if (i < 50) {
+                    PD_CHECK(pd_table_get(t, pd_str(proj), pd_str(id), &st) == 0 &&
+                             pd_str_eq(st.project, pd_str(proj)));
+                    s_test_rec(a, proj, id, "u", "online", 1, 5);
+                    s_test_same(&st, &a->rec, 1);
+                }
+                PD_CHECK((pd_table_claim_get(t, pd_str(proj), PD_STR("u"), out) == 0) == (i < 64));
+                PD_CHECK(i >= 64 || strcmp(out, id) == 0);
+            }
+            /* 50 projects from the puts, 14 more from the claims; the full table not reached */
+            PD_CHECK(t->hdr->nprojects == 64 && pd_table_claims(t) == 64);
+            s_test_ok(t);
+            if (round == 1) {
+                PD_CHECK(pd_table_grow(t, 4096) == 0 && t->hdr->nprojects == 64);
+                continue;
+            }
+            t->hdr->dirty = 1; /* then rebuilt from the blocks and claim entries */
+            pd_table_close(&t);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+            PD_CHECK(t && !created && t->rebuilt);
+        }
+        pd_table_close(&t);
+        pd_table_unlink(name);
+        //  a full table: the 103rd project on is kept as a string
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+        PD_CHECK(t && created);
+        t->hdr->nprojects = 100;
+        for (uint32_t i = 0; i < 100; i++) /* stand-ins for 100 projects */
+            t->projects[i] = (s_project_t){.len = 1, .name = {(char)('0' + i % 10)}};
+        for (int i = 0; i < 4; i++) {
+            char proj[16], out[37];
+            bool fresh;
+            snprintf(proj, sizeof proj, "full-%d", i);
+            s_test_rec(a, proj, "x", "u", "online", 1, 5);
+            PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0 &&
+                     pd_str_eq(st.project, pd_str(proj)));
+            PD_CHECK(pd_table_claim(t, pd_str(proj), PD_STR("u"), PD_STR("x"), out, &fresh) == 0);
+            const s_block7_t *pb = (const s_block7_t *)s_blk(t, t->slots[st.slot].blob);
+            PD_CHECK(((pb->views & 1) != 0) == (i < 2) &&
+                     t->hdr->nprojects == (i < 2 ? 101u + i : 102u));
+        }
+        t->hdr->dirty = 1;
+        pd_table_close(&t);
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+        PD_CHECK(t && !created && t->rebuilt && pd_table_count(t) == 4 && pd_table_claims(t) == 4);
+        for (int i = 0; i < 4; i++) {
+            char proj[16], out[37];
+            snprintf(proj, sizeof proj, "full-%d", i);
+            PD_CHECK(pd_table_get(t, pd_str(proj), PD_STR("x"), &st) == 0);
+            PD_CHECK(pd_table_claim_get(t, pd_str(proj), PD_STR("u"), out) == 0);
+        }
         s_test_ok(t);
         pd_table_close(&t);
         pd_table_unlink(name);
@@ -4637,7 +4869,7 @@ pd_table_test(bool verbose)
         }
         PD_CHECK(blk[6] + 23 + 1 + 23 + 1 + 6 + 1 == blk[5]); /* both ids, the status, NULs */
         PD_CHECK(blk[7] + 104 - 66 == blk[6]);               /* the block header */
-        PD_CHECK(blk[8] + 2 * (28 + 1 + 1) == blk[7]);       /* two lists of user:U */
+        PD_CHECK(blk[8] + 2 * (28 + 1 + 1) + 2 == blk[7]);   /* two lists of user:U, "p" */
         //  Layout 7 with a string over 65,535 bytes: the block's lengths take 4 bytes each; it
         //  reads back, is found, and is found again after a rebuild. Beside it a record of
         //  2-byte lengths; both in a segment that grows by a copy.
@@ -4713,18 +4945,21 @@ pd_table_test(bool verbose)
             bool fresh;
             PD_CHECK(pd_table_claim(t, pd_str(p37), PD_STR("u"), PD_STR("x"), out, &fresh) ==
                      (v >= 6 ? PD_ERR_ARGUMENT_INVALID : 0));
-            uint64_t top0 = t->hdr->claims_top;
+            uint64_t top0 = t->hdr->claims_top, units = 0;
             for (int i = 0; i < 40; i++) {
                 snprintf(uid, sizeof uid, "u%d", i);
                 snprintf(pid, sizeof pid, "id%d", i);
                 PD_CHECK(pd_table_claim(t, pd_str(p36), pd_str(uid), pd_str(pid), out, &fresh) ==
                              0 && fresh);
+                units += S_CLAIM8_UNITS(2 + strlen(uid) + strlen(pid)); /* the project by number */
             }
-            /* 16 + 36 + 2 + 3 = 57 bytes: 8 units, 64 bytes; 192 and 128 before */
+            /* 16 + 2 + 2 + 3 = 23 bytes: 3 units, 24 bytes; 192 and 128 before */
             PD_CHECK((uint64_t)((char *)s_claim(t, top0 + s_claim_step(t, top0)) -
                                 (char *)s_claim(t, top0)) ==
-                     (v >= 8 ? 64u : v >= 6 ? 128u : 192u));
-            PD_CHECK(t->hdr->claims_top - top0 == (v >= 8 ? 40 * 8u : 40u));
+                     (v >= 8 ? 24u : v >= 6 ? 128u : 192u));
+            PD_CHECK(t->hdr->claims_top - top0 == (v >= 8 ? units : 40u));
+            PD_CHECK(v < 8 ||
+                     (t->hdr->nprojects == 1 && pd_str_eq(s_project_str(t, 0), pd_str(p36))));
             PD_CHECK(pd_table_reclaim(t, pd_str(p36), PD_STR("u7"), PD_STR("id7"),
                                       PD_STR("id7b"), out) == 0 && strcmp(out, "id7b") == 0);
             PD_CHECK(pd_table_reclaim(t, pd_str(p36), PD_STR("u9"), PD_STR("id9"), pd_str(id30),
@@ -4732,12 +4967,12 @@ pd_table_test(bool verbose)
             PD_CHECK(pd_table_reclaim(t, pd_str(p36), PD_STR("u9"), PD_STR("id9"), PD_STR("z"),
                                       out) == 0 && strcmp(out, id30) == 0); /* not its id */
             PD_CHECK(pd_table_unclaim(t, pd_str(p36), PD_STR("u8"), PD_STR("id8")) == 0);
-            /* layout 8: a new entry for each changed id (8 and 11 units); u7's old entry and
-             * u8's wait on the list of 8 */
+            /* layout 8: a new entry for each changed id (3 and 7 units); u7's old entry and
+             * u8's wait on the list of 3 */
             uint64_t top = t->hdr->claims_top;
-            PD_CHECK(top - top0 == (v >= 8 ? 40 * 8u + 8 + 11 : 40u));
-            PD_CHECK(!t->v8 || (t->hdr->claim_frees[8] && t->hdr->claim_frees[11] == 0));
-            PD_CHECK(pd_table_claim(t, pd_str(p36), PD_STR("u40"), PD_STR("id40"), out, &fresh) ==
+            PD_CHECK(top - top0 == (v >= 8 ? units + 3 + 7 : 40u));
+            PD_CHECK(!t->v8 || (t->hdr->claim_frees[3] && t->hdr->claim_frees[7] == 0));
+            PD_CHECK(pd_table_claim(t, pd_str(p36), PD_STR("u40"), PD_STR("i40"), out, &fresh) ==
                          0 && fresh);
             PD_CHECK(t->hdr->claims_top == top); /* u8's entry, reused */
             s_test_ok(t);
@@ -4753,9 +4988,9 @@ pd_table_test(bool verbose)
             PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u39"), out) == 0 &&
                      strcmp(out, "id39") == 0);
             PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u40"), out) == 0 &&
-                     strcmp(out, "id40") == 0);
+                     strcmp(out, "i40") == 0);
             PD_CHECK(pd_table_claim_get(t, pd_str(p36), PD_STR("u8"), out) == -1);
-            PD_CHECK(!t->v8 || t->hdr->claim_frees[8]); /* u7's old entry, free again */
+            PD_CHECK(!t->v8 || t->hdr->claim_frees[3]); /* u7's old entry, free again */
             s_test_ok(t);
             /* a scan sees each live claim once */
             uint64_t pos = 0;
