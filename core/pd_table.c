@@ -183,10 +183,12 @@ typedef struct {
  *  `bytes` is not kept (the lengths give it, s_b_bytes). `cls` is the first byte of both
  *  layouts, and `slot` and the link are at the same offsets in both, so the code that carves,
  *  frees and walks blocks reads them through s_block_t (`cls` through s_b_cls: one byte here).
- *  Everything else goes through the accessors below, which take the segment's layout. */
+ *  Everything else goes through the accessors below, which take the segment's layout. Layout 8
+ *  adds a third width: the lengths in 1 byte each but the JSON's in 2 (S_LEN_1: 54 bytes in
+ *  all), for a block whose other length words are all under 256, as most are. */
 typedef struct {
     uint8_t cls;    //  size class
-    uint8_t wide;   //  1: the lengths take 4 bytes each, else 2
+    uint8_t wide;   //  the lengths' width: S_LEN_2, S_LEN_4 or (layout 8) S_LEN_1
     uint16_t views; //  bit i: field i is kept only inside the JSON (S_VIEW)
     uint32_t slot;  //  owner, as in s_block_t
     union {
@@ -198,6 +200,10 @@ typedef struct {
     uint64_t version;
 } s_block7_t;
 #define S_LEN16_MAX 0xffffu
+enum { S_LEN_2, S_LEN_4, S_LEN_1 }; //  s_block7_t.wide
+//  The bytes of a block's lengths, by its width (a width out of range reads as S_LEN_2's: a
+//  damaged block, which s_blob_ok refuses)
+static const uint8_t s_len_bytes[4] = {2 * S_NSTR, 4 * S_NSTR, S_NSTR + 1, 2 * S_NSTR};
 _Static_assert(offsetof(s_block7_t, slot) == offsetof(s_block_t, slot) &&
                    offsetof(s_block7_t, next) == offsetof(s_block_t, next) &&
                    offsetof(s_block7_t, cls) == offsetof(s_block_t, cls),
@@ -601,7 +607,14 @@ s_b_len(const pd_table_t *self, const s_block_t *b, int i)
     if (!self->v7)
         return b->len[i];
     const s_block7_t *c = (const s_block7_t *)b;
-    uint32_t len = c->wide ? ((const uint32_t *)(c + 1))[i] : ((const uint16_t *)(c + 1))[i];
+    const unsigned char *l = (const unsigned char *)(c + 1);
+    uint32_t len;
+    if (c->wide == S_LEN_1) /* the JSON's (the last) in 2 bytes */
+        len = i == S_NSTR - 1 ? (uint32_t)l[i] | (uint32_t)l[i + 1] << 8 : l[i];
+    else if (c->wide == S_LEN_4)
+        len = ((const uint32_t *)l)[i];
+    else
+        len = ((const uint16_t *)l)[i];
     return (c->views >> i & 1) ? len | S_VIEW : len;
 }
 
@@ -612,7 +625,7 @@ s_blk_data(const pd_table_t *self, const s_block_t *b)
     if (!self->v7)
         return (const char *)(b + 1);
     const s_block7_t *c = (const s_block7_t *)b;
-    return (const char *)(c + 1) + S_NSTR * (c->wide ? 4 : 2);
+    return (const char *)(c + 1) + s_len_bytes[c->wide & 3];
 }
 
 /*  The record's integers: created_ms, updated_ms, expires_ms and version are four consecutive
@@ -1313,21 +1326,27 @@ s_alloc(pd_table_t *self, uint64_t n)
     return off;
 }
 
-//  Whether r's block takes 4-byte lengths (layout 7: one of them is over 65,535).
-static inline bool
-s_blob_wide(const pd_record_t *r)
+/*  The width of r's block's lengths: 4 bytes when one of them is over 65,535 (layout 7), 1 when
+ *  every length word but the JSON's is under 256 (layout 8: a reference's word is its number or
+ *  offset), else 2. */
+static inline unsigned
+s_blob_width(const pd_table_t *self, const pd_record_t *r, const s_refs_t *rf)
 {
+    bool narrow = self->v8;
     S_UNROLL
-    for (int i = 0; i < S_NSTR; i++)
-        if (s_field_c(r, i).len > S_LEN16_MAX)
-            return true;
-    return false;
+    for (int i = 0; i < S_NSTR; i++) {
+        size_t len = s_field_c(r, i).len;
+        if (len > S_LEN16_MAX)
+            return S_LEN_4;
+        narrow &= i == S_NSTR - 1 || (rf->is[i] ? rf->word[i] : len) <= 0xff;
+    }
+    return narrow ? S_LEN_1 : S_LEN_2;
 }
 
 static uint64_t
 s_blob_bytes(const pd_table_t *self, const pd_record_t *r, const s_refs_t *rf)
 {
-    uint64_t n = self->v7 ? sizeof(s_block7_t) + S_NSTR * (s_blob_wide(r) ? 4 : 2)
+    uint64_t n = self->v7 ? sizeof(s_block7_t) + s_len_bytes[s_blob_width(self, r, rf)]
                           : sizeof(s_block_t);
     S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
@@ -1345,24 +1364,25 @@ s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *
               const s_refs_t *rf)
 {
     s_block7_t *b = (s_block7_t *)(self->base + off);
-    bool wide = s_blob_wide(r);
+    unsigned width = s_blob_width(self, r, rf);
+    unsigned char *l1 = (unsigned char *)(b + 1);
     uint16_t *l2 = (uint16_t *)(b + 1);
     uint32_t *l4 = (uint32_t *)(b + 1);
-    char *p = (char *)(b + 1) + S_NSTR * (wide ? 4 : 2);
+    char *p = (char *)(b + 1) + s_len_bytes[width];
     unsigned views = 0;
     S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
         pd_str_t s = s_field_c(r, i);
-        if (wide)
-            l4[i] = (uint32_t)s.len;
+        /* a reference's word: a project number or a role's offset in the JSON */
+        uint32_t w = rf->is[i] ? rf->word[i] : (uint32_t)s.len;
+        if (width == S_LEN_4)
+            l4[i] = w;
+        else if (width == S_LEN_2)
+            l2[i] = (uint16_t)w;
+        else if (i < S_NSTR - 1)
+            l1[i] = (uint8_t)w;
         else
-            l2[i] = (uint16_t)s.len;
-        if (rf->is[i]) { /* a project number or a role's offset in the JSON, not its length */
-            if (wide)
-                l4[i] = rf->word[i];
-            else
-                l2[i] = (uint16_t)rf->word[i];
-        }
+            l1[i] = (uint8_t)w, l1[i + 1] = (uint8_t)(w >> 8);
         if (s_viewed(self, r, i) || rf->is[i]) {
             views |= 1u << i;
             continue;
@@ -1372,7 +1392,7 @@ s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *
         p[s.len] = 0;
         p += s.len + 1;
     }
-    b->wide = wide;
+    b->wide = (uint8_t)width;
     b->views = (uint16_t)views;
     b->created_ms = r->created_ms;
     b->updated_ms = r->updated_ms;
@@ -2818,7 +2838,8 @@ s_blob_ok(pd_table_t *self, const s_bits_t *bits, uint64_t off, uint32_t s)
     if (!bits && (c >= S_NCLASS || s_class_size(self, c) > h->arena_top - off))
         return false; /* no walk to vouch for it: the block must at least fit */
     const s_block7_t *b7 = (const s_block7_t *)b;
-    if (self->v7 ? b7->wide > 1 || b7->views >> S_NSTR : b->bytes < sizeof(s_block_t))
+    if (self->v7 ? b7->wide > (self->v8 ? S_LEN_1 : S_LEN_4) || b7->views >> S_NSTR
+                 : b->bytes < sizeof(s_block_t))
         return false;
     /* the bytes it says it uses (layout 7: its lengths say so) must lie in its class */
     uint64_t bytes = self->v7 ? s_class_size(self, c) : b->bytes;
@@ -4444,27 +4465,33 @@ pd_table_test(bool verbose)
         }
     }
 
-    //  Layout 8: a role view whose offset names no role in the JSON (past its end, or at the
-    //  backslash that ends a role), or a project number past the table's entries, makes its
-    //  block bad: a rebuild drops that record, keeps the one beside it.
-    for (int k = 0; k < 3; k++) {
+    //  Layout 8: a role view whose offset names no role in the JSON (past its end, at its
+    //  start, or at the backslash that ends a role), or a project number past the table's
+    //  entries, makes its block bad: a rebuild drops that record, keeps the one beside it. In
+    //  blocks of 1-byte lengths (the metadata under 256 bytes) and of 2-byte ones (over).
+    for (int k = 0; k < 6; k++) {
         t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
         PD_CHECK(t && created && t->v8);
         s_test_rec(a, "p", "beside", "ub", "online", 1, 10);
         PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
-        s_test_rec(a, "p", "rv", "urv", "online", 1, 10);
+        s_test_rec(a, "p", "rv", "urv", "online", 1, k < 3 ? 10 : 300);
         a->rec.read_roles = PD_STR("user:urv\0");
         PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
         s_block7_t *b7 = (s_block7_t *)s_blk(t, t->slots[st.slot].blob);
-        PD_CHECK((b7->views >> S_ROLE_FIRST & 1) && !b7->wide);
+        PD_CHECK((b7->views >> S_ROLE_FIRST & 1) && b7->wide == (k < 3 ? S_LEN_1 : S_LEN_2));
+        PD_CHECK(s_blk_data(t, (s_block_t *)b7) - (char *)b7 == (k < 3 ? 54 : 66));
         PD_CHECK(pd_str_eqc(st.read_roles, "user:urv") && st.read_roles.ptr[8] == '\\');
+        PD_CHECK((b7->views & 1) && s_b_len(t, (s_block_t *)b7, 0) == (0 | S_VIEW) &&
+                 t->hdr->nprojects == 1); /* "p", number 0 */
+        unsigned char *l1 = (unsigned char *)(b7 + 1);
         uint16_t *l2 = (uint16_t *)(b7 + 1);
-        PD_CHECK((b7->views & 1) && l2[0] == 0 && t->hdr->nprojects == 1); /* "p", number 0 */
-        if (k == 2)
-            l2[0] = 1;
+        size_t at = k % 3 == 0 ? (size_t)(st.read_roles.ptr + 8 - st.json.ptr)
+                               : k < 3 ? 0 : st.json.len + 3;
+        int f = k % 3 == 2 ? 0 : S_ROLE_FIRST; /* the project number 1, or the role's offset */
+        if (k < 3)
+            l1[f] = (uint8_t)(f ? at : 1);
         else
-            l2[S_ROLE_FIRST] =
-                (uint16_t)(k ? st.json.len + 3 : (size_t)(st.read_roles.ptr + 8 - st.json.ptr));
+            l2[f] = (uint16_t)(f ? at : 1);
         t->hdr->dirty = 1;
         pd_table_close(&t);
         t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
@@ -4869,10 +4896,12 @@ pd_table_test(bool verbose)
         }
         PD_CHECK(blk[6] + 23 + 1 + 23 + 1 + 6 + 1 == blk[5]); /* both ids, the status, NULs */
         PD_CHECK(blk[7] + 104 - 66 == blk[6]);               /* the block header */
-        PD_CHECK(blk[8] + 2 * (28 + 1 + 1) + 2 == blk[7]);   /* two lists of user:U, "p" */
+        /* two lists of user:U, "p", and 13 lengths of 1 byte but the JSON's of 2 */
+        PD_CHECK(blk[8] + 2 * (28 + 1 + 1) + 2 + 12 == blk[7]);
         //  Layout 7 with a string over 65,535 bytes: the block's lengths take 4 bytes each; it
         //  reads back, is found, and is found again after a rebuild. Beside it a record of
-        //  2-byte lengths; both in a segment that grows by a copy.
+        //  1-byte lengths (layout 8) and one of 2-byte lengths; all in a segment that grows by
+        //  a copy.
         t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
         PD_CHECK(t && created && t->v7);
         s_test_rec(a, "p", "wide", "uw", "online", 1, 65900);
@@ -4881,9 +4910,12 @@ pd_table_test(bool verbose)
         const s_block7_t *w7 = (const s_block7_t *)s_blk(t, t->slots[st.slot].blob);
         PD_CHECK(w7->wide == 1 && s_blk_data(t, (const s_block_t *)w7) - (const char *)w7 ==
                                       40 + 4 * S_NSTR);
-        s_test_rec(a, "p", "narrow", "un", "online", 1, 10);
+        s_test_rec(a, "p", "narrow", "un", "online", 1, 10); /* 1-byte lengths (layout 8) */
         PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
-        PD_CHECK(((const s_block7_t *)s_blk(t, t->slots[st.slot].blob))->wide == 0);
+        PD_CHECK(((const s_block7_t *)s_blk(t, t->slots[st.slot].blob))->wide == S_LEN_1);
+        s_test_rec(a, "p", "mid", "um", "online", 1, 300); /* metadata over 255: 2-byte ones */
+        PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+        PD_CHECK(((const s_block7_t *)s_blk(t, t->slots[st.slot].blob))->wide == S_LEN_2);
         for (int round = 0; round < 3; round++) {
             s_test_rec(a, "p", "wide", "uw", "online", 1, 65900);
             PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("wide"), &st) == 0);
@@ -4893,10 +4925,13 @@ pd_table_test(bool verbose)
             s_test_rec(a, "p", "narrow", "un", "online", 1, 10);
             PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("narrow"), &st) == 0);
             s_test_same(&st, &a->rec, 1);
+            s_test_rec(a, "p", "mid", "um", "online", 1, 300);
+            PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("mid"), &st) == 0);
+            s_test_same(&st, &a->rec, 1);
             s_test_ok(t);
             if (round == 1) {
                 PD_CHECK(pd_table_grow(t, 128) == 0 && t->hdr->version == S_LAYOUT_VERSION &&
-                         t->v7 && pd_table_count(t) == 2);
+                         t->v7 && pd_table_count(t) == 3);
                 continue;
             }
             t->hdr->dirty = 1; /* then rebuilt from the blocks */
