@@ -5036,6 +5036,40 @@ pd_table_test(bool verbose)
             pd_table_close(&t);
             pd_table_unlink(name);
         }
+        //  Layout 8: a claim entry whose size is out of range (0 units) cannot be walked past.
+        //  A clean segment's check at open sees it (the whole check, at this size) and rebuilds;
+        //  the rebuild keeps the entries before it and drops it and those after (the walk's
+        //  end); a scan stops there too. Then claims work again.
+        for (int dirty = 0; dirty < 2; dirty++) {
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+            PD_CHECK(t && created && t->v8);
+            char out[37], uid[16];
+            bool fresh;
+            for (int i = 0; i < 10; i++) {
+                snprintf(uid, sizeof uid, "u%d", i);
+                PD_CHECK(pd_table_claim(t, PD_STR("p"), pd_str(uid), PD_STR("x"), out, &fresh) ==
+                         0);
+            }
+            uint32_t e6 = 0; /* the 7th entry */
+            for (int i = 0; i < 6; i++)
+                e6 += s_claim_step(t, e6);
+            ((s_claim8_t *)s_claim(t, e6))->units = 0;
+            uint64_t pos = 0;
+            size_t seen = 0;
+            PD_CHECK(pd_table_scan_claims(t, &pos, 100, s_test_claim_count_fn, &seen) &&
+                     seen == 6);
+            t->hdr->dirty = (uint32_t)dirty;
+            pd_table_close(&t);
+            t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+            PD_CHECK(t && !created && t->rebuilt && pd_table_claims(t) == 6);
+            PD_CHECK(pd_table_claim_get(t, PD_STR("p"), PD_STR("u5"), out) == 0);
+            PD_CHECK(pd_table_claim_get(t, PD_STR("p"), PD_STR("u6"), out) == -1);
+            PD_CHECK(pd_table_claim(t, PD_STR("p"), PD_STR("u6"), PD_STR("y"), out, &fresh) == 0 &&
+                     fresh && pd_table_claims(t) == 7);
+            s_test_ok(t);
+            pd_table_close(&t);
+            pd_table_unlink(name);
+        }
         t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
         PD_CHECK(t && created && t->v6);
         s_test_rec(a, "p", "esc", "ue", "on\"line", 1, 10);
