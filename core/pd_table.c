@@ -496,12 +496,6 @@ enum { S_PKEY, S_UKEY, S_CKEY };
 //  ---------------------------------------------------------------------------------------------
 //  Small helpers
 
-static inline bool
-s_eq(const char *p, size_t plen, pd_str_t s)
-{
-    return plen == s.len && (s.len == 0 || memcmp(p, s.ptr, s.len) == 0);
-}
-
 static inline uint64_t
 s_pow2(uint64_t n)
 {
