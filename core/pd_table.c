@@ -343,6 +343,7 @@ struct pd_table {
     uint32_t *projmap;     //  project number + 1 by SipHash of its name (open addressing)
     uint32_t projmap_mask; //  slots - 1
     uint32_t projmap_n;    //  table entries indexed so far
+    uint32_t proj_last;    //  the number + 1 s_project_ref found last (checked against the table)
     uint64_t *rg_old;   //  a growth's rehash under way: the three indexes as they were (pidx,
                         //  uidx, cidx, rg_size entries each; S_TOMB where an entry has moved)
     uint64_t rg_size;   //  their size
@@ -667,6 +668,7 @@ s_blob_of(pd_table_t *self, uint32_t s)
 typedef struct {
     bool is[S_NSTR];    //  field i is kept by reference: its length word holds word[i]
     uint32_t word[S_NSTR];
+    unsigned width;     //  the block's lengths' width (layout 7 on: s_blob_width)
 } s_refs_t;
 
 //  The role of a view at `off` in json into *f; false (and "") if the offset does not hold one.
@@ -885,11 +887,13 @@ s_project_ref(pd_table_t *self, pd_str_t project, bool add)
 {
     if (!self->v8 || !project.len || project.len > S_CLAIM_PROJECT_V6)
         return 0;
+    if (self->proj_last && pd_str_eq(s_project_str(self, self->proj_last - 1), project))
+        return self->proj_last; /* most puts are of the project the last one was */
     s_projects_index(self);
     for (uint32_t i = s_hash32(self, project, PD_STR_NULL) & self->projmap_mask;
          self->projmap[i]; i = (i + 1) & self->projmap_mask)
         if (pd_str_eq(s_project_str(self, self->projmap[i] - 1), project))
-            return self->projmap[i];
+            return self->proj_last = self->projmap[i];
     uint32_t n = self->hdr->nprojects;
     if (!add || n >= self->projects_max)
         return 0;
@@ -898,7 +902,24 @@ s_project_ref(pd_table_t *self, pd_str_t project, bool add)
     memcpy(e->name, project.ptr, project.len);
     S_SET(self, self->hdr->nprojects, n + 1);
     s_projects_index(self);
-    return n + 1;
+    return self->proj_last = n + 1;
+}
+
+/*  The width of r's block's lengths: 4 bytes when one of them is over 65,535 (layout 7), 1 when
+ *  every length word but the JSON's is under 256 (layout 8: a reference's word is its number or
+ *  offset), else 2. */
+static inline unsigned
+s_blob_width(const pd_table_t *self, const pd_record_t *r, const s_refs_t *rf)
+{
+    bool narrow = self->v8;
+    S_UNROLL
+    for (int i = 0; i < S_NSTR; i++) {
+        size_t len = s_field_c(r, i).len;
+        if (len > S_LEN16_MAX)
+            return S_LEN_4;
+        narrow &= i == S_NSTR - 1 || (rf->is[i] ? rf->word[i] : len) <= 0xff;
+    }
+    return narrow ? S_LEN_1 : S_LEN_2;
 }
 
 //  The fields of put record r that its block keeps by reference (layout 8): its project, when
@@ -907,8 +928,10 @@ static void
 s_refs(pd_table_t *self, pd_record_t *r, s_refs_t *rf)
 {
     memset(rf, 0, sizeof *rf);
-    if (!self->v8)
+    if (!self->v8) {
+        rf->width = s_blob_width(self, r, rf);
         return;
+    }
     uint32_t p = s_project_ref(self, r->project, true);
     rf->is[0] = p != 0;
     rf->word[0] = p - 1;
@@ -933,6 +956,7 @@ s_refs(pd_table_t *self, pd_record_t *r, s_refs_t *rf)
     for (int i = S_ROLE_FIRST; i <= S_ROLE_LAST; i++) /* as they will read back: the hook's */
         if (rf->is[i] && !s_field(r, i)->ptr[s_field(r, i)->len - 1])
             s_field(r, i)->len--;
+    rf->width = s_blob_width(self, r, rf);
 }
 
 static void
@@ -1320,28 +1344,10 @@ s_alloc(pd_table_t *self, uint64_t n)
     return off;
 }
 
-/*  The width of r's block's lengths: 4 bytes when one of them is over 65,535 (layout 7), 1 when
- *  every length word but the JSON's is under 256 (layout 8: a reference's word is its number or
- *  offset), else 2. */
-static inline unsigned
-s_blob_width(const pd_table_t *self, const pd_record_t *r, const s_refs_t *rf)
-{
-    bool narrow = self->v8;
-    S_UNROLL
-    for (int i = 0; i < S_NSTR; i++) {
-        size_t len = s_field_c(r, i).len;
-        if (len > S_LEN16_MAX)
-            return S_LEN_4;
-        narrow &= i == S_NSTR - 1 || (rf->is[i] ? rf->word[i] : len) <= 0xff;
-    }
-    return narrow ? S_LEN_1 : S_LEN_2;
-}
-
 static uint64_t
 s_blob_bytes(const pd_table_t *self, const pd_record_t *r, const s_refs_t *rf)
 {
-    uint64_t n = self->v7 ? sizeof(s_block7_t) + s_len_bytes[s_blob_width(self, r, rf)]
-                          : sizeof(s_block_t);
+    uint64_t n = self->v7 ? sizeof(s_block7_t) + s_len_bytes[rf->width] : sizeof(s_block_t);
     S_UNROLL
     for (int i = 0; i < S_NSTR; i++) {
         uint64_t len = s_field_c(r, i).len;
@@ -1358,7 +1364,7 @@ s_blob_write7(pd_table_t *self, uint64_t off, uint32_t slot, const pd_record_t *
               const s_refs_t *rf)
 {
     s_block7_t *b = (s_block7_t *)(self->base + off);
-    unsigned width = s_blob_width(self, r, rf);
+    unsigned width = rf->width;
     unsigned char *l1 = (unsigned char *)(b + 1);
     uint16_t *l2 = (uint16_t *)(b + 1);
     uint32_t *l4 = (uint32_t *)(b + 1);
@@ -2490,12 +2496,12 @@ s_claim_is(const pd_table_t *self, const s_claim_t *c, pd_str_t v)
     return pd_str_eq(s_claim_view(self, c).id, v);
 }
 
-//  The free list that entry e goes back to: of its size in layout 8 (list 0, never taken from,
-//  for an entry whose size is out of range), else the one list.
+//  The free list of entries of `units` (s_claim_step): one per size in layout 8 (list 0, never
+//  taken from, holds entries whose size is out of range), else the one list.
 static uint32_t *
-s_claim_free_list(pd_table_t *self, uint32_t e)
+s_claim_list(pd_table_t *self, uint32_t units)
 {
-    return self->v8 ? &self->hdr->claim_frees[s_claim_step(self, e)] : &self->hdr->claim_free;
+    return self->v8 ? &self->hdr->claim_frees[units] : &self->hdr->claim_free;
 }
 
 /*  A free entry of `units` (1 before layout 8): from the free list of that size, else carved at
@@ -2505,7 +2511,7 @@ static uint32_t
 s_claim_take(pd_table_t *self, uint32_t units)
 {
     s_header_t *hd = self->hdr;
-    uint32_t *head = self->v8 ? &hd->claim_frees[units] : &hd->claim_free;
+    uint32_t *head = s_claim_list(self, units);
     if (*head) {
         uint32_t e = *head - 1;
         S_SET(self, *head, s_claim(self, e)->next_free);
@@ -2575,7 +2581,7 @@ static void
 s_claim_free(pd_table_t *self, uint32_t e)
 {
     s_claim_t *c = s_claim(self, e);
-    uint32_t *head = s_claim_free_list(self, e);
+    uint32_t *head = s_claim_list(self, s_claim_step(self, e));
     S_J(self, c->state);
     __atomic_store_n(&c->state, 0, __ATOMIC_RELEASE);
     S_CRASH();
