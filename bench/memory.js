@@ -5,8 +5,8 @@
 // broker), and the memory of every part is read before and after from /proc/<pid>/smaps_rollup
 // (anonymous memory: what the process itself holds) and from the store node's shared-memory
 // segments in /dev/shm (blocks actually allocated: the table, the outbox, the rooms). Prints
-// bytes per record for each, and the record's own encoded size (its Presence JSON) to compare
-// the store's overhead with. Not a test: nothing is asserted.
+// bytes per record for each, and the records' own encoded size (their Presence JSON, on average)
+// to compare the store's overhead with. Not a test: nothing is asserted.
 // Usage: PRESENCED_BIN=build/presenced node bench/memory.js [RECORDS=1000000]
 const path = require('node:path');
 const fs = require('node:fs');
@@ -52,9 +52,16 @@ function snapshot(c) {
         const { n, secs } = await fill(c, dir, RECORDS);
         await new Promise((r) => setTimeout(r, 2000)); // the reaper and broker settle
         const after = snapshot(c);
-        const one = await api(c, 'GET', '/v1/presences/r0-0', { key: true });
-        const json = Buffer.byteLength(one.text);
-        console.log(`${n} records written in ${secs.toFixed(1)} s; one record's Presence JSON: ${json} bytes`);
+        // The records' encoded size varies with their ids' and metadata's digits ("r0-7" to
+        // "r1-449999"): the mean over 400 records spread evenly over the ids written.
+        const one = Buffer.byteLength((await api(c, 'GET', '/v1/presences/r0-0', { key: true })).text);
+        let sum = 0, got = 0;
+        for (let k = 0; k < 400; k++) {
+            const r = await api(c, 'GET', `/v1/presences/r${k % 2}-${Math.floor((k >> 1) * n / 400)}`, { key: true });
+            if (r.status === 200) { sum += Buffer.byteLength(r.text); got++; }
+        }
+        const json = sum / got;
+        console.log(`${n} records written in ${secs.toFixed(1)} s; a record's Presence JSON: ${json.toFixed(1)} bytes on average (${got} sampled; r0-0's: ${one})`);
         console.log('| component | MiB before | MiB after | bytes per record |');
         console.log('|---|---|---|---|');
         const rows = [

@@ -5,7 +5,8 @@
  *      header      magic, layout version, sizes, section offsets, counters, `dirty`, free lists
  *      slots       capacity x s_slot_t: the live blob offset of each record (the truth) plus
  *                  cached hashes, expiry, heap position and status-list links (derived)
- *      pidx        idx_size x u64: (project, id) -> slot, open addressing, linear probing
+ *      pidx        idx_size x u64: (project, id) -> slot, open addressing, linear probing;
+ *                  idx_size is 3/2 of the capacity from layout 9 (s_idx_entries)
  *      uidx        idx_size x u64: (project, userId) -> slot, same scheme
  *      sheads      sheads x u32: status-list heads, bucket = hash(project, status) & mask
  *      heap        capacity x u32: expiry min-heap of slots
@@ -56,14 +57,17 @@
 #include <unistd.h>
 
 #define S_MAGIC 0x31454c4241544450ULL //  "PDTABLE1"
-#define S_LAYOUT_VERSION 8 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
+#define S_LAYOUT_VERSION 9 //  2: hash_key; 3: the undo journal; 4: sections sized for cap_max;
                            //  5: blocks keep four fields only inside the JSON (S_VIEW);
                            //  6: finer size classes, the id, user id and status as views
                            //  too, claim entries of 128 bytes (192): a 36-byte project, one id;
                            //  7: block headers of 66 bytes (104): s_block7_t;
                            //  8: claim entries sized to their strings (128): s_claim8_t;
                            //  role lists of one role kept inside the JSON, projects kept
-                           //  once, in a table (s_refs_t, s_project_t)
+                           //  once, in a table (s_refs_t, s_project_t);
+                           //  9: hash indexes of 3/2 entries a record of the capacity (twice
+                           //  it, a power of two), an entry's home by multiply-shift (s_home)
+                           //  (an 8 stays one in place; a growth by a copy makes it a 9)
                            //  (a 5, 6 or 7 stays one: its blocks and claim entries were
                            //  carved so)
                            //  (a version 2 or 3 segment is taken; it grows by a copy into a 4)
@@ -109,7 +113,8 @@ typedef struct {
     uint32_t header_bytes; //  sizeof (s_header_t)
     uint64_t capacity;     //  slots, heap entries and claim entries
     uint64_t arena_bytes;  //  arena size (a multiple of the page size)
-    uint64_t idx_size;     //  entries per hash index (power of two >= 2 x capacity)
+    uint64_t idx_size;     //  entries per hash index (s_idx_entries: from layout 9, 3/2 x
+                           //  capacity; before, the power of two >= 2 x capacity)
     uint64_t sheads;       //  status-list buckets (power of two >= the capacity; from version
                            //  5, >= the capacity the segment was made with: a growth in place
                            //  keeps them)
@@ -316,7 +321,7 @@ struct pd_table {
     uint32_t *heap;
     char *claims;      //  entries of s_claim_stride bytes (s_claim)
     uint64_t *cidx;
-    uint64_t imask; //  idx_size - 1
+    uint64_t isize; //  idx_size
     uint32_t smask; //  sheads - 1
     pd_buf_t json;  //  scratch: the rendered Presence JSON of a put
     uint32_t *aux;  //  scratch: foreach_expired's frontier heap
@@ -338,6 +343,7 @@ struct pd_table {
     bool v7;            //  layout 7 or later: block headers of s_block7_t (s_b_len, s_b_time)
     bool v8;            //  layout 8 or later: claim entries sized to their strings (s_claim8_t),
                         //  role lists and projects kept by reference (s_refs_t, s_project_t)
+    bool v9;            //  layout 9 or later: indexes of 3/2 x capacity, homes by s_home
     s_project_t *projects; //  layout 8: the project table (in the claims section's room)
     uint32_t projects_max; //  entries it has room for
     uint32_t *projmap;     //  project number + 1 by SipHash of its name (open addressing)
@@ -504,6 +510,19 @@ s_pow2(uint64_t n)
     while (p < n)
         p <<= 1;
     return p;
+}
+
+/*  The entries of a hash index of a table of `capacity` records in layout `version`. From
+ *  layout 9, 3/2 of the capacity (rounded up to a cache line of entries), so a full table's
+ *  index is at a load of 2/3 and one of 900,000 records in a capacity of 2^20 takes 40 bytes a
+ *  record for its three indexes, not 56; homes are found by multiply-shift (s_home), which needs
+ *  no power of two. Before, the power of two at least twice the capacity. Never more than the
+ *  latter, which the sections have room for in every layout. */
+static inline uint64_t
+s_idx_entries(uint32_t version, uint64_t capacity)
+{
+    uint64_t p = s_pow2(2 * capacity), n = (capacity + capacity / 2 + 7) & ~(uint64_t)7;
+    return version >= 9 && n < p ? n : p;
 }
 
 static inline uint64_t
@@ -967,9 +986,30 @@ s_clean(pd_table_t *self)
 }
 
 //  ---------------------------------------------------------------------------------------------
-//  Hash indexes: u64 entries (hash32 << 32 | ref + 1), 0 = empty. The home bucket is
-//  hash32 & imask, so an entry knows its own home and deletion can shift back (no tombstones:
+//  Hash indexes: u64 entries (hash32 << 32 | ref + 1), 0 = empty. The home bucket is a function
+//  of hash32 (s_home), so an entry knows its own home and deletion can shift back (no tombstones:
 //  records churn, and tombstones would pile up until probes walk the whole table).
+
+/*  The home of hash h in an index of n entries: from layout 9 (any n) h scaled to n, its high
+ *  bits (multiply-shift, Lemire's "fastrange"); before, n a power of two, its low bits. */
+static inline uint64_t
+s_home_in(const pd_table_t *self, uint32_t h, uint64_t n)
+{
+    return self->v9 ? (uint64_t)h * n >> 32 : h & (n - 1);
+}
+
+static inline uint64_t
+s_home(const pd_table_t *self, uint32_t h)
+{
+    return s_home_in(self, h, self->isize);
+}
+
+//  The entry after i in a probe (the index wraps around)
+static inline uint64_t
+s_next(const pd_table_t *self, uint64_t i)
+{
+    return i + 1 == self->isize ? 0 : i + 1;
+}
 
 /*  An entry's ref is checked against the entries in use before it is followed: an index is
  *  derived data, and the one of a re-attached segment is not trusted until s_verify has passed
@@ -1007,9 +1047,9 @@ s_match(pd_table_t *self, int kind, uint32_t ref, pd_str_t a, pd_str_t b)
 static void
 s_rg_put(pd_table_t *self, uint64_t *idx, uint64_t e)
 {
-    uint64_t at = (e >> 32) & self->imask;
+    uint64_t at = s_home(self, (uint32_t)(e >> 32));
     while (idx[at])
-        at = (at + 1) & self->imask;
+        at = s_next(self, at);
     S_J(self, idx[at]);
     __atomic_store_n(&idx[at], e, __ATOMIC_RELEASE);
 }
@@ -1020,8 +1060,8 @@ s_rg_pull(pd_table_t *self, uint64_t *idx, int kind, uint32_t h, pd_str_t a, pd_
           uint64_t exact)
 {
     int k = idx == self->pidx ? 0 : idx == self->uidx ? 1 : 2;
-    uint64_t *old = self->rg_old + (uint64_t)k * self->rg_size, m = self->rg_size - 1;
-    for (uint64_t i = h & m, n = 0; n <= m; i = (i + 1) & m, n++) {
+    uint64_t *old = self->rg_old + (uint64_t)k * self->rg_size, m = self->rg_size;
+    for (uint64_t i = s_home_in(self, h, m), n = 0; n < m; i = i + 1 == m ? 0 : i + 1, n++) {
         uint64_t e = old[i];
         if (!e)
             return;
@@ -1044,9 +1084,9 @@ s_idx_find(pd_table_t *self, uint64_t *idx, int kind, uint32_t h, pd_str_t a, pd
 {
     if (self->rg_old)
         s_rg_pull(self, idx, kind, h, a, b, 0);
-    uint64_t i = h & self->imask;
+    uint64_t i = s_home(self, h);
     uint32_t found = S_NONE;
-    for (uint64_t n = 0; n <= self->imask; n++) {
+    for (uint64_t n = 0; n < self->isize; n++) {
         uint64_t e = idx[i];
         if (!e)
             break;
@@ -1054,7 +1094,7 @@ s_idx_find(pd_table_t *self, uint64_t *idx, int kind, uint32_t h, pd_str_t a, pd
             found = (uint32_t)e - 1;
             break;
         }
-        i = (i + 1) & self->imask;
+        i = s_next(self, i);
     }
     *pos = i;
     return found;
@@ -1072,13 +1112,13 @@ s_idx_set(pd_table_t *self, uint64_t *idx, uint64_t pos, uint32_t h, uint32_t re
 static void
 s_idx_del(pd_table_t *self, uint64_t *idx, uint64_t pos)
 {
-    uint64_t i = pos, j = pos, m = self->imask;
+    uint64_t i = pos, j = pos;
     for (;;) {
-        j = (j + 1) & m;
+        j = s_next(self, j);
         uint64_t e = idx[j];
         if (!e)
             break;
-        uint64_t k = (e >> 32) & m;
+        uint64_t k = s_home(self, (uint32_t)(e >> 32));
         bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
         if (!stays) {
             S_J(self, idx[i]);
@@ -1097,7 +1137,7 @@ s_idx_del_ref(pd_table_t *self, uint64_t *idx, uint32_t h, uint32_t ref)
     uint64_t want = (uint64_t)h << 32 | ((uint64_t)ref + 1);
     if (self->rg_old)
         s_rg_pull(self, idx, 0, h, PD_STR_NULL, PD_STR_NULL, want);
-    for (uint64_t i = h & self->imask; idx[i]; i = (i + 1) & self->imask)
+    for (uint64_t i = s_home(self, h); idx[i]; i = s_next(self, i))
         if (idx[i] == want) {
             s_idx_del(self, idx, i);
             return;
@@ -1461,7 +1501,8 @@ typedef struct {
  *  has room for cap_max records (the file is sparse: pages never touched take no memory), so
  *  the capacity grows in place; version 2 and 3 (cap_max 0): sized for capacity exactly. */
 static int
-s_layout(uint64_t capacity, uint64_t cap_max, uint64_t arena_bytes, s_layout_t *l)
+s_layout(uint32_t version, uint64_t capacity, uint64_t cap_max, uint64_t arena_bytes,
+         s_layout_t *l)
 {
     if (capacity < 1 || capacity > S_MAX_CAPACITY || arena_bytes < 1 ||
         arena_bytes > ((uint64_t)1 << 40) || (cap_max && (cap_max < capacity || cap_max > S_MAX_CAPACITY)))
@@ -1470,7 +1511,7 @@ s_layout(uint64_t capacity, uint64_t cap_max, uint64_t arena_bytes, s_layout_t *
     l->capacity = capacity;
     l->cap_max = cap_max;
     l->arena_bytes = s_page_up(arena_bytes);
-    l->idx_size = s_pow2(2 * capacity);
+    l->idx_size = s_idx_entries(version, capacity);
     l->sheads = s_pow2(capacity);
     uint64_t idx_room = s_pow2(2 * room), sheads_room = s_pow2(room);
     uint64_t off = S_PAGE;
@@ -1532,6 +1573,7 @@ s_bind(pd_table_t *self)
     self->v6 = h->version >= 6;
     self->v7 = h->version >= 7;
     self->v8 = h->version >= 8;
+    self->v9 = h->version >= 9;
     self->slots = (s_slot_t *)(self->base + h->off_slots);
     self->pidx = (uint64_t *)(self->base + h->off_pidx);
     self->uidx = (uint64_t *)(self->base + h->off_uidx);
@@ -1545,7 +1587,7 @@ s_bind(pd_table_t *self)
     if (self->projmap) /* indexed again from the table, as lookups come (s_projects_index) */
         memset(self->projmap, 0, ((size_t)self->projmap_mask + 1) * sizeof *self->projmap);
     self->projmap_n = 0;
-    self->imask = h->idx_size - 1;
+    self->isize = h->idx_size;
     self->smask = (uint32_t)(h->sheads - 1);
 }
 
@@ -1696,7 +1738,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
             made = true;
         } else if (h->magic != S_MAGIC || h->version < 2 || h->version > S_LAYOUT_VERSION ||
                    h->header_bytes != s_header_bytes(h->version) ||
-                   s_layout(h->capacity, s_cap_max(h), h->arena_bytes, &l) < 0 ||
+                   s_layout(h->version, h->capacity, s_cap_max(h), h->arena_bytes, &l) < 0 ||
                    !s_layout_matches(h, &l) ||
                    l.total > (uint64_t)st.st_size) {
             pd_log_warn("%s: %s is not a presenced table of layout %d, or has a bad size", __func__,
@@ -1724,7 +1766,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
     } else
         made = true; //  empty: its creator died before sizing it
     if (made) {
-        if (s_layout(size.capacity,
+        if (s_layout(S_LAYOUT_VERSION, size.capacity,
                      size.capacity_max > size.capacity ? size.capacity_max : size.capacity,
                      size.arena_bytes, &l) < 0) {
             pd_log_warn("%s: bad table size (capacity %zu, arena %zu)", __func__, size.capacity,
@@ -1798,6 +1840,7 @@ pd_table_open(const char *name, pd_table_size_t size, bool *created)
     self->v6 = self->hdr->version >= 6;
     self->v7 = self->hdr->version >= 7;
     self->v8 = self->hdr->version >= 8;
+    self->v9 = self->hdr->version >= 9;
     if (created)
         *created = made;
     return self;
@@ -1890,7 +1933,7 @@ static int
 s_grow_in_place(pd_table_t *self, uint64_t capacity)
 {
     s_header_t *h = self->hdr;
-    uint64_t old_idx = h->idx_size, idx = s_pow2(2 * capacity);
+    uint64_t old_idx = h->idx_size, idx = s_idx_entries(h->version, capacity);
     /* The status lists keep their buckets from version 5 (there are far fewer (project,
      * status) pairs than records): no relink of every slot while the node waits. */
     uint64_t sheads = h->version >= 5 ? h->sheads : s_pow2(capacity);
@@ -1956,8 +1999,11 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     uint64_t cap_max = self->cap_want > capacity ? self->cap_want : capacity;
     if (cap_max > S_MAX_CAPACITY)
         cap_max = S_MAX_CAPACITY;
+    /* The blocks and claim entries are copied as they are, so are their sizes: a 5, 6 or 7 stays
+     * one. An 8 becomes a 9 (its indexes are derived anew, at layout 9's size). */
+    uint32_t version = oh->version >= 8 ? S_LAYOUT_VERSION : oh->version < 5 ? 5 : oh->version;
     s_layout_t l;
-    if (s_layout(capacity, cap_max, oh->arena_bytes, &l) < 0)
+    if (s_layout(version, capacity, cap_max, oh->arena_bytes, &l) < 0)
         return -1;
     uint64_t delta = l.off_arena - oh->off_arena;
     uint64_t used = oh->slots_top * sizeof(s_slot_t) + oh->claims_top * s_claim_stride(self) +
@@ -1989,11 +2035,8 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     nt.projmap = NULL; /* self's; the copy's rebuild reads the table, not the index */
     s_header_t *h = nt.hdr;
     s_init_header(h, &l);
-    if (oh->version < S_LAYOUT_VERSION) { /* the blocks and claim entries are copied as they
-                                           * are, so are their sizes: a 5, 6 or 7 stays one */
-        h->version = oh->version < 5 ? 5 : oh->version;
-        h->header_bytes = s_header_bytes(h->version);
-    }
+    h->version = version;
+    h->header_bytes = s_header_bytes(version);
     h->magic = 0; /* written last */
     memcpy(h->hash_key, oh->hash_key, sizeof h->hash_key);
     h->slots_top = oh->slots_top;
@@ -2150,8 +2193,8 @@ s_user_set(pd_table_t *self, uint32_t s, pd_str_t project, pd_str_t user)
     uint32_t h = self->slots[s].u_hash;
     if (self->rg_old)
         s_rg_pull(self, self->uidx, S_UKEY, h, project, user, 0);
-    uint64_t want = (uint64_t)h << 32 | ((uint64_t)s + 1), i = h & self->imask;
-    for (;; i = (i + 1) & self->imask) {
+    uint64_t want = (uint64_t)h << 32 | ((uint64_t)s + 1), i = s_home(self, h);
+    for (;; i = s_next(self, i)) {
         uint64_t e = self->uidx[i];
         if (e == want)
             return;
@@ -3040,8 +3083,8 @@ s_verify_sample(pd_table_t *self, const char **why)
         if ((*why = s_verify_heap(self, i)))
             goto out;
     }
-    step = (self->imask + 1) / S_VERIFY_SAMPLE + 1; /* entries found from the claims index */
-    for (uint64_t i = 0; i <= self->imask; i += step) {
+    step = self->isize / S_VERIFY_SAMPLE + 1; /* entries found from the claims index */
+    for (uint64_t i = 0; i < self->isize; i += step) {
         uint64_t c = self->cidx[i];
         if (!c)
             continue;
@@ -3155,7 +3198,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
 
     if (full) {
         uint64_t np = 0, nu = 0, nc = 0, nst = 0;
-        for (uint64_t i = 0; i <= self->imask; i++) {
+        for (uint64_t i = 0; i < self->isize; i++) {
             uint64_t e = self->pidx[i];
             if (e) {
                 uint32_t s = (uint32_t)e - 1;
@@ -3393,6 +3436,7 @@ s_test_layout(pd_table_t *t, uint32_t v)
     PD_CHECK(t->hdr->count == 0 && t->hdr->claims == 0);
     t->hdr->version = v;
     t->hdr->header_bytes = s_header_bytes(v);
+    t->hdr->idx_size = s_idx_entries(v, t->hdr->capacity); /* in the same room */
     s_bind(t);
 }
 
@@ -4439,7 +4483,7 @@ pd_table_test(bool verbose)
             uint64_t pos;
             PD_CHECK(s_idx_find(t, t->pidx, S_PKEY, hx, PD_STR("p"), PD_STR("x"), &pos) == 0);
             if (k == 0) { //  every entry taken, each naming a ref far beyond the map
-                for (uint64_t i = 0; i <= t->imask; i++) {
+                for (uint64_t i = 0; i < t->isize; i++) {
                     t->pidx[i] = (uint64_t)hx << 32 | 0x7ffffff0u;
                     t->uidx[i] = (uint64_t)hu << 32 | 0x7ffffff0u;
                     t->cidx[i] = (uint64_t)hu << 32 | 0x7ffffff0u;
@@ -4653,10 +4697,16 @@ pd_table_test(bool verbose)
     //  (rehashed indexes and status lists), and beyond it by a copy into a larger segment that
     //  replaces this one. Either way every record keeps its slot, version and bytes, claims and
     //  indexes carry over, the expiry order holds, the new room takes records, and a re-attach
-    //  finds the grown segment; a crash half way through an in-place growth is rebuilt.
-    {
+    //  finds the grown segment; a crash half way through an in-place growth is rebuilt. In
+    //  layout 9 (indexes of 3/2 the capacity: 96 entries for 64 records and claims, a load of
+    //  2/3 when full) and in layout 8 (a power of two, twice it), which stays an 8 as it grows
+    //  in place and becomes a 9 by the copy.
+    for (uint32_t lay = 9; lay >= 8; lay--) {
         t = pd_table_open(name, (pd_table_size_t){64, 1 << 16, 1 << 24, 1024}, &created);
         PD_CHECK(t && created && pd_table_capacity(t) == 64 && t->hdr->cap_max == 1024);
+        if (lay == 8)
+            s_test_layout(t, 8);
+        PD_CHECK(t->hdr->idx_size == (lay == 9 ? 96u : 128u) && t->v9 == (lay == 9));
         uint32_t slots[64];
         for (int i = 0; i < 64; i++) {
             char id[16], user[16];
@@ -4685,7 +4735,10 @@ pd_table_test(bool verbose)
             size_t to = round ? 2048 : 256;
             PD_CHECK(pd_table_grow(t, 32) == 0 && pd_table_capacity(t) == (round ? 512u : 64u));
             PD_CHECK(pd_table_grow(t, to) == 0 && pd_table_capacity(t) == to);
-            PD_CHECK(t->hdr->cap_max == (round ? 2048u : 1024u) && t->hdr->version == S_LAYOUT_VERSION);
+            PD_CHECK(t->hdr->cap_max == (round ? 2048u : 1024u));
+            PD_CHECK(t->hdr->version == (round ? S_LAYOUT_VERSION : lay));
+            PD_CHECK(t->hdr->idx_size == s_idx_entries(t->hdr->version, to));
+            PD_CHECK(t->hdr->idx_size == (round ? 3072u : lay == 9 ? 384u : 512u));
             PD_CHECK(pd_table_count(t) == (round ? 255u : 64u) && pd_table_claims(t) == 64);
             PD_CHECK(round || pd_table_arena_used(t) == used_before);
             for (int i = 0; i < 64; i++) {
@@ -4720,7 +4773,7 @@ pd_table_test(bool verbose)
             t->hdr->dirty = 1;
             t->journal->armed = 0;
             t->hdr->capacity = 512;
-            t->hdr->idx_size = 1024;
+            t->hdr->idx_size = s_idx_entries(lay, 512);
             t->hdr->sheads = 512;
             pd_table_close(&t);
             t = pd_table_open(name, (pd_table_size_t){64, 1 << 16, 1 << 24, 1024}, &created);
@@ -4733,6 +4786,33 @@ pd_table_test(bool verbose)
         t = pd_table_open(name, (pd_table_size_t){64, 1 << 16, 1 << 24, 1024}, &created);
         PD_CHECK(t && !created && pd_table_capacity(t) == 2048 && pd_table_count(t) == 255);
         PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("c200"), &st) == 0 && !t->rebuilt);
+        pd_table_close(&t);
+        pd_table_unlink(name);
+    }
+
+    //  Layout 9's homes (multiply-shift): the largest hash's home is the index's last entry,
+    //  and a probe from there wraps around to the first; a deletion there shifts the entries
+    //  behind it back across the end, each no further than its home (Knuth's algorithm R).
+    {
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 16, 0, 0}, &created);
+        PD_CHECK(t && created && t->v9 && t->isize == 96);
+        PD_CHECK(s_home(t, UINT32_MAX) == 95 && s_home(t, 0) == 0 && s_home(t, 1u << 31) == 48);
+        const uint64_t top = (uint64_t)UINT32_MAX << 32;
+        s_dirty(t);
+        s_rg_put(t, t->pidx, top | 1); //  home 95
+        s_rg_put(t, t->pidx, top | 2); //  home 95: wraps to 0
+        s_rg_put(t, t->pidx, 3);       //  home 0: taken, so 1
+        s_rg_put(t, t->pidx, top | 4); //  home 95: 2
+        PD_CHECK(t->pidx[95] == (top | 1) && t->pidx[0] == (top | 2) && t->pidx[1] == 3);
+        PD_CHECK(t->pidx[2] == (top | 4) && !t->pidx[3]);
+        s_idx_del_ref(t, t->pidx, UINT32_MAX, 0); //  ref 0 at 95
+        PD_CHECK(t->pidx[95] == (top | 2) && t->pidx[0] == 3 && t->pidx[1] == (top | 4));
+        PD_CHECK(!t->pidx[2]);
+        s_idx_del_ref(t, t->pidx, 0, 2); //  ref 2 (hash 0) at 0: the one behind it moves back
+        PD_CHECK(t->pidx[95] == (top | 2) && t->pidx[0] == (top | 4) && !t->pidx[1]);
+        memset(t->pidx, 0, t->isize * 8);
+        s_clean(t);
+        s_test_ok(t);
         pd_table_close(&t);
         pd_table_unlink(name);
     }
@@ -4817,13 +4897,11 @@ pd_table_test(bool verbose)
     //  in less arena, and both pass the checks.
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && created && t->views);
-    t->views = false;
-    t->v6 = t->v7 = t->v8 = false; /* and its size classes, block headers and claims */
+    s_test_layout(t, 4); /* and its size classes, block headers, claims and indexes */
+    PD_CHECK(!t->views && !t->v6 && !t->v9);
     s_test_rec(a, "p", "old", "uo", "online", 1, 300);
     PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
     used = pd_table_arena_used(t);
-    t->hdr->version = 4;
-    t->hdr->header_bytes = S_HEADER_V4;
     pd_table_close(&t);
     t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
     PD_CHECK(t && !created && !t->rebuilt && t->views && t->hdr->version == 5 && !t->v6 &&

@@ -30,7 +30,7 @@
 typedef struct pd_table pd_table_t;
 
 typedef struct {
-    size_t capacity;    //  max records (slots); the hash indexes get 2x this many entries
+    size_t capacity;    //  max records (slots); the hash indexes get 3/2 of this many entries
     size_t arena_bytes; //  bytes for record blobs, at first
     size_t arena_max;   //  the arena grows online up to this (0: it does not grow; at most
                         //  PD_TABLE_ARENA_MAX); used on re-attach too

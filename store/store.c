@@ -1504,9 +1504,11 @@ s_on_room(store_t *self, const pd_msg_t *m)
 
 /* -------------------------------------------------------------------------- capacity */
 
-/*  The table's capacity (slots and claim entries, with their hash indexes) doubles when records
- *  or claims reach 7/8 of it, up to --store-capacity-max: between two loop turns, when no view
- *  into the table is held. It blocks this node while the indexes are set aside and cleared
+/*  The table's capacity (slots and claim entries, with their hash indexes) grows by half when
+ *  records or claims reach 7/8 of it, up to --store-capacity-max. By half rather than double:
+ *  the indexes are the part of the capacity that takes memory before records come (3/2 entries
+ *  a record of capacity, pd_table.h), so a node just past a growth keeps 2.6 entries of each
+ *  index a record, not 3.4. Between two loop turns, when no view into the table is held. It blocks this node while the indexes are set aside and cleared
  *  (pd_table_grow, in place), and their entries then move back
  *  GROW_STEP at a time, one slice per loop turn between requests (pd_table_grow_step); or, for a
  *  segment of an older layout, for a copy into a new segment, once. One that fails (no room in
@@ -1531,7 +1533,7 @@ s_capacity_step(store_t *self)
         used = pd_table_claims(self->table);
     if (used < GROW_AT(cap) || cap >= max || pd_mono_ms() < self->grow_after)
         return false;
-    size_t want = cap * 2 < max ? cap * 2 : max;
+    size_t want = cap + cap / 2 < max ? cap + cap / 2 : max;
     int64_t t0 = pd_mono_ms();
     if (pd_table_grow(self->table, want) < 0) {
         pd_log_warn("store node %d: capacity %zu is %zu used; it could not grow to %zu (see "
