@@ -4,7 +4,8 @@
  *
  *      header      magic, layout version, sizes, section offsets, counters, `dirty`, free lists
  *      slots       capacity x s_slot_t: the live blob offset of each record (the truth) plus
- *                  cached hashes, expiry, heap position and status-list links (derived)
+ *                  cached hashes, expiry, heap position and status-list links (derived); from
+ *                  layout 9 without the user's and status's hashes (S_SLOT9: 32 bytes, not 40)
  *      pidx        idx_size x u64: (project, id) -> slot, open addressing, linear probing;
  *                  idx_size is 3/2 of the capacity from layout 9 (s_idx_entries)
  *      uidx        idx_size x u64: (project, userId) -> slot, same scheme
@@ -66,7 +67,8 @@
                            //  role lists of one role kept inside the JSON, projects kept
                            //  once, in a table (s_refs_t, s_project_t);
                            //  9: hash indexes of 3/2 entries a record of the capacity (twice
-                           //  it, a power of two), an entry's home by multiply-shift (s_home)
+                           //  it, a power of two), an entry's home by multiply-shift (s_home);
+                           //  slots of 32 bytes (40): no user or status hash (S_SLOT9)
                            //  (an 8 stays one in place; a growth by a copy makes it a 9)
                            //  (a 5, 6 or 7 stays one: its blocks and claim entries were
                            //  carved so)
@@ -164,9 +166,15 @@ typedef struct {
     uint32_t st_prev;   //  status list: previous slot + 1, 0 = first of its bucket
     uint32_t st_next;   //  next slot + 1, 0 = last; while free: next free slot + 1
     uint32_t p_hash;    //  low 32 bits of hash (project, id)
-    uint32_t u_hash;    //  low 32 bits of hash (project, user_id)
-    uint32_t s_hash;    //  low 32 bits of hash (project, status)
+    uint32_t u_hash;    //  low 32 bits of hash (project, user_id); not in layout 9 (S_SLOT9)
+    uint32_t s_hash;    //  low 32 bits of hash (project, status); not in layout 9
 } s_slot_t;
+/*  A slot of layout 9 is s_slot_t's first 32 bytes: the user's and the status's hashes are
+ *  computed from the block's keys where they are needed (s_khash: a delete, a change of user or
+ *  status, a check), as the record's node has its block at hand then; 8 bytes a record less.
+ *  Slots are reached through s_sl, which knows the layout's stride. */
+#define S_SLOT9 offsetof(s_slot_t, u_hash)
+_Static_assert(S_SLOT9 == 32 && S_SLOT9 % 8 == 0, "layout 9's slot: blob, deadline, links, p_hash");
 
 typedef struct {
     uint32_t cls;       //  size class; fixed once the block is carved
@@ -344,6 +352,7 @@ struct pd_table {
     bool v8;            //  layout 8 or later: claim entries sized to their strings (s_claim8_t),
                         //  role lists and projects kept by reference (s_refs_t, s_project_t)
     bool v9;            //  layout 9 or later: indexes of 3/2 x capacity, homes by s_home
+    uint32_t slot_bytes;   //  a slot's stride: sizeof (s_slot_t), from layout 9 S_SLOT9 (s_sl)
     s_project_t *projects; //  layout 8: the project table (in the claims section's room)
     uint32_t projects_max; //  entries it has room for
     uint32_t *projmap;     //  project number + 1 by SipHash of its name (open addressing)
@@ -355,6 +364,13 @@ struct pd_table {
     uint64_t rg_size;   //  their size
     uint64_t rg_pos;    //  the next position pd_table_grow_step moves
 };
+
+//  Slot s (layout 9's slots are shorter: S_SLOT9).
+static inline s_slot_t *
+s_sl(const pd_table_t *self, uint32_t s)
+{
+    return (s_slot_t *)((char *)self->slots + (size_t)s * self->slot_bytes);
+}
 
 //  The largest project a claim entry of this segment holds, and the entries' stride: in layout
 //  8, one unit (an entry is addressed by its offset in units, and takes s_claim_step of them).
@@ -668,7 +684,7 @@ s_b_bytes(const pd_table_t *self, const s_block_t *b)
 static inline uint64_t
 s_blob_of(pd_table_t *self, uint32_t s)
 {
-    return __atomic_load_n(&self->slots[s].blob, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&s_sl(self, s)->blob, __ATOMIC_ACQUIRE);
 }
 
 /*  The per-field loops over a blob are unrolled (S_UNROLL): every read and every write of a
@@ -1167,7 +1183,7 @@ s_slot_take(pd_table_t *self)
     s_header_t *h = self->hdr;
     if (h->slot_free) {
         uint32_t s = h->slot_free - 1;
-        S_SET(self, h->slot_free, self->slots[s].st_next);
+        S_SET(self, h->slot_free, s_sl(self, s)->st_next);
         return s;
     }
     uint32_t s = (uint32_t)h->slots_top;
@@ -1179,31 +1195,46 @@ s_slot_take(pd_table_t *self)
 static void
 s_slot_put(pd_table_t *self, uint32_t s)
 {
-    S_SET(self, self->slots[s].st_next, self->hdr->slot_free);
+    S_SET(self, s_sl(self, s)->st_next, self->hdr->slot_free);
     S_SET(self, self->hdr->slot_free, s + 1);
 }
 
-static void
-s_st_link(pd_table_t *self, uint32_t s)
+/*  The hash of (project, user) (key 2) or of (project, status) (key 3) of the record in slot s
+ *  whose block is at off (its slot's own, or one just replaced or deleted: parked, intact, until
+ *  the next mutation): cached in the slot before layout 9, from the block's keys from it. */
+static uint32_t
+s_khash(pd_table_t *self, uint32_t s, uint64_t off, int key)
 {
-    uint32_t *head = &self->sheads[self->slots[s].s_hash & self->smask];
-    S_SET(self, self->slots[s].st_prev, 0);
-    S_SET(self, self->slots[s].st_next, *head);
+    if (!self->v9)
+        return key == 2 ? s_sl(self, s)->u_hash : s_sl(self, s)->s_hash;
+    pd_str_t k[4];
+    s_blk_keys(self, s_blk(self, off), k);
+    return s_hash32(self, k[0], k[key]);
+}
+
+//  Links slot s at the head of the status list of hash sh.
+static void
+s_st_link(pd_table_t *self, uint32_t s, uint32_t sh)
+{
+    uint32_t *head = &self->sheads[sh & self->smask];
+    S_SET(self, s_sl(self, s)->st_prev, 0);
+    S_SET(self, s_sl(self, s)->st_next, *head);
     if (*head)
-        S_SET(self, self->slots[*head - 1].st_prev, s + 1);
+        S_SET(self, s_sl(self, *head - 1)->st_prev, s + 1);
     S_SET(self, *head, s + 1);
 }
 
+//  Unlinks slot s, whose record's block is at off, from its status list.
 static void
-s_st_unlink(pd_table_t *self, uint32_t s)
+s_st_unlink(pd_table_t *self, uint32_t s, uint64_t off)
 {
-    s_slot_t *sl = &self->slots[s];
+    s_slot_t *sl = s_sl(self, s);
     if (sl->st_prev)
-        S_SET(self, self->slots[sl->st_prev - 1].st_next, sl->st_next);
+        S_SET(self, s_sl(self, sl->st_prev - 1)->st_next, sl->st_next);
     else
-        S_SET(self, self->sheads[sl->s_hash & self->smask], sl->st_next);
+        S_SET(self, self->sheads[s_khash(self, s, off, 3) & self->smask], sl->st_next);
     if (sl->st_next)
-        S_SET(self, self->slots[sl->st_next - 1].st_prev, sl->st_prev);
+        S_SET(self, s_sl(self, sl->st_next - 1)->st_prev, sl->st_prev);
     S_SET(self, sl->st_prev, 0);
     S_SET(self, sl->st_next, 0);
 }
@@ -1211,21 +1242,21 @@ s_st_unlink(pd_table_t *self, uint32_t s)
 static inline int64_t
 s_exp(pd_table_t *self, uint32_t heap_i)
 {
-    return self->slots[self->heap[heap_i]].expires_ms;
+    return s_sl(self, self->heap[heap_i])->expires_ms;
 }
 
 static inline void
 s_heap_put(pd_table_t *self, uint64_t i, uint32_t s)
 {
     S_SET(self, self->heap[i], s);
-    S_SET(self, self->slots[s].heap_pos, (uint32_t)i);
+    S_SET(self, s_sl(self, s)->heap_pos, (uint32_t)i);
 }
 
 static void
 s_heap_up(pd_table_t *self, uint64_t i)
 {
     uint32_t s = self->heap[i];
-    int64_t e = self->slots[s].expires_ms;
+    int64_t e = s_sl(self, s)->expires_ms;
     while (i > 0) {
         uint64_t p = (i - 1) / 2;
         if (s_exp(self, (uint32_t)p) <= e)
@@ -1241,7 +1272,7 @@ s_heap_down(pd_table_t *self, uint64_t i)
 {
     uint64_t n = self->hdr->heap_len;
     uint32_t s = self->heap[i];
-    int64_t e = self->slots[s].expires_ms;
+    int64_t e = s_sl(self, s)->expires_ms;
     for (;;) {
         uint64_t c = 2 * i + 1;
         if (c >= n)
@@ -1268,14 +1299,14 @@ s_heap_push(pd_table_t *self, uint32_t s)
 static void
 s_heap_remove(pd_table_t *self, uint32_t s)
 {
-    uint64_t i = self->slots[s].heap_pos, last = self->hdr->heap_len - 1;
+    uint64_t i = s_sl(self, s)->heap_pos, last = self->hdr->heap_len - 1;
     S_SET(self, self->hdr->heap_len, last);
     if (i == last)
         return;
     uint32_t moved = self->heap[last];
     s_heap_put(self, i, moved);
     s_heap_up(self, i);
-    s_heap_down(self, self->slots[moved].heap_pos);
+    s_heap_down(self, s_sl(self, moved)->heap_pos);
 }
 
 //  ---------------------------------------------------------------------------------------------
@@ -1575,6 +1606,7 @@ s_bind(pd_table_t *self)
     self->v8 = h->version >= 8;
     self->v9 = h->version >= 9;
     self->slots = (s_slot_t *)(self->base + h->off_slots);
+    self->slot_bytes = h->version >= 9 ? (uint32_t)S_SLOT9 : (uint32_t)sizeof(s_slot_t);
     self->pidx = (uint64_t *)(self->base + h->off_pidx);
     self->uidx = (uint64_t *)(self->base + h->off_uidx);
     self->sheads = (uint32_t *)(self->base + h->off_sheads);
@@ -1975,8 +2007,8 @@ s_grow_in_place(pd_table_t *self, uint64_t capacity)
         (void)madvise(self->sheads, sheads * 4, MADV_POPULATE_WRITE);
         memset(self->sheads, 0, sheads * 4);
         for (uint32_t s = 0; s < h->slots_top; s++)
-            if (self->slots[s].blob)
-                s_st_link(self, s);
+            if (s_sl(self, s)->blob)
+                s_st_link(self, s, s_khash(self, s, s_sl(self, s)->blob, 3));
     }
     if (old && h->version < 5)
         pd_table_grow_step(self, SIZE_MAX);
@@ -2047,7 +2079,7 @@ s_grow_by_copy(pd_table_t *self, uint64_t capacity)
     if (h->nprojects) /* the same numbers: blocks and claim entries are copied as they are */
         memcpy(nt.projects, self->projects, h->nprojects * sizeof *nt.projects);
     for (uint64_t s = 0; s < oh->slots_top; s++)
-        nt.slots[s].blob = self->slots[s].blob ? self->slots[s].blob + delta : 0;
+        s_sl(&nt, s)->blob = s_sl(self, s)->blob ? s_sl(self, s)->blob + delta : 0;
     memcpy(nt.claims, self->claims, oh->claims_top * s_claim_stride(self));
     memcpy(map + l.off_arena, self->base + oh->off_arena, oh->arena_top - oh->off_arena);
     s_rebuild(&nt);
@@ -2182,15 +2214,14 @@ pd_table_get_by_user(pd_table_t *self, pd_str_t project, pd_str_t user, pd_recor
     return 0;
 }
 
-/*  Points (project, user) at slot s, which holds that key already: last writer wins. Usually
- *  the user's entry names s already (one presence per user), and the probe stops there on the
- *  entry's value alone, without reading a slot or a blob: an entry naming s with s's hash can
- *  only be this key's, as a key has one entry. Otherwise it stops at the key's entry for
- *  another slot, or at the empty entry where the key goes, and points that at s. */
+/*  Points (project, user), of hash h, at slot s, which holds that key already: last writer
+ *  wins. Usually the user's entry names s already (one presence per user), and the probe stops
+ *  there on the entry's value alone, without reading a slot or a blob: an entry naming s with
+ *  hash h can only be this key's, as a key has one entry. Otherwise it stops at the key's entry
+ *  for another slot, or at the empty entry where the key goes, and points that at s. */
 static void
-s_user_set(pd_table_t *self, uint32_t s, pd_str_t project, pd_str_t user)
+s_user_set(pd_table_t *self, uint32_t s, uint32_t h, pd_str_t project, pd_str_t user)
 {
-    uint32_t h = self->slots[s].u_hash;
     if (self->rg_old)
         s_rg_pull(self, self->uidx, S_UKEY, h, project, user, 0);
     uint64_t want = (uint64_t)h << 32 | ((uint64_t)s + 1), i = s_home(self, h);
@@ -2231,7 +2262,7 @@ s_rec_in_block(pd_table_t *self, const pd_record_t *r, uint64_t off)
  *  A replace does only the work its change needs: the record is usually the one the store just
  *  read (s_hint: no hash, no primary probe); the user and status hashes are the slot's cached
  *  ones when those strings did not change (compared in the old blob, which the version read
- *  brought into cache); the user index is probed only to confirm that its entry names this
+ *  brought into cache; layout 9 keeps no such cache and hashes the user again); the user index is probed only to confirm that its entry names this
  *  slot; the status list is left alone unless the status changed. */
 int
 pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_record_t *prev)
@@ -2243,7 +2274,7 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     uint64_t ppos = 0;
     uint32_t ph, s = s_hint(self, rec->project, rec->id);
     if (s != S_NONE) {
-        ph = self->slots[s].p_hash;
+        ph = s_sl(self, s)->p_hash;
     } else {
         ph = s_hash32(self, rec->project, rec->id);
         s = s_idx_find(self, self->pidx, S_PKEY, ph, rec->project, rec->id, &ppos);
@@ -2275,38 +2306,46 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
         s = s_slot_take(self);
     s_blob_write(self, off, s, &r, &rf); /* a free block: not journaled */
     S_CRASH();
-    S_J(self, self->slots[s].blob);
-    __atomic_store_n(&self->slots[s].blob, off, __ATOMIC_RELEASE);
+    S_J(self, s_sl(self, s)->blob);
+    __atomic_store_n(&s_sl(self, s)->blob, off, __ATOMIC_RELEASE);
     S_CRASH();
 
-    s_slot_t *sl = &self->slots[s];
+    s_slot_t *sl = s_sl(self, s);
     if (!old) {
+        uint32_t uh = s_hash32(self, r.project, r.user_id);
+        uint32_t sh = s_hash32(self, r.project, r.status);
         S_SET(self, sl->p_hash, ph);
-        S_SET(self, sl->u_hash, s_hash32(self, r.project, r.user_id));
-        S_SET(self, sl->s_hash, s_hash32(self, r.project, r.status));
+        if (!self->v9) {
+            S_SET(self, sl->u_hash, uh);
+            S_SET(self, sl->s_hash, sh);
+        }
         S_SET(self, sl->expires_ms, r.expires_ms);
         s_idx_set(self, self->pidx, ppos, ph, s);
         S_CRASH();
-        s_user_set(self, s, r.project, r.user_id);
-        s_st_link(self, s);
+        s_user_set(self, s, uh, r.project, r.user_id);
+        s_st_link(self, s, sh);
         S_CRASH();
         s_heap_push(self, s);
         S_SET(self, h->count, h->count + 1);
     } else {
         pd_str_t ok[4];
         s_blk_keys(self, s_blk(self, old), ok);
+        uint32_t uh = self->v9 ? s_hash32(self, r.project, r.user_id) : sl->u_hash;
         if (!pd_str_eq(ok[2], r.user_id)) {
-            s_idx_del_ref(self, self->uidx, sl->u_hash, s);
-            S_SET(self, sl->u_hash, s_hash32(self, r.project, r.user_id));
+            s_idx_del_ref(self, self->uidx, s_khash(self, s, old, 2), s);
+            uh = s_hash32(self, r.project, r.user_id);
+            if (!self->v9)
+                S_SET(self, sl->u_hash, uh);
         }
-        s_user_set(self, s, r.project, r.user_id);
+        s_user_set(self, s, uh, r.project, r.user_id);
         S_CRASH();
         if (!pd_str_eq(ok[3], r.status)) {
             uint32_t sh = s_hash32(self, r.project, r.status);
-            if (sl->s_hash != sh) {
-                s_st_unlink(self, s);
-                S_SET(self, sl->s_hash, sh);
-                s_st_link(self, s);
+            if (s_khash(self, s, old, 3) != sh) {
+                s_st_unlink(self, s, old);
+                if (!self->v9)
+                    S_SET(self, sl->s_hash, sh);
+                s_st_link(self, s, sh);
             }
         }
         if (sl->expires_ms != r.expires_ms) {
@@ -2349,7 +2388,7 @@ pd_table_delete(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *pr
         s_clean(self);
         return -1;
     }
-    s_slot_t *sl = &self->slots[s];
+    s_slot_t *sl = s_sl(self, s);
     uint64_t old = sl->blob;
     if (self->hook) {
         pd_record_t p;
@@ -2360,9 +2399,9 @@ pd_table_delete(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *pr
     __atomic_store_n(&sl->blob, 0, __ATOMIC_RELEASE);
     S_CRASH();
     s_idx_del(self, self->pidx, ppos);
-    s_idx_del_ref(self, self->uidx, sl->u_hash, s);
+    s_idx_del_ref(self, self->uidx, s_khash(self, s, old, 2), s);
     S_CRASH();
-    s_st_unlink(self, s);
+    s_st_unlink(self, s, old);
     s_heap_remove(self, s);
     S_SET(self, h->count, h->count - 1);
     S_SET(self, h->pend_blob, old);
@@ -2437,9 +2476,9 @@ pd_table_foreach_status(pd_table_t *self, pd_str_t project, pd_str_t status, pd_
     uint32_t cur = self->sheads[h & self->smask];
     while (cur) {
         uint32_t s = cur - 1;
-        cur = self->slots[s].st_next; //  read first: fn may delete the record it is given
-        if (self->slots[s].s_hash != h)
-            continue;
+        cur = s_sl(self, s)->st_next; //  read first: fn may delete the record it is given
+        if (!self->v9 && s_sl(self, s)->s_hash != h)
+            continue; /* another (project, status) in the bucket: its keys below tell in layout 9 */
         uint64_t off = s_blob_of(self, s);
         pd_str_t k[4];
         s_blk_keys(self, s_blk(self, off), k);
@@ -2490,7 +2529,7 @@ pd_table_foreach_expired(pd_table_t *self, int64_t now, size_t max, pd_table_vis
             f[c] = t;
             i = c;
         }
-        s_fill(self, self->slots[self->heap[top]].blob, &r);
+        s_fill(self, s_sl(self, self->heap[top])->blob, &r);
         seen++;
         if (fn(&r, arg))
             return;
@@ -2948,7 +2987,7 @@ s_verify_heap(pd_table_t *self, uint64_t i)
 {
     const s_header_t *h = self->hdr;
     uint32_t s = self->heap[i];
-    if (s >= h->slots_top || !self->slots[s].blob || self->slots[s].heap_pos != i)
+    if (s >= h->slots_top || !s_sl(self, s)->blob || s_sl(self, s)->heap_pos != i)
         return "heap entry";
     if (i > 0 && s_exp(self, (uint32_t)((i - 1) / 2)) > s_exp(self, (uint32_t)i))
         return "heap order";
@@ -2998,33 +3037,35 @@ static const char *
 s_verify_slot(pd_table_t *self, uint32_t s)
 {
     const s_header_t *h = self->hdr;
-    const s_slot_t *sl = &self->slots[s];
+    const s_slot_t *sl = s_sl(self, s);
     const s_block_t *b = s_blk(self, sl->blob);
     pd_str_t k[4];
     s_blk_keys(self, b, k);
-    if (sl->p_hash != s_hash32(self, k[0], k[1]) || sl->u_hash != s_hash32(self, k[0], k[2]) ||
-        sl->s_hash != s_hash32(self, k[0], k[3]) ||
+    uint32_t uh = s_hash32(self, k[0], k[2]), sh = s_hash32(self, k[0], k[3]);
+    if (sl->p_hash != s_hash32(self, k[0], k[1]) ||
+        (!self->v9 && (sl->u_hash != uh || sl->s_hash != sh)) ||
         sl->expires_ms != s_b_time(self, b, S_T_EXPIRES))
         return "stale slot cache";
     uint64_t pos;
     if (s_idx_find(self, self->pidx, S_PKEY, sl->p_hash, k[0], k[1], &pos) != s)
         return "primary index";
-    if (s_idx_find(self, self->uidx, S_UKEY, sl->u_hash, k[0], k[2], &pos) == S_NONE)
+    if (s_idx_find(self, self->uidx, S_UKEY, uh, k[0], k[2], &pos) == S_NONE)
         return "user index";
     if (sl->heap_pos >= h->heap_len || self->heap[sl->heap_pos] != s)
         return "heap position";
-    uint32_t bucket = sl->s_hash & self->smask;
+    uint32_t bucket = sh & self->smask;
     if (sl->st_prev) {
         uint32_t p = sl->st_prev - 1;
-        if (p >= h->slots_top || !self->slots[p].blob || self->slots[p].st_next != s + 1 ||
-            (self->slots[p].s_hash & self->smask) != bucket)
+        if (p >= h->slots_top || !s_sl(self, p)->blob || s_sl(self, p)->st_next != s + 1 ||
+            !s_blob_ok(self, NULL, s_sl(self, p)->blob, p) ||
+            (s_khash(self, p, s_sl(self, p)->blob, 3) & self->smask) != bucket)
             return "status list prev link";
     } else if (self->sheads[bucket] != s + 1) {
         return "status list head";
     }
     if (sl->st_next) {
         uint32_t n = sl->st_next - 1;
-        if (n >= h->slots_top || !self->slots[n].blob || self->slots[n].st_prev != s + 1)
+        if (n >= h->slots_top || !s_sl(self, n)->blob || s_sl(self, n)->st_prev != s + 1)
             return "status list next link";
     }
     return NULL;
@@ -3056,7 +3097,7 @@ s_verify_sample(pd_table_t *self, const char **why)
     if ((*why = s_verify_header(self)))
         goto out;
     S_CHECK(h->slot_free <= h->slots_top &&
-                (!h->slot_free || !self->slots[h->slot_free - 1].blob),
+                (!h->slot_free || !s_sl(self, h->slot_free - 1)->blob),
             "slot free list");
     unsigned nl;
     uint32_t *heads = s_claim_lists(self, &nl);
@@ -3071,7 +3112,7 @@ s_verify_sample(pd_table_t *self, const char **why)
     }
     uint64_t step = h->slots_top / S_VERIFY_SAMPLE + 1;
     for (uint64_t s = 0; s < h->slots_top; s += step) {
-        uint64_t off = self->slots[s].blob;
+        uint64_t off = s_sl(self, s)->blob;
         if (!off)
             continue;
         S_CHECK(s_blob_ok(self, NULL, off, (uint32_t)s), "slot points at a bad block");
@@ -3119,7 +3160,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
      * of an index not yet trusted to slots) only ever reach well-formed blocks. */
     uint64_t live = 0, live_bytes = 0;
     for (uint32_t s = 0; s < h->slots_top; s++) {
-        uint64_t off = self->slots[s].blob;
+        uint64_t off = s_sl(self, s)->blob;
         if (!off)
             continue;
         live++;
@@ -3130,7 +3171,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
         live_bytes += s_class_size(self, s_b_cls(s_blk(self, off)));
     }
     for (uint32_t s = 0; s < h->slots_top; s++)
-        if (self->slots[s].blob && (*why = s_verify_slot(self, s)))
+        if (s_sl(self, s)->blob && (*why = s_verify_slot(self, s)))
             goto out;
     S_CHECK(live == h->count, "record count");
     for (uint64_t i = 0; i < h->heap_len; i++) {
@@ -3149,10 +3190,10 @@ s_verify(pd_table_t *self, bool full, const char **why)
         pend_bytes = s_class_size(self, s_b_cls(s_blk(self, off)));
     }
     if (h->pend_slot)
-        S_CHECK(self->slots[h->pend_slot - 1].blob == 0, "pending slot is live");
+        S_CHECK(s_sl(self, h->pend_slot - 1)->blob == 0, "pending slot is live");
     uint64_t nfree = 0;
-    for (uint32_t cur = h->slot_free; cur; cur = self->slots[cur - 1].st_next) {
-        S_CHECK(cur - 1 < h->slots_top && !self->slots[cur - 1].blob && cur != h->pend_slot &&
+    for (uint32_t cur = h->slot_free; cur; cur = s_sl(self, cur - 1)->st_next) {
+        S_CHECK(cur - 1 < h->slots_top && !s_sl(self, cur - 1)->blob && cur != h->pend_slot &&
                     nfree < h->slots_top,
                 "slot free list");
         nfree++;
@@ -3202,20 +3243,20 @@ s_verify(pd_table_t *self, bool full, const char **why)
             uint64_t e = self->pidx[i];
             if (e) {
                 uint32_t s = (uint32_t)e - 1;
-                S_CHECK(s < h->slots_top && self->slots[s].blob &&
-                            self->slots[s].p_hash == (uint32_t)(e >> 32),
+                S_CHECK(s < h->slots_top && s_sl(self, s)->blob &&
+                            s_sl(self, s)->p_hash == (uint32_t)(e >> 32),
                         "stale primary entry");
                 np++;
             }
             e = self->uidx[i];
             if (e) {
                 uint32_t s = (uint32_t)e - 1;
-                S_CHECK(s < h->slots_top && self->slots[s].blob &&
-                            self->slots[s].u_hash == (uint32_t)(e >> 32),
+                S_CHECK(s < h->slots_top && s_sl(self, s)->blob &&
+                            s_khash(self, s, s_sl(self, s)->blob, 2) == (uint32_t)(e >> 32),
                         "stale user entry");
                 pd_str_t k[4];
                 uint64_t pos;
-                s_blk_keys(self, s_blk(self, self->slots[s].blob), k);
+                s_blk_keys(self, s_blk(self, s_sl(self, s)->blob), k);
                 S_CHECK(s_idx_find(self, self->uidx, S_UKEY, (uint32_t)(e >> 32), k[0], k[2],
                                    &pos) == s,
                         "duplicate user entry");
@@ -3232,9 +3273,11 @@ s_verify(pd_table_t *self, bool full, const char **why)
         }
         S_CHECK(np == h->count && nc == h->claims && nu <= h->count, "index entry count");
         for (uint64_t b = 0; b <= self->smask; b++)
-            for (uint32_t cur = self->sheads[b]; cur; cur = self->slots[cur - 1].st_next) {
-                S_CHECK(cur - 1 < h->slots_top && self->slots[cur - 1].blob &&
-                            (self->slots[cur - 1].s_hash & self->smask) == b && nst < h->count,
+            for (uint32_t cur = self->sheads[b]; cur; cur = s_sl(self, cur - 1)->st_next) {
+                S_CHECK(cur - 1 < h->slots_top && s_sl(self, cur - 1)->blob &&
+                            (s_khash(self, cur - 1, s_sl(self, cur - 1)->blob, 3) & self->smask) ==
+                                b &&
+                            nst < h->count,
                         "status bucket");
                 nst++;
             }
@@ -3291,7 +3334,7 @@ s_rebuild(pd_table_t *self)
     S_CRASH();
 
     for (uint32_t s = 0; s < h->slots_top; s++) {
-        s_slot_t *sl = &self->slots[s];
+        s_slot_t *sl = s_sl(self, s);
         if (!sl->blob)
             continue;
         if (!s_blob_ok(self, &bits, sl->blob, s) ||
@@ -3305,21 +3348,23 @@ s_rebuild(pd_table_t *self)
         pd_str_t k[4];
         s_blk_keys(self, b, k);
         sl->p_hash = s_hash32(self, k[0], k[1]);
-        sl->u_hash = s_hash32(self, k[0], k[2]);
-        sl->s_hash = s_hash32(self, k[0], k[3]);
+        if (!self->v9) {
+            sl->u_hash = s_hash32(self, k[0], k[2]);
+            sl->s_hash = s_hash32(self, k[0], k[3]);
+        }
         sl->expires_ms = s_b_time(self, b, S_T_EXPIRES);
         uint64_t pos;
         uint32_t other = s_idx_find(self, self->pidx, S_PKEY, sl->p_hash, k[0], k[1], &pos);
         if (other != S_NONE) {
             uint32_t drop = s;
             if ((uint64_t)s_b_time(self, b, S_T_VERSION) >
-                (uint64_t)s_b_time(self, s_blk(self, self->slots[other].blob), S_T_VERSION)) {
+                (uint64_t)s_b_time(self, s_blk(self, s_sl(self, other)->blob), S_T_VERSION)) {
                 drop = other;
                 s_idx_set(self, self->pidx, pos, sl->p_hash, s);
             }
             pd_log_warn("%s: slots %u and %u hold one key; slot %u dropped", __func__, s, other,
                         drop);
-            __atomic_store_n(&self->slots[drop].blob, 0, __ATOMIC_RELEASE);
+            __atomic_store_n(&s_sl(self, drop)->blob, 0, __ATOMIC_RELEASE);
             continue;
         }
         s_idx_set(self, self->pidx, pos, sl->p_hash, s);
@@ -3327,25 +3372,26 @@ s_rebuild(pd_table_t *self)
     S_CRASH();
 
     for (uint32_t s = 0; s < h->slots_top; s++) {
-        s_slot_t *sl = &self->slots[s];
+        s_slot_t *sl = s_sl(self, s);
         if (!sl->blob)
             continue;
         const s_block_t *b = s_blk(self, sl->blob);
         pd_str_t k[4];
         uint64_t pos;
         s_blk_keys(self, b, k);
-        uint32_t cur = s_idx_find(self, self->uidx, S_UKEY, sl->u_hash, k[0], k[2], &pos);
-        if (cur == S_NONE || s_b_time(self, s_blk(self, self->slots[cur].blob), S_T_UPDATED) <=
+        uint32_t uh = s_hash32(self, k[0], k[2]);
+        uint32_t cur = s_idx_find(self, self->uidx, S_UKEY, uh, k[0], k[2], &pos);
+        if (cur == S_NONE || s_b_time(self, s_blk(self, s_sl(self, cur)->blob), S_T_UPDATED) <=
                                  s_b_time(self, b, S_T_UPDATED))
-            s_idx_set(self, self->uidx, pos, sl->u_hash, s);
-        s_st_link(self, s);
+            s_idx_set(self, self->uidx, pos, uh, s);
+        s_st_link(self, s, s_hash32(self, k[0], k[3]));
         s_heap_put(self, h->heap_len++, s);
         h->count++;
     }
     for (uint64_t i = h->heap_len / 2; i-- > 0;)
         s_heap_down(self, i);
     for (uint32_t s = (uint32_t)h->slots_top; s-- > 0;)
-        if (!self->slots[s].blob)
+        if (!s_sl(self, s)->blob)
             s_slot_put(self, s);
     S_CRASH();
 
@@ -3354,7 +3400,7 @@ s_rebuild(pd_table_t *self)
         s_block_t *b = s_blk(self, off);
         unsigned c = s_b_cls(b);
         uint64_t sz = s_class_size(self, c);
-        if (b->slot < h->slots_top && self->slots[b->slot].blob == off) {
+        if (b->slot < h->slots_top && s_sl(self, b->slot)->blob == off) {
             used += sz;
         } else {
             b->slot = S_NONE;
@@ -3562,14 +3608,14 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
     uint32_t *bucket_of = calloc(h->slots_top + 1, 4);
     PD_CHECK(bucket_of);
     for (uint64_t b = 0; b <= self->smask; b++)
-        for (uint32_t cur = self->sheads[b]; cur; cur = self->slots[cur - 1].st_next)
+        for (uint32_t cur = self->sheads[b]; cur; cur = s_sl(self, cur - 1)->st_next)
             bucket_of[cur - 1] = (uint32_t)b + 1;
     pd_buf_addf(out, "count %llu claims %llu top %llu used %llu\n", (unsigned long long)h->count,
                 (unsigned long long)h->claims, (unsigned long long)h->arena_top,
                 (unsigned long long)h->arena_used -
                     (h->pend_blob ? s_class_size(self, s_b_cls(s_blk(self, h->pend_blob))) : 0));
     for (uint32_t s = 0; s < h->slots_top; s++) {
-        uint64_t off = self->slots[s].blob;
+        uint64_t off = s_sl(self, s)->blob;
         if (!off) {
             pd_buf_addf(out, "slot %u free\n", s);
             continue;
@@ -3577,17 +3623,18 @@ s_test_snapshot(pd_table_t *self, pd_buf_t *out)
         pd_str_t k[4];
         uint64_t pos;
         s_blk_keys(self, s_blk(self, off), k);
-        uint32_t u = s_idx_find(self, self->uidx, S_UKEY, self->slots[s].u_hash, k[0], k[2], &pos);
+        uint32_t u = s_idx_find(self, self->uidx, S_UKEY, s_hash32(self, k[0], k[2]), k[0], k[2],
+                                &pos);
         pd_buf_addf(out, "slot %u blob %llu user-> %u bucket %u exp %lld heap %d\n", s,
-                    (unsigned long long)off, u, bucket_of[s], (long long)self->slots[s].expires_ms,
-                    self->heap[self->slots[s].heap_pos] == s);
+                    (unsigned long long)off, u, bucket_of[s], (long long)s_sl(self, s)->expires_ms,
+                    self->heap[s_sl(self, s)->heap_pos] == s);
     }
     free(bucket_of);
     for (uint64_t off = h->off_arena; off < h->arena_top;
          off += s_class_size(self, s_b_cls(s_blk(self, off)))) {
         bool live = false;
         uint32_t o = s_blk(self, off)->slot;
-        if (o < h->slots_top && self->slots[o].blob == off)
+        if (o < h->slots_top && s_sl(self, o)->blob == off)
             live = true;
         bool listed = false;
         for (uint64_t f = h->free_blocks[s_b_cls(s_blk(self, off))]; f && !listed;
@@ -4490,10 +4537,10 @@ pd_table_test(bool verbose)
                 }
             } else if (k == 1) { //  x's entry names slot 1, whose block is far away
                 t->pidx[pos] = (uint64_t)hx << 32 | 2;
-                t->slots[1].blob = t->hdr->total_bytes * 16;
+                s_sl(t, 1)->blob = t->hdr->total_bytes * 16;
             } else { //  a slot emptied behind the counters, and a slot free list that loops
-                t->slots[1].blob = 0;
-                t->slots[1].st_next = 2;
+                s_sl(t, 1)->blob = 0;
+                s_sl(t, 1)->st_next = 2;
                 t->hdr->slot_free = 2;
             }
             pd_table_close(&t);
@@ -4521,7 +4568,7 @@ pd_table_test(bool verbose)
         s_test_rec(a, "p", "rv", "urv", "online", 1, k < 3 ? 10 : 300);
         a->rec.read_roles = PD_STR("user:urv\0");
         PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
-        s_block7_t *b7 = (s_block7_t *)s_blk(t, t->slots[st.slot].blob);
+        s_block7_t *b7 = (s_block7_t *)s_blk(t, s_sl(t, st.slot)->blob);
         PD_CHECK((b7->views >> S_ROLE_FIRST & 1) && b7->wide == (k < 3 ? S_LEN_1 : S_LEN_2));
         PD_CHECK(s_blk_data(t, (s_block_t *)b7) - (char *)b7 == (k < 3 ? 54 : 66));
         PD_CHECK(pd_str_eqc(st.read_roles, "user:urv") && st.read_roles.ptr[8] == '\\');
@@ -4608,7 +4655,7 @@ pd_table_test(bool verbose)
             PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0 &&
                      pd_str_eq(st.project, pd_str(proj)));
             PD_CHECK(pd_table_claim(t, pd_str(proj), PD_STR("u"), PD_STR("x"), out, &fresh) == 0);
-            const s_block7_t *pb = (const s_block7_t *)s_blk(t, t->slots[st.slot].blob);
+            const s_block7_t *pb = (const s_block7_t *)s_blk(t, s_sl(t, st.slot)->blob);
             PD_CHECK(((pb->views & 1) != 0) == (i < 2) &&
                      t->hdr->nprojects == (i < 2 ? 101u + i : 102u));
         }
@@ -4643,7 +4690,7 @@ pd_table_test(bool verbose)
         PD_CHECK(pd_table_delete(t, PD_STR("p"), PD_STR("big7"), NULL) == 0);
         if (k == 1) {
             uint64_t pos;
-            const s_slot_t *sl = &t->slots[0];
+            const s_slot_t *sl = s_sl(t, 0);
             PD_CHECK(s_idx_find(t, t->pidx, S_PKEY, sl->p_hash, PD_STR("p"), PD_STR("big0"), &pos) == 0);
             t->pidx[pos] = 0; //  slot 0 is in every sample
         } else if (k == 2) {
@@ -4923,6 +4970,65 @@ pd_table_test(bool verbose)
     pd_table_close(&t);
     pd_table_unlink(name);
 
+    //  Layout 9's slots (32 bytes, 40 before) keep no user or status hash: changes of user and
+    //  of status, deletes and lists by status work from the blocks' keys, in layout 9 as in 8,
+    //  through a rebuild. 60 records in two projects and three statuses (a capacity of 64, so
+    //  status buckets are shared by more than one (project, status)).
+    for (uint32_t v = 8; v <= 9; v++) {
+        t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+        PD_CHECK(t && created);
+        if (v == 8)
+            s_test_layout(t, 8);
+        PD_CHECK(t->slot_bytes == (v == 9 ? 32u : 40u) &&
+                 (char *)s_sl(t, 1) - (char *)s_sl(t, 0) == (v == 9 ? 32 : 40));
+        static const char *const sts[] = {"online", "away", "busy"};
+        char id[16], user[16];
+        for (int round = 0; round < 4; round++) {
+            for (int i = 0; i < 60; i++) {
+                snprintf(id, sizeof id, "v%d", i);
+                /* round 1 moves every third record to another user, round 2 every status */
+                snprintf(user, sizeof user, "vu%d", round >= 1 && i % 3 == 0 ? i + 100 : i);
+                s_test_rec(a, i % 2 ? "pa" : "pb", id, user, sts[(i + (round >= 2)) % 3], 1 + i,
+                           0);
+                if (round < 3)
+                    PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
+                else if (i % 4 == 0) /* round 3 deletes every fourth */
+                    PD_CHECK(pd_table_delete(t, pd_str(a->rec.project.ptr), pd_str(id), NULL) == 0);
+            }
+            for (int rb = 0; rb < 2; rb++) {
+                for (int i = 0; i < 60; i++) {
+                    snprintf(user, sizeof user, "vu%d", round >= 1 && i % 3 == 0 ? i + 100 : i);
+                    bool gone = round == 3 && i % 4 == 0;
+                    pd_str_t pr = pd_str(i % 2 ? "pa" : "pb");
+                    int rc = pd_table_get_by_user(t, pr, pd_str(user), &st);
+                    snprintf(id, sizeof id, "v%d", i);
+                    PD_CHECK(gone ? rc == -1 : rc == 0 && pd_str_eqc(st.id, id));
+                    snprintf(user, sizeof user, "vu%d", i); /* the user it had before round 1 */
+                    PD_CHECK(i % 3 != 0 || round < 1 ||
+                             pd_table_get_by_user(t, pd_str(i % 2 ? "pa" : "pb"), pd_str(user),
+                                                  &st) == -1);
+                }
+                for (int p = 0; p < 2; p++)
+                    for (int k = 0; k < 3; k++) {
+                        size_t n = 0, want = 0;
+                        pd_table_foreach_status(t, pd_str(p ? "pa" : "pb"), pd_str(sts[k]),
+                                                s_test_count_fn, &n);
+                        for (int i = 0; i < 60; i++)
+                            want += i % 2 == p && (i + (round >= 2)) % 3 == k &&
+                                    !(round == 3 && i % 4 == 0);
+                        PD_CHECK(n == want);
+                    }
+                s_test_ok(t);
+                t->hdr->dirty = 1; /* then rebuilt from the blocks */
+                pd_table_close(&t);
+                t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
+                PD_CHECK(t && !created && t->rebuilt && t->hdr->version == v);
+            }
+        }
+        pd_table_close(&t);
+        pd_table_unlink(name);
+    }
+
     //  A segment of layout 6 keeps the id, the user id and the status only in the JSON too: the
     //  same record takes a smaller block than in layout 5; one of layout 7 has a smaller block
     //  header; in one of layout 8 its role lists of one role that the JSON holds are views too.
@@ -4930,8 +5036,8 @@ pd_table_test(bool verbose)
     //  after a rebuild of every index. A status its JSON string escapes is kept beside the
     //  JSON, as before.
     {
-        uint64_t blk[9];
-        for (uint32_t v = 5; v <= 8; v++) {
+        uint64_t blk[10];
+        for (uint32_t v = 5; v <= 9; v++) {
             bool v6 = v >= 6;
             t = pd_table_open(name, (pd_table_size_t){64, 1 << 20, 0, 0}, &created);
             PD_CHECK(t && created && t->v7 && t->hdr->version == S_LAYOUT_VERSION);
@@ -4943,7 +5049,7 @@ pd_table_test(bool verbose)
             int n1 = snprintf(one, sizeof one, "user:%s%c", a->user, 0);
             a->rec.read_roles = a->rec.update_roles = (pd_str_t){one, (size_t)n1};
             PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
-            blk[v] = s_b_bytes(t, s_blk(t, t->slots[st.slot].blob));
+            blk[v] = s_b_bytes(t, s_blk(t, s_sl(t, st.slot)->blob));
             for (int round = 0; round < 2; round++) {
                 PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("an-id-of-twenty-four-ch"), &st) == 0);
                 s_test_same(&st, &a->rec, 1);
@@ -4976,6 +5082,7 @@ pd_table_test(bool verbose)
         PD_CHECK(blk[7] + 104 - 66 == blk[6]);               /* the block header */
         /* two lists of user:U, "p", and 13 lengths of 1 byte but the JSON's of 2 */
         PD_CHECK(blk[8] + 2 * (28 + 1 + 1) + 2 + 12 == blk[7]);
+        PD_CHECK(blk[9] == blk[8]); /* layout 9 changed the slots and indexes, not the blocks */
         //  Layout 7 with a string over 65,535 bytes: the block's lengths take 4 bytes each; it
         //  reads back, is found, and is found again after a rebuild. Beside it a record of
         //  1-byte lengths (layout 8) and one of 2-byte lengths; all in a segment that grows by
@@ -4985,15 +5092,15 @@ pd_table_test(bool verbose)
         s_test_rec(a, "p", "wide", "uw", "online", 1, 65900);
         PD_CHECK(a->rec.meta_json.len > S_LEN16_MAX);
         PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
-        const s_block7_t *w7 = (const s_block7_t *)s_blk(t, t->slots[st.slot].blob);
+        const s_block7_t *w7 = (const s_block7_t *)s_blk(t, s_sl(t, st.slot)->blob);
         PD_CHECK(w7->wide == 1 && s_blk_data(t, (const s_block_t *)w7) - (const char *)w7 ==
                                       40 + 4 * S_NSTR);
         s_test_rec(a, "p", "narrow", "un", "online", 1, 10); /* 1-byte lengths (layout 8) */
         PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
-        PD_CHECK(((const s_block7_t *)s_blk(t, t->slots[st.slot].blob))->wide == S_LEN_1);
+        PD_CHECK(((const s_block7_t *)s_blk(t, s_sl(t, st.slot)->blob))->wide == S_LEN_1);
         s_test_rec(a, "p", "mid", "um", "online", 1, 300); /* metadata over 255: 2-byte ones */
         PD_CHECK(pd_table_put(t, &a->rec, &st, NULL) == 0);
-        PD_CHECK(((const s_block7_t *)s_blk(t, t->slots[st.slot].blob))->wide == S_LEN_2);
+        PD_CHECK(((const s_block7_t *)s_blk(t, s_sl(t, st.slot)->blob))->wide == S_LEN_2);
         for (int round = 0; round < 3; round++) {
             s_test_rec(a, "p", "wide", "uw", "online", 1, 65900);
             PD_CHECK(pd_table_get(t, PD_STR("p"), PD_STR("wide"), &st) == 0);
