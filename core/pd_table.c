@@ -2448,11 +2448,31 @@ pd_table_delete(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *pr
 }
 
 void
+pd_table_prefetch(pd_table_t *self, uint32_t slot, int stage)
+{
+    if (slot >= self->hdr->slots_top)
+        return;
+    if (stage == 0) {
+        __builtin_prefetch(s_sl(self, slot));
+        return;
+    }
+    uint64_t off = s_blob_of(self, slot);
+    if (off >= self->hdr->off_arena && off < self->hdr->arena_top) {
+        __builtin_prefetch(self->base + off);      /* the header and lengths */
+        __builtin_prefetch(self->base + off + 64); /* the strings' start, the JSON's */
+    }
+}
+
+//  The blocks of the slots S_AHEAD on are read ahead (pd_table_prefetch) as a loop visits
+#define S_AHEAD 6
+
+void
 pd_table_foreach(pd_table_t *self, pd_table_visit_fn fn, void *arg)
 {
     assert(self && fn);
     pd_record_t r;
     for (uint64_t s = 0; s < self->hdr->slots_top; s++) {
+        pd_table_prefetch(self, (uint32_t)(s + S_AHEAD), 1); /* slots are read in order */
         uint64_t off = s_blob_of(self, (uint32_t)s);
         if (!off)
             continue;

@@ -82,6 +82,10 @@ int pd_table_get(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *o
 //  The record in `slot` (pd_record_t.slot of an earlier read, or of a change's hook), if any:
 //  returns 0 and fills *out, or -1 for a free or out of range slot.
 int pd_table_get_slot(pd_table_t *self, uint32_t slot, pd_record_t *out);
+//  A read-ahead hint for a loop over many slots (a page's fetch): stage 0 brings slot `slot`
+//  into cache, stage 1 the first lines of its record's block (it reads the slot: give stage 0
+//  a few records earlier). Reads nothing else and changes nothing; a bad slot is ignored.
+void pd_table_prefetch(pd_table_t *self, uint32_t slot, int stage);
 //  Looks up the record owned by (project, userId) on this node.
 int pd_table_get_by_user(pd_table_t *self, pd_str_t project, pd_str_t user, pd_record_t *out);
 

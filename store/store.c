@@ -1321,6 +1321,18 @@ s_on_list(store_t *self, const pd_msg_t *m)
     pd_query_destroy(&q);
 }
 
+//  A FETCH item's slot, or UINT32_MAX (an id alone, or not an item: pd_table_prefetch ignores it)
+static uint32_t
+s_fetch_slot(const msgpack_object *it)
+{
+    return it->type == MSGPACK_OBJECT_ARRAY && it->via.array.size == 2 &&
+                   it->via.array.ptr[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                   it->via.array.ptr[1].via.u64 < UINT32_MAX
+               ? (uint32_t)it->via.array.ptr[1].via.u64
+               : UINT32_MAX;
+}
+#define FETCH_AHEAD 6 //  items between a block's read-ahead and its read (twice that: the slot's)
+
 /*  A FETCH item: an id, or [id, slot] (the slot the first round gave): the slot is read
  *  without a hash probe, and holds the record only while it holds that id in that project. */
 static int
@@ -1356,6 +1368,12 @@ s_on_fetch(store_t *self, const pd_msg_t *m)
     pd_msgw_raw(w, PD_F_ITEMS);
     msgpack_pack_array(&w->pk, n);
     for (uint32_t i = 0; i < n; i++) {
+        /* the page's slots are scattered: each is read ahead, then its block */
+        if (i + 2 * FETCH_AHEAD < n)
+            pd_table_prefetch(self->table, s_fetch_slot(&ids->via.array.ptr[i + 2 * FETCH_AHEAD]),
+                              0);
+        if (i + FETCH_AHEAD < n)
+            pd_table_prefetch(self->table, s_fetch_slot(&ids->via.array.ptr[i + FETCH_AHEAD]), 1);
         const msgpack_object *it = &ids->via.array.ptr[i];
         pd_record_t rec;
         if (s_fetch_get(self, m->s[PD_F_PROJECT], it, &rec) == 0 && rec.expires_ms > now &&
