@@ -681,6 +681,7 @@ s_on_route(gw_t *gw, const pd_msg_t *m)
         s_store_close(st);
         memcpy(st->endpoint, ep.ptr ? ep.ptr : "", ep.len);
         st->endpoint[ep.len] = 0;
+        st->fronted |= ep.len > 0;
         if (ep.len)
             s_store_open(gw, st);
     }

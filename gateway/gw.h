@@ -106,6 +106,8 @@ typedef struct {
     pd_msgw_t out;             //  requests to it this loop turn
     bool unread;               //  sent on, or its fd fired, since it last came up empty
     bool fd_short;             //  its link waits for descriptors (gateway.c, s_fds_spare)
+    bool fronted;              //  a route gave it an endpoint once: one missing now is a broker
+                               //  that restarted and has not heard from the node yet
     struct gw *gw;
 } gw_store_t;
 

@@ -1132,7 +1132,10 @@ s_resync_begin(rt_t *rt, int node, int64_t want, const pd_msg_t *held)
         s_hold(rt, node, held);
     if (!st->resync)
         return;
-    if (!rt->gw->stores[node].endpoint[0]) { /* the node has no front: nobody to ask */
+    /* A node without a front: nobody to ask. One whose front the routes named before (a broker
+     * that restarted sends each node's route again once the node has said hello to it) is asked
+     * when its link is back, until the deadline, as a link that reconnects is. */
+    if (!rt->gw->stores[node].endpoint[0] && !rt->gw->stores[node].fronted) {
         s_resync_end(rt, node, false);
         return;
     }
