@@ -1054,11 +1054,17 @@ s_home(const pd_table_t *self, uint32_t h)
     return s_home_in(self, h, self->isize);
 }
 
-//  The entry after i in a probe (the index wraps around)
+//  The entry after i in a probe of an index of n entries (it wraps around)
+static inline uint64_t
+s_next_in(uint64_t i, uint64_t n)
+{
+    return i + 1 == n ? 0 : i + 1;
+}
+
 static inline uint64_t
 s_next(const pd_table_t *self, uint64_t i)
 {
-    return i + 1 == self->isize ? 0 : i + 1;
+    return s_next_in(i, self->isize);
 }
 
 /*  An entry's ref is checked against the entries in use before it is followed: an index is
@@ -1111,7 +1117,7 @@ s_rg_pull(pd_table_t *self, uint64_t *idx, int kind, uint32_t h, pd_str_t a, pd_
 {
     int k = idx == self->pidx ? 0 : idx == self->uidx ? 1 : 2;
     uint64_t *old = self->rg_old + (uint64_t)k * self->rg_size, m = self->rg_size;
-    for (uint64_t i = s_home_in(self, h, m), n = 0; n < m; i = i + 1 == m ? 0 : i + 1, n++) {
+    for (uint64_t i = s_home_in(self, h, m), n = 0; n < m; i = s_next_in(i, m), n++) {
         uint64_t e = old[i];
         if (!e)
             return;
@@ -1233,17 +1239,26 @@ s_slot_put(pd_table_t *self, uint32_t s)
     S_SET(self, self->hdr->slot_free, s + 1);
 }
 
-/*  The hash of (project, user) (key 2) or of (project, status) (key 3) of the record in slot s
- *  whose block is at off (its slot's own, or one just replaced or deleted: parked, intact, until
- *  the next mutation): cached in the slot before layout 9, from the block's keys from it. */
+/*  The hash of (project, user) (key 2) or of (project, status) (key 3) of the record in slot s,
+ *  whose block's keys are k (s_blk_keys: its own block, or one just replaced or deleted, parked
+ *  intact until the next mutation): cached in the slot before layout 9 (k is not read then),
+ *  computed from k from it. s_khash_at reads the slot's own block. */
 static uint32_t
-s_khash(pd_table_t *self, uint32_t s, uint64_t off, int key)
+s_khash(pd_table_t *self, uint32_t s, const pd_str_t *k, int key)
 {
     if (!self->v9)
         return key == 2 ? s_sl(self, s)->u_hash : s_sl(self, s)->s_hash;
-    pd_str_t k[4];
-    s_blk_keys(self, s_blk(self, off), k);
     return s_hash32(self, k[0], k[key]);
+}
+
+static uint32_t
+s_khash_at(pd_table_t *self, uint32_t s, int key)
+{
+    if (!self->v9)
+        return s_khash(self, s, NULL, key);
+    pd_str_t k[4];
+    s_blk_keys(self, s_blk(self, s_blob_of(self, s)), k);
+    return s_khash(self, s, k, key);
 }
 
 //  Links slot s at the head of the status list of hash sh.
@@ -1258,15 +1273,15 @@ s_st_link(pd_table_t *self, uint32_t s, uint32_t sh)
     S_SET(self, *head, s + 1);
 }
 
-//  Unlinks slot s, whose record's block is at off, from its status list.
+//  Unlinks slot s, whose record's block has keys k (s_khash), from its status list.
 static void
-s_st_unlink(pd_table_t *self, uint32_t s, uint64_t off)
+s_st_unlink(pd_table_t *self, uint32_t s, const pd_str_t *k)
 {
     s_slot_t *sl = s_sl(self, s);
     if (sl->st_prev)
         S_SET(self, s_sl(self, sl->st_prev - 1)->st_next, sl->st_next);
     else
-        S_SET(self, self->sheads[s_khash(self, s, off, 3) & self->smask], sl->st_next);
+        S_SET(self, self->sheads[s_khash(self, s, k, 3) & self->smask], sl->st_next);
     if (sl->st_next)
         S_SET(self, s_sl(self, sl->st_next - 1)->st_prev, sl->st_prev);
     S_SET(self, sl->st_prev, 0);
@@ -2042,7 +2057,7 @@ s_grow_in_place(pd_table_t *self, uint64_t capacity)
         memset(self->sheads, 0, sheads * 4);
         for (uint32_t s = 0; s < h->slots_top; s++)
             if (s_sl(self, s)->blob)
-                s_st_link(self, s, s_khash(self, s, s_sl(self, s)->blob, 3));
+                s_st_link(self, s, s_khash_at(self, s, 3));
     }
     if (old && h->version < 5)
         pd_table_grow_step(self, SIZE_MAX);
@@ -2296,8 +2311,9 @@ s_rec_in_block(pd_table_t *self, const pd_record_t *r, uint64_t off)
  *  A replace does only the work its change needs: the record is usually the one the store just
  *  read (s_hint: no hash, no primary probe); the user and status hashes are the slot's cached
  *  ones when those strings did not change (compared in the old blob, which the version read
- *  brought into cache; layout 9 keeps no such cache and hashes the user again); the user index is probed only to confirm that its entry names this
- *  slot; the status list is left alone unless the status changed. */
+ *  brought into cache; layout 9 keeps no such cache and hashes the user again); the user
+ *  index is probed only to confirm that its entry names this slot; the status list is left
+ *  alone unless the status changed. */
 int
 pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_record_t *prev)
 {
@@ -2364,19 +2380,21 @@ pd_table_put(pd_table_t *self, const pd_record_t *rec, pd_record_t *stored, pd_r
     } else {
         pd_str_t ok[4];
         s_blk_keys(self, s_blk(self, old), ok);
-        uint32_t uh = self->v9 ? s_hash32(self, r.project, r.user_id) : sl->u_hash;
+        uint32_t uh;
         if (!pd_str_eq(ok[2], r.user_id)) {
-            s_idx_del_ref(self, self->uidx, s_khash(self, s, old, 2), s);
+            s_idx_del_ref(self, self->uidx, s_khash(self, s, ok, 2), s);
             uh = s_hash32(self, r.project, r.user_id);
             if (!self->v9)
                 S_SET(self, sl->u_hash, uh);
+        } else {
+            uh = s_khash(self, s, ok, 2); /* the same user */
         }
         s_user_set(self, s, uh, r.project, r.user_id);
         S_CRASH();
         if (!pd_str_eq(ok[3], r.status)) {
             uint32_t sh = s_hash32(self, r.project, r.status);
-            if (s_khash(self, s, old, 3) != sh) {
-                s_st_unlink(self, s, old);
+            if (s_khash(self, s, ok, 3) != sh) {
+                s_st_unlink(self, s, ok);
                 if (!self->v9)
                     S_SET(self, sl->s_hash, sh);
                 s_st_link(self, s, sh);
@@ -2433,9 +2451,11 @@ pd_table_delete(pd_table_t *self, pd_str_t project, pd_str_t id, pd_record_t *pr
     __atomic_store_n(&sl->blob, 0, __ATOMIC_RELEASE);
     S_CRASH();
     s_idx_del(self, self->pidx, ppos);
-    s_idx_del_ref(self, self->uidx, s_khash(self, s, old, 2), s);
+    pd_str_t k[4]; /* the block is parked, intact, until the next mutation */
+    s_blk_keys(self, s_blk(self, old), k);
+    s_idx_del_ref(self, self->uidx, s_khash(self, s, k, 2), s);
     S_CRASH();
-    s_st_unlink(self, s, old);
+    s_st_unlink(self, s, k);
     s_heap_remove(self, s);
     S_SET(self, h->count, h->count - 1);
     S_SET(self, h->pend_blob, old);
@@ -3125,7 +3145,7 @@ s_verify_slot(pd_table_t *self, uint32_t s)
         uint32_t p = sl->st_prev - 1;
         if (p >= h->slots_top || !s_sl(self, p)->blob || s_sl(self, p)->st_next != s + 1 ||
             !s_blob_ok(self, NULL, s_sl(self, p)->blob, p) ||
-            (s_khash(self, p, s_sl(self, p)->blob, 3) & self->smask) != bucket)
+            (s_khash_at(self, p, 3) & self->smask) != bucket)
             return "status list prev link";
     } else if (self->sheads[bucket] != s + 1) {
         return "status list head";
@@ -3319,7 +3339,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
             if (e) {
                 uint32_t s = (uint32_t)e - 1;
                 S_CHECK(s < h->slots_top && s_sl(self, s)->blob &&
-                            s_khash(self, s, s_sl(self, s)->blob, 2) == (uint32_t)(e >> 32),
+                            s_khash_at(self, s, 2) == (uint32_t)(e >> 32),
                         "stale user entry");
                 pd_str_t k[4];
                 uint64_t pos;
@@ -3343,9 +3363,7 @@ s_verify(pd_table_t *self, bool full, const char **why)
         for (uint64_t b = 0; b <= self->smask; b++)
             for (uint32_t cur = self->sheads[b]; cur; cur = s_sl(self, cur - 1)->st_next) {
                 S_CHECK(cur - 1 < h->slots_top && s_sl(self, cur - 1)->blob &&
-                            (s_khash(self, cur - 1, s_sl(self, cur - 1)->blob, 3) & self->smask) ==
-                                b &&
-                            nst < h->count,
+                            (s_khash_at(self, cur - 1, 3) & self->smask) == b && nst < h->count,
                         "status bucket");
                 nst++;
             }

@@ -1321,7 +1321,8 @@ s_on_list(store_t *self, const pd_msg_t *m)
     pd_query_destroy(&q);
 }
 
-//  A FETCH item's slot, or UINT32_MAX (an id alone, or not an item: pd_table_prefetch ignores it)
+//  A FETCH item's slot, or UINT32_MAX: an id alone, or not an item (no slot holds UINT32_MAX,
+//  and pd_table_prefetch ignores it)
 static uint32_t
 s_fetch_slot(const msgpack_object *it)
 {
@@ -1341,14 +1342,11 @@ s_fetch_get(store_t *self, pd_str_t project, const msgpack_object *it, pd_record
     if (it->type == MSGPACK_OBJECT_STR)
         return pd_table_get(self->table, project, (pd_str_t){it->via.str.ptr, it->via.str.size},
                             rec);
-    if (it->type != MSGPACK_OBJECT_ARRAY || it->via.array.size != 2 ||
-        it->via.array.ptr[0].type != MSGPACK_OBJECT_STR ||
-        it->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-        it->via.array.ptr[1].via.u64 > UINT32_MAX)
+    uint32_t slot = s_fetch_slot(it);
+    if (slot == UINT32_MAX || it->via.array.ptr[0].type != MSGPACK_OBJECT_STR)
         return -1;
     const msgpack_object *id = &it->via.array.ptr[0];
-    return s_get_at(self, project, (pd_str_t){id->via.str.ptr, id->via.str.size},
-                    (uint32_t)it->via.array.ptr[1].via.u64, rec);
+    return s_get_at(self, project, (pd_str_t){id->via.str.ptr, id->via.str.size}, slot, rec);
 }
 
 /*  The second round of a large list (broker.c, s_list_fetch): the JSON of the records the
@@ -1526,12 +1524,12 @@ s_on_room(store_t *self, const pd_msg_t *m)
  *  records or claims reach 7/8 of it, up to --store-capacity-max. By half rather than double:
  *  the indexes are the part of the capacity that takes memory before records come (3/2 entries
  *  a record of capacity, pd_table.h), so a node just past a growth keeps 2.6 entries of each
- *  index a record, not 3.4. Between two loop turns, when no view into the table is held. It blocks this node while the indexes are set aside and cleared
- *  (pd_table_grow, in place), and their entries then move back
- *  GROW_STEP at a time, one slice per loop turn between requests (pd_table_grow_step); or, for a
- *  segment of an older layout, for a copy into a new segment, once. One that fails (no room in
- *  /dev/shm) is tried again 10 s later; meanwhile writes of new records past the capacity are
- *  refused (503), as before. True while a rehash is under way (the loop does not sleep). */
+ *  index a record, not 3.4. Between two loop turns, when no view into the table is held. It
+ *  blocks this node while the indexes are set aside and cleared (pd_table_grow, in place), and
+ *  their entries then move back GROW_STEP at a time, one slice per loop turn between requests
+ *  (pd_table_grow_step); or, for a segment of an older layout, for a copy into a new segment,
+ *  once. One that fails (no room in /dev/shm) is tried again 10 s later; meanwhile writes of new
+ *  records past the capacity are refused (503), as before. True while a rehash is under way (the loop does not sleep). */
 #define GROW_AT(cap) ((cap) - (cap) / 8)
 #define GROW_RETRY_MS 10000
 #define GROW_STEP 16384 //  entries of each index moved back per loop turn (about 2 ms)
