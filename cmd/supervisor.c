@@ -165,7 +165,8 @@ s_spawn(pd_config_t *cfg, child_t *c)
     char arena_max[32], cap_max[32];
     snprintf(arena_max, sizeof arena_max, "%zu", cfg->store_arena_max);
     snprintf(cap_max, sizeof cap_max, "%zu", cfg->store_capacity_max);
-    char scanmax[32];
+    char scanmax[32], replica[32];
+    snprintf(replica, sizeof replica, "%zu", cfg->list_replica);
     snprintf(scanmax, sizeof scanmax, "%zu", cfg->list_scan_max);
     snprintf(maxbody, sizeof maxbody, "%zu", cfg->max_body);
     snprintf(tmo, sizeof tmo, "%d", cfg->request_timeout_ms);
@@ -226,6 +227,7 @@ s_spawn(pd_config_t *cfg, child_t *c)
         argv[n++] = "--bus-out"; argv[n++] = cfg->bus_out;
         argv[n++] = "--max-body"; argv[n++] = maxbody;
         argv[n++] = "--request-timeout"; argv[n++] = tmo;
+        argv[n++] = "--list-replica"; argv[n++] = replica;
         if (cfg->ws_max_queue) {
             argv[n++] = "--ws-max-queue"; argv[n++] = wsq;
         }

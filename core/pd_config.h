@@ -87,6 +87,7 @@ typedef struct {
     char bus_out[256];        //  subscribers (gateways, reaper) connect here (XPUB)
     size_t claim_cache;       //  broker, gateway: claim cache entries (pd_claims.h; 0 = 1000000)
     size_t list_cache;        //  broker: bytes of cached lists (pd_listcache.h; 0 = 64 MiB)
+    size_t list_replica;      //  gateway: bytes of roster replicas (gw_replica.h; 0: none)
     size_t list_scan_max;     //  store: records whose metadata one list may read (0: no limit)
     size_t move_rate;         //  broker: records and claims moved per second when resharding (0 = 50000)
     char keys_dir[256];       //  the cluster's CURVE key set (pd_keys.h); the supervisor makes one

@@ -62,6 +62,7 @@ enum {
     PD_FL_AGAIN = 1 << 20,      //  LIST: a plan's FETCH found a record gone: one round, JSON and all
     PD_FL_SLOTS = 1 << 21,      //  LIST with KEYS: each item also gives the record's slot (a
                                 //  broker that asks merges items of 3; an older one, of 2 only)
+    PD_FL_MARK = 1 << 22,       //  DUMP: no records, only where the node's events stand
 };
 
 //  EVENT actions.

@@ -975,6 +975,35 @@ pd_query_nfilters(const pd_query_t *self)
     return self->match_all ? 0 : self->nfilters;
 }
 
+static bool
+s_node_reads_meta(const node_t *n)
+{
+    if (n->attr == A_META)
+        return true;
+    for (size_t i = 0; i < n->nkids; i++)
+        if (s_node_reads_meta(&n->kids[i]))
+            return true;
+    return false;
+}
+
+bool
+pd_query_reads_meta(const pd_query_t *self)
+{
+    for (size_t i = 0; i < self->norder; i++)
+        if (self->order[i].attr == A_META)
+            return true;
+    for (size_t i = 0; !self->match_all && i < self->nfilters; i++)
+        if (s_node_reads_meta(&self->filters[i]))
+            return true;
+    return false;
+}
+
+size_t
+pd_query_norder(const pd_query_t *self)
+{
+    return self->norder;
+}
+
 bool
 pd_query_paged(const pd_query_t *self)
 {

@@ -174,6 +174,38 @@ pd_record_read(const pd_msg_t *m, pd_record_t *rec)
     rec->json = m->s[PD_F_BODY];
 }
 
+#define ITEM_FIELDS 11
+
+void
+pd_record_pack_item(const pd_record_t *rec, msgpack_packer *pk)
+{
+    const pd_str_t *s[] = {&rec->id,     &rec->user_id,   &rec->status,
+                           &rec->status_json, &rec->source, &rec->read_roles};
+    msgpack_pack_array(pk, ITEM_FIELDS);
+    for (size_t i = 0; i < sizeof s / sizeof *s; i++)
+        msgpack_pack_str_with_body(pk, s[i]->ptr ? s[i]->ptr : "", s[i]->len);
+    msgpack_pack_int64(pk, rec->created_ms);
+    msgpack_pack_int64(pk, rec->updated_ms);
+    msgpack_pack_int64(pk, rec->expires_ms);
+    msgpack_pack_uint64(pk, rec->version);
+    msgpack_pack_str_with_body(pk, rec->json.ptr ? rec->json.ptr : "", rec->json.len);
+}
+
+bool
+pd_record_read_item(pd_mpr_t *r, pd_record_t *rec)
+{
+    uint32_t n;
+    int64_t version;
+    memset(rec, 0, sizeof *rec);
+    return pd_mpr_array(r, &n) && n == ITEM_FIELDS && pd_mpr_str(r, &rec->id) &&
+           pd_mpr_str(r, &rec->user_id) && pd_mpr_str(r, &rec->status) &&
+           pd_mpr_str(r, &rec->status_json) && pd_mpr_str(r, &rec->source) &&
+           pd_mpr_str(r, &rec->read_roles) && pd_mpr_int(r, &rec->created_ms) &&
+           pd_mpr_int(r, &rec->updated_ms) && pd_mpr_int(r, &rec->expires_ms) &&
+           pd_mpr_int(r, &version) && (rec->version = (uint64_t)version, true) &&
+           pd_mpr_str(r, &rec->json) && rec->id.len;
+}
+
 bool
 pd_record_read_prev(const pd_msg_t *m, const pd_record_t *rec, pd_record_t *prev)
 {

@@ -79,6 +79,14 @@ void pd_record_read(const pd_msg_t *m, pd_record_t *rec);
  *  no previous state (a create, or a delete). */
 bool pd_record_read_prev(const pd_msg_t *m, const pd_record_t *rec, pd_record_t *prev);
 
+/*  A record as one item of a DUMP (gw_replica.h): the array [id, userId, status, status JSON,
+ *  source, read roles, $createdAt, $updatedAt, expiresAt, version, JSON], what a list needs to
+ *  filter, order and serve it (no metadata, permissions JSON or owner). pd_record_read_item
+ *  reads one in place (views into the bytes), moving r past it; false if the value at r is not
+ *  one (r then anywhere). */
+void pd_record_pack_item(const pd_record_t *rec, msgpack_packer *pk);
+bool pd_record_read_item(pd_mpr_t *r, pd_record_t *rec);
+
 //  A time field ("$createdAt", "$updatedAt") of a Presence model JSON, in ms (0 if absent).
 int64_t pd_record_body_time(pd_str_t body, const char *key);
 

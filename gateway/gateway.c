@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "gw.h"
+#include "gw_replica.h"
 #include "gw_static.h"
 #include "gw_supabase.h"
 #include "pd_err.h"
@@ -186,6 +187,7 @@ gw_metrics_render(gw_t *gw, pd_buf_t *b)
                 "presenced_gateway_broker_failfast_total{gateway=\"%d\"} %llu\n",
                 node, (unsigned long long)gw->broker_failfast);
     gw_rt_metrics(gw, b);
+    gw_replica_metrics(gw, b);
     gw_sb_metrics(gw, b);
 }
 
@@ -815,6 +817,10 @@ s_on_reply(const pd_msg_t *m, void *arg)
         gw_rt_on_replay(gw, m);
         return;
     }
+    if (m->type == PD_MSG_DUMP) { /* a store node's records, for a roster replica */
+        gw_replica_on_dump(gw, m);
+        return;
+    }
     if (m->type != PD_MSG_REPLY)
         return;
     gw_pending_t *p = s_pending_of(gw, m->rid);
@@ -941,6 +947,7 @@ s_on_bus_frame(pd_zmsg_t *zm, void *arg)
         return;
     if (pd_msg_each(d + 1, n - 1, &gw->zone, s_on_event, gw) < 0)
         gw->malformed++;
+    gw_replica_on_bus(gw); /* lists waiting for these events */
 }
 
 static void
@@ -1010,6 +1017,7 @@ gw_bus_join(gw_t *gw)
     zsock_set_rcvhwm(gw->sub, 1000000);
     gw->bus_state = GW_BUS_JOINING;
     gw->bus_seen = 0;
+    gw->bus_proven = false;
     gw->bus_join_ms = pd_mono_ms();
     gw->bus_joins++;
     pd_log_debug("joining the bus");
@@ -1046,6 +1054,7 @@ s_bus_check(gw_t *gw)
     for (int n = 1; n <= gw->nstores; n++)
         if (gw->stores[n].up && !(gw->bus_seen & 1ULL << (n - 1)))
             return;
+    gw->bus_proven = true;
     s_bus_live(gw);
 }
 
@@ -1057,6 +1066,7 @@ s_bus_leave(gw_t *gw)
     gw->sub_io = NULL;
     zsock_destroy(&gw->sub);
     gw->bus_state = GW_BUS_OFF;
+    gw->bus_proven = false;
     gw->bus_quiet_ms = 0;
     pd_log_debug("left the bus: no WebSocket client for %d ms", GW_BUS_LEAVE_MS);
 }
@@ -1104,6 +1114,7 @@ s_on_tick(h2o_timeout_entry_t *entry)
     pd_probe_beat(gw->cfg); /* liveness: `presenced probe --role gateway` */
     gw_rt_tick(gw);
     gw_sb_tick(gw);
+    gw_replica_tick(gw);
     s_bus_tick(gw);
     s_conns_tick(gw);
     h2o_timeout_link(gw->ctx.loop, &gw->tick_timeout, &gw->tick_entry);
@@ -1519,6 +1530,7 @@ gateway_main(pd_config_t *cfg)
     gw->accept_ctx.hosts = gw->config.hosts;
     gw_rt_init(gw);
     gw_sb_init(gw);
+    gw->replicas = gw_replica_new(gw);
 
     snprintf(gw->ident, sizeof gw->ident, "gateway-%d-%d", cfg->node, (int)getpid());
     char kname[32], kerr[512];
@@ -1589,6 +1601,7 @@ gateway_main(pd_config_t *cfg)
     for (int n = 1; n <= GW_MAX_STORES; n++)
         zsock_destroy(&gw->stores[n].sock);
     pd_claims_destroy(&gw->claims);
+    gw_replica_destroy(&gw->replicas);
     while (gw->nbig)
         free(gw->big[--gw->nbig].buf);
     return 0;

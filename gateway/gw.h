@@ -126,6 +126,7 @@ struct gw {
     int bus_state;             //  GW_BUS_*
     int64_t bus_join_ms;       //  when the SUB socket was opened
     uint64_t bus_seen;         //  store nodes heard on the EVENT topic since (bit n-1)
+    bool bus_proven;           //  live because every node was heard (not after a wait)
     int64_t bus_quiet_ms;      //  since when no client needs the bus (0: one does)
     uint64_t bus_joins;
     uint64_t bus_join_failures; //  joins that failed (out of descriptors) and were retried
@@ -178,6 +179,7 @@ struct gw {
     unsigned long malformed;
     uint64_t timeouts;
     void *rt;                   //  realtime state (gw_realtime.c)
+    struct gw_replicas *replicas; //  rosters kept here (gw_replica.h)
 };
 
 /* gateway.c */
@@ -255,6 +257,9 @@ void gw_rt_bus_live(gw_t *gw); //  the bus is live: handle the messages held mea
 //  A store node's HELLO on the bus (its last SEQ), and what a node resends (st_replay.h).
 void gw_rt_on_hello(gw_t *gw, const pd_msg_t *m);
 void gw_rt_on_replay(gw_t *gw, const pd_msg_t *m);
+//  The last event of store node `node` handled here, and its generation; false while none is
+//  known or a resync holds its events.
+bool gw_rt_seq(const gw_t *gw, int node, int64_t *gen, int64_t *seq);
 void gw_rt_tick(gw_t *gw);
 void gw_rt_metrics(gw_t *gw, pd_buf_t *b);
 void gw_rt_shutdown(gw_t *gw);

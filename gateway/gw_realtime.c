@@ -57,6 +57,7 @@
 #include "gw.h"
 #include "gw_fanout.h"
 #include "gw_http.h"
+#include "gw_replica.h"
 #include "gw_supabase.h"
 #include "gw_ws.h"
 
@@ -1038,6 +1039,7 @@ s_fallback(rt_t *rt, int node)
     }
     rt->resync_closed += n;
     size_t rooms = gw_sb_resync_node(rt->gw, node);
+    gw_replica_drop_all(rt->gw, "events of a store node were lost");
     pd_log_warn("%s: events of store %d after %lld (generation %lld) are gone: %zu subscribers "
                 "told to reconnect (1012), %zu rooms read again",
                 __func__, node, (long long)st->seq, (long long)st->gen, n, rooms);
@@ -1334,7 +1336,21 @@ gw_rt_idle(const gw_t *gw)
 {
     const rt_t *rt = gw->rt;
     (void)gw;
-    return !rt->nconns && !rt->holds.n;
+    return !rt->nconns && !rt->holds.n && gw_replica_idle(gw);
+}
+
+bool
+gw_rt_seq(const gw_t *gw, int node, int64_t *gen, int64_t *seq)
+{
+    const rt_t *rt = gw->rt;
+    if (node < 1 || node > 64)
+        return false;
+    const rt_seq_t *st = &rt->seqs[node];
+    if (!st->seen || st->resync)
+        return false;
+    *gen = st->gen;
+    *seq = st->seq;
+    return true;
 }
 
 /*  A new SUB socket has its first frame: the sequence trackers start again, and the messages
@@ -1344,6 +1360,7 @@ gw_rt_bus_live(gw_t *gw)
 {
     rt_t *rt = gw->rt;
     s_seqs_reset(rt);
+    gw_replica_drop_all(gw, "a new bus socket");
     for (gw_ws_conn_t *c = rt->ws.conns, *next; c; c = next) {
         next = c->next;
         gw_ws_resume(c);
@@ -1363,6 +1380,7 @@ s_deliver(rt_t *rt, const pd_msg_t *ev)
     pd_record_t rn, rp;
     pd_record_read(ev, &rn);
     s_hold_on_event(rt, action, &rn);
+    gw_replica_on_event(rt->gw, ev, &rn);
     rt_proj_t *proj = s_proj_find(rt, rn.project);
     if (!proj || proj->nconns == 0 || !rn.id.len)
         return;

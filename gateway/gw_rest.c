@@ -17,6 +17,7 @@
 #include "pd_err.h"
 #include "pd_log.h"
 #include "pd_body.h"
+#include "gw_replica.h"
 #include "pd_listcache.h"
 #include "pd_query.h"
 
@@ -637,6 +638,56 @@ s_on_list_reply(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
     msgpack_zone_clear(&gw->rzone);
 }
 
+/*  A list as s_list read it (the request's pool): what its LIST message says. */
+typedef struct {
+    pd_str_t project, queries, indexes, roles; //  queries: packed
+    int route;
+    int64_t t0, ttl, now;
+    bool count, total, key;
+} list_args_t;
+
+static pd_str_t
+s_pool_str(h2o_req_t *req, pd_str_t s)
+{
+    char *p = h2o_mem_alloc_pool(&req->pool, s.len + 1);
+    if (s.len)
+        memcpy(p, s.ptr, s.len);
+    p[s.len] = 0;
+    return (pd_str_t){p, s.len};
+}
+
+//  The list, to the broker: a page it plans is fetched here (above), unless the list cache may
+//  keep it. Also what a roster replica falls back to (gw_replica.h).
+static void
+s_list_send(gw_t *gw, h2o_req_t *req, void *arg)
+{
+    const list_args_t *a = arg;
+    bool plan = !a->ttl && !a->count && gw_direct_all(gw);
+    gw_pending_t *p = gw_pending_new(gw, req, a->route,
+                                     a->ttl ? s_on_cached_list_reply
+                                            : plan ? s_on_list_reply : s_on_reply);
+    p->start_ns = a->t0;
+    pd_msgw_t *w = gw_send_begin(gw, PD_MSG_LIST, p->rid);
+    if (plan)
+        gw_send_keep(gw, p);
+    if (a->ttl)
+        pd_msgw_int(w, PD_F_TTL, a->ttl);
+    pd_msgw_s(w, PD_F_PROJECT, a->project);
+    pd_msgw_s(w, PD_F_QUERIES, a->queries);
+    if (a->indexes.len)
+        pd_msgw_s(w, PD_F_INDEXES, a->indexes);
+    int64_t fl = (a->count ? PD_FL_COUNT | PD_FL_TOTAL : a->total ? PD_FL_TOTAL : 0) |
+                 (plan ? PD_FL_PLAN : 0);
+    if (a->key) {
+        pd_msgw_int(w, PD_F_FLAGS, PD_FL_BYPASS | fl);
+    } else {
+        pd_msgw_int(w, PD_F_FLAGS, fl);
+        pd_msgw_s(w, PD_F_ROLES, a->roles);
+    }
+    pd_msgw_int(w, PD_F_NOW, a->now);
+    gw_send_end(gw);
+}
+
 /*  GET /v1/presences (route LIST) and our extension GET /v1/presences/count (route COUNT):
  *  a count takes filters only (no limit, offset, cursor or order, no ttl) and answers
  *  {"total": N}, exact (no 5,000 cap); the store nodes count an equal() on an attribute the
@@ -702,37 +753,39 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0, int route)
         return;
     }
     bool paged = pd_query_paged(q);
-    pd_query_destroy(&q);
     if (count && paged) {
+        pd_query_destroy(&q);
         gw_respond_err(gw, req, route, PD_ERR_QUERY_INVALID,
                        PD_STR("Invalid query: a count takes filters only (no limit, offset, "
                               "cursorAfter, cursorBefore, orderAsc or orderDesc)."),
                        t0);
         return;
     }
-    /* a page the broker plans is fetched here (above), unless the list cache may keep it */
-    bool plan = !ttl && !count && gw_direct_all(gw);
-    gw_pending_t *p = gw_pending_new(gw, req, route,
-                                     ttl ? s_on_cached_list_reply : plan ? s_on_list_reply : s_on_reply);
-    pd_msgw_t *w = gw_send_begin(gw, PD_MSG_LIST, p->rid);
-    if (plan)
-        gw_send_keep(gw, p);
-    if (ttl)
-        pd_msgw_int(w, PD_F_TTL, ttl);
-    pd_msgw_str(w, PD_F_PROJECT, id->project->id, strlen(id->project->id));
-    pd_buf_t packed;
-    pd_buf_init(&packed);
+    list_args_t *a = h2o_mem_alloc_pool(&req->pool, sizeof *a);
+    *a = (list_args_t){.route = route, .t0 = t0, .ttl = ttl, .count = count, .total = total,
+                       .key = id->kind == GW_ID_KEY, .now = pd_now_ms()};
+    a->project = s_pool_str(req, pd_str(id->project->id));
+    a->indexes = s_pool_str(req, (pd_str_t){id->project->indexes, id->project->indexes_len});
+    a->roles = s_pool_str(req, (pd_str_t){id->roles.data, id->roles.len});
+    size_t plen = 0;
+    for (size_t i = 0; i < nq; i++)
+        plen += qs[i].len + 1;
+    char *packed = h2o_mem_alloc_pool(&req->pool, plen ? plen : 1);
+    a->queries = (pd_str_t){packed, plen};
     for (size_t i = 0; i < nq; i++) {
-        pd_buf_add(&packed, qs[i].ptr, qs[i].len);
-        pd_buf_add(&packed, "", 1);
+        memcpy(packed, qs[i].ptr, qs[i].len);
+        packed[qs[i].len] = 0;
+        packed += qs[i].len + 1;
     }
-    pd_msgw_str(w, PD_F_QUERIES, packed.data ? packed.data : "", packed.len);
-    pd_buf_free(&packed);
-    if (id->project->indexes_len)
-        pd_msgw_str(w, PD_F_INDEXES, id->project->indexes, id->project->indexes_len);
-    s_put_caller(w, id, (count ? PD_FL_COUNT | PD_FL_TOTAL : total ? PD_FL_TOTAL : 0) |
-                            (plan ? PD_FL_PLAN : 0));
-    gw_send_end(gw);
+    if (!ttl && !count) { /* a roster this gateway keeps answers it (gw_replica.h) */
+        gw_replica_list_t l = {.project = a->project, .roles = a->roles, .bypass = a->key,
+                               .total = total, .now = a->now, .route = route, .start_ns = t0,
+                               .fallback = s_list_send, .arg = a};
+        if (gw_replica_list(gw, req, q, &l))
+            return;
+    }
+    pd_query_destroy(&q);
+    s_list_send(gw, req, a);
 }
 
 static void

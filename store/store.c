@@ -121,6 +121,7 @@ typedef struct {
     struct cand *cands;   //  a list's matches, kept between lists (no allocation per list)
     struct sent *sorted;  //  the same, ordered
     size_t cap_cands;
+    uint64_t sh_epoch;    //  changes of the store set seen (a DUMP's EPOCH: gw_replica.h)
     int sh_from, sh_to;   //  the store set (SHARDS): records move from sh_from nodes to sh_to;
                           //  0 until the broker has said (direct requests are refused until then)
     zhash_t *frozen;      //  records and claims sent by MOVE_OUT, not yet dropped (s_move_key)
@@ -881,6 +882,7 @@ s_on_shards(store_t *self, const pd_msg_t *m)
         return;
     }
     if (from != self->sh_from || to != self->sh_to) {
+        self->sh_epoch++;
         self->scan_pos = self->claim_pos = 0;
         self->scan_claims = false;
         self->pass_found = 0;
@@ -1383,6 +1385,77 @@ s_on_fetch(store_t *self, const pd_msg_t *m)
     pd_msgw_end(w);
 }
 
+/* -------------------------------------------------------------------------- dump */
+
+typedef struct {
+    store_t *self;
+    pd_str_t project;
+    msgpack_packer pk;
+    int64_t n, limit;
+} dump_ctx_t;
+
+static int
+s_dump_visit(const pd_record_t *rec, void *arg)
+{
+    dump_ctx_t *d = arg;
+    if (!pd_str_eq(rec->project, d->project))
+        return 0;
+    if (++d->n > d->limit)
+        return 1;
+    pd_record_pack_item(rec, &d->pk);
+    return 0;
+}
+
+static int
+s_dump_status(pd_str_t status, int64_t n, void *arg)
+{
+    (void)n;
+    dump_ctx_t *d = arg;
+    pd_table_foreach_status(d->self->table, d->project, status, s_dump_visit, d);
+    return d->n > d->limit;
+}
+
+/*  DUMP (a gateway's roster replica, gw_replica.h): where this node's events stand (GEN, SEQ:
+ *  every change up to SEQ is in what follows, none after it), and, unless FLAGS MARK, every
+ *  record of PROJECT, at most LIMIT of them. Refused while records move between nodes (they
+ *  come and go without events). EPOCH and FROM/TOTAL let the gateway see a move it missed. */
+static void
+s_on_dump(store_t *self, const pd_msg_t *m)
+{
+    pd_msgw_t *w = self->reply;
+    bool mark = (m->i[PD_F_FLAGS] & PD_FL_MARK) != 0;
+    dump_ctx_t d = {.self = self, .project = m->s[PD_F_PROJECT], .limit = m->i[PD_F_LIMIT]};
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&d.pk, &sb, msgpack_sbuffer_write);
+    int err = PD_ERR_OK;
+    if (!self->sh_to || self->sh_from != self->sh_to)
+        err = PD_ERR_UNAVAILABLE;
+    else if (!mark && st_projects_exact(self->projects, self->table) &&
+             2 * (uint64_t)st_projects_count(self->projects, d.project) <
+                 pd_table_count(self->table))
+        st_projects_each_status(self->projects, d.project, s_dump_status, &d);
+    else if (!mark)
+        pd_table_foreach(self->table, s_dump_visit, &d);
+    if (d.n > d.limit)
+        err = PD_ERR_UNAVAILABLE; /* more than the gateway keeps */
+    pd_msgw_begin(w, mark ? PD_MSG_REPLY : PD_MSG_DUMP, m->rid); /* a mark: a list waits */
+    pd_msgw_int(w, PD_F_ERR, err);
+    pd_msgw_int(w, PD_F_NODE, self->node);
+    pd_msgw_int(w, PD_F_GEN, self->gen);
+    pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
+    pd_msgw_int(w, PD_F_EPOCH, (int64_t)self->sh_epoch);
+    pd_msgw_int(w, PD_F_FROM, self->sh_from);
+    pd_msgw_int(w, PD_F_TOTAL, self->sh_to);
+    if (!mark && err == PD_ERR_OK) {
+        pd_msgw_raw(w, PD_F_ITEMS);
+        msgpack_pack_array(&w->pk, (uint32_t)d.n);
+        msgpack_sbuffer_write(&w->sb, sb.data, sb.size);
+    }
+    pd_msgw_end(w);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 /* -------------------------------------------------------------------------- sync */
 
 /*  SYNC (the reaper asks for every deadline of the node) is answered a slice at a time: at
@@ -1759,6 +1832,10 @@ s_on_front_msg(const pd_msg_t *m, void *arg)
     store_t *self = arg;
     if (m->type == PD_MSG_REPLAY) { /* a gateway missed some of our events (st_replay.h) */
         st_replay_answer(self->outbox, m, self->reply);
+        return;
+    }
+    if (m->type == PD_MSG_DUMP) { /* a gateway's roster replica (gw_replica.h) */
+        s_on_dump(self, m);
         return;
     }
     if (m->type == PD_MSG_FETCH) { /* a gateway's fetch of a list's plan (broker.c) */

@@ -31,6 +31,9 @@ const DIFF_KEY = 'dk_' + crypto.randomBytes(16).toString('hex');
 const DIFF_JWT = 'dj_' + crypto.randomBytes(16).toString('hex');
 const H = useCluster(test, {
     label: 'lists', stores: STORES, gateways: 2,
+    // no roster replicas (gateway/gw_replica.h): these lists are the store nodes' and the
+    // broker's, the path every list takes that a replica does not answer (replica.test.js)
+    args: ['--list-replica', '0'],
     env: { LISTS_DIFF_KEY: DIFF_KEY },
     // metadata.n, status and two dates are indexed: their equal()s and ranges are answered from
     // the store nodes' indexes (st_index.h), and pages ordered by status, $createdAt (the default

@@ -1,0 +1,902 @@
+/*  gw_replica — rosters answered from this gateway's own copy of a project's records
+ *  (gw_replica.h says what and when). */
+#include "gw_replica.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "pd_err.h"
+#include "pd_log.h"
+#include "pd_map.h"
+#include "pd_record.h"
+
+enum { RP_BUILDING, RP_READY, RP_REFUSED };
+
+/*  A record: the fields a list reads, in one allocation. */
+typedef struct {
+    pd_mapent_t me;       //  by id in the project's map
+    uint32_t pos;         //  its place in the project's order
+    uint32_t len[7];      //  id, userId, status, status JSON, source, read roles, JSON
+    int64_t created, updated, expires;
+    uint64_t version;
+    char data[];          //  the strings, back to back
+} rp_ent_t;
+
+typedef struct rp_proj rp_proj_t;
+struct rp_proj {
+    rp_proj_t *next;
+    char *project;
+    size_t project_len;
+    int state;            //  RP_*
+    pd_map_t ids;         //  id -> rp_ent_t
+    rp_ent_t **order;     //  every record ($createdAt, $id) when sorted; NULLs where deleted
+    size_t n, cap, holes;
+    bool sorted;
+    size_t bytes;         //  the entries' and the order's
+    int64_t used_ms;      //  mono ms of the last list answered (or the build)
+    int64_t until_ms;     //  building: given up then; refused: tried again then
+    int nnodes;           //  the store set at the build
+    uint64_t rid;         //  the dumps' request id
+    uint64_t waiting;     //  nodes whose dump has not come (bit n)
+    bool sent;            //  the dumps were asked for
+    struct { int64_t gen, seq, epoch; } node[GW_MAX_STORES + 1];
+    pd_msgw_t held;       //  the project's events while building
+};
+
+typedef struct rp_wait rp_wait_t;
+struct rp_wait {
+    rp_wait_t *prev, *next; //  in the waiting lists (linked while the bus is awaited)
+    gw_replicas_t *rs;
+    h2o_req_t *req;
+    pd_query_t *q;
+    gw_replica_list_t l;
+    bool linked, done, failed;
+    int nnodes;
+    struct { int64_t gen, seq, epoch, from, total; } mark[GW_MAX_STORES + 1];
+    h2o_timeout_entry_t timer;
+};
+
+struct gw_replicas {
+    gw_t *gw;
+    size_t max_bytes;     //  --list-replica
+    rp_proj_t *projs;
+    size_t bytes;
+    uint64_t rid;
+    rp_wait_t *waits;     //  lists waiting for the bus
+    h2o_timeout_t wait_timeout;
+    const rp_ent_t **page; //  scratch: a page's records
+    size_t cap_page;
+    struct rp_sort { pd_qsum_t sum; const rp_ent_t *e; pd_qkey_t key; } *sorted; //  scratch
+    size_t cap_sorted;
+    /* metrics */
+    uint64_t served, fallbacks, builds, built, dropped, waited;
+};
+
+/* -------------------------------------------------------------------------- records */
+
+static void
+s_ent_rec(const rp_ent_t *e, pd_record_t *r)
+{
+    memset(r, 0, sizeof *r);
+    const char *p = e->data;
+    pd_str_t *f[] = {&r->id, &r->user_id, &r->status, &r->status_json, &r->source,
+                     &r->read_roles, &r->json};
+    for (size_t i = 0; i < 7; i++) {
+        *f[i] = (pd_str_t){p, e->len[i]};
+        p += e->len[i];
+    }
+    r->created_ms = e->created;
+    r->updated_ms = e->updated;
+    r->expires_ms = e->expires;
+    r->version = e->version;
+}
+
+static pd_str_t
+s_ent_id(const rp_ent_t *e)
+{
+    return (pd_str_t){e->data, e->len[0]};
+}
+
+static pd_str_t
+s_ent_json(const rp_ent_t *e)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < 6; i++)
+        off += e->len[i];
+    return (pd_str_t){e->data + off, e->len[6]};
+}
+
+static size_t
+s_ent_size(const rp_ent_t *e)
+{
+    size_t n = sizeof *e;
+    for (size_t i = 0; i < 7; i++)
+        n += e->len[i];
+    return n + 2 * sizeof(void *); //  its map link and its place in the order
+}
+
+static rp_ent_t *
+s_ent_new(const pd_record_t *r)
+{
+    const pd_str_t *f[] = {&r->id, &r->user_id, &r->status, &r->status_json, &r->source,
+                           &r->read_roles, &r->json};
+    size_t n = 0;
+    for (size_t i = 0; i < 7; i++)
+        n += f[i]->len;
+    rp_ent_t *e = malloc(sizeof *e + n);
+    if (!e)
+        abort();
+    memset(e, 0, sizeof *e);
+    char *p = e->data;
+    for (size_t i = 0; i < 7; i++) {
+        e->len[i] = (uint32_t)f[i]->len;
+        if (f[i]->len)
+            memcpy(p, f[i]->ptr, f[i]->len);
+        p += f[i]->len;
+    }
+    e->created = r->created_ms;
+    e->updated = r->updated_ms;
+    e->expires = r->expires_ms;
+    e->version = r->version;
+    return e;
+}
+
+//  The default order: $createdAt, then $id (pd_query_key_cmp's for two such keys).
+static int
+s_ent_cmp(const rp_ent_t *a, const rp_ent_t *b)
+{
+    if (a->created != b->created)
+        return a->created < b->created ? -1 : 1;
+    return pd_str_cmp(s_ent_id(a), s_ent_id(b));
+}
+
+static int
+s_ent_qcmp(const void *a, const void *b)
+{
+    const rp_ent_t *x = *(rp_ent_t *const *)a, *y = *(rp_ent_t *const *)b;
+    if (!x || !y) //  deleted ones last (the caller drops them)
+        return !x - !y;
+    return s_ent_cmp(x, y);
+}
+
+static rp_ent_t *
+s_find(rp_proj_t *pj, pd_str_t id)
+{
+    uint64_t h = pd_map_hash(&pj->ids, id, PD_STR_NULL);
+    for (pd_mapent_t *me = pd_map_first(&pj->ids, h); me; me = me->next) {
+        rp_ent_t *e = (rp_ent_t *)me;
+        if (me->hash == h && pd_str_eq(s_ent_id(e), id))
+            return e;
+    }
+    return NULL;
+}
+
+static void
+s_remove(gw_replicas_t *rs, rp_proj_t *pj, rp_ent_t *e)
+{
+    pd_map_del(&pj->ids, &e->me);
+    pj->order[e->pos] = NULL;
+    pj->holes++;
+    size_t sz = s_ent_size(e);
+    pj->bytes -= sz;
+    rs->bytes -= sz;
+    free(e);
+}
+
+//  Adds or replaces the record r.
+static void
+s_put(gw_replicas_t *rs, rp_proj_t *pj, const pd_record_t *r)
+{
+    rp_ent_t *old = s_find(pj, r->id), *e = s_ent_new(r);
+    e->me.hash = pd_map_hash(&pj->ids, r->id, PD_STR_NULL);
+    if (old) {
+        e->pos = old->pos;
+        if (old->created != e->created)
+            pj->sorted = false;
+        pd_map_del(&pj->ids, &old->me);
+        size_t sz = s_ent_size(old);
+        pj->bytes -= sz;
+        rs->bytes -= sz;
+        free(old);
+    } else {
+        if (pj->n == pj->cap) {
+            pj->cap = pj->cap ? 2 * pj->cap : 1024;
+            pj->order = realloc(pj->order, pj->cap * sizeof *pj->order);
+            if (!pj->order)
+                abort();
+        }
+        if (pj->n && pj->order[pj->n - 1] && s_ent_cmp(pj->order[pj->n - 1], e) > 0)
+            pj->sorted = false;
+        else if (pj->n && !pj->order[pj->n - 1])
+            pj->sorted = false; //  (compaction puts it in place)
+        e->pos = (uint32_t)pj->n++;
+    }
+    pj->order[e->pos] = e;
+    pd_map_add(&pj->ids, &e->me);
+    size_t sz = s_ent_size(e);
+    pj->bytes += sz;
+    rs->bytes += sz;
+}
+
+//  The order without holes, sorted.
+static void
+s_sort(rp_proj_t *pj)
+{
+    if (pj->sorted && !pj->holes)
+        return;
+    if (!pj->sorted)
+        qsort(pj->order, pj->n, sizeof *pj->order, s_ent_qcmp);
+    size_t k = 0;
+    for (size_t i = 0; i < pj->n; i++)
+        if (pj->order[i]) {
+            pj->order[k] = pj->order[i];
+            pj->order[k]->pos = (uint32_t)k;
+            k++;
+        }
+    pj->n = k;
+    pj->holes = 0;
+    pj->sorted = true;
+}
+
+/* -------------------------------------------------------------------------- projects */
+
+static rp_proj_t *
+s_proj_find(gw_replicas_t *rs, pd_str_t project)
+{
+    for (rp_proj_t *pj = rs->projs; pj; pj = pj->next)
+        if (pj->project_len == project.len && memcmp(pj->project, project.ptr, project.len) == 0)
+            return pj;
+    return NULL;
+}
+
+static void
+s_proj_clear(gw_replicas_t *rs, rp_proj_t *pj)
+{
+    for (size_t i = 0; i < pj->n; i++)
+        free(pj->order[i]);
+    free(pj->order);
+    pj->order = NULL;
+    pj->n = pj->cap = pj->holes = 0;
+    pd_map_free(&pj->ids);
+    pd_map_init(&pj->ids);
+    pd_msgw_reset(&pj->held);
+    rs->bytes -= pj->bytes;
+    pj->bytes = 0;
+}
+
+static void
+s_proj_free(gw_replicas_t *rs, rp_proj_t *pj)
+{
+    s_proj_clear(rs, pj);
+    pd_map_free(&pj->ids);
+    pd_msgw_destroy(&pj->held);
+    free(pj->project);
+    free(pj);
+}
+
+static void
+s_drop(gw_replicas_t *rs, rp_proj_t *pj, const char *why)
+{
+    for (rp_proj_t **at = &rs->projs; *at; at = &(*at)->next)
+        if (*at == pj) {
+            *at = pj->next;
+            break;
+        }
+    if (pj->state != RP_REFUSED) {
+        rs->dropped++;
+        pd_log_info("roster replica of project %s dropped: %s", pj->project, why);
+    }
+    s_proj_free(rs, pj);
+}
+
+//  A failed build: no other for the project before GW_REPLICA_RETRY_MS.
+static void
+s_refuse(gw_replicas_t *rs, rp_proj_t *pj, const char *why)
+{
+    pd_log_info("roster replica of project %s not kept: %s", pj->project, why);
+    s_proj_clear(rs, pj);
+    pj->state = RP_REFUSED;
+    pj->until_ms = pd_mono_ms() + GW_REPLICA_RETRY_MS;
+}
+
+//  Every node up and reached directly, and proven on the bus.
+static bool
+s_nodes_ok(gw_t *gw)
+{
+    if (gw->nstores < 1 || gw->nstores > 63 || !gw_bus_live(gw) || !gw->bus_proven)
+        return false;
+    for (int n = 1; n <= gw->nstores; n++)
+        if (!gw->stores[n].sock || !gw->stores[n].up)
+            return false;
+    return true;
+}
+
+static void
+s_dump_send(gw_replicas_t *rs, rp_proj_t *pj)
+{
+    gw_t *gw = rs->gw;
+    if (!s_nodes_ok(gw))
+        return; /* the tick asks again, until the build's deadline */
+    size_t room = rs->max_bytes > rs->bytes ? rs->max_bytes - rs->bytes : 0;
+    pj->sent = true;
+    pj->nnodes = gw->nstores;
+    pj->rid = ++rs->rid;
+    pj->waiting = 0;
+    for (int n = 1; n <= gw->nstores; n++) {
+        pd_msgw_t *w = gw_send_store(gw, n, PD_MSG_DUMP, pj->rid);
+        if (!w) {
+            s_refuse(rs, pj, "a store node is out of reach");
+            return;
+        }
+        pj->waiting |= 1ULL << n;
+        pd_msgw_str(w, PD_F_PROJECT, pj->project, pj->project_len);
+        pd_msgw_int(w, PD_F_LIMIT, (int64_t)(room / 256)); /* no record takes less */
+        gw_send_end(gw);
+    }
+}
+
+static void
+s_build(gw_replicas_t *rs, pd_str_t project)
+{
+    rp_proj_t *pj = calloc(1, sizeof *pj);
+    if (!pj || !(pj->project = malloc(project.len + 1)))
+        abort();
+    memcpy(pj->project, project.ptr, project.len);
+    pj->project[project.len] = 0;
+    pj->project_len = project.len;
+    pj->state = RP_BUILDING;
+    pj->sorted = true;
+    pj->used_ms = pd_mono_ms();
+    pj->until_ms = pj->used_ms + GW_REPLICA_BUILD_MS;
+    pd_map_init(&pj->ids);
+    pd_msgw_init(&pj->held);
+    pj->next = rs->projs;
+    rs->projs = pj;
+    rs->builds++;
+    gw_bus_join(rs->gw);
+    s_dump_send(rs, pj);
+}
+
+//  Keeps the bytes within the bound: the least recently listed replicas go first.
+static void
+s_trim(gw_replicas_t *rs)
+{
+    while (rs->bytes > rs->max_bytes) {
+        rp_proj_t *lru = NULL;
+        for (rp_proj_t *pj = rs->projs; pj; pj = pj->next)
+            if (pj->bytes && (!lru || pj->used_ms < lru->used_ms))
+                lru = pj;
+        if (!lru)
+            return;
+        s_refuse(rs, lru, "over --list-replica bytes");
+    }
+}
+
+/* -------------------------------------------------------------------------- events */
+
+static void
+s_apply(gw_replicas_t *rs, rp_proj_t *pj, const pd_msg_t *ev, const pd_record_t *r)
+{
+    int64_t node = ev->i[PD_F_NODE];
+    if (node < 1 || node > pj->nnodes || ev->i[PD_F_GEN] != pj->node[node].gen) {
+        s_drop(rs, pj, "a store node restarted");
+        return;
+    }
+    if (ev->i[PD_F_SEQ] <= pj->node[node].seq)
+        return; /* in the dump already */
+    if (ev->i[PD_F_ACTION] == PD_ACT_DELETE) {
+        rp_ent_t *e = s_find(pj, r->id);
+        if (e)
+            s_remove(rs, pj, e);
+    } else {
+        s_put(rs, pj, r);
+    }
+}
+
+static void
+s_on_held(const pd_msg_t *m, void *arg)
+{
+    gw_replicas_t *rs = arg;
+    pd_record_t r;
+    pd_record_read(m, &r);
+    rp_proj_t *pj = s_proj_find(rs, r.project);
+    if (pj && pj->state == RP_READY)
+        s_apply(rs, pj, m, &r);
+}
+
+void
+gw_replica_on_event(gw_t *gw, const pd_msg_t *ev, const pd_record_t *rec)
+{
+    gw_replicas_t *rs = gw->replicas;
+    if (!rs->projs || ev->type != PD_MSG_EVENT)
+        return;
+    rp_proj_t *pj = s_proj_find(rs, rec->project);
+    if (!pj || !rec->id.len)
+        return;
+    if (pj->state == RP_BUILDING && pj->sent) {
+        pd_msgw_forward(&pj->held, ev, ev->rid);
+        if (pj->held.sb.size > (16u << 20))
+            s_refuse(rs, pj, "too many events while it was being built");
+    } else if (pj->state == RP_BUILDING) {
+        return; /* the dumps, not asked for yet, will hold it */
+    } else if (pj->state == RP_READY) {
+        s_apply(rs, pj, ev, rec);
+        if (rs->bytes > rs->max_bytes)
+            s_trim(rs);
+    }
+}
+
+void
+gw_replica_on_dump(gw_t *gw, const pd_msg_t *m)
+{
+    gw_replicas_t *rs = gw->replicas;
+    rp_proj_t *pj = NULL;
+    for (rp_proj_t *p = rs->projs; p; p = p->next)
+        if (p->state == RP_BUILDING && p->sent && p->rid == m->rid)
+            pj = p;
+    int64_t node = m->i[PD_F_NODE];
+    if (!pj || node < 1 || node > pj->nnodes || !((pj->waiting >> node) & 1))
+        return; /* late, or not ours */
+    if (m->i[PD_F_ERR] != PD_ERR_OK) {
+        s_refuse(rs, pj, "a store node refused its records (too many, or records move)");
+        return;
+    }
+    pd_mpr_t a = pd_mpr(m->s[PD_F_ITEMS]);
+    uint32_t n;
+    if (m->i[PD_F_FROM] != pj->nnodes || m->i[PD_F_TOTAL] != pj->nnodes ||
+        !pd_msg_has(m, PD_F_ITEMS) || !pd_mpr_array(&a, &n)) {
+        s_refuse(rs, pj, "a store node's answer does not fit the store set");
+        return;
+    }
+    pj->node[node].gen = m->i[PD_F_GEN];
+    pj->node[node].seq = m->i[PD_F_SEQ];
+    pj->node[node].epoch = m->i[PD_F_EPOCH];
+    for (uint32_t i = 0; i < n; i++) {
+        pd_record_t r;
+        if (!pd_record_read_item(&a, &r)) {
+            gw->malformed++;
+            s_refuse(rs, pj, "a store node's answer is malformed");
+            return;
+        }
+        s_put(rs, pj, &r);
+    }
+    pj->waiting &= ~(1ULL << node);
+    if (pj->waiting)
+        return;
+    pj->state = RP_READY;
+    pj->used_ms = pd_mono_ms();
+    rs->built++;
+    pd_msgw_t held = pj->held;
+    pd_msgw_init(&pj->held);
+    if (held.count) {
+        msgpack_zone z;
+        msgpack_zone_init(&z, 4096);
+        pd_msg_each(held.sb.data, held.sb.size, &z, s_on_held, rs);
+        msgpack_zone_destroy(&z);
+    }
+    pd_msgw_destroy(&held);
+    pd_log_info("roster replica built: %zu bytes in all", rs->bytes);
+    s_trim(rs);
+}
+
+void
+gw_replica_drop_all(gw_t *gw, const char *why)
+{
+    gw_replicas_t *rs = gw->replicas;
+    for (rp_proj_t *pj = rs ? rs->projs : NULL, *next; pj; pj = next) {
+        next = pj->next;
+        if (pj->state != RP_BUILDING || pj->sent) /* (one not asked yet starts afresh) */
+            s_drop(rs, pj, why);
+    }
+}
+
+bool
+gw_replica_idle(const gw_t *gw)
+{
+    const gw_replicas_t *rs = gw->replicas;
+    for (const rp_proj_t *pj = rs ? rs->projs : NULL; pj; pj = pj->next)
+        if (pj->state != RP_REFUSED)
+            return false;
+    return true;
+}
+
+/* -------------------------------------------------------------------------- lists */
+
+static void
+s_wait_unlink(rp_wait_t *w)
+{
+    if (w->linked) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            w->rs->waits = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        w->linked = false;
+    }
+    if (h2o_timeout_is_linked(&w->timer))
+        h2o_timeout_unlink(&w->timer);
+}
+
+static void
+s_wait_dispose(void *ptr)
+{
+    rp_wait_t *w = ptr;
+    s_wait_unlink(w);
+    pd_query_destroy(&w->q);
+}
+
+static void
+s_fallback(rp_wait_t *w)
+{
+    if (w->done)
+        return;
+    w->done = true;
+    s_wait_unlink(w);
+    w->rs->fallbacks++;
+    w->l.fallback(w->rs->gw, w->req, w->l.arg);
+}
+
+//  Whether the replica is the one the marks describe: same nodes, generations, store set. If
+//  not, why not, in why.
+static bool
+s_marks_fit(const rp_wait_t *w, const rp_proj_t *pj, char *why, size_t len)
+{
+    if (w->failed) {
+        snprintf(why, len, "a store node did not say where its events stand");
+        return false;
+    }
+    if (pj->state != RP_READY || pj->nnodes != w->nnodes) {
+        snprintf(why, len, "the store set changed (%d nodes, now %d)", pj->nnodes, w->nnodes);
+        return false;
+    }
+    for (int n = 1; n <= w->nnodes; n++) {
+        if (w->mark[n].gen != pj->node[n].gen) {
+            snprintf(why, len, "store node %d restarted", n);
+            return false;
+        }
+        if (w->mark[n].epoch != pj->node[n].epoch || w->mark[n].from != pj->nnodes ||
+            w->mark[n].total != pj->nnodes) {
+            snprintf(why, len, "store node %d saw the store set change (%lld -> %lld nodes)", n,
+                     (long long)w->mark[n].from, (long long)w->mark[n].total);
+            return false;
+        }
+    }
+    return true;
+}
+
+//  Every node's events up to its mark handled here: in the replica's dump already, or handled
+//  since (gw_realtime.c checks each node's sequence).
+static bool
+s_caught_up(const rp_wait_t *w, const rp_proj_t *pj)
+{
+    for (int n = 1; n <= w->nnodes; n++) {
+        int64_t gen, seq;
+        if (w->mark[n].seq <= pj->node[n].seq)
+            continue;
+        if (!gw_rt_seq(w->rs->gw, n, &gen, &seq) || gen != w->mark[n].gen || seq < w->mark[n].seq)
+            return false;
+    }
+    return true;
+}
+
+static int
+s_sorted_cmp(const void *a, const void *b, void *arg)
+{
+    const struct rp_sort *x = a, *y = b;
+    int c = pd_query_sum_cmp(&x->sum, &y->sum);
+    return c ? c : pd_query_key_cmp(arg, &x->key, &y->key);
+}
+
+static void
+s_page_push(gw_replicas_t *rs, size_t n, const rp_ent_t *e)
+{
+    if (n == rs->cap_page) {
+        rs->cap_page = rs->cap_page ? 2 * rs->cap_page : 1024;
+        rs->page = realloc(rs->page, rs->cap_page * sizeof *rs->page);
+        if (!rs->page)
+            abort();
+    }
+    rs->page[n] = e;
+}
+
+//  The list's answer, from the replica.
+static void
+s_serve(rp_wait_t *w, rp_proj_t *pj)
+{
+    gw_replicas_t *rs = w->rs;
+    const pd_query_t *q = w->q;
+    int64_t offset = pd_query_offset(q), limit = pd_query_limit(q), total = 0;
+    size_t n = 0, len = 0, nsorted = 0;
+    bool ordered = pd_query_norder(q) > 0;
+    if (!ordered)
+        s_sort(pj);
+    for (size_t i = 0; i < pj->n; i++) {
+        const rp_ent_t *e = pj->order[i];
+        if (!e || e->expires <= w->l.now)
+            continue;
+        pd_record_t r;
+        s_ent_rec(e, &r);
+        if (!w->l.bypass && !pd_roles_intersect(r.read_roles, w->l.roles))
+            continue;
+        pd_qrec_t qr;
+        pd_qrec_init(&qr, &r);
+        bool ok = pd_query_match(q, &qr);
+        if (ok && ordered) {
+            if (nsorted == rs->cap_sorted) {
+                rs->cap_sorted = rs->cap_sorted ? 2 * rs->cap_sorted : 1024;
+                rs->sorted = realloc(rs->sorted, rs->cap_sorted * sizeof *rs->sorted);
+                if (!rs->sorted)
+                    abort();
+            }
+            struct rp_sort *s = &rs->sorted[nsorted++];
+            s->e = e;
+            pd_query_key(q, &qr, &s->key); /* views into e: it lives through this call */
+            pd_query_key_sum(q, &s->key, &s->sum);
+        }
+        pd_qrec_clear(&qr);
+        if (!ok)
+            continue;
+        total++;
+        if (!ordered && total > offset && (int64_t)n < limit) {
+            s_page_push(rs, n++, e);
+            len += e->len[6];
+        }
+        if (!ordered && (int64_t)n == limit && (!w->l.total || total >= PD_QUERY_TOTAL_CAP))
+            break;
+    }
+    if (ordered) {
+        if (nsorted)
+            qsort_r(rs->sorted, nsorted, sizeof *rs->sorted, s_sorted_cmp, (void *)q);
+        for (size_t i = (size_t)offset; i < nsorted && (int64_t)n < limit; i++) {
+            s_page_push(rs, n++, rs->sorted[i].e);
+            len += rs->sorted[i].e->len[6];
+        }
+    }
+    if (!w->l.total)
+        total = 0;
+    else if (total > PD_QUERY_TOTAL_CAP)
+        total = PD_QUERY_TOTAL_CAP;
+    char head[PD_PAGE_HEAD_MAX];
+    size_t hl = pd_page_head(head, total), blen = pd_page_len(hl, n, len);
+    char *body = gw_big_alloc(rs->gw, w->req, blen), *at = body;
+    memcpy(at, head, hl);
+    at += hl;
+    for (size_t i = 0; i < n; i++) {
+        const rp_ent_t *e = rs->page[i];
+        if (i)
+            *at++ = ',';
+        pd_str_t js = s_ent_json(e);
+        memcpy(at, js.ptr, js.len);
+        at += js.len;
+    }
+    memcpy(at, PD_PAGE_TAIL, sizeof PD_PAGE_TAIL - 1);
+    pj->used_ms = pd_mono_ms();
+    rs->served++;
+    w->done = true;
+    s_wait_unlink(w);
+    gw_respond_pool(rs->gw, w->req, w->l.route, 200, "application/json", body, blen,
+                    w->l.start_ns);
+}
+
+//  Answers the list if it can be, now; false while the bus is awaited.
+static bool
+s_try(rp_wait_t *w)
+{
+    rp_proj_t *pj = s_proj_find(w->rs, w->l.project);
+    char why[128];
+    if (!pj || !s_marks_fit(w, pj, why, sizeof why)) {
+        if (pj && pj->state == RP_READY && !w->failed)
+            s_drop(w->rs, pj, why);
+        s_fallback(w);
+        return true;
+    }
+    if (!s_caught_up(w, pj))
+        return false;
+    s_serve(w, pj);
+    return true;
+}
+
+static void
+s_wait_timeout(h2o_timeout_entry_t *entry)
+{
+    rp_wait_t *w = H2O_STRUCT_FROM_MEMBER(rp_wait_t, timer, entry);
+    if (s_try(w))
+        return;
+    rp_proj_t *pj = s_proj_find(w->rs, w->l.project);
+    char why[160] = "";
+    for (int n = 1; n <= w->nnodes && !why[0]; n++) {
+        int64_t gen = 0, seq = -1;
+        bool known = gw_rt_seq(w->rs->gw, n, &gen, &seq);
+        if (pj && w->mark[n].seq > pj->node[n].seq &&
+            (!known || gen != w->mark[n].gen || seq < w->mark[n].seq))
+            snprintf(why, sizeof why, "store node %d's events up to %lld did not come in %d ms "
+                     "(%s %lld)", n, (long long)w->mark[n].seq, GW_REPLICA_WAIT_MS,
+                     known ? "handled up to" : "none known, generation", (long long)seq);
+    }
+    if (pj)
+        s_drop(w->rs, pj, why);
+    s_fallback(w);
+}
+
+//  A node's mark (a DUMP with FLAGS MARK), answered as a REPLY to the list's pending request.
+static void
+s_on_mark(gw_t *gw, gw_pending_t *p, const pd_msg_t *m)
+{
+    (void)gw;
+    rp_wait_t *w = p->user;
+    int64_t node = m->i[PD_F_NODE];
+    if (m->i[PD_F_ERR] != PD_ERR_OK || node < 1 || node > w->nnodes) {
+        w->failed = true;
+    } else {
+        w->mark[node].gen = m->i[PD_F_GEN];
+        w->mark[node].seq = m->i[PD_F_SEQ];
+        w->mark[node].epoch = m->i[PD_F_EPOCH];
+        w->mark[node].from = m->i[PD_F_FROM];
+        w->mark[node].total = m->i[PD_F_TOTAL];
+    }
+    if (p->more)
+        return; /* more to come */
+    p->req = NULL;
+    if (s_try(w))
+        return;
+    w->rs->waited++;
+    w->linked = true;
+    w->prev = NULL;
+    w->next = w->rs->waits;
+    if (w->next)
+        w->next->prev = w;
+    w->rs->waits = w;
+    h2o_timeout_link(gw->ctx.loop, &w->rs->wait_timeout, &w->timer);
+}
+
+void
+gw_replica_on_bus(gw_t *gw)
+{
+    gw_replicas_t *rs = gw->replicas;
+    for (rp_wait_t *w = rs->waits, *next; w; w = next) {
+        next = w->next;
+        s_try(w);
+    }
+}
+
+bool
+gw_replica_list(gw_t *gw, h2o_req_t *req, pd_query_t *q, const gw_replica_list_t *l)
+{
+    gw_replicas_t *rs = gw->replicas;
+    if (!rs->max_bytes)
+        return false;
+    rp_proj_t *pj = s_proj_find(rs, l->project);
+    int64_t now = pd_mono_ms();
+    if (!pj) {
+        if (pd_query_offset(q) + pd_query_limit(q) >= GW_REPLICA_MIN_PAGE)
+            s_build(rs, l->project);
+        return false;
+    }
+    if (pj->state == RP_REFUSED) {
+        if (now >= pj->until_ms)
+            s_drop(rs, pj, "tried again");
+        return false;
+    }
+    if (pj->state != RP_READY) {
+        if (!pj->sent)
+            s_dump_send(rs, pj);
+        return false;
+    }
+    bool before;
+    if (pd_query_cursor(q, &before).ptr || pd_query_reads_meta(q) || !s_nodes_ok(gw) ||
+        gw->nstores != pj->nnodes)
+        return false;
+    rp_wait_t *w = h2o_mem_alloc_shared(&req->pool, sizeof *w, s_wait_dispose);
+    memset(w, 0, sizeof *w);
+    w->rs = rs;
+    w->req = req;
+    w->q = q;
+    w->l = *l;
+    w->nnodes = pj->nnodes;
+    w->timer.cb = s_wait_timeout;
+    gw_pending_t *p = gw_pending_new(gw, req, l->route, s_on_mark);
+    p->start_ns = l->start_ns;
+    p->user = w;
+    p->more = (uint32_t)w->nnodes - 1;
+    for (int n = 1; n <= w->nnodes; n++)
+        p->nodes |= 1ULL << n;
+    for (int n = 1; n <= w->nnodes; n++) {
+        pd_msgw_t *m = gw_send_store(gw, n, PD_MSG_DUMP, p->rid);
+        if (!m) {
+            gw_fail_answer(gw, p); /* s_on_mark: failed, and the fallback once all are in */
+            continue;
+        }
+        pd_msgw_str(m, PD_F_PROJECT, pj->project, pj->project_len);
+        pd_msgw_int(m, PD_F_FLAGS, PD_FL_MARK);
+        gw_send_end(gw);
+    }
+    return true;
+}
+
+/* -------------------------------------------------------------------------- upkeep */
+
+void
+gw_replica_tick(gw_t *gw)
+{
+    gw_replicas_t *rs = gw->replicas;
+    int64_t now = pd_mono_ms();
+    for (rp_proj_t *pj = rs->projs, *next; pj; pj = next) {
+        next = pj->next;
+        if (pj->state == RP_READY && now - pj->used_ms >= GW_REPLICA_IDLE_MS)
+            s_drop(rs, pj, "not listed for a minute");
+        else if (pj->state == RP_REFUSED && now >= pj->until_ms)
+            s_drop(rs, pj, "tried again");
+        else if (pj->state == RP_BUILDING && now >= pj->until_ms)
+            s_refuse(rs, pj, "the store nodes did not answer in time");
+        else if (pj->state == RP_BUILDING && !pj->sent)
+            s_dump_send(rs, pj);
+    }
+}
+
+void
+gw_replica_metrics(gw_t *gw, pd_buf_t *b)
+{
+    gw_replicas_t *rs = gw->replicas;
+    size_t n = 0, records = 0;
+    for (rp_proj_t *pj = rs->projs; pj; pj = pj->next)
+        if (pj->state == RP_READY) {
+            n++;
+            records += pj->ids.n;
+        }
+    pd_buf_addf(b,
+                "# HELP presenced_gateway_list_replica_total Lists a roster replica took: "
+                "answered from it, or sent through the broker after all (gw_replica.h)\n"
+                "# TYPE presenced_gateway_list_replica_total counter\n"
+                "presenced_gateway_list_replica_total{gateway=\"%d\",result=\"served\"} %llu\n"
+                "presenced_gateway_list_replica_total{gateway=\"%d\",result=\"fallback\"} %llu\n"
+                "# HELP presenced_gateway_list_replica_waits_total Lists that waited for the "
+                "bus to bring the events their marks named\n"
+                "# TYPE presenced_gateway_list_replica_waits_total counter\n"
+                "presenced_gateway_list_replica_waits_total{gateway=\"%d\"} %llu\n"
+                "# HELP presenced_gateway_list_replica_builds_total Roster replicas asked for, "
+                "built, and dropped\n"
+                "# TYPE presenced_gateway_list_replica_builds_total counter\n"
+                "presenced_gateway_list_replica_builds_total{gateway=\"%d\",result=\"asked\"} %llu\n"
+                "presenced_gateway_list_replica_builds_total{gateway=\"%d\",result=\"built\"} %llu\n"
+                "presenced_gateway_list_replica_builds_total{gateway=\"%d\",result=\"dropped\"} "
+                "%llu\n"
+                "# HELP presenced_gateway_list_replicas Roster replicas kept, their records and "
+                "bytes\n"
+                "# TYPE presenced_gateway_list_replicas gauge\n"
+                "presenced_gateway_list_replicas{gateway=\"%d\",of=\"projects\"} %zu\n"
+                "presenced_gateway_list_replicas{gateway=\"%d\",of=\"records\"} %zu\n"
+                "presenced_gateway_list_replicas{gateway=\"%d\",of=\"bytes\"} %zu\n",
+                gw->cfg->node, (unsigned long long)rs->served, gw->cfg->node,
+                (unsigned long long)rs->fallbacks, gw->cfg->node,
+                (unsigned long long)rs->waited, gw->cfg->node, (unsigned long long)rs->builds,
+                gw->cfg->node, (unsigned long long)rs->built, gw->cfg->node,
+                (unsigned long long)rs->dropped, gw->cfg->node, n, gw->cfg->node, records,
+                gw->cfg->node, rs->bytes);
+}
+
+gw_replicas_t *
+gw_replica_new(gw_t *gw)
+{
+    gw_replicas_t *rs = calloc(1, sizeof *rs);
+    if (!rs)
+        abort();
+    rs->gw = gw;
+    rs->max_bytes = gw->cfg->list_replica;
+    h2o_timeout_init(gw->ctx.loop, &rs->wait_timeout, GW_REPLICA_WAIT_MS);
+    return rs;
+}
+
+void
+gw_replica_destroy(gw_replicas_t **self_p)
+{
+    gw_replicas_t *rs = *self_p;
+    if (!rs)
+        return;
+    while (rs->projs)
+        s_drop(rs, rs->projs, "shutting down");
+    free(rs->page);
+    free(rs->sorted);
+    free(rs);
+    *self_p = NULL;
+}

@@ -1,0 +1,261 @@
+'use strict';
+// Roster replicas (gateway/gw_replica.h), end to end on a cluster of 3 store nodes and 2
+// gateways, each gateway reached on a connection pinned to it:
+//   - a large list builds the gateway's replica of the project; later lists are answered from
+//     it (its metrics say so) and answer exactly as a model kept in the test does (filters,
+//     orders, offsets, totals, permissions), while writes go on between them; cursors and
+//     metadata go through the broker, and answer the same;
+//   - read-your-writes across gateways: a write acknowledged by one gateway is in the very next
+//     list of the other (and a delete is gone from it);
+//   - under continuous writes, every page is whole, unique and ordered;
+//   - a record past its expiresAt is left out at once, before the reaper deletes it;
+//   - a store node SIGKILLed: lists stay right, the replica is dropped and built again.
+const test = require('node:test');
+const { describe, it } = test;
+const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
+const { useCluster, sleep } = require('./lib/cluster');
+const { nodeClient, mintJwt, plain, loadNodeSdk } = require('./lib/sdk');
+const { pinnedSockets, requestOver } = require('./lib/http');
+const { uid } = require('./lib/check');
+const { mulberry32, toQuery, modelList } = require('./lib/listmodel');
+
+const H = useCluster(test, { label: 'replica', stores: 3, gateways: 2 });
+const C = () => H.cluster;
+const { Query: Q, Permission, Role } = loadNodeSdk();
+const keyP = () => nodeClient(C(), {}).presences;
+
+const STATUSES = ['online', 'away', 'busy', 'in-game'];
+const USERS = Array.from({ length: 8 }, (_, i) => `ru${i}`);
+
+let socks; // [socket to gateway A, socket to gateway B]
+const KEEP = { connection: 'keep-alive' }; // (without it, node's http asks the server to close)
+const served = () => C().gatewaySum('presenced_gateway_list_replica_total', { result: 'served' });
+const built = () => C().gatewaySum('presenced_gateway_list_replica_builds_total', { result: 'built' });
+
+// A list over the socket pinned to gateway g: { status, json }.
+async function listOn(g, queries, { caller = { key: true }, total = true } = {}) {
+    const path = '/v1/presences?' + queries.map((q, i) => `queries[${i}]=${encodeURIComponent(q)}`).join('&') +
+        (total ? '' : '&total=false');
+    const auth = caller.key ? { key: true } : caller.user ? { jwt: mintJwt(C().jwtSecret, { userId: caller.user }) } : {};
+    return requestOver(C(), socks[g], 'GET', path, { ...auth, headers: KEEP });
+}
+
+async function writeOn(g, method, path, body) {
+    const r = await requestOver(C(), socks[g], method, path, { key: true, body, headers: KEEP });
+    assert.ok(r.status === 200 || r.status === 204, `${method} ${path}: ${r.status} ${r.text}`);
+    return r.json;
+}
+
+// Waits until both gateways keep a replica of the project (a large list on each builds it).
+const kept = () => C().gatewaySum('presenced_gateway_list_replicas', { of: 'projects' });
+async function bothBuilt() {
+    for (let i = 0; i < 100; i++) {
+        if ((await kept()) >= 2) return;
+        for (const g of [0, 1]) await listOn(g, [Q.limit(1000)]);
+        await sleep(50);
+    }
+    assert.fail('the gateways did not build their replicas');
+}
+
+describe('roster replicas', () => {
+    test.before(async () => {
+        const pinned = await pinnedSockets(C(), 1);
+        socks = [...pinned.values()].map((a) => a[0]);
+    });
+    test.after(() => { for (const s of socks || []) s.destroy(); });
+
+    it('lists answered from the replica are the model\'s answers (seeded)', { timeout: 180000 }, async (t) => {
+        const seed = process.env.REPLICA_SEED ? Number(process.env.REPLICA_SEED) : crypto.randomInt(2 ** 31);
+        const rnd = mulberry32(seed);
+        const pick = (a) => a[Math.floor(rnd() * a.length)];
+        const int = (lo, hi) => lo + Math.floor(rnd() * (hi - lo + 1));
+        t.diagnostic(`seed ${seed} (REPLICA_SEED=${seed} replays it)`);
+        const tag = uid('rd');
+        const model = new Map();
+        const fields = (user) => {
+            const f = { userId: user, status: pick(STATUSES), metadata: { room: pick(['a', 'b']), n: int(0, 9) },
+                expiresAt: new Date(Date.now() + int(10, 100) * 60000).toISOString() };
+            const perms = pick([undefined, [Permission.read(Role.any())], [Permission.read(Role.users())], [Permission.read(Role.user(pick(USERS)))]]);
+            if (perms) f.permissions = perms;
+            return f;
+        };
+        // writes through either gateway, by the SDK's REST calls' shapes
+        const write = async () => {
+            const r = rnd(), live = [...model.values()];
+            const g = int(0, 1);
+            if (r < 0.6 || live.length < 10) {
+                const id = `${tag}-${Math.floor(rnd() * 2 ** 40).toString(36)}`;
+                const user = `${tag}-${pick(USERS)}-${int(0, 40)}`;
+                const got = await writeOn(g, 'PUT', `/v1/presences/${id}`, fields(user));
+                for (const [k, v] of model) if (v.userId === got.userId && k !== got.$id) model.delete(k);
+                model.set(got.$id, got);
+            } else if (r < 0.85) {
+                const v = pick(live);
+                const got = await writeOn(g, 'PATCH', `/v1/presences/${v.$id}`, { userId: v.userId, status: pick(STATUSES) });
+                model.set(got.$id, got);
+            } else {
+                const v = pick(live);
+                await writeOn(g, 'DELETE', `/v1/presences/${v.$id}`);
+                model.delete(v.$id);
+            }
+        };
+        try {
+            for (let i = 0; i < 300; i++) await write();
+            await bothBuilt();
+            const before = await served();
+            const callers = [{ key: true }, { user: `${tag}-${pick(USERS)}` }, {}];
+            const ORDER = ['status', 'userId', '$id', 'expiresAt', '$createdAt', '$updatedAt'];
+            let checks = 0, nonEmpty = 0;
+            for (let i = 0; i < 300; i++) {
+                if (rnd() < 0.3) for (let k = int(1, 3); k > 0; k--) await write();
+                const caller = pick(callers);
+                const spec = { filters: [{ m: 'startsWith', attr: '$id', values: [tag] }], order: [], offset: 0, limit: 25, cursor: null, total: rnd() < 0.85 };
+                const f = int(0, 9);
+                if (f === 0) spec.filters.push({ m: 'equal', attr: 'status', values: [pick(STATUSES)] });
+                else if (f === 1) spec.filters.push({ m: 'notEqual', attr: 'status', values: [pick(STATUSES)] });
+                else if (f === 2) spec.filters.push({ m: 'startsWith', attr: 'userId', values: [`${tag}-${pick(USERS)}`] });
+                else if (f === 3) spec.filters.push({ m: 'equal', attr: 'metadata.room', values: [pick(['a', 'b'])] }); // through the broker
+                else if (f === 4) spec.filters.push({ m: pick(['lessThan', 'greaterThan']), attr: 'status', values: [pick(STATUSES)] });
+                else if (f === 5) spec.filters.push({ m: 'or', sub: [{ m: 'equal', attr: 'status', values: [pick(STATUSES)] }, { m: 'endsWith', attr: 'userId', values: [String(int(0, 9))] }] });
+                for (let k = int(0, 2); k > 0; k--) spec.order.push({ attr: pick(ORDER), desc: rnd() < 0.5 });
+                if (rnd() < 0.5) spec.limit = int(1, 400);
+                if (rnd() < 0.3) spec.offset = int(0, 100);
+                if (rnd() < 0.1 && model.size) spec.cursor = { id: pick([...model.keys()]), before: rnd() < 0.5 }; // through the broker
+                const queries = [...spec.filters.map(toQuery), ...spec.order.map((o) => (o.desc ? Q.orderDesc(o.attr) : Q.orderAsc(o.attr)))];
+                if (spec.limit !== 25) queries.push(Q.limit(spec.limit));
+                if (spec.offset) queries.push(Q.offset(spec.offset));
+                if (spec.cursor) queries.push(spec.cursor.before ? Q.cursorBefore(spec.cursor.id) : Q.cursorAfter(spec.cursor.id));
+                const want = modelList([...model.values()], caller, spec);
+                if (!spec.total && !want.error) want.total = 0;
+                const what = `seed ${seed}, check ${i}, caller ${JSON.stringify(caller)}, queries ${JSON.stringify(queries)}`;
+                const r = await listOn(int(0, 1), queries, { caller, total: spec.total });
+                if (want.error) {
+                    assert.equal(r.json && r.json.type, want.error, `${what}: ${r.status} ${r.text}`);
+                    continue;
+                }
+                assert.equal(r.status, 200, `${what}: ${r.text}`);
+                assert.deepEqual(r.json.presences.map((p) => p.$id), want.ids, `${what}: ids`);
+                assert.equal(r.json.total, want.total, `${what}: total`);
+                for (const p of r.json.presences) assert.deepEqual(p, model.get(p.$id), `${what}: record ${p.$id}`);
+                checks++;
+                if (want.ids.length) nonEmpty++;
+            }
+            const n = (await served()) - before;
+            t.diagnostic(`${checks} lists checked (${nonEmpty} non-empty), ${n} answered from a replica, ${model.size} records`);
+            assert.ok(nonEmpty > checks / 3, 'most lists must hold something, or the test checks little');
+            assert.ok(n >= 150, `most lists are answered from a replica (${n} of 300)`);
+        } catch (e) {
+            e.message = `[REPLICA_SEED=${seed}] ${e.message}`;
+            throw e;
+        }
+    });
+
+    it('a write acknowledged by one gateway is in the next list of the other', { timeout: 60000 }, async () => {
+        const tag = uid('ryw');
+        await bothBuilt();
+        const before = await served();
+        const q = [Q.equal('status', [tag]), Q.limit(5000)];
+        for (let i = 0; i < 100; i++) {
+            const [w, l] = i % 2 ? [0, 1] : [1, 0];
+            const id = `${tag}-${i}`;
+            await writeOn(w, 'PUT', `/v1/presences/${id}`, { userId: `${tag}-u${i}`, status: tag });
+            let r = await listOn(l, q);
+            assert.ok(r.json.presences.some((p) => p.$id === id), `upsert ${i} is listed by the other gateway`);
+            await writeOn(w, 'PATCH', `/v1/presences/${id}`, { userId: `${tag}-u${i}`, metadata: { i } });
+            r = await listOn(l, q);
+            assert.deepEqual(r.json.presences.find((p) => p.$id === id).metadata, { i }, `update ${i}`);
+            if (i % 4 === 3) {
+                await writeOn(w, 'DELETE', `/v1/presences/${id}`);
+                r = await listOn(l, q);
+                assert.ok(!r.json.presences.some((p) => p.$id === id), `delete ${i} is gone from the other gateway's list`);
+            }
+        }
+        const n = (await served()) - before;
+        assert.ok(n >= 225, `the lists were answered from the replicas (${n} of 225)`);
+    });
+
+    it('under continuous writes every page is whole, unique and ordered', { timeout: 60000 }, async (t) => {
+        const tag = uid('churn');
+        const COUNT = 1200;
+        const ids = Array.from({ length: COUNT }, (_, i) => i);
+        for (let i = 0; i < COUNT; i += 50)
+            await Promise.all(ids.slice(i, i + 50).map((k) => keyP().upsert({ presenceId: `${tag}-${k}`, userId: `${tag}-u${String(k).padStart(4, '0')}`, status: tag })));
+        await bothBuilt();
+        const before = await served();
+        let stop = false, churned = 0, lists = 0;
+        const churn = Promise.all([0, 1, 2, 3].map(async (w) => {
+            for (let k = w; !stop; k = (k + 4) % COUNT) {
+                await keyP().delete({ presenceId: `${tag}-${k}` });
+                await keyP().upsert({ presenceId: `${tag}-${k}`, userId: `${tag}-u${String(k).padStart(4, '0')}`, status: tag, metadata: { k } });
+                churned++;
+            }
+        }));
+        try {
+            const until = Date.now() + 6000;
+            while (Date.now() < until) {
+                const r = await listOn(lists % 2, [Q.equal('status', [tag]), Q.orderAsc('userId'), Q.limit(1000)]);
+                lists++;
+                const users = r.json.presences.map((p) => p.userId);
+                assert.equal(users.length, 1000, 'a whole page');
+                assert.equal(new Set(users).size, 1000, 'no record twice');
+                assert.deepEqual(users, [...users].sort(), 'in order');
+                assert.ok(r.json.total >= COUNT - 4 && r.json.total <= COUNT, `total ${r.json.total}`);
+            }
+        } finally {
+            stop = true;
+            await churn;
+        }
+        t.diagnostic(`${lists} lists while ${churned} records were deleted and created again`);
+        assert.ok(churned > 50 && lists > 20, 'writes and lists overlapped');
+        assert.ok((await served()) - before >= lists / 2, 'the lists were answered from the replicas');
+    });
+
+    it('a record past its expiresAt is left out at once', { timeout: 30000 }, async () => {
+        const tag = uid('exp');
+        await bothBuilt();
+        const at = Date.now() + 2500;
+        await keyP().upsert({ presenceId: `${tag}-x`, userId: `${tag}-u`, status: tag, expiresAt: new Date(at).toISOString() });
+        await keyP().upsert({ presenceId: `${tag}-y`, userId: `${tag}-v`, status: tag });
+        const q = [Q.equal('status', [tag])];
+        for (const g of [0, 1]) assert.deepEqual((await listOn(g, q)).json.presences.map((p) => p.$id).sort(), [`${tag}-x`, `${tag}-y`]);
+        await sleep(at - Date.now() + 20);
+        for (const g of [0, 1]) {
+            const r = await listOn(g, q);
+            assert.deepEqual(r.json.presences.map((p) => p.$id), [`${tag}-y`], `gateway ${g}`);
+            assert.equal(r.json.total, 1);
+        }
+    });
+
+    it('a store node SIGKILLed: lists stay right, the replica is built again', { timeout: 60000 }, async () => {
+        const tag = uid('kill');
+        const want = [];
+        for (let i = 0; i < 60; i++) {
+            const p = await keyP().upsert({ presenceId: `${tag}-${String(i).padStart(2, '0')}`, userId: `${tag}-u${i}`, status: tag });
+            want.push(p.$id);
+        }
+        await bothBuilt();
+        const b0 = await built();
+        const c = C();
+        const old = c.pids('store', 2);
+        c.kill('store', 2, 'SIGKILL');
+        await c.waitRestarted('store', 2, old);
+        const q = [Q.equal('status', [tag]), Q.orderAsc('$id'), Q.limit(100)];
+        const deadline = Date.now() + 20000;
+        for (let i = 0; ; i++) {
+            for (const g of [0, 1]) {
+                const r = await listOn(g, q);
+                if (r.status === 503) continue; // the node is on its way back (README, Crashes)
+                assert.equal(r.status, 200, r.text);
+                assert.deepEqual(r.json.presences.map((p) => p.$id), want, `gateway ${g}, round ${i}`);
+                await listOn(g, [Q.limit(1000)]); // a large list: builds again
+            }
+            if ((await built()) >= b0 + 2) break;
+            assert.ok(Date.now() < deadline, 'the replicas were not built again');
+            await sleep(100);
+        }
+        const s0 = await served();
+        for (const g of [0, 1]) assert.deepEqual((await listOn(g, q)).json.presences.map((p) => p.$id), want);
+        assert.ok((await served()) >= s0 + 2, 'answered from the new replicas');
+    });
+});
