@@ -2378,6 +2378,70 @@ pd_query_test(bool verbose)
         pd_query_destroy(&q);
         pd_buf_free(&k);
     }
+    /*  A record as a roster replica keeps it (pd_record_pack_item): read back, it matches and
+     *  orders as the record does for every query that reads no metadata (gw_replica.h), and
+     *  any cut of its bytes is refused. */
+    {
+        pd_record_t full = rec;
+        full.read_roles = PD_STR("any\0user:u1\0");
+        full.json = PD_STR("{\"$id\":\"pres1\"}");
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        pd_record_pack_item(&full, &pk);
+        pd_mpr_t r = pd_mpr((pd_str_t){sb.data, sb.size});
+        pd_record_t back;
+        PD_CHECK(pd_record_read_item(&r, &back) && r.p == r.end);
+        PD_CHECK(pd_str_eq(back.id, full.id) && pd_str_eq(back.user_id, full.user_id) &&
+                 pd_str_eq(back.status, full.status) &&
+                 pd_str_eq(back.status_json, full.status_json) &&
+                 pd_str_eq(back.source, full.source) &&
+                 pd_str_eq(back.read_roles, full.read_roles) && pd_str_eq(back.json, full.json) &&
+                 back.created_ms == full.created_ms && back.updated_ms == full.updated_ms &&
+                 back.expires_ms == full.expires_ms && back.version == full.version);
+        static const char *const qs[] = {
+            "{\"method\":\"equal\",\"attribute\":\"status\",\"values\":[\"online\"]}",
+            "{\"method\":\"isNull\",\"attribute\":\"status\"}",
+            "{\"method\":\"startsWith\",\"attribute\":\"userId\",\"values\":[\"user\"]}",
+            "{\"method\":\"greaterThan\",\"attribute\":\"$updatedAt\",\"values\":"
+            "[\"2024-01-01T00:00:30.000Z\"]}",
+            "{\"method\":\"lessThan\",\"attribute\":\"expiresAt\",\"values\":"
+            "[\"2024-01-01T00:00:30.000Z\"]}",
+            "{\"method\":\"equal\",\"attribute\":\"source\",\"values\":[\"rest\"]}",
+        };
+        for (size_t i = 0; i < sizeof qs / sizeof *qs; i++)
+            PD_CHECK(s_t_match(&full, PD_QMODE_LIST, qs[i]) ==
+                     s_t_match(&back, PD_QMODE_LIST, qs[i]));
+        for (size_t cut = 0; cut < sb.size; cut++) {
+            pd_mpr_t t = pd_mpr((pd_str_t){sb.data, cut});
+            pd_record_t x;
+            PD_CHECK(!pd_record_read_item(&t, &x));
+        }
+        msgpack_sbuffer_destroy(&sb);
+        //  what a replica may answer: no metadata in a filter (at any depth) or an order
+        int code;
+        char err[256];
+        const char *meta[] = {
+            "{\"method\":\"equal\",\"attribute\":\"metadata.room\",\"values\":[\"a\"]}",
+            "{\"method\":\"or\",\"values\":[{\"method\":\"equal\",\"attribute\":\"status\","
+            "\"values\":[\"a\"]},{\"method\":\"isNull\",\"attribute\":\"metadata.n\"}]}",
+            "{\"method\":\"and\",\"values\":[{\"method\":\"equal\",\"attribute\":\"status\","
+            "\"values\":[\"a\"]},{\"method\":\"or\",\"values\":[{\"method\":\"isNull\","
+            "\"attribute\":\"status\"},{\"method\":\"equal\",\"attribute\":\"metadata.x.y\","
+            "\"values\":[1]}]}]}",
+        };
+        for (size_t i = 0; i < 3; i++) {
+            pd_query_t *q = s_t_parse(PD_QMODE_LIST, meta[i], &code, err, sizeof err);
+            PD_CHECK(q && pd_query_reads_meta(q));
+            pd_query_destroy(&q);
+        }
+        pd_query_t *q = s_t_parse(PD_QMODE_LIST,
+                                  "{\"method\":\"orderDesc\",\"attribute\":\"status\"}", &code,
+                                  err, sizeof err);
+        PD_CHECK(q && !pd_query_reads_meta(q) && pd_query_norder(q) == 1);
+        pd_query_destroy(&q);
+    }
     if (verbose)
         printf("OK\n");
 }

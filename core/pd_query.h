@@ -54,7 +54,7 @@ pd_str_t pd_query_cursor(const pd_query_t *self, bool *before);
 //  If the top level holds equal(attr, [one value]) on a string attribute ("userId",
 //  "status", "$id"), returns true and the value: lets a store use an index.
 bool pd_query_equal_on(const pd_query_t *self, const char *attr, pd_str_t *value);
-//  True if a filter (at any depth) or an order names a metadata attribute.
+//  True if a filter (at any depth) names a metadata attribute (an order cannot).
 bool pd_query_reads_meta(const pd_query_t *self);
 //  Explicit orders (orderAsc, orderDesc); 0: the default order, $createdAt then $id.
 size_t pd_query_norder(const pd_query_t *self);

@@ -9,6 +9,7 @@
 #include <assert.h>
 
 #include "pd_msg.h"
+#include "pd_record.h"
 
 static const unsigned char s_type[PD_F__COUNT] = {
 #define PD_MSG(name, id, dir)
@@ -270,6 +271,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 }
                 assert(r.p == r.end);
             }
+            /* A DUMP's items as a gateway reads them (gw_replica.c): each one read is a record
+             * whose views lie inside the field, and the walk never passes its end. */
+            r = pd_mpr(lz.s[f]);
+            if (f == PD_F_ITEMS && pd_mpr_array(&r, &n))
+                for (uint32_t i = 0; i < n; i++) {
+                    pd_record_t rec;
+                    if (!pd_record_read_item(&r, &rec))
+                        break;
+                    const char *lo = lz.s[f].ptr, *hi = lo + lz.s[f].len;
+                    assert(rec.id.len && rec.id.ptr >= lo && rec.json.ptr + rec.json.len <= hi);
+                    assert(r.p <= r.end);
+                }
         }
 
         pd_msgw_reset(&w);
