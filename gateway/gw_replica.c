@@ -2,6 +2,7 @@
  *  (gw_replica.h says what and when). */
 #include "gw_replica.h"
 
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,29 +116,41 @@ s_ent_size(const rp_ent_t *e)
     return n + 2 * sizeof(void *); //  its map link and its place in the order
 }
 
-static rp_ent_t *
-s_ent_new(const pd_record_t *r)
+//  The bytes of r's strings.
+static size_t
+s_rec_bytes(const pd_record_t *r)
+{
+    return r->id.len + r->user_id.len + r->status.len + r->status_json.len + r->source.len +
+           r->read_roles.len + r->json.len;
+}
+
+//  Writes r into e (which has room for it), but for its map link and place.
+static void
+s_ent_fill(rp_ent_t *e, const pd_record_t *r)
 {
     const pd_str_t *f[] = {&r->id, &r->user_id, &r->status, &r->status_json, &r->source,
                            &r->read_roles, &r->json};
-    size_t n = 0;
-    for (size_t i = 0; i < 7; i++)
-        n += f[i]->len;
-    rp_ent_t *e = malloc(sizeof *e + n);
-    if (!e)
-        abort();
-    memset(e, 0, sizeof *e);
     char *p = e->data;
     for (size_t i = 0; i < 7; i++) {
         e->len[i] = (uint32_t)f[i]->len;
         if (f[i]->len)
-            memcpy(p, f[i]->ptr, f[i]->len);
+            memmove(p, f[i]->ptr, f[i]->len);
         p += f[i]->len;
     }
     e->created = r->created_ms;
     e->updated = r->updated_ms;
     e->expires = r->expires_ms;
     e->version = r->version;
+}
+
+static rp_ent_t *
+s_ent_new(const pd_record_t *r)
+{
+    rp_ent_t *e = malloc(sizeof *e + s_rec_bytes(r));
+    if (!e)
+        abort();
+    memset(e, 0, sizeof *e);
+    s_ent_fill(e, r);
     return e;
 }
 
@@ -183,39 +196,47 @@ s_remove(gw_replicas_t *rs, rp_proj_t *pj, rp_ent_t *e)
     free(e);
 }
 
-//  Adds or replaces the record r.
+//  Adds or replaces the record r. A change of a record it holds is written in place when it
+//  fits its allocation (a renewal, most updates): no allocation per event.
 static void
 s_put(gw_replicas_t *rs, rp_proj_t *pj, const pd_record_t *r)
 {
-    rp_ent_t *old = s_find(pj, r->id), *e = s_ent_new(r);
-    e->me.hash = pd_map_hash(&pj->ids, r->id, PD_STR_NULL);
+    rp_ent_t *old = s_find(pj, r->id);
     if (old) {
-        e->pos = old->pos;
-        if (old->created != e->created)
+        size_t was = s_ent_size(old);
+        if (old->created != r->created_ms)
             pj->sorted = false;
-        pd_map_del(&pj->ids, &old->me);
-        size_t sz = s_ent_size(old);
-        pj->bytes -= sz;
-        rs->bytes -= sz;
-        free(old);
-    } else {
-        if (pj->n == pj->cap) {
-            pj->cap = pj->cap ? 2 * pj->cap : 1024;
-            pj->order = realloc(pj->order, pj->cap * sizeof *pj->order);
-            if (!pj->order)
-                abort();
+        if (malloc_usable_size(old) >= sizeof *old + s_rec_bytes(r)) {
+            s_ent_fill(old, r);
+        } else {
+            rp_ent_t *e = s_ent_new(r);
+            e->me = old->me;
+            e->pos = old->pos;
+            pd_map_del(&pj->ids, &old->me);
+            free(old);
+            pd_map_add(&pj->ids, &e->me);
+            pj->order[e->pos] = old = e;
         }
-        if (pj->n && pj->order[pj->n - 1] && s_ent_cmp(pj->order[pj->n - 1], e) > 0)
-            pj->sorted = false;
-        else if (pj->n && !pj->order[pj->n - 1])
-            pj->sorted = false; //  (compaction puts it in place)
-        e->pos = (uint32_t)pj->n++;
+        pj->bytes += s_ent_size(old) - was;
+        rs->bytes += s_ent_size(old) - was;
+        return;
     }
+    rp_ent_t *e = s_ent_new(r);
+    e->me.hash = pd_map_hash(&pj->ids, r->id, PD_STR_NULL);
+    if (pj->n == pj->cap) {
+        pj->cap = pj->cap ? 2 * pj->cap : 1024;
+        pj->order = realloc(pj->order, pj->cap * sizeof *pj->order);
+        if (!pj->order)
+            abort();
+    }
+    /* appended: still in order if it sorts after the last (a hole there: sorted again) */
+    if (pj->n && (!pj->order[pj->n - 1] || s_ent_cmp(pj->order[pj->n - 1], e) > 0))
+        pj->sorted = false;
+    e->pos = (uint32_t)pj->n++;
     pj->order[e->pos] = e;
     pd_map_add(&pj->ids, &e->me);
-    size_t sz = s_ent_size(e);
-    pj->bytes += sz;
-    rs->bytes += sz;
+    pj->bytes += s_ent_size(e);
+    rs->bytes += s_ent_size(e);
 }
 
 //  The order without holes, sorted.
