@@ -310,14 +310,20 @@ s_drop(gw_replicas_t *rs, rp_proj_t *pj, const char *why)
     s_proj_free(rs, pj);
 }
 
-//  A failed build: no other for the project before GW_REPLICA_RETRY_MS.
+//  A failed build: no other for the project before GW_REPLICA_RETRY_MS (retry_ms: sooner).
 static void
-s_refuse(gw_replicas_t *rs, rp_proj_t *pj, const char *why)
+s_refuse_for(gw_replicas_t *rs, rp_proj_t *pj, const char *why, int64_t retry_ms)
 {
     pd_log_info("roster replica of project %s not kept: %s", pj->project, why);
     s_proj_clear(rs, pj);
     pj->state = RP_REFUSED;
-    pj->until_ms = pd_mono_ms() + GW_REPLICA_RETRY_MS;
+    pj->until_ms = pd_mono_ms() + retry_ms;
+}
+
+static void
+s_refuse(gw_replicas_t *rs, rp_proj_t *pj, const char *why)
+{
+    s_refuse_for(rs, pj, why, GW_REPLICA_RETRY_MS);
 }
 
 //  Every node up and reached directly, and proven on the bus.
@@ -346,7 +352,7 @@ s_dump_send(gw_replicas_t *rs, rp_proj_t *pj)
     for (int n = 1; n <= gw->nstores; n++) {
         pd_msgw_t *w = gw_send_store(gw, n, PD_MSG_DUMP, pj->rid);
         if (!w) {
-            s_refuse(rs, pj, "a store node is out of reach");
+            s_refuse_for(rs, pj, "a store node is out of reach", GW_REPLICA_AGAIN_MS);
             return;
         }
         pj->waiting |= 1ULL << n;
@@ -399,7 +405,11 @@ static void
 s_apply(gw_replicas_t *rs, rp_proj_t *pj, const pd_msg_t *ev, const pd_record_t *r)
 {
     int64_t node = ev->i[PD_F_NODE];
-    if (node < 1 || node > pj->nnodes || ev->i[PD_F_GEN] != pj->node[node].gen) {
+    if (node < 1 || node > pj->nnodes) {
+        s_drop(rs, pj, "a store node joined");
+        return;
+    }
+    if (ev->i[PD_F_GEN] != pj->node[node].gen) {
         s_drop(rs, pj, "a store node restarted");
         return;
     }
@@ -458,15 +468,20 @@ gw_replica_on_dump(gw_t *gw, const pd_msg_t *m)
     int64_t node = m->i[PD_F_NODE];
     if (!pj || node < 1 || node > pj->nnodes || !((pj->waiting >> node) & 1))
         return; /* late, or not ours */
+    if (m->i[PD_F_ERR] != PD_ERR_OK && (m->i[PD_F_FLAGS] & PD_FL_MOVED)) {
+        s_refuse_for(rs, pj, "records move between store nodes", GW_REPLICA_AGAIN_MS);
+        return;
+    }
     if (m->i[PD_F_ERR] != PD_ERR_OK) {
-        s_refuse(rs, pj, "a store node refused its records (too many, or records move)");
+        s_refuse(rs, pj, "a store node refused its records: more than --list-replica holds");
         return;
     }
     pd_mpr_t a = pd_mpr(m->s[PD_F_ITEMS]);
     uint32_t n;
     if (m->i[PD_F_FROM] != pj->nnodes || m->i[PD_F_TOTAL] != pj->nnodes ||
         !pd_msg_has(m, PD_F_ITEMS) || !pd_mpr_array(&a, &n)) {
-        s_refuse(rs, pj, "a store node's answer does not fit the store set");
+        s_refuse_for(rs, pj, "a store node's answer does not fit the store set",
+                     GW_REPLICA_AGAIN_MS);
         return;
     }
     pj->node[node].gen = m->i[PD_F_GEN];
@@ -849,7 +864,7 @@ gw_replica_tick(gw_t *gw)
         else if (pj->state == RP_REFUSED && now >= pj->until_ms)
             s_drop(rs, pj, "tried again");
         else if (pj->state == RP_BUILDING && now >= pj->until_ms)
-            s_refuse(rs, pj, "the store nodes did not answer in time");
+            s_refuse_for(rs, pj, "the store nodes did not answer in time", GW_REPLICA_AGAIN_MS);
         else if (pj->state == RP_BUILDING && !pj->sent)
             s_dump_send(rs, pj);
     }

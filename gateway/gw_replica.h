@@ -33,7 +33,8 @@
  *  out at the list's clock, the caller's read permission, a total capped at 5,000.
  *
  *  Bounds: --list-replica bytes for all replicas (0: none); a project with more records than
- *  that holds is refused by the nodes (DUMP LIMIT) and not tried again for GW_REPLICA_RETRY_MS;
+ *  that holds is refused by the nodes (DUMP LIMIT) and not tried again for GW_REPLICA_RETRY_MS
+ *  (GW_REPLICA_AGAIN_MS after a passing cause: records moving, a node out of reach);
  *  a replica not listed for GW_REPLICA_IDLE_MS is dropped, and the least recently listed go
  *  first when the bytes pass the bound. */
 #ifndef GW_REPLICA_H
@@ -47,6 +48,8 @@
 #define GW_REPLICA_IDLE_MS 60000    //  a replica not listed this long is dropped
 #define GW_REPLICA_RETRY_MS 30000   //  after a build that failed, none for the project
 #define GW_REPLICA_BUILD_MS 5000    //  a build not done in this long is given up
+#define GW_REPLICA_AGAIN_MS 1000    //  after one that failed for a passing cause (records move, a
+                                    //  node restarts), none for this long
 
 typedef struct gw_replicas gw_replicas_t;
 

@@ -1429,7 +1429,8 @@ s_on_dump(store_t *self, const pd_msg_t *m)
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&d.pk, &sb, msgpack_sbuffer_write);
     int err = PD_ERR_OK;
-    if (!self->sh_to || self->sh_from != self->sh_to)
+    bool moving = !self->sh_to || self->sh_from != self->sh_to;
+    if (moving)
         err = PD_ERR_UNAVAILABLE;
     else if (!mark && st_projects_exact(self->projects, self->table) &&
              2 * (uint64_t)st_projects_count(self->projects, d.project) <
@@ -1441,6 +1442,8 @@ s_on_dump(store_t *self, const pd_msg_t *m)
         err = PD_ERR_UNAVAILABLE; /* more than the gateway keeps */
     pd_msgw_begin(w, mark ? PD_MSG_REPLY : PD_MSG_DUMP, m->rid); /* a mark: a list waits */
     pd_msgw_int(w, PD_F_ERR, err);
+    if (moving)
+        pd_msgw_int(w, PD_F_FLAGS, PD_FL_MOVED); /* asked again once the set has settled */
     pd_msgw_int(w, PD_F_NODE, self->node);
     pd_msgw_int(w, PD_F_GEN, self->gen);
     pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
