@@ -2378,12 +2378,12 @@ pd_query_test(bool verbose)
         pd_query_destroy(&q);
         pd_buf_free(&k);
     }
-    /*  A record as a roster replica keeps it (pd_record_pack_item): read back, it matches and
-     *  orders as the record does for every query that reads no metadata (gw_replica.h), and
-     *  any cut of its bytes is refused. */
+    /*  A record as a roster replica keeps it (pd_record_pack_item): read back, it matches as
+     *  the record does (gw_replica.h), and any cut of its bytes is refused. */
     {
         pd_record_t full = rec;
         full.read_roles = PD_STR("any\0user:u1\0");
+        full.meta_json = PD_STR("{\"room\":\"lobby\"}");
         full.json = PD_STR("{\"$id\":\"pres1\"}");
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
@@ -2398,6 +2398,7 @@ pd_query_test(bool verbose)
                  pd_str_eq(back.status_json, full.status_json) &&
                  pd_str_eq(back.source, full.source) &&
                  pd_str_eq(back.read_roles, full.read_roles) && pd_str_eq(back.json, full.json) &&
+                 pd_str_eq(back.meta_json, full.meta_json) &&
                  back.created_ms == full.created_ms && back.updated_ms == full.updated_ms &&
                  back.expires_ms == full.expires_ms && back.version == full.version);
         static const char *const qs[] = {
@@ -2409,6 +2410,7 @@ pd_query_test(bool verbose)
             "{\"method\":\"lessThan\",\"attribute\":\"expiresAt\",\"values\":"
             "[\"2024-01-01T00:00:30.000Z\"]}",
             "{\"method\":\"equal\",\"attribute\":\"source\",\"values\":[\"rest\"]}",
+            "{\"method\":\"equal\",\"attribute\":\"metadata.room\",\"values\":[\"lobby\"]}",
         };
         for (size_t i = 0; i < sizeof qs / sizeof *qs; i++)
             PD_CHECK(s_t_match(&full, PD_QMODE_LIST, qs[i]) ==

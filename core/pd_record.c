@@ -174,13 +174,13 @@ pd_record_read(const pd_msg_t *m, pd_record_t *rec)
     rec->json = m->s[PD_F_BODY];
 }
 
-#define ITEM_FIELDS 11
+#define ITEM_FIELDS 12
 
 void
 pd_record_pack_item(const pd_record_t *rec, msgpack_packer *pk)
 {
-    const pd_str_t *s[] = {&rec->id,     &rec->user_id,   &rec->status,
-                           &rec->status_json, &rec->source, &rec->read_roles};
+    const pd_str_t *s[] = {&rec->id,     &rec->user_id,    &rec->status,   &rec->status_json,
+                           &rec->source, &rec->read_roles, &rec->meta_json};
     msgpack_pack_array(pk, ITEM_FIELDS);
     for (size_t i = 0; i < sizeof s / sizeof *s; i++)
         msgpack_pack_str_with_body(pk, s[i]->ptr ? s[i]->ptr : "", s[i]->len);
@@ -200,7 +200,8 @@ pd_record_read_item(pd_mpr_t *r, pd_record_t *rec)
     return pd_mpr_array(r, &n) && n == ITEM_FIELDS && pd_mpr_str(r, &rec->id) &&
            pd_mpr_str(r, &rec->user_id) && pd_mpr_str(r, &rec->status) &&
            pd_mpr_str(r, &rec->status_json) && pd_mpr_str(r, &rec->source) &&
-           pd_mpr_str(r, &rec->read_roles) && pd_mpr_int(r, &rec->created_ms) &&
+           pd_mpr_str(r, &rec->read_roles) && pd_mpr_str(r, &rec->meta_json) &&
+           pd_mpr_int(r, &rec->created_ms) &&
            pd_mpr_int(r, &rec->updated_ms) && pd_mpr_int(r, &rec->expires_ms) &&
            pd_mpr_int(r, &version) && (rec->version = (uint64_t)version, true) &&
            pd_mpr_str(r, &rec->json) && rec->id.len;

@@ -80,8 +80,8 @@ void pd_record_read(const pd_msg_t *m, pd_record_t *rec);
 bool pd_record_read_prev(const pd_msg_t *m, const pd_record_t *rec, pd_record_t *prev);
 
 /*  A record as one item of a DUMP (gw_replica.h): the array [id, userId, status, status JSON,
- *  source, read roles, $createdAt, $updatedAt, expiresAt, version, JSON], what a list needs to
- *  filter, order and serve it (no metadata, permissions JSON or owner). pd_record_read_item
+ *  source, read roles, metadata JSON, $createdAt, $updatedAt, expiresAt, version, JSON], what a
+ *  list needs to filter, order and serve it (no permissions JSON, no owner). pd_record_read_item
  *  reads one in place (views into the bytes), moving r past it; false if the value at r is not
  *  one (r then anywhere). */
 void pd_record_pack_item(const pd_record_t *rec, msgpack_packer *pk);

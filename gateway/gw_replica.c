@@ -14,14 +14,21 @@
 enum { RP_BUILDING, RP_READY, RP_REFUSED };
 
 /*  A record: the fields a list reads, in one allocation. */
+enum { E_ID, E_USER, E_STATUS, E_STATUS_JSON, E_SOURCE, E_ROLES, E_META, E_JSON, E__N };
 typedef struct {
     pd_mapent_t me;       //  by id in the project's map
     uint32_t pos;         //  its place in the project's order
-    uint32_t len[7];      //  id, userId, status, status JSON, source, read roles, JSON
+    uint32_t len[E__N];   //  each string's length (E_*)
+    json_t *meta;         //  the metadata parsed, once a filter read it (meta_parsed)
+    bool meta_parsed;
     int64_t created, updated, expires;
     uint64_t version;
     char data[];          //  the strings, back to back
 } rp_ent_t;
+
+//  What a parsed metadata object is counted for (jansson does not say): its JSON's bytes four
+//  times over, and an object's table.
+#define RP_META_BYTES(len) (128 + 4 * (size_t)(len))
 
 typedef struct rp_proj rp_proj_t;
 struct rp_proj {
@@ -41,6 +48,7 @@ struct rp_proj {
     uint64_t waiting;     //  nodes whose dump has not come (bit n)
     bool sent;            //  the dumps were asked for
     struct { int64_t gen, seq, epoch; } node[GW_MAX_STORES + 1];
+    int64_t scan_max;     //  the nodes' least --list-scan-max (0: none)
     pd_msgw_t held;       //  the project's events while building
 };
 
@@ -75,14 +83,17 @@ struct gw_replicas {
 
 /* -------------------------------------------------------------------------- records */
 
+#define RP_FIELDS(r)                                                                               \
+    {&(r)->id,     &(r)->user_id,    &(r)->status,    &(r)->status_json,                          \
+     &(r)->source, &(r)->read_roles, &(r)->meta_json, &(r)->json}
+
 static void
 s_ent_rec(const rp_ent_t *e, pd_record_t *r)
 {
     memset(r, 0, sizeof *r);
     const char *p = e->data;
-    pd_str_t *f[] = {&r->id, &r->user_id, &r->status, &r->status_json, &r->source,
-                     &r->read_roles, &r->json};
-    for (size_t i = 0; i < 7; i++) {
+    pd_str_t *f[E__N] = RP_FIELDS(r);
+    for (size_t i = 0; i < E__N; i++) {
         *f[i] = (pd_str_t){p, e->len[i]};
         p += e->len[i];
     }
@@ -93,26 +104,28 @@ s_ent_rec(const rp_ent_t *e, pd_record_t *r)
 }
 
 static pd_str_t
-s_ent_id(const rp_ent_t *e)
+s_ent_str(const rp_ent_t *e, int field)
 {
-    return (pd_str_t){e->data, e->len[0]};
+    size_t off = 0;
+    for (int i = 0; i < field; i++)
+        off += e->len[i];
+    return (pd_str_t){e->data + off, e->len[field]};
 }
 
 static pd_str_t
-s_ent_json(const rp_ent_t *e)
+s_ent_id(const rp_ent_t *e)
 {
-    size_t off = 0;
-    for (size_t i = 0; i < 6; i++)
-        off += e->len[i];
-    return (pd_str_t){e->data + off, e->len[6]};
+    return s_ent_str(e, E_ID);
 }
 
 static size_t
 s_ent_size(const rp_ent_t *e)
 {
     size_t n = sizeof *e;
-    for (size_t i = 0; i < 7; i++)
+    for (size_t i = 0; i < E__N; i++)
         n += e->len[i];
+    if (e->meta_parsed)
+        n += RP_META_BYTES(e->len[E_META]);
     return n + 2 * sizeof(void *); //  its map link and its place in the order
 }
 
@@ -120,18 +133,29 @@ s_ent_size(const rp_ent_t *e)
 static size_t
 s_rec_bytes(const pd_record_t *r)
 {
-    return r->id.len + r->user_id.len + r->status.len + r->status_json.len + r->source.len +
-           r->read_roles.len + r->json.len;
+    const pd_str_t *f[E__N] = RP_FIELDS(r);
+    size_t n = 0;
+    for (size_t i = 0; i < E__N; i++)
+        n += f[i]->len;
+    return n;
+}
+
+static void
+s_ent_unparse(rp_ent_t *e)
+{
+    json_decref(e->meta);
+    e->meta = NULL;
+    e->meta_parsed = false;
 }
 
 //  Writes r into e (which has room for it), but for its map link and place.
 static void
 s_ent_fill(rp_ent_t *e, const pd_record_t *r)
 {
-    const pd_str_t *f[] = {&r->id, &r->user_id, &r->status, &r->status_json, &r->source,
-                           &r->read_roles, &r->json};
+    const pd_str_t *f[E__N] = RP_FIELDS(r);
     char *p = e->data;
-    for (size_t i = 0; i < 7; i++) {
+    s_ent_unparse(e);
+    for (size_t i = 0; i < E__N; i++) {
         e->len[i] = (uint32_t)f[i]->len;
         if (f[i]->len)
             memmove(p, f[i]->ptr, f[i]->len);
@@ -152,6 +176,14 @@ s_ent_new(const pd_record_t *r)
     memset(e, 0, sizeof *e);
     s_ent_fill(e, r);
     return e;
+}
+
+static void
+s_ent_free(rp_ent_t *e)
+{
+    if (e)
+        s_ent_unparse(e);
+    free(e);
 }
 
 //  The default order: $createdAt, then $id (pd_query_key_cmp's for two such keys).
@@ -193,7 +225,7 @@ s_remove(gw_replicas_t *rs, rp_proj_t *pj, rp_ent_t *e)
     size_t sz = s_ent_size(e);
     pj->bytes -= sz;
     rs->bytes -= sz;
-    free(e);
+    s_ent_free(e);
 }
 
 //  Adds or replaces the record r. A change of a record it holds is written in place when it
@@ -213,7 +245,7 @@ s_put(gw_replicas_t *rs, rp_proj_t *pj, const pd_record_t *r)
             e->me = old->me;
             e->pos = old->pos;
             pd_map_del(&pj->ids, &old->me);
-            free(old);
+            s_ent_free(old);
             pd_map_add(&pj->ids, &e->me);
             pj->order[e->pos] = old = e;
         }
@@ -274,7 +306,7 @@ static void
 s_proj_clear(gw_replicas_t *rs, rp_proj_t *pj)
 {
     for (size_t i = 0; i < pj->n; i++)
-        free(pj->order[i]);
+        s_ent_free(pj->order[i]);
     free(pj->order);
     pj->order = NULL;
     pj->n = pj->cap = pj->holes = 0;
@@ -487,6 +519,9 @@ gw_replica_on_dump(gw_t *gw, const pd_msg_t *m)
     pj->node[node].gen = m->i[PD_F_GEN];
     pj->node[node].seq = m->i[PD_F_SEQ];
     pj->node[node].epoch = m->i[PD_F_EPOCH];
+    int64_t cap = m->i[PD_F_LIMIT];
+    if (cap > 0 && (!pj->scan_max || cap < pj->scan_max))
+        pj->scan_max = cap;
     for (uint32_t i = 0; i < n; i++) {
         pd_record_t r;
         if (!pd_record_read_item(&a, &r)) {
@@ -648,7 +683,7 @@ s_serve(rp_wait_t *w, rp_proj_t *pj)
     if (!ordered)
         s_sort(pj);
     for (size_t i = 0; i < pj->n; i++) {
-        const rp_ent_t *e = pj->order[i];
+        rp_ent_t *e = pj->order[i];
         if (!e || e->expires <= w->l.now)
             continue;
         pd_record_t r;
@@ -657,7 +692,18 @@ s_serve(rp_wait_t *w, rp_proj_t *pj)
             continue;
         pd_qrec_t qr;
         pd_qrec_init(&qr, &r);
+        if (e->meta_parsed) { /* the metadata as a filter parsed it before (pd_query.c) */
+            qr.meta = e->meta;
+            qr.meta_tried = true;
+        }
         bool ok = pd_query_match(q, &qr);
+        if (qr.meta_tried && !e->meta_parsed) { /* parsed now: kept for the next list */
+            e->meta = qr.meta;
+            e->meta_parsed = true;
+            pj->bytes += RP_META_BYTES(e->len[E_META]);
+            rs->bytes += RP_META_BYTES(e->len[E_META]);
+        }
+        qr.meta = NULL; /* the entry's */
         if (ok && ordered) {
             if (nsorted == rs->cap_sorted) {
                 rs->cap_sorted = rs->cap_sorted ? 2 * rs->cap_sorted : 1024;
@@ -676,7 +722,7 @@ s_serve(rp_wait_t *w, rp_proj_t *pj)
         total++;
         if (!ordered && total > offset && (int64_t)n < limit) {
             s_page_push(rs, n++, e);
-            len += e->len[6];
+            len += e->len[E_JSON];
         }
         if (!ordered && (int64_t)n == limit && (!w->l.total || total >= PD_QUERY_TOTAL_CAP))
             break;
@@ -686,7 +732,7 @@ s_serve(rp_wait_t *w, rp_proj_t *pj)
             qsort_r(rs->sorted, nsorted, sizeof *rs->sorted, s_sorted_cmp, (void *)q);
         for (size_t i = (size_t)offset; i < nsorted && (int64_t)n < limit; i++) {
             s_page_push(rs, n++, rs->sorted[i].e);
-            len += rs->sorted[i].e->len[6];
+            len += rs->sorted[i].e->len[E_JSON];
         }
     }
     if (!w->l.total)
@@ -702,7 +748,7 @@ s_serve(rp_wait_t *w, rp_proj_t *pj)
         const rp_ent_t *e = rs->page[i];
         if (i)
             *at++ = ',';
-        pd_str_t js = s_ent_json(e);
+        pd_str_t js = s_ent_str(e, E_JSON);
         memcpy(at, js.ptr, js.len);
         at += js.len;
     }
@@ -713,6 +759,8 @@ s_serve(rp_wait_t *w, rp_proj_t *pj)
     s_wait_unlink(w);
     gw_respond_pool(rs->gw, w->req, w->l.route, 200, "application/json", body, blen,
                     w->l.start_ns);
+    if (rs->bytes > rs->max_bytes) /* metadata parsed for this list */
+        s_trim(rs);
 }
 
 //  Answers the list if it can be, now; false while the bus is awaited.
@@ -819,9 +867,11 @@ gw_replica_list(gw_t *gw, h2o_req_t *req, pd_query_t *q, const gw_replica_list_t
             s_dump_send(rs, pj);
         return false;
     }
-    bool before;
-    if (pd_query_cursor(q, &before).ptr || pd_query_reads_meta(q) || !s_nodes_ok(gw) ||
-        gw->nstores != pj->nnodes)
+    /* metadata: a node reads that of --list-scan-max records of the project at most, else it
+     * refuses the list; a replica holding no more than that answers as the nodes would */
+    bool before, scan_over = pj->scan_max && (int64_t)pj->ids.n > pj->scan_max;
+    if (pd_query_cursor(q, &before).ptr || (scan_over && pd_query_reads_meta(q)) ||
+        !s_nodes_ok(gw) || gw->nstores != pj->nnodes)
         return false;
     rp_wait_t *w = h2o_mem_alloc_shared(&req->pool, sizeof *w, s_wait_dispose);
     memset(w, 0, sizeof *w);

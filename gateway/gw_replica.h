@@ -22,15 +22,17 @@
  *  answered from the replica once this gateway has handled every node's events up to that SEQ
  *  (within GW_REPLICA_WAIT_MS; the bus batches events for at most a millisecond or two). It is
  *  sent through the broker instead, as any list, when the replica cannot answer it exactly:
- *  a cursor (the broker probes it), a metadata attribute in a filter or an order (the nodes
- *  have indexes and a scan cap for those), a node that restarted (GEN), a store set that
- *  changed or is changing (records move between nodes without events: EPOCH, FROM, TOTAL), a
- *  node out of reach, or events that did not come in time. Any of those but the query's shape
- *  also drops the replica. Events lost for good (gw_realtime.c's fallback) drop every replica.
+ *  a cursor (the broker probes it), a filter on metadata in a project of more records than a
+ *  node's --list-scan-max (the node would refuse it), a node that restarted (GEN), a store set
+ *  that changed or is changing (records move between nodes without events: EPOCH, FROM,
+ *  TOTAL), a node out of reach, or events that did not come in time. Any of those but the
+ *  query's shape also drops the replica. Events lost for good (gw_realtime.c's fallback) drop
+ *  every replica.
  *
- *  What a replica answers is what the nodes would: the same filters (pd_query_match), the same
- *  order ($createdAt then $id unless ordered, pd_query_key_cmp), records past their expiry left
- *  out at the list's clock, the caller's read permission, a total capped at 5,000.
+ *  What a replica answers is what the nodes would: the same filters (pd_query_match; a record's
+ *  metadata is parsed once, by the first list that filters on it, and kept), the same order
+ *  ($createdAt then $id unless ordered, pd_query_key_cmp), records past their expiry left out
+ *  at the list's clock, the caller's read permission, a total capped at 5,000.
  *
  *  Bounds: --list-replica bytes for all replicas (0: none); a project with more records than
  *  that holds is refused by the nodes (DUMP LIMIT) and not tried again for GW_REPLICA_RETRY_MS

@@ -1448,6 +1448,7 @@ s_on_dump(store_t *self, const pd_msg_t *m)
     pd_msgw_int(w, PD_F_GEN, self->gen);
     pd_msgw_int(w, PD_F_SEQ, (int64_t)self->seq);
     pd_msgw_int(w, PD_F_EPOCH, (int64_t)self->sh_epoch);
+    pd_msgw_int(w, PD_F_LIMIT, (int64_t)self->cfg->list_scan_max); /* a replica's meta lists */
     pd_msgw_int(w, PD_F_FROM, self->sh_from);
     pd_msgw_int(w, PD_F_TOTAL, self->sh_to);
     if (!mark && err == PD_ERR_OK) {

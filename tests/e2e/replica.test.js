@@ -3,8 +3,8 @@
 // gateways, each gateway reached on a connection pinned to it:
 //   - a large list builds the gateway's replica of the project; later lists are answered from
 //     it (its metrics say so) and answer exactly as a model kept in the test does (filters,
-//     orders, offsets, totals, permissions), while writes go on between them; cursors and
-//     metadata go through the broker, and answer the same;
+//     orders, offsets, totals, permissions, metadata), while writes go on between them;
+//     cursors go through the broker, and answer the same;
 //   - read-your-writes across gateways: a write acknowledged by one gateway is in the very next
 //     list of the other (and a delete is gone from it);
 //   - under continuous writes, every page is whole, unique and ordered;
@@ -119,7 +119,9 @@ describe('roster replicas', () => {
                 if (f === 0) spec.filters.push({ m: 'equal', attr: 'status', values: [pick(STATUSES)] });
                 else if (f === 1) spec.filters.push({ m: 'notEqual', attr: 'status', values: [pick(STATUSES)] });
                 else if (f === 2) spec.filters.push({ m: 'startsWith', attr: 'userId', values: [`${tag}-${pick(USERS)}`] });
-                else if (f === 3) spec.filters.push({ m: 'equal', attr: 'metadata.room', values: [pick(['a', 'b'])] }); // through the broker
+                else if (f === 3) spec.filters.push(pick([{ m: 'equal', attr: 'metadata.room', values: [pick(['a', 'b'])] },
+                    { m: pick(['lessThan', 'greaterThanEqual']), attr: 'metadata.n', values: [int(0, 9)] }, { m: 'isNull', attr: 'metadata.x' },
+                    { m: 'notEqual', attr: 'metadata.room', values: ['a'] }]));
                 else if (f === 4) spec.filters.push({ m: pick(['lessThan', 'greaterThan']), attr: 'status', values: [pick(STATUSES)] });
                 else if (f === 5) spec.filters.push({ m: 'or', sub: [{ m: 'equal', attr: 'status', values: [pick(STATUSES)] }, { m: 'endsWith', attr: 'userId', values: [String(int(0, 9))] }] });
                 for (let k = int(0, 2); k > 0; k--) spec.order.push({ attr: pick(ORDER), desc: rnd() < 0.5 });
