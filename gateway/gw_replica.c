@@ -15,9 +15,14 @@ enum { RP_BUILDING, RP_READY, RP_REFUSED };
 
 /*  A record: the fields a list reads, in one allocation. */
 enum { E_ID, E_USER, E_STATUS, E_STATUS_JSON, E_SOURCE, E_ROLES, E_META, E_JSON, E__N };
+#define RP_MAX_IX 2 //  attributes a replica indexes, at most (the first its lists ask for)
+
+typedef struct rp_bucket rp_bucket_t;
 typedef struct {
     pd_mapent_t me;       //  by id in the project's map
     uint32_t pos;         //  its place in the project's order
+    uint32_t bpos[RP_MAX_IX]; //  its place in its bucket of each index
+    rp_bucket_t *b[RP_MAX_IX]; //  that bucket (NULL: no key for the attribute)
     uint32_t len[E__N];   //  each string's length (E_*)
     json_t *meta;         //  the metadata parsed, once a filter read it (meta_parsed)
     bool meta_parsed;
@@ -30,6 +35,23 @@ typedef struct {
 //  mallinfo2: 223 bytes for {}, 544 for {"room":"hall","zone":"z12"}, 1082 for 55 bytes with an
 //  array in an object).
 #define RP_META_BYTES(len) (224 + 16 * (size_t)(len))
+
+/*  An index of a replica: the records by their key for one attribute (pd_qrec_index_key), so
+ *  that a list with an equal() on it visits the records of its values only. Buckets are
+ *  unordered (a record leaves its bucket by a swap with the last). */
+struct rp_bucket {
+    pd_mapent_t me;       //  by key in the index's map
+    rp_ent_t **v;
+    uint32_t n, cap;
+    uint32_t klen;
+    char key[];
+};
+
+typedef struct {
+    char *attr;           //  e.g. "metadata.room" (pd_query_indexable)
+    size_t attr_len;
+    pd_map_t keys;        //  key -> rp_bucket_t
+} rp_ix_t;
 
 typedef struct rp_proj rp_proj_t;
 struct rp_proj {
@@ -50,6 +72,8 @@ struct rp_proj {
     bool sent;            //  the dumps were asked for
     struct { int64_t gen, seq, epoch; } node[GW_MAX_STORES + 1];
     int64_t scan_max;     //  the nodes' least --list-scan-max (0: none)
+    rp_ix_t ix[RP_MAX_IX]; //  indexes, built when a list first needs them
+    int nix;
     pd_msgw_t held;       //  the project's events while building
 };
 
@@ -76,10 +100,14 @@ struct gw_replicas {
     h2o_timeout_t wait_timeout;
     const rp_ent_t **page; //  scratch: a page's records
     size_t cap_page;
+    rp_ent_t **cands;     //  scratch: the records of an index's buckets
+    size_t cap_cands;
+    pd_buf_t key;         //  scratch: a record's index key; a query's
+    pd_buf_t qkeys;
     struct rp_sort { pd_qsum_t sum; const rp_ent_t *e; pd_qkey_t key; } *sorted; //  scratch
     size_t cap_sorted;
     /* metrics */
-    uint64_t served, fallbacks, builds, built, dropped, waited;
+    uint64_t served, indexed, fallbacks, builds, built, dropped, waited;
 };
 
 /* -------------------------------------------------------------------------- records */
@@ -217,9 +245,13 @@ s_find(rp_proj_t *pj, pd_str_t id)
     return NULL;
 }
 
+static void s_ix_add_all(gw_replicas_t *rs, rp_proj_t *pj, rp_ent_t *e);
+static void s_ix_del_all(rp_proj_t *pj, rp_ent_t *e);
+
 static void
 s_remove(gw_replicas_t *rs, rp_proj_t *pj, rp_ent_t *e)
 {
+    s_ix_del_all(pj, e);
     pd_map_del(&pj->ids, &e->me);
     pj->order[e->pos] = NULL;
     pj->holes++;
@@ -236,6 +268,7 @@ s_put(gw_replicas_t *rs, rp_proj_t *pj, const pd_record_t *r)
 {
     rp_ent_t *old = s_find(pj, r->id);
     if (old) {
+        s_ix_del_all(pj, old);
         size_t was = s_ent_size(old);
         if (old->created != r->created_ms)
             pj->sorted = false;
@@ -252,6 +285,7 @@ s_put(gw_replicas_t *rs, rp_proj_t *pj, const pd_record_t *r)
         }
         pj->bytes += s_ent_size(old) - was;
         rs->bytes += s_ent_size(old) - was;
+        s_ix_add_all(rs, pj, old);
         return;
     }
     rp_ent_t *e = s_ent_new(r);
@@ -270,6 +304,7 @@ s_put(gw_replicas_t *rs, rp_proj_t *pj, const pd_record_t *r)
     pd_map_add(&pj->ids, &e->me);
     pj->bytes += s_ent_size(e);
     rs->bytes += s_ent_size(e);
+    s_ix_add_all(rs, pj, e);
 }
 
 //  The order without holes, sorted.
@@ -292,6 +327,147 @@ s_sort(rp_proj_t *pj)
     pj->sorted = true;
 }
 
+/* -------------------------------------------------------------------------- indexes */
+
+//  A record as pd_query reads it, with its metadata as parsed before (s_qrec_end keeps what a
+//  query parses now, while --list-replica has room; else it is freed with the view).
+static void
+s_qrec_begin(rp_ent_t *e, pd_record_t *r, pd_qrec_t *qr)
+{
+    s_ent_rec(e, r);
+    pd_qrec_init(qr, r);
+    if (e->meta_parsed) {
+        qr->meta = e->meta;
+        qr->meta_tried = true;
+    }
+}
+
+static void
+s_qrec_end(gw_replicas_t *rs, rp_proj_t *pj, rp_ent_t *e, pd_qrec_t *qr)
+{
+    size_t mb = RP_META_BYTES(e->len[E_META]);
+    if (qr->meta_tried && !e->meta_parsed && rs->bytes + mb <= rs->max_bytes) {
+        e->meta = qr->meta;
+        e->meta_parsed = true;
+        pj->bytes += mb;
+        rs->bytes += mb;
+    }
+    if (e->meta_parsed)
+        qr->meta = NULL; /* the entry's */
+    pd_qrec_clear(qr);
+}
+
+//  Puts e in its bucket of index k (none if it has no key for the attribute).
+static void
+s_ix_add(gw_replicas_t *rs, rp_proj_t *pj, int k, rp_ent_t *e)
+{
+    rp_ix_t *ix = &pj->ix[k];
+    pd_record_t r;
+    pd_qrec_t qr;
+    s_qrec_begin(e, &r, &qr);
+    bool has = pd_qrec_index_key(&qr, (pd_str_t){ix->attr, ix->attr_len}, &rs->key);
+    s_qrec_end(rs, pj, e, &qr);
+    e->b[k] = NULL;
+    if (!has)
+        return;
+    pd_str_t key = {rs->key.data, rs->key.len};
+    uint64_t h = pd_map_hash(&ix->keys, key, PD_STR_NULL);
+    rp_bucket_t *b = NULL;
+    for (pd_mapent_t *me = pd_map_first(&ix->keys, h); me && !b; me = me->next) {
+        rp_bucket_t *c = (rp_bucket_t *)me;
+        if (me->hash == h && c->klen == key.len && memcmp(c->key, key.ptr, key.len) == 0)
+            b = c;
+    }
+    if (!b) {
+        if (!(b = calloc(1, sizeof *b + key.len)))
+            abort();
+        memcpy(b->key, key.ptr, key.len);
+        b->klen = (uint32_t)key.len;
+        b->me.hash = h;
+        pd_map_add(&ix->keys, &b->me);
+    }
+    if (b->n == b->cap) {
+        b->cap = b->cap ? 2 * b->cap : 8;
+        if (!(b->v = realloc(b->v, b->cap * sizeof *b->v)))
+            abort();
+    }
+    e->bpos[k] = b->n;
+    b->v[b->n++] = e;
+    e->b[k] = b;
+}
+
+//  Takes e out of its bucket of index k (a bucket left empty is freed).
+static void
+s_ix_del(rp_proj_t *pj, int k, rp_ent_t *e)
+{
+    rp_bucket_t *b = e->b[k];
+    if (!b)
+        return;
+    rp_ent_t *last = b->v[--b->n];
+    b->v[e->bpos[k]] = last;
+    last->bpos[k] = e->bpos[k];
+    e->b[k] = NULL;
+    if (!b->n) {
+        pd_map_del(&pj->ix[k].keys, &b->me);
+        free(b->v);
+        free(b);
+    }
+}
+
+static void
+s_ix_add_all(gw_replicas_t *rs, rp_proj_t *pj, rp_ent_t *e)
+{
+    for (int k = 0; k < pj->nix; k++)
+        s_ix_add(rs, pj, k, e);
+}
+
+static void
+s_ix_del_all(rp_proj_t *pj, rp_ent_t *e)
+{
+    for (int k = 0; k < pj->nix; k++)
+        s_ix_del(pj, k, e);
+}
+
+static void
+s_ix_free(rp_proj_t *pj)
+{
+    for (int k = 0; k < pj->nix; k++) {
+        rp_ix_t *ix = &pj->ix[k];
+        for (size_t i = 0; i <= ix->keys.mask; i++)
+            for (pd_mapent_t *me = pd_map_slot(&ix->keys, i), *next; me; me = next) {
+                next = me->next;
+                free(((rp_bucket_t *)me)->v);
+                free(me);
+            }
+        pd_map_free(&ix->keys);
+        free(ix->attr);
+    }
+    pj->nix = 0;
+}
+
+//  The index of attr, built now if the replica has none yet and room for one; -1 if not.
+static int
+s_ix_want(gw_replicas_t *rs, rp_proj_t *pj, pd_str_t attr)
+{
+    for (int k = 0; k < pj->nix; k++)
+        if (pj->ix[k].attr_len == attr.len && memcmp(pj->ix[k].attr, attr.ptr, attr.len) == 0)
+            return k;
+    if (pj->nix == RP_MAX_IX)
+        return -1;
+    int k = pj->nix++;
+    rp_ix_t *ix = &pj->ix[k];
+    if (!(ix->attr = malloc(attr.len + 1)))
+        abort();
+    memcpy(ix->attr, attr.ptr, attr.len);
+    ix->attr[attr.len] = 0;
+    ix->attr_len = attr.len;
+    pd_map_init(&ix->keys);
+    for (size_t i = 0; i < pj->n; i++)
+        if (pj->order[i])
+            s_ix_add(rs, pj, k, pj->order[i]);
+    return k;
+}
+
 /* -------------------------------------------------------------------------- projects */
 
 static rp_proj_t *
@@ -306,6 +482,7 @@ s_proj_find(gw_replicas_t *rs, pd_str_t project)
 static void
 s_proj_clear(gw_replicas_t *rs, rp_proj_t *pj)
 {
+    s_ix_free(pj);
     for (size_t i = 0; i < pj->n; i++)
         s_ent_free(pj->order[i]);
     free(pj->order);
@@ -681,32 +858,55 @@ s_serve(rp_wait_t *w, rp_proj_t *pj)
     int64_t offset = pd_query_offset(q), limit = pd_query_limit(q), total = 0;
     size_t n = 0, len = 0, nsorted = 0;
     bool ordered = pd_query_norder(q) > 0;
-    if (!ordered)
-        s_sort(pj);
-    for (size_t i = 0; i < pj->n; i++) {
-        rp_ent_t *e = pj->order[i];
+    /* the records to visit: those of an index's buckets for an equal() on an attribute the
+     * project indexes (put in order here), else every record (kept in order) */
+    rp_ent_t **cand = NULL;
+    size_t ncand = 0;
+    pd_str_t l = w->l.indexes;
+    for (pd_str_t a = pd_list_first(l); a.ptr && !cand; a = pd_list_next(l, a)) {
+        pd_buf_reset(&rs->qkeys);
+        int k = pd_query_index_keys(q, a, &rs->qkeys) < 0 ? -1 : s_ix_want(rs, pj, a);
+        if (k < 0)
+            continue;
+        size_t off = 0;
+        for (pd_str_t key; pd_query_index_key_next(&rs->qkeys, &off, &key);) {
+            uint64_t h = pd_map_hash(&pj->ix[k].keys, key, PD_STR_NULL);
+            for (pd_mapent_t *me = pd_map_first(&pj->ix[k].keys, h); me; me = me->next) {
+                rp_bucket_t *b = (rp_bucket_t *)me;
+                if (me->hash != h || b->klen != key.len || memcmp(b->key, key.ptr, key.len))
+                    continue;
+                if (ncand + b->n > rs->cap_cands) {
+                    rs->cap_cands = 2 * (ncand + b->n);
+                    if (!(rs->cands = realloc(rs->cands, rs->cap_cands * sizeof *rs->cands)))
+                        abort();
+                }
+                memcpy(rs->cands + ncand, b->v, b->n * sizeof *b->v);
+                ncand += b->n;
+            }
+        }
+        cand = rs->cands;
+        rs->indexed++;
+        if (!ordered && ncand)
+            qsort(cand, ncand, sizeof *cand, s_ent_qcmp);
+    }
+    if (!cand) {
+        if (!ordered)
+            s_sort(pj);
+        cand = pj->order;
+        ncand = pj->n;
+    }
+    for (size_t i = 0; i < ncand; i++) {
+        rp_ent_t *e = cand[i];
         if (!e || e->expires <= w->l.now)
             continue;
         pd_record_t r;
-        s_ent_rec(e, &r);
-        if (!w->l.bypass && !pd_roles_intersect(r.read_roles, w->l.roles))
-            continue;
         pd_qrec_t qr;
-        pd_qrec_init(&qr, &r);
-        if (e->meta_parsed) { /* the metadata as a filter parsed it before (pd_query.c) */
-            qr.meta = e->meta;
-            qr.meta_tried = true;
+        s_qrec_begin(e, &r, &qr);
+        if (!w->l.bypass && !pd_roles_intersect(r.read_roles, w->l.roles)) {
+            s_qrec_end(rs, pj, e, &qr);
+            continue;
         }
         bool ok = pd_query_match(q, &qr);
-        size_t mb = RP_META_BYTES(e->len[E_META]);
-        if (qr.meta_tried && !e->meta_parsed && rs->bytes + mb <= rs->max_bytes) {
-            e->meta = qr.meta; /* parsed now: kept for the next list, while the bytes allow */
-            e->meta_parsed = true;
-            pj->bytes += mb;
-            rs->bytes += mb;
-        }
-        if (e->meta_parsed)
-            qr.meta = NULL; /* the entry's */
         if (ok && ordered) {
             if (nsorted == rs->cap_sorted) {
                 rs->cap_sorted = rs->cap_sorted ? 2 * rs->cap_sorted : 1024;
@@ -719,7 +919,7 @@ s_serve(rp_wait_t *w, rp_proj_t *pj)
             pd_query_key(q, &qr, &s->key); /* views into e: it lives through this call */
             pd_query_key_sum(q, &s->key, &s->sum);
         }
-        pd_qrec_clear(&qr);
+        s_qrec_end(rs, pj, e, &qr);
         if (!ok)
             continue;
         total++;
@@ -937,6 +1137,10 @@ gw_replica_metrics(gw_t *gw, pd_buf_t *b)
                 "# TYPE presenced_gateway_list_replica_total counter\n"
                 "presenced_gateway_list_replica_total{gateway=\"%d\",result=\"served\"} %llu\n"
                 "presenced_gateway_list_replica_total{gateway=\"%d\",result=\"fallback\"} %llu\n"
+                "# HELP presenced_gateway_list_replica_indexed_total Lists a replica answered "
+                "from its index of an attribute the project indexes\n"
+                "# TYPE presenced_gateway_list_replica_indexed_total counter\n"
+                "presenced_gateway_list_replica_indexed_total{gateway=\"%d\"} %llu\n"
                 "# HELP presenced_gateway_list_replica_waits_total Lists that waited for the "
                 "bus to bring the events their marks named\n"
                 "# TYPE presenced_gateway_list_replica_waits_total counter\n"
@@ -944,8 +1148,10 @@ gw_replica_metrics(gw_t *gw, pd_buf_t *b)
                 "# HELP presenced_gateway_list_replica_builds_total Roster replicas asked for, "
                 "built, and dropped\n"
                 "# TYPE presenced_gateway_list_replica_builds_total counter\n"
-                "presenced_gateway_list_replica_builds_total{gateway=\"%d\",result=\"asked\"} %llu\n"
-                "presenced_gateway_list_replica_builds_total{gateway=\"%d\",result=\"built\"} %llu\n"
+                "presenced_gateway_list_replica_builds_total{gateway=\"%d\",result=\"asked\"} "
+                "%llu\n"
+                "presenced_gateway_list_replica_builds_total{gateway=\"%d\",result=\"built\"} "
+                "%llu\n"
                 "presenced_gateway_list_replica_builds_total{gateway=\"%d\",result=\"dropped\"} "
                 "%llu\n"
                 "# HELP presenced_gateway_list_replicas Roster replicas kept, their records and "
@@ -956,7 +1162,8 @@ gw_replica_metrics(gw_t *gw, pd_buf_t *b)
                 "presenced_gateway_list_replicas{gateway=\"%d\",of=\"bytes\"} %zu\n",
                 gw->cfg->node, (unsigned long long)rs->served, gw->cfg->node,
                 (unsigned long long)rs->fallbacks, gw->cfg->node,
-                (unsigned long long)rs->waited, gw->cfg->node, (unsigned long long)rs->builds,
+                (unsigned long long)rs->indexed, gw->cfg->node, (unsigned long long)rs->waited,
+                gw->cfg->node, (unsigned long long)rs->builds,
                 gw->cfg->node, (unsigned long long)rs->built, gw->cfg->node,
                 (unsigned long long)rs->dropped, gw->cfg->node, n, gw->cfg->node, records,
                 gw->cfg->node, rs->bytes);
@@ -970,6 +1177,8 @@ gw_replica_new(gw_t *gw)
         abort();
     rs->gw = gw;
     rs->max_bytes = gw->cfg->list_replica;
+    pd_buf_init(&rs->key);
+    pd_buf_init(&rs->qkeys);
     h2o_timeout_init(gw->ctx.loop, &rs->wait_timeout, GW_REPLICA_WAIT_MS);
     return rs;
 }
@@ -984,6 +1193,9 @@ gw_replica_destroy(gw_replicas_t **self_p)
         s_drop(rs, rs->projs, "shutting down");
     free(rs->page);
     free(rs->sorted);
+    free(rs->cands);
+    pd_buf_free(&rs->key);
+    pd_buf_free(&rs->qkeys);
     free(rs);
     *self_p = NULL;
 }

@@ -61,6 +61,7 @@ typedef struct gw_replicas gw_replicas_t;
 typedef struct {
     pd_str_t project;
     pd_str_t roles;     //  the caller's, packed (absent with bypass)
+    pd_str_t indexes;   //  the attributes the project indexes, packed (st_index.h)
     bool bypass;        //  an API key: every record readable
     bool total;         //  count the matches (else total is 0)
     int64_t now;        //  the list's clock (ms): records expired by then are left out

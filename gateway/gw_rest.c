@@ -778,7 +778,8 @@ s_list(gw_t *gw, h2o_req_t *req, gw_ident_t *id, int64_t t0, int route)
         packed += qs[i].len + 1;
     }
     if (!ttl && !count) { /* a roster this gateway keeps answers it (gw_replica.h) */
-        gw_replica_list_t l = {.project = a->project, .roles = a->roles, .bypass = a->key,
+        gw_replica_list_t l = {.project = a->project, .roles = a->roles, .indexes = a->indexes,
+                               .bypass = a->key,
                                .total = total, .now = a->now, .route = route, .start_ns = t0,
                                .fallback = s_list_send, .arg = a};
         if (gw_replica_list(gw, req, q, &l))

@@ -3,8 +3,9 @@
 // gateways, each gateway reached on a connection pinned to it:
 //   - a large list builds the gateway's replica of the project; later lists are answered from
 //     it (its metrics say so) and answer exactly as a model kept in the test does (filters,
-//     orders, offsets, totals, permissions, metadata), while writes go on between them;
-//     cursors go through the broker, and answer the same;
+//     orders, offsets, totals, permissions, metadata), while writes go on between them, in a
+//     project without indexes and in one that indexes metadata.room and status (the replica's
+//     own index answers their equal()s); cursors go through the broker, and answer the same;
 //   - read-your-writes across gateways: a write acknowledged by one gateway is in the very next
 //     list of the other (and a delete is gone from it);
 //   - under continuous writes, every page is whole, unique and ordered;
@@ -24,7 +25,15 @@ const { pinnedSockets, requestOver } = require('./lib/http');
 const { uid } = require('./lib/check');
 const { mulberry32, toQuery, modelList } = require('./lib/listmodel');
 
-const H = useCluster(test, { label: 'replica', stores: 3, gateways: 2 });
+// A second project indexes metadata.room and status: its lists with an equal() on them visit the
+// records of those values only, in the replica as in the store nodes (st_index.h)
+const RIX = 'rix-project';
+const RIX_KEY = 'rk_' + crypto.randomBytes(16).toString('hex');
+const RIX_JWT = 'rj_' + crypto.randomBytes(16).toString('hex');
+const H = useCluster(test, {
+    label: 'replica', stores: 3, gateways: 2, env: { REPLICA_RIX_KEY: RIX_KEY },
+    config: { projects: [{ id: RIX, indexes: ['metadata.room', 'status'], keys: [{ name: 'k', secret_env: 'REPLICA_RIX_KEY', scopes: ['presences.read', 'presences.write'] }], jwt: [{ alg: 'HS256', secret: RIX_JWT }] }] },
+});
 const C = () => H.cluster;
 const { Query: Q, Permission, Role } = loadNodeSdk();
 const keyP = () => nodeClient(C(), {}).presences;
@@ -37,26 +46,33 @@ const KEEP = { connection: 'keep-alive' }; // (without it, node's http asks the 
 const served = () => C().gatewaySum('presenced_gateway_list_replica_total', { result: 'served' });
 const built = () => C().gatewaySum('presenced_gateway_list_replica_builds_total', { result: 'built' });
 
+// The project a request names: the cluster's own (null), or RIX.
+const proj = (p) => (p === RIX ? { key: RIX_KEY, jwt: RIX_JWT, headers: { ...KEEP, 'X-Appwrite-Project': RIX } }
+    : { key: true, jwt: C().jwtSecret, headers: KEEP });
+
 // A list over the socket pinned to gateway g: { status, json }.
-async function listOn(g, queries, { caller = { key: true }, total = true } = {}) {
+async function listOn(g, queries, { caller = { key: true }, total = true, project = null } = {}) {
     const path = '/v1/presences?' + queries.map((q, i) => `queries[${i}]=${encodeURIComponent(q)}`).join('&') +
         (total ? '' : '&total=false');
-    const auth = caller.key ? { key: true } : caller.user ? { jwt: mintJwt(C().jwtSecret, { userId: caller.user }) } : {};
-    return requestOver(C(), socks[g], 'GET', path, { ...auth, headers: KEEP });
+    const P = proj(project);
+    const auth = caller.key ? { key: P.key } : caller.user ? { jwt: mintJwt(P.jwt, { userId: caller.user }) } : {};
+    return requestOver(C(), socks[g], 'GET', path, { ...auth, headers: P.headers });
 }
 
-async function writeOn(g, method, path, body) {
-    const r = await requestOver(C(), socks[g], method, path, { key: true, body, headers: KEEP });
+async function writeOn(g, method, path, body, project = null) {
+    const P = proj(project);
+    const r = await requestOver(C(), socks[g], method, path, { key: P.key, body, headers: P.headers });
     assert.ok(r.status === 200 || r.status === 204, `${method} ${path}: ${r.status} ${r.text}`);
     return r.json;
 }
 
-// Waits until both gateways keep a replica of the project (a large list on each builds it).
-const kept = () => C().gatewaySum('presenced_gateway_list_replicas', { of: 'projects' });
-async function bothBuilt() {
+// Waits until both gateways answer the project's lists from a replica (a large list on each
+// builds it).
+async function bothBuilt(project = null) {
     for (let i = 0; i < 100; i++) {
-        if ((await kept()) >= 2) return;
-        for (const g of [0, 1]) await listOn(g, [Q.limit(1000)]);
+        const s0 = await served();
+        for (const g of [0, 1]) await listOn(g, [Q.limit(1000)], { project });
+        if ((await served()) >= s0 + 2) return;
         await sleep(50);
     }
     assert.fail('the gateways did not build their replicas');
@@ -69,7 +85,7 @@ describe('roster replicas', () => {
     });
     test.after(() => { for (const s of socks || []) s.destroy(); });
 
-    it('lists answered from the replica are the model\'s answers (seeded)', { timeout: 180000 }, async (t) => {
+    for (const project of [null, RIX]) it(`lists answered from the replica are the model's answers (seeded)${project ? ', a project with indexes' : ''}`, { timeout: 180000 }, async (t) => {
         const seed = process.env.REPLICA_SEED ? Number(process.env.REPLICA_SEED) : crypto.randomInt(2 ** 31);
         const rnd = mulberry32(seed);
         const pick = (a) => a[Math.floor(rnd() * a.length)];
@@ -91,23 +107,25 @@ describe('roster replicas', () => {
             if (r < 0.6 || live.length < 10) {
                 const id = `${tag}-${Math.floor(rnd() * 2 ** 40).toString(36)}`;
                 const user = `${tag}-${pick(USERS)}-${int(0, 40)}`;
-                const got = await writeOn(g, 'PUT', `/v1/presences/${id}`, fields(user));
+                const got = await writeOn(g, 'PUT', `/v1/presences/${id}`, fields(user), project);
                 for (const [k, v] of model) if (v.userId === got.userId && k !== got.$id) model.delete(k);
                 model.set(got.$id, got);
             } else if (r < 0.85) {
                 const v = pick(live);
-                const got = await writeOn(g, 'PATCH', `/v1/presences/${v.$id}`, { userId: v.userId, status: pick(STATUSES) });
+                const got = await writeOn(g, 'PATCH', `/v1/presences/${v.$id}`, rnd() < 0.5 ? { userId: v.userId, status: pick(STATUSES) }
+                    : { userId: v.userId, metadata: { room: pick(['a', 'b', 'c']), n: int(0, 9) } }, project);
                 model.set(got.$id, got);
             } else {
                 const v = pick(live);
-                await writeOn(g, 'DELETE', `/v1/presences/${v.$id}`);
+                await writeOn(g, 'DELETE', `/v1/presences/${v.$id}`, undefined, project);
                 model.delete(v.$id);
             }
         };
         try {
             for (let i = 0; i < 300; i++) await write();
-            await bothBuilt();
+            await bothBuilt(project);
             const before = await served();
+            const ix0 = await C().gatewaySum('presenced_gateway_list_replica_indexed_total');
             const callers = [{ key: true }, { user: `${tag}-${pick(USERS)}` }, {}];
             const ORDER = ['status', 'userId', '$id', 'expiresAt', '$createdAt', '$updatedAt'];
             let checks = 0, nonEmpty = 0;
@@ -119,6 +137,8 @@ describe('roster replicas', () => {
                 if (f === 0) spec.filters.push({ m: 'equal', attr: 'status', values: [pick(STATUSES)] });
                 else if (f === 1) spec.filters.push({ m: 'notEqual', attr: 'status', values: [pick(STATUSES)] });
                 else if (f === 2) spec.filters.push({ m: 'startsWith', attr: 'userId', values: [`${tag}-${pick(USERS)}`] });
+                else if (f === 6 || f === 7) spec.filters.push({ m: 'equal', attr: 'metadata.room', values: rnd() < 0.3 ? ['a', 'c'] : [pick(['a', 'b', 'c'])] });
+                else if (f === 8) spec.filters.push({ m: 'equal', attr: 'status', values: [pick(STATUSES), pick(STATUSES)] });
                 else if (f === 3) spec.filters.push(pick([{ m: 'equal', attr: 'metadata.room', values: [pick(['a', 'b'])] },
                     { m: pick(['lessThan', 'greaterThanEqual']), attr: 'metadata.n', values: [int(0, 9)] }, { m: 'isNull', attr: 'metadata.x' },
                     { m: 'notEqual', attr: 'metadata.room', values: ['a'] }]));
@@ -135,7 +155,7 @@ describe('roster replicas', () => {
                 const want = modelList([...model.values()], caller, spec);
                 if (!spec.total && !want.error) want.total = 0;
                 const what = `seed ${seed}, check ${i}, caller ${JSON.stringify(caller)}, queries ${JSON.stringify(queries)}`;
-                const r = await listOn(int(0, 1), queries, { caller, total: spec.total });
+                const r = await listOn(int(0, 1), queries, { caller, total: spec.total, project });
                 if (want.error) {
                     assert.equal(r.json && r.json.type, want.error, `${what}: ${r.status} ${r.text}`);
                     continue;
@@ -151,6 +171,10 @@ describe('roster replicas', () => {
             t.diagnostic(`${checks} lists checked (${nonEmpty} non-empty), ${n} answered from a replica, ${model.size} records`);
             assert.ok(nonEmpty > checks / 3, 'most lists must hold something, or the test checks little');
             assert.ok(n >= 150, `most lists are answered from a replica (${n} of 300)`);
+            const ix = (await C().gatewaySum('presenced_gateway_list_replica_indexed_total')) - ix0;
+            t.diagnostic(`${ix} from the replica's indexes`);
+            if (project) assert.ok(ix >= 40, `equal() on metadata.room and status used the index (${ix})`);
+            else assert.equal(ix, 0, 'a project without indexes has none in its replica');
         } catch (e) {
             e.message = `[REPLICA_SEED=${seed}] ${e.message}`;
             throw e;
