@@ -46,7 +46,7 @@ static const struct opt {
     O("claim-cache", T_SIZE, claim_cache, "broker, gateway: claim cache entries (1000000)"),
     O("list-cache", T_SIZE, list_cache, "broker: bytes of cached lists, ?ttl= (67108864)"),
     O("list-replica", T_SIZE, list_replica,
-      "gateway: bytes of projects' records kept to answer large rosters, 0: none (67108864)"),
+      "gateway: bytes of projects' records kept to answer large rosters, 0: none (268435456)"),
     O("list-scan-max", T_SIZE, list_scan_max,
       "store: records whose metadata one list or count may read on a node, 0: no limit (100000)"),
     O("move-rate", T_SIZE, move_rate, "broker: records and claims moved per second when resharding (50000)"),
@@ -168,7 +168,7 @@ pd_config_parse(pd_config_t *cfg, int argc, char **argv)
     cfg->room_diff_ms = 25;
     cfg->ws_deflate = 1;
     cfg->list_scan_max = 100000;
-    cfg->list_replica = (size_t)64 << 20;
+    cfg->list_replica = (size_t)256 << 20;
     cfg->store_capacity = 1048576;
     cfg->store_capacity_max = 16777216;
     cfg->store_arena = (size_t)1 << 30;

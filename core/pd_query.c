@@ -1076,39 +1076,59 @@ s_index_filter(const pd_query_t *self, pd_str_t attr, size_t *i)
     return NULL;
 }
 
+//  The filter whose values pd_query_index_keys reads: the first top-level equal() on attr.
+static const node_t *
+s_index_equal(const pd_query_t *self, pd_str_t attr)
+{
+    const node_t *f;
+    for (size_t i = 0; (f = s_index_filter(self, attr, &i)); i++)
+        if (f->method == M_EQUAL && f->nv)
+            return f;
+    return NULL;
+}
+
 int
 pd_query_index_keys(const pd_query_t *self, pd_str_t attr, pd_buf_t *out)
 {
-    const node_t *f;
-    for (size_t i = 0; (f = s_index_filter(self, attr, &i)); i++) {
-        if (f->method != M_EQUAL || !f->nv)
-            continue;
-        size_t mark = out->len;
-        int n = 0;
-        for (size_t k = 0; k < f->nv; k++) {
-            size_t at = out->len;
-            uint32_t len = 0;
-            pd_buf_add(out, &len, sizeof len);
-            if (!s_val_key(&f->vals[k], out)) {
-                out->len = mark;
-                return -1;
-            }
-            len = (uint32_t)(out->len - at - sizeof len);
-            memcpy(out->data + at, &len, sizeof len);
-            /* drop a value given twice: its records would be visited twice */
-            bool dup = false;
-            pd_buf_t before = {out->data + mark, at - mark, 0};
-            size_t p = 0;
-            for (pd_str_t k; !dup && pd_query_index_key_next(&before, &p, &k);)
-                dup = k.len == len && memcmp(k.ptr, out->data + at + sizeof len, len) == 0;
-            if (dup)
-                out->len = at;
-            else
-                n++;
+    const node_t *f = s_index_equal(self, attr);
+    if (!f)
+        return -1;
+    size_t mark = out->len;
+    int n = 0;
+    for (size_t k = 0; k < f->nv; k++) {
+        size_t at = out->len;
+        uint32_t len = 0;
+        pd_buf_add(out, &len, sizeof len);
+        if (!s_val_key(&f->vals[k], out)) {
+            out->len = mark;
+            return -1;
         }
-        return n;
+        len = (uint32_t)(out->len - at - sizeof len);
+        memcpy(out->data + at, &len, sizeof len);
+        /* drop a value given twice: its records would be visited twice */
+        bool dup = false;
+        pd_buf_t before = {out->data + mark, at - mark, 0};
+        size_t p = 0;
+        for (pd_str_t k; !dup && pd_query_index_key_next(&before, &p, &k);)
+            dup = k.len == len && memcmp(k.ptr, out->data + at + sizeof len, len) == 0;
+        if (dup)
+            out->len = at;
+        else
+            n++;
     }
-    return -1;
+    return n;
+}
+
+bool
+pd_query_match_but(const pd_query_t *self, pd_qrec_t *r, pd_str_t attr)
+{
+    if (self->match_all)
+        return true;
+    const node_t *skip = s_index_equal(self, attr);
+    for (size_t i = 0; i < self->nfilters; i++)
+        if (&self->filters[i] != skip && !s_match_node(&self->filters[i], r))
+            return false;
+    return true;
 }
 
 bool
@@ -2442,6 +2462,20 @@ pd_query_test(bool verbose)
                                   "{\"method\":\"orderDesc\",\"attribute\":\"status\"}", &code,
                                   err, sizeof err);
         PD_CHECK(q && !pd_query_reads_meta(q) && pd_query_norder(q) == 1);
+        pd_query_destroy(&q);
+        //  an index's set meets its equal(): pd_query_match_but leaves that one filter out
+        pd_str_t two[] = {
+            PD_STR("{\"method\":\"equal\",\"attribute\":\"metadata.room\",\"values\":[\"x\"]}"),
+            PD_STR("{\"method\":\"equal\",\"attribute\":\"userId\",\"values\":[\"user1\"]}"),
+        };
+        q = pd_query_parse(two, 2, PD_QMODE_LIST, &code, err, sizeof err);
+        pd_qrec_t qr;
+        pd_qrec_init(&qr, &full);
+        PD_CHECK(q && pd_query_match_but(q, &qr, PD_STR("metadata.room")));
+        PD_CHECK(!qr.meta_tried); /* the metadata was not read */
+        PD_CHECK(!pd_query_match(q, &qr));
+        PD_CHECK(!pd_query_match_but(q, &qr, PD_STR("status"))); /* no equal() on it: all */
+        pd_qrec_clear(&qr);
         pd_query_destroy(&q);
     }
     if (verbose)

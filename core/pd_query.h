@@ -103,6 +103,9 @@ void pd_qrec_clear(pd_qrec_t *r);
 //  True if the record satisfies every filter (AND at the top level). select/paging/order are
 //  ignored here.
 bool pd_query_match(const pd_query_t *self, pd_qrec_t *r);
+//  pd_query_match without the filter pd_query_index_keys read keys from: for a record found
+//  under one of those keys (an index's set), which that filter holds by construction.
+bool pd_query_match_but(const pd_query_t *self, pd_qrec_t *r, pd_str_t attr);
 //  The record's index key of attr (pd_query_indexable), appended to out (which is
 //  reset first); false if the record has no such value or it is an object or array.
 bool pd_qrec_index_key(pd_qrec_t *r, pd_str_t attr, pd_buf_t *out);
