@@ -859,6 +859,57 @@ s_page_push(gw_replicas_t *rs, size_t n, const rp_ent_t *e)
     rs->page[n] = e;
 }
 
+/*  The records a list visits: every one, in order, or (when the query has an equal() on an
+ *  attribute the project indexes) those of the index's buckets for its values: their places
+ *  marked in a bitmap, then listed in the order's order in rs->places (no sort, and no record
+ *  read before its visit). Returns how many places that list holds, and sets *attr; or
+ *  returns pj->n (every place) and leaves *attr null. */
+static size_t
+s_index_places(gw_replicas_t *rs, rp_proj_t *pj, const pd_query_t *q, pd_str_t indexes,
+               pd_str_t *attr)
+{
+    size_t words = (pj->n + 63) / 64;
+    int k = -1;
+    for (pd_str_t a = pd_list_first(indexes); a.ptr && k < 0; a = pd_list_next(indexes, a)) {
+        pd_buf_reset(&rs->qkeys);
+        k = pd_query_index_keys(q, a, &rs->qkeys) < 0 ? -1 : s_ix_want(rs, pj, a);
+        if (k >= 0)
+            *attr = a;
+    }
+    if (k < 0)
+        return pj->n;
+    rs->indexed++;
+    if (words > rs->cap_marks) {
+        rs->cap_marks = 2 * words;
+        if (!(rs->marks = realloc(rs->marks, rs->cap_marks * sizeof *rs->marks)))
+            abort();
+    }
+    memset(rs->marks, 0, words * sizeof *rs->marks);
+    size_t off = 0, n = 0;
+    for (pd_str_t key; pd_query_index_key_next(&rs->qkeys, &off, &key);) {
+        uint64_t h = pd_map_hash(&pj->ix[k].keys, key, PD_STR_NULL);
+        for (pd_mapent_t *me = pd_map_first(&pj->ix[k].keys, h); me; me = me->next) {
+            rp_bucket_t *b = (rp_bucket_t *)me;
+            if (me->hash != h || b->klen != key.len || memcmp(b->key, key.ptr, key.len))
+                continue;
+            for (uint32_t j = 0; j < b->n; j++)
+                rs->marks[b->pos[j] / 64] |= 1ULL << (b->pos[j] % 64);
+        }
+    }
+    for (size_t wd = 0; wd < words; wd++)
+        for (uint64_t bits = rs->marks[wd]; bits; bits &= bits - 1) {
+            if (n == rs->cap_places) {
+                rs->cap_places = rs->cap_places ? 2 * rs->cap_places : 1024;
+                if (!(rs->places = realloc(rs->places, rs->cap_places * sizeof *rs->places)))
+                    abort();
+            }
+            rs->places[n++] = (uint32_t)(wd * 64 + (size_t)__builtin_ctzll(bits));
+        }
+    return n;
+}
+
+#define RP_AHEAD 8 //  records read ahead: an index's are scattered (a cache miss each)
+
 //  The list's answer, from the replica.
 static void
 s_serve(rp_wait_t *w, rp_proj_t *pj)
@@ -868,54 +919,10 @@ s_serve(rp_wait_t *w, rp_proj_t *pj)
     int64_t offset = pd_query_offset(q), limit = pd_query_limit(q), total = 0;
     size_t n = 0, len = 0, nsorted = 0;
     bool ordered = pd_query_norder(q) > 0;
-    /* the records to visit: those of an index's buckets for an equal() on an attribute the
-     * project indexes (put in order here), else every record (kept in order) */
-    /* the records to visit: every one, in order, or those of an index's buckets for an equal()
-     * on an attribute the project indexes: their places marked in a bitmap, then visited in
-     * the order's order (no sort, and no record read before its visit) */
     if (!ordered || pd_list_first(w->l.indexes).ptr)
         s_sort(pj); /* (a record's place is then its rank) */
-    pd_str_t l = w->l.indexes, ixattr = PD_STR_NULL;
-    size_t words = (pj->n + 63) / 64;
-    for (pd_str_t a = pd_list_first(l); a.ptr && !ixattr.ptr; a = pd_list_next(l, a)) {
-        pd_buf_reset(&rs->qkeys);
-        int k = pd_query_index_keys(q, a, &rs->qkeys) < 0 ? -1 : s_ix_want(rs, pj, a);
-        if (k < 0)
-            continue;
-        ixattr = a;
-        rs->indexed++;
-        if (words > rs->cap_marks) {
-            rs->cap_marks = 2 * words;
-            if (!(rs->marks = realloc(rs->marks, rs->cap_marks * sizeof *rs->marks)))
-                abort();
-        }
-        memset(rs->marks, 0, words * sizeof *rs->marks);
-        size_t off = 0;
-        for (pd_str_t key; pd_query_index_key_next(&rs->qkeys, &off, &key);) {
-            uint64_t h = pd_map_hash(&pj->ix[k].keys, key, PD_STR_NULL);
-            for (pd_mapent_t *me = pd_map_first(&pj->ix[k].keys, h); me; me = me->next) {
-                rp_bucket_t *b = (rp_bucket_t *)me;
-                if (me->hash != h || b->klen != key.len || memcmp(b->key, key.ptr, key.len))
-                    continue;
-                for (uint32_t j = 0; j < b->n; j++)
-                    rs->marks[b->pos[j] / 64] |= 1ULL << (b->pos[j] % 64);
-            }
-        }
-    }
-    size_t ncand = pj->n;
-    if (ixattr.ptr) {
-        ncand = 0;
-        for (size_t wd = 0; wd < words; wd++)
-            for (uint64_t bits = rs->marks[wd]; bits; bits &= bits - 1) {
-                if (ncand == rs->cap_places) {
-                    rs->cap_places = rs->cap_places ? 2 * rs->cap_places : 1024;
-                    if (!(rs->places = realloc(rs->places, rs->cap_places * sizeof *rs->places)))
-                        abort();
-                }
-                rs->places[ncand++] = (uint32_t)(wd * 64 + (size_t)__builtin_ctzll(bits));
-            }
-    }
-#define RP_AHEAD 8 //  records read ahead: an index's are scattered (a cache miss each)
+    pd_str_t ixattr = PD_STR_NULL;
+    size_t ncand = s_index_places(rs, pj, q, w->l.indexes, &ixattr);
     for (size_t i = 0; i < ncand; i++) {
         /* the place's slot in the order twice as far ahead, then the record it names */
         if (ixattr.ptr && i + 2 * RP_AHEAD < ncand)
