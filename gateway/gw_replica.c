@@ -73,6 +73,7 @@ struct rp_proj {
     bool sent;            //  the dumps were asked for
     struct { int64_t gen, seq, epoch; } node[GW_MAX_STORES + 1];
     int64_t scan_max;     //  the nodes' least --list-scan-max (0: none)
+    int64_t min_expires;  //  no record expires before (a bound: exact after s_sort compacts)
     rp_ix_t ix[RP_MAX_IX]; //  indexes, built when a list first needs them
     int nix;
     pd_msgw_t held;       //  the project's events while building
@@ -288,6 +289,8 @@ s_put(gw_replicas_t *rs, rp_proj_t *pj, const pd_record_t *r)
         }
         pj->bytes += s_ent_size(old) - was;
         rs->bytes += s_ent_size(old) - was;
+        if (old->expires < pj->min_expires)
+            pj->min_expires = old->expires;
         s_ix_add_all(rs, pj, old);
         return;
     }
@@ -305,6 +308,8 @@ s_put(gw_replicas_t *rs, rp_proj_t *pj, const pd_record_t *r)
     e->pos = (uint32_t)pj->n++;
     pj->order[e->pos] = e;
     pd_map_add(&pj->ids, &e->me);
+    if (e->expires < pj->min_expires)
+        pj->min_expires = e->expires;
     pj->bytes += s_ent_size(e);
     rs->bytes += s_ent_size(e);
     s_ix_add_all(rs, pj, e);
@@ -319,10 +324,13 @@ s_sort(rp_proj_t *pj)
     if (!pj->sorted)
         qsort(pj->order, pj->n, sizeof *pj->order, s_ent_qcmp);
     size_t k = 0;
+    pj->min_expires = INT64_MAX;
     for (size_t i = 0; i < pj->n; i++)
         if (pj->order[i]) {
             rp_ent_t *e = pj->order[k] = pj->order[i];
             e->pos = (uint32_t)k++;
+            if (e->expires < pj->min_expires)
+                pj->min_expires = e->expires;
             for (int x = 0; x < RP_MAX_IX; x++)
                 if (e->b[x])
                     e->b[x]->pos[e->bpos[x]] = e->pos;
@@ -593,6 +601,7 @@ s_build(gw_replicas_t *rs, pd_str_t project)
     pj->project_len = project.len;
     pj->state = RP_BUILDING;
     pj->sorted = true;
+    pj->min_expires = INT64_MAX;
     pj->used_ms = pd_mono_ms();
     pj->until_ms = pj->used_ms + GW_REPLICA_BUILD_MS;
     pd_map_init(&pj->ids);
@@ -920,9 +929,31 @@ s_serve(rp_wait_t *w, rp_proj_t *pj)
     size_t n = 0, len = 0, nsorted = 0;
     bool ordered = pd_query_norder(q) > 0;
     if (!ordered || pd_list_first(w->l.indexes).ptr)
-        s_sort(pj); /* (a record's place is then its rank) */
+        s_sort(pj); /* (a record's place is then its rank; no hole is left) */
     pd_str_t ixattr = PD_STR_NULL;
     size_t ncand = s_index_places(rs, pj, q, w->l.indexes, &ixattr);
+    /* Every record to visit matches (an API key, no filter but the index's equal(), none past
+     * its expiry): the page is a slice of them and the total their number, so the records
+     * before the offset are not read. */
+    bool all = !ordered && w->l.bypass && pd_query_nfilters(q) == (ixattr.ptr ? 1u : 0u);
+    if (all && pj->min_expires <= w->l.now) { /* the bound may be stale (renewed): made exact */
+        pj->min_expires = INT64_MAX;
+        for (size_t i = 0; i < pj->n; i++)
+            if (pj->order[i] && pj->order[i]->expires < pj->min_expires)
+                pj->min_expires = pj->order[i]->expires;
+    }
+    all = all && pj->min_expires > w->l.now;
+    if (all) {
+        total = (int64_t)ncand;
+        for (size_t i = (size_t)offset; i < ncand && (int64_t)n < limit; i++) {
+            if (i + RP_AHEAD < ncand)
+                __builtin_prefetch(pj->order[ixattr.ptr ? rs->places[i + RP_AHEAD] : i + RP_AHEAD]);
+            const rp_ent_t *e = pj->order[ixattr.ptr ? rs->places[i] : i];
+            s_page_push(rs, n++, e);
+            len += e->len[E_JSON];
+        }
+        ncand = 0; /* (nothing left to visit) */
+    }
     for (size_t i = 0; i < ncand; i++) {
         /* the place's slot in the order twice as far ahead, then the record it names */
         if (ixattr.ptr && i + 2 * RP_AHEAD < ncand)

@@ -132,7 +132,9 @@ describe('roster replicas', () => {
             for (let i = 0; i < 300; i++) {
                 if (rnd() < 0.3) for (let k = int(1, 3); k > 0; k--) await write();
                 const caller = pick(callers);
-                const spec = { filters: [{ m: 'startsWith', attr: '$id', values: [tag] }], order: [], offset: 0, limit: 25, cursor: null, total: rnd() < 0.85 };
+                // (the indexed project holds this test's records only: its lists may have no filter
+                // but the index's equal(), whose pages an API key gets as slices of the index)
+                const spec = { filters: project && rnd() < 0.4 ? [] : [{ m: 'startsWith', attr: '$id', values: [tag] }], order: [], offset: 0, limit: 25, cursor: null, total: rnd() < 0.85 };
                 const f = int(0, 9);
                 if (f === 0) spec.filters.push({ m: 'equal', attr: 'status', values: [pick(STATUSES)] });
                 else if (f === 1) spec.filters.push({ m: 'notEqual', attr: 'status', values: [pick(STATUSES)] });
@@ -242,19 +244,22 @@ describe('roster replicas', () => {
     });
 
     it('a record past its expiresAt is left out at once', { timeout: 30000 }, async () => {
+        // in the indexed project: an API key's equal() on status is answered as a slice of the
+        // index while no record has expired, and record by record once one has
         const tag = uid('exp');
-        await bothBuilt();
+        await bothBuilt(RIX);
         const at = Date.now() + 2500;
-        await keyP().upsert({ presenceId: `${tag}-x`, userId: `${tag}-u`, status: tag, expiresAt: new Date(at).toISOString() });
-        await keyP().upsert({ presenceId: `${tag}-y`, userId: `${tag}-v`, status: tag });
+        await writeOn(0, 'PUT', `/v1/presences/${tag}-x`, { userId: `${tag}-u`, status: tag, expiresAt: new Date(at).toISOString() }, RIX);
+        await writeOn(1, 'PUT', `/v1/presences/${tag}-y`, { userId: `${tag}-v`, status: tag }, RIX);
         const q = [Q.equal('status', [tag])];
-        for (const g of [0, 1]) assert.deepEqual((await listOn(g, q)).json.presences.map((p) => p.$id).sort(), [`${tag}-x`, `${tag}-y`]);
+        for (const g of [0, 1]) assert.deepEqual((await listOn(g, q, { project: RIX })).json.presences.map((p) => p.$id).sort(), [`${tag}-x`, `${tag}-y`]);
         await sleep(at - Date.now() + 20);
-        for (const g of [0, 1]) {
-            const r = await listOn(g, q);
-            assert.deepEqual(r.json.presences.map((p) => p.$id), [`${tag}-y`], `gateway ${g}`);
-            assert.equal(r.json.total, 1);
-        }
+        for (const g of [0, 1])
+            for (const caller of [{ key: true }, { user: `${tag}-u` }]) {
+                const r = await listOn(g, q, { project: RIX, caller });
+                assert.deepEqual(r.json.presences.map((p) => p.$id), caller.key ? [`${tag}-y`] : [], `gateway ${g}, ${JSON.stringify(caller)}`);
+                assert.equal(r.json.total, caller.key ? 1 : 0);
+            }
     });
 
     it('a store node SIGKILLed: lists stay right, the replica is built again', { timeout: 60000 }, async () => {
