@@ -32,7 +32,10 @@
  *  What a replica answers is what the nodes would: the same filters (pd_query_match; a record's
  *  metadata is parsed once, by the first list that filters on it, and kept), the same order
  *  ($createdAt then $id unless ordered, pd_query_key_cmp), records past their expiry left out
- *  at the list's clock, the caller's read permission, a total capped at 5,000.
+ *  at the list's clock, the caller's read permission, a total capped at 5,000. An equal() on an
+ *  attribute the project indexes is answered from the replica's own index of it (buckets of
+ *  places, visited in order); when every record visited matches (an API key, no other filter,
+ *  nothing expired), the page is a slice and the records before the offset are not read.
  *
  *  Bounds: --list-replica bytes for all replicas (0: none); a project with more records than
  *  that holds is refused by the nodes (DUMP LIMIT) and not tried again for GW_REPLICA_RETRY_MS
